@@ -1,0 +1,1 @@
+//! fedlearn: filled by a later issue.

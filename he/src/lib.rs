@@ -1,0 +1,1 @@
+//! he: filled by a later issue.

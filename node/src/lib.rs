@@ -1,0 +1,1 @@
+//! node: filled by a later issue.

@@ -1,0 +1,80 @@
+//! ECDH private set intersection over Ristretto255, sans-IO.
+//!
+//! A guest (the bank, which holds labels) and one or more hosts (tax bureau, utility company)
+//! find the customer ids they all hold, so that later training reads row-aligned data, without
+//! showing each other the ids outside the intersection.
+//!
+//! # Protocol
+//!
+//! Every party draws a fresh secret scalar per job (zeroised on drop). With H a hash from ids
+//! to the group (SHA-512 over a domain tag, the job's random salt and the length-prefixed id,
+//! then RFC 9496's `from_uniform_bytes`):
+//!
+//! 1. the guest sends its salt and set size; each host answers with its set size;
+//! 2. the guest shuffles its rows and sends a·H(x) for every id, in batches, to every host;
+//!    each host answers every batch with T(b·a·H(x)), in the same order, where T truncates a
+//!    hash of the encoding to 12 bytes;
+//! 3. each host shuffles its rows and sends b·H(y); the guest computes T(a·b·H(y));
+//! 4. the guest matches tags: x is in the intersection with host k when T(ab_k·H(x)) equals
+//!    some T(a·b_k·H(y)). It keeps the guest rows matched by every host, in ascending row order;
+//! 5. in [`ResultMode::BothSides`] the guest tells each host the positions (in that host's
+//!    shuffled stream) of the final intersection in that order; the host maps them back to
+//!    rows. Every party now holds its own row indices in one common order.
+//!
+//! # What each party learns (semi-honest, non-colluding parties)
+//!
+//! - **Guest**: the final intersection; for every host k, which of its own rows host k holds
+//!   (the pairwise intersections, inherent to running the pairwise protocol with each host);
+//!   each host's set size.
+//! - **Host**: the guest's set size, and in both-sides mode the final intersection (as its own
+//!   rows, in the guest's order) — not the pairwise intersection with the guest. In
+//!   receiver-only mode nothing else.
+//! - Nobody learns anything about ids outside the intersection: under the decisional
+//!   Diffie–Hellman assumption in Ristretto255 with H a random oracle, blinded values of
+//!   non-matching ids are indistinguishable from random group elements.
+//!
+//! Tags are 96 bits; the probability of any false match is at most nA·nB·2^-96, which this
+//! crate keeps below 2^-40 by refusing sets with nA·nB > 2^56.
+//!
+//! # Cost and memory
+//!
+//! Each party performs one variable-base scalar multiplication per own id and one per peer
+//! id. Blinding multiplies by k/2 and encodes k·P with `double_and_compress_batch` (one
+//! batched inversion instead of an inverse square root per point). Work is parallel with
+//! rayon. No state holds points: the guest keeps 12 bytes per own id per host and 12 bytes
+//! per host id; a host keeps 4 bytes per id beyond its id column; a message holds at most one
+//! batch (2^16 elements by default).
+//!
+//! # Example
+//!
+//! ```
+//! use psi::{run_in_memory, GuestConfig, HostInput, IdColumn, DuplicatePolicy};
+//!
+//! let bank = IdColumn::from_ids(["ent-1", "ent-2", "ent-3", "ent-4"])?;
+//! let tax = IdColumn::from_ids(["ent-4", "ent-9", "ent-2"])?;
+//! let hosts = vec![HostInput { name: "tax".into(), ids: tax, duplicates: DuplicatePolicy::Reject }];
+//! let outcome = run_in_memory(bank, GuestConfig::default(), hosts, &mut |_| {})?;
+//! assert_eq!(outcome.guest.aligned_rows, vec![1, 3]); // ent-2, ent-4 in the bank's order
+//! assert_eq!(outcome.hosts[0].as_ref().unwrap().aligned_rows, vec![2, 0]);
+//! # Ok::<(), psi::PsiError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod crypto;
+mod driver;
+mod error;
+mod ids;
+mod message;
+mod session;
+
+pub use crypto::{JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN};
+pub use driver::{run_in_memory, HostInput, InMemoryOutcome, WireMessage, GUEST};
+pub use error::{DuplicateId, PsiError};
+pub use ids::{DuplicatePolicy, IdColumn, MAX_ID_LEN, MAX_ROWS};
+pub use message::{
+    points_from_bytes, points_to_bytes, tags_from_bytes, tags_to_bytes, Alignment, GuestHello,
+    HostHello, PointBatch, ResultMode, TagBatch, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
+    PROTOCOL_VERSION,
+};
+pub use session::{GuestConfig, GuestOutput, GuestResult, HostOutput, PsiGuest, PsiHost};

@@ -1,0 +1,155 @@
+//! The messages of the protocol. The caller moves them; `node` maps them to protobuf.
+
+use crate::crypto::{JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN};
+use crate::error::PsiError;
+
+/// Version of the PSI protocol spoken by this crate; every message carries it.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Default number of elements per batch message (2 MiB of points).
+pub const DEFAULT_BATCH_SIZE: u32 = 1 << 16;
+/// Largest batch a peer may announce (32 MiB of points), bounding each message's memory.
+pub const MAX_BATCH_SIZE: u32 = 1 << 20;
+
+/// Who learns the intersection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResultMode {
+    /// Only the guest learns it; hosts learn the guest's set size and nothing else.
+    ReceiverOnly,
+    /// Every party learns the final intersection, as its own row indices in the guest's order
+    /// (what vertical training needs).
+    #[default]
+    BothSides,
+}
+
+/// Guest → each host: opens a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestHello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// Per-job salt of the id hash.
+    pub salt: JobSalt,
+    /// Number of distinct ids the guest brings.
+    pub guest_rows: u64,
+    /// Elements per batch, for both directions.
+    pub batch_size: u32,
+    /// Who learns the result.
+    pub result: ResultMode,
+}
+
+/// Host → guest: accepts a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostHello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// Number of distinct ids the host brings.
+    pub host_rows: u64,
+}
+
+/// Blinded points of one batch: the guest's (to every host) or a host's (to the guest).
+/// Both sides shuffle before blinding, so positions say nothing about row order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PointBatch {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// Batch number, from 0.
+    pub batch: u32,
+    /// Compressed points, `batch_size` of them except in the last batch.
+    pub points: Vec<WirePoint>,
+}
+
+/// Host → guest: tags of the guest's points of one batch after the host's blinding, in the
+/// order the guest sent them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagBatch {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// Batch number the tags answer.
+    pub batch: u32,
+    /// One tag per point of that batch.
+    pub tags: Vec<Tag>,
+}
+
+/// Guest → host (both-sides mode): the final intersection as positions in the host's sent
+/// order, listed in the guest's row order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alignment {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// Position (in the host's sent order) of each aligned row.
+    pub positions: Vec<u32>,
+}
+
+/// Concatenates points for a protobuf `bytes` field.
+pub fn points_to_bytes(points: &[WirePoint]) -> Vec<u8> {
+    points.concat()
+}
+
+/// Splits a `bytes` field into points; the length must be a multiple of 32.
+pub fn points_from_bytes(peer: &str, bytes: &[u8]) -> Result<Vec<WirePoint>, PsiError> {
+    split_fixed::<POINT_LEN>(peer, "points", bytes)
+}
+
+/// Concatenates tags for a protobuf `bytes` field.
+pub fn tags_to_bytes(tags: &[Tag]) -> Vec<u8> {
+    tags.concat()
+}
+
+/// Splits a `bytes` field into tags; the length must be a multiple of 12.
+pub fn tags_from_bytes(peer: &str, bytes: &[u8]) -> Result<Vec<Tag>, PsiError> {
+    split_fixed::<TAG_LEN>(peer, "tags", bytes)
+}
+
+fn split_fixed<const N: usize>(
+    peer: &str,
+    field: &'static str,
+    bytes: &[u8],
+) -> Result<Vec<[u8; N]>, PsiError> {
+    if bytes.len() % N != 0 {
+        return Err(PsiError::InvalidField {
+            peer: peer.to_owned(),
+            field,
+            reason: format!("{} bytes is not a multiple of {N}", bytes.len()),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(N)
+        .map(|chunk| {
+            let mut item = [0u8; N];
+            item.copy_from_slice(chunk);
+            item
+        })
+        .collect())
+}
+
+pub(crate) fn check_version(peer: &str, got: u16) -> Result<(), PsiError> {
+    if got == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(PsiError::VersionMismatch {
+            peer: peer.to_owned(),
+            expected: PROTOCOL_VERSION,
+            got,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_bytes_round_trip_and_reject_ragged_lengths() {
+        let points = vec![[1u8; 32], [2u8; 32]];
+        let flat = points_to_bytes(&points);
+        assert_eq!(points_from_bytes("tax", &flat).unwrap(), points);
+        let err = points_from_bytes("tax", &flat[..63]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "peer tax: field `points` is invalid: 63 bytes is not a multiple of 32"
+        );
+        let tags = vec![[9u8; 12]];
+        assert_eq!(tags_from_bytes("tax", &tags_to_bytes(&tags)).unwrap(), tags);
+        assert!(tags_from_bytes("tax", &[0; 13]).is_err());
+    }
+}

@@ -1,0 +1,617 @@
+//! The two roles as state machines: [`PsiGuest`] (learns the intersection, drives alignment)
+//! and [`PsiHost`]. They consume and produce messages; the caller moves them.
+
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+
+use crate::crypto::{blind_ids, reblind_to_tags, BlindingKey, JobSalt, Tag, TAG_LEN};
+use crate::error::{PsiError, Stream};
+use crate::ids::{DuplicatePolicy, IdColumn};
+use crate::message::{
+    check_version, Alignment, GuestHello, HostHello, PointBatch, ResultMode, TagBatch,
+    DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, PROTOCOL_VERSION,
+};
+
+/// Position marker for "no match" in per-host match tables.
+const NO_MATCH: u32 = u32::MAX;
+
+/// The guest's choices for one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// Elements per batch message, 1..=[`MAX_BATCH_SIZE`].
+    pub batch_size: u32,
+    /// Who learns the intersection.
+    pub result: ResultMode,
+    /// What to do with repeated ids in the guest's own column.
+    pub duplicates: DuplicatePolicy,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        GuestConfig {
+            batch_size: DEFAULT_BATCH_SIZE,
+            result: ResultMode::BothSides,
+            duplicates: DuplicatePolicy::Reject,
+        }
+    }
+}
+
+/// What the guest ends with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestOutput {
+    /// Guest rows held by every party, ascending: row `i` of the aligned data set.
+    pub aligned_rows: Vec<u32>,
+    /// |guest ∩ host_k| per host (the guest learns these pairwise sizes).
+    pub pairwise_sizes: Vec<u64>,
+}
+
+/// What a host ends with in both-sides mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostOutput {
+    /// The host's row for each aligned row, in the guest's order.
+    pub aligned_rows: Vec<u32>,
+}
+
+/// The guest's result: its output and, in both-sides mode, one alignment message per host.
+#[derive(Debug)]
+pub struct GuestResult {
+    /// What the guest learned.
+    pub output: GuestOutput,
+    /// `(host name, message)` for every host, in both-sides mode; empty in receiver-only mode.
+    pub alignments: Vec<(String, Alignment)>,
+}
+
+fn batch_count(rows: u64, batch_size: u32) -> u32 {
+    rows.div_ceil(u64::from(batch_size)) as u32
+}
+
+fn batch_range(rows: u64, batch_size: u32, batch: u32) -> std::ops::Range<usize> {
+    let start = u64::from(batch) * u64::from(batch_size);
+    let end = (start + u64::from(batch_size)).min(rows);
+    start as usize..end as usize
+}
+
+/// Refuses sizes for which a false tag match would not be negligible (2^-40).
+fn check_tag_bound(guest_rows: u64, host_rows: u64) -> Result<(), PsiError> {
+    let tag_bits = (TAG_LEN * 8) as u32;
+    if u128::from(guest_rows) * u128::from(host_rows) > 1u128 << (tag_bits - 40) {
+        return Err(PsiError::SetsTooLarge {
+            guest_rows,
+            host_rows,
+            tag_bits,
+        });
+    }
+    Ok(())
+}
+
+/// The rows that take part, in a fresh uniformly random order.
+fn shuffled_rows(ids: &IdColumn, policy: DuplicatePolicy) -> Result<Vec<u32>, PsiError> {
+    let mut rows = ids.distinct_rows(policy)?;
+    rows.shuffle(&mut rand::rng());
+    Ok(rows)
+}
+
+fn check_batch(
+    peer: &str,
+    stream: Stream,
+    batch: u32,
+    len: usize,
+    rows: u64,
+    batch_size: u32,
+) -> Result<std::ops::Range<usize>, PsiError> {
+    let batches = batch_count(rows, batch_size);
+    if batch >= batches {
+        return Err(PsiError::BatchOutOfRange {
+            peer: peer.to_owned(),
+            what: stream.name(),
+            batch,
+            batches,
+        });
+    }
+    let range = batch_range(rows, batch_size, batch);
+    if len != range.len() {
+        return Err(PsiError::WrongCount {
+            peer: peer.to_owned(),
+            what: stream.name(),
+            batch,
+            expected: range.len() as u64,
+            got: len as u64,
+        });
+    }
+    Ok(range)
+}
+
+/// What the guest knows about one host.
+struct HostSlot {
+    name: String,
+    /// Set by the host's hello.
+    rows: Option<u64>,
+    /// Tags of the guest's points after this host's blinding, by guest position.
+    guest_tags: Vec<Tag>,
+    guest_batches_done: Vec<bool>,
+    /// Tags of this host's points after the guest's blinding, by host position.
+    host_tags: Vec<Tag>,
+    host_batches_done: Vec<bool>,
+}
+
+impl HostSlot {
+    fn missing(&self) -> Option<String> {
+        let Some(_) = self.rows else {
+            return Some(format!("no hello from host {}", self.name));
+        };
+        let count = |done: &[bool]| done.iter().filter(|d| !**d).count();
+        let (guest_left, host_left) = (
+            count(&self.guest_batches_done),
+            count(&self.host_batches_done),
+        );
+        (guest_left + host_left > 0).then(|| {
+            format!(
+                "host {}: {guest_left} tag batches and {host_left} point batches missing",
+                self.name
+            )
+        })
+    }
+}
+
+/// The guest's side of PSI with one or more hosts.
+///
+/// Flow: send [`hello`](Self::hello) to every host; feed each host's [`HostHello`]; send every
+/// [`blinded_batch`](Self::blinded_batch) to every host and feed the [`TagBatch`] answers;
+/// feed every host's [`PointBatch`]es; then [`finish`](Self::finish). Messages may arrive in
+/// any order after the hellos, and a repeated batch is ignored, so a transport may retry.
+pub struct PsiGuest {
+    ids: IdColumn,
+    key: BlindingKey,
+    salt: JobSalt,
+    config: GuestConfig,
+    /// Row blinded at each position of the guest's stream.
+    sent_rows: Vec<u32>,
+    hosts: Vec<HostSlot>,
+}
+
+impl std::fmt::Debug for PsiGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PsiGuest")
+            .field("rows", &self.sent_rows.len())
+            .field("hosts", &self.hosts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PsiGuest {
+    /// Validates the ids, draws a fresh key and salt, and shuffles the rows.
+    pub fn new(ids: IdColumn, hosts: &[&str], config: GuestConfig) -> Result<Self, PsiError> {
+        Self::with_key(ids, hosts, config, BlindingKey::random()?, JobSalt::random()?)
+    }
+
+    pub(crate) fn with_key(
+        ids: IdColumn,
+        hosts: &[&str],
+        config: GuestConfig,
+        key: BlindingKey,
+        salt: JobSalt,
+    ) -> Result<Self, PsiError> {
+        if config.batch_size == 0 || config.batch_size > MAX_BATCH_SIZE {
+            return Err(PsiError::InvalidConfig {
+                field: "batch_size",
+                reason: format!("{} is not in 1..={MAX_BATCH_SIZE}", config.batch_size),
+            });
+        }
+        if hosts.is_empty() {
+            return Err(PsiError::InvalidConfig {
+                field: "hosts",
+                reason: "at least one host is needed".into(),
+            });
+        }
+        for (i, name) in hosts.iter().enumerate() {
+            if hosts[..i].contains(name) {
+                return Err(PsiError::InvalidConfig {
+                    field: "hosts",
+                    reason: format!("host {name} is listed twice"),
+                });
+            }
+        }
+        let sent_rows = shuffled_rows(&ids, config.duplicates)?;
+        let own_batches = batch_count(sent_rows.len() as u64, config.batch_size) as usize;
+        let hosts = hosts
+            .iter()
+            .map(|name| HostSlot {
+                name: (*name).to_owned(),
+                rows: None,
+                guest_tags: vec![[0; TAG_LEN]; sent_rows.len()],
+                guest_batches_done: vec![false; own_batches],
+                host_tags: Vec::new(),
+                host_batches_done: Vec::new(),
+            })
+            .collect();
+        Ok(PsiGuest {
+            ids,
+            key,
+            salt,
+            config,
+            sent_rows,
+            hosts,
+        })
+    }
+
+    /// The hello every host receives.
+    pub fn hello(&self) -> GuestHello {
+        GuestHello {
+            version: PROTOCOL_VERSION,
+            salt: self.salt,
+            guest_rows: self.sent_rows.len() as u64,
+            batch_size: self.config.batch_size,
+            result: self.config.result,
+        }
+    }
+
+    /// Number of the guest's point batches.
+    pub fn batch_count(&self) -> u32 {
+        batch_count(self.sent_rows.len() as u64, self.config.batch_size)
+    }
+
+    /// The guest's blinded points of one batch, identical for every host; `None` past the end.
+    /// Recomputed on each call (the state keeps no points), so a retry costs a recomputation.
+    pub fn blinded_batch(&self, batch: u32) -> Option<PointBatch> {
+        if batch >= self.batch_count() {
+            return None;
+        }
+        let range = batch_range(self.sent_rows.len() as u64, self.config.batch_size, batch);
+        let rows = &self.sent_rows[range];
+        let points = blind_ids(&self.key, &self.salt, rows.len(), |i| {
+            self.ids.get(rows[i] as usize)
+        });
+        Some(PointBatch {
+            version: PROTOCOL_VERSION,
+            batch,
+            points,
+        })
+    }
+
+    fn slot(&mut self, host: &str) -> Result<&mut HostSlot, PsiError> {
+        self.hosts
+            .iter_mut()
+            .find(|slot| slot.name == host)
+            .ok_or_else(|| PsiError::UnexpectedMessage {
+                peer: host.to_owned(),
+                what: "message from a party that is not a host of this run",
+            })
+    }
+
+    /// A host's hello: its set size.
+    pub fn receive_host_hello(&mut self, host: &str, hello: &HostHello) -> Result<(), PsiError> {
+        check_version(host, hello.version)?;
+        let (guest_rows, batch_size) = (self.sent_rows.len() as u64, self.config.batch_size);
+        let slot = self.slot(host)?;
+        if let Some(rows) = slot.rows {
+            if rows == hello.host_rows {
+                return Ok(());
+            }
+            return Err(PsiError::UnexpectedMessage {
+                peer: host.to_owned(),
+                what: "second hello with a different set size",
+            });
+        }
+        if hello.host_rows == 0 {
+            return Err(PsiError::InvalidField {
+                peer: host.to_owned(),
+                field: "host_rows",
+                reason: "the host's set is empty".into(),
+            });
+        }
+        check_tag_bound(guest_rows, hello.host_rows)?;
+        let rows = usize::try_from(hello.host_rows).map_err(|_| PsiError::InvalidField {
+            peer: host.to_owned(),
+            field: "host_rows",
+            reason: format!("{} does not fit in memory", hello.host_rows),
+        })?;
+        slot.rows = Some(hello.host_rows);
+        slot.host_tags = vec![[0; TAG_LEN]; rows];
+        slot.host_batches_done = vec![false; batch_count(hello.host_rows, batch_size) as usize];
+        Ok(())
+    }
+
+    /// A host's tags of one guest batch. A repeated batch is ignored.
+    pub fn receive_tags(&mut self, host: &str, tags: &TagBatch) -> Result<(), PsiError> {
+        check_version(host, tags.version)?;
+        let (guest_rows, batch_size) = (self.sent_rows.len() as u64, self.config.batch_size);
+        let slot = self.slot(host)?;
+        let range = check_batch(
+            host,
+            Stream::GuestTags,
+            tags.batch,
+            tags.tags.len(),
+            guest_rows,
+            batch_size,
+        )?;
+        if !slot.guest_batches_done[tags.batch as usize] {
+            slot.guest_tags[range].copy_from_slice(&tags.tags);
+            slot.guest_batches_done[tags.batch as usize] = true;
+        }
+        Ok(())
+    }
+
+    /// A host's blinded points of one batch: the guest blinds them again and keeps the tags.
+    /// A repeated batch is ignored.
+    pub fn receive_host_points(&mut self, host: &str, points: &PointBatch) -> Result<(), PsiError> {
+        check_version(host, points.version)?;
+        let batch_size = self.config.batch_size;
+        let slot_index = self
+            .hosts
+            .iter()
+            .position(|slot| slot.name == host)
+            .ok_or_else(|| PsiError::UnexpectedMessage {
+                peer: host.to_owned(),
+                what: "message from a party that is not a host of this run",
+            })?;
+        let Some(host_rows) = self.hosts[slot_index].rows else {
+            return Err(PsiError::UnexpectedMessage {
+                peer: host.to_owned(),
+                what: "points before the host's hello",
+            });
+        };
+        let range = check_batch(
+            host,
+            Stream::HostPoints,
+            points.batch,
+            points.points.len(),
+            host_rows,
+            batch_size,
+        )?;
+        if self.hosts[slot_index].host_batches_done[points.batch as usize] {
+            return Ok(());
+        }
+        let tags =
+            reblind_to_tags(&self.key, &points.points).map_err(|index| PsiError::InvalidPoint {
+                peer: host.to_owned(),
+                what: Stream::HostPoints.name(),
+                batch: points.batch,
+                index,
+            })?;
+        let slot = &mut self.hosts[slot_index];
+        slot.host_tags[range].copy_from_slice(&tags);
+        slot.host_batches_done[points.batch as usize] = true;
+        Ok(())
+    }
+
+    /// True when every batch from every host has arrived.
+    pub fn is_complete(&self) -> bool {
+        self.hosts.iter().all(|slot| slot.missing().is_none())
+    }
+
+    /// Intersects, orders the result by guest row and, in both-sides mode, writes each host's
+    /// alignment. Errors if anything is missing or the intersection is empty.
+    pub fn finish(self) -> Result<GuestResult, PsiError> {
+        let missing: Vec<String> = self.hosts.iter().filter_map(HostSlot::missing).collect();
+        if !missing.is_empty() {
+            return Err(PsiError::Incomplete {
+                missing: missing.join("; "),
+            });
+        }
+        let names: Vec<String> = self.hosts.iter().map(|slot| slot.name.clone()).collect();
+        let mut pairwise_sizes = Vec::with_capacity(self.hosts.len());
+        let mut matches: Vec<Vec<u32>> = Vec::with_capacity(self.hosts.len());
+        for slot in self.hosts {
+            let found = match_positions(&slot.guest_tags, slot.host_tags);
+            pairwise_sizes.push(found.iter().filter(|&&p| p != NO_MATCH).count() as u64);
+            matches.push(found);
+        }
+        let mut common: Vec<u32> = (0..self.sent_rows.len() as u32)
+            .into_par_iter()
+            .filter(|&p| matches.iter().all(|m| m[p as usize] != NO_MATCH))
+            .collect();
+        if common.is_empty() {
+            return Err(PsiError::EmptyIntersection);
+        }
+        common.par_sort_unstable_by_key(|&p| self.sent_rows[p as usize]);
+        let aligned_rows = common
+            .iter()
+            .map(|&p| self.sent_rows[p as usize])
+            .collect();
+        let alignments = match self.config.result {
+            ResultMode::ReceiverOnly => Vec::new(),
+            ResultMode::BothSides => names
+                .into_iter()
+                .zip(&matches)
+                .map(|(name, found)| {
+                    let positions = common.iter().map(|&p| found[p as usize]).collect();
+                    (
+                        name,
+                        Alignment {
+                            version: PROTOCOL_VERSION,
+                            positions,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        Ok(GuestResult {
+            output: GuestOutput {
+                aligned_rows,
+                pairwise_sizes,
+            },
+            alignments,
+        })
+    }
+}
+
+/// For each guest tag, the host position with the same tag, or [`NO_MATCH`]. Sorts the host's
+/// (tag, position) pairs once and binary-searches: 16 bytes per host element, no hash table.
+fn match_positions(guest_tags: &[Tag], host_tags: Vec<Tag>) -> Vec<u32> {
+    let mut index: Vec<(Tag, u32)> = host_tags
+        .into_iter()
+        .enumerate()
+        .map(|(position, tag)| (tag, position as u32))
+        .collect();
+    index.par_sort_unstable();
+    guest_tags
+        .par_iter()
+        .map(|tag| match index.binary_search_by(|(probe, _)| probe.cmp(tag)) {
+            Ok(found) => index[found].1,
+            Err(_) => NO_MATCH,
+        })
+        .collect()
+}
+
+/// A host's side of PSI with the guest.
+///
+/// Created from the guest's hello. Answer every guest [`PointBatch`] with
+/// [`answer`](Self::answer), send every [`blinded_batch`](Self::blinded_batch), and in
+/// both-sides mode finish with [`receive_alignment`](Self::receive_alignment).
+pub struct PsiHost {
+    guest: String,
+    ids: IdColumn,
+    key: BlindingKey,
+    hello: GuestHello,
+    /// Row blinded at each position of the host's stream.
+    sent_rows: Vec<u32>,
+}
+
+impl std::fmt::Debug for PsiHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PsiHost")
+            .field("guest", &self.guest)
+            .field("rows", &self.sent_rows.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PsiHost {
+    /// Checks the guest's hello, validates the ids, draws a fresh key and shuffles the rows.
+    /// Returns the session and the hello to send back.
+    pub fn new(
+        guest: &str,
+        ids: IdColumn,
+        duplicates: DuplicatePolicy,
+        hello: &GuestHello,
+    ) -> Result<(Self, HostHello), PsiError> {
+        Self::with_key(guest, ids, duplicates, hello, BlindingKey::random()?)
+    }
+
+    pub(crate) fn with_key(
+        guest: &str,
+        ids: IdColumn,
+        duplicates: DuplicatePolicy,
+        hello: &GuestHello,
+        key: BlindingKey,
+    ) -> Result<(Self, HostHello), PsiError> {
+        check_version(guest, hello.version)?;
+        if hello.batch_size == 0 || hello.batch_size > MAX_BATCH_SIZE {
+            return Err(PsiError::InvalidField {
+                peer: guest.to_owned(),
+                field: "batch_size",
+                reason: format!("{} is not in 1..={MAX_BATCH_SIZE}", hello.batch_size),
+            });
+        }
+        if hello.guest_rows == 0 {
+            return Err(PsiError::InvalidField {
+                peer: guest.to_owned(),
+                field: "guest_rows",
+                reason: "the guest's set is empty".into(),
+            });
+        }
+        let sent_rows = shuffled_rows(&ids, duplicates)?;
+        check_tag_bound(hello.guest_rows, sent_rows.len() as u64)?;
+        let reply = HostHello {
+            version: PROTOCOL_VERSION,
+            host_rows: sent_rows.len() as u64,
+        };
+        let host = PsiHost {
+            guest: guest.to_owned(),
+            ids,
+            key,
+            hello: hello.clone(),
+            sent_rows,
+        };
+        Ok((host, reply))
+    }
+
+    /// Who learns the result, as the guest announced.
+    pub fn result_mode(&self) -> ResultMode {
+        self.hello.result
+    }
+
+    /// Number of the host's point batches.
+    pub fn batch_count(&self) -> u32 {
+        batch_count(self.sent_rows.len() as u64, self.hello.batch_size)
+    }
+
+    /// The host's blinded points of one batch; `None` past the end.
+    pub fn blinded_batch(&self, batch: u32) -> Option<PointBatch> {
+        if batch >= self.batch_count() {
+            return None;
+        }
+        let range = batch_range(self.sent_rows.len() as u64, self.hello.batch_size, batch);
+        let rows = &self.sent_rows[range];
+        let points = blind_ids(&self.key, &self.hello.salt, rows.len(), |i| {
+            self.ids.get(rows[i] as usize)
+        });
+        Some(PointBatch {
+            version: PROTOCOL_VERSION,
+            batch,
+            points,
+        })
+    }
+
+    /// Blinds one batch of the guest's points again and returns their tags, in order. Pure:
+    /// answering a repeated batch gives the same answer.
+    pub fn answer(&self, points: &PointBatch) -> Result<TagBatch, PsiError> {
+        check_version(&self.guest, points.version)?;
+        check_batch(
+            &self.guest,
+            Stream::GuestPoints,
+            points.batch,
+            points.points.len(),
+            self.hello.guest_rows,
+            self.hello.batch_size,
+        )?;
+        let tags =
+            reblind_to_tags(&self.key, &points.points).map_err(|index| PsiError::InvalidPoint {
+                peer: self.guest.clone(),
+                what: Stream::GuestPoints.name(),
+                batch: points.batch,
+                index,
+            })?;
+        Ok(TagBatch {
+            version: PROTOCOL_VERSION,
+            batch: points.batch,
+            tags,
+        })
+    }
+
+    /// The final intersection from the guest (both-sides mode): the host's rows in the guest's
+    /// order.
+    pub fn receive_alignment(self, alignment: &Alignment) -> Result<HostOutput, PsiError> {
+        check_version(&self.guest, alignment.version)?;
+        if self.hello.result != ResultMode::BothSides {
+            return Err(PsiError::UnexpectedMessage {
+                peer: self.guest,
+                what: "alignment in receiver-only mode",
+            });
+        }
+        if alignment.positions.is_empty() {
+            return Err(PsiError::EmptyIntersection);
+        }
+        let mut seen = vec![false; self.sent_rows.len()];
+        let mut aligned_rows = Vec::with_capacity(alignment.positions.len());
+        for &position in &alignment.positions {
+            let slot = seen.get_mut(position as usize).ok_or_else(|| PsiError::InvalidField {
+                peer: self.guest.clone(),
+                field: "positions",
+                reason: format!(
+                    "position {position} is past the host's {} rows",
+                    self.sent_rows.len()
+                ),
+            })?;
+            if std::mem::replace(slot, true) {
+                return Err(PsiError::InvalidField {
+                    peer: self.guest.clone(),
+                    field: "positions",
+                    reason: format!("position {position} is listed twice"),
+                });
+            }
+            aligned_rows.push(self.sent_rows[position as usize]);
+        }
+        Ok(HostOutput { aligned_rows })
+    }
+}
