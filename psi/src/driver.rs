@@ -134,13 +134,14 @@ pub fn run_in_memory(
     let mut sessions: Vec<Option<PsiHost>> = sessions.into_iter().map(Some).collect();
     let mut outputs: Vec<Option<HostOutput>> = names.iter().map(|_| None).collect();
     for (name, alignment) in result.alignments {
-        let index = names
-            .iter()
-            .position(|n| *n == name)
-            .ok_or_else(|| PsiError::UnexpectedMessage {
-                peer: name.clone(),
-                what: "alignment for an unknown host",
-            })?;
+        let index =
+            names
+                .iter()
+                .position(|n| *n == name)
+                .ok_or_else(|| PsiError::UnexpectedMessage {
+                    peer: name.clone(),
+                    what: "alignment for an unknown host",
+                })?;
         let wire: Vec<u8> = alignment
             .positions
             .iter()

@@ -92,7 +92,9 @@ pub enum PsiError {
         got: u16,
     },
     /// A point from the peer does not decode to a Ristretto255 group element.
-    #[error("peer {peer}: {what} batch {batch}, element {index} is not a valid Ristretto255 point")]
+    #[error(
+        "peer {peer}: {what} batch {batch}, element {index} is not a valid Ristretto255 point"
+    )]
     InvalidPoint {
         /// Peer name.
         peer: String,

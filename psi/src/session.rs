@@ -181,7 +181,13 @@ impl std::fmt::Debug for PsiGuest {
 impl PsiGuest {
     /// Validates the ids, draws a fresh key and salt, and shuffles the rows.
     pub fn new(ids: IdColumn, hosts: &[&str], config: GuestConfig) -> Result<Self, PsiError> {
-        Self::with_key(ids, hosts, config, BlindingKey::random()?, JobSalt::random()?)
+        Self::with_key(
+            ids,
+            hosts,
+            config,
+            BlindingKey::random()?,
+            JobSalt::random()?,
+        )
     }
 
     pub(crate) fn with_key(
@@ -404,10 +410,7 @@ impl PsiGuest {
             return Err(PsiError::EmptyIntersection);
         }
         common.par_sort_unstable_by_key(|&p| self.sent_rows[p as usize]);
-        let aligned_rows = common
-            .iter()
-            .map(|&p| self.sent_rows[p as usize])
-            .collect();
+        let aligned_rows = common.iter().map(|&p| self.sent_rows[p as usize]).collect();
         let alignments = match self.config.result {
             ResultMode::ReceiverOnly => Vec::new(),
             ResultMode::BothSides => names
@@ -446,10 +449,12 @@ fn match_positions(guest_tags: &[Tag], host_tags: Vec<Tag>) -> Vec<u32> {
     index.par_sort_unstable();
     guest_tags
         .par_iter()
-        .map(|tag| match index.binary_search_by(|(probe, _)| probe.cmp(tag)) {
-            Ok(found) => index[found].1,
-            Err(_) => NO_MATCH,
-        })
+        .map(
+            |tag| match index.binary_search_by(|(probe, _)| probe.cmp(tag)) {
+                Ok(found) => index[found].1,
+                Err(_) => NO_MATCH,
+            },
+        )
         .collect()
 }
 
@@ -595,14 +600,16 @@ impl PsiHost {
         let mut seen = vec![false; self.sent_rows.len()];
         let mut aligned_rows = Vec::with_capacity(alignment.positions.len());
         for &position in &alignment.positions {
-            let slot = seen.get_mut(position as usize).ok_or_else(|| PsiError::InvalidField {
-                peer: self.guest.clone(),
-                field: "positions",
-                reason: format!(
-                    "position {position} is past the host's {} rows",
-                    self.sent_rows.len()
-                ),
-            })?;
+            let slot = seen
+                .get_mut(position as usize)
+                .ok_or_else(|| PsiError::InvalidField {
+                    peer: self.guest.clone(),
+                    field: "positions",
+                    reason: format!(
+                        "position {position} is past the host's {} rows",
+                        self.sent_rows.len()
+                    ),
+                })?;
             if std::mem::replace(slot, true) {
                 return Err(PsiError::InvalidField {
                     peer: self.guest.clone(),
