@@ -1,1 +1,48 @@
-//! he: filled by a later issue.
+//! Coefficient-packed RLWE additively homomorphic encryption over Z/2^128, sans-IO.
+//!
+//! Built for one job: a host holding a plaintext matrix X computes X^T v for a vector v that
+//! another party (the key owner) encrypted, and lets the key owner learn X^T v + r for a
+//! uniform mask r that only the host knows — nothing about X, nothing about v beyond that.
+//!
+//! - Ciphertexts are RLWE pairs (a, b = a·s + e + Δ·m) in Z_q[X]/(X^N + 1), q = 2^128,
+//!   Δ = 2^(128−p); N values per ciphertext; `a` is expanded from a seed, so a fresh ciphertext
+//!   costs 16 bytes per value on the wire. Keys, noise and seeds come from `tfhe::core_crypto`.
+//! - X^T v: for feature j and block b, P_bj(X) = x_0 − Σ_{i≥1} x_i X^(N−i) puts the block's
+//!   inner product in the constant coefficient of V_b·P_bj. Products are exact: three 62-bit
+//!   NTT primes and the CRT (see `ring`), accumulated over blocks in the NTT domain with
+//!   X's transforms precomputed once per data set.
+//! - Release: the host adds Δ·r_j, a fresh encryption of zero under the owner's public key
+//!   (the mask polynomial no longer depends on X) and uniform flooding noise (the decrypted
+//!   noise no longer depends on X), and sends the constant coefficient as an LWE ciphertext.
+//!
+//! Parameters, the security estimate and the flooding argument: [`N8192_Q128`].
+//!
+//! ```
+//! use he::{SecretKey, PreparedMatrix, N8192_Q128};
+//!
+//! let params = N8192_Q128;
+//! let (secret, public) = SecretKey::generate(&params);          // key owner
+//! let v = secret.encrypt(&[3, -1, 4])?;                          // key owner → host
+//! let x = PreparedMatrix::new(&params, 3, 2, &[1, 1, 1, 2, 0, -5])?; // host: 2 columns
+//! let product = public.multiply(&params, &v, &x)?;              // host
+//! let (masked, masks) = public.mask_and_flood(&params, product)?;
+//! let decrypted = secret.decrypt_masked(&masked)?;              // key owner sees x^T v + r
+//! assert_eq!(masks.unmask(&decrypted)?, vec![6, -14]);          // host removes r
+//! # Ok::<(), he::HeError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod encoding;
+mod error;
+mod params;
+mod ring;
+mod scheme;
+
+pub use encoding::FixedPoint;
+pub use error::HeError;
+pub use params::{Params, N8192_Q128};
+pub use scheme::{
+    EncryptedColumns, EncryptedVector, KeyId, MaskedColumns, Masks, PreparedMatrix, PublicKey,
+    SecretKey,
+};

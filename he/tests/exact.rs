@@ -1,0 +1,122 @@
+//! Exactness at the largest supported sizes and the error paths.
+
+use he::*;
+use rand::RngExt;
+
+fn random_values(n: usize, bound: i64) -> Vec<i64> {
+    let mut rng = rand::rng();
+    (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
+}
+
+fn plain_product(v: &[i64], x: &[i64], rows: usize) -> Vec<i64> {
+    x.chunks(rows)
+        .map(|column| column.iter().zip(v).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+fn round_trip(
+    secret: &SecretKey,
+    public: &PublicKey,
+    v: &EncryptedVector,
+    x: &PreparedMatrix,
+) -> Vec<i64> {
+    let params = N8192_Q128;
+    let product = public.multiply(&params, v, x).unwrap();
+    let (masked, masks) = public.mask_and_flood(&params, product).unwrap();
+    masks
+        .unmask(&secret.decrypt_masked(&masked).unwrap())
+        .unwrap()
+}
+
+/// n = 2^20 samples with 16-bit values on both sides: results up to 2^50, exact.
+#[test]
+fn largest_sizes_are_exact() {
+    let params = N8192_Q128;
+    let rows = params.max_rows;
+    let (secret, public) = SecretKey::generate(&params);
+    let v = random_values(rows, 1 << 15);
+    let mut x = random_values(rows * 2, params.max_matrix_abs);
+    // One column at the extreme: every product at its largest magnitude, all the same sign.
+    for (xi, vi) in x[..rows].iter_mut().zip(&v) {
+        *xi = if *vi >= 0 {
+            params.max_matrix_abs
+        } else {
+            -params.max_matrix_abs
+        };
+    }
+    let encrypted = secret.encrypt(&v).unwrap();
+    let matrix = PreparedMatrix::new(&params, rows, 2, &x).unwrap();
+    let got = round_trip(&secret, &public, &encrypted, &matrix);
+    let expected = plain_product(&v, &x, rows);
+    assert!(
+        expected[0] > 1 << 47,
+        "the extreme column reaches {}",
+        expected[0]
+    );
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn encrypt_add_decrypt_across_block_boundaries() {
+    let params = N8192_Q128;
+    let (secret, public) = SecretKey::generate(&params);
+    let n = params.poly_size * 2 + 17;
+    let v = random_values(n, 1 << 20);
+    let mut encrypted = secret.encrypt(&v).unwrap();
+    assert_eq!(secret.decrypt(&encrypted).unwrap(), v);
+    let w = random_values(n, 1 << 20);
+    encrypted.add_plain(&params, &w).unwrap();
+    let sum: Vec<i64> = v.iter().zip(&w).map(|(a, b)| a + b).collect();
+    assert_eq!(secret.decrypt(&encrypted).unwrap(), sum);
+    let x = random_values(n * 3, 1000);
+    let matrix = PreparedMatrix::new(&params, n, 3, &x).unwrap();
+    assert_eq!(
+        round_trip(&secret, &public, &encrypted, &matrix),
+        plain_product(&sum, &x, n)
+    );
+}
+
+#[test]
+fn out_of_range_inputs_are_errors() {
+    let params = N8192_Q128;
+    let (secret, public) = SecretKey::generate(&params);
+    let too_big = params.max_message_abs() + 1;
+    assert_eq!(
+        secret.encrypt(&[0, too_big]).unwrap_err(),
+        HeError::MessageOutOfRange {
+            index: 1,
+            value: too_big,
+            max: params.max_message_abs()
+        }
+    );
+    assert!(secret.encrypt(&[i64::MIN]).is_err());
+    assert_eq!(
+        PreparedMatrix::new(&params, 2, 2, &[0, 1, 2, 1 << 16]).unwrap_err(),
+        HeError::MatrixEntryOutOfRange {
+            row: 1,
+            column: 1,
+            value: 1 << 16,
+            max: 1 << 15
+        }
+    );
+    assert!(matches!(
+        PreparedMatrix::new(&params, 2, 2, &[0, 1, 2]),
+        Err(HeError::SizeMismatch { .. })
+    ));
+    let v = secret.encrypt(&[1, 2, 3]).unwrap();
+    let wrong_rows = PreparedMatrix::new(&params, 2, 1, &[1, 1]).unwrap();
+    assert!(matches!(
+        public.multiply(&params, &v, &wrong_rows),
+        Err(HeError::SizeMismatch { .. })
+    ));
+    // |v| ≤ 2^40 and Σ|x| = 3·2^15: the worst case 2^56.6 could wrap a 54-bit space.
+    let big = secret.encrypt(&[1 << 40, 0, 0]).unwrap();
+    let wide = PreparedMatrix::new(&params, 3, 1, &[1 << 15, 1 << 15, 1 << 15]).unwrap();
+    assert!(matches!(
+        public.multiply(&params, &big, &wide),
+        Err(HeError::ProductTooLarge { .. })
+    ));
+    let mut sum = secret.encrypt(&[1]).unwrap();
+    assert!(sum.add_plain(&params, &[1, 2]).is_err());
+    assert!(sum.add_plain(&params, &[params.max_message_abs()]).is_err());
+}
