@@ -15,7 +15,9 @@
 //!   (the mask polynomial no longer depends on X) and uniform flooding noise (the decrypted
 //!   noise no longer depends on X), and sends the constant coefficient as an LWE ciphertext.
 //!
-//! Parameters, the security estimate and the flooding argument: [`N8192_Q128`].
+//! Parameters, the security estimate and the flooding argument: [`N8192_Q128`]. Public keys,
+//! encrypted vectors and masked columns encode to versioned, length-checked bytes
+//! (`to_bytes` / `from_bytes`, also through serde).
 //!
 //! ```
 //! use he::{SecretKey, PreparedMatrix, N8192_Q128};
@@ -38,6 +40,7 @@ mod error;
 mod params;
 mod ring;
 mod scheme;
+mod wire;
 
 pub use encoding::FixedPoint;
 pub use error::HeError;
@@ -46,3 +49,4 @@ pub use scheme::{
     EncryptedColumns, EncryptedVector, KeyId, MaskedColumns, Masks, PreparedMatrix, PublicKey,
     SecretKey,
 };
+pub use wire::{FORMAT_VERSION, MAX_COLUMNS};

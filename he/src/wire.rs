@@ -1,0 +1,308 @@
+//! Versioned byte encoding of everything that crosses the wire, with serde support.
+//!
+//! Layout (little-endian): magic `UNHE`, format version, kind, parameter-set id, 16-byte key
+//! id, then the kind's fields. Decoding computes the exact expected length from the header and
+//! the parameter set *before* allocating, so malformed, truncated or oversized input is a typed
+//! error, never a panic or an unbounded allocation. Secret keys are deliberately not
+//! encodable: they live for one job in the owner's memory.
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::HeError;
+use crate::params::Params;
+use crate::scheme::{EncryptedVector, KeyId, MaskedColumns, PublicKey, SeededBlock};
+
+const MAGIC: &[u8; 4] = b"UNHE";
+/// Version of this byte format.
+pub const FORMAT_VERSION: u8 = 1;
+const HEADER_LEN: usize = 4 + 1 + 1 + 1 + 16;
+/// Most columns one [`MaskedColumns`] may hold.
+pub const MAX_COLUMNS: usize = 1 << 16;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Kind {
+    PublicKey = 1,
+    EncryptedVector = 2,
+    MaskedColumns = 3,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::PublicKey => "public key",
+            Kind::EncryptedVector => "encrypted vector",
+            Kind::MaskedColumns => "masked columns",
+        }
+    }
+}
+
+fn malformed(kind: Kind, reason: impl Into<String>) -> HeError {
+    HeError::Malformed {
+        what: kind.name(),
+        reason: reason.into(),
+    }
+}
+
+fn header(out: &mut Vec<u8>, kind: Kind, params_id: u8, key: KeyId) {
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(kind as u8);
+    out.push(params_id);
+    out.extend_from_slice(&key.0);
+}
+
+fn put_u128s(out: &mut Vec<u8>, values: &[u128]) {
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// A cursor over bytes whose total length was already checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take<const K: usize>(&mut self) -> [u8; K] {
+        let (head, rest) = self.bytes.split_at(K);
+        self.bytes = rest;
+        let mut out = [0u8; K];
+        out.copy_from_slice(head);
+        out
+    }
+
+    fn u128(&mut self) -> u128 {
+        u128::from_le_bytes(self.take())
+    }
+
+    fn u128s(&mut self, count: usize) -> Vec<u128> {
+        (0..count).map(|_| self.u128()).collect()
+    }
+}
+
+/// Checks the header and returns the parameters, key id and the bytes after the header.
+fn read_header(bytes: &[u8], kind: Kind) -> Result<(Params, KeyId, &[u8]), HeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(malformed(
+            kind,
+            format!(
+                "{} bytes is shorter than the {HEADER_LEN}-byte header",
+                bytes.len()
+            ),
+        ));
+    }
+    if &bytes[..4] != MAGIC {
+        return Err(malformed(kind, "not an unseen HE object (bad magic)"));
+    }
+    if bytes[4] != FORMAT_VERSION {
+        return Err(malformed(
+            kind,
+            format!(
+                "format version {}, this build reads {FORMAT_VERSION}",
+                bytes[4]
+            ),
+        ));
+    }
+    if bytes[5] != kind as u8 {
+        return Err(malformed(
+            kind,
+            format!("object kind {} instead of {}", bytes[5], kind as u8),
+        ));
+    }
+    let params = Params::by_id(bytes[6])
+        .ok_or_else(|| malformed(kind, format!("unknown parameter set {}", bytes[6])))?;
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&bytes[7..HEADER_LEN]);
+    Ok((params, KeyId(key), &bytes[HEADER_LEN..]))
+}
+
+fn expect_len(kind: Kind, body: &[u8], expected: usize) -> Result<(), HeError> {
+    if body.len() == expected {
+        Ok(())
+    } else {
+        Err(malformed(
+            kind,
+            format!("{} bytes after the header, expected {expected}", body.len()),
+        ))
+    }
+}
+
+impl PublicKey {
+    /// Encodes the key.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + 16 * (1 + self.body.len()));
+        header(&mut out, Kind::PublicKey, self.params_id, self.id);
+        out.extend_from_slice(&self.seed.to_le_bytes());
+        put_u128s(&mut out, &self.body);
+        out
+    }
+
+    /// Decodes a key, checking every length.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeError> {
+        let (params, id, body) = read_header(bytes, Kind::PublicKey)?;
+        expect_len(Kind::PublicKey, body, 16 * (1 + params.poly_size))?;
+        let mut r = Reader { bytes: body };
+        Ok(PublicKey {
+            params_id: params.id,
+            id,
+            seed: r.u128(),
+            body: r.u128s(params.poly_size),
+        })
+    }
+}
+
+impl EncryptedVector {
+    /// Encodes the vector (16 bytes per value plus 16 per block of N).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + 16 + self.payload_bytes());
+        header(&mut out, Kind::EncryptedVector, self.params_id, self.key);
+        out.extend_from_slice(&(self.len as u64).to_le_bytes());
+        out.extend_from_slice(&self.value_bound.to_le_bytes());
+        for block in &self.blocks {
+            out.extend_from_slice(&block.seed.to_le_bytes());
+            put_u128s(&mut out, &block.body);
+        }
+        out
+    }
+
+    /// Decodes a vector of at most `max_rows` values, checking every length and bound.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeError> {
+        let kind = Kind::EncryptedVector;
+        let (params, key, body) = read_header(bytes, kind)?;
+        if body.len() < 16 {
+            return Err(malformed(kind, "missing length and bound"));
+        }
+        let mut r = Reader { bytes: body };
+        let len = u64::from_le_bytes(r.take());
+        let value_bound = i64::from_le_bytes(r.take());
+        if len == 0 || len > params.max_rows as u64 {
+            return Err(malformed(
+                kind,
+                format!("length {len} is not in 1..={}", params.max_rows),
+            ));
+        }
+        if !(0..=params.max_message_abs()).contains(&value_bound) {
+            return Err(malformed(
+                kind,
+                format!("value bound {value_bound} is out of range"),
+            ));
+        }
+        let len = len as usize;
+        let blocks = len.div_ceil(params.poly_size);
+        expect_len(kind, r.bytes, blocks * 16 * (1 + params.poly_size))?;
+        let blocks = (0..blocks)
+            .map(|_| SeededBlock {
+                seed: r.u128(),
+                body: r.u128s(params.poly_size),
+            })
+            .collect();
+        Ok(EncryptedVector {
+            params_id: params.id,
+            key,
+            len,
+            value_bound,
+            blocks,
+        })
+    }
+}
+
+impl MaskedColumns {
+    /// Encodes the columns (N + 1 coefficients each).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + 4 + self.payload_bytes());
+        header(&mut out, Kind::MaskedColumns, self.params_id, self.key);
+        out.extend_from_slice(&(self.columns.len() as u32).to_le_bytes());
+        for (a, b0) in &self.columns {
+            put_u128s(&mut out, a);
+            out.extend_from_slice(&b0.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes at most [`MAX_COLUMNS`] columns, checking every length.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeError> {
+        let kind = Kind::MaskedColumns;
+        let (params, key, body) = read_header(bytes, kind)?;
+        if body.len() < 4 {
+            return Err(malformed(kind, "missing column count"));
+        }
+        let mut r = Reader { bytes: body };
+        let count = u32::from_le_bytes(r.take()) as usize;
+        if count == 0 || count > MAX_COLUMNS {
+            return Err(malformed(
+                kind,
+                format!("{count} columns is not in 1..={MAX_COLUMNS}"),
+            ));
+        }
+        expect_len(kind, r.bytes, count * 16 * (params.poly_size + 1))?;
+        let columns = (0..count)
+            .map(|_| (r.u128s(params.poly_size), r.u128()))
+            .collect();
+        Ok(MaskedColumns {
+            params_id: params.id,
+            key,
+            columns,
+        })
+    }
+}
+
+macro_rules! serde_via_bytes {
+    ($type:ty) => {
+        impl Serialize for $type {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_bytes(&self.to_bytes())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let bytes: serde_bytes_buf::Buf = Deserialize::deserialize(deserializer)?;
+                <$type>::from_bytes(&bytes.0).map_err(D::Error::custom)
+            }
+        }
+    };
+}
+
+serde_via_bytes!(PublicKey);
+serde_via_bytes!(EncryptedVector);
+serde_via_bytes!(MaskedColumns);
+
+mod serde_bytes_buf {
+    //! Accepts a byte string, or a sequence of bytes from formats without byte strings.
+    use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+
+    pub(super) struct Buf(pub(super) Vec<u8>);
+
+    impl<'de> Deserialize<'de> for Buf {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct BufVisitor;
+            impl<'de> Visitor<'de> for BufVisitor {
+                type Value = Buf;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<Buf, E> {
+                    Ok(Buf(v.to_vec()))
+                }
+                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Buf, E> {
+                    Ok(Buf(v))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Buf, A::Error> {
+                    // Bounded by the largest legitimate object (an encrypted vector of max_rows).
+                    const LIMIT: usize = 64 << 20;
+                    let mut out = Vec::new();
+                    while let Some(byte) = seq.next_element::<u8>()? {
+                        if out.len() == LIMIT {
+                            return Err(serde::de::Error::custom("byte sequence too long"));
+                        }
+                        out.push(byte);
+                    }
+                    Ok(Buf(out))
+                }
+            }
+            deserializer.deserialize_byte_buf(BufVisitor)
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Encoding: round trips, and malformed input gives typed errors, never a panic.
+
+use he::*;
+use proptest::prelude::*;
+
+fn objects() -> (SecretKey, PublicKey, EncryptedVector, MaskedColumns) {
+    let params = N8192_Q128;
+    let (secret, public) = SecretKey::generate(&params);
+    let v = secret.encrypt(&[5, -3, 2]).unwrap();
+    let x = PreparedMatrix::new(&params, 3, 2, &[1, 2, 3, -1, 0, 4]).unwrap();
+    let (masked, _) = public
+        .mask_and_flood(&params, public.multiply(&params, &v, &x).unwrap())
+        .unwrap();
+    (secret, public, v, masked)
+}
+
+#[test]
+fn everything_round_trips_bytes_and_serde() {
+    let (secret, public, v, masked) = objects();
+    assert_eq!(PublicKey::from_bytes(&public.to_bytes()).unwrap(), public);
+    assert_eq!(EncryptedVector::from_bytes(&v.to_bytes()).unwrap(), v);
+    assert_eq!(
+        MaskedColumns::from_bytes(&masked.to_bytes()).unwrap(),
+        masked
+    );
+    let json = serde_json::to_string(&v).unwrap();
+    let back: EncryptedVector = serde_json::from_str(&json).unwrap();
+    assert_eq!(secret.decrypt(&back).unwrap(), vec![5, -3, 2]);
+    // 16 bytes per value plus one seed per block and a 39-byte header.
+    assert_eq!(v.to_bytes().len(), 23 + 16 + 16 * (8192 + 1));
+}
+
+#[test]
+fn truncated_or_extended_bytes_are_errors() {
+    let (_, public, v, masked) = objects();
+    for bytes in [public.to_bytes(), v.to_bytes(), masked.to_bytes()] {
+        for cut in [0, 3, 22, 23, 30, 39, 40, bytes.len() / 2, bytes.len() - 1] {
+            let short = &bytes[..cut];
+            assert!(PublicKey::from_bytes(short).is_err());
+            assert!(EncryptedVector::from_bytes(short).is_err());
+            assert!(MaskedColumns::from_bytes(short).is_err());
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(PublicKey::from_bytes(&long).is_err());
+        assert!(EncryptedVector::from_bytes(&long).is_err());
+        assert!(MaskedColumns::from_bytes(&long).is_err());
+    }
+}
+
+#[test]
+fn header_fields_are_checked() {
+    let (_, _, v, _) = objects();
+    let bytes = v.to_bytes();
+    let corrupt = |at: usize, value: u8| {
+        let mut b = bytes.clone();
+        b[at] = value;
+        EncryptedVector::from_bytes(&b).unwrap_err().to_string()
+    };
+    assert_eq!(
+        corrupt(0, b'X'),
+        "malformed encrypted vector: not an unseen HE object (bad magic)"
+    );
+    assert_eq!(
+        corrupt(4, 9),
+        "malformed encrypted vector: format version 9, this build reads 1"
+    );
+    assert_eq!(
+        corrupt(5, 3),
+        "malformed encrypted vector: object kind 3 instead of 2"
+    );
+    assert_eq!(
+        corrupt(6, 77),
+        "malformed encrypted vector: unknown parameter set 77"
+    );
+    // Length field claims 2^40 values: refused before any allocation.
+    assert_eq!(
+        corrupt(23 + 5, 1),
+        "malformed encrypted vector: length 1099511627779 is not in 1..=1048576"
+    );
+    // Value bound beyond the plaintext space.
+    assert!(corrupt(23 + 8 + 7, 0x7f).contains("value bound"));
+    // Another key id still decodes, but decryption and products refuse it.
+    let params = N8192_Q128;
+    let (other, _) = SecretKey::generate(&params);
+    let mut b = bytes.clone();
+    b[10] ^= 1;
+    let wrong = EncryptedVector::from_bytes(&b).unwrap();
+    assert!(matches!(
+        other.decrypt(&wrong),
+        Err(HeError::WrongKey { .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), kind in 1u8..4) {
+        let mut b = b"UNHE\x01".to_vec();
+        b.push(kind);
+        b.push(1);
+        b.extend(bytes);
+        let _ = PublicKey::from_bytes(&b);
+        let _ = EncryptedVector::from_bytes(&b);
+        let _ = MaskedColumns::from_bytes(&b);
+    }
+}
