@@ -1,0 +1,132 @@
+//! Binary classification metrics computed by the guest from joint scores.
+
+use crate::error::FedError;
+
+/// The metrics reported per epoch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Metrics {
+    /// Area under the ROC curve (ties count one half).
+    pub auc: f64,
+    /// Kolmogorov–Smirnov statistic: the largest gap between the true- and false-positive rates.
+    pub ks: f64,
+    /// Mean negative log-likelihood (natural log), probabilities clamped to [1e-15, 1 − 1e-15].
+    pub log_loss: f64,
+    /// Share of rows whose probability is on the label's side of 0.5.
+    pub accuracy: f64,
+}
+
+/// Computes the metrics of probabilities against 0/1 labels.
+pub fn evaluate(probabilities: &[f64], labels: &[f64]) -> Result<Metrics, FedError> {
+    if probabilities.len() != labels.len() {
+        return Err(FedError::LengthMismatch {
+            what: "probabilities vs labels",
+            expected: labels.len(),
+            got: probabilities.len(),
+        });
+    }
+    for (row, &y) in labels.iter().enumerate() {
+        if y != 0.0 && y != 1.0 {
+            return Err(FedError::BadLabel { row, value: y });
+        }
+    }
+    for (row, &p) in probabilities.iter().enumerate() {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(FedError::BadScore { row, value: p });
+        }
+    }
+    let positives = labels.iter().filter(|&&y| y == 1.0).count();
+    let negatives = labels.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return Err(FedError::SingleClass {
+            class: u8::from(positives > 0),
+        });
+    }
+    // Descending by score; rows with equal scores form one group (one threshold).
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let (mut auc_pairs, mut ks) = (0.0f64, 0.0f64);
+    let mut start = 0;
+    while start < order.len() {
+        let score = probabilities[order[start]];
+        let mut end = start;
+        let (mut group_tp, mut group_fp) = (0usize, 0usize);
+        while end < order.len() && probabilities[order[end]] == score {
+            if labels[order[end]] == 1.0 {
+                group_tp += 1;
+            } else {
+                group_fp += 1;
+            }
+            end += 1;
+        }
+        // Each negative in the group ranks below every positive seen before it and ties with
+        // the positives of its own group.
+        auc_pairs += group_fp as f64 * (tp as f64 + 0.5 * group_tp as f64);
+        tp += group_tp;
+        fp += group_fp;
+        ks = ks.max((tp as f64 / positives as f64 - fp as f64 / negatives as f64).abs());
+        start = end;
+    }
+    let n = labels.len() as f64;
+    let log_loss = probabilities
+        .iter()
+        .zip(labels)
+        .map(|(&p, &y)| {
+            let p = p.clamp(1e-15, 1.0 - 1e-15);
+            -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+        })
+        .sum::<f64>()
+        / n;
+    let correct = probabilities
+        .iter()
+        .zip(labels)
+        .filter(|(&p, &y)| (p >= 0.5) == (y == 1.0))
+        .count();
+    Ok(Metrics {
+        auc: auc_pairs / (positives as f64 * negatives as f64),
+        ks,
+        log_loss,
+        accuracy: correct as f64 / n,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_known_cases() {
+        let m = evaluate(&[0.1, 0.4, 0.35, 0.8], &[0.0, 0.0, 1.0, 1.0]).unwrap();
+        assert_eq!(m.auc, 0.75);
+        assert_eq!(m.ks, 0.5);
+        assert_eq!(m.accuracy, 0.75);
+        let expected = -(0.9f64.ln() + 0.6f64.ln() + 0.35f64.ln() + 0.8f64.ln()) / 4.0;
+        assert!((m.log_loss - expected).abs() < 1e-12);
+        // Ties count one half: every score equal gives AUC 0.5 and KS 0.
+        let tied = evaluate(&[0.3; 4], &[0.0, 1.0, 0.0, 1.0]).unwrap();
+        assert_eq!((tied.auc, tied.ks), (0.5, 0.0));
+        // Perfect separation.
+        let perfect = evaluate(&[0.9, 0.2, 0.7, 0.1], &[1.0, 0.0, 1.0, 0.0]).unwrap();
+        assert_eq!((perfect.auc, perfect.ks, perfect.accuracy), (1.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        assert_eq!(
+            evaluate(&[0.5, 0.5], &[0.0, 2.0]),
+            Err(FedError::BadLabel { row: 1, value: 2.0 })
+        );
+        assert!(matches!(
+            evaluate(&[f64::NAN, 0.5], &[0.0, 1.0]),
+            Err(FedError::BadScore { row: 0, .. })
+        ));
+        assert_eq!(
+            evaluate(&[0.5], &[1.0]),
+            Err(FedError::SingleClass { class: 1 })
+        );
+        assert!(matches!(
+            evaluate(&[0.5], &[1.0, 0.0]),
+            Err(FedError::LengthMismatch { .. })
+        ));
+    }
+}
