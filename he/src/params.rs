@@ -18,6 +18,8 @@ pub struct Params {
     pub noise_std: f64,
     /// Flooding noise is uniform on [−2^F, 2^F].
     pub flood_bits: u32,
+    /// Released results keep the top bits of each coefficient (modulus switching to 2^bits).
+    pub released_bits: u32,
     /// Largest number of encrypted values one matrix product may combine.
     pub max_rows: usize,
     /// Largest |x| of a plaintext matrix entry.
@@ -42,13 +44,16 @@ pub struct Params {
 /// mini-batch (n = 4096).
 ///
 /// **Correctness.** Δ = 2^74, so decryption is exact while total noise < 2^73: flooding 2^72, plus
-/// the matrix-dependent noise (< 2^31) and the re-randomisation noise (< 2^20).
+/// the matrix-dependent noise (< 2^31), the re-randomisation noise (< 2^20) and, because
+/// released results keep only the top 72 bits of each coefficient (9 bytes instead of 16), the
+/// rounding error ≤ (N + 1)·2^55 < 2^68.1 even in the worst case.
 pub const N8192_Q128: Params = Params {
     id: 1,
     poly_size: 8192,
     message_bits: 54,
     noise_std: 3.19,
     flood_bits: 72,
+    released_bits: 72,
     max_rows: 1 << 20,
     max_matrix_abs: 1 << 15,
 };
@@ -76,6 +81,15 @@ impl Params {
     pub(crate) fn round(&self, noisy: u128) -> u64 {
         let half = 1u128 << (self.delta_bits() - 1);
         (noisy.wrapping_add(half) >> self.delta_bits()) as u64
+    }
+
+    /// Rounds a coefficient to the nearest multiple of 2^(128 − bits).
+    pub(crate) fn round_to_top(value: u128, bits: u32) -> u128 {
+        if bits >= 128 {
+            return value;
+        }
+        let drop = 128 - bits;
+        (value.wrapping_add(1u128 << (drop - 1)) >> drop) << drop
     }
 
     /// Largest |m| a message may have.

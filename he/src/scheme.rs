@@ -269,9 +269,15 @@ impl MaskedColumns {
         self.columns.is_empty()
     }
 
-    /// Bytes of ciphertext payload that cross the wire: N + 1 coefficients per column.
+    /// Bytes of ciphertext payload that cross the wire: N + 1 coefficients of
+    /// `released_bits / 8` bytes per column.
     pub fn payload_bytes(&self) -> usize {
-        self.columns.iter().map(|(a, _)| 16 * (a.len() + 1)).sum()
+        let coefficient =
+            Params::by_id(self.params_id).map_or(16, |p| p.released_bits as usize / 8);
+        self.columns
+            .iter()
+            .map(|(a, _)| coefficient * (a.len() + 1))
+            .sum()
     }
 }
 
@@ -555,16 +561,18 @@ impl PublicKey {
         params: &Params,
         columns: EncryptedColumns,
     ) -> Result<(MaskedColumns, Masks), HeError> {
-        self.mask_and_flood_bits(params, columns, params.flood_bits)
+        self.mask_and_flood_bits(params, columns, params.flood_bits, params.released_bits)
     }
 
-    /// [`mask_and_flood`](Self::mask_and_flood) with a chosen flooding width; tests use a
-    /// width of 0 to show that the flooding test can fail.
+    /// [`mask_and_flood`](Self::mask_and_flood) with a chosen flooding width and released
+    /// precision; tests use a width of 0 and full precision to show that the flooding test can
+    /// fail.
     pub(crate) fn mask_and_flood_bits(
         &self,
         params: &Params,
         columns: EncryptedColumns,
         flood_bits: u32,
+        released_bits: u32,
     ) -> Result<(MaskedColumns, Masks), HeError> {
         check_params(params, self.params_id, "public key")?;
         check_params(params, columns.params_id, "encrypted columns")?;
@@ -603,7 +611,9 @@ impl PublicKey {
                     .iter()
                     .zip(&u_a)
                     .zip(&e1)
-                    .map(|((&x, &y), &z)| x.wrapping_add(y).wrapping_add(z))
+                    .map(|((&x, &y), &z)| {
+                        Params::round_to_top(x.wrapping_add(y).wrapping_add(z), released_bits)
+                    })
                     .collect();
                 let u_b0 = constant_of_product(&b_pk, &u);
                 let b0 = b[0]
@@ -611,7 +621,7 @@ impl PublicKey {
                     .wrapping_add(e2)
                     .wrapping_add(flood)
                     .wrapping_add(params.scale(r as i64));
-                ((fresh_a, b0), r)
+                ((fresh_a, Params::round_to_top(b0, released_bits)), r)
             })
             .collect();
         let (columns, values): (Vec<_>, Vec<_>) = results.into_iter().unzip();
@@ -692,12 +702,16 @@ mod tests {
             PreparedMatrix::new(&params, n, COLUMNS, &x).unwrap()
         };
         let (small, large) = (prepare(0), prepare(1 << 14));
-        let sample = |matrix: &PreparedMatrix, flood_bits: u32, calls: usize| -> Vec<i128> {
+        let sample = |matrix: &PreparedMatrix,
+                      flood_bits: u32,
+                      released_bits: u32,
+                      calls: usize|
+         -> Vec<i128> {
             (0..calls)
                 .flat_map(|_| {
                     let product = public.multiply(&params, &v, matrix).unwrap();
                     let (masked, masks) = public
-                        .mask_and_flood_bits(&params, product, flood_bits)
+                        .mask_and_flood_bits(&params, product, flood_bits, released_bits)
                         .unwrap();
                     let decrypted = secret.decrypt_masked(&masked).unwrap();
                     assert_eq!(masks.unmask(&decrypted).unwrap(), vec![7; COLUMNS]);
@@ -706,7 +720,7 @@ mod tests {
                 .collect()
         };
         // Without flooding: the noise magnitude reveals the matrix (about 2^8 against 2^20).
-        let (bare_small, bare_large) = (sample(&small, 0, 1), sample(&large, 0, 1));
+        let (bare_small, bare_large) = (sample(&small, 0, 128, 1), sample(&large, 0, 128, 1));
         assert!(
             mean_abs_log2(&bare_large) - mean_abs_log2(&bare_small) > 6.0,
             "test cannot detect the leak: {} vs {}",
@@ -717,8 +731,8 @@ mod tests {
         // samples log2 of the mean has a standard deviation of about 0.04, so the bounds below
         // are more than 5 standard deviations wide.
         let (flood_small, flood_large) = (
-            sample(&small, params.flood_bits, 8),
-            sample(&large, params.flood_bits, 8),
+            sample(&small, params.flood_bits, params.released_bits, 8),
+            sample(&large, params.flood_bits, params.released_bits, 8),
         );
         for noise in [&flood_small, &flood_large] {
             assert!(

@@ -80,6 +80,15 @@ impl Reader<'_> {
     fn u128s(&mut self, count: usize) -> Vec<u128> {
         (0..count).map(|_| self.u128()).collect()
     }
+
+    /// A coefficient stored as its top `bytes·8` bits.
+    fn top(&mut self, bytes: usize) -> u128 {
+        let (head, rest) = self.bytes.split_at(bytes);
+        self.bytes = rest;
+        let mut full = [0u8; 16];
+        full[16 - bytes..].copy_from_slice(head);
+        u128::from_le_bytes(full)
+    }
 }
 
 /// Checks the header and returns the parameters, key id and the bytes after the header.
@@ -214,9 +223,11 @@ impl MaskedColumns {
         let mut out = Vec::with_capacity(HEADER_LEN + 4 + self.payload_bytes());
         header(&mut out, Kind::MaskedColumns, self.params_id, self.key);
         out.extend_from_slice(&(self.columns.len() as u32).to_le_bytes());
-        for (a, b0) in &self.columns {
-            put_u128s(&mut out, a);
-            out.extend_from_slice(&b0.to_le_bytes());
+        let bytes = Params::by_id(self.params_id).map_or(16, |p| p.released_bits as usize / 8);
+        for value in self.columns.iter().flat_map(|(a, b0)| a.iter().chain([b0])) {
+            // Released coefficients are multiples of 2^(128 − released_bits): keep the top bytes.
+            debug_assert_eq!(value << (8 * bytes), 0, "coefficient was not rounded");
+            out.extend_from_slice(&value.to_le_bytes()[16 - bytes..]);
         }
         out
     }
@@ -236,9 +247,15 @@ impl MaskedColumns {
                 format!("{count} columns is not in 1..={MAX_COLUMNS}"),
             ));
         }
-        expect_len(kind, r.bytes, count * 16 * (params.poly_size + 1))?;
+        let bytes = params.released_bits as usize / 8;
+        expect_len(kind, r.bytes, count * bytes * (params.poly_size + 1))?;
         let columns = (0..count)
-            .map(|_| (r.u128s(params.poly_size), r.u128()))
+            .map(|_| {
+                (
+                    (0..params.poly_size).map(|_| r.top(bytes)).collect(),
+                    r.top(bytes),
+                )
+            })
             .collect();
         Ok(MaskedColumns {
             params_id: params.id,

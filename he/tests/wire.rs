@@ -28,6 +28,8 @@ fn everything_round_trips_bytes_and_serde() {
     assert_eq!(secret.decrypt(&back).unwrap(), vec![5, -3, 2]);
     // 16 bytes per value plus one seed per block and a 39-byte header.
     assert_eq!(v.to_bytes().len(), 23 + 16 + 16 * (8192 + 1));
+    // Released columns keep 72 bits (9 bytes) of each of their N + 1 coefficients.
+    assert_eq!(masked.to_bytes().len(), 23 + 4 + 2 * 9 * (8192 + 1));
 }
 
 #[test]
