@@ -223,7 +223,7 @@ impl MaskedColumns {
         let mut out = Vec::with_capacity(HEADER_LEN + 4 + self.payload_bytes());
         header(&mut out, Kind::MaskedColumns, self.params_id, self.key);
         out.extend_from_slice(&(self.columns.len() as u32).to_le_bytes());
-        let bytes = Params::by_id(self.params_id).map_or(16, |p| p.released_bits as usize / 8);
+        let bytes = self.coefficient_bytes();
         for value in self.columns.iter().flat_map(|(a, b0)| a.iter().chain([b0])) {
             // Released coefficients are multiples of 2^(128 − released_bits): keep the top bytes.
             debug_assert_eq!(value << (8 * bytes), 0, "coefficient was not rounded");
