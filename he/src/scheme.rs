@@ -272,12 +272,16 @@ impl MaskedColumns {
     /// Bytes of ciphertext payload that cross the wire: N + 1 coefficients of
     /// `released_bits / 8` bytes per column.
     pub fn payload_bytes(&self) -> usize {
-        let coefficient =
-            Params::by_id(self.params_id).map_or(16, |p| p.released_bits as usize / 8);
+        let coefficient = self.coefficient_bytes();
         self.columns
             .iter()
             .map(|(a, _)| coefficient * (a.len() + 1))
             .sum()
+    }
+
+    /// Bytes per released coefficient on the wire.
+    pub(crate) fn coefficient_bytes(&self) -> usize {
+        Params::by_id(self.params_id).map_or(16, |p| p.released_bits as usize / 8)
     }
 }
 
