@@ -1,6 +1,8 @@
 //! The one error type of the crate.
 
-/// What can go wrong in training or evaluation, with the context to fix it.
+use crate::model::ModelPart;
+
+/// What can go wrong in training, scoring or evaluation, with the context to fix it.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum FedError {
@@ -17,7 +19,7 @@ pub enum FedError {
     /// A label that is not 0 or 1.
     #[error("row {row}: label {value} is not 0 or 1")]
     BadLabel {
-        /// Row index.
+        /// Row index (0-based, in the aligned data).
         row: usize,
         /// The value found.
         value: f64,
@@ -36,4 +38,123 @@ pub enum FedError {
         /// The only class present.
         class: u8,
     },
+    /// A CSV that cannot be read as a table of numbers.
+    #[error("{source_name}, line {line}, column {column:?}: {reason}")]
+    Csv {
+        /// File (or other source) name.
+        source_name: String,
+        /// 1-based line in the file (the header is line 1).
+        line: usize,
+        /// Column name (or the header position when the header is at fault).
+        column: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A feature with a single value on the training rows carries no information and cannot
+    /// be standardised.
+    #[error("{party}: feature {column:?} is constant ({value}) on the training rows; drop it")]
+    ConstantColumn {
+        /// Party holding the column.
+        party: String,
+        /// Column name.
+        column: String,
+        /// Its only value.
+        value: f64,
+    },
+    /// A party whose data does not have the agreed number of rows.
+    #[error("party {party} has {got} rows, but the agreed intersection has {expected}")]
+    RowCount {
+        /// The party.
+        party: String,
+        /// Rows agreed (the guest's).
+        expected: usize,
+        /// Rows the party has.
+        got: usize,
+    },
+    /// A training setting that cannot work.
+    #[error("training setting {field}: {reason}")]
+    Config {
+        /// The setting.
+        field: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// An encryption-layer error.
+    #[error("{context}: {source}")]
+    He {
+        /// What the party was doing.
+        context: &'static str,
+        /// The cause.
+        source: he::HeError,
+    },
+    /// A peer sent something the protocol does not allow at this point.
+    #[error("protocol error with {peer}: {reason}")]
+    Protocol {
+        /// The peer.
+        peer: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Bytes that do not decode as a protocol message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The transport could not deliver or receive.
+    #[error("transport to {peer}: {reason}")]
+    Transport {
+        /// The peer.
+        peer: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Training produced a non-finite or out-of-range value; the model of the last complete
+    /// epoch is kept.
+    #[error(
+        "training diverged at epoch {epoch}: {reason} (the model of the last good epoch is kept)"
+    )]
+    Diverged {
+        /// The epoch that failed (1-based).
+        epoch: usize,
+        /// What went wrong.
+        reason: String,
+        /// This party's model after the last complete epoch, if one completed.
+        last_good: Option<Box<ModelPart>>,
+    },
+    /// Another party stopped the job.
+    #[error("{peer} stopped the job: {reason}")]
+    Aborted {
+        /// The party that stopped.
+        peer: String,
+        /// Its reason.
+        reason: String,
+        /// This party's model after the last complete epoch, if one completed.
+        last_good: Option<Box<ModelPart>>,
+    },
+    /// A model file or a table that does not fit the model.
+    #[error("model {source_name}: {reason}")]
+    Model {
+        /// The model's source (file name or model id).
+        source_name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl FedError {
+    pub(crate) fn he(context: &'static str) -> impl FnOnce(he::HeError) -> FedError {
+        move |source| FedError::He { context, source }
+    }
+
+    pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> FedError {
+        FedError::Config {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn protocol(peer: &str, reason: impl Into<String>) -> FedError {
+        FedError::Protocol {
+            peer: peer.to_owned(),
+            reason: reason.into(),
+        }
+    }
 }

@@ -1,7 +1,13 @@
 //! Plaintext logistic regression on joined data: the accuracy reference of the federated
 //! trainer and the speed floor of its benchmark. Never used on the product path.
 
+use crate::config::{OptimizerState, TrainConfig};
+use crate::data::Table;
 use crate::error::FedError;
+use crate::masks::Split;
+use crate::metrics::{evaluate, Metrics};
+use crate::model::{ModelPart, Standardised};
+use crate::protocol::linear_scores;
 
 /// How the residual d = p − y is formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,4 +131,132 @@ pub fn train_reference(
         }
     }
     Ok(model)
+}
+
+/// Result of [`train_plain_vertical`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlainOutcome {
+    /// The guest's part.
+    pub guest: ModelPart,
+    /// Each host's part.
+    pub hosts: Vec<ModelPart>,
+    /// Training metrics after each epoch.
+    pub history: Vec<Metrics>,
+}
+
+/// The federated update rule computed in the clear on the parties' tables together: the same
+/// split, standardisation, batches, first-order residual, optimiser and penalties as the
+/// encrypted protocol, in f64 and without quantisation, for `max_epochs` epochs (no early
+/// stopping). The encrypted path must agree with it within the quantisation bound.
+pub fn train_plain_vertical(
+    guest: &Table,
+    hosts: &[&Table],
+    config: &TrainConfig,
+) -> Result<PlainOutcome, FedError> {
+    config.validate()?;
+    let labels = guest
+        .labels()
+        .ok_or_else(|| FedError::config("labels", "the guest's table has no label column"))?;
+    let rows = guest.rows();
+    if let Some(host) = hosts.iter().find(|h| h.rows() != rows) {
+        return Err(FedError::RowCount {
+            party: "host".into(),
+            expected: rows,
+            got: host.rows(),
+        });
+    }
+    let split = Split::new(rows, config.seed, config.validation_fraction);
+    let tables: Vec<&Table> = std::iter::once(guest)
+        .chain(hosts.iter().copied())
+        .collect();
+    let standardised = tables
+        .iter()
+        .map(|t| Standardised::fit("party", t, &split.train))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Weights per party; the guest's intercept is its last weight.
+    let mut weights: Vec<Vec<f64>> = tables
+        .iter()
+        .enumerate()
+        .map(|(p, t)| vec![0.0; t.features() + usize::from(p == 0)])
+        .collect();
+    let mut optimizers: Vec<OptimizerState> = weights
+        .iter()
+        .map(|w| OptimizerState::new(w.len()))
+        .collect();
+    let scores = |weights: &[Vec<f64>], rows: &[usize]| -> Vec<f64> {
+        let mut z = vec![weights[0][tables[0].features()]; rows.len()];
+        for (p, table) in tables.iter().enumerate() {
+            let width = table.features();
+            let partial = linear_scores(&standardised[p].values, width, rows, &weights[p][..width]);
+            for (z, s) in z.iter_mut().zip(partial) {
+                *z += s;
+            }
+        }
+        z
+    };
+    let mut history = Vec::new();
+    let mut step = 0u64;
+    for epoch in 1..=config.max_epochs {
+        for batch in split.batches(config.seed, epoch, config.batch_size) {
+            let rate = config.rate(step, epoch);
+            let z = scores(&weights, &batch);
+            let d: Vec<f64> = z
+                .iter()
+                .zip(&batch)
+                .map(|(z, &r)| 0.25 * z + 0.5 - labels[r])
+                .collect();
+            for (p, table) in tables.iter().enumerate() {
+                let width = table.features();
+                let mut gradient = vec![0.0; weights[p].len()];
+                for (&r, &d) in batch.iter().zip(&d) {
+                    let x = &standardised[p].values[r * width..(r + 1) * width];
+                    for (g, x) in gradient.iter_mut().zip(x) {
+                        *g += x * d;
+                    }
+                    if p == 0 {
+                        gradient[width] += d;
+                    }
+                }
+                for g in &mut gradient {
+                    *g /= batch.len() as f64;
+                }
+                optimizers[p].step(
+                    config,
+                    rate,
+                    &mut weights[p],
+                    &gradient,
+                    usize::from(p == 0),
+                );
+            }
+            step += 1;
+        }
+        let probabilities: Vec<f64> = scores(&weights, &split.train)
+            .into_iter()
+            .map(sigmoid)
+            .collect();
+        let train_labels: Vec<f64> = split.train.iter().map(|&r| labels[r]).collect();
+        history.push(evaluate(&probabilities, &train_labels)?);
+    }
+    let parts: Vec<ModelPart> = tables
+        .iter()
+        .enumerate()
+        .map(|(p, t)| {
+            let width = t.features();
+            let intercept = (p == 0).then(|| weights[0][width]);
+            standardised[p].model(
+                "plain",
+                if p == 0 { "guest" } else { "host" },
+                t,
+                &weights[p][..width],
+                intercept,
+            )
+        })
+        .collect();
+    let mut parts = parts.into_iter();
+    let guest = parts.next().expect("the guest's part");
+    Ok(PlainOutcome {
+        guest,
+        hosts: parts.collect(),
+        history,
+    })
 }

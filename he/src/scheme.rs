@@ -644,6 +644,37 @@ impl PublicKey {
 }
 
 impl Masks {
+    /// The masks of several evaluators added together, for a key owner who returns the sum of
+    /// their decryptions: unmasking the summed decryptions with the summed masks gives the sum
+    /// of the products.
+    pub fn sum(parts: &[Masks]) -> Result<Masks, HeError> {
+        let Some(first) = parts.first() else {
+            return Err(HeError::SizeMismatch {
+                what: "mask sets to sum",
+                expected: 1,
+                got: 0,
+            });
+        };
+        let modulus_mask = (1u64 << first.message_bits) - 1;
+        let mut values = vec![0u64; first.values.len()];
+        for part in parts {
+            if part.values.len() != values.len() || part.message_bits != first.message_bits {
+                return Err(HeError::SizeMismatch {
+                    what: "masks to sum",
+                    expected: values.len(),
+                    got: part.values.len(),
+                });
+            }
+            for (total, &r) in values.iter_mut().zip(&part.values) {
+                *total = total.wrapping_add(r) & modulus_mask;
+            }
+        }
+        Ok(Masks {
+            message_bits: first.message_bits,
+            values,
+        })
+    }
+
     /// Removes the masks from the key owner's decryption: x_j^T v as signed integers.
     pub fn unmask(&self, decrypted: &[u64]) -> Result<Vec<i64>, HeError> {
         if decrypted.len() != self.values.len() {
@@ -771,5 +802,32 @@ mod tests {
             other_secret.decrypt_masked(&masked),
             Err(HeError::WrongKey { .. })
         ));
+    }
+
+    /// Two evaluators mask their products; the key owner returns only the sum of the
+    /// decryptions, and the summed masks remove exactly the summed masks.
+    #[test]
+    fn summed_masks_unmask_summed_decryptions() {
+        let params = N8192_Q128;
+        let (secret, public) = SecretKey::generate(&params);
+        let v = secret.encrypt(&[5, -3]).unwrap();
+        let first = PreparedMatrix::new(&params, 2, 2, &[1, 0, 0, 1]).unwrap();
+        let second = PreparedMatrix::new(&params, 2, 2, &[2, 2, -1, 1]).unwrap();
+        let (mut total, mut masks) = (vec![0u64; 2], Vec::new());
+        for matrix in [&first, &second] {
+            let product = public.multiply(&params, &v, matrix).unwrap();
+            let (masked, mask) = public.mask_and_flood(&params, product).unwrap();
+            for (t, d) in total
+                .iter_mut()
+                .zip(secret.decrypt_masked(&masked).unwrap())
+            {
+                *t = t.wrapping_add(d);
+            }
+            masks.push(mask);
+        }
+        let summed = Masks::sum(&masks).unwrap();
+        // [5, −3] + [4, −8] from the two column-major matrices.
+        assert_eq!(summed.unmask(&total).unwrap(), vec![9, -11]);
+        assert!(Masks::sum(&[]).is_err());
     }
 }

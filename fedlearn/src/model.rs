@@ -1,0 +1,297 @@
+//! Each party's part of the joint model (its features' scaler and weights; the guest's part
+//! also holds the intercept), saved as versioned JSON, and joint scoring.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Missing, Table};
+use crate::error::FedError;
+
+/// Version of the model JSON this build writes and reads.
+pub const MODEL_FORMAT: u32 = 1;
+
+/// Which side of the federation a model part belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Holds the labels and the intercept.
+    Guest,
+    /// Holds features only.
+    Host,
+}
+
+/// One feature of a party: how to standardise it and its weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureWeight {
+    /// Column name.
+    pub name: String,
+    /// Training mean.
+    pub mean: f64,
+    /// Training standard deviation (population).
+    pub std: f64,
+    /// Weight on the standardised value.
+    pub weight: f64,
+}
+
+/// One party's part of a joint logistic-regression model: z = Σ_parties Σ_j w_j·(x_j − μ_j)/σ_j
+/// + intercept, probability = σ(z).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPart {
+    /// [`MODEL_FORMAT`].
+    pub format: u32,
+    /// The joint model's id (the same in every party's part).
+    pub model_id: String,
+    /// The party holding this part.
+    pub party: String,
+    /// Guest or host.
+    pub role: Role,
+    /// Missing-value policy: with [`Missing::Mean`] a missing value scores as the mean.
+    pub missing: Missing,
+    /// The party's features, in order.
+    pub features: Vec<FeatureWeight>,
+    /// The intercept (guest only).
+    pub intercept: Option<f64>,
+}
+
+impl ModelPart {
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a model part always serialises")
+    }
+
+    /// Reads a model part, refusing other format versions; `source` names the file in errors.
+    pub fn from_json(source: &str, text: &str) -> Result<ModelPart, FedError> {
+        let error = |reason: String| FedError::Model {
+            source_name: source.to_owned(),
+            reason,
+        };
+        let model: ModelPart = serde_json::from_str(text).map_err(|e| error(e.to_string()))?;
+        if model.format != MODEL_FORMAT {
+            return Err(error(format!(
+                "format {} (this build reads format {MODEL_FORMAT})",
+                model.format
+            )));
+        }
+        if (model.role == Role::Guest) != model.intercept.is_some() {
+            return Err(error(
+                "the intercept belongs to the guest's part only".into(),
+            ));
+        }
+        if let Some(f) = model
+            .features
+            .iter()
+            .find(|f| !(f.mean.is_finite() && f.std > 0.0 && f.weight.is_finite()))
+        {
+            return Err(error(format!(
+                "feature {:?} has a non-finite or zero scale",
+                f.name
+            )));
+        }
+        Ok(model)
+    }
+
+    /// This party's share of z for every row of `table`, whose columns are matched by name.
+    pub fn partial_scores(&self, table: &Table) -> Result<Vec<f64>, FedError> {
+        let at: Vec<usize> = self
+            .features
+            .iter()
+            .map(|f| {
+                table
+                    .feature_names()
+                    .iter()
+                    .position(|n| *n == f.name)
+                    .ok_or_else(|| FedError::Model {
+                        source_name: self.model_id.clone(),
+                        reason: format!("the data has no column {:?}", f.name),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let width = table.features();
+        let intercept = self.intercept.unwrap_or(0.0);
+        (0..table.rows())
+            .map(|row| {
+                let mut z = intercept;
+                for (f, &column) in self.features.iter().zip(&at) {
+                    let x = table.values()[row * width + column];
+                    if x.is_nan() {
+                        if self.missing == Missing::Reject {
+                            return Err(FedError::Model {
+                                source_name: self.model_id.clone(),
+                                reason: format!(
+                                    "row {row} ({}) has no value for {:?}",
+                                    table.ids()[row],
+                                    f.name
+                                ),
+                            });
+                        }
+                        continue;
+                    }
+                    z += f.weight * (x - f.mean) / f.std;
+                }
+                Ok(z)
+            })
+            .collect()
+    }
+}
+
+/// Probabilities of the positive class from the guest's partial scores and the (securely
+/// aggregated) sum of the hosts' partial scores.
+pub fn joint_probabilities(guest: &[f64], hosts_sum: &[f64]) -> Result<Vec<f64>, FedError> {
+    if guest.len() != hosts_sum.len() {
+        return Err(FedError::LengthMismatch {
+            what: "host score sums vs guest scores",
+            expected: guest.len(),
+            got: hosts_sum.len(),
+        });
+    }
+    Ok(guest
+        .iter()
+        .zip(hosts_sum)
+        .map(|(g, h)| crate::reference::sigmoid(g + h))
+        .collect())
+}
+
+/// A party's training data standardised on its training rows: row-major, missing → 0.
+pub(crate) struct Standardised {
+    pub(crate) means: Vec<f64>,
+    pub(crate) stds: Vec<f64>,
+    pub(crate) values: Vec<f64>,
+}
+
+impl Standardised {
+    pub(crate) fn fit(party: &str, table: &Table, train: &[usize]) -> Result<Self, FedError> {
+        let width = table.features();
+        let raw = table.values();
+        let (mut means, mut stds) = (Vec::with_capacity(width), Vec::with_capacity(width));
+        for column in 0..width {
+            let (mut count, mut sum, mut sum_sq) = (0usize, 0.0f64, 0.0f64);
+            let (mut first, mut constant) = (None, true);
+            for &row in train {
+                let x = raw[row * width + column];
+                if x.is_nan() {
+                    continue;
+                }
+                count += 1;
+                sum += x;
+                sum_sq += x * x;
+                match first {
+                    None => first = Some(x),
+                    Some(v) => constant &= v == x,
+                }
+            }
+            if constant {
+                return Err(FedError::ConstantColumn {
+                    party: party.to_owned(),
+                    column: table.feature_names()[column].clone(),
+                    value: first.unwrap_or(f64::NAN),
+                });
+            }
+            let mean = sum / count as f64;
+            let var = (sum_sq / count as f64 - mean * mean).max(0.0);
+            means.push(mean);
+            stds.push(var.sqrt());
+        }
+        let values = raw
+            .chunks(width.max(1))
+            .flat_map(|row| {
+                row.iter().zip(means.iter().zip(&stds)).map(|(&x, (m, s))| {
+                    if x.is_nan() {
+                        0.0
+                    } else {
+                        (x - m) / s
+                    }
+                })
+            })
+            .collect();
+        Ok(Standardised {
+            means,
+            stds,
+            values,
+        })
+    }
+
+    pub(crate) fn model(
+        &self,
+        model_id: &str,
+        party: &str,
+        table: &Table,
+        weights: &[f64],
+        intercept: Option<f64>,
+    ) -> ModelPart {
+        ModelPart {
+            format: MODEL_FORMAT,
+            model_id: model_id.to_owned(),
+            party: party.to_owned(),
+            role: if intercept.is_some() {
+                Role::Guest
+            } else {
+                Role::Host
+            },
+            missing: table.missing(),
+            features: table
+                .feature_names()
+                .iter()
+                .enumerate()
+                .map(|(j, name)| FeatureWeight {
+                    name: name.clone(),
+                    mean: self.means[j],
+                    std: self.stds[j],
+                    weight: weights[j],
+                })
+                .collect(),
+            intercept,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(values: Vec<f64>) -> Table {
+        let rows = values.len() / 2;
+        Table::new(
+            (0..rows).map(|i| i.to_string()).collect(),
+            vec!["a".into(), "b".into()],
+            values,
+            None,
+            Missing::Mean,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn standardises_scores_and_round_trips_json() {
+        let t = table(vec![1.0, 10.0, 3.0, f64::NAN, 5.0, 30.0]);
+        let s = Standardised::fit("tax", &t, &[0, 1, 2]).unwrap();
+        assert_eq!(s.means, vec![3.0, 20.0]);
+        assert_eq!(s.values[3], 0.0, "missing scores as the mean");
+        let model = s.model("m1", "tax", &t, &[1.0, 2.0], None);
+        let back = ModelPart::from_json("tax.json", &model.to_json()).unwrap();
+        assert_eq!(back, model);
+        let z = back.partial_scores(&t).unwrap();
+        let std_a = (8.0f64 / 3.0).sqrt();
+        assert!((z[0] - (-2.0 / std_a - 2.0)).abs() < 1e-12);
+        assert!((z[1] - 0.0).abs() < 1e-12);
+
+        let mut wrong = model.clone();
+        wrong.format = 2;
+        assert!(ModelPart::from_json("x", &wrong.to_json()).is_err());
+        wrong = model.clone();
+        wrong.intercept = Some(1.0);
+        assert!(ModelPart::from_json("x", &wrong.to_json()).is_err());
+        assert!(ModelPart::from_json("x", "{").is_err());
+    }
+
+    #[test]
+    fn constant_columns_are_named() {
+        let t = table(vec![1.0, 2.0, 1.0, 3.0]);
+        match Standardised::fit("tax", &t, &[0, 1]) {
+            Err(FedError::ConstantColumn { column, value, .. }) => {
+                assert_eq!((column.as_str(), value), ("a", 1.0))
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+}

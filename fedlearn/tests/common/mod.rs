@@ -1,0 +1,64 @@
+//! Test data: the FATE example tables in the repository's data/ folder.
+
+use fedlearn::{GuestJob, HostJob, Missing, Table, TrainConfig};
+
+pub fn load(name: &str, label: Option<&str>) -> Table {
+    let path = format!("{}/../data/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    Table::parse_csv(&path, &text, "id", label, Missing::Reject).unwrap()
+}
+
+/// The guest's table and the host tables: one host with every host column, or the host
+/// columns split in two halves (a three-party federation).
+pub fn parties(dataset: &str, hosts: usize) -> (Table, Vec<Table>) {
+    let guest = load(&format!("{dataset}_hetero_guest.csv"), Some("y"));
+    let host = load(&format!("{dataset}_hetero_host.csv"), None);
+    assert_eq!(guest.ids(), host.ids(), "the FATE split keeps row order");
+    let names: Vec<String> = host.feature_names().to_vec();
+    let per = names.len().div_ceil(hosts);
+    let tables = names
+        .chunks(per)
+        .map(|chunk| {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            host.select_columns(&chunk).unwrap()
+        })
+        .collect();
+    (guest, tables)
+}
+
+pub fn jobs(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> (GuestJob, Vec<HostJob>) {
+    let names: Vec<String> = (0..hosts.len()).map(|k| format!("host{k}")).collect();
+    let host_jobs = hosts
+        .into_iter()
+        .zip(&names)
+        .map(|(table, party)| HostJob {
+            party: party.clone(),
+            guest: "bank".into(),
+            table,
+        })
+        .collect();
+    (
+        GuestJob {
+            party: "bank".into(),
+            model_id: "test-model".into(),
+            table: guest,
+            hosts: names,
+            config: config.clone(),
+        },
+        host_jobs,
+    )
+}
+
+/// The guest's and hosts' tables joined column-wise, row-major, for the plaintext reference.
+pub fn joined(guest: &Table, hosts: &[Table]) -> (Vec<f64>, usize) {
+    let tables: Vec<&Table> = std::iter::once(guest).chain(hosts).collect();
+    let width: usize = tables.iter().map(|t| t.features()).sum();
+    let mut rows = Vec::with_capacity(guest.rows() * width);
+    for r in 0..guest.rows() {
+        for t in &tables {
+            let w = t.features();
+            rows.extend_from_slice(&t.values()[r * w..(r + 1) * w]);
+        }
+    }
+    (rows, width)
+}
