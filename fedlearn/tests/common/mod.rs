@@ -1,4 +1,5 @@
 //! Test data: the FATE example tables in the repository's data/ folder.
+#![allow(dead_code)] // each test binary uses a different subset of the helpers
 
 use fedlearn::{GuestJob, HostJob, Missing, Table, TrainConfig};
 

@@ -1,0 +1,135 @@
+//! Bad input and failing training stop every party with an error naming the cause.
+
+mod common;
+
+use common::{jobs, parties};
+use fedlearn::*;
+
+fn run(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> Result<Simulation, FedError> {
+    let (guest_job, host_jobs) = jobs(guest, hosts, config);
+    simulate(guest_job, host_jobs, false, &mut |_| {})
+}
+
+fn quick() -> TrainConfig {
+    TrainConfig {
+        max_epochs: 3,
+        batch_size: None,
+        learning_rate: 0.1,
+        seed: 2,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn a_host_with_another_row_count_is_named() {
+    let (guest, hosts) = parties("breast", 1);
+    let fewer: Vec<usize> = (0..hosts[0].rows() - 1).collect();
+    let short = hosts[0].select_rows(&fewer).unwrap();
+    match run(guest, vec![short], &quick()) {
+        Err(FedError::Aborted { peer, reason, .. }) => {
+            assert_eq!(peer, "host0");
+            assert!(reason.contains("host0 has 568 rows"), "{reason}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_constant_host_column_is_named() {
+    let (guest, hosts) = parties("breast", 1);
+    let host = &hosts[0];
+    let width = host.features();
+    let mut values = host.values().to_vec();
+    for row in 0..host.rows() {
+        values[row * width + 3] = 1.5;
+    }
+    let constant = Table::new(
+        host.ids().to_vec(),
+        host.feature_names().to_vec(),
+        values,
+        None,
+        Missing::Reject,
+    )
+    .unwrap();
+    match run(guest, vec![constant], &quick()) {
+        Err(FedError::Aborted { reason, .. }) => {
+            assert!(reason.contains("feature \"x3\" is constant"), "{reason}")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn bad_settings_stop_the_hosts_too() {
+    let (guest, hosts) = parties("breast", 2);
+    let config = TrainConfig {
+        learning_rate: 0.0,
+        ..quick()
+    };
+    assert!(matches!(
+        run(guest, hosts, &config),
+        Err(FedError::Config {
+            field: "learning_rate",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn divergence_stops_with_the_last_good_model() {
+    let (guest, hosts) = parties("breast", 1);
+    // A sane first epoch, then a learning rate that blows the scores out of range.
+    let config = TrainConfig {
+        max_epochs: 10,
+        optimizer: Optimizer::Sgd { momentum: 0.0 },
+        schedule: Schedule::StepDecay {
+            factor: 1e9,
+            every: 1,
+        },
+        ..quick()
+    };
+    // Whichever party sees the overflow first stops; the guest reports it with its last good
+    // model either way.
+    let (reason, last_good) = match run(guest, hosts, &config) {
+        Err(FedError::Diverged {
+            epoch,
+            reason,
+            last_good,
+        }) => (
+            format!("training diverged at epoch {epoch}: {reason}"),
+            last_good,
+        ),
+        Err(FedError::Aborted {
+            reason, last_good, ..
+        }) => (reason, last_good),
+        other => panic!("{:?}", other.map(|s| s.guest.history)),
+    };
+    assert!(reason.contains("diverged at epoch"), "{reason}");
+    assert!(!reason.contains("epoch 1:"), "{reason}");
+    let model = last_good.expect("the first epoch completed");
+    assert!(model.features.iter().all(|f| f.weight.is_finite()));
+    assert!(model.intercept.unwrap().is_finite());
+}
+
+#[test]
+fn missing_values_are_imputed_when_asked() {
+    let (guest, hosts) = parties("breast", 1);
+    let host = &hosts[0];
+    let mut values = host.values().to_vec();
+    for row in (0..host.rows()).step_by(7) {
+        values[row * host.features()] = f64::NAN;
+    }
+    let table = |missing| {
+        Table::new(
+            host.ids().to_vec(),
+            host.feature_names().to_vec(),
+            values.clone(),
+            None,
+            missing,
+        )
+    };
+    assert!(matches!(table(Missing::Reject), Err(FedError::Csv { .. })));
+    let simulation = run(guest, vec![table(Missing::Mean).unwrap()], &quick()).unwrap();
+    assert_eq!(simulation.hosts[0].model.missing, Missing::Mean);
+    assert!(simulation.guest.history.last().unwrap().train.auc > 0.95);
+}
