@@ -1,0 +1,159 @@
+//! Federated training speed and traffic, against the plaintext update rule (the floor).
+//!
+//! `cargo bench --bench train` runs, in the in-process simulator (every message encoded and
+//! decoded), the credit data (30000 rows, guest 13 + host 10 features) with the full batch and
+//! with batches of 4096, and synthetic data of 10^5 rows × (30 guest + 300 host) features.
+//! It prints seconds per epoch (mean over the epochs after the first, which also prepares the
+//! full-batch matrices), the same for `train_plain_vertical` (same rule in f64 on the joined
+//! data), their ratio, and bytes sent per sample per iteration (gradient messages) and per
+//! epoch (score aggregation). `cargo bench --bench train -- credit` runs only the credit cases.
+
+use std::time::Instant;
+
+use fedlearn::{
+    simulate, train_plain_vertical, Event, GuestJob, HostJob, Missing, Table, TrainConfig,
+};
+
+const ITERATION_KINDS: [&str; 4] = ["residual", "host_products", "guest_reply", "host_reply"];
+
+fn load(name: &str, label: Option<&str>) -> Table {
+    let path = format!("{}/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    Table::parse_csv(&path, &text, "id", label, Missing::Reject).expect("table")
+}
+
+/// Deterministic pseudo-random features and labels from a logistic model over all columns.
+fn synthetic(rows: usize, guest_features: usize, host_features: usize) -> (Table, Table) {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    let width = guest_features + host_features;
+    let weights: Vec<f64> = (0..width).map(|_| next()).collect();
+    let values: Vec<f64> = (0..rows * width).map(|_| next()).collect();
+    let labels: Vec<f64> = values
+        .chunks(width)
+        .map(|row| {
+            let z: f64 = row.iter().zip(&weights).map(|(x, w)| x * w).sum::<f64>() * 0.5;
+            f64::from(next() * 0.5 + 0.5 < 1.0 / (1.0 + (-z).exp()))
+        })
+        .collect();
+    let ids: Vec<String> = (0..rows).map(|i| format!("id{i}")).collect();
+    let split = |range: std::ops::Range<usize>, prefix: &str| -> (Vec<String>, Vec<f64>) {
+        let names = range.clone().map(|j| format!("{prefix}{j}")).collect();
+        let part = values
+            .chunks(width)
+            .flat_map(|row| row[range.clone()].to_vec())
+            .collect();
+        (names, part)
+    };
+    let (guest_names, guest_values) = split(0..guest_features, "g");
+    let (host_names, host_values) = split(guest_features..width, "h");
+    (
+        Table::new(
+            ids.clone(),
+            guest_names,
+            guest_values,
+            Some(labels),
+            Missing::Reject,
+        )
+        .expect("guest table"),
+        Table::new(ids, host_names, host_values, None, Missing::Reject).expect("host table"),
+    )
+}
+
+fn case(name: &str, guest: Table, host: Table, config: TrainConfig) {
+    let rows = guest.rows();
+    let batches = config.batch_size.map_or(1, |b| rows.div_ceil(b));
+    let start = Instant::now();
+    let plain = train_plain_vertical(&guest, &[&host], &config).expect("plaintext");
+    let plain_epoch = start.elapsed().as_secs_f64() / config.max_epochs as f64;
+    let job = GuestJob {
+        party: "bank".into(),
+        model_id: "bench".into(),
+        table: guest,
+        hosts: vec!["tax".into()],
+        config: config.clone(),
+    };
+    let hosts = vec![HostJob {
+        party: "tax".into(),
+        guest: "bank".into(),
+        table: host,
+    }];
+    let mut marks = vec![Instant::now()];
+    let simulation = simulate(job, hosts, false, &mut |event| {
+        if let Event::Epoch(_) = event {
+            marks.push(Instant::now());
+        }
+    })
+    .expect("simulation");
+    let epochs = marks.len() - 1;
+    let steady: Vec<f64> = marks[1..]
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    let first = (marks[1] - marks[0]).as_secs_f64();
+    let epoch = if steady.is_empty() {
+        first
+    } else {
+        steady.iter().sum::<f64>() / steady.len() as f64
+    };
+    let by_kind = simulation.bytes_by_kind();
+    let iteration_bytes: usize = ITERATION_KINDS.iter().filter_map(|k| by_kind.get(k)).sum();
+    let score_bytes = by_kind.get("epoch_scores").copied().unwrap_or(0);
+    let iterations = epochs * batches;
+    let last = simulation.guest.history.last().expect("an epoch");
+    println!(
+        "{name}: {epoch:.3} s/epoch (first epoch {first:.3} s), plaintext floor {plain_epoch:.4} s/epoch, ratio {:.1}×",
+        epoch / plain_epoch
+    );
+    println!(
+        "    {:.1} B per sample per iteration (gradients), {:.1} B per sample per epoch (scores); train AUC {:.4} (plaintext rule {:.4})",
+        iteration_bytes as f64 / (iterations * rows) as f64 * batches as f64,
+        score_bytes as f64 / (epochs * rows) as f64,
+        last.train.auc,
+        plain.history.last().expect("an epoch").auc
+    );
+    let mut kinds: Vec<String> = by_kind
+        .iter()
+        .map(|(k, b)| format!("{k} {:.1} MB", *b as f64 / 1e6))
+        .collect();
+    kinds.sort();
+    println!("    bytes over {epochs} epochs: {}", kinds.join(", "));
+}
+
+fn main() {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |name: &str| filter.as_ref().is_none_or(|f| name.contains(f.as_str()));
+    let credit = || {
+        (
+            load("default_credit_hetero_guest.csv", Some("y")),
+            load("default_credit_hetero_host.csv", None),
+        )
+    };
+    let config = |epochs, batch_size| TrainConfig {
+        max_epochs: epochs,
+        batch_size,
+        seed: 1,
+        ..TrainConfig::default()
+    };
+    if wanted("credit full batch") {
+        let (g, h) = credit();
+        case("credit full batch", g, h, config(6, None));
+    }
+    if wanted("credit batch 4096") {
+        let (g, h) = credit();
+        case("credit batch 4096", g, h, config(4, Some(4096)));
+    }
+    if wanted("1e5 x 330 full batch") {
+        let (g, h) = synthetic(100_000, 30, 300);
+        case("1e5 x 330 full batch", g, h, config(3, None));
+    }
+    if wanted("1e5 x 330 batch 4096") {
+        let (g, h) = synthetic(100_000, 30, 300);
+        case("1e5 x 330 batch 4096", g, h, config(2, Some(4096)));
+    }
+}
