@@ -2,8 +2,8 @@
 //!
 //! `cargo bench --bench he` times, for the credit data's shape (30000 × 23) and for
 //! 10^5 × 300: the product on one thread and on all threads (time per sample·feature is the
-//! time divided by the reported element count), masking + flooding, and encryption per value;
-//! and prints payload bytes per value and of the result.
+//! time divided by the reported element count), packing + masking + flooding, and encryption
+//! per value; and prints payload bytes per value and of the result.
 
 use std::hint::black_box;
 
@@ -20,6 +20,14 @@ fn values(n: usize, bound: i64, salt: i64) -> Vec<i64> {
 fn product(c: &mut Criterion) {
     let params = N8192_Q128;
     let (secret, public) = SecretKey::generate(&params);
+    let packing = secret
+        .packing_key(params.max_pack_levels)
+        .expect("packing key");
+    println!(
+        "packing key: {} levels, {:.1} MB",
+        packing.levels(),
+        packing.to_bytes().len() as f64 / 1e6
+    );
     let single = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -29,12 +37,18 @@ fn product(c: &mut Criterion) {
         let x = PreparedMatrix::new(&params, rows, columns, &values(rows * columns, 1 << 12, 2))
             .expect("matrix");
         let (masked, _) = public
-            .mask_and_flood(&params, public.multiply(&params, &v, &x).expect("multiply"))
+            .mask_and_flood(
+                &params,
+                public.multiply(&params, &v, &x).expect("multiply"),
+                &packing,
+            )
             .expect("mask");
         println!(
-            "{rows} × {columns}: input {:.1} B per value, result {} B ({:.1} B per sample), prepared X {} MiB",
+            "{rows} × {columns}: input {:.1} B per value, result {} B in {} ciphertext(s) of {} slots ({:.1} B per sample), prepared X {} MiB",
             v.payload_bytes() as f64 / rows as f64,
             masked.payload_bytes(),
+            masked.len().div_ceil(1 << masked.levels()),
+            1 << masked.levels(),
             masked.payload_bytes() as f64 / rows as f64,
             x.heap_bytes() >> 20
         );
@@ -50,10 +64,14 @@ fn product(c: &mut Criterion) {
             b.iter(|| black_box(public.multiply(&params, &v, &x).expect("multiply")))
         });
         group.throughput(Throughput::Elements(columns as u64));
-        group.bench_function("mask-and-flood", |b| {
+        group.bench_function("pack-mask-and-flood", |b| {
             b.iter_batched(
                 || public.multiply(&params, &v, &x).expect("multiply"),
-                |columns| public.mask_and_flood(&params, columns).expect("mask"),
+                |columns| {
+                    public
+                        .mask_and_flood(&params, columns, &packing)
+                        .expect("mask")
+                },
                 criterion::BatchSize::LargeInput,
             )
         });

@@ -1,6 +1,6 @@
 //! The guest: holds the labels and the intercept, orchestrates the job.
 
-use he::{Masks, PreparedMatrix, PublicKey, SecretKey};
+use he::{Masks, PackingKey, PreparedMatrix, PublicKey, SecretKey};
 
 use crate::config::{EarlyStopping, OptimizerState, TrainConfig};
 use crate::data::Table;
@@ -10,8 +10,8 @@ use crate::message::{Message, Proposal, Transport};
 use crate::metrics::{evaluate, Metrics};
 use crate::model::{ModelPart, Standardised};
 use crate::protocol::{
-    decode_score, finish_with_error, linear_scores, receive, unexpected, EpochReport, Event,
-    GuestOutcome, Quantised, StopReason, PARAMS, RESIDUAL_FORMAT,
+    decode_score, finish_with_error, linear_scores, packing_levels, receive, unexpected,
+    EpochReport, Event, GuestOutcome, Quantised, StopReason, PARAMS, RESIDUAL_FORMAT,
 };
 
 /// Everything the guest brings to a job. `table` is already aligned (PSI order).
@@ -49,7 +49,8 @@ struct Guest {
     standardised: Standardised,
     quantised: Quantised,
     secret: SecretKey,
-    host_keys: Vec<PublicKey>,
+    /// Each host's public and packing keys.
+    host_keys: Vec<(PublicKey, PackingKey)>,
     /// The guest's weights, intercept last.
     weights: Vec<f64>,
     optimizer: OptimizerState,
@@ -103,11 +104,13 @@ fn train(
                 config: job.config.clone(),
                 rows: rows as u64,
                 hosts: job.hosts.clone(),
+                features: width as u32,
                 guest_key: public.clone(),
             })),
         )?;
     }
     let mut host_keys = Vec::with_capacity(job.hosts.len());
+    let mut host_widths = Vec::with_capacity(job.hosts.len());
     for host in &job.hosts {
         match receive(transport, host)? {
             Message::Accept(accept) => {
@@ -118,10 +121,19 @@ fn train(
                         got: accept.rows as usize,
                     });
                 }
-                host_keys.push(accept.key);
+                host_widths.push(accept.features as usize);
+                host_keys.push((accept.key, accept.packing));
             }
             other => return Err(unexpected(host, "accept", &other)),
         }
+    }
+    // Enough packing levels for the widest host's gradient in one ciphertext.
+    let widest = host_widths.iter().copied().max().unwrap_or(1);
+    let packing = secret
+        .packing_key(packing_levels(widest))
+        .map_err(FedError::he("making the packing key"))?;
+    for host in &job.hosts {
+        transport.send(host, Message::PackingKey(Box::new(packing.clone())))?;
     }
     let mut guest = Guest {
         labels,
@@ -295,8 +307,11 @@ impl Guest {
                 &batch_matrix
             }
         };
-        let mut masks = Vec::with_capacity(hosts.len());
-        for (host, key) in hosts.iter().zip(&self.host_keys) {
+        // All hosts' products first: their results are summed, so they are packed alike
+        // under a common bound (the bound of the sum).
+        let mut decrypted = Vec::with_capacity(hosts.len());
+        let mut products = Vec::with_capacity(hosts.len());
+        for (host, (key, _)) in hosts.iter().zip(&self.host_keys) {
             let (gradient, scores) = match receive(transport, host)? {
                 Message::HostProducts {
                     step: s,
@@ -305,21 +320,36 @@ impl Guest {
                 } if s == step => (gradient, scores),
                 other => return Err(unexpected(host, "host products", &other)),
             };
-            let decrypted = self
-                .secret
-                .decrypt_masked(&gradient)
-                .map_err(FedError::he("decrypting a host's masked gradient"))?;
-            let product = key
-                .multiply(&PARAMS, &scores, matrix)
-                .map_err(FedError::he("multiplying a host's encrypted scores"))?;
+            decrypted.push(
+                self.secret
+                    .decrypt_masked(&gradient)
+                    .map_err(FedError::he("decrypting a host's masked gradient"))?,
+            );
+            products.push(
+                key.multiply(&PARAMS, &scores, matrix)
+                    .map_err(FedError::he("multiplying a host's encrypted scores"))?,
+            );
+        }
+        let bound = products
+            .iter()
+            .map(|p| p.bound())
+            .fold(0i64, |a, b| a.saturating_add(b));
+        let mut masks = Vec::with_capacity(hosts.len());
+        for (((host, (key, packing)), mut product), gradient) in hosts
+            .iter()
+            .zip(&self.host_keys)
+            .zip(products)
+            .zip(decrypted)
+        {
+            product.widen_bound(bound);
             let (masked, mask) = key
-                .mask_and_flood(&PARAMS, product)
+                .mask_and_flood(&PARAMS, product, packing)
                 .map_err(FedError::he("masking the guest's product"))?;
             transport.send(
                 host,
                 Message::GuestReply {
                     step,
-                    gradient: decrypted,
+                    gradient,
                     products: masked,
                 },
             )?;

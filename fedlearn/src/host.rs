@@ -1,6 +1,6 @@
 //! A host: holds features only; updates its own weights from its masked gradient.
 
-use he::{PreparedMatrix, PublicKey, SecretKey};
+use he::{PackingKey, PreparedMatrix, PublicKey, SecretKey};
 
 use crate::config::{OptimizerState, TrainConfig};
 use crate::data::Table;
@@ -9,8 +9,8 @@ use crate::masks::{MaskSecret, PairwiseMasks, Split};
 use crate::message::{Acceptance, Message, Proposal, Transport};
 use crate::model::{ModelPart, Standardised};
 use crate::protocol::{
-    encode_score, finish_with_error, linear_scores, receive, unexpected, Event, HostOutcome,
-    Quantised, PARAMS, RESIDUAL_FORMAT,
+    encode_score, finish_with_error, linear_scores, packing_levels, receive, unexpected, Event,
+    HostOutcome, Quantised, PARAMS, RESIDUAL_FORMAT,
 };
 
 /// Everything a host brings to a job. `table` is already aligned (PSI order).
@@ -54,6 +54,7 @@ struct Host {
     hosts: Vec<String>,
     position: usize,
     guest_key: PublicKey,
+    guest_packing: PackingKey,
     secret: SecretKey,
     masks: PairwiseMasks,
     split: Split,
@@ -101,12 +102,17 @@ fn train(
     let width = job.table.features();
     let quantised = Quantised::new(&standardised.values, width, &split.train, false);
     let (secret, public) = SecretKey::generate(&PARAMS);
+    // The guest's products for this host have one column per guest feature plus the intercept.
+    let packing = secret
+        .packing_key(packing_levels(proposal.features as usize + 1))
+        .map_err(FedError::he("making the packing key"))?;
     transport.send(
         &guest,
         Message::Accept(Box::new(Acceptance {
             rows: rows as u64,
             features: width as u32,
             key: public,
+            packing,
         })),
     )?;
     // Pairwise mask seeds with every other host (secure aggregation toward the guest).
@@ -128,12 +134,23 @@ fn train(
         }
     }
     let masks = PairwiseMasks::derive(&proposal.job, &job.party, &mask_secret, &shares)?;
+    let guest_packing = match receive(transport, &guest)? {
+        Message::PackingKey(key) if key.key_id() == proposal.guest_key.id() => *key,
+        Message::PackingKey(_) => {
+            return Err(FedError::protocol(
+                &guest,
+                "packing key of another key pair",
+            ))
+        }
+        other => return Err(unexpected(&guest, "the guest's packing key", &other)),
+    };
     let mut host = Host {
         config: proposal.config,
         model_id: proposal.model_id,
         hosts: proposal.hosts,
         position,
         guest_key: proposal.guest_key,
+        guest_packing,
         secret,
         masks,
         split,
@@ -276,7 +293,7 @@ impl Host {
             .map_err(FedError::he("multiplying the encrypted residual"))?;
         let (gradient, mask) = self
             .guest_key
-            .mask_and_flood(&PARAMS, product)
+            .mask_and_flood(&PARAMS, product, &self.guest_packing)
             .map_err(FedError::he("masking the host's gradient"))?;
         let scores = self
             .secret

@@ -1,6 +1,6 @@
 //! The protocol's messages, their versioned byte encoding, and the transport they travel on.
 
-use he::{EncryptedVector, MaskedColumns, PublicKey};
+use he::{EncryptedVector, MaskedColumns, PackingKey, PublicKey};
 
 use crate::config::TrainConfig;
 use crate::error::FedError;
@@ -23,6 +23,8 @@ pub struct Proposal {
     pub rows: u64,
     /// The hosts, in the order the encrypted residual travels.
     pub hosts: Vec<String>,
+    /// Number of the guest's features (public: it sizes the messages).
+    pub features: u32,
     /// The guest's public key (hosts mask and flood under it).
     pub guest_key: PublicKey,
 }
@@ -36,6 +38,8 @@ pub struct Acceptance {
     pub features: u32,
     /// The host's public key (the guest masks and floods its products under it).
     pub key: PublicKey,
+    /// The host's packing key (the guest packs its products for the host with it).
+    pub packing: PackingKey,
 }
 
 /// One protocol message. Steps count mini-batch updates from 0; epochs count from 1.
@@ -47,6 +51,8 @@ pub enum Message {
     Accept(Box<Acceptance>),
     /// host → host: a Ristretto255 public share for pairwise mask seeds.
     KeyShare([u8; 32]),
+    /// guest → host: the guest's packing key (hosts pack their products for the guest with it).
+    PackingKey(Box<PackingKey>),
     /// The encrypted residual under the guest's key: [[0.25·z_G + 0.5 − y]] from the guest to
     /// the first host, partial sums along the host chain, and the complete [[d]] from the last
     /// host to the others.
@@ -113,6 +119,7 @@ impl Message {
             Message::Propose(_) => "propose",
             Message::Accept(_) => "accept",
             Message::KeyShare(_) => "key_share",
+            Message::PackingKey(_) => "packing_key",
             Message::Residual { .. } => "residual",
             Message::HostProducts { .. } => "host_products",
             Message::GuestReply { .. } => "guest_reply",
@@ -146,6 +153,7 @@ impl Message {
                 let config = serde_json::to_vec(&p.config).expect("config serialises");
                 blob(&mut out, &config);
                 out.extend_from_slice(&p.rows.to_le_bytes());
+                out.extend_from_slice(&p.features.to_le_bytes());
                 out.extend_from_slice(&(p.hosts.len() as u64).to_le_bytes());
                 for host in &p.hosts {
                     blob(&mut out, host.as_bytes());
@@ -157,6 +165,7 @@ impl Message {
                 out.extend_from_slice(&a.rows.to_le_bytes());
                 out.extend_from_slice(&a.features.to_le_bytes());
                 blob(&mut out, &a.key.to_bytes());
+                blob(&mut out, &a.packing.to_bytes());
             }
             Message::KeyShare(share) => {
                 out.push(2);
@@ -207,6 +216,10 @@ impl Message {
                 out.push(9);
                 blob(&mut out, reason.as_bytes());
             }
+            Message::PackingKey(key) => {
+                out.push(10);
+                blob(&mut out, &key.to_bytes());
+            }
         }
         out
     }
@@ -232,6 +245,7 @@ impl Message {
                 let config = serde_json::from_slice(r.blob()?)
                     .map_err(|e| FedError::Malformed(format!("training settings: {e}")))?;
                 let rows = r.u64()?;
+                let features = u32::from_le_bytes(r.array()?);
                 let count = r.u64()?;
                 if count > r.remaining() as u64 / 8 {
                     return Err(FedError::Malformed("host count beyond the message".into()));
@@ -244,6 +258,7 @@ impl Message {
                     config,
                     rows,
                     hosts,
+                    features,
                     guest_key,
                 }))
             }
@@ -251,6 +266,7 @@ impl Message {
                 rows: r.u64()?,
                 features: u32::from_le_bytes(r.array()?),
                 key: PublicKey::from_bytes(r.blob()?).map_err(he)?,
+                packing: PackingKey::from_bytes(r.blob()?).map_err(he)?,
             })),
             2 => Message::KeyShare(r.array()?),
             3 => Message::Residual {
@@ -283,6 +299,7 @@ impl Message {
             9 => Message::Abort {
                 reason: r.string()?,
             },
+            10 => Message::PackingKey(Box::new(PackingKey::from_bytes(r.blob()?).map_err(he)?)),
             kind => return Err(FedError::Malformed(format!("unknown message kind {kind}"))),
         };
         if r.remaining() != 0 {
@@ -390,6 +407,7 @@ mod tests {
                 config: TrainConfig::default(),
                 rows: 10,
                 hosts: vec!["tax".into()],
+                features: 3,
                 guest_key: public,
             })),
             Message::Residual {
@@ -403,11 +421,13 @@ mod tests {
                     let (s, p) = he::SecretKey::generate(&params);
                     let v = s.encrypt(&[1]).unwrap();
                     let x = he::PreparedMatrix::new(&params, 1, 1, &[2]).unwrap();
-                    p.mask_and_flood(&params, p.multiply(&params, &v, &x).unwrap())
+                    let packing = s.packing_key(0).unwrap();
+                    p.mask_and_flood(&params, p.multiply(&params, &v, &x).unwrap(), &packing)
                         .unwrap()
                         .0
                 },
             },
+            Message::PackingKey(Box::new(secret.packing_key(1).unwrap())),
             Message::EpochEnd {
                 epoch: 2,
                 best: true,

@@ -92,6 +92,15 @@ impl Quantised {
     }
 }
 
+/// Packing levels that put `columns` results in one ciphertext (as far as the parameters allow).
+pub(crate) fn packing_levels(columns: usize) -> u32 {
+    columns
+        .max(1)
+        .next_power_of_two()
+        .trailing_zeros()
+        .min(PARAMS.max_pack_levels)
+}
+
 /// Encodes a partial score for secure aggregation.
 pub(crate) fn encode_score(z: f64) -> Option<u64> {
     let scaled = (z * 2f64.powi(SCORE_FRAC_BITS)).round();

@@ -68,7 +68,13 @@ fn no_plaintext_crosses_the_wire() {
         assert_eq!(message.kind(), record.kind);
         kinds.insert(record.kind);
         let allowed = match (record.from.as_str(), record.to.as_str()) {
-            ("bank", _) => &["propose", "residual", "guest_reply", "epoch_end"][..],
+            ("bank", _) => &[
+                "propose",
+                "packing_key",
+                "residual",
+                "guest_reply",
+                "epoch_end",
+            ][..],
             (_, "bank") => &["accept", "host_products", "host_reply", "epoch_scores"][..],
             _ => &["key_share", "residual"][..],
         };
@@ -80,7 +86,7 @@ fn no_plaintext_crosses_the_wire() {
             );
         }
     }
-    assert_eq!(kinds.len(), 9, "{kinds:?}");
+    assert_eq!(kinds.len(), 10, "{kinds:?}");
 
     // Plaintext patterns: raw and standardised features (f64, f32), labels (bytes, f64, and
     // the first residual 0.5 − y in the residual's fixed point), each as runs of values.

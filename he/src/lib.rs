@@ -26,8 +26,9 @@
 //! let (secret, public) = SecretKey::generate(&params);          // key owner
 //! let v = secret.encrypt(&[3, -1, 4])?;                          // key owner → host
 //! let x = PreparedMatrix::new(&params, 3, 2, &[1, 1, 1, 2, 0, -5])?; // host: 2 columns
+//! let packing = secret.packing_key(1)?;                          // key owner → host, once
 //! let product = public.multiply(&params, &v, &x)?;              // host
-//! let (masked, masks) = public.mask_and_flood(&params, product)?;
+//! let (masked, masks) = public.mask_and_flood(&params, product, &packing)?;
 //! let decrypted = secret.decrypt_masked(&masked)?;              // key owner sees x^T v + r
 //! assert_eq!(masks.unmask(&decrypted)?, vec![6, -14]);          // host removes r
 //! # Ok::<(), he::HeError>(())
@@ -37,6 +38,7 @@
 
 mod encoding;
 mod error;
+mod pack;
 mod params;
 mod ring;
 mod scheme;
@@ -44,6 +46,7 @@ mod wire;
 
 pub use encoding::FixedPoint;
 pub use error::HeError;
+pub use pack::PackingKey;
 pub use params::{Params, N8192_Q128};
 pub use scheme::{
     EncryptedColumns, EncryptedVector, KeyId, MaskedColumns, Masks, PreparedMatrix, PublicKey,

@@ -24,6 +24,12 @@ pub struct Params {
     pub max_rows: usize,
     /// Largest |x| of a plaintext matrix entry.
     pub max_matrix_abs: i64,
+    /// Key switching (for packing) decomposes in base 2^`ks_digit_bits`…
+    pub ks_digit_bits: u32,
+    /// …into this many digits, covering the top `ks_digits·ks_digit_bits` bits.
+    pub ks_digits: u32,
+    /// Most packing levels: up to 2^levels results per released ciphertext.
+    pub max_pack_levels: u32,
 }
 
 /// N = 8192, q = 2^128, 54-bit messages, 72-bit flooding.
@@ -43,10 +49,18 @@ pub struct Params {
 /// ≤ 2^30.4 / 2^72 = 2^-41.6 per released value at the largest sizes, and 2^-46 at a typical
 /// mini-batch (n = 4096).
 ///
-/// **Correctness.** Δ = 2^74, so decryption is exact while total noise < 2^73: flooding 2^72, plus
-/// the matrix-dependent noise (< 2^31), the re-randomisation noise (< 2^20) and, because
-/// released results keep only the top 72 bits of each coefficient (9 bytes instead of 16), the
-/// rounding error ≤ (N + 1)·2^55 < 2^68.1 even in the worst case.
+/// **Packing.** Results are packed 2^ℓ per ciphertext (ℓ ≤ 10) before release; packing
+/// doubles message and noise at each level and adds key-switching noise (digits |d| ≤ 2^15,
+/// 7 digits, top 112 bits: Σ d_i·e_i has σ ≈ 2^21 and the dropped low bits add σ ≈ 2^20; 13σ
+/// < 2^25), so the noise before flooding is below 2^ℓ·2^30.5. Flooding scales with the
+/// packing: uniform on [−2^(72+ℓ), 2^(72+ℓ)], so the per-value statistical distance stays
+/// ≤ 2^-41.5. Messages become 2^ℓ·Δ·m: results must satisfy |m| < 2^(53−ℓ) and are released
+/// modulo 2^(54−ℓ); the evaluator chooses ℓ from the public bound on its results.
+///
+/// **Correctness.** Δ·2^ℓ = 2^(74+ℓ), so decryption is exact while total noise < 2^(73+ℓ):
+/// flooding 2^(72+ℓ), plus the noise before flooding (< 2^(30.5+ℓ)), the re-randomisation
+/// noise (< 2^20) and, because released results keep only the top 72 bits of each coefficient
+/// (9 bytes instead of 16), the rounding error ≤ (N + 1)·2^55 < 2^68.1 even in the worst case.
 pub const N8192_Q128: Params = Params {
     id: 1,
     poly_size: 8192,
@@ -56,6 +70,9 @@ pub const N8192_Q128: Params = Params {
     released_bits: 72,
     max_rows: 1 << 20,
     max_matrix_abs: 1 << 15,
+    ks_digit_bits: 16,
+    ks_digits: 7,
+    max_pack_levels: 10,
 };
 
 impl Params {

@@ -40,14 +40,46 @@ fn inv_mod(a: u64, p: u64) -> u64 {
     pow_mod(a % p, p - 2, p)
 }
 
+/// Multiplication by a fixed constant modulo a fixed p < 2^63 with Shoup's precomputed
+/// quotient: no division on the hot path of the CRT.
+#[derive(Clone, Copy)]
+struct ShoupConstant {
+    value: u64,
+    quotient: u64,
+    p: u64,
+}
+
+impl ShoupConstant {
+    fn new(value: u64, p: u64) -> Self {
+        ShoupConstant {
+            value,
+            quotient: ((u128::from(value) << 64) / u128::from(p)) as u64,
+            p,
+        }
+    }
+
+    /// x·value mod p for x < p.
+    fn mul(self, x: u64) -> u64 {
+        let q = ((u128::from(x) * u128::from(self.quotient)) >> 64) as u64;
+        let r = x
+            .wrapping_mul(self.value)
+            .wrapping_sub(q.wrapping_mul(self.p));
+        if r >= self.p {
+            r - self.p
+        } else {
+            r
+        }
+    }
+}
+
 /// NTT plans for one polynomial size and the CRT constants.
 pub(crate) struct Ring {
     n: usize,
     plans: [Plan; 3],
     /// p0^-1 mod p1, p0^-1 mod p2, p1^-1 mod p2.
-    inv_p0_mod_p1: u64,
-    inv_p0_mod_p2: u64,
-    inv_p1_mod_p2: u64,
+    inv_p0_mod_p1: ShoupConstant,
+    inv_p0_mod_p2: ShoupConstant,
+    inv_p1_mod_p2: ShoupConstant,
 }
 
 /// A polynomial in NTT form: its residues modulo each prime, transformed, limb after limb.
@@ -80,9 +112,9 @@ impl Ring {
         Some(Ring {
             n,
             plans,
-            inv_p0_mod_p1: inv_mod(PRIMES[0], PRIMES[1]),
-            inv_p0_mod_p2: inv_mod(PRIMES[0], PRIMES[2]),
-            inv_p1_mod_p2: inv_mod(PRIMES[1], PRIMES[2]),
+            inv_p0_mod_p1: ShoupConstant::new(inv_mod(PRIMES[0], PRIMES[1]), PRIMES[1]),
+            inv_p0_mod_p2: ShoupConstant::new(inv_mod(PRIMES[0], PRIMES[2]), PRIMES[2]),
+            inv_p1_mod_p2: ShoupConstant::new(inv_mod(PRIMES[1], PRIMES[2]), PRIMES[2]),
         })
     }
 
@@ -101,15 +133,21 @@ impl Ring {
         out
     }
 
-    /// NTT form of a polynomial with small signed coefficients.
+    /// NTT form of a polynomial with small signed coefficients (|c| < 2^61).
     pub(crate) fn forward_small(&self, poly: &[i64]) -> NttPoly {
         debug_assert_eq!(poly.len(), self.n);
+        debug_assert!(poly.iter().all(|c| c.unsigned_abs() < 1 << 61));
         let mut out = NttPoly::zero(self.n);
         for (k, plan) in self.plans.iter().enumerate() {
-            let p = PRIMES[k] as i64;
+            let p = PRIMES[k];
             let limb = &mut out.limbs[k * self.n..(k + 1) * self.n];
             for (r, &c) in limb.iter_mut().zip(poly) {
-                *r = c.rem_euclid(p) as u64;
+                // |c| < p: a negative value is p − |c|, no division needed.
+                *r = if c < 0 {
+                    p - c.unsigned_abs()
+                } else {
+                    c as u64
+                };
             }
             plan.fwd(limb);
         }
@@ -145,10 +183,13 @@ impl Ring {
             .zip(l1)
             .zip(l2)
             .map(|((&r0, &r1), &r2)| {
-                // Garner: x = r0 + p0·t1 + p0·p1·t2 with t1 < p1, t2 < p2.
-                let t1 = mul_mod((r1 + p1 - r0 % p1) % p1, self.inv_p0_mod_p1, p1);
-                let u = mul_mod((r2 + p2 - r0 % p2) % p2, self.inv_p0_mod_p2, p2);
-                let t2 = mul_mod((u + p2 - t1 % p2) % p2, self.inv_p1_mod_p2, p2);
+                // Garner: x = r0 + p0·t1 + p0·p1·t2 with t1 < p1, t2 < p2. Residues are
+                // below p0 < 2·p2 < 2·p1, so one conditional subtraction reduces them.
+                let reduce = |x: u64, p: u64| if x >= p { x - p } else { x };
+                let sub = |a: u64, b: u64, p: u64| reduce(a + p - b, p);
+                let t1 = self.inv_p0_mod_p1.mul(sub(r1, reduce(r0, p1), p1));
+                let u = self.inv_p0_mod_p2.mul(sub(r2, reduce(r0, p2), p2));
+                let t2 = self.inv_p1_mod_p2.mul(sub(u, reduce(t1, p2), p2));
                 let x = u128::from(r0)
                     .wrapping_add(u128::from(p0) * u128::from(t1))
                     .wrapping_add(p0p1.wrapping_mul(u128::from(t2)));

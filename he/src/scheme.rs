@@ -9,8 +9,12 @@ use tfhe::core_crypto::prelude::*;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::HeError;
+use crate::pack::{check_key, digit_weight, Ciphertext, PackingKey};
 use crate::params::{signed_residue, Params};
 use crate::ring::{NttPoly, Ring, MAX_PRODUCT_BITS};
+
+/// A packed result: the full mask polynomial and the body coefficients at the slots.
+type PackedResult = (Vec<u128>, Vec<u128>);
 
 /// Random identifier of a key pair, carried by every ciphertext so that objects of different
 /// keys are never combined silently.
@@ -240,25 +244,12 @@ impl PreparedMatrix {
 pub struct EncryptedColumns {
     params_id: u8,
     key: KeyId,
+    /// Public bound on every |x_j^T v|.
+    bound: i64,
     columns: Vec<(Vec<u128>, Vec<u128>)>,
 }
 
-impl std::fmt::Debug for EncryptedColumns {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EncryptedColumns({} columns)", self.columns.len())
-    }
-}
-
-/// Masked, re-randomised and flooded columns, safe to send to the key owner: each is an LWE
-/// ciphertext (the full mask polynomial and the constant coefficient of the body).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MaskedColumns {
-    pub(crate) params_id: u8,
-    pub(crate) key: KeyId,
-    pub(crate) columns: Vec<(Vec<u128>, u128)>,
-}
-
-impl MaskedColumns {
+impl EncryptedColumns {
     /// Number of columns.
     pub fn len(&self) -> usize {
         self.columns.len()
@@ -269,13 +260,60 @@ impl MaskedColumns {
         self.columns.is_empty()
     }
 
-    /// Bytes of ciphertext payload that cross the wire: N + 1 coefficients of
-    /// `released_bits / 8` bytes per column.
+    /// The public bound on every |result|: the vector's declared bound × the largest column
+    /// l1 norm. It decides how many results [`PublicKey::mask_and_flood`] packs together.
+    pub fn bound(&self) -> i64 {
+        self.bound
+    }
+
+    /// Declares a larger bound, e.g. when the key owner will add these results to other
+    /// evaluators' (see [`Masks::sum`]): every evaluator then packs alike and the sum fits.
+    pub fn widen_bound(&mut self, bound: i64) {
+        self.bound = self.bound.max(bound);
+    }
+}
+
+impl std::fmt::Debug for EncryptedColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncryptedColumns({} columns)", self.columns.len())
+    }
+}
+
+/// Masked, re-randomised and flooded results, safe to send to the key owner: up to 2^levels
+/// results per ciphertext, each sent as its full mask polynomial and the body coefficients at
+/// the slots j·N/2^levels (the other coefficients are never released).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskedColumns {
+    pub(crate) params_id: u8,
+    pub(crate) key: KeyId,
+    pub(crate) levels: u32,
+    pub(crate) columns: usize,
+    pub(crate) packed: Vec<PackedResult>,
+}
+
+impl MaskedColumns {
+    /// Number of results (columns).
+    pub fn len(&self) -> usize {
+        self.columns
+    }
+
+    /// True when there are no results.
+    pub fn is_empty(&self) -> bool {
+        self.columns == 0
+    }
+
+    /// Results per ciphertext: 2^levels.
+    pub fn levels(&self) -> u32 {
+        self.levels
+    }
+
+    /// Bytes of ciphertext payload that cross the wire: per ciphertext, N mask coefficients
+    /// and one body coefficient per result, `released_bits / 8` bytes each.
     pub fn payload_bytes(&self) -> usize {
         let coefficient = self.coefficient_bytes();
-        self.columns
+        self.packed
             .iter()
-            .map(|(a, _)| coefficient * (a.len() + 1))
+            .map(|(a, b)| coefficient * (a.len() + b.len()))
             .sum()
     }
 
@@ -320,16 +358,6 @@ fn check_messages(params: &Params, values: &[i64]) -> Result<i64, HeError> {
     Ok(largest)
 }
 
-/// Coefficient 0 of a·s for a binary s: a_0·s_0 − Σ_{i≥1} a_i·s_(N−i).
-fn constant_of_product(a: &[u128], s: &[u128]) -> u128 {
-    let n = a.len();
-    let mut acc = a[0].wrapping_mul(s[0]);
-    for i in 1..n {
-        acc = acc.wrapping_sub(a[i].wrapping_mul(s[n - i]));
-    }
-    acc
-}
-
 impl SecretKey {
     /// A fresh key pair from the operating system's entropy (through tfhe's seeder and CSPRNG).
     pub fn generate(params: &Params) -> (SecretKey, PublicKey) {
@@ -362,6 +390,31 @@ impl SecretKey {
         self.id
     }
 
+    /// Packing keys for up to 2^`levels` results per ciphertext (levels ≤
+    /// `params.max_pack_levels`); evaluators need them to pack (see [`PackingKey`]).
+    pub fn packing_key(&self, levels: u32) -> Result<PackingKey, HeError> {
+        if levels > self.params.max_pack_levels {
+            return Err(HeError::SizeMismatch {
+                what: "packing levels",
+                expected: self.params.max_pack_levels as usize,
+                got: levels as usize,
+            });
+        }
+        let blocks = (1..=levels)
+            .into_par_iter()
+            .map(|level| {
+                let rotated = crate::pack::automorphism(&self.coefficients, (1 << level) + 1);
+                (0..self.params.ks_digits as usize)
+                    .map(|digit| {
+                        let weight = digit_weight(&self.params, digit);
+                        self.encrypt_raw(rotated.iter().map(|c| c.wrapping_mul(weight)).collect())
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(PackingKey::new(&self.params, &self.ring, self.id, blocks))
+    }
+
     fn glwe(&self) -> GlweSecretKey<&[u128]> {
         GlweSecretKey::from_container(
             self.coefficients.as_slice(),
@@ -370,11 +423,16 @@ impl SecretKey {
     }
 
     fn encrypt_block(&self, values: &[i64]) -> SeededBlock {
-        let n = self.params.poly_size;
-        let mut plain = vec![0u128; n];
+        let mut plain = vec![0u128; self.params.poly_size];
         for (p, &m) in plain.iter_mut().zip(values) {
             *p = self.params.scale(m);
         }
+        self.encrypt_raw(plain)
+    }
+
+    /// Seeded encryption of a polynomial given as raw coefficients of Z/2^128.
+    fn encrypt_raw(&self, plain: Vec<u128>) -> SeededBlock {
+        let n = self.params.poly_size;
         let mut seeder = new_seeder();
         let seed = seeder.seed();
         let compression_seed: CompressionSeed = seed.into();
@@ -447,7 +505,8 @@ impl SecretKey {
         self.coefficients.iter().map(|&c| c as i64).collect()
     }
 
-    /// Decrypts masked columns: each result is (x_j^T v + r_j) mod 2^p, uniformly distributed.
+    /// Decrypts masked results: each is (x_j^T v + r_j) mod 2^(p − levels), uniformly
+    /// distributed.
     pub fn decrypt_masked(&self, masked: &MaskedColumns) -> Result<Vec<u64>, HeError> {
         check_params(&self.params, masked.params_id, "masked columns")?;
         if masked.key != self.id {
@@ -455,26 +514,39 @@ impl SecretKey {
                 what: "masked columns",
             });
         }
-        masked
-            .columns
+        let n = self.params.poly_size;
+        let spacing = n >> masked.levels;
+        let scale_bits = self.params.delta_bits() + masked.levels;
+        let bits = self.params.message_bits - masked.levels;
+        let small_key = self.small_key();
+        let packed: Vec<Vec<u64>> = masked
+            .packed
             .par_iter()
-            .map(|(a, b0)| {
-                if a.len() != self.params.poly_size {
+            .map(|(a, b)| {
+                if a.len() != n || b.len() > 1 << masked.levels {
                     return Err(HeError::SizeMismatch {
-                        what: "masked column mask length",
-                        expected: self.params.poly_size,
+                        what: "masked ciphertext coefficients",
+                        expected: n,
                         got: a.len(),
                     });
                 }
-                let noisy = b0.wrapping_sub(constant_of_product(a, &self.coefficients));
-                Ok(self.params.round(noisy))
+                let a_s = self.ring.mul_wide_small(a, &small_key);
+                Ok(b.iter()
+                    .enumerate()
+                    .map(|(slot, &b)| {
+                        let noisy = b.wrapping_sub(a_s[slot * spacing]);
+                        let rounded = noisy.wrapping_add(1u128 << (scale_bits - 1)) >> scale_bits;
+                        (rounded as u64) & ((1u64 << bits) - 1)
+                    })
+                    .collect())
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(packed.into_iter().flatten().collect())
     }
 }
 
 /// (a, b) of a seeded block: a regenerated from the seed by tfhe's mask generator.
-fn expand_block(n: usize, block: &SeededBlock) -> (Vec<u128>, Vec<u128>) {
+pub(crate) fn expand_block(n: usize, block: &SeededBlock) -> (Vec<u128>, Vec<u128>) {
     let seeded = SeededGlweCiphertext::from_container(
         block.body.clone(),
         GlweSize(2),
@@ -518,7 +590,7 @@ impl PublicKey {
         }
         let worst =
             matrix.column_l1.iter().copied().max().unwrap_or(0) as f64 * vector.value_bound as f64;
-        if worst >= params.max_message_abs() as f64 {
+        if worst > params.max_message_abs() as f64 {
             return Err(HeError::ProductTooLarge {
                 bits: worst.log2(),
                 message_bits: params.message_bits,
@@ -553,19 +625,32 @@ impl PublicKey {
         Ok(EncryptedColumns {
             params_id: params.id,
             key: self.id,
+            bound: worst as i64,
             columns,
         })
     }
 
-    /// Masks every column with a fresh uniform r_j mod 2^p, adds a fresh encryption of zero
-    /// under this key (so the mask polynomial no longer reveals the matrix) and floods the
-    /// released coefficient with uniform noise on [−2^F, 2^F] (so its noise no longer does).
+    /// Packs the results 2^ℓ per ciphertext, masks each with a fresh uniform r_j modulo
+    /// 2^(p − ℓ), adds a fresh encryption of zero under this key (so the mask polynomial no
+    /// longer reveals the matrix) and floods every released coefficient with uniform noise on
+    /// [−2^(F+ℓ), 2^(F+ℓ)] (so its noise no longer does).
+    ///
+    /// ℓ is the largest level that the packing key allows, that the column count can use, and
+    /// at which the results still fit: packing multiplies them by 2^ℓ, so they must satisfy
+    /// |x_j^T v| ≤ [`EncryptedColumns::bound`] < 2^(p − 1 − ℓ).
     pub fn mask_and_flood(
         &self,
         params: &Params,
         columns: EncryptedColumns,
+        packing: &PackingKey,
     ) -> Result<(MaskedColumns, Masks), HeError> {
-        self.mask_and_flood_bits(params, columns, params.flood_bits, params.released_bits)
+        self.mask_and_flood_bits(
+            params,
+            columns,
+            packing,
+            params.flood_bits,
+            params.released_bits,
+        )
     }
 
     /// [`mask_and_flood`](Self::mask_and_flood) with a chosen flooding width and released
@@ -575,18 +660,38 @@ impl PublicKey {
         &self,
         params: &Params,
         columns: EncryptedColumns,
+        packing: &PackingKey,
         flood_bits: u32,
         released_bits: u32,
     ) -> Result<(MaskedColumns, Masks), HeError> {
         check_params(params, self.params_id, "public key")?;
         check_params(params, columns.params_id, "encrypted columns")?;
+        check_key(params, self.id, packing)?;
         if columns.key != self.id {
             return Err(HeError::WrongKey {
                 what: "encrypted columns",
             });
         }
+        let count = columns.columns.len();
+        if count == 0 {
+            return Err(HeError::SizeMismatch {
+                what: "columns to release",
+                expected: 1,
+                got: 0,
+            });
+        }
+        // Results must stay below 2^(p−1−ℓ) once packing has multiplied them by 2^ℓ.
+        let result_bits = 64 - (columns.bound.max(1) as u64).leading_zeros();
+        let fits = (params.message_bits - 1).saturating_sub(result_bits);
+        let wanted = count.next_power_of_two().trailing_zeros();
+        let levels = packing.levels().min(wanted).min(fits);
         let n = params.poly_size;
         let ring = ring_for(params);
+        let group = 1usize << levels;
+        let mut items = columns.columns.into_iter().map(Some);
+        let groups: Vec<Vec<Option<Ciphertext>>> = (0..count.div_ceil(group))
+            .map(|_| (0..group).map(|_| items.next().flatten()).collect())
+            .collect();
         let (a_pk, b_pk) = expand_block(
             n,
             &SeededBlock {
@@ -594,23 +699,26 @@ impl PublicKey {
                 body: self.body.clone(),
             },
         );
-        let message_mask = (1u64 << params.message_bits) - 1;
-        let flood_span = 1u128 << (flood_bits + 1);
-        let results: Vec<((Vec<u128>, u128), u64)> = columns
-            .columns
+        let bits = params.message_bits - levels;
+        let message_mask = (1u64 << bits) - 1;
+        let scale_bits = params.delta_bits() + levels;
+        let flood_span = 1u128 << (flood_bits + levels + 1);
+        let spacing = n >> levels;
+        let results: Vec<(PackedResult, Vec<u64>)> = groups
             .into_par_iter()
-            .map(|(a, b)| {
+            .map(|group_items| {
+                let present = group_items.iter().filter(|c| c.is_some()).count();
+                let (a, b) = packing
+                    .pack(params, &ring, group_items)
+                    .expect("every group holds at least one column");
                 let mut rng = csprng();
                 let mut u = vec![0u128; n];
                 rng.fill_slice_with_random_uniform_binary(&mut u);
                 let u_small: Vec<i64> = u.iter().map(|&c| c as i64).collect();
                 let mut e1 = vec![0u128; n];
                 rng.fill_slice_with_random_from_distribution(&mut e1, gaussian(params));
-                let e2: u128 = rng.random_from_distribution(gaussian(params));
-                let flood =
-                    (rng.random_uniform::<u128>() % flood_span).wrapping_sub(flood_span / 2);
-                let r = rng.random_uniform::<u64>() & message_mask;
                 let u_a = ring.mul_wide_small(&a_pk, &u_small);
+                let u_b = ring.mul_wide_small(&b_pk, &u_small);
                 let fresh_a: Vec<u128> = a
                     .iter()
                     .zip(&u_a)
@@ -619,25 +727,38 @@ impl PublicKey {
                         Params::round_to_top(x.wrapping_add(y).wrapping_add(z), released_bits)
                     })
                     .collect();
-                let u_b0 = constant_of_product(&b_pk, &u);
-                let b0 = b[0]
-                    .wrapping_add(u_b0)
-                    .wrapping_add(e2)
-                    .wrapping_add(flood)
-                    .wrapping_add(params.scale(r as i64));
-                ((fresh_a, Params::round_to_top(b0, released_bits)), r)
+                let mut masks = Vec::with_capacity(present);
+                let slots: Vec<u128> = (0..present)
+                    .map(|slot| {
+                        let position = slot * spacing;
+                        let e2: u128 = rng.random_from_distribution(gaussian(params));
+                        let flood = (rng.random_uniform::<u128>() % flood_span)
+                            .wrapping_sub(flood_span / 2);
+                        let r = rng.random_uniform::<u64>() & message_mask;
+                        masks.push(r);
+                        let value = b[position]
+                            .wrapping_add(u_b[position])
+                            .wrapping_add(e2)
+                            .wrapping_add(flood)
+                            .wrapping_add(u128::from(r) << scale_bits);
+                        Params::round_to_top(value, released_bits)
+                    })
+                    .collect();
+                ((fresh_a, slots), masks)
             })
             .collect();
-        let (columns, values): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+        let (packed, values): (Vec<_>, Vec<Vec<u64>>) = results.into_iter().unzip();
         Ok((
             MaskedColumns {
                 params_id: params.id,
                 key: self.id,
-                columns,
+                levels,
+                columns: count,
+                packed,
             },
             Masks {
-                message_bits: params.message_bits,
-                values,
+                message_bits: bits,
+                values: values.into_iter().flatten().collect(),
             },
         ))
     }
@@ -700,13 +821,22 @@ mod tests {
     impl SecretKey {
         /// The noise of each released value as the key owner sees it.
         fn released_noise(&self, masked: &MaskedColumns) -> Vec<i128> {
+            let spacing = self.params.poly_size >> masked.levels;
+            let scale_bits = self.params.delta_bits() + masked.levels;
             masked
-                .columns
+                .packed
                 .iter()
-                .map(|(a, b0)| {
-                    let noisy = b0.wrapping_sub(constant_of_product(a, &self.coefficients));
-                    let message = u128::from(self.params.round(noisy)) << self.params.delta_bits();
-                    noisy.wrapping_sub(message) as i128
+                .flat_map(|(a, b)| {
+                    let a_s = self.ring.mul_wide_small(a, &self.small_key());
+                    b.iter()
+                        .enumerate()
+                        .map(|(slot, b)| {
+                            let noisy = b.wrapping_sub(a_s[slot * spacing]);
+                            let half = 1u128 << (scale_bits - 1);
+                            let message = (noisy.wrapping_add(half) >> scale_bits) << scale_bits;
+                            noisy.wrapping_sub(message) as i128
+                        })
+                        .collect::<Vec<_>>()
                 })
                 .collect()
         }
@@ -718,18 +848,23 @@ mod tests {
     }
 
     /// Two matrices with the same X^T v but very different noise Σ e_i x_i: the released noise
-    /// must not tell them apart with flooding, and must without (so the test can fail).
+    /// must not tell them apart with flooding, and must without (so the test can fail). Checked
+    /// without packing and with 64 results per ciphertext (flooding then scales by 2^6).
     #[test]
     fn flooding_hides_the_matrix_dependent_noise() {
         let params = N8192_Q128;
         let n = params.poly_size;
         let (secret, public) = SecretKey::generate(&params);
+        let (unpacked, packed) = (
+            secret.packing_key(0).unwrap(),
+            secret.packing_key(6).unwrap(),
+        );
         let mut v = vec![0i64; n];
         v[0] = 1;
         let v = secret.encrypt(&v).unwrap();
-        // Every column is the same; each release draws fresh masks, re-randomisation and flooding
-        // per column, so one call yields `COLUMNS` independent samples.
-        const COLUMNS: usize = 50;
+        // Every column is the same; each ciphertext draws fresh masks, re-randomisation and
+        // flooding, so one call yields `COLUMNS` independent samples.
+        const COLUMNS: usize = 64;
         let prepare = |rest: i64| {
             let mut column = vec![rest; n];
             column[0] = 7;
@@ -738,45 +873,87 @@ mod tests {
         };
         let (small, large) = (prepare(0), prepare(1 << 14));
         let sample = |matrix: &PreparedMatrix,
+                      packing: &PackingKey,
                       flood_bits: u32,
                       released_bits: u32,
                       calls: usize|
-         -> Vec<i128> {
-            (0..calls)
+         -> (Vec<i128>, u32) {
+            let mut levels = 0;
+            let noise = (0..calls)
                 .flat_map(|_| {
                     let product = public.multiply(&params, &v, matrix).unwrap();
                     let (masked, masks) = public
-                        .mask_and_flood_bits(&params, product, flood_bits, released_bits)
+                        .mask_and_flood_bits(&params, product, packing, flood_bits, released_bits)
                         .unwrap();
+                    levels = masked.levels();
                     let decrypted = secret.decrypt_masked(&masked).unwrap();
                     assert_eq!(masks.unmask(&decrypted).unwrap(), vec![7; COLUMNS]);
                     secret.released_noise(&masked)
                 })
-                .collect()
+                .collect();
+            (noise, levels)
         };
         // Without flooding: the noise magnitude reveals the matrix (about 2^8 against 2^20).
-        let (bare_small, bare_large) = (sample(&small, 0, 128, 1), sample(&large, 0, 128, 1));
+        let (bare_small, _) = sample(&small, &unpacked, 0, 128, 1);
+        let (bare_large, _) = sample(&large, &unpacked, 0, 128, 1);
         assert!(
             mean_abs_log2(&bare_large) - mean_abs_log2(&bare_small) > 6.0,
             "test cannot detect the leak: {} vs {}",
             mean_abs_log2(&bare_small),
             mean_abs_log2(&bare_large)
         );
-        // With flooding: both look like uniform noise on ±2^72 (mean |e| ≈ 2^71). Over 400
-        // samples log2 of the mean has a standard deviation of about 0.04, so the bounds below
-        // are more than 5 standard deviations wide.
-        let (flood_small, flood_large) = (
-            sample(&small, params.flood_bits, params.released_bits, 8),
-            sample(&large, params.flood_bits, params.released_bits, 8),
-        );
-        for noise in [&flood_small, &flood_large] {
-            assert!(
-                (mean_abs_log2(noise) - 71.0).abs() < 0.3,
-                "{}",
-                mean_abs_log2(noise)
-            );
+        // With flooding: both look like uniform noise on ±2^(72+ℓ) (mean |e| ≈ 2^(71+ℓ)). Over
+        // 384 samples log2 of the mean has a standard deviation of about 0.04; with packing only
+        // 6 calls × 1 ciphertext × 64 slots share six draws of re-randomisation, still far
+        // below the flooding. The bounds are more than 5 standard deviations wide.
+        for (packing, calls, expected_levels) in [(&unpacked, 6, 0), (&packed, 6, 6)] {
+            let (flood_small, levels) = sample(&small, packing, params.flood_bits, 72, calls);
+            let (flood_large, _) = sample(&large, packing, params.flood_bits, 72, calls);
+            assert_eq!(levels, expected_levels);
+            let expected = f64::from(71 + levels);
+            for noise in [&flood_small, &flood_large] {
+                assert!(
+                    (mean_abs_log2(noise) - expected).abs() < 0.3,
+                    "{} vs {expected}",
+                    mean_abs_log2(noise)
+                );
+            }
+            assert!((mean_abs_log2(&flood_small) - mean_abs_log2(&flood_large)).abs() < 0.3);
         }
-        assert!((mean_abs_log2(&flood_small) - mean_abs_log2(&flood_large)).abs() < 0.3);
+    }
+
+    /// Results that are not a power of two in number, several ciphertexts, and a bound that
+    /// forces fewer levels: always exact.
+    #[test]
+    fn packing_is_exact_and_respects_the_result_bound() {
+        let params = N8192_Q128;
+        let (secret, public) = SecretKey::generate(&params);
+        let packing = secret.packing_key(5).unwrap();
+        let rows = 1000;
+        let v: Vec<i64> = (0..rows as i64).map(|i| (i * 7919) % 2001 - 1000).collect();
+        let encrypted = secret.encrypt(&v).unwrap();
+        for (columns, entry, expected_levels) in [(37, 500, 5), (100, 500, 5), (3, 1 << 15, 2)] {
+            let x: Vec<i64> = (0..rows * columns)
+                .map(|i| (i as i64 * 104_729) % (2 * entry + 1) - entry)
+                .collect();
+            let matrix = PreparedMatrix::new(&params, rows, columns, &x).unwrap();
+            let mut product = public.multiply(&params, &encrypted, &matrix).unwrap();
+            if entry == 1 << 15 {
+                // A declared bound of 2^50 leaves 53 − 51 = 2 levels.
+                product.widen_bound(1 << 50);
+            }
+            let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
+            assert_eq!(masked.levels(), expected_levels, "{columns} columns");
+            let expected: Vec<i64> = x
+                .chunks(rows)
+                .map(|c| c.iter().zip(&v).map(|(a, b)| a * b).sum())
+                .collect();
+            let got = masks
+                .unmask(&secret.decrypt_masked(&masked).unwrap())
+                .unwrap();
+            assert_eq!(got, expected, "{columns} columns");
+        }
+        assert!(secret.packing_key(params.max_pack_levels + 1).is_err());
     }
 
     #[test]
@@ -796,11 +973,20 @@ mod tests {
             other_public.multiply(&params, &v, &x),
             Err(HeError::WrongKey { .. })
         ));
+        let packing = secret.packing_key(1).unwrap();
         let product = public.multiply(&params, &v, &x).unwrap();
-        let (masked, _) = public.mask_and_flood(&params, product).unwrap();
+        let (masked, _) = public.mask_and_flood(&params, product, &packing).unwrap();
         assert!(matches!(
             other_secret.decrypt_masked(&masked),
             Err(HeError::WrongKey { .. })
+        ));
+        let product = public.multiply(&params, &v, &x).unwrap();
+        let other_packing = other_secret.packing_key(1).unwrap();
+        assert!(matches!(
+            public.mask_and_flood(&params, product, &other_packing),
+            Err(HeError::WrongKey {
+                what: "packing key"
+            })
         ));
     }
 
@@ -813,10 +999,11 @@ mod tests {
         let v = secret.encrypt(&[5, -3]).unwrap();
         let first = PreparedMatrix::new(&params, 2, 2, &[1, 0, 0, 1]).unwrap();
         let second = PreparedMatrix::new(&params, 2, 2, &[2, 2, -1, 1]).unwrap();
+        let packing = secret.packing_key(1).unwrap();
         let (mut total, mut masks) = (vec![0u64; 2], Vec::new());
         for matrix in [&first, &second] {
             let product = public.multiply(&params, &v, matrix).unwrap();
-            let (masked, mask) = public.mask_and_flood(&params, product).unwrap();
+            let (masked, mask) = public.mask_and_flood(&params, product, &packing).unwrap();
             for (t, d) in total
                 .iter_mut()
                 .zip(secret.decrypt_masked(&masked).unwrap())

@@ -10,12 +10,14 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::HeError;
+use crate::pack::PackingKey;
 use crate::params::Params;
+use crate::ring::Ring;
 use crate::scheme::{EncryptedVector, KeyId, MaskedColumns, PublicKey, SeededBlock};
 
 const MAGIC: &[u8; 4] = b"UNHE";
 /// Version of this byte format.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 const HEADER_LEN: usize = 4 + 1 + 1 + 1 + 16;
 /// Most columns one [`MaskedColumns`] may hold.
 pub const MAX_COLUMNS: usize = 1 << 16;
@@ -26,6 +28,7 @@ enum Kind {
     PublicKey = 1,
     EncryptedVector = 2,
     MaskedColumns = 3,
+    PackingKey = 4,
 }
 
 impl Kind {
@@ -34,6 +37,7 @@ impl Kind {
             Kind::PublicKey => "public key",
             Kind::EncryptedVector => "encrypted vector",
             Kind::MaskedColumns => "masked columns",
+            Kind::PackingKey => "packing key",
         }
     }
 }
@@ -218,13 +222,15 @@ impl EncryptedVector {
 }
 
 impl MaskedColumns {
-    /// Encodes the columns (N + 1 coefficients each).
+    /// Encodes the results: per ciphertext, N mask coefficients and one body coefficient per
+    /// result, each as its top `released_bits / 8` bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + 4 + self.payload_bytes());
+        let mut out = Vec::with_capacity(HEADER_LEN + 5 + self.payload_bytes());
         header(&mut out, Kind::MaskedColumns, self.params_id, self.key);
-        out.extend_from_slice(&(self.columns.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.columns as u32).to_le_bytes());
+        out.push(self.levels as u8);
         let bytes = self.coefficient_bytes();
-        for value in self.columns.iter().flat_map(|(a, b0)| a.iter().chain([b0])) {
+        for value in self.packed.iter().flat_map(|(a, b)| a.iter().chain(b)) {
             // Released coefficients are multiples of 2^(128 − released_bits): keep the top bytes.
             debug_assert_eq!(value << (8 * bytes), 0, "coefficient was not rounded");
             out.extend_from_slice(&value.to_le_bytes()[16 - bytes..]);
@@ -232,36 +238,106 @@ impl MaskedColumns {
         out
     }
 
-    /// Decodes at most [`MAX_COLUMNS`] columns, checking every length.
+    /// Decodes at most [`MAX_COLUMNS`] results, checking every length.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeError> {
         let kind = Kind::MaskedColumns;
         let (params, key, body) = read_header(bytes, kind)?;
-        if body.len() < 4 {
-            return Err(malformed(kind, "missing column count"));
+        if body.len() < 5 {
+            return Err(malformed(kind, "missing result count and levels"));
         }
         let mut r = Reader { bytes: body };
         let count = u32::from_le_bytes(r.take()) as usize;
         if count == 0 || count > MAX_COLUMNS {
             return Err(malformed(
                 kind,
-                format!("{count} columns is not in 1..={MAX_COLUMNS}"),
+                format!("{count} results is not in 1..={MAX_COLUMNS}"),
             ));
         }
+        let [levels] = r.take::<1>();
+        let levels = u32::from(levels);
+        if levels > params.max_pack_levels {
+            return Err(malformed(
+                kind,
+                format!(
+                    "{levels} packing levels, at most {}",
+                    params.max_pack_levels
+                ),
+            ));
+        }
+        let group = 1usize << levels;
+        let ciphertexts = count.div_ceil(group);
         let bytes = params.released_bits as usize / 8;
-        expect_len(kind, r.bytes, count * bytes * (params.poly_size + 1))?;
-        let columns = (0..count)
-            .map(|_| {
+        expect_len(
+            kind,
+            r.bytes,
+            bytes * (ciphertexts * params.poly_size + count),
+        )?;
+        let packed = (0..ciphertexts)
+            .map(|g| {
+                let slots = group.min(count - g * group);
                 (
                     (0..params.poly_size).map(|_| r.top(bytes)).collect(),
-                    r.top(bytes),
+                    (0..slots).map(|_| r.top(bytes)).collect(),
                 )
             })
             .collect();
         Ok(MaskedColumns {
             params_id: params.id,
             key,
-            columns,
+            levels,
+            columns: count,
+            packed,
         })
+    }
+}
+
+impl PackingKey {
+    /// Encodes the key: per level and digit, a seed and N body coefficients.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        header(&mut out, Kind::PackingKey, self.params_id, self.key);
+        out.push(self.levels() as u8);
+        for block in self.blocks.iter().flatten() {
+            out.extend_from_slice(&block.seed.to_le_bytes());
+            put_u128s(&mut out, &block.body);
+        }
+        out
+    }
+
+    /// Decodes a key, checking every length, and prepares it for packing.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeError> {
+        let kind = Kind::PackingKey;
+        let (params, key, body) = read_header(bytes, kind)?;
+        let Some((&levels, rest)) = body.split_first() else {
+            return Err(malformed(kind, "missing level count"));
+        };
+        let levels = u32::from(levels);
+        if levels > params.max_pack_levels {
+            return Err(malformed(
+                kind,
+                format!("{levels} levels, at most {}", params.max_pack_levels),
+            ));
+        }
+        let digits = params.ks_digits as usize;
+        expect_len(
+            kind,
+            rest,
+            levels as usize * digits * 16 * (1 + params.poly_size),
+        )?;
+        let mut r = Reader { bytes: rest };
+        let blocks = (0..levels)
+            .map(|_| {
+                (0..digits)
+                    .map(|_| SeededBlock {
+                        seed: r.u128(),
+                        body: r.u128s(params.poly_size),
+                    })
+                    .collect()
+            })
+            .collect();
+        let ring = Ring::new(params.poly_size)
+            .ok_or_else(|| malformed(kind, "no NTT for this polynomial size"))?;
+        Ok(PackingKey::new(&params, &ring, key, blocks))
     }
 }
 
@@ -285,6 +361,7 @@ macro_rules! serde_via_bytes {
 serde_via_bytes!(PublicKey);
 serde_via_bytes!(EncryptedVector);
 serde_via_bytes!(MaskedColumns);
+serde_via_bytes!(PackingKey);
 
 mod serde_bytes_buf {
     //! Accepts a byte string, or a sequence of bytes from formats without byte strings.

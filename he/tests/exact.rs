@@ -22,7 +22,8 @@ fn round_trip(
 ) -> Vec<i64> {
     let params = N8192_Q128;
     let product = public.multiply(&params, v, x).unwrap();
-    let (masked, masks) = public.mask_and_flood(&params, product).unwrap();
+    let packing = secret.packing_key(params.max_pack_levels).unwrap();
+    let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
     masks
         .unmask(&secret.decrypt_masked(&masked).unwrap())
         .unwrap()

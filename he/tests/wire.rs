@@ -3,21 +3,34 @@
 use he::*;
 use proptest::prelude::*;
 
-fn objects() -> (SecretKey, PublicKey, EncryptedVector, MaskedColumns) {
+fn objects() -> (
+    SecretKey,
+    PublicKey,
+    EncryptedVector,
+    MaskedColumns,
+    PackingKey,
+) {
     let params = N8192_Q128;
     let (secret, public) = SecretKey::generate(&params);
+    let packing = secret.packing_key(2).unwrap();
     let v = secret.encrypt(&[5, -3, 2]).unwrap();
     let x = PreparedMatrix::new(&params, 3, 2, &[1, 2, 3, -1, 0, 4]).unwrap();
     let (masked, _) = public
-        .mask_and_flood(&params, public.multiply(&params, &v, &x).unwrap())
+        .mask_and_flood(&params, public.multiply(&params, &v, &x).unwrap(), &packing)
         .unwrap();
-    (secret, public, v, masked)
+    (secret, public, v, masked, packing)
 }
 
 #[test]
 fn everything_round_trips_bytes_and_serde() {
-    let (secret, public, v, masked) = objects();
+    let (secret, public, v, masked, packing) = objects();
     assert_eq!(PublicKey::from_bytes(&public.to_bytes()).unwrap(), public);
+    assert_eq!(
+        PackingKey::from_bytes(&packing.to_bytes()).unwrap(),
+        packing
+    );
+    // Two levels: two digit-sets of seeded encryptions (16 bytes per coefficient plus a seed).
+    assert_eq!(packing.to_bytes().len(), 23 + 1 + 2 * 7 * 16 * (8192 + 1));
     assert_eq!(EncryptedVector::from_bytes(&v.to_bytes()).unwrap(), v);
     assert_eq!(
         MaskedColumns::from_bytes(&masked.to_bytes()).unwrap(),
@@ -28,31 +41,40 @@ fn everything_round_trips_bytes_and_serde() {
     assert_eq!(secret.decrypt(&back).unwrap(), vec![5, -3, 2]);
     // 16 bytes per value plus one seed per block and a 39-byte header.
     assert_eq!(v.to_bytes().len(), 23 + 16 + 16 * (8192 + 1));
-    // Released columns keep 72 bits (9 bytes) of each of their N + 1 coefficients.
-    assert_eq!(masked.to_bytes().len(), 23 + 4 + 2 * 9 * (8192 + 1));
+    // Both results share one ciphertext: N mask coefficients and two body coefficients of
+    // 72 bits (9 bytes).
+    assert_eq!(masked.levels(), 1);
+    assert_eq!(masked.to_bytes().len(), 23 + 5 + 9 * (8192 + 2));
 }
 
 #[test]
 fn truncated_or_extended_bytes_are_errors() {
-    let (_, public, v, masked) = objects();
-    for bytes in [public.to_bytes(), v.to_bytes(), masked.to_bytes()] {
+    let (_, public, v, masked, packing) = objects();
+    for bytes in [
+        public.to_bytes(),
+        v.to_bytes(),
+        masked.to_bytes(),
+        packing.to_bytes(),
+    ] {
         for cut in [0, 3, 22, 23, 30, 39, 40, bytes.len() / 2, bytes.len() - 1] {
             let short = &bytes[..cut];
             assert!(PublicKey::from_bytes(short).is_err());
             assert!(EncryptedVector::from_bytes(short).is_err());
             assert!(MaskedColumns::from_bytes(short).is_err());
+            assert!(PackingKey::from_bytes(short).is_err());
         }
         let mut long = bytes.clone();
         long.push(0);
         assert!(PublicKey::from_bytes(&long).is_err());
         assert!(EncryptedVector::from_bytes(&long).is_err());
         assert!(MaskedColumns::from_bytes(&long).is_err());
+        assert!(PackingKey::from_bytes(&long).is_err());
     }
 }
 
 #[test]
 fn header_fields_are_checked() {
-    let (_, _, v, _) = objects();
+    let (_, _, v, _, _) = objects();
     let bytes = v.to_bytes();
     let corrupt = |at: usize, value: u8| {
         let mut b = bytes.clone();
@@ -65,7 +87,7 @@ fn header_fields_are_checked() {
     );
     assert_eq!(
         corrupt(4, 9),
-        "malformed encrypted vector: format version 9, this build reads 1"
+        "malformed encrypted vector: format version 9, this build reads 2"
     );
     assert_eq!(
         corrupt(5, 3),
@@ -97,13 +119,14 @@ fn header_fields_are_checked() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), kind in 1u8..4) {
-        let mut b = b"UNHE\x01".to_vec();
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), kind in 1u8..5) {
+        let mut b = b"UNHE\x02".to_vec();
         b.push(kind);
         b.push(1);
         b.extend(bytes);
         let _ = PublicKey::from_bytes(&b);
         let _ = EncryptedVector::from_bytes(&b);
         let _ = MaskedColumns::from_bytes(&b);
+        let _ = PackingKey::from_bytes(&b);
     }
 }
