@@ -34,9 +34,21 @@ fn gaussian(params: &Params) -> Gaussian<f64> {
     Gaussian::from_dispersion_parameter(StandardDev(params.noise_std * 2f64.powi(-128)), 0.0)
 }
 
-fn ring_for(params: &Params) -> Arc<Ring> {
+/// The NTT plans of a parameter set's ring, built once per process (planning costs far more
+/// than a transform).
+pub(crate) fn ring_for(params: &Params) -> Arc<Ring> {
+    static RINGS: std::sync::Mutex<Vec<(usize, Arc<Ring>)>> = std::sync::Mutex::new(Vec::new());
+    let mut rings = RINGS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, ring)) = rings.iter().find(|(n, _)| *n == params.poly_size) {
+        return Arc::clone(ring);
+    }
     // Every parameter set uses a power-of-two N between 16 and 16384, for which plans exist.
-    Arc::new(Ring::new(params.poly_size).expect("NTT plans exist for every parameter set"))
+    let ring =
+        Arc::new(Ring::new(params.poly_size).expect("NTT plans exist for every parameter set"));
+    rings.push((params.poly_size, Arc::clone(&ring)));
+    ring
 }
 
 /// The key owner's secret: a binary polynomial. Zeroised on drop, never printed.
@@ -415,13 +427,6 @@ impl SecretKey {
         Ok(PackingKey::new(&self.params, &self.ring, self.id, blocks))
     }
 
-    fn glwe(&self) -> GlweSecretKey<&[u128]> {
-        GlweSecretKey::from_container(
-            self.coefficients.as_slice(),
-            PolynomialSize(self.params.poly_size),
-        )
-    }
-
     fn encrypt_block(&self, values: &[i64]) -> SeededBlock {
         let mut plain = vec![0u128; self.params.poly_size];
         for (p, &m) in plain.iter_mut().zip(values) {
@@ -432,28 +437,28 @@ impl SecretKey {
 
     /// Seeded encryption of a polynomial given as raw coefficients of Z/2^128.
     fn encrypt_raw(&self, plain: Vec<u128>) -> SeededBlock {
+        // The mask comes from a fresh seed through tfhe's generator (so `expand_block`
+        // regenerates it); a·s goes through our exact NTT product, which is much faster than
+        // tfhe's schoolbook/Karatsuba product at N = 8192; the noise is tfhe's Gaussian.
         let n = self.params.poly_size;
-        let mut seeder = new_seeder();
-        let seed = seeder.seed();
-        let compression_seed: CompressionSeed = seed.into();
-        let mut ct = SeededGlweCiphertext::new(
-            0u128,
-            GlweSize(2),
-            PolynomialSize(n),
-            compression_seed,
-            CiphertextModulus::new_native(),
+        let seed = fresh_seed().0;
+        let (a, _) = expand_block(
+            n,
+            &SeededBlock {
+                seed,
+                body: vec![0; n],
+            },
         );
-        encrypt_seeded_glwe_ciphertext(
-            &self.glwe(),
-            &mut ct,
-            &PlaintextList::from_container(plain),
-            gaussian(&self.params),
-            seeder.as_mut(),
-        );
-        SeededBlock {
-            seed: seed.0,
-            body: ct.get_body().as_ref().to_vec(),
-        }
+        let a_s = self.ring.mul_wide_small(&a, &self.small_key());
+        let mut noise = vec![0u128; n];
+        csprng().fill_slice_with_random_from_distribution(&mut noise, gaussian(&self.params));
+        let body = a_s
+            .iter()
+            .zip(noise)
+            .zip(plain)
+            .map(|((x, e), m)| x.wrapping_add(e).wrapping_add(m))
+            .collect();
+        SeededBlock { seed, body }
     }
 
     /// Encrypts integers with |m| ≤ 2^(p−1) − 1, N per ciphertext.

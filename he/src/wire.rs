@@ -12,7 +12,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::HeError;
 use crate::pack::PackingKey;
 use crate::params::Params;
-use crate::ring::Ring;
 use crate::scheme::{EncryptedVector, KeyId, MaskedColumns, PublicKey, SeededBlock};
 
 const MAGIC: &[u8; 4] = b"UNHE";
@@ -335,9 +334,12 @@ impl PackingKey {
                     .collect()
             })
             .collect();
-        let ring = Ring::new(params.poly_size)
-            .ok_or_else(|| malformed(kind, "no NTT for this polynomial size"))?;
-        Ok(PackingKey::new(&params, &ring, key, blocks))
+        Ok(PackingKey::new(
+            &params,
+            &crate::scheme::ring_for(&params),
+            key,
+            blocks,
+        ))
     }
 }
 
