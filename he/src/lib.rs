@@ -11,12 +11,14 @@
 //!   inner product in the constant coefficient of V_b·P_bj. Products are exact: three 62-bit
 //!   NTT primes and the CRT (see `ring`), accumulated over blocks in the NTT domain with
 //!   X's transforms precomputed once per data set.
-//! - Release: the host adds Δ·r_j, a fresh encryption of zero under the owner's public key
-//!   (the mask polynomial no longer depends on X) and uniform flooding noise (the decrypted
-//!   noise no longer depends on X), and sends the constant coefficient as an LWE ciphertext.
+//! - Release: the host packs up to 2^ℓ results into one ciphertext (automorphisms and key
+//!   switching with the owner's [`PackingKey`], see `pack`), adds Δ·2^ℓ·r_j, a fresh
+//!   encryption of zero under the owner's public key (the mask polynomial no longer depends on
+//!   X) and uniform flooding noise (the decrypted noise no longer depends on X), and sends the
+//!   mask polynomial with the body's slot coefficients, rounded to their top 72 bits.
 //!
-//! Parameters, the security estimate and the flooding argument: [`N8192_Q128`]. Public keys,
-//! encrypted vectors and masked columns encode to versioned, length-checked bytes
+//! Parameters, the security estimate and the flooding argument: [`N8192_Q128`]. Public and
+//! packing keys, encrypted vectors and masked columns encode to versioned, length-checked bytes
 //! (`to_bytes` / `from_bytes`, also through serde).
 //!
 //! ```
