@@ -5,7 +5,7 @@ use he::{Masks, PackingKey, PreparedMatrix, PublicKey, SecretKey};
 use crate::config::{EarlyStopping, OptimizerState, TrainConfig};
 use crate::data::Table;
 use crate::error::FedError;
-use crate::masks::Split;
+use crate::masks::{random_bytes, Split};
 use crate::message::{Message, Proposal, Transport};
 use crate::metrics::{evaluate, Metrics};
 use crate::model::{ModelPart, Standardised};
@@ -86,15 +86,7 @@ fn train(
     let quantised = Quantised::new(&standardised.values, width, &split.train, true);
     let (secret, public) = SecretKey::generate(&PARAMS);
     let mut job_nonce = [0u8; 16];
-    {
-        use rand::TryRng;
-        rand::rngs::SysRng
-            .try_fill_bytes(&mut job_nonce)
-            .map_err(|e| FedError::Transport {
-                peer: "operating system".into(),
-                reason: format!("no randomness: {e}"),
-            })?;
-    }
+    random_bytes(&mut job_nonce)?;
     for host in &job.hosts {
         transport.send(
             host,
@@ -294,19 +286,10 @@ impl Guest {
                 residual: encrypted,
             },
         )?;
-        // The full batch is the same rows every epoch: prepare its matrix once.
         let full = self.job.config.batch_size.is_none();
-        if full && self.full_batch.is_none() {
-            self.full_batch = Some(self.quantised.prepare(batch)?);
-        }
-        let batch_matrix;
-        let matrix = match (&self.full_batch, full) {
-            (Some(prepared), true) => prepared,
-            _ => {
-                batch_matrix = self.quantised.prepare(batch)?;
-                &batch_matrix
-            }
-        };
+        let matrix = self
+            .quantised
+            .batch_matrix(&mut self.full_batch, full, batch)?;
         // All hosts' products first: their results are summed, so they are packed alike
         // under a common bound (the bound of the sum).
         let mut decrypted = Vec::with_capacity(hosts.len());
@@ -326,7 +309,7 @@ impl Guest {
                     .map_err(FedError::he("decrypting a host's masked gradient"))?,
             );
             products.push(
-                key.multiply(&PARAMS, &scores, matrix)
+                key.multiply(&PARAMS, &scores, &matrix)
                     .map_err(FedError::he("multiplying a host's encrypted scores"))?,
             );
         }

@@ -276,20 +276,12 @@ impl Host {
             residual = self.expect_residual(transport, &from, step, batch.len())?;
         }
         let full = self.config.batch_size.is_none();
-        if full && self.full_batch.is_none() {
-            self.full_batch = Some(self.quantised.prepare(batch)?);
-        }
-        let batch_matrix;
-        let matrix = match (&self.full_batch, full) {
-            (Some(prepared), true) => prepared,
-            _ => {
-                batch_matrix = self.quantised.prepare(batch)?;
-                &batch_matrix
-            }
-        };
+        let matrix = self
+            .quantised
+            .batch_matrix(&mut self.full_batch, full, batch)?;
         let product = self
             .guest_key
-            .multiply(&PARAMS, &residual, matrix)
+            .multiply(&PARAMS, &residual, &matrix)
             .map_err(FedError::he("multiplying the encrypted residual"))?;
         let (gradient, mask) = self
             .guest_key

@@ -118,20 +118,25 @@ fn permutation(len: usize, seed: u64, context: &[u8]) -> Vec<usize> {
     order
 }
 
+/// Fills `bytes` from the operating system's random number generator.
+pub(crate) fn random_bytes(bytes: &mut [u8]) -> Result<(), FedError> {
+    use rand::TryRng;
+    rand::rngs::SysRng
+        .try_fill_bytes(bytes)
+        .map_err(|e| FedError::Transport {
+            peer: "operating system".into(),
+            reason: format!("no randomness: {e}"),
+        })
+}
+
 /// A host's Diffie–Hellman secret for pairwise mask seeds; zeroised on drop.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub(crate) struct MaskSecret(Scalar);
 
 impl MaskSecret {
     pub(crate) fn random() -> Result<MaskSecret, FedError> {
-        use rand::TryRng;
         let mut wide = [0u8; 64];
-        rand::rngs::SysRng
-            .try_fill_bytes(&mut wide)
-            .map_err(|e| FedError::Transport {
-                peer: "operating system".into(),
-                reason: format!("no randomness: {e}"),
-            })?;
+        random_bytes(&mut wide)?;
         let scalar = Scalar::from_bytes_mod_order_wide(&wide);
         wide.zeroize();
         Ok(MaskSecret(scalar))

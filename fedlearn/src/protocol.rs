@@ -82,6 +82,24 @@ impl Quantised {
             .map_err(FedError::he("preparing the batch matrix"))
     }
 
+    /// The batch's prepared matrix; the full batch is the same rows every epoch, so it is
+    /// prepared once and kept in `cache`.
+    pub(crate) fn batch_matrix<'a>(
+        &self,
+        cache: &'a mut Option<PreparedMatrix>,
+        full: bool,
+        batch: &[usize],
+    ) -> Result<BatchMatrix<'a>, FedError> {
+        if !full {
+            return Ok(BatchMatrix::Fresh(self.prepare(batch)?));
+        }
+        let prepared = match cache.take() {
+            Some(prepared) => prepared,
+            None => self.prepare(batch)?,
+        };
+        Ok(BatchMatrix::Cached(cache.insert(prepared)))
+    }
+
     /// Converts an integer product X̃^T d̃ (scale 2^(frac_bits + 16)) to the mean gradient.
     pub(crate) fn gradient(&self, product: &[i64], batch_rows: usize) -> Vec<f64> {
         let scale = 2f64.powi(-((self.frac_bits + RESIDUAL_FORMAT.frac_bits) as i32));
@@ -89,6 +107,23 @@ impl Quantised {
             .iter()
             .map(|&p| p as f64 * scale / batch_rows as f64)
             .collect()
+    }
+}
+
+/// A batch's prepared matrix: kept across epochs (full batch) or made for this batch.
+pub(crate) enum BatchMatrix<'a> {
+    Cached(&'a PreparedMatrix),
+    Fresh(PreparedMatrix),
+}
+
+impl std::ops::Deref for BatchMatrix<'_> {
+    type Target = PreparedMatrix;
+
+    fn deref(&self) -> &PreparedMatrix {
+        match self {
+            BatchMatrix::Cached(matrix) => matrix,
+            BatchMatrix::Fresh(matrix) => matrix,
+        }
     }
 }
 
