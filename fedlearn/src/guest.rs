@@ -10,8 +10,8 @@ use crate::message::{Message, Proposal, Transport};
 use crate::metrics::{evaluate, Metrics};
 use crate::model::{ModelPart, Standardised};
 use crate::protocol::{
-    decode_score, finish_with_error, linear_scores, packing_levels, receive, unexpected,
-    EpochReport, Event, GuestOutcome, Quantised, StopReason, PARAMS, RESIDUAL_FORMAT,
+    check_weights, decode_score, encode_share, finish_with_error, linear_scores, packing_levels,
+    receive, unexpected, EpochReport, Event, GuestOutcome, Quantised, StopReason, PARAMS,
 };
 
 /// Everything the guest brings to a job. `table` is already aligned (PSI order).
@@ -267,13 +267,7 @@ impl Guest {
             .zip(batch)
             .map(|(z, &r)| 0.25 * (z + self.weights[width]) + 0.5 - self.labels[r])
             .collect();
-        let share = RESIDUAL_FORMAT
-            .encode(&share)
-            .map_err(|_| FedError::Diverged {
-                epoch,
-                reason: "the guest's residual share left the fixed-point range".into(),
-                last_good: None,
-            })?;
+        let share = encode_share(&self.job.party, epoch, &share)?;
         let encrypted = self
             .secret
             .encrypt(&share)
@@ -374,13 +368,7 @@ impl Guest {
         let config = self.job.config.clone();
         self.optimizer
             .step(&config, rate, &mut self.weights, &gradient, 1);
-        if let Some(j) = self.weights.iter().position(|w| !w.is_finite()) {
-            return Err(FedError::Diverged {
-                epoch,
-                reason: format!("guest weight {j} became {}", self.weights[j]),
-                last_good: None,
-            });
-        }
+        check_weights(&self.job.party, epoch, &self.weights)?;
         Ok(())
     }
 

@@ -9,8 +9,8 @@ use crate::masks::{MaskSecret, PairwiseMasks, Split};
 use crate::message::{Acceptance, Message, Proposal, Transport};
 use crate::model::{ModelPart, Standardised};
 use crate::protocol::{
-    encode_score, finish_with_error, linear_scores, packing_levels, receive, unexpected, Event,
-    HostOutcome, Quantised, PARAMS, RESIDUAL_FORMAT,
+    check_weights, encode_score, encode_share, finish_with_error, linear_scores, packing_levels,
+    receive, unexpected, Event, HostOutcome, Quantised, PARAMS,
 };
 
 /// Everything a host brings to a job. `table` is already aligned (PSI order).
@@ -235,16 +235,7 @@ impl Host {
         let width = self.job.table.features();
         let z = linear_scores(&self.standardised.values, width, batch, &self.weights);
         let share: Vec<f64> = z.iter().map(|z| 0.25 * z).collect();
-        let share = RESIDUAL_FORMAT
-            .encode(&share)
-            .map_err(|_| FedError::Diverged {
-                epoch,
-                reason: format!(
-                    "{}'s residual share left the fixed-point range",
-                    self.job.party
-                ),
-                last_good: None,
-            })?;
+        let share = encode_share(&self.job.party, epoch, &share)?;
         // The residual travels guest → host 0 → host 1 → …; the last host completes [[d]] and
         // hands it to the others.
         let previous = if self.position == 0 {
@@ -314,13 +305,7 @@ impl Host {
         let config = self.config.clone();
         self.optimizer
             .step(&config, rate, &mut self.weights, &gradient, 0);
-        if let Some(j) = self.weights.iter().position(|w| !w.is_finite()) {
-            return Err(FedError::Diverged {
-                epoch,
-                reason: format!("{} weight {j} became {}", self.job.party, self.weights[j]),
-                last_good: None,
-            });
-        }
+        check_weights(&self.job.party, epoch, &self.weights)?;
         let mut decrypted = self
             .secret
             .decrypt_masked(&products)

@@ -136,6 +136,29 @@ pub(crate) fn packing_levels(columns: usize) -> u32 {
         .min(PARAMS.max_pack_levels)
 }
 
+/// A party's residual share in [`RESIDUAL_FORMAT`]; out of range means training diverged.
+pub(crate) fn encode_share(party: &str, epoch: usize, share: &[f64]) -> Result<Vec<i64>, FedError> {
+    RESIDUAL_FORMAT
+        .encode(share)
+        .map_err(|_| FedError::Diverged {
+            epoch,
+            reason: format!("{party}'s residual share left the fixed-point range"),
+            last_good: None,
+        })
+}
+
+/// Refuses weights that are no longer finite after an update.
+pub(crate) fn check_weights(party: &str, epoch: usize, weights: &[f64]) -> Result<(), FedError> {
+    match weights.iter().position(|w| !w.is_finite()) {
+        Some(j) => Err(FedError::Diverged {
+            epoch,
+            reason: format!("{party}'s weight {j} became {}", weights[j]),
+            last_good: None,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Encodes a partial score for secure aggregation.
 pub(crate) fn encode_score(z: f64) -> Option<u64> {
     let scaled = (z * 2f64.powi(SCORE_FRAC_BITS)).round();
