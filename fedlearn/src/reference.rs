@@ -1,7 +1,7 @@
 //! Plaintext logistic regression on joined data: the accuracy reference of the federated
 //! trainer and the speed floor of its benchmark. Never used on the product path.
 
-use crate::config::{OptimizerState, TrainConfig};
+use crate::config::{Optimizer, OptimizerState, TrainConfig};
 use crate::data::Table;
 use crate::error::FedError;
 use crate::masks::Split;
@@ -88,49 +88,39 @@ pub fn train_reference(
             value: labels[row],
         });
     }
-    let mut model = LinearModel {
-        weights: vec![0.0; features],
-        intercept: 0.0,
+    // The federated parties' Adam (bias-corrected, ε = 1e-8) over the weights and, last, the
+    // unpenalised intercept.
+    let settings = TrainConfig {
+        optimizer: Optimizer::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+        },
+        l1: 0.0,
+        l2: config.l2,
+        ..TrainConfig::default()
     };
-    // Adam state for the weights and, last, the intercept.
-    let (beta1, beta2, eps): (f64, f64, f64) = (0.9, 0.999, 1e-8);
-    let mut m = vec![0.0; features + 1];
-    let mut v = vec![0.0; features + 1];
-    for epoch in 1..=config.epochs {
-        let z = model.scores(rows);
+    let mut weights = vec![0.0; features + 1];
+    let mut adam = OptimizerState::new(features + 1);
+    for _ in 0..config.epochs {
         let mut gradient = vec![0.0; features + 1];
-        for (i, row) in rows.chunks(features).enumerate() {
+        for (row, &y) in rows.chunks(features).zip(labels) {
+            let z = weights[features] + row.iter().zip(&weights).map(|(x, w)| x * w).sum::<f64>();
             let d = match config.residual {
-                Residual::Sigmoid => sigmoid(z[i]) - labels[i],
-                Residual::Taylor => 0.25 * z[i] + 0.5 - labels[i],
+                Residual::Sigmoid => sigmoid(z) - y,
+                Residual::Taylor => 0.25 * z + 0.5 - y,
             };
             for (g, x) in gradient.iter_mut().zip(row) {
                 *g += d * x;
             }
             gradient[features] += d;
         }
-        for (j, g) in gradient.iter_mut().enumerate() {
+        for g in &mut gradient {
             *g /= n as f64;
-            if j < features {
-                *g += config.l2 * model.weights[j];
-            }
         }
-        let (c1, c2) = (
-            1.0 - beta1.powi(epoch as i32),
-            1.0 - beta2.powi(epoch as i32),
-        );
-        for j in 0..=features {
-            m[j] = beta1 * m[j] + (1.0 - beta1) * gradient[j];
-            v[j] = beta2 * v[j] + (1.0 - beta2) * gradient[j] * gradient[j];
-            let step = config.learning_rate * (m[j] / c1) / ((v[j] / c2).sqrt() + eps);
-            if j < features {
-                model.weights[j] -= step;
-            } else {
-                model.intercept -= step;
-            }
-        }
+        adam.step(&settings, config.learning_rate, &mut weights, &gradient, 1);
     }
-    Ok(model)
+    let intercept = weights.pop().unwrap_or(0.0);
+    Ok(LinearModel { weights, intercept })
 }
 
 /// Result of [`train_plain_vertical`].
