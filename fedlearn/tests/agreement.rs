@@ -76,19 +76,8 @@ fn encrypted_and_plaintext_updates_agree_within_the_quantisation_bound() {
 
 /// λ_max(XᵀX/n) for the joined standardised columns plus a column of ones, by power iteration.
 fn largest_eigenvalue(guest: &Table, hosts: &[Table]) -> f64 {
-    let (mut rows, width) = common::joined(guest, hosts);
+    let (rows, width) = common::joined_standardised(guest, hosts);
     let n = guest.rows();
-    for c in 0..width {
-        let mean = (0..n).map(|r| rows[r * width + c]).sum::<f64>() / n as f64;
-        let std = ((0..n)
-            .map(|r| (rows[r * width + c] - mean).powi(2))
-            .sum::<f64>()
-            / n as f64)
-            .sqrt();
-        for r in 0..n {
-            rows[r * width + c] = (rows[r * width + c] - mean) / std;
-        }
-    }
     let columns = width + 1;
     let x = |r: usize, c: usize| if c == width { 1.0 } else { rows[r * width + c] };
     let mut v = vec![1.0; columns];

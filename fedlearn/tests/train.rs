@@ -3,28 +3,13 @@
 
 mod common;
 
-use common::{jobs, joined, parties};
+use common::{jobs, joined_standardised, parties};
 use fedlearn::*;
-
-fn standardise_columns(rows: &mut [f64], width: usize) {
-    let n = rows.len() / width;
-    for c in 0..width {
-        let mean = (0..n).map(|r| rows[r * width + c]).sum::<f64>() / n as f64;
-        let var = (0..n)
-            .map(|r| (rows[r * width + c] - mean).powi(2))
-            .sum::<f64>()
-            / n as f64;
-        for r in 0..n {
-            rows[r * width + c] = (rows[r * width + c] - mean) / var.sqrt();
-        }
-    }
-}
 
 /// Plaintext logistic regression (exact sigmoid) on the joined, standardised data.
 fn plaintext_auc(dataset: &str) -> f64 {
     let (guest, hosts) = parties(dataset, 1);
-    let (mut rows, width) = joined(&guest, &hosts);
-    standardise_columns(&mut rows, width);
+    let (rows, width) = joined_standardised(&guest, &hosts);
     let labels = guest.labels().unwrap();
     let model = train_reference(
         &rows,

@@ -50,15 +50,27 @@ pub fn jobs(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> (GuestJob,
     )
 }
 
-/// The guest's and hosts' tables joined column-wise, row-major, for the plaintext reference.
-pub fn joined(guest: &Table, hosts: &[Table]) -> (Vec<f64>, usize) {
+/// The guest's and hosts' tables joined column-wise, row-major, each column standardised to
+/// mean 0 and variance 1 over all rows, for plaintext references on the joined data.
+pub fn joined_standardised(guest: &Table, hosts: &[Table]) -> (Vec<f64>, usize) {
     let tables: Vec<&Table> = std::iter::once(guest).chain(hosts).collect();
     let width: usize = tables.iter().map(|t| t.features()).sum();
-    let mut rows = Vec::with_capacity(guest.rows() * width);
-    for r in 0..guest.rows() {
+    let n = guest.rows();
+    let mut rows = Vec::with_capacity(n * width);
+    for r in 0..n {
         for t in &tables {
             let w = t.features();
             rows.extend_from_slice(&t.values()[r * w..(r + 1) * w]);
+        }
+    }
+    for c in 0..width {
+        let mean = (0..n).map(|r| rows[r * width + c]).sum::<f64>() / n as f64;
+        let var = (0..n)
+            .map(|r| (rows[r * width + c] - mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        for r in 0..n {
+            rows[r * width + c] = (rows[r * width + c] - mean) / var.sqrt();
         }
     }
     (rows, width)
