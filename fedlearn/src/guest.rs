@@ -11,7 +11,8 @@ use crate::metrics::{evaluate, Metrics};
 use crate::model::{ModelPart, Standardised};
 use crate::protocol::{
     check_weights, decode_score, encode_share, finish_with_error, linear_scores, packing_levels,
-    receive, unexpected, EpochReport, Event, GuestOutcome, Quantised, StopReason, PARAMS,
+    receive, squared_distance, unexpected, EpochReport, Event, GuestOutcome, Quantised, StopReason,
+    PARAMS,
 };
 
 /// Everything the guest brings to a job. `table` is already aligned (PSI order).
@@ -174,11 +175,7 @@ impl Guest {
                 self.update(transport, epoch, &batch, rate)?;
                 self.step += 1;
             }
-            let own_change: f64 = start
-                .iter()
-                .zip(&self.weights)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum();
+            let own_change = squared_distance(&start, &self.weights);
             let (train, validation, host_change) = self.evaluate(transport, epoch)?;
             let weight_change = (own_change + host_change).max(0.0).sqrt();
             let loss = validation.map_or(train.log_loss, |v| v.log_loss);
@@ -203,10 +200,11 @@ impl Guest {
                 }
                 None => (true, false),
             };
+            let model = self.model();
             if best {
                 best_loss = best_loss.min(loss);
                 best_epoch = epoch;
-                best_model = Some(self.model());
+                best_model = Some(model.clone());
             }
             let last = done || epoch == config.max_epochs;
             if done && epoch < config.max_epochs {
@@ -222,7 +220,7 @@ impl Guest {
                     },
                 )?;
             }
-            *last_good = Some(self.model());
+            *last_good = Some(model);
             let report = EpochReport {
                 epoch,
                 train,
@@ -272,7 +270,7 @@ impl Guest {
             .secret
             .encrypt(&share)
             .map_err(FedError::he("encrypting the residual"))?;
-        let hosts = self.job.hosts.clone();
+        let hosts = &self.job.hosts;
         transport.send(
             &hosts[0],
             Message::Residual {
@@ -334,7 +332,7 @@ impl Guest {
         }
         let columns = width + 1;
         let mut total = vec![0u64; columns];
-        for host in &hosts {
+        for host in hosts {
             match receive(transport, host)? {
                 Message::HostReply { step: s, products } if s == step => {
                     if products.len() != columns {
@@ -365,9 +363,8 @@ impl Guest {
             })
             .collect();
         let gradient = self.quantised.gradient(&product, batch.len());
-        let config = self.job.config.clone();
         self.optimizer
-            .step(&config, rate, &mut self.weights, &gradient, 1);
+            .step(&self.job.config, rate, &mut self.weights, &gradient, 1);
         check_weights(&self.job.party, epoch, &self.weights)?;
         Ok(())
     }

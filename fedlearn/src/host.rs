@@ -10,7 +10,7 @@ use crate::message::{Acceptance, Message, Proposal, Transport};
 use crate::model::{ModelPart, Standardised};
 use crate::protocol::{
     check_weights, encode_score, encode_share, finish_with_error, linear_scores, packing_levels,
-    receive, unexpected, Event, HostOutcome, Quantised, PARAMS,
+    receive, squared_distance, unexpected, Event, HostOutcome, Quantised, PARAMS,
 };
 
 /// Everything a host brings to a job. `table` is already aligned (PSI order).
@@ -302,9 +302,8 @@ impl Host {
             .unmask(&decrypted_gradient)
             .map_err(FedError::he("unmasking the host's gradient"))?;
         let gradient = self.quantised.gradient(&product, batch.len());
-        let config = self.config.clone();
         self.optimizer
-            .step(&config, rate, &mut self.weights, &gradient, 0);
+            .step(&self.config, rate, &mut self.weights, &gradient, 0);
         check_weights(&self.job.party, epoch, &self.weights)?;
         let mut decrypted = self
             .secret
@@ -356,11 +355,7 @@ impl Host {
             .chain(&self.split.validation)
             .copied()
             .collect();
-        let change: f64 = start
-            .iter()
-            .zip(&self.weights)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum();
+        let change = squared_distance(start, &self.weights);
         let mut values = linear_scores(&self.standardised.values, width, &rows, &self.weights)
             .into_iter()
             .chain(std::iter::once(change))

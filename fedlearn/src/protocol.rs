@@ -147,6 +147,11 @@ pub(crate) fn encode_share(party: &str, epoch: usize, share: &[f64]) -> Result<V
         })
 }
 
+/// ‖a − b‖², the squared change of a party's weights over an epoch.
+pub(crate) fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
 /// Refuses weights that are no longer finite after an update.
 pub(crate) fn check_weights(party: &str, epoch: usize, weights: &[f64]) -> Result<(), FedError> {
     match weights.iter().position(|w| !w.is_finite()) {
