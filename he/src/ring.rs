@@ -205,12 +205,13 @@ impl Ring {
 
     /// Exact product of two polynomials modulo (X^N + 1, 2^128), the second one small.
     pub(crate) fn mul_wide_small(&self, wide: &[u128], small: &[i64]) -> Vec<u128> {
+        self.product(&self.forward_wide(wide), &self.forward_small(small))
+    }
+
+    /// The coefficients of the product of two transformed polynomials (modulo 2^128).
+    pub(crate) fn product(&self, a: &NttPoly, b: &NttPoly) -> Vec<u128> {
         let mut acc = NttPoly::zero(self.n);
-        self.mul_accumulate(
-            &mut acc,
-            &self.forward_wide(wide),
-            &self.forward_small(small),
-        );
+        self.mul_accumulate(&mut acc, a, b);
         self.inverse(acc)
     }
 }

@@ -704,6 +704,8 @@ impl PublicKey {
                 body: self.body.clone(),
             },
         );
+        // The public key is the same for every packed ciphertext: transform it once.
+        let (a_pk, b_pk) = (ring.forward_wide(&a_pk), ring.forward_wide(&b_pk));
         let bits = params.message_bits - levels;
         let message_mask = (1u64 << bits) - 1;
         let scale_bits = params.delta_bits() + levels;
@@ -722,8 +724,8 @@ impl PublicKey {
                 let u_small: Vec<i64> = u.iter().map(|&c| c as i64).collect();
                 let mut e1 = vec![0u128; n];
                 rng.fill_slice_with_random_from_distribution(&mut e1, gaussian(params));
-                let u_a = ring.mul_wide_small(&a_pk, &u_small);
-                let u_b = ring.mul_wide_small(&b_pk, &u_small);
+                let u = ring.forward_small(&u_small);
+                let (u_a, u_b) = (ring.product(&a_pk, &u), ring.product(&b_pk, &u));
                 let fresh_a: Vec<u128> = a
                     .iter()
                     .zip(&u_a)
