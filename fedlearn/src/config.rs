@@ -62,9 +62,9 @@ pub enum EarlyStopping {
     },
 }
 
-/// Everything the guest proposes for a training job.
+/// Everything the guest proposes for a training job. Omitted fields take their defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     /// Largest number of passes over the training rows.
     pub max_epochs: usize,

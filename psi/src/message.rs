@@ -105,7 +105,7 @@ fn split_fixed<const N: usize>(
     field: &'static str,
     bytes: &[u8],
 ) -> Result<Vec<[u8; N]>, PsiError> {
-    if bytes.len() % N != 0 {
+    if !bytes.len().is_multiple_of(N) {
         return Err(PsiError::InvalidField {
             peer: peer.to_owned(),
             field,

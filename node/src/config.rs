@@ -1,0 +1,346 @@
+//! The node's TOML configuration (`unseen serve --config node.toml`).
+//!
+//! ```toml
+//! party = "tax"                      # this node's party name = the name in its certificate
+//! listen = "0.0.0.0:7002"            # gRPC (federation + jobs), mutual TLS
+//! data_dir = "data"                  # embedded store
+//! metrics_listen = "127.0.0.1:9102"  # optional Prometheus endpoint (plain HTTP)
+//! operators = ["tax-operator"]       # certificate names allowed to use the jobs API
+//!
+//! [tls]
+//! cert = "certs/tax/node.crt"
+//! key = "certs/tax/node.key"
+//! ca = "certs/tax/ca.crt"
+//!
+//! [[peers]]
+//! name = "bank"
+//! address = "bank.example:7001"
+//! certificate_name = "bank"          # optional, defaults to `name`
+//!
+//! [datasets.tax]
+//! path = "tax.csv"
+//! id_column = "id"
+//! features = ["x0", "x1"]            # optional: every other column by default
+//! missing = "reject"                 # or "mean"
+//!
+//! [[policy]]                         # who may run which jobs on which datasets
+//! peer = "bank"
+//! jobs = ["train"]
+//! datasets = ["tax"]
+//! ```
+//!
+//! Relative paths are relative to the configuration file. Unknown keys, missing files and
+//! references to undeclared peers or datasets are refused at start-up, naming the key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fedlearn::Missing;
+use serde::Deserialize;
+
+use crate::error::NodeError;
+
+/// Job kinds a policy may allow.
+pub const JOB_KINDS: &[&str] = &["train"];
+
+/// A validated node configuration with absolute paths.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's party name (must be the name in its certificate).
+    pub party: String,
+    /// Address of the gRPC server.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Address of the Prometheus endpoint, if any.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Certificate names allowed to call the jobs service.
+    #[serde(default)]
+    pub operators: Vec<String>,
+    /// Certificate, key and CA bundle.
+    pub tls: TlsFiles,
+    /// Other nodes.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Datasets by name.
+    #[serde(default)]
+    pub datasets: BTreeMap<String, DatasetConfig>,
+    /// What peers may do.
+    #[serde(default)]
+    pub policy: Vec<PolicyRule>,
+    /// Transport settings.
+    #[serde(default)]
+    pub federation: FederationSettings,
+}
+
+/// PEM files of the node's identity.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain of this node.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates that sign the federation's nodes and operators.
+    pub ca: PathBuf,
+}
+
+/// Another node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Party name.
+    pub name: String,
+    /// host:port of its gRPC server.
+    pub address: String,
+    /// Name its certificate must be valid for (defaults to `name`).
+    #[serde(default)]
+    pub certificate_name: Option<String>,
+}
+
+impl PeerConfig {
+    /// The name the peer's certificate must be valid for.
+    pub fn certificate_name(&self) -> &str {
+        self.certificate_name.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// A CSV this node may use in jobs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// The CSV file (header row, one row per entity).
+    pub path: PathBuf,
+    /// Column of entity ids.
+    pub id_column: String,
+    /// Column of 0/1 labels (a guest's dataset).
+    #[serde(default)]
+    pub label_column: Option<String>,
+    /// Feature columns; every other column when absent.
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+    /// Missing values: refuse them, or score them as the training mean.
+    #[serde(default = "default_missing")]
+    pub missing: Missing,
+}
+
+fn default_missing() -> Missing {
+    Missing::Reject
+}
+
+/// Lets `peer` run jobs of the listed kinds on the listed datasets of this node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// Peer party name.
+    pub peer: String,
+    /// Job kinds ("train").
+    pub jobs: Vec<String>,
+    /// Dataset names.
+    pub datasets: Vec<String>,
+}
+
+/// Timeouts, retries and chunking of peer calls.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSettings {
+    /// Largest chunk of a streamed message.
+    pub chunk_bytes: usize,
+    /// Largest message a peer may send.
+    pub max_message_bytes: usize,
+    /// Deadline of one peer call.
+    pub call_timeout_secs: u64,
+    /// How long a job waits for a peer's next message.
+    pub receive_timeout_secs: u64,
+    /// Attempts after the first failed call.
+    pub retries: u32,
+    /// First backoff; doubles per retry, capped at 10 s.
+    pub backoff_ms: u64,
+}
+
+impl Default for FederationSettings {
+    fn default() -> Self {
+        FederationSettings {
+            chunk_bytes: 1 << 20,
+            max_message_bytes: 256 << 20,
+            call_timeout_secs: 60,
+            receive_timeout_secs: 600,
+            retries: 6,
+            backoff_ms: 200,
+        }
+    }
+}
+
+impl FederationSettings {
+    /// Deadline of one call.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_secs(self.call_timeout_secs)
+    }
+
+    /// Wait for the next message.
+    pub fn receive_timeout(&self) -> Duration {
+        Duration::from_secs(self.receive_timeout_secs)
+    }
+
+    /// Backoff before retry `attempt` (0-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let ms = self.backoff_ms.saturating_mul(1 << attempt.min(16));
+        Duration::from_millis(ms.min(10_000))
+    }
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<NodeConfig, NodeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
+        NodeConfig::parse(path, &text)
+    }
+
+    /// Parses and validates configuration text; `path` locates relative paths and names errors.
+    pub fn parse(path: &Path, text: &str) -> Result<NodeConfig, NodeError> {
+        let error = |reason: String| NodeError::Config {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut config: NodeConfig = toml::from_str(text).map_err(|e| error(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base);
+        config.validate().map_err(error)?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        join(&mut self.data_dir);
+        join(&mut self.tls.cert);
+        join(&mut self.tls.key);
+        join(&mut self.tls.ca);
+        for dataset in self.datasets.values_mut() {
+            join(&mut dataset.path);
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        check_name("party", &self.party)?;
+        for (key, file) in [
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.ca", &self.tls.ca),
+        ] {
+            if !file.is_file() {
+                return Err(format!("{key}: {} does not exist", file.display()));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            check_name(&format!("peers[{i}].name"), &peer.name)?;
+            if peer.name == self.party {
+                return Err(format!(
+                    "peers[{i}].name: {:?} is this node itself",
+                    peer.name
+                ));
+            }
+            if !names.insert(peer.name.as_str()) {
+                return Err(format!("peers[{i}].name: {:?} is listed twice", peer.name));
+            }
+            if peer.address.parse::<SocketAddr>().is_err() && !peer.address.contains(':') {
+                return Err(format!(
+                    "peers[{i}].address: {:?} is not host:port",
+                    peer.address
+                ));
+            }
+        }
+        for (name, dataset) in &self.datasets {
+            check_name(&format!("datasets.{name}"), name)?;
+            if !dataset.path.is_file() {
+                return Err(format!(
+                    "datasets.{name}.path: {} does not exist",
+                    dataset.path.display()
+                ));
+            }
+        }
+        for (i, rule) in self.policy.iter().enumerate() {
+            if !names.contains(rule.peer.as_str()) {
+                return Err(format!(
+                    "policy[{i}].peer: {:?} is not in [[peers]]",
+                    rule.peer
+                ));
+            }
+            for kind in &rule.jobs {
+                if !JOB_KINDS.contains(&kind.as_str()) {
+                    return Err(format!(
+                        "policy[{i}].jobs: unknown job kind {kind:?} (known: {})",
+                        JOB_KINDS.join(", ")
+                    ));
+                }
+            }
+            for dataset in &rule.datasets {
+                if !self.datasets.contains_key(dataset) {
+                    return Err(format!(
+                        "policy[{i}].datasets: {dataset:?} is not in [datasets]"
+                    ));
+                }
+            }
+        }
+        let f = &self.federation;
+        if f.chunk_bytes == 0 || f.chunk_bytes > 4 << 20 {
+            return Err("federation.chunk_bytes: must be in 1..=4194304".into());
+        }
+        if f.max_message_bytes < f.chunk_bytes {
+            return Err("federation.max_message_bytes: smaller than chunk_bytes".into());
+        }
+        if f.call_timeout_secs == 0 || f.receive_timeout_secs == 0 {
+            return Err("federation: timeouts must be at least 1 second".into());
+        }
+        Ok(())
+    }
+
+    /// The configured peer of that name.
+    pub fn peer(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    /// Whether the policy lets `peer` run a job of `kind` on `dataset`; the refusal says why.
+    pub fn allows(&self, peer: &str, kind: &str, dataset: &str) -> Result<(), String> {
+        if !self.datasets.contains_key(dataset) {
+            return Err(format!("{} has no dataset {dataset:?}", self.party));
+        }
+        let allowed = self.policy.iter().any(|rule| {
+            rule.peer == peer
+                && rule.jobs.iter().any(|j| j == kind)
+                && rule.datasets.iter().any(|d| d == dataset)
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "the policy of {} does not let {peer} run {kind} jobs on dataset {dataset:?}",
+                self.party
+            ))
+        }
+    }
+}
+
+/// Party, peer and dataset names: 1–64 of [A-Za-z0-9._-].
+pub fn check_name(key: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: {name:?} must be 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}

@@ -1,0 +1,852 @@
+//! Jobs: the node's shared state, submission (guest) and acceptance (host), the blocking job
+//! runners (PSI, then training), progress events and persistence.
+//!
+//! A training job: the guest proposes it to every host; each host checks its policy and
+//! registers the job; the guest runs PSI with all hosts; every party selects its aligned rows
+//! and runs fedlearn over [`Link`], a [`fedlearn::Transport`] on top of the federation service;
+//! each party stores its own model part. Protocol code runs on blocking threads; network calls
+//! go through the node's tokio runtime.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use fedlearn::{Event, GuestJob, HostJob, Message, Table, Transport};
+use psi::{DuplicatePolicy, GuestConfig, IdColumn, PsiGuest, PsiHost};
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::federation::*;
+use crate::mailbox::{Delivery, Mailbox, ReceiveError};
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+use crate::proto::{psi_message::Body, JobProposal};
+use crate::spec::JobSpec;
+use crate::store::{EventRecord, JobRecord, MetricsRecord, ModelRecord, Store};
+use crate::FEDERATION_VERSION;
+
+/// A job's live state on this node.
+pub struct JobHandle {
+    id: String,
+    record: Mutex<JobRecord>,
+    events: broadcast::Sender<(usize, EventRecord)>,
+    cancelled: AtomicBool,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+impl JobHandle {
+    /// The job's record as of now.
+    pub fn record(&self) -> JobRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Subscribes to events, returning the events so far with the receiver of later ones
+    /// (numbered from the length of the returned history).
+    pub fn subscribe(&self) -> (Vec<EventRecord>, broadcast::Receiver<(usize, EventRecord)>) {
+        let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        (record.events.clone(), self.events.subscribe())
+    }
+}
+
+/// Everything the node's services and jobs share.
+pub struct NodeState {
+    /// The configuration.
+    pub config: NodeConfig,
+    /// The embedded store.
+    pub store: Store,
+    /// Inboxes of open jobs.
+    pub mailbox: Mailbox,
+    /// Clients of the peers.
+    pub peers: Peers,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl NodeState {
+    pub(crate) fn new(
+        config: NodeConfig,
+        store: Store,
+        peers: Peers,
+        metrics: Arc<Metrics>,
+        runtime: tokio::runtime::Handle,
+    ) -> NodeState {
+        NodeState {
+            config,
+            store,
+            mailbox: Mailbox::default(),
+            peers,
+            metrics,
+            jobs: Mutex::new(HashMap::new()),
+            runtime,
+        }
+    }
+
+    /// A live job, if this node runs it now.
+    pub fn live(&self, job_id: &str) -> Option<Arc<JobHandle>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job_id)
+            .cloned()
+    }
+
+    /// A job's record, live or stored.
+    pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, NodeError> {
+        match self.live(job_id) {
+            Some(handle) => Ok(Some(handle.record())),
+            None => self.store.job(job_id),
+        }
+    }
+
+    fn open(&self, record: JobRecord) -> Result<Arc<JobHandle>, NodeError> {
+        self.store.put_job(&record)?;
+        let (events, _) = broadcast::channel(1024);
+        let handle = Arc::new(JobHandle {
+            id: record.job_id.clone(),
+            record: Mutex::new(record),
+            events,
+            cancelled: AtomicBool::new(false),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(handle.id.clone(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Appends an event (filling in bytes and time), persists the record and tells watchers.
+    fn emit(&self, job: &JobHandle, mut event: EventRecord) {
+        event.bytes_sent = job.bytes_sent.load(Ordering::Relaxed);
+        event.bytes_received = job.bytes_received.load(Ordering::Relaxed);
+        event.unix_ms = crate::now_ms();
+        let (index, record) = {
+            let mut record = job.record.lock().unwrap_or_else(|e| e.into_inner());
+            if event.aligned_rows == 0 {
+                event.aligned_rows = record.last().map_or(0, |e| e.aligned_rows);
+            }
+            record.state = event.state.clone();
+            record.updated_unix_ms = event.unix_ms;
+            if matches!(event.state.as_str(), "failed" | "cancelled") {
+                record.error = event.message.clone();
+            }
+            record.events.push(event.clone());
+            (record.events.len() - 1, record.clone())
+        };
+        if let Err(e) = self.store.put_job(&record) {
+            tracing::error!(job = %job.id, error = %e, "could not persist the job");
+        }
+        let _ = job.events.send((index, event));
+    }
+
+    fn state_event(&self, job: &JobHandle, state: &str, message: impl Into<String>) {
+        self.emit(
+            job,
+            EventRecord {
+                state: state.into(),
+                message: message.into(),
+                ..EventRecord::default()
+            },
+        );
+    }
+
+    /// Guest: checks a spec against this node and starts the job.
+    pub fn submit(self: &Arc<Self>, spec_toml: &str) -> Result<JobRecord, NodeError> {
+        let spec = JobSpec::parse(spec_toml)?;
+        let dataset = self.config.datasets.get(&spec.dataset).ok_or_else(|| {
+            NodeError::Spec(format!(
+                "dataset: {:?} is not a dataset of {} (known: {})",
+                spec.dataset,
+                self.config.party,
+                self.config
+                    .datasets
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        if dataset.label_column.is_none() {
+            return Err(NodeError::Spec(format!(
+                "dataset: {:?} has no label_column; the guest's dataset holds the labels",
+                spec.dataset
+            )));
+        }
+        for (i, host) in spec.hosts.iter().enumerate() {
+            if self.config.peer(&host.party).is_none() {
+                return Err(NodeError::Spec(format!(
+                    "hosts[{i}].party: {:?} is not a peer of {}",
+                    host.party, self.config.party
+                )));
+            }
+        }
+        if self.store.model(&spec.model_id)?.is_some() {
+            return Err(NodeError::Spec(format!(
+                "model_id: {:?} already exists on {}",
+                spec.model_id, self.config.party
+            )));
+        }
+        let mut id = [0u8; 16];
+        rand::fill(&mut id);
+        let now = crate::now_ms();
+        let handle = self.open(JobRecord {
+            job_id: hex::encode(id),
+            kind: "train".into(),
+            role: "guest".into(),
+            state: "queued".into(),
+            model_id: spec.model_id.clone(),
+            created_unix_ms: now,
+            updated_unix_ms: now,
+            peers: spec.hosts.iter().map(|h| h.party.clone()).collect(),
+            dataset: spec.dataset.clone(),
+            max_epochs: spec.train.max_epochs as u32,
+            ..JobRecord::default()
+        })?;
+        let participants = spec.hosts.iter().map(|h| h.party.clone());
+        self.mailbox.register(&handle.id, participants);
+        self.state_event(&handle, "queued", "submitted");
+        self.metrics
+            .add("unseen_jobs_started_total", &[("role", "guest")], 1.0);
+        tracing::info!(job = %handle.id, model = %spec.model_id, "job submitted");
+        let node = self.clone();
+        let job = handle.clone();
+        std::thread::Builder::new()
+            .name(format!("job-{}", &handle.id[..8]))
+            .spawn(move || {
+                let started = Instant::now();
+                let result = node.run_guest(&job, &spec);
+                node.finish(&job, result, started);
+            })
+            .map_err(|e| NodeError::Server(format!("cannot start a job thread: {e}")))?;
+        Ok(handle.record())
+    }
+
+    /// Host: applies the policy to a proposal and, if allowed, starts the host's side.
+    pub fn accept_proposal(self: &Arc<Self>, proposal: &JobProposal) -> Result<(), String> {
+        if proposal.version != FEDERATION_VERSION {
+            return Err(format!(
+                "federation version {} is not supported (this node speaks {FEDERATION_VERSION})",
+                proposal.version
+            ));
+        }
+        if proposal.job_id.len() != 32 || !proposal.job_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("the job id must be 32 hex digits".into());
+        }
+        crate::config::check_name("model_id", &proposal.model_id)?;
+        self.config
+            .allows(&proposal.guest, &proposal.kind, &proposal.dataset)?;
+        if !proposal.hosts.contains(&self.config.party) {
+            return Err(format!(
+                "{} is not among the job's hosts",
+                self.config.party
+            ));
+        }
+        for host in &proposal.hosts {
+            if *host != self.config.party && self.config.peer(host).is_none() {
+                return Err(format!(
+                    "{host} is not a peer of {}; hosts exchange masks directly",
+                    self.config.party
+                ));
+            }
+        }
+        let known = self.live(&proposal.job_id).is_some()
+            || self.store.job(&proposal.job_id).ok().flatten().is_some();
+        if known {
+            return Err(format!("job {} is already known here", proposal.job_id));
+        }
+        if self
+            .store
+            .model(&proposal.model_id)
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return Err(format!(
+                "model {:?} already exists on {}",
+                proposal.model_id, self.config.party
+            ));
+        }
+        let now = crate::now_ms();
+        let handle = self
+            .open(JobRecord {
+                job_id: proposal.job_id.clone(),
+                kind: proposal.kind.clone(),
+                role: "host".into(),
+                state: "queued".into(),
+                model_id: proposal.model_id.clone(),
+                created_unix_ms: now,
+                updated_unix_ms: now,
+                peers: vec![proposal.guest.clone()],
+                dataset: proposal.dataset.clone(),
+                ..JobRecord::default()
+            })
+            .map_err(|e| e.to_string())?;
+        let participants = std::iter::once(proposal.guest.clone()).chain(
+            proposal
+                .hosts
+                .iter()
+                .filter(|h| **h != self.config.party)
+                .cloned(),
+        );
+        self.mailbox.register(&handle.id, participants);
+        self.state_event(
+            &handle,
+            "queued",
+            format!("accepted from {}", proposal.guest),
+        );
+        self.metrics
+            .add("unseen_jobs_started_total", &[("role", "host")], 1.0);
+        tracing::info!(job = %handle.id, guest = %proposal.guest, dataset = %proposal.dataset, "job accepted");
+        let node = self.clone();
+        let proposal = proposal.clone();
+        std::thread::Builder::new()
+            .name(format!("job-{}", &handle.id[..8]))
+            .spawn(move || {
+                let started = Instant::now();
+                let result = node.run_host(&handle, &proposal);
+                node.finish(&handle, result, started);
+            })
+            .map_err(|e| format!("cannot start a job thread: {e}"))?;
+        Ok(())
+    }
+
+    /// Cancels a live job: its inbox closes, its protocol thread fails and tells the peers.
+    pub fn cancel(&self, job_id: &str) -> Result<JobRecord, NodeError> {
+        let Some(handle) = self.live(job_id) else {
+            return match self.store.job(job_id)? {
+                Some(record) => Ok(record),
+                None => Err(NodeError::Spec(format!("no job {job_id}"))),
+            };
+        };
+        handle.cancelled.store(true, Ordering::SeqCst);
+        self.mailbox.close(job_id, "cancelled by the operator");
+        Ok(handle.record())
+    }
+
+    fn finish(&self, job: &JobHandle, result: Result<String, NodeError>, started: Instant) {
+        let role = job.record().role;
+        let (state, message) = match result {
+            Ok(summary) => ("succeeded", summary),
+            Err(error) if job.cancelled.load(Ordering::SeqCst) => {
+                ("cancelled", format!("cancelled by the operator ({error})"))
+            }
+            Err(error) => ("failed", error.to_string()),
+        };
+        self.mailbox.close(&job.id, &format!("the job {state}"));
+        match state {
+            "succeeded" => {
+                tracing::info!(job = %job.id, seconds = started.elapsed().as_secs_f64(), "job succeeded")
+            }
+            _ => tracing::warn!(job = %job.id, %message, "job {state}"),
+        }
+        self.metrics.add(
+            "unseen_jobs_total",
+            &[("role", &role), ("state", state)],
+            1.0,
+        );
+        self.state_event(job, state, message);
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job.id);
+    }
+
+    fn load_table(&self, name: &str, with_labels: bool) -> Result<Table, NodeError> {
+        let error = |reason: String| NodeError::Dataset {
+            name: name.to_owned(),
+            reason,
+        };
+        let dataset = self
+            .config
+            .datasets
+            .get(name)
+            .ok_or_else(|| error("not in this node's configuration".into()))?;
+        let text = std::fs::read_to_string(&dataset.path)
+            .map_err(|e| error(format!("{}: {e}", dataset.path.display())))?;
+        let label = if with_labels {
+            Some(
+                dataset
+                    .label_column
+                    .as_deref()
+                    .ok_or_else(|| error("no label_column configured".into()))?,
+            )
+        } else {
+            None
+        };
+        let source = dataset.path.display().to_string();
+        let table = Table::parse_csv(&source, &text, &dataset.id_column, label, dataset.missing)
+            .map_err(|e| error(e.to_string()))?;
+        match &dataset.features {
+            Some(features) => {
+                let names: Vec<&str> = features.iter().map(String::as_str).collect();
+                table
+                    .select_columns(&names)
+                    .map_err(|e| error(e.to_string()))
+            }
+            None => Ok(table),
+        }
+    }
+
+    fn run_guest(&self, job: &Arc<JobHandle>, spec: &JobSpec) -> Result<String, NodeError> {
+        let table = self.load_table(&spec.dataset, true)?;
+        let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
+        for host in &spec.hosts {
+            let proposal = JobProposal {
+                version: FEDERATION_VERSION,
+                job_id: job.id.clone(),
+                kind: "train".into(),
+                guest: self.config.party.clone(),
+                dataset: host.dataset.clone(),
+                hosts: hosts.clone(),
+                model_id: spec.model_id.clone(),
+            };
+            let reply = self
+                .runtime
+                .block_on(self.peers.propose(&host.party, proposal))?;
+            if !reply.accepted {
+                let reason = format!("refused the job: {}", reply.reason);
+                abort_peers(self, job, &hosts, &reason);
+                return Err(NodeError::Peer {
+                    peer: host.party.clone(),
+                    reason,
+                });
+            }
+        }
+        let mut link = Link::new(self, job);
+        self.state_event(
+            job,
+            "psi",
+            format!("aligning {} rows with {}", table.rows(), hosts.join(", ")),
+        );
+        let aligned = match guest_psi(self, job, &mut link, &table, &hosts) {
+            Ok(rows) => rows,
+            Err(error) => {
+                abort_peers(self, job, &hosts, &error.to_string());
+                return Err(error);
+            }
+        };
+        let rows: Vec<usize> = aligned.iter().map(|&r| r as usize).collect();
+        let table = table.select_rows(&rows)?;
+        self.emit(
+            job,
+            EventRecord {
+                state: "training".into(),
+                message: format!("{} rows in the intersection", rows.len()),
+                aligned_rows: rows.len() as u64,
+                psi_progress: 1.0,
+                ..EventRecord::default()
+            },
+        );
+        let started = Instant::now();
+        let outcome = fedlearn::run_guest(
+            GuestJob {
+                party: self.config.party.clone(),
+                model_id: spec.model_id.clone(),
+                table,
+                hosts: hosts.clone(),
+                config: spec.train.clone(),
+            },
+            &mut link,
+            &mut |event| self.training_event(job, event),
+        )?;
+        let history: Vec<_> = outcome
+            .history
+            .iter()
+            .map(|r| {
+                json!({
+                    "epoch": r.epoch,
+                    "train": MetricsRecord::from(&r.train),
+                    "validation": r.validation.as_ref().map(MetricsRecord::from),
+                    "weight_change": r.weight_change,
+                    "learning_rate": r.learning_rate,
+                })
+            })
+            .collect();
+        let best = &outcome.history[outcome.best_epoch - 1];
+        let report = json!({
+            "job_id": job.id,
+            "model_id": spec.model_id,
+            "guest": self.config.party,
+            "hosts": hosts,
+            "aligned_rows": rows.len(),
+            "train_config": spec.train,
+            "best_epoch": outcome.best_epoch,
+            "stop": format!("{:?}", outcome.stop),
+            "history": history,
+            "training_seconds": started.elapsed().as_secs_f64(),
+            "bytes_sent": job.bytes_sent.load(Ordering::Relaxed),
+            "bytes_received": job.bytes_received.load(Ordering::Relaxed),
+        });
+        self.save_model(job, &outcome.model, "guest", &report)?;
+        Ok(format!(
+            "model {} trained: epoch {} of {}, train AUC {:.4}, KS {:.4}",
+            spec.model_id,
+            outcome.best_epoch,
+            outcome.history.len(),
+            best.train.auc,
+            best.train.ks
+        ))
+    }
+
+    fn run_host(&self, job: &Arc<JobHandle>, proposal: &JobProposal) -> Result<String, NodeError> {
+        let guest = proposal.guest.as_str();
+        let table = self.load_table(&proposal.dataset, false)?;
+        let mut link = Link::new(self, job);
+        self.state_event(
+            job,
+            "psi",
+            format!("aligning {} rows with {guest}", table.rows()),
+        );
+        let aligned = match host_psi(&mut link, guest, &table) {
+            Ok(rows) => rows,
+            Err(error) => {
+                abort_peers(self, job, &[guest.to_owned()], &error.to_string());
+                return Err(error);
+            }
+        };
+        let rows: Vec<usize> = aligned.iter().map(|&r| r as usize).collect();
+        let table = table.select_rows(&rows)?;
+        self.emit(
+            job,
+            EventRecord {
+                state: "training".into(),
+                message: format!("{} rows in the intersection", rows.len()),
+                aligned_rows: rows.len() as u64,
+                psi_progress: 1.0,
+                ..EventRecord::default()
+            },
+        );
+        let offered = fedlearn::receive_proposal(&mut link, guest)?;
+        if offered.model_id != proposal.model_id || offered.hosts != proposal.hosts {
+            let reason = "the training proposal differs from the accepted job".to_string();
+            let _ = link.send(
+                guest,
+                Message::Abort {
+                    reason: reason.clone(),
+                },
+            );
+            return Err(NodeError::Peer {
+                peer: guest.to_owned(),
+                reason,
+            });
+        }
+        {
+            let mut record = job.record.lock().unwrap_or_else(|e| e.into_inner());
+            record.max_epochs = offered.config.max_epochs as u32;
+        }
+        let outcome = fedlearn::run_host(
+            HostJob {
+                party: self.config.party.clone(),
+                guest: guest.to_owned(),
+                table,
+            },
+            offered,
+            &mut link,
+            &mut |event| self.training_event(job, event),
+        )?;
+        let report = json!({
+            "job_id": job.id,
+            "model_id": proposal.model_id,
+            "guest": guest,
+            "hosts": proposal.hosts,
+            "aligned_rows": rows.len(),
+            "epochs": outcome.epochs,
+            "bytes_sent": job.bytes_sent.load(Ordering::Relaxed),
+            "bytes_received": job.bytes_received.load(Ordering::Relaxed),
+        });
+        self.save_model(job, &outcome.model, "host", &report)?;
+        Ok(format!(
+            "model {}: this node's part trained over {} epochs",
+            proposal.model_id, outcome.epochs
+        ))
+    }
+
+    fn training_event(&self, job: &JobHandle, event: &Event) {
+        let record = match event {
+            Event::Epoch(report) => EventRecord {
+                state: "training".into(),
+                message: format!("epoch {}", report.epoch),
+                epoch: report.epoch as u32,
+                train: Some(MetricsRecord::from(&report.train)),
+                validation: report.validation.as_ref().map(MetricsRecord::from),
+                psi_progress: 1.0,
+                ..EventRecord::default()
+            },
+            Event::HostEpoch { epoch } => EventRecord {
+                state: "training".into(),
+                message: format!("epoch {epoch}"),
+                epoch: *epoch as u32,
+                psi_progress: 1.0,
+                ..EventRecord::default()
+            },
+        };
+        self.emit(job, record);
+    }
+
+    fn save_model(
+        &self,
+        job: &JobHandle,
+        model: &fedlearn::ModelPart,
+        role: &str,
+        report: &serde_json::Value,
+    ) -> Result<(), NodeError> {
+        self.store.put_model(&ModelRecord {
+            model_id: model.model_id.clone(),
+            job_id: job.id.clone(),
+            role: role.into(),
+            features: model.features.len() as u32,
+            created_unix_ms: crate::now_ms(),
+            part_json: model.to_json(),
+            report_json: serde_json::to_string_pretty(report).unwrap_or_default(),
+        })
+    }
+}
+
+/// Tells every peer of a job that it stopped (one attempt each; the peers' receive timeouts
+/// cover a peer this does not reach).
+fn abort_peers(node: &NodeState, job: &JobHandle, peers: &[String], reason: &str) {
+    let mut link = Link::new(node, job);
+    for peer in peers {
+        if let Err(e) = link.send_raw(peer, "abort", reason.as_bytes().to_vec(), false) {
+            tracing::warn!(job = %job.id, %peer, error = %e, "could not tell a peer the job stopped");
+        }
+    }
+}
+
+/// A job's connection to its peers: numbered sends through the federation service, ordered
+/// receives from the mailbox.
+pub struct Link<'a> {
+    node: &'a NodeState,
+    job: &'a JobHandle,
+    next_seq: HashMap<String, u64>,
+}
+
+impl<'a> Link<'a> {
+    fn new(node: &'a NodeState, job: &'a JobHandle) -> Link<'a> {
+        Link {
+            node,
+            job,
+            next_seq: HashMap::new(),
+        }
+    }
+
+    fn send_raw(
+        &mut self,
+        to: &str,
+        kind: &str,
+        bytes: Vec<u8>,
+        retry: bool,
+    ) -> Result<(), NodeError> {
+        let seq = self.next_seq.entry(to.to_owned()).or_insert(0);
+        let this = *seq;
+        *seq += 1;
+        self.node.runtime.block_on(self.node.peers.deliver(
+            to,
+            &self.job.id,
+            this,
+            kind,
+            &bytes,
+            retry,
+        ))?;
+        self.job
+            .bytes_sent
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn receive_raw(&mut self, from: &str) -> Result<Delivery, NodeError> {
+        let timeout = self.node.config.federation.receive_timeout();
+        match self.node.mailbox.receive(&self.job.id, from, timeout) {
+            Ok(delivery) => {
+                self.job
+                    .bytes_received
+                    .fetch_add(delivery.bytes.len() as u64, Ordering::Relaxed);
+                Ok(delivery)
+            }
+            Err(ReceiveError::Timeout) => Err(NodeError::Peer {
+                peer: from.to_owned(),
+                reason: format!("sent nothing for {} s", timeout.as_secs()),
+            }),
+            Err(ReceiveError::Closed(reason)) if self.job.cancelled.load(Ordering::SeqCst) => {
+                Err(NodeError::Cancelled(reason))
+            }
+            Err(ReceiveError::Closed(reason)) => Err(NodeError::Peer {
+                peer: from.to_owned(),
+                reason,
+            }),
+        }
+    }
+
+    fn send_psi(&mut self, to: &str, body: Body) -> Result<(), NodeError> {
+        self.send_raw(to, "psi", encode_psi(body), true)
+    }
+
+    fn receive_psi(&mut self, from: &str) -> Result<Body, NodeError> {
+        let delivery = self.receive_raw(from)?;
+        if delivery.kind != "psi" {
+            return Err(NodeError::Peer {
+                peer: from.to_owned(),
+                reason: format!("sent a {:?} message during PSI", delivery.kind),
+            });
+        }
+        Ok(decode_psi(from, &delivery.bytes)?)
+    }
+}
+
+impl Transport for Link<'_> {
+    fn send(&mut self, to: &str, message: Message) -> Result<(), fedlearn::FedError> {
+        self.send_raw(to, "fedlearn", message.to_bytes(), true)
+            .map_err(|e| fedlearn::FedError::Transport {
+                peer: to.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn receive(&mut self, from: &str) -> Result<Message, fedlearn::FedError> {
+        let delivery = self
+            .receive_raw(from)
+            .map_err(|e| fedlearn::FedError::Transport {
+                peer: from.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if delivery.kind != "fedlearn" {
+            return Err(fedlearn::FedError::Protocol {
+                peer: from.to_owned(),
+                reason: format!("a {:?} message during training", delivery.kind),
+            });
+        }
+        Message::from_bytes(&delivery.bytes)
+    }
+}
+
+fn unexpected(peer: &str, expected: &str) -> NodeError {
+    NodeError::Peer {
+        peer: peer.to_owned(),
+        reason: format!("sent another PSI message where {expected} was due"),
+    }
+}
+
+fn guest_psi(
+    node: &NodeState,
+    job: &JobHandle,
+    link: &mut Link<'_>,
+    table: &Table,
+    hosts: &[String],
+) -> Result<Vec<u32>, NodeError> {
+    let ids = IdColumn::from_ids(table.ids())?;
+    let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let mut guest = PsiGuest::new(ids, &names, GuestConfig::default())?;
+    let hello = guest.hello();
+    for host in hosts {
+        link.send_psi(host, guest_hello_to_proto(&hello))?;
+    }
+    let mut host_batches = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        match link.receive_psi(host)? {
+            Body::HostHello(reply) => {
+                let reply = host_hello_from_proto(&reply);
+                guest.receive_host_hello(host, &reply)?;
+                host_batches.push(reply.host_rows.div_ceil(u64::from(hello.batch_size)));
+            }
+            _ => return Err(unexpected(host, "its hello")),
+        }
+    }
+    let own_batches = u64::from(guest.batch_count());
+    let total = (own_batches + host_batches.iter().sum::<u64>()).max(1);
+    let progress = |done: u64| {
+        node.emit(
+            job,
+            EventRecord {
+                state: "psi".into(),
+                message: "matching ids".into(),
+                psi_progress: done as f64 / total as f64,
+                ..EventRecord::default()
+            },
+        )
+    };
+    for batch in 0..guest.batch_count() {
+        let Some(points) = guest.blinded_batch(batch) else {
+            break;
+        };
+        let body = points_to_proto(&points);
+        for host in hosts {
+            link.send_psi(host, body.clone())?;
+        }
+        for host in hosts {
+            match link.receive_psi(host)? {
+                Body::Tags(tags) => guest.receive_tags(host, &tags_from_proto(host, &tags)?)?,
+                _ => return Err(unexpected(host, "tags")),
+            }
+        }
+        progress(u64::from(batch) + 1);
+    }
+    let mut done = own_batches;
+    for (host, batches) in hosts.iter().zip(host_batches) {
+        for _ in 0..batches {
+            match link.receive_psi(host)? {
+                Body::Points(points) => {
+                    guest.receive_host_points(host, &points_from_proto(host, &points)?)?
+                }
+                _ => return Err(unexpected(host, "points")),
+            }
+            done += 1;
+            progress(done);
+        }
+    }
+    let result = guest.finish()?;
+    for (host, alignment) in &result.alignments {
+        link.send_psi(host, alignment_to_proto(alignment))?;
+    }
+    Ok(result.output.aligned_rows)
+}
+
+fn host_psi(link: &mut Link<'_>, guest: &str, table: &Table) -> Result<Vec<u32>, NodeError> {
+    let hello = match link.receive_psi(guest)? {
+        Body::GuestHello(hello) => guest_hello_from_proto(guest, &hello)?,
+        _ => return Err(unexpected(guest, "its hello")),
+    };
+    if hello.result != psi::ResultMode::BothSides {
+        return Err(NodeError::Peer {
+            peer: guest.to_owned(),
+            reason: "training needs both-sides PSI".into(),
+        });
+    }
+    let ids = IdColumn::from_ids(table.ids())?;
+    let (session, reply) = PsiHost::new(guest, ids, DuplicatePolicy::Reject, &hello)?;
+    link.send_psi(guest, host_hello_to_proto(&reply))?;
+    let guest_batches = hello
+        .guest_rows
+        .div_ceil(u64::from(hello.batch_size.max(1)));
+    for _ in 0..guest_batches {
+        match link.receive_psi(guest)? {
+            Body::Points(points) => {
+                let tags = session.answer(&points_from_proto(guest, &points)?)?;
+                link.send_psi(guest, tags_to_proto(&tags))?;
+            }
+            _ => return Err(unexpected(guest, "points")),
+        }
+    }
+    for batch in 0..session.batch_count() {
+        let Some(points) = session.blinded_batch(batch) else {
+            break;
+        };
+        link.send_psi(guest, points_to_proto(&points))?;
+    }
+    match link.receive_psi(guest)? {
+        Body::Alignment(alignment) => {
+            let output = session.receive_alignment(&alignment_from_proto(guest, &alignment)?)?;
+            Ok(output.aligned_rows)
+        }
+        _ => Err(unexpected(guest, "the alignment")),
+    }
+}

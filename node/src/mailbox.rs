@@ -1,0 +1,232 @@
+//! Where delivered protocol messages wait for a job's (blocking) protocol thread.
+//!
+//! Messages from one sender in one job carry sequence numbers 0, 1, 2, …; the mailbox hands
+//! them out in that order whatever order they arrived in, and drops a message whose number it
+//! has already seen, so a sender may retry any delivery. A job is registered before any
+//! message for it is accepted (the guest on submission, a host when it accepts the proposal),
+//! and only its participants may deliver to it. After a job ends its counters stay, so a late
+//! retry is acknowledged rather than failing the sender.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A delivered message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// "psi", "fedlearn" or "abort".
+    pub kind: String,
+    /// The payload.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a delivery was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such job here.
+    UnknownJob,
+    /// The sender is not part of the job.
+    NotParticipant,
+}
+
+/// Why a receive failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReceiveError {
+    /// Nothing arrived in time.
+    Timeout,
+    /// The job was closed (cancelled, aborted by a peer, or finished).
+    Closed(String),
+}
+
+#[derive(Default)]
+struct Inbox {
+    next: u64,
+    pending: BTreeMap<u64, Delivery>,
+}
+
+struct JobBox {
+    participants: BTreeSet<String>,
+    inboxes: HashMap<String, Inbox>,
+    closed: Option<String>,
+}
+
+/// All jobs' inboxes.
+#[derive(Default)]
+pub struct Mailbox {
+    jobs: Mutex<HashMap<String, JobBox>>,
+    arrived: Condvar,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, JobBox>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a job's inboxes for messages from `participants`.
+    pub fn register(&self, job: &str, participants: impl IntoIterator<Item = String>) {
+        self.lock().insert(
+            job.to_owned(),
+            JobBox {
+                participants: participants.into_iter().collect(),
+                inboxes: HashMap::new(),
+                closed: None,
+            },
+        );
+    }
+
+    /// Accepts message `seq` from `sender`; `Ok(true)` when it was a duplicate. An "abort"
+    /// message closes the job with the sender's reason.
+    pub fn deliver(
+        &self,
+        job: &str,
+        sender: &str,
+        seq: u64,
+        delivery: Delivery,
+    ) -> Result<bool, Refusal> {
+        let mut jobs = self.lock();
+        let job_box = jobs.get_mut(job).ok_or(Refusal::UnknownJob)?;
+        if !job_box.participants.contains(sender) {
+            return Err(Refusal::NotParticipant);
+        }
+        let inbox = job_box.inboxes.entry(sender.to_owned()).or_default();
+        if seq < inbox.next || inbox.pending.contains_key(&seq) {
+            return Ok(true);
+        }
+        if delivery.kind == "abort" {
+            inbox.next = inbox.next.max(seq + 1);
+            if job_box.closed.is_none() {
+                let reason = String::from_utf8_lossy(&delivery.bytes);
+                job_box.closed = Some(format!("{sender} stopped the job: {reason}"));
+            }
+        } else if job_box.closed.is_none() {
+            inbox.pending.insert(seq, delivery);
+        }
+        drop(jobs);
+        self.arrived.notify_all();
+        Ok(false)
+    }
+
+    /// Waits up to `timeout` for the next message from `sender`.
+    pub fn receive(
+        &self,
+        job: &str,
+        sender: &str,
+        timeout: Duration,
+    ) -> Result<Delivery, ReceiveError> {
+        let deadline = Instant::now() + timeout;
+        let mut jobs = self.lock();
+        loop {
+            let Some(job_box) = jobs.get_mut(job) else {
+                return Err(ReceiveError::Closed(
+                    "the job is not open on this node".into(),
+                ));
+            };
+            if let Some(reason) = &job_box.closed {
+                return Err(ReceiveError::Closed(reason.clone()));
+            }
+            let inbox = job_box.inboxes.entry(sender.to_owned()).or_default();
+            if let Some(delivery) = inbox.pending.remove(&inbox.next) {
+                inbox.next += 1;
+                return Ok(delivery);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ReceiveError::Timeout);
+            }
+            jobs = self
+                .arrived
+                .wait_timeout(jobs, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Closes a job: receivers fail with `reason`, buffered messages are dropped, later
+    /// retries of already-seen messages are still acknowledged.
+    pub fn close(&self, job: &str, reason: &str) {
+        if let Some(job_box) = self.lock().get_mut(job) {
+            if job_box.closed.is_none() {
+                job_box.closed = Some(reason.to_owned());
+            }
+            for inbox in job_box.inboxes.values_mut() {
+                inbox.pending.clear();
+            }
+        }
+        self.arrived.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(text: &str) -> Delivery {
+        Delivery {
+            kind: "fedlearn".into(),
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn messages_come_out_in_sequence_once_whatever_the_arrival_order() {
+        let mailbox = Mailbox::default();
+        mailbox.register("j", ["bank".to_string()]);
+        assert_eq!(mailbox.deliver("j", "bank", 1, msg("second")), Ok(false));
+        assert_eq!(mailbox.deliver("j", "bank", 0, msg("first")), Ok(false));
+        assert_eq!(mailbox.deliver("j", "bank", 1, msg("second")), Ok(true));
+        let t = Duration::from_millis(10);
+        assert_eq!(mailbox.receive("j", "bank", t).unwrap(), msg("first"));
+        assert_eq!(mailbox.deliver("j", "bank", 0, msg("first")), Ok(true));
+        assert_eq!(mailbox.receive("j", "bank", t).unwrap(), msg("second"));
+        assert_eq!(mailbox.receive("j", "bank", t), Err(ReceiveError::Timeout));
+    }
+
+    #[test]
+    fn strangers_unknown_jobs_and_aborts_are_handled() {
+        let mailbox = Mailbox::default();
+        assert_eq!(
+            mailbox.deliver("j", "bank", 0, msg("x")),
+            Err(Refusal::UnknownJob)
+        );
+        mailbox.register("j", ["bank".to_string()]);
+        assert_eq!(
+            mailbox.deliver("j", "eve", 0, msg("x")),
+            Err(Refusal::NotParticipant)
+        );
+        let abort = Delivery {
+            kind: "abort".into(),
+            bytes: b"disk full".to_vec(),
+        };
+        assert_eq!(mailbox.deliver("j", "bank", 0, abort), Ok(false));
+        match mailbox.receive("j", "bank", Duration::from_millis(10)) {
+            Err(ReceiveError::Closed(reason)) => {
+                assert!(reason.contains("bank stopped the job: disk full"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_waiting_receiver_wakes_on_delivery_and_on_close() {
+        let mailbox = std::sync::Arc::new(Mailbox::default());
+        mailbox.register("j", ["bank".to_string()]);
+        let m = mailbox.clone();
+        let waiter = std::thread::spawn(move || m.receive("j", "bank", Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(20));
+        mailbox.deliver("j", "bank", 0, msg("hi")).unwrap();
+        assert_eq!(waiter.join().unwrap().unwrap(), msg("hi"));
+        let m = mailbox.clone();
+        let waiter = std::thread::spawn(move || m.receive("j", "bank", Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(20));
+        mailbox.close("j", "cancelled by operator");
+        assert_eq!(
+            waiter.join().unwrap(),
+            Err(ReceiveError::Closed("cancelled by operator".into()))
+        );
+        assert_eq!(
+            mailbox.deliver("j", "bank", 0, msg("hi")),
+            Ok(true),
+            "late retry acknowledged"
+        );
+    }
+}

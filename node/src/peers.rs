@@ -1,0 +1,200 @@
+//! Calls to other nodes: one lazily connected, TLS-verified channel per configured peer,
+//! per-call deadlines, and retries with exponential backoff for failures a retry can cure
+//! (unreachable peer, dropped connection, deadline). Deliveries are idempotent on the
+//! receiving side, so retrying a message that did arrive is harmless.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::config::{FederationSettings, NodeConfig};
+use crate::error::NodeError;
+use crate::metrics::Metrics;
+use crate::proto::federation_client::FederationClient;
+use crate::proto::{Chunk, JobProposal, ProposalReply};
+use crate::tls::Identity;
+use crate::FEDERATION_VERSION;
+
+/// Clients of every configured peer.
+pub struct Peers {
+    party: String,
+    settings: FederationSettings,
+    channels: HashMap<String, Channel>,
+    metrics: Arc<Metrics>,
+}
+
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Internal
+            | Code::ResourceExhausted
+    )
+}
+
+impl Peers {
+    /// Prepares a channel per peer (connections open on first use).
+    pub fn new(
+        config: &NodeConfig,
+        identity: &Identity,
+        metrics: Arc<Metrics>,
+    ) -> Result<Peers, NodeError> {
+        let settings = config.federation.clone();
+        let mut channels = HashMap::new();
+        for peer in &config.peers {
+            let error = |e: tonic::transport::Error| NodeError::Peer {
+                peer: peer.name.clone(),
+                reason: format!("address {:?}: {e}", peer.address),
+            };
+            let endpoint = Endpoint::from_shared(format!("https://{}", peer.address))
+                .map_err(error)?
+                .tls_config(identity.client_config(peer.certificate_name()))
+                .map_err(error)?
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(settings.call_timeout())
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true);
+            channels.insert(peer.name.clone(), endpoint.connect_lazy());
+        }
+        Ok(Peers {
+            party: config.party.clone(),
+            settings,
+            channels,
+            metrics,
+        })
+    }
+
+    async fn call<T, F, Fut>(
+        &self,
+        to: &str,
+        method: &str,
+        retries: u32,
+        mut f: F,
+    ) -> Result<T, NodeError>
+    where
+        F: FnMut(FederationClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let channel = self.channels.get(to).ok_or_else(|| NodeError::Peer {
+            peer: to.to_owned(),
+            reason: "not a configured peer of this node".into(),
+        })?;
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let client = FederationClient::new(channel.clone())
+                .max_decoding_message_size(8 << 20)
+                .max_encoding_message_size(8 << 20);
+            match f(client).await {
+                Ok(response) => {
+                    self.metrics.observe(
+                        "unseen_peer_call_seconds",
+                        &[("peer", to), ("method", method)],
+                        started.elapsed(),
+                    );
+                    return Ok(response.into_inner());
+                }
+                Err(status) => {
+                    let code = format!("{:?}", status.code());
+                    self.metrics.add(
+                        "unseen_peer_call_errors_total",
+                        &[("peer", to), ("code", &code)],
+                        1.0,
+                    );
+                    if !retryable(status.code()) || attempt >= retries {
+                        let tried = if attempt > 0 {
+                            format!(" (after {} attempts)", attempt + 1)
+                        } else {
+                            String::new()
+                        };
+                        return Err(NodeError::Peer {
+                            peer: to.to_owned(),
+                            reason: format!("{method} failed{tried}: {}", describe(&status)),
+                        });
+                    }
+                    let wait = self.settings.backoff(attempt);
+                    tracing::warn!(peer = to, method, attempt, error = %describe(&status), "peer call failed; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Asks `to` to take part in a job.
+    pub async fn propose(
+        &self,
+        to: &str,
+        proposal: JobProposal,
+    ) -> Result<ProposalReply, NodeError> {
+        self.call(to, "propose", self.settings.retries, |mut client| {
+            let proposal = proposal.clone();
+            async move { client.propose(proposal).await }
+        })
+        .await
+    }
+
+    /// Delivers message `seq` of a job to `to` in chunks, retrying as configured.
+    pub async fn deliver(
+        &self,
+        to: &str,
+        job: &str,
+        seq: u64,
+        kind: &str,
+        bytes: &[u8],
+        retry: bool,
+    ) -> Result<(), NodeError> {
+        let chunks = self.chunks(job, seq, kind, bytes);
+        let retries = if retry { self.settings.retries } else { 0 };
+        self.call(to, "deliver", retries, |mut client| {
+            let stream = tokio_stream::iter(chunks.clone());
+            async move { client.deliver(stream).await }
+        })
+        .await?;
+        self.metrics.add(
+            "unseen_bytes_sent_total",
+            &[("peer", to), ("kind", kind)],
+            bytes.len() as f64,
+        );
+        Ok(())
+    }
+
+    fn chunks(&self, job: &str, seq: u64, kind: &str, bytes: &[u8]) -> Vec<Chunk> {
+        let size = self.settings.chunk_bytes;
+        let count = bytes.len().div_ceil(size).max(1);
+        (0..count)
+            .map(|index| Chunk {
+                version: FEDERATION_VERSION,
+                job_id: job.to_owned(),
+                sender: self.party.clone(),
+                seq,
+                kind: kind.to_owned(),
+                index: index as u32,
+                count: count as u32,
+                total_bytes: bytes.len() as u64,
+                data: bytes[(index * size).min(bytes.len())..((index + 1) * size).min(bytes.len())]
+                    .to_vec(),
+            })
+            .collect()
+    }
+}
+
+/// A status as one line: the message, and the transport error behind it if any.
+fn describe(status: &Status) -> String {
+    use std::error::Error;
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = status.source();
+    while let Some(error) = source {
+        text.push_str(&format!(": {error}"));
+        source = error.source();
+    }
+    text
+}

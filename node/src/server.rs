@@ -1,0 +1,454 @@
+//! Starting a node: TLS listener (handshake failures are logged and counted), the federation
+//! and jobs services, gRPC health and reflection, and the metrics endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::federation::FederationService;
+use crate::jobs::NodeState;
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+use crate::proto::federation_server::FederationServer;
+use crate::proto::jobs_server::{Jobs, JobsServer};
+use crate::proto::{
+    self, JobRef, ListJobsReply, ListJobsRequest, ListModelsReply, ListModelsRequest,
+};
+use crate::store::{EventRecord, JobRecord, MetricsRecord, ModelRecord, Store};
+use crate::tls::Identity;
+
+/// A node serving in the background.
+pub struct RunningNode {
+    /// Where the gRPC server listens.
+    pub address: SocketAddr,
+    /// Where the metrics endpoint listens, if configured.
+    pub metrics_address: Option<SocketAddr>,
+    /// The node's state (for tests and embedding).
+    pub state: Arc<NodeState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops accepting calls and waits for the server to finish.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        match tokio::time::timeout(Duration::from_secs(10), &mut self.server).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(NodeError::Server(format!("gRPC server: {e}"))),
+            Ok(Err(e)) => Err(NodeError::Server(format!("gRPC server task: {e}"))),
+            Err(_) => {
+                self.server.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Starts a node from its configuration (on the current tokio runtime).
+pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    let identity = Identity::load(&config.tls.cert, &config.tls.key, &config.tls.ca)?;
+    if !identity.is_for(&config.party) {
+        return Err(NodeError::Tls(format!(
+            "{}: the certificate is not valid for this node's party name {:?}",
+            config.tls.cert.display(),
+            config.party
+        )));
+    }
+    let server_tls = identity.server_config()?;
+    let store = Store::open(&config.data_dir)?;
+    for job in store.fail_interrupted()? {
+        tracing::warn!(%job, "marked failed: a restart interrupted it");
+    }
+    let metrics = Arc::new(Metrics::default());
+    let peers = Peers::new(&config, &identity, metrics.clone())?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| NodeError::Server(format!("listen {}: {e}", config.listen)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| NodeError::Server(e.to_string()))?;
+    let mut background = Vec::new();
+    let metrics_address = match config.metrics_listen {
+        Some(addr) => {
+            let metrics_listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| NodeError::Server(format!("metrics_listen {addr}: {e}")))?;
+            let bound = metrics_listener
+                .local_addr()
+                .map_err(|e| NodeError::Server(e.to_string()))?;
+            background.push(tokio::spawn(crate::metrics::serve(
+                metrics_listener,
+                metrics.clone(),
+            )));
+            Some(bound)
+        }
+        None => None,
+    };
+    let party = config.party.clone();
+    let state = Arc::new(NodeState::new(
+        config,
+        store,
+        peers,
+        metrics.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+
+    let (connections, incoming) = mpsc::channel(64);
+    background.push(tokio::spawn(accept_tls(
+        listener,
+        TlsAcceptor::from(server_tls),
+        connections,
+        metrics,
+    )));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FederationServer<FederationService>>()
+        .await;
+    health.set_serving::<JobsServer<JobsService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::DESCRIPTOR)
+        .build_v1()
+        .map_err(|e| NodeError::Server(format!("reflection: {e}")))?;
+    let federation = FederationServer::new(FederationService {
+        node: state.clone(),
+    })
+    .max_decoding_message_size(8 << 20);
+    let jobs = JobsServer::new(JobsService {
+        node: state.clone(),
+    });
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(federation)
+            .add_service(jobs)
+            .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async {
+                let _ = stop.await;
+            }),
+    );
+    tracing::info!(%party, %address, ?metrics_address, "node serving");
+    Ok(RunningNode {
+        address,
+        metrics_address,
+        state,
+        shutdown: Some(shutdown),
+        server,
+        background,
+    })
+}
+
+type TlsConnection = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Accepts TCP connections and completes TLS handshakes; a refused handshake (no client
+/// certificate, wrong CA, expired, …) is logged with the remote address and counted.
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    connections: mpsc::Sender<Result<TlsConnection, std::io::Error>>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let connections = connections.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = connections.send(Ok(stream)).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%remote, error = %e, "refused a TLS connection");
+                    metrics.add("unseen_refused_total", &[("reason", "tls")], 1.0);
+                }
+                Err(_) => {
+                    tracing::warn!(%remote, "TLS handshake timed out");
+                    metrics.add("unseen_refused_total", &[("reason", "tls timeout")], 1.0);
+                }
+            }
+        });
+    }
+}
+
+/// The jobs service: callers must present a certificate valid for one of `operators`.
+pub struct JobsService {
+    node: Arc<NodeState>,
+}
+
+impl JobsService {
+    fn authorise<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let certs = request.peer_certs();
+        let operators = self.node.config.operators.iter().map(String::as_str);
+        match crate::tls::peer_name(certs.as_deref().map(|c| &c[..]), operators) {
+            Some(name) => Ok(name.to_owned()),
+            None => {
+                tracing::warn!("refused a jobs call: the certificate names no operator");
+                self.node.metrics.add(
+                    "unseen_refused_total",
+                    &[("reason", "operator identity")],
+                    1.0,
+                );
+                Err(Status::permission_denied(format!(
+                    "the caller's certificate is not valid for any operator of {}",
+                    self.node.config.party
+                )))
+            }
+        }
+    }
+
+    fn record(&self, job_id: &str) -> Result<JobRecord, Status> {
+        self.node.job(job_id).map_err(internal)?.ok_or_else(|| {
+            Status::not_found(format!("no job {job_id:?} on {}", self.node.config.party))
+        })
+    }
+}
+
+fn internal(e: NodeError) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn metrics_proto(m: Option<MetricsRecord>) -> Option<proto::Metrics> {
+    m.map(|m| proto::Metrics {
+        auc: m.auc,
+        ks: m.ks,
+        log_loss: m.log_loss,
+        accuracy: m.accuracy,
+    })
+}
+
+/// A job record as a status message.
+pub fn status_proto(record: &JobRecord) -> proto::JobStatus {
+    let last = record.last().cloned().unwrap_or_default();
+    let best = record
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.train.is_some())
+        .cloned()
+        .unwrap_or_default();
+    proto::JobStatus {
+        job_id: record.job_id.clone(),
+        kind: record.kind.clone(),
+        role: record.role.clone(),
+        state: record.state.clone(),
+        model_id: record.model_id.clone(),
+        error: record.error.clone(),
+        created_unix_ms: record.created_unix_ms,
+        updated_unix_ms: record.updated_unix_ms,
+        peers: record.peers.clone(),
+        aligned_rows: last.aligned_rows,
+        epochs: record.events.iter().map(|e| e.epoch).max().unwrap_or(0),
+        bytes_sent: last.bytes_sent,
+        bytes_received: last.bytes_received,
+        train: metrics_proto(best.train),
+        validation: metrics_proto(best.validation),
+    }
+}
+
+fn event_proto(job_id: &str, max_epochs: u32, event: &EventRecord) -> proto::JobEvent {
+    proto::JobEvent {
+        job_id: job_id.to_owned(),
+        state: event.state.clone(),
+        message: event.message.clone(),
+        epoch: event.epoch,
+        max_epochs,
+        train: metrics_proto(event.train),
+        validation: metrics_proto(event.validation),
+        bytes_sent: event.bytes_sent,
+        bytes_received: event.bytes_received,
+        aligned_rows: event.aligned_rows,
+        psi_progress: event.psi_progress,
+        unix_ms: event.unix_ms,
+    }
+}
+
+fn summary_proto(model: &ModelRecord) -> proto::ModelSummary {
+    proto::ModelSummary {
+        model_id: model.model_id.clone(),
+        job_id: model.job_id.clone(),
+        role: model.role.clone(),
+        features: model.features,
+        created_unix_ms: model.created_unix_ms,
+    }
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+#[tonic::async_trait]
+impl Jobs for JobsService {
+    async fn submit(
+        &self,
+        request: Request<proto::SubmitRequest>,
+    ) -> Result<Response<proto::JobStatus>, Status> {
+        let operator = self.authorise(&request)?;
+        let node = self.node.clone();
+        let spec = request.into_inner().spec_toml;
+        let record = tokio::task::spawn_blocking(move || node.submit(&spec))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                NodeError::Spec(_) => Status::invalid_argument(e.to_string()),
+                other => Status::internal(other.to_string()),
+            })?;
+        tracing::info!(%operator, job = %record.job_id, "submitted by operator");
+        Ok(Response::new(status_proto(&record)))
+    }
+
+    type WatchStream = ReceiverStream<Result<proto::JobEvent, Status>>;
+
+    async fn watch(&self, request: Request<JobRef>) -> Result<Response<Self::WatchStream>, Status> {
+        self.authorise(&request)?;
+        let job_id = request.into_inner().job_id;
+        let (tx, rx) = mpsc::channel(64);
+        match self.node.live(&job_id) {
+            Some(handle) => {
+                let (past, mut live) = handle.subscribe();
+                let max_epochs = handle.record().max_epochs;
+                tokio::spawn(async move {
+                    let mut next = past.len();
+                    for event in &past {
+                        if tx
+                            .send(Ok(event_proto(&job_id, max_epochs, event)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    if past.last().is_some_and(|e| is_final(&e.state)) {
+                        return;
+                    }
+                    loop {
+                        match live.recv().await {
+                            Ok((index, event)) if index >= next => {
+                                next = index + 1;
+                                let done = is_final(&event.state);
+                                if tx
+                                    .send(Ok(event_proto(&job_id, max_epochs, &event)))
+                                    .await
+                                    .is_err()
+                                    || done
+                                {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                });
+            }
+            None => {
+                let record = self.record(&job_id)?;
+                tokio::spawn(async move {
+                    for event in &record.events {
+                        if tx
+                            .send(Ok(event_proto(&job_id, record.max_epochs, event)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get(&self, request: Request<JobRef>) -> Result<Response<proto::JobStatus>, Status> {
+        self.authorise(&request)?;
+        let record = self.record(&request.into_inner().job_id)?;
+        Ok(Response::new(status_proto(&record)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsReply>, Status> {
+        self.authorise(&request)?;
+        let jobs = self.node.store.jobs().map_err(internal)?;
+        let jobs = jobs
+            .iter()
+            .map(|stored| match self.node.live(&stored.job_id) {
+                Some(handle) => status_proto(&handle.record()),
+                None => status_proto(stored),
+            })
+            .collect();
+        Ok(Response::new(ListJobsReply { jobs }))
+    }
+
+    async fn cancel(&self, request: Request<JobRef>) -> Result<Response<proto::JobStatus>, Status> {
+        let operator = self.authorise(&request)?;
+        let job_id = request.into_inner().job_id;
+        let record = self
+            .node
+            .cancel(&job_id)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        tracing::info!(%operator, job = %job_id, "cancel requested");
+        Ok(Response::new(status_proto(&record)))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsReply>, Status> {
+        self.authorise(&request)?;
+        let models = self.node.store.models().map_err(internal)?;
+        Ok(Response::new(ListModelsReply {
+            models: models.iter().map(summary_proto).collect(),
+        }))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<proto::ModelRef>,
+    ) -> Result<Response<proto::Model>, Status> {
+        self.authorise(&request)?;
+        let model_id = request.into_inner().model_id;
+        let model = self
+            .node
+            .store
+            .model(&model_id)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no model {model_id:?} on {}",
+                    self.node.config.party
+                ))
+            })?;
+        Ok(Response::new(proto::Model {
+            summary: Some(summary_proto(&model)),
+            part_json: model.part_json,
+            report_json: model.report_json,
+        }))
+    }
+}

@@ -1,0 +1,174 @@
+//! Job specs: what a modeller submits (`unseen train job.toml`).
+//!
+//! ```toml
+//! model_id = "sme-credit-2026q4"
+//! dataset = "bank"                 # the guest's dataset (with the label column)
+//!
+//! [[hosts]]                        # in residual-chain order
+//! party = "tax"
+//! dataset = "tax"
+//!
+//! [[hosts]]
+//! party = "utilities"
+//! dataset = "utilities"
+//!
+//! [train]                          # fedlearn::TrainConfig; omitted fields take defaults
+//! max_epochs = 20
+//! batch_size = 8192                # omit for full batch
+//! learning_rate = 0.1
+//! optimizer = { kind = "adam", beta1 = 0.9, beta2 = 0.999 }
+//! schedule = { kind = "inverse_time", decay = 0.05 }
+//! early_stopping = { kind = "loss", patience = 3, min_delta = 1e-4 }
+//! validation_fraction = 0.2
+//! ```
+//!
+//! Without `train.seed` the node draws one (it orders batches and splits validation rows; it
+//! is not a key) and records it in the report.
+
+use std::collections::BTreeSet;
+
+use fedlearn::TrainConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::config::check_name;
+use crate::error::NodeError;
+
+/// One host of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// The host's party name (a peer of the guest).
+    pub party: String,
+    /// The host's dataset name (in the host's configuration).
+    pub dataset: String,
+}
+
+/// A training job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Model id (unique on every party).
+    pub model_id: String,
+    /// The guest's dataset.
+    pub dataset: String,
+    /// Hosts in chain order.
+    pub hosts: Vec<HostSpec>,
+    /// Training settings, seed filled in.
+    pub train: TrainConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    #[serde(default = "default_kind")]
+    kind: String,
+    model_id: String,
+    dataset: String,
+    hosts: Vec<HostSpec>,
+    #[serde(default)]
+    train: Option<toml::Table>,
+}
+
+fn default_kind() -> String {
+    "train".into()
+}
+
+impl JobSpec {
+    /// Parses and checks a job spec; errors name the line and key.
+    pub fn parse(text: &str) -> Result<JobSpec, NodeError> {
+        let raw: RawSpec = toml::from_str(text).map_err(|e| NodeError::Spec(e.to_string()))?;
+        if raw.kind != "train" {
+            return Err(NodeError::Spec(format!(
+                "kind: {:?} is not a job kind (known: train)",
+                raw.kind
+            )));
+        }
+        check_name("model_id", &raw.model_id).map_err(NodeError::Spec)?;
+        check_name("dataset", &raw.dataset).map_err(NodeError::Spec)?;
+        if raw.hosts.is_empty() {
+            return Err(NodeError::Spec("hosts: at least one host is needed".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, host) in raw.hosts.iter().enumerate() {
+            check_name(&format!("hosts[{i}].party"), &host.party).map_err(NodeError::Spec)?;
+            check_name(&format!("hosts[{i}].dataset"), &host.dataset).map_err(NodeError::Spec)?;
+            if !seen.insert(host.party.as_str()) {
+                return Err(NodeError::Spec(format!(
+                    "hosts[{i}].party: {:?} is listed twice",
+                    host.party
+                )));
+            }
+        }
+        let table = raw.train.unwrap_or_default();
+        let has_seed = table.contains_key("seed");
+        let mut train: TrainConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| NodeError::Spec(format!("train: {}", e.message())))?;
+        if !has_seed {
+            train.seed = rand::random();
+        }
+        train
+            .validate()
+            .map_err(|e| NodeError::Spec(format!("train: {e}")))?;
+        Ok(JobSpec {
+            model_id: raw.model_id,
+            dataset: raw.dataset,
+            hosts: raw.hosts,
+            train,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+model_id = "m1"
+dataset = "bank"
+[[hosts]]
+party = "tax"
+dataset = "tax"
+[train]
+max_epochs = 3
+optimizer = { kind = "sgd", momentum = 0.5 }
+"#;
+
+    #[test]
+    fn a_spec_parses_with_defaults_and_a_drawn_seed() {
+        let spec = JobSpec::parse(SPEC).unwrap();
+        assert_eq!(spec.train.max_epochs, 3);
+        assert_eq!(
+            spec.train.learning_rate,
+            TrainConfig::default().learning_rate
+        );
+        let again = JobSpec::parse(SPEC).unwrap();
+        assert_ne!(
+            spec.train.seed, again.train.seed,
+            "seeds are drawn, not fixed"
+        );
+        let seeded = JobSpec::parse(&format!("{SPEC}seed = 7\n")).unwrap();
+        assert_eq!(seeded.train.seed, 7);
+    }
+
+    #[test]
+    fn bad_specs_name_the_key() {
+        let cases = [
+            (SPEC.replace("max_epochs = 3", "max_epoch = 3"), "max_epoch"),
+            (SPEC.replace("dataset = \"bank\"", ""), "dataset"),
+            (
+                SPEC.replace("max_epochs = 3", "max_epochs = 0"),
+                "max_epochs",
+            ),
+            (SPEC.replace("\"sgd\"", "\"lbfgs\""), "lbfgs"),
+            (format!("kind = \"score\"\n{SPEC}"), "kind"),
+            (
+                SPEC.replace("party = \"tax\"", "party = \"t a x\""),
+                "hosts[0].party",
+            ),
+        ];
+        for (text, key) in cases {
+            let error = JobSpec::parse(&text).unwrap_err().to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The node's embedded store (redb, one file under the data directory): jobs with their event
+//! history, and this node's model parts with their reports. Records are JSON, so a later
+//! version can read them; every update is one committed transaction.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::NodeError;
+
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
+
+/// Metrics of one evaluation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRecord {
+    /// Area under the ROC curve.
+    pub auc: f64,
+    /// Kolmogorov–Smirnov statistic.
+    pub ks: f64,
+    /// Log-loss.
+    pub log_loss: f64,
+    /// Accuracy at 0.5.
+    pub accuracy: f64,
+}
+
+impl From<&fedlearn::Metrics> for MetricsRecord {
+    fn from(m: &fedlearn::Metrics) -> Self {
+        MetricsRecord {
+            auc: m.auc,
+            ks: m.ks,
+            log_loss: m.log_loss,
+            accuracy: m.accuracy,
+        }
+    }
+}
+
+/// One progress event of a job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Job state after the event.
+    pub state: String,
+    /// Detail.
+    pub message: String,
+    /// Epoch (training).
+    pub epoch: u32,
+    /// Training metrics (guest).
+    pub train: Option<MetricsRecord>,
+    /// Validation metrics (guest).
+    pub validation: Option<MetricsRecord>,
+    /// Bytes sent by this node in the job so far.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Rows after PSI.
+    pub aligned_rows: u64,
+    /// PSI progress in [0, 1].
+    pub psi_progress: f64,
+    /// Time.
+    pub unix_ms: i64,
+}
+
+/// A job as this node saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id (32 hex digits).
+    pub job_id: String,
+    /// Kind ("train").
+    pub kind: String,
+    /// "guest" or "host".
+    pub role: String,
+    /// "queued", "psi", "training", "succeeded", "failed", "cancelled".
+    pub state: String,
+    /// Model trained.
+    pub model_id: String,
+    /// Failure or cancellation reason.
+    pub error: String,
+    /// Creation time.
+    pub created_unix_ms: i64,
+    /// Last update.
+    pub updated_unix_ms: i64,
+    /// Guest (on a host) or hosts (on the guest).
+    pub peers: Vec<String>,
+    /// This node's dataset.
+    pub dataset: String,
+    /// Epochs requested.
+    pub max_epochs: u32,
+    /// Every event so far.
+    pub events: Vec<EventRecord>,
+}
+
+impl JobRecord {
+    /// Whether the job has ended.
+    pub fn is_final(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+
+    /// The last event, if any.
+    pub fn last(&self) -> Option<&EventRecord> {
+        self.events.last()
+    }
+}
+
+/// This node's part of a trained model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Model id.
+    pub model_id: String,
+    /// Job that trained it.
+    pub job_id: String,
+    /// "guest" or "host".
+    pub role: String,
+    /// Number of this node's features.
+    pub features: u32,
+    /// Creation time.
+    pub created_unix_ms: i64,
+    /// fedlearn's ModelPart JSON.
+    pub part_json: String,
+    /// Training report JSON.
+    pub report_json: String,
+}
+
+/// The store.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/unseen.redb`.
+    pub fn open(data_dir: &Path) -> Result<Store, NodeError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| NodeError::io(data_dir, e))?;
+        let path = data_dir.join("unseen.redb");
+        let db = Database::create(&path).map_err(|e| NodeError::Store {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let store = Store { db, path };
+        store.write(|txn| {
+            txn.open_table(JOBS)?;
+            txn.open_table(MODELS)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> NodeError {
+        NodeError::Store {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), NodeError> {
+        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        f(&txn).map_err(|e| self.error(e))?;
+        txn.commit().map_err(|e| self.error(e))
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), NodeError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| self.error(e))?;
+        self.write(|txn| {
+            txn.open_table(table)?.insert(key, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, NodeError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(table).map_err(|e| self.error(e))?;
+        match table.get(key).map_err(|e| self.error(e))? {
+            Some(value) => serde_json::from_slice(value.value())
+                .map(Some)
+                .map_err(|e| self.error(format!("record {key:?}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, NodeError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(table).map_err(|e| self.error(e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.error(e))? {
+            let (key, value) = entry.map_err(|e| self.error(e))?;
+            out.push(
+                serde_json::from_slice(value.value())
+                    .map_err(|e| self.error(format!("record {:?}: {e}", key.value())))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Writes a job record.
+    pub fn put_job(&self, job: &JobRecord) -> Result<(), NodeError> {
+        self.put(JOBS, &job.job_id, job)
+    }
+
+    /// Reads a job record.
+    pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, NodeError> {
+        self.get(JOBS, job_id)
+    }
+
+    /// Every job, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, NodeError> {
+        let mut jobs: Vec<JobRecord> = self.all(JOBS)?;
+        jobs.sort_by_key(|j| j.created_unix_ms);
+        Ok(jobs)
+    }
+
+    /// Writes a model record (refusing to replace an existing model).
+    pub fn put_model(&self, model: &ModelRecord) -> Result<(), NodeError> {
+        if self.model(&model.model_id)?.is_some() {
+            return Err(self.error(format!("model {:?} already exists", model.model_id)));
+        }
+        self.put(MODELS, &model.model_id, model)
+    }
+
+    /// Reads a model record.
+    pub fn model(&self, model_id: &str) -> Result<Option<ModelRecord>, NodeError> {
+        self.get(MODELS, model_id)
+    }
+
+    /// Every model, oldest first.
+    pub fn models(&self) -> Result<Vec<ModelRecord>, NodeError> {
+        let mut models: Vec<ModelRecord> = self.all(MODELS)?;
+        models.sort_by_key(|m| m.created_unix_ms);
+        Ok(models)
+    }
+
+    /// Marks every job a restart interrupted as failed; returns their ids.
+    pub fn fail_interrupted(&self) -> Result<Vec<String>, NodeError> {
+        let mut failed = Vec::new();
+        for mut job in self.jobs()? {
+            if job.is_final() {
+                continue;
+            }
+            let now = crate::now_ms();
+            job.state = "failed".into();
+            job.error = "interrupted by a restart of the node (resuming is not supported)".into();
+            job.updated_unix_ms = now;
+            let mut event = job.last().cloned().unwrap_or_default();
+            event.state = job.state.clone();
+            event.message = job.error.clone();
+            event.unix_ms = now;
+            job.events.push(event);
+            self.put_job(&job)?;
+            failed.push(job.job_id);
+        }
+        Ok(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening_and_interrupted_jobs_are_failed() {
+        let dir = std::env::temp_dir().join(format!("unseen-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let store = Store::open(&dir).unwrap();
+            for (id, state) in [("a", "training"), ("b", "succeeded")] {
+                store
+                    .put_job(&JobRecord {
+                        job_id: id.into(),
+                        state: state.into(),
+                        ..JobRecord::default()
+                    })
+                    .unwrap();
+            }
+            let model = ModelRecord {
+                model_id: "m".into(),
+                job_id: "b".into(),
+                role: "guest".into(),
+                features: 3,
+                created_unix_ms: 1,
+                part_json: "{}".into(),
+                report_json: "{}".into(),
+            };
+            store.put_model(&model).unwrap();
+            assert!(
+                store.put_model(&model).is_err(),
+                "a model is never replaced"
+            );
+        }
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.fail_interrupted().unwrap(), vec!["a".to_string()]);
+        let a = store.job("a").unwrap().unwrap();
+        assert_eq!(a.state, "failed");
+        assert!(a.error.contains("restart"), "{}", a.error);
+        assert_eq!(store.job("b").unwrap().unwrap().state, "succeeded");
+        assert_eq!(store.models().unwrap()[0].features, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,515 @@
+//! Three real nodes (bank as guest, tax bureau and utility company as hosts) in one process,
+//! over loopback gRPC with mutual TLS and certificates from `unseen cert`; the modeller's
+//! side is the real `unseen` binary.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use fedlearn::{GuestJob, HostJob, Missing, Table, TrainConfig};
+use node::config::NodeConfig;
+use node::RunningNode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const HOSTS: [&str; 2] = ["tax", "utilities"];
+
+struct Federation {
+    dir: PathBuf,
+    nodes: HashMap<&'static str, RunningNode>,
+    proxy_drops: Arc<AtomicUsize>,
+}
+
+fn free_port() -> SocketAddr {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("unseen-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Reads the FATE credit data split: the bank keeps its columns and labels minus every 53rd
+/// row; tax holds the first half of the host columns minus every 71st row, utilities the rest
+/// minus every 97th row, in reverse order — so PSI has work to do.
+fn write_datasets(dir: &Path) {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("{}/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let guest = read("default_credit_hetero_guest.csv");
+    let host = read("default_credit_hetero_host.csv");
+    let keep = |text: &str, every: usize| -> Vec<String> {
+        text.lines()
+            .enumerate()
+            .filter(|(i, _)| *i == 0 || i % every != 0)
+            .map(|(_, l)| l.to_owned())
+            .collect()
+    };
+    std::fs::write(dir.join("bank.csv"), keep(&guest, 53).join("\n")).unwrap();
+    let host_lines = keep(&host, 71);
+    let width = host_lines[0].split(',').count() - 1;
+    let half = width.div_ceil(2);
+    let columns = |line: &str, range: std::ops::Range<usize>| -> String {
+        let cells: Vec<&str> = line.split(',').collect();
+        std::iter::once(cells[0])
+            .chain(cells[1 + range.start..1 + range.end].iter().copied())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let tax: Vec<String> = host_lines.iter().map(|l| columns(l, 0..half)).collect();
+    std::fs::write(dir.join("tax.csv"), tax.join("\n")).unwrap();
+    let mut utilities: Vec<String> = keep(&host, 97)
+        .iter()
+        .map(|l| columns(l, half..width))
+        .collect();
+    utilities[1..].reverse();
+    std::fs::write(dir.join("utilities.csv"), utilities.join("\n")).unwrap();
+    // A dataset the utilities' policy does not share.
+    std::fs::write(dir.join("meters.csv"), utilities.join("\n")).unwrap();
+}
+
+/// A node's configuration: it listens on `listen` and reaches the others at `reach`.
+fn node_config(party: &str, listen: SocketAddr, reach: &HashMap<&str, SocketAddr>) -> String {
+    let mut peers = String::new();
+    for other in ["bank", "tax", "utilities"] {
+        if other != party {
+            peers.push_str(&format!(
+                "[[peers]]\nname = \"{other}\"\naddress = \"{}\"\n\n",
+                reach[other]
+            ));
+        }
+    }
+    let datasets = match party {
+        "bank" => "[datasets.bank]\npath = \"bank.csv\"\nid_column = \"id\"\nlabel_column = \"y\"\n".to_string(),
+        "tax" => "[datasets.tax]\npath = \"tax.csv\"\nid_column = \"id\"\n\n[[policy]]\npeer = \"bank\"\njobs = [\"train\"]\ndatasets = [\"tax\"]\n".to_string(),
+        _ => "[datasets.utilities]\npath = \"utilities.csv\"\nid_column = \"id\"\n\n[datasets.meters]\npath = \"meters.csv\"\nid_column = \"id\"\n\n[[policy]]\npeer = \"bank\"\njobs = [\"train\"]\ndatasets = [\"utilities\"]\n".to_string(),
+    };
+    format!(
+        "party = \"{party}\"\nlisten = \"{}\"\ndata_dir = \"state/{party}\"\nmetrics_listen = \"127.0.0.1:0\"\noperators = [\"modeller\"]\n\n[tls]\ncert = \"certs/{party}/node.crt\"\nkey = \"certs/{party}/node.key\"\nca = \"certs/{party}/ca.crt\"\n\n[federation]\nreceive_timeout_secs = 120\nbackoff_ms = 100\n\n{peers}{datasets}",
+        listen
+    )
+}
+
+/// A TCP relay to `target` that cuts its first connection once `cut_after` bytes went
+/// through it (the bytes already sent still arrive; the rest of that call fails).
+async fn flaky_proxy(target: SocketAddr, cut_after: usize, drops: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let armed = Arc::new(AtomicBool::new(true));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(target).await else {
+                continue;
+            };
+            let cut = armed.swap(false, Ordering::SeqCst);
+            let drops = drops.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let upstream = async {
+                    let mut buf = vec![0u8; 16384];
+                    let mut sent = 0;
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        sent += n;
+                        if cut && sent >= cut_after {
+                            drops.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                };
+                let downstream = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::select! {
+                    _ = upstream => {}
+                    _ = downstream => {}
+                }
+            });
+        }
+    });
+    address
+}
+
+impl Federation {
+    /// Certificates, datasets and configurations for three nodes; the bank reaches the tax
+    /// bureau through a relay that drops one connection when `drop_once` is set.
+    async fn start(name: &str, drop_once: bool) -> Federation {
+        let dir = temp_dir(name);
+        let names: Vec<String> = ["bank", "tax", "utilities", "modeller"]
+            .map(String::from)
+            .to_vec();
+        node::certs::init(&dir.join("certs"), &names).unwrap();
+        write_datasets(&dir);
+        let listen: HashMap<&str, SocketAddr> = ["bank", "tax", "utilities"]
+            .map(|p| (p, free_port()))
+            .into();
+        let mut reach = listen.clone();
+        let proxy_drops = Arc::new(AtomicUsize::new(0));
+        if drop_once {
+            let proxy = flaky_proxy(listen["tax"], 300_000, proxy_drops.clone()).await;
+            reach.insert("tax", proxy);
+        }
+        let mut nodes = HashMap::new();
+        for party in ["bank", "tax", "utilities"] {
+            let mut others = reach.clone();
+            if party == "tax" {
+                others = listen.clone();
+            }
+            let text = node_config(party, listen[party], &others);
+            let path = dir.join(format!("{party}.toml"));
+            std::fs::write(&path, &text).unwrap();
+            let config = NodeConfig::load(&path).unwrap();
+            nodes.insert(party, node::start(config).await.unwrap());
+        }
+        Federation {
+            dir,
+            nodes,
+            proxy_drops,
+        }
+    }
+
+    fn node_arg(&self, party: &str) -> String {
+        format!("{party}@{}", self.nodes[party].address)
+    }
+
+    /// Runs the `unseen` binary as the modeller; returns (success, stdout, stderr).
+    async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_unseen"));
+        command
+            .args(args)
+            .env("UNSEEN_IDENTITY", self.dir.join("certs/modeller"))
+            .env("UNSEEN_NODE", self.node_arg("bank"));
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn spec(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    async fn stop(self) {
+        for (_, node) in self.nodes {
+            node.shutdown().await.unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const TRAIN: &str = r#"
+model_id = "sme-credit"
+dataset = "bank"
+
+[[hosts]]
+party = "tax"
+dataset = "tax"
+
+[[hosts]]
+party = "utilities"
+dataset = "utilities"
+
+[train]
+max_epochs = 8
+batch_size = 8192
+learning_rate = 0.05
+seed = 11
+"#;
+
+/// The same job in fedlearn's in-process simulator, on the intersection computed in the
+/// clear (the test may; the nodes may not).
+fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
+    let load = |name: &str, label: Option<&str>| {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        Table::parse_csv(name, &text, "id", label, Missing::Reject).unwrap()
+    };
+    let bank = load("bank.csv", Some("y"));
+    let hosts = [load("tax.csv", None), load("utilities.csv", None)];
+    let index: Vec<HashMap<&str, usize>> = hosts
+        .iter()
+        .map(|t| {
+            t.ids()
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), i))
+                .collect()
+        })
+        .collect();
+    let rows: Vec<usize> = (0..bank.rows())
+        .filter(|&r| index.iter().all(|m| m.contains_key(bank.ids()[r].as_str())))
+        .collect();
+    let host_jobs = hosts
+        .iter()
+        .zip(&index)
+        .zip(HOSTS)
+        .map(|((table, map), party)| HostJob {
+            party: party.into(),
+            guest: "bank".into(),
+            table: table
+                .select_rows(
+                    &rows
+                        .iter()
+                        .map(|&r| map[bank.ids()[r].as_str()])
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap(),
+        })
+        .collect();
+    let guest = GuestJob {
+        party: "bank".into(),
+        model_id: "reference".into(),
+        table: bank.select_rows(&rows).unwrap(),
+        hosts: HOSTS.map(String::from).to_vec(),
+        config: config.clone(),
+    };
+    let run = fedlearn::simulate(guest, host_jobs, false, &mut |_| {}).unwrap();
+    run.guest.history[run.guest.best_epoch - 1].train.auc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_connection() {
+    let federation = Federation::start("train", true).await;
+    let spec = federation.spec("job.toml", TRAIN);
+    let (ok, stdout, stderr) = federation.cli(&["train", "--json", &spec]).await;
+    assert!(ok, "unseen train failed:\n{stderr}\n{stdout}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let status = lines.last().unwrap();
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert!(lines
+        .iter()
+        .any(|e| e["state"] == "psi" && e["psi_progress"].as_f64() > Some(0.0)));
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|e| e["state"] == "training" && e["epoch"].as_u64() > Some(0))
+            .count(),
+        8
+    );
+
+    // PSI found the rows all three hold.
+    let expected_rows = (1..=30000usize)
+        .filter(|i| i % 53 != 0 && i % 71 != 0 && i % 97 != 0)
+        .count();
+    assert_eq!(
+        status["aligned_rows"].as_u64().unwrap() as usize,
+        expected_rows
+    );
+
+    // The connection was cut mid-job, the bank retried, and the retry changed nothing.
+    assert_eq!(federation.proxy_drops.load(Ordering::SeqCst), 1);
+    let bank = &federation.nodes["bank"].state;
+    let errors = bank.metrics.render();
+    assert!(
+        errors.contains("unseen_peer_call_errors_total{peer=\"tax\""),
+        "{errors}"
+    );
+
+    let auc = status["train"]["auc"].as_f64().unwrap();
+    let config = TrainConfig {
+        max_epochs: 8,
+        batch_size: Some(8192),
+        learning_rate: 0.05,
+        seed: 11,
+        ..TrainConfig::default()
+    };
+    config.validate().unwrap();
+    let reference = simulated_auc(&federation.dir, &config);
+    assert!(
+        (auc - reference).abs() < 1e-3,
+        "nodes {auc} vs simulator {reference}"
+    );
+    assert!(auc > 0.7, "{auc}");
+
+    // Every party stored its own part, and only its own features.
+    for (party, features) in [("bank", 13), ("tax", 5), ("utilities", 5)] {
+        let model = federation.nodes[party]
+            .state
+            .store
+            .model("sme-credit")
+            .unwrap()
+            .unwrap();
+        let part = fedlearn::ModelPart::from_json(party, &model.part_json).unwrap();
+        assert_eq!(part.party, party);
+        assert_eq!(part.features.len(), features, "{party}");
+    }
+    let (ok, shown, _) = federation.cli(&["model", "show", "sme-credit"]).await;
+    assert!(ok && shown.contains("\"history\""), "{shown}");
+
+    // Metrics endpoint.
+    let address = federation.nodes["bank"].metrics_address.unwrap();
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    assert!(
+        body.contains("unseen_jobs_total{role=\"guest\",state=\"succeeded\"} 1"),
+        "{body}"
+    );
+    federation.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
+    let federation = Federation::start("refusals", false).await;
+
+    // A host whose policy does not share the dataset refuses; the CLI says why.
+    let forbidden = federation.spec(
+        "forbidden.toml",
+        &TRAIN.replace("dataset = \"utilities\"", "dataset = \"meters\""),
+    );
+    let (ok, _, stderr) = federation.cli(&["train", &forbidden]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("utilities")
+            && stderr.contains("does not let bank run train jobs on dataset \"meters\""),
+        "{stderr}"
+    );
+    assert!(federation.nodes["utilities"]
+        .state
+        .metrics
+        .render()
+        .contains("unseen_refused_total{reason=\"policy\"} 1"));
+
+    // A malformed spec and an unknown dataset are refused before anything starts.
+    let malformed = federation.spec("malformed.toml", &TRAIN.replace("max_epochs", "max_epoch"));
+    let (ok, _, stderr) = federation.cli(&["train", &malformed]).await;
+    assert!(
+        !ok && stderr.contains("max_epoch") && stderr.contains("malformed.toml"),
+        "{stderr}"
+    );
+    let missing = federation.spec(
+        "missing.toml",
+        &TRAIN.replacen("dataset = \"bank\"", "dataset = \"loans\"", 1),
+    );
+    let (ok, _, stderr) = federation.cli(&["job", "submit", &missing]).await;
+    assert!(
+        !ok && stderr.contains("\"loans\" is not a dataset of bank"),
+        "{stderr}"
+    );
+
+    // An operator certificate from another CA is refused in the handshake and counted.
+    let rogue = federation.dir.join("rogue");
+    node::certs::init(&rogue, &["modeller".to_string()]).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_unseen"));
+    command
+        .args(["job", "list", "--identity"])
+        .arg(rogue.join("modeller"))
+        .args(["--node", &federation.node_arg("bank")]);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let text = federation.nodes["bank"].state.metrics.render();
+    assert!(
+        text.contains("unseen_refused_total{reason=\"tls\"}"),
+        "{text}"
+    );
+
+    // A certificate from the right CA but for another name cannot speak for the bank.
+    node::certs::issue(&federation.dir.join("certs"), &["mallory".to_string()]).unwrap();
+    let channel = node::cli::channel(
+        &federation.node_arg("tax"),
+        &federation.dir.join("certs/mallory"),
+    )
+    .await
+    .unwrap();
+    let mut client = node::proto::federation_client::FederationClient::new(channel);
+    let error = client
+        .propose(node::proto::JobProposal {
+            version: node::FEDERATION_VERSION,
+            job_id: "0".repeat(32),
+            kind: "train".into(),
+            guest: "bank".into(),
+            dataset: "tax".into(),
+            hosts: vec!["tax".into()],
+            model_id: "stolen".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error}");
+    assert!(
+        error.message().contains("not valid for \"bank\""),
+        "{error}"
+    );
+    // Nor use the jobs service, which is for operators.
+    let (ok, _, _) = federation.cli(&["job", "list"]).await;
+    assert!(ok, "the modeller may list jobs");
+    let channel = node::cli::channel(
+        &federation.node_arg("bank"),
+        &federation.dir.join("certs/mallory"),
+    )
+    .await
+    .unwrap();
+    let error = node::proto::jobs_client::JobsClient::new(channel)
+        .list(node::proto::ListJobsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::PermissionDenied);
+
+    // The refused job is on record as failed, with the host's reason.
+    let (ok, listed, _) = federation.cli(&["job", "list", "--json"]).await;
+    assert!(ok);
+    let jobs: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    assert_eq!(jobs[0]["state"], "failed");
+    assert!(jobs[0]["error"].as_str().unwrap().contains("meters"));
+    federation.stop().await;
+}
+
+#[test]
+fn configuration_errors_name_the_key_or_file() {
+    let dir = temp_dir("config");
+    node::certs::init(&dir.join("certs"), &["bank".to_string()]).unwrap();
+    let base = "party = \"bank\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[tls]\ncert = \"certs/bank/node.crt\"\nkey = \"certs/bank/node.key\"\nca = \"certs/bank/ca.crt\"\n";
+    let path = dir.join("node.toml");
+    let cases = [
+        (format!("{base}colour = \"blue\"\n"), "colour"),
+        (base.replace("node.key", "gone.key"), "tls.key"),
+        (
+            format!("{base}[datasets.bank]\npath = \"nowhere.csv\"\nid_column = \"id\"\n"),
+            "datasets.bank.path",
+        ),
+        (
+            format!("{base}[[policy]]\npeer = \"tax\"\njobs = [\"train\"]\ndatasets = []\n"),
+            "policy[0].peer",
+        ),
+    ];
+    for (text, key) in cases {
+        std::fs::write(&path, text).unwrap();
+        let error = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains(key) && error.contains("node.toml"),
+            "{key}: {error}"
+        );
+    }
+    std::fs::write(&path, base).unwrap();
+    NodeConfig::load(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
