@@ -3,7 +3,7 @@
 //! side is the real `unseen` binary.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,91 +11,14 @@ use std::sync::Arc;
 
 use fedlearn::{GuestJob, HostJob, Missing, Table, TrainConfig};
 use node::config::NodeConfig;
-use node::RunningNode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const HOSTS: [&str; 2] = ["tax", "utilities"];
+use unseen::local::{LocalFederation, Plan, HOSTS};
 
 struct Federation {
+    inner: LocalFederation,
     dir: PathBuf,
-    nodes: HashMap<&'static str, RunningNode>,
     proxy_drops: Arc<AtomicUsize>,
-}
-
-fn free_port() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("unseen-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Reads the FATE credit data split: the bank keeps its columns and labels minus every 53rd
-/// row; tax holds the first half of the host columns minus every 71st row, utilities the rest
-/// minus every 97th row, in reverse order — so PSI has work to do.
-fn write_datasets(dir: &Path) {
-    let read = |name: &str| {
-        std::fs::read_to_string(format!("{}/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-    };
-    let guest = read("default_credit_hetero_guest.csv");
-    let host = read("default_credit_hetero_host.csv");
-    let keep = |text: &str, every: usize| -> Vec<String> {
-        text.lines()
-            .enumerate()
-            .filter(|(i, _)| *i == 0 || i % every != 0)
-            .map(|(_, l)| l.to_owned())
-            .collect()
-    };
-    std::fs::write(dir.join("bank.csv"), keep(&guest, 53).join("\n")).unwrap();
-    let host_lines = keep(&host, 71);
-    let width = host_lines[0].split(',').count() - 1;
-    let half = width.div_ceil(2);
-    let columns = |line: &str, range: std::ops::Range<usize>| -> String {
-        let cells: Vec<&str> = line.split(',').collect();
-        std::iter::once(cells[0])
-            .chain(cells[1 + range.start..1 + range.end].iter().copied())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let tax: Vec<String> = host_lines.iter().map(|l| columns(l, 0..half)).collect();
-    std::fs::write(dir.join("tax.csv"), tax.join("\n")).unwrap();
-    let mut utilities: Vec<String> = keep(&host, 97)
-        .iter()
-        .map(|l| columns(l, half..width))
-        .collect();
-    utilities[1..].reverse();
-    std::fs::write(dir.join("utilities.csv"), utilities.join("\n")).unwrap();
-    // A dataset the utilities' policy does not share.
-    std::fs::write(dir.join("meters.csv"), utilities.join("\n")).unwrap();
-}
-
-/// A node's configuration: it listens on `listen` and reaches the others at `reach`.
-fn node_config(party: &str, listen: SocketAddr, reach: &HashMap<&str, SocketAddr>) -> String {
-    let mut peers = String::new();
-    for other in ["bank", "tax", "utilities"] {
-        if other != party {
-            peers.push_str(&format!(
-                "[[peers]]\nname = \"{other}\"\naddress = \"{}\"\n\n",
-                reach[other]
-            ));
-        }
-    }
-    let datasets = match party {
-        "bank" => "[datasets.bank]\npath = \"bank.csv\"\nid_column = \"id\"\nlabel_column = \"y\"\n".to_string(),
-        "tax" => "[datasets.tax]\npath = \"tax.csv\"\nid_column = \"id\"\n\n[[policy]]\npeer = \"bank\"\njobs = [\"train\"]\ndatasets = [\"tax\"]\n".to_string(),
-        _ => "[datasets.utilities]\npath = \"utilities.csv\"\nid_column = \"id\"\n\n[datasets.meters]\npath = \"meters.csv\"\nid_column = \"id\"\n\n[[policy]]\npeer = \"bank\"\njobs = [\"train\"]\ndatasets = [\"utilities\"]\n".to_string(),
-    };
-    format!(
-        "party = \"{party}\"\nlisten = \"{}\"\ndata_dir = \"state/{party}\"\nmetrics_listen = \"127.0.0.1:0\"\noperators = [\"modeller\"]\n\n[tls]\ncert = \"certs/{party}/node.crt\"\nkey = \"certs/{party}/node.key\"\nca = \"certs/{party}/ca.crt\"\n\n[federation]\nreceive_timeout_secs = 120\nbackoff_ms = 100\n\n{peers}{datasets}",
-        listen
-    )
 }
 
 /// A TCP relay to `target` that cuts its first connection once `cut_after` bytes went
@@ -146,45 +69,32 @@ async fn flaky_proxy(target: SocketAddr, cut_after: usize, drops: Arc<AtomicUsiz
 }
 
 impl Federation {
-    /// Certificates, datasets and configurations for three nodes; the bank reaches the tax
-    /// bureau through a relay that drops one connection when `drop_once` is set.
+    /// Three nodes; the others reach the tax bureau through a relay that drops one
+    /// connection when `drop_once` is set.
     async fn start(name: &str, drop_once: bool) -> Federation {
-        let dir = temp_dir(name);
-        let names: Vec<String> = ["bank", "tax", "utilities", "modeller"]
-            .map(String::from)
-            .to_vec();
-        node::certs::init(&dir.join("certs"), &names).unwrap();
-        write_datasets(&dir);
-        let listen: HashMap<&str, SocketAddr> = ["bank", "tax", "utilities"]
-            .map(|p| (p, free_port()))
-            .into();
-        let mut reach = listen.clone();
+        let dir = std::env::temp_dir().join(format!("unseen-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        let mut plan = Plan::prepare(&dir, &data).unwrap();
+        plan.federation = "receive_timeout_secs = 120\nbackoff_ms = 100\nretries = 3\n".into();
         let proxy_drops = Arc::new(AtomicUsize::new(0));
         if drop_once {
-            let proxy = flaky_proxy(listen["tax"], 300_000, proxy_drops.clone()).await;
-            reach.insert("tax", proxy);
-        }
-        let mut nodes = HashMap::new();
-        for party in ["bank", "tax", "utilities"] {
-            let mut others = reach.clone();
-            if party == "tax" {
-                others = listen.clone();
-            }
-            let text = node_config(party, listen[party], &others);
-            let path = dir.join(format!("{party}.toml"));
-            std::fs::write(&path, &text).unwrap();
-            let config = NodeConfig::load(&path).unwrap();
-            nodes.insert(party, node::start(config).await.unwrap());
+            let proxy = flaky_proxy(plan.listen["tax"], 300_000, proxy_drops.clone()).await;
+            plan.reach.insert("tax".into(), proxy);
         }
         Federation {
+            inner: plan.start().await.unwrap(),
             dir,
-            nodes,
             proxy_drops,
         }
     }
 
     fn node_arg(&self, party: &str) -> String {
-        format!("{party}@{}", self.nodes[party].address)
+        self.inner.node_arg(party)
+    }
+
+    fn state(&self, party: &str) -> &node::jobs::NodeState {
+        &self.inner.nodes[party].state
     }
 
     /// Runs the `unseen` binary as the modeller; returns (success, stdout, stderr).
@@ -192,7 +102,7 @@ impl Federation {
         let mut command = Command::new(env!("CARGO_BIN_EXE_unseen"));
         command
             .args(args)
-            .env("UNSEEN_IDENTITY", self.dir.join("certs/modeller"))
+            .env("UNSEEN_IDENTITY", self.inner.modeller())
             .env("UNSEEN_NODE", self.node_arg("bank"));
         let output = tokio::task::spawn_blocking(move || command.output().unwrap())
             .await
@@ -211,9 +121,7 @@ impl Federation {
     }
 
     async fn stop(self) {
-        for (_, node) in self.nodes {
-            node.shutdown().await.unwrap();
-        }
+        self.inner.stop().await.unwrap();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -311,9 +219,7 @@ async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_
     );
 
     // PSI found the rows all three hold.
-    let expected_rows = (1..=30000usize)
-        .filter(|i| i % 53 != 0 && i % 71 != 0 && i % 97 != 0)
-        .count();
+    let expected_rows = unseen::local::aligned_rows_expected();
     assert_eq!(
         status["aligned_rows"].as_u64().unwrap() as usize,
         expected_rows
@@ -321,7 +227,7 @@ async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_
 
     // The connection was cut mid-job, the bank retried, and the retry changed nothing.
     assert_eq!(federation.proxy_drops.load(Ordering::SeqCst), 1);
-    let bank = &federation.nodes["bank"].state;
+    let bank = federation.state("bank");
     let errors = bank.metrics.render();
     assert!(
         errors.contains("unseen_peer_call_errors_total{peer=\"tax\""),
@@ -346,7 +252,7 @@ async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_
 
     // Every party stored its own part, and only its own features.
     for (party, features) in [("bank", 13), ("tax", 5), ("utilities", 5)] {
-        let model = federation.nodes[party]
+        let model = federation.inner.nodes[party]
             .state
             .store
             .model("sme-credit")
@@ -360,7 +266,7 @@ async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_
     assert!(ok && shown.contains("\"history\""), "{shown}");
 
     // Metrics endpoint.
-    let address = federation.nodes["bank"].metrics_address.unwrap();
+    let address = federation.inner.nodes["bank"].metrics_address.unwrap();
     let mut stream = TcpStream::connect(address).await.unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -377,7 +283,7 @@ async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
-    let federation = Federation::start("refusals", false).await;
+    let mut federation = Federation::start("refusals", false).await;
 
     // A host whose policy does not share the dataset refuses; the CLI says why.
     let forbidden = federation.spec(
@@ -391,7 +297,7 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
             && stderr.contains("does not let bank run train jobs on dataset \"meters\""),
         "{stderr}"
     );
-    assert!(federation.nodes["utilities"]
+    assert!(federation.inner.nodes["utilities"]
         .state
         .metrics
         .render()
@@ -426,7 +332,7 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
         .await
         .unwrap();
     assert!(!output.status.success());
-    let text = federation.nodes["bank"].state.metrics.render();
+    let text = federation.state("bank").metrics.render();
     assert!(
         text.contains("unseen_refused_total{reason=\"tls\"}"),
         "{text}"
@@ -480,12 +386,82 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
     assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
     assert_eq!(jobs[0]["state"], "failed");
     assert!(jobs[0]["error"].as_str().unwrap().contains("meters"));
+
+    // gRPC health answers for both services (grpcurl's health check uses this).
+    let channel = node::cli::channel(&federation.node_arg("bank"), &federation.inner.modeller())
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["unseen.v1.Federation", "unseen.v1.Jobs"] {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+
+    // A running job cancelled by the modeller stops on every node.
+    let long = federation.spec(
+        "long.toml",
+        &TRAIN
+            .replace("max_epochs = 8", "max_epochs = 500")
+            .replace("sme-credit", "long"),
+    );
+    let (ok, job, stderr) = federation.cli(&["job", "submit", &long]).await;
+    assert!(ok, "{stderr}");
+    let job = job.trim().to_string();
+    let bank = federation.state("bank");
+    while bank
+        .job(&job)
+        .unwrap()
+        .unwrap()
+        .events
+        .iter()
+        .all(|e| e.epoch == 0)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (ok, _, stderr) = federation.cli(&["job", "cancel", &job]).await;
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = federation.cli(&["job", "watch", &job]).await;
+    assert!(!ok && stderr.contains("cancelled"), "{stderr}");
+    for host in HOSTS {
+        let state = federation.state(host);
+        let record = loop {
+            let record = state.job(&job).unwrap().unwrap();
+            if record.is_final() {
+                break record;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(record.state, "failed", "{host}");
+        assert!(record.error.contains("bank"), "{host}: {}", record.error);
+        assert!(state.store.model("long").unwrap().is_none());
+    }
+
+    // A host that is down fails the job with a message naming it, after the retries.
+    let utilities = federation.inner.nodes.remove("utilities").unwrap();
+    utilities.shutdown().await.unwrap();
+    let again = federation.spec("again.toml", &TRAIN.replace("sme-credit", "again"));
+    let (ok, _, stderr) = federation.cli(&["train", &again]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("peer utilities: propose failed (after 4 attempts)"),
+        "{stderr}"
+    );
     federation.stop().await;
 }
 
 #[test]
 fn configuration_errors_name_the_key_or_file() {
-    let dir = temp_dir("config");
+    let dir = std::env::temp_dir().join(format!("unseen-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     node::certs::init(&dir.join("certs"), &["bank".to_string()]).unwrap();
     let base = "party = \"bank\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[tls]\ncert = \"certs/bank/node.crt\"\nkey = \"certs/bank/node.key\"\nca = \"certs/bank/ca.crt\"\n";
     let path = dir.join("node.toml");

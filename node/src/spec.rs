@@ -14,7 +14,7 @@
 //!
 //! [train]                          # fedlearn::TrainConfig; omitted fields take defaults
 //! max_epochs = 20
-//! batch_size = 8192                # omit for full batch
+//! batch_size = 8192                # rows per mini-batch, or "full"
 //! learning_rate = 0.1
 //! optimizer = { kind = "adam", beta1 = 0.9, beta2 = 0.999 }
 //! schedule = { kind = "inverse_time", decay = 0.05 }
@@ -98,13 +98,28 @@ impl JobSpec {
                 )));
             }
         }
-        let table = raw.train.unwrap_or_default();
+        let mut table = raw.train.unwrap_or_default();
         let has_seed = table.contains_key("seed");
+        let full_batch = match table.get("batch_size") {
+            Some(toml::Value::String(s)) if s == "full" => true,
+            Some(toml::Value::String(s)) => {
+                return Err(NodeError::Spec(format!(
+                    "train.batch_size: {s:?} is neither a number of rows nor \"full\""
+                )))
+            }
+            _ => false,
+        };
+        if full_batch {
+            table.remove("batch_size");
+        }
         let mut train: TrainConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| NodeError::Spec(format!("train: {}", e.message())))?;
         if !has_seed {
             train.seed = rand::random();
+        }
+        if full_batch {
+            train.batch_size = None;
         }
         train
             .validate()
@@ -148,6 +163,9 @@ optimizer = { kind = "sgd", momentum = 0.5 }
         );
         let seeded = JobSpec::parse(&format!("{SPEC}seed = 7\n")).unwrap();
         assert_eq!(seeded.train.seed, 7);
+        assert_eq!(spec.train.batch_size, TrainConfig::default().batch_size);
+        let full = JobSpec::parse(&format!("{SPEC}batch_size = \"full\"\n")).unwrap();
+        assert_eq!(full.train.batch_size, None);
     }
 
     #[test]

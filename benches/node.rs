@@ -1,0 +1,177 @@
+//! The cost of the node: one training job end to end (PSI + training) on three nodes over
+//! loopback gRPC with mutual TLS, against the same job in one process (psi's in-memory driver
+//! and fedlearn's simulator, every message still encoded and decoded).
+//!
+//! `cargo bench --bench node` prepares the three-party federation of `unseen::local` (bank,
+//! tax bureau, utility company; the credit data with ids that differ a little), then for each
+//! setting runs the job through the bank's jobs API and in process, three times each, and
+//! prints the median seconds, their ratio (the gRPC/TLS overhead; goal ≤ 1.2) and the bytes
+//! each party sent.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fedlearn::{GuestJob, HostJob, Missing, Table, TrainConfig};
+use psi::{DuplicatePolicy, GuestConfig, HostInput, IdColumn};
+use unseen::local::{LocalFederation, Plan, HOSTS, PARTIES};
+
+const RUNS: usize = 3;
+
+fn load(dir: &Path, name: &str, label: Option<&str>) -> Table {
+    let text = std::fs::read_to_string(dir.join(name)).expect("dataset");
+    Table::parse_csv(name, &text, "id", label, Missing::Reject).expect("table")
+}
+
+/// PSI with psi's in-memory driver, then fedlearn's simulator; returns the bytes each party
+/// sent.
+fn in_process(dir: &Path, config: &TrainConfig) -> BTreeMap<String, u64> {
+    let bank = load(dir, "bank.csv", Some("y"));
+    let hosts = [load(dir, "tax.csv", None), load(dir, "utilities.csv", None)];
+    let inputs = hosts
+        .iter()
+        .zip(HOSTS)
+        .map(|(table, name)| HostInput {
+            name: name.into(),
+            ids: IdColumn::from_ids(table.ids()).expect("ids"),
+            duplicates: DuplicatePolicy::Reject,
+        })
+        .collect();
+    let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+    let ids = IdColumn::from_ids(bank.ids()).expect("ids");
+    let outcome = psi::run_in_memory(ids, GuestConfig::default(), inputs, &mut |m| {
+        let from = if m.from == psi::GUEST { "bank" } else { m.from };
+        *sent.entry(from.to_string()).or_default() += m.payload.len() as u64;
+    })
+    .expect("psi");
+    let rows = |r: &[u32]| r.iter().map(|&i| i as usize).collect::<Vec<_>>();
+    let host_jobs = hosts
+        .iter()
+        .zip(HOSTS)
+        .zip(&outcome.hosts)
+        .map(|((table, party), out)| HostJob {
+            party: party.into(),
+            guest: "bank".into(),
+            table: table
+                .select_rows(&rows(&out.as_ref().expect("both sides").aligned_rows))
+                .expect("rows"),
+        })
+        .collect();
+    let guest = GuestJob {
+        party: "bank".into(),
+        model_id: "bench".into(),
+        table: bank
+            .select_rows(&rows(&outcome.guest.aligned_rows))
+            .expect("rows"),
+        hosts: HOSTS.map(String::from).to_vec(),
+        config: config.clone(),
+    };
+    let run = fedlearn::simulate(guest, host_jobs, true, &mut |_| {}).expect("training");
+    for (sender, bytes) in run.bytes_by_sender() {
+        *sent.entry(sender).or_default() += bytes as u64;
+    }
+    sent
+}
+
+/// The job through the bank's jobs API; returns the bytes each party sent.
+fn over_grpc(federation: &LocalFederation, spec: &str) -> BTreeMap<String, u64> {
+    let bank = &federation.nodes["bank"].state;
+    let record = bank.submit(spec).expect("submit");
+    let final_record = |party: &str| loop {
+        let job = federation.nodes[party]
+            .state
+            .job(&record.job_id)
+            .expect("job");
+        match job {
+            Some(job) if job.is_final() => break job,
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let mut sent = BTreeMap::new();
+    for party in PARTIES {
+        let job = final_record(party);
+        assert_eq!(job.state, "succeeded", "{party}: {}", job.error);
+        sent.insert(party.to_string(), job.last().map_or(0, |e| e.bytes_sent));
+    }
+    sent
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let dir = std::env::temp_dir().join(format!("unseen-bench-node-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let plan = Plan::prepare(&dir, &data).expect("prepare");
+    let federation = runtime.block_on(plan.start()).expect("start");
+    let settings = [
+        (
+            "full-batch",
+            "max_epochs = 10\nlearning_rate = 0.1\nbatch_size = \"full\"\n",
+        ),
+        (
+            "batch-8192",
+            "max_epochs = 3\nlearning_rate = 0.05\nbatch_size = 8192\n",
+        ),
+    ];
+    println!("credit data, bank + tax + utilities, PSI then training; median of {RUNS} runs");
+    println!(
+        "{:<12} {:>10} {:>10} {:>7}   bytes sent (nodes | in process)",
+        "setting", "nodes s", "in-proc s", "ratio"
+    );
+    let mut model = 0;
+    for (name, train) in settings {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let config = node::spec::JobSpec::parse(&format!(
+            "model_id = \"m\"\ndataset = \"bank\"\nhosts = [{{ party = \"tax\", dataset = \"tax\" }}]\n[train]\n{train}"
+        ))
+        .expect("spec")
+        .train;
+        let (mut grpc, mut local) = (Vec::new(), Vec::new());
+        let (mut grpc_bytes, mut local_bytes) = (BTreeMap::new(), BTreeMap::new());
+        for _ in 0..RUNS {
+            model += 1;
+            let spec = format!(
+                "model_id = \"bench-{model}\"\ndataset = \"bank\"\n[[hosts]]\nparty = \"tax\"\ndataset = \"tax\"\n\
+                 [[hosts]]\nparty = \"utilities\"\ndataset = \"utilities\"\n[train]\n{train}seed = 1\n"
+            );
+            let started = Instant::now();
+            grpc_bytes = over_grpc(&federation, &spec);
+            grpc.push(started.elapsed().as_secs_f64());
+            let started = Instant::now();
+            local_bytes = in_process(
+                &dir,
+                &TrainConfig {
+                    seed: 1,
+                    ..config.clone()
+                },
+            );
+            local.push(started.elapsed().as_secs_f64());
+        }
+        let (g, l) = (median(grpc), median(local));
+        let bytes: Vec<String> = PARTIES
+            .iter()
+            .map(|p| {
+                format!(
+                    "{p} {:.1} | {:.1} MB",
+                    grpc_bytes[*p] as f64 / 1e6,
+                    local_bytes[*p] as f64 / 1e6
+                )
+            })
+            .collect();
+        println!(
+            "{name:<12} {g:>10.2} {l:>10.2} {:>7.2}   {}",
+            g / l,
+            bytes.join(", ")
+        );
+    }
+    runtime.block_on(federation.stop()).expect("stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}
