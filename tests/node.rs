@@ -445,6 +445,68 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
         assert!(state.store.model("long").unwrap().is_none());
     }
 
+    // A proposal retried after a lost reply is accepted again; a clash of job ids is not.
+    // An abort from the guest then ends the host's job.
+    let channel = node::cli::channel(
+        &federation.node_arg("tax"),
+        &federation.dir.join("certs/bank"),
+    )
+    .await
+    .unwrap();
+    let mut as_bank = node::proto::federation_client::FederationClient::new(channel);
+    let proposal = node::proto::JobProposal {
+        version: node::FEDERATION_VERSION,
+        job_id: "ab".repeat(16),
+        kind: "train".into(),
+        guest: "bank".into(),
+        dataset: "tax".into(),
+        hosts: vec!["tax".into()],
+        model_id: "retried".into(),
+    };
+    for _ in 0..2 {
+        let reply = as_bank
+            .propose(proposal.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.accepted, "{}", reply.reason);
+    }
+    let clash = node::proto::JobProposal {
+        model_id: "other".into(),
+        ..proposal.clone()
+    };
+    let reply = as_bank.propose(clash).await.unwrap().into_inner();
+    assert!(
+        !reply.accepted && reply.reason.contains("already known"),
+        "{}",
+        reply.reason
+    );
+    let abort = node::proto::Chunk {
+        version: node::FEDERATION_VERSION,
+        job_id: proposal.job_id.clone(),
+        sender: "bank".into(),
+        seq: 0,
+        kind: "abort".into(),
+        index: 0,
+        count: 1,
+        total_bytes: 4,
+        data: b"test".to_vec(),
+    };
+    as_bank.deliver(tokio_stream::iter([abort])).await.unwrap();
+    let tax = federation.state("tax");
+    let record = loop {
+        let record = tax.job(&proposal.job_id).unwrap().unwrap();
+        if record.is_final() {
+            break record;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(
+        record.error.contains("bank stopped the job: test"),
+        "{}",
+        record.error
+    );
+
     // A host that is down fails the job with a message naming it, after the retries.
     let utilities = federation.inner.nodes.remove("utilities").unwrap();
     utilities.shutdown().await.unwrap();

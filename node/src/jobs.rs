@@ -259,10 +259,19 @@ impl NodeState {
                 ));
             }
         }
-        let known = self.live(&proposal.job_id).is_some()
-            || self.store.job(&proposal.job_id).ok().flatten().is_some();
-        if known {
-            return Err(format!("job {} is already known here", proposal.job_id));
+        if let Some(known) = self.job(&proposal.job_id).map_err(|e| e.to_string())? {
+            // A retried proposal (the first reply was lost) is accepted again; anything else
+            // reusing the id is refused.
+            let same = known.role == "host"
+                && known.peers == [proposal.guest.clone()]
+                && known.dataset == proposal.dataset
+                && known.model_id == proposal.model_id
+                && !known.is_final();
+            return if same {
+                Ok(())
+            } else {
+                Err(format!("job {} is already known here", proposal.job_id))
+            };
         }
         if self
             .store
