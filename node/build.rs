@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/unseen/v1/federation.proto",
         "proto/unseen/v1/jobs.proto",
+        "proto/unseen/v1/scoring.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

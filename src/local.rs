@@ -1,7 +1,7 @@
 //! A three-party federation on one machine: a bank (guest, with labels), a tax bureau and a
 //! utility company (hosts), each with its own certificate from a fresh CA (`unseen cert`), its
 //! own CSV derived from the credit data, its own configuration file and data directory, and
-//! a modeller identity for the CLI. Nodes listen on loopback ports chosen at preparation.
+//! a modeller identity for the CLI and a platform identity for scoring. Nodes listen on loopback ports chosen at preparation.
 //!
 //! The datasets differ a little in their ids, so PSI has work to do: the bank drops every
 //! 53rd row of the FATE guest table; the tax bureau holds the first half of the host columns
@@ -40,6 +40,10 @@ pub struct Plan {
     pub reach: BTreeMap<String, SocketAddr>,
     /// Extra lines of every node's `[federation]` table.
     pub federation: String,
+    /// Models the platform may score with at the bank.
+    pub scoring_models: Vec<String>,
+    /// The platform's rate limit (calls per second, and burst).
+    pub scoring_rate: f64,
 }
 
 /// A running federation.
@@ -70,7 +74,7 @@ impl Plan {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let names: Vec<String> = PARTIES
             .iter()
-            .chain(&["modeller"])
+            .chain(&["modeller", "platform"])
             .map(|s| s.to_string())
             .collect();
         node::certs::init(&dir.join("certs"), &names)?;
@@ -84,6 +88,8 @@ impl Plan {
             reach: listen.clone(),
             listen,
             federation: String::new(),
+            scoring_models: vec!["sme-credit".into()],
+            scoring_rate: 1000.0,
         })
     }
 
@@ -102,18 +108,31 @@ impl Plan {
                 self.reach[*other]
             ));
         }
+        if party == "bank" {
+            let models: Vec<String> = self
+                .scoring_models
+                .iter()
+                .map(|m| format!("{m:?}"))
+                .collect();
+            text.push_str(&format!(
+                "[[scoring.clients]]\nname = \"platform\"\nmodels = [{}]\ncalls_per_second = {:?}\nburst = {:?}\n\n",
+                models.join(", "),
+                self.scoring_rate,
+                self.scoring_rate
+            ));
+        }
         text.push_str(match party {
             "bank" => {
                 "[datasets.bank]\npath = \"bank.csv\"\nid_column = \"id\"\nlabel_column = \"y\"\n"
             }
             "tax" => {
                 "[datasets.tax]\npath = \"tax.csv\"\nid_column = \"id\"\n\n\
-                 [[policy]]\npeer = \"bank\"\njobs = [\"train\"]\ndatasets = [\"tax\"]\n"
+                 [[policy]]\npeer = \"bank\"\njobs = [\"train\", \"score\"]\ndatasets = [\"tax\"]\n"
             }
             _ => {
                 "[datasets.utilities]\npath = \"utilities.csv\"\nid_column = \"id\"\n\n\
                  [datasets.meters]\npath = \"meters.csv\"\nid_column = \"id\"\n\n\
-                 [[policy]]\npeer = \"bank\"\njobs = [\"train\"]\ndatasets = [\"utilities\"]\n"
+                 [[policy]]\npeer = \"bank\"\njobs = [\"train\", \"score\"]\ndatasets = [\"utilities\"]\n"
             }
         });
         text
@@ -141,6 +160,11 @@ impl LocalFederation {
     /// `--node` argument of a party: NAME@ADDRESS.
     pub fn node_arg(&self, party: &str) -> String {
         format!("{party}@{}", self.nodes[party].address)
+    }
+
+    /// The platform's identity directory (a scoring client of the bank).
+    pub fn platform(&self) -> PathBuf {
+        self.dir.join("certs/platform")
     }
 
     /// The modeller's identity directory (`--identity`).

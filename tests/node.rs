@@ -195,6 +195,16 @@ fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
     run.guest.history[run.guest.best_epoch - 1].train.auc
 }
 
+/// A node's audit records (read in process; the CLI path is exercised on the bank).
+async fn audit_lines(federation: &Federation, party: &str, job: &str) -> Vec<serde_json::Value> {
+    node::audit::records(&federation.state(party).store)
+        .unwrap()
+        .into_iter()
+        .filter(|r| job.is_empty() || r.job_id == job)
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_connection() {
     let federation = Federation::start("train", true).await;
@@ -264,6 +274,215 @@ async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_
     }
     let (ok, shown, _) = federation.cli(&["model", "show", "sme-credit"]).await;
     assert!(ok && shown.contains("\"history\""), "{shown}");
+
+    // Scoring: the platform gets p = σ(z_bank + z_tax + z_utilities) — equal to the
+    // plaintext joint probability of the stored parts — and per-id errors for ids a party
+    // lacks; the hosts' replies are masked, and the masks cancel only in the sum.
+    let guest_ids: Vec<String> = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/default_credit_hetero_guest.csv"),
+    )
+    .unwrap()
+    .lines()
+    .skip(1)
+    .map(|l| l.split(',').next().unwrap().to_string())
+    .collect();
+    // Line i of the file is guest_ids[i - 1]; the bank lacks every 53rd line, tax every 71st.
+    let known: Vec<String> = [1usize, 2, 3, 500, 29_999]
+        .iter()
+        .map(|&i| guest_ids[i - 1].clone())
+        .collect();
+    let (no_bank, no_tax) = (guest_ids[53 - 1].clone(), guest_ids[71 - 1].clone());
+    let mut ids = known.clone();
+    ids.extend([no_bank.clone(), no_tax.clone(), "nobody".to_string()]);
+    let mut args = vec!["score", "--json", "--model", "sme-credit", "--identity"];
+    let platform = federation.inner.platform().display().to_string();
+    args.push(&platform);
+    args.extend(ids.iter().map(String::as_str));
+    let (ok, scored, stderr) = federation.cli(&args).await;
+    assert!(ok, "{stderr}");
+    let scored: serde_json::Value = serde_json::from_str(&scored).unwrap();
+    let parts: Vec<fedlearn::ModelPart> = ["bank", "tax", "utilities"]
+        .iter()
+        .map(|p| {
+            let record = federation
+                .state(p)
+                .store
+                .model("sme-credit")
+                .unwrap()
+                .unwrap();
+            fedlearn::ModelPart::from_json(p, &record.part_json).unwrap()
+        })
+        .collect();
+    let partial = |k: usize, file: &str, id: &str| -> f64 {
+        let text = std::fs::read_to_string(federation.dir.join(file)).unwrap();
+        let label = (k == 0).then_some("y");
+        let table = Table::parse_csv(file, &text, "id", label, Missing::Reject).unwrap();
+        let row = table.ids().iter().position(|x| x == id).unwrap();
+        parts[k]
+            .partial_scores(&table.select_rows(&[row]).unwrap())
+            .unwrap()[0]
+    };
+    for (i, id) in known.iter().enumerate() {
+        let z = partial(0, "bank.csv", id)
+            + partial(1, "tax.csv", id)
+            + partial(2, "utilities.csv", id);
+        let expected = fedlearn::sigmoid(z);
+        let got = &scored[i];
+        assert_eq!(got["id"], id.as_str());
+        assert!(
+            (got["probability"].as_f64().unwrap() - expected).abs() < 1e-6,
+            "{got} vs {expected}"
+        );
+        let odds = (1.0 - expected) / expected;
+        let points = 600.0 + 20.0 / std::f64::consts::LN_2 * (odds / 50.0).ln();
+        assert!(
+            (got["points"].as_f64().unwrap() - points).abs() < 1e-3,
+            "{got}"
+        );
+        let band = if expected >= 0.5 {
+            "red"
+        } else if expected >= 0.2 {
+            "yellow"
+        } else {
+            "blue"
+        };
+        assert_eq!(got["band"], band);
+    }
+    assert!(
+        scored[5]["error"]
+            .as_str()
+            .unwrap()
+            .contains("bank: unknown id"),
+        "{scored}"
+    );
+    assert!(
+        scored[6]["error"]
+            .as_str()
+            .unwrap()
+            .contains("tax: unknown id"),
+        "{scored}"
+    );
+    assert!(
+        scored[7]["error"].as_str().unwrap().contains("unknown id"),
+        "{scored}"
+    );
+
+    // The Python client example gets the same scores (when python3 has grpcio and grpcio-tools).
+    let python = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output();
+    if python.is_ok_and(|o| o.status.success()) {
+        let mut command = Command::new("python3");
+        command
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/score.py"))
+            .args([
+                "--node",
+                &federation.node_arg("bank"),
+                "--identity",
+                &platform,
+                "--model",
+                "sme-credit",
+            ])
+            .args(&ids);
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let from_python: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(from_python.len(), ids.len());
+        for (a, b) in from_python.iter().zip(scored.as_array().unwrap()) {
+            assert_eq!(a["id"], b["id"]);
+            assert_eq!(a["band"], b["band"]);
+            if let Some(p) = b["probability"].as_f64() {
+                assert!((a["probability"].as_f64().unwrap() - p).abs() < 1e-12);
+            } else {
+                assert_eq!(a["error"], b["error"]);
+            }
+        }
+    } else {
+        println!("notice: skipped the Python client example: python3 with grpcio and grpcio-tools is not available");
+    }
+
+    // What the guest receives from each host, asked directly with the bank's certificate.
+    let mut masked = Vec::new();
+    for (k, host) in HOSTS.iter().enumerate() {
+        let channel = node::cli::channel(
+            &federation.node_arg(host),
+            &federation.dir.join("certs/bank"),
+        )
+        .await
+        .unwrap();
+        let reply = node::proto::federation_client::FederationClient::new(channel)
+            .partial_scores(node::proto::PartialScoresRequest {
+                version: node::FEDERATION_VERSION,
+                guest: "bank".into(),
+                model_id: "sme-credit".into(),
+                ids: known.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let file = format!("{host}.csv");
+        for (i, id) in known.iter().enumerate() {
+            let plain = (partial(k + 1, &file, id) * 4_294_967_296.0).round() as i64 as u64;
+            assert_ne!(
+                reply.masked[i], plain,
+                "{host} sent its partial score of {id} unmasked"
+            );
+        }
+        masked.push(reply.masked);
+    }
+    for (i, id) in known.iter().enumerate() {
+        let sum = masked[0][i].wrapping_add(masked[1][i]) as i64 as f64 / 4_294_967_296.0;
+        let plain = partial(1, "tax.csv", id) + partial(2, "utilities.csv", id);
+        assert!((sum - plain).abs() < 1e-6, "{id}: {sum} vs {plain}");
+    }
+    // The modeller is not a scoring client.
+    let mut args = vec!["score", "--model", "sme-credit"];
+    args.push(&known[0]);
+    let (ok, _, stderr) = federation.cli(&args).await;
+    assert!(
+        !ok && stderr.contains("names no scoring client"),
+        "{stderr}"
+    );
+
+    // The audit trail holds the job, its message kinds and the scoring call, and verifies.
+    let (ok, out, stderr) = federation.cli(&["audit", "verify"]).await;
+    assert!(ok && out.contains("intact"), "{out}{stderr}");
+    let job_id = status["job_id"].as_str().unwrap();
+    let (ok, out, _) = federation
+        .cli(&["audit", "show", "--json", "--job", job_id])
+        .await;
+    assert!(ok);
+    for needle in [
+        "job.submitted",
+        "job.proposed",
+        "job.accepted_by",
+        "fedlearn.residual",
+        "psi.points",
+        "job.ended",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from\n{out}");
+    }
+    let events: Vec<serde_json::Value> = audit_lines(&federation, "tax", "").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "score.partial" && e["detail"]["ids"] == 5),
+        "{events:?}"
+    );
+    let bank_events = audit_lines(&federation, "bank", "").await;
+    assert!(bank_events
+        .iter()
+        .any(|e| e["event"] == "score" && e["peer"] == "platform" && e["detail"]["ids"] == 8));
 
     // Metrics endpoint.
     let address = federation.inner.nodes["bank"].metrics_address.unwrap();

@@ -93,6 +93,13 @@ impl ModelPart {
 
     /// This party's share of z for every row of `table`, whose columns are matched by name.
     pub fn partial_scores(&self, table: &Table) -> Result<Vec<f64>, FedError> {
+        self.row_scores(table)?.into_iter().collect()
+    }
+
+    /// Like [`ModelPart::partial_scores`], but a row that cannot be scored (a missing value
+    /// under [`Missing::Reject`]) is an error of its own instead of failing every row. The
+    /// outer error is a column the model needs and the table lacks.
+    pub fn row_scores(&self, table: &Table) -> Result<Vec<Result<f64, FedError>>, FedError> {
         let at: Vec<usize> = self
             .features
             .iter()
@@ -109,7 +116,7 @@ impl ModelPart {
             .collect::<Result<_, _>>()?;
         let width = table.features();
         let intercept = self.intercept.unwrap_or(0.0);
-        (0..table.rows())
+        Ok((0..table.rows())
             .map(|row| {
                 let mut z = intercept;
                 for (f, &column) in self.features.iter().zip(&at) {
@@ -131,7 +138,7 @@ impl ModelPart {
                 }
                 Ok(z)
             })
-            .collect()
+            .collect())
     }
 }
 

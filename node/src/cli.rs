@@ -49,6 +49,22 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Scores ids with a model (as a platform: the identity must be a scoring client).
+    Score {
+        #[command(flatten)]
+        target: Target,
+        /// Model id.
+        #[arg(long)]
+        model: String,
+        /// Enterprise ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// The node's hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Creates a CA and certificates for a test federation.
     Cert {
         #[command(subcommand)]
@@ -123,6 +139,23 @@ enum ModelCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Checks the hash chain; exit status 1 and the first broken record if it does not hold.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Prints audit records.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// Only this job's records.
+        #[arg(long)]
+        job: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum CertCommand {
     /// Creates a CA in DIR and a certificate for each NAME (DIR/NAME/{ca.crt,node.crt,node.key}).
     Init {
@@ -177,6 +210,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
         }),
         Command::Job { command } => runtime()?.block_on(job_command(command)),
         Command::Model { command } => runtime()?.block_on(model_command(command)),
+        Command::Score { target, model, ids } => runtime()?.block_on(score(target, model, ids)),
+        Command::Audit { command } => runtime()?.block_on(audit_command(command)),
         Command::Cert { command } => {
             let (dir, names) = match &command {
                 CertCommand::Init { dir, names } => {
@@ -342,8 +377,9 @@ fn print_status(s: &proto::JobStatus) {
     }
 }
 
-/// Follows a job until it ends; prints progress bars (or JSON lines) and a summary.
-async fn follow(
+/// Follows a job until it ends; prints progress bars (or JSON lines) and a summary, and fails
+/// with the reason when the job does not succeed.
+pub async fn follow(
     client: &mut JobsClient<Channel>,
     job_id: &str,
     json: bool,
@@ -533,4 +569,101 @@ async fn model_command(command: ModelCommand) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn score(target: Target, model: String, ids: Vec<String>) -> Result<ExitCode, String> {
+    let channel = channel(&target.node, &target.identity).await?;
+    let reply = crate::proto::scoring_client::ScoringClient::new(channel)
+        .score(crate::proto::ScoreRequest {
+            model_id: model,
+            ids,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let band = |b: i32| match crate::proto::RiskBand::try_from(b) {
+        Ok(crate::proto::RiskBand::Red) => "red",
+        Ok(crate::proto::RiskBand::Yellow) => "yellow",
+        Ok(crate::proto::RiskBand::Blue) => "blue",
+        _ => "-",
+    };
+    let ok = crate::proto::ScoreStatus::Ok as i32;
+    if target.json {
+        let all: Vec<_> = reply
+            .scores
+            .iter()
+            .map(|s| {
+                if s.status == ok {
+                    serde_json::json!({"id": s.id, "probability": s.probability, "points": s.points, "band": band(s.band)})
+                } else {
+                    serde_json::json!({"id": s.id, "error": s.error})
+                }
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(all));
+    } else {
+        println!("{:<16} {:>11} {:>7}  band", "id", "probability", "points");
+        for s in &reply.scores {
+            if s.status == ok {
+                println!(
+                    "{:<16} {:>11.4} {:>7.1}  {}",
+                    s.id,
+                    s.probability,
+                    s.points,
+                    band(s.band)
+                );
+            } else {
+                println!("{:<16} {}", s.id, s.error);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit_command(command: AuditCommand) -> Result<ExitCode, String> {
+    match command {
+        AuditCommand::Verify { target } => {
+            let mut client = connect(&target).await?;
+            let reply = client
+                .verify_audit(crate::proto::VerifyAuditRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if reply.intact {
+                println!("audit log intact: {} records", reply.records);
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(format!(
+                    "audit log broken at record {} of {}: {}",
+                    reply.first_broken, reply.records, reply.reason
+                ))
+            }
+        }
+        AuditCommand::Show { target, job } => {
+            let mut client = connect(&target).await?;
+            let records = client
+                .list_audit(crate::proto::ListAuditRequest {
+                    job_id: job.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .records;
+            for r in &records {
+                if target.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"seq": r.seq, "unix_ms": r.unix_ms, "event": r.event, "job_id": r.job_id,
+                            "peer": r.peer, "detail": serde_json::from_str::<serde_json::Value>(&r.detail_json).unwrap_or_default(), "hash": r.hash})
+                    );
+                } else {
+                    println!(
+                        "{:>6} {} {:<16} {:<12} {} {}",
+                        r.seq, r.unix_ms, r.event, r.peer, r.job_id, r.detail_json
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -25,8 +25,22 @@
 //!
 //! [[policy]]                         # who may run which jobs on which datasets
 //! peer = "bank"
-//! jobs = ["train"]
+//! jobs = ["train", "score"]
 //! datasets = ["tax"]
+//!
+//! [scoring]                          # the guest's scoring service (defaults shown)
+//! base_score = 600                   # points at base_odds (good : bad)
+//! base_odds = 50
+//! points_to_double_odds = 20
+//! yellow_from = 0.2                  # probability of default from which an id is yellow
+//! red_from = 0.5                     # … and red
+//! max_batch = 1024
+//!
+//! [[scoring.clients]]                # platforms, by certificate name
+//! name = "city-platform"
+//! models = ["sme-credit-2026q4"]
+//! calls_per_second = 50
+//! burst = 100
 //! ```
 //!
 //! Relative paths are relative to the configuration file. Unknown keys, missing files and
@@ -42,8 +56,9 @@ use serde::Deserialize;
 
 use crate::error::NodeError;
 
-/// Job kinds a policy may allow.
-pub const JOB_KINDS: &[&str] = &["train"];
+/// Job kinds a policy may allow: training a model, and scoring with a model trained on the
+/// dataset.
+pub const JOB_KINDS: &[&str] = &["train", "score"];
 
 /// A validated node configuration with absolute paths.
 #[derive(Clone, Debug, Deserialize)]
@@ -75,6 +90,67 @@ pub struct NodeConfig {
     /// Transport settings.
     #[serde(default)]
     pub federation: FederationSettings,
+    /// Scoring service (guest).
+    #[serde(default)]
+    pub scoring: ScoringSettings,
+}
+
+/// The scorecard, the bands and the platforms allowed to score.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringSettings {
+    /// Points at `base_odds`.
+    pub base_score: f64,
+    /// Odds (good : bad) that score `base_score`.
+    pub base_odds: f64,
+    /// Points that double the odds.
+    pub points_to_double_odds: f64,
+    /// Probability of default from which an id is yellow.
+    pub yellow_from: f64,
+    /// Probability of default from which an id is red.
+    pub red_from: f64,
+    /// Most ids per call.
+    pub max_batch: usize,
+    /// Platforms (certificate names) and what they may score.
+    pub clients: Vec<ScoringClient>,
+}
+
+impl Default for ScoringSettings {
+    fn default() -> Self {
+        ScoringSettings {
+            base_score: 600.0,
+            base_odds: 50.0,
+            points_to_double_odds: 20.0,
+            yellow_from: 0.2,
+            red_from: 0.5,
+            max_batch: 1024,
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// A platform allowed to score.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringClient {
+    /// Certificate name.
+    pub name: String,
+    /// Models it may score.
+    pub models: Vec<String>,
+    /// Sustained calls per second.
+    #[serde(default = "default_rate")]
+    pub calls_per_second: f64,
+    /// Calls allowed in a burst.
+    #[serde(default = "default_burst")]
+    pub burst: f64,
+}
+
+fn default_rate() -> f64 {
+    50.0
+}
+
+fn default_burst() -> f64 {
+    100.0
 }
 
 /// PEM files of the node's identity.
@@ -288,6 +364,31 @@ impl NodeConfig {
                         "policy[{i}].datasets: {dataset:?} is not in [datasets]"
                     ));
                 }
+            }
+        }
+        let sc = &self.scoring;
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(sc.base_odds)
+            || !positive(sc.points_to_double_odds)
+            || !sc.base_score.is_finite()
+        {
+            return Err(
+                "scoring: base_score must be finite, base_odds and points_to_double_odds positive"
+                    .into(),
+            );
+        }
+        if !(0.0 < sc.yellow_from && sc.yellow_from <= sc.red_from && sc.red_from < 1.0) {
+            return Err("scoring: need 0 < yellow_from <= red_from < 1".into());
+        }
+        if sc.max_batch == 0 || sc.max_batch > 1 << 16 {
+            return Err("scoring.max_batch: must be in 1..=65536".into());
+        }
+        for (i, client) in sc.clients.iter().enumerate() {
+            check_name(&format!("scoring.clients[{i}].name"), &client.name)?;
+            if !positive(client.calls_per_second) || client.burst < 1.0 {
+                return Err(format!(
+                    "scoring.clients[{i}]: calls_per_second must be positive and burst at least 1"
+                ));
             }
         }
         let f = &self.federation;

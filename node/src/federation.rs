@@ -40,6 +40,13 @@ pub(crate) fn authenticate(
         Some(name) => format!("the caller's certificate is not valid for {name:?}"),
     };
     tracing::warn!(claimed, what, %reason, "refused a federation call");
+    crate::audit::record(
+        &node.store,
+        "peer.refused",
+        "",
+        claimed,
+        serde_json::json!({"call": what, "reason": reason}),
+    );
     node.metrics
         .add("unseen_refused_total", &[("reason", "peer identity")], 1.0);
     Err(Status::permission_denied(format!(
@@ -61,12 +68,31 @@ impl Federation for FederationService {
             &proposal.guest,
             "proposal",
         )?;
+        let detail = serde_json::json!({"dataset": proposal.dataset, "model": proposal.model_id, "kind": proposal.kind, "hosts": proposal.hosts});
         let reply = match self.node.accept_proposal(&proposal) {
-            Ok(()) => ProposalReply {
-                accepted: true,
-                reason: String::new(),
-            },
+            Ok(()) => {
+                crate::audit::record(
+                    &self.node.store,
+                    "job.accepted",
+                    &proposal.job_id,
+                    &proposal.guest,
+                    detail,
+                );
+                ProposalReply {
+                    accepted: true,
+                    reason: String::new(),
+                }
+            }
             Err(reason) => {
+                let mut detail = detail;
+                detail["reason"] = reason.clone().into();
+                crate::audit::record(
+                    &self.node.store,
+                    "job.refused",
+                    &proposal.job_id,
+                    &proposal.guest,
+                    detail,
+                );
                 tracing::warn!(job = %proposal.job_id, guest = %proposal.guest, %reason, "refused a job");
                 self.node
                     .metrics
@@ -77,6 +103,26 @@ impl Federation for FederationService {
                 }
             }
         };
+        Ok(Response::new(reply))
+    }
+
+    async fn partial_scores(
+        &self,
+        request: Request<crate::proto::PartialScoresRequest>,
+    ) -> Result<Response<crate::proto::PartialScoresReply>, Status> {
+        let certs = request.peer_certs();
+        let request = request.into_inner();
+        authenticate(
+            &self.node,
+            certs.as_deref().map(|c| &c[..]),
+            &request.guest,
+            "partial scores",
+        )?;
+        let node = self.node.clone();
+        let reply =
+            tokio::task::spawn_blocking(move || crate::scoring::partial_scores(&node, &request))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(reply))
     }
 

@@ -67,6 +67,8 @@ pub struct NodeState {
     pub peers: Peers,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Scoring indexes and rate-limit buckets.
+    pub scores: crate::scoring::ScoreCache,
     jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
     runtime: tokio::runtime::Handle,
 }
@@ -85,6 +87,7 @@ impl NodeState {
             mailbox: Mailbox::default(),
             peers,
             metrics,
+            scores: crate::scoring::ScoreCache::default(),
             jobs: Mutex::new(HashMap::new()),
             runtime,
         }
@@ -363,6 +366,13 @@ impl NodeState {
             &[("role", &role), ("state", state)],
             1.0,
         );
+        crate::audit::record(
+            &self.store,
+            "job.ended",
+            &job.id,
+            "",
+            json!({"state": state, "message": message}),
+        );
         self.state_event(job, state, message);
         self.jobs
             .lock()
@@ -370,7 +380,7 @@ impl NodeState {
             .remove(&job.id);
     }
 
-    fn load_table(&self, name: &str, with_labels: bool) -> Result<Table, NodeError> {
+    pub(crate) fn load_table(&self, name: &str, with_labels: bool) -> Result<Table, NodeError> {
         let error = |reason: String| NodeError::Dataset {
             name: name.to_owned(),
             reason,
@@ -419,9 +429,27 @@ impl NodeState {
                 hosts: hosts.clone(),
                 model_id: spec.model_id.clone(),
             };
+            crate::audit::record(
+                &self.store,
+                "job.proposed",
+                &job.id,
+                &host.party,
+                json!({"dataset": host.dataset, "model": spec.model_id}),
+            );
             let reply = self
                 .runtime
                 .block_on(self.peers.propose(&host.party, proposal))?;
+            crate::audit::record(
+                &self.store,
+                if reply.accepted {
+                    "job.accepted_by"
+                } else {
+                    "job.refused_by"
+                },
+                &job.id,
+                &host.party,
+                json!({"reason": reply.reason}),
+            );
             if !reply.accepted {
                 let reason = format!("refused the job: {}", reply.reason);
                 abort_peers(self, job, &hosts, &reason);
@@ -496,7 +524,13 @@ impl NodeState {
             "bytes_sent": job.bytes_sent.load(Ordering::Relaxed),
             "bytes_received": job.bytes_received.load(Ordering::Relaxed),
         });
-        self.save_model(job, &outcome.model, "guest", &report)?;
+        let record = model_record(
+            job,
+            &outcome.model,
+            &report,
+            (&self.config.party, &hosts, &spec.dataset),
+        );
+        self.save_model(&link, record)?;
         Ok(format!(
             "model {} trained: epoch {} of {}, train AUC {:.4}, KS {:.4}",
             spec.model_id,
@@ -573,7 +607,14 @@ impl NodeState {
             "bytes_sent": job.bytes_sent.load(Ordering::Relaxed),
             "bytes_received": job.bytes_received.load(Ordering::Relaxed),
         });
-        self.save_model(job, &outcome.model, "host", &report)?;
+        let mut record = model_record(
+            job,
+            &outcome.model,
+            &report,
+            (guest, &proposal.hosts, &proposal.dataset),
+        );
+        record.pair_seeds = exchange_scoring_seeds(&mut link, &self.config.party, &proposal.hosts)?;
+        self.save_model(&link, record)?;
         Ok(format!(
             "model {}: this node's part trained over {} epochs",
             proposal.model_id, outcome.epochs
@@ -602,22 +643,41 @@ impl NodeState {
         self.emit(job, record);
     }
 
+    /// Stores this node's model part and audits the job's traffic.
     fn save_model(
         &self,
-        job: &JobHandle,
-        model: &fedlearn::ModelPart,
-        role: &str,
-        report: &serde_json::Value,
+        link: &Link<'_>,
+        record: ModelRecord,
     ) -> Result<(), NodeError> {
-        self.store.put_model(&ModelRecord {
-            model_id: model.model_id.clone(),
-            job_id: job.id.clone(),
-            role: role.into(),
-            features: model.features.len() as u32,
-            created_unix_ms: crate::now_ms(),
-            part_json: model.to_json(),
-            report_json: serde_json::to_string_pretty(report).unwrap_or_default(),
-        })
+        link.audit_traffic();
+        self.store.put_model(&record)
+    }
+}
+
+fn model_record(
+    job: &JobHandle,
+    model: &fedlearn::ModelPart,
+    report: &serde_json::Value,
+    placement: (&str, &[String], &str),
+) -> ModelRecord {
+    let (guest, hosts, dataset) = placement;
+    ModelRecord {
+        model_id: model.model_id.clone(),
+        job_id: job.id.clone(),
+        role: if model.role == fedlearn::Role::Guest {
+            "guest"
+        } else {
+            "host"
+        }
+        .into(),
+        features: model.features.len() as u32,
+        created_unix_ms: crate::now_ms(),
+        part_json: model.to_json(),
+        report_json: serde_json::to_string_pretty(report).unwrap_or_default(),
+        guest: guest.to_owned(),
+        hosts: hosts.to_vec(),
+        dataset: dataset.to_owned(),
+        pair_seeds: Default::default(),
     }
 }
 
@@ -625,6 +685,13 @@ impl NodeState {
 /// cover a peer this does not reach).
 fn abort_peers(node: &NodeState, job: &JobHandle, peers: &[String], reason: &str) {
     let mut link = Link::new(node, job);
+    crate::audit::record(
+        &node.store,
+        "job.abort_sent",
+        &job.id,
+        &peers.join(","),
+        json!({"reason": reason}),
+    );
     for peer in peers {
         if let Err(e) = link.send_raw(peer, "abort", reason.as_bytes().to_vec(), false) {
             tracing::warn!(job = %job.id, %peer, error = %e, "could not tell a peer the job stopped");
@@ -638,6 +705,8 @@ pub struct Link<'a> {
     node: &'a NodeState,
     job: &'a JobHandle,
     next_seq: HashMap<String, u64>,
+    /// (peer, direction, kind) → (messages, bytes), for the audit log.
+    traffic: std::collections::BTreeMap<(String, &'static str, String), (u64, u64)>,
 }
 
 impl<'a> Link<'a> {
@@ -646,6 +715,29 @@ impl<'a> Link<'a> {
             node,
             job,
             next_seq: HashMap::new(),
+            traffic: Default::default(),
+        }
+    }
+
+    fn count(&mut self, peer: &str, direction: &'static str, kind: String, bytes: usize) {
+        let entry = self
+            .traffic
+            .entry((peer.to_owned(), direction, kind))
+            .or_default();
+        entry.0 += 1;
+        entry.1 += bytes as u64;
+    }
+
+    /// One audit record per peer, direction and message kind: messages and bytes.
+    fn audit_traffic(&self) {
+        for ((peer, direction, kind), (messages, bytes)) in &self.traffic {
+            crate::audit::record(
+                &self.node.store,
+                "job.messages",
+                &self.job.id,
+                peer,
+                json!({"direction": direction, "kind": kind, "messages": messages, "bytes": bytes}),
+            );
         }
     }
 
@@ -697,7 +789,10 @@ impl<'a> Link<'a> {
     }
 
     fn send_psi(&mut self, to: &str, body: Body) -> Result<(), NodeError> {
-        self.send_raw(to, "psi", encode_psi(body), true)
+        let kind = format!("psi.{}", psi_kind(&body));
+        let bytes = encode_psi(body);
+        self.count(to, "sent", kind, bytes.len());
+        self.send_raw(to, "psi", bytes, true)
     }
 
     fn receive_psi(&mut self, from: &str) -> Result<Body, NodeError> {
@@ -708,13 +803,27 @@ impl<'a> Link<'a> {
                 reason: format!("sent a {:?} message during PSI", delivery.kind),
             });
         }
-        Ok(decode_psi(from, &delivery.bytes)?)
+        let body = decode_psi(from, &delivery.bytes)?;
+        self.count(
+            from,
+            "received",
+            format!("psi.{}", psi_kind(&body)),
+            delivery.bytes.len(),
+        );
+        Ok(body)
     }
 }
 
 impl Transport for Link<'_> {
     fn send(&mut self, to: &str, message: Message) -> Result<(), fedlearn::FedError> {
-        self.send_raw(to, "fedlearn", message.to_bytes(), true)
+        let bytes = message.to_bytes();
+        self.count(
+            to,
+            "sent",
+            format!("fedlearn.{}", message.kind()),
+            bytes.len(),
+        );
+        self.send_raw(to, "fedlearn", bytes, true)
             .map_err(|e| fedlearn::FedError::Transport {
                 peer: to.to_owned(),
                 reason: e.to_string(),
@@ -734,8 +843,57 @@ impl Transport for Link<'_> {
                 reason: format!("a {:?} message during training", delivery.kind),
             });
         }
-        Message::from_bytes(&delivery.bytes)
+        let message = Message::from_bytes(&delivery.bytes)?;
+        self.count(
+            from,
+            "received",
+            format!("fedlearn.{}", message.kind()),
+            delivery.bytes.len(),
+        );
+        Ok(message)
     }
+}
+
+fn psi_kind(body: &Body) -> &'static str {
+    match body {
+        Body::GuestHello(_) => "guest_hello",
+        Body::HostHello(_) => "host_hello",
+        Body::Points(_) => "points",
+        Body::Tags(_) => "tags",
+        Body::Alignment(_) => "alignment",
+    }
+}
+
+/// Hosts agree a seed per pair for the scoring masks: the lower-named host draws it and sends
+/// it to the other over their mutually authenticated channel. Returns hex seeds by peer.
+fn exchange_scoring_seeds(
+    link: &mut Link<'_>,
+    party: &str,
+    hosts: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, NodeError> {
+    let mut seeds = std::collections::BTreeMap::new();
+    for other in hosts.iter().filter(|h| h.as_str() > party) {
+        let mut seed = [0u8; 32];
+        rand::fill(&mut seed);
+        link.count(other, "sent", "scoring_seed".into(), seed.len());
+        link.send_raw(other, "scoring-seed", seed.to_vec(), true)?;
+        seeds.insert(other.clone(), hex::encode(seed));
+    }
+    for other in hosts.iter().filter(|h| h.as_str() < party) {
+        let delivery = link.receive_raw(other)?;
+        if delivery.kind != "scoring-seed" || delivery.bytes.len() != 32 {
+            return Err(NodeError::Peer {
+                peer: other.clone(),
+                reason: format!(
+                    "sent a {:?} message where the scoring seed was due",
+                    delivery.kind
+                ),
+            });
+        }
+        link.count(other, "received", "scoring_seed".into(), 32);
+        seeds.insert(other.clone(), hex::encode(&delivery.bytes));
+    }
+    Ok(seeds)
 }
 
 fn unexpected(peer: &str, expected: &str) -> NodeError {

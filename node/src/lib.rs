@@ -9,6 +9,10 @@
 //!   ([`store`]); a job a restart interrupted is marked failed.
 //! - **Operations**: `tracing` logs, a Prometheus endpoint ([`metrics`]), gRPC health and
 //!   reflection.
+//! - **Scoring** (platform ↔ the guest's node): joint scores with secure aggregation of the
+//!   hosts' partial scores ([`scoring`]).
+//! - **Audit**: a hash-chained log of jobs, peers, message kinds and bytes, and scoring calls
+//!   ([`audit`]).
 //!
 //! Identity is the name in a party's certificate: every federation call names its sender, and
 //! the node checks that the caller's certificate (already verified against the configured CA
@@ -16,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod config;
@@ -26,6 +31,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod peers;
 pub mod proto;
+pub mod scoring;
 pub mod server;
 pub mod spec;
 pub mod store;

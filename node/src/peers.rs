@@ -142,6 +142,21 @@ impl Peers {
         .await
     }
 
+    /// Asks host `to` for its masked partial scores (one retry; scoring is interactive).
+    pub async fn partial_scores(
+        &self,
+        to: &str,
+        request: crate::proto::PartialScoresRequest,
+        timeout: Duration,
+    ) -> Result<crate::proto::PartialScoresReply, NodeError> {
+        self.call(to, "partial_scores", 1, |mut client| {
+            let mut request = tonic::Request::new(request.clone());
+            request.set_timeout(timeout);
+            async move { client.partial_scores(request).await }
+        })
+        .await
+    }
+
     /// Delivers message `seq` of a job to `to` in chunks, retrying as configured.
     pub async fn deliver(
         &self,

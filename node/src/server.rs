@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::proto::federation_server::FederationServer;
 use crate::proto::jobs_server::{Jobs, JobsServer};
+use crate::proto::scoring_server::ScoringServer;
 use crate::proto::{
     self, JobRef, ListJobsReply, ListJobsRequest, ListModelsReply, ListModelsRequest,
 };
@@ -113,7 +114,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         listener,
         TlsAcceptor::from(server_tls),
         connections,
-        metrics,
+        state.clone(),
     )));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -121,6 +122,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .set_serving::<FederationServer<FederationService>>()
         .await;
     health.set_serving::<JobsServer<JobsService>>().await;
+    health
+        .set_serving::<ScoringServer<crate::scoring::ScoringService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::DESCRIPTOR)
         .build_v1()
@@ -132,6 +136,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let jobs = JobsServer::new(JobsService {
         node: state.clone(),
     });
+    let scoring = ScoringServer::new(crate::scoring::ScoringService {
+        node: state.clone(),
+    });
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -139,6 +146,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             .add_service(reflection)
             .add_service(federation)
             .add_service(jobs)
+            .add_service(scoring)
             .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async {
                 let _ = stop.await;
             }),
@@ -162,7 +170,7 @@ async fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     connections: mpsc::Sender<Result<TlsConnection, std::io::Error>>,
-    metrics: Arc<Metrics>,
+    node: Arc<NodeState>,
 ) {
     loop {
         let (tcp, remote) = match listener.accept().await {
@@ -176,7 +184,7 @@ async fn accept_tls(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let connections = connections.clone();
-        let metrics = metrics.clone();
+        let node = node.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
@@ -184,11 +192,25 @@ async fn accept_tls(
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(%remote, error = %e, "refused a TLS connection");
-                    metrics.add("unseen_refused_total", &[("reason", "tls")], 1.0);
+                    node.metrics
+                        .add("unseen_refused_total", &[("reason", "tls")], 1.0);
+                    let detail = serde_json::json!({"reason": e.to_string()});
+                    let store = node.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        crate::audit::record(
+                            &store.store,
+                            "connection.refused",
+                            "",
+                            &remote.to_string(),
+                            detail,
+                        )
+                    })
+                    .await;
                 }
                 Err(_) => {
                     tracing::warn!(%remote, "TLS handshake timed out");
-                    metrics.add("unseen_refused_total", &[("reason", "tls timeout")], 1.0);
+                    node.metrics
+                        .add("unseen_refused_total", &[("reason", "tls timeout")], 1.0);
                 }
             }
         });
@@ -208,6 +230,13 @@ impl JobsService {
             Some(name) => Ok(name.to_owned()),
             None => {
                 tracing::warn!("refused a jobs call: the certificate names no operator");
+                crate::audit::record(
+                    &self.node.store,
+                    "operator.refused",
+                    "",
+                    "",
+                    serde_json::json!({}),
+                );
                 self.node.metrics.add(
                     "unseen_refused_total",
                     &[("reason", "operator identity")],
@@ -318,6 +347,13 @@ impl Jobs for JobsService {
                 other => Status::internal(other.to_string()),
             })?;
         tracing::info!(%operator, job = %record.job_id, "submitted by operator");
+        crate::audit::record(
+            &self.node.store,
+            "job.submitted",
+            &record.job_id,
+            &operator,
+            serde_json::json!({"model": record.model_id, "hosts": record.peers, "dataset": record.dataset}),
+        );
         Ok(Response::new(status_proto(&record)))
     }
 
@@ -414,6 +450,13 @@ impl Jobs for JobsService {
             .cancel(&job_id)
             .map_err(|e| Status::not_found(e.to_string()))?;
         tracing::info!(%operator, job = %job_id, "cancel requested");
+        crate::audit::record(
+            &self.node.store,
+            "job.cancel",
+            &job_id,
+            &operator,
+            serde_json::json!({}),
+        );
         Ok(Response::new(status_proto(&record)))
     }
 
@@ -426,6 +469,55 @@ impl Jobs for JobsService {
         Ok(Response::new(ListModelsReply {
             models: models.iter().map(summary_proto).collect(),
         }))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<proto::VerifyAuditRequest>,
+    ) -> Result<Response<proto::VerifyAuditReply>, Status> {
+        self.authorise(&request)?;
+        let reply = match crate::audit::verify(&self.node.store).map_err(internal)? {
+            crate::audit::Verdict::Intact { records } => proto::VerifyAuditReply {
+                intact: true,
+                records,
+                first_broken: 0,
+                reason: String::new(),
+            },
+            crate::audit::Verdict::Broken {
+                records,
+                seq,
+                reason,
+            } => proto::VerifyAuditReply {
+                intact: false,
+                records,
+                first_broken: seq,
+                reason,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<proto::ListAuditRequest>,
+    ) -> Result<Response<proto::ListAuditReply>, Status> {
+        self.authorise(&request)?;
+        let job = request.into_inner().job_id;
+        let records = crate::audit::records(&self.node.store)
+            .map_err(internal)?
+            .into_iter()
+            .filter(|r| job.is_empty() || r.job_id == job)
+            .map(|r| proto::AuditRecord {
+                seq: r.seq,
+                unix_ms: r.unix_ms,
+                event: r.event,
+                job_id: r.job_id,
+                peer: r.peer,
+                detail_json: r.detail.to_string(),
+                hash: r.hash,
+            })
+            .collect();
+        Ok(Response::new(proto::ListAuditReply { records }))
     }
 
     async fn get_model(

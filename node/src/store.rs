@@ -11,6 +11,7 @@ use crate::error::NodeError;
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 /// Metrics of one evaluation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -119,6 +120,18 @@ pub struct ModelRecord {
     pub part_json: String,
     /// Training report JSON.
     pub report_json: String,
+    /// The model's guest.
+    #[serde(default)]
+    pub guest: String,
+    /// The model's hosts, in chain order.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// This node's dataset the model scores.
+    #[serde(default)]
+    pub dataset: String,
+    /// Host only: hex seeds of the pairwise scoring masks, by other host.
+    #[serde(default)]
+    pub pair_seeds: std::collections::BTreeMap<String, String>,
 }
 
 /// The store.
@@ -140,6 +153,7 @@ impl Store {
         store.write(|txn| {
             txn.open_table(JOBS)?;
             txn.open_table(MODELS)?;
+            txn.open_table(AUDIT)?;
             Ok(())
         })?;
         Ok(store)
@@ -243,6 +257,49 @@ impl Store {
         Ok(models)
     }
 
+    /// Appends the record `make` builds from the next sequence number and the last record
+    /// (in one transaction, so the chain has no gaps or forks).
+    pub fn append_audit(
+        &self,
+        make: impl FnOnce(u64, Option<&[u8]>) -> Vec<u8>,
+    ) -> Result<(), NodeError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(AUDIT)?;
+            let last = table.last()?.map(|(k, v)| (k.value(), v.value().to_vec()));
+            let (seq, record) = match &last {
+                Some((seq, bytes)) => (seq + 1, make(seq + 1, Some(bytes))),
+                None => (0, make(0, None)),
+            };
+            table.insert(seq, record.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Every audit record (raw), in sequence order.
+    pub fn audit_records(&self) -> Result<Vec<(u64, Vec<u8>)>, NodeError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(AUDIT).map_err(|e| self.error(e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.error(e))? {
+            let (key, value) = entry.map_err(|e| self.error(e))?;
+            out.push((key.value(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Overwrites one audit record: only for tests that check tampering is detected.
+    #[doc(hidden)]
+    pub fn overwrite_audit_record_for_tests(
+        &self,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<(), NodeError> {
+        self.write(|txn| {
+            txn.open_table(AUDIT)?.insert(seq, bytes)?;
+            Ok(())
+        })
+    }
+
     /// Marks every job a restart interrupted as failed; returns their ids.
     pub fn fail_interrupted(&self) -> Result<Vec<String>, NodeError> {
         let mut failed = Vec::new();
@@ -293,6 +350,10 @@ mod tests {
                 created_unix_ms: 1,
                 part_json: "{}".into(),
                 report_json: "{}".into(),
+                guest: "bank".into(),
+                hosts: vec!["tax".into()],
+                dataset: "bank".into(),
+                pair_seeds: Default::default(),
             };
             store.put_model(&model).unwrap();
             assert!(
