@@ -79,11 +79,21 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ids: Vec<String> = std::fs::read_to_string(dir.join("bank.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').next().unwrap().to_string())
+    // Ids every party holds (the benchmark may look at all three files).
+    let column = |file: &str| -> Vec<String> {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().to_string())
+            .collect()
+    };
+    let tax: std::collections::HashSet<String> = column("tax.csv").into_iter().collect();
+    let utilities: std::collections::HashSet<String> =
+        column("utilities.csv").into_iter().collect();
+    let ids: Vec<String> = column("bank.csv")
+        .into_iter()
+        .filter(|id| tax.contains(id) && utilities.contains(id))
         .collect();
     let channel = node::cli::channel(&federation.node_arg("bank"), &federation.platform())
         .await

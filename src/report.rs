@@ -84,9 +84,18 @@ fn y(v: f64) -> f64 {
     H - PAD - v * (H - 2.0 * PAD)
 }
 
+/// At most this many points per curve: enough for a 420-pixel chart, and files stay small.
+const MAX_POINTS: usize = 400;
+
 fn polyline(points: &[(f64, f64)], colour: &str) -> String {
+    let step = points.len().div_ceil(MAX_POINTS).max(1);
+    let kept = points
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % step == 0 || *i + 1 == points.len())
+        .map(|(_, p)| p);
     let mut path = String::new();
-    for (i, (a, b)) in points.iter().enumerate() {
+    for (i, (a, b)) in kept.enumerate() {
         let _ = write!(
             path,
             "{}{:.1},{:.1}",
@@ -98,19 +107,39 @@ fn polyline(points: &[(f64, f64)], colour: &str) -> String {
     format!("<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{path}\"/>")
 }
 
-fn frame(title: &str, x_label: &str, y_label: &str, body: &str) -> String {
+/// A chart frame; the x axis is labelled from `x_range.0` to `x_range.1`, the y axis 0 to 1
+/// unless `y_ticks` is off.
+fn frame(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    x_range: (f64, f64),
+    y_ticks: bool,
+    body: &str,
+) -> String {
     let mut ticks = String::new();
     for i in 0..=4 {
         let v = f64::from(i) / 4.0;
+        let label = x_range.0 + v * (x_range.1 - x_range.0);
         let _ = write!(
             ticks,
-            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{v:.2}</text>\
-             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{v:.2}</text>",
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
             x(v),
             H - PAD + 16.0,
-            PAD - 6.0,
-            y(v) + 4.0
+            if x_range == (0.0, 1.0) {
+                format!("{label:.2}")
+            } else {
+                format!("{label:.1}")
+            }
         );
+        if y_ticks {
+            let _ = write!(
+                ticks,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{v:.2}</text>",
+                PAD - 6.0,
+                y(v) + 4.0
+            );
+        }
     }
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\">\
@@ -143,6 +172,8 @@ pub fn roc_svg(scores: &[f64], labels: &[bool]) -> String {
         &format!("ROC — AUC {auc:.4}"),
         "false-positive rate",
         "true-positive rate",
+        (0.0, 1.0),
+        true,
         &body,
     )
 }
@@ -174,6 +205,8 @@ pub fn ks_svg(scores: &[f64], labels: &[bool]) -> String {
         &format!("KS {:.4} (defaults red, others blue)", k.statistic),
         "share of rows, riskiest first",
         "cumulative share",
+        (0.0, 1.0),
+        true,
         &body,
     )
 }
@@ -181,7 +214,7 @@ pub fn ks_svg(scores: &[f64], labels: &[bool]) -> String {
 /// Per-epoch training log-loss and AUC as SVG (each scaled to its own range).
 pub fn training_svg(epochs: &[(u32, f64, f64)]) -> String {
     if epochs.is_empty() {
-        return frame("training", "epoch", "", "");
+        return frame("training", "epoch", "", (0.0, 1.0), false, "");
     }
     let last = epochs.iter().map(|e| e.0).max().unwrap_or(1).max(2) as f64;
     let scale = |values: Vec<f64>| {
@@ -203,19 +236,21 @@ pub fn training_svg(epochs: &[(u32, f64, f64)]) -> String {
     let loss_points: Vec<(f64, f64)> = (0..epochs.len()).map(|i| (at(i), loss[i])).collect();
     let auc_points: Vec<(f64, f64)> = (0..epochs.len()).map(|i| (at(i), auc[i])).collect();
     let body = format!(
-        "{}{}<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#c0392b\">log-loss {loss_hi:.4} → {loss_lo:.4}</text>\
-         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#1f5fbf\">AUC {auc_lo:.4} → {auc_hi:.4}</text>",
+        "{}{}<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#c0392b\">log-loss {loss_lo:.4}–{loss_hi:.4}</text>\
+         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#1f5fbf\">AUC {auc_lo:.4}–{auc_hi:.4}</text>",
         polyline(&loss_points, "#c0392b"),
         polyline(&auc_points, "#1f5fbf"),
-        PAD + 8.0,
-        PAD + 16.0,
-        PAD + 8.0,
-        PAD + 32.0,
+        PAD,
+        PAD - 8.0,
+        W / 2.0 + 8.0,
+        PAD - 8.0,
     );
     frame(
         &format!("training over {} epochs", epochs.len()),
-        "epoch (first → last)",
-        "scaled to range",
+        "epoch",
+        "each curve scaled to its range",
+        (1.0, last),
+        false,
         &body,
     )
 }

@@ -644,11 +644,7 @@ impl NodeState {
     }
 
     /// Stores this node's model part and audits the job's traffic.
-    fn save_model(
-        &self,
-        link: &Link<'_>,
-        record: ModelRecord,
-    ) -> Result<(), NodeError> {
+    fn save_model(&self, link: &Link<'_>, record: ModelRecord) -> Result<(), NodeError> {
         link.audit_traffic();
         self.store.put_model(&record)
     }
