@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use node::proto::jobs_client::JobsClient;
 use node::proto::scoring_client::ScoringClient;
-use node::proto::{ModelRef, RiskBand, ScoreRequest, ScoreStatus, SubmitRequest};
+use node::proto::{ModelRef, ScoreRequest, ScoreStatus, SubmitRequest};
 use unseen::local::{Plan, HOSTS};
 
 const MARKER: &str = ".unseen-demo";
@@ -57,15 +57,6 @@ fn fresh_dir() -> Result<PathBuf, String> {
     )
     .map_err(|e| e.to_string())?;
     Ok(dir)
-}
-
-fn band(b: i32) -> &'static str {
-    match RiskBand::try_from(b) {
-        Ok(RiskBand::Red) => "red",
-        Ok(RiskBand::Yellow) => "yellow",
-        Ok(RiskBand::Blue) => "blue",
-        _ => "-",
-    }
 }
 
 #[tokio::main]
@@ -148,23 +139,7 @@ async fn run() -> Result<(), String> {
         .map_err(|e| e.message().to_string())?
         .into_inner();
     println!("\nthe platform scores a few enterprises (secure aggregation of the hosts' partial scores):");
-    println!(
-        "  {:<20} {:>11} {:>7}  band",
-        "enterprise", "probability", "points"
-    );
-    for s in &reply.scores {
-        if s.status == ScoreStatus::Ok as i32 {
-            println!(
-                "  {:<20} {:>11.4} {:>7.1}  {}",
-                s.id,
-                s.probability,
-                s.points,
-                band(s.band)
-            );
-        } else {
-            println!("  {:<20} {}", s.id, s.error);
-        }
-    }
+    node::cli::print_scores(&reply.scores);
 
     // Score every enterprise the three parties share, for the report.
     let (mut scores, mut truth) = (Vec::new(), Vec::new());

@@ -581,20 +581,14 @@ async fn score(target: Target, model: String, ids: Vec<String>) -> Result<ExitCo
         .await
         .map_err(status_error)?
         .into_inner();
-    let band = |b: i32| match crate::proto::RiskBand::try_from(b) {
-        Ok(crate::proto::RiskBand::Red) => "red",
-        Ok(crate::proto::RiskBand::Yellow) => "yellow",
-        Ok(crate::proto::RiskBand::Blue) => "blue",
-        _ => "-",
-    };
-    let ok = crate::proto::ScoreStatus::Ok as i32;
     if target.json {
+        let ok = crate::proto::ScoreStatus::Ok as i32;
         let all: Vec<_> = reply
             .scores
             .iter()
             .map(|s| {
                 if s.status == ok {
-                    serde_json::json!({"id": s.id, "probability": s.probability, "points": s.points, "band": band(s.band)})
+                    serde_json::json!({"id": s.id, "probability": s.probability, "points": s.points, "band": band_name(s.band)})
                 } else {
                     serde_json::json!({"id": s.id, "error": s.error})
                 }
@@ -602,20 +596,7 @@ async fn score(target: Target, model: String, ids: Vec<String>) -> Result<ExitCo
             .collect();
         println!("{}", serde_json::Value::Array(all));
     } else {
-        println!("{:<16} {:>11} {:>7}  band", "id", "probability", "points");
-        for s in &reply.scores {
-            if s.status == ok {
-                println!(
-                    "{:<16} {:>11.4} {:>7.1}  {}",
-                    s.id,
-                    s.probability,
-                    s.points,
-                    band(s.band)
-                );
-            } else {
-                println!("{:<16} {}", s.id, s.error);
-            }
-        }
+        print_scores(&reply.scores);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -664,6 +645,34 @@ async fn audit_command(command: AuditCommand) -> Result<ExitCode, String> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// "red", "yellow", "blue" (or "-") for a [`crate::proto::RiskBand`] value.
+pub fn band_name(band: i32) -> &'static str {
+    match crate::proto::RiskBand::try_from(band) {
+        Ok(crate::proto::RiskBand::Red) => "red",
+        Ok(crate::proto::RiskBand::Yellow) => "yellow",
+        Ok(crate::proto::RiskBand::Blue) => "blue",
+        _ => "-",
+    }
+}
+
+/// Prints scores as a table: id, probability, points, band — or the reason an id has none.
+pub fn print_scores(scores: &[crate::proto::Score]) {
+    println!("{:<20} {:>11} {:>7}  band", "id", "probability", "points");
+    for s in scores {
+        if s.status == crate::proto::ScoreStatus::Ok as i32 {
+            println!(
+                "{:<20} {:>11.4} {:>7.1}  {}",
+                s.id,
+                s.probability,
+                s.points,
+                band_name(s.band)
+            );
+        } else {
+            println!("{:<20} {}", s.id, s.error);
         }
     }
 }

@@ -465,25 +465,9 @@ impl NodeState {
             "psi",
             format!("aligning {} rows with {}", table.rows(), hosts.join(", ")),
         );
-        let aligned = match guest_psi(self, job, &mut link, &table, &hosts) {
-            Ok(rows) => rows,
-            Err(error) => {
-                abort_peers(self, job, &hosts, &error.to_string());
-                return Err(error);
-            }
-        };
-        let rows: Vec<usize> = aligned.iter().map(|&r| r as usize).collect();
-        let table = table.select_rows(&rows)?;
-        self.emit(
-            job,
-            EventRecord {
-                state: "training".into(),
-                message: format!("{} rows in the intersection", rows.len()),
-                aligned_rows: rows.len() as u64,
-                psi_progress: 1.0,
-                ..EventRecord::default()
-            },
-        );
+        let aligned = guest_psi(self, job, &mut link, &table, &hosts);
+        let table = self.aligned(job, aligned, &table, &hosts)?;
+        let aligned_rows = table.rows();
         let started = Instant::now();
         let outcome = fedlearn::run_guest(
             GuestJob {
@@ -515,7 +499,7 @@ impl NodeState {
             "model_id": spec.model_id,
             "guest": self.config.party,
             "hosts": hosts,
-            "aligned_rows": rows.len(),
+            "aligned_rows": aligned_rows,
             "train_config": spec.train,
             "best_epoch": outcome.best_epoch,
             "stop": format!("{:?}", outcome.stop),
@@ -550,25 +534,9 @@ impl NodeState {
             "psi",
             format!("aligning {} rows with {guest}", table.rows()),
         );
-        let aligned = match host_psi(&mut link, guest, &table) {
-            Ok(rows) => rows,
-            Err(error) => {
-                abort_peers(self, job, &[guest.to_owned()], &error.to_string());
-                return Err(error);
-            }
-        };
-        let rows: Vec<usize> = aligned.iter().map(|&r| r as usize).collect();
-        let table = table.select_rows(&rows)?;
-        self.emit(
-            job,
-            EventRecord {
-                state: "training".into(),
-                message: format!("{} rows in the intersection", rows.len()),
-                aligned_rows: rows.len() as u64,
-                psi_progress: 1.0,
-                ..EventRecord::default()
-            },
-        );
+        let aligned = host_psi(&mut link, guest, &table);
+        let table = self.aligned(job, aligned, &table, &[guest.to_owned()])?;
+        let aligned_rows = table.rows();
         let offered = fedlearn::receive_proposal(&mut link, guest)?;
         if offered.model_id != proposal.model_id || offered.hosts != proposal.hosts {
             let reason = "the training proposal differs from the accepted job".to_string();
@@ -602,7 +570,7 @@ impl NodeState {
             "model_id": proposal.model_id,
             "guest": guest,
             "hosts": proposal.hosts,
-            "aligned_rows": rows.len(),
+            "aligned_rows": aligned_rows,
             "epochs": outcome.epochs,
             "bytes_sent": job.bytes_sent.load(Ordering::Relaxed),
             "bytes_received": job.bytes_received.load(Ordering::Relaxed),
@@ -619,6 +587,31 @@ impl NodeState {
             "model {}: this node's part trained over {} epochs",
             proposal.model_id, outcome.epochs
         ))
+    }
+
+    /// After PSI: the aligned rows of `table`, announced as the start of training; on a PSI
+    /// failure the peers are told to stop.
+    fn aligned(
+        &self,
+        job: &JobHandle,
+        psi: Result<Vec<u32>, NodeError>,
+        table: &Table,
+        peers: &[String],
+    ) -> Result<Table, NodeError> {
+        let aligned = psi.inspect_err(|error| abort_peers(self, job, peers, &error.to_string()))?;
+        let rows: Vec<usize> = aligned.iter().map(|&r| r as usize).collect();
+        let table = table.select_rows(&rows)?;
+        self.emit(
+            job,
+            EventRecord {
+                state: "training".into(),
+                message: format!("{} rows in the intersection", rows.len()),
+                aligned_rows: rows.len() as u64,
+                psi_progress: 1.0,
+                ..EventRecord::default()
+            },
+        );
+        Ok(table)
     }
 
     fn training_event(&self, job: &JobHandle, event: &Event) {
