@@ -232,7 +232,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 fn serve(path: &Path) -> Result<ExitCode, String> {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
