@@ -144,9 +144,9 @@ impl NodeState {
                 record.error = event.message.clone();
             }
             record.events.push(event.clone());
-            (record.events.len() - 1, record.clone())
+            (record.events.len() - 1, record.head())
         };
-        if let Err(e) = self.store.put_job(&record) {
+        if let Err(e) = self.store.put_job_event(&record, index as u64, &event) {
             tracing::error!(job = %job.id, error = %e, "could not persist the job");
         }
         let _ = job.events.send((index, event));

@@ -12,6 +12,8 @@ use crate::error::NodeError;
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Job events by (job id, index): appended one by one, never rewritten.
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 
 /// Metrics of one evaluation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -87,7 +89,8 @@ pub struct JobRecord {
     pub dataset: String,
     /// Epochs requested.
     pub max_epochs: u32,
-    /// Every event so far.
+    /// Every event so far (stored in their own table, one row per event).
+    #[serde(default, skip_serializing)]
     pub events: Vec<EventRecord>,
 }
 
@@ -95,6 +98,24 @@ impl JobRecord {
     /// Whether the job has ended.
     pub fn is_final(&self) -> bool {
         matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+
+    /// The record without its events.
+    pub fn head(&self) -> JobRecord {
+        JobRecord {
+            job_id: self.job_id.clone(),
+            kind: self.kind.clone(),
+            role: self.role.clone(),
+            state: self.state.clone(),
+            model_id: self.model_id.clone(),
+            error: self.error.clone(),
+            created_unix_ms: self.created_unix_ms,
+            updated_unix_ms: self.updated_unix_ms,
+            peers: self.peers.clone(),
+            dataset: self.dataset.clone(),
+            max_epochs: self.max_epochs,
+            events: Vec::new(),
+        }
     }
 
     /// The last event, if any.
@@ -154,6 +175,7 @@ impl Store {
             txn.open_table(JOBS)?;
             txn.open_table(MODELS)?;
             txn.open_table(AUDIT)?;
+            txn.open_table(EVENTS)?;
             Ok(())
         })?;
         Ok(store)
@@ -220,21 +242,59 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes a job record.
+    /// Writes a job record (without its events).
     pub fn put_job(&self, job: &JobRecord) -> Result<(), NodeError> {
         self.put(JOBS, &job.job_id, job)
     }
 
-    /// Reads a job record.
-    pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, NodeError> {
-        self.get(JOBS, job_id)
+    /// Writes a job record and appends event `index`, in one transaction.
+    pub fn put_job_event(
+        &self,
+        job: &JobRecord,
+        index: u64,
+        event: &EventRecord,
+    ) -> Result<(), NodeError> {
+        let record = serde_json::to_vec(job).map_err(|e| self.error(e))?;
+        let event = serde_json::to_vec(event).map_err(|e| self.error(e))?;
+        self.write(|txn| {
+            txn.open_table(JOBS)?
+                .insert(job.job_id.as_str(), record.as_slice())?;
+            txn.open_table(EVENTS)?
+                .insert((job.job_id.as_str(), index), event.as_slice())?;
+            Ok(())
+        })
     }
 
-    /// Every job, oldest first.
+    fn with_events(&self, mut job: JobRecord) -> Result<JobRecord, NodeError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(EVENTS).map_err(|e| self.error(e))?;
+        let id = job.job_id.as_str();
+        for entry in table
+            .range((id, 0)..=(id, u64::MAX))
+            .map_err(|e| self.error(e))?
+        {
+            let (_, value) = entry.map_err(|e| self.error(e))?;
+            job.events.push(
+                serde_json::from_slice(value.value())
+                    .map_err(|e| self.error(format!("event of job {}: {e}", job.job_id)))?,
+            );
+        }
+        Ok(job)
+    }
+
+    /// Reads a job record with its events.
+    pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, NodeError> {
+        match self.get(JOBS, job_id)? {
+            Some(job) => self.with_events(job).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every job with its events, oldest first.
     pub fn jobs(&self) -> Result<Vec<JobRecord>, NodeError> {
         let mut jobs: Vec<JobRecord> = self.all(JOBS)?;
         jobs.sort_by_key(|j| j.created_unix_ms);
-        Ok(jobs)
+        jobs.into_iter().map(|j| self.with_events(j)).collect()
     }
 
     /// Writes a model record (refusing to replace an existing model).
@@ -315,8 +375,7 @@ impl Store {
             event.state = job.state.clone();
             event.message = job.error.clone();
             event.unix_ms = now;
-            job.events.push(event);
-            self.put_job(&job)?;
+            self.put_job_event(&job.head(), job.events.len() as u64, &event)?;
             failed.push(job.job_id);
         }
         Ok(failed)
@@ -334,13 +393,16 @@ mod tests {
         {
             let store = Store::open(&dir).unwrap();
             for (id, state) in [("a", "training"), ("b", "succeeded")] {
-                store
-                    .put_job(&JobRecord {
-                        job_id: id.into(),
-                        state: state.into(),
-                        ..JobRecord::default()
-                    })
-                    .unwrap();
+                let job = JobRecord {
+                    job_id: id.into(),
+                    state: state.into(),
+                    ..JobRecord::default()
+                };
+                let event = EventRecord {
+                    state: state.into(),
+                    ..EventRecord::default()
+                };
+                store.put_job_event(&job, 0, &event).unwrap();
             }
             let model = ModelRecord {
                 model_id: "m".into(),
@@ -366,6 +428,8 @@ mod tests {
         let a = store.job("a").unwrap().unwrap();
         assert_eq!(a.state, "failed");
         assert!(a.error.contains("restart"), "{}", a.error);
+        assert_eq!(a.events.len(), 2, "the old event and the failure");
+        assert_eq!(a.events[1].state, "failed");
         assert_eq!(store.job("b").unwrap().unwrap().state, "succeeded");
         assert_eq!(store.models().unwrap()[0].features, 3);
         std::fs::remove_dir_all(&dir).unwrap();
