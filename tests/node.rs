@@ -690,6 +690,33 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
             .into_inner();
         assert!(reply.accepted, "{}", reply.reason);
     }
+    // A guest cannot be one of the hosts (it would receive the hosts' pairwise masks), nor
+    // propose a kind other than training.
+    for (bad, why) in [
+        (
+            node::proto::JobProposal {
+                job_id: "cd".repeat(16),
+                hosts: vec!["tax".into(), "bank".into()],
+                ..proposal.clone()
+            },
+            "distinct parties other than the guest",
+        ),
+        (
+            node::proto::JobProposal {
+                job_id: "ef".repeat(16),
+                kind: "score".into(),
+                ..proposal.clone()
+            },
+            "not a job kind a guest can propose",
+        ),
+    ] {
+        let reply = as_bank.propose(bad).await.unwrap().into_inner();
+        assert!(
+            !reply.accepted && reply.reason.contains(why),
+            "{}",
+            reply.reason
+        );
+    }
     let clash = node::proto::JobProposal {
         model_id: "other".into(),
         ..proposal.clone()
@@ -756,6 +783,13 @@ fn configuration_errors_name_the_key_or_file() {
         (
             format!("{base}[[policy]]\npeer = \"tax\"\njobs = [\"train\"]\ndatasets = []\n"),
             "policy[0].peer",
+        ),
+        (
+            base.replace(
+                "[tls]",
+                "operators = [\"ops\"]\n[[scoring.clients]]\nname = \"ops\"\nmodels = []\n[tls]",
+            ),
+            "both an operator and a scoring client",
         ),
     ];
     for (text, key) in cases {

@@ -18,20 +18,24 @@ fn tls_error(what: &str) -> impl Fn(rcgen::Error) -> NodeError + '_ {
     move |e| NodeError::Tls(format!("{what}: {e}"))
 }
 
+/// Writes a new file (never replacing one); a secret is created readable by its owner only.
 fn write(path: &Path, text: &str, secret: bool) -> Result<(), NodeError> {
+    use std::io::Write;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| NodeError::io(parent, e))?;
     }
-    std::fs::write(path, text).map_err(|e| NodeError::io(path, e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
     if secret {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| NodeError::io(path, e))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
     #[cfg(not(unix))]
     let _ = secret;
-    Ok(())
+    let mut file = options.open(path).map_err(|e| NodeError::io(path, e))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| NodeError::io(path, e))
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {

@@ -236,6 +236,9 @@ pub struct FederationSettings {
     pub retries: u32,
     /// First backoff; doubles per retry, capped at 10 s.
     pub backoff_ms: u64,
+    /// Largest id set a peer may announce for PSI (bounds the memory a peer can make this
+    /// node reserve).
+    pub max_peer_rows: u64,
 }
 
 impl Default for FederationSettings {
@@ -247,6 +250,7 @@ impl Default for FederationSettings {
             receive_timeout_secs: 600,
             retries: 6,
             backoff_ms: 200,
+            max_peer_rows: 100_000_000,
         }
     }
 }
@@ -364,6 +368,28 @@ impl NodeConfig {
                         "policy[{i}].datasets: {dataset:?} is not in [datasets]"
                     ));
                 }
+            }
+        }
+        for (i, operator) in self.operators.iter().enumerate() {
+            check_name(&format!("operators[{i}]"), operator)?;
+        }
+        let roles: Vec<(&str, &str)> = self
+            .peers
+            .iter()
+            .map(|p| ("a peer", p.certificate_name()))
+            .chain(self.operators.iter().map(|o| ("an operator", o.as_str())))
+            .chain(
+                self.scoring
+                    .clients
+                    .iter()
+                    .map(|c| ("a scoring client", c.name.as_str())),
+            )
+            .collect();
+        for (i, (role, name)) in roles.iter().enumerate() {
+            if let Some((other, _)) = roles[..i].iter().find(|(_, n)| n == name) {
+                return Err(format!(
+                    "{name:?} is both {other} and {role}; one certificate name, one role"
+                ));
             }
         }
         let sc = &self.scoring;

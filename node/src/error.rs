@@ -52,6 +52,9 @@ pub enum NodeError {
         /// What is wrong (the CSV errors name file, line and column).
         reason: String,
     },
+    /// The job was closed: a peer stopped it, or it ended.
+    #[error("{0}")]
+    Stopped(String),
     /// The job was cancelled.
     #[error("cancelled: {0}")]
     Cancelled(String),

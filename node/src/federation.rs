@@ -30,6 +30,8 @@ pub(crate) fn authenticate(
     claimed: &str,
     what: &str,
 ) -> Result<(), Status> {
+    let claimed: String = claimed.chars().take(64).collect();
+    let claimed = claimed.as_str();
     let expected = node.config.peer(claimed).map(|p| p.certificate_name());
     let ok = expected.is_some_and(|name| crate::tls::peer_name(certs, [name]).is_some());
     if ok {
@@ -69,7 +71,12 @@ impl Federation for FederationService {
             "proposal",
         )?;
         let detail = serde_json::json!({"dataset": proposal.dataset, "model": proposal.model_id, "kind": proposal.kind, "hosts": proposal.hosts});
-        let reply = match self.node.accept_proposal(&proposal) {
+        let node = self.node.clone();
+        let asked = proposal.clone();
+        let decision = tokio::task::spawn_blocking(move || node.accept_proposal(&asked))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let reply = match decision {
             Ok(()) => {
                 crate::audit::record(
                     &self.node.store,
@@ -148,9 +155,15 @@ impl Federation for FederationService {
                 first.version
             )));
         }
+        if !KINDS.contains(&first.kind.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "unknown message kind {:?}",
+                first.kind
+            )));
+        }
         let cap = self.node.config.federation.max_message_bytes as u64;
         if first.total_bytes > cap {
-            return Err(Status::resource_exhausted(format!(
+            return Err(Status::invalid_argument(format!(
                 "message of {} bytes exceeds the cap of {cap}",
                 first.total_bytes
             )));
@@ -160,7 +173,12 @@ impl Federation for FederationService {
                 "a delivery must start with chunk 0",
             ));
         }
-        let mut bytes = Vec::with_capacity(first.total_bytes as usize);
+        // Refuse strangers before reading (or allocating for) the rest of the message.
+        self.node
+            .mailbox
+            .admits(&first.job_id, &first.sender)
+            .map_err(|refusal| self.refusal(&first, refusal))?;
+        let mut bytes = Vec::with_capacity(first.data.len());
         bytes.extend_from_slice(&first.data);
         let mut received = 1;
         while let Some(chunk) = stream.message().await? {
@@ -218,14 +236,25 @@ impl Federation for FederationService {
                 }
                 Ok(Response::new(DeliveryAck { duplicate }))
             }
-            Err(Refusal::UnknownJob) => Err(Status::not_found(format!(
+            Err(refusal) => Err(self.refusal(&first, refusal)),
+        }
+    }
+}
+
+/// Message kinds a delivery may carry.
+const KINDS: &[&str] = &["psi", "fedlearn", "abort", "scoring-seed"];
+
+impl FederationService {
+    fn refusal(&self, chunk: &Chunk, refusal: Refusal) -> Status {
+        match refusal {
+            Refusal::UnknownJob => Status::not_found(format!(
                 "job {} is not open on {}",
-                first.job_id, self.node.config.party
-            ))),
-            Err(Refusal::NotParticipant) => Err(Status::permission_denied(format!(
+                chunk.job_id, self.node.config.party
+            )),
+            Refusal::NotParticipant => Status::permission_denied(format!(
                 "{} is not part of job {}",
-                first.sender, first.job_id
-            ))),
+                chunk.sender, chunk.job_id
+            )),
         }
     }
 }

@@ -36,7 +36,12 @@ pub struct JobHandle {
     cancelled: AtomicBool,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
+    /// Messages and bytes by peer, direction and kind, for the audit log.
+    traffic: Mutex<Traffic>,
 }
+
+/// (peer, direction, kind) → (messages, bytes).
+type Traffic = std::collections::BTreeMap<(String, &'static str, String), (u64, u64)>;
 
 impl JobHandle {
     /// The job's record as of now.
@@ -45,6 +50,14 @@ impl JobHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Epochs the job asked for (0 until a host has seen the training proposal).
+    pub fn max_epochs(&self) -> u32 {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .max_epochs
     }
 
     /// Subscribes to events, returning the events so far with the receiver of later ones
@@ -69,6 +82,8 @@ pub struct NodeState {
     pub metrics: Arc<Metrics>,
     /// Scoring indexes and rate-limit buckets.
     pub scores: crate::scoring::ScoreCache,
+    /// Held while a job is checked and registered (submission or proposal).
+    accepting: Mutex<()>,
     jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
     runtime: tokio::runtime::Handle,
 }
@@ -88,6 +103,7 @@ impl NodeState {
             peers,
             metrics,
             scores: crate::scoring::ScoreCache::default(),
+            accepting: Mutex::new(()),
             jobs: Mutex::new(HashMap::new()),
             runtime,
         }
@@ -120,6 +136,7 @@ impl NodeState {
             cancelled: AtomicBool::new(false),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            traffic: Mutex::default(),
         });
         self.jobs
             .lock()
@@ -193,7 +210,8 @@ impl NodeState {
                 )));
             }
         }
-        if self.store.model(&spec.model_id)?.is_some() {
+        let _one_at_a_time = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
+        if self.model_in_use(&spec.model_id)? {
             return Err(NodeError::Spec(format!(
                 "model_id: {:?} already exists on {}",
                 spec.model_id, self.config.party
@@ -221,16 +239,7 @@ impl NodeState {
         self.metrics
             .add("unseen_jobs_started_total", &[("role", "guest")], 1.0);
         tracing::info!(job = %handle.id, model = %spec.model_id, "job submitted");
-        let node = self.clone();
-        let job = handle.clone();
-        std::thread::Builder::new()
-            .name(format!("job-{}", &handle.id[..8]))
-            .spawn(move || {
-                let started = Instant::now();
-                let result = node.run_guest(&job, &spec);
-                node.finish(&job, result, started);
-            })
-            .map_err(|e| NodeError::Server(format!("cannot start a job thread: {e}")))?;
+        self.spawn(handle.clone(), move |node, job| node.run_guest(job, &spec))?;
         Ok(handle.record())
     }
 
@@ -246,8 +255,21 @@ impl NodeState {
             return Err("the job id must be 32 hex digits".into());
         }
         crate::config::check_name("model_id", &proposal.model_id)?;
+        if proposal.kind != "train" {
+            return Err(format!(
+                "{:?} is not a job kind a guest can propose",
+                proposal.kind
+            ));
+        }
         self.config
             .allows(&proposal.guest, &proposal.kind, &proposal.dataset)?;
+        let distinct: std::collections::BTreeSet<&String> = proposal.hosts.iter().collect();
+        if distinct.len() != proposal.hosts.len() || distinct.contains(&proposal.guest) {
+            return Err("the hosts must be distinct parties other than the guest".into());
+        }
+        // Check and register atomically, so a proposal retried on another connection cannot
+        // start the job twice.
+        let _one_at_a_time = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
         if !proposal.hosts.contains(&self.config.party) {
             return Err(format!(
                 "{} is not among the job's hosts",
@@ -268,8 +290,13 @@ impl NodeState {
             let same = known.role == "host"
                 && known.peers == [proposal.guest.clone()]
                 && known.dataset == proposal.dataset
-                && known.model_id == proposal.model_id
-                && !known.is_final();
+                && known.model_id == proposal.model_id;
+            if same && known.is_final() {
+                return Err(format!(
+                    "job {} has already ended here ({})",
+                    proposal.job_id, known.state
+                ));
+            }
             return if same {
                 Ok(())
             } else {
@@ -277,11 +304,8 @@ impl NodeState {
             };
         }
         if self
-            .store
-            .model(&proposal.model_id)
-            .ok()
-            .flatten()
-            .is_some()
+            .model_in_use(&proposal.model_id)
+            .map_err(|e| e.to_string())?
         {
             return Err(format!(
                 "model {:?} already exists on {}",
@@ -319,17 +343,52 @@ impl NodeState {
         self.metrics
             .add("unseen_jobs_started_total", &[("role", "host")], 1.0);
         tracing::info!(job = %handle.id, guest = %proposal.guest, dataset = %proposal.dataset, "job accepted");
-        let node = self.clone();
         let proposal = proposal.clone();
-        std::thread::Builder::new()
-            .name(format!("job-{}", &handle.id[..8]))
+        self.spawn(handle, move |node, job| node.run_host(job, &proposal))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Runs a job's protocol on its own thread and always finishes it — also when the
+    /// protocol panics or the thread cannot start.
+    fn spawn(
+        self: &Arc<Self>,
+        job: Arc<JobHandle>,
+        run: impl FnOnce(&NodeState, &Arc<JobHandle>) -> Result<String, NodeError> + Send + 'static,
+    ) -> Result<(), NodeError> {
+        let node = self.clone();
+        let handle = job.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("job-{}", &job.id[..8]))
             .spawn(move || {
                 let started = Instant::now();
-                let result = node.run_host(&handle, &proposal);
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&node, &handle)))
+                        .unwrap_or_else(|_| {
+                            Err(NodeError::Server(
+                                "internal error: the job's thread panicked".into(),
+                            ))
+                        });
                 node.finish(&handle, result, started);
-            })
-            .map_err(|e| format!("cannot start a job thread: {e}"))?;
-        Ok(())
+            });
+        spawned.map(|_| ()).map_err(|e| {
+            let error = NodeError::Server(format!("cannot start a job thread: {e}"));
+            self.finish(
+                &job,
+                Err(NodeError::Server(error.to_string())),
+                Instant::now(),
+            );
+            error
+        })
+    }
+
+    /// Whether a stored model or a live job already uses a model id.
+    fn model_in_use(&self, model_id: &str) -> Result<bool, NodeError> {
+        if self.store.model(model_id)?.is_some() {
+            return Ok(true);
+        }
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(jobs.values().any(|j| j.record().model_id == model_id))
     }
 
     /// Cancels a live job: its inbox closes, its protocol thread fails and tells the peers.
@@ -345,16 +404,32 @@ impl NodeState {
         Ok(handle.record())
     }
 
+    /// Ends a job: tells the peers when it did not succeed (whatever the protocol managed to
+    /// send), closes its inbox, audits its traffic and final state, and tells watchers.
     fn finish(&self, job: &JobHandle, result: Result<String, NodeError>, started: Instant) {
-        let role = job.record().role;
+        let record = job.record();
+        let role = record.role.clone();
         let (state, message) = match result {
             Ok(summary) => ("succeeded", summary),
-            Err(error) if job.cancelled.load(Ordering::SeqCst) => {
-                ("cancelled", format!("cancelled by the operator ({error})"))
+            Err(_) if job.cancelled.load(Ordering::SeqCst) => {
+                ("cancelled", "cancelled by the operator".to_string())
             }
             Err(error) => ("failed", error.to_string()),
         };
+        if state != "succeeded" {
+            abort_peers(self, job, &record.peers, &message);
+        }
         self.mailbox.close(&job.id, &format!("the job {state}"));
+        let traffic = std::mem::take(&mut *job.traffic.lock().unwrap_or_else(|e| e.into_inner()));
+        for ((peer, direction, kind), (messages, bytes)) in traffic {
+            crate::audit::record(
+                &self.store,
+                "job.messages",
+                &job.id,
+                &peer,
+                json!({"direction": direction, "kind": kind, "messages": messages, "bytes": bytes}),
+            );
+        }
         match state {
             "succeeded" => {
                 tracing::info!(job = %job.id, seconds = started.elapsed().as_secs_f64(), "job succeeded")
@@ -452,7 +527,6 @@ impl NodeState {
             );
             if !reply.accepted {
                 let reason = format!("refused the job: {}", reply.reason);
-                abort_peers(self, job, &hosts, &reason);
                 return Err(NodeError::Peer {
                     peer: host.party.clone(),
                     reason,
@@ -466,7 +540,7 @@ impl NodeState {
             format!("aligning {} rows with {}", table.rows(), hosts.join(", ")),
         );
         let aligned = guest_psi(self, job, &mut link, &table, &hosts);
-        let table = self.aligned(job, aligned, &table, &hosts)?;
+        let table = self.aligned(job, aligned, &table)?;
         let aligned_rows = table.rows();
         let started = Instant::now();
         let outcome = fedlearn::run_guest(
@@ -514,7 +588,7 @@ impl NodeState {
             &report,
             (&self.config.party, &hosts, &spec.dataset),
         );
-        self.save_model(&link, record)?;
+        self.save_model(record)?;
         Ok(format!(
             "model {} trained: epoch {} of {}, train AUC {:.4}, KS {:.4}",
             spec.model_id,
@@ -535,7 +609,7 @@ impl NodeState {
             format!("aligning {} rows with {guest}", table.rows()),
         );
         let aligned = host_psi(&mut link, guest, &table);
-        let table = self.aligned(job, aligned, &table, &[guest.to_owned()])?;
+        let table = self.aligned(job, aligned, &table)?;
         let aligned_rows = table.rows();
         let offered = fedlearn::receive_proposal(&mut link, guest)?;
         if offered.model_id != proposal.model_id || offered.hosts != proposal.hosts {
@@ -582,23 +656,21 @@ impl NodeState {
             (guest, &proposal.hosts, &proposal.dataset),
         );
         record.pair_seeds = exchange_scoring_seeds(&mut link, &self.config.party, &proposal.hosts)?;
-        self.save_model(&link, record)?;
+        self.save_model(record)?;
         Ok(format!(
             "model {}: this node's part trained over {} epochs",
             proposal.model_id, outcome.epochs
         ))
     }
 
-    /// After PSI: the aligned rows of `table`, announced as the start of training; on a PSI
-    /// failure the peers are told to stop.
+    /// After PSI: the aligned rows of `table`, announced as the start of training.
     fn aligned(
         &self,
         job: &JobHandle,
         psi: Result<Vec<u32>, NodeError>,
         table: &Table,
-        peers: &[String],
     ) -> Result<Table, NodeError> {
-        let aligned = psi.inspect_err(|error| abort_peers(self, job, peers, &error.to_string()))?;
+        let aligned = psi?;
         let rows: Vec<usize> = aligned.iter().map(|&r| r as usize).collect();
         let table = table.select_rows(&rows)?;
         self.emit(
@@ -636,9 +708,8 @@ impl NodeState {
         self.emit(job, record);
     }
 
-    /// Stores this node's model part and audits the job's traffic.
-    fn save_model(&self, link: &Link<'_>, record: ModelRecord) -> Result<(), NodeError> {
-        link.audit_traffic();
+    /// Stores this node's model part.
+    fn save_model(&self, record: ModelRecord) -> Result<(), NodeError> {
         self.store.put_model(&record)
     }
 }
@@ -694,8 +765,6 @@ pub struct Link<'a> {
     node: &'a NodeState,
     job: &'a JobHandle,
     next_seq: HashMap<String, u64>,
-    /// (peer, direction, kind) → (messages, bytes), for the audit log.
-    traffic: std::collections::BTreeMap<(String, &'static str, String), (u64, u64)>,
 }
 
 impl<'a> Link<'a> {
@@ -704,32 +773,20 @@ impl<'a> Link<'a> {
             node,
             job,
             next_seq: HashMap::new(),
-            traffic: Default::default(),
         }
     }
 
-    fn count(&mut self, peer: &str, direction: &'static str, kind: String, bytes: usize) {
-        let entry = self
-            .traffic
+    fn count(&self, peer: &str, direction: &'static str, kind: String, bytes: usize) {
+        let mut traffic = self.job.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = traffic
             .entry((peer.to_owned(), direction, kind))
             .or_default();
         entry.0 += 1;
         entry.1 += bytes as u64;
     }
 
-    /// One audit record per peer, direction and message kind: messages and bytes.
-    fn audit_traffic(&self) {
-        for ((peer, direction, kind), (messages, bytes)) in &self.traffic {
-            crate::audit::record(
-                &self.node.store,
-                "job.messages",
-                &self.job.id,
-                peer,
-                json!({"direction": direction, "kind": kind, "messages": messages, "bytes": bytes}),
-            );
-        }
-    }
-
+    /// Sends one numbered message (an "abort" is unnumbered for the receiver). A cancelled
+    /// job sends nothing but aborts.
     fn send_raw(
         &mut self,
         to: &str,
@@ -737,6 +794,9 @@ impl<'a> Link<'a> {
         bytes: Vec<u8>,
         retry: bool,
     ) -> Result<(), NodeError> {
+        if kind != "abort" && self.job.cancelled.load(Ordering::SeqCst) {
+            return Err(NodeError::Cancelled("cancelled by the operator".into()));
+        }
         let seq = self.next_seq.entry(to.to_owned()).or_insert(0);
         let this = *seq;
         *seq += 1;
@@ -770,10 +830,7 @@ impl<'a> Link<'a> {
             Err(ReceiveError::Closed(reason)) if self.job.cancelled.load(Ordering::SeqCst) => {
                 Err(NodeError::Cancelled(reason))
             }
-            Err(ReceiveError::Closed(reason)) => Err(NodeError::Peer {
-                peer: from.to_owned(),
-                reason,
-            }),
+            Err(ReceiveError::Closed(reason)) => Err(NodeError::Stopped(reason)),
         }
     }
 
@@ -911,6 +968,16 @@ fn guest_psi(
         match link.receive_psi(host)? {
             Body::HostHello(reply) => {
                 let reply = host_hello_from_proto(&reply);
+                let cap = node.config.federation.max_peer_rows;
+                if reply.host_rows > cap {
+                    return Err(NodeError::Peer {
+                        peer: host.clone(),
+                        reason: format!(
+                            "announced {} ids; federation.max_peer_rows is {cap}",
+                            reply.host_rows
+                        ),
+                    });
+                }
                 guest.receive_host_hello(host, &reply)?;
                 host_batches.push(reply.host_rows.div_ceil(u64::from(hello.batch_size)));
             }
@@ -971,6 +1038,16 @@ fn host_psi(link: &mut Link<'_>, guest: &str, table: &Table) -> Result<Vec<u32>,
         Body::GuestHello(hello) => guest_hello_from_proto(guest, &hello)?,
         _ => return Err(unexpected(guest, "its hello")),
     };
+    let cap = link.node.config.federation.max_peer_rows;
+    if hello.guest_rows > cap {
+        return Err(NodeError::Peer {
+            peer: guest.to_owned(),
+            reason: format!(
+                "announced {} ids; federation.max_peer_rows is {cap}",
+                hello.guest_rows
+            ),
+        });
+    }
     if hello.result != psi::ResultMode::BothSides {
         return Err(NodeError::Peer {
             peer: guest.to_owned(),

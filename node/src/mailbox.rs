@@ -62,6 +62,15 @@ impl Mailbox {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `sender` may deliver to `job` (checked before a delivery's payload is read).
+    pub fn admits(&self, job: &str, sender: &str) -> Result<(), Refusal> {
+        match self.lock().get(job) {
+            None => Err(Refusal::UnknownJob),
+            Some(job_box) if !job_box.participants.contains(sender) => Err(Refusal::NotParticipant),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Opens a job's inboxes for messages from `participants`.
     pub fn register(&self, job: &str, participants: impl IntoIterator<Item = String>) {
         self.lock().insert(
@@ -75,7 +84,7 @@ impl Mailbox {
     }
 
     /// Accepts message `seq` from `sender`; `Ok(true)` when it was a duplicate. An "abort"
-    /// message closes the job with the sender's reason.
+    /// message closes the job with the sender's reason, whatever its sequence number.
     pub fn deliver(
         &self,
         job: &str,
@@ -88,17 +97,29 @@ impl Mailbox {
         if !job_box.participants.contains(sender) {
             return Err(Refusal::NotParticipant);
         }
+        if delivery.kind == "abort" {
+            // Out of sequence: an abort stops the job whatever came before it, and repeating
+            // it changes nothing.
+            let repeated = job_box.closed.is_some();
+            if !repeated {
+                let reason: String = String::from_utf8_lossy(&delivery.bytes)
+                    .chars()
+                    .take(2000)
+                    .collect();
+                job_box.closed = Some(format!("{sender} stopped the job: {reason}"));
+                for inbox in job_box.inboxes.values_mut() {
+                    inbox.pending.clear();
+                }
+            }
+            drop(jobs);
+            self.arrived.notify_all();
+            return Ok(repeated);
+        }
         let inbox = job_box.inboxes.entry(sender.to_owned()).or_default();
         if seq < inbox.next || inbox.pending.contains_key(&seq) {
             return Ok(true);
         }
-        if delivery.kind == "abort" {
-            inbox.next = inbox.next.max(seq + 1);
-            if job_box.closed.is_none() {
-                let reason = String::from_utf8_lossy(&delivery.bytes);
-                job_box.closed = Some(format!("{sender} stopped the job: {reason}"));
-            }
-        } else if job_box.closed.is_none() {
+        if job_box.closed.is_none() {
             inbox.pending.insert(seq, delivery);
         }
         drop(jobs);
@@ -197,13 +218,22 @@ mod tests {
             kind: "abort".into(),
             bytes: b"disk full".to_vec(),
         };
-        assert_eq!(mailbox.deliver("j", "bank", 0, abort), Ok(false));
-        match mailbox.receive("j", "bank", Duration::from_millis(10)) {
+        mailbox.deliver("j", "bank", 0, msg("hello")).unwrap();
+        let t = Duration::from_millis(10);
+        assert_eq!(mailbox.receive("j", "bank", t).unwrap(), msg("hello"));
+        // An abort is out of sequence: a fresh sender's "seq 0" abort still stops the job.
+        assert_eq!(mailbox.deliver("j", "bank", 0, abort.clone()), Ok(false));
+        match mailbox.receive("j", "bank", t) {
             Err(ReceiveError::Closed(reason)) => {
                 assert!(reason.contains("bank stopped the job: disk full"))
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            mailbox.deliver("j", "bank", 7, abort),
+            Ok(true),
+            "repeated abort"
+        );
     }
 
     #[test]

@@ -61,7 +61,13 @@ pub struct Metrics {
 fn labels(pairs: &[(&str, &str)]) -> String {
     let inner: Vec<String> = pairs
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
         .collect();
     inner.join(",")
 }
@@ -110,6 +116,7 @@ impl Metrics {
 pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let metrics = metrics.clone();

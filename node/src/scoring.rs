@@ -303,7 +303,13 @@ impl Scoring for ScoringService {
                     node.config.party
                 ))
             })?;
-        let own = index(node, &model)?;
+        let own = {
+            let node = self.node.clone();
+            let model = model.clone();
+            tokio::task::spawn_blocking(move || index(&node, &model))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+        };
         let ids = Arc::new(ids);
         let mut calls = Vec::with_capacity(model.hosts.len());
         for host in &model.hosts {

@@ -366,37 +366,49 @@ impl Jobs for JobsService {
         match self.node.live(&job_id) {
             Some(handle) => {
                 let (past, mut live) = handle.subscribe();
-                let max_epochs = handle.record().max_epochs;
                 tokio::spawn(async move {
-                    let mut next = past.len();
-                    for event in &past {
-                        if tx
-                            .send(Ok(event_proto(&job_id, max_epochs, event)))
-                            .await
-                            .is_err()
-                        {
-                            return;
+                    // Sends events[from..]; returns whether to stop (watcher gone or job over).
+                    let send_from = |events: Vec<EventRecord>, from: usize| {
+                        let tx = tx.clone();
+                        let job_id = job_id.clone();
+                        let max_epochs = handle.max_epochs();
+                        async move {
+                            for event in events.iter().skip(from) {
+                                let done = is_final(&event.state);
+                                if tx
+                                    .send(Ok(event_proto(&job_id, max_epochs, event)))
+                                    .await
+                                    .is_err()
+                                    || done
+                                {
+                                    return true;
+                                }
+                            }
+                            false
                         }
-                    }
-                    if past.last().is_some_and(|e| is_final(&e.state)) {
+                    };
+                    let mut next = past.len();
+                    if send_from(past, 0).await {
                         return;
                     }
                     loop {
                         match live.recv().await {
                             Ok((index, event)) if index >= next => {
                                 next = index + 1;
-                                let done = is_final(&event.state);
-                                if tx
-                                    .send(Ok(event_proto(&job_id, max_epochs, &event)))
-                                    .await
-                                    .is_err()
-                                    || done
-                                {
+                                if send_from(vec![event], 0).await {
                                     return;
                                 }
                             }
                             Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                // Too slow for the live feed: catch up from the record.
+                                let events = handle.record().events;
+                                let total = events.len();
+                                if send_from(events, next).await {
+                                    return;
+                                }
+                                next = total;
+                            }
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                         }
                     }
