@@ -164,14 +164,52 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
 
 type TlsConnection = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
+/// Refused handshakes per remote IP: when the last audit record was written, and how many
+/// refusals came since. Anyone who can connect can provoke refusals, so the audit log gets at
+/// most one record per address per minute (with the count); logs and metrics get every one.
+#[derive(Default)]
+struct RefusalThrottle {
+    by_ip: std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u64)>,
+}
+
+const REFUSAL_AUDIT_EVERY: Duration = Duration::from_secs(60);
+
+impl RefusalThrottle {
+    /// `Some(refusals since the last record)` when this refusal should be audited.
+    fn admit(&mut self, ip: std::net::IpAddr) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.by_ip.len() > 10_000 {
+            self.by_ip
+                .retain(|_, (at, _)| now.duration_since(*at) < REFUSAL_AUDIT_EVERY);
+        }
+        match self.by_ip.get_mut(&ip) {
+            Some((at, count)) if now.duration_since(*at) < REFUSAL_AUDIT_EVERY => {
+                *count += 1;
+                None
+            }
+            Some((at, count)) => {
+                let since = *count + 1;
+                (*at, *count) = (now, 0);
+                Some(since)
+            }
+            None => {
+                self.by_ip.insert(ip, (now, 0));
+                Some(1)
+            }
+        }
+    }
+}
+
 /// Accepts TCP connections and completes TLS handshakes; a refused handshake (no client
-/// certificate, wrong CA, expired, …) is logged with the remote address and counted.
+/// certificate, wrong CA, expired, …) is logged with the remote address, counted and audited
+/// (throttled per address).
 async fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     connections: mpsc::Sender<Result<TlsConnection, std::io::Error>>,
     node: Arc<NodeState>,
 ) {
+    let throttle = Arc::new(std::sync::Mutex::new(RefusalThrottle::default()));
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -185,6 +223,7 @@ async fn accept_tls(
         let acceptor = acceptor.clone();
         let connections = connections.clone();
         let node = node.clone();
+        let throttle = throttle.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
@@ -194,14 +233,19 @@ async fn accept_tls(
                     tracing::warn!(%remote, error = %e, "refused a TLS connection");
                     node.metrics
                         .add("unseen_refused_total", &[("reason", "tls")], 1.0);
-                    let detail = serde_json::json!({"reason": e.to_string()});
+                    let admitted = throttle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .admit(remote.ip());
+                    let Some(refusals) = admitted else { return };
+                    let detail = serde_json::json!({"reason": e.to_string(), "refusals": refusals});
                     let store = node.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         crate::audit::record(
                             &store.store,
                             "connection.refused",
                             "",
-                            &remote.to_string(),
+                            &remote.ip().to_string(),
                             detail,
                         )
                     })
@@ -554,5 +598,23 @@ impl Jobs for JobsService {
             part_json: model.part_json,
             report_json: model.report_json,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_audited_once_per_address_per_window() {
+        let mut throttle = RefusalThrottle::default();
+        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert_eq!(throttle.admit(a), Some(1));
+        assert_eq!(throttle.admit(a), None);
+        assert_eq!(throttle.admit(a), None);
+        assert_eq!(throttle.admit(b), Some(1));
+        // The window has passed: the next record carries the refusals it stands for.
+        throttle.by_ip.get_mut(&a).unwrap().0 -= REFUSAL_AUDIT_EVERY;
+        assert_eq!(throttle.admit(a), Some(3));
     }
 }
