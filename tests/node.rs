@@ -207,7 +207,7 @@ async fn audit_lines(federation: &Federation, party: &str, job: &str) -> Vec<ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_connection() {
-    let federation = Federation::start("train", true).await;
+    let mut federation = Federation::start("train", true).await;
     let spec = federation.spec("job.toml", TRAIN);
     let (ok, stdout, stderr) = federation.cli(&["train", "--json", &spec]).await;
     assert!(ok, "unseen train failed:\n{stderr}\n{stdout}");
@@ -496,6 +496,27 @@ async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_
     assert!(
         body.contains("unseen_jobs_total{role=\"guest\",state=\"succeeded\"} 1"),
         "{body}"
+    );
+
+    // With a host down, scoring fails as unavailable (worth retrying), naming the host.
+    let utilities = federation.inner.nodes.remove("utilities").unwrap();
+    utilities.shutdown().await.unwrap();
+    let channel = node::cli::channel(&federation.node_arg("bank"), &federation.inner.platform())
+        .await
+        .unwrap();
+    let error = node::proto::scoring_client::ScoringClient::new(channel)
+        .score(node::proto::ScoreRequest {
+            model_id: "sme-credit".into(),
+            ids: known[..1].to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
+    assert!(
+        error
+            .message()
+            .contains("peer utilities: partial_scores failed"),
+        "{error}"
     );
     federation.stop().await;
 }

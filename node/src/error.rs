@@ -44,6 +44,16 @@ pub enum NodeError {
         /// What happened.
         reason: String,
     },
+    /// A call to a peer failed, with the gRPC status code of the last attempt.
+    #[error("peer {peer}: {reason}")]
+    PeerCall {
+        /// The peer's party name.
+        peer: String,
+        /// What happened.
+        reason: String,
+        /// Status code of the last attempt.
+        code: tonic::Code,
+    },
     /// A dataset could not be loaded.
     #[error("dataset {name}: {reason}")]
     Dataset {

@@ -115,9 +115,10 @@ impl Peers {
                         } else {
                             String::new()
                         };
-                        return Err(NodeError::Peer {
+                        return Err(NodeError::PeerCall {
                             peer: to.to_owned(),
                             reason: format!("{method} failed{tried}: {}", describe(&status)),
+                            code: status.code(),
                         });
                     }
                     let wait = self.settings.backoff(attempt);

@@ -333,7 +333,21 @@ impl Scoring for ScoringService {
         let mut errors: Vec<Option<(ScoreStatus, String)>> = vec![None; ids.len()];
         for call in calls {
             let (host, reply) = call.await.map_err(|e| Status::internal(e.to_string()))?;
-            let reply = reply.map_err(|e| Status::unavailable(e.to_string()))?;
+            let reply = reply.map_err(|e| {
+                // Tell the platform whether to retry: only an unreachable host is transient.
+                let code = match &e {
+                    crate::NodeError::PeerCall { code, .. } => match code {
+                        tonic::Code::PermissionDenied => tonic::Code::PermissionDenied,
+                        tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
+                            tonic::Code::FailedPrecondition
+                        }
+                        tonic::Code::InvalidArgument => tonic::Code::Internal,
+                        _ => tonic::Code::Unavailable,
+                    },
+                    _ => tonic::Code::Unavailable,
+                };
+                Status::new(code, e.to_string())
+            })?;
             if reply.masked.len() != ids.len() || reply.errors.len() != ids.len() {
                 return Err(Status::internal(format!(
                     "{host} answered {} of {} ids",
