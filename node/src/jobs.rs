@@ -837,8 +837,10 @@ impl<'a> Link<'a> {
     fn send_psi(&mut self, to: &str, body: Body) -> Result<(), NodeError> {
         let kind = format!("psi.{}", psi_kind(&body));
         let bytes = encode_psi(body);
-        self.count(to, "sent", kind, bytes.len());
-        self.send_raw(to, "psi", bytes, true)
+        let length = bytes.len();
+        self.send_raw(to, "psi", bytes, true)?;
+        self.count(to, "sent", kind, length);
+        Ok(())
     }
 
     fn receive_psi(&mut self, from: &str) -> Result<Body, NodeError> {
@@ -863,17 +865,14 @@ impl<'a> Link<'a> {
 impl Transport for Link<'_> {
     fn send(&mut self, to: &str, message: Message) -> Result<(), fedlearn::FedError> {
         let bytes = message.to_bytes();
-        self.count(
-            to,
-            "sent",
-            format!("fedlearn.{}", message.kind()),
-            bytes.len(),
-        );
+        let length = bytes.len();
         self.send_raw(to, "fedlearn", bytes, true)
             .map_err(|e| fedlearn::FedError::Transport {
                 peer: to.to_owned(),
                 reason: e.to_string(),
-            })
+            })?;
+        self.count(to, "sent", format!("fedlearn.{}", message.kind()), length);
+        Ok(())
     }
 
     fn receive(&mut self, from: &str) -> Result<Message, fedlearn::FedError> {
@@ -921,8 +920,8 @@ fn exchange_scoring_seeds(
     for other in hosts.iter().filter(|h| h.as_str() > party) {
         let mut seed = [0u8; 32];
         rand::fill(&mut seed);
-        link.count(other, "sent", "scoring_seed".into(), seed.len());
         link.send_raw(other, "scoring-seed", seed.to_vec(), true)?;
+        link.count(other, "sent", "scoring_seed".into(), seed.len());
         seeds.insert(other.clone(), hex::encode(seed));
     }
     for other in hosts.iter().filter(|h| h.as_str() < party) {

@@ -50,6 +50,16 @@ struct JobBox {
     closed: Option<String>,
 }
 
+impl JobBox {
+    /// Closes the job (the first reason stays) and drops what is buffered.
+    fn shut(&mut self, reason: String) {
+        self.closed.get_or_insert(reason);
+        for inbox in self.inboxes.values_mut() {
+            inbox.pending.clear();
+        }
+    }
+}
+
 /// All jobs' inboxes.
 #[derive(Default)]
 pub struct Mailbox {
@@ -106,10 +116,7 @@ impl Mailbox {
                     .chars()
                     .take(2000)
                     .collect();
-                job_box.closed = Some(format!("{sender} stopped the job: {reason}"));
-                for inbox in job_box.inboxes.values_mut() {
-                    inbox.pending.clear();
-                }
+                job_box.shut(format!("{sender} stopped the job: {reason}"));
             }
             drop(jobs);
             self.arrived.notify_all();
@@ -166,12 +173,7 @@ impl Mailbox {
     /// retries of already-seen messages are still acknowledged.
     pub fn close(&self, job: &str, reason: &str) {
         if let Some(job_box) = self.lock().get_mut(job) {
-            if job_box.closed.is_none() {
-                job_box.closed = Some(reason.to_owned());
-            }
-            for inbox in job_box.inboxes.values_mut() {
-                inbox.pending.clear();
-            }
+            job_box.shut(reason.to_owned());
         }
         self.arrived.notify_all();
     }
