@@ -95,6 +95,20 @@ pub enum FedError {
         /// What was wrong.
         reason: String,
     },
+    /// Products that fail the receiving party's integrity check: a party deviated from the
+    /// protocol (or the bytes were altered in transit). Nothing derived from them is used.
+    #[error(
+        "the products received for step {step} from {senders} fail the integrity check \
+         ({reason}); a party deviated from the protocol, so the job stops"
+    )]
+    Integrity {
+        /// The update index.
+        step: u64,
+        /// The parties whose products were summed (one of them deviated).
+        senders: String,
+        /// Which check failed.
+        reason: String,
+    },
     /// Bytes that do not decode as a protocol message.
     #[error("malformed message: {0}")]
     Malformed(String),

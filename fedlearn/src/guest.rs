@@ -1,18 +1,18 @@
-//! The guest: holds the labels and the intercept, orchestrates the job.
+//! The guest: holds the labels and the intercept, orchestrates the job, and learns aggregate
+//! losses per epoch and the final model's joint scores on the validation rows once.
 
-use he::{Masks, PackingKey, PreparedMatrix, PublicKey, SecretKey};
-
-use crate::config::{EarlyStopping, OptimizerState, TrainConfig};
+use crate::config::{EarlyStopping, TrainConfig};
 use crate::data::Table;
 use crate::error::FedError;
-use crate::masks::{random_bytes, Split};
+use crate::masks::Split;
 use crate::message::{Message, Proposal, Transport};
-use crate::metrics::{evaluate, Metrics};
-use crate::model::{ModelPart, Standardised};
+use crate::metrics::evaluate;
+use crate::model::ModelPart;
+use crate::party::{job_nonce, signed, Core};
 use crate::protocol::{
-    check_weights, decode_score, encode_share, finish_with_error, linear_scores, packing_levels,
-    receive, squared_distance, unexpected, EpochReport, Event, GuestOutcome, Quantised, StopReason,
-    PARAMS,
+    decode_score, encode_fixed, finish_with_error, receive, squared_distance, unexpected,
+    EpochReport, Event, FinalEvaluation, GuestOutcome, RevealedRows, StopReason, LOSS_FRAC_BITS,
+    SUM_FRAC_BITS,
 };
 
 /// Everything the guest brings to a job. `table` is already aligned (PSI order).
@@ -23,7 +23,7 @@ pub struct GuestJob {
     pub model_id: String,
     /// Aligned rows with labels.
     pub table: Table,
-    /// Host party names; the encrypted residual visits them in this order.
+    /// Host party names, in job order.
     pub hosts: Vec<String>,
     /// Training settings.
     pub config: TrainConfig,
@@ -43,21 +43,17 @@ pub fn run_guest(
     }
 }
 
-struct Guest {
-    job: GuestJob,
-    labels: Vec<f64>,
-    split: Split,
-    standardised: Standardised,
-    quantised: Quantised,
-    secret: SecretKey,
-    /// Each host's public and packing keys.
-    host_keys: Vec<(PublicKey, PackingKey)>,
-    /// The guest's weights, intercept last.
-    weights: Vec<f64>,
-    optimizer: OptimizerState,
-    full_batch: Option<PreparedMatrix>,
-    step: u64,
-}
+/// The loss round's modulus: two results per release, one packing level.
+pub(crate) const LOSS_RELEASE_BITS: u32 = 53;
+
+/// Slots of a host's loss report.
+pub(crate) const REPORT_SLOTS: usize = 7;
+
+/// The public bound of the loss vectors: |value| < 32 at 10 fraction bits.
+pub(crate) const LOSS_BOUND: i64 = 1 << 15;
+
+/// The loss vectors' largest |value|.
+pub(crate) const LOSS_MAX: f64 = 32.0;
 
 fn train(
     job: GuestJob,
@@ -76,113 +72,85 @@ fn train(
         .to_vec();
     let rows = job.table.rows();
     let split = Split::new(rows, job.config.seed, job.config.validation_fraction);
-    let train_labels: Vec<f64> = split.train.iter().map(|&r| labels[r]).collect();
-    if let Some(class) = [0.0, 1.0].into_iter().find(|c| !train_labels.contains(c)) {
+    if let Some(class) = [0.0, 1.0]
+        .into_iter()
+        .find(|c| !split.train.iter().any(|&r| labels[r] == *c))
+    {
         return Err(FedError::SingleClass {
             class: u8::from(class == 0.0),
         });
     }
-    let standardised = Standardised::fit(&job.party, &job.table, &split.train)?;
-    let width = job.table.features();
-    let quantised = Quantised::new(&standardised.values, width, &split.train, true);
-    let (secret, public) = SecretKey::generate(&PARAMS);
-    let mut job_nonce = [0u8; 16];
-    random_bytes(&mut job_nonce)?;
+    let nonce = job_nonce()?;
+    let features = job.table.features();
     for host in &job.hosts {
         transport.send(
             host,
             Message::Propose(Box::new(Proposal {
-                job: job_nonce,
+                job: nonce,
                 model_id: job.model_id.clone(),
                 config: job.config.clone(),
                 rows: rows as u64,
                 hosts: job.hosts.clone(),
-                features: width as u32,
-                guest_key: public.clone(),
+                features: features as u32,
             })),
         )?;
     }
-    let mut host_keys = Vec::with_capacity(job.hosts.len());
-    let mut host_widths = Vec::with_capacity(job.hosts.len());
-    for host in &job.hosts {
-        match receive(transport, host)? {
-            Message::Accept(accept) => {
-                if accept.rows != rows as u64 {
-                    return Err(FedError::RowCount {
-                        party: host.clone(),
-                        expected: rows,
-                        got: accept.rows as usize,
-                    });
-                }
-                host_widths.push(accept.features as usize);
-                host_keys.push((accept.key, accept.packing));
-            }
-            other => return Err(unexpected(host, "accept", &other)),
-        }
-    }
-    // Enough packing levels for the widest host's gradient in one ciphertext.
-    let widest = host_widths.iter().copied().max().unwrap_or(1);
-    let packing = secret
-        .packing_key(packing_levels(widest))
-        .map_err(FedError::he("making the packing key"))?;
-    for host in &job.hosts {
-        transport.send(host, Message::PackingKey(Box::new(packing.clone())))?;
-    }
+    let mut core = Core::new(&job.party, job.table, job.config.clone(), true)?;
+    core.send_keys(transport, &job.hosts)?;
+    core.receive_keys(transport, &nonce, &job.hosts)?;
+    core.send_columns(transport)?;
+    core.receive_columns(transport)?;
     let mut guest = Guest {
+        core,
         labels,
-        split,
-        standardised,
-        quantised,
-        secret,
-        host_keys,
-        weights: vec![0.0; width + 1],
-        optimizer: OptimizerState::new(width + 1),
-        full_batch: None,
-        step: 0,
-        job,
+        model_id: job.model_id,
+        hosts: job.hosts,
     };
     guest.epochs(transport, events, last_good)
 }
 
-impl Guest {
-    fn model(&self) -> ModelPart {
-        let width = self.job.table.features();
-        self.standardised.model(
-            &self.job.model_id,
-            &self.job.party,
-            &self.job.table,
-            &self.weights[..width],
-            Some(self.weights[width]),
-        )
-    }
+struct Guest {
+    core: Core,
+    labels: Vec<f64>,
+    model_id: String,
+    hosts: Vec<String>,
+}
 
+impl Guest {
     fn epochs(
         &mut self,
         transport: &mut dyn Transport,
         events: &mut dyn FnMut(&Event),
         last_good: &mut Option<ModelPart>,
     ) -> Result<GuestOutcome, FedError> {
-        let config = self.job.config.clone();
+        let config = self.core.config.clone();
         let mut history = Vec::new();
         let (mut best_loss, mut best_epoch, mut since_best) = (f64::INFINITY, 0, 0);
-        let mut best_model = None;
+        let mut best_weights: Option<Vec<f64>> = None;
         let mut stop = StopReason::MaxEpochs;
         for epoch in 1..=config.max_epochs {
-            let start = self.weights.clone();
+            let start = self.core.weights.clone();
             let mut rate = config.learning_rate;
-            for batch in self.split.batches(config.seed, epoch, config.batch_size) {
-                rate = config.rate(self.step, epoch);
-                self.update(transport, epoch, &batch, rate)?;
-                self.step += 1;
+            for batch in Split::epoch_order(config.seed, epoch, self.core.batches.len()) {
+                rate = config.rate(self.core.step, epoch);
+                let rows = &self.core.batches[batch];
+                let share: Vec<f64> = self
+                    .core
+                    .scores_with(&self.core.weights, rows)
+                    .iter()
+                    .zip(rows)
+                    .map(|(z, &r)| 0.25 * z + 0.5 - self.labels[r])
+                    .collect();
+                self.core.step(transport, epoch, batch, &share, rate)?;
             }
-            let own_change = squared_distance(&start, &self.weights);
-            let (train, validation, host_change) = self.evaluate(transport, epoch)?;
+            let own_change = squared_distance(&start, &self.core.weights);
+            let (train_loss, validation_loss, host_change) = self.loss(transport, epoch)?;
             let weight_change = (own_change + host_change).max(0.0).sqrt();
-            let loss = validation.map_or(train.log_loss, |v| v.log_loss);
+            let loss = validation_loss.unwrap_or(train_loss);
             if !loss.is_finite() || !weight_change.is_finite() {
                 return Err(FedError::Diverged {
                     epoch,
-                    reason: format!("log-loss {loss}, weight change {weight_change}"),
+                    reason: format!("Taylor loss {loss}, weight change {weight_change}"),
                     last_good: None,
                 });
             }
@@ -193,24 +161,23 @@ impl Guest {
                 }) => {
                     let improved = loss < best_loss - min_delta;
                     since_best = if improved { 0 } else { since_best + 1 };
-                    (improved || best_model.is_none(), since_best >= patience)
+                    (improved || best_weights.is_none(), since_best >= patience)
                 }
                 Some(EarlyStopping::WeightChange { tolerance }) => {
                     (true, weight_change < tolerance)
                 }
                 None => (true, false),
             };
-            let model = self.model();
             if best {
                 best_loss = best_loss.min(loss);
                 best_epoch = epoch;
-                best_model = Some(model.clone());
+                best_weights = Some(self.core.weights.clone());
             }
             let last = done || epoch == config.max_epochs;
             if done && epoch < config.max_epochs {
                 stop = StopReason::EarlyStopping { epoch };
             }
-            for host in &self.job.hosts {
+            for host in &self.hosts {
                 transport.send(
                     host,
                     Message::EpochEnd {
@@ -220,11 +187,11 @@ impl Guest {
                     },
                 )?;
             }
-            *last_good = Some(model);
+            *last_good = Some(self.core.model(&self.model_id, &self.core.weights));
             let report = EpochReport {
                 epoch,
-                train,
-                validation,
+                train_loss,
+                validation_loss,
                 weight_change,
                 learning_rate: rate,
                 best,
@@ -235,199 +202,169 @@ impl Guest {
                 break;
             }
         }
+        let weights = best_weights.unwrap_or_else(|| self.core.weights.clone());
+        let evaluation = self.final_evaluation(transport, &weights)?;
         Ok(GuestOutcome {
-            model: best_model.unwrap_or_else(|| self.model()),
+            model: self.core.model(&self.model_id, &weights),
             history,
             best_epoch,
             stop,
-            feature_frac_bits: self.quantised.frac_bits,
+            feature_frac_bits: self.core.quantised.frac_bits,
+            share_frac_bits: self.core.share_bits,
+            evaluation,
         })
     }
 
-    /// One mini-batch update of every party's weights.
-    fn update(
-        &mut self,
+    /// The aggregate Taylor losses of the epoch on the training and validation rows, and the
+    /// hosts' summed squared weight change. Per split s, with z = z_G + Z_H and Z_H = Σ_k z_k:
+    /// n_s·(L_s − log 2) = Σ (½ − y)·z_G + ⅛ Σ z_G² + Σ d_G·Z_H + ⅛ Σ Z_H², where
+    /// d_G = ¼·z_G + ½ − y. The guest computes its own terms, the hosts' products of [[d_G]]
+    /// with their scores come to it released, and the hosts' squares and pairwise products
+    /// arrive summed under pairwise masks.
+    fn loss(
+        &self,
         transport: &mut dyn Transport,
         epoch: usize,
-        batch: &[usize],
-        rate: f64,
-    ) -> Result<(), FedError> {
-        let width = self.job.table.features();
-        let step = self.step;
-        let z = linear_scores(
-            &self.standardised.values,
-            width,
-            batch,
-            &self.weights[..width],
-        );
-        let share: Vec<f64> = z
+    ) -> Result<(f64, Option<f64>, f64), FedError> {
+        let split = &self.core.split;
+        let rows: Vec<usize> = split.train.iter().chain(&split.validation).copied().collect();
+        let z = self.core.scores_with(&self.core.weights, &rows);
+        let residual: Vec<f64> = z
             .iter()
-            .zip(batch)
-            .map(|(z, &r)| 0.25 * (z + self.weights[width]) + 0.5 - self.labels[r])
+            .zip(&rows)
+            .map(|(z, &r)| 0.25 * z + 0.5 - self.labels[r])
             .collect();
-        let share = encode_share(&self.job.party, epoch, &share)?;
-        let encrypted = self
-            .secret
-            .encrypt(&share)
-            .map_err(FedError::he("encrypting the residual"))?;
-        let hosts = &self.job.hosts;
-        transport.send(
-            &hosts[0],
-            Message::Residual {
-                step,
-                residual: encrypted,
-            },
+        let encoded = encode_fixed(
+            &self.core.party,
+            epoch,
+            "residual share",
+            &residual,
+            LOSS_FRAC_BITS,
+            LOSS_MAX,
         )?;
-        let full = self.job.config.batch_size.is_none();
-        let matrix = self
-            .quantised
-            .batch_matrix(&mut self.full_batch, full, batch)?;
-        // All hosts' products first: their results are summed, so they are packed alike
-        // under a common bound (the bound of the sum).
-        let mut decrypted = Vec::with_capacity(hosts.len());
-        let mut products = Vec::with_capacity(hosts.len());
-        for (host, (key, _)) in hosts.iter().zip(&self.host_keys) {
-            let (gradient, scores) = match receive(transport, host)? {
-                Message::HostProducts {
-                    step: s,
-                    gradient,
-                    scores,
-                } if s == step => (gradient, scores),
-                other => return Err(unexpected(host, "host products", &other)),
-            };
-            decrypted.push(
-                self.secret
-                    .decrypt_masked(&gradient)
-                    .map_err(FedError::he("decrypting a host's masked gradient"))?,
-            );
-            products.push(
-                key.multiply(&PARAMS, &scores, &matrix)
-                    .map_err(FedError::he("multiplying a host's encrypted scores"))?,
-            );
-        }
-        let bound = products
-            .iter()
-            .map(|p| p.bound())
-            .fold(0i64, |a, b| a.saturating_add(b));
-        let mut masks = Vec::with_capacity(hosts.len());
-        for (((host, (key, packing)), mut product), gradient) in hosts
-            .iter()
-            .zip(&self.host_keys)
-            .zip(products)
-            .zip(decrypted)
-        {
-            product.widen_bound(bound);
-            let (masked, mask) = key
-                .mask_and_flood(&PARAMS, product, packing)
-                .map_err(FedError::he("masking the guest's product"))?;
+        let encrypted = self
+            .core
+            .secret
+            .encrypt(&encoded, LOSS_BOUND)
+            .map_err(FedError::he("encrypting the loss vector"))?;
+        for host in &self.hosts {
             transport.send(
                 host,
-                Message::GuestReply {
-                    step,
-                    gradient,
-                    products: masked,
+                Message::LossVector {
+                    epoch: epoch as u64,
+                    values: encrypted.clone(),
                 },
             )?;
-            masks.push(mask);
         }
-        let columns = width + 1;
-        let mut total = vec![0u64; columns];
-        for host in hosts {
+        let mut cross = [0u64; 2];
+        let mut report = [0u64; REPORT_SLOTS];
+        for host in &self.hosts {
             match receive(transport, host)? {
-                Message::HostReply { step: s, products } if s == step => {
-                    if products.len() != columns {
-                        return Err(FedError::protocol(
-                            host,
-                            format!("{} products, expected {columns}", products.len()),
-                        ));
+                Message::LossProduct { epoch: e, products } if e == epoch as u64 => {
+                    if products.len() != 2 || products.modulus_bits() != LOSS_RELEASE_BITS {
+                        return Err(FedError::protocol(host, "a loss product of the wrong shape"));
                     }
-                    for (t, p) in total.iter_mut().zip(products) {
-                        *t = t.wrapping_add(p);
+                    let decrypted = self
+                        .core
+                        .secret
+                        .decrypt_masked(&products)
+                        .map_err(FedError::he("decrypting a loss product"))?;
+                    for (c, d) in cross.iter_mut().zip(decrypted) {
+                        *c = c.wrapping_add(d);
                     }
                 }
-                other => return Err(unexpected(host, "host reply", &other)),
+                other => return Err(unexpected(host, "a loss product", &other)),
             }
         }
-        let from_hosts = Masks::sum(&masks)
-            .and_then(|m| m.unmask(&total))
-            .map_err(FedError::he("unmasking the hosts' products"))?;
-        // X̃_G^T d̃ = X̃_G^T ã (local) + Σ_k X̃_G^T q̃_k (from the hosts, summed).
-        let product: Vec<i64> = (0..columns)
-            .map(|c| {
-                let own: i64 = batch
-                    .iter()
-                    .zip(&share)
-                    .map(|(&r, &a)| self.quantised.at(r, c) * a)
-                    .sum();
-                own + from_hosts[c]
-            })
-            .collect();
-        let gradient = self.quantised.gradient(&product, batch.len());
-        self.optimizer
-            .step(&self.job.config, rate, &mut self.weights, &gradient, 1);
-        check_weights(&self.job.party, epoch, &self.weights)?;
-        Ok(())
-    }
-
-    /// Joint scores through secure aggregation, metrics, and the hosts' summed weight change.
-    fn evaluate(
-        &mut self,
-        transport: &mut dyn Transport,
-        epoch: usize,
-    ) -> Result<(Metrics, Option<Metrics>, f64), FedError> {
-        let (train, validation) = (self.split.train.len(), self.split.validation.len());
-        let expected = train + validation + 1;
-        let mut total = vec![0u64; expected];
-        for host in &self.job.hosts {
+        for host in &self.hosts {
             match receive(transport, host)? {
-                Message::EpochScores { epoch: e, masked } if e == epoch as u64 => {
-                    if masked.len() != expected {
+                Message::LossReport { epoch: e, masked } if e == epoch as u64 => {
+                    if masked.len() != REPORT_SLOTS {
                         return Err(FedError::protocol(
                             host,
-                            format!("{} scores, expected {expected}", masked.len()),
+                            format!("{} loss terms, expected {REPORT_SLOTS}", masked.len()),
+                        ));
+                    }
+                    for (t, m) in report.iter_mut().zip(masked) {
+                        *t = t.wrapping_add(m);
+                    }
+                }
+                other => return Err(unexpected(host, "a loss report", &other)),
+            }
+        }
+        let products = 2f64.powi(-2 * LOSS_FRAC_BITS as i32);
+        let sums = 2f64.powi(-SUM_FRAC_BITS);
+        let modulus = (1u64 << LOSS_RELEASE_BITS) - 1;
+        let released = |v: u64| signed(v & modulus, LOSS_RELEASE_BITS) as f64 * products;
+        let n_train = split.train.len();
+        let mean = |range: std::ops::Range<usize>, s: usize| -> Option<f64> {
+            let n = range.len();
+            if n == 0 {
+                return None;
+            }
+            let own: f64 = range
+                .map(|i| {
+                    let y = self.labels[rows[i]];
+                    (0.5 - y) * z[i] + 0.125 * z[i] * z[i]
+                })
+                .sum();
+            let cross = released(cross[s].wrapping_add(report[s]));
+            let pairs = released(report[2 + s]);
+            let squares = report[4 + s] as i64 as f64 * sums;
+            Some(std::f64::consts::LN_2 + (own + cross + 0.125 * (squares + 2.0 * pairs)) / n as f64)
+        };
+        let train = mean(0..n_train, 0).unwrap_or(f64::NAN);
+        let validation = mean(n_train..rows.len(), 1);
+        let host_change = report[6] as i64 as f64 * sums;
+        Ok((train, validation, host_change))
+    }
+
+    /// The job's one reveal: the final model's joint scores on the validation rows (the
+    /// training rows without a validation split), summed over the hosts under pairwise masks.
+    fn final_evaluation(
+        &self,
+        transport: &mut dyn Transport,
+        weights: &[f64],
+    ) -> Result<FinalEvaluation, FedError> {
+        let split = &self.core.split;
+        let (which, rows) = if split.validation.is_empty() {
+            (RevealedRows::Training, &split.train)
+        } else {
+            (RevealedRows::Validation, &split.validation)
+        };
+        let mut total = vec![0u64; rows.len()];
+        for host in &self.hosts {
+            match receive(transport, host)? {
+                Message::FinalScores { masked } => {
+                    if masked.len() != rows.len() {
+                        return Err(FedError::protocol(
+                            host,
+                            format!("{} final scores, expected {}", masked.len(), rows.len()),
                         ));
                     }
                     for (t, m) in total.iter_mut().zip(masked) {
                         *t = t.wrapping_add(m);
                     }
                 }
-                other => return Err(unexpected(host, "epoch scores", &other)),
+                other => return Err(unexpected(host, "the final scores", &other)),
             }
         }
-        let width = self.job.table.features();
-        let intercept = self.weights[width];
-        let metrics = |rows: &[usize], host_sums: &[u64]| -> Result<Metrics, FedError> {
-            let own = linear_scores(
-                &self.standardised.values,
-                width,
-                rows,
-                &self.weights[..width],
-            );
-            let probabilities: Vec<f64> = own
-                .iter()
-                .zip(host_sums)
-                .map(|(z, &h)| crate::reference::sigmoid(z + intercept + decode_score(h)))
-                .collect();
-            let labels: Vec<f64> = rows.iter().map(|&r| self.labels[r]).collect();
-            evaluate(&probabilities, &labels).map_err(|e| FedError::Diverged {
-                epoch,
-                reason: format!("metrics: {e}"),
-                last_good: None,
-            })
-        };
-        let train_metrics = metrics(&self.split.train, &total[..train])?;
-        let validation_metrics = if validation > 0 {
-            Some(metrics(
-                &self.split.validation,
-                &total[train..train + validation],
-            )?)
-        } else {
-            None
-        };
-        Ok((
-            train_metrics,
-            validation_metrics,
-            decode_score(total[expected - 1]),
-        ))
+        let own = self.core.scores_with(weights, rows);
+        let probabilities: Vec<f64> = own
+            .iter()
+            .zip(&total)
+            .map(|(z, &h)| crate::reference::sigmoid(z + decode_score(h)))
+            .collect();
+        let labels: Vec<f64> = rows.iter().map(|&r| self.labels[r]).collect();
+        let metrics = evaluate(&probabilities, &labels).map_err(|e| FedError::Diverged {
+            epoch: 0,
+            reason: format!("final metrics: {e}"),
+            last_good: None,
+        })?;
+        Ok(FinalEvaluation {
+            rows: which,
+            count: rows.len(),
+            metrics,
+        })
     }
 }

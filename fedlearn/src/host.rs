@@ -1,16 +1,18 @@
-//! A host: holds features only; updates its own weights from its masked gradient.
+//! A host: holds features only; learns its own gradient and weights, and reveals the final
+//! model's partial scores once, summed with the other hosts' under pairwise masks.
 
-use he::{PackingKey, PreparedMatrix, PublicKey, SecretKey};
+use he::PreparedMatrix;
 
-use crate::config::{OptimizerState, TrainConfig};
 use crate::data::Table;
 use crate::error::FedError;
-use crate::masks::{MaskSecret, PairwiseMasks, Split};
-use crate::message::{Acceptance, Message, Proposal, Transport};
-use crate::model::{ModelPart, Standardised};
+use crate::guest::{LOSS_BOUND, LOSS_MAX, LOSS_RELEASE_BITS, REPORT_SLOTS};
+use crate::masks::Split;
+use crate::message::{Message, Proposal, Transport};
+use crate::model::ModelPart;
+use crate::party::Core;
 use crate::protocol::{
-    check_weights, encode_score, encode_share, finish_with_error, linear_scores, packing_levels,
-    receive, squared_distance, unexpected, Event, HostOutcome, Quantised, PARAMS,
+    encode_fixed, encode_score, finish_with_error, receive, squared_distance, unexpected, Event,
+    HostOutcome, LOSS_FRAC_BITS, PARAMS, SUM_FRAC_BITS,
 };
 
 /// Everything a host brings to a job. `table` is already aligned (PSI order).
@@ -47,25 +49,6 @@ pub fn run_host(
     }
 }
 
-struct Host {
-    job: HostJob,
-    config: TrainConfig,
-    model_id: String,
-    hosts: Vec<String>,
-    position: usize,
-    guest_key: PublicKey,
-    guest_packing: PackingKey,
-    secret: SecretKey,
-    masks: PairwiseMasks,
-    split: Split,
-    standardised: Standardised,
-    quantised: Quantised,
-    weights: Vec<f64>,
-    optimizer: OptimizerState,
-    full_batch: Option<PreparedMatrix>,
-    step: u64,
-}
-
 fn train(
     job: HostJob,
     proposal: Proposal,
@@ -93,291 +76,231 @@ fn train(
             got: rows,
         });
     }
-    let split = Split::new(
-        rows,
-        proposal.config.seed,
-        proposal.config.validation_fraction,
-    );
-    let standardised = Standardised::fit(&job.party, &job.table, &split.train)?;
-    let width = job.table.features();
-    let quantised = Quantised::new(&standardised.values, width, &split.train, false);
-    let (secret, public) = SecretKey::generate(&PARAMS);
-    // The guest's products for this host have one column per guest feature plus the intercept.
-    let packing = secret
-        .packing_key(packing_levels(proposal.features as usize + 1))
-        .map_err(FedError::he("making the packing key"))?;
-    transport.send(
-        &guest,
-        Message::Accept(Box::new(Acceptance {
-            rows: rows as u64,
-            features: width as u32,
-            key: public,
-            packing,
-        })),
-    )?;
-    // Pairwise mask seeds with every other host (secure aggregation toward the guest).
-    let mask_secret = MaskSecret::random()?;
-    let others: Vec<String> = proposal
-        .hosts
-        .iter()
-        .filter(|h| **h != job.party)
-        .cloned()
-        .collect();
-    for other in &others {
-        transport.send(other, Message::KeyShare(mask_secret.public()))?;
-    }
-    let mut shares = Vec::with_capacity(others.len());
-    for other in &others {
-        match receive(transport, other)? {
-            Message::KeyShare(share) => shares.push((other.clone(), share)),
-            message => return Err(unexpected(other, "a mask key share", &message)),
-        }
-    }
-    let masks = PairwiseMasks::derive(&proposal.job, &job.party, &mask_secret, &shares)?;
-    let guest_packing = match receive(transport, &guest)? {
-        Message::PackingKey(key) if key.key_id() == proposal.guest_key.id() => *key,
-        Message::PackingKey(_) => {
-            return Err(FedError::protocol(
-                &guest,
-                "packing key of another key pair",
-            ))
-        }
-        other => return Err(unexpected(&guest, "the guest's packing key", &other)),
-    };
+    let mut peers: Vec<String> = vec![guest.clone()];
+    peers.extend(proposal.hosts.iter().filter(|h| **h != job.party).cloned());
+    let mut core = Core::new(&job.party, job.table, proposal.config.clone(), false)?;
+    core.send_keys(transport, &peers)?;
+    core.receive_keys(transport, &proposal.job, &peers)?;
+    core.send_columns(transport)?;
+    core.receive_columns(transport)?;
     let mut host = Host {
-        config: proposal.config,
+        core,
+        guest,
         model_id: proposal.model_id,
         hosts: proposal.hosts,
         position,
-        guest_key: proposal.guest_key,
-        guest_packing,
-        secret,
-        masks,
-        split,
-        standardised,
-        quantised,
-        weights: vec![0.0; width],
-        optimizer: OptimizerState::new(width),
-        full_batch: None,
-        step: 0,
-        job,
     };
     host.epochs(transport, events, last_good)
 }
 
-impl Host {
-    fn model(&self) -> ModelPart {
-        self.standardised.model(
-            &self.model_id,
-            &self.job.party,
-            &self.job.table,
-            &self.weights,
-            None,
-        )
-    }
+struct Host {
+    core: Core,
+    guest: String,
+    model_id: String,
+    hosts: Vec<String>,
+    position: usize,
+}
 
+impl Host {
     fn epochs(
         &mut self,
         transport: &mut dyn Transport,
         events: &mut dyn FnMut(&Event),
         last_good: &mut Option<ModelPart>,
     ) -> Result<HostOutcome, FedError> {
-        let guest = self.job.guest.clone();
-        let mut best_model = None;
+        let config = self.core.config.clone();
+        let mut best_weights = None;
         let mut epochs = 0;
-        for epoch in 1..=self.config.max_epochs {
-            let start = self.weights.clone();
-            for batch in self
-                .split
-                .batches(self.config.seed, epoch, self.config.batch_size)
-            {
-                let rate = self.config.rate(self.step, epoch);
-                self.update(transport, epoch, &batch, rate)?;
-                self.step += 1;
+        for epoch in 1..=config.max_epochs {
+            let start = self.core.weights.clone();
+            for batch in Split::epoch_order(config.seed, epoch, self.core.batches.len()) {
+                let rate = config.rate(self.core.step, epoch);
+                let rows = &self.core.batches[batch];
+                let share: Vec<f64> = self
+                    .core
+                    .scores_with(&self.core.weights, rows)
+                    .iter()
+                    .map(|z| 0.25 * z)
+                    .collect();
+                self.core.step(transport, epoch, batch, &share, rate)?;
             }
-            self.send_scores(transport, epoch, &start)?;
-            match receive(transport, &guest)? {
+            let change = squared_distance(&start, &self.core.weights);
+            self.loss(transport, epoch, change)?;
+            match receive(transport, &self.guest)? {
                 Message::EpochEnd {
                     epoch: e,
                     best,
                     stop,
                 } if e == epoch as u64 => {
                     epochs = epoch;
-                    let model = self.model();
                     if best {
-                        best_model = Some(model.clone());
+                        best_weights = Some(self.core.weights.clone());
                     }
-                    *last_good = Some(model);
+                    *last_good = Some(self.core.model(&self.model_id, &self.core.weights));
                     events(&Event::HostEpoch { epoch });
                     if stop {
                         break;
                     }
                 }
-                other => return Err(unexpected(&guest, "end of epoch", &other)),
+                other => return Err(unexpected(&self.guest, "end of epoch", &other)),
             }
         }
+        let weights = best_weights.unwrap_or_else(|| self.core.weights.clone());
+        let revealed_rows = self.reveal(transport, &weights)?;
         Ok(HostOutcome {
-            model: best_model.unwrap_or_else(|| self.model()),
+            model: self.core.model(&self.model_id, &weights),
             epochs,
-            feature_frac_bits: self.quantised.frac_bits,
+            feature_frac_bits: self.core.quantised.frac_bits,
+            revealed_rows,
         })
     }
 
-    fn update(
-        &mut self,
+    /// This host's part of the epoch's aggregate loss (see the guest's `loss`): its products
+    /// with the guest's [[d_G]] and with earlier hosts' [[z_j]] are released to their owners,
+    /// later hosts' products with its own [[z_k]] come back released to it, and the report to
+    /// the guest holds the sums of its shares, its squares and its squared weight change,
+    /// blinded by pairwise masks among the hosts.
+    fn loss(
+        &self,
         transport: &mut dyn Transport,
         epoch: usize,
-        batch: &[usize],
-        rate: f64,
+        change: f64,
     ) -> Result<(), FedError> {
-        let step = self.step;
-        let guest = self.job.guest.clone();
-        let width = self.job.table.features();
-        let z = linear_scores(&self.standardised.values, width, batch, &self.weights);
-        let share: Vec<f64> = z.iter().map(|z| 0.25 * z).collect();
-        let share = encode_share(&self.job.party, epoch, &share)?;
-        // The residual travels guest → host 0 → host 1 → …; the last host completes [[d]] and
-        // hands it to the others.
-        let previous = if self.position == 0 {
-            guest.clone()
-        } else {
-            self.hosts[self.position - 1].clone()
-        };
-        let mut residual = self.expect_residual(transport, &previous, step, batch.len())?;
-        residual
-            .add_plain(&PARAMS, &share)
-            .map_err(FedError::he("adding the host's residual share"))?;
-        let last = self.hosts.len() - 1;
-        if self.position == last {
-            for other in &self.hosts[..last] {
+        let split = &self.core.split;
+        let rows: Vec<usize> = split.train.iter().chain(&split.validation).copied().collect();
+        let n_train = split.train.len();
+        let z = self.core.scores_with(&self.core.weights, &rows);
+        let encoded = encode_fixed(
+            &self.core.party,
+            epoch,
+            "partial score",
+            &z,
+            LOSS_FRAC_BITS,
+            LOSS_MAX,
+        )?;
+        let later = &self.hosts[self.position + 1..];
+        if !later.is_empty() {
+            let encrypted = self
+                .core
+                .secret
+                .encrypt(&encoded, LOSS_BOUND)
+                .map_err(FedError::he("encrypting the loss vector"))?;
+            for host in later {
                 transport.send(
-                    other,
-                    Message::Residual {
-                        step,
-                        residual: residual.clone(),
+                    host,
+                    Message::LossVector {
+                        epoch: epoch as u64,
+                        values: encrypted.clone(),
                     },
                 )?;
             }
-        } else {
-            transport.send(
-                &self.hosts[self.position + 1].clone(),
-                Message::Residual { step, residual },
-            )?;
-            let from = self.hosts[last].clone();
-            residual = self.expect_residual(transport, &from, step, batch.len())?;
         }
-        let full = self.config.batch_size.is_none();
-        let matrix = self
-            .quantised
-            .batch_matrix(&mut self.full_batch, full, batch)?;
-        let product = self
-            .guest_key
-            .multiply(&PARAMS, &residual, &matrix)
-            .map_err(FedError::he("multiplying the encrypted residual"))?;
-        let (gradient, mask) = self
-            .guest_key
-            .mask_and_flood(&PARAMS, product, &self.guest_packing)
-            .map_err(FedError::he("masking the host's gradient"))?;
-        let scores = self
-            .secret
-            .encrypt(&share)
-            .map_err(FedError::he("encrypting the host's residual share"))?;
+        // Two columns: the scores on the training rows, then on the validation rows.
+        let mut columns = vec![0i64; 2 * rows.len()];
+        columns[..n_train].copy_from_slice(&encoded[..n_train]);
+        columns[rows.len() + n_train..].copy_from_slice(&encoded[n_train..]);
+        let matrix = PreparedMatrix::new(&PARAMS, rows.len(), 2, &columns)
+            .map_err(FedError::he("preparing the scores"))?;
+        let mut report = [0u64; REPORT_SLOTS];
+        let earlier = std::iter::once(&self.guest).chain(&self.hosts[..self.position]);
+        for (index, owner) in earlier.enumerate() {
+            let vector = match receive(transport, owner)? {
+                Message::LossVector { epoch: e, values } if e == epoch as u64 => values,
+                other => return Err(unexpected(owner, "a loss vector", &other)),
+            };
+            let peer = self
+                .core
+                .peers
+                .iter()
+                .find(|p| p.name == *owner)
+                .ok_or_else(|| FedError::protocol(owner, "not a party of the job"))?;
+            let product = peer
+                .key
+                .multiply(&PARAMS, &vector, &matrix)
+                .map_err(FedError::he("multiplying a loss vector"))?;
+            let (products, masks) = peer
+                .key
+                .mask_and_flood(&PARAMS, product, &peer.packing)
+                .map_err(FedError::he("releasing a loss product"))?;
+            transport.send(
+                owner,
+                Message::LossProduct {
+                    epoch: epoch as u64,
+                    products,
+                },
+            )?;
+            let slot = if index == 0 { 0 } else { 2 };
+            for (r, s) in report[slot..slot + 2].iter_mut().zip(masks.shares()) {
+                *r = r.wrapping_add(s);
+            }
+        }
+        for host in later {
+            match receive(transport, host)? {
+                Message::LossProduct { epoch: e, products } if e == epoch as u64 => {
+                    if products.len() != 2 || products.modulus_bits() != LOSS_RELEASE_BITS {
+                        return Err(FedError::protocol(host, "a loss product of the wrong shape"));
+                    }
+                    let decrypted = self
+                        .core
+                        .secret
+                        .decrypt_masked(&products)
+                        .map_err(FedError::he("decrypting a loss product"))?;
+                    for (r, d) in report[2..4].iter_mut().zip(decrypted) {
+                        *r = r.wrapping_add(d);
+                    }
+                }
+                other => return Err(unexpected(host, "a loss product", &other)),
+            }
+        }
+        let sums = 2f64.powi(SUM_FRAC_BITS);
+        let squares = |range: std::ops::Range<usize>| -> f64 { z[range].iter().map(|z| z * z).sum() };
+        report[4] = (squares(0..n_train) * sums).round() as i64 as u64;
+        report[5] = (squares(n_train..rows.len()) * sums).round() as i64 as u64;
+        report[6] = (change * sums).round() as i64 as u64;
+        let mut context = b"loss ".to_vec();
+        context.extend_from_slice(&(epoch as u64).to_le_bytes());
+        self.masks()
+            .apply_without(&self.guest, &context, &mut report);
         transport.send(
-            &guest,
-            Message::HostProducts {
-                step,
-                gradient,
-                scores,
-            },
-        )?;
-        let (decrypted_gradient, products) = match receive(transport, &guest)? {
-            Message::GuestReply {
-                step: s,
-                gradient,
-                products,
-            } if s == step => (gradient, products),
-            other => return Err(unexpected(&guest, "the guest's reply", &other)),
-        };
-        let product = mask
-            .unmask(&decrypted_gradient)
-            .map_err(FedError::he("unmasking the host's gradient"))?;
-        let gradient = self.quantised.gradient(&product, batch.len());
-        self.optimizer
-            .step(&self.config, rate, &mut self.weights, &gradient, 0);
-        check_weights(&self.job.party, epoch, &self.weights)?;
-        let mut decrypted = self
-            .secret
-            .decrypt_masked(&products)
-            .map_err(FedError::he("decrypting the guest's masked product"))?;
-        let mut context = b"guest product ".to_vec();
-        context.extend_from_slice(&step.to_le_bytes());
-        self.masks.apply(&context, &mut decrypted);
-        transport.send(
-            &guest,
-            Message::HostReply {
-                step,
-                products: decrypted,
+            &self.guest,
+            Message::LossReport {
+                epoch: epoch as u64,
+                masked: report.to_vec(),
             },
         )
     }
 
-    fn expect_residual(
-        &self,
-        transport: &mut dyn Transport,
-        from: &str,
-        step: u64,
-        rows: usize,
-    ) -> Result<he::EncryptedVector, FedError> {
-        match receive(transport, from)? {
-            Message::Residual { step: s, residual } if s == step => {
-                if residual.len() != rows {
-                    return Err(FedError::protocol(from, "residual of the wrong length"));
-                }
-                Ok(residual)
-            }
-            other => Err(unexpected(from, "the encrypted residual", &other)),
-        }
-    }
-
-    /// Secure aggregation of the partial scores of every training and validation row, and of
-    /// the squared weight change of the epoch.
-    fn send_scores(
-        &self,
-        transport: &mut dyn Transport,
-        epoch: usize,
-        start: &[f64],
-    ) -> Result<(), FedError> {
-        let width = self.job.table.features();
-        let rows: Vec<usize> = self
-            .split
-            .train
-            .iter()
-            .chain(&self.split.validation)
-            .copied()
-            .collect();
-        let change = squared_distance(start, &self.weights);
-        let mut values = linear_scores(&self.standardised.values, width, &rows, &self.weights)
+    /// The job's one reveal: the final partial scores of the validation rows (the training
+    /// rows without a validation split), blinded by pairwise masks among the hosts. Returns
+    /// the number of rows revealed.
+    fn reveal(&self, transport: &mut dyn Transport, weights: &[f64]) -> Result<usize, FedError> {
+        let split = &self.core.split;
+        let rows = if split.validation.is_empty() {
+            &split.train
+        } else {
+            &split.validation
+        };
+        let mut masked = self
+            .core
+            .scores_with(weights, rows)
             .into_iter()
-            .chain(std::iter::once(change))
             .map(encode_score)
             .collect::<Option<Vec<u64>>>()
             .ok_or_else(|| FedError::Diverged {
-                epoch,
-                reason: format!(
-                    "{}'s partial scores left the fixed-point range",
-                    self.job.party
-                ),
+                epoch: 0,
+                reason: format!("{}'s final scores left the fixed-point range", self.core.party),
                 last_good: None,
             })?;
-        let mut context = b"epoch scores ".to_vec();
-        context.extend_from_slice(&(epoch as u64).to_le_bytes());
-        self.masks.apply(&context, &mut values);
-        transport.send(
-            &self.job.guest,
-            Message::EpochScores {
-                epoch: epoch as u64,
-                masked: values,
-            },
-        )
+        self.masks()
+            .apply_without(&self.guest, b"final scores", &mut masked);
+        transport.send(&self.guest, Message::FinalScores { masked })?;
+        Ok(rows.len())
+    }
+
+    fn masks(&self) -> &crate::masks::PairwiseMasks {
+        self.core
+            .masks
+            .as_ref()
+            .expect("keys are exchanged before training")
     }
 }

@@ -2,34 +2,62 @@
 //!
 //! One guest holds the labels (the bank); one or more hosts hold features of the same aligned
 //! rows (tax bureau, utility company). Every party owns an [`he`] key pair and updates only its
-//! own weights. Per mini-batch (rows chosen from the guest's seed, so every party indexes the
-//! same rows), with z_G = X_G·w_G + b and z_k = X_k·w_k:
+//! own weights. This is protocol version 2 ([`PROTOCOL_VERSION`]).
 //!
-//! 1. guest → host 1: [[a]]_G, a = 0.25·z_G + 0.5 − y (packed, seeded ciphertexts);
-//! 2. each host adds its share 0.25·z_k in plaintext along a chain; the last host sends the
-//!    complete [[d]]_G (d = 0.25·z + 0.5 − y, the first-order residual) to the others;
-//! 3. host k sends [[X_k^T d + r_k]]_G, re-randomised and flooded, and [[0.25·z_k]]_k;
-//! 4. the guest decrypts and returns (X_k^T d + r_k) mod 2^54 — the host unmasks its gradient;
-//!    the guest returns [[X_G^T (0.25·z_k) + r]]_k, masked and flooded; host k decrypts and
-//!    returns it plus pairwise masks shared with the other hosts, so the guest learns only
-//!    Σ_k X_G^T z_k (with one host, X_G^T z_1) and completes its gradient X_G^T d.
-//! 5. after each epoch, hosts send their partial scores plus pairwise masks (secure
-//!    aggregation); the guest learns only Σ_k z_k per row — with a single host that is z_1 —
-//!    and computes AUC, KS, log-loss and accuracy.
+//! **Set-up, once per job.** Every party P quantises its standardised features X̃_P (the
+//! guest's with a column of ones for the intercept), encrypts them under its own key, batch by
+//! batch of the job's fixed partition, and sends them to every other party, together with
+//! eight integrity-check columns X̃_P·ρ_c (mod 2^53, ρ_c secret and uniform) at secret
+//! positions among its columns.
 //!
-//! **What each party learns** (semi-honest, non-colluding). The guest: its own gradients and
-//! weights, the joint score of each row (and so Σ_k z_k), Σ_k X_G^T z_k per batch (derivable
-//! from its gradient), the metrics, and the summed squared weight change of the hosts. A host:
-//! its own gradient and weights, the row count, the validation split and the batch order.
-//! Nobody sees another party's features, labels, residuals or gradients, nor (with two or more
-//! hosts) any single host's partial scores; every ciphertext a party cannot decrypt is masked
-//! uniformly before its key owner decrypts it.
+//! **Per mini-batch.** With z_G = X_G·w_G + b and z_k = X_k·w_k, the first-order residual
+//! d = 0.25·z + 0.5 − y is the sum of shares every party computes in plaintext: the guest's
+//! 0.25·z_G + 0.5 − y and each host's 0.25·z_k. Every party Q computes, for every other party
+//! P, [[X̃_P]]^T·ṽ_Q under P's key, masks it with uniform r, re-randomises and floods it, and
+//! releases it to P together with −r blinded by pairwise masks among the parties other than P.
+//! P decrypts, adds the corrections (the pairwise masks cancel) and obtains Σ_{Q≠P} X̃_P^T ṽ_Q;
+//! with its exact local term X_P^T·v_P that is its gradient X_P^T·d, and it updates its own
+//! weights. P checks the check columns and the range of every result before using them.
+//!
+//! **Per epoch.** Only aggregate scalars: the second-order Taylor log-loss
+//! log 2 + (½ − y)·z + z²/8 on the training and validation rows (its cross terms come from
+//! one encrypted inner product per host and per pair of hosts, released to the owner of the
+//! encrypted vector, and from sums under pairwise masks), and the hosts' summed squared weight
+//! change. They drive early stopping and the training curve.
+//!
+//! **Once, at the end.** The final model's joint scores of the validation rows (the training
+//! rows when there is no validation split) reach the guest, summed over the hosts under
+//! pairwise masks, for AUC, KS, calibration and the report.
+//!
+//! **What each party learns** (semi-honest, non-colluding parties):
+//! - *the guest*: its own gradient and weights; per batch X_G^T·Σ_k z_k (an aggregate over at
+//!   least the batch size, which it can also derive from its gradient); per epoch the two
+//!   Taylor losses and the hosts' summed squared weight change; once, Σ_k z_k of the final
+//!   model on the revealed rows — **one linear view of the hosts' data per job**;
+//! - *a host*: its own gradient X_k^T·d per batch (as in FATE's hetero-LR: an aggregate that
+//!   depends on the labels), its own weights, the row count, the split and the batch order;
+//!   with other hosts, X_k^T of the other parties' shares summed;
+//! - *nobody*: another party's features, labels, residual shares, per-row scores during
+//!   training, gradient or keys. Every value a party decrypts is its own product (of its own
+//!   columns), kept by it: no decryption is ever returned to the party that made the
+//!   ciphertext, so there is no decryption oracle.
+//!
+//! **A deviating party.** A party that alters the products it releases (to steer another's
+//! gradient, or with crafted ciphertexts to probe the owner's key) fails the owner's check
+//! with probability ≥ 1 − 2^-40 and the job stops. What stays semi-honest: a guest may lie
+//! about its own labels and features (input substitution: it then chooses which linear view
+//! of the hosts' data the one reveal gives, but not how many); the loss products are not
+//! checked, and what a crafted loss product could reveal to its maker is the guest's
+//! best/stop flags, at most two bits per epoch; the weights are not secret-shared, so a host
+//! still learns its own gradient.
 //!
 //! **Quantisation.** Each party standardises its features on the training rows and quantises
-//! them to round(x·2^f) with the finest f that keeps |x̃| < 2^15 (error ≤ 2^-(f+1) per entry);
-//! residual shares use [`RESIDUAL_FORMAT`] (error ≤ 2^-17 per share). Each gradient coordinate
-//! is therefore within (1/|B|)·Σ_i (|x_ij|·(k+1)·2^-17 + |d_i|·2^-(f+1) + (k+1)·2^-(f+18)) of
-//! the exact first-order gradient of the same weights, for k hosts.
+//! them to round(x·2^f) with the finest f ≤ 12 that keeps |x̃| < 2^13. Residual shares are sent
+//! with s fraction bits, the largest s ≤ 12 for which the honest products stay 2^6 below the
+//! release modulus (s shrinks with the batch size, the parties and the packing levels; see
+//! [`GuestOutcome::share_frac_bits`]). Each gradient coordinate is within
+//! k·2^-(s+1) + D·2^-(f+1) + k·2^-(f+s+2) of the exact first-order gradient of the same
+//! weights, for k other parties and mean share magnitude D (each party's own term is exact).
 //!
 //! **Accuracy.** The first-order residual makes every gradient linear in the scores, which is
 //! what lets it pass through additive encryption; on the credit data it costs about 0.006 AUC
@@ -58,7 +86,7 @@
 //!     table: Table::new(ids, vec!["paid".into()], tax, None, Missing::Reject)?,
 //! };
 //! let run = simulate(guest, vec![host], false, &mut |_| {})?;
-//! assert!(run.guest.history.last().unwrap().train.auc > 0.9);
+//! assert!(run.guest.evaluation.metrics.auc > 0.9); // the one reveal: here the training rows
 //! println!("{}", run.hosts[0].model.to_json()); // the tax bureau's part of the model
 //! # Ok::<(), fedlearn::FedError>(())
 //! ```
@@ -74,6 +102,7 @@ mod masks;
 mod message;
 mod metrics;
 mod model;
+mod party;
 mod protocol;
 mod reference;
 mod simulator;
@@ -83,10 +112,12 @@ pub use data::{Missing, Table};
 pub use error::FedError;
 pub use guest::{run_guest, GuestJob};
 pub use host::{receive_proposal, run_host, HostJob};
-pub use message::{Acceptance, Message, Proposal, Transport, PROTOCOL_VERSION};
+pub use message::{Message, PartyKeys, Proposal, Transport, PROTOCOL_VERSION};
 pub use metrics::{evaluate, Metrics};
 pub use model::{joint_probabilities, FeatureWeight, ModelPart, Role, MODEL_FORMAT};
-pub use protocol::{EpochReport, Event, GuestOutcome, HostOutcome, StopReason, RESIDUAL_FORMAT};
+pub use protocol::{
+    EpochReport, Event, FinalEvaluation, GuestOutcome, HostOutcome, RevealedRows, StopReason,
+};
 pub use reference::{
     sigmoid, train_plain_vertical, train_reference, LinearModel, PlainOutcome, ReferenceConfig,
     Residual,

@@ -90,21 +90,38 @@ impl Split {
         Split { train, validation }
     }
 
-    /// The batches of `epoch` (1-based): the training rows shuffled per epoch and cut into
-    /// batches of `size`; the full batch keeps row order (so its prepared matrices are reused).
-    pub(crate) fn batches(&self, seed: u64, epoch: usize, size: Option<usize>) -> Vec<Vec<usize>> {
+    /// The job's batches: the training rows shuffled once and cut into ⌊rows / size⌋ batches
+    /// whose sizes differ by at most one, so that every batch holds at least `size` rows; the
+    /// full batch keeps row order. The partition is fixed for the whole job (each party
+    /// encrypts its columns once per batch); only the order of the batches changes per epoch.
+    pub(crate) fn partition(&self, seed: u64, size: Option<usize>) -> Vec<Vec<usize>> {
+        let rows = self.train.len();
         match size {
-            None => vec![self.train.clone()],
-            Some(size) => {
-                let mut context = b"epoch ".to_vec();
-                context.extend_from_slice(&(epoch as u64).to_le_bytes());
-                let order = permutation(self.train.len(), seed, &context);
-                order
-                    .chunks(size)
-                    .map(|chunk| chunk.iter().map(|&i| self.train[i]).collect())
-                    .collect()
+            Some(size) if size < rows => {
+                let order = permutation(rows, seed, b"batch partition");
+                let count = rows / size;
+                let (base, extra) = (rows / count, rows % count);
+                let mut batches = Vec::with_capacity(count);
+                let mut start = 0;
+                for b in 0..count {
+                    let len = base + usize::from(b < extra);
+                    let mut batch: Vec<usize> =
+                        order[start..start + len].iter().map(|&i| self.train[i]).collect();
+                    batch.sort_unstable();
+                    batches.push(batch);
+                    start += len;
+                }
+                batches
             }
+            _ => vec![self.train.clone()],
         }
+    }
+
+    /// The order in which `epoch` (1-based) visits the `count` batches.
+    pub(crate) fn epoch_order(seed: u64, epoch: usize, count: usize) -> Vec<usize> {
+        let mut context = b"epoch ".to_vec();
+        context.extend_from_slice(&(epoch as u64).to_le_bytes());
+        permutation(count, seed, &context)
     }
 }
 
@@ -147,11 +164,14 @@ impl MaskSecret {
     }
 }
 
-/// The masks one host adds: for every other host, a stream from their shared seed, added by
-/// the host whose name sorts first and subtracted by the other, so all hosts' masks sum to 0.
+/// Pairwise masks: for every pair of parties, a stream from their shared seed, added by the
+/// party whose name sorts first and subtracted by the other, so that over any set of parties
+/// that all apply them for the same context, the masks sum to 0.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub(crate) struct PairwiseMasks {
-    /// (shared seed, +1 or −1 as i8)
+    /// (peer, shared seed, +1 or −1 as i8)
+    #[zeroize(skip)]
+    peers: Vec<String>,
     pairs: Vec<([u8; 32], i8)>,
 }
 
@@ -175,7 +195,7 @@ impl PairwiseMasks {
                 (peer.as_str(), me)
             };
             let mut hash = Sha256::new();
-            hash.update(b"unseen/fedlearn/pairwise-seed/v1");
+            hash.update(b"unseen/fedlearn/pairwise-seed/v2");
             hash.update(job);
             for name in [first, second] {
                 hash.update((name.len() as u64).to_le_bytes());
@@ -185,12 +205,19 @@ impl PairwiseMasks {
             let seed: [u8; 32] = hash.finalize().into();
             pairs.push((seed, if me < peer.as_str() { 1 } else { -1 }));
         }
-        Ok(PairwiseMasks { pairs })
+        Ok(PairwiseMasks {
+            peers: peers.iter().map(|(p, _)| p.clone()).collect(),
+            pairs,
+        })
     }
 
-    /// Adds this host's masks for `context` to `values` (wrapping, modulo 2^64).
-    pub(crate) fn apply(&self, context: &[u8], values: &mut [u64]) {
-        for (seed, sign) in &self.pairs {
+    /// Adds this party's masks for `context` with every peer but `absent` to `values`
+    /// (wrapping, modulo 2^64): over all parties other than `absent`, the masks cancel.
+    pub(crate) fn apply_without(&self, absent: &str, context: &[u8], values: &mut [u64]) {
+        for (peer, (seed, sign)) in self.peers.iter().zip(&self.pairs) {
+            if peer == absent {
+                continue;
+            }
             let mut stream = Stream::new(seed, context);
             for value in values.iter_mut() {
                 let r = stream.next_u64();
@@ -214,18 +241,21 @@ mod tests {
         assert_eq!((split.train.len(), split.validation.len()), (800, 200));
         assert_eq!(split, Split::new(1000, 7, 0.2));
         assert_ne!(split, Split::new(1000, 8, 0.2));
-        let batches = split.batches(7, 3, Some(300));
+        let batches = split.partition(7, Some(300));
+        // Every batch holds at least the batch size: 800 rows make two batches of 400.
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [400, 400]);
+        let batches = split.partition(7, Some(250));
         assert_eq!(
             batches.iter().map(Vec::len).collect::<Vec<_>>(),
-            [300, 300, 200]
+            [267, 267, 266]
         );
         let mut all: Vec<usize> = batches.concat();
         all.sort_unstable();
         assert_eq!(all, split.train);
-        assert_ne!(
-            split.batches(7, 3, Some(300)),
-            split.batches(7, 4, Some(300))
-        );
+        assert_eq!(split.partition(7, None), vec![split.train.clone()]);
+        assert_eq!(split.partition(7, Some(5000)), vec![split.train.clone()]);
+        let orders: Vec<Vec<usize>> = (1..=6).map(|e| Split::epoch_order(7, e, 3)).collect();
+        assert!(orders.iter().any(|o| *o != orders[0]));
     }
 
     #[test]
@@ -246,7 +276,7 @@ mod tests {
         let mut sum = [0u64; 3];
         for (mask, plain) in masks.iter().zip(values) {
             let mut masked = plain;
-            mask.apply(b"epoch 1", &mut masked);
+            mask.apply_without("bank", b"epoch 1", &mut masked);
             assert!(masked.iter().zip(plain).all(|(m, p)| *m != p));
             for (s, m) in sum.iter_mut().zip(masked) {
                 *s = s.wrapping_add(m);

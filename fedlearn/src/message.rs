@@ -6,7 +6,9 @@ use crate::config::TrainConfig;
 use crate::error::FedError;
 
 /// Protocol version carried by every message; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: features encrypted once under their owner's key, products released only to the
+/// owner of the encrypted side, aggregate per-epoch losses, one final reveal.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 const MAGIC: &[u8; 4] = b"UNFL";
 
@@ -21,25 +23,27 @@ pub struct Proposal {
     pub config: TrainConfig,
     /// Rows of the aligned intersection.
     pub rows: u64,
-    /// The hosts, in the order the encrypted residual travels.
+    /// The hosts, in job order.
     pub hosts: Vec<String>,
-    /// Number of the guest's features (public: it sizes the messages).
+    /// Number of the guest's features (public: hosts' policies limit it, because the guest's
+    /// columns are what its gradient projects the hosts' scores on).
     pub features: u32,
-    /// The guest's public key (hosts mask and flood under it).
-    pub guest_key: PublicKey,
 }
 
-/// A host's answer to the proposal.
+/// Every party's keys and shape, sent to every other party once per job.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Acceptance {
-    /// Rows the host holds (must equal the proposal's).
+pub struct PartyKeys {
+    /// Rows the party holds (must equal the proposal's).
     pub rows: u64,
-    /// Number of the host's features (public: it sizes the messages).
-    pub features: u32,
-    /// The host's public key (the guest masks and floods its products under it).
+    /// Encrypted columns the party will send (its features, the guest's intercept, and its
+    /// integrity-check columns, in a secret order).
+    pub columns: u32,
+    /// The party's public key: products of its encrypted columns are released under it.
     pub key: PublicKey,
-    /// The host's packing key (the guest packs its products for the host with it).
+    /// The party's packing key for those releases.
     pub packing: PackingKey,
+    /// A Ristretto255 public share for pairwise mask seeds.
+    pub mask_share: [u8; 32],
 }
 
 /// One protocol message. Steps count mini-batch updates from 0; epochs count from 1.
@@ -47,50 +51,50 @@ pub struct Acceptance {
 pub enum Message {
     /// guest → host: the job.
     Propose(Box<Proposal>),
-    /// host → guest: accepted, with the host's row count and key.
-    Accept(Box<Acceptance>),
-    /// host → host: a Ristretto255 public share for pairwise mask seeds.
-    KeyShare([u8; 32]),
-    /// guest → host: the guest's packing key (hosts pack their products for the guest with it).
-    PackingKey(Box<PackingKey>),
-    /// The encrypted residual under the guest's key: [[0.25·z_G + 0.5 − y]] from the guest to
-    /// the first host, partial sums along the host chain, and the complete [[d]] from the last
-    /// host to the others.
-    Residual {
-        /// Update index.
-        step: u64,
+    /// every party → every other party, once: keys and shape.
+    Keys(Box<PartyKeys>),
+    /// every party → every other party, once per (batch, column): one of the sender's
+    /// quantised columns on one batch's rows, encrypted under the sender's own key.
+    Columns {
+        /// Batch index in the job's fixed partition.
+        batch: u32,
+        /// Column index (in the sender's secret order).
+        column: u32,
         /// The ciphertext.
-        residual: EncryptedVector,
+        values: EncryptedVector,
     },
-    /// host → guest: masked, flooded [[X_k^T d + r_k]] (guest key) and [[0.25·z_k]] (host key).
-    HostProducts {
+    /// every party → every other party, per step: the recipient's encrypted columns times
+    /// the sender's residual share, masked, flooded and released to the recipient, and the
+    /// sender's additive shares of it (its masks, blinded by pairwise masks so that only the
+    /// sum over all senders is the recipient's).
+    Product {
         /// Update index.
         step: u64,
-        /// The host's masked gradient.
-        gradient: MaskedColumns,
-        /// The host's encrypted partial residual.
-        scores: EncryptedVector,
+        /// Released products.
+        products: MaskedColumns,
+        /// The sender's shares plus pairwise masks, modulo 2^64.
+        correction: Vec<u64>,
     },
-    /// guest → host: the decrypted masked gradient, and the guest's masked, flooded
-    /// [[X_G^T (0.25·z_k) + r]] under the host's key.
-    GuestReply {
-        /// Update index.
-        step: u64,
-        /// (X_k^T d + r_k) mod 2^p.
-        gradient: Vec<u64>,
-        /// The guest's product for the host to decrypt.
+    /// Per epoch, for the aggregate loss: the guest's residual share on the training and
+    /// validation rows (to every host), or a host's partial scores (to the hosts after it),
+    /// encrypted under the sender's key.
+    LossVector {
+        /// Epoch.
+        epoch: u64,
+        /// The ciphertext.
+        values: EncryptedVector,
+    },
+    /// host → owner of a [`Message::LossVector`]: its inner products with the host's scores on
+    /// the training rows and on the validation rows, masked, flooded and released.
+    LossProduct {
+        /// Epoch.
+        epoch: u64,
+        /// Released products (two).
         products: MaskedColumns,
     },
-    /// host → guest: the decrypted product plus the host's pairwise masks.
-    HostReply {
-        /// Update index.
-        step: u64,
-        /// (X_G^T (0.25·z_k) + r + pairwise masks) mod 2^p.
-        products: Vec<u64>,
-    },
-    /// host → guest: fixed-point partial scores of the training and validation rows and the
-    /// squared weight change, each plus the host's pairwise masks.
-    EpochScores {
+    /// host → guest: the host's aggregate loss terms and squared weight change, blinded by
+    /// pairwise masks among the hosts.
+    LossReport {
         /// Epoch.
         epoch: u64,
         /// Masked values.
@@ -105,6 +109,13 @@ pub enum Message {
         /// Training ends after this epoch.
         stop: bool,
     },
+    /// host → guest, once, after the last epoch: the final model's partial scores of the
+    /// validation rows (the training rows when there is no validation split), blinded by
+    /// pairwise masks among the hosts.
+    FinalScores {
+        /// Masked fixed-point scores.
+        masked: Vec<u64>,
+    },
     /// Any party → the others: the job stops.
     Abort {
         /// Why.
@@ -117,15 +128,14 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Propose(_) => "propose",
-            Message::Accept(_) => "accept",
-            Message::KeyShare(_) => "key_share",
-            Message::PackingKey(_) => "packing_key",
-            Message::Residual { .. } => "residual",
-            Message::HostProducts { .. } => "host_products",
-            Message::GuestReply { .. } => "guest_reply",
-            Message::HostReply { .. } => "host_reply",
-            Message::EpochScores { .. } => "epoch_scores",
+            Message::Keys(_) => "keys",
+            Message::Columns { .. } => "columns",
+            Message::Product { .. } => "product",
+            Message::LossVector { .. } => "loss_vector",
+            Message::LossProduct { .. } => "loss_product",
+            Message::LossReport { .. } => "loss_report",
             Message::EpochEnd { .. } => "epoch_end",
+            Message::FinalScores { .. } => "final_scores",
             Message::Abort { .. } => "abort",
         }
     }
@@ -158,67 +168,63 @@ impl Message {
                 for host in &p.hosts {
                     blob(&mut out, host.as_bytes());
                 }
-                blob(&mut out, &p.guest_key.to_bytes());
             }
-            Message::Accept(a) => {
+            Message::Keys(k) => {
                 out.push(1);
-                out.extend_from_slice(&a.rows.to_le_bytes());
-                out.extend_from_slice(&a.features.to_le_bytes());
-                blob(&mut out, &a.key.to_bytes());
-                blob(&mut out, &a.packing.to_bytes());
+                out.extend_from_slice(&k.rows.to_le_bytes());
+                out.extend_from_slice(&k.columns.to_le_bytes());
+                blob(&mut out, &k.key.to_bytes());
+                blob(&mut out, &k.packing.to_bytes());
+                out.extend_from_slice(&k.mask_share);
             }
-            Message::KeyShare(share) => {
+            Message::Columns {
+                batch,
+                column,
+                values,
+            } => {
                 out.push(2);
-                out.extend_from_slice(share);
+                out.extend_from_slice(&batch.to_le_bytes());
+                out.extend_from_slice(&column.to_le_bytes());
+                blob(&mut out, &values.to_bytes());
             }
-            Message::Residual { step, residual } => {
+            Message::Product {
+                step,
+                products,
+                correction,
+            } => {
                 out.push(3);
                 out.extend_from_slice(&step.to_le_bytes());
-                blob(&mut out, &residual.to_bytes());
+                blob(&mut out, &products.to_bytes());
+                words(&mut out, correction);
             }
-            Message::HostProducts {
-                step,
-                gradient,
-                scores,
-            } => {
+            Message::LossVector { epoch, values } => {
                 out.push(4);
-                out.extend_from_slice(&step.to_le_bytes());
-                blob(&mut out, &gradient.to_bytes());
-                blob(&mut out, &scores.to_bytes());
+                out.extend_from_slice(&epoch.to_le_bytes());
+                blob(&mut out, &values.to_bytes());
             }
-            Message::GuestReply {
-                step,
-                gradient,
-                products,
-            } => {
+            Message::LossProduct { epoch, products } => {
                 out.push(5);
-                out.extend_from_slice(&step.to_le_bytes());
-                words(&mut out, gradient);
+                out.extend_from_slice(&epoch.to_le_bytes());
                 blob(&mut out, &products.to_bytes());
             }
-            Message::HostReply { step, products } => {
+            Message::LossReport { epoch, masked } => {
                 out.push(6);
-                out.extend_from_slice(&step.to_le_bytes());
-                words(&mut out, products);
-            }
-            Message::EpochScores { epoch, masked } => {
-                out.push(7);
                 out.extend_from_slice(&epoch.to_le_bytes());
                 words(&mut out, masked);
             }
             Message::EpochEnd { epoch, best, stop } => {
-                out.push(8);
+                out.push(7);
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.push(u8::from(*best));
                 out.push(u8::from(*stop));
             }
+            Message::FinalScores { masked } => {
+                out.push(8);
+                words(&mut out, masked);
+            }
             Message::Abort { reason } => {
                 out.push(9);
                 blob(&mut out, reason.as_bytes());
-            }
-            Message::PackingKey(key) => {
-                out.push(10);
-                blob(&mut out, &key.to_bytes());
             }
         }
         out
@@ -251,7 +257,6 @@ impl Message {
                     return Err(FedError::Malformed("host count beyond the message".into()));
                 }
                 let hosts = (0..count).map(|_| r.string()).collect::<Result<_, _>>()?;
-                let guest_key = PublicKey::from_bytes(r.blob()?).map_err(he)?;
                 Message::Propose(Box::new(Proposal {
                     job,
                     model_id,
@@ -259,47 +264,48 @@ impl Message {
                     rows,
                     hosts,
                     features,
-                    guest_key,
                 }))
             }
-            1 => Message::Accept(Box::new(Acceptance {
+            1 => Message::Keys(Box::new(PartyKeys {
                 rows: r.u64()?,
-                features: u32::from_le_bytes(r.array()?),
+                columns: u32::from_le_bytes(r.array()?),
                 key: PublicKey::from_bytes(r.blob()?).map_err(he)?,
                 packing: PackingKey::from_bytes(r.blob()?).map_err(he)?,
+                mask_share: r.array()?,
             })),
-            2 => Message::KeyShare(r.array()?),
-            3 => Message::Residual {
-                step: r.u64()?,
-                residual: EncryptedVector::from_bytes(r.blob()?).map_err(he)?,
+            2 => Message::Columns {
+                batch: u32::from_le_bytes(r.array()?),
+                column: u32::from_le_bytes(r.array()?),
+                values: EncryptedVector::from_bytes(r.blob()?).map_err(he)?,
             },
-            4 => Message::HostProducts {
+            3 => Message::Product {
                 step: r.u64()?,
-                gradient: MaskedColumns::from_bytes(r.blob()?).map_err(he)?,
-                scores: EncryptedVector::from_bytes(r.blob()?).map_err(he)?,
+                products: MaskedColumns::from_bytes(r.blob()?).map_err(he)?,
+                correction: r.words()?,
             },
-            5 => Message::GuestReply {
-                step: r.u64()?,
-                gradient: r.words()?,
+            4 => Message::LossVector {
+                epoch: r.u64()?,
+                values: EncryptedVector::from_bytes(r.blob()?).map_err(he)?,
+            },
+            5 => Message::LossProduct {
+                epoch: r.u64()?,
                 products: MaskedColumns::from_bytes(r.blob()?).map_err(he)?,
             },
-            6 => Message::HostReply {
-                step: r.u64()?,
-                products: r.words()?,
-            },
-            7 => Message::EpochScores {
+            6 => Message::LossReport {
                 epoch: r.u64()?,
                 masked: r.words()?,
             },
-            8 => Message::EpochEnd {
+            7 => Message::EpochEnd {
                 epoch: r.u64()?,
                 best: r.flag()?,
                 stop: r.flag()?,
             },
+            8 => Message::FinalScores {
+                masked: r.words()?,
+            },
             9 => Message::Abort {
                 reason: r.string()?,
             },
-            10 => Message::PackingKey(Box::new(PackingKey::from_bytes(r.blob()?).map_err(he)?)),
             kind => return Err(FedError::Malformed(format!("unknown message kind {kind}"))),
         };
         if r.remaining() != 0 {
@@ -400,6 +406,15 @@ mod tests {
     fn every_truncation_and_a_wrong_version_are_refused() {
         let params = he::N8192_Q128;
         let (secret, public) = he::SecretKey::generate(&params);
+        let released = {
+            let v = secret.encrypt(&[1], 1).unwrap();
+            let x = he::PreparedMatrix::new(&params, 1, 1, &[2]).unwrap();
+            let packing = secret.packing_key(0).unwrap();
+            public
+                .mask_and_flood(&params, public.multiply(&params, &v, &x).unwrap(), &packing)
+                .unwrap()
+                .0
+        };
         let messages = vec![
             Message::Propose(Box::new(Proposal {
                 job: [3; 16],
@@ -408,30 +423,43 @@ mod tests {
                 rows: 10,
                 hosts: vec!["tax".into()],
                 features: 3,
-                guest_key: public,
             })),
-            Message::Residual {
+            Message::Keys(Box::new(PartyKeys {
+                rows: 10,
+                columns: 12,
+                key: public.clone(),
+                packing: secret.packing_key(1).unwrap(),
+                mask_share: [7; 32],
+            })),
+            Message::Columns {
+                batch: 1,
+                column: 2,
+                values: secret.encrypt(&[1, 2, 3], 3).unwrap(),
+            },
+            Message::Product {
                 step: 4,
-                residual: secret.encrypt(&[1, 2, 3]).unwrap(),
+                products: released.clone(),
+                correction: vec![5, 6],
             },
-            Message::GuestReply {
-                step: 1,
-                gradient: vec![5, 6],
-                products: {
-                    let (s, p) = he::SecretKey::generate(&params);
-                    let v = s.encrypt(&[1]).unwrap();
-                    let x = he::PreparedMatrix::new(&params, 1, 1, &[2]).unwrap();
-                    let packing = s.packing_key(0).unwrap();
-                    p.mask_and_flood(&params, p.multiply(&params, &v, &x).unwrap(), &packing)
-                        .unwrap()
-                        .0
-                },
+            Message::LossVector {
+                epoch: 1,
+                values: secret.encrypt(&[-1], 1).unwrap(),
             },
-            Message::PackingKey(Box::new(secret.packing_key(1).unwrap())),
+            Message::LossProduct {
+                epoch: 1,
+                products: released,
+            },
+            Message::LossReport {
+                epoch: 3,
+                masked: vec![1, 2, 3],
+            },
             Message::EpochEnd {
                 epoch: 2,
                 best: true,
                 stop: false,
+            },
+            Message::FinalScores {
+                masked: vec![9, 8],
             },
             Message::Abort {
                 reason: "stop".into(),
@@ -451,7 +479,7 @@ mod tests {
             longer.push(0);
             assert!(Message::from_bytes(&longer).is_err());
             let mut other_version = bytes.clone();
-            other_version[4] = 2;
+            other_version[4] = 1;
             assert!(matches!(
                 Message::from_bytes(&other_version),
                 Err(FedError::Malformed(reason)) if reason.contains("version")

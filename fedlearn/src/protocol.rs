@@ -1,7 +1,7 @@
 //! What guest and host share: fixed-point formats, quantised matrices, progress events,
 //! message helpers.
 
-use he::{FixedPoint, Params, PreparedMatrix};
+use he::Params;
 
 use crate::error::FedError;
 use crate::message::{Message, Transport};
@@ -11,20 +11,24 @@ use crate::model::ModelPart;
 /// The parameter set of every ciphertext in training.
 pub(crate) const PARAMS: Params = he::N8192_Q128;
 
-/// Residual shares (0.25·z_G + 0.5 − y and 0.25·z_k): 16 fraction bits, |value| < 2^23.
-/// Every share is rounded once, so the residual every party multiplies by is within
-/// (hosts + 1)·2^-17 of the exact first-order residual.
-pub const RESIDUAL_FORMAT: FixedPoint = FixedPoint {
-    frac_bits: 16,
-    bits: 40,
-};
+/// Fraction bits of the fixed-point vectors of the aggregate loss (a party's residual share
+/// or partial scores on the training and validation rows): |value| < 32, so every entry fits
+/// ±(2^15 − 1) and an inner product over up to 2^20 rows stays below 2^50.
+pub(crate) const LOSS_FRAC_BITS: u32 = 10;
 
-/// Partial scores in secure aggregation: 32 fraction bits in a wrapping u64 (|z| < 2^30).
+/// Fraction bits of scores and sums sent through secure aggregation (wrapping u64).
 pub(crate) const SCORE_FRAC_BITS: i32 = 32;
 
-/// Largest quantised feature magnitude: the he layer's matrix bound, minus one so that the
-/// quantised matrix also fits in i16.
-const MAX_QUANTISED: f64 = 32767.0;
+/// Fraction bits of aggregate scalars (sums of squares, weight changes) in the loss report.
+pub(crate) const SUM_FRAC_BITS: i32 = 20;
+
+/// Largest |residual share| a party may send: |0.25·z_G + 0.5 − y| and |0.25·z_k| beyond 8
+/// mean a score beyond ±30, far outside any useful model; training stops as diverged.
+pub(crate) const MAX_SHARE: f64 = 8.0;
+
+/// Largest quantised feature magnitude, 2^13 − 1: 13 bits of precision per feature leave room
+/// in the 54-bit plaintext for the products, the packing and the integrity checks' margin.
+const MAX_QUANTISED: f64 = 8191.0;
 
 /// A party's standardised features as integers round(x·2^frac_bits), column-major, with an
 /// optional trailing column of ones (the guest's intercept).
@@ -44,7 +48,7 @@ impl Quantised {
             .iter()
             .flat_map(|&r| &standardised[r * width..(r + 1) * width])
             .fold(1.0f64, |m, x| m.max(x.abs()));
-        let frac_bits = (MAX_QUANTISED / largest).log2().floor().clamp(0.0, 14.0) as u32;
+        let frac_bits = (MAX_QUANTISED / largest).log2().floor().clamp(0.0, 12.0) as u32;
         let scale = 2f64.powi(frac_bits as i32);
         let columns = width + usize::from(ones);
         let mut values = vec![0i16; rows * columns];
@@ -72,79 +76,57 @@ impl Quantised {
         i64::from(self.values[column * self.rows + row])
     }
 
-    /// The batch's rows as a prepared plaintext matrix.
-    pub(crate) fn prepare(&self, batch: &[usize]) -> Result<PreparedMatrix, FedError> {
-        let mut column_major = Vec::with_capacity(batch.len() * self.columns);
-        for column in 0..self.columns {
-            column_major.extend(batch.iter().map(|&row| self.at(row, column)));
-        }
-        PreparedMatrix::new(&PARAMS, batch.len(), self.columns, &column_major)
-            .map_err(FedError::he("preparing the batch matrix"))
+    /// The rows of `batch` in column `column`.
+    pub(crate) fn column(&self, column: usize, batch: &[usize]) -> Vec<i64> {
+        batch.iter().map(|&row| self.at(row, column)).collect()
     }
 
-    /// The batch's prepared matrix; the full batch is the same rows every epoch, so it is
-    /// prepared once and kept in `cache`.
-    pub(crate) fn batch_matrix<'a>(
-        &self,
-        cache: &'a mut Option<PreparedMatrix>,
-        full: bool,
-        batch: &[usize],
-    ) -> Result<BatchMatrix<'a>, FedError> {
-        if !full {
-            return Ok(BatchMatrix::Fresh(self.prepare(batch)?));
-        }
-        let prepared = match cache.take() {
-            Some(prepared) => prepared,
-            None => self.prepare(batch)?,
-        };
-        Ok(BatchMatrix::Cached(cache.insert(prepared)))
-    }
-
-    /// Converts an integer product X̃^T d̃ (scale 2^(frac_bits + 16)) to the mean gradient.
-    pub(crate) fn gradient(&self, product: &[i64], batch_rows: usize) -> Vec<f64> {
-        let scale = 2f64.powi(-((self.frac_bits + RESIDUAL_FORMAT.frac_bits) as i32));
-        product
-            .iter()
-            .map(|&p| p as f64 * scale / batch_rows as f64)
+    /// Σ_i |x̃_ij| over `batch`, per column: with the public bound on the residual shares, a
+    /// bound on every honest product of the column.
+    pub(crate) fn column_l1(&self, batch: &[usize]) -> Vec<u64> {
+        (0..self.columns)
+            .map(|c| batch.iter().map(|&r| self.at(r, c).unsigned_abs()).sum())
             .collect()
     }
+
+    /// The entry's largest magnitude.
+    pub(crate) const MAX: i64 = MAX_QUANTISED as i64;
 }
 
-/// A batch's prepared matrix: kept across epochs (full batch) or made for this batch.
-pub(crate) enum BatchMatrix<'a> {
-    Cached(&'a PreparedMatrix),
-    Fresh(PreparedMatrix),
-}
-
-impl std::ops::Deref for BatchMatrix<'_> {
-    type Target = PreparedMatrix;
-
-    fn deref(&self) -> &PreparedMatrix {
-        match self {
-            BatchMatrix::Cached(matrix) => matrix,
-            BatchMatrix::Fresh(matrix) => matrix,
-        }
-    }
-}
-
-/// Packing levels that put `columns` results in one ciphertext (as far as the parameters allow).
+/// Packing levels that put `columns` results in one ciphertext (as far as the parameters
+/// allow), at least one (the aggregate loss releases two results together).
 pub(crate) fn packing_levels(columns: usize) -> u32 {
     columns
-        .max(1)
+        .max(2)
         .next_power_of_two()
         .trailing_zeros()
         .min(PARAMS.max_pack_levels)
 }
 
-/// A party's residual share in [`RESIDUAL_FORMAT`]; out of range means training diverged.
-pub(crate) fn encode_share(party: &str, epoch: usize, share: &[f64]) -> Result<Vec<i64>, FedError> {
-    RESIDUAL_FORMAT
-        .encode(share)
-        .map_err(|_| FedError::Diverged {
-            epoch,
-            reason: format!("{party}'s residual share left the fixed-point range"),
-            last_good: None,
+/// Encodes values as round(v·2^frac_bits), refusing any |v| ≥ `max` as divergence.
+pub(crate) fn encode_fixed(
+    party: &str,
+    epoch: usize,
+    what: &str,
+    values: &[f64],
+    frac_bits: u32,
+    max: f64,
+) -> Result<Vec<i64>, FedError> {
+    let scale = 2f64.powi(frac_bits as i32);
+    values
+        .iter()
+        .map(|&v| {
+            if v.is_finite() && v.abs() < max {
+                Ok((v * scale).round() as i64)
+            } else {
+                Err(FedError::Diverged {
+                    epoch,
+                    reason: format!("{party}'s {what} reached {v} (the protocol allows |value| < {max})"),
+                    last_good: None,
+                })
+            }
         })
+        .collect()
 }
 
 /// ‖a − b‖², the squared change of a party's weights over an epoch.
@@ -205,21 +187,43 @@ pub enum Event {
     },
 }
 
-/// What the guest learns at the end of an epoch.
+/// What the guest learns at the end of an epoch: aggregate scalars only.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochReport {
     /// Epoch (1-based).
     pub epoch: usize,
-    /// Metrics on the training rows.
-    pub train: Metrics,
-    /// Metrics on the validation rows, when there is a validation split.
-    pub validation: Option<Metrics>,
+    /// Mean second-order Taylor log-loss, log 2 + (½ − y)·z + z²/8, on the training rows:
+    /// the loss the first-order residual minimises, computed from aggregate terms.
+    pub train_loss: f64,
+    /// The same on the validation rows, when there is a validation split.
+    pub validation_loss: Option<f64>,
     /// ‖Δw‖₂ over the epoch, all parties' weights together.
     pub weight_change: f64,
     /// Learning rate of the epoch's last update.
     pub learning_rate: f64,
     /// Whether this epoch's weights are now the model.
     pub best: bool,
+}
+
+/// Which rows the final model's joint scores were revealed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevealedRows {
+    /// The validation rows (the job has a validation split).
+    Validation,
+    /// The training rows (the job has no validation split).
+    Training,
+}
+
+/// The one reveal of a job: the final model's joint scores on one set of rows, and the
+/// metrics computed from them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinalEvaluation {
+    /// Which rows.
+    pub rows: RevealedRows,
+    /// How many.
+    pub count: usize,
+    /// AUC, KS, exact log-loss and accuracy of the final model on them.
+    pub metrics: Metrics,
 }
 
 /// Why training ended.
@@ -232,6 +236,15 @@ pub enum StopReason {
         /// Epoch (1-based).
         epoch: usize,
     },
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::MaxEpochs => write!(f, "all epochs ran"),
+            StopReason::EarlyStopping { epoch } => write!(f, "early stopping after epoch {epoch}"),
+        }
+    }
 }
 
 /// The guest's result.
@@ -247,6 +260,10 @@ pub struct GuestOutcome {
     pub stop: StopReason,
     /// Fraction bits of the guest's quantised features.
     pub feature_frac_bits: u32,
+    /// Fraction bits of the residual shares every party sent (the same for all).
+    pub share_frac_bits: u32,
+    /// The final model on the revealed rows.
+    pub evaluation: FinalEvaluation,
 }
 
 /// A host's result.
@@ -258,6 +275,9 @@ pub struct HostOutcome {
     pub epochs: usize,
     /// Fraction bits of the host's quantised features.
     pub feature_frac_bits: u32,
+    /// Rows whose partial scores of the final model reached the guest (summed with the other
+    /// hosts' when there are several): the job's one per-row disclosure.
+    pub revealed_rows: usize,
 }
 
 /// Receives the next message from `peer`, turning an abort into an error.

@@ -186,13 +186,15 @@ pub fn train_plain_vertical(
     };
     let mut history = Vec::new();
     let mut step = 0u64;
+    let batches = split.partition(config.seed, config.batch_size);
     for epoch in 1..=config.max_epochs {
-        for batch in split.batches(config.seed, epoch, config.batch_size) {
+        for index in Split::epoch_order(config.seed, epoch, batches.len()) {
+            let batch = &batches[index];
             let rate = config.rate(step, epoch);
-            let z = scores(&weights, &batch);
+            let z = scores(&weights, batch);
             let d: Vec<f64> = z
                 .iter()
-                .zip(&batch)
+                .zip(batch)
                 .map(|(z, &r)| 0.25 * z + 0.5 - labels[r])
                 .collect();
             for (p, table) in tables.iter().enumerate() {

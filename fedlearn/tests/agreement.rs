@@ -25,28 +25,37 @@ fn encrypted_and_plaintext_updates_agree_within_the_quantisation_bound() {
     let (guest_job, host_jobs) = jobs(guest.clone(), hosts.clone(), &config);
     let encrypted = simulate(guest_job, host_jobs, false, &mut |_| {}).unwrap();
 
-    // Per-step gradient error bound (crate docs): with k hosts, features standardised (so
-    // mean |x| ≤ 1) and |d| ≤ D, each coordinate is within
-    // (k+1)·2^-17 + D·2^-(f+1) + (k+1)·2^-(f+18), f the smallest feature scale.
+    // Per-step gradient error bound (crate docs): each party's own term is exact; the k other
+    // parties' residual shares are rounded to 2^-s (error ≤ 2^-(s+1) each) and multiply its
+    // features rounded to 2^-f. With features standardised (mean |x| ≤ 1) and the shares'
+    // mean magnitude ≤ D, each coordinate is within k·2^-(s+1) + D·2^-(f+1) + k·2^-(f+s+2).
     let k = hosts.len() as f64;
-    let f = std::iter::once(encrypted.guest.feature_frac_bits)
-        .chain(encrypted.hosts.iter().map(|h| h.feature_frac_bits))
-        .min()
-        .unwrap() as i32;
+    let s = encrypted.guest.share_frac_bits as i32;
     let rows = guest.rows();
-    let mut z = plain.guest.partial_scores(&guest).unwrap();
+    // Each party's partial scores with the final plaintext weights bound its shares along the
+    // run (|share| ≤ 0.25·|z_P| + 0.5 for the guest, 0.25·|z_k| for a host), doubled for the
+    // intermediate steps; D_P sums the mean magnitudes of the *other* parties' shares, which
+    // are what multiply P's rounded features.
+    let mut shares: Vec<f64> = Vec::new();
+    let z_guest = plain.guest.partial_scores(&guest).unwrap();
+    shares.push(2.0 * z_guest.iter().map(|z| 0.25 * z.abs() + 0.5).sum::<f64>() / rows as f64);
     for (part, table) in plain.hosts.iter().zip(&hosts) {
-        for (z, s) in z.iter_mut().zip(part.partial_scores(table).unwrap()) {
-            *z += s;
-        }
+        let z = part.partial_scores(table).unwrap();
+        shares.push(2.0 * z.iter().map(|z| 0.25 * z.abs()).sum::<f64>() / rows as f64);
     }
-    // Σ_i |d_i| / n along the run, bounded with the final scores (|d| ≤ 0.25·|z| + 0.5),
-    // doubled for the intermediate steps.
-    let d_mean = 2.0 * z.iter().map(|z| 0.25 * z.abs() + 0.5).sum::<f64>() / rows as f64;
+    let bits: Vec<i32> = std::iter::once(encrypted.guest.feature_frac_bits)
+        .chain(encrypted.hosts.iter().map(|h| h.feature_frac_bits))
+        .map(|f| f as i32)
+        .collect();
     let mean_abs_x = 1.0; // standardised columns: mean |x| ≤ sqrt(mean x²) = 1
-    let per_step = mean_abs_x * (k + 1.0) * 2f64.powi(-17)
-        + d_mean * 2f64.powi(-f - 1)
-        + (k + 1.0) * 2f64.powi(-f - 18);
+    let per_step = (0..bits.len())
+        .map(|p| {
+            let others: f64 = shares.iter().enumerate().filter(|(q, _)| *q != p).map(|(_, d)| d).sum();
+            mean_abs_x * k * 2f64.powi(-s - 1)
+                + others * 2f64.powi(-bits[p] - 1)
+                + k * 2f64.powi(-bits[p] - s - 2)
+        })
+        .fold(0.0, f64::max);
     // Weight errors compound through the gradient's Lipschitz constant L = 0.25·λ_max(XᵀX/n)
     // of the joined standardised data with the intercept column: e_T ≤ η·T·B·(1 + η·L)^T.
     let lipschitz = 0.25 * largest_eigenvalue(&guest, &hosts) * 1.01;
@@ -62,7 +71,9 @@ fn encrypted_and_plaintext_updates_agree_within_the_quantisation_bound() {
             largest = largest.max((a - b).abs());
         }
     }
-    println!("largest weight difference {largest:.3e}, bound {bound:.3e} (f = {f}, rows {rows})");
+    println!(
+        "largest weight difference {largest:.3e}, bound {bound:.3e} (f = {bits:?}, s = {s}, rows {rows})"
+    );
     assert!(largest <= bound, "{largest} > {bound}");
     // The weights moved well beyond the bound, so agreement is not trivial.
     let moved = plain

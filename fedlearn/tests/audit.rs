@@ -70,23 +70,35 @@ fn no_plaintext_crosses_the_wire() {
         let allowed = match (record.from.as_str(), record.to.as_str()) {
             ("bank", _) => &[
                 "propose",
-                "packing_key",
-                "residual",
-                "guest_reply",
+                "keys",
+                "columns",
+                "product",
+                "loss_vector",
                 "epoch_end",
             ][..],
-            (_, "bank") => &["accept", "host_products", "host_reply", "epoch_scores"][..],
-            _ => &["key_share", "residual"][..],
+            (_, "bank") => &[
+                "keys",
+                "columns",
+                "product",
+                "loss_product",
+                "loss_report",
+                "final_scores",
+            ][..],
+            _ => &["keys", "columns", "product", "loss_vector", "loss_product"][..],
         };
         assert!(allowed.contains(&record.kind), "{record:?}");
-        if let Message::Residual { .. } = message {
-            assert!(
-                record.to != "bank",
-                "the complete residual never reaches the guest"
-            );
-        }
     }
-    assert_eq!(kinds.len(), 10, "{kinds:?}");
+    assert_eq!(kinds.len(), 9, "{kinds:?}");
+    // Exactly one per-row message of the hosts' scores reaches the guest per host: the final
+    // reveal.
+    for host in host_names {
+        let reveals = simulation
+            .wire
+            .iter()
+            .filter(|r| r.from == host && r.to == "bank" && r.kind == "final_scores")
+            .count();
+        assert_eq!(reveals, 1, "{host}");
+    }
 
     // Plaintext patterns: raw and standardised features (f64, f32), labels (bytes, f64, and
     // the first residual 0.5 − y in the residual's fixed point), each as runs of values.
@@ -98,12 +110,16 @@ fn no_plaintext_crosses_the_wire() {
     for p in patterns(labels, 4, |y: f64| y.to_le_bytes().to_vec()) {
         secrets.push(("bank", p));
     }
+    let share_scale = 2f64.powi(simulation.guest.share_frac_bits as i32);
     let first_residual: Vec<i64> = labels
         .iter()
-        .map(|y| ((0.5 - y) * 65536.0) as i64)
+        .map(|y| ((0.5 - y) * share_scale) as i64)
         .collect();
-    for p in patterns(&first_residual, 4, |r: i64| r.to_le_bytes().to_vec()) {
-        secrets.push(("bank", p));
+    for scale in [share_scale, 1024.0] {
+        let residual: Vec<i64> = labels.iter().map(|y| ((0.5 - y) * scale) as i64).collect();
+        for p in patterns(&residual, 4, |r: i64| r.to_le_bytes().to_vec()) {
+            secrets.push(("bank", p));
+        }
     }
     let all: Vec<(&str, &Table)> = std::iter::once(("bank", &guest))
         .chain(host_names.iter().copied().zip(&hosts))
@@ -136,7 +152,7 @@ fn no_plaintext_crosses_the_wire() {
                 .map(|(x, d)| (x * scale).round() as i64 * d)
                 .sum();
             secrets.push((party, product.to_le_bytes().to_vec()));
-            let mean = product as f64 / scale / 65536.0 / table.rows() as f64;
+            let mean = product as f64 / scale / share_scale / table.rows() as f64;
             secrets.push((party, mean.to_le_bytes().to_vec()));
         }
     }
@@ -156,20 +172,20 @@ fn no_plaintext_crosses_the_wire() {
         );
     }
 
-    // Secure aggregation: the last epoch's scores of each host are masked (no value equals the
-    // host's own fixed-point partial score) yet their sum is the sum of the partial scores.
-    let mut sums = vec![0u64; guest.rows() + 1];
+    // Secure aggregation of the one reveal: each host's final scores are masked (no value
+    // equals the host's own fixed-point partial score) yet their sum is the sum of the partial
+    // scores (no validation split: the reveal covers the training rows, here all rows).
+    let mut sums = vec![0u64; guest.rows()];
     for (k, (_, table)) in all[1..].iter().enumerate() {
         let record = simulation
             .wire
             .iter()
-            .rev()
-            .find(|r| r.kind == "epoch_scores" && r.from == host_names[k])
+            .find(|r| r.kind == "final_scores" && r.from == host_names[k])
             .unwrap();
-        let Message::EpochScores { masked, .. } = Message::from_bytes(&record.bytes).unwrap()
-        else {
+        let Message::FinalScores { masked } = Message::from_bytes(&record.bytes).unwrap() else {
             panic!()
         };
+        assert_eq!(masked.len(), guest.rows());
         let z = simulation.hosts[k].model.partial_scores(table).unwrap();
         for (i, z) in z.iter().enumerate() {
             let plain = (z * 2f64.powi(32)).round() as i64 as u64;
@@ -179,7 +195,7 @@ fn no_plaintext_crosses_the_wire() {
             *s = s.wrapping_add(*m);
         }
     }
-    for (i, s) in sums[..guest.rows()].iter().enumerate() {
+    for (i, s) in sums.iter().enumerate() {
         let expected: f64 = all[1..]
             .iter()
             .zip(&simulation.hosts)

@@ -51,41 +51,49 @@ fn credit_config() -> TrainConfig {
     }
 }
 
+/// AUC of the joint model the parties' parts form, on every row (the test may join them).
+fn joint_auc(simulation: &Simulation, guest: &Table, hosts: &[Table]) -> f64 {
+    let mut host_sum = vec![0.0; guest.rows()];
+    for (outcome, table) in simulation.hosts.iter().zip(hosts) {
+        for (s, z) in host_sum
+            .iter_mut()
+            .zip(outcome.model.partial_scores(table).unwrap())
+        {
+            *s += z;
+        }
+    }
+    let own = simulation.guest.model.partial_scores(guest).unwrap();
+    let probabilities = joint_probabilities(&own, &host_sum).unwrap();
+    evaluate(&probabilities, guest.labels().unwrap()).unwrap().auc
+}
+
 #[test]
 fn two_and_three_party_credit_training_reaches_the_plaintext_auc() {
     let plain = plaintext_auc("default_credit");
     for hosts in [1, 2] {
         let simulation = federated("default_credit", hosts, &credit_config());
-        let last = simulation.guest.history.last().unwrap();
+        let evaluation = &simulation.guest.evaluation;
         println!(
-            "{} parties: {:?} (plaintext AUC {plain:.4})",
+            "{} parties: {evaluation:?} (plaintext AUC {plain:.4})",
             hosts + 1,
-            last.train
         );
+        // Without a validation split the one reveal is on the training rows: all of them.
+        assert_eq!(evaluation.rows, RevealedRows::Training);
+        assert_eq!(evaluation.count, 30_000);
         assert!(
-            plain - last.train.auc < 0.01,
+            plain - evaluation.metrics.auc < 0.01,
             "{} vs {plain}",
-            last.train.auc
+            evaluation.metrics.auc
         );
         assert_eq!(simulation.hosts.len(), hosts);
-        // Every party's model part scores the rows; together they give the guest's metrics.
+        assert!(simulation.hosts.iter().all(|h| h.revealed_rows == 30_000));
+        // Every party's model part scores the rows; together they give the revealed metrics.
         let (guest, host_tables) = parties("default_credit", hosts);
-        let mut host_sum = vec![0.0; guest.rows()];
-        for (outcome, table) in simulation.hosts.iter().zip(&host_tables) {
-            for (s, z) in host_sum
-                .iter_mut()
-                .zip(outcome.model.partial_scores(table).unwrap())
-            {
-                *s += z;
-            }
-        }
-        let own = simulation.guest.model.partial_scores(&guest).unwrap();
-        let probabilities = joint_probabilities(&own, &host_sum).unwrap();
-        let metrics = evaluate(&probabilities, guest.labels().unwrap()).unwrap();
-        assert!(
-            (metrics.auc - last.train.auc).abs() < 1e-9,
-            "{metrics:?} vs {last:?}"
-        );
+        let auc = joint_auc(&simulation, &guest, &host_tables);
+        assert!((auc - evaluation.metrics.auc).abs() < 1e-9, "{auc} vs {evaluation:?}");
+        // The Taylor loss falls over the epochs.
+        let history = &simulation.guest.history;
+        assert!(history.last().unwrap().train_loss < history[0].train_loss);
     }
 }
 
@@ -108,22 +116,29 @@ fn breast_cancer_training_with_validation_and_early_stopping() {
         };
         let simulation = federated("breast", hosts, &config);
         let guest = &simulation.guest;
-        let best = &guest.history[guest.best_epoch - 1];
         println!(
-            "{} parties: best epoch {} {:?}",
+            "{} parties: best epoch {} of {}, {:?}",
             hosts + 1,
             guest.best_epoch,
-            best.validation
+            guest.history.len(),
+            guest.evaluation
         );
-        assert!(
-            plain - best.train.auc < 0.01,
-            "{} vs {plain}",
-            best.train.auc
-        );
-        assert!(best.validation.unwrap().auc > 0.97);
-        // The kept model is the best epoch's, on every party.
+        assert_eq!(guest.evaluation.rows, RevealedRows::Validation);
+        assert_eq!(guest.evaluation.count, 114);
+        assert!(guest.evaluation.metrics.auc > 0.97);
+        let (guest_table, host_tables) = parties("breast", hosts);
+        let auc = joint_auc(&simulation, &guest_table, &host_tables);
+        assert!(plain - auc < 0.01, "{auc} vs {plain}");
+        // Every epoch reports a validation loss; the kept model is the best epoch's.
+        assert!(guest.history.iter().all(|r| r.validation_loss.is_some()));
+        let best = guest.history[guest.best_epoch - 1].validation_loss.unwrap();
+        assert!(guest
+            .history
+            .iter()
+            .all(|r| r.validation_loss.unwrap() >= best - 1e-4 || !r.best));
         for host in &simulation.hosts {
             assert_eq!(host.epochs, guest.history.len());
+            assert_eq!(host.revealed_rows, 114);
         }
     }
 }

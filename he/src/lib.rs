@@ -26,7 +26,7 @@
 //!
 //! let params = N8192_Q128;
 //! let (secret, public) = SecretKey::generate(&params);          // key owner
-//! let v = secret.encrypt(&[3, -1, 4])?;                          // key owner → host
+//! let v = secret.encrypt(&[3, -1, 4], 4)?;  // key owner → host; 4 is the public bound
 //! let x = PreparedMatrix::new(&params, 3, 2, &[1, 1, 1, 2, 0, -5])?; // host: 2 columns
 //! let packing = secret.packing_key(1)?;                          // key owner → host, once
 //! let product = public.multiply(&params, &v, &x)?;              // host
@@ -51,7 +51,7 @@ pub use error::HeError;
 pub use pack::PackingKey;
 pub use params::{Params, N8192_Q128};
 pub use scheme::{
-    EncryptedColumns, EncryptedVector, KeyId, MaskedColumns, Masks, PreparedMatrix, PublicKey,
-    SecretKey,
+    EncryptedColumns, EncryptedVector, KeyId, MaskedColumns, Masks, PreparedColumns,
+    PreparedMatrix, PublicKey, SecretKey,
 };
 pub use wire::{FORMAT_VERSION, MAX_COLUMNS};

@@ -21,8 +21,14 @@ type PackedResult = (Vec<u128>, Vec<u128>);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KeyId(pub [u8; 16]);
 
+/// A 128-bit seed from tfhe's seeder (RDSEED where the CPU has it) mixed with the operating
+/// system's generator: unpredictable as long as either source is.
 fn fresh_seed() -> Seed {
-    new_seeder().seed()
+    use rand::Rng;
+    let hardware = new_seeder().seed().0;
+    let mut os = [0u8; 16];
+    rand::rng().fill_bytes(&mut os);
+    Seed(hardware ^ u128::from_le_bytes(os))
 }
 
 fn csprng() -> RandomGenerator<DefaultRandomGenerator> {
@@ -329,6 +335,11 @@ impl MaskedColumns {
             .sum()
     }
 
+    /// Bits of the modulus the decrypted results live in: p − ℓ for ℓ packing levels.
+    pub fn modulus_bits(&self) -> u32 {
+        Params::by_id(self.params_id).map_or(0, |p| p.message_bits.saturating_sub(self.levels))
+    }
+
     /// Bytes per released coefficient on the wire.
     pub(crate) fn coefficient_bytes(&self) -> usize {
         Params::by_id(self.params_id).map_or(16, |p| p.released_bits as usize / 8)
@@ -461,9 +472,31 @@ impl SecretKey {
         SeededBlock { seed, body }
     }
 
-    /// Encrypts integers with |m| ≤ 2^(p−1) − 1, N per ciphertext.
-    pub fn encrypt(&self, values: &[i64]) -> Result<EncryptedVector, HeError> {
-        let value_bound = check_messages(&self.params, values)?;
+    /// Encrypts integers with |m| ≤ `bound` ≤ 2^(p−1) − 1, N per ciphertext.
+    ///
+    /// `bound` travels with the ciphertext in the clear (evaluators use it to refuse products
+    /// that could wrap), so it must be a public bound — one the format of the values fixes —
+    /// not the largest value of the data, which would reveal it.
+    pub fn encrypt(&self, values: &[i64], bound: i64) -> Result<EncryptedVector, HeError> {
+        let max = self.params.max_message_abs();
+        if !(0..=max).contains(&bound) {
+            return Err(HeError::MessageOutOfRange {
+                index: 0,
+                value: bound,
+                max,
+            });
+        }
+        if let Some(index) = values
+            .iter()
+            .position(|v| v.checked_abs().is_none_or(|a| a > bound))
+        {
+            return Err(HeError::MessageOutOfRange {
+                index,
+                value: values[index],
+                max: bound,
+            });
+        }
+        let value_bound = bound;
         let blocks = values
             .par_chunks(self.params.poly_size)
             .map(|chunk| self.encrypt_block(chunk))
@@ -771,6 +804,187 @@ impl PublicKey {
     }
 }
 
+/// Another party's encrypted columns (one [`EncryptedVector`] per column, all of one length and
+/// under one key), transformed once by the evaluator: every later product with a plaintext
+/// vector ([`PublicKey::multiply_columns`]) then costs no transform of the ciphertexts.
+pub struct PreparedColumns {
+    params_id: u8,
+    key: KeyId,
+    rows: usize,
+    blocks: usize,
+    /// `ntt[column * blocks + block]`: the block's (a, b) in NTT form.
+    ntt: Vec<(NttPoly, NttPoly)>,
+    ring: Arc<Ring>,
+}
+
+impl std::fmt::Debug for PreparedColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PreparedColumns({} × {})",
+            self.rows,
+            self.ntt.len() / self.blocks.max(1)
+        )
+    }
+}
+
+impl PreparedColumns {
+    /// Number of rows (values per column).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn columns(&self) -> usize {
+        self.ntt.len() / self.blocks.max(1)
+    }
+
+    /// Bytes of precomputed NTT data.
+    pub fn heap_bytes(&self) -> usize {
+        self.ntt
+            .iter()
+            .map(|(a, b)| a.heap_bytes() + b.heap_bytes())
+            .sum()
+    }
+}
+
+impl PublicKey {
+    /// Transforms the key owner's encrypted columns for repeated products (see
+    /// [`PreparedColumns`]). Every column must be under this key and of the same length.
+    pub fn prepare_columns(
+        &self,
+        params: &Params,
+        columns: &[EncryptedVector],
+    ) -> Result<PreparedColumns, HeError> {
+        check_params(params, self.params_id, "public key")?;
+        let rows = columns.first().map_or(0, EncryptedVector::len);
+        if rows == 0 || rows > params.max_rows {
+            return Err(HeError::SizeMismatch {
+                what: "encrypted column rows (1..=max_rows)",
+                expected: params.max_rows,
+                got: rows,
+            });
+        }
+        for column in columns {
+            check_params(params, column.params_id, "encrypted vector")?;
+            if column.key != self.id {
+                return Err(HeError::WrongKey {
+                    what: "encrypted column",
+                });
+            }
+            if column.len != rows {
+                return Err(HeError::SizeMismatch {
+                    what: "encrypted column length",
+                    expected: rows,
+                    got: column.len,
+                });
+            }
+        }
+        let n = params.poly_size;
+        let blocks = rows.div_ceil(n);
+        let ring = ring_for(params);
+        let ntt = columns
+            .par_iter()
+            .flat_map_iter(|column| column.blocks.iter())
+            .map(|block| {
+                let (a, b) = expand_block(n, block);
+                (ring.forward_wide(&a), ring.forward_wide(&b))
+            })
+            .collect();
+        Ok(PreparedColumns {
+            params_id: params.id,
+            key: self.id,
+            rows,
+            blocks,
+            ntt,
+            ring,
+        })
+    }
+
+    /// Encrypted C^T v for the key owner's encrypted columns C and the evaluator's plaintext
+    /// vector v (a one-column [`PreparedMatrix`]): for every column j, Σ_i c_ij·v_i under the
+    /// owner's key, exact modulo 2^p.
+    ///
+    /// Unlike [`multiply`](Self::multiply) nothing is refused: the results may wrap modulo 2^p
+    /// on purpose (a key owner may encrypt uniform residues, e.g. integrity-check columns).
+    /// `bound` is the public bound the evaluator declares on the results it vouches for; it
+    /// decides the packing level of [`mask_and_flood`](Self::mask_and_flood), so evaluators
+    /// that declare the same bound release alike. The key owner, who knows its columns,
+    /// checks what it decrypts.
+    pub fn multiply_columns(
+        &self,
+        params: &Params,
+        columns: &PreparedColumns,
+        vector: &PreparedMatrix,
+        bound: i64,
+    ) -> Result<EncryptedColumns, HeError> {
+        check_params(params, self.params_id, "public key")?;
+        check_params(params, columns.params_id, "prepared columns")?;
+        check_params(params, vector.params_id, "prepared vector")?;
+        if columns.key != self.id {
+            return Err(HeError::WrongKey {
+                what: "prepared columns",
+            });
+        }
+        if vector.columns != 1 || vector.rows != columns.rows {
+            return Err(HeError::SizeMismatch {
+                what: "plaintext vector rows vs encrypted column rows",
+                expected: columns.rows,
+                got: vector.rows * vector.columns,
+            });
+        }
+        if !(0..=params.max_message_abs()).contains(&bound) {
+            return Err(HeError::MessageOutOfRange {
+                index: 0,
+                value: bound,
+                max: params.max_message_abs(),
+            });
+        }
+        let n = params.poly_size;
+        let blocks = columns.blocks;
+        let ring = &columns.ring;
+        let results = (0..columns.columns())
+            .into_par_iter()
+            .map(|column| {
+                let mut acc_a = NttPoly::zero(n);
+                let mut acc_b = NttPoly::zero(n);
+                for block in 0..blocks {
+                    let (a, b) = &columns.ntt[column * blocks + block];
+                    let v = &vector.ntt[block];
+                    ring.mul_accumulate(&mut acc_a, a, v);
+                    ring.mul_accumulate(&mut acc_b, b, v);
+                }
+                (ring.inverse(acc_a), ring.inverse(acc_b))
+            })
+            .collect();
+        Ok(EncryptedColumns {
+            params_id: params.id,
+            key: self.id,
+            bound,
+            columns: results,
+        })
+    }
+}
+
+impl Masks {
+    /// The evaluator's additive shares of the released results: −r_j modulo
+    /// 2^[`modulus_bits`](Self::modulus_bits). Added to the key owner's decryption
+    /// (x_j^T v + r_j) they give x_j^T v modulo that power of two; the two halves of such a
+    /// pair are each uniform on their own.
+    pub fn shares(&self) -> Vec<u64> {
+        let modulus_mask = (1u64 << self.message_bits) - 1;
+        self.values
+            .iter()
+            .map(|&r| r.wrapping_neg() & modulus_mask)
+            .collect()
+    }
+
+    /// Bits of the modulus the masks live in: p − ℓ for ℓ packing levels.
+    pub fn modulus_bits(&self) -> u32 {
+        self.message_bits
+    }
+}
+
 impl Masks {
     /// The masks of several evaluators added together, for a key owner who returns the sum of
     /// their decryptions: unmasking the summed decryptions with the summed masks gives the sum
@@ -868,7 +1082,7 @@ mod tests {
         );
         let mut v = vec![0i64; n];
         v[0] = 1;
-        let v = secret.encrypt(&v).unwrap();
+        let v = secret.encrypt(&v, 1).unwrap();
         // Every column is the same; each ciphertext draws fresh masks, re-randomisation and
         // flooding, so one call yields `COLUMNS` independent samples.
         const COLUMNS: usize = 64;
@@ -938,7 +1152,7 @@ mod tests {
         let packing = secret.packing_key(5).unwrap();
         let rows = 1000;
         let v: Vec<i64> = (0..rows as i64).map(|i| (i * 7919) % 2001 - 1000).collect();
-        let encrypted = secret.encrypt(&v).unwrap();
+        let encrypted = secret.encrypt(&v, 1000).unwrap();
         for (columns, entry, expected_levels) in [(37, 500, 5), (100, 500, 5), (3, 1 << 15, 2)] {
             let x: Vec<i64> = (0..rows * columns)
                 .map(|i| (i as i64 * 104_729) % (2 * entry + 1) - entry)
@@ -968,7 +1182,7 @@ mod tests {
         let params = N8192_Q128;
         let (secret, public) = SecretKey::generate(&params);
         let (other_secret, other_public) = SecretKey::generate(&params);
-        let v = secret.encrypt(&[1, 2, 3]).unwrap();
+        let v = secret.encrypt(&[1, 2, 3], 3).unwrap();
         assert_eq!(
             other_secret.decrypt(&v),
             Err(HeError::WrongKey {
@@ -1003,7 +1217,7 @@ mod tests {
     fn summed_masks_unmask_summed_decryptions() {
         let params = N8192_Q128;
         let (secret, public) = SecretKey::generate(&params);
-        let v = secret.encrypt(&[5, -3]).unwrap();
+        let v = secret.encrypt(&[5, -3], 5).unwrap();
         let first = PreparedMatrix::new(&params, 2, 2, &[1, 0, 0, 1]).unwrap();
         let second = PreparedMatrix::new(&params, 2, 2, &[2, 2, -1, 1]).unwrap();
         let packing = secret.packing_key(1).unwrap();

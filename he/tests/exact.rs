@@ -8,6 +8,10 @@ fn random_values(n: usize, bound: i64) -> Vec<i64> {
     (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
 }
 
+fn max_abs(v: &[i64]) -> i64 {
+    v.iter().map(|x| x.abs()).max().unwrap_or(0)
+}
+
 fn plain_product(v: &[i64], x: &[i64], rows: usize) -> Vec<i64> {
     x.chunks(rows)
         .map(|column| column.iter().zip(v).map(|(a, b)| a * b).sum())
@@ -45,7 +49,7 @@ fn largest_sizes_are_exact() {
             -params.max_matrix_abs
         };
     }
-    let encrypted = secret.encrypt(&v).unwrap();
+    let encrypted = secret.encrypt(&v, max_abs(&v)).unwrap();
     let matrix = PreparedMatrix::new(&params, rows, 2, &x).unwrap();
     let got = round_trip(&secret, &public, &encrypted, &matrix);
     let expected = plain_product(&v, &x, rows);
@@ -63,7 +67,7 @@ fn encrypt_add_decrypt_across_block_boundaries() {
     let (secret, public) = SecretKey::generate(&params);
     let n = params.poly_size * 2 + 17;
     let v = random_values(n, 1 << 20);
-    let mut encrypted = secret.encrypt(&v).unwrap();
+    let mut encrypted = secret.encrypt(&v, 1 << 20).unwrap();
     assert_eq!(secret.decrypt(&encrypted).unwrap(), v);
     let w = random_values(n, 1 << 20);
     encrypted.add_plain(&params, &w).unwrap();
@@ -83,14 +87,24 @@ fn out_of_range_inputs_are_errors() {
     let (secret, public) = SecretKey::generate(&params);
     let too_big = params.max_message_abs() + 1;
     assert_eq!(
-        secret.encrypt(&[0, too_big]).unwrap_err(),
+        secret.encrypt(&[0, too_big], params.max_message_abs()).unwrap_err(),
         HeError::MessageOutOfRange {
             index: 1,
             value: too_big,
             max: params.max_message_abs()
         }
     );
-    assert!(secret.encrypt(&[i64::MIN]).is_err());
+    assert!(secret.encrypt(&[i64::MIN], 1).is_err());
+    // A declared bound beyond the plaintext space, or a value beyond the declared bound.
+    assert!(secret.encrypt(&[1], too_big).is_err());
+    assert_eq!(
+        secret.encrypt(&[1, -9], 8).unwrap_err(),
+        HeError::MessageOutOfRange {
+            index: 1,
+            value: -9,
+            max: 8
+        }
+    );
     assert_eq!(
         PreparedMatrix::new(&params, 2, 2, &[0, 1, 2, 1 << 16]).unwrap_err(),
         HeError::MatrixEntryOutOfRange {
@@ -104,20 +118,84 @@ fn out_of_range_inputs_are_errors() {
         PreparedMatrix::new(&params, 2, 2, &[0, 1, 2]),
         Err(HeError::SizeMismatch { .. })
     ));
-    let v = secret.encrypt(&[1, 2, 3]).unwrap();
+    let v = secret.encrypt(&[1, 2, 3], 3).unwrap();
     let wrong_rows = PreparedMatrix::new(&params, 2, 1, &[1, 1]).unwrap();
     assert!(matches!(
         public.multiply(&params, &v, &wrong_rows),
         Err(HeError::SizeMismatch { .. })
     ));
     // |v| ≤ 2^40 and Σ|x| = 3·2^15: the worst case 2^56.6 could wrap a 54-bit space.
-    let big = secret.encrypt(&[1 << 40, 0, 0]).unwrap();
+    let big = secret.encrypt(&[1 << 40, 0, 0], 1 << 40).unwrap();
     let wide = PreparedMatrix::new(&params, 3, 1, &[1 << 15, 1 << 15, 1 << 15]).unwrap();
     assert!(matches!(
         public.multiply(&params, &big, &wide),
         Err(HeError::ProductTooLarge { .. })
     ));
-    let mut sum = secret.encrypt(&[1]).unwrap();
+    let mut sum = secret.encrypt(&[1], 1).unwrap();
     assert!(sum.add_plain(&params, &[1, 2]).is_err());
     assert!(sum.add_plain(&params, &[params.max_message_abs()]).is_err());
+}
+
+#[test]
+fn encrypted_columns_times_a_plain_vector_give_additive_shares() {
+    let params = N8192_Q128;
+    let (secret, public) = SecretKey::generate(&params);
+    let packing = secret.packing_key(3).unwrap();
+    // Two blocks and a remainder; four bounded columns and one of uniform residues that wraps.
+    let rows = params.poly_size + 1234;
+    let columns: Vec<Vec<i64>> = (0..4).map(|_| random_values(rows, 1 << 15)).collect();
+    let modulus = 1i128 << params.message_bits;
+    let wrapping: Vec<i64> = random_values(rows, params.max_message_abs());
+    let v = random_values(rows, 1 << 12);
+    let mut encrypted: Vec<EncryptedVector> = columns
+        .iter()
+        .map(|c| secret.encrypt(c, 1 << 15).unwrap())
+        .collect();
+    encrypted.push(secret.encrypt(&wrapping, params.max_message_abs()).unwrap());
+    let prepared = public.prepare_columns(&params, &encrypted).unwrap();
+    assert_eq!((prepared.rows(), prepared.columns()), (rows, 5));
+    let vector = PreparedMatrix::new(&params, rows, 1, &v).unwrap();
+    let bound = (rows as i64) << 27;
+    let product = public
+        .multiply_columns(&params, &prepared, &vector, bound)
+        .unwrap();
+    let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
+    let bits = masked.modulus_bits();
+    assert_eq!(bits, masks.modulus_bits());
+    let decrypted = secret.decrypt_masked(&masked).unwrap();
+    let modulus_mask = (1u64 << bits) - 1;
+    let got: Vec<u64> = decrypted
+        .iter()
+        .zip(masks.shares())
+        .map(|(d, s)| d.wrapping_add(s) & modulus_mask)
+        .collect();
+    let expected: Vec<u64> = columns
+        .iter()
+        .chain(std::iter::once(&wrapping))
+        .map(|c| {
+            let exact: i128 = c.iter().zip(&v).map(|(x, y)| i128::from(*x) * i128::from(*y)).sum();
+            (exact.rem_euclid(modulus) as u64) & modulus_mask
+        })
+        .collect();
+    assert_eq!(got, expected);
+    // Each share alone is not the product.
+    assert!(decrypted.iter().zip(&expected).all(|(d, e)| d != e));
+    // Columns of another key, rows that differ and an out-of-range bound are refused.
+    let (other, _) = SecretKey::generate(&params);
+    assert!(matches!(
+        public.prepare_columns(&params, &[other.encrypt(&[1], 1).unwrap()]),
+        Err(HeError::WrongKey { .. })
+    ));
+    assert!(matches!(
+        public.prepare_columns(&params, &[encrypted[0].clone(), secret.encrypt(&[1], 1).unwrap()]),
+        Err(HeError::SizeMismatch { .. })
+    ));
+    let short = PreparedMatrix::new(&params, 3, 1, &[1, 2, 3]).unwrap();
+    assert!(matches!(
+        public.multiply_columns(&params, &prepared, &short, bound),
+        Err(HeError::SizeMismatch { .. })
+    ));
+    assert!(public
+        .multiply_columns(&params, &prepared, &vector, -1)
+        .is_err());
 }

@@ -13,7 +13,7 @@ fn objects() -> (
     let params = N8192_Q128;
     let (secret, public) = SecretKey::generate(&params);
     let packing = secret.packing_key(2).unwrap();
-    let v = secret.encrypt(&[5, -3, 2]).unwrap();
+    let v = secret.encrypt(&[5, -3, 2], 5).unwrap();
     let x = PreparedMatrix::new(&params, 3, 2, &[1, 2, 3, -1, 0, 4]).unwrap();
     let (masked, _) = public
         .mask_and_flood(&params, public.multiply(&params, &v, &x).unwrap(), &packing)

@@ -1,0 +1,607 @@
+//! What guest and hosts share in protocol v2: the party core (data, keys, weights), its
+//! encrypted columns with their integrity checks, and the per-step exchange of products.
+//!
+//! Every party P holds its quantised features X̃_P (the guest's with a column of ones for the
+//! intercept). Once per job it encrypts them under its own key, batch by batch, and sends them
+//! to every other party, with [`CHECK_COLUMNS`] extra columns (X̃_P·ρ_c modulo 2^53 for secret
+//! uniform ρ_c) at secret positions. Per step, every party Q computes its residual share v_Q
+//! (the guest's 0.25·z_G + 0.5 − y, a host's 0.25·z_k) and, for every other party P, the
+//! product [[X̃_P]]^T·ṽ_Q under P's key; it masks, floods and releases it to P with its masks
+//! as additive shares, blinded by pairwise masks among the parties other than P. P decrypts
+//! the releases, adds the corrections (the pairwise masks cancel), and holds
+//! X̃_P^T·Σ_{Q≠P} ṽ_Q: with its own local term X_P^T·v_P, its gradient X_P^T·d.
+//!
+//! Nothing a party decrypts is ever sent back to the party that made the ciphertext: P keeps
+//! what it decrypts. Before using it, P checks the check columns (they must equal ρ_c times
+//! the real columns, modulo the plaintext modulus) and bounds every real result by what
+//! honest shares allow; a product altered by one of the senders passes with probability at
+//! most 2^-40 (see [`Core::gradient`]).
+
+use he::{EncryptedVector, PackingKey, PreparedColumns, PreparedMatrix, PublicKey, SecretKey};
+
+use crate::config::{OptimizerState, TrainConfig};
+use crate::data::Table;
+use crate::error::FedError;
+use crate::masks::{random_bytes, MaskSecret, PairwiseMasks, Split};
+use crate::message::{Message, PartyKeys, Transport};
+use crate::model::{ModelPart, Standardised};
+use crate::protocol::{
+    check_weights, encode_fixed, linear_scores, packing_levels, receive, unexpected, Quantised,
+    MAX_SHARE, PARAMS,
+};
+
+/// Integrity-check columns each party appends to its encrypted columns.
+pub(crate) const CHECK_COLUMNS: usize = 8;
+
+/// The public bound on honest products is at most 2^-(CHECK_MARGIN_BITS + 1) of the plaintext
+/// modulus, so each check column lets an altered product through with probability ≤ 2^-5,
+/// all of them together with probability ≤ 2^-40.
+const CHECK_MARGIN_BITS: u32 = 5;
+
+/// Check columns are computed modulo 2^53: at most the modulus of any release (p − ℓ with
+/// ℓ ≥ 1), and within the plaintext space as signed values.
+const CHECK_BITS: u32 = 53;
+
+/// Most fraction bits of a residual share: |share| < 8 then fits a plaintext entry (2^15).
+const MAX_SHARE_BITS: u32 = 12;
+
+/// Fewest fraction bits of a residual share the protocol accepts.
+const MIN_SHARE_BITS: u32 = 4;
+
+/// Another party of the job, as this party sees it.
+pub(crate) struct Peer {
+    pub(crate) name: String,
+    pub(crate) key: PublicKey,
+    pub(crate) packing: PackingKey,
+    /// Encrypted columns the peer sends (real and check).
+    pub(crate) columns: usize,
+    /// The peer's encrypted columns per batch, transformed for products.
+    prepared: Vec<PreparedColumns>,
+}
+
+/// A party's secret integrity checks: where its real and check columns sit among the columns
+/// it sends, and each check's coefficients.
+struct Checks {
+    /// Position of real column j.
+    real: Vec<usize>,
+    /// Position of check column c and its coefficients ρ_c (modulo 2^53).
+    checks: Vec<(usize, Vec<u64>)>,
+}
+
+impl Checks {
+    fn random(real_columns: usize) -> Result<Checks, FedError> {
+        let total = real_columns + CHECK_COLUMNS;
+        let mut bytes = vec![0u8; 8 * (total + CHECK_COLUMNS * real_columns)];
+        random_bytes(&mut bytes)?;
+        let mut words = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        // A uniform permutation of the positions (Fisher–Yates; the modulo bias of a 64-bit
+        // draw over ≤ 2^16 positions is below 2^-48).
+        let mut positions: Vec<usize> = (0..total).collect();
+        for i in (1..total).rev() {
+            let j = (words.next().unwrap_or(0) % (i as u64 + 1)) as usize;
+            positions.swap(i, j);
+        }
+        let modulus = (1u64 << CHECK_BITS) - 1;
+        let checks = (0..CHECK_COLUMNS)
+            .map(|c| {
+                let rho = (0..real_columns)
+                    .map(|_| words.next().unwrap_or(0) & modulus)
+                    .collect();
+                (positions[real_columns + c], rho)
+            })
+            .collect();
+        Ok(Checks {
+            real: positions[..real_columns].to_vec(),
+            checks,
+        })
+    }
+}
+
+/// One party's state over a job: the same for guest and hosts.
+pub(crate) struct Core {
+    pub(crate) party: String,
+    pub(crate) config: TrainConfig,
+    pub(crate) table: Table,
+    pub(crate) split: Split,
+    /// The job's fixed partition of the training rows.
+    pub(crate) batches: Vec<Vec<usize>>,
+    pub(crate) standardised: Standardised,
+    pub(crate) quantised: Quantised,
+    /// Whether the last weight is an intercept (the guest's).
+    intercept: bool,
+    pub(crate) secret: SecretKey,
+    public: PublicKey,
+    packing: PackingKey,
+    mask_secret: MaskSecret,
+    checks: Checks,
+    /// Every other party, the guest first, then the hosts in job order.
+    pub(crate) peers: Vec<Peer>,
+    pub(crate) masks: Option<PairwiseMasks>,
+    /// This party's weights (the intercept last, for the guest).
+    pub(crate) weights: Vec<f64>,
+    optimizer: OptimizerState,
+    /// Fraction bits of the residual shares (public: derived from the job's shape).
+    pub(crate) share_bits: u32,
+    /// Update index.
+    pub(crate) step: u64,
+}
+
+impl Core {
+    /// Standardises and quantises the party's table on the training rows derived from the
+    /// job's seed, draws its keys and its integrity checks.
+    pub(crate) fn new(
+        party: &str,
+        table: Table,
+        config: TrainConfig,
+        intercept: bool,
+    ) -> Result<Core, FedError> {
+        let split = Split::new(table.rows(), config.seed, config.validation_fraction);
+        let standardised = Standardised::fit(party, &table, &split.train)?;
+        let width = table.features();
+        let quantised = Quantised::new(&standardised.values, width, &split.train, intercept);
+        let batches = split.partition(config.seed, config.batch_size);
+        let (secret, public) = SecretKey::generate(&PARAMS);
+        let packing = secret
+            .packing_key(packing_levels(quantised.columns + CHECK_COLUMNS))
+            .map_err(FedError::he("making the packing key"))?;
+        let checks = Checks::random(quantised.columns)?;
+        let columns = quantised.columns;
+        Ok(Core {
+            party: party.to_owned(),
+            config,
+            table,
+            split,
+            batches,
+            standardised,
+            quantised,
+            intercept,
+            secret,
+            public,
+            packing,
+            mask_secret: MaskSecret::random()?,
+            checks,
+            peers: Vec::new(),
+            masks: None,
+            weights: vec![0.0; columns],
+            optimizer: OptimizerState::new(columns),
+            share_bits: 0,
+            step: 0,
+        })
+    }
+
+    /// Encrypted columns this party sends: its real columns and the check columns.
+    fn sent_columns(&self) -> usize {
+        self.quantised.columns + CHECK_COLUMNS
+    }
+
+    /// Sends this party's keys and shape to every peer.
+    pub(crate) fn send_keys(
+        &self,
+        transport: &mut dyn Transport,
+        peers: &[String],
+    ) -> Result<(), FedError> {
+        let keys = PartyKeys {
+            rows: self.table.rows() as u64,
+            columns: self.sent_columns() as u32,
+            key: self.public.clone(),
+            packing: self.packing.clone(),
+            mask_share: self.mask_secret.public(),
+        };
+        for peer in peers {
+            transport.send(peer, Message::Keys(Box::new(keys.clone())))?;
+        }
+        Ok(())
+    }
+
+    /// Receives every peer's keys, derives the pairwise masks and the residual-share format
+    /// (from public quantities only, so every party derives the same).
+    pub(crate) fn receive_keys(
+        &mut self,
+        transport: &mut dyn Transport,
+        job: &[u8; 16],
+        peers: &[String],
+    ) -> Result<(), FedError> {
+        let rows = self.table.rows();
+        let mut shares = Vec::with_capacity(peers.len());
+        for name in peers {
+            let keys = match receive(transport, name)? {
+                Message::Keys(keys) => *keys,
+                other => return Err(unexpected(name, "the party's keys", &other)),
+            };
+            if keys.rows != rows as u64 {
+                return Err(FedError::RowCount {
+                    party: name.clone(),
+                    expected: rows,
+                    got: keys.rows as usize,
+                });
+            }
+            let columns = keys.columns as usize;
+            if columns <= CHECK_COLUMNS || columns > he::MAX_COLUMNS {
+                return Err(FedError::protocol(
+                    name,
+                    format!("announces {columns} encrypted columns"),
+                ));
+            }
+            if keys.packing.key_id() != keys.key.id() {
+                return Err(FedError::protocol(name, "packing key of another key pair"));
+            }
+            shares.push((name.clone(), keys.mask_share));
+            self.peers.push(Peer {
+                name: name.clone(),
+                key: keys.key,
+                packing: keys.packing,
+                columns,
+                prepared: Vec::new(),
+            });
+        }
+        self.masks = Some(PairwiseMasks::derive(
+            job,
+            &self.party,
+            &self.mask_secret,
+            &shares,
+        )?);
+        self.share_bits = self.choose_share_bits()?;
+        Ok(())
+    }
+
+    /// The residual shares' fraction bits f: with ℓ the most packing levels of any party's
+    /// release, E the evaluators per product (parties − 1) and b the largest batch, honest
+    /// products are bounded by B = E·b·(2^13 − 1)·8·2^f; f is the largest value (at most 12)
+    /// with 2·B ≤ 2^(p − ℓ − 5), which leaves the integrity checks their margin.
+    fn choose_share_bits(&self) -> Result<u32, FedError> {
+        let levels = self
+            .peers
+            .iter()
+            .map(|p| p.columns)
+            .chain(std::iter::once(self.sent_columns()))
+            .map(packing_levels)
+            .max()
+            .unwrap_or(0);
+        let evaluators = self.peers.len().max(1);
+        let largest = self.batches.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let log2 = |x: usize| x.next_power_of_two().trailing_zeros() as i64;
+        // log2(2·B) = log2 E + log2 b + 13 + 3 + f + 1 ≤ 54 − ℓ − 5.
+        let room = i64::from(PARAMS.message_bits)
+            - i64::from(CHECK_MARGIN_BITS)
+            - i64::from(levels)
+            - log2(evaluators)
+            - log2(largest)
+            - 17;
+        if room < i64::from(MIN_SHARE_BITS) {
+            return Err(FedError::config(
+                "batch_size",
+                format!(
+                    "batches of {largest} rows with {} parties and {} packing levels leave \
+                     {room} bits of precision for the residual (at least {MIN_SHARE_BITS} \
+                     needed); use smaller batches",
+                    evaluators + 1,
+                    levels
+                ),
+            ));
+        }
+        Ok((room as u32).min(MAX_SHARE_BITS))
+    }
+
+    /// The public bound an evaluator declares on its products for a batch of `rows` rows.
+    fn product_bound(&self, rows: usize) -> i64 {
+        rows as i64 * Quantised::MAX * ((MAX_SHARE as i64) << self.share_bits)
+    }
+
+    /// Sends this party's encrypted columns, batch by batch, to every peer.
+    pub(crate) fn send_columns(&self, transport: &mut dyn Transport) -> Result<(), FedError> {
+        let bound = PARAMS.max_message_abs();
+        let modulus = (1u64 << CHECK_BITS) - 1;
+        for (index, batch) in self.batches.iter().enumerate() {
+            let real: Vec<Vec<i64>> = (0..self.quantised.columns)
+                .map(|j| self.quantised.column(j, batch))
+                .collect();
+            let mut columns: Vec<Vec<i64>> = vec![Vec::new(); self.sent_columns()];
+            for (j, values) in real.iter().enumerate() {
+                columns[self.checks.real[j]] = values.clone();
+            }
+            for (position, rho) in &self.checks.checks {
+                columns[*position] = (0..batch.len())
+                    .map(|i| {
+                        let sum = real.iter().zip(rho).fold(0u64, |acc, (column, r)| {
+                            acc.wrapping_add((column[i] as u64).wrapping_mul(*r))
+                        });
+                        signed(sum & modulus, CHECK_BITS)
+                    })
+                    .collect();
+            }
+            for (column, values) in columns.iter().enumerate() {
+                let encrypted = self
+                    .secret
+                    .encrypt(values, bound)
+                    .map_err(FedError::he("encrypting a column"))?;
+                for peer in &self.peers {
+                    transport.send(
+                        &peer.name,
+                        Message::Columns {
+                            batch: index as u32,
+                            column: column as u32,
+                            values: encrypted.clone(),
+                        },
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives every peer's encrypted columns and transforms them for the products.
+    pub(crate) fn receive_columns(&mut self, transport: &mut dyn Transport) -> Result<(), FedError> {
+        for p in 0..self.peers.len() {
+            let name = self.peers[p].name.clone();
+            let mut prepared = Vec::with_capacity(self.batches.len());
+            for (index, batch) in self.batches.iter().enumerate() {
+                let mut columns: Vec<EncryptedVector> = Vec::with_capacity(self.peers[p].columns);
+                for column in 0..self.peers[p].columns {
+                    match receive(transport, &name)? {
+                        Message::Columns {
+                            batch: b,
+                            column: c,
+                            values,
+                        } if b as usize == index && c as usize == column => {
+                            if values.len() != batch.len() {
+                                return Err(FedError::protocol(
+                                    &name,
+                                    format!(
+                                        "column {column} of batch {index} holds {} values, the \
+                                         batch has {} rows",
+                                        values.len(),
+                                        batch.len()
+                                    ),
+                                ));
+                            }
+                            columns.push(values);
+                        }
+                        other => {
+                            return Err(unexpected(
+                                &name,
+                                &format!("encrypted column {column} of batch {index}"),
+                                &other,
+                            ))
+                        }
+                    }
+                }
+                prepared.push(
+                    self.peers[p]
+                        .key
+                        .prepare_columns(&PARAMS, &columns)
+                        .map_err(FedError::he("preparing a party's encrypted columns"))?,
+                );
+            }
+            self.peers[p].prepared = prepared;
+        }
+        Ok(())
+    }
+
+    /// This party's partial scores on `rows` with `weights` (the intercept included).
+    pub(crate) fn scores_with(&self, weights: &[f64], rows: &[usize]) -> Vec<f64> {
+        let width = self.table.features();
+        let mut z = linear_scores(&self.standardised.values, width, rows, &weights[..width]);
+        if self.intercept {
+            for z in &mut z {
+                *z += weights[width];
+            }
+        }
+        z
+    }
+
+    /// One mini-batch step: sends every peer its product, receives this party's, checks them
+    /// and updates the weights. `share` is this party's residual share on the batch.
+    pub(crate) fn step(
+        &mut self,
+        transport: &mut dyn Transport,
+        epoch: usize,
+        batch: usize,
+        share: &[f64],
+        rate: f64,
+    ) -> Result<(), FedError> {
+        let step = self.step;
+        let rows = &self.batches[batch];
+        let encoded = encode_fixed(
+            &self.party,
+            epoch,
+            "residual share",
+            share,
+            self.share_bits,
+            MAX_SHARE,
+        )?;
+        let vector = PreparedMatrix::new(&PARAMS, rows.len(), 1, &encoded)
+            .map_err(FedError::he("preparing the residual share"))?;
+        let bound = self.product_bound(rows.len());
+        let masks = self.masks.as_ref().expect("keys are exchanged before training");
+        for peer in &self.peers {
+            let product = peer
+                .key
+                .multiply_columns(&PARAMS, &peer.prepared[batch], &vector, bound)
+                .map_err(FedError::he("multiplying a party's encrypted columns"))?;
+            let (products, shares) = peer
+                .key
+                .mask_and_flood(&PARAMS, product, &peer.packing)
+                .map_err(FedError::he("releasing a product"))?;
+            let mut correction = shares.shares();
+            masks.apply_without(&peer.name, &product_context(step, &peer.name), &mut correction);
+            transport.send(
+                &peer.name,
+                Message::Product {
+                    step,
+                    products,
+                    correction,
+                },
+            )?;
+        }
+        // This party's own term, exact: X_P^T v_P.
+        let width = self.table.features();
+        let mut local = vec![0.0; self.quantised.columns];
+        for (&row, &v) in rows.iter().zip(share) {
+            let x = &self.standardised.values[row * width..(row + 1) * width];
+            for (l, x) in local.iter_mut().zip(x) {
+                *l += x * v;
+            }
+            if self.intercept {
+                local[width] += v;
+            }
+        }
+        let (total, bits) = self.receive_products(transport, step)?;
+        let gradient = self.gradient(step, batch, &total, bits, &local)?;
+        let unpenalised = usize::from(self.intercept);
+        let config = self.config.clone();
+        self.optimizer
+            .step(&config, rate, &mut self.weights, &gradient, unpenalised);
+        check_weights(&self.party, epoch, &self.weights)?;
+        self.step += 1;
+        Ok(())
+    }
+
+    /// Decrypts every peer's release for `step` and adds the corrections: Σ of the products,
+    /// modulo 2^bits.
+    fn receive_products(
+        &self,
+        transport: &mut dyn Transport,
+        step: u64,
+    ) -> Result<(Vec<u64>, u32), FedError> {
+        let columns = self.sent_columns();
+        let mut total = vec![0u64; columns];
+        let mut bits = None;
+        for peer in &self.peers {
+            let (products, correction) = match receive(transport, &peer.name)? {
+                Message::Product {
+                    step: s,
+                    products,
+                    correction,
+                } if s == step => (products, correction),
+                other => return Err(unexpected(&peer.name, "a product", &other)),
+            };
+            if products.len() != columns || correction.len() != columns {
+                return Err(FedError::protocol(
+                    &peer.name,
+                    format!(
+                        "{} products and {} corrections, expected {columns}",
+                        products.len(),
+                        correction.len()
+                    ),
+                ));
+            }
+            let released = products.modulus_bits();
+            if *bits.get_or_insert(released) != released {
+                return Err(FedError::protocol(
+                    &peer.name,
+                    "a product released at another packing level than the others'",
+                ));
+            }
+            let decrypted = self
+                .secret
+                .decrypt_masked(&products)
+                .map_err(FedError::he("decrypting a product"))?;
+            for ((t, d), c) in total.iter_mut().zip(decrypted).zip(correction) {
+                *t = t.wrapping_add(d).wrapping_add(c);
+            }
+        }
+        let bits = bits.unwrap_or(PARAMS.message_bits);
+        let modulus = (1u64 << bits) - 1;
+        for t in &mut total {
+            *t &= modulus;
+        }
+        Ok((total, bits))
+    }
+
+    /// Checks the summed products and turns them into the mean gradient.
+    ///
+    /// Every check column must equal Σ_j ρ_cj·(real column j) modulo 2^bits, and every real
+    /// result must lie within E·Σ_i|x̃_ij|·8·2^f. An alteration δ of the results that stays
+    /// within those bounds has |δ| ≤ 2B ≤ 2^(bits − 5), so its lowest set bit is below
+    /// bits − 5, and Σ_j ρ_cj·δ_j is uniform over at least 2^5 values for uniform secret ρ_c:
+    /// each check column catches it with probability ≥ 1 − 2^-5, the eight together with
+    /// ≥ 1 − 2^-40. Altering a check column alone is always caught.
+    fn gradient(
+        &self,
+        step: u64,
+        batch: usize,
+        total: &[u64],
+        bits: u32,
+        local: &[f64],
+    ) -> Result<Vec<f64>, FedError> {
+        let modulus = (1u64 << bits) - 1;
+        let senders = || {
+            self.peers
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (c, (position, rho)) in self.checks.checks.iter().enumerate() {
+            let combined = self
+                .checks
+                .real
+                .iter()
+                .zip(rho)
+                .fold(0u64, |acc, (&p, &r)| acc.wrapping_add(total[p].wrapping_mul(r)));
+            if total[*position].wrapping_sub(combined) & modulus != 0 {
+                return Err(FedError::Integrity {
+                    step,
+                    senders: senders(),
+                    reason: format!("check {c} does not match the products"),
+                });
+            }
+        }
+        let rows = &self.batches[batch];
+        let l1 = self.quantised.column_l1(rows);
+        let share_max = (MAX_SHARE as i128) << self.share_bits;
+        let evaluators = self.peers.len() as i128;
+        let scale = 2f64.powi(-((self.quantised.frac_bits + self.share_bits) as i32));
+        self.checks
+            .real
+            .iter()
+            .enumerate()
+            .map(|(j, &position)| {
+                let value = signed(total[position], bits);
+                if i128::from(value).abs() > evaluators * i128::from(l1[j]) * share_max {
+                    return Err(FedError::Integrity {
+                        step,
+                        senders: senders(),
+                        reason: format!("product {j} exceeds what honest shares allow"),
+                    });
+                }
+                Ok((local[j] + value as f64 * scale) / rows.len() as f64)
+            })
+            .collect()
+    }
+
+    /// This party's model part with the given weights.
+    pub(crate) fn model(&self, model_id: &str, weights: &[f64]) -> ModelPart {
+        let width = self.table.features();
+        self.standardised.model(
+            model_id,
+            &self.party,
+            &self.table,
+            &weights[..width],
+            self.intercept.then(|| weights[width]),
+        )
+    }
+}
+
+/// The pairwise-mask context of the products released to `owner` at `step`.
+fn product_context(step: u64, owner: &str) -> Vec<u8> {
+    let mut context = b"product ".to_vec();
+    context.extend_from_slice(&step.to_le_bytes());
+    context.extend_from_slice(owner.as_bytes());
+    context
+}
+
+/// A residue modulo 2^bits read as a signed integer.
+pub(crate) fn signed(residue: u64, bits: u32) -> i64 {
+    let shift = 64 - bits;
+    ((residue << shift) as i64) >> shift
+}
+
+/// Draws a random 16-byte job nonce.
+pub(crate) fn job_nonce() -> Result<[u8; 16], FedError> {
+    let mut nonce = [0u8; 16];
+    random_bytes(&mut nonce)?;
+    Ok(nonce)
+}
