@@ -33,7 +33,9 @@ fn product(c: &mut Criterion) {
         .build()
         .expect("thread pool");
     for (rows, columns) in [(30_000usize, 23usize), (100_000, 300)] {
-        let v = secret.encrypt(&values(rows, 1 << 15, 1)).expect("encrypt");
+        let v = secret
+            .encrypt(&values(rows, 1 << 15, 1), 1 << 15)
+            .expect("encrypt");
         let x = PreparedMatrix::new(&params, rows, columns, &values(rows * columns, 1 << 12, 2))
             .expect("matrix");
         let (masked, _) = public
@@ -82,7 +84,7 @@ fn product(c: &mut Criterion) {
     let plain = values(n, 1 << 15, 3);
     group.throughput(Throughput::Elements(n as u64));
     group.bench_function("per-value", |b| {
-        b.iter(|| secret.encrypt(&plain).expect("encrypt"))
+        b.iter(|| secret.encrypt(&plain, 1 << 15).expect("encrypt"))
     });
     group.finish();
 }

@@ -170,8 +170,8 @@ async fn run() -> Result<(), String> {
                 .map(|e| {
                     (
                         e["epoch"].as_u64().unwrap_or(0) as u32,
-                        e["train"]["log_loss"].as_f64().unwrap_or(f64::NAN),
-                        e["train"]["auc"].as_f64().unwrap_or(f64::NAN),
+                        e["train_loss"].as_f64().unwrap_or(f64::NAN),
+                        e["validation_loss"].as_f64().unwrap_or(f64::NAN),
                     )
                 })
                 .collect()

@@ -211,44 +211,44 @@ pub fn ks_svg(scores: &[f64], labels: &[bool]) -> String {
     )
 }
 
-/// Per-epoch training log-loss and AUC as SVG (each scaled to its own range).
+/// Per-epoch Taylor log-loss on the training rows and, when there is a validation split, on
+/// the validation rows (`NaN` otherwise), as SVG on one scale.
 pub fn training_svg(epochs: &[(u32, f64, f64)]) -> String {
     if epochs.is_empty() {
         return frame("training", "epoch", "", (0.0, 1.0), false, "");
     }
     let last = epochs.iter().map(|e| e.0).max().unwrap_or(1).max(2) as f64;
-    let scale = |values: Vec<f64>| {
-        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let span = if hi > lo { hi - lo } else { 1.0 };
-        (
-            values
-                .into_iter()
-                .map(|v| (v - lo) / span)
-                .collect::<Vec<_>>(),
-            lo,
-            hi,
-        )
-    };
-    let (loss, loss_lo, loss_hi) = scale(epochs.iter().map(|e| e.1).collect());
-    let (auc, auc_lo, auc_hi) = scale(epochs.iter().map(|e| e.2).collect());
+    let values = epochs
+        .iter()
+        .flat_map(|e| [e.1, e.2])
+        .filter(|v| v.is_finite());
+    let lo = values.clone().fold(f64::INFINITY, f64::min);
+    let hi = values.fold(f64::NEG_INFINITY, f64::max);
+    let span = if hi > lo { hi - lo } else { 1.0 };
     let at = |i: usize| (f64::from(epochs[i].0) - 1.0) / (last - 1.0);
-    let loss_points: Vec<(f64, f64)> = (0..epochs.len()).map(|i| (at(i), loss[i])).collect();
-    let auc_points: Vec<(f64, f64)> = (0..epochs.len()).map(|i| (at(i), auc[i])).collect();
+    let curve = |pick: fn(&(u32, f64, f64)) -> f64| -> Vec<(f64, f64)> {
+        (0..epochs.len())
+            .filter(|&i| pick(&epochs[i]).is_finite())
+            .map(|i| (at(i), (pick(&epochs[i]) - lo) / span))
+            .collect()
+    };
     let body = format!(
-        "{}{}<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#c0392b\">log-loss {loss_lo:.4}–{loss_hi:.4}</text>\
-         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#1f5fbf\">AUC {auc_lo:.4}–{auc_hi:.4}</text>",
-        polyline(&loss_points, "#c0392b"),
-        polyline(&auc_points, "#1f5fbf"),
+        "{}{}<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#c0392b\">training</text>\
+         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#1f5fbf\">validation</text>",
+        polyline(&curve(|e| e.1), "#c0392b"),
+        polyline(&curve(|e| e.2), "#1f5fbf"),
         PAD,
         PAD - 8.0,
         W / 2.0 + 8.0,
         PAD - 8.0,
     );
     frame(
-        &format!("training over {} epochs", epochs.len()),
+        &format!(
+            "Taylor log-loss over {} epochs, {lo:.4}–{hi:.4}",
+            epochs.len()
+        ),
         "epoch",
-        "each curve scaled to its range",
+        "loss (scaled to its range)",
         (1.0, last),
         false,
         &body,

@@ -192,7 +192,7 @@ fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
         config: config.clone(),
     };
     let run = fedlearn::simulate(guest, host_jobs, false, &mut |_| {}).unwrap();
-    run.guest.history[run.guest.best_epoch - 1].train.auc
+    run.guest.evaluation.metrics.auc
 }
 
 /// A node's audit records (read in process; the CLI path is exercised on the bank).
@@ -220,12 +220,21 @@ async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_
     assert!(lines
         .iter()
         .any(|e| e["state"] == "psi" && e["psi_progress"].as_f64() > Some(0.0)));
+    // One event per epoch with its aggregate losses, then one with the final model's metrics
+    // (no validation split: on the training rows).
     assert_eq!(
         lines
             .iter()
-            .filter(|e| e["state"] == "training" && e["epoch"].as_u64() > Some(0))
+            .filter(|e| e["state"] == "training" && e["train_loss"].as_f64().is_some())
             .count(),
         8
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|e| e["state"] == "training" && e["train"]["auc"].as_f64().is_some())
+            .count(),
+        1
     );
 
     // PSI found the rows all three hold.

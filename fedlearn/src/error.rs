@@ -97,17 +97,17 @@ pub enum FedError {
     },
     /// Products that fail the receiving party's integrity check: a party deviated from the
     /// protocol (or the bytes were altered in transit). Nothing derived from them is used.
+    /// The text is the same whichever check failed: it travels to the other parties, and
+    /// which check fails depends on the owner's secrets and on what it decrypted.
     #[error(
         "the products received for step {step} from {senders} fail the integrity check \
-         ({reason}); a party deviated from the protocol, so the job stops"
+         (check columns and bounds); a party deviated from the protocol, so the job stops"
     )]
     Integrity {
         /// The update index.
         step: u64,
         /// The parties whose products were summed (one of them deviated).
         senders: String,
-        /// Which check failed.
-        reason: String,
     },
     /// Bytes that do not decode as a protocol message.
     #[error("malformed message: {0}")]

@@ -227,7 +227,12 @@ impl Guest {
         epoch: usize,
     ) -> Result<(f64, Option<f64>, f64), FedError> {
         let split = &self.core.split;
-        let rows: Vec<usize> = split.train.iter().chain(&split.validation).copied().collect();
+        let rows: Vec<usize> = split
+            .train
+            .iter()
+            .chain(&split.validation)
+            .copied()
+            .collect();
         let z = self.core.scores_with(&self.core.weights, &rows);
         let residual: Vec<f64> = z
             .iter()
@@ -262,7 +267,10 @@ impl Guest {
             match receive(transport, host)? {
                 Message::LossProduct { epoch: e, products } if e == epoch as u64 => {
                     if products.len() != 2 || products.modulus_bits() != LOSS_RELEASE_BITS {
-                        return Err(FedError::protocol(host, "a loss product of the wrong shape"));
+                        return Err(FedError::protocol(
+                            host,
+                            "a loss product of the wrong shape",
+                        ));
                     }
                     let decrypted = self
                         .core
@@ -311,7 +319,9 @@ impl Guest {
             let cross = released(cross[s].wrapping_add(report[s]));
             let pairs = released(report[2 + s]);
             let squares = report[4 + s] as i64 as f64 * sums;
-            Some(std::f64::consts::LN_2 + (own + cross + 0.125 * (squares + 2.0 * pairs)) / n as f64)
+            Some(
+                std::f64::consts::LN_2 + (own + cross + 0.125 * (squares + 2.0 * pairs)) / n as f64,
+            )
         };
         let train = mean(0..n_train, 0).unwrap_or(f64::NAN);
         let validation = mean(n_train..rows.len(), 1);

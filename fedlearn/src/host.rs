@@ -167,7 +167,12 @@ impl Host {
         change: f64,
     ) -> Result<(), FedError> {
         let split = &self.core.split;
-        let rows: Vec<usize> = split.train.iter().chain(&split.validation).copied().collect();
+        let rows: Vec<usize> = split
+            .train
+            .iter()
+            .chain(&split.validation)
+            .copied()
+            .collect();
         let n_train = split.train.len();
         let z = self.core.scores_with(&self.core.weights, &rows);
         let encoded = encode_fixed(
@@ -238,7 +243,10 @@ impl Host {
             match receive(transport, host)? {
                 Message::LossProduct { epoch: e, products } if e == epoch as u64 => {
                     if products.len() != 2 || products.modulus_bits() != LOSS_RELEASE_BITS {
-                        return Err(FedError::protocol(host, "a loss product of the wrong shape"));
+                        return Err(FedError::protocol(
+                            host,
+                            "a loss product of the wrong shape",
+                        ));
                     }
                     let decrypted = self
                         .core
@@ -253,7 +261,8 @@ impl Host {
             }
         }
         let sums = 2f64.powi(SUM_FRAC_BITS);
-        let squares = |range: std::ops::Range<usize>| -> f64 { z[range].iter().map(|z| z * z).sum() };
+        let squares =
+            |range: std::ops::Range<usize>| -> f64 { z[range].iter().map(|z| z * z).sum() };
         report[4] = (squares(0..n_train) * sums).round() as i64 as u64;
         report[5] = (squares(n_train..rows.len()) * sums).round() as i64 as u64;
         report[6] = (change * sums).round() as i64 as u64;
@@ -288,7 +297,10 @@ impl Host {
             .collect::<Option<Vec<u64>>>()
             .ok_or_else(|| FedError::Diverged {
                 epoch: 0,
-                reason: format!("{}'s final scores left the fixed-point range", self.core.party),
+                reason: format!(
+                    "{}'s final scores left the fixed-point range",
+                    self.core.party
+                ),
                 last_good: None,
             })?;
         self.masks()

@@ -123,3 +123,16 @@ pub use reference::{
     Residual,
 };
 pub use simulator::{simulate, Simulation, WireRecord};
+
+/// Test hooks: deviating parties in the simulator, and the rows every party derives from a
+/// job's seed. Not part of the supported interface.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::simulator::{simulate_altered, Alter, AlteredRun};
+
+    /// The (training, validation) rows of a job of `rows` rows with this seed and fraction.
+    pub fn split(rows: usize, seed: u64, validation_fraction: f64) -> (Vec<usize>, Vec<usize>) {
+        let split = crate::masks::Split::new(rows, seed, validation_fraction);
+        (split.train, split.validation)
+    }
+}

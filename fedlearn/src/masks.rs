@@ -105,8 +105,10 @@ impl Split {
                 let mut start = 0;
                 for b in 0..count {
                     let len = base + usize::from(b < extra);
-                    let mut batch: Vec<usize> =
-                        order[start..start + len].iter().map(|&i| self.train[i]).collect();
+                    let mut batch: Vec<usize> = order[start..start + len]
+                        .iter()
+                        .map(|&i| self.train[i])
+                        .collect();
                     batch.sort_unstable();
                     batches.push(batch);
                     start += len;

@@ -300,9 +300,7 @@ impl Message {
                 best: r.flag()?,
                 stop: r.flag()?,
             },
-            8 => Message::FinalScores {
-                masked: r.words()?,
-            },
+            8 => Message::FinalScores { masked: r.words()? },
             9 => Message::Abort {
                 reason: r.string()?,
             },
@@ -458,9 +456,7 @@ mod tests {
                 best: true,
                 stop: false,
             },
-            Message::FinalScores {
-                masked: vec![9, 8],
-            },
+            Message::FinalScores { masked: vec![9, 8] },
             Message::Abort {
                 reason: "stop".into(),
             },

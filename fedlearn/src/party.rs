@@ -332,7 +332,10 @@ impl Core {
     }
 
     /// Receives every peer's encrypted columns and transforms them for the products.
-    pub(crate) fn receive_columns(&mut self, transport: &mut dyn Transport) -> Result<(), FedError> {
+    pub(crate) fn receive_columns(
+        &mut self,
+        transport: &mut dyn Transport,
+    ) -> Result<(), FedError> {
         for p in 0..self.peers.len() {
             let name = self.peers[p].name.clone();
             let mut prepared = Vec::with_capacity(self.batches.len());
@@ -414,7 +417,10 @@ impl Core {
         let vector = PreparedMatrix::new(&PARAMS, rows.len(), 1, &encoded)
             .map_err(FedError::he("preparing the residual share"))?;
         let bound = self.product_bound(rows.len());
-        let masks = self.masks.as_ref().expect("keys are exchanged before training");
+        let masks = self
+            .masks
+            .as_ref()
+            .expect("keys are exchanged before training");
         for peer in &self.peers {
             let product = peer
                 .key
@@ -425,7 +431,11 @@ impl Core {
                 .mask_and_flood(&PARAMS, product, &peer.packing)
                 .map_err(FedError::he("releasing a product"))?;
             let mut correction = shares.shares();
-            masks.apply_without(&peer.name, &product_context(step, &peer.name), &mut correction);
+            masks.apply_without(
+                &peer.name,
+                &product_context(step, &peer.name),
+                &mut correction,
+            );
             transport.send(
                 &peer.name,
                 Message::Product {
@@ -534,18 +544,21 @@ impl Core {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        for (c, (position, rho)) in self.checks.checks.iter().enumerate() {
+        for (position, rho) in &self.checks.checks {
             let combined = self
                 .checks
                 .real
                 .iter()
                 .zip(rho)
-                .fold(0u64, |acc, (&p, &r)| acc.wrapping_add(total[p].wrapping_mul(r)));
+                .fold(0u64, |acc, (&p, &r)| {
+                    acc.wrapping_add(total[p].wrapping_mul(r))
+                });
             if total[*position].wrapping_sub(combined) & modulus != 0 {
+                // The text is fixed: which check failed depends on secret coefficients and on
+                // what the owner decrypted, and the error travels to the other parties.
                 return Err(FedError::Integrity {
                     step,
                     senders: senders(),
-                    reason: format!("check {c} does not match the products"),
                 });
             }
         }
@@ -564,7 +577,6 @@ impl Core {
                     return Err(FedError::Integrity {
                         step,
                         senders: senders(),
-                        reason: format!("product {j} exceeds what honest shares allow"),
                     });
                 }
                 Ok((local[j] + value as f64 * scale) / rows.len() as f64)

@@ -121,7 +121,9 @@ pub(crate) fn encode_fixed(
             } else {
                 Err(FedError::Diverged {
                     epoch,
-                    reason: format!("{party}'s {what} reached {v} (the protocol allows |value| < {max})"),
+                    reason: format!(
+                        "{party}'s {what} reached {v} (the protocol allows |value| < {max})"
+                    ),
                     last_good: None,
                 })
             }

@@ -61,7 +61,12 @@ impl Simulation {
 /// How long a simulated party waits for a message before failing the job.
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Alters a message in flight: (sender, receiver, message) → the message delivered. Tests use
+/// it to play a party that deviates from the protocol.
+pub type Alter = dyn Fn(&str, &str, Message) -> Message + Send + Sync;
+
 struct ChannelTransport {
+    alter: Option<Arc<Alter>>,
     me: String,
     senders: HashMap<String, Sender<Vec<u8>>>,
     receivers: HashMap<String, Receiver<Vec<u8>>>,
@@ -71,6 +76,10 @@ struct ChannelTransport {
 
 impl Transport for ChannelTransport {
     fn send(&mut self, to: &str, message: Message) -> Result<(), FedError> {
+        let message = match &self.alter {
+            Some(alter) => alter(&self.me, to, message),
+            None => message,
+        };
         let bytes = message.to_bytes();
         let sender = self.senders.get(to).ok_or_else(|| FedError::Transport {
             peer: to.to_owned(),
@@ -125,6 +134,38 @@ pub fn simulate(
     record: bool,
     events: &mut dyn FnMut(&Event),
 ) -> Result<Simulation, FedError> {
+    let run = simulate_altered(guest, hosts, record, events, None);
+    let guest = run.guest?;
+    let hosts = run.hosts.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(Simulation {
+        guest,
+        hosts,
+        wire: run.wire,
+    })
+}
+
+/// Every party's result of a simulated job, failed or not, and the wire.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct AlteredRun {
+    /// The guest's result.
+    pub guest: Result<GuestOutcome, FedError>,
+    /// Each host's result, in job order.
+    pub hosts: Vec<Result<HostOutcome, FedError>>,
+    /// Every message sent (after alteration), in send order per sender.
+    pub wire: Vec<WireRecord>,
+}
+
+/// [`simulate`] with every message passed through `alter` before it is sent (a test hook for
+/// deviating parties), returning every party's result.
+#[doc(hidden)]
+pub fn simulate_altered(
+    guest: GuestJob,
+    hosts: Vec<HostJob>,
+    record: bool,
+    events: &mut dyn FnMut(&Event),
+    alter: Option<Arc<Alter>>,
+) -> AlteredRun {
     let names: Vec<String> = std::iter::once(guest.party.clone())
         .chain(hosts.iter().map(|h| h.party.clone()))
         .collect();
@@ -132,6 +173,7 @@ pub fn simulate(
     let mut transports: Vec<ChannelTransport> = names
         .iter()
         .map(|me| ChannelTransport {
+            alter: alter.clone(),
             me: me.clone(),
             senders: HashMap::new(),
             receivers: HashMap::new(),
@@ -179,11 +221,13 @@ pub fn simulate(
             .collect();
         (guest_result, host_results)
     });
-    let guest = guest_result?;
-    let hosts = host_results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let wire = std::mem::take(&mut *log.lock().map_err(|_| FedError::Transport {
-        peer: "simulator".into(),
-        reason: "wire log poisoned".into(),
-    })?);
-    Ok(Simulation { guest, hosts, wire })
+    let wire = log
+        .lock()
+        .map(|mut log| std::mem::take(&mut *log))
+        .unwrap_or_default();
+    AlteredRun {
+        guest: guest_result,
+        hosts: host_results,
+        wire,
+    }
 }

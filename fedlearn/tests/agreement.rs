@@ -50,7 +50,12 @@ fn encrypted_and_plaintext_updates_agree_within_the_quantisation_bound() {
     let mean_abs_x = 1.0; // standardised columns: mean |x| ≤ sqrt(mean x²) = 1
     let per_step = (0..bits.len())
         .map(|p| {
-            let others: f64 = shares.iter().enumerate().filter(|(q, _)| *q != p).map(|(_, d)| d).sum();
+            let others: f64 = shares
+                .iter()
+                .enumerate()
+                .filter(|(q, _)| *q != p)
+                .map(|(_, d)| d)
+                .sum();
             mean_abs_x * k * 2f64.powi(-s - 1)
                 + others * 2f64.powi(-bits[p] - 1)
                 + k * 2f64.powi(-bits[p] - s - 2)

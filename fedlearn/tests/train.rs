@@ -64,7 +64,9 @@ fn joint_auc(simulation: &Simulation, guest: &Table, hosts: &[Table]) -> f64 {
     }
     let own = simulation.guest.model.partial_scores(guest).unwrap();
     let probabilities = joint_probabilities(&own, &host_sum).unwrap();
-    evaluate(&probabilities, guest.labels().unwrap()).unwrap().auc
+    evaluate(&probabilities, guest.labels().unwrap())
+        .unwrap()
+        .auc
 }
 
 #[test]
@@ -90,7 +92,10 @@ fn two_and_three_party_credit_training_reaches_the_plaintext_auc() {
         // Every party's model part scores the rows; together they give the revealed metrics.
         let (guest, host_tables) = parties("default_credit", hosts);
         let auc = joint_auc(&simulation, &guest, &host_tables);
-        assert!((auc - evaluation.metrics.auc).abs() < 1e-9, "{auc} vs {evaluation:?}");
+        assert!(
+            (auc - evaluation.metrics.auc).abs() < 1e-9,
+            "{auc} vs {evaluation:?}"
+        );
         // The Taylor loss falls over the epochs.
         let history = &simulation.guest.history;
         assert!(history.last().unwrap().train_loss < history[0].train_loss);

@@ -87,7 +87,9 @@ fn out_of_range_inputs_are_errors() {
     let (secret, public) = SecretKey::generate(&params);
     let too_big = params.max_message_abs() + 1;
     assert_eq!(
-        secret.encrypt(&[0, too_big], params.max_message_abs()).unwrap_err(),
+        secret
+            .encrypt(&[0, too_big], params.max_message_abs())
+            .unwrap_err(),
         HeError::MessageOutOfRange {
             index: 1,
             value: too_big,
@@ -173,7 +175,11 @@ fn encrypted_columns_times_a_plain_vector_give_additive_shares() {
         .iter()
         .chain(std::iter::once(&wrapping))
         .map(|c| {
-            let exact: i128 = c.iter().zip(&v).map(|(x, y)| i128::from(*x) * i128::from(*y)).sum();
+            let exact: i128 = c
+                .iter()
+                .zip(&v)
+                .map(|(x, y)| i128::from(*x) * i128::from(*y))
+                .sum();
             (exact.rem_euclid(modulus) as u64) & modulus_mask
         })
         .collect();
@@ -187,7 +193,10 @@ fn encrypted_columns_times_a_plain_vector_give_additive_shares() {
         Err(HeError::WrongKey { .. })
     ));
     assert!(matches!(
-        public.prepare_columns(&params, &[encrypted[0].clone(), secret.encrypt(&[1], 1).unwrap()]),
+        public.prepare_columns(
+            &params,
+            &[encrypted[0].clone(), secret.encrypt(&[1], 1).unwrap()]
+        ),
         Err(HeError::SizeMismatch { .. })
     ));
     let short = PreparedMatrix::new(&params, 3, 1, &[1, 2, 3]).unwrap();

@@ -348,6 +348,7 @@ fn event_json(e: &proto::JobEvent) -> serde_json::Value {
         "validation": metrics_json(&e.validation), "bytes_sent": e.bytes_sent,
         "bytes_received": e.bytes_received, "aligned_rows": e.aligned_rows,
         "psi_progress": e.psi_progress, "unix_ms": e.unix_ms,
+        "train_loss": e.train_loss, "validation_loss": e.validation_loss,
     })
 }
 
@@ -355,6 +356,17 @@ fn metrics_line(m: &Option<proto::Metrics>) -> String {
     match m {
         Some(m) => format!("AUC {:.4}  KS {:.4}  loss {:.4}", m.auc, m.ks, m.log_loss),
         None => "-".into(),
+    }
+}
+
+/// An epoch's aggregate losses (the only per-epoch figures of training v2).
+fn loss_line(event: &proto::JobEvent) -> String {
+    match (event.train_loss, event.validation_loss) {
+        (Some(train), Some(validation)) => {
+            format!("Taylor loss {train:.4} (validation {validation:.4})")
+        }
+        (Some(train), None) => format!("Taylor loss {train:.4}"),
+        _ => String::new(),
     }
 }
 
@@ -422,7 +434,7 @@ pub async fn follow(
         }
         if event.epoch > 0 {
             epochs.set_position(u64::from(event.epoch));
-            epochs.set_message(metrics_line(&event.train));
+            epochs.set_message(loss_line(&event));
         }
         if event.state != last_state {
             psi.println(format!("{}: {}", event.state, event.message));
@@ -478,7 +490,7 @@ async fn job_command(command: JobCommand) -> Result<ExitCode, String> {
                 println!("{}", serde_json::Value::Array(all));
             } else {
                 println!(
-                    "{:<32}  {:<5}  {:<10}  {:<20}  {:>6}  train",
+                    "{:<32}  {:<5}  {:<10}  {:<20}  {:>6}  final model",
                     "job", "role", "state", "model", "epochs"
                 );
                 for s in &jobs {
@@ -489,7 +501,11 @@ async fn job_command(command: JobCommand) -> Result<ExitCode, String> {
                         s.state,
                         s.model_id,
                         s.epochs,
-                        metrics_line(&s.train)
+                        metrics_line(if s.validation.is_some() {
+                            &s.validation
+                        } else {
+                            &s.train
+                        })
                     );
                 }
             }

@@ -560,14 +560,37 @@ impl NodeState {
             .map(|r| {
                 json!({
                     "epoch": r.epoch,
-                    "train": MetricsRecord::from(&r.train),
-                    "validation": r.validation.as_ref().map(MetricsRecord::from),
+                    "train_loss": r.train_loss,
+                    "validation_loss": r.validation_loss,
                     "weight_change": r.weight_change,
                     "learning_rate": r.learning_rate,
                 })
             })
             .collect();
-        let best = &outcome.history[outcome.best_epoch - 1];
+        let evaluation = &outcome.evaluation;
+        let (rows_name, metrics) = (
+            match evaluation.rows {
+                fedlearn::RevealedRows::Validation => "validation",
+                fedlearn::RevealedRows::Training => "training",
+            },
+            MetricsRecord::from(&evaluation.metrics),
+        );
+        self.emit(
+            job,
+            EventRecord {
+                state: "training".into(),
+                message: format!(
+                    "final model on {} {rows_name} rows: AUC {:.4}, KS {:.4}",
+                    evaluation.count, metrics.auc, metrics.ks
+                ),
+                epoch: outcome.history.len() as u32,
+                train: (evaluation.rows == fedlearn::RevealedRows::Training).then_some(metrics),
+                validation: (evaluation.rows == fedlearn::RevealedRows::Validation)
+                    .then_some(metrics),
+                psi_progress: 1.0,
+                ..EventRecord::default()
+            },
+        );
         let report = json!({
             "job_id": job.id,
             "model_id": spec.model_id,
@@ -576,7 +599,13 @@ impl NodeState {
             "aligned_rows": aligned_rows,
             "train_config": spec.train,
             "best_epoch": outcome.best_epoch,
-            "stop": format!("{:?}", outcome.stop),
+            "stop": outcome.stop.to_string(),
+            "share_frac_bits": outcome.share_frac_bits,
+            "evaluation": {
+                "rows": rows_name,
+                "count": evaluation.count,
+                "metrics": metrics,
+            },
             "history": history,
             "training_seconds": started.elapsed().as_secs_f64(),
             "bytes_sent": job.bytes_sent.load(Ordering::Relaxed),
@@ -590,12 +619,12 @@ impl NodeState {
         );
         self.save_model(record)?;
         Ok(format!(
-            "model {} trained: epoch {} of {}, train AUC {:.4}, KS {:.4}",
+            "model {} trained: epoch {} of {}, {rows_name} AUC {:.4}, KS {:.4}",
             spec.model_id,
             outcome.best_epoch,
             outcome.history.len(),
-            best.train.auc,
-            best.train.ks
+            metrics.auc,
+            metrics.ks
         ))
     }
 
@@ -646,6 +675,7 @@ impl NodeState {
             "hosts": proposal.hosts,
             "aligned_rows": aligned_rows,
             "epochs": outcome.epochs,
+            "revealed_rows": outcome.revealed_rows,
             "bytes_sent": job.bytes_sent.load(Ordering::Relaxed),
             "bytes_received": job.bytes_received.load(Ordering::Relaxed),
         });
@@ -692,8 +722,8 @@ impl NodeState {
                 state: "training".into(),
                 message: format!("epoch {}", report.epoch),
                 epoch: report.epoch as u32,
-                train: Some(MetricsRecord::from(&report.train)),
-                validation: report.validation.as_ref().map(MetricsRecord::from),
+                train_loss: Some(report.train_loss),
+                validation_loss: report.validation_loss,
                 psi_progress: 1.0,
                 ..EventRecord::default()
             },

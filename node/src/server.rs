@@ -321,7 +321,7 @@ pub fn status_proto(record: &JobRecord) -> proto::JobStatus {
         .events
         .iter()
         .rev()
-        .find(|e| e.train.is_some())
+        .find(|e| e.train.is_some() || e.validation.is_some())
         .cloned()
         .unwrap_or_default();
     proto::JobStatus {
@@ -357,6 +357,8 @@ fn event_proto(job_id: &str, max_epochs: u32, event: &EventRecord) -> proto::Job
         aligned_rows: event.aligned_rows,
         psi_progress: event.psi_progress,
         unix_ms: event.unix_ms,
+        train_loss: event.train_loss,
+        validation_loss: event.validation_loss,
     }
 }
 

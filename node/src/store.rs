@@ -48,10 +48,18 @@ pub struct EventRecord {
     pub message: String,
     /// Epoch (training).
     pub epoch: u32,
-    /// Training metrics (guest).
+    /// The final model's metrics on the training rows (guest, in the event that ends
+    /// training, when the job has no validation split: the job's one reveal).
     pub train: Option<MetricsRecord>,
-    /// Validation metrics (guest).
+    /// The final model's metrics on the validation rows (guest, in the event that ends
+    /// training: the job's one reveal).
     pub validation: Option<MetricsRecord>,
+    /// Per-epoch Taylor log-loss on the training rows (guest).
+    #[serde(default)]
+    pub train_loss: Option<f64>,
+    /// Per-epoch Taylor log-loss on the validation rows (guest).
+    #[serde(default)]
+    pub validation_loss: Option<f64>,
     /// Bytes sent by this node in the job so far.
     pub bytes_sent: u64,
     /// Bytes received.
