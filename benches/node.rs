@@ -107,7 +107,9 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let plan = Plan::prepare(&dir, &data).expect("prepare");
+    let mut plan = Plan::prepare(&dir, &data).expect("prepare");
+    // Every run trains a new model with the hosts' data.
+    plan.policy = "max_models = 1000\n".into();
     let federation = runtime.block_on(plan.start()).expect("start");
     let settings = [
         (

@@ -61,6 +61,7 @@ async fn main() {
     let mut plan = Plan::prepare(&dir, &data).expect("prepare");
     plan.scoring_models = vec!["bench".into()];
     plan.scoring_rate = 1e6;
+    plan.policy = "scores_per_minute = 1000000000\n".into();
     let federation = plan.start().await.expect("start");
     let bank = federation.nodes["bank"].state.clone();
     let job = tokio::task::spawn_blocking(move || bank.submit(JOB))

@@ -44,6 +44,8 @@ pub struct Plan {
     pub scoring_models: Vec<String>,
     /// The platform's rate limit (calls per second, and burst).
     pub scoring_rate: f64,
+    /// Extra lines of each host's `[[policy]]` rule for the bank (disclosure budget).
+    pub policy: String,
 }
 
 /// A running federation.
@@ -90,6 +92,7 @@ impl Plan {
             federation: String::new(),
             scoring_models: vec!["sme-credit".into()],
             scoring_rate: 1000.0,
+            policy: String::new(),
         })
     }
 
@@ -130,11 +133,16 @@ impl Plan {
                  [[policy]]\npeer = \"bank\"\njobs = [\"train\", \"score\"]\ndatasets = [\"tax\"]\n"
             }
             _ => {
+                // The utility company names the ids it lacks; the tax bureau keeps the default.
                 "[datasets.utilities]\npath = \"utilities.csv\"\nid_column = \"id\"\n\n\
                  [datasets.meters]\npath = \"meters.csv\"\nid_column = \"id\"\n\n\
-                 [[policy]]\npeer = \"bank\"\njobs = [\"train\", \"score\"]\ndatasets = [\"utilities\"]\n"
+                 [[policy]]\npeer = \"bank\"\njobs = [\"train\", \"score\"]\ndatasets = [\"utilities\"]\n\
+                 name_missing_ids = true\n"
             }
         });
+        if party != "bank" {
+            text.push_str(&self.policy);
+        }
         text
     }
 

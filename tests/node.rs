@@ -72,11 +72,17 @@ impl Federation {
     /// Three nodes; the others reach the tax bureau through a relay that drops one
     /// connection when `drop_once` is set.
     async fn start(name: &str, drop_once: bool) -> Federation {
+        Federation::start_with(name, drop_once, "").await
+    }
+
+    /// [`Federation::start`] with extra lines in each host's policy rule for the bank.
+    async fn start_with(name: &str, drop_once: bool, policy: &str) -> Federation {
         let dir = std::env::temp_dir().join(format!("unseen-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
         let mut plan = Plan::prepare(&dir, &data).unwrap();
         plan.federation = "receive_timeout_secs = 120\nbackoff_ms = 100\nretries = 3\n".into();
+        plan.policy = policy.into();
         let proxy_drops = Arc::new(AtomicUsize::new(0));
         if drop_once {
             let proxy = flaky_proxy(plan.listen["tax"], 300_000, proxy_drops.clone()).await;
@@ -373,7 +379,7 @@ async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_
         scored[6]["error"]
             .as_str()
             .unwrap()
-            .contains("tax: unknown id"),
+            .contains("tax: cannot score"),
         "{scored}"
     );
     assert!(
@@ -479,7 +485,7 @@ async fn three_nodes_train_over_mutual_tls_like_the_simulator_despite_a_dropped_
         "job.submitted",
         "job.proposed",
         "job.accepted_by",
-        "fedlearn.residual",
+        "fedlearn.product",
         "psi.points",
         "job.ended",
     ] {
@@ -609,6 +615,8 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
             dataset: "tax".into(),
             hosts: vec!["tax".into()],
             model_id: "stolen".into(),
+            batch_rows: 4096,
+            guest_features: 13,
         })
         .await
         .unwrap_err();
@@ -715,6 +723,8 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
         dataset: "tax".into(),
         hosts: vec!["tax".into()],
         model_id: "retried".into(),
+        batch_rows: 4096,
+        guest_features: 13,
     };
     for _ in 0..2 {
         let reply = as_bank
@@ -837,4 +847,92 @@ fn configuration_errors_name_the_key_or_file() {
     std::fs::write(&path, base).unwrap();
     NodeConfig::load(&path).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_enforce_their_disclosure_budget() {
+    let federation =
+        Federation::start_with("budget", false, "max_models = 1\nscores_per_minute = 10\n").await;
+    let quick = TRAIN.replace("max_epochs = 8", "max_epochs = 1");
+    let first = federation.spec("first.toml", &quick);
+    let (ok, _, stderr) = federation.cli(&["train", &first]).await;
+    assert!(ok, "{stderr}");
+
+    // The second model would be a second linear view of the hosts' data: refused, naming the
+    // policy key.
+    let second = federation.spec("second.toml", &quick.replace("sme-credit", "second"));
+    let (ok, _, stderr) = federation.cli(&["train", &second]).await;
+    assert!(
+        !ok && stderr.contains("policy key max_models") && stderr.contains("allows 1"),
+        "{stderr}"
+    );
+    // Batches below the policy's minimum are refused before anything runs.
+    let small = federation.spec(
+        "small.toml",
+        &quick
+            .replace("sme-credit", "small")
+            .replace("batch_size = 8192", "batch_size = 512"),
+    );
+    let (ok, _, stderr) = federation.cli(&["train", &small]).await;
+    assert!(
+        !ok && stderr.contains("policy key min_batch_rows") && stderr.contains("512"),
+        "{stderr}"
+    );
+    // Too many guest features (a proposal as the bank would send it).
+    let channel = node::cli::channel(
+        &federation.node_arg("tax"),
+        &federation.dir.join("certs/bank"),
+    )
+    .await
+    .unwrap();
+    let mut as_bank = node::proto::federation_client::FederationClient::new(channel);
+    let reply = as_bank
+        .propose(node::proto::JobProposal {
+            version: node::FEDERATION_VERSION,
+            job_id: "12".repeat(16),
+            kind: "train".into(),
+            guest: "bank".into(),
+            dataset: "tax".into(),
+            hosts: vec!["tax".into()],
+            model_id: "wide".into(),
+            batch_rows: 4096,
+            guest_features: 500,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !reply.accepted && reply.reason.contains("policy key max_guest_features"),
+        "{}",
+        reply.reason
+    );
+
+    // Scoring beyond the hosts' rate is refused, naming the key.
+    let ids: Vec<String> = std::fs::read_to_string(federation.dir.join("bank.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take(11)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    let platform = federation.inner.platform().display().to_string();
+    let mut args = vec!["score", "--model", "sme-credit", "--identity", &platform];
+    args.extend(ids.iter().map(String::as_str));
+    let (ok, _, stderr) = federation.cli(&args).await;
+    assert!(!ok && stderr.contains("scores_per_minute"), "{stderr}");
+    let mut args = vec!["score", "--model", "sme-credit", "--identity", &platform];
+    args.extend(ids[..3].iter().map(String::as_str));
+    let (ok, _, stderr) = federation.cli(&args).await;
+    assert!(ok, "{stderr}");
+
+    // Every disclosure is an audit record on each host: one final reveal and one scoring
+    // call; the refusal by rate is recorded too (once per attempt: the bank retries once).
+    for host in HOSTS {
+        let records = audit_lines(&federation, host, "").await;
+        let count = |event: &str| records.iter().filter(|r| r["event"] == event).count();
+        assert_eq!(count("disclosure.final_scores"), 1, "{host}");
+        assert_eq!(count("score.partial"), 1, "{host}");
+        assert!(count("score.rate_limited") >= 1, "{host}");
+    }
+    federation.stop().await;
 }

@@ -27,6 +27,12 @@
 //! peer = "bank"
 //! jobs = ["train", "score"]
 //! datasets = ["tax"]
+//! max_models = 2                     # disclosure budget (defaults shown): models whose
+//!                                    # per-row scores may reach the peer, per dataset
+//! min_batch_rows = 1024              # fewest rows per training batch
+//! max_guest_features = 64            # most features the guest may bring to a job
+//! name_missing_ids = false           # scoring: one generic status for ids lacked or unscorable
+//! scores_per_minute = 60000          # ids the peer may have scored per minute
 //!
 //! [scoring]                          # the guest's scoring service (defaults shown)
 //! base_score = 600                   # points at base_odds (good : bad)
@@ -208,7 +214,13 @@ fn default_missing() -> Missing {
     Missing::Reject
 }
 
-/// Lets `peer` run jobs of the listed kinds on the listed datasets of this node.
+/// Lets `peer` run jobs of the listed kinds on the listed datasets of this node, within a
+/// disclosure budget.
+///
+/// Every model trained with this node's data reveals one linear view of it to the guest: the
+/// final model's joint scores of the validation rows, and then its scores of every id the
+/// guest asks for. `max_models` bounds the number of such views per guest and dataset; the
+/// other limits bound what one job can isolate.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
@@ -218,6 +230,41 @@ pub struct PolicyRule {
     pub jobs: Vec<String>,
     /// Dataset names.
     pub datasets: Vec<String>,
+    /// Models trained with the peer on a dataset whose per-row scores may reach it (each
+    /// is one linear view of the dataset).
+    #[serde(default = "default_max_models")]
+    pub max_models: u32,
+    /// Fewest rows per training batch: gradients and the guest's per-batch aggregates then
+    /// sum over at least this many enterprises.
+    #[serde(default = "default_min_batch_rows")]
+    pub min_batch_rows: u64,
+    /// Most features the guest may bring: each is one projection of this node's scores per
+    /// batch.
+    #[serde(default = "default_max_guest_features")]
+    pub max_guest_features: u32,
+    /// Whether scoring names the ids this node lacks or cannot score; by default the peer
+    /// gets one generic "cannot score" status for both.
+    #[serde(default)]
+    pub name_missing_ids: bool,
+    /// Ids the peer may have scored per minute (partial scores, over all models).
+    #[serde(default = "default_scores_per_minute")]
+    pub scores_per_minute: u32,
+}
+
+fn default_max_models() -> u32 {
+    2
+}
+
+fn default_min_batch_rows() -> u64 {
+    1024
+}
+
+fn default_max_guest_features() -> u32 {
+    64
+}
+
+fn default_scores_per_minute() -> u32 {
+    60_000
 }
 
 /// Timeouts, retries and chunking of peer calls.
@@ -435,17 +482,21 @@ impl NodeConfig {
         self.peers.iter().find(|p| p.name == name)
     }
 
+    /// The first policy rule that lets `peer` run a job of `kind` on `dataset`.
+    pub fn rule(&self, peer: &str, kind: &str, dataset: &str) -> Option<&PolicyRule> {
+        self.policy.iter().find(|rule| {
+            rule.peer == peer
+                && rule.jobs.iter().any(|j| j == kind)
+                && rule.datasets.iter().any(|d| d == dataset)
+        })
+    }
+
     /// Whether the policy lets `peer` run a job of `kind` on `dataset`; the refusal says why.
     pub fn allows(&self, peer: &str, kind: &str, dataset: &str) -> Result<(), String> {
         if !self.datasets.contains_key(dataset) {
             return Err(format!("{} has no dataset {dataset:?}", self.party));
         }
-        let allowed = self.policy.iter().any(|rule| {
-            rule.peer == peer
-                && rule.jobs.iter().any(|j| j == kind)
-                && rule.datasets.iter().any(|d| d == dataset)
-        });
-        if allowed {
+        if self.rule(peer, kind, dataset).is_some() {
             Ok(())
         } else {
             Err(format!(

@@ -263,6 +263,11 @@ impl NodeState {
         }
         self.config
             .allows(&proposal.guest, &proposal.kind, &proposal.dataset)?;
+        let rule = self
+            .config
+            .rule(&proposal.guest, &proposal.kind, &proposal.dataset)
+            .ok_or("no policy rule allows the job")?;
+        check_job_shape(&self.config.party, rule, proposal)?;
         let distinct: std::collections::BTreeSet<&String> = proposal.hosts.iter().collect();
         if distinct.len() != proposal.hosts.len() || distinct.contains(&proposal.guest) {
             return Err("the hosts must be distinct parties other than the guest".into());
@@ -310,6 +315,16 @@ impl NodeState {
             return Err(format!(
                 "model {:?} already exists on {}",
                 proposal.model_id, self.config.party
+            ));
+        }
+        let disclosed = self
+            .disclosures(&proposal.guest, &proposal.dataset)
+            .map_err(|e| e.to_string())?;
+        if disclosed >= rule.max_models as usize {
+            return Err(format!(
+                "{} already has {disclosed} models trained on dataset {:?} of {}; the policy \
+                 allows {} (policy key max_models)",
+                proposal.guest, proposal.dataset, self.config.party, rule.max_models
             ));
         }
         let now = crate::now_ms();
@@ -383,6 +398,26 @@ impl NodeState {
     }
 
     /// Whether a stored model or a live job already uses a model id.
+    /// Models of this node's `dataset` whose per-row scores may reach `guest`: the stored
+    /// host parts trained with it, and the live host jobs that will reveal one.
+    pub fn disclosures(&self, guest: &str, dataset: &str) -> Result<usize, NodeError> {
+        let stored = self
+            .store
+            .models()?
+            .into_iter()
+            .filter(|m| m.role == "host" && m.guest == guest && m.dataset == dataset)
+            .count();
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let live = jobs
+            .values()
+            .map(|j| j.record())
+            .filter(|r| {
+                r.role == "host" && r.peers == [guest] && r.dataset == dataset && !r.is_final()
+            })
+            .count();
+        Ok(stored + live)
+    }
+
     fn model_in_use(&self, model_id: &str) -> Result<bool, NodeError> {
         if self.store.model(model_id)?.is_some() {
             return Ok(true);
@@ -503,6 +538,8 @@ impl NodeState {
                 dataset: host.dataset.clone(),
                 hosts: hosts.clone(),
                 model_id: spec.model_id.clone(),
+                batch_rows: spec.train.batch_size.map_or(0, |b| b as u64),
+                guest_features: table.features() as u32,
             };
             crate::audit::record(
                 &self.store,
@@ -641,7 +678,39 @@ impl NodeState {
         let table = self.aligned(job, aligned, &table)?;
         let aligned_rows = table.rows();
         let offered = fedlearn::receive_proposal(&mut link, guest)?;
-        if offered.model_id != proposal.model_id || offered.hosts != proposal.hosts {
+        let train_rows = aligned_rows
+            - (aligned_rows as f64 * offered.config.validation_fraction).round() as usize;
+        let batch = offered
+            .config
+            .batch_size
+            .map_or(train_rows, |b| b.min(train_rows));
+        let min_batch = self
+            .config
+            .rule(guest, "train", &proposal.dataset)
+            .map_or(u64::MAX, |r| r.min_batch_rows);
+        if (batch as u64) < min_batch {
+            let reason = format!(
+                "batches of {batch} rows are below the {min_batch} rows the policy of {} \
+                 requires (policy key min_batch_rows)",
+                self.config.party
+            );
+            let _ = link.send(
+                guest,
+                Message::Abort {
+                    reason: reason.clone(),
+                },
+            );
+            return Err(NodeError::Peer {
+                peer: guest.to_owned(),
+                reason,
+            });
+        }
+        let batch_rows = offered.config.batch_size.map_or(0, |b| b as u64);
+        if offered.model_id != proposal.model_id
+            || offered.hosts != proposal.hosts
+            || batch_rows != proposal.batch_rows
+            || offered.features != proposal.guest_features
+        {
             let reason = "the training proposal differs from the accepted job".to_string();
             let _ = link.send(
                 guest,
@@ -668,6 +737,14 @@ impl NodeState {
             &mut link,
             &mut |event| self.training_event(job, event),
         )?;
+        // The job's one per-row disclosure: the final model's scores of the revealed rows.
+        crate::audit::record(
+            &self.store,
+            "disclosure.final_scores",
+            &job.id,
+            guest,
+            json!({"model": proposal.model_id, "dataset": proposal.dataset, "rows": outcome.revealed_rows}),
+        );
         let report = json!({
             "job_id": job.id,
             "model_id": proposal.model_id,
@@ -1111,4 +1188,28 @@ fn host_psi(link: &mut Link<'_>, guest: &str, table: &Table) -> Result<Vec<u32>,
         }
         _ => Err(unexpected(guest, "the alignment")),
     }
+}
+
+/// The policy's limits on a proposed job's shape, before anything runs: the guest's features
+/// and the batch size it announces.
+fn check_job_shape(
+    party: &str,
+    rule: &crate::config::PolicyRule,
+    proposal: &JobProposal,
+) -> Result<(), String> {
+    if proposal.guest_features > rule.max_guest_features {
+        return Err(format!(
+            "the job brings {} guest features; the policy of {party} allows {} at most {} on \
+             dataset {:?} (policy key max_guest_features)",
+            proposal.guest_features, proposal.guest, rule.max_guest_features, proposal.dataset
+        ));
+    }
+    if proposal.batch_rows != 0 && proposal.batch_rows < rule.min_batch_rows {
+        return Err(format!(
+            "batches of {} rows are below the {} rows the policy of {party} requires of {} on \
+             dataset {:?} (policy key min_batch_rows)",
+            proposal.batch_rows, rule.min_batch_rows, proposal.guest, proposal.dataset
+        ));
+    }
+    Ok(())
 }

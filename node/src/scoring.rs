@@ -150,6 +150,11 @@ pub fn partial_scores(
         );
         return Err(Status::permission_denied(reason));
     }
+    let rule = node
+        .config
+        .rule(&request.guest, "score", &model.dataset)
+        .ok_or_else(|| Status::permission_denied("no policy rule allows scoring"))?;
+    within_budget(node, rule, &model, request.ids.len())?;
     let seeds: Vec<(bool, Vec<u8>)> = model
         .pair_seeds
         .iter()
@@ -181,12 +186,20 @@ pub fn partial_scores(
             }
             Some(Err(reason)) => {
                 masked.push(0);
-                errors.push(format!("unscorable: {reason}"));
+                errors.push(if rule.name_missing_ids {
+                    format!("unscorable: {reason}")
+                } else {
+                    CANNOT_SCORE.into()
+                });
             }
             None => {
                 unknown += 1;
                 masked.push(0);
-                errors.push("unknown id".into());
+                errors.push(if rule.name_missing_ids {
+                    "unknown id".into()
+                } else {
+                    CANNOT_SCORE.into()
+                });
             }
         }
     }
@@ -198,6 +211,77 @@ pub fn partial_scores(
         serde_json::json!({"model": request.model_id, "ids": request.ids.len(), "unknown": unknown}),
     );
     Ok(PartialScoresReply { masked, errors })
+}
+
+/// What a host answers for an id it lacks or cannot score, unless its policy names which.
+const CANNOT_SCORE: &str = "cannot score";
+
+/// Refuses partial scores of a model beyond the guest's disclosure budget on the dataset
+/// (its models by creation, the first `max_models` of them), or beyond its rate.
+fn within_budget(
+    node: &NodeState,
+    rule: &crate::config::PolicyRule,
+    model: &ModelRecord,
+    ids: usize,
+) -> Result<(), Status> {
+    let refuse = |event: &str, status: Status| {
+        node.metrics
+            .add("unseen_refused_total", &[("reason", "policy")], 1.0);
+        crate::audit::record(
+            &node.store,
+            event,
+            "",
+            &model.guest,
+            serde_json::json!({"model": model.model_id, "ids": ids, "reason": status.message()}),
+        );
+        status
+    };
+    let mut models: Vec<ModelRecord> = node
+        .store
+        .models()
+        .map_err(|e| Status::internal(e.to_string()))?
+        .into_iter()
+        .filter(|m| m.role == "host" && m.guest == model.guest && m.dataset == model.dataset)
+        .collect();
+    models.sort_by(|a, b| (a.created_unix_ms, &a.model_id).cmp(&(b.created_unix_ms, &b.model_id)));
+    let rank = models
+        .iter()
+        .position(|m| m.model_id == model.model_id)
+        .unwrap_or(models.len());
+    if rank >= rule.max_models as usize {
+        return Err(refuse(
+            "score.refused",
+            Status::permission_denied(format!(
+                "model {:?} is beyond the {} models the policy of {} lets {} score on dataset \
+                 {:?} (policy key max_models)",
+                model.model_id, rule.max_models, node.config.party, model.guest, model.dataset
+            )),
+        ));
+    }
+    let mut buckets = node
+        .scores
+        .buckets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let capacity = f64::from(rule.scores_per_minute);
+    let (tokens, last) = buckets
+        .entry(format!("peer {}", model.guest))
+        .or_insert((capacity, now));
+    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * capacity / 60.0).min(capacity);
+    *last = now;
+    if *tokens < ids as f64 {
+        return Err(refuse(
+            "score.rate_limited",
+            Status::resource_exhausted(format!(
+                "{} asked for {ids} scores; the policy of {} allows {} per minute (policy key \
+                 scores_per_minute)",
+                model.guest, node.config.party, rule.scores_per_minute
+            )),
+        ));
+    }
+    *tokens -= ids as f64;
+    Ok(())
 }
 
 /// The scoring service of the guest's node.

@@ -16,7 +16,8 @@
 //!    hash of the encoding to 12 bytes;
 //! 3. each host shuffles its rows and sends b·H(y); the guest computes T(a·b·H(y));
 //! 4. the guest matches tags: x is in the intersection with host k when T(ab_k·H(x)) equals
-//!    some T(a·b_k·H(y)). It keeps the guest rows matched by every host, in ascending row order;
+//!    some T(a·b_k·H(y)). It keeps the guest rows matched by every host, in the order of its
+//!    shuffled stream — a fresh uniformly random order, not the order of its file;
 //! 5. in [`ResultMode::BothSides`] the guest tells each host the positions (in that host's
 //!    shuffled stream) of the final intersection in that order; the host maps them back to
 //!    rows. Every party now holds its own row indices in one common order.
@@ -27,7 +28,7 @@
 //!   (the pairwise intersections, inherent to running the pairwise protocol with each host);
 //!   each host's set size.
 //! - **Host**: the guest's set size, and in both-sides mode the final intersection (as its own
-//!   rows, in the guest's order) — not the pairwise intersection with the guest. In
+//!   rows, in a random order) — not the pairwise intersection with the guest. In
 //!   receiver-only mode nothing else.
 //! - Nobody learns anything about ids outside the intersection: under the decisional
 //!   Diffie–Hellman assumption in Ristretto255 with H a random oracle, blinded values of
@@ -54,8 +55,11 @@
 //! let tax = IdColumn::from_ids(["ent-4", "ent-9", "ent-2"])?;
 //! let hosts = vec![HostInput { name: "tax".into(), ids: tax, duplicates: DuplicatePolicy::Reject }];
 //! let outcome = run_in_memory(bank, GuestConfig::default(), hosts, &mut |_| {})?;
-//! assert_eq!(outcome.guest.aligned_rows, vec![1, 3]); // ent-2, ent-4 in the bank's order
-//! assert_eq!(outcome.hosts[0].as_ref().unwrap().aligned_rows, vec![2, 0]);
+//! // ent-2 and ent-4, in a random order that the bank and the tax bureau share:
+//! let (bank_rows, tax_rows) = (&outcome.guest.aligned_rows, &outcome.hosts[0].as_ref().unwrap().aligned_rows);
+//! let mut pairs: Vec<(u32, u32)> = bank_rows.iter().copied().zip(tax_rows.iter().copied()).collect();
+//! pairs.sort_unstable();
+//! assert_eq!(pairs, vec![(1, 2), (3, 0)]);
 //! # Ok::<(), psi::PsiError>(())
 //! ```
 #![forbid(unsafe_code)]

@@ -39,7 +39,8 @@ impl Default for GuestConfig {
 /// What the guest ends with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestOutput {
-    /// Guest rows held by every party, ascending: row `i` of the aligned data set.
+    /// Guest rows held by every party, in a uniformly random order: row `i` of the aligned
+    /// data set.
     pub aligned_rows: Vec<u32>,
     /// |guest ∩ host_k| per host (the guest learns these pairwise sizes).
     pub pairwise_sizes: Vec<u64>,
@@ -385,8 +386,8 @@ impl PsiGuest {
         self.hosts.iter().all(|slot| slot.missing().is_none())
     }
 
-    /// Intersects, orders the result by guest row and, in both-sides mode, writes each host's
-    /// alignment. Errors if anything is missing or the intersection is empty.
+    /// Intersects, keeps the result in the guest's random shuffle order and, in both-sides mode,
+    /// writes each host's alignment. Errors if anything is missing or the intersection is empty.
     pub fn finish(self) -> Result<GuestResult, PsiError> {
         let missing: Vec<String> = self.hosts.iter().filter_map(HostSlot::missing).collect();
         if !missing.is_empty() {
@@ -409,7 +410,9 @@ impl PsiGuest {
         if common.is_empty() {
             return Err(PsiError::EmptyIntersection);
         }
-        common.par_sort_unstable_by_key(|&p| self.sent_rows[p as usize]);
+        // `common` lists positions of the guest's shuffled stream in ascending order: a fresh
+        // uniformly random order of the rows, which hosts receive as their alignment. (The
+        // guest's own row order — its file's — would tell them how its data is sorted.)
         let aligned_rows = common.iter().map(|&p| self.sent_rows[p as usize]).collect();
         let alignments = match self.config.result {
             ResultMode::ReceiverOnly => Vec::new(),
