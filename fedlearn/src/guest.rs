@@ -8,7 +8,7 @@ use crate::masks::Split;
 use crate::message::{Message, Proposal, Transport};
 use crate::metrics::evaluate;
 use crate::model::ModelPart;
-use crate::party::{job_nonce, signed, Core};
+use crate::party::{job_nonce, signed, Core, LOSS_RELEASE_BITS};
 use crate::protocol::{
     decode_score, encode_fixed, finish_with_error, receive, squared_distance, unexpected,
     EpochReport, Event, FinalEvaluation, GuestOutcome, RevealedRows, StopReason, LOSS_FRAC_BITS,
@@ -43,9 +43,6 @@ pub fn run_guest(
     }
 }
 
-/// The loss round's modulus: two results per release, one packing level.
-pub(crate) const LOSS_RELEASE_BITS: u32 = 53;
-
 /// Slots of a host's loss report.
 pub(crate) const REPORT_SLOTS: usize = 7;
 
@@ -72,13 +69,18 @@ fn train(
         .to_vec();
     let rows = job.table.rows();
     let split = Split::new(rows, job.config.seed, job.config.validation_fraction);
-    if let Some(class) = [0.0, 1.0]
-        .into_iter()
-        .find(|c| !split.train.iter().any(|&r| labels[r] == *c))
-    {
-        return Err(FedError::SingleClass {
-            class: u8::from(class == 0.0),
-        });
+    // Both classes on the training rows, and on the validation rows if there are any: the
+    // final reveal's AUC and KS need them, and finding out after training would lose the job.
+    let validation = (!split.validation.is_empty()).then_some(&split.validation);
+    for rows in std::iter::once(&split.train).chain(validation) {
+        if let Some(class) = [0.0, 1.0]
+            .into_iter()
+            .find(|c| !rows.iter().any(|&r| labels[r] == *c))
+        {
+            return Err(FedError::SingleClass {
+                class: u8::from(class == 0.0),
+            });
+        }
     }
     let nonce = job_nonce()?;
     let features = job.table.features();
@@ -264,24 +266,9 @@ impl Guest {
         let mut cross = [0u64; 2];
         let mut report = [0u64; REPORT_SLOTS];
         for host in &self.hosts {
-            match receive(transport, host)? {
-                Message::LossProduct { epoch: e, products } if e == epoch as u64 => {
-                    if products.len() != 2 || products.modulus_bits() != LOSS_RELEASE_BITS {
-                        return Err(FedError::protocol(
-                            host,
-                            "a loss product of the wrong shape",
-                        ));
-                    }
-                    let decrypted = self
-                        .core
-                        .secret
-                        .decrypt_masked(&products)
-                        .map_err(FedError::he("decrypting a loss product"))?;
-                    for (c, d) in cross.iter_mut().zip(decrypted) {
-                        *c = c.wrapping_add(d);
-                    }
-                }
-                other => return Err(unexpected(host, "a loss product", &other)),
+            let decrypted = self.core.receive_loss_product(transport, host, epoch)?;
+            for (c, d) in cross.iter_mut().zip(decrypted) {
+                *c = c.wrapping_add(d);
             }
         }
         for host in &self.hosts {
@@ -366,11 +353,7 @@ impl Guest {
             .map(|(z, &h)| crate::reference::sigmoid(z + decode_score(h)))
             .collect();
         let labels: Vec<f64> = rows.iter().map(|&r| self.labels[r]).collect();
-        let metrics = evaluate(&probabilities, &labels).map_err(|e| FedError::Diverged {
-            epoch: 0,
-            reason: format!("final metrics: {e}"),
-            last_good: None,
-        })?;
+        let metrics = evaluate(&probabilities, &labels)?;
         Ok(FinalEvaluation {
             rows: which,
             count: rows.len(),

@@ -5,7 +5,7 @@ use he::PreparedMatrix;
 
 use crate::data::Table;
 use crate::error::FedError;
-use crate::guest::{LOSS_BOUND, LOSS_MAX, LOSS_RELEASE_BITS, REPORT_SLOTS};
+use crate::guest::{LOSS_BOUND, LOSS_MAX, REPORT_SLOTS};
 use crate::masks::Split;
 use crate::message::{Message, Proposal, Transport};
 use crate::model::ModelPart;
@@ -240,24 +240,9 @@ impl Host {
             }
         }
         for host in later {
-            match receive(transport, host)? {
-                Message::LossProduct { epoch: e, products } if e == epoch as u64 => {
-                    if products.len() != 2 || products.modulus_bits() != LOSS_RELEASE_BITS {
-                        return Err(FedError::protocol(
-                            host,
-                            "a loss product of the wrong shape",
-                        ));
-                    }
-                    let decrypted = self
-                        .core
-                        .secret
-                        .decrypt_masked(&products)
-                        .map_err(FedError::he("decrypting a loss product"))?;
-                    for (r, d) in report[2..4].iter_mut().zip(decrypted) {
-                        *r = r.wrapping_add(d);
-                    }
-                }
-                other => return Err(unexpected(host, "a loss product", &other)),
+            let decrypted = self.core.receive_loss_product(transport, host, epoch)?;
+            for (r, d) in report[2..4].iter_mut().zip(decrypted) {
+                *r = r.wrapping_add(d);
             }
         }
         let sums = 2f64.powi(SUM_FRAC_BITS);

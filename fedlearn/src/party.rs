@@ -42,6 +42,13 @@ const CHECK_MARGIN_BITS: u32 = 5;
 /// ℓ ≥ 1), and within the plaintext space as signed values.
 const CHECK_BITS: u32 = 53;
 
+/// Most encrypted columns a peer may announce (its features, and its check columns): every
+/// column costs this party 2 × 196 KB of transformed ciphertext per 8192 rows.
+const MAX_PEER_COLUMNS: usize = 1024 + CHECK_COLUMNS;
+
+/// The loss round's modulus: two results per release, one packing level.
+pub(crate) const LOSS_RELEASE_BITS: u32 = 53;
+
 /// Most fraction bits of a residual share: |share| < 8 then fits a plaintext entry (2^15).
 const MAX_SHARE_BITS: u32 = 12;
 
@@ -218,7 +225,7 @@ impl Core {
                 });
             }
             let columns = keys.columns as usize;
-            if columns <= CHECK_COLUMNS || columns > he::MAX_COLUMNS {
+            if columns <= CHECK_COLUMNS || columns > MAX_PEER_COLUMNS {
                 return Err(FedError::protocol(
                     name,
                     format!("announces {columns} encrypted columns"),
@@ -582,6 +589,30 @@ impl Core {
                 Ok((local[j] + value as f64 * scale) / rows.len() as f64)
             })
             .collect()
+    }
+
+    /// Decrypts the loss product `from` released to this party for `epoch` (two values
+    /// modulo 2^53).
+    pub(crate) fn receive_loss_product(
+        &self,
+        transport: &mut dyn Transport,
+        from: &str,
+        epoch: usize,
+    ) -> Result<Vec<u64>, FedError> {
+        match receive(transport, from)? {
+            Message::LossProduct { epoch: e, products } if e == epoch as u64 => {
+                if products.len() != 2 || products.modulus_bits() != LOSS_RELEASE_BITS {
+                    return Err(FedError::protocol(
+                        from,
+                        "a loss product of the wrong shape",
+                    ));
+                }
+                self.secret
+                    .decrypt_masked(&products)
+                    .map_err(FedError::he("decrypting a loss product"))
+            }
+            other => Err(unexpected(from, "a loss product", &other)),
+        }
     }
 
     /// This party's model part with the given weights.

@@ -689,21 +689,15 @@ impl NodeState {
             .rule(guest, "train", &proposal.dataset)
             .map_or(u64::MAX, |r| r.min_batch_rows);
         if (batch as u64) < min_batch {
-            let reason = format!(
-                "batches of {batch} rows are below the {min_batch} rows the policy of {} \
-                 requires (policy key min_batch_rows)",
-                self.config.party
-            );
-            let _ = link.send(
+            return Err(refuse_offer(
+                &mut link,
                 guest,
-                Message::Abort {
-                    reason: reason.clone(),
-                },
-            );
-            return Err(NodeError::Peer {
-                peer: guest.to_owned(),
-                reason,
-            });
+                format!(
+                    "batches of {batch} rows are below the {min_batch} rows the policy of {} \
+                     requires (policy key min_batch_rows)",
+                    self.config.party
+                ),
+            ));
         }
         let batch_rows = offered.config.batch_size.map_or(0, |b| b as u64);
         if offered.model_id != proposal.model_id
@@ -711,17 +705,11 @@ impl NodeState {
             || batch_rows != proposal.batch_rows
             || offered.features != proposal.guest_features
         {
-            let reason = "the training proposal differs from the accepted job".to_string();
-            let _ = link.send(
+            return Err(refuse_offer(
+                &mut link,
                 guest,
-                Message::Abort {
-                    reason: reason.clone(),
-                },
-            );
-            return Err(NodeError::Peer {
-                peer: guest.to_owned(),
-                reason,
-            });
+                "the training proposal differs from the accepted job".into(),
+            ));
         }
         {
             let mut record = job.record.lock().unwrap_or_else(|e| e.into_inner());
@@ -1212,4 +1200,19 @@ fn check_job_shape(
         ));
     }
     Ok(())
+}
+
+/// Refuses the guest's training proposal: tells it why and fails this node's job.
+fn refuse_offer(link: &mut Link<'_>, guest: &str, reason: String) -> NodeError {
+    // Best effort: the guest learns the reason from its own failure otherwise.
+    let _ = link.send(
+        guest,
+        Message::Abort {
+            reason: reason.clone(),
+        },
+    );
+    NodeError::Peer {
+        peer: guest.to_owned(),
+        reason,
+    }
 }

@@ -403,7 +403,7 @@ impl PsiGuest {
             pairwise_sizes.push(found.iter().filter(|&&p| p != NO_MATCH).count() as u64);
             matches.push(found);
         }
-        let mut common: Vec<u32> = (0..self.sent_rows.len() as u32)
+        let common: Vec<u32> = (0..self.sent_rows.len() as u32)
             .into_par_iter()
             .filter(|&p| matches.iter().all(|m| m[p as usize] != NO_MATCH))
             .collect();
