@@ -2,7 +2,10 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{jobs, parties};
+use fedlearn::internal::simulate_altered;
 use fedlearn::*;
 
 fn run(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> Result<Simulation, FedError> {
@@ -132,4 +135,58 @@ fn missing_values_are_imputed_when_asked() {
     let simulation = run(guest, vec![table(Missing::Mean).unwrap()], &quick()).unwrap();
     assert_eq!(simulation.hosts[0].model.missing, Missing::Mean);
     assert!(simulation.guest.evaluation.metrics.auc > 0.95);
+}
+
+#[test]
+fn a_replayed_or_misplaced_message_is_a_protocol_error_naming_the_peer() {
+    let (guest, hosts) = parties("breast", 1);
+    // host0 sends its step-1 product again in place of step 2's; the guest sends a column of
+    // batch 0 under another column index.
+    type Alteration = fn(&str, &str, Message) -> Message;
+    let replay: Alteration = |from, to, message| match message {
+        Message::Product {
+            step: 2,
+            products,
+            correction,
+        } if from == "host0" && to == "bank" => Message::Product {
+            step: 1,
+            products,
+            correction,
+        },
+        other => other,
+    };
+    let misplace: Alteration = |from, _, message| match message {
+        Message::Columns {
+            batch: 0,
+            column: 3,
+            values,
+        } if from == "bank" => Message::Columns {
+            batch: 0,
+            column: 4,
+            values,
+        },
+        other => other,
+    };
+    for (alter, victim, peer) in [(replay, "guest", "host0"), (misplace, "host", "bank")] {
+        let (guest_job, host_jobs) = jobs(guest.clone(), hosts.clone(), &quick());
+        let run = simulate_altered(
+            guest_job,
+            host_jobs,
+            false,
+            &mut |_| {},
+            Some(Arc::new(alter)),
+        );
+        let error = if victim == "guest" {
+            run.guest.err()
+        } else {
+            run.hosts.into_iter().next().and_then(Result::err)
+        };
+        match error {
+            Some(FedError::Protocol { peer: p, reason }) => {
+                assert_eq!(p, peer);
+                assert!(reason.starts_with("expected"), "{reason}");
+            }
+            other => panic!("{victim}: {other:?}"),
+        }
+    }
 }

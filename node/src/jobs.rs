@@ -398,24 +398,32 @@ impl NodeState {
     }
 
     /// Whether a stored model or a live job already uses a model id.
-    /// Models of this node's `dataset` whose per-row scores may reach `guest`: the stored
-    /// host parts trained with it, and the live host jobs that will reveal one.
+    /// Models of this node's `dataset` whose per-row scores reached or may reach `guest`: the
+    /// final reveals in the audit log (a job that failed after its reveal counts too), and
+    /// the live host jobs that will make one.
     pub fn disclosures(&self, guest: &str, dataset: &str) -> Result<usize, NodeError> {
-        let stored = self
-            .store
-            .models()?
+        let revealed: std::collections::BTreeSet<String> = crate::audit::records(&self.store)?
             .into_iter()
-            .filter(|m| m.role == "host" && m.guest == guest && m.dataset == dataset)
-            .count();
+            .filter(|r| {
+                r.event == "disclosure.final_scores"
+                    && r.peer == guest
+                    && r.detail["dataset"] == dataset
+            })
+            .map(|r| r.job_id)
+            .collect();
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let live = jobs
             .values()
             .map(|j| j.record())
             .filter(|r| {
-                r.role == "host" && r.peers == [guest] && r.dataset == dataset && !r.is_final()
+                r.role == "host"
+                    && r.peers == [guest]
+                    && r.dataset == dataset
+                    && !r.is_final()
+                    && !revealed.contains(&r.job_id)
             })
             .count();
-        Ok(stored + live)
+        Ok(revealed.len() + live)
     }
 
     fn model_in_use(&self, model_id: &str) -> Result<bool, NodeError> {
