@@ -10,10 +10,10 @@ use crate::metrics::evaluate;
 use crate::model::ModelPart;
 use crate::party::{job_nonce, signed, Core, LOSS_RELEASE_BITS};
 use crate::protocol::{
-    decode_score, encode_fixed, finish_with_error, receive, squared_distance, unexpected,
-    EpochReport, Event, FinalEvaluation, GuestOutcome, RevealedRows, StopReason, LOSS_FRAC_BITS,
-    SUM_FRAC_BITS,
+    decode_score, encode_fixed, finish_with_error, unexpected, EpochReport, Event, FinalEvaluation,
+    GuestOutcome, RevealedRows, StopReason, LOSS_FRAC_BITS, SUM_FRAC_BITS,
 };
+use crate::session::{drive, Mailbox, Session};
 
 /// Everything the guest brings to a job. `table` is already aligned (PSI order).
 pub struct GuestJob {
@@ -29,21 +29,32 @@ pub struct GuestJob {
     pub config: TrainConfig,
 }
 
-/// Runs the guest's side of a training job to the end.
+/// Runs the guest's side of a training job to the end over a blocking transport (see
+/// [`GuestSession`] for the state machine underneath).
 pub fn run_guest(
     job: GuestJob,
     transport: &mut dyn Transport,
     events: &mut dyn FnMut(&Event),
 ) -> Result<GuestOutcome, FedError> {
     let hosts = job.hosts.clone();
-    let mut last_good = None;
-    match train(job, transport, events, &mut last_good) {
+    let mut session = None;
+    let result = GuestSession::new(job).and_then(|s| {
+        let session = session.insert(s);
+        drive(session, transport, events)?;
+        session.outcome.take().ok_or_else(|| {
+            FedError::protocol(&hosts.join(", "), "the session ended without an outcome")
+        })
+    });
+    match result {
         Ok(outcome) => Ok(outcome),
-        Err(error) => Err(finish_with_error(transport, &hosts, error, last_good)),
+        Err(error) => {
+            let last_good = session.and_then(|s| s.last_good);
+            Err(finish_with_error(transport, &hosts, error, last_good))
+        }
     }
 }
 
-/// Slots of a host's loss report.
+/// The slots of a host's loss report.
 pub(crate) const REPORT_SLOTS: usize = 7;
 
 /// The public bound of the loss vectors: |value| < 32 at 10 fraction bits.
@@ -52,182 +63,280 @@ pub(crate) const LOSS_BOUND: i64 = 1 << 15;
 /// The loss vectors' largest |value|.
 pub(crate) const LOSS_MAX: f64 = 32.0;
 
-fn train(
-    job: GuestJob,
-    transport: &mut dyn Transport,
-    events: &mut dyn FnMut(&Event),
-    last_good: &mut Option<ModelPart>,
-) -> Result<GuestOutcome, FedError> {
-    job.config.validate()?;
-    if job.hosts.is_empty() {
-        return Err(FedError::config("hosts", "a job needs at least one host"));
-    }
-    let labels = job
-        .table
-        .labels()
-        .ok_or_else(|| FedError::config("labels", "the guest's table has no label column"))?
-        .to_vec();
-    let rows = job.table.rows();
-    let split = Split::new(rows, job.config.seed, job.config.validation_fraction);
-    // Both classes on the training rows, and on the validation rows if there are any: the
-    // final reveal's AUC and KS need them, and finding out after training would lose the job.
-    let validation = (!split.validation.is_empty()).then_some(&split.validation);
-    for rows in std::iter::once(&split.train).chain(validation) {
-        if let Some(class) = [0.0, 1.0]
-            .into_iter()
-            .find(|c| !rows.iter().any(|&r| labels[r] == *c))
-        {
-            return Err(FedError::SingleClass {
-                class: u8::from(class == 0.0),
-            });
-        }
-    }
-    let nonce = job_nonce()?;
-    let features = job.table.features();
-    for host in &job.hosts {
-        transport.send(
-            host,
-            Message::Propose(Box::new(Proposal {
-                job: nonce,
-                model_id: job.model_id.clone(),
-                config: job.config.clone(),
-                rows: rows as u64,
-                hosts: job.hosts.clone(),
-                features: features as u32,
-            })),
-        )?;
-    }
-    let mut core = Core::new(&job.party, job.table, job.config.clone(), true)?;
-    core.send_keys(transport, &job.hosts)?;
-    core.receive_keys(transport, &nonce, &job.hosts)?;
-    core.send_columns(transport)?;
-    core.receive_columns(transport)?;
-    let mut guest = Guest {
-        core,
-        labels,
-        model_id: job.model_id,
-        hosts: job.hosts,
-    };
-    guest.epochs(transport, events, last_good)
+/// What the guest waits for.
+enum ExpectGuest {
+    /// Every host's keys.
+    Keys,
+    /// Every host's encrypted columns.
+    Columns,
+    /// Every host's product for the current step.
+    Products,
+    /// Every host's loss product of the epoch.
+    LossProducts,
+    /// Every host's loss report of the epoch (with the decrypted loss products summed).
+    LossReports { cross: [u64; 2] },
+    /// Every host's final scores.
+    FinalScores,
+    /// Nothing: the job is over.
+    Done,
 }
 
-struct Guest {
+/// The guest's side of a job as a sans-IO state machine (see [`Session`]).
+pub struct GuestSession {
     core: Core,
     labels: Vec<f64>,
     model_id: String,
     hosts: Vec<String>,
+    nonce: [u8; 16],
+    mailbox: Mailbox,
+    state: ExpectGuest,
+    history: Vec<EpochReport>,
+    best_loss: f64,
+    best_epoch: usize,
+    since_best: usize,
+    best_weights: Option<Vec<f64>>,
+    stop: StopReason,
+    last_good: Option<ModelPart>,
+    outcome: Option<GuestOutcome>,
 }
 
-impl Guest {
-    fn epochs(
-        &mut self,
-        transport: &mut dyn Transport,
-        events: &mut dyn FnMut(&Event),
-        last_good: &mut Option<ModelPart>,
-    ) -> Result<GuestOutcome, FedError> {
-        let config = self.core.config.clone();
-        let mut history = Vec::new();
-        let (mut best_loss, mut best_epoch, mut since_best) = (f64::INFINITY, 0, 0);
-        let mut best_weights: Option<Vec<f64>> = None;
-        let mut stop = StopReason::MaxEpochs;
-        for epoch in 1..=config.max_epochs {
-            let start = self.core.weights.clone();
-            let mut rate = config.learning_rate;
-            for batch in Split::epoch_order(config.seed, epoch, self.core.batches.len()) {
-                rate = config.rate(self.core.step, epoch);
-                let rows = &self.core.batches[batch];
-                let share: Vec<f64> = self
-                    .core
-                    .scores_with(&self.core.weights, rows)
-                    .iter()
-                    .zip(rows)
-                    .map(|(z, &r)| 0.25 * z + 0.5 - self.labels[r])
-                    .collect();
-                self.core.step(transport, epoch, batch, &share, rate)?;
-            }
-            let own_change = squared_distance(&start, &self.core.weights);
-            let (train_loss, validation_loss, host_change) = self.loss(transport, epoch)?;
-            let weight_change = (own_change + host_change).max(0.0).sqrt();
-            let loss = validation_loss.unwrap_or(train_loss);
-            if !loss.is_finite() || !weight_change.is_finite() {
-                return Err(FedError::Diverged {
-                    epoch,
-                    reason: format!("Taylor loss {loss}, weight change {weight_change}"),
-                    last_good: None,
+impl GuestSession {
+    /// Checks the job and queues the proposal and the guest's keys.
+    pub fn new(job: GuestJob) -> Result<GuestSession, FedError> {
+        job.config.validate()?;
+        if job.hosts.is_empty() {
+            return Err(FedError::config("hosts", "a job needs at least one host"));
+        }
+        let labels = job
+            .table
+            .labels()
+            .ok_or_else(|| FedError::config("labels", "the guest's table has no label column"))?
+            .to_vec();
+        let rows = job.table.rows();
+        let split = Split::new(rows, job.config.seed, job.config.validation_fraction);
+        // Both classes on the training rows, and on the validation rows if there are any: the
+        // final reveal's AUC and KS need them, and finding out after training would lose the job.
+        let validation = (!split.validation.is_empty()).then_some(&split.validation);
+        for rows in std::iter::once(&split.train).chain(validation) {
+            if let Some(class) = [0.0, 1.0]
+                .into_iter()
+                .find(|c| !rows.iter().any(|&r| labels[r] == *c))
+            {
+                return Err(FedError::SingleClass {
+                    class: u8::from(class == 0.0),
                 });
             }
-            let (best, done) = match config.early_stopping {
-                Some(EarlyStopping::Loss {
-                    patience,
-                    min_delta,
-                }) => {
-                    let improved = loss < best_loss - min_delta;
-                    since_best = if improved { 0 } else { since_best + 1 };
-                    (improved || best_weights.is_none(), since_best >= patience)
-                }
-                Some(EarlyStopping::WeightChange { tolerance }) => {
-                    (true, weight_change < tolerance)
-                }
-                None => (true, false),
-            };
-            if best {
-                best_loss = best_loss.min(loss);
-                best_epoch = epoch;
-                best_weights = Some(self.core.weights.clone());
-            }
-            let last = done || epoch == config.max_epochs;
-            if done && epoch < config.max_epochs {
-                stop = StopReason::EarlyStopping { epoch };
-            }
-            for host in &self.hosts {
-                transport.send(
-                    host,
-                    Message::EpochEnd {
-                        epoch: epoch as u64,
-                        best,
-                        stop: last,
-                    },
-                )?;
-            }
-            *last_good = Some(self.core.model(&self.model_id, &self.core.weights));
-            let report = EpochReport {
-                epoch,
-                train_loss,
-                validation_loss,
-                weight_change,
-                learning_rate: rate,
-                best,
-            };
-            events(&Event::Epoch(report.clone()));
-            history.push(report);
-            if last {
-                break;
-            }
         }
-        let weights = best_weights.unwrap_or_else(|| self.core.weights.clone());
-        let evaluation = self.final_evaluation(transport, &weights)?;
-        Ok(GuestOutcome {
-            model: self.core.model(&self.model_id, &weights),
-            history,
-            best_epoch,
-            stop,
-            feature_frac_bits: self.core.quantised.frac_bits,
-            share_frac_bits: self.core.share_bits,
-            evaluation,
+        let nonce = job_nonce()?;
+        let mut mailbox = Mailbox::default();
+        for host in &job.hosts {
+            mailbox.send(
+                host,
+                Message::Propose(Box::new(Proposal {
+                    job: nonce,
+                    model_id: job.model_id.clone(),
+                    config: job.config.clone(),
+                    rows: rows as u64,
+                    hosts: job.hosts.clone(),
+                    features: job.table.features() as u32,
+                })),
+            );
+        }
+        let core = Core::new(&job.party, job.table, job.config, true)?;
+        let keys = core.keys();
+        for host in &job.hosts {
+            mailbox.send(host, Message::Keys(Box::new(keys.clone())));
+        }
+        Ok(GuestSession {
+            core,
+            labels,
+            model_id: job.model_id,
+            hosts: job.hosts,
+            nonce,
+            mailbox,
+            state: ExpectGuest::Keys,
+            history: Vec::new(),
+            best_loss: f64::INFINITY,
+            best_epoch: 0,
+            since_best: 0,
+            best_weights: None,
+            stop: StopReason::MaxEpochs,
+            last_good: None,
+            outcome: None,
         })
     }
 
-    /// The aggregate Taylor losses of the epoch on the training and validation rows, and the
-    /// hosts' summed squared weight change. Per split s, with z = z_G + Z_H and Z_H = Σ_k z_k:
-    /// n_s·(L_s − log 2) = Σ (½ − y)·z_G + ⅛ Σ z_G² + Σ d_G·Z_H + ⅛ Σ Z_H², where
-    /// d_G = ¼·z_G + ½ − y. The guest computes its own terms, the hosts' products of [[d_G]]
-    /// with their scores come to it released, and the hosts' squares and pairwise products
-    /// arrive summed under pairwise masks.
-    fn loss(
-        &self,
-        transport: &mut dyn Transport,
-        epoch: usize,
-    ) -> Result<(f64, Option<f64>, f64), FedError> {
+    /// The guest's result, once the session is done.
+    pub fn outcome(&self) -> Option<&GuestOutcome> {
+        self.outcome.as_ref()
+    }
+
+    /// Moves through every state whose messages have all arrived.
+    fn advance(&mut self) -> Result<(), FedError> {
+        loop {
+            let moved = match self.state {
+                ExpectGuest::Keys => match self.mailbox.take_from_all(&self.hosts) {
+                    Some(messages) => {
+                        let keys =
+                            self.hosts
+                                .iter()
+                                .zip(messages)
+                                .map(|(host, message)| match message {
+                                    Message::Keys(keys) => Ok((host.clone(), *keys)),
+                                    other => Err(unexpected(host, "the party's keys", &other)),
+                                });
+                        let keys = keys.collect::<Result<Vec<_>, _>>()?;
+                        self.core.accept_keys(&self.nonce, keys)?;
+                        self.state = ExpectGuest::Columns;
+                        true
+                    }
+                    None => false,
+                },
+                ExpectGuest::Columns => {
+                    if self.core.take_columns(&mut self.mailbox)? {
+                        self.core.start_epoch(1);
+                        self.start_step()?;
+                        self.state = ExpectGuest::Products;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                ExpectGuest::Products => match self.mailbox.take_from_all(&self.hosts) {
+                    Some(products) => {
+                        if self.core.end_step(products)? {
+                            self.start_step()?;
+                        } else {
+                            self.start_loss()?;
+                            self.state = ExpectGuest::LossProducts;
+                        }
+                        true
+                    }
+                    None => false,
+                },
+                ExpectGuest::LossProducts => match self.mailbox.take_from_all(&self.hosts) {
+                    Some(messages) => {
+                        let mut cross = [0u64; 2];
+                        for (host, message) in self.hosts.iter().zip(messages) {
+                            let epoch = self.core.epoch;
+                            let decrypted = self.core.decrypt_loss_product(host, epoch, message)?;
+                            for (c, d) in cross.iter_mut().zip(decrypted) {
+                                *c = c.wrapping_add(d);
+                            }
+                        }
+                        self.state = ExpectGuest::LossReports { cross };
+                        true
+                    }
+                    None => false,
+                },
+                ExpectGuest::LossReports { cross } => match self.mailbox.take_from_all(&self.hosts)
+                {
+                    Some(reports) => {
+                        self.end_epoch(cross, reports)?;
+                        true
+                    }
+                    None => false,
+                },
+                ExpectGuest::FinalScores => match self.mailbox.take_from_all(&self.hosts) {
+                    Some(scores) => {
+                        self.finish(scores)?;
+                        self.state = ExpectGuest::Done;
+                        true
+                    }
+                    None => false,
+                },
+                ExpectGuest::Done => false,
+            };
+            if !moved {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Computes the guest's residual share on the step's batch and queues the products.
+    fn start_step(&mut self) -> Result<(), FedError> {
+        let rows = self.core.current_batch();
+        let share: Vec<f64> = self
+            .core
+            .scores_with(&self.core.weights, rows)
+            .iter()
+            .zip(rows)
+            .map(|(z, &r)| 0.25 * z + 0.5 - self.labels[r])
+            .collect();
+        self.core.start_step(share, &mut self.mailbox)
+    }
+
+    /// The epoch's losses, early stopping, and the next epoch or the end.
+    fn end_epoch(&mut self, cross: [u64; 2], reports: Vec<Message>) -> Result<(), FedError> {
+        let epoch = self.core.epoch;
+        let config = self.core.config.clone();
+        let (train_loss, validation_loss, host_change) = self.losses(cross, reports)?;
+        let weight_change = (self.core.epoch_change() + host_change).max(0.0).sqrt();
+        let loss = validation_loss.unwrap_or(train_loss);
+        if !loss.is_finite() || !weight_change.is_finite() {
+            return Err(FedError::Diverged {
+                epoch,
+                reason: format!("Taylor loss {loss}, weight change {weight_change}"),
+                last_good: None,
+            });
+        }
+        let (best, done) = match config.early_stopping {
+            Some(EarlyStopping::Loss {
+                patience,
+                min_delta,
+            }) => {
+                let improved = loss < self.best_loss - min_delta;
+                self.since_best = if improved { 0 } else { self.since_best + 1 };
+                (
+                    improved || self.best_weights.is_none(),
+                    self.since_best >= patience,
+                )
+            }
+            Some(EarlyStopping::WeightChange { tolerance }) => (true, weight_change < tolerance),
+            None => (true, false),
+        };
+        if best {
+            self.best_loss = self.best_loss.min(loss);
+            self.best_epoch = epoch;
+            self.best_weights = Some(self.core.weights.clone());
+        }
+        let last = done || epoch == config.max_epochs;
+        if done && epoch < config.max_epochs {
+            self.stop = StopReason::EarlyStopping { epoch };
+        }
+        for host in &self.hosts {
+            self.mailbox.send(
+                host,
+                Message::EpochEnd {
+                    epoch: epoch as u64,
+                    best,
+                    stop: last,
+                },
+            );
+        }
+        self.last_good = Some(self.core.model(&self.model_id, &self.core.weights));
+        let report = EpochReport {
+            epoch,
+            train_loss,
+            validation_loss,
+            weight_change,
+            learning_rate: self.core.rate(),
+            best,
+        };
+        self.mailbox.emit(Event::Epoch(report.clone()));
+        self.history.push(report);
+        if last {
+            self.state = ExpectGuest::FinalScores;
+        } else {
+            self.core.start_epoch(epoch + 1);
+            self.start_step()?;
+            self.state = ExpectGuest::Products;
+        }
+        Ok(())
+    }
+
+    /// The training and validation rows, and the guest's scores and residual on them.
+    fn loss_rows(&self) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
         let split = &self.core.split;
         let rows: Vec<usize> = split
             .train
@@ -236,11 +345,19 @@ impl Guest {
             .copied()
             .collect();
         let z = self.core.scores_with(&self.core.weights, &rows);
-        let residual: Vec<f64> = z
+        let residual = z
             .iter()
             .zip(&rows)
             .map(|(z, &r)| 0.25 * z + 0.5 - self.labels[r])
             .collect();
+        (rows, z, residual)
+    }
+
+    /// Starts the epoch's loss round: [[d_G]] on the training and validation rows to every
+    /// host.
+    fn start_loss(&mut self) -> Result<(), FedError> {
+        let epoch = self.core.epoch;
+        let (_, _, residual) = self.loss_rows();
         let encoded = encode_fixed(
             &self.core.party,
             epoch,
@@ -255,24 +372,32 @@ impl Guest {
             .encrypt(&encoded, LOSS_BOUND)
             .map_err(FedError::he("encrypting the loss vector"))?;
         for host in &self.hosts {
-            transport.send(
+            self.mailbox.send(
                 host,
                 Message::LossVector {
                     epoch: epoch as u64,
                     values: encrypted.clone(),
                 },
-            )?;
+            );
         }
-        let mut cross = [0u64; 2];
+        Ok(())
+    }
+
+    /// The aggregate Taylor losses of the epoch on the training and validation rows, and the
+    /// hosts' summed squared weight change. Per split s, with z = z_G + Z_H and Z_H = Σ_k z_k:
+    /// n_s·(L_s − log 2) = Σ (½ − y)·z_G + ⅛ Σ z_G² + Σ d_G·Z_H + ⅛ Σ Z_H², where
+    /// d_G = ¼·z_G + ½ − y. The guest computes its own terms, the hosts' products of [[d_G]]
+    /// with their scores came to it released (`cross`, decrypted), and the hosts' squares and
+    /// pairwise products arrive summed under pairwise masks in their reports.
+    fn losses(
+        &self,
+        cross: [u64; 2],
+        reports: Vec<Message>,
+    ) -> Result<(f64, Option<f64>, f64), FedError> {
+        let epoch = self.core.epoch;
         let mut report = [0u64; REPORT_SLOTS];
-        for host in &self.hosts {
-            let decrypted = self.core.receive_loss_product(transport, host, epoch)?;
-            for (c, d) in cross.iter_mut().zip(decrypted) {
-                *c = c.wrapping_add(d);
-            }
-        }
-        for host in &self.hosts {
-            match receive(transport, host)? {
+        for (host, message) in self.hosts.iter().zip(reports) {
+            match message {
                 Message::LossReport { epoch: e, masked } if e == epoch as u64 => {
                     if masked.len() != REPORT_SLOTS {
                         return Err(FedError::protocol(
@@ -287,11 +412,12 @@ impl Guest {
                 other => return Err(unexpected(host, "a loss report", &other)),
             }
         }
+        let (rows, z, _) = self.loss_rows();
         let products = 2f64.powi(-2 * LOSS_FRAC_BITS as i32);
         let sums = 2f64.powi(-SUM_FRAC_BITS);
         let modulus = (1u64 << LOSS_RELEASE_BITS) - 1;
         let released = |v: u64| signed(v & modulus, LOSS_RELEASE_BITS) as f64 * products;
-        let n_train = split.train.len();
+        let n_train = self.core.split.train.len();
         let mean = |range: std::ops::Range<usize>, s: usize| -> Option<f64> {
             let n = range.len();
             if n == 0 {
@@ -317,12 +443,13 @@ impl Guest {
     }
 
     /// The job's one reveal: the final model's joint scores on the validation rows (the
-    /// training rows without a validation split), summed over the hosts under pairwise masks.
-    fn final_evaluation(
-        &self,
-        transport: &mut dyn Transport,
-        weights: &[f64],
-    ) -> Result<FinalEvaluation, FedError> {
+    /// training rows without a validation split), summed over the hosts under pairwise masks;
+    /// then the outcome.
+    fn finish(&mut self, scores: Vec<Message>) -> Result<(), FedError> {
+        let weights = self
+            .best_weights
+            .clone()
+            .unwrap_or_else(|| self.core.weights.clone());
         let split = &self.core.split;
         let (which, rows) = if split.validation.is_empty() {
             (RevealedRows::Training, &split.train)
@@ -330,8 +457,8 @@ impl Guest {
             (RevealedRows::Validation, &split.validation)
         };
         let mut total = vec![0u64; rows.len()];
-        for host in &self.hosts {
-            match receive(transport, host)? {
+        for (host, message) in self.hosts.iter().zip(scores) {
+            match message {
                 Message::FinalScores { masked } => {
                     if masked.len() != rows.len() {
                         return Err(FedError::protocol(
@@ -346,7 +473,7 @@ impl Guest {
                 other => return Err(unexpected(host, "the final scores", &other)),
             }
         }
-        let own = self.core.scores_with(weights, rows);
+        let own = self.core.scores_with(&weights, rows);
         let probabilities: Vec<f64> = own
             .iter()
             .zip(&total)
@@ -354,10 +481,50 @@ impl Guest {
             .collect();
         let labels: Vec<f64> = rows.iter().map(|&r| self.labels[r]).collect();
         let metrics = evaluate(&probabilities, &labels)?;
-        Ok(FinalEvaluation {
-            rows: which,
-            count: rows.len(),
-            metrics,
-        })
+        self.outcome = Some(GuestOutcome {
+            model: self.core.model(&self.model_id, &weights),
+            history: std::mem::take(&mut self.history),
+            best_epoch: self.best_epoch,
+            stop: self.stop,
+            feature_frac_bits: self.core.quantised.frac_bits,
+            share_frac_bits: self.core.share_bits,
+            evaluation: FinalEvaluation {
+                rows: which,
+                count: rows.len(),
+                metrics,
+            },
+        });
+        Ok(())
+    }
+}
+
+impl Session for GuestSession {
+    fn handle(&mut self, from: &str, message: Message) -> Result<(), FedError> {
+        if !self.hosts.iter().any(|h| h == from) {
+            return Err(FedError::protocol(from, "not a party of the job"));
+        }
+        self.mailbox.deliver(from, message)?;
+        self.advance()
+    }
+
+    fn poll_transmit(&mut self) -> Result<Option<(String, Message)>, FedError> {
+        // The guest's own columns go out batch by batch, after its keys and before anything
+        // else (the peers read them in that order).
+        if self.mailbox.outbox_is_empty() && self.core.queue_columns(&mut self.mailbox)? {
+            self.advance()?;
+        }
+        Ok(self.mailbox.next_transmit())
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.mailbox.next_event()
+    }
+
+    fn awaiting(&self) -> Option<&str> {
+        match self.state {
+            ExpectGuest::Columns => self.core.awaiting_columns(&self.mailbox),
+            ExpectGuest::Done => None,
+            _ => self.mailbox.first_missing(&self.hosts),
+        }
     }
 }

@@ -6,14 +6,14 @@ use he::PreparedMatrix;
 use crate::data::Table;
 use crate::error::FedError;
 use crate::guest::{LOSS_BOUND, LOSS_MAX, REPORT_SLOTS};
-use crate::masks::Split;
 use crate::message::{Message, Proposal, Transport};
 use crate::model::ModelPart;
 use crate::party::Core;
 use crate::protocol::{
-    encode_fixed, encode_score, finish_with_error, receive, squared_distance, unexpected, Event,
-    HostOutcome, LOSS_FRAC_BITS, PARAMS, SUM_FRAC_BITS,
+    encode_fixed, encode_score, finish_with_error, receive, unexpected, Event, HostOutcome,
+    LOSS_FRAC_BITS, PARAMS, SUM_FRAC_BITS,
 };
+use crate::session::{drive, Mailbox, Session};
 
 /// Everything a host brings to a job. `table` is already aligned (PSI order).
 pub struct HostJob {
@@ -33,7 +33,8 @@ pub fn receive_proposal(transport: &mut dyn Transport, guest: &str) -> Result<Pr
     }
 }
 
-/// Runs the host's side of a job the guest proposed, to the end.
+/// Runs the host's side of a job the guest proposed, to the end, over a blocking transport
+/// (see [`HostSession`] for the state machine underneath).
 pub fn run_host(
     job: HostJob,
     proposal: Proposal,
@@ -42,130 +43,223 @@ pub fn run_host(
 ) -> Result<HostOutcome, FedError> {
     let mut peers: Vec<String> = vec![job.guest.clone()];
     peers.extend(proposal.hosts.iter().filter(|h| **h != job.party).cloned());
-    let mut last_good = None;
-    match train(job, proposal, transport, events, &mut last_good) {
+    let mut session = None;
+    let result = HostSession::new(job, proposal).and_then(|s| {
+        let session = session.insert(s);
+        drive(session, transport, events)?;
+        session
+            .outcome
+            .take()
+            .ok_or_else(|| FedError::protocol(&peers[0], "the session ended without an outcome"))
+    });
+    match result {
         Ok(outcome) => Ok(outcome),
-        Err(error) => Err(finish_with_error(transport, &peers, error, last_good)),
+        Err(error) => {
+            let last_good = session.and_then(|s| s.last_good);
+            Err(finish_with_error(transport, &peers, error, last_good))
+        }
     }
 }
 
-fn train(
-    job: HostJob,
-    proposal: Proposal,
-    transport: &mut dyn Transport,
-    events: &mut dyn FnMut(&Event),
-    last_good: &mut Option<ModelPart>,
-) -> Result<HostOutcome, FedError> {
-    let guest = job.guest.clone();
-    proposal.config.validate()?;
-    let position = proposal
-        .hosts
-        .iter()
-        .position(|h| *h == job.party)
-        .ok_or_else(|| {
-            FedError::protocol(
-                &guest,
-                format!("{} is not among the job's hosts", job.party),
-            )
-        })?;
-    let rows = job.table.rows();
-    if proposal.rows != rows as u64 {
-        return Err(FedError::RowCount {
-            party: job.party.clone(),
-            expected: proposal.rows as usize,
-            got: rows,
-        });
-    }
-    let mut peers: Vec<String> = vec![guest.clone()];
-    peers.extend(proposal.hosts.iter().filter(|h| **h != job.party).cloned());
-    let mut core = Core::new(&job.party, job.table, proposal.config.clone(), false)?;
-    core.send_keys(transport, &peers)?;
-    core.receive_keys(transport, &proposal.job, &peers)?;
-    core.send_columns(transport)?;
-    core.receive_columns(transport)?;
-    let mut host = Host {
-        core,
-        guest,
-        model_id: proposal.model_id,
-        hosts: proposal.hosts,
-        position,
-    };
-    host.epochs(transport, events, last_good)
+/// What a host waits for.
+enum ExpectHost {
+    /// Every other party's keys.
+    Keys,
+    /// Every other party's encrypted columns.
+    Columns,
+    /// Every other party's product for the current step.
+    Products,
+    /// The loss vectors of the guest and of the hosts before this one.
+    LossVectors,
+    /// The loss products of the hosts after this one (with this host's report so far).
+    LaterLossProducts { report: [u64; REPORT_SLOTS] },
+    /// The guest's verdict on the epoch.
+    EpochEnd,
+    /// Nothing: the job is over.
+    Done,
 }
 
-struct Host {
+/// A host's side of a job as a sans-IO state machine (see [`Session`]).
+pub struct HostSession {
     core: Core,
     guest: String,
     model_id: String,
     hosts: Vec<String>,
     position: usize,
+    nonce: [u8; 16],
+    /// The guest, then the other hosts in job order.
+    peers: Vec<String>,
+    mailbox: Mailbox,
+    state: ExpectHost,
+    best_weights: Option<Vec<f64>>,
+    epochs: usize,
+    last_good: Option<ModelPart>,
+    outcome: Option<HostOutcome>,
 }
 
-impl Host {
-    fn epochs(
-        &mut self,
-        transport: &mut dyn Transport,
-        events: &mut dyn FnMut(&Event),
-        last_good: &mut Option<ModelPart>,
-    ) -> Result<HostOutcome, FedError> {
-        let config = self.core.config.clone();
-        let mut best_weights = None;
-        let mut epochs = 0;
-        for epoch in 1..=config.max_epochs {
-            let start = self.core.weights.clone();
-            for batch in Split::epoch_order(config.seed, epoch, self.core.batches.len()) {
-                let rate = config.rate(self.core.step, epoch);
-                let rows = &self.core.batches[batch];
-                let share: Vec<f64> = self
-                    .core
-                    .scores_with(&self.core.weights, rows)
-                    .iter()
-                    .map(|z| 0.25 * z)
-                    .collect();
-                self.core.step(transport, epoch, batch, &share, rate)?;
-            }
-            let change = squared_distance(&start, &self.core.weights);
-            self.loss(transport, epoch, change)?;
-            match receive(transport, &self.guest)? {
-                Message::EpochEnd {
-                    epoch: e,
-                    best,
-                    stop,
-                } if e == epoch as u64 => {
-                    epochs = epoch;
-                    if best {
-                        best_weights = Some(self.core.weights.clone());
-                    }
-                    *last_good = Some(self.core.model(&self.model_id, &self.core.weights));
-                    events(&Event::HostEpoch { epoch });
-                    if stop {
-                        break;
-                    }
-                }
-                other => return Err(unexpected(&self.guest, "end of epoch", &other)),
-            }
+impl HostSession {
+    /// Checks the proposal against the host's table and queues the host's keys.
+    pub fn new(job: HostJob, proposal: Proposal) -> Result<HostSession, FedError> {
+        proposal.config.validate()?;
+        let position = proposal
+            .hosts
+            .iter()
+            .position(|h| *h == job.party)
+            .ok_or_else(|| {
+                FedError::protocol(
+                    &job.guest,
+                    format!("{} is not among the job's hosts", job.party),
+                )
+            })?;
+        let rows = job.table.rows();
+        if proposal.rows != rows as u64 {
+            return Err(FedError::RowCount {
+                party: job.party.clone(),
+                expected: proposal.rows as usize,
+                got: rows,
+            });
         }
-        let weights = best_weights.unwrap_or_else(|| self.core.weights.clone());
-        let revealed_rows = self.reveal(transport, &weights)?;
-        Ok(HostOutcome {
-            model: self.core.model(&self.model_id, &weights),
-            epochs,
-            feature_frac_bits: self.core.quantised.frac_bits,
-            revealed_rows,
+        let mut peers: Vec<String> = vec![job.guest.clone()];
+        peers.extend(proposal.hosts.iter().filter(|h| **h != job.party).cloned());
+        let core = Core::new(&job.party, job.table, proposal.config.clone(), false)?;
+        let mut mailbox = Mailbox::default();
+        let keys = core.keys();
+        for peer in &peers {
+            mailbox.send(peer, Message::Keys(Box::new(keys.clone())));
+        }
+        Ok(HostSession {
+            core,
+            guest: job.guest,
+            model_id: proposal.model_id,
+            hosts: proposal.hosts,
+            position,
+            nonce: proposal.job,
+            peers,
+            mailbox,
+            state: ExpectHost::Keys,
+            best_weights: None,
+            epochs: 0,
+            last_good: None,
+            outcome: None,
         })
     }
 
-    /// This host's part of the epoch's aggregate loss (see the guest's `loss`): its products
-    /// with the guest's [[d_G]] and with earlier hosts' [[z_j]] are released to their owners,
-    /// later hosts' products with its own [[z_k]] come back released to it, and the report to
-    /// the guest holds the sums of its shares, its squares and its squared weight change,
-    /// blinded by pairwise masks among the hosts.
-    fn loss(
-        &self,
-        transport: &mut dyn Transport,
-        epoch: usize,
-        change: f64,
-    ) -> Result<(), FedError> {
+    /// The host's result, once the session is done.
+    pub fn outcome(&self) -> Option<&HostOutcome> {
+        self.outcome.as_ref()
+    }
+
+    /// The parties whose loss vectors this host multiplies: the guest, then the hosts before it.
+    fn loss_owners(&self) -> Vec<String> {
+        std::iter::once(self.guest.clone())
+            .chain(self.hosts[..self.position].iter().cloned())
+            .collect()
+    }
+
+    /// The hosts after this one.
+    fn later(&self) -> Vec<String> {
+        self.hosts[self.position + 1..].to_vec()
+    }
+
+    /// Moves through every state whose messages have all arrived.
+    fn advance(&mut self) -> Result<(), FedError> {
+        loop {
+            let moved = match self.state {
+                ExpectHost::Keys => match self.mailbox.take_from_all(&self.peers) {
+                    Some(messages) => {
+                        let keys =
+                            self.peers
+                                .iter()
+                                .zip(messages)
+                                .map(|(peer, message)| match message {
+                                    Message::Keys(keys) => Ok((peer.clone(), *keys)),
+                                    other => Err(unexpected(peer, "the party's keys", &other)),
+                                });
+                        let keys = keys.collect::<Result<Vec<_>, _>>()?;
+                        self.core.accept_keys(&self.nonce, keys)?;
+                        self.state = ExpectHost::Columns;
+                        true
+                    }
+                    None => false,
+                },
+                ExpectHost::Columns => {
+                    if self.core.take_columns(&mut self.mailbox)? {
+                        self.core.start_epoch(1);
+                        self.start_step()?;
+                        self.state = ExpectHost::Products;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                ExpectHost::Products => match self.mailbox.take_from_all(&self.peers) {
+                    Some(products) => {
+                        if self.core.end_step(products)? {
+                            self.start_step()?;
+                        } else {
+                            self.start_loss()?;
+                            self.state = ExpectHost::LossVectors;
+                        }
+                        true
+                    }
+                    None => false,
+                },
+                ExpectHost::LossVectors => match self.mailbox.take_from_all(&self.loss_owners()) {
+                    Some(vectors) => {
+                        let report = self.loss_products(vectors)?;
+                        self.state = ExpectHost::LaterLossProducts { report };
+                        true
+                    }
+                    None => false,
+                },
+                ExpectHost::LaterLossProducts { mut report } => {
+                    let later = self.later();
+                    match self.mailbox.take_from_all(&later) {
+                        Some(products) => {
+                            let epoch = self.core.epoch;
+                            for (host, message) in later.iter().zip(products) {
+                                let decrypted =
+                                    self.core.decrypt_loss_product(host, epoch, message)?;
+                                for (r, d) in report[2..4].iter_mut().zip(decrypted) {
+                                    *r = r.wrapping_add(d);
+                                }
+                            }
+                            self.send_report(report)?;
+                            self.state = ExpectHost::EpochEnd;
+                            true
+                        }
+                        None => false,
+                    }
+                }
+                ExpectHost::EpochEnd => match self.mailbox.take(&self.guest) {
+                    Some(message) => {
+                        self.end_epoch(message)?;
+                        true
+                    }
+                    None => false,
+                },
+                ExpectHost::Done => false,
+            };
+            if !moved {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Computes the host's residual share on the step's batch and queues the products.
+    fn start_step(&mut self) -> Result<(), FedError> {
+        let rows = self.core.current_batch();
+        let share: Vec<f64> = self
+            .core
+            .scores_with(&self.core.weights, rows)
+            .iter()
+            .map(|z| 0.25 * z)
+            .collect();
+        self.core.start_step(share, &mut self.mailbox)
+    }
+
+    /// The host's partial scores on the training and validation rows, in loss fixed point.
+    fn loss_scores(&self) -> Result<(Vec<f64>, Vec<i64>), FedError> {
         let split = &self.core.split;
         let rows: Vec<usize> = split
             .train
@@ -173,43 +267,58 @@ impl Host {
             .chain(&split.validation)
             .copied()
             .collect();
-        let n_train = split.train.len();
         let z = self.core.scores_with(&self.core.weights, &rows);
         let encoded = encode_fixed(
             &self.core.party,
-            epoch,
+            self.core.epoch,
             "partial score",
             &z,
             LOSS_FRAC_BITS,
             LOSS_MAX,
         )?;
-        let later = &self.hosts[self.position + 1..];
-        if !later.is_empty() {
-            let encrypted = self
-                .core
-                .secret
-                .encrypt(&encoded, LOSS_BOUND)
-                .map_err(FedError::he("encrypting the loss vector"))?;
-            for host in later {
-                transport.send(
-                    host,
-                    Message::LossVector {
-                        epoch: epoch as u64,
-                        values: encrypted.clone(),
-                    },
-                )?;
-            }
+        Ok((z, encoded))
+    }
+
+    /// Starts the epoch's loss round: [[z_k]] to the hosts after this one.
+    fn start_loss(&mut self) -> Result<(), FedError> {
+        let later = self.later();
+        if later.is_empty() {
+            return Ok(());
         }
+        let (_, encoded) = self.loss_scores()?;
+        let encrypted = self
+            .core
+            .secret
+            .encrypt(&encoded, LOSS_BOUND)
+            .map_err(FedError::he("encrypting the loss vector"))?;
+        for host in &later {
+            self.mailbox.send(
+                host,
+                Message::LossVector {
+                    epoch: self.core.epoch as u64,
+                    values: encrypted.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// This host's products with the loss vectors of the guest ([[d_G]]) and of the hosts
+    /// before it ([[z_j]]), released to their owners; returns the report with its shares.
+    fn loss_products(&mut self, vectors: Vec<Message>) -> Result<[u64; REPORT_SLOTS], FedError> {
+        let epoch = self.core.epoch;
+        let n_train = self.core.split.train.len();
+        let (_, encoded) = self.loss_scores()?;
+        let rows = encoded.len();
         // Two columns: the scores on the training rows, then on the validation rows.
-        let mut columns = vec![0i64; 2 * rows.len()];
+        let mut columns = vec![0i64; 2 * rows];
         columns[..n_train].copy_from_slice(&encoded[..n_train]);
-        columns[rows.len() + n_train..].copy_from_slice(&encoded[n_train..]);
-        let matrix = PreparedMatrix::new(&PARAMS, rows.len(), 2, &columns)
+        columns[rows + n_train..].copy_from_slice(&encoded[n_train..]);
+        let matrix = PreparedMatrix::new(&PARAMS, rows, 2, &columns)
             .map_err(FedError::he("preparing the scores"))?;
         let mut report = [0u64; REPORT_SLOTS];
-        let earlier = std::iter::once(&self.guest).chain(&self.hosts[..self.position]);
-        for (index, owner) in earlier.enumerate() {
-            let vector = match receive(transport, owner)? {
+        for (index, (owner, message)) in self.loss_owners().iter().zip(vectors).enumerate() {
+            let vector = match message {
                 Message::LossVector { epoch: e, values } if e == epoch as u64 => values,
                 other => return Err(unexpected(owner, "a loss vector", &other)),
             };
@@ -227,47 +336,83 @@ impl Host {
                 .key
                 .mask_and_flood(&PARAMS, product, &peer.packing)
                 .map_err(FedError::he("releasing a loss product"))?;
-            transport.send(
+            self.mailbox.send(
                 owner,
                 Message::LossProduct {
                     epoch: epoch as u64,
                     products,
                 },
-            )?;
+            );
             let slot = if index == 0 { 0 } else { 2 };
             for (r, s) in report[slot..slot + 2].iter_mut().zip(masks.shares()) {
                 *r = r.wrapping_add(s);
             }
         }
-        for host in later {
-            let decrypted = self.core.receive_loss_product(transport, host, epoch)?;
-            for (r, d) in report[2..4].iter_mut().zip(decrypted) {
-                *r = r.wrapping_add(d);
-            }
-        }
+        Ok(report)
+    }
+
+    /// Completes the report with the host's squares and weight change, blinds it with the
+    /// pairwise masks among the hosts and queues it for the guest.
+    fn send_report(&mut self, mut report: [u64; REPORT_SLOTS]) -> Result<(), FedError> {
+        let epoch = self.core.epoch;
+        let n_train = self.core.split.train.len();
+        let (z, _) = self.loss_scores()?;
         let sums = 2f64.powi(SUM_FRAC_BITS);
         let squares =
             |range: std::ops::Range<usize>| -> f64 { z[range].iter().map(|z| z * z).sum() };
         report[4] = (squares(0..n_train) * sums).round() as i64 as u64;
-        report[5] = (squares(n_train..rows.len()) * sums).round() as i64 as u64;
-        report[6] = (change * sums).round() as i64 as u64;
+        report[5] = (squares(n_train..z.len()) * sums).round() as i64 as u64;
+        report[6] = (self.core.epoch_change() * sums).round() as i64 as u64;
         let mut context = b"loss ".to_vec();
         context.extend_from_slice(&(epoch as u64).to_le_bytes());
-        self.masks()
+        self.core
+            .masks()?
             .apply_without(&self.guest, &context, &mut report);
-        transport.send(
+        self.mailbox.send(
             &self.guest,
             Message::LossReport {
                 epoch: epoch as u64,
                 masked: report.to_vec(),
             },
-        )
+        );
+        Ok(())
+    }
+
+    /// The guest's verdict: keep the weights if best, then the next epoch or the end.
+    fn end_epoch(&mut self, message: Message) -> Result<(), FedError> {
+        let epoch = self.core.epoch;
+        let (best, stop) = match message {
+            Message::EpochEnd {
+                epoch: e,
+                best,
+                stop,
+            } if e == epoch as u64 => (best, stop),
+            other => return Err(unexpected(&self.guest, "end of epoch", &other)),
+        };
+        self.epochs = epoch;
+        if best {
+            self.best_weights = Some(self.core.weights.clone());
+        }
+        self.last_good = Some(self.core.model(&self.model_id, &self.core.weights));
+        self.mailbox.emit(Event::HostEpoch { epoch });
+        if stop || epoch == self.core.config.max_epochs {
+            self.reveal()?;
+            self.state = ExpectHost::Done;
+        } else {
+            self.core.start_epoch(epoch + 1);
+            self.start_step()?;
+            self.state = ExpectHost::Products;
+        }
+        Ok(())
     }
 
     /// The job's one reveal: the final partial scores of the validation rows (the training
-    /// rows without a validation split), blinded by pairwise masks among the hosts. Returns
-    /// the number of rows revealed.
-    fn reveal(&self, transport: &mut dyn Transport, weights: &[f64]) -> Result<usize, FedError> {
+    /// rows without a validation split), blinded by pairwise masks among the hosts.
+    fn reveal(&mut self) -> Result<(), FedError> {
+        let weights = self
+            .best_weights
+            .clone()
+            .unwrap_or_else(|| self.core.weights.clone());
         let split = &self.core.split;
         let rows = if split.validation.is_empty() {
             &split.train
@@ -276,28 +421,70 @@ impl Host {
         };
         let mut masked = self
             .core
-            .scores_with(weights, rows)
+            .scores_with(&weights, rows)
             .into_iter()
             .map(encode_score)
             .collect::<Option<Vec<u64>>>()
             .ok_or_else(|| FedError::Diverged {
-                epoch: 0,
+                epoch: self.epochs,
                 reason: format!(
                     "{}'s final scores left the fixed-point range",
                     self.core.party
                 ),
                 last_good: None,
             })?;
-        self.masks()
+        let revealed_rows = rows.len();
+        self.core
+            .masks()?
             .apply_without(&self.guest, b"final scores", &mut masked);
-        transport.send(&self.guest, Message::FinalScores { masked })?;
-        Ok(rows.len())
+        self.mailbox
+            .send(&self.guest, Message::FinalScores { masked });
+        self.outcome = Some(HostOutcome {
+            model: self.core.model(&self.model_id, &weights),
+            epochs: self.epochs,
+            feature_frac_bits: self.core.quantised.frac_bits,
+            revealed_rows,
+        });
+        Ok(())
+    }
+}
+
+impl Session for HostSession {
+    fn handle(&mut self, from: &str, message: Message) -> Result<(), FedError> {
+        if !self.peers.iter().any(|p| p == from) {
+            return Err(FedError::protocol(from, "not a party of the job"));
+        }
+        self.mailbox.deliver(from, message)?;
+        self.advance()
     }
 
-    fn masks(&self) -> &crate::masks::PairwiseMasks {
-        self.core
-            .masks
-            .as_ref()
-            .expect("keys are exchanged before training")
+    fn poll_transmit(&mut self) -> Result<Option<(String, Message)>, FedError> {
+        // The host's own columns go out batch by batch, after its keys and before anything
+        // else (the peers read them in that order).
+        if self.mailbox.outbox_is_empty() && self.core.queue_columns(&mut self.mailbox)? {
+            self.advance()?;
+        }
+        Ok(self.mailbox.next_transmit())
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.mailbox.next_event()
+    }
+
+    fn awaiting(&self) -> Option<&str> {
+        match &self.state {
+            ExpectHost::Keys | ExpectHost::Products => self.mailbox.first_missing(&self.peers),
+            ExpectHost::Columns => self.core.awaiting_columns(&self.mailbox),
+            ExpectHost::LossVectors => {
+                let owners = std::iter::once(&self.guest).chain(&self.hosts[..self.position]);
+                owners.map(String::as_str).find(|p| !self.mailbox.has(p))
+            }
+            ExpectHost::LaterLossProducts { .. } => self.hosts[self.position + 1..]
+                .iter()
+                .map(String::as_str)
+                .find(|p| !self.mailbox.has(p)),
+            ExpectHost::EpochEnd => Some(self.guest.as_str()),
+            ExpectHost::Done => None,
+        }
     }
 }

@@ -105,13 +105,14 @@ mod model;
 mod party;
 mod protocol;
 mod reference;
+mod session;
 mod simulator;
 
 pub use config::{EarlyStopping, Optimizer, Schedule, TrainConfig, MAX_BATCH_ROWS};
 pub use data::{Missing, Table};
 pub use error::FedError;
-pub use guest::{run_guest, GuestJob};
-pub use host::{receive_proposal, run_host, HostJob};
+pub use guest::{run_guest, GuestJob, GuestSession};
+pub use host::{receive_proposal, run_host, HostJob, HostSession};
 pub use message::{Message, PartyKeys, Proposal, Transport, PROTOCOL_VERSION};
 pub use metrics::{evaluate, Metrics};
 pub use model::{joint_probabilities, FeatureWeight, ModelPart, Role, MODEL_FORMAT};
@@ -122,6 +123,7 @@ pub use reference::{
     sigmoid, train_plain_vertical, train_reference, LinearModel, PlainOutcome, ReferenceConfig,
     Residual,
 };
+pub use session::{drive, Session};
 pub use simulator::{simulate, Simulation, WireRecord};
 
 /// Test hooks: deviating parties in the simulator, and the rows every party derives from a

@@ -23,12 +23,13 @@ use crate::config::{OptimizerState, TrainConfig};
 use crate::data::Table;
 use crate::error::FedError;
 use crate::masks::{random_bytes, MaskSecret, PairwiseMasks, Split};
-use crate::message::{Message, PartyKeys, Transport};
+use crate::message::{Message, PartyKeys};
 use crate::model::{ModelPart, Standardised};
 use crate::protocol::{
-    check_weights, encode_fixed, linear_scores, packing_levels, receive, unexpected, Quantised,
-    MAX_SHARE, PARAMS,
+    check_weights, encode_fixed, linear_scores, packing_levels, unexpected, Quantised, MAX_SHARE,
+    PARAMS,
 };
+use crate::session::Mailbox;
 
 /// Integrity-check columns each party appends to its encrypted columns.
 pub(crate) const CHECK_COLUMNS: usize = 8;
@@ -62,6 +63,8 @@ pub(crate) struct Peer {
     pub(crate) packing: PackingKey,
     /// Encrypted columns the peer sends (real and check).
     pub(crate) columns: usize,
+    /// The peer's columns of the batch being received.
+    received: Vec<EncryptedVector>,
     /// The peer's encrypted columns per batch, transformed for products.
     prepared: Vec<PreparedColumns>,
 }
@@ -125,7 +128,7 @@ pub(crate) struct Core {
     checks: Checks,
     /// Every other party, the guest first, then the hosts in job order.
     pub(crate) peers: Vec<Peer>,
-    pub(crate) masks: Option<PairwiseMasks>,
+    masks: Option<PairwiseMasks>,
     /// This party's weights (the intercept last, for the guest).
     pub(crate) weights: Vec<f64>,
     optimizer: OptimizerState,
@@ -133,6 +136,18 @@ pub(crate) struct Core {
     pub(crate) share_bits: u32,
     /// Update index.
     pub(crate) step: u64,
+    /// The epoch being run (1-based; 0 before the first).
+    pub(crate) epoch: usize,
+    /// The epoch's batch order and the position in it.
+    order: Vec<usize>,
+    position: usize,
+    /// The weights at the start of the epoch.
+    epoch_start: Vec<f64>,
+    /// This party's residual share on the current batch, and the step's learning rate.
+    share: Vec<f64>,
+    rate: f64,
+    /// This party's encrypted columns queued so far (batches).
+    columns_sent: usize,
 }
 
 impl Core {
@@ -175,51 +190,45 @@ impl Core {
             optimizer: OptimizerState::new(columns),
             share_bits: 0,
             step: 0,
+            epoch: 0,
+            order: Vec::new(),
+            position: 0,
+            epoch_start: Vec::new(),
+            share: Vec::new(),
+            rate: 0.0,
+            columns_sent: 0,
         })
     }
 
     /// Encrypted columns this party sends: its real columns and the check columns.
-    fn sent_columns(&self) -> usize {
+    pub(crate) fn sent_columns(&self) -> usize {
         self.quantised.columns + CHECK_COLUMNS
     }
 
-    /// Sends this party's keys and shape to every peer.
-    pub(crate) fn send_keys(
-        &self,
-        transport: &mut dyn Transport,
-        peers: &[String],
-    ) -> Result<(), FedError> {
-        let keys = PartyKeys {
+    /// This party's keys and shape, for every peer.
+    pub(crate) fn keys(&self) -> PartyKeys {
+        PartyKeys {
             rows: self.table.rows() as u64,
             columns: self.sent_columns() as u32,
             key: self.public.clone(),
             packing: self.packing.clone(),
             mask_share: self.mask_secret.public(),
-        };
-        for peer in peers {
-            transport.send(peer, Message::Keys(Box::new(keys.clone())))?;
         }
-        Ok(())
     }
 
-    /// Receives every peer's keys, derives the pairwise masks and the residual-share format
-    /// (from public quantities only, so every party derives the same).
-    pub(crate) fn receive_keys(
+    /// Takes every peer's keys (in peer order), derives the pairwise masks and the
+    /// residual-share format (from public quantities only, so every party derives the same).
+    pub(crate) fn accept_keys(
         &mut self,
-        transport: &mut dyn Transport,
         job: &[u8; 16],
-        peers: &[String],
+        peers: Vec<(String, PartyKeys)>,
     ) -> Result<(), FedError> {
         let rows = self.table.rows();
         let mut shares = Vec::with_capacity(peers.len());
-        for name in peers {
-            let keys = match receive(transport, name)? {
-                Message::Keys(keys) => *keys,
-                other => return Err(unexpected(name, "the party's keys", &other)),
-            };
+        for (name, keys) in peers {
             if keys.rows != rows as u64 {
                 return Err(FedError::RowCount {
-                    party: name.clone(),
+                    party: name,
                     expected: rows,
                     got: keys.rows as usize,
                 });
@@ -227,19 +236,20 @@ impl Core {
             let columns = keys.columns as usize;
             if columns <= CHECK_COLUMNS || columns > MAX_PEER_COLUMNS {
                 return Err(FedError::protocol(
-                    name,
+                    &name,
                     format!("announces {columns} encrypted columns"),
                 ));
             }
             if keys.packing.key_id() != keys.key.id() {
-                return Err(FedError::protocol(name, "packing key of another key pair"));
+                return Err(FedError::protocol(&name, "packing key of another key pair"));
             }
             shares.push((name.clone(), keys.mask_share));
             self.peers.push(Peer {
-                name: name.clone(),
+                name,
                 key: keys.key,
                 packing: keys.packing,
                 columns,
+                received: Vec::new(),
                 prepared: Vec::new(),
             });
         }
@@ -296,97 +306,196 @@ impl Core {
         rows as i64 * Quantised::MAX * ((MAX_SHARE as i64) << self.share_bits)
     }
 
-    /// Sends this party's encrypted columns, batch by batch, to every peer.
-    pub(crate) fn send_columns(&self, transport: &mut dyn Transport) -> Result<(), FedError> {
+    /// This party's encrypted columns on batch `index` (in its secret order): sent to every
+    /// peer, batch after batch.
+    pub(crate) fn batch_columns(&self, index: usize) -> Result<Vec<EncryptedVector>, FedError> {
         let bound = PARAMS.max_message_abs();
         let modulus = (1u64 << CHECK_BITS) - 1;
-        for (index, batch) in self.batches.iter().enumerate() {
-            let real: Vec<Vec<i64>> = (0..self.quantised.columns)
-                .map(|j| self.quantised.column(j, batch))
+        let batch = &self.batches[index];
+        let real: Vec<Vec<i64>> = (0..self.quantised.columns)
+            .map(|j| self.quantised.column(j, batch))
+            .collect();
+        let mut columns: Vec<Vec<i64>> = vec![Vec::new(); self.sent_columns()];
+        for (j, values) in real.iter().enumerate() {
+            columns[self.checks.real[j]] = values.clone();
+        }
+        for (position, rho) in &self.checks.checks {
+            columns[*position] = (0..batch.len())
+                .map(|i| {
+                    let sum = real.iter().zip(rho).fold(0u64, |acc, (column, r)| {
+                        acc.wrapping_add((column[i] as u64).wrapping_mul(*r))
+                    });
+                    signed(sum & modulus, CHECK_BITS)
+                })
                 .collect();
-            let mut columns: Vec<Vec<i64>> = vec![Vec::new(); self.sent_columns()];
-            for (j, values) in real.iter().enumerate() {
-                columns[self.checks.real[j]] = values.clone();
-            }
-            for (position, rho) in &self.checks.checks {
-                columns[*position] = (0..batch.len())
-                    .map(|i| {
-                        let sum = real.iter().zip(rho).fold(0u64, |acc, (column, r)| {
-                            acc.wrapping_add((column[i] as u64).wrapping_mul(*r))
-                        });
-                        signed(sum & modulus, CHECK_BITS)
-                    })
-                    .collect();
-            }
-            for (column, values) in columns.iter().enumerate() {
-                let encrypted = self
-                    .secret
+        }
+        columns
+            .iter()
+            .map(|values| {
+                self.secret
                     .encrypt(values, bound)
-                    .map_err(FedError::he("encrypting a column"))?;
-                for peer in &self.peers {
-                    transport.send(
-                        &peer.name,
-                        Message::Columns {
-                            batch: index as u32,
-                            column: column as u32,
-                            values: encrypted.clone(),
-                        },
-                    )?;
-                }
-            }
+                    .map_err(FedError::he("encrypting a column"))
+            })
+            .collect()
+    }
+
+    /// Whether every peer's columns have all arrived.
+    pub(crate) fn columns_complete(&self) -> bool {
+        self.peers
+            .iter()
+            .all(|p| p.prepared.len() == self.batches.len())
+    }
+
+    /// The next column `peer` owes this party, as (batch, column), or `None` when all came.
+    pub(crate) fn next_column(&self, peer: usize) -> Option<(usize, usize)> {
+        let p = &self.peers[peer];
+        (p.prepared.len() < self.batches.len()).then_some((p.prepared.len(), p.received.len()))
+    }
+
+    /// Takes one of `peer`'s encrypted columns; when a batch is complete, transforms it.
+    pub(crate) fn accept_column(
+        &mut self,
+        peer: usize,
+        batch: u32,
+        column: u32,
+        values: EncryptedVector,
+    ) -> Result<(), FedError> {
+        let name = self.peers[peer].name.clone();
+        let Some((index, expected)) = self.next_column(peer) else {
+            return Err(FedError::protocol(&name, "a column after all its columns"));
+        };
+        if batch as usize != index || column as usize != expected {
+            return Err(FedError::protocol(
+                &name,
+                format!(
+                    "expected encrypted column {expected} of batch {index}, got column \
+                     {column} of batch {batch}"
+                ),
+            ));
+        }
+        let rows = self.batches[index].len();
+        if values.len() != rows {
+            return Err(FedError::protocol(
+                &name,
+                format!(
+                    "column {column} of batch {index} holds {} values, the batch has {rows} rows",
+                    values.len()
+                ),
+            ));
+        }
+        let p = &mut self.peers[peer];
+        p.received.push(values);
+        if p.received.len() == p.columns {
+            let columns = std::mem::take(&mut p.received);
+            let prepared = p
+                .key
+                .prepare_columns(&PARAMS, &columns)
+                .map_err(FedError::he("preparing a party's encrypted columns"))?;
+            p.prepared.push(prepared);
         }
         Ok(())
     }
 
-    /// Receives every peer's encrypted columns and transforms them for the products.
-    pub(crate) fn receive_columns(
-        &mut self,
-        transport: &mut dyn Transport,
-    ) -> Result<(), FedError> {
-        for p in 0..self.peers.len() {
-            let name = self.peers[p].name.clone();
-            let mut prepared = Vec::with_capacity(self.batches.len());
-            for (index, batch) in self.batches.iter().enumerate() {
-                let mut columns: Vec<EncryptedVector> = Vec::with_capacity(self.peers[p].columns);
-                for column in 0..self.peers[p].columns {
-                    match receive(transport, &name)? {
-                        Message::Columns {
-                            batch: b,
-                            column: c,
-                            values,
-                        } if b as usize == index && c as usize == column => {
-                            if values.len() != batch.len() {
-                                return Err(FedError::protocol(
-                                    &name,
-                                    format!(
-                                        "column {column} of batch {index} holds {} values, the \
-                                         batch has {} rows",
-                                        values.len(),
-                                        batch.len()
-                                    ),
-                                ));
-                            }
-                            columns.push(values);
-                        }
-                        other => {
-                            return Err(unexpected(
-                                &name,
-                                &format!("encrypted column {column} of batch {index}"),
-                                &other,
-                            ))
-                        }
-                    }
-                }
-                prepared.push(
-                    self.peers[p]
-                        .key
-                        .prepare_columns(&PARAMS, &columns)
-                        .map_err(FedError::he("preparing a party's encrypted columns"))?,
+    /// Queues this party's encrypted columns of the next batch for every peer; false once all
+    /// are queued.
+    pub(crate) fn queue_columns(&mut self, mailbox: &mut Mailbox) -> Result<bool, FedError> {
+        // Peers are known once their keys arrived; nothing is sent before.
+        if self.peers.is_empty() || self.columns_sent == self.batches.len() {
+            return Ok(false);
+        }
+        let index = self.columns_sent;
+        for (column, values) in self.batch_columns(index)?.into_iter().enumerate() {
+            for peer in &self.peers {
+                mailbox.send(
+                    &peer.name,
+                    Message::Columns {
+                        batch: index as u32,
+                        column: column as u32,
+                        values: values.clone(),
+                    },
                 );
             }
-            self.peers[p].prepared = prepared;
         }
+        self.columns_sent += 1;
+        Ok(true)
+    }
+
+    /// Takes the peers' columns that have arrived; true once every column of every peer has
+    /// arrived and this party has queued all of its own.
+    pub(crate) fn take_columns(&mut self, mailbox: &mut Mailbox) -> Result<bool, FedError> {
+        for p in 0..self.peers.len() {
+            while self.next_column(p).is_some() {
+                let name = self.peers[p].name.clone();
+                let Some(message) = mailbox.take(&name) else {
+                    break;
+                };
+                match message {
+                    Message::Columns {
+                        batch,
+                        column,
+                        values,
+                    } => self.accept_column(p, batch, column, values)?,
+                    other => return Err(unexpected(&name, "an encrypted column", &other)),
+                }
+            }
+        }
+        Ok(self.columns_complete() && self.columns_sent == self.batches.len())
+    }
+
+    /// The first peer whose columns are still due and not waiting in `mailbox`.
+    pub(crate) fn awaiting_columns(&self, mailbox: &Mailbox) -> Option<&str> {
+        self.peers
+            .iter()
+            .enumerate()
+            .find(|(p, peer)| self.next_column(*p).is_some() && !mailbox.has(&peer.name))
+            .map(|(_, peer)| peer.name.as_str())
+    }
+
+    /// Starts `epoch`: its batch order, and the weights it starts from.
+    pub(crate) fn start_epoch(&mut self, epoch: usize) {
+        self.epoch = epoch;
+        self.order = Split::epoch_order(self.config.seed, epoch, self.batches.len());
+        self.position = 0;
+        self.epoch_start = self.weights.clone();
+    }
+
+    /// The batch of the current step.
+    pub(crate) fn current_batch(&self) -> &[usize] {
+        &self.batches[self.order[self.position]]
+    }
+
+    /// Starts the current step with this party's residual share on the batch: queues every
+    /// peer's product.
+    pub(crate) fn start_step(
+        &mut self,
+        share: Vec<f64>,
+        mailbox: &mut Mailbox,
+    ) -> Result<(), FedError> {
+        self.rate = self.config.rate(self.step, self.epoch);
+        let batch = self.order[self.position];
+        let messages = self.begin_step(self.epoch, batch, &share)?;
+        self.share = share;
+        mailbox.send_all(messages);
         Ok(())
+    }
+
+    /// Ends the current step with the peers' products; true when the epoch has more batches.
+    pub(crate) fn end_step(&mut self, products: Vec<Message>) -> Result<bool, FedError> {
+        let batch = self.order[self.position];
+        let share = std::mem::take(&mut self.share);
+        self.finish_step(self.epoch, batch, &share, products, self.rate)?;
+        self.position += 1;
+        Ok(self.position < self.order.len())
+    }
+
+    /// The learning rate of the epoch's last step.
+    pub(crate) fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// ‖Δw‖² over the epoch so far.
+    pub(crate) fn epoch_change(&self) -> f64 {
+        crate::protocol::squared_distance(&self.epoch_start, &self.weights)
     }
 
     /// This party's partial scores on `rows` with `weights` (the intercept included).
@@ -401,16 +510,14 @@ impl Core {
         z
     }
 
-    /// One mini-batch step: sends every peer its product, receives this party's, checks them
-    /// and updates the weights. `share` is this party's residual share on the batch.
-    pub(crate) fn step(
-        &mut self,
-        transport: &mut dyn Transport,
+    /// Starts a mini-batch step: every peer's product with this party's residual share on
+    /// the batch (`share`), released to that peer.
+    pub(crate) fn begin_step(
+        &self,
         epoch: usize,
         batch: usize,
         share: &[f64],
-        rate: f64,
-    ) -> Result<(), FedError> {
+    ) -> Result<Vec<(String, Message)>, FedError> {
         let step = self.step;
         let rows = &self.batches[batch];
         let encoded = encode_fixed(
@@ -424,34 +531,48 @@ impl Core {
         let vector = PreparedMatrix::new(&PARAMS, rows.len(), 1, &encoded)
             .map_err(FedError::he("preparing the residual share"))?;
         let bound = self.product_bound(rows.len());
-        let masks = self
-            .masks
-            .as_ref()
-            .expect("keys are exchanged before training");
-        for peer in &self.peers {
-            let product = peer
-                .key
-                .multiply_columns(&PARAMS, &peer.prepared[batch], &vector, bound)
-                .map_err(FedError::he("multiplying a party's encrypted columns"))?;
-            let (products, shares) = peer
-                .key
-                .mask_and_flood(&PARAMS, product, &peer.packing)
-                .map_err(FedError::he("releasing a product"))?;
-            let mut correction = shares.shares();
-            masks.apply_without(
-                &peer.name,
-                &product_context(step, &peer.name),
-                &mut correction,
-            );
-            transport.send(
-                &peer.name,
-                Message::Product {
-                    step,
-                    products,
-                    correction,
-                },
-            )?;
-        }
+        let masks = self.masks()?;
+        self.peers
+            .iter()
+            .map(|peer| {
+                let product = peer
+                    .key
+                    .multiply_columns(&PARAMS, &peer.prepared[batch], &vector, bound)
+                    .map_err(FedError::he("multiplying a party's encrypted columns"))?;
+                let (products, shares) = peer
+                    .key
+                    .mask_and_flood(&PARAMS, product, &peer.packing)
+                    .map_err(FedError::he("releasing a product"))?;
+                let mut correction = shares.shares();
+                masks.apply_without(
+                    &peer.name,
+                    &product_context(step, &peer.name),
+                    &mut correction,
+                );
+                Ok((
+                    peer.name.clone(),
+                    Message::Product {
+                        step,
+                        products,
+                        correction,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Ends the step: every peer's product (in peer order) is decrypted, summed, checked and,
+    /// with this party's exact own term, turned into its gradient; the weights move.
+    pub(crate) fn finish_step(
+        &mut self,
+        epoch: usize,
+        batch: usize,
+        share: &[f64],
+        products: Vec<Message>,
+        rate: f64,
+    ) -> Result<(), FedError> {
+        let step = self.step;
+        let rows = &self.batches[batch];
         // This party's own term, exact: X_P^T v_P.
         let width = self.table.features();
         let mut local = vec![0.0; self.quantised.columns];
@@ -464,7 +585,7 @@ impl Core {
                 local[width] += v;
             }
         }
-        let (total, bits) = self.receive_products(transport, step)?;
+        let (total, bits) = self.sum_products(step, products)?;
         let gradient = self.gradient(step, batch, &total, bits, &local)?;
         let unpenalised = usize::from(self.intercept);
         let config = self.config.clone();
@@ -477,16 +598,12 @@ impl Core {
 
     /// Decrypts every peer's release for `step` and adds the corrections: Σ of the products,
     /// modulo 2^bits.
-    fn receive_products(
-        &self,
-        transport: &mut dyn Transport,
-        step: u64,
-    ) -> Result<(Vec<u64>, u32), FedError> {
+    fn sum_products(&self, step: u64, messages: Vec<Message>) -> Result<(Vec<u64>, u32), FedError> {
         let columns = self.sent_columns();
         let mut total = vec![0u64; columns];
         let mut bits = None;
-        for peer in &self.peers {
-            let (products, correction) = match receive(transport, &peer.name)? {
+        for (peer, message) in self.peers.iter().zip(messages) {
+            let (products, correction) = match message {
                 Message::Product {
                     step: s,
                     products,
@@ -591,15 +708,15 @@ impl Core {
             .collect()
     }
 
-    /// Decrypts the loss product `from` released to this party for `epoch` (two values
-    /// modulo 2^53).
-    pub(crate) fn receive_loss_product(
+    /// Decrypts a loss product released to this party for `epoch` (two values modulo
+    /// 2^53).
+    pub(crate) fn decrypt_loss_product(
         &self,
-        transport: &mut dyn Transport,
         from: &str,
         epoch: usize,
+        message: Message,
     ) -> Result<Vec<u64>, FedError> {
-        match receive(transport, from)? {
+        match message {
             Message::LossProduct { epoch: e, products } if e == epoch as u64 => {
                 if products.len() != 2 || products.modulus_bits() != LOSS_RELEASE_BITS {
                     return Err(FedError::protocol(
@@ -613,6 +730,13 @@ impl Core {
             }
             other => Err(unexpected(from, "a loss product", &other)),
         }
+    }
+
+    /// The pairwise masks (derived with the keys).
+    pub(crate) fn masks(&self) -> Result<&PairwiseMasks, FedError> {
+        self.masks
+            .as_ref()
+            .ok_or_else(|| FedError::protocol(&self.party, "no pairwise masks before the keys"))
     }
 
     /// This party's model part with the given weights.

@@ -1,0 +1,125 @@
+//! The sans-IO surface of a party: messages in ([`Session::handle`]), messages and events out
+//! ([`Session::poll_transmit`], [`Session::poll_event`]), and which peer it waits for
+//! ([`Session::awaiting`]). [`drive`] runs a session over a blocking [`Transport`]; the
+//! simulator and the node use it.
+//!
+//! Call order: after creating a session, transmit everything [`Session::poll_transmit`]
+//! returns; then, while [`Session::awaiting`] names a peer, deliver that peer's next message
+//! with [`Session::handle`] and transmit again. Messages from one peer must arrive in the order
+//! that peer sent them; messages from different peers may interleave in any order (a session
+//! keeps what arrives early).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::error::FedError;
+use crate::message::{Message, Transport};
+use crate::protocol::Event;
+
+/// One party of a training job as a state machine.
+pub trait Session {
+    /// Takes a message from `from`. An abort ends the session with [`FedError::Aborted`].
+    fn handle(&mut self, from: &str, message: Message) -> Result<(), FedError>;
+    /// The next message to send, and to whom.
+    fn poll_transmit(&mut self) -> Result<Option<(String, Message)>, FedError>;
+    /// The next progress event.
+    fn poll_event(&mut self) -> Option<Event>;
+    /// The peer whose next message the session needs, or `None` once it has finished.
+    fn awaiting(&self) -> Option<&str>;
+}
+
+/// Runs `session` to its end over `transport`, passing its events to `events`.
+pub fn drive(
+    session: &mut dyn Session,
+    transport: &mut dyn Transport,
+    events: &mut dyn FnMut(&Event),
+) -> Result<(), FedError> {
+    loop {
+        while let Some((to, message)) = session.poll_transmit()? {
+            transport.send(&to, message)?;
+        }
+        while let Some(event) = session.poll_event() {
+            events(&event);
+        }
+        let Some(peer) = session.awaiting().map(str::to_owned) else {
+            return Ok(());
+        };
+        let message = transport.receive(&peer)?;
+        session.handle(&peer, message)?;
+    }
+}
+
+/// What a session sends and what it has received but not used yet.
+#[derive(Default)]
+pub(crate) struct Mailbox {
+    outbox: VecDeque<(String, Message)>,
+    inbox: BTreeMap<String, VecDeque<Message>>,
+    events: VecDeque<Event>,
+}
+
+impl Mailbox {
+    /// Keeps a message from `from`; an abort is an error at once.
+    pub(crate) fn deliver(&mut self, from: &str, message: Message) -> Result<(), FedError> {
+        if let Message::Abort { reason } = message {
+            return Err(FedError::Aborted {
+                peer: from.to_owned(),
+                reason,
+                last_good: None,
+            });
+        }
+        self.inbox
+            .entry(from.to_owned())
+            .or_default()
+            .push_back(message);
+        Ok(())
+    }
+
+    /// Queues a message.
+    pub(crate) fn send(&mut self, to: &str, message: Message) {
+        self.outbox.push_back((to.to_owned(), message));
+    }
+
+    /// Queues messages.
+    pub(crate) fn send_all(&mut self, messages: Vec<(String, Message)>) {
+        self.outbox.extend(messages);
+    }
+
+    /// Queues an event.
+    pub(crate) fn emit(&mut self, event: Event) {
+        self.events.push_back(event);
+    }
+
+    pub(crate) fn next_transmit(&mut self) -> Option<(String, Message)> {
+        self.outbox.pop_front()
+    }
+
+    pub(crate) fn outbox_is_empty(&self) -> bool {
+        self.outbox.is_empty()
+    }
+
+    pub(crate) fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether a message from `peer` is waiting.
+    pub(crate) fn has(&self, peer: &str) -> bool {
+        self.inbox.get(peer).is_some_and(|q| !q.is_empty())
+    }
+
+    /// The next message from `peer`, if one is waiting.
+    pub(crate) fn take(&mut self, peer: &str) -> Option<Message> {
+        self.inbox.get_mut(peer).and_then(VecDeque::pop_front)
+    }
+
+    /// The next message from every one of `peers`, if each has one waiting.
+    pub(crate) fn take_from_all(&mut self, peers: &[String]) -> Option<Vec<Message>> {
+        if !peers.iter().all(|p| self.has(p)) {
+            return None;
+        }
+        Some(peers.iter().filter_map(|p| self.take(p)).collect())
+    }
+
+    /// The first of `peers` with nothing waiting.
+    pub(crate) fn first_missing<'a>(&self, peers: &'a [String]) -> Option<&'a str> {
+        peers.iter().find(|p| !self.has(p)).map(String::as_str)
+    }
+}
