@@ -60,10 +60,12 @@
 //! weights, for k other parties and mean share magnitude D (each party's own term is exact).
 //!
 //! **Accuracy.** The first-order residual makes every gradient linear in the scores, which is
-//! what lets it pass through additive encryption; on the credit data it costs about 0.006 AUC
+//! what lets it pass through additive encryption; on the credit data it costs about 0.007 AUC
 //! against an exact logistic regression (see the crate's tests).
 //!
-//! The parties talk through a [`Transport`]; [`simulate`] runs them in one process:
+//! Each party is a sans-IO state machine ([`GuestSession`], [`HostSession`]: messages in,
+//! messages and events out, see [`Session`] for the call order); [`run_guest`] and [`run_host`]
+//! [`drive`] one over a blocking [`Transport`], and [`simulate`] runs them in one process:
 //!
 //! ```
 //! use fedlearn::{simulate, GuestJob, HostJob, Missing, Table, TrainConfig};

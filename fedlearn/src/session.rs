@@ -16,6 +16,13 @@ use crate::message::{Message, Transport};
 use crate::protocol::Event;
 
 /// One party of a training job as a state machine.
+///
+/// Call order: after creating a session, transmit everything
+/// [`poll_transmit`](Self::poll_transmit) returns; then, while [`awaiting`](Self::awaiting)
+/// names a peer, deliver that peer's next message with [`handle`](Self::handle) and transmit
+/// again. Messages from one peer must arrive in the order that peer sent them; messages from
+/// different peers may interleave in any order (a session keeps what arrives early, and
+/// `handle` may be given any peer's message, not only the awaited one's).
 pub trait Session {
     /// Takes a message from `from`. An abort ends the session with [`FedError::Aborted`].
     fn handle(&mut self, from: &str, message: Message) -> Result<(), FedError>;
