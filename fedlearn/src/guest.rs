@@ -96,6 +96,8 @@ pub struct GuestSession {
     since_best: usize,
     best_weights: Option<Vec<f64>>,
     stop: StopReason,
+    /// The current step's products are still to be computed.
+    step_due: bool,
     last_good: Option<ModelPart>,
     outcome: Option<GuestOutcome>,
 }
@@ -161,6 +163,7 @@ impl GuestSession {
             since_best: 0,
             best_weights: None,
             stop: StopReason::MaxEpochs,
+            step_due: false,
             last_good: None,
             outcome: None,
         })
@@ -195,17 +198,20 @@ impl GuestSession {
                 ExpectGuest::Columns => {
                     if self.core.take_columns(&mut self.mailbox)? {
                         self.core.start_epoch(1);
-                        self.start_step()?;
+                        self.step_due = true;
                         self.state = ExpectGuest::Products;
                         true
                     } else {
                         false
                     }
                 }
+                // The next step starts in `poll_transmit`, once what is queued (an epoch's
+                // end, say) has gone out: peers then work while this party computes.
+                ExpectGuest::Products if self.step_due => false,
                 ExpectGuest::Products => match self.mailbox.take_from_all(&self.hosts) {
                     Some(products) => {
                         if self.core.end_step(products)? {
-                            self.start_step()?;
+                            self.step_due = true;
                         } else {
                             self.start_loss()?;
                             self.state = ExpectGuest::LossProducts;
@@ -329,7 +335,7 @@ impl GuestSession {
             self.state = ExpectGuest::FinalScores;
         } else {
             self.core.start_epoch(epoch + 1);
-            self.start_step()?;
+            self.step_due = true;
             self.state = ExpectGuest::Products;
         }
         Ok(())
@@ -511,6 +517,11 @@ impl Session for GuestSession {
         // The guest's own columns go out batch by batch, after its keys and before anything
         // else (the peers read them in that order).
         if self.mailbox.outbox_is_empty() && self.core.queue_columns(&mut self.mailbox)? {
+            self.advance()?;
+        }
+        if self.mailbox.outbox_is_empty() && self.step_due {
+            self.step_due = false;
+            self.start_step()?;
             self.advance()?;
         }
         Ok(self.mailbox.next_transmit())

@@ -93,6 +93,8 @@ pub struct HostSession {
     state: ExpectHost,
     best_weights: Option<Vec<f64>>,
     epochs: usize,
+    /// The current step's products are still to be computed.
+    step_due: bool,
     last_good: Option<ModelPart>,
     outcome: Option<HostOutcome>,
 }
@@ -139,6 +141,7 @@ impl HostSession {
             state: ExpectHost::Keys,
             best_weights: None,
             epochs: 0,
+            step_due: false,
             last_good: None,
             outcome: None,
         })
@@ -185,17 +188,20 @@ impl HostSession {
                 ExpectHost::Columns => {
                     if self.core.take_columns(&mut self.mailbox)? {
                         self.core.start_epoch(1);
-                        self.start_step()?;
+                        self.step_due = true;
                         self.state = ExpectHost::Products;
                         true
                     } else {
                         false
                     }
                 }
+                // The next step starts in `poll_transmit`, once what is queued (an epoch's
+                // end, say) has gone out: peers then work while this party computes.
+                ExpectHost::Products if self.step_due => false,
                 ExpectHost::Products => match self.mailbox.take_from_all(&self.peers) {
                     Some(products) => {
                         if self.core.end_step(products)? {
-                            self.start_step()?;
+                            self.step_due = true;
                         } else {
                             self.start_loss()?;
                             self.state = ExpectHost::LossVectors;
@@ -400,7 +406,7 @@ impl HostSession {
             self.state = ExpectHost::Done;
         } else {
             self.core.start_epoch(epoch + 1);
-            self.start_step()?;
+            self.step_due = true;
             self.state = ExpectHost::Products;
         }
         Ok(())
@@ -462,6 +468,11 @@ impl Session for HostSession {
         // The host's own columns go out batch by batch, after its keys and before anything
         // else (the peers read them in that order).
         if self.mailbox.outbox_is_empty() && self.core.queue_columns(&mut self.mailbox)? {
+            self.advance()?;
+        }
+        if self.mailbox.outbox_is_empty() && self.step_due {
+            self.step_due = false;
+            self.start_step()?;
             self.advance()?;
         }
         Ok(self.mailbox.next_transmit())
