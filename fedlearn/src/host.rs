@@ -8,7 +8,7 @@ use crate::error::FedError;
 use crate::guest::{LOSS_BOUND, LOSS_MAX, REPORT_SLOTS};
 use crate::message::{Message, Proposal, Transport};
 use crate::model::ModelPart;
-use crate::party::Core;
+use crate::party::{Core, CHECK_COLUMNS};
 use crate::protocol::{
     encode_fixed, encode_score, finish_with_error, receive, unexpected, Event, HostOutcome,
     LOSS_FRAC_BITS, PARAMS, SUM_FRAC_BITS,
@@ -87,6 +87,8 @@ pub struct HostSession {
     hosts: Vec<String>,
     position: usize,
     nonce: [u8; 16],
+    /// The guest's feature count, from the proposal.
+    guest_features: usize,
     /// The guest, then the other hosts in job order.
     peers: Vec<String>,
     mailbox: Mailbox,
@@ -136,6 +138,7 @@ impl HostSession {
             hosts: proposal.hosts,
             position,
             nonce: proposal.job,
+            guest_features: proposal.features as usize,
             peers,
             mailbox,
             state: ExpectHost::Keys,
@@ -179,6 +182,18 @@ impl HostSession {
                                     other => Err(unexpected(peer, "the party's keys", &other)),
                                 });
                         let keys = keys.collect::<Result<Vec<_>, _>>()?;
+                        // The guest sends its features, its intercept and the check columns:
+                        // exactly what the proposal (and this node's policy) allowed.
+                        let expected = self.guest_features + 1 + CHECK_COLUMNS;
+                        if keys[0].1.columns as usize != expected {
+                            return Err(FedError::protocol(
+                                &self.guest,
+                                format!(
+                                    "announces {} encrypted columns; its proposal implies {expected}",
+                                    keys[0].1.columns
+                                ),
+                            ));
+                        }
                         self.core.accept_keys(&self.nonce, keys)?;
                         self.state = ExpectHost::Columns;
                         true

@@ -6,6 +6,7 @@
 //! never sees the seeds, so the masks hide every single host's value from it; the sum of all
 //! hosts' masked values is exact.
 
+use curve25519_dalek::traits::IsIdentity;
 use curve25519_dalek::Scalar;
 use curve25519_dalek::{constants::RISTRETTO_BASEPOINT_TABLE, ristretto::CompressedRistretto};
 use sha2::{Digest, Sha256};
@@ -187,8 +188,10 @@ impl PairwiseMasks {
     ) -> Result<PairwiseMasks, FedError> {
         let mut pairs = Vec::with_capacity(peers.len());
         for (peer, share) in peers {
+            // The identity would make the pair's seed public (the job nonce and the names).
             let point = CompressedRistretto(*share)
                 .decompress()
+                .filter(|p| !p.is_identity())
                 .ok_or_else(|| FedError::protocol(peer, "mask key share is not a valid point"))?;
             let shared = (secret.0 * point).compress();
             let (first, second) = if me < peer.as_str() {

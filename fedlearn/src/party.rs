@@ -601,7 +601,10 @@ impl Core {
     fn sum_products(&self, step: u64, messages: Vec<Message>) -> Result<(Vec<u64>, u32), FedError> {
         let columns = self.sent_columns();
         let mut total = vec![0u64; columns];
-        let mut bits = None;
+        // Every evaluator declares the same public bound, so every release packs this party's
+        // columns at the levels its packing key allows for them.
+        let levels = packing_levels(columns).min(self.packing.levels());
+        let expected_bits = PARAMS.message_bits - levels;
         for (peer, message) in self.peers.iter().zip(messages) {
             let (products, correction) = match message {
                 Message::Product {
@@ -621,11 +624,10 @@ impl Core {
                     ),
                 ));
             }
-            let released = products.modulus_bits();
-            if *bits.get_or_insert(released) != released {
+            if products.modulus_bits() != expected_bits {
                 return Err(FedError::protocol(
                     &peer.name,
-                    "a product released at another packing level than the others'",
+                    "a product released at another packing level than this party's key sets",
                 ));
             }
             let decrypted = self
@@ -636,12 +638,11 @@ impl Core {
                 *t = t.wrapping_add(d).wrapping_add(c);
             }
         }
-        let bits = bits.unwrap_or(PARAMS.message_bits);
-        let modulus = (1u64 << bits) - 1;
+        let modulus = (1u64 << expected_bits) - 1;
         for t in &mut total {
             *t &= modulus;
         }
-        Ok((total, bits))
+        Ok((total, expected_bits))
     }
 
     /// Checks the summed products and turns them into the mean gradient.

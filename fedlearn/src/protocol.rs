@@ -119,10 +119,12 @@ pub(crate) fn encode_fixed(
             if v.is_finite() && v.abs() < max {
                 Ok((v * scale).round() as i64)
             } else {
+                // No value in the text: it travels to the other parties, and a residual
+                // share depends on the labels.
                 Err(FedError::Diverged {
                     epoch,
                     reason: format!(
-                        "{party}'s {what} reached {v} (the protocol allows |value| < {max})"
+                        "{party}'s {what} left the range the protocol allows (|value| < {max})"
                     ),
                     last_good: None,
                 })

@@ -190,3 +190,32 @@ fn a_replayed_or_misplaced_message_is_a_protocol_error_naming_the_peer() {
         }
     }
 }
+
+#[test]
+fn a_guest_announcing_more_columns_than_its_proposal_is_refused() {
+    // Each guest column is one projection of the hosts' scores per batch: the hosts' policies
+    // bound the guest's features, so its keys must announce exactly what its proposal said.
+    let (guest, hosts) = parties("breast", 1);
+    let (guest_job, host_jobs) = jobs(guest, hosts, &quick());
+    let widen = |from: &str, _: &str, message: Message| match message {
+        Message::Keys(mut keys) if from == "bank" => {
+            keys.columns += 5;
+            Message::Keys(keys)
+        }
+        other => other,
+    };
+    let run = simulate_altered(
+        guest_job,
+        host_jobs,
+        false,
+        &mut |_| {},
+        Some(Arc::new(widen)),
+    );
+    match run.hosts.into_iter().next().and_then(Result::err) {
+        Some(FedError::Protocol { peer, reason }) => {
+            assert_eq!(peer, "bank");
+            assert!(reason.contains("its proposal implies"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -398,32 +398,31 @@ impl NodeState {
     }
 
     /// Whether a stored model or a live job already uses a model id.
-    /// Models of this node's `dataset` whose per-row scores reached or may reach `guest`: the
-    /// final reveals in the audit log (a job that failed after its reveal counts too), and
-    /// the live host jobs that will make one.
+    /// Models of this node's `dataset` whose per-row scores reached or may reach `guest`,
+    /// counted fail-closed: every host job with `guest` on `dataset` that is still running or
+    /// got past PSI into training (it may have revealed its final scores even if it failed
+    /// afterwards). Called under the `accepting` lock, which every new host job passes.
     pub fn disclosures(&self, guest: &str, dataset: &str) -> Result<usize, NodeError> {
-        let revealed: std::collections::BTreeSet<String> = crate::audit::records(&self.store)?
+        let mine = |r: &JobRecord| r.role == "host" && r.peers == [guest] && r.dataset == dataset;
+        let live: std::collections::BTreeSet<String> = {
+            let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            jobs.values()
+                .map(|j| j.record())
+                .filter(|r| mine(r) && !r.is_final())
+                .map(|r| r.job_id)
+                .collect()
+        };
+        let trained = self
+            .store
+            .jobs()?
             .into_iter()
             .filter(|r| {
-                r.event == "disclosure.final_scores"
-                    && r.peer == guest
-                    && r.detail["dataset"] == dataset
-            })
-            .map(|r| r.job_id)
-            .collect();
-        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let live = jobs
-            .values()
-            .map(|j| j.record())
-            .filter(|r| {
-                r.role == "host"
-                    && r.peers == [guest]
-                    && r.dataset == dataset
-                    && !r.is_final()
-                    && !revealed.contains(&r.job_id)
+                mine(r)
+                    && !live.contains(&r.job_id)
+                    && (!r.is_final() || r.events.iter().any(|e| e.state == "training"))
             })
             .count();
-        Ok(revealed.len() + live)
+        Ok(live.len() + trained)
     }
 
     fn model_in_use(&self, model_id: &str) -> Result<bool, NodeError> {
@@ -686,6 +685,7 @@ impl NodeState {
         let table = self.aligned(job, aligned, &table)?;
         let aligned_rows = table.rows();
         let offered = fedlearn::receive_proposal(&mut link, guest)?;
+        offered.config.validate()?;
         let train_rows = aligned_rows
             - (aligned_rows as f64 * offered.config.validation_fraction).round() as usize;
         let batch = offered
