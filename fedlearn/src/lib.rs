@@ -42,14 +42,24 @@
 //!   columns), kept by it: no decryption is ever returned to the party that made the
 //!   ciphertext, so there is no decryption oracle.
 //!
-//! **A deviating party.** A party that alters the products it releases (to steer another's
-//! gradient, or with crafted ciphertexts to probe the owner's key) fails the owner's check
-//! with probability ≥ 1 − 2^-40 and the job stops. What stays semi-honest: a guest may lie
-//! about its own labels and features (input substitution: it then chooses which linear view
-//! of the hosts' data the one reveal gives, but not how many); the loss products are not
-//! checked, and what a crafted loss product could reveal to its maker is the guest's
-//! best/stop flags, at most two bits per epoch; the weights are not secret-shared, so a host
-//! still learns its own gradient.
+//! **A deviating party.** What the integrity checks give: every product a party decrypts is
+//! its own columns times *some* vector. A party that adds offsets to the products it releases,
+//! or sends crafted ciphertexts that would make the owner decrypt its own key bits, fails the
+//! owner's check with probability ≥ 1 − 2^-40, and the job stops with a text that depends on
+//! neither key nor labels. What stays semi-honest — a party that substitutes its *own* inputs is
+//! not caught, exactly as in v1 and in FATE's hetero-LR:
+//! - a guest that encrypts crafted columns (e.g. one-hot rows) reads Σ_k z_k of the rows it
+//!   picks through its own gradient, up to (features + 9) rows per step, and through crafted
+//!   loss vectors two rows per epoch; hosts' `max_guest_features` bounds the first, nothing
+//!   yet bounds the steps;
+//! - a host that encrypts crafted columns reads the guest's residual shares of the rows it picks
+//!   through its gradient — at the first step 0.5 − y, the labels — many rows per step;
+//! - a guest may send different columns or loss vectors to different hosts (they do not compare
+//!   what they received), and so isolate one host's values in the sums;
+//! - in the loss round a host decrypts another host's product unchecked and forwards it,
+//!   blinded, to the guest: a host colluding with the guest could route decryptions that way.
+//! Secret-shared gradients (SSHE-LR, HESS-LR) would remove the first two; broadcast digests
+//! among hosts and checked loss products the last two.
 //!
 //! **Quantisation.** Each party standardises its features on the training rows and quantises
 //! them to round(x·2^f) with the finest f ≤ 12 that keeps |x̃| < 2^13. Residual shares are sent
