@@ -2,6 +2,7 @@
 //! model's partial scores once, summed with the other hosts' under pairwise masks.
 
 use he::PreparedMatrix;
+use sha2::{Digest, Sha256};
 
 use crate::data::Table;
 use crate::error::FedError;
@@ -69,6 +70,13 @@ enum ExpectHost {
     Columns,
     /// Every other party's product for the current step.
     Products,
+    /// The other hosts' digests of what the guest broadcast in `round` (0: the set-up; else
+    /// the epoch, with the loss vectors waiting to be multiplied).
+    Digests {
+        round: u64,
+        hash: [u8; 32],
+        vectors: Option<Vec<Message>>,
+    },
     /// The loss vectors of the guest and of the hosts before this one.
     LossVectors,
     /// The loss products of the hosts after this one (with this host's report so far).
@@ -91,6 +99,8 @@ pub struct HostSession {
     guest_features: usize,
     /// The guest, then the other hosts in job order.
     peers: Vec<String>,
+    /// SHA-256 over what the guest broadcast at set-up: its proposal, keys and columns.
+    setup_digest: Sha256,
     mailbox: Mailbox,
     state: ExpectHost,
     best_weights: Option<Vec<f64>>,
@@ -125,6 +135,8 @@ impl HostSession {
         }
         let mut peers: Vec<String> = vec![job.guest.clone()];
         peers.extend(proposal.hosts.iter().filter(|h| **h != job.party).cloned());
+        let mut setup_digest = Sha256::new();
+        setup_digest.update(Message::Propose(Box::new(proposal.clone())).to_bytes());
         let core = Core::new(&job.party, job.table, proposal.config.clone(), false)?;
         let mut mailbox = Mailbox::default();
         let keys = core.keys();
@@ -140,6 +152,7 @@ impl HostSession {
             nonce: proposal.job,
             guest_features: proposal.features as usize,
             peers,
+            setup_digest,
             mailbox,
             state: ExpectHost::Keys,
             best_weights: None,
@@ -202,12 +215,49 @@ impl HostSession {
                 },
                 ExpectHost::Columns => {
                     if self.core.take_columns(&mut self.mailbox)? {
-                        self.core.start_epoch(1);
-                        self.step_due = true;
-                        self.state = ExpectHost::Products;
+                        let hash = self.setup_digest.clone().finalize().into();
+                        self.compare_digests(0, hash, None)?;
                         true
                     } else {
                         false
+                    }
+                }
+                ExpectHost::Digests {
+                    round,
+                    hash,
+                    ref mut vectors,
+                } => {
+                    let vectors = vectors.take();
+                    let others = self.peers[1..].to_vec();
+                    match self.mailbox.take_from_all(&others) {
+                        Some(digests) => {
+                            for (host, digest) in others.iter().zip(digests) {
+                                match digest {
+                                    Message::Digest { round: r, hash: h } if r == round => {
+                                        if h != hash {
+                                            return Err(FedError::protocol(
+                                                &self.guest,
+                                                format!(
+                                                    "sent {host} something else than this host \
+                                                     (digest of round {round})"
+                                                ),
+                                            ));
+                                        }
+                                    }
+                                    other => return Err(unexpected(host, "a digest", &other)),
+                                }
+                            }
+                            self.after_digests(vectors)?;
+                            true
+                        }
+                        None => {
+                            self.state = ExpectHost::Digests {
+                                round,
+                                hash,
+                                vectors,
+                            };
+                            false
+                        }
                     }
                 }
                 // The next step starts in `poll_transmit`, once what is queued (an epoch's
@@ -227,8 +277,10 @@ impl HostSession {
                 },
                 ExpectHost::LossVectors => match self.mailbox.take_from_all(&self.loss_owners()) {
                     Some(vectors) => {
-                        let report = self.loss_products(vectors)?;
-                        self.state = ExpectHost::LaterLossProducts { report };
+                        // The guest's vector comes first; every host must have the same one.
+                        let hash = Sha256::digest(vectors[0].to_bytes()).into();
+                        let round = self.core.epoch as u64;
+                        self.compare_digests(round, hash, Some(vectors))?;
                         true
                     }
                     None => false,
@@ -265,6 +317,44 @@ impl HostSession {
                 return Ok(());
             }
         }
+    }
+
+    /// Sends the other hosts this host's digest of the guest's broadcast of `round` and waits
+    /// for theirs; with no other host, goes straight on.
+    fn compare_digests(
+        &mut self,
+        round: u64,
+        hash: [u8; 32],
+        vectors: Option<Vec<Message>>,
+    ) -> Result<(), FedError> {
+        if self.peers.len() == 1 {
+            return self.after_digests(vectors);
+        }
+        for host in &self.peers[1..] {
+            self.mailbox.send(host, Message::Digest { round, hash });
+        }
+        self.state = ExpectHost::Digests {
+            round,
+            hash,
+            vectors,
+        };
+        Ok(())
+    }
+
+    /// Once the hosts agree on what the guest sent: the first step, or the loss products.
+    fn after_digests(&mut self, vectors: Option<Vec<Message>>) -> Result<(), FedError> {
+        match vectors {
+            None => {
+                self.core.start_epoch(1);
+                self.step_due = true;
+                self.state = ExpectHost::Products;
+            }
+            Some(vectors) => {
+                let report = self.loss_products(vectors)?;
+                self.state = ExpectHost::LaterLossProducts { report };
+            }
+        }
+        Ok(())
     }
 
     /// Computes the host's residual share on the step's batch and queues the products.
@@ -475,6 +565,9 @@ impl Session for HostSession {
         if !self.peers.iter().any(|p| p == from) {
             return Err(FedError::protocol(from, "not a party of the job"));
         }
+        if from == self.guest && matches!(message, Message::Keys(_) | Message::Columns { .. }) {
+            self.setup_digest.update(message.to_bytes());
+        }
         self.mailbox.deliver(from, message)?;
         self.advance()
     }
@@ -509,6 +602,7 @@ impl Session for HostSession {
                 .iter()
                 .map(String::as_str)
                 .find(|p| !self.mailbox.has(p)),
+            ExpectHost::Digests { .. } => self.mailbox.first_missing(&self.peers[1..]),
             ExpectHost::EpochEnd => Some(self.guest.as_str()),
             ExpectHost::Done => None,
         }

@@ -54,12 +54,13 @@
 //!   yet bounds the steps;
 //! - a host that encrypts crafted columns reads the guest's residual shares of the rows it picks
 //!   through its gradient — at the first step 0.5 − y, the labels — many rows per step;
-//! - a guest may send different columns or loss vectors to different hosts (they do not compare
-//!   what they received), and so isolate one host's values in the sums;
 //! - in the loss round a host decrypts another host's product unchecked and forwards it,
 //!   blinded, to the guest: a host colluding with the guest could route decryptions that way.
-//! Secret-shared gradients (SSHE-LR, HESS-LR) would remove the first two; broadcast digests
-//! among hosts and checked loss products the last two.
+//!
+//! Secret-shared gradients (SSHE-LR, HESS-LR) would remove the first two, checked loss
+//! products the last. A guest that sends different hosts different columns or loss vectors (to
+//! isolate one host in the sums) is caught: the hosts compare digests of what the guest
+//! broadcast, before the first product and before each loss round.
 //!
 //! **Quantisation.** Each party standardises its features on the training rows and quantises
 //! them to round(x·2^f) with the finest f ≤ 12 that keeps |x̃| < 2^13. Residual shares are sent

@@ -116,6 +116,15 @@ pub enum Message {
         /// Masked fixed-point scores.
         masked: Vec<u64>,
     },
+    /// host → every other host: a digest of what the guest broadcast (round 0: the proposal,
+    /// its keys and its columns; round e: its loss vector of epoch e), so that hosts find out
+    /// when the guest sent them different things.
+    Digest {
+        /// 0 for the set-up, else the epoch.
+        round: u64,
+        /// SHA-256 of the guest's messages of the round.
+        hash: [u8; 32],
+    },
     /// Any party → the others: the job stops.
     Abort {
         /// Why.
@@ -136,6 +145,7 @@ impl Message {
             Message::LossReport { .. } => "loss_report",
             Message::EpochEnd { .. } => "epoch_end",
             Message::FinalScores { .. } => "final_scores",
+            Message::Digest { .. } => "digest",
             Message::Abort { .. } => "abort",
         }
     }
@@ -226,6 +236,11 @@ impl Message {
                 out.push(9);
                 blob(&mut out, reason.as_bytes());
             }
+            Message::Digest { round, hash } => {
+                out.push(10);
+                out.extend_from_slice(&round.to_le_bytes());
+                out.extend_from_slice(hash);
+            }
         }
         out
     }
@@ -303,6 +318,10 @@ impl Message {
             8 => Message::FinalScores { masked: r.words()? },
             9 => Message::Abort {
                 reason: r.string()?,
+            },
+            10 => Message::Digest {
+                round: r.u64()?,
+                hash: r.array()?,
             },
             kind => return Err(FedError::Malformed(format!("unknown message kind {kind}"))),
         };
@@ -457,6 +476,10 @@ mod tests {
                 stop: false,
             },
             Message::FinalScores { masked: vec![9, 8] },
+            Message::Digest {
+                round: 3,
+                hash: [5; 32],
+            },
             Message::Abort {
                 reason: "stop".into(),
             },

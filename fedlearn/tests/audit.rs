@@ -84,11 +84,18 @@ fn no_plaintext_crosses_the_wire() {
                 "loss_report",
                 "final_scores",
             ][..],
-            _ => &["keys", "columns", "product", "loss_vector", "loss_product"][..],
+            _ => &[
+                "keys",
+                "columns",
+                "product",
+                "loss_vector",
+                "loss_product",
+                "digest",
+            ][..],
         };
         assert!(allowed.contains(&record.kind), "{record:?}");
     }
-    assert_eq!(kinds.len(), 9, "{kinds:?}");
+    assert_eq!(kinds.len(), 10, "{kinds:?}");
     // Exactly one per-row message of the hosts' scores reaches the guest per host: the final
     // reveal.
     for host in host_names {

@@ -366,3 +366,66 @@ fn a_guest_that_alters_a_host_gradient_is_caught() {
         }
     }
 }
+
+#[test]
+fn a_guest_that_sends_hosts_different_things_is_caught_before_any_product() {
+    // To isolate one host in the sums, a guest would send it other columns (or another loss
+    // vector) than the others: the hosts compare digests of what the guest broadcast. Here
+    // host1 gets column 2's ciphertext where column 3 belongs — a valid ciphertext under the
+    // guest's key, of the right length.
+    let (guest, hosts) = parties("breast", 2);
+    let config = TrainConfig {
+        max_epochs: 2,
+        batch_size: None,
+        seed: 6,
+        ..TrainConfig::default()
+    };
+    let (guest_job, host_jobs) = jobs(guest, hosts, &config);
+    let kept = std::sync::Mutex::new(None);
+    let alter = move |from: &str, to: &str, message: Message| match message {
+        Message::Columns {
+            batch,
+            column,
+            values,
+        } if from == "bank" && to == "host1" => {
+            let mut kept = kept.lock().unwrap();
+            let values = match column {
+                2 => {
+                    *kept = Some(values.clone());
+                    values
+                }
+                3 => kept.clone().unwrap(),
+                _ => values,
+            };
+            Message::Columns {
+                batch,
+                column,
+                values,
+            }
+        }
+        other => other,
+    };
+    let run = simulate_altered(
+        guest_job,
+        host_jobs,
+        true,
+        &mut |_| {},
+        Some(Arc::new(alter)),
+    );
+    for host in &run.hosts {
+        match host {
+            Err(FedError::Protocol { peer, reason }) => {
+                assert_eq!(peer, "bank");
+                assert!(reason.contains("something else"), "{reason}");
+            }
+            // The host that noticed second may already have the first one's abort.
+            Err(FedError::Aborted { .. }) => {}
+            other => panic!("{:?}", other.as_ref().map(|h| h.epochs)),
+        }
+    }
+    // No host released a product of the guest's columns to it.
+    assert!(!run
+        .wire
+        .iter()
+        .any(|r| r.to == "bank" && r.kind == "product"));
+}
