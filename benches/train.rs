@@ -88,7 +88,6 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig) {
         table: host,
     }];
     let mut marks = vec![Instant::now()];
-    let started = marks[0];
     let simulation = simulate(job, hosts, false, &mut |event| {
         if let Event::Epoch(_) = event {
             marks.push(Instant::now());
@@ -101,7 +100,6 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig) {
         .map(|w| (w[1] - w[0]).as_secs_f64())
         .collect();
     let first = (marks[1] - marks[0]).as_secs_f64();
-    let _ = started;
     let epoch = if steady.is_empty() {
         first
     } else {
