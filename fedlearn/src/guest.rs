@@ -96,8 +96,6 @@ pub struct GuestSession {
     since_best: usize,
     best_weights: Option<Vec<f64>>,
     stop: StopReason,
-    /// The current step's products are still to be computed.
-    step_due: bool,
     last_good: Option<ModelPart>,
     outcome: Option<GuestOutcome>,
 }
@@ -163,7 +161,6 @@ impl GuestSession {
             since_best: 0,
             best_weights: None,
             stop: StopReason::MaxEpochs,
-            step_due: false,
             last_good: None,
             outcome: None,
         })
@@ -198,7 +195,6 @@ impl GuestSession {
                 ExpectGuest::Columns => {
                     if self.core.take_columns(&mut self.mailbox)? {
                         self.core.start_epoch(1);
-                        self.step_due = true;
                         self.state = ExpectGuest::Products;
                         true
                     } else {
@@ -207,12 +203,10 @@ impl GuestSession {
                 }
                 // The next step starts in `poll_transmit`, once what is queued (an epoch's
                 // end, say) has gone out: peers then work while this party computes.
-                ExpectGuest::Products if self.step_due => false,
+                ExpectGuest::Products if self.core.step_due() => false,
                 ExpectGuest::Products => match self.mailbox.take_from_all(&self.hosts) {
                     Some(products) => {
-                        if self.core.end_step(products)? {
-                            self.step_due = true;
-                        } else {
+                        if !self.core.end_step(products)? {
                             self.start_loss()?;
                             self.state = ExpectGuest::LossProducts;
                         }
@@ -257,19 +251,6 @@ impl GuestSession {
                 return Ok(());
             }
         }
-    }
-
-    /// Computes the guest's residual share on the step's batch and queues the products.
-    fn start_step(&mut self) -> Result<(), FedError> {
-        let rows = self.core.current_batch();
-        let share: Vec<f64> = self
-            .core
-            .scores_with(&self.core.weights, rows)
-            .iter()
-            .zip(rows)
-            .map(|(z, &r)| 0.25 * z + 0.5 - self.labels[r])
-            .collect();
-        self.core.start_step(share, &mut self.mailbox)
     }
 
     /// The epoch's losses, early stopping, and the next epoch or the end.
@@ -335,7 +316,6 @@ impl GuestSession {
             self.state = ExpectGuest::FinalScores;
         } else {
             self.core.start_epoch(epoch + 1);
-            self.step_due = true;
             self.state = ExpectGuest::Products;
         }
         Ok(())
@@ -351,11 +331,7 @@ impl GuestSession {
             .copied()
             .collect();
         let z = self.core.scores_with(&self.core.weights, &rows);
-        let residual = z
-            .iter()
-            .zip(&rows)
-            .map(|(z, &r)| 0.25 * z + 0.5 - self.labels[r])
-            .collect();
+        let residual = residual(&z, &rows, &self.labels);
         (rows, z, residual)
     }
 
@@ -514,14 +490,11 @@ impl Session for GuestSession {
     }
 
     fn poll_transmit(&mut self) -> Result<Option<(String, Message)>, FedError> {
-        // The guest's own columns go out batch by batch, after its keys and before anything
-        // else (the peers read them in that order).
-        if self.mailbox.outbox_is_empty() && self.core.queue_columns(&mut self.mailbox)? {
-            self.advance()?;
-        }
-        if self.mailbox.outbox_is_empty() && self.step_due {
-            self.step_due = false;
-            self.start_step()?;
+        let labels = &self.labels;
+        let share = |core: &Core, rows: &[usize]| {
+            residual(&core.scores_with(&core.weights, rows), rows, labels)
+        };
+        if self.core.before_transmit(&mut self.mailbox, share)? {
             self.advance()?;
         }
         Ok(self.mailbox.next_transmit())
@@ -538,4 +511,12 @@ impl Session for GuestSession {
             _ => self.mailbox.first_missing(&self.hosts),
         }
     }
+}
+
+/// The guest's share of the first-order residual, 0.25·z_G + 0.5 − y, on `rows` with scores z.
+fn residual(z: &[f64], rows: &[usize], labels: &[f64]) -> Vec<f64> {
+    z.iter()
+        .zip(rows)
+        .map(|(z, &r)| 0.25 * z + 0.5 - labels[r])
+        .collect()
 }

@@ -105,8 +105,6 @@ pub struct HostSession {
     state: ExpectHost,
     best_weights: Option<Vec<f64>>,
     epochs: usize,
-    /// The current step's products are still to be computed.
-    step_due: bool,
     last_good: Option<ModelPart>,
     outcome: Option<HostOutcome>,
 }
@@ -157,7 +155,6 @@ impl HostSession {
             state: ExpectHost::Keys,
             best_weights: None,
             epochs: 0,
-            step_due: false,
             last_good: None,
             outcome: None,
         })
@@ -262,12 +259,10 @@ impl HostSession {
                 }
                 // The next step starts in `poll_transmit`, once what is queued (an epoch's
                 // end, say) has gone out: peers then work while this party computes.
-                ExpectHost::Products if self.step_due => false,
+                ExpectHost::Products if self.core.step_due() => false,
                 ExpectHost::Products => match self.mailbox.take_from_all(&self.peers) {
                     Some(products) => {
-                        if self.core.end_step(products)? {
-                            self.step_due = true;
-                        } else {
+                        if !self.core.end_step(products)? {
                             self.start_loss()?;
                             self.state = ExpectHost::LossVectors;
                         }
@@ -346,7 +341,6 @@ impl HostSession {
         match vectors {
             None => {
                 self.core.start_epoch(1);
-                self.step_due = true;
                 self.state = ExpectHost::Products;
             }
             Some(vectors) => {
@@ -355,18 +349,6 @@ impl HostSession {
             }
         }
         Ok(())
-    }
-
-    /// Computes the host's residual share on the step's batch and queues the products.
-    fn start_step(&mut self) -> Result<(), FedError> {
-        let rows = self.core.current_batch();
-        let share: Vec<f64> = self
-            .core
-            .scores_with(&self.core.weights, rows)
-            .iter()
-            .map(|z| 0.25 * z)
-            .collect();
-        self.core.start_step(share, &mut self.mailbox)
     }
 
     /// The host's partial scores on the training and validation rows, in loss fixed point.
@@ -511,7 +493,6 @@ impl HostSession {
             self.state = ExpectHost::Done;
         } else {
             self.core.start_epoch(epoch + 1);
-            self.step_due = true;
             self.state = ExpectHost::Products;
         }
         Ok(())
@@ -573,14 +554,13 @@ impl Session for HostSession {
     }
 
     fn poll_transmit(&mut self) -> Result<Option<(String, Message)>, FedError> {
-        // The host's own columns go out batch by batch, after its keys and before anything
-        // else (the peers read them in that order).
-        if self.mailbox.outbox_is_empty() && self.core.queue_columns(&mut self.mailbox)? {
-            self.advance()?;
-        }
-        if self.mailbox.outbox_is_empty() && self.step_due {
-            self.step_due = false;
-            self.start_step()?;
+        let share = |core: &Core, rows: &[usize]| -> Vec<f64> {
+            core.scores_with(&core.weights, rows)
+                .iter()
+                .map(|z| 0.25 * z)
+                .collect()
+        };
+        if self.core.before_transmit(&mut self.mailbox, share)? {
             self.advance()?;
         }
         Ok(self.mailbox.next_transmit())

@@ -148,6 +148,8 @@ pub(crate) struct Core {
     rate: f64,
     /// This party's encrypted columns queued so far (batches).
     columns_sent: usize,
+    /// The current step's products are still to be computed (see `before_transmit`).
+    step_due: bool,
 }
 
 impl Core {
@@ -197,6 +199,7 @@ impl Core {
             share: Vec::new(),
             rate: 0.0,
             columns_sent: 0,
+            step_due: false,
         })
     }
 
@@ -451,41 +454,58 @@ impl Core {
             .map(|(_, peer)| peer.name.as_str())
     }
 
-    /// Starts `epoch`: its batch order, and the weights it starts from.
+    /// Starts `epoch`: its batch order, the weights it starts from, and its first step.
     pub(crate) fn start_epoch(&mut self, epoch: usize) {
         self.epoch = epoch;
         self.order = Split::epoch_order(self.config.seed, epoch, self.batches.len());
         self.position = 0;
         self.epoch_start = self.weights.clone();
+        self.step_due = true;
     }
 
-    /// The batch of the current step.
-    pub(crate) fn current_batch(&self) -> &[usize] {
-        &self.batches[self.order[self.position]]
+    /// Whether the current step has yet to start: the peers' products for it must wait.
+    pub(crate) fn step_due(&self) -> bool {
+        self.step_due
     }
 
-    /// Starts the current step with this party's residual share on the batch: queues every
-    /// peer's product.
-    pub(crate) fn start_step(
+    /// What a session does before it transmits, once everything queued has gone out: queue
+    /// its own next batch of columns (after its keys and before anything else, the order the
+    /// peers read them in), else start a due step with `share`, this party's residual share
+    /// on the step's batch. Starting steps only here lets an epoch's end reach the peers
+    /// before this party computes. True when something was queued (the session then moves on).
+    pub(crate) fn before_transmit(
         &mut self,
-        share: Vec<f64>,
         mailbox: &mut Mailbox,
-    ) -> Result<(), FedError> {
-        self.rate = self.config.rate(self.step, self.epoch);
+        share: impl FnOnce(&Core, &[usize]) -> Vec<f64>,
+    ) -> Result<bool, FedError> {
+        if !mailbox.outbox_is_empty() {
+            return Ok(false);
+        }
+        if self.queue_columns(mailbox)? {
+            return Ok(true);
+        }
+        if !self.step_due {
+            return Ok(false);
+        }
+        self.step_due = false;
         let batch = self.order[self.position];
+        let share = share(self, &self.batches[batch]);
+        self.rate = self.config.rate(self.step, self.epoch);
         let messages = self.begin_step(self.epoch, batch, &share)?;
         self.share = share;
         mailbox.send_all(messages);
-        Ok(())
+        Ok(true)
     }
 
-    /// Ends the current step with the peers' products; true when the epoch has more batches.
+    /// Ends the current step with the peers' products; true when the epoch has more batches
+    /// (the next step is then due).
     pub(crate) fn end_step(&mut self, products: Vec<Message>) -> Result<bool, FedError> {
         let batch = self.order[self.position];
         let share = std::mem::take(&mut self.share);
         self.finish_step(self.epoch, batch, &share, products, self.rate)?;
         self.position += 1;
-        Ok(self.position < self.order.len())
+        self.step_due = self.position < self.order.len();
+        Ok(self.step_due)
     }
 
     /// The learning rate of the epoch's last step.
