@@ -10,102 +10,38 @@
 
 use std::time::Instant;
 
+use clap::Parser;
 use curve25519_dalek::ristretto::RistrettoPoint;
 use curve25519_dalek::scalar::Scalar;
 use psi::{run_in_memory, DuplicatePolicy, GuestConfig, HostInput, IdColumn};
 use rayon::prelude::*;
 
+/// PSI between a guest and one or two hosts in one process, on generated ids.
+#[derive(Parser)]
 struct Args {
+    /// Ids per party.
+    #[arg(long, default_value_t = 100_000)]
     n: u64,
+    /// Share of the guest's ids each host also holds, in [0, 1].
+    #[arg(long, default_value_t = 0.8, value_parser = fraction)]
     overlap: f64,
-    parties: Vec<usize>,
+    /// Parties per run (2 or 3), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,3", value_parser = clap::value_parser!(u8).range(2..=3))]
+    parties: Vec<u8>,
+    /// Also time the floor: two scalar multiplications per element per party.
+    #[arg(long)]
     bound: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        n: 100_000,
-        overlap: 0.8,
-        parties: vec![2, 3],
-        bound: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--n" => args.n = value()?.parse().map_err(|e| format!("--n: {e}"))?,
-            "--overlap" => {
-                args.overlap = value()?.parse().map_err(|e| format!("--overlap: {e}"))?;
-                if !(0.0..=1.0).contains(&args.overlap) {
-                    return Err("--overlap must be in [0, 1]".into());
-                }
-            }
-            "--parties" => {
-                args.parties = value()?
-                    .split(',')
-                    .map(|p| match p.trim() {
-                        "2" => Ok(2),
-                        "3" => Ok(3),
-                        other => Err(format!("--parties: {other} is not 2 or 3")),
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            "--bound" => args.bound = true,
-            other => {
-                return Err(format!(
-                    "unknown argument {other}; see the file's doc comment"
-                ))
-            }
-        }
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{text:?} is not a number in [0, 1]")),
     }
-    Ok(args)
-}
-
-/// Ids of one party: the first `overlap·n` are common to every party, the rest are its own.
-fn party_ids(party: u64, n: u64, overlap: f64) -> IdColumn {
-    let shared = (overlap * n as f64).round() as u64;
-    let mut ids = IdColumn::with_capacity(n as usize, n as usize * 14);
-    for i in 0..n {
-        let id = if i < shared {
-            format!("ent-{i:010}")
-        } else {
-            format!("p{party}-{i:010}")
-        };
-        ids.push(id.as_bytes()).expect("generated ids are valid");
-    }
-    ids
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
-/// Seconds for `count` variable-base scalar multiplications on the rayon pool.
-fn scalar_mult_seconds(count: u64) -> f64 {
-    let scalar = Scalar::from(0x1234_5678_9abc_def1_u64) * Scalar::from(0x0fed_cba9_8765_4321_u64);
-    let base = RistrettoPoint::from_uniform_bytes(&[7; 64]);
-    let start = Instant::now();
-    let sum = (0..count)
-        .into_par_iter()
-        .map(|i| base * (scalar + Scalar::from(i)))
-        .reduce(RistrettoPoint::default, |a, b| a + b);
-    std::hint::black_box(sum);
-    start.elapsed().as_secs_f64()
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("error: {message}");
-            std::process::exit(2);
-        }
-    };
+    let args = Args::parse();
     println!(
         "PSI, {} ids per party, {:.0}% common, {} threads",
         args.n,

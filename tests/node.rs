@@ -99,7 +99,7 @@ impl Federation {
         self.inner.node_arg(party)
     }
 
-    fn state(&self, party: &str) -> &node::jobs::NodeState {
+    fn state(&self, party: &str) -> &node::NodeState {
         &self.inner.nodes[party].state
     }
 

@@ -1,7 +1,5 @@
 //! The one error type of the crate.
 
-use crate::model::ModelPart;
-
 /// What can go wrong in training, scoring or evaluation, with the context to fix it.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
@@ -121,7 +119,7 @@ pub enum FedError {
         reason: String,
     },
     /// Training produced a non-finite or out-of-range value; the model of the last complete
-    /// epoch is kept.
+    /// epoch is kept (see [`Stopped`](crate::Stopped)).
     #[error(
         "training diverged at epoch {epoch}: {reason} (the model of the last good epoch is kept)"
     )]
@@ -130,8 +128,6 @@ pub enum FedError {
         epoch: usize,
         /// What went wrong.
         reason: String,
-        /// This party's model after the last complete epoch, if one completed.
-        last_good: Option<Box<ModelPart>>,
     },
     /// Another party stopped the job.
     #[error("{peer} stopped the job: {reason}")]
@@ -140,8 +136,6 @@ pub enum FedError {
         peer: String,
         /// Its reason.
         reason: String,
-        /// This party's model after the last complete epoch, if one completed.
-        last_good: Option<Box<ModelPart>>,
     },
     /// A model file or a table that does not fit the model.
     #[error("model {source_name}: {reason}")]

@@ -11,7 +11,7 @@ use crate::model::ModelPart;
 use crate::party::{job_nonce, signed, Core, LOSS_RELEASE_BITS};
 use crate::protocol::{
     decode_score, encode_fixed, finish_with_error, unexpected, EpochReport, Event, FinalEvaluation,
-    GuestOutcome, RevealedRows, StopReason, LOSS_FRAC_BITS, SUM_FRAC_BITS,
+    GuestOutcome, RevealedRows, StopReason, Stopped, LOSS_FRAC_BITS, SUM_FRAC_BITS,
 };
 use crate::session::{drive, Mailbox, Session};
 
@@ -35,7 +35,7 @@ pub fn run_guest(
     job: GuestJob,
     transport: &mut dyn Transport,
     events: &mut dyn FnMut(&Event),
-) -> Result<GuestOutcome, FedError> {
+) -> Result<GuestOutcome, Stopped> {
     let hosts = job.hosts.clone();
     let mut session = None;
     let result = GuestSession::new(job).and_then(|s| {
@@ -264,7 +264,6 @@ impl GuestSession {
             return Err(FedError::Diverged {
                 epoch,
                 reason: format!("Taylor loss {loss}, weight change {weight_change}"),
-                last_good: None,
             });
         }
         let (best, done) = match config.early_stopping {
@@ -459,7 +458,7 @@ impl GuestSession {
         let probabilities: Vec<f64> = own
             .iter()
             .zip(&total)
-            .map(|(z, &h)| crate::reference::sigmoid(z + decode_score(h)))
+            .map(|(z, &h)| crate::math::sigmoid(z + decode_score(h)))
             .collect();
         let labels: Vec<f64> = rows.iter().map(|&r| self.labels[r]).collect();
         let metrics = evaluate(&probabilities, &labels)?;

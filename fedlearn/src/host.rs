@@ -12,7 +12,7 @@ use crate::model::ModelPart;
 use crate::party::{Core, CHECK_COLUMNS};
 use crate::protocol::{
     encode_fixed, encode_score, finish_with_error, receive, unexpected, Event, HostOutcome,
-    LOSS_FRAC_BITS, PARAMS, SUM_FRAC_BITS,
+    Stopped, LOSS_FRAC_BITS, PARAMS, SUM_FRAC_BITS,
 };
 use crate::session::{drive, Mailbox, Session};
 
@@ -41,7 +41,7 @@ pub fn run_host(
     proposal: Proposal,
     transport: &mut dyn Transport,
     events: &mut dyn FnMut(&Event),
-) -> Result<HostOutcome, FedError> {
+) -> Result<HostOutcome, Stopped> {
     let mut peers: Vec<String> = vec![job.guest.clone()];
     peers.extend(proposal.hosts.iter().filter(|h| **h != job.party).cloned());
     let mut session = None;
@@ -523,7 +523,6 @@ impl HostSession {
                     "{}'s final scores left the fixed-point range",
                     self.core.party
                 ),
-                last_good: None,
             })?;
         let revealed_rows = rows.len();
         self.core

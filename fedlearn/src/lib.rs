@@ -112,6 +112,7 @@ mod error;
 mod guest;
 mod host;
 mod masks;
+mod math;
 mod message;
 mod metrics;
 mod model;
@@ -126,15 +127,16 @@ pub use data::{Missing, Table};
 pub use error::FedError;
 pub use guest::{run_guest, GuestJob, GuestSession};
 pub use host::{receive_proposal, run_host, HostJob, HostSession};
+pub use math::sigmoid;
 pub use message::{Message, PartyKeys, Proposal, Transport, PROTOCOL_VERSION};
 pub use metrics::{evaluate, Metrics};
 pub use model::{joint_probabilities, FeatureWeight, ModelPart, Role, MODEL_FORMAT};
 pub use protocol::{
     EpochReport, Event, FinalEvaluation, GuestOutcome, HostOutcome, RevealedRows, StopReason,
+    Stopped,
 };
 pub use reference::{
-    sigmoid, train_plain_vertical, train_reference, LinearModel, PlainOutcome, ReferenceConfig,
-    Residual,
+    train_plain_vertical, train_reference, LinearModel, PlainOutcome, ReferenceConfig, Residual,
 };
 pub use session::{drive, Session};
 pub use simulator::{simulate, Simulation, WireRecord};

@@ -155,7 +155,7 @@ pub fn joint_probabilities(guest: &[f64], hosts_sum: &[f64]) -> Result<Vec<f64>,
     Ok(guest
         .iter()
         .zip(hosts_sum)
-        .map(|(g, h)| crate::reference::sigmoid(g + h))
+        .map(|(g, h)| crate::math::sigmoid(g + h))
         .collect())
 }
 

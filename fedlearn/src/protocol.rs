@@ -126,7 +126,6 @@ pub(crate) fn encode_fixed(
                     reason: format!(
                         "{party}'s {what} left the range the protocol allows (|value| < {max})"
                     ),
-                    last_good: None,
                 })
             }
         })
@@ -144,7 +143,6 @@ pub(crate) fn check_weights(party: &str, epoch: usize, weights: &[f64]) -> Resul
         Some(j) => Err(FedError::Diverged {
             epoch,
             reason: format!("{party}'s weight {j} became {}", weights[j]),
-            last_good: None,
         }),
         None => Ok(()),
     }
@@ -290,7 +288,6 @@ pub(crate) fn receive(transport: &mut dyn Transport, peer: &str) -> Result<Messa
         Message::Abort { reason } => Err(FedError::Aborted {
             peer: peer.to_owned(),
             reason,
-            last_good: None,
         }),
         message => Ok(message),
     }
@@ -301,14 +298,14 @@ pub(crate) fn unexpected(peer: &str, expected: &str, got: &Message) -> FedError 
     FedError::protocol(peer, format!("expected {expected}, got {}", got.kind()))
 }
 
-/// Tells every peer but the one that stopped us that the job ends, and attaches the last good
-/// model to divergence and abort errors.
+/// Tells every peer but the one that stopped us that the job ends, and keeps the last good
+/// model beside divergence and abort errors.
 pub(crate) fn finish_with_error(
     transport: &mut dyn Transport,
     peers: &[String],
     error: FedError,
     last_good: Option<ModelPart>,
-) -> FedError {
+) -> Stopped {
     let stopped_by = match &error {
         FedError::Aborted { peer, .. } => Some(peer.clone()),
         _ => None,
@@ -325,17 +322,48 @@ pub(crate) fn finish_with_error(
             );
         }
     }
-    match error {
-        FedError::Diverged { epoch, reason, .. } => FedError::Diverged {
-            epoch,
-            reason,
-            last_good: last_good.map(Box::new),
-        },
-        FedError::Aborted { peer, reason, .. } => FedError::Aborted {
-            peer,
-            reason,
-            last_good: last_good.map(Box::new),
-        },
-        other => other,
+    let last_good = match error {
+        FedError::Diverged { .. } | FedError::Aborted { .. } => last_good,
+        _ => None,
+    };
+    Stopped { error, last_good }
+}
+
+/// A job that stopped with an error, with this party's model after the last complete epoch
+/// when the error keeps it (divergence, or another party stopping the job).
+#[derive(Debug)]
+pub struct Stopped {
+    /// Why the job stopped.
+    pub error: FedError,
+    /// This party's model after the last complete epoch, if one completed.
+    pub last_good: Option<ModelPart>,
+}
+
+impl std::ops::Deref for Stopped {
+    type Target = FedError;
+
+    fn deref(&self) -> &FedError {
+        &self.error
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Stopped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<FedError> for Stopped {
+    fn from(error: FedError) -> Stopped {
+        Stopped {
+            error,
+            last_good: None,
+        }
     }
 }

@@ -5,6 +5,7 @@ use crate::config::{Optimizer, OptimizerState, TrainConfig};
 use crate::data::Table;
 use crate::error::FedError;
 use crate::masks::Split;
+use crate::math::sigmoid;
 use crate::metrics::{evaluate, Metrics};
 use crate::model::{ModelPart, Standardised};
 use crate::protocol::linear_scores;
@@ -60,11 +61,6 @@ impl LinearModel {
     pub fn probabilities(&self, rows: &[f64]) -> Vec<f64> {
         self.scores(rows).into_iter().map(sigmoid).collect()
     }
-}
-
-/// The logistic function.
-pub fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
 }
 
 /// Trains on a row-major matrix of `features` columns and 0/1 labels.

@@ -70,7 +70,6 @@ impl Mailbox {
             return Err(FedError::Aborted {
                 peer: from.to_owned(),
                 reason,
-                last_good: None,
             });
         }
         self.inbox

@@ -10,7 +10,7 @@ use crate::error::FedError;
 use crate::guest::{run_guest, GuestJob};
 use crate::host::{receive_proposal, run_host, HostJob};
 use crate::message::{Message, Transport};
-use crate::protocol::{Event, GuestOutcome, HostOutcome};
+use crate::protocol::{Event, GuestOutcome, HostOutcome, Stopped};
 
 /// One message as it crossed the simulated network.
 #[derive(Clone, Debug)]
@@ -133,14 +133,14 @@ pub fn simulate(
     hosts: Vec<HostJob>,
     record: bool,
     events: &mut dyn FnMut(&Event),
-) -> Result<Simulation, FedError> {
-    let run = simulate_altered(guest, hosts, record, events, None);
-    let guest = run.guest?;
-    let hosts = run.hosts.into_iter().collect::<Result<Vec<_>, _>>()?;
+) -> Result<Simulation, Stopped> {
+    let run = simulate_run(guest, hosts, record, events, None);
+    let guest = run.0?;
+    let hosts = run.1.into_iter().collect::<Result<Vec<_>, _>>()?;
     Ok(Simulation {
         guest,
         hosts,
-        wire: run.wire,
+        wire: run.2,
     })
 }
 
@@ -166,6 +166,28 @@ pub fn simulate_altered(
     events: &mut dyn FnMut(&Event),
     alter: Option<Arc<Alter>>,
 ) -> AlteredRun {
+    let (guest, hosts, wire) = simulate_run(guest, hosts, record, events, alter);
+    AlteredRun {
+        guest: guest.map_err(|s| s.error),
+        hosts: hosts.into_iter().map(|h| h.map_err(|s| s.error)).collect(),
+        wire,
+    }
+}
+
+/// Every party's result and the wire.
+type Run = (
+    Result<GuestOutcome, Stopped>,
+    Vec<Result<HostOutcome, Stopped>>,
+    Vec<WireRecord>,
+);
+
+fn simulate_run(
+    guest: GuestJob,
+    hosts: Vec<HostJob>,
+    record: bool,
+    events: &mut dyn FnMut(&Event),
+    alter: Option<Arc<Alter>>,
+) -> Run {
     let names: Vec<String> = std::iter::once(guest.party.clone())
         .chain(hosts.iter().map(|h| h.party.clone()))
         .collect();
@@ -208,14 +230,14 @@ pub fn simulate_altered(
         let guest_result = run_guest(guest, &mut guest_transport, events);
         // Dropping the guest's channels unblocks hosts still waiting on it.
         drop(guest_transport);
-        let host_results: Vec<Result<HostOutcome, FedError>> = handles
+        let host_results: Vec<Result<HostOutcome, Stopped>> = handles
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(FedError::Transport {
+                    Err(Stopped::from(FedError::Transport {
                         peer: "host thread".into(),
                         reason: "panicked".into(),
-                    })
+                    }))
                 })
             })
             .collect();
@@ -225,9 +247,5 @@ pub fn simulate_altered(
         .lock()
         .map(|mut log| std::mem::take(&mut *log))
         .unwrap_or_default();
-    AlteredRun {
-        guest: guest_result,
-        hosts: host_results,
-        wire,
-    }
+    (guest_result, host_results, wire)
 }

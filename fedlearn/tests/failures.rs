@@ -9,6 +9,14 @@ use fedlearn::internal::simulate_altered;
 use fedlearn::*;
 
 fn run(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> Result<Simulation, FedError> {
+    run_keeping_model(guest, hosts, config).map_err(|stopped| stopped.error)
+}
+
+fn run_keeping_model(
+    guest: Table,
+    hosts: Vec<Table>,
+    config: &TrainConfig,
+) -> Result<Simulation, Stopped> {
     let (guest_job, host_jobs) = jobs(guest, hosts, config);
     simulate(guest_job, host_jobs, false, &mut |_| {})
 }
@@ -93,17 +101,17 @@ fn divergence_stops_with_the_last_good_model() {
     };
     // Whichever party sees the overflow first stops; the guest reports it with its last good
     // model either way.
-    let (reason, last_good) = match run(guest, hosts, &config) {
-        Err(FedError::Diverged {
-            epoch,
-            reason,
+    let (reason, last_good) = match run_keeping_model(guest, hosts, &config) {
+        Err(Stopped {
+            error: FedError::Diverged { epoch, reason },
             last_good,
         }) => (
             format!("training diverged at epoch {epoch}: {reason}"),
             last_good,
         ),
-        Err(FedError::Aborted {
-            reason, last_good, ..
+        Err(Stopped {
+            error: FedError::Aborted { reason, .. },
+            last_good,
         }) => (reason, last_good),
         other => panic!("{:?}", other.map(|s| s.guest.history)),
     };

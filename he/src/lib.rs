@@ -38,20 +38,31 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// Modules in layers, each using only modules of lower layers (no cycle):
+//   0 error
+//   1 params, encoding
+//   2 ring, random
+//   3 entities: the data types and their accessors
+//   4 pack, encrypt, product: operations on them
+//   5 keys, release, wire: operations that build on layer 4
 mod encoding;
+mod encrypt;
+mod entities;
 mod error;
+mod keys;
 mod pack;
 mod params;
+mod product;
+mod random;
+mod release;
 mod ring;
-mod scheme;
 mod wire;
 
 pub use encoding::FixedPoint;
-pub use error::HeError;
-pub use pack::PackingKey;
-pub use params::{Params, N8192_Q128};
-pub use scheme::{
-    EncryptedColumns, EncryptedVector, KeyId, MaskedColumns, Masks, PreparedColumns,
+pub use entities::{
+    EncryptedColumns, EncryptedVector, KeyId, MaskedColumns, Masks, PackingKey, PreparedColumns,
     PreparedMatrix, PublicKey, SecretKey,
 };
+pub use error::HeError;
+pub use params::{Params, N8192_Q128};
 pub use wire::{FORMAT_VERSION, MAX_COLUMNS};

@@ -21,31 +21,10 @@
 
 use rayon::prelude::*;
 
+use crate::entities::{Ciphertext, KeyId, PackingKey, SeededBlock};
 use crate::error::HeError;
 use crate::params::Params;
 use crate::ring::{NttPoly, Ring};
-use crate::scheme::{KeyId, SeededBlock};
-
-/// One ciphertext (a, b) with full coefficients.
-pub(crate) type Ciphertext = (Vec<u128>, Vec<u128>);
-
-/// Key-switching keys from τ_t(s) to s for t = 2^j + 1, j = 1..=levels; lets the evaluator pack
-/// up to 2^levels results per ciphertext. Public: made by the key owner, sent to evaluators.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PackingKey {
-    pub(crate) params_id: u8,
-    pub(crate) key: KeyId,
-    /// `levels` × `ks_digits` seeded encryptions of digit_weight·τ_t(s).
-    pub(crate) blocks: Vec<Vec<SeededBlock>>,
-    /// The same in NTT form, (a, b) per level and digit, for the evaluator.
-    prepared: Vec<Vec<(NttPoly, NttPoly)>>,
-}
-
-impl std::fmt::Debug for PackingKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackingKey({} levels, {:?})", self.levels(), self.key)
-    }
-}
 
 impl PackingKey {
     pub(crate) fn new(
@@ -60,7 +39,7 @@ impl PackingKey {
                 level
                     .iter()
                     .map(|block| {
-                        let (a, b) = crate::scheme::expand_block(params.poly_size, block);
+                        let (a, b) = block.expand(params.poly_size);
                         (ring.forward_wide(&a), ring.forward_wide(&b))
                     })
                     .collect()
@@ -72,16 +51,6 @@ impl PackingKey {
             blocks,
             prepared,
         }
-    }
-
-    /// How many levels (2^levels results per ciphertext at most).
-    pub fn levels(&self) -> u32 {
-        self.blocks.len() as u32
-    }
-
-    /// The key pair's identifier.
-    pub fn key_id(&self) -> KeyId {
-        self.key
     }
 
     /// Packs `items` (a power of two of them, `None` for absent columns) at positions

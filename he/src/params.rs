@@ -1,5 +1,7 @@
 //! Named parameter sets.
 
+use crate::error::HeError;
+
 /// A parameter set: ring, plaintext space, noise and flooding.
 ///
 /// Ciphertexts live in R_q = Z_q[X]/(X^N + 1) with q = 2^128. Messages are integers modulo
@@ -119,4 +121,13 @@ impl Params {
 pub(crate) fn signed_residue(residue: u64, bits: u32) -> i64 {
     let shift = 64 - bits;
     ((residue << shift) as i64) >> shift
+}
+
+/// Refuses an object made under another parameter set than `params`.
+pub(crate) fn check_params(params: &Params, id: u8, what: &'static str) -> Result<(), HeError> {
+    if params.id == id {
+        Ok(())
+    } else {
+        Err(HeError::WrongKey { what })
+    }
 }

@@ -6,7 +6,11 @@
 //! (product ≈ 2^186) with `tfhe-ntt`, accumulate in the NTT domain, and reconstruct with the
 //! Chinese remainder theorem, centred, reduced modulo 2^128. No floating point, no rounding.
 
+use std::sync::Arc;
+
 use tfhe_ntt::prime64::Plan;
+
+use crate::params::Params;
 
 /// Three primes ≡ 1 mod 2^15 below 2^62 (so `tfhe-ntt` uses its fast reduction code) whose
 /// product is just under 2^186.
@@ -214,6 +218,23 @@ impl Ring {
         self.mul_accumulate(&mut acc, a, b);
         self.inverse(acc)
     }
+}
+
+/// The NTT plans of a parameter set's ring, built once per process (planning costs far more
+/// than a transform).
+pub(crate) fn ring_for(params: &Params) -> Arc<Ring> {
+    static RINGS: std::sync::Mutex<Vec<(usize, Arc<Ring>)>> = std::sync::Mutex::new(Vec::new());
+    let mut rings = RINGS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, ring)) = rings.iter().find(|(n, _)| *n == params.poly_size) {
+        return Arc::clone(ring);
+    }
+    // Every parameter set uses a power-of-two N between 16 and 16384, for which plans exist.
+    let ring =
+        Arc::new(Ring::new(params.poly_size).expect("NTT plans exist for every parameter set"));
+    rings.push((params.poly_size, Arc::clone(&ring)));
+    ring
 }
 
 /// Schoolbook negacyclic product modulo 2^128, the reference the NTT path is tested against.

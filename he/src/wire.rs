@@ -9,10 +9,10 @@
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::entities::{EncryptedVector, KeyId, MaskedColumns, PackingKey, PublicKey, SeededBlock};
 use crate::error::HeError;
-use crate::pack::PackingKey;
 use crate::params::Params;
-use crate::scheme::{EncryptedVector, KeyId, MaskedColumns, PublicKey, SeededBlock};
+use crate::ring::ring_for;
 
 const MAGIC: &[u8; 4] = b"UNHE";
 /// Version of this byte format.
@@ -334,12 +334,7 @@ impl PackingKey {
                     .collect()
             })
             .collect();
-        Ok(PackingKey::new(
-            &params,
-            &crate::scheme::ring_for(&params),
-            key,
-            blocks,
-        ))
+        Ok(PackingKey::new(&params, &ring_for(&params), key, blocks))
     }
 }
 

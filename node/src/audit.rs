@@ -60,7 +60,7 @@ pub fn record(store: &Store, event: &str, job_id: &str, peer: &str, detail: serd
             .map_or_else(|| GENESIS.to_string(), |r| r.hash);
         let mut record = AuditRecord {
             seq,
-            unix_ms: crate::now_ms(),
+            unix_ms: crate::clock::now_ms(),
             event: event.to_owned(),
             job_id: job_id.to_owned(),
             peer: peer.to_owned(),

@@ -60,7 +60,7 @@ use std::time::Duration;
 use fedlearn::Missing;
 use serde::Deserialize;
 
-use crate::error::NodeError;
+use crate::error::{NodeError, Refusal};
 
 /// Job kinds a policy may allow: training a model, and scoring with a model trained on the
 /// dataset.
@@ -491,30 +491,36 @@ impl NodeConfig {
         })
     }
 
-    /// Whether the policy lets `peer` run a job of `kind` on `dataset`; the refusal says why.
-    pub fn allows(&self, peer: &str, kind: &str, dataset: &str) -> Result<(), String> {
+    /// The policy rule that lets `peer` run a job of `kind` on `dataset`, or why there is none.
+    pub fn allows(&self, peer: &str, kind: &str, dataset: &str) -> Result<&PolicyRule, Refusal> {
         if !self.datasets.contains_key(dataset) {
-            return Err(format!("{} has no dataset {dataset:?}", self.party));
+            return Err(Refusal::NoDataset {
+                party: self.party.clone(),
+                dataset: dataset.to_owned(),
+            });
         }
-        if self.rule(peer, kind, dataset).is_some() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the policy of {} does not let {peer} run {kind} jobs on dataset {dataset:?}",
-                self.party
-            ))
-        }
+        self.rule(peer, kind, dataset)
+            .ok_or_else(|| Refusal::Policy {
+                party: self.party.clone(),
+                peer: peer.to_owned(),
+                kind: kind.to_owned(),
+                dataset: dataset.to_owned(),
+            })
     }
+}
+
+/// Whether `name` is 1–64 of [A-Za-z0-9._-].
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// Party, peer and dataset names: 1–64 of [A-Za-z0-9._-].
 pub fn check_name(key: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
+    if valid_name(name) {
         Ok(())
     } else {
         Err(format!(

@@ -1,6 +1,12 @@
-//! The node's error type: every variant names the file, key, peer or job at fault.
+//! The node's errors: every variant names the file, key, peer or job at fault. Policy and
+//! authorisation refusals are a [`Refusal`], a peer's misbehaviour a [`PeerFault`], and
+//! `From<&NodeError> for tonic::Status` is the one table from an error to a gRPC code.
 
 use std::path::PathBuf;
+
+use tonic::{Code, Status};
+
+use crate::wire::FEDERATION_VERSION;
 
 /// What can go wrong in the node or the CLI.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +42,13 @@ pub enum NodeError {
         /// What failed.
         reason: String,
     },
-    /// A peer refused, failed or could not be reached.
-    #[error("peer {peer}: {reason}")]
+    /// A peer refused, misbehaved or went silent.
+    #[error("peer {peer}: {fault}")]
     Peer {
         /// The peer's party name.
         peer: String,
-        /// What happened.
-        reason: String,
+        /// What it did.
+        fault: PeerFault,
     },
     /// A call to a peer failed, with the gRPC status code of the last attempt.
     #[error("peer {peer}: {reason}")]
@@ -77,6 +83,373 @@ pub enum NodeError {
     /// A server could not start.
     #[error("{0}")]
     Server(String),
+    /// The policy or the caller's identity does not allow the request.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A job or model the request names does not exist here.
+    #[error("{0}")]
+    NotFound(String),
+    /// A request is malformed (the text says which field).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A model cannot be used now (its part or its dataset cannot be loaded).
+    #[error("model {model} on {party}: {reason}")]
+    Unusable {
+        /// The model id.
+        model: String,
+        /// This node's party name.
+        party: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a peer did wrong, as the code tells the cases apart.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerFault {
+    /// Its configured address is not a valid endpoint.
+    #[error("address {address:?}: {reason}")]
+    BadAddress {
+        /// The configured address.
+        address: String,
+        /// Why it is not valid.
+        reason: String,
+    },
+    /// It is not in this node's configuration.
+    #[error("not a configured peer of this node")]
+    NotConfigured,
+    /// It refused a job proposal (the text is the peer's own reason).
+    #[error("refused the job: {0}")]
+    RefusedJob(String),
+    /// It sent nothing within the receive timeout.
+    #[error("sent nothing for {seconds} s")]
+    Silent {
+        /// The timeout.
+        seconds: u64,
+    },
+    /// It sent a delivery of another kind than the phase expects.
+    #[error("sent a {got:?} message during {phase}")]
+    WrongKind {
+        /// The kind it sent.
+        got: String,
+        /// The job's phase.
+        phase: &'static str,
+    },
+    /// It sent a message out of turn.
+    #[error("sent {got} where {expected} was due")]
+    OutOfTurn {
+        /// What it sent.
+        got: String,
+        /// What the protocol expected.
+        expected: &'static str,
+    },
+    /// It announced more ids than `federation.max_peer_rows` allows.
+    #[error("announced {announced} ids; federation.max_peer_rows is {cap}")]
+    TooManyRows {
+        /// Ids announced.
+        announced: u64,
+        /// The configured cap.
+        cap: u64,
+    },
+    /// It asked for PSI whose result only one side learns; training needs both.
+    #[error("training needs both-sides PSI")]
+    OneSidedPsi,
+    /// This node refused what the peer offered once the job had started.
+    #[error("{0}")]
+    Offer(Refusal),
+}
+
+/// Why this node's policy or identity checks refuse a request. The text (`Display`) is the
+/// reply the requester reads.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The requester speaks another federation version.
+    #[error("federation version {got} is not supported (this node speaks {FEDERATION_VERSION})")]
+    Version {
+        /// The version it sent.
+        got: u32,
+    },
+    /// A job id that is not 32 hex digits.
+    #[error("the job id must be 32 hex digits")]
+    BadJobId,
+    /// A name that is not 1–64 of [A-Za-z0-9._-].
+    #[error("{key}: {name:?} must be 1 to 64 letters, digits, '.', '_' or '-'")]
+    BadName {
+        /// The field.
+        key: &'static str,
+        /// The name, truncated to 64 characters.
+        name: String,
+    },
+    /// A job kind a guest cannot propose.
+    #[error("{kind:?} is not a job kind a guest can propose")]
+    JobKind {
+        /// The kind.
+        kind: String,
+    },
+    /// The dataset is not configured here.
+    #[error("{party} has no dataset {dataset:?}")]
+    NoDataset {
+        /// This node.
+        party: String,
+        /// The dataset named.
+        dataset: String,
+    },
+    /// No policy rule lets the peer run this kind of job on the dataset.
+    #[error("the policy of {party} does not let {peer} run {kind} jobs on dataset {dataset:?}")]
+    Policy {
+        /// This node.
+        party: String,
+        /// The requesting peer.
+        peer: String,
+        /// The job kind ("train", "score").
+        kind: String,
+        /// The dataset.
+        dataset: String,
+    },
+    /// The guest brings more features than the policy allows.
+    #[error(
+        "the job brings {got} guest features; the policy of {party} allows {guest} at most \
+         {max} on dataset {dataset:?} (policy key max_guest_features)"
+    )]
+    GuestFeatures {
+        /// This node.
+        party: String,
+        /// The guest.
+        guest: String,
+        /// The dataset.
+        dataset: String,
+        /// Features announced.
+        got: u32,
+        /// The policy's maximum.
+        max: u32,
+    },
+    /// Batches smaller than the policy's minimum.
+    #[error(
+        "batches of {rows} rows are below the {min} rows the policy of {party} requires of \
+         {guest} on dataset {dataset:?} (policy key min_batch_rows)"
+    )]
+    BatchRows {
+        /// This node.
+        party: String,
+        /// The guest.
+        guest: String,
+        /// The dataset.
+        dataset: String,
+        /// Rows per batch.
+        rows: u64,
+        /// The policy's minimum.
+        min: u64,
+    },
+    /// The hosts are not distinct parties other than the guest.
+    #[error("the hosts must be distinct parties other than the guest")]
+    HostsNotDistinct,
+    /// This node is not among the job's hosts.
+    #[error("{party} is not among the job's hosts")]
+    NotAHost {
+        /// This node.
+        party: String,
+    },
+    /// A co-host this node has no channel to.
+    #[error("{host} is not a peer of {party}; hosts exchange masks directly")]
+    UnknownHost {
+        /// The host.
+        host: String,
+        /// This node.
+        party: String,
+    },
+    /// A retried proposal for a job that has ended here.
+    #[error("job {job} has already ended here ({state})")]
+    JobEnded {
+        /// The job id.
+        job: String,
+        /// Its final state.
+        state: String,
+    },
+    /// A proposal reusing the id of another job.
+    #[error("job {job} is already known here")]
+    JobKnown {
+        /// The job id.
+        job: String,
+    },
+    /// The model id is taken here.
+    #[error("model {model:?} already exists on {party}")]
+    ModelInUse {
+        /// The model id.
+        model: String,
+        /// This node.
+        party: String,
+    },
+    /// The guest has used its disclosure budget on the dataset.
+    #[error(
+        "{guest} already has {disclosed} models trained on dataset {dataset:?} of {party}; the \
+         policy allows {max} (policy key max_models)"
+    )]
+    Budget {
+        /// The guest.
+        guest: String,
+        /// The dataset.
+        dataset: String,
+        /// This node.
+        party: String,
+        /// Models counted against the budget.
+        disclosed: usize,
+        /// The policy's maximum.
+        max: u32,
+    },
+    /// The guest's training proposal differs from the job it proposed.
+    #[error("the training proposal differs from the accepted job")]
+    OfferDiffers,
+    /// A federation call from a name that is not a peer.
+    #[error("{call} from {claimed}: {claimed:?} is not a peer of {party}")]
+    NotAPeer {
+        /// The call.
+        call: &'static str,
+        /// The name it claimed (at most 64 characters).
+        claimed: String,
+        /// This node.
+        party: String,
+    },
+    /// A federation call whose certificate is not the claimed peer's.
+    #[error("{call} from {claimed}: the caller's certificate is not valid for {certificate:?}")]
+    PeerCertificate {
+        /// The call.
+        call: &'static str,
+        /// The name it claimed.
+        claimed: String,
+        /// The certificate name the configuration gives that peer.
+        certificate: String,
+    },
+    /// A delivery from a peer that is not part of the job.
+    #[error("{sender} is not part of job {job}")]
+    NotInJob {
+        /// The sender.
+        sender: String,
+        /// The job.
+        job: String,
+    },
+    /// A jobs call whose certificate names no operator.
+    #[error("the caller's certificate is not valid for any operator of {party}")]
+    NotAnOperator {
+        /// This node.
+        party: String,
+    },
+    /// A scoring call whose certificate names no scoring client.
+    #[error("the caller's certificate names no scoring client")]
+    NotAScoringClient,
+    /// A scoring client asking for a model it may not use.
+    #[error("{client} may not score with model {model:?}")]
+    ModelNotAllowed {
+        /// The client.
+        client: String,
+        /// The model.
+        model: String,
+    },
+    /// A scoring client over its call rate.
+    #[error("{client}: over {per_second} calls per second")]
+    CallRate {
+        /// The client.
+        client: String,
+        /// Its configured rate.
+        per_second: f64,
+    },
+    /// Scores of a model beyond the guest's `max_models` on the dataset.
+    #[error(
+        "model {model:?} is beyond the {max} models the policy of {party} lets {guest} score on \
+         dataset {dataset:?} (policy key max_models)"
+    )]
+    ScoreModels {
+        /// The model.
+        model: String,
+        /// The policy's maximum.
+        max: u32,
+        /// This node.
+        party: String,
+        /// The guest.
+        guest: String,
+        /// The dataset.
+        dataset: String,
+    },
+    /// Partial scores beyond the guest's `scores_per_minute`.
+    #[error(
+        "{guest} asked for {ids} scores; the policy of {party} allows {per_minute} per minute \
+         (policy key scores_per_minute)"
+    )]
+    ScoreRate {
+        /// The guest.
+        guest: String,
+        /// Ids asked for.
+        ids: usize,
+        /// This node.
+        party: String,
+        /// The policy's rate.
+        per_minute: u32,
+    },
+}
+
+impl Refusal {
+    /// The gRPC code of this refusal.
+    pub fn code(&self) -> Code {
+        match self {
+            Refusal::Version { .. } => Code::FailedPrecondition,
+            Refusal::CallRate { .. } | Refusal::ScoreRate { .. } => Code::ResourceExhausted,
+            _ => Code::PermissionDenied,
+        }
+    }
+
+    /// The label of `unseen_refused_total` this refusal counts under.
+    pub fn metric(&self) -> &'static str {
+        match self {
+            Refusal::NotAPeer { .. } | Refusal::PeerCertificate { .. } => "peer identity",
+            Refusal::NotAnOperator { .. } => "operator identity",
+            Refusal::NotAScoringClient | Refusal::ModelNotAllowed { .. } => "scoring client",
+            Refusal::CallRate { .. } => "rate limit",
+            _ => "policy",
+        }
+    }
+}
+
+impl NodeError {
+    /// The gRPC code this error answers with.
+    pub fn code(&self) -> Code {
+        match self {
+            NodeError::Spec(_) | NodeError::BadRequest(_) => Code::InvalidArgument,
+            NodeError::Refused(refusal) => refusal.code(),
+            NodeError::NotFound(_) => Code::NotFound,
+            NodeError::Unusable { .. } => Code::FailedPrecondition,
+            // Tell a platform whether to retry: only an unreachable peer is transient.
+            NodeError::PeerCall { code, .. } => match code {
+                Code::PermissionDenied => Code::PermissionDenied,
+                Code::NotFound | Code::FailedPrecondition => Code::FailedPrecondition,
+                Code::InvalidArgument => Code::Internal,
+                _ => Code::Unavailable,
+            },
+            NodeError::Peer { .. } => Code::Unavailable,
+            NodeError::Stopped(_) => Code::Aborted,
+            NodeError::Cancelled(_) => Code::Cancelled,
+            NodeError::Config { .. }
+            | NodeError::Io { .. }
+            | NodeError::Tls(_)
+            | NodeError::Store { .. }
+            | NodeError::Dataset { .. }
+            | NodeError::Psi(_)
+            | NodeError::Train(_)
+            | NodeError::Server(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<&NodeError> for Status {
+    fn from(error: &NodeError) -> Status {
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(error: NodeError) -> Status {
+        Status::from(&error)
+    }
 }
 
 impl NodeError {
@@ -85,5 +458,138 @@ impl NodeError {
             path: path.into(),
             source,
         }
+    }
+}
+
+impl From<fedlearn::Stopped> for NodeError {
+    /// The node keeps no model of a job that stopped: the error is what it reports.
+    fn from(stopped: fedlearn::Stopped) -> NodeError {
+        NodeError::Train(stopped.error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal_code(refusal: Refusal) -> Code {
+        Status::from(NodeError::from(refusal)).code()
+    }
+
+    #[test]
+    fn every_refusal_has_its_grpc_code() {
+        let s = String::new;
+        assert_eq!(
+            refusal_code(Refusal::Version { got: 2 }),
+            Code::FailedPrecondition
+        );
+        for rate in [
+            Refusal::CallRate {
+                client: s(),
+                per_second: 1.0,
+            },
+            Refusal::ScoreRate {
+                guest: s(),
+                ids: 1,
+                party: s(),
+                per_minute: 1,
+            },
+        ] {
+            assert_eq!(refusal_code(rate), Code::ResourceExhausted);
+        }
+        for denied in [
+            Refusal::BadJobId,
+            Refusal::BadName {
+                key: "model_id",
+                name: s(),
+            },
+            Refusal::JobKind { kind: s() },
+            Refusal::NoDataset {
+                party: s(),
+                dataset: s(),
+            },
+            Refusal::Policy {
+                party: s(),
+                peer: s(),
+                kind: s(),
+                dataset: s(),
+            },
+            Refusal::HostsNotDistinct,
+            Refusal::NotAHost { party: s() },
+            Refusal::JobKnown { job: s() },
+            Refusal::OfferDiffers,
+            Refusal::NotInJob {
+                sender: s(),
+                job: s(),
+            },
+            Refusal::NotAnOperator { party: s() },
+            Refusal::NotAScoringClient,
+            Refusal::ModelNotAllowed {
+                client: s(),
+                model: s(),
+            },
+            Refusal::ScoreModels {
+                model: s(),
+                max: 2,
+                party: s(),
+                guest: s(),
+                dataset: s(),
+            },
+        ] {
+            assert_eq!(
+                refusal_code(denied.clone()),
+                Code::PermissionDenied,
+                "{denied:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_error_kind_has_its_grpc_code() {
+        let code = |e: NodeError| Status::from(&e).code();
+        assert_eq!(code(NodeError::Spec("x".into())), Code::InvalidArgument);
+        assert_eq!(
+            code(NodeError::BadRequest("x".into())),
+            Code::InvalidArgument
+        );
+        assert_eq!(code(NodeError::NotFound("x".into())), Code::NotFound);
+        let unusable = NodeError::Unusable {
+            model: "m".into(),
+            party: "tax".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(code(unusable), Code::FailedPrecondition);
+        assert_eq!(code(NodeError::Stopped("x".into())), Code::Aborted);
+        assert_eq!(code(NodeError::Cancelled("x".into())), Code::Cancelled);
+        assert_eq!(code(NodeError::Server("x".into())), Code::Internal);
+        let silent = NodeError::Peer {
+            peer: "tax".into(),
+            fault: PeerFault::Silent { seconds: 1 },
+        };
+        assert_eq!(code(silent), Code::Unavailable);
+        // A host's answer decides whether a platform should retry.
+        for (theirs, ours) in [
+            (Code::PermissionDenied, Code::PermissionDenied),
+            (Code::NotFound, Code::FailedPrecondition),
+            (Code::FailedPrecondition, Code::FailedPrecondition),
+            (Code::InvalidArgument, Code::Internal),
+            (Code::Unavailable, Code::Unavailable),
+            (Code::DeadlineExceeded, Code::Unavailable),
+        ] {
+            let call = NodeError::PeerCall {
+                peer: "tax".into(),
+                reason: "r".into(),
+                code: theirs,
+            };
+            assert_eq!(code(call), ours, "{theirs:?}");
+        }
+        // The text is the error's own, so the CLI's messages stay as they were.
+        let refusal = Refusal::NotAHost {
+            party: "tax".into(),
+        };
+        assert_eq!(
+            Status::from(NodeError::from(refusal)).message(),
+            "tax is not among the job's hosts"
+        );
     }
 }

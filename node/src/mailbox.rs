@@ -11,18 +11,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::wire::DeliveryKind;
+
 /// A delivered message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
-    /// "psi", "fedlearn" or "abort".
-    pub kind: String,
+    /// What it carries.
+    pub kind: DeliveryKind,
     /// The payload.
     pub bytes: Vec<u8>,
 }
 
 /// Why a delivery was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum NotAdmitted {
     /// No such job here.
     UnknownJob,
     /// The sender is not part of the job.
@@ -73,10 +75,12 @@ impl Mailbox {
     }
 
     /// Whether `sender` may deliver to `job` (checked before a delivery's payload is read).
-    pub fn admits(&self, job: &str, sender: &str) -> Result<(), Refusal> {
+    pub fn admits(&self, job: &str, sender: &str) -> Result<(), NotAdmitted> {
         match self.lock().get(job) {
-            None => Err(Refusal::UnknownJob),
-            Some(job_box) if !job_box.participants.contains(sender) => Err(Refusal::NotParticipant),
+            None => Err(NotAdmitted::UnknownJob),
+            Some(job_box) if !job_box.participants.contains(sender) => {
+                Err(NotAdmitted::NotParticipant)
+            }
             Some(_) => Ok(()),
         }
     }
@@ -101,13 +105,13 @@ impl Mailbox {
         sender: &str,
         seq: u64,
         delivery: Delivery,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<bool, NotAdmitted> {
         let mut jobs = self.lock();
-        let job_box = jobs.get_mut(job).ok_or(Refusal::UnknownJob)?;
+        let job_box = jobs.get_mut(job).ok_or(NotAdmitted::UnknownJob)?;
         if !job_box.participants.contains(sender) {
-            return Err(Refusal::NotParticipant);
+            return Err(NotAdmitted::NotParticipant);
         }
-        if delivery.kind == "abort" {
+        if delivery.kind == DeliveryKind::Abort {
             // Out of sequence: an abort stops the job whatever came before it, and repeating
             // it changes nothing.
             let repeated = job_box.closed.is_some();
@@ -185,7 +189,7 @@ mod tests {
 
     fn msg(text: &str) -> Delivery {
         Delivery {
-            kind: "fedlearn".into(),
+            kind: DeliveryKind::Fedlearn,
             bytes: text.as_bytes().to_vec(),
         }
     }
@@ -209,15 +213,15 @@ mod tests {
         let mailbox = Mailbox::default();
         assert_eq!(
             mailbox.deliver("j", "bank", 0, msg("x")),
-            Err(Refusal::UnknownJob)
+            Err(NotAdmitted::UnknownJob)
         );
         mailbox.register("j", ["bank".to_string()]);
         assert_eq!(
             mailbox.deliver("j", "eve", 0, msg("x")),
-            Err(Refusal::NotParticipant)
+            Err(NotAdmitted::NotParticipant)
         );
         let abort = Delivery {
-            kind: "abort".into(),
+            kind: DeliveryKind::Abort,
             bytes: b"disk full".to_vec(),
         };
         mailbox.deliver("j", "bank", 0, msg("hello")).unwrap();

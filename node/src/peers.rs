@@ -12,12 +12,12 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::config::{FederationSettings, NodeConfig};
-use crate::error::NodeError;
+use crate::error::{NodeError, PeerFault};
 use crate::metrics::Metrics;
 use crate::proto::federation_client::FederationClient;
 use crate::proto::{Chunk, JobProposal, ProposalReply};
 use crate::tls::Identity;
-use crate::FEDERATION_VERSION;
+use crate::wire::FEDERATION_VERSION;
 
 /// Clients of every configured peer.
 pub struct Peers {
@@ -52,7 +52,10 @@ impl Peers {
         for peer in &config.peers {
             let error = |e: tonic::transport::Error| NodeError::Peer {
                 peer: peer.name.clone(),
-                reason: format!("address {:?}: {e}", peer.address),
+                fault: PeerFault::BadAddress {
+                    address: peer.address.clone(),
+                    reason: e.to_string(),
+                },
             };
             let endpoint = Endpoint::from_shared(format!("https://{}", peer.address))
                 .map_err(error)?
@@ -85,7 +88,7 @@ impl Peers {
     {
         let channel = self.channels.get(to).ok_or_else(|| NodeError::Peer {
             peer: to.to_owned(),
-            reason: "not a configured peer of this node".into(),
+            fault: PeerFault::NotConfigured,
         })?;
         let mut attempt = 0;
         loop {

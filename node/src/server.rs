@@ -9,21 +9,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::federation::FederationService;
-use crate::jobs::NodeState;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::proto::federation_server::FederationServer;
-use crate::proto::jobs_server::{Jobs, JobsServer};
+use crate::proto::jobs_server::JobsServer;
 use crate::proto::scoring_server::ScoringServer;
-use crate::proto::{
-    self, JobRef, ListJobsReply, ListJobsRequest, ListModelsReply, ListModelsRequest,
-};
-use crate::store::{EventRecord, JobRecord, MetricsRecord, ModelRecord, Store};
+use crate::services::federation::FederationService;
+use crate::services::jobs::JobsService;
+use crate::services::scoring::ScoringService;
+use crate::state::NodeState;
+use crate::store::Store;
 use crate::tls::Identity;
 
 /// A node serving in the background.
@@ -122,11 +120,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .set_serving::<FederationServer<FederationService>>()
         .await;
     health.set_serving::<JobsServer<JobsService>>().await;
-    health
-        .set_serving::<ScoringServer<crate::scoring::ScoringService>>()
-        .await;
+    health.set_serving::<ScoringServer<ScoringService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::DESCRIPTOR)
+        .register_encoded_file_descriptor_set(crate::proto::DESCRIPTOR)
         .build_v1()
         .map_err(|e| NodeError::Server(format!("reflection: {e}")))?;
     let federation = FederationServer::new(FederationService {
@@ -136,7 +132,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let jobs = JobsServer::new(JobsService {
         node: state.clone(),
     });
-    let scoring = ScoringServer::new(crate::scoring::ScoringService {
+    let scoring = ScoringServer::new(ScoringService {
         node: state.clone(),
     });
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -258,348 +254,6 @@ async fn accept_tls(
                 }
             }
         });
-    }
-}
-
-/// The jobs service: callers must present a certificate valid for one of `operators`.
-pub struct JobsService {
-    node: Arc<NodeState>,
-}
-
-impl JobsService {
-    fn authorise<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let certs = request.peer_certs();
-        let operators = self.node.config.operators.iter().map(String::as_str);
-        match crate::tls::peer_name(certs.as_deref().map(|c| &c[..]), operators) {
-            Some(name) => Ok(name.to_owned()),
-            None => {
-                tracing::warn!("refused a jobs call: the certificate names no operator");
-                crate::audit::record(
-                    &self.node.store,
-                    "operator.refused",
-                    "",
-                    "",
-                    serde_json::json!({}),
-                );
-                self.node.metrics.add(
-                    "unseen_refused_total",
-                    &[("reason", "operator identity")],
-                    1.0,
-                );
-                Err(Status::permission_denied(format!(
-                    "the caller's certificate is not valid for any operator of {}",
-                    self.node.config.party
-                )))
-            }
-        }
-    }
-
-    fn record(&self, job_id: &str) -> Result<JobRecord, Status> {
-        self.node.job(job_id).map_err(internal)?.ok_or_else(|| {
-            Status::not_found(format!("no job {job_id:?} on {}", self.node.config.party))
-        })
-    }
-}
-
-fn internal(e: NodeError) -> Status {
-    Status::internal(e.to_string())
-}
-
-fn metrics_proto(m: Option<MetricsRecord>) -> Option<proto::Metrics> {
-    m.map(|m| proto::Metrics {
-        auc: m.auc,
-        ks: m.ks,
-        log_loss: m.log_loss,
-        accuracy: m.accuracy,
-    })
-}
-
-/// A job record as a status message.
-pub fn status_proto(record: &JobRecord) -> proto::JobStatus {
-    let last = record.last().cloned().unwrap_or_default();
-    let best = record
-        .events
-        .iter()
-        .rev()
-        .find(|e| e.train.is_some() || e.validation.is_some())
-        .cloned()
-        .unwrap_or_default();
-    proto::JobStatus {
-        job_id: record.job_id.clone(),
-        kind: record.kind.clone(),
-        role: record.role.clone(),
-        state: record.state.clone(),
-        model_id: record.model_id.clone(),
-        error: record.error.clone(),
-        created_unix_ms: record.created_unix_ms,
-        updated_unix_ms: record.updated_unix_ms,
-        peers: record.peers.clone(),
-        aligned_rows: last.aligned_rows,
-        epochs: record.events.iter().map(|e| e.epoch).max().unwrap_or(0),
-        bytes_sent: last.bytes_sent,
-        bytes_received: last.bytes_received,
-        train: metrics_proto(best.train),
-        validation: metrics_proto(best.validation),
-    }
-}
-
-fn event_proto(job_id: &str, max_epochs: u32, event: &EventRecord) -> proto::JobEvent {
-    proto::JobEvent {
-        job_id: job_id.to_owned(),
-        state: event.state.clone(),
-        message: event.message.clone(),
-        epoch: event.epoch,
-        max_epochs,
-        train: metrics_proto(event.train),
-        validation: metrics_proto(event.validation),
-        bytes_sent: event.bytes_sent,
-        bytes_received: event.bytes_received,
-        aligned_rows: event.aligned_rows,
-        psi_progress: event.psi_progress,
-        unix_ms: event.unix_ms,
-        train_loss: event.train_loss,
-        validation_loss: event.validation_loss,
-    }
-}
-
-fn summary_proto(model: &ModelRecord) -> proto::ModelSummary {
-    proto::ModelSummary {
-        model_id: model.model_id.clone(),
-        job_id: model.job_id.clone(),
-        role: model.role.clone(),
-        features: model.features,
-        created_unix_ms: model.created_unix_ms,
-    }
-}
-
-fn is_final(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "cancelled")
-}
-
-#[tonic::async_trait]
-impl Jobs for JobsService {
-    async fn submit(
-        &self,
-        request: Request<proto::SubmitRequest>,
-    ) -> Result<Response<proto::JobStatus>, Status> {
-        let operator = self.authorise(&request)?;
-        let node = self.node.clone();
-        let spec = request.into_inner().spec_toml;
-        let record = tokio::task::spawn_blocking(move || node.submit(&spec))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| match e {
-                NodeError::Spec(_) => Status::invalid_argument(e.to_string()),
-                other => Status::internal(other.to_string()),
-            })?;
-        tracing::info!(%operator, job = %record.job_id, "submitted by operator");
-        crate::audit::record(
-            &self.node.store,
-            "job.submitted",
-            &record.job_id,
-            &operator,
-            serde_json::json!({"model": record.model_id, "hosts": record.peers, "dataset": record.dataset}),
-        );
-        Ok(Response::new(status_proto(&record)))
-    }
-
-    type WatchStream = ReceiverStream<Result<proto::JobEvent, Status>>;
-
-    async fn watch(&self, request: Request<JobRef>) -> Result<Response<Self::WatchStream>, Status> {
-        self.authorise(&request)?;
-        let job_id = request.into_inner().job_id;
-        let (tx, rx) = mpsc::channel(64);
-        match self.node.live(&job_id) {
-            Some(handle) => {
-                let (past, mut live) = handle.subscribe();
-                tokio::spawn(async move {
-                    // Sends events[from..]; returns whether to stop (watcher gone or job over).
-                    let send_from = |events: Vec<EventRecord>, from: usize| {
-                        let tx = tx.clone();
-                        let job_id = job_id.clone();
-                        let max_epochs = handle.max_epochs();
-                        async move {
-                            for event in events.iter().skip(from) {
-                                let done = is_final(&event.state);
-                                if tx
-                                    .send(Ok(event_proto(&job_id, max_epochs, event)))
-                                    .await
-                                    .is_err()
-                                    || done
-                                {
-                                    return true;
-                                }
-                            }
-                            false
-                        }
-                    };
-                    let mut next = past.len();
-                    if send_from(past, 0).await {
-                        return;
-                    }
-                    loop {
-                        match live.recv().await {
-                            Ok((index, event)) if index >= next => {
-                                next = index + 1;
-                                if send_from(vec![event], 0).await {
-                                    return;
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                // Too slow for the live feed: catch up from the record.
-                                let events = handle.record().events;
-                                let total = events.len();
-                                if send_from(events, next).await {
-                                    return;
-                                }
-                                next = total;
-                            }
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                        }
-                    }
-                });
-            }
-            None => {
-                let record = self.record(&job_id)?;
-                tokio::spawn(async move {
-                    for event in &record.events {
-                        if tx
-                            .send(Ok(event_proto(&job_id, record.max_epochs, event)))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        }
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn get(&self, request: Request<JobRef>) -> Result<Response<proto::JobStatus>, Status> {
-        self.authorise(&request)?;
-        let record = self.record(&request.into_inner().job_id)?;
-        Ok(Response::new(status_proto(&record)))
-    }
-
-    async fn list(
-        &self,
-        request: Request<ListJobsRequest>,
-    ) -> Result<Response<ListJobsReply>, Status> {
-        self.authorise(&request)?;
-        let jobs = self.node.store.jobs().map_err(internal)?;
-        let jobs = jobs
-            .iter()
-            .map(|stored| match self.node.live(&stored.job_id) {
-                Some(handle) => status_proto(&handle.record()),
-                None => status_proto(stored),
-            })
-            .collect();
-        Ok(Response::new(ListJobsReply { jobs }))
-    }
-
-    async fn cancel(&self, request: Request<JobRef>) -> Result<Response<proto::JobStatus>, Status> {
-        let operator = self.authorise(&request)?;
-        let job_id = request.into_inner().job_id;
-        let record = self
-            .node
-            .cancel(&job_id)
-            .map_err(|e| Status::not_found(e.to_string()))?;
-        tracing::info!(%operator, job = %job_id, "cancel requested");
-        crate::audit::record(
-            &self.node.store,
-            "job.cancel",
-            &job_id,
-            &operator,
-            serde_json::json!({}),
-        );
-        Ok(Response::new(status_proto(&record)))
-    }
-
-    async fn list_models(
-        &self,
-        request: Request<ListModelsRequest>,
-    ) -> Result<Response<ListModelsReply>, Status> {
-        self.authorise(&request)?;
-        let models = self.node.store.models().map_err(internal)?;
-        Ok(Response::new(ListModelsReply {
-            models: models.iter().map(summary_proto).collect(),
-        }))
-    }
-
-    async fn verify_audit(
-        &self,
-        request: Request<proto::VerifyAuditRequest>,
-    ) -> Result<Response<proto::VerifyAuditReply>, Status> {
-        self.authorise(&request)?;
-        let reply = match crate::audit::verify(&self.node.store).map_err(internal)? {
-            crate::audit::Verdict::Intact { records } => proto::VerifyAuditReply {
-                intact: true,
-                records,
-                first_broken: 0,
-                reason: String::new(),
-            },
-            crate::audit::Verdict::Broken {
-                records,
-                seq,
-                reason,
-            } => proto::VerifyAuditReply {
-                intact: false,
-                records,
-                first_broken: seq,
-                reason,
-            },
-        };
-        Ok(Response::new(reply))
-    }
-
-    async fn list_audit(
-        &self,
-        request: Request<proto::ListAuditRequest>,
-    ) -> Result<Response<proto::ListAuditReply>, Status> {
-        self.authorise(&request)?;
-        let job = request.into_inner().job_id;
-        let records = crate::audit::records(&self.node.store)
-            .map_err(internal)?
-            .into_iter()
-            .filter(|r| job.is_empty() || r.job_id == job)
-            .map(|r| proto::AuditRecord {
-                seq: r.seq,
-                unix_ms: r.unix_ms,
-                event: r.event,
-                job_id: r.job_id,
-                peer: r.peer,
-                detail_json: r.detail.to_string(),
-                hash: r.hash,
-            })
-            .collect();
-        Ok(Response::new(proto::ListAuditReply { records }))
-    }
-
-    async fn get_model(
-        &self,
-        request: Request<proto::ModelRef>,
-    ) -> Result<Response<proto::Model>, Status> {
-        self.authorise(&request)?;
-        let model_id = request.into_inner().model_id;
-        let model = self
-            .node
-            .store
-            .model(&model_id)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no model {model_id:?} on {}",
-                    self.node.config.party
-                ))
-            })?;
-        Ok(Response::new(proto::Model {
-            summary: Some(summary_proto(&model)),
-            part_json: model.part_json,
-            report_json: model.report_json,
-        }))
     }
 }
 

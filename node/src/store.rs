@@ -375,7 +375,7 @@ impl Store {
             if job.is_final() {
                 continue;
             }
-            let now = crate::now_ms();
+            let now = crate::clock::now_ms();
             job.state = "failed".into();
             job.error = "interrupted by a restart of the node (resuming is not supported)".into();
             job.updated_unix_ms = now;

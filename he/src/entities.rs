@@ -1,0 +1,349 @@
+//! The crate's data: keys, ciphertexts, prepared operands, released results and masks, with
+//! their size and bound accessors. The operations live one per module: key generation in
+//! `keys`, encryption and decryption in `encrypt`, products in `product`, packing in `pack`,
+//! release in `release`, bytes in `wire`.
+
+use std::sync::Arc;
+
+use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed};
+use tfhe::core_crypto::prelude::*;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::params::Params;
+use crate::ring::{NttPoly, Ring};
+
+/// One ciphertext (a, b) with full coefficients.
+pub(crate) type Ciphertext = (Vec<u128>, Vec<u128>);
+
+/// A packed result: the full mask polynomial and the body coefficients at the slots.
+pub(crate) type PackedResult = (Vec<u128>, Vec<u128>);
+
+/// Random identifier of a key pair, carried by every ciphertext so that objects of different
+/// keys are never combined silently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; 16]);
+
+/// One block of N encrypted values: the mask `a` is expanded from `seed`, only `b` is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SeededBlock {
+    pub(crate) seed: u128,
+    pub(crate) body: Vec<u128>,
+}
+
+impl SeededBlock {
+    /// (a, b) of a seeded block: a regenerated from the seed by tfhe's mask generator.
+    pub(crate) fn expand(&self, n: usize) -> Ciphertext {
+        let seeded = SeededGlweCiphertext::from_container(
+            self.body.clone(),
+            GlweSize(2),
+            CompressionSeed::from(Seed(self.seed)),
+            CiphertextModulus::new_native(),
+        );
+        let full = seeded.decompress_into_glwe_ciphertext();
+        let (mask, body) = full.get_mask_and_body();
+        debug_assert_eq!(mask.as_ref().len(), n);
+        (mask.as_ref().to_vec(), body.as_ref().to_vec())
+    }
+}
+
+/// The key owner's secret: a binary polynomial. Zeroised on drop, never printed.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SecretKey {
+    #[zeroize(skip)]
+    pub(crate) params: Params,
+    #[zeroize(skip)]
+    pub(crate) id: KeyId,
+    pub(crate) coefficients: Vec<u128>,
+    #[zeroize(skip)]
+    pub(crate) ring: Arc<Ring>,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey({:?}, <secret>)", self.id)
+    }
+}
+
+impl SecretKey {
+    /// The key pair's identifier.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// The secret's binary coefficients as small signed integers, for the NTT product.
+    pub(crate) fn small_key(&self) -> Vec<i64> {
+        self.coefficients.iter().map(|&c| c as i64).collect()
+    }
+}
+
+/// An RLWE public key (a, a·s + e), with `a` stored as a seed. Lets another party re-randomise
+/// and flood ciphertexts under the owner's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    pub(crate) params_id: u8,
+    pub(crate) id: KeyId,
+    pub(crate) seed: u128,
+    pub(crate) body: Vec<u128>,
+}
+
+impl PublicKey {
+    /// The key pair's identifier.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+}
+
+/// Key-switching keys from τ_t(s) to s for t = 2^j + 1, j = 1..=levels; lets the evaluator pack
+/// up to 2^levels results per ciphertext. Public: made by the key owner, sent to evaluators.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PackingKey {
+    pub(crate) params_id: u8,
+    pub(crate) key: KeyId,
+    /// `levels` × `ks_digits` seeded encryptions of digit_weight·τ_t(s).
+    pub(crate) blocks: Vec<Vec<SeededBlock>>,
+    /// The same in NTT form, (a, b) per level and digit, for the evaluator.
+    pub(crate) prepared: Vec<Vec<(NttPoly, NttPoly)>>,
+}
+
+impl std::fmt::Debug for PackingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackingKey({} levels, {:?})", self.levels(), self.key)
+    }
+}
+
+impl PackingKey {
+    /// How many levels (2^levels results per ciphertext at most).
+    pub fn levels(&self) -> u32 {
+        self.blocks.len() as u32
+    }
+
+    /// The key pair's identifier.
+    pub fn key_id(&self) -> KeyId {
+        self.key
+    }
+}
+
+/// A vector of encrypted integers, packed N per ciphertext (≈16 bytes per value on the wire).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncryptedVector {
+    pub(crate) params_id: u8,
+    pub(crate) key: KeyId,
+    pub(crate) len: usize,
+    /// Public bound on |value|, declared at encryption and updated by additions; the evaluator
+    /// uses it to refuse products that could wrap.
+    pub(crate) value_bound: i64,
+    pub(crate) blocks: Vec<SeededBlock>,
+}
+
+impl EncryptedVector {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The declared bound on |value|.
+    pub fn value_bound(&self) -> i64 {
+        self.value_bound
+    }
+
+    /// Bytes of ciphertext payload that cross the wire: a 16-byte seed and N 16-byte body
+    /// coefficients per block.
+    pub fn payload_bytes(&self) -> usize {
+        self.blocks.iter().map(|b| 16 + 16 * b.body.len()).sum()
+    }
+}
+
+/// A host's plaintext matrix X (rows = samples, columns = features), prepared once per data
+/// set: every (block, column) polynomial in NTT form.
+pub struct PreparedMatrix {
+    pub(crate) params_id: u8,
+    pub(crate) rows: usize,
+    pub(crate) columns: usize,
+    /// Σ_i |x_ij| per column, for the overflow check.
+    pub(crate) column_l1: Vec<u64>,
+    /// `ntt[column * blocks + block]`.
+    pub(crate) ntt: Vec<NttPoly>,
+    pub(crate) ring: Arc<Ring>,
+}
+
+impl std::fmt::Debug for PreparedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedMatrix({} × {})", self.rows, self.columns)
+    }
+}
+
+impl PreparedMatrix {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// Bytes of precomputed NTT data.
+    pub fn heap_bytes(&self) -> usize {
+        self.ntt.iter().map(NttPoly::heap_bytes).sum()
+    }
+}
+
+/// Another party's encrypted columns (one [`EncryptedVector`] per column, all of one length and
+/// under one key), transformed once by the evaluator: every later product with a plaintext
+/// vector ([`PublicKey::multiply_columns`]) then costs no transform of the ciphertexts.
+pub struct PreparedColumns {
+    pub(crate) params_id: u8,
+    pub(crate) key: KeyId,
+    pub(crate) rows: usize,
+    pub(crate) blocks: usize,
+    /// `ntt[column * blocks + block]`: the block's (a, b) in NTT form.
+    pub(crate) ntt: Vec<(NttPoly, NttPoly)>,
+    pub(crate) ring: Arc<Ring>,
+}
+
+impl std::fmt::Debug for PreparedColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PreparedColumns({} × {})",
+            self.rows,
+            self.ntt.len() / self.blocks.max(1)
+        )
+    }
+}
+
+impl PreparedColumns {
+    /// Number of rows (values per column).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn columns(&self) -> usize {
+        self.ntt.len() / self.blocks.max(1)
+    }
+
+    /// Bytes of precomputed NTT data.
+    pub fn heap_bytes(&self) -> usize {
+        self.ntt
+            .iter()
+            .map(|(a, b)| a.heap_bytes() + b.heap_bytes())
+            .sum()
+    }
+}
+
+/// X^T v under the key owner's key: one ciphertext per column, the value in its constant
+/// coefficient. Held by the evaluator; only [`MaskedColumns`] may leave it.
+pub struct EncryptedColumns {
+    pub(crate) params_id: u8,
+    pub(crate) key: KeyId,
+    /// Public bound on every |x_j^T v|.
+    pub(crate) bound: i64,
+    pub(crate) columns: Vec<Ciphertext>,
+}
+
+impl EncryptedColumns {
+    /// Number of columns.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// True when there are no columns.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// The public bound on every |result|: the vector's declared bound × the largest column
+    /// l1 norm. It decides how many results [`PublicKey::mask_and_flood`] packs together.
+    pub fn bound(&self) -> i64 {
+        self.bound
+    }
+
+    /// Declares a larger bound, e.g. when the key owner will add these results to other
+    /// evaluators' (see [`Masks::sum`]): every evaluator then packs alike and the sum fits.
+    pub fn widen_bound(&mut self, bound: i64) {
+        self.bound = self.bound.max(bound);
+    }
+}
+
+impl std::fmt::Debug for EncryptedColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncryptedColumns({} columns)", self.columns.len())
+    }
+}
+
+/// Masked, re-randomised and flooded results, safe to send to the key owner: up to 2^levels
+/// results per ciphertext, each sent as its full mask polynomial and the body coefficients at
+/// the slots j·N/2^levels (the other coefficients are never released).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskedColumns {
+    pub(crate) params_id: u8,
+    pub(crate) key: KeyId,
+    pub(crate) levels: u32,
+    pub(crate) columns: usize,
+    pub(crate) packed: Vec<PackedResult>,
+}
+
+impl MaskedColumns {
+    /// Number of results (columns).
+    pub fn len(&self) -> usize {
+        self.columns
+    }
+
+    /// True when there are no results.
+    pub fn is_empty(&self) -> bool {
+        self.columns == 0
+    }
+
+    /// Results per ciphertext: 2^levels.
+    pub fn levels(&self) -> u32 {
+        self.levels
+    }
+
+    /// Bytes of ciphertext payload that cross the wire: per ciphertext, N mask coefficients
+    /// and one body coefficient per result, `released_bits / 8` bytes each.
+    pub fn payload_bytes(&self) -> usize {
+        let coefficient = self.coefficient_bytes();
+        self.packed
+            .iter()
+            .map(|(a, b)| coefficient * (a.len() + b.len()))
+            .sum()
+    }
+
+    /// Bits of the modulus the decrypted results live in: p − ℓ for ℓ packing levels.
+    pub fn modulus_bits(&self) -> u32 {
+        Params::by_id(self.params_id).map_or(0, |p| p.message_bits.saturating_sub(self.levels))
+    }
+
+    /// Bytes per released coefficient on the wire.
+    pub(crate) fn coefficient_bytes(&self) -> usize {
+        Params::by_id(self.params_id).map_or(16, |p| p.released_bits as usize / 8)
+    }
+}
+
+/// The evaluator's uniform masks; removing them from the key owner's decryption gives X^T v.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct Masks {
+    #[zeroize(skip)]
+    pub(crate) message_bits: u32,
+    pub(crate) values: Vec<u64>,
+}
+
+impl std::fmt::Debug for Masks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Masks({} values, <secret>)", self.values.len())
+    }
+}
+
+impl Masks {
+    /// Bits of the modulus the masks live in: p − ℓ for ℓ packing levels.
+    pub fn modulus_bits(&self) -> u32 {
+        self.message_bits
+    }
+}

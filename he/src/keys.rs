@@ -1,0 +1,65 @@
+//! Key generation: the key owner's secret and public key, and the packing keys evaluators
+//! need to pack results before release.
+
+use rayon::prelude::*;
+use tfhe::core_crypto::prelude::*;
+
+use crate::entities::{KeyId, PackingKey, PublicKey, SecretKey};
+use crate::error::HeError;
+use crate::pack::{automorphism, digit_weight};
+use crate::params::Params;
+use crate::random::fresh_seed;
+use crate::ring::ring_for;
+
+impl SecretKey {
+    /// A fresh key pair from the operating system's entropy (through tfhe's seeder and CSPRNG).
+    pub fn generate(params: &Params) -> (SecretKey, PublicKey) {
+        let n = params.poly_size;
+        let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(fresh_seed());
+        let glwe: GlweSecretKey<Vec<u128>> = allocate_and_generate_new_binary_glwe_secret_key(
+            GlweDimension(1),
+            PolynomialSize(n),
+            &mut secret_gen,
+        );
+        let secret = SecretKey {
+            params: *params,
+            id: KeyId(fresh_seed().0.to_le_bytes()),
+            coefficients: glwe.into_container(),
+            ring: ring_for(params),
+        };
+        let zeros = vec![0i64; n];
+        let block = secret.encrypt_block(&zeros);
+        let public = PublicKey {
+            params_id: params.id,
+            id: secret.id,
+            seed: block.seed,
+            body: block.body,
+        };
+        (secret, public)
+    }
+
+    /// Packing keys for up to 2^`levels` results per ciphertext (levels ≤
+    /// `params.max_pack_levels`); evaluators need them to pack (see [`PackingKey`]).
+    pub fn packing_key(&self, levels: u32) -> Result<PackingKey, HeError> {
+        if levels > self.params.max_pack_levels {
+            return Err(HeError::SizeMismatch {
+                what: "packing levels",
+                expected: self.params.max_pack_levels as usize,
+                got: levels as usize,
+            });
+        }
+        let blocks = (1..=levels)
+            .into_par_iter()
+            .map(|level| {
+                let rotated = automorphism(&self.coefficients, (1 << level) + 1);
+                (0..self.params.ks_digits as usize)
+                    .map(|digit| {
+                        let weight = digit_weight(&self.params, digit);
+                        self.encrypt_raw(rotated.iter().map(|c| c.wrapping_mul(weight)).collect())
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(PackingKey::new(&self.params, &self.ring, self.id, blocks))
+    }
+}

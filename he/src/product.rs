@@ -1,0 +1,265 @@
+//! Encrypted vector × plaintext matrix: X^T v for a host's [`PreparedMatrix`] X, and C^T v for
+//! the key owner's [`PreparedColumns`] C. Products are exact in Z/2^128 (the NTT and CRT of
+//! `ring`) and accumulate over blocks in the NTT domain.
+
+use rayon::prelude::*;
+
+use crate::entities::{
+    Ciphertext, EncryptedColumns, EncryptedVector, PreparedColumns, PreparedMatrix, PublicKey,
+};
+use crate::error::HeError;
+use crate::params::{check_params, Params};
+use crate::ring::{ring_for, NttPoly, Ring, MAX_PRODUCT_BITS};
+
+impl PreparedMatrix {
+    /// Prepares `columns` columns of `rows` integers each, column-major
+    /// (`values[column * rows + row]`), every entry within ±`params.max_matrix_abs`.
+    pub fn new(
+        params: &Params,
+        rows: usize,
+        columns: usize,
+        values: &[i64],
+    ) -> Result<Self, HeError> {
+        if values.len() != rows * columns {
+            return Err(HeError::SizeMismatch {
+                what: "matrix entries (rows × columns)",
+                expected: rows * columns,
+                got: values.len(),
+            });
+        }
+        if rows == 0 || rows > params.max_rows {
+            return Err(HeError::SizeMismatch {
+                what: "matrix rows (1..=max_rows)",
+                expected: params.max_rows,
+                got: rows,
+            });
+        }
+        if let Some(index) = values.iter().position(|x| x.abs() > params.max_matrix_abs) {
+            return Err(HeError::MatrixEntryOutOfRange {
+                row: index % rows,
+                column: index / rows,
+                value: values[index],
+                max: params.max_matrix_abs,
+            });
+        }
+        let ring = ring_for(params);
+        let n = params.poly_size;
+        let blocks = rows.div_ceil(n);
+        let column_l1 = values
+            .chunks(rows)
+            .map(|col| col.iter().map(|x| x.unsigned_abs()).sum())
+            .collect();
+        let ntt = (0..columns * blocks)
+            .into_par_iter()
+            .map(|index| {
+                let (column, block) = (index / blocks, index % blocks);
+                let start = column * rows + block * n;
+                let end = column * rows + ((block + 1) * n).min(rows);
+                // P(X) = x_0 − Σ_{i≥1} x_i X^(N−i): the constant coefficient of V·P is Σ v_i x_i.
+                let mut poly = vec![0i64; n];
+                for (i, &x) in values[start..end].iter().enumerate() {
+                    if i == 0 {
+                        poly[0] = x;
+                    } else {
+                        poly[n - i] = -x;
+                    }
+                }
+                ring.forward_small(&poly)
+            })
+            .collect();
+        Ok(PreparedMatrix {
+            params_id: params.id,
+            rows,
+            columns,
+            column_l1,
+            ntt,
+            ring,
+        })
+    }
+}
+
+impl PublicKey {
+    /// Encrypted X^T v: for every column j of `matrix`, Σ_i x_ij·v_i under the owner's key.
+    /// Refuses products whose worst case (declared |v| bound × Σ_i |x_ij|) could wrap.
+    pub fn multiply(
+        &self,
+        params: &Params,
+        vector: &EncryptedVector,
+        matrix: &PreparedMatrix,
+    ) -> Result<EncryptedColumns, HeError> {
+        check_params(params, self.params_id, "public key")?;
+        check_params(params, vector.params_id, "encrypted vector")?;
+        check_params(params, matrix.params_id, "prepared matrix")?;
+        if vector.key != self.id {
+            return Err(HeError::WrongKey {
+                what: "encrypted vector",
+            });
+        }
+        if vector.len != matrix.rows {
+            return Err(HeError::SizeMismatch {
+                what: "encrypted vector length vs matrix rows",
+                expected: matrix.rows,
+                got: vector.len,
+            });
+        }
+        let worst =
+            matrix.column_l1.iter().copied().max().unwrap_or(0) as f64 * vector.value_bound as f64;
+        if worst > params.max_message_abs() as f64 {
+            return Err(HeError::ProductTooLarge {
+                bits: worst.log2(),
+                message_bits: params.message_bits,
+            });
+        }
+        let n = params.poly_size;
+        let blocks = matrix.rows.div_ceil(n);
+        // The exact integer accumulation must stay below the CRT range.
+        debug_assert!(((blocks * n) as f64).log2() + 127.0 + 15.0 < f64::from(MAX_PRODUCT_BITS));
+        let ring = &matrix.ring;
+        let transformed: Vec<(NttPoly, NttPoly)> = vector
+            .blocks
+            .par_iter()
+            .map(|block| {
+                let (a, b) = block.expand(n);
+                (ring.forward_wide(&a), ring.forward_wide(&b))
+            })
+            .collect();
+        let columns = (0..matrix.columns)
+            .into_par_iter()
+            .map(|column| {
+                let x = &matrix.ntt[column * blocks..(column + 1) * blocks];
+                accumulate(ring, n, transformed.iter().zip(x))
+            })
+            .collect();
+        Ok(EncryptedColumns {
+            params_id: params.id,
+            key: self.id,
+            bound: worst as i64,
+            columns,
+        })
+    }
+
+    /// Transforms the key owner's encrypted columns for repeated products (see
+    /// [`PreparedColumns`]). Every column must be under this key and of the same length.
+    pub fn prepare_columns(
+        &self,
+        params: &Params,
+        columns: &[EncryptedVector],
+    ) -> Result<PreparedColumns, HeError> {
+        check_params(params, self.params_id, "public key")?;
+        let rows = columns.first().map_or(0, EncryptedVector::len);
+        if rows == 0 || rows > params.max_rows {
+            return Err(HeError::SizeMismatch {
+                what: "encrypted column rows (1..=max_rows)",
+                expected: params.max_rows,
+                got: rows,
+            });
+        }
+        for column in columns {
+            check_params(params, column.params_id, "encrypted vector")?;
+            if column.key != self.id {
+                return Err(HeError::WrongKey {
+                    what: "encrypted column",
+                });
+            }
+            if column.len != rows {
+                return Err(HeError::SizeMismatch {
+                    what: "encrypted column length",
+                    expected: rows,
+                    got: column.len,
+                });
+            }
+        }
+        let n = params.poly_size;
+        let blocks = rows.div_ceil(n);
+        let ring = ring_for(params);
+        let ntt = columns
+            .par_iter()
+            .flat_map_iter(|column| column.blocks.iter())
+            .map(|block| {
+                let (a, b) = block.expand(n);
+                (ring.forward_wide(&a), ring.forward_wide(&b))
+            })
+            .collect();
+        Ok(PreparedColumns {
+            params_id: params.id,
+            key: self.id,
+            rows,
+            blocks,
+            ntt,
+            ring,
+        })
+    }
+
+    /// Encrypted C^T v for the key owner's encrypted columns C and the evaluator's plaintext
+    /// vector v (a one-column [`PreparedMatrix`]): for every column j, Σ_i c_ij·v_i under the
+    /// owner's key, exact modulo 2^p.
+    ///
+    /// Unlike [`multiply`](Self::multiply) nothing is refused: the results may wrap modulo 2^p
+    /// on purpose (a key owner may encrypt uniform residues, e.g. integrity-check columns).
+    /// `bound` is the public bound the evaluator declares on the results it vouches for; it
+    /// decides the packing level of [`mask_and_flood`](Self::mask_and_flood), so evaluators
+    /// that declare the same bound release alike. The key owner, who knows its columns,
+    /// checks what it decrypts.
+    pub fn multiply_columns(
+        &self,
+        params: &Params,
+        columns: &PreparedColumns,
+        vector: &PreparedMatrix,
+        bound: i64,
+    ) -> Result<EncryptedColumns, HeError> {
+        check_params(params, self.params_id, "public key")?;
+        check_params(params, columns.params_id, "prepared columns")?;
+        check_params(params, vector.params_id, "prepared vector")?;
+        if columns.key != self.id {
+            return Err(HeError::WrongKey {
+                what: "prepared columns",
+            });
+        }
+        if vector.columns != 1 || vector.rows != columns.rows {
+            return Err(HeError::SizeMismatch {
+                what: "plaintext vector rows vs encrypted column rows",
+                expected: columns.rows,
+                got: vector.rows * vector.columns,
+            });
+        }
+        if !(0..=params.max_message_abs()).contains(&bound) {
+            return Err(HeError::MessageOutOfRange {
+                index: 0,
+                value: bound,
+                max: params.max_message_abs(),
+            });
+        }
+        let n = params.poly_size;
+        let blocks = columns.blocks;
+        let ring = &columns.ring;
+        let results = (0..columns.columns())
+            .into_par_iter()
+            .map(|column| {
+                let c = &columns.ntt[column * blocks..(column + 1) * blocks];
+                accumulate(ring, n, c.iter().zip(&vector.ntt))
+            })
+            .collect();
+        Ok(EncryptedColumns {
+            params_id: params.id,
+            key: self.id,
+            bound,
+            columns: results,
+        })
+    }
+}
+
+/// Σ_b (a_b, b_b)·x_b over the blocks of one column, accumulated in the NTT domain: the
+/// ciphertext of that column's inner product.
+fn accumulate<'a>(
+    ring: &Ring,
+    n: usize,
+    terms: impl Iterator<Item = (&'a (NttPoly, NttPoly), &'a NttPoly)>,
+) -> Ciphertext {
+    let mut acc_a = NttPoly::zero(n);
+    let mut acc_b = NttPoly::zero(n);
+    for ((a, b), x) in terms {
+        ring.mul_accumulate(&mut acc_a, a, x);
+        ring.mul_accumulate(&mut acc_b, b, x);
+    }
+    (ring.inverse(acc_a), ring.inverse(acc_b))
+}

@@ -1,0 +1,176 @@
+//! `unseen train` and `unseen job …`: submit, follow, list, show, cancel.
+
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::Channel;
+
+use crate::proto::jobs_client::JobsClient;
+use crate::proto::{self, JobRef, ListJobsRequest, SubmitRequest};
+
+use super::output::*;
+use super::*;
+
+pub(super) async fn submit(
+    client: &mut JobsClient<Channel>,
+    spec: &Path,
+) -> Result<proto::JobStatus, String> {
+    let spec_toml =
+        std::fs::read_to_string(spec).map_err(|e| format!("{}: {e}", spec.display()))?;
+    client
+        .submit(SubmitRequest { spec_toml })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| format!("{}: {}", spec.display(), status_error(s)))
+}
+
+/// Follows a job until it ends; prints progress bars (or JSON lines) and a summary, and fails
+/// with the reason when the job does not succeed.
+pub async fn follow(
+    client: &mut JobsClient<Channel>,
+    job_id: &str,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let mut stream = client
+        .watch(JobRef {
+            job_id: job_id.to_owned(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let psi = ProgressBar::hidden();
+    let epochs = ProgressBar::hidden();
+    if !json {
+        psi.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        psi.set_length(1000);
+        psi.set_style(
+            ProgressStyle::with_template("PSI      [{bar:40}] {percent:>3}% {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+    }
+    let mut last_state = String::new();
+    while let Some(event) = stream.message().await.map_err(status_error)? {
+        if json {
+            println!("{}", event_json(&event));
+            continue;
+        }
+        psi.set_position((event.psi_progress * 1000.0) as u64);
+        if event.state == "training" && epochs.is_hidden() && event.max_epochs > 0 {
+            psi.finish_with_message(format!("{} rows aligned", event.aligned_rows));
+            epochs.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            epochs.set_length(u64::from(event.max_epochs));
+            epochs.set_style(
+                ProgressStyle::with_template("training [{bar:40}] {pos}/{len} epochs {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+        }
+        if event.epoch > 0 {
+            epochs.set_position(u64::from(event.epoch));
+            epochs.set_message(loss_line(&event));
+        }
+        if event.state != last_state {
+            psi.println(format!("{}: {}", event.state, event.message));
+            last_state = event.state.clone();
+        }
+    }
+    psi.finish_and_clear();
+    epochs.finish_and_clear();
+    let status = client
+        .get(JobRef {
+            job_id: job_id.to_owned(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        println!("{}", status_json(&status));
+    } else {
+        print_status(&status);
+    }
+    let _ = std::io::stdout().flush();
+    match status.state.as_str() {
+        "succeeded" => Ok(ExitCode::SUCCESS),
+        state => Err(format!("job {job_id} {state}: {}", status.error)),
+    }
+}
+
+pub(super) async fn job_command(command: JobCommand) -> Result<ExitCode, String> {
+    match command {
+        JobCommand::Submit { target, spec } => {
+            let mut client = connect(&target).await?;
+            let status = submit(&mut client, &spec).await?;
+            if target.json {
+                println!("{}", status_json(&status));
+            } else {
+                println!("{}", status.job_id);
+            }
+        }
+        JobCommand::Watch { target, job } => {
+            let mut client = connect(&target).await?;
+            return follow(&mut client, &job, target.json).await;
+        }
+        JobCommand::List { target } => {
+            let mut client = connect(&target).await?;
+            let jobs = client
+                .list(ListJobsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .jobs;
+            if target.json {
+                let all: Vec<_> = jobs.iter().map(status_json).collect();
+                println!("{}", serde_json::Value::Array(all));
+            } else {
+                println!(
+                    "{:<32}  {:<5}  {:<10}  {:<20}  {:>6}  final model",
+                    "job", "role", "state", "model", "epochs"
+                );
+                for s in &jobs {
+                    println!(
+                        "{:<32}  {:<5}  {:<10}  {:<20}  {:>6}  {}",
+                        s.job_id,
+                        s.role,
+                        s.state,
+                        s.model_id,
+                        s.epochs,
+                        metrics_line(if s.validation.is_some() {
+                            &s.validation
+                        } else {
+                            &s.train
+                        })
+                    );
+                }
+            }
+        }
+        JobCommand::Status { target, job } => {
+            let mut client = connect(&target).await?;
+            let status = client
+                .get(JobRef { job_id: job })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if target.json {
+                println!("{}", status_json(&status));
+            } else {
+                print_status(&status);
+            }
+        }
+        JobCommand::Cancel { target, job } => {
+            let mut client = connect(&target).await?;
+            let status = client
+                .cancel(JobRef { job_id: job })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if target.json {
+                println!("{}", status_json(&status));
+            } else {
+                println!(
+                    "cancel requested: job {} was {}",
+                    status.job_id, status.state
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

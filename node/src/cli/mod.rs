@@ -1,0 +1,322 @@
+//! The `unseen` command line: the daemon (`serve`), the modeller's commands (`train`, `job`,
+//! `model`) and certificates for a test federation (`cert`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::NodeConfig;
+use crate::proto::jobs_client::JobsClient;
+
+mod audit;
+mod jobs;
+mod models;
+mod output;
+
+pub use jobs::follow;
+pub use output::{band_name, print_scores};
+
+use crate::tls::Identity;
+use audit::audit_command;
+use jobs::{job_command, submit};
+use models::{model_command, score};
+
+/// unseen: private set intersection and vertical federated logistic regression for joint
+/// credit modelling.
+#[derive(Parser, Debug)]
+#[command(name = "unseen", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a node (until SIGINT or SIGTERM).
+    Serve {
+        /// The node's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Submits a training job and follows it to the end (exit status 1 if it fails).
+    Train {
+        #[command(flatten)]
+        target: Target,
+        /// The TOML job spec.
+        spec: PathBuf,
+    },
+    /// Jobs on a node.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Models (this node's parts) on a node.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Scores ids with a model (as a platform: the identity must be a scoring client).
+    Score {
+        #[command(flatten)]
+        target: Target,
+        /// Model id.
+        #[arg(long)]
+        model: String,
+        /// Enterprise ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// The node's hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Creates a CA and certificates for a test federation.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct Target {
+    /// The node as NAME@HOST:PORT (NAME is the name in its certificate).
+    #[arg(long, env = "UNSEEN_NODE")]
+    node: String,
+    /// Directory with ca.crt, node.crt and node.key of an operator (see `unseen cert`).
+    #[arg(long, env = "UNSEEN_IDENTITY")]
+    identity: PathBuf,
+    /// Machine-readable JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum JobCommand {
+    /// Submits a job and returns at once.
+    Submit {
+        #[command(flatten)]
+        target: Target,
+        /// The TOML job spec.
+        spec: PathBuf,
+    },
+    /// Follows a job's progress to the end.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        /// Job id.
+        job: String,
+    },
+    /// Lists jobs.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Shows a job.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Job id.
+        job: String,
+    },
+    /// Cancels a job (its peers are told to stop).
+    Cancel {
+        #[command(flatten)]
+        target: Target,
+        /// Job id.
+        job: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Lists models.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Prints a model part (JSON) and its training report.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// Model id.
+        model: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Checks the hash chain; exit status 1 and the first broken record if it does not hold.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Prints audit records.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// Only this job's records.
+        #[arg(long)]
+        job: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Creates a CA in DIR and a certificate for each NAME (DIR/NAME/{ca.crt,node.crt,node.key}).
+    Init {
+        /// Output directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Party and operator names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Issues certificates for more names with the CA in DIR.
+    Issue {
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Runs a parsed command line; `Err` is the message to print.
+pub fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Train { target, spec } => runtime()?.block_on(async {
+            let mut client = connect(&target).await?;
+            let status = submit(&mut client, &spec).await?;
+            if !target.json {
+                eprintln!("job {} submitted to {}", status.job_id, target.node);
+            }
+            follow(&mut client, &status.job_id, target.json).await
+        }),
+        Command::Job { command } => runtime()?.block_on(job_command(command)),
+        Command::Model { command } => runtime()?.block_on(model_command(command)),
+        Command::Score { target, model, ids } => runtime()?.block_on(score(target, model, ids)),
+        Command::Audit { command } => runtime()?.block_on(audit_command(command)),
+        Command::Cert { command } => {
+            let (dir, names) = match &command {
+                CertCommand::Init { dir, names } => {
+                    crate::certs::init(dir, names).map_err(|e| e.to_string())?;
+                    (dir, names)
+                }
+                CertCommand::Issue { dir, names } => {
+                    crate::certs::issue(dir, names).map_err(|e| e.to_string())?;
+                    (dir, names)
+                }
+            };
+            for name in names {
+                println!("{}", dir.join(name).display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(path: &Path) -> Result<ExitCode, String> {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = NodeConfig::load(path).map_err(|e| e.to_string())?;
+    runtime()?.block_on(async {
+        let node = crate::start(config).await.map_err(|e| e.to_string())?;
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await.map_err(|e| e.to_string())?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Opens a mutually authenticated channel to a node given as NAME@HOST:PORT.
+pub async fn channel(node: &str, identity_dir: &Path) -> Result<Channel, String> {
+    let (name, address) = node
+        .split_once('@')
+        .ok_or_else(|| format!("--node {node:?}: expected NAME@HOST:PORT"))?;
+    let identity = Identity::load_dir(identity_dir).map_err(|e| e.to_string())?;
+    Endpoint::from_shared(format!("https://{address}"))
+        .map_err(|e| format!("--node {node:?}: {e}"))?
+        .tls_config(identity.client_config(name))
+        .map_err(|e| format!("TLS: {e}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {node}: {}", error_chain(&e)))
+}
+
+async fn connect(target: &Target) -> Result<JobsClient<Channel>, String> {
+    Ok(JobsClient::new(
+        channel(&target.node, &target.identity).await?,
+    ))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
+fn status_error(status: tonic::Status) -> String {
+    if status.message().is_empty() {
+        error_chain(&status)
+    } else {
+        status.message().to_owned()
+    }
+}

@@ -1,0 +1,409 @@
+//! Whether this node takes part in a job: pure checks of a job spec (guest) and of a proposal
+//! and its training offer (host) against the configuration and what the node already holds.
+//! Each refusal is a typed [`Refusal`] whose text is the reply; nothing here touches the
+//! network or the store.
+
+use fedlearn::Proposal;
+
+use crate::config::{valid_name, NodeConfig, PolicyRule};
+use crate::error::{NodeError, Refusal};
+use crate::proto::JobProposal;
+use crate::spec::JobSpec;
+use crate::store::JobRecord;
+use crate::wire::FEDERATION_VERSION;
+
+/// Guest: a spec names a dataset of this node that holds labels, and hosts that are peers.
+pub fn check_spec(config: &NodeConfig, spec: &JobSpec) -> Result<(), NodeError> {
+    let dataset = config.datasets.get(&spec.dataset).ok_or_else(|| {
+        NodeError::Spec(format!(
+            "dataset: {:?} is not a dataset of {} (known: {})",
+            spec.dataset,
+            config.party,
+            config
+                .datasets
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    if dataset.label_column.is_none() {
+        return Err(NodeError::Spec(format!(
+            "dataset: {:?} has no label_column; the guest's dataset holds the labels",
+            spec.dataset
+        )));
+    }
+    for (i, host) in spec.hosts.iter().enumerate() {
+        if config.peer(&host.party).is_none() {
+            return Err(NodeError::Spec(format!(
+                "hosts[{i}].party: {:?} is not a peer of {}",
+                host.party, config.party
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Host: what the configuration alone says of a proposal; returns the policy rule that
+/// allows it.
+pub fn check_proposal<'c>(
+    config: &'c NodeConfig,
+    proposal: &JobProposal,
+) -> Result<&'c PolicyRule, Refusal> {
+    if proposal.version != FEDERATION_VERSION {
+        return Err(Refusal::Version {
+            got: proposal.version,
+        });
+    }
+    if proposal.job_id.len() != 32 || !proposal.job_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Refusal::BadJobId);
+    }
+    if !valid_name(&proposal.model_id) {
+        return Err(Refusal::BadName {
+            key: "model_id",
+            name: proposal.model_id.chars().take(64).collect(),
+        });
+    }
+    if proposal.kind != "train" {
+        return Err(Refusal::JobKind {
+            kind: proposal.kind.chars().take(64).collect(),
+        });
+    }
+    let rule = config.allows(&proposal.guest, &proposal.kind, &proposal.dataset)?;
+    check_shape(config, rule, proposal)?;
+    let distinct: std::collections::BTreeSet<&String> = proposal.hosts.iter().collect();
+    if distinct.len() != proposal.hosts.len() || distinct.contains(&proposal.guest) {
+        return Err(Refusal::HostsNotDistinct);
+    }
+    if !proposal.hosts.contains(&config.party) {
+        return Err(Refusal::NotAHost {
+            party: config.party.clone(),
+        });
+    }
+    if let Some(host) = proposal
+        .hosts
+        .iter()
+        .find(|h| **h != config.party && config.peer(h).is_none())
+    {
+        return Err(Refusal::UnknownHost {
+            host: host.clone(),
+            party: config.party.clone(),
+        });
+    }
+    Ok(rule)
+}
+
+/// The policy's limits on a proposed job's shape, before anything runs: the guest's features
+/// and the batch size it announces (0: whole batches, checked on the offer).
+fn check_shape(config: &NodeConfig, rule: &PolicyRule, p: &JobProposal) -> Result<(), Refusal> {
+    if p.guest_features > rule.max_guest_features {
+        return Err(Refusal::GuestFeatures {
+            party: config.party.clone(),
+            guest: p.guest.clone(),
+            dataset: p.dataset.clone(),
+            got: p.guest_features,
+            max: rule.max_guest_features,
+        });
+    }
+    if p.batch_rows != 0 && p.batch_rows < rule.min_batch_rows {
+        return Err(batch_rows(config, rule, p, p.batch_rows));
+    }
+    Ok(())
+}
+
+fn batch_rows(config: &NodeConfig, rule: &PolicyRule, p: &JobProposal, rows: u64) -> Refusal {
+    Refusal::BatchRows {
+        party: config.party.clone(),
+        guest: p.guest.clone(),
+        dataset: p.dataset.clone(),
+        rows,
+        min: rule.min_batch_rows,
+    }
+}
+
+/// A proposal whose job id this node knows: `Ok` for a retry of the same proposal (the first
+/// reply was lost) while the job runs; a refusal otherwise.
+pub fn check_known(proposal: &JobProposal, known: &JobRecord) -> Result<(), Refusal> {
+    let same = known.role == "host"
+        && known.peers == [proposal.guest.clone()]
+        && known.dataset == proposal.dataset
+        && known.model_id == proposal.model_id;
+    if !same {
+        return Err(Refusal::JobKnown {
+            job: proposal.job_id.clone(),
+        });
+    }
+    if known.is_final() {
+        return Err(Refusal::JobEnded {
+            job: proposal.job_id.clone(),
+            state: known.state.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// A new job: its model id is free here and the guest has budget left on the dataset
+/// (`disclosed` models counted against `max_models`).
+pub fn check_new(
+    config: &NodeConfig,
+    rule: &PolicyRule,
+    proposal: &JobProposal,
+    model_in_use: bool,
+    disclosed: usize,
+) -> Result<(), Refusal> {
+    if model_in_use {
+        return Err(Refusal::ModelInUse {
+            model: proposal.model_id.clone(),
+            party: config.party.clone(),
+        });
+    }
+    if disclosed >= rule.max_models as usize {
+        return Err(Refusal::Budget {
+            guest: proposal.guest.clone(),
+            dataset: proposal.dataset.clone(),
+            party: config.party.clone(),
+            disclosed,
+            max: rule.max_models,
+        });
+    }
+    Ok(())
+}
+
+/// Host, after PSI: the guest's training offer matches the accepted proposal and its batches
+/// of the `aligned_rows` rows are at least the policy's minimum.
+pub fn check_offer(
+    config: &NodeConfig,
+    proposal: &JobProposal,
+    offered: &Proposal,
+    aligned_rows: usize,
+) -> Result<(), Refusal> {
+    let validation = (aligned_rows as f64 * offered.config.validation_fraction).round() as usize;
+    let train_rows = aligned_rows.saturating_sub(validation);
+    let batch = offered
+        .config
+        .batch_size
+        .map_or(train_rows, |b| b.min(train_rows)) as u64;
+    let rule = config.allows(&proposal.guest, "train", &proposal.dataset)?;
+    if batch < rule.min_batch_rows {
+        return Err(batch_rows(config, rule, proposal, batch));
+    }
+    let batch_rows = offered.config.batch_size.map_or(0, |b| b as u64);
+    if offered.model_id != proposal.model_id
+        || offered.hosts != proposal.hosts
+        || batch_rows != proposal.batch_rows
+        || offered.features != proposal.guest_features
+    {
+        return Err(Refusal::OfferDiffers);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        let text = r#"
+            party = "tax"
+            listen = "127.0.0.1:7002"
+            data_dir = "data"
+            operators = ["tax-operator"]
+            [tls]
+            cert = "node.crt"
+            key = "node.key"
+            ca = "ca.crt"
+            [[peers]]
+            name = "bank"
+            address = "127.0.0.1:7001"
+            [[peers]]
+            name = "utilities"
+            address = "127.0.0.1:7003"
+            [datasets.filings]
+            path = "tax.csv"
+            id_column = "id"
+            [[policy]]
+            peer = "bank"
+            jobs = ["train", "score"]
+            datasets = ["filings"]
+            max_models = 2
+            min_batch_rows = 1024
+            max_guest_features = 10
+        "#;
+        // Validation wants the files it names to exist.
+        let dir = std::env::temp_dir().join(format!("unseen-admission-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["node.crt", "node.key", "ca.crt", "tax.csv"] {
+            std::fs::write(dir.join(file), "").unwrap();
+        }
+        NodeConfig::parse(&dir.join("tax.toml"), text).unwrap()
+    }
+
+    fn proposal() -> JobProposal {
+        JobProposal {
+            version: FEDERATION_VERSION,
+            job_id: "0123456789abcdef0123456789abcdef".into(),
+            kind: "train".into(),
+            guest: "bank".into(),
+            dataset: "filings".into(),
+            hosts: vec!["tax".into(), "utilities".into()],
+            model_id: "sme-2026".into(),
+            batch_rows: 4096,
+            guest_features: 8,
+        }
+    }
+
+    fn refused(change: impl FnOnce(&mut JobProposal)) -> Refusal {
+        let mut p = proposal();
+        change(&mut p);
+        check_proposal(&config(), &p).unwrap_err()
+    }
+
+    #[test]
+    fn a_proposal_within_the_policy_is_admitted() {
+        let config = config();
+        let rule = check_proposal(&config, &proposal()).unwrap();
+        assert_eq!(rule.peer, "bank");
+        check_new(&config, rule, &proposal(), false, 1).unwrap();
+    }
+
+    #[test]
+    fn each_proposal_fault_has_its_refusal() {
+        assert_eq!(refused(|p| p.version = 9), Refusal::Version { got: 9 });
+        assert_eq!(refused(|p| p.job_id = "xyz".into()), Refusal::BadJobId);
+        assert_eq!(
+            refused(|p| p.job_id = "g".repeat(32)),
+            Refusal::BadJobId,
+            "non-hex digits"
+        );
+        assert!(matches!(
+            refused(|p| p.model_id = "../etc".into()),
+            Refusal::BadName {
+                key: "model_id",
+                ..
+            }
+        ));
+        assert!(matches!(
+            refused(|p| p.kind = "score".into()),
+            Refusal::JobKind { .. }
+        ));
+        assert!(matches!(
+            refused(|p| p.dataset = "loans".into()),
+            Refusal::NoDataset { .. }
+        ));
+        assert!(matches!(
+            refused(|p| p.guest = "utilities".into()),
+            Refusal::Policy { .. }
+        ));
+        assert!(matches!(
+            refused(|p| p.guest_features = 11),
+            Refusal::GuestFeatures {
+                got: 11,
+                max: 10,
+                ..
+            }
+        ));
+        assert!(matches!(
+            refused(|p| p.batch_rows = 512),
+            Refusal::BatchRows {
+                rows: 512,
+                min: 1024,
+                ..
+            }
+        ));
+        assert_eq!(
+            refused(|p| p.hosts = vec!["tax".into(), "tax".into()]),
+            Refusal::HostsNotDistinct,
+            "a host listed twice"
+        );
+        assert_eq!(
+            refused(|p| p.hosts.push("bank".into())),
+            Refusal::HostsNotDistinct,
+            "the guest among the hosts"
+        );
+        assert!(matches!(
+            refused(|p| p.hosts = vec!["utilities".into()]),
+            Refusal::NotAHost { .. }
+        ));
+        assert!(matches!(
+            refused(|p| p.hosts.push("power".into())),
+            Refusal::UnknownHost { host, .. } if host == "power"
+        ));
+    }
+
+    #[test]
+    fn known_jobs_models_and_budgets_are_refused() {
+        let config = config();
+        let p = proposal();
+        let rule = check_proposal(&config, &p).unwrap();
+        let known = JobRecord {
+            job_id: p.job_id.clone(),
+            role: "host".into(),
+            state: "training".into(),
+            peers: vec!["bank".into()],
+            dataset: p.dataset.clone(),
+            model_id: p.model_id.clone(),
+            ..JobRecord::default()
+        };
+        check_known(&p, &known).expect("a retried proposal of a running job");
+        let ended = JobRecord {
+            state: "succeeded".into(),
+            ..known.clone()
+        };
+        assert!(matches!(
+            check_known(&p, &ended),
+            Err(Refusal::JobEnded { state, .. }) if state == "succeeded"
+        ));
+        let other = JobRecord {
+            model_id: "another".into(),
+            ..known
+        };
+        assert!(matches!(
+            check_known(&p, &other),
+            Err(Refusal::JobKnown { .. })
+        ));
+        assert!(matches!(
+            check_new(&config, rule, &p, true, 0),
+            Err(Refusal::ModelInUse { .. })
+        ));
+        assert!(matches!(
+            check_new(&config, rule, &p, false, 2),
+            Err(Refusal::Budget {
+                disclosed: 2,
+                max: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_offer_must_match_the_proposal_and_the_minimum_batch() {
+        let config = config();
+        let p = proposal();
+        let offer = Proposal {
+            job: [0; 16],
+            model_id: p.model_id.clone(),
+            config: fedlearn::TrainConfig {
+                batch_size: Some(4096),
+                validation_fraction: 0.0,
+                ..fedlearn::TrainConfig::default()
+            },
+            rows: 10_000,
+            hosts: p.hosts.clone(),
+            features: p.guest_features,
+        };
+        check_offer(&config, &p, &offer, 10_000).unwrap();
+        // Few aligned rows make the batches small whatever the announced size.
+        assert!(matches!(
+            check_offer(&config, &p, &offer, 1000),
+            Err(Refusal::BatchRows { rows: 1000, .. })
+        ));
+        let more_features = Proposal {
+            features: 9,
+            ..offer
+        };
+        assert_eq!(
+            check_offer(&config, &p, &more_features, 10_000),
+            Err(Refusal::OfferDiffers)
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! A job's connection to its peers: numbered sends through the federation service, ordered
+//! receives from the mailbox, traffic counted per peer, direction and kind.
+
+use std::collections::HashMap;
+
+use fedlearn::{Message, Transport};
+use serde_json::json;
+
+use crate::error::{NodeError, PeerFault};
+use crate::mailbox::{Delivery, ReceiveError};
+use crate::registry::JobHandle;
+use crate::state::NodeState;
+use crate::wire::psi::{decode_psi, encode_psi, kind as psi_kind, Body};
+use crate::wire::DeliveryKind;
+
+/// A job's connection to its peers.
+pub(crate) struct Link<'a> {
+    pub(crate) node: &'a NodeState,
+    job: &'a JobHandle,
+    next_seq: HashMap<String, u64>,
+}
+
+impl<'a> Link<'a> {
+    pub(crate) fn new(node: &'a NodeState, job: &'a JobHandle) -> Link<'a> {
+        Link {
+            node,
+            job,
+            next_seq: HashMap::new(),
+        }
+    }
+
+    /// Sends one numbered message (an abort is unnumbered for the receiver). A cancelled
+    /// job sends nothing but aborts.
+    pub(crate) fn send_raw(
+        &mut self,
+        to: &str,
+        kind: DeliveryKind,
+        bytes: Vec<u8>,
+        retry: bool,
+    ) -> Result<(), NodeError> {
+        if kind != DeliveryKind::Abort && self.job.is_cancelled() {
+            return Err(NodeError::Cancelled("cancelled by the operator".into()));
+        }
+        let seq = self.next_seq.entry(to.to_owned()).or_insert(0);
+        let this = *seq;
+        *seq += 1;
+        self.node.runtime.block_on(self.node.peers.deliver(
+            to,
+            self.job.id(),
+            this,
+            kind.as_str(),
+            &bytes,
+            retry,
+        ))?;
+        self.job.add_sent(bytes.len());
+        Ok(())
+    }
+
+    /// The next delivery from `from`, within the receive timeout.
+    pub(crate) fn receive_raw(&mut self, from: &str) -> Result<Delivery, NodeError> {
+        let timeout = self.node.config.federation.receive_timeout();
+        match self.node.mailbox.receive(self.job.id(), from, timeout) {
+            Ok(delivery) => {
+                self.job.add_received(delivery.bytes.len());
+                Ok(delivery)
+            }
+            Err(ReceiveError::Timeout) => Err(NodeError::Peer {
+                peer: from.to_owned(),
+                fault: PeerFault::Silent {
+                    seconds: timeout.as_secs(),
+                },
+            }),
+            Err(ReceiveError::Closed(reason)) if self.job.is_cancelled() => {
+                Err(NodeError::Cancelled(reason))
+            }
+            Err(ReceiveError::Closed(reason)) => Err(NodeError::Stopped(reason)),
+        }
+    }
+
+    /// Counts one message for the audit log.
+    pub(crate) fn count(&self, peer: &str, direction: &'static str, kind: String, bytes: usize) {
+        self.job.count(peer, direction, kind, bytes);
+    }
+
+    pub(crate) fn send_psi(&mut self, to: &str, body: Body) -> Result<(), NodeError> {
+        let kind = format!("psi.{}", psi_kind(&body));
+        let bytes = encode_psi(body);
+        let length = bytes.len();
+        self.send_raw(to, DeliveryKind::Psi, bytes, true)?;
+        self.count(to, "sent", kind, length);
+        Ok(())
+    }
+
+    pub(crate) fn receive_psi(&mut self, from: &str) -> Result<Body, NodeError> {
+        let delivery = self.receive_raw(from)?;
+        if delivery.kind != DeliveryKind::Psi {
+            return Err(NodeError::Peer {
+                peer: from.to_owned(),
+                fault: PeerFault::WrongKind {
+                    got: delivery.kind.to_string(),
+                    phase: "PSI",
+                },
+            });
+        }
+        let body = decode_psi(from, &delivery.bytes)?;
+        self.count(
+            from,
+            "received",
+            format!("psi.{}", psi_kind(&body)),
+            delivery.bytes.len(),
+        );
+        Ok(body)
+    }
+}
+
+impl Transport for Link<'_> {
+    fn send(&mut self, to: &str, message: Message) -> Result<(), fedlearn::FedError> {
+        let bytes = message.to_bytes();
+        let length = bytes.len();
+        self.send_raw(to, DeliveryKind::Fedlearn, bytes, true)
+            .map_err(|e| fedlearn::FedError::Transport {
+                peer: to.to_owned(),
+                reason: e.to_string(),
+            })?;
+        self.count(to, "sent", format!("fedlearn.{}", message.kind()), length);
+        Ok(())
+    }
+
+    fn receive(&mut self, from: &str) -> Result<Message, fedlearn::FedError> {
+        let delivery = self
+            .receive_raw(from)
+            .map_err(|e| fedlearn::FedError::Transport {
+                peer: from.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if delivery.kind != DeliveryKind::Fedlearn {
+            return Err(fedlearn::FedError::Protocol {
+                peer: from.to_owned(),
+                reason: format!("a {:?} message during training", delivery.kind.as_str()),
+            });
+        }
+        let message = Message::from_bytes(&delivery.bytes)?;
+        self.count(
+            from,
+            "received",
+            format!("fedlearn.{}", message.kind()),
+            delivery.bytes.len(),
+        );
+        Ok(message)
+    }
+}
+
+/// Tells every peer of a job that it stopped (one attempt each; the peers' receive timeouts
+/// cover a peer this does not reach).
+pub(crate) fn abort_peers(node: &NodeState, job: &JobHandle, peers: &[String], reason: &str) {
+    let mut link = Link::new(node, job);
+    crate::audit::record(
+        &node.store,
+        "job.abort_sent",
+        job.id(),
+        &peers.join(","),
+        json!({"reason": reason}),
+    );
+    for peer in peers {
+        if let Err(e) = link.send_raw(peer, DeliveryKind::Abort, reason.as_bytes().to_vec(), false)
+        {
+            tracing::warn!(job = %job.id(), %peer, error = %e, "could not tell a peer the job stopped");
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Jobs: submission (guest) and acceptance (host), the blocking job runners (PSI, then
+//! training), and how a job ends.
+//!
+//! A training job: the guest proposes it to every host; each host checks its policy
+//! ([`admission`]) and registers the job; the guest runs PSI with all hosts ([`psi`]); every
+//! party selects its aligned rows and runs fedlearn over [`link::Link`], a
+//! [`fedlearn::Transport`] on top of the federation service ([`run`]); each party stores its
+//! own model part, and the hosts agree their scoring seeds ([`seeds`]). Protocol code runs on
+//! a thread per job; network calls go through the node's tokio runtime.
+
+pub mod admission;
+mod link;
+mod psi;
+mod run;
+mod seeds;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::error::NodeError;
+use crate::proto::JobProposal;
+use crate::registry::JobHandle;
+use crate::spec::JobSpec;
+use crate::state::NodeState;
+use crate::store::JobRecord;
+
+impl NodeState {
+    /// A live job, if this node runs it now.
+    pub fn live(&self, job_id: &str) -> Option<Arc<JobHandle>> {
+        self.jobs.live(job_id)
+    }
+
+    /// A job's record, live or stored.
+    pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, NodeError> {
+        match self.live(job_id) {
+            Some(handle) => Ok(Some(handle.record())),
+            None => self.store.job(job_id),
+        }
+    }
+
+    /// Guest: checks a spec against this node and starts the job.
+    pub fn submit(self: &Arc<Self>, spec_toml: &str) -> Result<JobRecord, NodeError> {
+        let spec = JobSpec::parse(spec_toml)?;
+        admission::check_spec(&self.config, &spec)?;
+        let _one_at_a_time = self.jobs.admission();
+        if self.model_in_use(&spec.model_id)? {
+            return Err(NodeError::Spec(format!(
+                "model_id: {:?} already exists on {}",
+                spec.model_id, self.config.party
+            )));
+        }
+        let mut id = [0u8; 16];
+        rand::fill(&mut id);
+        let now = crate::clock::now_ms();
+        let handle = self.jobs.open(
+            &self.store,
+            JobRecord {
+                job_id: hex::encode(id),
+                kind: "train".into(),
+                role: "guest".into(),
+                state: "queued".into(),
+                model_id: spec.model_id.clone(),
+                created_unix_ms: now,
+                updated_unix_ms: now,
+                peers: spec.hosts.iter().map(|h| h.party.clone()).collect(),
+                dataset: spec.dataset.clone(),
+                max_epochs: spec.train.max_epochs as u32,
+                ..JobRecord::default()
+            },
+        )?;
+        let participants = spec.hosts.iter().map(|h| h.party.clone());
+        self.mailbox.register(handle.id(), participants);
+        handle.state_event(&self.store, "queued", "submitted");
+        self.metrics
+            .add("unseen_jobs_started_total", &[("role", "guest")], 1.0);
+        tracing::info!(job = %handle.id(), model = %spec.model_id, "job submitted");
+        self.spawn(handle.clone(), move |node, job| node.run_guest(job, &spec))?;
+        Ok(handle.record())
+    }
+
+    /// Host: applies the policy to a proposal and, if allowed, starts the host's side. A
+    /// retried proposal of a job that runs is accepted again.
+    pub fn accept_proposal(self: &Arc<Self>, proposal: &JobProposal) -> Result<(), NodeError> {
+        let rule = admission::check_proposal(&self.config, proposal)?;
+        let _one_at_a_time = self.jobs.admission();
+        if let Some(known) = self.job(&proposal.job_id)? {
+            return Ok(admission::check_known(proposal, &known)?);
+        }
+        let in_use = self.model_in_use(&proposal.model_id)?;
+        let disclosed = self.disclosures(&proposal.guest, &proposal.dataset)?;
+        admission::check_new(&self.config, rule, proposal, in_use, disclosed)?;
+        let now = crate::clock::now_ms();
+        let handle = self.jobs.open(
+            &self.store,
+            JobRecord {
+                job_id: proposal.job_id.clone(),
+                kind: proposal.kind.clone(),
+                role: "host".into(),
+                state: "queued".into(),
+                model_id: proposal.model_id.clone(),
+                created_unix_ms: now,
+                updated_unix_ms: now,
+                peers: vec![proposal.guest.clone()],
+                dataset: proposal.dataset.clone(),
+                ..JobRecord::default()
+            },
+        )?;
+        let participants = std::iter::once(proposal.guest.clone()).chain(
+            proposal
+                .hosts
+                .iter()
+                .filter(|h| **h != self.config.party)
+                .cloned(),
+        );
+        self.mailbox.register(handle.id(), participants);
+        handle.state_event(
+            &self.store,
+            "queued",
+            format!("accepted from {}", proposal.guest),
+        );
+        self.metrics
+            .add("unseen_jobs_started_total", &[("role", "host")], 1.0);
+        tracing::info!(job = %handle.id(), guest = %proposal.guest, dataset = %proposal.dataset, "job accepted");
+        let proposal = proposal.clone();
+        self.spawn(handle, move |node, job| node.run_host(job, &proposal))
+    }
+
+    /// Runs a job's protocol on its own thread and always finishes it — also when the
+    /// protocol panics or the thread cannot start.
+    fn spawn(
+        self: &Arc<Self>,
+        job: Arc<JobHandle>,
+        run: impl FnOnce(&NodeState, &Arc<JobHandle>) -> Result<String, NodeError> + Send + 'static,
+    ) -> Result<(), NodeError> {
+        let node = self.clone();
+        let handle = job.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("job-{}", &job.id()[..8]))
+            .spawn(move || {
+                let started = Instant::now();
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&node, &handle)))
+                        .unwrap_or_else(|_| {
+                            Err(NodeError::Server(
+                                "internal error: the job's thread panicked".into(),
+                            ))
+                        });
+                node.finish(&handle, result, started);
+            });
+        spawned.map(|_| ()).map_err(|e| {
+            let error = NodeError::Server(format!("cannot start a job thread: {e}"));
+            self.finish(
+                &job,
+                Err(NodeError::Server(error.to_string())),
+                Instant::now(),
+            );
+            error
+        })
+    }
+
+    /// Models of this node's `dataset` whose per-row scores reached or may reach `guest`,
+    /// counted fail-closed: every host job with `guest` on `dataset` that is still running or
+    /// got past PSI into training (it may have revealed its final scores even if it failed
+    /// afterwards). Called under the admission lock, which every new host job passes.
+    pub fn disclosures(&self, guest: &str, dataset: &str) -> Result<usize, NodeError> {
+        let mine = |r: &JobRecord| r.role == "host" && r.peers == [guest] && r.dataset == dataset;
+        let live: std::collections::BTreeSet<String> = self
+            .jobs
+            .records()
+            .into_iter()
+            .filter(|r| mine(r) && !r.is_final())
+            .map(|r| r.job_id)
+            .collect();
+        let trained = self
+            .store
+            .jobs()?
+            .into_iter()
+            .filter(|r| {
+                mine(r)
+                    && !live.contains(&r.job_id)
+                    && (!r.is_final() || r.events.iter().any(|e| e.state == "training"))
+            })
+            .count();
+        Ok(live.len() + trained)
+    }
+
+    /// Whether a stored model or a live job already uses a model id.
+    fn model_in_use(&self, model_id: &str) -> Result<bool, NodeError> {
+        if self.store.model(model_id)?.is_some() {
+            return Ok(true);
+        }
+        Ok(self.jobs.records().iter().any(|r| r.model_id == model_id))
+    }
+
+    /// Cancels a live job: its inbox closes, its protocol thread fails and tells the peers.
+    pub fn cancel(&self, job_id: &str) -> Result<JobRecord, NodeError> {
+        let Some(handle) = self.live(job_id) else {
+            return self.store.job(job_id)?.ok_or_else(|| {
+                NodeError::NotFound(format!("no job {job_id:?} on {}", self.config.party))
+            });
+        };
+        handle.cancel();
+        self.mailbox.close(job_id, "cancelled by the operator");
+        Ok(handle.record())
+    }
+
+    /// Ends a job: tells the peers when it did not succeed (whatever the protocol managed to
+    /// send), closes its inbox, audits its traffic and final state, and tells watchers.
+    fn finish(&self, job: &JobHandle, result: Result<String, NodeError>, started: Instant) {
+        let record = job.record();
+        let (state, message) = match result {
+            Ok(summary) => ("succeeded", summary),
+            Err(_) if job.is_cancelled() => ("cancelled", "cancelled by the operator".to_string()),
+            Err(error) => ("failed", error.to_string()),
+        };
+        if state != "succeeded" {
+            link::abort_peers(self, job, &record.peers, &message);
+        }
+        self.mailbox.close(job.id(), &format!("the job {state}"));
+        for ((peer, direction, kind), (messages, bytes)) in job.take_traffic() {
+            crate::audit::record(
+                &self.store,
+                "job.messages",
+                job.id(),
+                &peer,
+                json!({"direction": direction, "kind": kind, "messages": messages, "bytes": bytes}),
+            );
+        }
+        match state {
+            "succeeded" => {
+                tracing::info!(job = %job.id(), seconds = started.elapsed().as_secs_f64(), "job succeeded")
+            }
+            _ => tracing::warn!(job = %job.id(), %message, "job {state}"),
+        }
+        self.metrics.add(
+            "unseen_jobs_total",
+            &[("role", &record.role), ("state", state)],
+            1.0,
+        );
+        crate::audit::record(
+            &self.store,
+            "job.ended",
+            job.id(),
+            "",
+            json!({"state": state, "message": message}),
+        );
+        job.state_event(&self.store, state, message);
+        self.jobs.remove(job.id());
+    }
+}

@@ -1,0 +1,317 @@
+//! The runners: what the guest and a host do in a job, from loading the dataset to storing
+//! the model part.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fedlearn::{Event, GuestJob, HostJob, Message, Table, Transport};
+use serde_json::json;
+
+use crate::datasets::load_table;
+use crate::error::{NodeError, PeerFault, Refusal};
+use crate::jobs::link::Link;
+use crate::jobs::{admission, psi, seeds};
+use crate::proto::JobProposal;
+use crate::registry::JobHandle;
+use crate::spec::JobSpec;
+use crate::state::NodeState;
+use crate::store::{EventRecord, MetricsRecord, ModelRecord};
+use crate::wire::FEDERATION_VERSION;
+
+impl NodeState {
+    pub(super) fn run_guest(
+        &self,
+        job: &Arc<JobHandle>,
+        spec: &JobSpec,
+    ) -> Result<String, NodeError> {
+        let table = load_table(&self.config, &spec.dataset, true)?;
+        let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
+        for host in &spec.hosts {
+            let proposal = JobProposal {
+                version: FEDERATION_VERSION,
+                job_id: job.id().to_owned(),
+                kind: "train".into(),
+                guest: self.config.party.clone(),
+                dataset: host.dataset.clone(),
+                hosts: hosts.clone(),
+                model_id: spec.model_id.clone(),
+                batch_rows: spec.train.batch_size.map_or(0, |b| b as u64),
+                guest_features: table.features() as u32,
+            };
+            crate::audit::record(
+                &self.store,
+                "job.proposed",
+                job.id(),
+                &host.party,
+                json!({"dataset": host.dataset, "model": spec.model_id}),
+            );
+            let reply = self
+                .runtime
+                .block_on(self.peers.propose(&host.party, proposal))?;
+            crate::audit::record(
+                &self.store,
+                if reply.accepted {
+                    "job.accepted_by"
+                } else {
+                    "job.refused_by"
+                },
+                job.id(),
+                &host.party,
+                json!({"reason": reply.reason}),
+            );
+            if !reply.accepted {
+                return Err(NodeError::Peer {
+                    peer: host.party.clone(),
+                    fault: PeerFault::RefusedJob(reply.reason),
+                });
+            }
+        }
+        let mut link = Link::new(self, job);
+        job.state_event(
+            &self.store,
+            "psi",
+            format!("aligning {} rows with {}", table.rows(), hosts.join(", ")),
+        );
+        let aligned = psi::guest_psi(self, job, &mut link, &table, &hosts);
+        let table = self.aligned(job, aligned, &table)?;
+        let aligned_rows = table.rows();
+        let started = Instant::now();
+        let outcome = fedlearn::run_guest(
+            GuestJob {
+                party: self.config.party.clone(),
+                model_id: spec.model_id.clone(),
+                table,
+                hosts: hosts.clone(),
+                config: spec.train.clone(),
+            },
+            &mut link,
+            &mut |event| self.training_event(job, event),
+        )?;
+        let history: Vec<_> = outcome
+            .history
+            .iter()
+            .map(|r| {
+                json!({
+                    "epoch": r.epoch,
+                    "train_loss": r.train_loss,
+                    "validation_loss": r.validation_loss,
+                    "weight_change": r.weight_change,
+                    "learning_rate": r.learning_rate,
+                })
+            })
+            .collect();
+        let evaluation = &outcome.evaluation;
+        let (rows_name, metrics) = (
+            match evaluation.rows {
+                fedlearn::RevealedRows::Validation => "validation",
+                fedlearn::RevealedRows::Training => "training",
+            },
+            MetricsRecord::from(&evaluation.metrics),
+        );
+        job.emit(
+            &self.store,
+            EventRecord {
+                state: "training".into(),
+                message: format!(
+                    "final model on {} {rows_name} rows: AUC {:.4}, KS {:.4}",
+                    evaluation.count, metrics.auc, metrics.ks
+                ),
+                epoch: outcome.history.len() as u32,
+                train: (evaluation.rows == fedlearn::RevealedRows::Training).then_some(metrics),
+                validation: (evaluation.rows == fedlearn::RevealedRows::Validation)
+                    .then_some(metrics),
+                psi_progress: 1.0,
+                ..EventRecord::default()
+            },
+        );
+        let report = json!({
+            "job_id": job.id(),
+            "model_id": spec.model_id,
+            "guest": self.config.party,
+            "hosts": hosts,
+            "aligned_rows": aligned_rows,
+            "train_config": spec.train,
+            "best_epoch": outcome.best_epoch,
+            "stop": outcome.stop.to_string(),
+            "share_frac_bits": outcome.share_frac_bits,
+            "evaluation": {
+                "rows": rows_name,
+                "count": evaluation.count,
+                "metrics": metrics,
+            },
+            "history": history,
+            "training_seconds": started.elapsed().as_secs_f64(),
+            "bytes_sent": job.bytes().0,
+            "bytes_received": job.bytes().1,
+        });
+        let record = model_record(
+            job,
+            &outcome.model,
+            &report,
+            (&self.config.party, &hosts, &spec.dataset),
+        );
+        self.store.put_model(&record)?;
+        Ok(format!(
+            "model {} trained: epoch {} of {}, {rows_name} AUC {:.4}, KS {:.4}",
+            spec.model_id,
+            outcome.best_epoch,
+            outcome.history.len(),
+            metrics.auc,
+            metrics.ks
+        ))
+    }
+
+    pub(super) fn run_host(
+        &self,
+        job: &Arc<JobHandle>,
+        proposal: &JobProposal,
+    ) -> Result<String, NodeError> {
+        let guest = proposal.guest.as_str();
+        let table = load_table(&self.config, &proposal.dataset, false)?;
+        let mut link = Link::new(self, job);
+        job.state_event(
+            &self.store,
+            "psi",
+            format!("aligning {} rows with {guest}", table.rows()),
+        );
+        let aligned = psi::host_psi(&mut link, guest, &table);
+        let table = self.aligned(job, aligned, &table)?;
+        let aligned_rows = table.rows();
+        let offered = fedlearn::receive_proposal(&mut link, guest)?;
+        offered.config.validate()?;
+        if let Err(refusal) = admission::check_offer(&self.config, proposal, &offered, aligned_rows)
+        {
+            return Err(refuse_offer(&mut link, guest, refusal));
+        }
+        job.set_max_epochs(offered.config.max_epochs as u32);
+        let outcome = fedlearn::run_host(
+            HostJob {
+                party: self.config.party.clone(),
+                guest: guest.to_owned(),
+                table,
+            },
+            offered,
+            &mut link,
+            &mut |event| self.training_event(job, event),
+        )?;
+        // The job's one per-row disclosure: the final model's scores of the revealed rows.
+        crate::audit::record(
+            &self.store,
+            "disclosure.final_scores",
+            job.id(),
+            guest,
+            json!({"model": proposal.model_id, "dataset": proposal.dataset, "rows": outcome.revealed_rows}),
+        );
+        let report = json!({
+            "job_id": job.id(),
+            "model_id": proposal.model_id,
+            "guest": guest,
+            "hosts": proposal.hosts,
+            "aligned_rows": aligned_rows,
+            "epochs": outcome.epochs,
+            "revealed_rows": outcome.revealed_rows,
+            "bytes_sent": job.bytes().0,
+            "bytes_received": job.bytes().1,
+        });
+        let mut record = model_record(
+            job,
+            &outcome.model,
+            &report,
+            (guest, &proposal.hosts, &proposal.dataset),
+        );
+        record.pair_seeds =
+            seeds::exchange_scoring_seeds(&mut link, &self.config.party, &proposal.hosts)?;
+        self.store.put_model(&record)?;
+        Ok(format!(
+            "model {}: this node's part trained over {} epochs",
+            proposal.model_id, outcome.epochs
+        ))
+    }
+
+    /// After PSI: the aligned rows of `table`, announced as the start of training.
+    fn aligned(
+        &self,
+        job: &JobHandle,
+        psi: Result<Vec<u32>, NodeError>,
+        table: &Table,
+    ) -> Result<Table, NodeError> {
+        let aligned = psi?;
+        let rows: Vec<usize> = aligned.iter().map(|&r| r as usize).collect();
+        let table = table.select_rows(&rows)?;
+        job.emit(
+            &self.store,
+            EventRecord {
+                state: "training".into(),
+                message: format!("{} rows in the intersection", rows.len()),
+                aligned_rows: rows.len() as u64,
+                psi_progress: 1.0,
+                ..EventRecord::default()
+            },
+        );
+        Ok(table)
+    }
+
+    fn training_event(&self, job: &JobHandle, event: &Event) {
+        let record = match event {
+            Event::Epoch(report) => EventRecord {
+                state: "training".into(),
+                message: format!("epoch {}", report.epoch),
+                epoch: report.epoch as u32,
+                train_loss: Some(report.train_loss),
+                validation_loss: report.validation_loss,
+                psi_progress: 1.0,
+                ..EventRecord::default()
+            },
+            Event::HostEpoch { epoch } => EventRecord {
+                state: "training".into(),
+                message: format!("epoch {epoch}"),
+                epoch: *epoch as u32,
+                psi_progress: 1.0,
+                ..EventRecord::default()
+            },
+        };
+        job.emit(&self.store, record);
+    }
+}
+
+fn model_record(
+    job: &JobHandle,
+    model: &fedlearn::ModelPart,
+    report: &serde_json::Value,
+    placement: (&str, &[String], &str),
+) -> ModelRecord {
+    let (guest, hosts, dataset) = placement;
+    ModelRecord {
+        model_id: model.model_id.clone(),
+        job_id: job.id().to_owned(),
+        role: if model.role == fedlearn::Role::Guest {
+            "guest"
+        } else {
+            "host"
+        }
+        .into(),
+        features: model.features.len() as u32,
+        created_unix_ms: crate::clock::now_ms(),
+        part_json: model.to_json(),
+        report_json: serde_json::to_string_pretty(report).unwrap_or_default(),
+        guest: guest.to_owned(),
+        hosts: hosts.to_vec(),
+        dataset: dataset.to_owned(),
+        pair_seeds: Default::default(),
+    }
+}
+
+/// Refuses the guest's training offer: tells it why and fails this node's job.
+fn refuse_offer(link: &mut Link<'_>, guest: &str, refusal: Refusal) -> NodeError {
+    // Best effort: the guest learns the reason from its own failure otherwise.
+    let _ = link.send(
+        guest,
+        Message::Abort {
+            reason: refusal.to_string(),
+        },
+    );
+    NodeError::Peer {
+        peer: guest.to_owned(),
+        fault: PeerFault::Offer(refusal),
+    }
+}

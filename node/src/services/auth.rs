@@ -1,0 +1,130 @@
+//! Who may call what: peers by the certificate name the configuration gives them, operators
+//! and scoring clients by their certificate names, scoring clients within their call rate.
+//! Every refusal is logged and counted; refusals of peers and operators are also audited.
+
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tonic::Request;
+
+use crate::error::{NodeError, Refusal};
+use crate::state::NodeState;
+
+/// Counts and logs a refusal.
+pub(crate) fn deny(node: &NodeState, refusal: Refusal) -> NodeError {
+    tracing::warn!(reason = %refusal, "refused a call");
+    node.metrics
+        .add("unseen_refused_total", &[("reason", refusal.metric())], 1.0);
+    refusal.into()
+}
+
+/// Counts, logs and audits a refusal as `event` (with `detail` and the reason).
+pub(crate) fn deny_audited(
+    node: &NodeState,
+    refusal: Refusal,
+    event: &str,
+    job: &str,
+    peer: &str,
+    mut detail: serde_json::Value,
+) -> NodeError {
+    detail["reason"] = refusal.to_string().into();
+    crate::audit::record(&node.store, event, job, peer, detail);
+    deny(node, refusal)
+}
+
+/// The client certificates of a call.
+fn certs<T>(request: &Request<T>) -> Option<std::sync::Arc<Vec<CertificateDer<'static>>>> {
+    request.peer_certs()
+}
+
+/// Checks that the caller's certificate is valid for the configured certificate name of peer
+/// `claimed` (at most 64 characters of it are kept).
+pub(crate) fn peer<T>(
+    node: &NodeState,
+    request: &Request<T>,
+    claimed: &str,
+    call: &'static str,
+) -> Result<(), NodeError> {
+    let claimed: String = claimed.chars().take(64).collect();
+    let certs = certs(request);
+    let expected = node.config.peer(&claimed).map(|p| p.certificate_name());
+    let refusal = match expected {
+        Some(name) if crate::tls::peer_name(certs.as_deref().map(|c| &c[..]), [name]).is_some() => {
+            return Ok(())
+        }
+        Some(name) => Refusal::PeerCertificate {
+            call,
+            claimed: claimed.clone(),
+            certificate: name.to_owned(),
+        },
+        None => Refusal::NotAPeer {
+            call,
+            claimed: claimed.clone(),
+            party: node.config.party.clone(),
+        },
+    };
+    Err(deny_audited(
+        node,
+        refusal,
+        "peer.refused",
+        "",
+        &claimed,
+        serde_json::json!({"call": call}),
+    ))
+}
+
+/// The operator a jobs call comes from.
+pub(crate) fn operator<T>(node: &NodeState, request: &Request<T>) -> Result<String, NodeError> {
+    let certs = certs(request);
+    let operators = node.config.operators.iter().map(String::as_str);
+    match crate::tls::peer_name(certs.as_deref().map(|c| &c[..]), operators) {
+        Some(name) => Ok(name.to_owned()),
+        None => Err(deny_audited(
+            node,
+            Refusal::NotAnOperator {
+                party: node.config.party.clone(),
+            },
+            "operator.refused",
+            "",
+            "",
+            serde_json::json!({}),
+        )),
+    }
+}
+
+/// The scoring client a call comes from, if it may score with `model` and is within its rate.
+pub(crate) fn scoring_client<T>(
+    node: &NodeState,
+    request: &Request<T>,
+    model: &str,
+) -> Result<String, NodeError> {
+    let clients = &node.config.scoring.clients;
+    let certs = certs(request);
+    let name = crate::tls::peer_name(
+        certs.as_deref().map(|c| &c[..]),
+        clients.iter().map(|c| c.name.as_str()),
+    );
+    let Some(client) = name.and_then(|name| clients.iter().find(|c| c.name == name)) else {
+        return Err(deny(node, Refusal::NotAScoringClient));
+    };
+    if !client.models.iter().any(|m| m == model) {
+        return Err(deny(
+            node,
+            Refusal::ModelNotAllowed {
+                client: client.name.clone(),
+                model: model.chars().take(64).collect(),
+            },
+        ));
+    }
+    if !node
+        .scores
+        .take(&client.name, client.burst, client.calls_per_second, 1.0)
+    {
+        return Err(deny(
+            node,
+            Refusal::CallRate {
+                client: client.name.clone(),
+                per_second: client.calls_per_second,
+            },
+        ));
+    }
+    Ok(client.name.clone())
+}

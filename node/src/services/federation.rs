@@ -1,0 +1,178 @@
+//! The federation service (node ↔ node): job proposals, partial scores and chunked
+//! deliveries. Every call names its sender; the caller's TLS certificate, already verified
+//! against the CA, must be valid for the certificate name the configuration gives that peer,
+//! or the call is refused (and logged, counted and audited).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{NodeError, Refusal};
+use crate::mailbox::{Delivery, NotAdmitted};
+use crate::proto::federation_server::Federation;
+use crate::proto::ProposalReply;
+use crate::proto::{Chunk, DeliveryAck, JobProposal, PartialScoresReply, PartialScoresRequest};
+use crate::services::{auth, blocking};
+use crate::state::NodeState;
+use crate::wire::chunks::{ChunkError, Reassembler};
+
+/// The federation gRPC service.
+pub(crate) struct FederationService {
+    pub(crate) node: Arc<NodeState>,
+}
+
+#[tonic::async_trait]
+impl Federation for FederationService {
+    async fn propose(
+        &self,
+        request: Request<JobProposal>,
+    ) -> Result<Response<ProposalReply>, Status> {
+        auth::peer(&self.node, &request, &request.get_ref().guest, "proposal")?;
+        let proposal = request.into_inner();
+        let detail = serde_json::json!({"dataset": proposal.dataset, "model": proposal.model_id, "kind": proposal.kind, "hosts": proposal.hosts});
+        let node = self.node.clone();
+        let asked = proposal.clone();
+        let decision = blocking(move || node.accept_proposal(&asked)).await?;
+        let (accepted, reason) = match decision {
+            Ok(()) => {
+                crate::audit::record(
+                    &self.node.store,
+                    "job.accepted",
+                    &proposal.job_id,
+                    &proposal.guest,
+                    detail,
+                );
+                (true, String::new())
+            }
+            Err(NodeError::Refused(refusal)) => {
+                let reason = refusal.to_string();
+                auth::deny_audited(
+                    &self.node,
+                    refusal,
+                    "job.refused",
+                    &proposal.job_id,
+                    &proposal.guest,
+                    detail,
+                );
+                (false, reason)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Response::new(ProposalReply { accepted, reason }))
+    }
+
+    async fn partial_scores(
+        &self,
+        request: Request<PartialScoresRequest>,
+    ) -> Result<Response<PartialScoresReply>, Status> {
+        auth::peer(
+            &self.node,
+            &request,
+            &request.get_ref().guest,
+            "partial scores",
+        )?;
+        let request = request.into_inner();
+        let node = self.node.clone();
+        let asked = request.clone();
+        let answer = blocking(move || {
+            crate::scoring::host::partial_scores(&node.config, &node.store, &node.scores, &asked)
+        })
+        .await?;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(NodeError::Refused(refusal)) => {
+                let event = match refusal {
+                    Refusal::ScoreRate { .. } => "score.rate_limited",
+                    _ => "score.refused",
+                };
+                let detail =
+                    serde_json::json!({"model": request.model_id, "ids": request.ids.len()});
+                let error =
+                    auth::deny_audited(&self.node, refusal, event, "", &request.guest, detail);
+                return Err(error.into());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        crate::audit::record(
+            &self.node.store,
+            "score.partial",
+            "",
+            &request.guest,
+            serde_json::json!({"model": request.model_id, "ids": request.ids.len(), "unknown": answer.unknown}),
+        );
+        Ok(Response::new(answer.reply))
+    }
+
+    async fn deliver(
+        &self,
+        request: Request<Streaming<Chunk>>,
+    ) -> Result<Response<DeliveryAck>, Status> {
+        let mut stream = request;
+        let first = stream
+            .get_mut()
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty delivery"))?;
+        auth::peer(&self.node, &stream, &first.sender, "delivery")?;
+        let mut stream = stream.into_inner();
+        let cap = self.node.config.federation.max_message_bytes as u64;
+        let mut message = Reassembler::start(first, cap).map_err(bad_request)?;
+        // Refuse strangers before reading (or allocating for) the rest of the message.
+        let header = message.header().clone();
+        self.node
+            .mailbox
+            .admits(&header.job_id, &header.sender)
+            .map_err(|refusal| self.not_admitted(&header.job_id, &header.sender, refusal))?;
+        while let Some(chunk) = stream.message().await? {
+            message.push(&chunk).map_err(bad_request)?;
+        }
+        let (header, bytes) = message.finish().map_err(bad_request)?;
+        let length = bytes.len();
+        let delivery = Delivery {
+            kind: header.kind,
+            bytes,
+        };
+        let (job, sender) = (&header.job_id, &header.sender);
+        let duplicate = self
+            .node
+            .mailbox
+            .deliver(job, sender, header.seq, delivery)
+            .map_err(|refusal| self.not_admitted(job, sender, refusal))?;
+        if duplicate {
+            self.node.metrics.add(
+                "unseen_duplicate_deliveries_total",
+                &[("peer", sender)],
+                1.0,
+            );
+        } else {
+            self.node.metrics.add(
+                "unseen_bytes_received_total",
+                &[("peer", sender), ("kind", header.kind.as_str())],
+                length as f64,
+            );
+        }
+        Ok(Response::new(DeliveryAck { duplicate }))
+    }
+}
+
+fn bad_request(error: ChunkError) -> Status {
+    match error {
+        ChunkError::Version(got) => NodeError::from(Refusal::Version { got }).into(),
+        other => NodeError::BadRequest(other.to_string()).into(),
+    }
+}
+
+impl FederationService {
+    fn not_admitted(&self, job: &str, sender: &str, refusal: NotAdmitted) -> Status {
+        match refusal {
+            NotAdmitted::UnknownJob => Status::from(NodeError::NotFound(format!(
+                "job {job} is not open on {}",
+                self.node.config.party
+            ))),
+            NotAdmitted::NotParticipant => Status::from(NodeError::from(Refusal::NotInJob {
+                sender: sender.to_owned(),
+                job: job.to_owned(),
+            })),
+        }
+    }
+}

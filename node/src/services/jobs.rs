@@ -1,0 +1,240 @@
+//! The jobs service (operator ↔ own node): submit a job spec, watch, list and cancel jobs,
+//! list and fetch models, show and verify the audit log. Callers must present a certificate
+//! valid for one of the configured `operators`.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::NodeError;
+use crate::proto::jobs_server::Jobs;
+use crate::proto::{
+    self, JobRef, ListJobsReply, ListJobsRequest, ListModelsReply, ListModelsRequest,
+};
+use crate::services::records::{audit_proto, event_proto, is_final, status_proto, summary_proto};
+use crate::services::{auth, blocking};
+use crate::state::NodeState;
+use crate::store::{EventRecord, JobRecord};
+
+/// The jobs service: callers must present a certificate valid for one of `operators`.
+pub(crate) struct JobsService {
+    pub(crate) node: Arc<NodeState>,
+}
+
+impl JobsService {
+    fn authorise<T>(&self, request: &Request<T>) -> Result<String, NodeError> {
+        auth::operator(&self.node, request)
+    }
+
+    fn record(&self, job_id: &str) -> Result<JobRecord, NodeError> {
+        self.node.job(job_id)?.ok_or_else(|| {
+            NodeError::NotFound(format!("no job {job_id:?} on {}", self.node.config.party))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Jobs for JobsService {
+    async fn submit(
+        &self,
+        request: Request<proto::SubmitRequest>,
+    ) -> Result<Response<proto::JobStatus>, Status> {
+        let operator = self.authorise(&request)?;
+        let node = self.node.clone();
+        let spec = request.into_inner().spec_toml;
+        let record = blocking(move || node.submit(&spec)).await??;
+        tracing::info!(%operator, job = %record.job_id, "submitted by operator");
+        crate::audit::record(
+            &self.node.store,
+            "job.submitted",
+            &record.job_id,
+            &operator,
+            serde_json::json!({"model": record.model_id, "hosts": record.peers, "dataset": record.dataset}),
+        );
+        Ok(Response::new(status_proto(&record)))
+    }
+
+    type WatchStream = ReceiverStream<Result<proto::JobEvent, Status>>;
+
+    async fn watch(&self, request: Request<JobRef>) -> Result<Response<Self::WatchStream>, Status> {
+        self.authorise(&request)?;
+        let job_id = request.into_inner().job_id;
+        let (tx, rx) = mpsc::channel(64);
+        match self.node.live(&job_id) {
+            Some(handle) => {
+                let (past, mut live) = handle.subscribe();
+                tokio::spawn(async move {
+                    // Sends events[from..]; returns whether to stop (watcher gone or job over).
+                    let send_from = |events: Vec<EventRecord>, from: usize| {
+                        let tx = tx.clone();
+                        let job_id = job_id.clone();
+                        let max_epochs = handle.max_epochs();
+                        async move {
+                            for event in events.iter().skip(from) {
+                                let done = is_final(&event.state);
+                                if tx
+                                    .send(Ok(event_proto(&job_id, max_epochs, event)))
+                                    .await
+                                    .is_err()
+                                    || done
+                                {
+                                    return true;
+                                }
+                            }
+                            false
+                        }
+                    };
+                    let mut next = past.len();
+                    if send_from(past, 0).await {
+                        return;
+                    }
+                    loop {
+                        match live.recv().await {
+                            Ok((index, event)) if index >= next => {
+                                next = index + 1;
+                                if send_from(vec![event], 0).await {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                // Too slow for the live feed: catch up from the record.
+                                let events = handle.record().events;
+                                let total = events.len();
+                                if send_from(events, next).await {
+                                    return;
+                                }
+                                next = total;
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                });
+            }
+            None => {
+                let record = self.record(&job_id)?;
+                tokio::spawn(async move {
+                    for event in &record.events {
+                        if tx
+                            .send(Ok(event_proto(&job_id, record.max_epochs, event)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get(&self, request: Request<JobRef>) -> Result<Response<proto::JobStatus>, Status> {
+        self.authorise(&request)?;
+        let record = self.record(&request.into_inner().job_id)?;
+        Ok(Response::new(status_proto(&record)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsReply>, Status> {
+        self.authorise(&request)?;
+        let jobs = self.node.store.jobs()?;
+        let jobs = jobs
+            .iter()
+            .map(|stored| match self.node.live(&stored.job_id) {
+                Some(handle) => status_proto(&handle.record()),
+                None => status_proto(stored),
+            })
+            .collect();
+        Ok(Response::new(ListJobsReply { jobs }))
+    }
+
+    async fn cancel(&self, request: Request<JobRef>) -> Result<Response<proto::JobStatus>, Status> {
+        let operator = self.authorise(&request)?;
+        let job_id = request.into_inner().job_id;
+        let record = self.node.cancel(&job_id)?;
+        tracing::info!(%operator, job = %job_id, "cancel requested");
+        crate::audit::record(
+            &self.node.store,
+            "job.cancel",
+            &job_id,
+            &operator,
+            serde_json::json!({}),
+        );
+        Ok(Response::new(status_proto(&record)))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsReply>, Status> {
+        self.authorise(&request)?;
+        let models = self.node.store.models()?;
+        Ok(Response::new(ListModelsReply {
+            models: models.iter().map(summary_proto).collect(),
+        }))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<proto::VerifyAuditRequest>,
+    ) -> Result<Response<proto::VerifyAuditReply>, Status> {
+        self.authorise(&request)?;
+        let reply = match crate::audit::verify(&self.node.store)? {
+            crate::audit::Verdict::Intact { records } => proto::VerifyAuditReply {
+                intact: true,
+                records,
+                first_broken: 0,
+                reason: String::new(),
+            },
+            crate::audit::Verdict::Broken {
+                records,
+                seq,
+                reason,
+            } => proto::VerifyAuditReply {
+                intact: false,
+                records,
+                first_broken: seq,
+                reason,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<proto::ListAuditRequest>,
+    ) -> Result<Response<proto::ListAuditReply>, Status> {
+        self.authorise(&request)?;
+        let job = request.into_inner().job_id;
+        let records = crate::audit::records(&self.node.store)?
+            .into_iter()
+            .filter(|r| job.is_empty() || r.job_id == job)
+            .map(audit_proto)
+            .collect();
+        Ok(Response::new(proto::ListAuditReply { records }))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<proto::ModelRef>,
+    ) -> Result<Response<proto::Model>, Status> {
+        self.authorise(&request)?;
+        let model_id = request.into_inner().model_id;
+        let model = self.node.store.model(&model_id)?.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "no model {model_id:?} on {}",
+                self.node.config.party
+            ))
+        })?;
+        Ok(Response::new(proto::Model {
+            summary: Some(summary_proto(&model)),
+            part_json: model.part_json,
+            report_json: model.report_json,
+        }))
+    }
+}

@@ -1,0 +1,52 @@
+//! What the node's services and jobs share: a handle passed as `Arc<NodeState>`.
+
+use std::sync::Arc;
+
+use crate::config::NodeConfig;
+use crate::mailbox::Mailbox;
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+use crate::registry::JobTable;
+use crate::scoring::ScoreCache;
+use crate::store::Store;
+
+/// Everything the node's services and jobs share.
+pub struct NodeState {
+    /// The configuration.
+    pub config: NodeConfig,
+    /// The embedded store.
+    pub store: Store,
+    /// Inboxes of open jobs.
+    pub mailbox: Mailbox,
+    /// Clients of the peers.
+    pub peers: Peers,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Scoring indexes and rate-limit buckets.
+    pub scores: ScoreCache,
+    /// The live jobs.
+    pub jobs: JobTable,
+    /// The node's tokio runtime, for the network calls of blocking job threads.
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl NodeState {
+    pub(crate) fn new(
+        config: NodeConfig,
+        store: Store,
+        peers: Peers,
+        metrics: Arc<Metrics>,
+        runtime: tokio::runtime::Handle,
+    ) -> NodeState {
+        NodeState {
+            config,
+            store,
+            mailbox: Mailbox::default(),
+            peers,
+            metrics,
+            scores: ScoreCache::default(),
+            jobs: JobTable::default(),
+            runtime,
+        }
+    }
+}

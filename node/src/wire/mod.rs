@@ -1,0 +1,65 @@
+//! What crosses between nodes and to clients, apart from the generated protobuf types: the
+//! federation version, the kinds of delivery, PSI messages as protobuf ([`psi`]) and the reassembly of chunked deliveries ([`chunks`]).
+
+pub(crate) mod chunks;
+pub mod psi;
+
+/// Version of the federation protocol (envelopes and proposals); peers must speak the same.
+pub const FEDERATION_VERSION: u32 = 1;
+
+/// What a delivery carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeliveryKind {
+    /// A PSI message (protobuf `PsiMessage`).
+    Psi,
+    /// A training message (`fedlearn::Message` bytes).
+    Fedlearn,
+    /// The sender stopped the job; the payload is its reason.
+    Abort,
+    /// A host's seed for the pairwise scoring masks (32 bytes).
+    ScoringSeed,
+}
+
+impl DeliveryKind {
+    /// Every kind.
+    pub const ALL: [DeliveryKind; 4] = [
+        DeliveryKind::Psi,
+        DeliveryKind::Fedlearn,
+        DeliveryKind::Abort,
+        DeliveryKind::ScoringSeed,
+    ];
+
+    /// The kind's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryKind::Psi => "psi",
+            DeliveryKind::Fedlearn => "fedlearn",
+            DeliveryKind::Abort => "abort",
+            DeliveryKind::ScoringSeed => "scoring-seed",
+        }
+    }
+
+    /// The kind a wire name stands for.
+    pub fn parse(name: &str) -> Option<DeliveryKind> {
+        DeliveryKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for DeliveryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_their_wire_names() {
+        for kind in DeliveryKind::ALL {
+            assert_eq!(DeliveryKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(DeliveryKind::parse("scoring_seed"), None);
+    }
+}
