@@ -40,6 +40,43 @@ fn fraction(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Ids of one party: the first `overlap·n` are common to every party, the rest are its own.
+fn party_ids(party: u64, n: u64, overlap: f64) -> IdColumn {
+    let shared = (overlap * n as f64).round() as u64;
+    let mut ids = IdColumn::with_capacity(n as usize, n as usize * 14);
+    for i in 0..n {
+        let id = if i < shared {
+            format!("ent-{i:010}")
+        } else {
+            format!("p{party}-{i:010}")
+        };
+        ids.push(id.as_bytes()).expect("generated ids are valid");
+    }
+    ids
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Seconds for `count` variable-base scalar multiplications on the rayon pool.
+fn scalar_mult_seconds(count: u64) -> f64 {
+    let scalar = Scalar::from(0x1234_5678_9abc_def1_u64) * Scalar::from(0x0fed_cba9_8765_4321_u64);
+    let base = RistrettoPoint::from_uniform_bytes(&[7; 64]);
+    let start = Instant::now();
+    let sum = (0..count)
+        .into_par_iter()
+        .map(|i| base * (scalar + Scalar::from(i)))
+        .reduce(RistrettoPoint::default, |a, b| a + b);
+    std::hint::black_box(sum);
+    start.elapsed().as_secs_f64()
+}
+
 fn main() {
     let args = Args::parse();
     println!(
@@ -48,7 +85,7 @@ fn main() {
         args.overlap * 100.0,
         rayon::current_num_threads()
     );
-    for &parties in &args.parties {
+    for parties in args.parties.iter().map(|&p| usize::from(p)) {
         let guest = party_ids(0, args.n, args.overlap);
         let hosts = (1..parties as u64)
             .map(|p| HostInput {

@@ -323,7 +323,7 @@ pub(crate) fn finish_with_error(
         }
     }
     let last_good = match error {
-        FedError::Diverged { .. } | FedError::Aborted { .. } => last_good,
+        FedError::Diverged { .. } | FedError::Aborted { .. } => last_good.map(Box::new),
         _ => None,
     };
     Stopped { error, last_good }
@@ -336,7 +336,7 @@ pub struct Stopped {
     /// Why the job stopped.
     pub error: FedError,
     /// This party's model after the last complete epoch, if one completed.
-    pub last_good: Option<ModelPart>,
+    pub last_good: Option<Box<ModelPart>>,
 }
 
 impl std::ops::Deref for Stopped {

@@ -85,7 +85,7 @@ pub enum NodeError {
     Server(String),
     /// The policy or the caller's identity does not allow the request.
     #[error(transparent)]
-    Refused(#[from] Refusal),
+    Refused(Box<Refusal>),
     /// A job or model the request names does not exist here.
     #[error("{0}")]
     NotFound(String),
@@ -157,7 +157,7 @@ pub enum PeerFault {
     OneSidedPsi,
     /// This node refused what the peer offered once the job had started.
     #[error("{0}")]
-    Offer(Refusal),
+    Offer(Box<Refusal>),
 }
 
 /// Why this node's policy or identity checks refuse a request. The text (`Display`) is the
@@ -437,6 +437,12 @@ impl NodeError {
             | NodeError::Train(_)
             | NodeError::Server(_) => Code::Internal,
         }
+    }
+}
+
+impl From<Refusal> for NodeError {
+    fn from(refusal: Refusal) -> NodeError {
+        NodeError::Refused(Box::new(refusal))
     }
 }
 

@@ -312,6 +312,6 @@ fn refuse_offer(link: &mut Link<'_>, guest: &str, refusal: Refusal) -> NodeError
     );
     NodeError::Peer {
         peer: guest.to_owned(),
-        fault: PeerFault::Offer(refusal),
+        fault: PeerFault::Offer(Box::new(refusal)),
     }
 }

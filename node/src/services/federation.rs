@@ -48,7 +48,7 @@ impl Federation for FederationService {
                 let reason = refusal.to_string();
                 auth::deny_audited(
                     &self.node,
-                    refusal,
+                    *refusal,
                     "job.refused",
                     &proposal.job_id,
                     &proposal.guest,
@@ -81,14 +81,14 @@ impl Federation for FederationService {
         let answer = match answer {
             Ok(answer) => answer,
             Err(NodeError::Refused(refusal)) => {
-                let event = match refusal {
+                let event = match *refusal {
                     Refusal::ScoreRate { .. } => "score.rate_limited",
                     _ => "score.refused",
                 };
                 let detail =
                     serde_json::json!({"model": request.model_id, "ids": request.ids.len()});
                 let error =
-                    auth::deny_audited(&self.node, refusal, event, "", &request.guest, detail);
+                    auth::deny_audited(&self.node, *refusal, event, "", &request.guest, detail);
                 return Err(error.into());
             }
             Err(error) => return Err(error.into()),
