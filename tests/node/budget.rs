@@ -1,0 +1,93 @@
+//! Hosts enforce their disclosure budget (models and scoring rate).
+
+use unseen::local::HOSTS;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_enforce_their_disclosure_budget() {
+    let federation =
+        Federation::start_with("budget", false, "max_models = 1\nscores_per_minute = 10\n").await;
+    let quick = TRAIN.replace("max_epochs = 8", "max_epochs = 1");
+    let first = federation.spec("first.toml", &quick);
+    let (ok, _, stderr) = federation.cli(&["train", &first]).await;
+    assert!(ok, "{stderr}");
+
+    // The second model would be a second linear view of the hosts' data: refused, naming the
+    // policy key.
+    let second = federation.spec("second.toml", &quick.replace("sme-credit", "second"));
+    let (ok, _, stderr) = federation.cli(&["train", &second]).await;
+    assert!(
+        !ok && stderr.contains("policy key max_models") && stderr.contains("allows 1"),
+        "{stderr}"
+    );
+    // Batches below the policy's minimum are refused before anything runs.
+    let small = federation.spec(
+        "small.toml",
+        &quick
+            .replace("sme-credit", "small")
+            .replace("batch_size = \"full\"", "batch_size = 512"),
+    );
+    let (ok, _, stderr) = federation.cli(&["train", &small]).await;
+    assert!(
+        !ok && stderr.contains("policy key min_batch_rows") && stderr.contains("512"),
+        "{stderr}"
+    );
+    // Too many guest features (a proposal as the bank would send it).
+    let channel = node::cli::channel(
+        &federation.node_arg("tax"),
+        &federation.dir.join("certs/bank"),
+    )
+    .await
+    .unwrap();
+    let mut as_bank = node::proto::federation_client::FederationClient::new(channel);
+    let reply = as_bank
+        .propose(node::proto::JobProposal {
+            version: node::FEDERATION_VERSION,
+            job_id: "12".repeat(16),
+            kind: "train".into(),
+            guest: "bank".into(),
+            dataset: "tax".into(),
+            hosts: vec!["tax".into()],
+            model_id: "wide".into(),
+            batch_rows: 4096,
+            guest_features: 500,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !reply.accepted && reply.reason.contains("policy key max_guest_features"),
+        "{}",
+        reply.reason
+    );
+
+    // Scoring beyond the hosts' rate is refused, naming the key.
+    let ids: Vec<String> = std::fs::read_to_string(federation.dir.join("bank.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take(11)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    let platform = federation.inner.platform().display().to_string();
+    let mut args = vec!["score", "--model", "sme-credit", "--identity", &platform];
+    args.extend(ids.iter().map(String::as_str));
+    let (ok, _, stderr) = federation.cli(&args).await;
+    assert!(!ok && stderr.contains("scores_per_minute"), "{stderr}");
+    let mut args = vec!["score", "--model", "sme-credit", "--identity", &platform];
+    args.extend(ids[..3].iter().map(String::as_str));
+    let (ok, _, stderr) = federation.cli(&args).await;
+    assert!(ok, "{stderr}");
+
+    // Every disclosure is an audit record on each host: one final reveal and one scoring
+    // call; the refusal by rate is recorded too (once per attempt: the bank retries once).
+    for host in HOSTS {
+        let records = audit_lines(&federation, host, "").await;
+        let count = |event: &str| records.iter().filter(|r| r["event"] == event).count();
+        assert_eq!(count("disclosure.final_scores"), 1, "{host}");
+        assert_eq!(count("score.partial"), 1, "{host}");
+        assert!(count("score.rate_limited") >= 1, "{host}");
+    }
+    federation.stop().await;
+}

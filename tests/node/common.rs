@@ -1,0 +1,215 @@
+//! Start-up shared by every node test: three real nodes (bank as guest, tax bureau and
+//! utility company as hosts) in one process, over loopback gRPC with mutual TLS and
+//! certificates from `unseen cert`; the modeller's side is the real `unseen` binary.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use fedlearn::{GuestJob, HostJob, Missing, Table, TrainConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use unseen::local::{LocalFederation, Plan, HOSTS};
+
+pub(crate) struct Federation {
+    pub(crate) inner: LocalFederation,
+    pub(crate) dir: PathBuf,
+    pub(crate) proxy_drops: Arc<AtomicUsize>,
+}
+
+/// A TCP relay to `target` that cuts its first connection once `cut_after` bytes went
+/// through it (the bytes already sent still arrive; the rest of that call fails).
+async fn flaky_proxy(target: SocketAddr, cut_after: usize, drops: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let armed = Arc::new(AtomicBool::new(true));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(target).await else {
+                continue;
+            };
+            let cut = armed.swap(false, Ordering::SeqCst);
+            let drops = drops.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let upstream = async {
+                    let mut buf = vec![0u8; 16384];
+                    let mut sent = 0;
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        sent += n;
+                        if cut && sent >= cut_after {
+                            drops.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                };
+                let downstream = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::select! {
+                    _ = upstream => {}
+                    _ = downstream => {}
+                }
+            });
+        }
+    });
+    address
+}
+
+impl Federation {
+    /// Three nodes; the others reach the tax bureau through a relay that drops one
+    /// connection when `drop_once` is set.
+    pub(crate) async fn start(name: &str, drop_once: bool) -> Federation {
+        Federation::start_with(name, drop_once, "").await
+    }
+
+    /// [`Federation::start`] with extra lines in each host's policy rule for the bank.
+    pub(crate) async fn start_with(name: &str, drop_once: bool, policy: &str) -> Federation {
+        let dir = std::env::temp_dir().join(format!("unseen-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        let mut plan = Plan::prepare(&dir, &data).unwrap();
+        plan.federation = "receive_timeout_secs = 120\nbackoff_ms = 100\nretries = 3\n".into();
+        plan.policy = policy.into();
+        let proxy_drops = Arc::new(AtomicUsize::new(0));
+        if drop_once {
+            let proxy = flaky_proxy(plan.listen["tax"], 300_000, proxy_drops.clone()).await;
+            plan.reach.insert("tax".into(), proxy);
+        }
+        Federation {
+            inner: plan.start().await.unwrap(),
+            dir,
+            proxy_drops,
+        }
+    }
+
+    pub(crate) fn node_arg(&self, party: &str) -> String {
+        self.inner.node_arg(party)
+    }
+
+    pub(crate) fn state(&self, party: &str) -> &node::NodeState {
+        &self.inner.nodes[party].state
+    }
+
+    /// Runs the `unseen` binary as the modeller; returns (success, stdout, stderr).
+    pub(crate) async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_unseen"));
+        command
+            .args(args)
+            .env("UNSEEN_IDENTITY", self.inner.modeller())
+            .env("UNSEEN_NODE", self.node_arg("bank"));
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    pub(crate) fn spec(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    pub(crate) async fn stop(self) {
+        self.inner.stop().await.unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub(crate) const TRAIN: &str = r#"
+model_id = "sme-credit"
+dataset = "bank"
+
+[[hosts]]
+party = "tax"
+dataset = "tax"
+
+[[hosts]]
+party = "utilities"
+dataset = "utilities"
+
+[train]
+max_epochs = 8
+batch_size = "full"
+learning_rate = 0.05
+seed = 11
+"#;
+
+/// The same job in fedlearn's in-process simulator, on the intersection computed in the
+/// clear (the test may; the nodes may not).
+pub(crate) fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
+    let load = |name: &str, label: Option<&str>| {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        Table::parse_csv(name, &text, "id", label, Missing::Reject).unwrap()
+    };
+    let bank = load("bank.csv", Some("y"));
+    let hosts = [load("tax.csv", None), load("utilities.csv", None)];
+    let index: Vec<HashMap<&str, usize>> = hosts
+        .iter()
+        .map(|t| {
+            t.ids()
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), i))
+                .collect()
+        })
+        .collect();
+    let rows: Vec<usize> = (0..bank.rows())
+        .filter(|&r| index.iter().all(|m| m.contains_key(bank.ids()[r].as_str())))
+        .collect();
+    let host_jobs = hosts
+        .iter()
+        .zip(&index)
+        .zip(HOSTS)
+        .map(|((table, map), party)| HostJob {
+            party: party.into(),
+            guest: "bank".into(),
+            table: table
+                .select_rows(
+                    &rows
+                        .iter()
+                        .map(|&r| map[bank.ids()[r].as_str()])
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap(),
+        })
+        .collect();
+    let guest = GuestJob {
+        party: "bank".into(),
+        model_id: "reference".into(),
+        table: bank.select_rows(&rows).unwrap(),
+        hosts: HOSTS.map(String::from).to_vec(),
+        config: config.clone(),
+    };
+    let run = fedlearn::simulate(guest, host_jobs, false, &mut |_| {}).unwrap();
+    run.guest.evaluation.metrics.auc
+}
+
+/// A node's audit records (read in process; the CLI path is exercised on the bank).
+pub(crate) async fn audit_lines(
+    federation: &Federation,
+    party: &str,
+    job: &str,
+) -> Vec<serde_json::Value> {
+    node::audit::records(&federation.state(party).store)
+        .unwrap()
+        .into_iter()
+        .filter(|r| job.is_empty() || r.job_id == job)
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect()
+}

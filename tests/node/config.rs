@@ -1,0 +1,42 @@
+//! Configuration errors name the key or the file.
+
+use node::config::NodeConfig;
+
+#[test]
+fn configuration_errors_name_the_key_or_file() {
+    let dir = std::env::temp_dir().join(format!("unseen-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    node::certs::init(&dir.join("certs"), &["bank".to_string()]).unwrap();
+    let base = "party = \"bank\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[tls]\ncert = \"certs/bank/node.crt\"\nkey = \"certs/bank/node.key\"\nca = \"certs/bank/ca.crt\"\n";
+    let path = dir.join("node.toml");
+    let cases = [
+        (format!("{base}colour = \"blue\"\n"), "colour"),
+        (base.replace("node.key", "gone.key"), "tls.key"),
+        (
+            format!("{base}[datasets.bank]\npath = \"nowhere.csv\"\nid_column = \"id\"\n"),
+            "datasets.bank.path",
+        ),
+        (
+            format!("{base}[[policy]]\npeer = \"tax\"\njobs = [\"train\"]\ndatasets = []\n"),
+            "policy[0].peer",
+        ),
+        (
+            base.replace(
+                "[tls]",
+                "operators = [\"ops\"]\n[[scoring.clients]]\nname = \"ops\"\nmodels = []\n[tls]",
+            ),
+            "both an operator and a scoring client",
+        ),
+    ];
+    for (text, key) in cases {
+        std::fs::write(&path, text).unwrap();
+        let error = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains(key) && error.contains("node.toml"),
+            "{key}: {error}"
+        );
+    }
+    std::fs::write(&path, base).unwrap();
+    NodeConfig::load(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

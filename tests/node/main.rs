@@ -1,0 +1,7 @@
+//! The node's claims, by topic, over real nodes on loopback (start-up in `common`).
+
+mod budget;
+mod common;
+mod config;
+mod refusals;
+mod train;

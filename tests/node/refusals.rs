@@ -1,0 +1,277 @@
+//! Refusals reach the modeller clearly and the node logs them.
+
+use std::process::Command;
+
+use unseen::local::HOSTS;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
+    let mut federation = Federation::start("refusals", false).await;
+
+    // A host whose policy does not share the dataset refuses; the CLI says why.
+    let forbidden = federation.spec(
+        "forbidden.toml",
+        &TRAIN.replace("dataset = \"utilities\"", "dataset = \"meters\""),
+    );
+    let (ok, _, stderr) = federation.cli(&["train", &forbidden]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("utilities")
+            && stderr.contains("does not let bank run train jobs on dataset \"meters\""),
+        "{stderr}"
+    );
+    assert!(federation.inner.nodes["utilities"]
+        .state
+        .metrics
+        .render()
+        .contains("unseen_refused_total{reason=\"policy\"} 1"));
+
+    // A malformed spec and an unknown dataset are refused before anything starts.
+    let malformed = federation.spec("malformed.toml", &TRAIN.replace("max_epochs", "max_epoch"));
+    let (ok, _, stderr) = federation.cli(&["train", &malformed]).await;
+    assert!(
+        !ok && stderr.contains("max_epoch") && stderr.contains("malformed.toml"),
+        "{stderr}"
+    );
+    let missing = federation.spec(
+        "missing.toml",
+        &TRAIN.replacen("dataset = \"bank\"", "dataset = \"loans\"", 1),
+    );
+    let (ok, _, stderr) = federation.cli(&["job", "submit", &missing]).await;
+    assert!(
+        !ok && stderr.contains("\"loans\" is not a dataset of bank"),
+        "{stderr}"
+    );
+
+    // An operator certificate from another CA is refused in the handshake and counted.
+    let rogue = federation.dir.join("rogue");
+    node::certs::init(&rogue, &["modeller".to_string()]).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_unseen"));
+    command
+        .args(["job", "list", "--identity"])
+        .arg(rogue.join("modeller"))
+        .args(["--node", &federation.node_arg("bank")]);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let text = federation.state("bank").metrics.render();
+    assert!(
+        text.contains("unseen_refused_total{reason=\"tls\"}"),
+        "{text}"
+    );
+
+    // A certificate from the right CA but for another name cannot speak for the bank.
+    node::certs::issue(&federation.dir.join("certs"), &["mallory".to_string()]).unwrap();
+    let channel = node::cli::channel(
+        &federation.node_arg("tax"),
+        &federation.dir.join("certs/mallory"),
+    )
+    .await
+    .unwrap();
+    let mut client = node::proto::federation_client::FederationClient::new(channel);
+    let error = client
+        .propose(node::proto::JobProposal {
+            version: node::FEDERATION_VERSION,
+            job_id: "0".repeat(32),
+            kind: "train".into(),
+            guest: "bank".into(),
+            dataset: "tax".into(),
+            hosts: vec!["tax".into()],
+            model_id: "stolen".into(),
+            batch_rows: 4096,
+            guest_features: 13,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error}");
+    assert!(
+        error.message().contains("not valid for \"bank\""),
+        "{error}"
+    );
+    // Nor use the jobs service, which is for operators.
+    let (ok, _, _) = federation.cli(&["job", "list"]).await;
+    assert!(ok, "the modeller may list jobs");
+    let channel = node::cli::channel(
+        &federation.node_arg("bank"),
+        &federation.dir.join("certs/mallory"),
+    )
+    .await
+    .unwrap();
+    let error = node::proto::jobs_client::JobsClient::new(channel)
+        .list(node::proto::ListJobsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::PermissionDenied);
+
+    // The refused job is on record as failed, with the host's reason.
+    let (ok, listed, _) = federation.cli(&["job", "list", "--json"]).await;
+    assert!(ok);
+    let jobs: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    assert_eq!(jobs[0]["state"], "failed");
+    assert!(jobs[0]["error"].as_str().unwrap().contains("meters"));
+
+    // gRPC health answers for both services (grpcurl's health check uses this).
+    let channel = node::cli::channel(&federation.node_arg("bank"), &federation.inner.modeller())
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["unseen.v1.Federation", "unseen.v1.Jobs"] {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+
+    // A running job cancelled by the modeller stops on every node.
+    let long = federation.spec(
+        "long.toml",
+        &TRAIN
+            .replace("max_epochs = 8", "max_epochs = 500")
+            .replace("sme-credit", "long"),
+    );
+    let (ok, job, stderr) = federation.cli(&["job", "submit", &long]).await;
+    assert!(ok, "{stderr}");
+    let job = job.trim().to_string();
+    let bank = federation.state("bank");
+    while bank
+        .job(&job)
+        .unwrap()
+        .unwrap()
+        .events
+        .iter()
+        .all(|e| e.epoch == 0)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (ok, _, stderr) = federation.cli(&["job", "cancel", &job]).await;
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = federation.cli(&["job", "watch", &job]).await;
+    assert!(!ok && stderr.contains("cancelled"), "{stderr}");
+    for host in HOSTS {
+        let state = federation.state(host);
+        let record = loop {
+            let record = state.job(&job).unwrap().unwrap();
+            if record.is_final() {
+                break record;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(record.state, "failed", "{host}");
+        assert!(record.error.contains("bank"), "{host}: {}", record.error);
+        assert!(state.store.model("long").unwrap().is_none());
+    }
+
+    // A proposal retried after a lost reply is accepted again; a clash of job ids is not.
+    // An abort from the guest then ends the host's job.
+    let channel = node::cli::channel(
+        &federation.node_arg("tax"),
+        &federation.dir.join("certs/bank"),
+    )
+    .await
+    .unwrap();
+    let mut as_bank = node::proto::federation_client::FederationClient::new(channel);
+    let proposal = node::proto::JobProposal {
+        version: node::FEDERATION_VERSION,
+        job_id: "ab".repeat(16),
+        kind: "train".into(),
+        guest: "bank".into(),
+        dataset: "tax".into(),
+        hosts: vec!["tax".into()],
+        model_id: "retried".into(),
+        batch_rows: 4096,
+        guest_features: 13,
+    };
+    for _ in 0..2 {
+        let reply = as_bank
+            .propose(proposal.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.accepted, "{}", reply.reason);
+    }
+    // A guest cannot be one of the hosts (it would receive the hosts' pairwise masks), nor
+    // propose a kind other than training.
+    for (bad, why) in [
+        (
+            node::proto::JobProposal {
+                job_id: "cd".repeat(16),
+                hosts: vec!["tax".into(), "bank".into()],
+                ..proposal.clone()
+            },
+            "distinct parties other than the guest",
+        ),
+        (
+            node::proto::JobProposal {
+                job_id: "ef".repeat(16),
+                kind: "score".into(),
+                ..proposal.clone()
+            },
+            "not a job kind a guest can propose",
+        ),
+    ] {
+        let reply = as_bank.propose(bad).await.unwrap().into_inner();
+        assert!(
+            !reply.accepted && reply.reason.contains(why),
+            "{}",
+            reply.reason
+        );
+    }
+    let clash = node::proto::JobProposal {
+        model_id: "other".into(),
+        ..proposal.clone()
+    };
+    let reply = as_bank.propose(clash).await.unwrap().into_inner();
+    assert!(
+        !reply.accepted && reply.reason.contains("already known"),
+        "{}",
+        reply.reason
+    );
+    let abort = node::proto::Chunk {
+        version: node::FEDERATION_VERSION,
+        job_id: proposal.job_id.clone(),
+        sender: "bank".into(),
+        seq: 0,
+        kind: "abort".into(),
+        index: 0,
+        count: 1,
+        total_bytes: 4,
+        data: b"test".to_vec(),
+    };
+    as_bank.deliver(tokio_stream::iter([abort])).await.unwrap();
+    let tax = federation.state("tax");
+    let record = loop {
+        let record = tax.job(&proposal.job_id).unwrap().unwrap();
+        if record.is_final() {
+            break record;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(
+        record.error.contains("bank stopped the job: test"),
+        "{}",
+        record.error
+    );
+
+    // A host that is down fails the job with a message naming it, after the retries.
+    let utilities = federation.inner.nodes.remove("utilities").unwrap();
+    utilities.shutdown().await.unwrap();
+    let again = federation.spec("again.toml", &TRAIN.replace("sme-credit", "again"));
+    let (ok, _, stderr) = federation.cli(&["train", &again]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("peer utilities: propose failed (after 4 attempts)"),
+        "{stderr}"
+    );
+    federation.stop().await;
+}

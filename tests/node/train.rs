@@ -1,0 +1,389 @@
+//! A job end to end: training like the simulator, scoring, audit and metrics.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use fedlearn::{Missing, Table, TrainConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use unseen::local::HOSTS;
+
+use crate::common::*;
+
+/// PSI and training over the nodes match the simulator despite a cut connection; every party
+/// stores only its own part. Returns the job's final status.
+async fn trains_like_the_simulator_despite_a_dropped_connection(
+    federation: &Federation,
+) -> serde_json::Value {
+    let spec = federation.spec("job.toml", TRAIN);
+    let (ok, stdout, stderr) = federation.cli(&["train", "--json", &spec]).await;
+    assert!(ok, "unseen train failed:\n{stderr}\n{stdout}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let status = lines.last().unwrap();
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert!(lines
+        .iter()
+        .any(|e| e["state"] == "psi" && e["psi_progress"].as_f64() > Some(0.0)));
+    // One event per epoch with its aggregate losses, then one with the final model's metrics
+    // (no validation split: on the training rows).
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|e| e["state"] == "training" && e["train_loss"].as_f64().is_some())
+            .count(),
+        8
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|e| e["state"] == "training" && e["train"]["auc"].as_f64().is_some())
+            .count(),
+        1
+    );
+
+    // PSI found the rows all three hold.
+    let expected_rows = unseen::local::aligned_rows_expected();
+    assert_eq!(
+        status["aligned_rows"].as_u64().unwrap() as usize,
+        expected_rows
+    );
+
+    // The connection was cut mid-job, the bank retried, and the retry changed nothing.
+    assert_eq!(federation.proxy_drops.load(Ordering::SeqCst), 1);
+    let bank = federation.state("bank");
+    let errors = bank.metrics.render();
+    assert!(
+        errors.contains("unseen_peer_call_errors_total{peer=\"tax\""),
+        "{errors}"
+    );
+
+    let auc = status["train"]["auc"].as_f64().unwrap();
+    let config = TrainConfig {
+        // The full batch: PSI hands the rows to training in a random order, so only then
+        // does the simulator on the bank's file order see the same updates.
+        max_epochs: 8,
+        batch_size: None,
+        learning_rate: 0.05,
+        seed: 11,
+        ..TrainConfig::default()
+    };
+    config.validate().unwrap();
+    let reference = simulated_auc(&federation.dir, &config);
+    assert!(
+        (auc - reference).abs() < 1e-3,
+        "nodes {auc} vs simulator {reference}"
+    );
+    assert!(auc > 0.7, "{auc}");
+
+    // Every party stored its own part, and only its own features.
+    for (party, features) in [("bank", 13), ("tax", 5), ("utilities", 5)] {
+        let model = federation.inner.nodes[party]
+            .state
+            .store
+            .model("sme-credit")
+            .unwrap()
+            .unwrap();
+        let part = fedlearn::ModelPart::from_json(party, &model.part_json).unwrap();
+        assert_eq!(part.party, party);
+        assert_eq!(part.features.len(), features, "{party}");
+    }
+    let (ok, shown, _) = federation.cli(&["model", "show", "sme-credit"]).await;
+    assert!(ok && shown.contains("\"history\""), "{shown}");
+    status.clone()
+}
+
+/// The joint scores the platform gets equal the plaintext joint probability of the stored
+/// parts, with per-id errors for ids a party lacks. Returns (the ids every party holds, every
+/// id asked, the platform's scores, each party's partial score of each known id).
+async fn scores_are_the_plaintext_joint_probability(
+    federation: &Federation,
+) -> (Vec<String>, Vec<String>, serde_json::Value, Vec<Vec<f64>>) {
+    // The platform gets p = σ(z_bank + z_tax + z_utilities) — equal to the
+    // plaintext joint probability of the stored parts — and per-id errors for ids a party
+    // lacks; the hosts' replies are masked, and the masks cancel only in the sum.
+    let guest_ids: Vec<String> = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/default_credit_hetero_guest.csv"),
+    )
+    .unwrap()
+    .lines()
+    .skip(1)
+    .map(|l| l.split(',').next().unwrap().to_string())
+    .collect();
+    // Line i of the file is guest_ids[i - 1]; the bank lacks every 53rd line, tax every 71st.
+    let known: Vec<String> = [1usize, 2, 3, 500, 29_999]
+        .iter()
+        .map(|&i| guest_ids[i - 1].clone())
+        .collect();
+    let (no_bank, no_tax) = (guest_ids[53 - 1].clone(), guest_ids[71 - 1].clone());
+    let mut ids = known.clone();
+    ids.extend([no_bank.clone(), no_tax.clone(), "nobody".to_string()]);
+    let mut args = vec!["score", "--json", "--model", "sme-credit", "--identity"];
+    let platform = federation.inner.platform().display().to_string();
+    args.push(&platform);
+    args.extend(ids.iter().map(String::as_str));
+    let (ok, scored, stderr) = federation.cli(&args).await;
+    assert!(ok, "{stderr}");
+    let scored: serde_json::Value = serde_json::from_str(&scored).unwrap();
+    let parts: Vec<fedlearn::ModelPart> = ["bank", "tax", "utilities"]
+        .iter()
+        .map(|p| {
+            let record = federation
+                .state(p)
+                .store
+                .model("sme-credit")
+                .unwrap()
+                .unwrap();
+            fedlearn::ModelPart::from_json(p, &record.part_json).unwrap()
+        })
+        .collect();
+    let tables: Vec<Table> = ["bank.csv", "tax.csv", "utilities.csv"]
+        .iter()
+        .enumerate()
+        .map(|(k, file)| {
+            let text = std::fs::read_to_string(federation.dir.join(file)).unwrap();
+            let label = (k == 0).then_some("y");
+            Table::parse_csv(file, &text, "id", label, Missing::Reject).unwrap()
+        })
+        .collect();
+    // Party k's partial score of one id, in the clear (the test may; the nodes may not).
+    let partial = |k: usize, id: &str| -> f64 {
+        let row = tables[k].ids().iter().position(|x| x == id).unwrap();
+        parts[k]
+            .partial_scores(&tables[k].select_rows(&[row]).unwrap())
+            .unwrap()[0]
+    };
+    for (i, id) in known.iter().enumerate() {
+        let z = partial(0, id) + partial(1, id) + partial(2, id);
+        let expected = fedlearn::sigmoid(z);
+        let got = &scored[i];
+        assert_eq!(got["id"], id.as_str());
+        assert!(
+            (got["probability"].as_f64().unwrap() - expected).abs() < 1e-6,
+            "{got} vs {expected}"
+        );
+        let odds = (1.0 - expected) / expected;
+        let points = 600.0 + 20.0 / std::f64::consts::LN_2 * (odds / 50.0).ln();
+        assert!(
+            (got["points"].as_f64().unwrap() - points).abs() < 1e-3,
+            "{got}"
+        );
+        let band = if expected >= 0.5 {
+            "red"
+        } else if expected >= 0.2 {
+            "yellow"
+        } else {
+            "blue"
+        };
+        assert_eq!(got["band"], band);
+    }
+    assert!(
+        scored[5]["error"]
+            .as_str()
+            .unwrap()
+            .contains("bank: unknown id"),
+        "{scored}"
+    );
+    assert!(
+        scored[6]["error"]
+            .as_str()
+            .unwrap()
+            .contains("tax: cannot score"),
+        "{scored}"
+    );
+    assert!(
+        scored[7]["error"].as_str().unwrap().contains("unknown id"),
+        "{scored}"
+    );
+
+    let partials = (0..3)
+        .map(|k| known.iter().map(|id| partial(k, id)).collect())
+        .collect();
+    (known, ids, scored, partials)
+}
+
+/// The Python client example gets the same scores (when python3 has grpcio and grpcio-tools).
+async fn the_python_client_agrees(
+    federation: &Federation,
+    ids: &[String],
+    scored: &serde_json::Value,
+) {
+    let platform = federation.inner.platform().display().to_string();
+    let python = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output();
+    if python.is_ok_and(|o| o.status.success()) {
+        let mut command = Command::new("python3");
+        command
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/score.py"))
+            .args([
+                "--node",
+                &federation.node_arg("bank"),
+                "--identity",
+                &platform,
+                "--model",
+                "sme-credit",
+            ])
+            .args(ids);
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let from_python: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(from_python.len(), ids.len());
+        for (a, b) in from_python.iter().zip(scored.as_array().unwrap()) {
+            assert_eq!(a["id"], b["id"]);
+            assert_eq!(a["band"], b["band"]);
+            if let Some(p) = b["probability"].as_f64() {
+                assert!((a["probability"].as_f64().unwrap() - p).abs() < 1e-12);
+            } else {
+                assert_eq!(a["error"], b["error"]);
+            }
+        }
+    } else {
+        println!("notice: skipped the Python client example: python3 with grpcio and grpcio-tools is not available");
+    }
+}
+
+/// What the guest receives from each host, asked directly with the bank's certificate, is
+/// masked; the masks cancel only in the sum. The modeller is not a scoring client.
+async fn hosts_mask_their_partial_scores(
+    federation: &Federation,
+    known: &[String],
+    partials: &[Vec<f64>],
+) {
+    let mut masked = Vec::new();
+    for (k, host) in HOSTS.iter().enumerate() {
+        let channel = node::cli::channel(
+            &federation.node_arg(host),
+            &federation.dir.join("certs/bank"),
+        )
+        .await
+        .unwrap();
+        let reply = node::proto::federation_client::FederationClient::new(channel)
+            .partial_scores(node::proto::PartialScoresRequest {
+                version: node::FEDERATION_VERSION,
+                guest: "bank".into(),
+                model_id: "sme-credit".into(),
+                ids: known.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for (i, id) in known.iter().enumerate() {
+            let plain = (partials[k + 1][i] * 4_294_967_296.0).round() as i64 as u64;
+            assert_ne!(
+                reply.masked[i], plain,
+                "{host} sent its partial score of {id} unmasked"
+            );
+        }
+        masked.push(reply.masked);
+    }
+    for (i, id) in known.iter().enumerate() {
+        let sum = masked[0][i].wrapping_add(masked[1][i]) as i64 as f64 / 4_294_967_296.0;
+        let plain = partials[1][i] + partials[2][i];
+        assert!((sum - plain).abs() < 1e-6, "{id}: {sum} vs {plain}");
+    }
+    // The modeller is not a scoring client.
+    let mut args = vec!["score", "--model", "sme-credit"];
+    args.push(&known[0]);
+    let (ok, _, stderr) = federation.cli(&args).await;
+    assert!(
+        !ok && stderr.contains("names no scoring client"),
+        "{stderr}"
+    );
+}
+
+/// The audit trail holds the job, its message kinds and the scoring calls, and verifies.
+async fn the_audit_trail_holds_the_job(federation: &Federation, status: &serde_json::Value) {
+    let (ok, out, stderr) = federation.cli(&["audit", "verify"]).await;
+    assert!(ok && out.contains("intact"), "{out}{stderr}");
+    let job_id = status["job_id"].as_str().unwrap();
+    let (ok, out, _) = federation
+        .cli(&["audit", "show", "--json", "--job", job_id])
+        .await;
+    assert!(ok);
+    for needle in [
+        "job.submitted",
+        "job.proposed",
+        "job.accepted_by",
+        "fedlearn.product",
+        "psi.points",
+        "job.ended",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from\n{out}");
+    }
+    let events: Vec<serde_json::Value> = audit_lines(federation, "tax", "").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "score.partial" && e["detail"]["ids"] == 5),
+        "{events:?}"
+    );
+    let bank_events = audit_lines(federation, "bank", "").await;
+    assert!(bank_events
+        .iter()
+        .any(|e| e["event"] == "score" && e["peer"] == "platform" && e["detail"]["ids"] == 8));
+}
+
+/// The metrics endpoint counts the job.
+async fn metrics_count_the_job(federation: &Federation) {
+    let address = federation.inner.nodes["bank"].metrics_address.unwrap();
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    assert!(
+        body.contains("unseen_jobs_total{role=\"guest\",state=\"succeeded\"} 1"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_end_to_end() {
+    // One trained federation serves every claim: training costs most of the test's time.
+    let mut federation = Federation::start("train", true).await;
+    let status = trains_like_the_simulator_despite_a_dropped_connection(&federation).await;
+    let (known, ids, scored, partials) =
+        scores_are_the_plaintext_joint_probability(&federation).await;
+    the_python_client_agrees(&federation, &ids, &scored).await;
+    hosts_mask_their_partial_scores(&federation, &known, &partials).await;
+    the_audit_trail_holds_the_job(&federation, &status).await;
+    metrics_count_the_job(&federation).await;
+
+    // With a host down, scoring fails as unavailable (worth retrying), naming the host.
+    let utilities = federation.inner.nodes.remove("utilities").unwrap();
+    utilities.shutdown().await.unwrap();
+    let channel = node::cli::channel(&federation.node_arg("bank"), &federation.inner.platform())
+        .await
+        .unwrap();
+    let error = node::proto::scoring_client::ScoringClient::new(channel)
+        .score(node::proto::ScoreRequest {
+            model_id: "sme-credit".into(),
+            ids: known[..1].to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
+    assert!(
+        error
+            .message()
+            .contains("peer utilities: partial_scores failed"),
+        "{error}"
+    );
+    federation.stop().await;
+}
