@@ -520,9 +520,52 @@ mod tests {
                 kind: s(),
                 dataset: s(),
             },
+            Refusal::GuestFeatures {
+                party: s(),
+                guest: s(),
+                dataset: s(),
+                got: 65,
+                max: 64,
+            },
+            Refusal::BatchRows {
+                party: s(),
+                guest: s(),
+                dataset: s(),
+                rows: 1,
+                min: 2,
+            },
             Refusal::HostsNotDistinct,
             Refusal::NotAHost { party: s() },
+            Refusal::UnknownHost {
+                host: s(),
+                party: s(),
+            },
+            Refusal::JobEnded {
+                job: s(),
+                state: s(),
+            },
             Refusal::JobKnown { job: s() },
+            Refusal::ModelInUse {
+                model: s(),
+                party: s(),
+            },
+            Refusal::Budget {
+                guest: s(),
+                dataset: s(),
+                party: s(),
+                disclosed: 2,
+                max: 2,
+            },
+            Refusal::NotAPeer {
+                call: "proposal",
+                claimed: s(),
+                party: s(),
+            },
+            Refusal::PeerCertificate {
+                call: "delivery",
+                claimed: s(),
+                certificate: s(),
+            },
             Refusal::OfferDiffers,
             Refusal::NotInJob {
                 sender: s(),
@@ -567,7 +610,30 @@ mod tests {
         assert_eq!(code(unusable), Code::FailedPrecondition);
         assert_eq!(code(NodeError::Stopped("x".into())), Code::Aborted);
         assert_eq!(code(NodeError::Cancelled("x".into())), Code::Cancelled);
-        assert_eq!(code(NodeError::Server("x".into())), Code::Internal);
+        let io = std::io::Error::other("x");
+        for internal in [
+            NodeError::Server("x".into()),
+            NodeError::Tls("x".into()),
+            NodeError::io("f", io),
+            NodeError::Config {
+                path: "f".into(),
+                reason: "r".into(),
+            },
+            NodeError::Store {
+                path: "f".into(),
+                reason: "r".into(),
+            },
+            NodeError::Dataset {
+                name: "d".into(),
+                reason: "r".into(),
+            },
+            NodeError::Train(fedlearn::FedError::Protocol {
+                peer: "tax".into(),
+                reason: "r".into(),
+            }),
+        ] {
+            assert_eq!(code(internal), Code::Internal);
+        }
         let silent = NodeError::Peer {
             peer: "tax".into(),
             fault: PeerFault::Silent { seconds: 1 },
