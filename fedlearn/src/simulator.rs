@@ -1,10 +1,11 @@
-//! Guest and hosts in one process, one thread each, over in-process channels. Every message is
-//! encoded to bytes and decoded on arrival, as over a network, and can be recorded for audits.
+//! Guest and hosts in one process, one thread each, over an in-process network. Every message
+//! is encoded to bytes and decoded on arrival, as over a network, and can be recorded for
+//! audits. A test hook may alter, drop or replay messages in flight; a run in which a lost
+//! message leaves every party waiting fails at once with [`FedError::Transport`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::error::FedError;
 use crate::guest::{run_guest, GuestJob};
@@ -58,35 +59,91 @@ impl Simulation {
     }
 }
 
-/// How long a simulated party waits for a message before failing the job.
+/// How long a simulated party waits for a message before failing the job (a backstop: a run
+/// in which every party waits for a message that nobody will send fails at once).
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Alters a message in flight: (sender, receiver, message) → the message delivered. Tests use
-/// it to play a party that deviates from the protocol.
-pub type Alter = dyn Fn(&str, &str, Message) -> Message + Send + Sync;
+/// Alters a message in flight: (sender, receiver, message) → the messages delivered in its
+/// place, in order: none drops it, two copies replay it. Tests use it to play a party that
+/// deviates from the protocol, or a network that loses or repeats messages.
+pub type Alter = dyn Fn(&str, &str, Message) -> Vec<Message> + Send + Sync;
 
-struct ChannelTransport {
+/// The simulated network: one queue per (sender, receiver), shared by every party.
+#[derive(Default)]
+struct Network {
+    wires: Mutex<Wires>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Wires {
+    /// Bytes sent and not yet received, by (sender, receiver).
+    queues: HashMap<(String, String), VecDeque<Vec<u8>>>,
+    /// Every party of the job.
+    parties: BTreeSet<String>,
+    /// The parties still running (a party stops when its transport is dropped).
+    running: BTreeSet<String>,
+    /// Each party blocked in `receive`, and the peer it waits for.
+    waiting: HashMap<String, String>,
+    /// Set once every running party waited for a peer that had sent it nothing: no message
+    /// can arrive any more (one was lost, or the protocol deadlocked), so every receive fails.
+    stalled: bool,
+    /// Every message sent.
+    log: Vec<WireRecord>,
+}
+
+impl Wires {
+    fn queue(&mut self, from: &str, to: &str) -> &mut VecDeque<Vec<u8>> {
+        self.queues
+            .entry((from.to_owned(), to.to_owned()))
+            .or_default()
+    }
+
+    /// Whether every running party waits for a peer that has sent it nothing.
+    fn stalls(&self) -> bool {
+        self.running.iter().all(|party| {
+            self.waiting.get(party).is_some_and(|from| {
+                let key = (from.clone(), party.clone());
+                self.queues.get(&key).is_none_or(VecDeque::is_empty)
+            })
+        })
+    }
+}
+
+impl Network {
+    fn wires(&self) -> MutexGuard<'_, Wires> {
+        self.wires.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One party's end of the [`Network`].
+struct NetTransport {
     alter: Option<Arc<Alter>>,
     me: String,
-    senders: HashMap<String, Sender<Vec<u8>>>,
-    receivers: HashMap<String, Receiver<Vec<u8>>>,
-    log: Arc<Mutex<Vec<WireRecord>>>,
+    net: Arc<Network>,
     record: bool,
 }
 
-impl Transport for ChannelTransport {
+fn transport_error(peer: &str, reason: impl Into<String>) -> FedError {
+    FedError::Transport {
+        peer: peer.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl Transport for NetTransport {
     fn send(&mut self, to: &str, message: Message) -> Result<(), FedError> {
-        let message = match &self.alter {
+        let messages = match &self.alter {
             Some(alter) => alter(&self.me, to, message),
-            None => message,
+            None => vec![message],
         };
-        let bytes = message.to_bytes();
-        let sender = self.senders.get(to).ok_or_else(|| FedError::Transport {
-            peer: to.to_owned(),
-            reason: "no such party in the simulation".into(),
-        })?;
-        if let Ok(mut log) = self.log.lock() {
-            log.push(WireRecord {
+        for message in messages {
+            let bytes = message.to_bytes();
+            let mut wires = self.net.wires();
+            if !wires.parties.contains(to) {
+                return Err(transport_error(to, "no such party in the simulation"));
+            }
+            wires.log.push(WireRecord {
                 from: self.me.clone(),
                 to: to.to_owned(),
                 kind: message.kind(),
@@ -97,31 +154,67 @@ impl Transport for ChannelTransport {
                     Vec::new()
                 },
             });
+            // What is sent to a party that has stopped is lost, as over a network: the sender
+            // finds out when it waits for that party.
+            if wires.running.contains(to) {
+                wires.queue(&self.me, to).push_back(bytes);
+            }
+            self.net.changed.notify_all();
         }
-        sender.send(bytes).map_err(|_| FedError::Transport {
-            peer: to.to_owned(),
-            reason: "the party has stopped".into(),
-        })
+        Ok(())
     }
 
     fn receive(&mut self, from: &str) -> Result<Message, FedError> {
-        let receiver = self
-            .receivers
-            .get(from)
-            .ok_or_else(|| FedError::Transport {
-                peer: from.to_owned(),
-                reason: "no such party in the simulation".into(),
-            })?;
-        let bytes = receiver
-            .recv_timeout(RECEIVE_TIMEOUT)
-            .map_err(|e| FedError::Transport {
-                peer: from.to_owned(),
-                reason: match e {
-                    RecvTimeoutError::Timeout => format!("nothing received in {RECEIVE_TIMEOUT:?}"),
-                    RecvTimeoutError::Disconnected => "the party has stopped".into(),
-                },
-            })?;
-        Message::from_bytes(&bytes)
+        let deadline = Instant::now() + RECEIVE_TIMEOUT;
+        let mut wires = self.net.wires();
+        if !wires.parties.contains(from) {
+            return Err(transport_error(from, "no such party in the simulation"));
+        }
+        loop {
+            wires.waiting.remove(&self.me);
+            if wires.stalled {
+                return Err(transport_error(
+                    from,
+                    "nothing can arrive: every party waits for a message nobody will send",
+                ));
+            }
+            if let Some(bytes) = wires.queue(from, &self.me).pop_front() {
+                drop(wires);
+                return Message::from_bytes(&bytes);
+            }
+            if !wires.running.contains(from) {
+                return Err(transport_error(from, "the party has stopped"));
+            }
+            wires.waiting.insert(self.me.clone(), from.to_owned());
+            if wires.stalls() {
+                wires.stalled = true;
+                self.net.changed.notify_all();
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                wires.waiting.remove(&self.me);
+                return Err(transport_error(
+                    from,
+                    format!("nothing received in {RECEIVE_TIMEOUT:?}"),
+                ));
+            }
+            wires = self
+                .net
+                .changed
+                .wait_timeout(wires, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Drop for NetTransport {
+    fn drop(&mut self) {
+        let mut wires = self.net.wires();
+        wires.running.remove(&self.me);
+        wires.waiting.remove(&self.me);
+        self.net.changed.notify_all();
     }
 }
 
@@ -157,7 +250,7 @@ pub struct AlteredRun {
 }
 
 /// [`simulate`] with every message passed through `alter` before it is sent (a test hook for
-/// deviating parties), returning every party's result.
+/// deviating parties and lossy networks), returning every party's result.
 #[doc(hidden)]
 pub fn simulate_altered(
     guest: GuestJob,
@@ -172,6 +265,12 @@ pub fn simulate_altered(
         hosts: hosts.into_iter().map(|h| h.map_err(|s| s.error)).collect(),
         wire,
     }
+}
+
+/// An [`Alter`] that delivers `f`'s replacement of every message, one for one.
+#[doc(hidden)]
+pub fn replacing(f: impl Fn(&str, &str, Message) -> Message + Send + Sync + 'static) -> Arc<Alter> {
+    Arc::new(move |from: &str, to: &str, message| vec![f(from, to, message)])
 }
 
 /// Every party's result and the wire.
@@ -191,44 +290,35 @@ fn simulate_run(
     let names: Vec<String> = std::iter::once(guest.party.clone())
         .chain(hosts.iter().map(|h| h.party.clone()))
         .collect();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let mut transports: Vec<ChannelTransport> = names
-        .iter()
-        .map(|me| ChannelTransport {
-            alter: alter.clone(),
-            me: me.clone(),
-            senders: HashMap::new(),
-            receivers: HashMap::new(),
-            log: Arc::clone(&log),
-            record,
-        })
-        .collect();
-    for from in 0..names.len() {
-        for to in 0..names.len() {
-            if from != to {
-                let (sender, receiver) = channel();
-                transports[from].senders.insert(names[to].clone(), sender);
-                transports[to]
-                    .receivers
-                    .insert(names[from].clone(), receiver);
-            }
-        }
+    let net = Arc::new(Network::default());
+    {
+        let mut wires = net.wires();
+        wires.parties = names.iter().cloned().collect();
+        wires.running = wires.parties.clone();
     }
-    let mut host_transports = transports.split_off(1);
-    let mut guest_transport = transports.pop().expect("the guest's transport");
+    let transport = |me: &String| NetTransport {
+        alter: alter.clone(),
+        me: me.clone(),
+        net: Arc::clone(&net),
+        record,
+    };
+    let mut guest_transport = transport(&names[0]);
+    let host_transports: Vec<NetTransport> = names[1..].iter().map(transport).collect();
     let (guest_result, host_results) = std::thread::scope(|scope| {
         let handles: Vec<_> = hosts
             .into_iter()
-            .zip(host_transports.iter_mut())
-            .map(|(job, transport)| {
+            .zip(host_transports)
+            .map(|(job, mut transport)| {
+                // The transport drops with the thread: peers waiting on the host then learn
+                // that it stopped.
                 scope.spawn(move || {
-                    let proposal = receive_proposal(transport, &job.guest)?;
-                    run_host(job, proposal, transport, &mut |_| {})
+                    let proposal = receive_proposal(&mut transport, &job.guest)?;
+                    run_host(job, proposal, &mut transport, &mut |_| {})
                 })
             })
             .collect();
         let guest_result = run_guest(guest, &mut guest_transport, events);
-        // Dropping the guest's channels unblocks hosts still waiting on it.
+        // Dropping the guest's transport unblocks hosts still waiting on it.
         drop(guest_transport);
         let host_results: Vec<Result<HostOutcome, Stopped>> = handles
             .into_iter()
@@ -243,9 +333,6 @@ fn simulate_run(
             .collect();
         (guest_result, host_results)
     });
-    let wire = log
-        .lock()
-        .map(|mut log| std::mem::take(&mut *log))
-        .unwrap_or_default();
+    let wire = std::mem::take(&mut net.wires().log);
     (guest_result, host_results, wire)
 }

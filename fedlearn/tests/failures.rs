@@ -2,10 +2,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{jobs, parties};
-use fedlearn::internal::simulate_altered;
+use fedlearn::internal::{replacing, simulate_altered};
 use fedlearn::*;
 
 fn run(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> Result<Simulation, FedError> {
@@ -182,7 +180,7 @@ fn a_replayed_or_misplaced_message_is_a_protocol_error_naming_the_peer() {
             host_jobs,
             false,
             &mut |_| {},
-            Some(Arc::new(alter)),
+            Some(replacing(alter)),
         );
         let error = if victim == "guest" {
             run.guest.err()
@@ -217,7 +215,7 @@ fn a_guest_announcing_more_columns_than_its_proposal_is_refused() {
         host_jobs,
         false,
         &mut |_| {},
-        Some(Arc::new(widen)),
+        Some(replacing(widen)),
     );
     match run.hosts.into_iter().next().and_then(Result::err) {
         Some(FedError::Protocol { peer, reason }) => {

@@ -7,10 +7,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{jobs, parties};
-use fedlearn::internal::{simulate_altered, split, AlteredRun};
+use fedlearn::internal::{replacing, simulate_altered, split, AlteredRun};
 use fedlearn::*;
 
 /// R² of the least-squares fit of `target` on span{1, vectors}: modified Gram–Schmidt (twice,
@@ -237,7 +235,7 @@ fn crafted_run(flip_labels: bool, attacker: &'static str, victim: &'static str) 
         host_jobs,
         true,
         &mut |_| {},
-        Some(Arc::new(alter)),
+        Some(replacing(alter)),
     )
 }
 
@@ -350,7 +348,7 @@ fn a_guest_that_alters_a_host_gradient_is_caught() {
             host_jobs,
             false,
             &mut |_| {},
-            Some(Arc::new(alter)),
+            Some(replacing(alter)),
         );
         assert!(
             matches!(&run.hosts[0], Err(FedError::Integrity { step, .. }) if *step == at_step),
@@ -410,7 +408,7 @@ fn a_guest_that_sends_hosts_different_things_is_caught_before_any_product() {
         host_jobs,
         true,
         &mut |_| {},
-        Some(Arc::new(alter)),
+        Some(replacing(alter)),
     );
     for host in &run.hosts {
         match host {

@@ -149,7 +149,8 @@ pub enum PsiError {
         /// What arrived.
         what: &'static str,
     },
-    /// `finish` was called before every batch from every host arrived.
+    /// The run ended before every message arrived: `finish` was called before every batch
+    /// from every host, or (in the in-memory driver) a host got no alignment.
     #[error("the PSI run is incomplete: {missing}")]
     Incomplete {
         /// What is still missing.

@@ -82,3 +82,10 @@ pub use message::{
     PROTOCOL_VERSION,
 };
 pub use session::{GuestConfig, GuestOutput, GuestResult, HostOutput, PsiGuest, PsiHost};
+
+/// Test hooks: the in-memory driver with messages altered, dropped or replayed in flight.
+/// Not part of the supported interface.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::driver::{run_in_memory_altered, Altered, InFlight};
+}
