@@ -101,7 +101,7 @@
 //! let run = simulate(guest, vec![host], false, &mut |_| {})?;
 //! assert!(run.guest.evaluation.metrics.auc > 0.9); // the one reveal: here the training rows
 //! println!("{}", run.hosts[0].model.to_json()); // the tax bureau's part of the model
-//! # Ok::<(), fedlearn::FedError>(())
+//! # Ok::<(), fedlearn::Stopped>(())
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
