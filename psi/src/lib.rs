@@ -77,9 +77,9 @@ pub use driver::{run_in_memory, HostInput, InMemoryOutcome, WireMessage, GUEST};
 pub use error::{DuplicateId, PsiError};
 pub use ids::{DuplicatePolicy, IdColumn, MAX_ID_LEN, MAX_ROWS};
 pub use message::{
-    points_from_bytes, points_to_bytes, tags_from_bytes, tags_to_bytes, Alignment, GuestHello,
-    HostHello, PointBatch, ResultMode, TagBatch, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
-    PROTOCOL_VERSION,
+    alignment_from_bytes, alignment_to_bytes, points_from_bytes, points_to_bytes, tags_from_bytes,
+    tags_to_bytes, Alignment, GuestHello, HostHello, PointBatch, ResultMode, TagBatch,
+    DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, PROTOCOL_VERSION,
 };
 pub use session::{GuestConfig, GuestOutput, GuestResult, HostOutput, PsiGuest, PsiHost};
 

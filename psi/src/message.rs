@@ -100,13 +100,13 @@ pub fn tags_from_bytes(peer: &str, bytes: &[u8]) -> Result<Vec<Tag>, PsiError> {
     split_fixed::<TAG_LEN>(peer, "tags", bytes)
 }
 
-/// An alignment's positions as bytes (u32 each, little-endian), the driver's wire form.
-pub(crate) fn alignment_to_bytes(positions: &[u32]) -> Vec<u8> {
+/// An alignment's positions as bytes (u32 each, little-endian), their wire form.
+pub fn alignment_to_bytes(positions: &[u32]) -> Vec<u8> {
     positions.iter().flat_map(|p| p.to_le_bytes()).collect()
 }
 
 /// Reads [`alignment_to_bytes`]; the length must be a multiple of 4.
-pub(crate) fn alignment_from_bytes(peer: &str, bytes: &[u8]) -> Result<Vec<u32>, PsiError> {
+pub fn alignment_from_bytes(peer: &str, bytes: &[u8]) -> Result<Vec<u32>, PsiError> {
     Ok(split_fixed::<4>(peer, "positions", bytes)?
         .into_iter()
         .map(u32::from_le_bytes)

@@ -137,11 +137,7 @@ pub fn tags_from_proto(peer: &str, batch: &PsiTags) -> Result<psi::TagBatch, psi
 pub fn alignment_to_proto(alignment: &psi::Alignment) -> psi_message::Body {
     psi_message::Body::Alignment(PsiAlignment {
         version: alignment.version.into(),
-        positions: alignment
-            .positions
-            .iter()
-            .flat_map(|p| p.to_le_bytes())
-            .collect(),
+        positions: psi::alignment_to_bytes(&alignment.positions),
     })
 }
 
@@ -150,22 +146,8 @@ pub fn alignment_from_proto(
     peer: &str,
     alignment: &PsiAlignment,
 ) -> Result<psi::Alignment, psi::PsiError> {
-    if !alignment.positions.len().is_multiple_of(4) {
-        return Err(psi::PsiError::InvalidField {
-            peer: peer.to_owned(),
-            field: "positions",
-            reason: format!(
-                "{} bytes is not a whole number of u32",
-                alignment.positions.len()
-            ),
-        });
-    }
     Ok(psi::Alignment {
         version: version(alignment.version),
-        positions: alignment
-            .positions
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+        positions: psi::alignment_from_bytes(peer, &alignment.positions)?,
     })
 }
