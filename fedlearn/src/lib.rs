@@ -104,7 +104,7 @@
 //! # Ok::<(), fedlearn::Stopped>(())
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod config;
 mod data;

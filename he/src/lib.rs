@@ -36,7 +36,7 @@
 //! # Ok::<(), he::HeError>(())
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 // Modules in layers, each using only modules of lower layers (no cycle):
 //   0 error

@@ -63,7 +63,7 @@
 //! # Ok::<(), psi::PsiError>(())
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod crypto;
 mod driver;
