@@ -1,12 +1,14 @@
 //! The two roles as state machines: [`PsiGuest`] (learns the intersection, drives alignment)
 //! and [`PsiHost`]. They consume and produce messages; the caller moves them.
 
+use std::collections::BTreeMap;
+
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use crate::crypto::{blind_ids, reblind_to_tags, BlindingKey, JobSalt, Tag, TAG_LEN};
 use crate::error::{PsiError, Stream};
-use crate::ids::{DuplicatePolicy, IdColumn};
+use crate::ids::{DuplicatePolicy, IdColumn, MAX_ROWS};
 use crate::message::{
     check_version, Alignment, GuestHello, HostHello, PointBatch, ResultMode, TagBatch,
     DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, PROTOCOL_VERSION,
@@ -92,6 +94,23 @@ fn shuffled_rows(ids: &IdColumn, policy: DuplicatePolicy) -> Result<Vec<u32>, Ps
     Ok(rows)
 }
 
+/// A peer's announced set size: at least one row, and at most [`MAX_ROWS`] (positions are
+/// `u32` on the wire, and batch counts must fit one).
+fn check_announced_rows(peer: &str, field: &'static str, rows: u64) -> Result<(), PsiError> {
+    let reason = if rows == 0 {
+        "the set is empty".to_owned()
+    } else if rows > MAX_ROWS {
+        format!("{rows} rows is more than {MAX_ROWS}")
+    } else {
+        return Ok(());
+    };
+    Err(PsiError::InvalidField {
+        peer: peer.to_owned(),
+        field,
+        reason,
+    })
+}
+
 fn check_batch(
     peer: &str,
     stream: Stream,
@@ -130,21 +149,18 @@ struct HostSlot {
     /// Tags of the guest's points after this host's blinding, by guest position.
     guest_tags: Vec<Tag>,
     guest_batches_done: Vec<bool>,
-    /// Tags of this host's points after the guest's blinding, by host position.
-    host_tags: Vec<Tag>,
-    host_batches_done: Vec<bool>,
+    /// Tags of this host's points after the guest's blinding, per batch received: memory
+    /// follows what arrived, not the set size the host announced.
+    host_batches: BTreeMap<u32, Vec<Tag>>,
 }
 
 impl HostSlot {
-    fn missing(&self) -> Option<String> {
-        let Some(_) = self.rows else {
+    fn missing(&self, batch_size: u32) -> Option<String> {
+        let Some(rows) = self.rows else {
             return Some(format!("no hello from host {}", self.name));
         };
-        let count = |done: &[bool]| done.iter().filter(|d| !**d).count();
-        let (guest_left, host_left) = (
-            count(&self.guest_batches_done),
-            count(&self.host_batches_done),
-        );
+        let guest_left = self.guest_batches_done.iter().filter(|d| !**d).count();
+        let host_left = batch_count(rows, batch_size) as usize - self.host_batches.len();
         (guest_left + host_left > 0).then(|| {
             format!(
                 "host {}: {guest_left} tag batches and {host_left} point batches missing",
@@ -227,8 +243,7 @@ impl PsiGuest {
                 rows: None,
                 guest_tags: vec![[0; TAG_LEN]; sent_rows.len()],
                 guest_batches_done: vec![false; own_batches],
-                host_tags: Vec::new(),
-                host_batches_done: Vec::new(),
+                host_batches: BTreeMap::new(),
             })
             .collect();
         Ok(PsiGuest {
@@ -288,7 +303,7 @@ impl PsiGuest {
     /// A host's hello: its set size.
     pub fn receive_host_hello(&mut self, host: &str, hello: &HostHello) -> Result<(), PsiError> {
         check_version(host, hello.version)?;
-        let (guest_rows, batch_size) = (self.sent_rows.len() as u64, self.config.batch_size);
+        let guest_rows = self.sent_rows.len() as u64;
         let slot = self.slot(host)?;
         if let Some(rows) = slot.rows {
             if rows == hello.host_rows {
@@ -299,22 +314,9 @@ impl PsiGuest {
                 what: "second hello with a different set size",
             });
         }
-        if hello.host_rows == 0 {
-            return Err(PsiError::InvalidField {
-                peer: host.to_owned(),
-                field: "host_rows",
-                reason: "the host's set is empty".into(),
-            });
-        }
+        check_announced_rows(host, "host_rows", hello.host_rows)?;
         check_tag_bound(guest_rows, hello.host_rows)?;
-        let rows = usize::try_from(hello.host_rows).map_err(|_| PsiError::InvalidField {
-            peer: host.to_owned(),
-            field: "host_rows",
-            reason: format!("{} does not fit in memory", hello.host_rows),
-        })?;
         slot.rows = Some(hello.host_rows);
-        slot.host_tags = vec![[0; TAG_LEN]; rows];
-        slot.host_batches_done = vec![false; batch_count(hello.host_rows, batch_size) as usize];
         Ok(())
     }
 
@@ -357,7 +359,7 @@ impl PsiGuest {
                 what: "points before the host's hello",
             });
         };
-        let range = check_batch(
+        check_batch(
             host,
             Stream::HostPoints,
             points.batch,
@@ -365,7 +367,10 @@ impl PsiGuest {
             host_rows,
             batch_size,
         )?;
-        if self.hosts[slot_index].host_batches_done[points.batch as usize] {
+        if self.hosts[slot_index]
+            .host_batches
+            .contains_key(&points.batch)
+        {
             return Ok(());
         }
         let tags =
@@ -375,21 +380,29 @@ impl PsiGuest {
                 batch: points.batch,
                 index,
             })?;
-        let slot = &mut self.hosts[slot_index];
-        slot.host_tags[range].copy_from_slice(&tags);
-        slot.host_batches_done[points.batch as usize] = true;
+        self.hosts[slot_index]
+            .host_batches
+            .insert(points.batch, tags);
         Ok(())
     }
 
     /// True when every batch from every host has arrived.
     pub fn is_complete(&self) -> bool {
-        self.hosts.iter().all(|slot| slot.missing().is_none())
+        let batch_size = self.config.batch_size;
+        self.hosts
+            .iter()
+            .all(|slot| slot.missing(batch_size).is_none())
     }
 
     /// Intersects, keeps the result in the guest's random shuffle order and, in both-sides mode,
     /// writes each host's alignment. Errors if anything is missing or the intersection is empty.
     pub fn finish(self) -> Result<GuestResult, PsiError> {
-        let missing: Vec<String> = self.hosts.iter().filter_map(HostSlot::missing).collect();
+        let batch_size = self.config.batch_size;
+        let missing: Vec<String> = self
+            .hosts
+            .iter()
+            .filter_map(|slot| slot.missing(batch_size))
+            .collect();
         if !missing.is_empty() {
             return Err(PsiError::Incomplete {
                 missing: missing.join("; "),
@@ -399,7 +412,9 @@ impl PsiGuest {
         let mut pairwise_sizes = Vec::with_capacity(self.hosts.len());
         let mut matches: Vec<Vec<u32>> = Vec::with_capacity(self.hosts.len());
         for slot in self.hosts {
-            let found = match_positions(&slot.guest_tags, slot.host_tags);
+            // Batches in order: the host's stream positions.
+            let host_tags = slot.host_batches.into_values().flatten().collect();
+            let found = match_positions(&slot.guest_tags, host_tags);
             pairwise_sizes.push(found.iter().filter(|&&p| p != NO_MATCH).count() as u64);
             matches.push(found);
         }
@@ -511,13 +526,7 @@ impl PsiHost {
                 reason: format!("{} is not in 1..={MAX_BATCH_SIZE}", hello.batch_size),
             });
         }
-        if hello.guest_rows == 0 {
-            return Err(PsiError::InvalidField {
-                peer: guest.to_owned(),
-                field: "guest_rows",
-                reason: "the guest's set is empty".into(),
-            });
-        }
+        check_announced_rows(guest, "guest_rows", hello.guest_rows)?;
         let sent_rows = shuffled_rows(&ids, duplicates)?;
         check_tag_bound(hello.guest_rows, sent_rows.len() as u64)?;
         let reply = HostHello {
