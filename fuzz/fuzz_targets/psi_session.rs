@@ -251,14 +251,14 @@ impl Run {
 
     fn deliver(&mut self, from: usize, to: usize, message: Msg) {
         if to == 0 {
-            self.to_guest(NAMES[from], message);
+            self.guest_receives(NAMES[from], message);
         } else if to <= self.hosts.len() {
             let state = std::mem::replace(&mut self.hosts[to - 1], Host::Stopped);
-            self.hosts[to - 1] = self.to_host(to, state, message);
+            self.hosts[to - 1] = self.host_receives(to, state, message);
         }
     }
 
-    fn to_guest(&mut self, from: &str, message: Msg) {
+    fn guest_receives(&mut self, from: &str, message: Msg) {
         let Some(guest) = self.guest.as_mut() else {
             return;
         };
@@ -291,7 +291,7 @@ impl Run {
         }
     }
 
-    fn to_host(&mut self, me: usize, state: Host, message: Msg) -> Host {
+    fn host_receives(&mut self, me: usize, state: Host, message: Msg) -> Host {
         match (state, message) {
             (Host::Waiting(ids, policy), Msg::GuestHello(hello)) => {
                 let Ok((host, reply)) = PsiHost::new(NAMES[0], ids, policy, &hello) else {
