@@ -133,6 +133,21 @@ pub enum Message {
 }
 
 impl Message {
+    /// Every kind [`Message::kind`] names, in protocol order.
+    pub const KINDS: [&'static str; 11] = [
+        "propose",
+        "keys",
+        "columns",
+        "product",
+        "loss_vector",
+        "loss_product",
+        "loss_report",
+        "epoch_end",
+        "final_scores",
+        "digest",
+        "abort",
+    ];
+
     /// A short name of the message kind (for logs, metrics and audits).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -10,21 +10,6 @@ use fedlearn::{
 use he::{HeError, PreparedMatrix, SecretKey, N8192_Q128};
 use wire_golden::Family;
 
-/// Every message kind, as [`Message::kind`] names it.
-const KINDS: [&str; 11] = [
-    "propose",
-    "keys",
-    "columns",
-    "product",
-    "loss_vector",
-    "loss_product",
-    "loss_report",
-    "epoch_end",
-    "final_scores",
-    "digest",
-    "abort",
-];
-
 /// One message of every kind, small. The he objects inside are single ciphertexts (their own
 /// layout is pinned by he's stored objects); the packing key in `keys` has no level, which
 /// encodes the same framing as a real one without 896 KiB per level.
@@ -132,7 +117,7 @@ fn stored_messages_of_every_version_decode_and_reencode_byte_for_byte() {
     let family = Family {
         name: "fedlearn",
         current: u32::from(PROTOCOL_VERSION),
-        kinds: &KINDS,
+        kinds: &Message::KINDS,
     };
     let make = || {
         samples()

@@ -16,20 +16,6 @@ use common::{jobs, parties};
 use fedlearn::internal::{replacing, simulate_altered, Alter, AlteredRun};
 use fedlearn::*;
 
-const KINDS: [&str; 11] = [
-    "propose",
-    "keys",
-    "columns",
-    "product",
-    "loss_vector",
-    "loss_product",
-    "loss_report",
-    "epoch_end",
-    "final_scores",
-    "digest",
-    "abort",
-];
-
 /// Why a party stops when a lost message leaves every party waiting (the simulator's
 /// transport).
 const STALLED: &str = "nothing can arrive";
@@ -142,7 +128,7 @@ fn error_of<'a>(run: &'a AlteredRun, party: &str) -> Option<&'a FedError> {
 
 /// Runs every case and checks the victim's error; every kind has a case or is `harmless`.
 fn check(cases: &[Case], harmless: &[&str]) {
-    for kind in KINDS {
+    for kind in Message::KINDS {
         let covered = cases.iter().any(|c| c.kind == kind) || harmless.contains(&kind);
         assert!(covered, "no case for {kind}");
     }
