@@ -6,8 +6,8 @@ use crate::data::Table;
 use crate::error::FedError;
 use crate::masks::Split;
 use crate::message::{Message, Proposal, Transport};
-use crate::metrics::evaluate;
-use crate::model::ModelPart;
+use crate::metrics::{evaluate, reliability};
+use crate::model::{Calibration, ModelPart};
 use crate::party::{job_nonce, signed, Core, LOSS_RELEASE_BITS};
 use crate::protocol::{
     decode_score, encode_fixed, finish_with_error, unexpected, EpochReport, Event, FinalEvaluation,
@@ -455,15 +455,19 @@ impl GuestSession {
             }
         }
         let own = self.core.scores_with(&weights, rows);
-        let probabilities: Vec<f64> = own
+        let joint: Vec<f64> = own
             .iter()
             .zip(&total)
-            .map(|(z, &h)| crate::math::sigmoid(z + decode_score(h)))
+            .map(|(z, &h)| z + decode_score(h))
             .collect();
         let labels: Vec<f64> = rows.iter().map(|&r| self.labels[r]).collect();
+        let mut model = self.core.model(&self.model_id, &weights);
+        model.calibration = Calibration::fit(&joint, &labels);
+        let model_calibration = model.calibration;
+        let probabilities: Vec<f64> = joint.iter().map(|&z| model.probability(z)).collect();
         let metrics = evaluate(&probabilities, &labels)?;
         self.outcome = Some(GuestOutcome {
-            model: self.core.model(&self.model_id, &weights),
+            model,
             history: std::mem::take(&mut self.history),
             best_epoch: self.best_epoch,
             stop: self.stop,
@@ -473,6 +477,8 @@ impl GuestSession {
                 rows: which,
                 count: rows.len(),
                 metrics,
+                calibration: model_calibration,
+                reliability: reliability(&probabilities, &labels, 10),
             },
         });
         Ok(())

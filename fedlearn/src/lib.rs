@@ -129,8 +129,8 @@ pub use guest::{run_guest, GuestJob, GuestSession};
 pub use host::{receive_proposal, run_host, HostJob, HostSession};
 pub use math::sigmoid;
 pub use message::{Message, PartyKeys, Proposal, Transport, PROTOCOL_VERSION};
-pub use metrics::{evaluate, Metrics};
-pub use model::{joint_probabilities, FeatureWeight, ModelPart, Role, MODEL_FORMAT};
+pub use metrics::{evaluate, reliability, Metrics, ReliabilityBin};
+pub use model::{joint_probabilities, Calibration, FeatureWeight, ModelPart, Role, MODEL_FORMAT};
 pub use protocol::{
     EpochReport, Event, FinalEvaluation, GuestOutcome, HostOutcome, RevealedRows, StopReason,
     Stopped,

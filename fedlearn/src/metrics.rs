@@ -1,5 +1,7 @@
 //! Binary classification metrics computed by the guest from joint scores.
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::FedError;
 
 /// The metrics reported per epoch.
@@ -13,6 +15,37 @@ pub struct Metrics {
     pub log_loss: f64,
     /// Share of rows whose probability is on the label's side of 0.5.
     pub accuracy: f64,
+}
+
+/// The revealed rows in equal-count groups by predicted probability (a reliability chart):
+/// how many rows, their mean predicted probability and their observed rate of positives.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReliabilityBin {
+    /// Rows in the group.
+    pub count: usize,
+    /// Mean predicted probability.
+    pub mean_probability: f64,
+    /// Share of positive labels.
+    pub observed_rate: f64,
+}
+
+/// Up to `groups` equal-count groups of rows by predicted probability, lowest first.
+pub fn reliability(probabilities: &[f64], labels: &[f64], groups: usize) -> Vec<ReliabilityBin> {
+    let mut order: Vec<usize> = (0..probabilities.len().min(labels.len())).collect();
+    order.sort_by(|&a, &b| probabilities[a].total_cmp(&probabilities[b]));
+    let groups = groups.clamp(1, order.len().max(1));
+    (0..groups)
+        .map(|g| &order[g * order.len() / groups..(g + 1) * order.len() / groups])
+        .filter(|rows| !rows.is_empty())
+        .map(|rows| {
+            let n = rows.len() as f64;
+            ReliabilityBin {
+                count: rows.len(),
+                mean_probability: rows.iter().map(|&r| probabilities[r]).sum::<f64>() / n,
+                observed_rate: rows.iter().map(|&r| labels[r]).sum::<f64>() / n,
+            }
+        })
+        .collect()
 }
 
 /// Computes the metrics of probabilities against 0/1 labels.

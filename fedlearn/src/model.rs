@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Missing, Table};
 use crate::error::FedError;
 
-/// Version of the model JSON this build writes and reads.
-pub const MODEL_FORMAT: u32 = 1;
+/// Version of the model JSON this build writes. It also reads format 1, the parts written
+/// before calibration existed (they score with the plain logistic function).
+pub const MODEL_FORMAT: u32 = 2;
 
 /// Which side of the federation a model part belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +34,101 @@ pub struct FeatureWeight {
     pub weight: f64,
 }
 
+/// Platt scaling of the joint score: probability = σ(slope·z + offset).
+///
+/// Training optimises a Taylor approximation of the log-loss, whose optimum on imbalanced
+/// labels is far from calibrated (the first-order residual 0.25·z + 0.5 − y makes z the
+/// least-squares fit of 4y − 2). The guest fits these two numbers, by maximum likelihood with
+/// Platt's smoothed targets, on the joint scores of the job's one reveal — scores it sees
+/// anyway — so calibration discloses nothing new; the order of the scores, hence AUC and KS,
+/// is unchanged when the slope is positive.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// Multiplies the joint score.
+    pub slope: f64,
+    /// Added after.
+    pub offset: f64,
+}
+
+impl Calibration {
+    /// The calibrated probability of joint score `z`.
+    pub fn probability(&self, z: f64) -> f64 {
+        crate::math::sigmoid(self.slope * z + self.offset)
+    }
+
+    /// Fits slope and offset to joint scores and their 0/1 labels; `None` when the labels are
+    /// all of one class or the fit does not converge to finite numbers.
+    pub fn fit(scores: &[f64], labels: &[f64]) -> Option<Calibration> {
+        let positives = labels.iter().filter(|&&y| y > 0.5).count() as f64;
+        let negatives = labels.len() as f64 - positives;
+        if positives == 0.0 || negatives == 0.0 || scores.len() != labels.len() {
+            return None;
+        }
+        // Platt's targets keep the fit finite on separable scores.
+        let (high, low) = (
+            (positives + 1.0) / (positives + 2.0),
+            1.0 / (negatives + 2.0),
+        );
+        let targets: Vec<f64> = labels
+            .iter()
+            .map(|&y| if y > 0.5 { high } else { low })
+            .collect();
+        let loss = |a: f64, b: f64| -> f64 {
+            scores
+                .iter()
+                .zip(&targets)
+                .map(|(&z, &t)| {
+                    let u = a * z + b;
+                    // −[t·log σ(u) + (1 − t)·log(1 − σ(u))], stable for large |u|.
+                    u.max(0.0) - t * u + (-u.abs()).exp().ln_1p()
+                })
+                .sum()
+        };
+        let (mut a, mut b) = (1.0, 0.0);
+        let mut current = loss(a, b);
+        for _ in 0..100 {
+            // Newton's step on the two parameters, halved until the loss decreases.
+            let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-12, 0.0, 1e-12);
+            for (&z, &t) in scores.iter().zip(&targets) {
+                let p = crate::math::sigmoid(a * z + b);
+                let w = p * (1.0 - p);
+                ga += (p - t) * z;
+                gb += p - t;
+                haa += w * z * z;
+                hab += w * z;
+                hbb += w;
+            }
+            let det = haa * hbb - hab * hab;
+            if det <= 0.0 || !det.is_finite() {
+                break;
+            }
+            let (da, db) = ((hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det);
+            let mut step = 1.0;
+            let mut improved = false;
+            while step > 1e-10 {
+                let next = loss(a - step * da, b - step * db);
+                if next < current {
+                    (a, b, current) = (a - step * da, b - step * db, next);
+                    improved = true;
+                    break;
+                }
+                step /= 2.0;
+            }
+            if !improved || (step * da).abs().max((step * db).abs()) < 1e-10 {
+                break;
+            }
+        }
+        (a.is_finite() && b.is_finite()).then_some(Calibration {
+            slope: a,
+            offset: b,
+        })
+    }
+}
+
 /// One party's part of a joint logistic-regression model: z = Σ_parties Σ_j w_j·(x_j − μ_j)/σ_j
-/// + intercept, probability = σ(z).
+/// + intercept, probability = σ(slope·z + offset) with the guest's [`Calibration`] (σ(z) for a
+/// part without one).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPart {
@@ -52,12 +146,24 @@ pub struct ModelPart {
     pub features: Vec<FeatureWeight>,
     /// The intercept (guest only).
     pub intercept: Option<f64>,
+    /// The guest's calibration of the joint score (guest only; absent in format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
 }
 
 impl ModelPart {
     /// Pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a model part always serialises")
+    }
+
+    /// The probability of a joint score (the sum of every party's partial score), with this
+    /// part's calibration if it has one: use the guest's part.
+    pub fn probability(&self, joint_score: f64) -> f64 {
+        match &self.calibration {
+            Some(calibration) => calibration.probability(joint_score),
+            None => crate::math::sigmoid(joint_score),
+        }
     }
 
     /// Reads a model part, refusing other format versions; `source` names the file in errors.
@@ -67,11 +173,16 @@ impl ModelPart {
             reason,
         };
         let model: ModelPart = serde_json::from_str(text).map_err(|e| error(e.to_string()))?;
-        if model.format != MODEL_FORMAT {
+        if !(1..=MODEL_FORMAT).contains(&model.format) {
             return Err(error(format!(
-                "format {} (this build reads format {MODEL_FORMAT})",
+                "format {} (this build reads formats 1 to {MODEL_FORMAT})",
                 model.format
             )));
+        }
+        if model.calibration.is_some() && (model.format < 2 || model.role != Role::Guest) {
+            return Err(error(
+                "a calibration belongs to the guest's part of format 2 or later".into(),
+            ));
         }
         if (model.role == Role::Guest) != model.intercept.is_some() {
             return Err(error(
@@ -142,7 +253,7 @@ impl ModelPart {
     }
 }
 
-/// Probabilities of the positive class from the guest's partial scores and the (securely
+/// Uncalibrated probabilities σ(z) of the positive class from the guest's partial scores and the (securely
 /// aggregated) sum of the hosts' partial scores.
 pub fn joint_probabilities(guest: &[f64], hosts_sum: &[f64]) -> Result<Vec<f64>, FedError> {
     if guest.len() != hosts_sum.len() {
@@ -248,6 +359,7 @@ impl Standardised {
                 })
                 .collect(),
             intercept,
+            calibration: None,
         }
     }
 }
@@ -283,8 +395,31 @@ mod tests {
         assert!((z[1] - 0.0).abs() < 1e-12);
 
         let mut wrong = model.clone();
-        wrong.format = 2;
+        wrong.format = MODEL_FORMAT + 1;
         assert!(ModelPart::from_json("x", &wrong.to_json()).is_err());
+        // Format 1 (before calibration) still reads; a calibration needs format 2 and the guest.
+        let mut old = model.clone();
+        old.format = 1;
+        assert_eq!(ModelPart::from_json("x", &old.to_json()).unwrap(), old);
+        let calibration = Some(Calibration {
+            slope: 2.0,
+            offset: -1.0,
+        });
+        wrong = model.clone();
+        wrong.calibration = calibration;
+        assert!(
+            ModelPart::from_json("x", &wrong.to_json()).is_err(),
+            "a host's part"
+        );
+        let mut guest = s.model("m1", "bank", &t, &[1.0, 2.0], Some(0.5));
+        guest.calibration = calibration;
+        let back = ModelPart::from_json("bank.json", &guest.to_json()).unwrap();
+        assert_eq!(back.probability(0.5), crate::math::sigmoid(0.0));
+        guest.format = 1;
+        assert!(
+            ModelPart::from_json("x", &guest.to_json()).is_err(),
+            "format 1"
+        );
         wrong = model.clone();
         wrong.intercept = Some(1.0);
         assert!(ModelPart::from_json("x", &wrong.to_json()).is_err());

@@ -5,8 +5,8 @@ use he::Params;
 
 use crate::error::FedError;
 use crate::message::{Message, Transport};
-use crate::metrics::Metrics;
-use crate::model::ModelPart;
+use crate::metrics::{Metrics, ReliabilityBin};
+use crate::model::{Calibration, ModelPart};
 
 /// The parameter set of every ciphertext in training.
 pub(crate) const PARAMS: Params = he::N8192_Q128;
@@ -224,8 +224,12 @@ pub struct FinalEvaluation {
     pub rows: RevealedRows,
     /// How many.
     pub count: usize,
-    /// AUC, KS, exact log-loss and accuracy of the final model on them.
+    /// AUC, KS, exact log-loss and accuracy of the final (calibrated) model on them.
     pub metrics: Metrics,
+    /// The calibration the guest fitted on them (`None` if their labels are of one class).
+    pub calibration: Option<Calibration>,
+    /// Ten equal-count groups of them by calibrated probability.
+    pub reliability: Vec<ReliabilityBin>,
 }
 
 /// Why training ended.

@@ -138,6 +138,8 @@ impl NodeState {
                 "rows": rows_name,
                 "count": evaluation.count,
                 "metrics": metrics,
+                "calibration": evaluation.calibration,
+                "reliability": evaluation.reliability,
             },
             "history": history,
             "training_seconds": started.elapsed().as_secs_f64(),

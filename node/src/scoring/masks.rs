@@ -34,9 +34,9 @@ pub(crate) fn from_fixed(x: u64) -> f64 {
     x as i64 as f64 / SCALE
 }
 
-/// Probability, scorecard points and band of a joint score.
-pub(crate) fn scorecard(s: &ScoringSettings, z: f64) -> (f64, f64, RiskBand) {
-    let p = fedlearn::sigmoid(z).clamp(1e-12, 1.0 - 1e-12);
+/// Probability, scorecard points and band of a probability of default.
+pub(crate) fn scorecard(s: &ScoringSettings, probability: f64) -> (f64, f64, RiskBand) {
+    let p = probability.clamp(1e-12, 1.0 - 1e-12);
     let odds = (1.0 - p) / p;
     let points =
         s.base_score + s.points_to_double_odds / std::f64::consts::LN_2 * (odds / s.base_odds).ln();

@@ -25,6 +25,7 @@ pub(crate) mod masks;
 /// Partial scores of one model for every row of this node's dataset.
 pub(crate) struct ScoreIndex {
     by_id: HashMap<String, Result<f64, String>>,
+    part: fedlearn::ModelPart,
 }
 
 impl ScoreIndex {
@@ -32,6 +33,11 @@ impl ScoreIndex {
     /// the model cannot score.
     pub(crate) fn get(&self, id: &str) -> Option<&Result<f64, String>> {
         self.by_id.get(id)
+    }
+
+    /// The probability of a joint score, with the model's calibration (on the guest's index).
+    pub(crate) fn probability(&self, joint_score: f64) -> f64 {
+        self.part.probability(joint_score)
     }
 }
 
@@ -103,7 +109,7 @@ pub(crate) fn index(
         .cloned()
         .zip(rows.into_iter().map(|r| r.map_err(|e| e.to_string())))
         .collect();
-    let index = Arc::new(ScoreIndex { by_id });
+    let index = Arc::new(ScoreIndex { by_id, part });
     cache
         .indexes
         .lock()

@@ -125,8 +125,10 @@ impl Scoring for ScoringService {
                         Some(Ok(z)) => *z,
                         _ => 0.0,
                     };
-                    let (probability, points, band) =
-                        scorecard(&node.config.scoring, z_guest + from_fixed(sums[i]));
+                    let (probability, points, band) = scorecard(
+                        &node.config.scoring,
+                        own.probability(z_guest + from_fixed(sums[i])),
+                    );
                     scores.push(Score {
                         id: id.clone(),
                         status: ScoreStatus::Ok as i32,
