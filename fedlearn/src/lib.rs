@@ -27,7 +27,8 @@
 //!
 //! **Once, at the end.** The final model's joint scores of the validation rows (the training
 //! rows when there is no validation split) reach the guest, summed over the hosts under
-//! pairwise masks, for AUC, KS, calibration and the report.
+//! pairwise masks, for AUC, KS, the report and the guest's calibration ([`Calibration`]:
+//! Platt scaling fitted on these scores, kept in its model part; it discloses nothing more).
 //!
 //! **What each party learns** (semi-honest, non-colluding parties):
 //! - *the guest*: its own gradient and weights; per batch X_G^T·Σ_k z_k (an aggregate over at

@@ -126,9 +126,9 @@ impl Calibration {
     }
 }
 
-/// One party's part of a joint logistic-regression model: z = Σ_parties Σ_j w_j·(x_j − μ_j)/σ_j
-/// + intercept, probability = σ(slope·z + offset) with the guest's [`Calibration`] (σ(z) for a
-/// part without one).
+/// One party's part of a joint logistic-regression model: the joint score is
+/// z = Σ_parties Σ_j w_j·(x_j − μ_j)/σ_j plus the intercept, and the probability
+/// σ(slope·z + offset) with the guest's [`Calibration`] (σ(z) for a part without one).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPart {
