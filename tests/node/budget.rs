@@ -34,24 +34,11 @@ async fn hosts_enforce_their_disclosure_budget() {
         "{stderr}"
     );
     // Too many guest features (a proposal as the bank would send it).
-    let channel = node::cli::channel(
-        &federation.node_arg("tax"),
-        &federation.dir.join("certs/bank"),
-    )
-    .await
-    .unwrap();
-    let mut as_bank = node::proto::federation_client::FederationClient::new(channel);
+    let mut as_bank = federation.peer_client("tax", "bank").await;
     let reply = as_bank
         .propose(node::proto::JobProposal {
-            version: node::FEDERATION_VERSION,
-            job_id: "12".repeat(16),
-            kind: "train".into(),
-            guest: "bank".into(),
-            dataset: "tax".into(),
-            hosts: vec!["tax".into()],
-            model_id: "wide".into(),
-            batch_rows: 4096,
             guest_features: 500,
+            ..proposal("12".repeat(16), "wide")
         })
         .await
         .unwrap()

@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fedlearn::{GuestJob, HostJob, Missing, Table, TrainConfig};
+use node::proto::federation_client::FederationClient;
+use node::proto::JobProposal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::Channel;
 use unseen::local::{LocalFederation, Plan, HOSTS};
 
 pub(crate) struct Federation {
@@ -119,6 +122,23 @@ impl Federation {
         )
     }
 
+    /// A channel to `party`'s node presenting the certificate in `certs/<identity>`.
+    pub(crate) async fn channel_as(&self, party: &str, identity: &str) -> Channel {
+        let certs = self.dir.join("certs").join(identity);
+        node::cli::channel(&self.node_arg(party), &certs)
+            .await
+            .unwrap()
+    }
+
+    /// A federation client of `party`'s node, calling with the certificate of `identity`.
+    pub(crate) async fn peer_client(
+        &self,
+        party: &str,
+        identity: &str,
+    ) -> FederationClient<Channel> {
+        FederationClient::new(self.channel_as(party, identity).await)
+    }
+
     pub(crate) fn spec(&self, name: &str, text: &str) -> String {
         let path = self.dir.join(name);
         std::fs::write(&path, text).unwrap();
@@ -128,6 +148,21 @@ impl Federation {
     pub(crate) async fn stop(self) {
         self.inner.stop().await.unwrap();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A training proposal of the bank to the tax bureau alone, as the bank's node sends it.
+pub(crate) fn proposal(job_id: String, model_id: &str) -> JobProposal {
+    JobProposal {
+        version: node::FEDERATION_VERSION,
+        job_id,
+        kind: "train".into(),
+        guest: "bank".into(),
+        dataset: "tax".into(),
+        hosts: vec!["tax".into()],
+        model_id: model_id.into(),
+        batch_rows: 4096,
+        guest_features: 13,
     }
 }
 

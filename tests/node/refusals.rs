@@ -65,25 +65,9 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
 
     // A certificate from the right CA but for another name cannot speak for the bank.
     node::certs::issue(&federation.dir.join("certs"), &["mallory".to_string()]).unwrap();
-    let channel = node::cli::channel(
-        &federation.node_arg("tax"),
-        &federation.dir.join("certs/mallory"),
-    )
-    .await
-    .unwrap();
-    let mut client = node::proto::federation_client::FederationClient::new(channel);
+    let mut client = federation.peer_client("tax", "mallory").await;
     let error = client
-        .propose(node::proto::JobProposal {
-            version: node::FEDERATION_VERSION,
-            job_id: "0".repeat(32),
-            kind: "train".into(),
-            guest: "bank".into(),
-            dataset: "tax".into(),
-            hosts: vec!["tax".into()],
-            model_id: "stolen".into(),
-            batch_rows: 4096,
-            guest_features: 13,
-        })
+        .propose(proposal("0".repeat(32), "stolen"))
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error}");
@@ -94,12 +78,7 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
     // Nor use the jobs service, which is for operators.
     let (ok, _, _) = federation.cli(&["job", "list"]).await;
     assert!(ok, "the modeller may list jobs");
-    let channel = node::cli::channel(
-        &federation.node_arg("bank"),
-        &federation.dir.join("certs/mallory"),
-    )
-    .await
-    .unwrap();
+    let channel = federation.channel_as("bank", "mallory").await;
     let error = node::proto::jobs_client::JobsClient::new(channel)
         .list(node::proto::ListJobsRequest {})
         .await
@@ -174,24 +153,8 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
 
     // A proposal retried after a lost reply is accepted again; a clash of job ids is not.
     // An abort from the guest then ends the host's job.
-    let channel = node::cli::channel(
-        &federation.node_arg("tax"),
-        &federation.dir.join("certs/bank"),
-    )
-    .await
-    .unwrap();
-    let mut as_bank = node::proto::federation_client::FederationClient::new(channel);
-    let proposal = node::proto::JobProposal {
-        version: node::FEDERATION_VERSION,
-        job_id: "ab".repeat(16),
-        kind: "train".into(),
-        guest: "bank".into(),
-        dataset: "tax".into(),
-        hosts: vec!["tax".into()],
-        model_id: "retried".into(),
-        batch_rows: 4096,
-        guest_features: 13,
-    };
+    let mut as_bank = federation.peer_client("tax", "bank").await;
+    let proposal = proposal("ab".repeat(16), "retried");
     for _ in 0..2 {
         let reply = as_bank
             .propose(proposal.clone())

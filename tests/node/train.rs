@@ -270,13 +270,9 @@ async fn hosts_mask_their_partial_scores(
 ) {
     let mut masked = Vec::new();
     for (k, host) in HOSTS.iter().enumerate() {
-        let channel = node::cli::channel(
-            &federation.node_arg(host),
-            &federation.dir.join("certs/bank"),
-        )
-        .await
-        .unwrap();
-        let reply = node::proto::federation_client::FederationClient::new(channel)
+        let reply = federation
+            .peer_client(host, "bank")
+            .await
             .partial_scores(node::proto::PartialScoresRequest {
                 version: node::FEDERATION_VERSION,
                 guest: "bank".into(),
