@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fedlearn::{GuestJob, HostJob, Missing, Table, TrainConfig};
+use fedlearn::{GuestJob, HostJob, Missing, Reading, Table, TrainConfig};
 use psi::{DuplicatePolicy, GuestConfig, HostInput, IdColumn};
 use unseen::local::{LocalFederation, Plan, HOSTS, PARTIES};
 
@@ -20,7 +20,10 @@ const RUNS: usize = 3;
 
 fn load(dir: &Path, name: &str, label: Option<&str>) -> Table {
     let text = std::fs::read_to_string(dir.join(name)).expect("dataset");
-    Table::parse_csv(name, &text, "id", label, Missing::Reject).expect("table")
+    Table::parse_csv(name, &text, "id", label, Missing::Reject, &|_| {
+        Reading::Number
+    })
+    .expect("table")
 }
 
 /// PSI with psi's in-memory driver, then fedlearn's simulator; returns the bytes each party
@@ -55,6 +58,7 @@ fn in_process(dir: &Path, config: &TrainConfig) -> BTreeMap<String, u64> {
             table: table
                 .select_rows(&rows(&out.as_ref().expect("both sides").aligned_rows))
                 .expect("rows"),
+            prep: Default::default(),
         })
         .collect();
     let guest = GuestJob {
@@ -65,6 +69,7 @@ fn in_process(dir: &Path, config: &TrainConfig) -> BTreeMap<String, u64> {
             .expect("rows"),
         hosts: HOSTS.map(String::from).to_vec(),
         config: config.clone(),
+        prep: Default::default(),
     };
     let run = fedlearn::simulate(guest, host_jobs, true, &mut |_| {}).expect("training");
     for (sender, bytes) in run.bytes_by_sender() {

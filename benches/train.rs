@@ -13,7 +13,8 @@
 use std::time::Instant;
 
 use fedlearn::{
-    simulate, train_plain_vertical, Event, GuestJob, HostJob, Missing, Table, TrainConfig,
+    simulate, train_plain_vertical, Event, GuestJob, HostJob, Missing, Prep, Reading, Table,
+    TrainConfig,
 };
 
 const ITERATION_KINDS: [&str; 1] = ["product"];
@@ -23,7 +24,10 @@ const EPOCH_KINDS: [&str; 4] = ["loss_vector", "loss_product", "loss_report", "e
 fn load(name: &str, label: Option<&str>) -> Table {
     let path = format!("{}/data/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    Table::parse_csv(&path, &text, "id", label, Missing::Reject).expect("table")
+    Table::parse_csv(&path, &text, "id", label, Missing::Reject, &|_| {
+        Reading::Number
+    })
+    .expect("table")
 }
 
 /// Deterministic pseudo-random features and labels from a logistic model over all columns.
@@ -73,7 +77,13 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig) {
     let rows = guest.rows();
     let batches = config.batch_size.map_or(1, |b| (rows / b).max(1));
     let start = Instant::now();
-    let plain = train_plain_vertical(&guest, &[&host], &config).expect("plaintext");
+    let plain = train_plain_vertical(
+        &guest,
+        &[&host],
+        &[Prep::default(), Prep::default()],
+        &config,
+    )
+    .expect("plaintext");
     let plain_epoch = start.elapsed().as_secs_f64() / config.max_epochs as f64;
     let job = GuestJob {
         party: "bank".into(),
@@ -81,11 +91,13 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig) {
         table: guest,
         hosts: vec!["tax".into()],
         config: config.clone(),
+        prep: Default::default(),
     };
     let hosts = vec![HostJob {
         party: "tax".into(),
         guest: "bank".into(),
         table: host,
+        prep: Default::default(),
     }];
     let mut marks = vec![Instant::now()];
     let simulation = simulate(job, hosts, false, &mut |event| {

@@ -17,8 +17,21 @@ pub enum Missing {
     Mean,
 }
 
+/// How a job reads one feature column of a CSV file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// A number; a missing cell follows the dataset's [`Missing`] policy.
+    Number,
+    /// A number or a missing cell, whatever the policy: the column is binned, and missing
+    /// values have a bin of their own.
+    Binned,
+    /// Text or a missing cell: a categorical column.
+    Text,
+}
+
 /// Rows of one party: ids, named feature columns (row-major, missing values are NaN) and, for
-/// the guest, 0/1 labels.
+/// the guest, 0/1 labels. A text column holds, per row, the index of its value in the
+/// column's dictionary.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Table {
     ids: Vec<String>,
@@ -26,6 +39,8 @@ pub struct Table {
     values: Vec<f64>,
     labels: Option<Vec<f64>>,
     missing: Missing,
+    /// Per feature column: its dictionary if it is a text column.
+    dictionaries: Vec<Option<Vec<String>>>,
 }
 
 fn is_missing(field: &str) -> bool {
@@ -79,24 +94,27 @@ impl Table {
                 });
             }
         }
+        let dictionaries = vec![None; width];
         Ok(Table {
             ids,
             feature_names,
             values,
             labels,
             missing,
+            dictionaries,
         })
     }
 
     /// Parses CSV text with a header row. `id_column` names the id column, `label_column` the
-    /// 0/1 label (guest only); every other column is a numeric feature. `source` names the
-    /// file in errors.
+    /// 0/1 label (guest only); every other column is a feature, read as `reading` says for
+    /// its name. `source` names the file in errors.
     pub fn parse_csv(
         source: &str,
         text: &str,
         id_column: &str,
         label_column: Option<&str>,
         missing: Missing,
+        reading: &dyn Fn(&str) -> Reading,
     ) -> Result<Table, FedError> {
         let error = |line: usize, column: &str, reason: String| FedError::Csv {
             source_name: source.to_owned(),
@@ -132,6 +150,13 @@ impl Table {
                 return Err(error(1, name, "the column name appears twice".into()));
             }
         }
+        let readings: Vec<Reading> = feature_at.iter().map(|&at| reading(header[at])).collect();
+        let mut dictionaries: Vec<Option<Vec<String>>> = readings
+            .iter()
+            .map(|r| (*r == Reading::Text).then(Vec::new))
+            .collect();
+        let mut codes: Vec<std::collections::HashMap<String, usize>> =
+            vec![Default::default(); feature_at.len()];
         let (mut ids, mut values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
         for (line, text) in lines {
             if text.trim().is_empty() {
@@ -160,10 +185,10 @@ impl Table {
                 };
                 labels.push(label);
             }
-            for &at in &feature_at {
+            for (f, &at) in feature_at.iter().enumerate() {
                 let field = fields[at];
                 let value = if is_missing(field) {
-                    if missing == Missing::Reject {
+                    if missing == Missing::Reject && readings[f] == Reading::Number {
                         return Err(error(
                             line,
                             header[at],
@@ -171,6 +196,12 @@ impl Table {
                         ));
                     }
                     f64::NAN
+                } else if let Some(dictionary) = &mut dictionaries[f] {
+                    let code = *codes[f].entry(field.to_owned()).or_insert_with(|| {
+                        dictionary.push(field.to_owned());
+                        dictionary.len() - 1
+                    });
+                    code as f64
                 } else {
                     match field.parse::<f64>() {
                         Ok(v) if v.is_finite() => v,
@@ -178,7 +209,10 @@ impl Table {
                             return Err(error(
                                 line,
                                 header[at],
-                                format!("{field:?} is not a finite number"),
+                                format!(
+                                    "{field:?} is not a finite number (bin a text column \
+                                     as categorical)"
+                                ),
                             ))
                         }
                     }
@@ -195,6 +229,7 @@ impl Table {
             values,
             labels: label_at.map(|_| labels),
             missing,
+            dictionaries,
         })
     }
 
@@ -228,6 +263,24 @@ impl Table {
         self.labels.as_deref()
     }
 
+    /// The text of a text column's cell: `None` for a missing cell, or when the column is
+    /// numeric.
+    pub fn text(&self, row: usize, column: usize) -> Option<&str> {
+        let code = self.values[row * self.features() + column];
+        let dictionary = self.dictionaries[column].as_ref()?;
+        (!code.is_nan()).then(|| dictionary[code as usize].as_str())
+    }
+
+    /// The distinct texts of a text column, `None` for a numeric column.
+    pub fn dictionary(&self, column: usize) -> Option<&[String]> {
+        self.dictionaries[column].as_deref()
+    }
+
+    /// Whether feature column `column` holds text.
+    pub fn is_text(&self, column: usize) -> bool {
+        self.dictionaries[column].is_some()
+    }
+
     /// The missing-value policy the table was read with.
     pub fn missing(&self) -> Missing {
         self.missing
@@ -259,6 +312,7 @@ impl Table {
             values,
             labels,
             missing: self.missing,
+            dictionaries: self.dictionaries.clone(),
         })
     }
 
@@ -286,6 +340,7 @@ impl Table {
             values,
             labels: self.labels.clone(),
             missing: self.missing,
+            dictionaries: at.iter().map(|&c| self.dictionaries[c].clone()).collect(),
         })
     }
 }
@@ -302,6 +357,7 @@ mod tests {
             "id",
             Some("y"),
             Missing::Reject,
+            &|_| Reading::Number,
         )
         .unwrap();
         assert_eq!(table.rows(), 2);
@@ -310,7 +366,10 @@ mod tests {
         assert_eq!(table.labels(), Some(&[1.0, 0.0][..]));
 
         let err = |text: &str, missing| {
-            Table::parse_csv("bank.csv", text, "id", Some("y"), missing).unwrap_err()
+            Table::parse_csv("bank.csv", text, "id", Some("y"), missing, &|_| {
+                Reading::Number
+            })
+            .unwrap_err()
         };
         let FedError::Csv { line, column, .. } = err("id,y,a\nx,1,2\nz,1,abc\n", Missing::Reject)
         else {
@@ -346,8 +405,15 @@ mod tests {
             FedError::Csv { line: 2, .. }
         ));
 
-        let imputed =
-            Table::parse_csv("t", "id,y,a\nx,1,\ny,0,2\n", "id", Some("y"), Missing::Mean).unwrap();
+        let imputed = Table::parse_csv(
+            "t",
+            "id,y,a\nx,1,\ny,0,2\n",
+            "id",
+            Some("y"),
+            Missing::Mean,
+            &|_| Reading::Number,
+        )
+        .unwrap();
         assert!(imputed.values()[0].is_nan());
     }
 }

@@ -9,9 +9,11 @@ use crate::message::{Message, Proposal, Transport};
 use crate::metrics::{evaluate, reliability};
 use crate::model::{Calibration, ModelPart};
 use crate::party::{job_nonce, signed, Core, LOSS_RELEASE_BITS};
+use crate::prep::Prep;
 use crate::protocol::{
-    decode_score, encode_fixed, finish_with_error, unexpected, EpochReport, Event, FinalEvaluation,
-    GuestOutcome, RevealedRows, StopReason, Stopped, LOSS_FRAC_BITS, SUM_FRAC_BITS,
+    decode_score, encode_fixed, finish_with_error, unexpected, Convergence, EpochReport, Event,
+    FinalEvaluation, GuestOutcome, RevealedRows, StopReason, Stopped, LOSS_FRAC_BITS,
+    SUM_FRAC_BITS,
 };
 use crate::session::{drive, Mailbox, Session};
 
@@ -27,6 +29,8 @@ pub struct GuestJob {
     pub hosts: Vec<String>,
     /// Training settings.
     pub config: TrainConfig,
+    /// How the guest prepares its columns.
+    pub prep: Prep,
 }
 
 /// Runs the guest's side of a training job to the end over a blocking transport (see
@@ -127,6 +131,7 @@ impl GuestSession {
                 });
             }
         }
+        let core = Core::new(&job.party, &job.table, &job.prep, job.config.clone(), true)?;
         let nonce = job_nonce()?;
         let mut mailbox = Mailbox::default();
         for host in &job.hosts {
@@ -138,11 +143,10 @@ impl GuestSession {
                     config: job.config.clone(),
                     rows: rows as u64,
                     hosts: job.hosts.clone(),
-                    features: job.table.features() as u32,
+                    features: core.table.features() as u32,
                 })),
             );
         }
-        let core = Core::new(&job.party, job.table, job.config, true)?;
         let keys = core.keys();
         for host in &job.hosts {
             mailbox.send(host, Message::Keys(Box::new(keys.clone())));
@@ -466,8 +470,15 @@ impl GuestSession {
         let model_calibration = model.calibration;
         let probabilities: Vec<f64> = joint.iter().map(|&z| model.probability(z)).collect();
         let metrics = evaluate(&probabilities, &labels)?;
+        let loss_rows = match which {
+            RevealedRows::Validation => &self.core.split.validation,
+            RevealedRows::Training => &self.core.split.train,
+        };
+        let base_rate =
+            loss_rows.iter().map(|&r| self.labels[r]).sum::<f64>() / loss_rows.len().max(1) as f64;
         self.outcome = Some(GuestOutcome {
             model,
+            convergence: Convergence::judge(&self.history, base_rate, self.stop),
             history: std::mem::take(&mut self.history),
             best_epoch: self.best_epoch,
             stop: self.stop,

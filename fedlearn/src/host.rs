@@ -10,6 +10,7 @@ use crate::guest::{LOSS_BOUND, LOSS_MAX, REPORT_SLOTS};
 use crate::message::{Message, Proposal, Transport};
 use crate::model::ModelPart;
 use crate::party::{Core, CHECK_COLUMNS};
+use crate::prep::Prep;
 use crate::protocol::{
     encode_fixed, encode_score, finish_with_error, receive, unexpected, Event, HostOutcome,
     Stopped, LOSS_FRAC_BITS, PARAMS, SUM_FRAC_BITS,
@@ -24,6 +25,8 @@ pub struct HostJob {
     pub guest: String,
     /// Aligned rows (no labels).
     pub table: Table,
+    /// How the host prepares its columns.
+    pub prep: Prep,
 }
 
 /// Waits for the guest's proposal; the caller decides (by its policy) whether to run it.
@@ -135,7 +138,13 @@ impl HostSession {
         peers.extend(proposal.hosts.iter().filter(|h| **h != job.party).cloned());
         let mut setup_digest = Sha256::new();
         setup_digest.update(Message::Propose(Box::new(proposal.clone())).to_bytes());
-        let core = Core::new(&job.party, job.table, proposal.config.clone(), false)?;
+        let core = Core::new(
+            &job.party,
+            &job.table,
+            &job.prep,
+            proposal.config.clone(),
+            false,
+        )?;
         let mut mailbox = Mailbox::default();
         let keys = core.keys();
         for peer in &peers {

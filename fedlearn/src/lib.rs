@@ -93,11 +93,13 @@
 //!     table: Table::new(ids.clone(), vec!["balance".into()], bank, Some(labels), Missing::Reject)?,
 //!     hosts: vec!["tax".into()],
 //!     config: TrainConfig { max_epochs: 5, batch_size: None, learning_rate: 0.2, ..TrainConfig::default() },
+//!     prep: Default::default(),
 //! };
 //! let host = HostJob {
 //!     party: "tax".into(),
 //!     guest: "bank".into(),
 //!     table: Table::new(ids, vec!["paid".into()], tax, None, Missing::Reject)?,
+//!     prep: Default::default(),
 //! };
 //! let run = simulate(guest, vec![host], false, &mut |_| {})?;
 //! assert!(run.guest.evaluation.metrics.auc > 0.9); // the one reveal: here the training rows
@@ -118,23 +120,27 @@ mod message;
 mod metrics;
 mod model;
 mod party;
+mod prep;
 mod protocol;
 mod reference;
 mod session;
 mod simulator;
 
 pub use config::{EarlyStopping, Optimizer, Schedule, TrainConfig, MAX_BATCH_ROWS};
-pub use data::{Missing, Table};
+pub use data::{Missing, Reading, Table};
 pub use error::FedError;
 pub use guest::{run_guest, GuestJob, GuestSession};
 pub use host::{receive_proposal, run_host, HostJob, HostSession};
 pub use math::sigmoid;
 pub use message::{Message, PartyKeys, Proposal, Transport, PROTOCOL_VERSION};
 pub use metrics::{evaluate, reliability, Metrics, ReliabilityBin};
-pub use model::{joint_probabilities, Calibration, FeatureWeight, ModelPart, Role, MODEL_FORMAT};
+pub use model::{
+    joint_probabilities, BinnedWeight, Calibration, FeatureWeight, ModelPart, Role, MODEL_FORMAT,
+};
+pub use prep::{Binning, Bins, ColumnPrep, Prep, Transform, MAX_BINS};
 pub use protocol::{
-    EpochReport, Event, FinalEvaluation, GuestOutcome, HostOutcome, RevealedRows, StopReason,
-    Stopped,
+    Convergence, EpochReport, Event, FinalEvaluation, GuestOutcome, HostOutcome, RevealedRows,
+    StopReason, Stopped, STILL_FALLING,
 };
 pub use reference::{
     train_plain_vertical, train_reference, LinearModel, PlainOutcome, ReferenceConfig, Residual,

@@ -3,12 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Missing, Table};
+use crate::data::{Missing, Reading, Table};
 use crate::error::FedError;
+use crate::prep::{cell, Bins, Fitted, Transform};
 
 /// Version of the model JSON this build writes. It also reads format 1, the parts written
-/// before calibration existed (they score with the plain logistic function).
-pub const MODEL_FORMAT: u32 = 2;
+/// before calibration existed (they score with the plain logistic function), and format 2,
+/// the parts written before column preparation (no transforms, no binned columns).
+pub const MODEL_FORMAT: u32 = 3;
 
 /// Which side of the federation a model part belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +34,25 @@ pub struct FeatureWeight {
     pub std: f64,
     /// Weight on the standardised value.
     pub weight: f64,
+    /// Applied to the raw value before standardising (format 3).
+    #[serde(default, skip_serializing_if = "Transform::is_identity")]
+    pub transform: Transform,
+}
+
+/// One binned feature of a party: its bins and each bin's points, the bin's share of the
+/// joint score (the missing bin last; 0 for a bin without training rows).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinnedWeight {
+    /// Column name.
+    pub name: String,
+    /// Applied to the raw value before binning.
+    #[serde(default, skip_serializing_if = "Transform::is_identity")]
+    pub transform: Transform,
+    /// The bins.
+    pub bins: Bins,
+    /// Points per bin, [`Bins::len`] of them.
+    pub points: Vec<f64>,
 }
 
 /// Platt scaling of the joint score: probability = σ(slope·z + offset).
@@ -127,8 +148,9 @@ impl Calibration {
 }
 
 /// One party's part of a joint logistic-regression model: the joint score is
-/// z = Σ_parties Σ_j w_j·(x_j − μ_j)/σ_j plus the intercept, and the probability
-/// σ(slope·z + offset) with the guest's [`Calibration`] (σ(z) for a part without one).
+/// z = Σ_parties (Σ_j w_j·(t_j(x_j) − μ_j)/σ_j + Σ_binned points[bin(x)]) plus the intercept,
+/// with t_j the feature's transform, and the probability σ(slope·z + offset) with the guest's
+/// [`Calibration`] (σ(z) for a part without one).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPart {
@@ -142,8 +164,11 @@ pub struct ModelPart {
     pub role: Role,
     /// Missing-value policy: with [`Missing::Mean`] a missing value scores as the mean.
     pub missing: Missing,
-    /// The party's features, in order.
+    /// The party's standardised features, in order.
     pub features: Vec<FeatureWeight>,
+    /// The party's binned features, in order (format 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binned: Vec<BinnedWeight>,
     /// The intercept (guest only).
     pub intercept: Option<f64>,
     /// The guest's calibration of the joint score (guest only; absent in format 1).
@@ -199,7 +224,51 @@ impl ModelPart {
                 f.name
             )));
         }
+        let prepared = model.features.iter().any(|f| !f.transform.is_identity());
+        if model.format < 3 && (prepared || !model.binned.is_empty()) {
+            return Err(error(
+                "transforms and binned features belong to format 3 or later".into(),
+            ));
+        }
+        for (name, transform) in model
+            .features
+            .iter()
+            .map(|f| (&f.name, &f.transform))
+            .chain(model.binned.iter().map(|b| (&b.name, &b.transform)))
+        {
+            transform
+                .check()
+                .map_err(|reason| error(format!("feature {name:?}: {reason}")))?;
+        }
+        for b in &model.binned {
+            b.bins
+                .check()
+                .map_err(|reason| error(format!("feature {:?}: {reason}", b.name)))?;
+            if b.points.len() != b.bins.len() || b.points.iter().any(|p| !p.is_finite()) {
+                return Err(error(format!(
+                    "feature {:?} needs {} finite points, one per bin",
+                    b.name,
+                    b.bins.len()
+                )));
+            }
+            if matches!(b.bins, Bins::Categories { .. }) && !b.transform.is_identity() {
+                return Err(error(format!(
+                    "feature {:?}: a categorical feature has no transform",
+                    b.name
+                )));
+            }
+        }
         Ok(model)
+    }
+
+    /// How scoring reads column `name` from a file: as [`Prep::reading`](crate::Prep::reading)
+    /// did in training.
+    pub fn reading(&self, name: &str) -> Reading {
+        match self.binned.iter().find(|b| b.name == name) {
+            Some(b) if matches!(b.bins, Bins::Categories { .. }) => Reading::Text,
+            Some(_) => Reading::Binned,
+            None => Reading::Number,
+        }
     }
 
     /// This party's share of z for every row of `table`, whose columns are matched by name.
@@ -211,22 +280,43 @@ impl ModelPart {
     /// under [`Missing::Reject`]) is an error of its own instead of failing every row. The
     /// outer error is a column the model needs and the table lacks.
     pub fn row_scores(&self, table: &Table) -> Result<Vec<Result<f64, FedError>>, FedError> {
+        let find = |name: &String| {
+            table
+                .feature_names()
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| FedError::Model {
+                    source_name: self.model_id.clone(),
+                    reason: format!("the data has no column {name:?}"),
+                })
+        };
         let at: Vec<usize> = self
             .features
             .iter()
-            .map(|f| {
-                table
-                    .feature_names()
-                    .iter()
-                    .position(|n| *n == f.name)
-                    .ok_or_else(|| FedError::Model {
-                        source_name: self.model_id.clone(),
-                        reason: format!("the data has no column {:?}", f.name),
-                    })
-            })
+            .map(|f| find(&f.name))
             .collect::<Result<_, _>>()?;
+        let binned_at: Vec<usize> = self
+            .binned
+            .iter()
+            .map(|b| find(&b.name))
+            .collect::<Result<_, _>>()?;
+        if let Some(f) = self
+            .features
+            .iter()
+            .zip(&at)
+            .find(|(_, &c)| table.is_text(c))
+        {
+            return Err(FedError::Model {
+                source_name: self.model_id.clone(),
+                reason: format!("column {:?} holds text; the model reads numbers", f.0.name),
+            });
+        }
         let width = table.features();
         let intercept = self.intercept.unwrap_or(0.0);
+        let row_error = |row: usize, name: &str, reason: &str| FedError::Model {
+            source_name: self.model_id.clone(),
+            reason: format!("row {row} ({}): {name:?} {reason}", table.ids()[row]),
+        };
         Ok((0..table.rows())
             .map(|row| {
                 let mut z = intercept;
@@ -234,18 +324,18 @@ impl ModelPart {
                     let x = table.values()[row * width + column];
                     if x.is_nan() {
                         if self.missing == Missing::Reject {
-                            return Err(FedError::Model {
-                                source_name: self.model_id.clone(),
-                                reason: format!(
-                                    "row {row} ({}) has no value for {:?}",
-                                    table.ids()[row],
-                                    f.name
-                                ),
-                            });
+                            return Err(row_error(row, &f.name, "has no value"));
                         }
                         continue;
                     }
-                    z += f.weight * (x - f.mean) / f.std;
+                    z += f.weight * (f.transform.apply(x) - f.mean) / f.std;
+                }
+                for (b, &column) in self.binned.iter().zip(&binned_at) {
+                    let bin = b
+                        .bins
+                        .bin(cell(table, row, column, &b.transform))
+                        .map_err(|reason| row_error(row, &b.name, reason))?;
+                    z += b.points[bin];
                 }
                 Ok(z)
             })
@@ -329,14 +419,17 @@ impl Standardised {
         })
     }
 
+    /// The model part of a party with the given weights of its design columns.
     pub(crate) fn model(
         &self,
+        fitted: &Fitted,
         model_id: &str,
         party: &str,
-        table: &Table,
+        missing: Missing,
         weights: &[f64],
         intercept: Option<f64>,
     ) -> ModelPart {
+        let (features, binned) = fitted.model_columns(&self.means, &self.stds, weights);
         ModelPart {
             format: MODEL_FORMAT,
             model_id: model_id.to_owned(),
@@ -346,18 +439,9 @@ impl Standardised {
             } else {
                 Role::Host
             },
-            missing: table.missing(),
-            features: table
-                .feature_names()
-                .iter()
-                .enumerate()
-                .map(|(j, name)| FeatureWeight {
-                    name: name.clone(),
-                    mean: self.means[j],
-                    std: self.stds[j],
-                    weight: weights[j],
-                })
-                .collect(),
+            missing,
+            features,
+            binned,
             intercept,
             calibration: None,
         }
@@ -367,6 +451,7 @@ impl Standardised {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prep::Prep;
 
     fn table(values: Vec<f64>) -> Table {
         let rows = values.len() / 2;
@@ -384,9 +469,10 @@ mod tests {
     fn standardises_scores_and_round_trips_json() {
         let t = table(vec![1.0, 10.0, 3.0, f64::NAN, 5.0, 30.0]);
         let s = Standardised::fit("tax", &t, &[0, 1, 2]).unwrap();
+        let fitted = Fitted::fit("tax", &Prep::default(), &t, &[0, 1, 2]).unwrap();
         assert_eq!(s.means, vec![3.0, 20.0]);
         assert_eq!(s.values[3], 0.0, "missing scores as the mean");
-        let model = s.model("m1", "tax", &t, &[1.0, 2.0], None);
+        let model = s.model(&fitted, "m1", "tax", t.missing(), &[1.0, 2.0], None);
         let back = ModelPart::from_json("tax.json", &model.to_json()).unwrap();
         assert_eq!(back, model);
         let z = back.partial_scores(&t).unwrap();
@@ -411,7 +497,7 @@ mod tests {
             ModelPart::from_json("x", &wrong.to_json()).is_err(),
             "a host's part"
         );
-        let mut guest = s.model("m1", "bank", &t, &[1.0, 2.0], Some(0.5));
+        let mut guest = s.model(&fitted, "m1", "bank", t.missing(), &[1.0, 2.0], Some(0.5));
         guest.calibration = calibration;
         let back = ModelPart::from_json("bank.json", &guest.to_json()).unwrap();
         assert_eq!(back.probability(0.5), crate::math::sigmoid(0.0));

@@ -25,6 +25,7 @@ use crate::error::FedError;
 use crate::masks::{random_bytes, MaskSecret, PairwiseMasks, Split};
 use crate::message::{Message, PartyKeys};
 use crate::model::{ModelPart, Standardised};
+use crate::prep::{Fitted, Prep};
 use crate::protocol::{
     check_weights, encode_fixed, linear_scores, packing_levels, unexpected, Quantised, MAX_SHARE,
     PARAMS,
@@ -113,7 +114,9 @@ impl Checks {
 pub(crate) struct Core {
     pub(crate) party: String,
     pub(crate) config: TrainConfig,
+    /// The party's design columns (its prepared columns, see [`crate::prep`]).
     pub(crate) table: Table,
+    fitted: Fitted,
     pub(crate) split: Split,
     /// The job's fixed partition of the training rows.
     pub(crate) batches: Vec<Vec<usize>>,
@@ -153,15 +156,18 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    /// Standardises and quantises the party's table on the training rows derived from the
-    /// job's seed, draws its keys and its integrity checks.
+    /// Prepares, standardises and quantises the party's table on the training rows derived
+    /// from the job's seed, draws its keys and its integrity checks.
     pub(crate) fn new(
         party: &str,
-        table: Table,
+        table: &Table,
+        prep: &Prep,
         config: TrainConfig,
         intercept: bool,
     ) -> Result<Core, FedError> {
         let split = Split::new(table.rows(), config.seed, config.validation_fraction);
+        let fitted = Fitted::fit(party, prep, table, &split.train)?;
+        let table = fitted.design(table)?;
         let standardised = Standardised::fit(party, &table, &split.train)?;
         let width = table.features();
         let quantised = Quantised::new(&standardised.values, width, &split.train, intercept);
@@ -176,6 +182,7 @@ impl Core {
             party: party.to_owned(),
             config,
             table,
+            fitted,
             split,
             batches,
             standardised,
@@ -764,9 +771,10 @@ impl Core {
     pub(crate) fn model(&self, model_id: &str, weights: &[f64]) -> ModelPart {
         let width = self.table.features();
         self.standardised.model(
+            &self.fitted,
             model_id,
             &self.party,
-            &self.table,
+            self.table.missing(),
             &weights[..width],
             self.intercept.then(|| weights[width]),
         )

@@ -253,6 +253,82 @@ impl std::fmt::Display for StopReason {
     }
 }
 
+/// Whether training got where it was going, judged by the guest from the loss history
+/// (validation loss when the job has a validation split).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Convergence {
+    /// The loss settled below the base rate's.
+    Converged,
+    /// The best loss is not below that of predicting the base rate for every row: the model
+    /// ranks no better than a constant (too few epochs, or a learning rate far too high).
+    NoBetterThanBaseRate {
+        /// The best epoch's loss.
+        loss: f64,
+        /// The loss of the best constant score.
+        base_rate_loss: f64,
+    },
+    /// All epochs ran and the loss still fell by more than [`STILL_FALLING`] per epoch over
+    /// the last five: more epochs (or a higher learning rate) would change the model.
+    StillFalling {
+        /// Mean fall per epoch over the last epochs.
+        per_epoch: f64,
+    },
+}
+
+/// A loss falling faster than this per epoch (nats) at the end means training stopped early.
+pub const STILL_FALLING: f64 = 5e-4;
+
+impl Convergence {
+    /// Judges a job from its epoch reports; `base_rate` is the share of positive labels on
+    /// the rows the loss is computed on.
+    pub fn judge(history: &[EpochReport], base_rate: f64, stop: StopReason) -> Convergence {
+        let losses: Vec<f64> = history
+            .iter()
+            .map(|r| r.validation_loss.unwrap_or(r.train_loss))
+            .collect();
+        // The Taylor loss of a constant score b, log 2 + (½ − ȳ)·b + b²/8, is least at
+        // b = 4ȳ − 2.
+        let base_rate_loss = std::f64::consts::LN_2 - 2.0 * (0.5 - base_rate).powi(2);
+        let best = losses.iter().copied().fold(f64::INFINITY, f64::min);
+        if best >= base_rate_loss {
+            return Convergence::NoBetterThanBaseRate {
+                loss: best,
+                base_rate_loss,
+            };
+        }
+        let last = losses.len().min(6);
+        if stop == StopReason::MaxEpochs && last >= 2 {
+            let tail = &losses[losses.len() - last..];
+            let per_epoch = (tail[0] - tail[last - 1]) / (last - 1) as f64;
+            if per_epoch > STILL_FALLING {
+                return Convergence::StillFalling { per_epoch };
+            }
+        }
+        Convergence::Converged
+    }
+}
+
+impl std::fmt::Display for Convergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Convergence::Converged => write!(f, "converged"),
+            Convergence::NoBetterThanBaseRate {
+                loss,
+                base_rate_loss,
+            } => write!(
+                f,
+                "not converged: the best loss {loss:.4} is not below the base rate's \
+                 {base_rate_loss:.4}; train more epochs or lower the learning rate"
+            ),
+            Convergence::StillFalling { per_epoch } => write!(
+                f,
+                "not converged: the loss still fell by {per_epoch:.4} per epoch at the end; \
+                 train more epochs"
+            ),
+        }
+    }
+}
+
 /// The guest's result.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GuestOutcome {
@@ -264,6 +340,8 @@ pub struct GuestOutcome {
     pub best_epoch: usize,
     /// Why training ended.
     pub stop: StopReason,
+    /// Whether it converged.
+    pub convergence: Convergence,
     /// Fraction bits of the guest's quantised features.
     pub feature_frac_bits: u32,
     /// Fraction bits of the residual shares every party sent (the same for all).
@@ -369,5 +447,55 @@ impl From<FedError> for Stopped {
             error,
             last_good: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(losses: &[f64]) -> Vec<EpochReport> {
+        losses
+            .iter()
+            .enumerate()
+            .map(|(i, &loss)| EpochReport {
+                epoch: i + 1,
+                train_loss: loss,
+                validation_loss: None,
+                weight_change: 0.1,
+                learning_rate: 0.05,
+                best: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn convergence_is_judged_from_the_loss_history() {
+        // 20% positives: the best constant score's Taylor loss is log 2 − 2·0.3² ≈ 0.513.
+        let settled = history(&[
+            0.6, 0.5, 0.47, 0.4652, 0.4651, 0.4650, 0.4650, 0.4649, 0.4649,
+        ]);
+        assert_eq!(
+            Convergence::judge(&settled, 0.2, StopReason::MaxEpochs),
+            Convergence::Converged
+        );
+        let falling = history(&[0.6, 0.55, 0.52, 0.50, 0.49, 0.48, 0.47]);
+        assert!(matches!(
+            Convergence::judge(&falling, 0.2, StopReason::MaxEpochs),
+            Convergence::StillFalling { per_epoch } if (per_epoch - 0.016).abs() < 1e-9
+        ));
+        // Early stopping fired: the loss stopped improving, whatever its slope before.
+        assert_eq!(
+            Convergence::judge(&falling, 0.2, StopReason::EarlyStopping { epoch: 7 }),
+            Convergence::Converged
+        );
+        let constant = history(&[0.69, 0.60, 0.55, 0.52]);
+        assert!(matches!(
+            Convergence::judge(&constant, 0.2, StopReason::MaxEpochs),
+            Convergence::NoBetterThanBaseRate { loss, .. } if loss == 0.52
+        ));
+        assert!(Convergence::judge(&constant, 0.2, StopReason::MaxEpochs)
+            .to_string()
+            .starts_with("not converged"));
     }
 }

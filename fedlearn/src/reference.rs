@@ -8,6 +8,7 @@ use crate::masks::Split;
 use crate::math::sigmoid;
 use crate::metrics::{evaluate, Metrics};
 use crate::model::{ModelPart, Standardised};
+use crate::prep::{Fitted, Prep};
 use crate::protocol::linear_scores;
 
 /// How the residual d = p − y is formed.
@@ -133,13 +134,22 @@ pub struct PlainOutcome {
 /// The federated update rule computed in the clear on the parties' tables together: the same
 /// split, standardisation, batches, first-order residual, optimiser and penalties as the
 /// encrypted protocol, in f64 and without quantisation, for `max_epochs` epochs (no early
-/// stopping). The encrypted path must agree with it within the quantisation bound.
+/// stopping). The encrypted path must agree with it within the quantisation bound. `preps`
+/// holds each party's preparation, the guest's first.
 pub fn train_plain_vertical(
     guest: &Table,
     hosts: &[&Table],
+    preps: &[Prep],
     config: &TrainConfig,
 ) -> Result<PlainOutcome, FedError> {
     config.validate()?;
+    if preps.len() != hosts.len() + 1 {
+        return Err(FedError::LengthMismatch {
+            what: "preparations (the guest's, then one per host)",
+            expected: hosts.len() + 1,
+            got: preps.len(),
+        });
+    }
     let labels = guest
         .labels()
         .ok_or_else(|| FedError::config("labels", "the guest's table has no label column"))?;
@@ -152,9 +162,17 @@ pub fn train_plain_vertical(
         });
     }
     let split = Split::new(rows, config.seed, config.validation_fraction);
-    let tables: Vec<&Table> = std::iter::once(guest)
+    let fitted = std::iter::once(guest)
         .chain(hosts.iter().copied())
-        .collect();
+        .zip(preps)
+        .map(|(t, prep)| Fitted::fit("party", prep, t, &split.train))
+        .collect::<Result<Vec<_>, _>>()?;
+    let designs = std::iter::once(guest)
+        .chain(hosts.iter().copied())
+        .zip(&fitted)
+        .map(|(t, f)| f.design(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tables: Vec<&Table> = designs.iter().collect();
     let standardised = tables
         .iter()
         .map(|t| Standardised::fit("party", t, &split.train))
@@ -232,9 +250,10 @@ pub fn train_plain_vertical(
             let width = t.features();
             let intercept = (p == 0).then(|| weights[0][width]);
             standardised[p].model(
+                &fitted[p],
                 "plain",
                 if p == 0 { "guest" } else { "host" },
-                t,
+                t.missing(),
                 &weights[p][..width],
                 intercept,
             )

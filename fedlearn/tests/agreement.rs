@@ -21,7 +21,13 @@ fn encrypted_and_plaintext_updates_agree_within_the_quantisation_bound() {
     };
     let (guest, hosts) = parties("default_credit", 2);
     let host_refs: Vec<&Table> = hosts.iter().collect();
-    let plain = train_plain_vertical(&guest, &host_refs, &config).unwrap();
+    let plain = train_plain_vertical(
+        &guest,
+        &host_refs,
+        &vec![Prep::default(); host_refs.len() + 1],
+        &config,
+    )
+    .unwrap();
     let (guest_job, host_jobs) = jobs(guest.clone(), hosts.clone(), &config);
     let encrypted = simulate(guest_job, host_jobs, false, &mut |_| {}).unwrap();
 

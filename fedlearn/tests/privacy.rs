@@ -118,6 +118,7 @@ fn v1_reveals(
             let run = train_plain_vertical(
                 guest,
                 &refs,
+                &vec![Prep::default(); refs.len() + 1],
                 &TrainConfig {
                     max_epochs: epoch,
                     ..config.clone()

@@ -89,6 +89,7 @@ fn config() -> TrainConfig {
         batch_size: None,
         learning_rate: 0.1,
         seed: 3,
+        early_stopping: None,
         ..TrainConfig::default()
     }
 }

@@ -90,6 +90,7 @@ impl Run {
             table: table("bank", |i| ((i * 7) % 11) as f64, true),
             hosts: hosts.clone(),
             config,
+            prep: Default::default(),
         })
         .ok()?;
         let mut parties = vec![Party::Running(Box::new(guest))];
@@ -98,6 +99,7 @@ impl Run {
                 party: host.clone(),
                 guest: NAMES[0].into(),
                 table: table(host, move |i| ((i * (5 + k)) % 13) as f64, false),
+                prep: Default::default(),
             }));
         }
         let mut run = Run {

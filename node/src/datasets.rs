@@ -1,16 +1,18 @@
 //! A configured dataset as a [`fedlearn::Table`].
 
-use fedlearn::Table;
+use fedlearn::{Reading, Table};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 
 /// Loads dataset `name` of this node (with its label column if `with_labels`), keeping the
-/// configured feature columns.
+/// configured feature columns, each read as `reading` says (a job's preparation or a
+/// model's).
 pub(crate) fn load_table(
     config: &NodeConfig,
     name: &str,
     with_labels: bool,
+    reading: &dyn Fn(&str) -> Reading,
 ) -> Result<Table, NodeError> {
     let error = |reason: String| NodeError::Dataset {
         name: name.to_owned(),
@@ -33,8 +35,15 @@ pub(crate) fn load_table(
         None
     };
     let source = dataset.path.display().to_string();
-    let table = Table::parse_csv(&source, &text, &dataset.id_column, label, dataset.missing)
-        .map_err(|e| error(e.to_string()))?;
+    let table = Table::parse_csv(
+        &source,
+        &text,
+        &dataset.id_column,
+        label,
+        dataset.missing,
+        reading,
+    )
+    .map_err(|e| error(e.to_string()))?;
     match &dataset.features {
         Some(features) => {
             let names: Vec<&str> = features.iter().map(String::as_str).collect();

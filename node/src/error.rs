@@ -210,8 +210,9 @@ pub enum Refusal {
     },
     /// The guest brings more features than the policy allows.
     #[error(
-        "the job brings {got} guest features; the policy of {party} allows {guest} at most \
-         {max} on dataset {dataset:?} (policy key max_guest_features)"
+        "the job brings {got} guest feature columns (each bin counts as one); the policy of \
+         {party} allows {guest} at most {max} on dataset {dataset:?} (policy key \
+         max_guest_features)"
     )]
     GuestFeatures {
         /// This node.
@@ -297,6 +298,14 @@ pub enum Refusal {
         disclosed: usize,
         /// The policy's maximum.
         max: u32,
+    },
+    /// The proposal's column preparation cannot be read or fitted.
+    #[error("the job's preparation of {party}'s columns is not valid: {reason}")]
+    BadPrep {
+        /// This node.
+        party: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The guest's training proposal differs from the job it proposed.
     #[error("the training proposal differs from the accepted job")]
@@ -567,6 +576,10 @@ mod tests {
                 certificate: s(),
             },
             Refusal::OfferDiffers,
+            Refusal::BadPrep {
+                party: s(),
+                reason: s(),
+            },
             Refusal::NotInJob {
                 sender: s(),
                 job: s(),

@@ -20,14 +20,23 @@
 //! schedule = { kind = "inverse_time", decay = 0.05 }
 //! early_stopping = { kind = "loss", patience = 3, min_delta = 1e-4 }
 //! validation_fraction = 0.2
+//!
+//! [prep.default]                   # fedlearn::Prep: how the guest prepares its columns
+//! winsorise = [0.01, 0.99]
+//! bins = { kind = "quantile", count = 10 }
+//! [prep.columns.industry]          # one column's own preparation
+//! bins = { kind = "categorical", min_share = 0.02 }
 //! ```
+//!
+//! A host's `prep` (an inline table in its `[[hosts]]` entry, naming its own columns) is sent
+//! to that host only; a host without one prepares its columns by the guest's `prep.default`.
 //!
 //! Without `train.seed` the node draws one (it orders batches and splits validation rows; it
 //! is not a key) and records it in the report.
 
 use std::collections::BTreeSet;
 
-use fedlearn::TrainConfig;
+use fedlearn::{Prep, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::check_name;
@@ -41,6 +50,9 @@ pub struct HostSpec {
     pub party: String,
     /// The host's dataset name (in the host's configuration).
     pub dataset: String,
+    /// How the host prepares its columns; without it, the guest's `prep.default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prep: Option<Prep>,
 }
 
 /// A training job.
@@ -54,6 +66,9 @@ pub struct JobSpec {
     pub hosts: Vec<HostSpec>,
     /// Training settings, seed filled in.
     pub train: TrainConfig,
+    /// How the guest prepares its columns.
+    #[serde(default)]
+    pub prep: Prep,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +81,8 @@ struct RawSpec {
     hosts: Vec<HostSpec>,
     #[serde(default)]
     train: Option<toml::Table>,
+    #[serde(default)]
+    prep: Prep,
 }
 
 fn default_kind() -> String {
@@ -73,6 +90,14 @@ fn default_kind() -> String {
 }
 
 impl JobSpec {
+    /// How `host` prepares its columns in this job.
+    pub fn host_prep(&self, host: &HostSpec) -> Prep {
+        host.prep.clone().unwrap_or_else(|| Prep {
+            default: self.prep.default.clone(),
+            columns: Default::default(),
+        })
+    }
+
     /// Parses and checks a job spec; errors name the line and key.
     pub fn parse(text: &str) -> Result<JobSpec, NodeError> {
         let raw: RawSpec = toml::from_str(text).map_err(|e| NodeError::Spec(e.to_string()))?;
@@ -124,11 +149,21 @@ impl JobSpec {
         train
             .validate()
             .map_err(|e| NodeError::Spec(format!("train: {e}")))?;
+        raw.prep
+            .validate()
+            .map_err(|e| NodeError::Spec(e.to_string()))?;
+        for (i, host) in raw.hosts.iter().enumerate() {
+            if let Some(prep) = &host.prep {
+                prep.validate()
+                    .map_err(|e| NodeError::Spec(format!("hosts[{i}].{e}")))?;
+            }
+        }
         Ok(JobSpec {
             model_id: raw.model_id,
             dataset: raw.dataset,
             hosts: raw.hosts,
             train,
+            prep: raw.prep,
         })
     }
 }

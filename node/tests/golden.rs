@@ -51,6 +51,7 @@ fn samples() -> Result<Vec<(&'static str, Vec<u8>)>, PsiError> {
         model_id: "sme-credit".into(),
         batch_rows: 4096,
         guest_features: 13,
+        prep: r#"{"default":{"bins":{"kind":"quantile","count":10}}}"#.into(),
     };
     let chunk = Chunk {
         version: node::FEDERATION_VERSION,

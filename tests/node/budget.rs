@@ -38,6 +38,7 @@ async fn hosts_enforce_their_disclosure_budget() {
     let reply = as_bank
         .propose(node::proto::JobProposal {
             guest_features: 500,
+            prep: String::new(),
             ..proposal("12".repeat(16), "wide")
         })
         .await

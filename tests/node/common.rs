@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use fedlearn::{GuestJob, HostJob, Missing, Table, TrainConfig};
+use fedlearn::{GuestJob, HostJob, Missing, Reading, Table, TrainConfig};
 use node::proto::federation_client::FederationClient;
 use node::proto::JobProposal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -163,6 +163,7 @@ pub(crate) fn proposal(job_id: String, model_id: &str) -> JobProposal {
         model_id: model_id.into(),
         batch_rows: 4096,
         guest_features: 13,
+        prep: String::new(),
     }
 }
 
@@ -190,7 +191,10 @@ seed = 11
 pub(crate) fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
     let load = |name: &str, label: Option<&str>| {
         let text = std::fs::read_to_string(dir.join(name)).unwrap();
-        Table::parse_csv(name, &text, "id", label, Missing::Reject).unwrap()
+        Table::parse_csv(name, &text, "id", label, Missing::Reject, &|_| {
+            Reading::Number
+        })
+        .unwrap()
     };
     let bank = load("bank.csv", Some("y"));
     let hosts = [load("tax.csv", None), load("utilities.csv", None)];
@@ -222,6 +226,7 @@ pub(crate) fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
                         .collect::<Vec<_>>(),
                 )
                 .unwrap(),
+            prep: Default::default(),
         })
         .collect();
     let guest = GuestJob {
@@ -230,6 +235,7 @@ pub(crate) fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
         table: bank.select_rows(&rows).unwrap(),
         hosts: HOSTS.map(String::from).to_vec(),
         config: config.clone(),
+        prep: Default::default(),
     };
     let run = fedlearn::simulate(guest, host_jobs, false, &mut |_| {}).unwrap();
     run.guest.evaluation.metrics.auc

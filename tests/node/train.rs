@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use fedlearn::{Missing, Table, TrainConfig};
+use fedlearn::{Missing, Reading, Table, TrainConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use unseen::local::HOSTS;
@@ -146,7 +146,10 @@ async fn scores_are_the_plaintext_joint_probability(
         .map(|(k, file)| {
             let text = std::fs::read_to_string(federation.dir.join(file)).unwrap();
             let label = (k == 0).then_some("y");
-            Table::parse_csv(file, &text, "id", label, Missing::Reject).unwrap()
+            Table::parse_csv(file, &text, "id", label, Missing::Reject, &|_| {
+                Reading::Number
+            })
+            .unwrap()
         })
         .collect();
     // Party k's partial score of one id, in the clear (the test may; the nodes may not).

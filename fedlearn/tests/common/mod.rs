@@ -1,12 +1,15 @@
 //! Test data: the FATE example tables in the repository's data/ folder.
 #![allow(dead_code)] // each test binary uses a different subset of the helpers
 
-use fedlearn::{GuestJob, HostJob, Missing, Table, TrainConfig};
+use fedlearn::{GuestJob, HostJob, Missing, Reading, Table, TrainConfig};
 
 pub fn load(name: &str, label: Option<&str>) -> Table {
     let path = format!("{}/../data/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    Table::parse_csv(&path, &text, "id", label, Missing::Reject).unwrap()
+    Table::parse_csv(&path, &text, "id", label, Missing::Reject, &|_| {
+        Reading::Number
+    })
+    .unwrap()
 }
 
 /// The guest's table and the host tables: one host with every host column, or the host
@@ -36,6 +39,7 @@ pub fn jobs(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> (GuestJob,
             party: party.clone(),
             guest: "bank".into(),
             table,
+            prep: Default::default(),
         })
         .collect();
     (
@@ -45,6 +49,7 @@ pub fn jobs(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> (GuestJob,
             table: guest,
             hosts: names,
             config: config.clone(),
+            prep: Default::default(),
         },
         host_jobs,
     )

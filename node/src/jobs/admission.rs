@@ -3,14 +3,14 @@
 //! Each refusal is a typed [`Refusal`] whose text is the reply; nothing here touches the
 //! network or the store.
 
-use fedlearn::Proposal;
+use fedlearn::{Prep, Proposal};
 
 use crate::config::{valid_name, NodeConfig, PolicyRule};
 use crate::error::{NodeError, Refusal};
 use crate::proto::JobProposal;
 use crate::spec::JobSpec;
 use crate::store::JobRecord;
-use crate::wire::FEDERATION_VERSION;
+use crate::wire::{FEDERATION_VERSION, MAX_PREP_BYTES};
 
 /// Guest: a spec names a dataset of this node that holds labels, and hosts that are peers.
 pub fn check_spec(config: &NodeConfig, spec: &JobSpec) -> Result<(), NodeError> {
@@ -44,6 +44,27 @@ pub fn check_spec(config: &NodeConfig, spec: &JobSpec) -> Result<(), NodeError> 
     Ok(())
 }
 
+/// Host: the proposal's preparation of this node's columns (checked against the data when
+/// it is fitted).
+pub fn host_prep(config: &NodeConfig, proposal: &JobProposal) -> Result<Prep, Refusal> {
+    let refusal = |reason: String| Refusal::BadPrep {
+        party: config.party.clone(),
+        reason,
+    };
+    if proposal.prep.is_empty() {
+        return Ok(Prep::default());
+    }
+    if proposal.prep.len() > MAX_PREP_BYTES {
+        return Err(refusal(format!(
+            "{} bytes (at most {MAX_PREP_BYTES})",
+            proposal.prep.len()
+        )));
+    }
+    let prep: Prep = serde_json::from_str(&proposal.prep).map_err(|e| refusal(e.to_string()))?;
+    prep.validate().map_err(|e| refusal(e.to_string()))?;
+    Ok(prep)
+}
+
 /// Host: what the configuration alone says of a proposal; returns the policy rule that
 /// allows it.
 pub fn check_proposal<'c>(
@@ -71,6 +92,7 @@ pub fn check_proposal<'c>(
     }
     let rule = config.allows(&proposal.guest, &proposal.kind, &proposal.dataset)?;
     check_shape(config, rule, proposal)?;
+    host_prep(config, proposal)?;
     let distinct: std::collections::BTreeSet<&String> = proposal.hosts.iter().collect();
     if distinct.len() != proposal.hosts.len() || distinct.contains(&proposal.guest) {
         return Err(Refusal::HostsNotDistinct);
@@ -191,7 +213,7 @@ pub fn check_offer(
     if offered.model_id != proposal.model_id
         || offered.hosts != proposal.hosts
         || batch_rows != proposal.batch_rows
-        || offered.features != proposal.guest_features
+        || offered.features > proposal.guest_features
     {
         return Err(Refusal::OfferDiffers);
     }
@@ -249,6 +271,7 @@ mod tests {
             model_id: "sme-2026".into(),
             batch_rows: 4096,
             guest_features: 8,
+            prep: r#"{"default": {"bins": {"kind": "quantile", "count": 5}}}"#.into(),
         }
     }
 
@@ -294,6 +317,20 @@ mod tests {
             refused(|p| p.guest = "utilities".into()),
             Refusal::Policy { .. }
         ));
+        for prep in [
+            "{".to_owned(),
+            r#"{"default": {"bins": {"kind": "quantile", "count": 1}}}"#.to_owned(),
+            r#"{"defaults": {}}"#.to_owned(),
+            format!(
+                r#"{{"columns": {{"{}": {{}}}}}}"#,
+                "x".repeat(MAX_PREP_BYTES)
+            ),
+        ] {
+            assert!(
+                matches!(refused(|p| p.prep = prep.clone()), Refusal::BadPrep { .. }),
+                "{prep:.80}"
+            );
+        }
         assert!(matches!(
             refused(|p| p.guest_features = 11),
             Refusal::GuestFeatures {
@@ -397,6 +434,12 @@ mod tests {
             check_offer(&config, &p, &offer, 1000),
             Err(Refusal::BatchRows { rows: 1000, .. })
         ));
+        // The proposal announces the most columns the guest's bins can make; fewer is fine.
+        let fewer_features = Proposal {
+            features: 7,
+            ..offer.clone()
+        };
+        check_offer(&config, &p, &fewer_features, 10_000).unwrap();
         let more_features = Proposal {
             features: 9,
             ..offer

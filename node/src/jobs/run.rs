@@ -24,7 +24,8 @@ impl NodeState {
         job: &Arc<JobHandle>,
         spec: &JobSpec,
     ) -> Result<String, NodeError> {
-        let table = load_table(&self.config, &spec.dataset, true)?;
+        let table = load_table(&self.config, &spec.dataset, true, &|c| spec.prep.reading(c))?;
+        let guest_features = spec.prep.columns_bound(&table) as u32;
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
         for host in &spec.hosts {
             let proposal = JobProposal {
@@ -36,7 +37,9 @@ impl NodeState {
                 hosts: hosts.clone(),
                 model_id: spec.model_id.clone(),
                 batch_rows: spec.train.batch_size.map_or(0, |b| b as u64),
-                guest_features: table.features() as u32,
+                guest_features,
+                prep: serde_json::to_string(&spec.host_prep(host))
+                    .map_err(|e| NodeError::Spec(format!("prep: {e}")))?,
             };
             crate::audit::record(
                 &self.store,
@@ -83,6 +86,7 @@ impl NodeState {
                 table,
                 hosts: hosts.clone(),
                 config: spec.train.clone(),
+                prep: spec.prep.clone(),
             },
             &mut link,
             &mut |event| self.training_event(job, event),
@@ -169,7 +173,8 @@ impl NodeState {
         proposal: &JobProposal,
     ) -> Result<String, NodeError> {
         let guest = proposal.guest.as_str();
-        let table = load_table(&self.config, &proposal.dataset, false)?;
+        let prep = admission::host_prep(&self.config, proposal)?;
+        let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
         let mut link = Link::new(self, job);
         job.state_event(
             &self.store,
@@ -191,6 +196,7 @@ impl NodeState {
                 party: self.config.party.clone(),
                 guest: guest.to_owned(),
                 table,
+                prep,
             },
             offered,
             &mut link,

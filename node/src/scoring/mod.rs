@@ -98,7 +98,7 @@ pub(crate) fn index(
     };
     let part = fedlearn::ModelPart::from_json(&model.model_id, &model.part_json)
         .map_err(|e| unusable(e.to_string()))?;
-    let table = crate::datasets::load_table(config, &model.dataset, false)
+    let table = crate::datasets::load_table(config, &model.dataset, false, &|c| part.reading(c))
         .map_err(|e| unusable(e.to_string()))?;
     let rows = part
         .row_scores(&table)

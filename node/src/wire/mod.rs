@@ -5,7 +5,11 @@ pub(crate) mod chunks;
 pub mod psi;
 
 /// Version of the federation protocol (envelopes and proposals); peers must speak the same.
-pub const FEDERATION_VERSION: u32 = 1;
+/// Version 2: proposals carry the host's column preparation.
+pub const FEDERATION_VERSION: u32 = 2;
+
+/// Largest preparation a proposal may carry (JSON bytes).
+pub(crate) const MAX_PREP_BYTES: usize = 64 * 1024;
 
 /// What a delivery carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

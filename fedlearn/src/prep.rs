@@ -1,0 +1,797 @@
+//! Each party's preparation of its own columns before training: winsorising at training
+//! quantiles, a signed log1p, and binning into indicator columns (quantile, equal-width, given
+//! cut points, or categories). A party fits its preparation on its own training rows; nothing
+//! of it leaves the party. The fitted form is part of the party's model and applies again at
+//! scoring.
+//!
+//! A binned column becomes one indicator column per bin that holds training rows, standardised
+//! like any other column; the trained weights of a column's indicators fold into one number
+//! per bin, its points (its share of the joint score), so the model part is a scorecard. A
+//! missing value has a bin of its own; a value that falls in a bin without training rows (a
+//! missing value when training had none, a category first seen at scoring when training had no
+//! rare categories) scores the column's training average, 0 points.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Reading, Table};
+use crate::error::FedError;
+use crate::model::{BinnedWeight, FeatureWeight};
+
+/// Most bins a column may have (value bins, without the missing bin).
+pub const MAX_BINS: usize = 100;
+
+/// How a party prepares its columns: the job spec's `[prep]` for the guest, a host's `prep`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prep {
+    /// For every column without an entry in `columns`.
+    pub default: ColumnPrep,
+    /// Per column name, replacing `default` for that column.
+    pub columns: BTreeMap<String, ColumnPrep>,
+}
+
+/// How one column is prepared: winsorised, then log1p, then binned or standardised.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColumnPrep {
+    /// Clip to the training values at these two quantiles, e.g. `[0.01, 0.99]`.
+    pub winsorise: Option<[f64; 2]>,
+    /// Replace x by sign(x)·ln(1 + |x|).
+    pub log1p: bool,
+    /// Bin the column instead of standardising it.
+    pub bins: Option<Binning>,
+}
+
+/// How a column is cut into bins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Binning {
+    /// Cut points at the training quantiles k/count, k = 1 … count − 1 (tied values merge bins).
+    Quantile {
+        /// Bins (2 to [`MAX_BINS`]).
+        count: usize,
+    },
+    /// `count` bins of equal width between the training minimum and maximum.
+    EqualWidth {
+        /// Bins (2 to [`MAX_BINS`]).
+        count: usize,
+    },
+    /// Given cut points, increasing: bin i holds cuts[i − 1] < x ≤ cuts[i].
+    Cuts {
+        /// The cut points.
+        cuts: Vec<f64>,
+    },
+    /// A text column: one bin per category holding at least `min_share` of the training rows;
+    /// rarer categories, and categories first seen at scoring, share an "other" bin.
+    Categorical {
+        /// Smallest share of the training rows a category needs for a bin of its own.
+        #[serde(default = "default_min_share")]
+        min_share: f64,
+    },
+}
+
+fn default_min_share() -> f64 {
+    0.01
+}
+
+impl Prep {
+    /// How column `name` is prepared.
+    pub fn column(&self, name: &str) -> &ColumnPrep {
+        self.columns.get(name).unwrap_or(&self.default)
+    }
+
+    /// How column `name` is read from a file: binned columns may hold missing values whatever
+    /// the dataset's policy, categorical ones hold text.
+    pub fn reading(&self, name: &str) -> Reading {
+        match &self.column(name).bins {
+            None => Reading::Number,
+            Some(Binning::Categorical { .. }) => Reading::Text,
+            Some(_) => Reading::Binned,
+        }
+    }
+
+    /// Refuses settings that cannot be fitted; errors name the column.
+    pub fn validate(&self) -> Result<(), FedError> {
+        std::iter::once(("default", &self.default))
+            .chain(self.columns.iter().map(|(n, c)| (n.as_str(), c)))
+            .try_for_each(|(name, column)| {
+                column
+                    .validate()
+                    .map_err(|reason| FedError::config("prep", format!("{name}: {reason}")))
+            })
+    }
+
+    /// The most design columns this preparation can make of `table`, known before the
+    /// training rows are: the guest announces it to the hosts, whose policies bound it.
+    pub fn columns_bound(&self, table: &Table) -> usize {
+        table
+            .feature_names()
+            .iter()
+            .enumerate()
+            .map(|(c, name)| match &self.column(name).bins {
+                None => 1,
+                Some(Binning::Quantile { count } | Binning::EqualWidth { count }) => count + 1,
+                Some(Binning::Cuts { cuts }) => cuts.len() + 2,
+                Some(Binning::Categorical { .. }) => {
+                    table
+                        .dictionary(c)
+                        .map_or(0, <[String]>::len)
+                        .min(MAX_BINS - 1)
+                        + 2
+                }
+            })
+            .sum()
+    }
+
+    /// Fits this preparation on `table`'s training rows `train` and returns every row of
+    /// `table` as the columns the party trains on (continuous columns transformed, binned
+    /// columns as 0/1 indicators of the bins that hold training rows).
+    pub fn design(&self, party: &str, table: &Table, train: &[usize]) -> Result<Table, FedError> {
+        Fitted::fit(party, self, table, train)?.design(table)
+    }
+}
+
+impl ColumnPrep {
+    fn validate(&self) -> Result<(), String> {
+        if let Some([low, high]) = self.winsorise {
+            if !(0.0..=1.0).contains(&low) || !(0.0..=1.0).contains(&high) || low >= high {
+                return Err(format!(
+                    "winsorise = [{low}, {high}] needs 0 ≤ low < high ≤ 1"
+                ));
+            }
+        }
+        match &self.bins {
+            None => Ok(()),
+            Some(Binning::Quantile { count } | Binning::EqualWidth { count }) => {
+                if (2..=MAX_BINS).contains(count) {
+                    Ok(())
+                } else {
+                    Err(format!("bins.count = {count} is not in 2 … {MAX_BINS}"))
+                }
+            }
+            Some(Binning::Cuts { cuts }) => {
+                if cuts.is_empty() || cuts.len() >= MAX_BINS {
+                    Err(format!("bins.cuts needs 1 to {} cut points", MAX_BINS - 1))
+                } else if cuts.iter().any(|c| !c.is_finite())
+                    || cuts.windows(2).any(|w| w[0] >= w[1])
+                {
+                    Err("bins.cuts must be finite and increasing".into())
+                } else {
+                    Ok(())
+                }
+            }
+            Some(Binning::Categorical { min_share }) => {
+                if self.winsorise.is_some() || self.log1p {
+                    Err("a categorical column takes neither winsorise nor log1p".into())
+                } else if !(0.0..=0.5).contains(min_share) {
+                    Err(format!("bins.min_share = {min_share} is not in 0 … 0.5"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// A column's fitted transform, before standardising or binning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transform {
+    /// Clip to [low, high] (the training quantiles of `winsorise`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<[f64; 2]>,
+    /// Then sign(x)·ln(1 + |x|).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log1p: bool,
+}
+
+impl Transform {
+    /// Whether the transform leaves values as they are.
+    pub fn is_identity(&self) -> bool {
+        self.clip.is_none() && !self.log1p
+    }
+
+    /// The transformed value (NaN stays NaN).
+    pub fn apply(&self, x: f64) -> f64 {
+        let x = match self.clip {
+            Some([low, high]) => x.clamp(low, high),
+            None => x,
+        };
+        if self.log1p {
+            x.signum() * x.abs().ln_1p()
+        } else {
+            x
+        }
+    }
+
+    /// Refuses a transform that is not a function of finite numbers.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        match self.clip {
+            Some([low, high]) if !(low.is_finite() && high.is_finite() && low <= high) => {
+                Err(format!("clip [{low}, {high}] is not an interval"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A binned column's bins. Bins are numbered: the value bins, then the missing bin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Bins {
+    /// Bin i holds cuts[i − 1] < x ≤ cuts[i]; the last value bin everything above the last cut.
+    Cuts {
+        /// Increasing cut points.
+        cuts: Vec<f64>,
+    },
+    /// One bin per category, then the "other" bin (rare categories and unseen ones).
+    Categories {
+        /// The categories with a bin of their own.
+        categories: Vec<String>,
+    },
+}
+
+/// One cell as binning sees it.
+pub(crate) enum Cell<'a> {
+    Missing,
+    Number(f64),
+    Text(&'a str),
+}
+
+impl Bins {
+    /// Bins a present value can fall in.
+    pub fn value_bins(&self) -> usize {
+        match self {
+            Bins::Cuts { cuts } => cuts.len() + 1,
+            Bins::Categories { categories } => categories.len() + 1,
+        }
+    }
+
+    /// All bins, the missing bin included.
+    pub fn len(&self) -> usize {
+        self.value_bins() + 1
+    }
+
+    /// Never: there is always a missing bin.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// A readable name of bin `bin`.
+    pub fn label(&self, bin: usize) -> String {
+        if bin == self.value_bins() {
+            return "missing".into();
+        }
+        match self {
+            Bins::Cuts { cuts } => match (bin.checked_sub(1).map(|i| cuts[i]), cuts.get(bin)) {
+                (None, Some(high)) => format!("≤ {high}"),
+                (Some(low), Some(high)) => format!("({low}, {high}]"),
+                (Some(low), None) => format!("> {low}"),
+                (None, None) => "all".into(),
+            },
+            Bins::Categories { categories } => categories
+                .get(bin)
+                .cloned()
+                .unwrap_or_else(|| "other".into()),
+        }
+    }
+
+    /// The bin of a (transformed) cell; a cell of the wrong kind is an error.
+    pub(crate) fn bin(&self, cell: Cell<'_>) -> Result<usize, &'static str> {
+        match (self, cell) {
+            (_, Cell::Missing) => Ok(self.value_bins()),
+            (Bins::Cuts { cuts }, Cell::Number(x)) => Ok(cuts.partition_point(|&c| c < x)),
+            (Bins::Categories { categories }, Cell::Text(text)) => Ok(categories
+                .binary_search_by(|c| c.as_str().cmp(text))
+                .unwrap_or(categories.len())),
+            (Bins::Cuts { .. }, Cell::Text(_)) => Err("holds text; the model bins it by number"),
+            (Bins::Categories { .. }, Cell::Number(_)) => {
+                Err("holds numbers; the model bins it by category")
+            }
+        }
+    }
+
+    /// Refuses bins that could not have been fitted.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        match self {
+            Bins::Cuts { cuts } => {
+                if cuts.len() >= MAX_BINS
+                    || cuts.iter().any(|c| !c.is_finite())
+                    || cuts.windows(2).any(|w| w[0] >= w[1])
+                {
+                    return Err("cuts must be finite, increasing and fewer than 100".into());
+                }
+            }
+            Bins::Categories { categories } => {
+                if categories.len() >= MAX_BINS || categories.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err("categories must be sorted, distinct and fewer than 100".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cell at (row, column), transformed.
+pub(crate) fn cell<'a>(
+    table: &'a Table,
+    row: usize,
+    column: usize,
+    transform: &Transform,
+) -> Cell<'a> {
+    if table.is_text(column) {
+        return table.text(row, column).map_or(Cell::Missing, Cell::Text);
+    }
+    let x = table.values()[row * table.features() + column];
+    if x.is_nan() {
+        Cell::Missing
+    } else {
+        Cell::Number(transform.apply(x))
+    }
+}
+
+/// One column's fitted preparation.
+struct FittedColumn {
+    name: String,
+    /// The column's position in the party's table.
+    source: usize,
+    transform: Transform,
+    /// Binned: its bins and, per bin, its indicator column in the design (bins with
+    /// training rows only).
+    bins: Option<(Bins, Vec<Option<usize>>)>,
+}
+
+/// A party's preparation fitted on its training rows.
+pub(crate) struct Fitted {
+    columns: Vec<FittedColumn>,
+    /// Names of the design columns.
+    design_names: Vec<String>,
+}
+
+impl Fitted {
+    pub(crate) fn fit(
+        party: &str,
+        prep: &Prep,
+        table: &Table,
+        train: &[usize],
+    ) -> Result<Fitted, FedError> {
+        prep.validate()?;
+        if let Some(name) = prep
+            .columns
+            .keys()
+            .find(|n| !table.feature_names().contains(n))
+        {
+            return Err(FedError::config(
+                "prep",
+                format!("{party} has no column {name:?}"),
+            ));
+        }
+        let mut columns = Vec::with_capacity(table.features());
+        let mut design_names = Vec::new();
+        for (source, name) in table.feature_names().iter().enumerate() {
+            let column = prep.column(name);
+            let wrong = |reason: &str| {
+                FedError::config("prep", format!("{party}'s column {name:?} {reason}"))
+            };
+            let categorical = matches!(column.bins, Some(Binning::Categorical { .. }));
+            if categorical != table.is_text(source) {
+                return Err(wrong(if categorical {
+                    "was read as numbers but is binned as categorical"
+                } else {
+                    "holds text: bin it as categorical"
+                }));
+            }
+            let numbers = || -> Vec<f64> {
+                let mut values: Vec<f64> = train
+                    .iter()
+                    .map(|&r| table.values()[r * table.features() + source])
+                    .filter(|x| !x.is_nan())
+                    .collect();
+                values.sort_by(f64::total_cmp);
+                values
+            };
+            let mut transform = Transform {
+                clip: None,
+                log1p: column.log1p,
+            };
+            if let Some([low, high]) = column.winsorise {
+                let values = numbers();
+                if !values.is_empty() {
+                    transform.clip = Some([quantile(&values, low), quantile(&values, high)]);
+                }
+            }
+            let bins = match &column.bins {
+                None => None,
+                Some(Binning::Categorical { min_share }) => {
+                    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+                    for &row in train {
+                        if let Some(text) = table.text(row, source) {
+                            *counts.entry(text).or_default() += 1;
+                        }
+                    }
+                    let least = (min_share * train.len() as f64).max(1.0);
+                    let categories: Vec<String> = counts
+                        .into_iter()
+                        .filter(|&(_, n)| n as f64 >= least)
+                        .map(|(c, _)| c.to_owned())
+                        .take(MAX_BINS - 1)
+                        .collect();
+                    Some(Bins::Categories { categories })
+                }
+                Some(Binning::Cuts { cuts }) => Some(Bins::Cuts { cuts: cuts.clone() }),
+                Some(Binning::Quantile { count }) => {
+                    let values: Vec<f64> =
+                        numbers().into_iter().map(|x| transform.apply(x)).collect();
+                    let cuts = (1..*count)
+                        .filter_map(|k| {
+                            let at = (k * values.len()).div_ceil(*count);
+                            at.checked_sub(1).map(|i| values[i])
+                        })
+                        .collect();
+                    Some(Bins::Cuts {
+                        cuts: distinct_below_max(cuts, values.last().copied()),
+                    })
+                }
+                Some(Binning::EqualWidth { count }) => {
+                    let values: Vec<f64> =
+                        numbers().into_iter().map(|x| transform.apply(x)).collect();
+                    let cuts = match (values.first(), values.last()) {
+                        (Some(&low), Some(&high)) => (1..*count)
+                            .map(|k| low + (high - low) * k as f64 / *count as f64)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    Some(Bins::Cuts {
+                        cuts: distinct_below_max(cuts, values.last().copied()),
+                    })
+                }
+            };
+            let bins = match bins {
+                None => {
+                    design_names.push(name.clone());
+                    None
+                }
+                Some(bins) => {
+                    let mut counts = vec![0usize; bins.len()];
+                    for &row in train {
+                        let bin = bins
+                            .bin(cell(table, row, source, &transform))
+                            .map_err(wrong)?;
+                        counts[bin] += 1;
+                    }
+                    let indicators = counts
+                        .iter()
+                        .enumerate()
+                        .map(|(bin, &n)| {
+                            (n > 0).then(|| {
+                                design_names.push(format!("{name}={}", bins.label(bin)));
+                                design_names.len() - 1
+                            })
+                        })
+                        .collect();
+                    Some((bins, indicators))
+                }
+            };
+            columns.push(FittedColumn {
+                name: name.clone(),
+                source,
+                transform,
+                bins,
+            });
+        }
+        Ok(Fitted {
+            columns,
+            design_names,
+        })
+    }
+
+    /// Every row of `table` (the table the preparation was fitted on) as design columns.
+    pub(crate) fn design(&self, table: &Table) -> Result<Table, FedError> {
+        let width = self.design_names.len();
+        let mut values = vec![0.0; table.rows() * width];
+        let mut at = 0;
+        for column in &self.columns {
+            match &column.bins {
+                None => {
+                    for row in 0..table.rows() {
+                        let x = table.values()[row * table.features() + column.source];
+                        values[row * width + at] = column.transform.apply(x);
+                    }
+                    at += 1;
+                }
+                Some((bins, indicators)) => {
+                    for row in 0..table.rows() {
+                        let bin = bins
+                            .bin(cell(table, row, column.source, &column.transform))
+                            .map_err(|reason| {
+                                FedError::config(
+                                    "prep",
+                                    format!("column {:?} {reason}", column.name),
+                                )
+                            })?;
+                        if let Some(design) = indicators[bin] {
+                            values[row * width + design] = 1.0;
+                        }
+                    }
+                    at += indicators.iter().flatten().count();
+                }
+            }
+        }
+        Table::new(
+            table.ids().to_vec(),
+            self.design_names.clone(),
+            values,
+            table.labels().map(<[f64]>::to_vec),
+            table.missing(),
+        )
+    }
+
+    /// The model's columns from the weights of the standardised design columns.
+    pub(crate) fn model_columns(
+        &self,
+        means: &[f64],
+        stds: &[f64],
+        weights: &[f64],
+    ) -> (Vec<FeatureWeight>, Vec<BinnedWeight>) {
+        let (mut features, mut binned) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        for column in &self.columns {
+            match &column.bins {
+                None => {
+                    features.push(FeatureWeight {
+                        name: column.name.clone(),
+                        mean: means[at],
+                        std: stds[at],
+                        weight: weights[at],
+                        transform: column.transform,
+                    });
+                    at += 1;
+                }
+                Some((bins, indicators)) => {
+                    // The standardised indicators' contribution when every one is at its
+                    // mean is 0; a row in bin b moves indicator b from its mean to 1 and the
+                    // others from theirs to 0.
+                    let used: Vec<usize> = indicators.iter().flatten().copied().collect();
+                    let at_zero: f64 = used.iter().map(|&d| -weights[d] * means[d] / stds[d]).sum();
+                    let points = indicators
+                        .iter()
+                        .map(|design| match design {
+                            Some(d) => at_zero + weights[*d] / stds[*d],
+                            None => 0.0,
+                        })
+                        .collect();
+                    binned.push(BinnedWeight {
+                        name: column.name.clone(),
+                        transform: column.transform,
+                        bins: bins.clone(),
+                        points,
+                    });
+                    at += used.len();
+                }
+            }
+        }
+        (features, binned)
+    }
+}
+
+/// The nearest-rank quantile of sorted values.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Cut points without repeats and below the largest value (a cut at or above it would leave
+/// the last bin empty).
+fn distinct_below_max(mut cuts: Vec<f64>, max: Option<f64>) -> Vec<f64> {
+    cuts.dedup();
+    cuts.retain(|&c| max.is_some_and(|m| c < m));
+    cuts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Missing;
+    use crate::model::{ModelPart, Standardised};
+
+    fn numbers(values: &[f64]) -> Table {
+        Table::new(
+            (0..values.len()).map(|i| i.to_string()).collect(),
+            vec!["a".into()],
+            values.to_vec(),
+            None,
+            Missing::Mean,
+        )
+        .unwrap()
+    }
+
+    fn binned(binning: Binning) -> Prep {
+        Prep {
+            default: ColumnPrep {
+                bins: Some(binning),
+                ..ColumnPrep::default()
+            },
+            ..Prep::default()
+        }
+    }
+
+    fn cuts(prep: &Prep, table: &Table) -> Vec<f64> {
+        let all: Vec<usize> = (0..table.rows()).collect();
+        match &Fitted::fit("tax", prep, table, &all).unwrap().columns[0].bins {
+            Some((Bins::Cuts { cuts }, _)) => cuts.clone(),
+            other => panic!("{:?}", other.as_ref().map(|b| &b.0)),
+        }
+    }
+
+    #[test]
+    fn quantile_equal_width_and_given_cuts() {
+        let t = numbers(&(1..=100).map(f64::from).collect::<Vec<_>>());
+        assert_eq!(
+            cuts(&binned(Binning::Quantile { count: 4 }), &t),
+            [25.0, 50.0, 75.0]
+        );
+        assert_eq!(
+            cuts(&binned(Binning::EqualWidth { count: 3 }), &t),
+            [34.0, 67.0]
+        );
+        // Ties merge bins: 60% zeros leave one cut where the quintiles fall on 0.
+        let mut skewed = vec![0.0; 60];
+        skewed.extend((1..=40).map(f64::from));
+        assert_eq!(
+            cuts(&binned(Binning::Quantile { count: 5 }), &numbers(&skewed)),
+            [0.0, 20.0]
+        );
+        let given = binned(Binning::Cuts {
+            cuts: vec![10.0, 20.0],
+        });
+        assert_eq!(cuts(&given, &t), [10.0, 20.0]);
+        let bins = Bins::Cuts {
+            cuts: vec![10.0, 20.0],
+        };
+        let bin = |x| bins.bin(Cell::Number(x)).unwrap();
+        assert_eq!(
+            (bin(-5.0), bin(10.0), bin(10.5), bin(20.0), bin(99.0)),
+            (0, 0, 1, 1, 2)
+        );
+        assert_eq!(bins.bin(Cell::Missing), Ok(3));
+        assert_eq!(
+            (bins.label(0), bins.label(1), bins.label(2), bins.label(3)),
+            (
+                "≤ 10".into(),
+                "(10, 20]".into(),
+                "> 20".into(),
+                "missing".into()
+            )
+        );
+    }
+
+    #[test]
+    fn winsorising_and_log1p_are_fitted_on_training_rows() {
+        let mut values: Vec<f64> = (0..100).map(f64::from).collect();
+        values[99] = 1e9;
+        let t = numbers(&values);
+        let prep = Prep {
+            default: ColumnPrep {
+                winsorise: Some([0.05, 0.95]),
+                log1p: true,
+                bins: None,
+            },
+            ..Prep::default()
+        };
+        let train: Vec<usize> = (0..100).collect();
+        let design = prep.design("tax", &t, &train).unwrap();
+        // Clipped to the nearest-rank 5% and 95% quantiles (5 and 94), then log1p.
+        assert_eq!(design.values()[0], 5f64.ln_1p());
+        assert_eq!(design.values()[99], 94f64.ln_1p());
+        assert_eq!(design.values()[50], 50f64.ln_1p());
+        let negative = Transform {
+            clip: None,
+            log1p: true,
+        };
+        assert_eq!(negative.apply(-3.0), -(3f64.ln_1p()));
+        assert!(negative.apply(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn categories_missing_values_and_points() {
+        let csv = "id,y,industry\n\
+                   1,0,retail\n2,1,retail\n3,0,farming\n4,0,farming\n5,1,farming\n\
+                   6,0,mining\n7,1,\n8,0,retail\n9,0,farming\n10,1,retail\n";
+        let prep = binned(Binning::Categorical { min_share: 0.15 });
+        let table = Table::parse_csv("t.csv", csv, "id", Some("y"), Missing::Reject, &|c| {
+            prep.reading(c)
+        })
+        .unwrap();
+        let train: Vec<usize> = (0..10).collect();
+        let fitted = Fitted::fit("bank", &prep, &table, &train).unwrap();
+        let design = fitted.design(&table).unwrap();
+        // mining (1 row of 10) is rare: "other"; the missing cell has its bin.
+        assert_eq!(
+            design.feature_names(),
+            [
+                "industry=farming",
+                "industry=retail",
+                "industry=other",
+                "industry=missing"
+            ]
+        );
+        assert_eq!(&design.values()[5 * 4..6 * 4], [0.0, 0.0, 1.0, 0.0]);
+        assert_eq!(&design.values()[6 * 4..7 * 4], [0.0, 0.0, 0.0, 1.0]);
+
+        // Points: the standardised indicators' weighted sum, bin by bin.
+        let standardised = Standardised::fit("bank", &design, &train).unwrap();
+        let weights = [0.5, -1.0, 2.0, 0.25];
+        let part = standardised.model(&fitted, "m", "bank", Missing::Reject, &weights, Some(0.0));
+        let back = ModelPart::from_json("m.json", &part.to_json()).unwrap();
+        assert_eq!(back, part);
+        let z = back.partial_scores(&table).unwrap();
+        for (row, z) in z.iter().enumerate() {
+            let expected: f64 = (0..4)
+                .map(|c| weights[c] * standardised.values[row * 4 + c])
+                .sum();
+            assert!((z - expected).abs() < 1e-12, "row {row}: {z} vs {expected}");
+        }
+        // Over the training rows the points average to 0.
+        assert!(z.iter().sum::<f64>().abs() < 1e-9);
+
+        // At scoring: an unseen category scores in "other", like mining.
+        let scoring = "id,industry\nA,quarrying\nB,mining\nC,\n";
+        let new = Table::parse_csv("s.csv", scoring, "id", None, Missing::Reject, &|c| {
+            back.reading(c)
+        })
+        .unwrap();
+        let s = back.partial_scores(&new).unwrap();
+        assert_eq!(s[0], s[1]);
+        assert_eq!(s[2], z[6], "missing");
+    }
+
+    #[test]
+    fn an_empty_bin_scores_the_columns_average() {
+        // No missing value in training: the missing bin has no indicator and 0 points.
+        let t = numbers(&[1.0, 2.0, 3.0, 4.0]);
+        let prep = binned(Binning::Cuts { cuts: vec![2.0] });
+        let train = [0, 1, 2, 3];
+        let fitted = Fitted::fit("tax", &prep, &t, &train).unwrap();
+        let design = fitted.design(&t).unwrap();
+        assert_eq!(design.features(), 2);
+        let standardised = Standardised::fit("tax", &design, &train).unwrap();
+        let part = standardised.model(&fitted, "m", "tax", Missing::Reject, &[1.0, 3.0], None);
+        assert_eq!(part.binned[0].points.len(), 3);
+        assert_eq!(part.binned[0].points[2], 0.0);
+        let z = part.partial_scores(&numbers(&[f64::NAN, 1.0])).unwrap();
+        assert_eq!(z[0], 0.0);
+        assert!(z[1] < 0.0, "the low bin has the lower weight");
+    }
+
+    #[test]
+    fn preparations_that_do_not_fit_the_data_are_named() {
+        let t = numbers(&[1.0, 2.0, 3.0]);
+        let fit = |prep: &Prep| match Fitted::fit("tax", prep, &t, &[0, 1, 2]) {
+            Err(FedError::Config { reason, .. }) => reason,
+            other => panic!("{:?}", other.map(|_| ())),
+        };
+        let mut unknown = Prep::default();
+        unknown.columns.insert("b".into(), ColumnPrep::default());
+        assert!(fit(&unknown).contains("tax has no column \"b\""));
+        assert!(
+            fit(&binned(Binning::Categorical { min_share: 0.01 })).contains("was read as numbers")
+        );
+        assert!(fit(&binned(Binning::Quantile { count: 1 })).contains("bins.count"));
+        assert!(fit(&binned(Binning::Cuts {
+            cuts: vec![2.0, 1.0]
+        }))
+        .contains("increasing"));
+        let text = Table::parse_csv("t.csv", "id,a\n1,x\n", "id", None, Missing::Reject, &|_| {
+            Reading::Text
+        })
+        .unwrap();
+        assert!(matches!(
+            Fitted::fit("tax", &Prep::default(), &text, &[0]),
+            Err(FedError::Config { reason, .. }) if reason.contains("holds text")
+        ));
+        let bad: Result<Prep, _> =
+            serde_json::from_str(r#"{"default": {"bins": {"kind": "quantile", "bins": 3}}}"#);
+        assert!(bad.is_err(), "unknown fields are refused");
+    }
+}
