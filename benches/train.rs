@@ -13,8 +13,8 @@
 use std::time::Instant;
 
 use fedlearn::{
-    simulate, train_plain_vertical, Event, GuestJob, HostJob, Missing, Prep, Reading, Table,
-    TrainConfig,
+    simulate, train_plain_vertical, Binning, ColumnPrep, Event, GuestJob, HostJob, Missing, Prep,
+    Reading, Table, TrainConfig,
 };
 
 const ITERATION_KINDS: [&str; 1] = ["product"];
@@ -73,17 +73,12 @@ fn synthetic(rows: usize, guest_features: usize, host_features: usize) -> (Table
     )
 }
 
-fn case(name: &str, guest: Table, host: Table, config: TrainConfig) {
+fn case(name: &str, guest: Table, host: Table, config: TrainConfig, prep: Prep) {
     let rows = guest.rows();
     let batches = config.batch_size.map_or(1, |b| (rows / b).max(1));
     let start = Instant::now();
-    let plain = train_plain_vertical(
-        &guest,
-        &[&host],
-        &[Prep::default(), Prep::default()],
-        &config,
-    )
-    .expect("plaintext");
+    let plain = train_plain_vertical(&guest, &[&host], &[prep.clone(), prep.clone()], &config)
+        .expect("plaintext");
     let plain_epoch = start.elapsed().as_secs_f64() / config.max_epochs as f64;
     let job = GuestJob {
         party: "bank".into(),
@@ -91,13 +86,13 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig) {
         table: guest,
         hosts: vec!["tax".into()],
         config: config.clone(),
-        prep: Default::default(),
+        prep: prep.clone(),
     };
     let hosts = vec![HostJob {
         party: "tax".into(),
         guest: "bank".into(),
         table: host,
-        prep: Default::default(),
+        prep,
     }];
     let mut marks = vec![Instant::now()];
     let simulation = simulate(job, hosts, false, &mut |event| {
@@ -163,22 +158,53 @@ fn main() {
         max_epochs: epochs,
         batch_size,
         seed: 1,
+        // Every epoch runs: the figures are per epoch.
+        early_stopping: None,
         ..TrainConfig::default()
+    };
+    let binned = Prep {
+        default: ColumnPrep {
+            bins: Some(Binning::Quantile { count: 10 }),
+            ..ColumnPrep::default()
+        },
+        ..Prep::default()
     };
     if wanted("credit full batch") {
         let (g, h) = credit();
-        case("credit full batch", g, h, config(6, None));
+        case("credit full batch", g, h, config(6, None), Prep::default());
+    }
+    if wanted("credit 10 bins full batch") {
+        let (g, h) = credit();
+        case("credit 10 bins full batch", g, h, config(6, None), binned);
     }
     if wanted("credit batch 4096") {
         let (g, h) = credit();
-        case("credit batch 4096", g, h, config(4, Some(4096)));
+        case(
+            "credit batch 4096",
+            g,
+            h,
+            config(4, Some(4096)),
+            Prep::default(),
+        );
     }
     if wanted("1e5 x 330 full batch") {
         let (g, h) = synthetic(100_000, 30, 300);
-        case("1e5 x 330 full batch", g, h, config(3, None));
+        case(
+            "1e5 x 330 full batch",
+            g,
+            h,
+            config(3, None),
+            Prep::default(),
+        );
     }
     if wanted("1e5 x 330 batch 4096") {
         let (g, h) = synthetic(100_000, 30, 300);
-        case("1e5 x 330 batch 4096", g, h, config(2, Some(4096)));
+        case(
+            "1e5 x 330 batch 4096",
+            g,
+            h,
+            config(2, Some(4096)),
+            Prep::default(),
+        );
     }
 }

@@ -9,9 +9,44 @@ async fn hosts_enforce_their_disclosure_budget() {
     let federation =
         Federation::start_with("budget", false, "max_models = 1\nscores_per_minute = 10\n").await;
     let quick = TRAIN.replace("max_epochs = 8", "max_epochs = 1");
-    let first = federation.spec("first.toml", &quick);
-    let (ok, _, stderr) = federation.cli(&["train", &first]).await;
+    // The first job prepares its columns: the bank winsorises its own, tax bins its own (the
+    // spec sends tax its preparation), utilities takes the bank's default.
+    let prepared = quick
+        .replace(
+            "party = \"tax\"\ndataset = \"tax\"\n",
+            "party = \"tax\"\ndataset = \"tax\"\n\
+             prep = { default = { bins = { kind = \"quantile\", count = 4 } } }\n",
+        )
+        .replace(
+            "[train]",
+            "[prep.default]\nwinsorise = [0.01, 0.99]\nlog1p = true\n\n[train]",
+        );
+    let first = federation.spec("first.toml", &prepared);
+    let (ok, stdout, stderr) = federation.cli(&["train", &first]).await;
     assert!(ok, "{stderr}");
+    // One epoch cannot converge, and the modeller is told.
+    assert!(
+        format!("{stdout}{stderr}").contains("not converged"),
+        "{stdout}\n{stderr}"
+    );
+    let part = |party: &str| {
+        let record = federation
+            .state(party)
+            .store
+            .model("sme-credit")
+            .unwrap()
+            .unwrap();
+        fedlearn::ModelPart::from_json(party, &record.part_json).unwrap()
+    };
+    let (bank, tax, utilities) = (part("bank"), part("tax"), part("utilities"));
+    assert!(bank.binned.is_empty() && !bank.features.is_empty());
+    assert!(bank
+        .features
+        .iter()
+        .all(|f| f.transform.log1p && f.transform.clip.is_some()));
+    assert!(tax.features.is_empty() && !tax.binned.is_empty());
+    assert!(tax.binned.iter().all(|b| b.points.len() <= 4 + 1));
+    assert!(utilities.binned.is_empty() && utilities.features[0].transform.log1p);
 
     // The second model would be a second linear view of the hosts' data: refused, naming the
     // policy key.
@@ -63,10 +98,19 @@ async fn hosts_enforce_their_disclosure_budget() {
     args.extend(ids.iter().map(String::as_str));
     let (ok, _, stderr) = federation.cli(&args).await;
     assert!(!ok && stderr.contains("scores_per_minute"), "{stderr}");
-    let mut args = vec!["score", "--model", "sme-credit", "--identity", &platform];
+    let mut args = vec![
+        "score",
+        "--json",
+        "--model",
+        "sme-credit",
+        "--identity",
+        &platform,
+    ];
     args.extend(ids[..3].iter().map(String::as_str));
-    let (ok, _, stderr) = federation.cli(&args).await;
+    let (ok, stdout, stderr) = federation.cli(&args).await;
     assert!(ok, "{stderr}");
+    // Tax scores its binned part and the bank its winsorised one: every id has a probability.
+    assert_eq!(stdout.matches("probability").count(), 3, "{stdout}");
 
     // Every disclosure is an audit record on each host: one final reveal and one scoring
     // call; the refusal by rate is recorded too (once per attempt: the bank retries once).

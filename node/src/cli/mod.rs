@@ -34,6 +34,26 @@ pub struct Cli {
     command: Command,
 }
 
+/// The job spec's defaults, for `unseen train --help` (the README lists the same).
+const TRAIN_DEFAULTS: &str = "\
+Job spec defaults ([train]; chosen by `cargo run --release --example defaults`):
+  max_epochs = 100
+  batch_size = \"full\"
+  learning_rate = 0.05
+  optimizer = { kind = \"adam\", beta1 = 0.9, beta2 = 0.999 }
+  schedule = { kind = \"inverse_time\", decay = 0.02 }    # per update (per epoch at full batch)
+  early_stopping = { kind = \"loss\", patience = 5, min_delta = 1e-4 }   # keeps the best epoch
+  l1 = 0, l2 = 0, validation_fraction = 0, seed drawn and recorded
+
+Column preparation ([prep] for the bank's columns; a host's `prep` for its own; a host
+without one takes the bank's prep.default): every column standardised, nothing else.
+  winsorise = [0.01, 0.99]                        # clip at training quantiles
+  log1p = true                                    # sign(x)·ln(1 + |x|)
+  bins = { kind = \"quantile\", count = 10 }      # or equal_width, cuts = [...], categorical
+
+A job that ends unconverged (best loss not below the base rate's, or still falling by more
+than 5e-4 per epoch) says so in its summary and report.";
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Runs a node (until SIGINT or SIGTERM).
@@ -43,6 +63,7 @@ enum Command {
         config: PathBuf,
     },
     /// Submits a training job and follows it to the end (exit status 1 if it fails).
+    #[command(after_long_help = TRAIN_DEFAULTS)]
     Train {
         #[command(flatten)]
         target: Target,
@@ -318,5 +339,35 @@ fn status_error(status: tonic::Status) -> String {
         error_chain(&status)
     } else {
         status.message().to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults `unseen train --help` prints are the ones a spec without `[train]` gets.
+    #[test]
+    fn train_help_states_the_real_defaults() {
+        let stated: String = TRAIN_DEFAULTS
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .filter(|l| !l.trim_start().starts_with("l1"))
+            .map(|l| format!("{}\n", l.split(" #").next().unwrap_or(l).trim()))
+            .collect();
+        let spec = |train: &str| {
+            crate::spec::JobSpec::parse(&format!(
+                "model_id = \"m\"\ndataset = \"d\"\n[[hosts]]\nparty = \"p\"\ndataset = \"d\"\n\
+                 [train]\nseed = 1\n{train}"
+            ))
+            .unwrap()
+            .train
+        };
+        assert_eq!(spec(&stated), spec(""), "{stated}");
+        assert_eq!(stated.lines().count(), 6);
+        let defaults = fedlearn::TrainConfig::default();
+        assert_eq!((defaults.l1, defaults.l2), (0.0, 0.0));
+        assert_eq!(defaults.validation_fraction, 0.0);
     }
 }

@@ -128,6 +128,13 @@ impl NodeState {
                 ..EventRecord::default()
             },
         );
+        if outcome.convergence != fedlearn::Convergence::Converged {
+            job.state_event(
+                &self.store,
+                "training",
+                format!("warning: {}", outcome.convergence),
+            );
+        }
         let report = json!({
             "job_id": job.id(),
             "model_id": spec.model_id,
@@ -137,6 +144,7 @@ impl NodeState {
             "train_config": spec.train,
             "best_epoch": outcome.best_epoch,
             "stop": outcome.stop.to_string(),
+            "convergence": outcome.convergence.to_string(),
             "share_frac_bits": outcome.share_frac_bits,
             "evaluation": {
                 "rows": rows_name,
@@ -158,12 +166,14 @@ impl NodeState {
         );
         self.store.put_model(&record)?;
         Ok(format!(
-            "model {} trained: epoch {} of {}, {rows_name} AUC {:.4}, KS {:.4}",
+            "model {} trained: epoch {} of {} ({}), {rows_name} AUC {:.4}, KS {:.4}; {}",
             spec.model_id,
             outcome.best_epoch,
             outcome.history.len(),
+            outcome.stop,
             metrics.auc,
-            metrics.ks
+            metrics.ks,
+            outcome.convergence
         ))
     }
 
