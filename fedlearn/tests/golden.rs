@@ -126,7 +126,7 @@ fn stored_messages_of_every_version_decode_and_reencode_byte_for_byte() {
             .map(|m| (m.kind(), m.to_bytes()))
             .collect()
     };
-    family.check(make, |kind, bytes| {
+    family.check(make, |_, kind, bytes| {
         let message = Message::from_bytes(bytes).map_err(|e| e.to_string())?;
         assert_eq!(message.kind(), kind, "a {kind} file holds another kind");
         Ok(message.to_bytes())

@@ -58,6 +58,6 @@ fn stored_objects_of_every_version_decode_and_reencode_byte_for_byte() {
     };
     family.check(
         || samples().expect("sample objects"),
-        |kind, bytes| round_trip(kind, bytes).map_err(|e| e.to_string()),
+        |_, kind, bytes| round_trip(kind, bytes).map_err(|e| e.to_string()),
     );
 }

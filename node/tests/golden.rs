@@ -108,7 +108,9 @@ fn psi_round_trip(kind: &str, bytes: &[u8]) -> Result<Vec<u8>, PsiError> {
     Ok(psi_proto::encode_psi(again))
 }
 
-fn round_trip(kind: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
+/// A PSI message carries no version of its own: it travels only in chunks of the federation
+/// version it was stored under, which a build of another version refuses.
+fn round_trip(stored: u32, kind: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let current = |version: u32| {
         if version == node::FEDERATION_VERSION {
             Ok(())
@@ -127,7 +129,10 @@ fn round_trip(kind: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
             current(chunk.version)?;
             Ok(chunk.encode_to_vec())
         }
-        psi_kind => psi_round_trip(psi_kind, bytes).map_err(|e| e.to_string()),
+        psi_kind => {
+            current(stored)?;
+            psi_round_trip(psi_kind, bytes).map_err(|e| e.to_string())
+        }
     }
 }
 

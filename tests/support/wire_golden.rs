@@ -97,12 +97,13 @@ impl Family<'_> {
         versions
     }
 
-    /// Blesses if asked, then checks every stored file: `round_trip(kind, bytes)` decodes
-    /// `bytes` as `kind` and returns the re-encoding, or the decoder's error.
+    /// Blesses if asked, then checks every stored file: `round_trip(version, kind, bytes)`
+    /// decodes `bytes`, stored as `kind` of format `version`, and returns the re-encoding, or
+    /// the decoder's error.
     pub fn check(
         &self,
         make: impl FnOnce() -> Vec<(&'static str, Vec<u8>)>,
-        round_trip: impl Fn(&str, &[u8]) -> Result<Vec<u8>, String>,
+        round_trip: impl Fn(u32, &str, &[u8]) -> Result<Vec<u8>, String>,
     ) {
         if std::env::var_os(BLESS).is_some_and(|v| v == "1") {
             self.bless(make);
@@ -135,7 +136,7 @@ impl Family<'_> {
                     .unwrap_or_else(|| panic!("{}: not a <kind>.bin file", path.display()));
                 found.insert(kind.to_owned());
                 let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                match (round_trip(kind, &bytes), version == self.current) {
+                match (round_trip(version, kind, &bytes), version == self.current) {
                     (Ok(again), true) => assert!(
                         again == bytes,
                         "{}: re-encoding differs from the stored bytes ({} vs {} bytes): the \
