@@ -2,7 +2,7 @@
 //!
 //! One guest holds the labels (the bank); one or more hosts hold features of the same aligned
 //! rows (tax bureau, utility company). Every party owns an [`he`] key pair and updates only its
-//! own weights. This is protocol version 2 ([`PROTOCOL_VERSION`]).
+//! own weights. This is protocol version 3 ([`PROTOCOL_VERSION`]): training as in version 2, and the binning job of [`BinningGuest`].
 //!
 //! **Set-up, once per job.** Every party P quantises its standardised features X̃_P (the
 //! guest's with a column of ones for the intercept), encrypts them under its own key, batch by
@@ -109,6 +109,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod binning;
 mod config;
 mod data;
 mod error;
@@ -126,13 +127,17 @@ mod reference;
 mod session;
 mod simulator;
 
+pub use binning::{
+    answer_binning, BinStats, BinningDisclosure, BinningGuest, BinningLimits, BinningReport,
+    ColumnStats,
+};
 pub use config::{EarlyStopping, Optimizer, Schedule, TrainConfig, MAX_BATCH_ROWS};
 pub use data::{Missing, Reading, Table};
 pub use error::FedError;
 pub use guest::{run_guest, GuestJob, GuestSession};
 pub use host::{receive_proposal, run_host, HostJob, HostSession};
 pub use math::sigmoid;
-pub use message::{Message, PartyKeys, Proposal, Transport, PROTOCOL_VERSION};
+pub use message::{ColumnSizes, Message, PartyKeys, Proposal, Transport, PROTOCOL_VERSION};
 pub use metrics::{evaluate, reliability, Metrics, ReliabilityBin};
 pub use model::{
     joint_probabilities, BinnedWeight, Calibration, FeatureWeight, ModelPart, Role, MODEL_FORMAT,

@@ -7,8 +7,9 @@ use crate::error::FedError;
 
 /// Protocol version carried by every message; a peer speaking another version is refused.
 /// Version 2: features encrypted once under their owner's key, products released only to the
-/// owner of the encrypted side, aggregate per-epoch losses, one final reveal.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// owner of the encrypted side, aggregate per-epoch losses, one final reveal. Version 3: the
+/// binning job's messages.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 const MAGIC: &[u8; 4] = b"UNFL";
 
@@ -28,6 +29,15 @@ pub struct Proposal {
     /// Number of the guest's features (public: hosts' policies limit it, because the guest's
     /// columns are what its gradient projects the hosts' scores on).
     pub features: u32,
+}
+
+/// One host column's bin sizes in a [`Message::BinningCounts`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnSizes {
+    /// The column's name or alias.
+    pub name: String,
+    /// Rows per (merged) bin.
+    pub sizes: Vec<u64>,
 }
 
 /// Every party's keys and shape, sent to every other party once per job.
@@ -130,11 +140,33 @@ pub enum Message {
         /// Why.
         reason: String,
     },
+    /// guest → host, in a binning job: the guest's 0/1 labels of the aligned rows, encrypted
+    /// under a key of the job, with that key and its packing key (see [`BinningGuest`](crate::BinningGuest)).
+    BinningLabels {
+        /// Random job nonce.
+        job: [u8; 16],
+        /// The guest's public key of the job.
+        key: Box<PublicKey>,
+        /// Its packing key.
+        packing: Box<PackingKey>,
+        /// The encrypted labels.
+        labels: EncryptedVector,
+    },
+    /// host → guest, in a binning job: per column its bin sizes, and the encrypted event
+    /// counts of all bins in order, masked, flooded and released, with the masks' shares.
+    BinningCounts {
+        /// Per column, its name or alias and bin sizes.
+        columns: Vec<ColumnSizes>,
+        /// Released event counts, up to 32 bins per product.
+        products: Vec<MaskedColumns>,
+        /// Per product, the shares that remove its masks.
+        shares: Vec<Vec<u64>>,
+    },
 }
 
 impl Message {
     /// Every kind [`Message::kind`] names, in protocol order.
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 13] = [
         "propose",
         "keys",
         "columns",
@@ -146,6 +178,8 @@ impl Message {
         "final_scores",
         "digest",
         "abort",
+        "binning_labels",
+        "binning_counts",
     ];
 
     /// A short name of the message kind (for logs, metrics and audits).
@@ -162,6 +196,8 @@ impl Message {
             Message::FinalScores { .. } => "final_scores",
             Message::Digest { .. } => "digest",
             Message::Abort { .. } => "abort",
+            Message::BinningLabels { .. } => "binning_labels",
+            Message::BinningCounts { .. } => "binning_counts",
         }
     }
 
@@ -256,6 +292,35 @@ impl Message {
                 out.extend_from_slice(&round.to_le_bytes());
                 out.extend_from_slice(hash);
             }
+            Message::BinningLabels {
+                job,
+                key,
+                packing,
+                labels,
+            } => {
+                out.push(11);
+                out.extend_from_slice(job);
+                blob(&mut out, &key.to_bytes());
+                blob(&mut out, &packing.to_bytes());
+                blob(&mut out, &labels.to_bytes());
+            }
+            Message::BinningCounts {
+                columns,
+                products,
+                shares,
+            } => {
+                out.push(12);
+                out.extend_from_slice(&(columns.len() as u64).to_le_bytes());
+                for column in columns {
+                    blob(&mut out, column.name.as_bytes());
+                    words(&mut out, &column.sizes);
+                }
+                out.extend_from_slice(&(products.len() as u64).to_le_bytes());
+                for (product, shares) in products.iter().zip(shares) {
+                    blob(&mut out, &product.to_bytes());
+                    words(&mut out, shares);
+                }
+            }
         }
         out
     }
@@ -338,6 +403,45 @@ impl Message {
                 round: r.u64()?,
                 hash: r.array()?,
             },
+            11 => Message::BinningLabels {
+                job: r.array()?,
+                key: Box::new(PublicKey::from_bytes(r.blob()?).map_err(he)?),
+                packing: Box::new(PackingKey::from_bytes(r.blob()?).map_err(he)?),
+                labels: EncryptedVector::from_bytes(r.blob()?).map_err(he)?,
+            },
+            12 => {
+                // Every column and product takes at least 16 bytes (two lengths).
+                let count = r.u64()?;
+                if count > r.remaining() as u64 / 16 {
+                    return Err(FedError::Malformed(
+                        "column count beyond the message".into(),
+                    ));
+                }
+                let columns = (0..count)
+                    .map(|_| {
+                        Ok(ColumnSizes {
+                            name: r.string()?,
+                            sizes: r.words()?,
+                        })
+                    })
+                    .collect::<Result<_, FedError>>()?;
+                let count = r.u64()?;
+                if count > r.remaining() as u64 / 16 {
+                    return Err(FedError::Malformed(
+                        "product count beyond the message".into(),
+                    ));
+                }
+                let (mut products, mut shares) = (Vec::new(), Vec::new());
+                for _ in 0..count {
+                    products.push(MaskedColumns::from_bytes(r.blob()?).map_err(he)?);
+                    shares.push(r.words()?);
+                }
+                Message::BinningCounts {
+                    columns,
+                    products,
+                    shares,
+                }
+            }
             kind => return Err(FedError::Malformed(format!("unknown message kind {kind}"))),
         };
         if r.remaining() != 0 {

@@ -429,7 +429,7 @@ impl Standardised {
         weights: &[f64],
         intercept: Option<f64>,
     ) -> ModelPart {
-        let (features, binned) = fitted.model_columns(&self.means, &self.stds, weights);
+        let (features, binned) = model_columns(fitted, &self.means, &self.stds, weights);
         ModelPart {
             format: MODEL_FORMAT,
             model_id: model_id.to_owned(),
@@ -448,10 +448,58 @@ impl Standardised {
     }
 }
 
+/// The model's columns from the weights of the standardised design columns.
+fn model_columns(
+    fitted: &Fitted,
+    means: &[f64],
+    stds: &[f64],
+    weights: &[f64],
+) -> (Vec<FeatureWeight>, Vec<BinnedWeight>) {
+    let (mut features, mut binned) = (Vec::new(), Vec::new());
+    let mut at = 0;
+    for column in &fitted.columns {
+        match &column.bins {
+            None => {
+                features.push(FeatureWeight {
+                    name: column.name.clone(),
+                    mean: means[at],
+                    std: stds[at],
+                    weight: weights[at],
+                    transform: column.transform,
+                });
+                at += 1;
+            }
+            Some((bins, indicators)) => {
+                // The standardised indicators' contribution when every one is at its
+                // mean is 0; a row in bin b moves indicator b from its mean to 1 and the
+                // others from theirs to 0.
+                let used: Vec<usize> = indicators.iter().flatten().copied().collect();
+                let at_zero: f64 = used.iter().map(|&d| -weights[d] * means[d] / stds[d]).sum();
+                let points = indicators
+                    .iter()
+                    .map(|design| match design {
+                        Some(d) => at_zero + weights[*d] / stds[*d],
+                        None => 0.0,
+                    })
+                    .collect();
+                binned.push(BinnedWeight {
+                    name: column.name.clone(),
+                    transform: column.transform,
+                    bins: bins.clone(),
+                    points,
+                });
+                at += used.len();
+            }
+        }
+    }
+    (features, binned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prep::Prep;
+    use crate::prep::tests::{binned, numbers};
+    use crate::prep::{Binning, Prep};
 
     fn table(values: Vec<f64>) -> Table {
         let rows = values.len() / 2;
@@ -521,5 +569,76 @@ mod tests {
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn categories_missing_values_and_points() {
+        let csv = "id,y,industry\n\
+                   1,0,retail\n2,1,retail\n3,0,farming\n4,0,farming\n5,1,farming\n\
+                   6,0,mining\n7,1,\n8,0,retail\n9,0,farming\n10,1,retail\n";
+        let prep = binned(Binning::Categorical { min_share: 0.15 });
+        let table = Table::parse_csv("t.csv", csv, "id", Some("y"), Missing::Reject, &|c| {
+            prep.reading(c)
+        })
+        .unwrap();
+        let train: Vec<usize> = (0..10).collect();
+        let fitted = Fitted::fit("bank", &prep, &table, &train).unwrap();
+        let design = fitted.design(&table).unwrap();
+        // mining (1 row of 10) is rare: "other"; the missing cell has its bin.
+        assert_eq!(
+            design.feature_names(),
+            [
+                "industry=farming",
+                "industry=retail",
+                "industry=other",
+                "industry=missing"
+            ]
+        );
+        assert_eq!(&design.values()[5 * 4..6 * 4], [0.0, 0.0, 1.0, 0.0]);
+        assert_eq!(&design.values()[6 * 4..7 * 4], [0.0, 0.0, 0.0, 1.0]);
+
+        // Points: the standardised indicators' weighted sum, bin by bin.
+        let standardised = Standardised::fit("bank", &design, &train).unwrap();
+        let weights = [0.5, -1.0, 2.0, 0.25];
+        let part = standardised.model(&fitted, "m", "bank", Missing::Reject, &weights, Some(0.0));
+        let back = ModelPart::from_json("m.json", &part.to_json()).unwrap();
+        assert_eq!(back, part);
+        let z = back.partial_scores(&table).unwrap();
+        for (row, z) in z.iter().enumerate() {
+            let expected: f64 = (0..4)
+                .map(|c| weights[c] * standardised.values[row * 4 + c])
+                .sum();
+            assert!((z - expected).abs() < 1e-12, "row {row}: {z} vs {expected}");
+        }
+        // Over the training rows the points average to 0.
+        assert!(z.iter().sum::<f64>().abs() < 1e-9);
+
+        // At scoring: an unseen category scores in "other", like mining.
+        let scoring = "id,industry\nA,quarrying\nB,mining\nC,\n";
+        let new = Table::parse_csv("s.csv", scoring, "id", None, Missing::Reject, &|c| {
+            back.reading(c)
+        })
+        .unwrap();
+        let s = back.partial_scores(&new).unwrap();
+        assert_eq!(s[0], s[1]);
+        assert_eq!(s[2], z[6], "missing");
+    }
+
+    #[test]
+    fn an_empty_bin_scores_the_columns_average() {
+        // No missing value in training: the missing bin has no indicator and 0 points.
+        let t = numbers(&[1.0, 2.0, 3.0, 4.0]);
+        let prep = binned(Binning::Cuts { cuts: vec![2.0] });
+        let train = [0, 1, 2, 3];
+        let fitted = Fitted::fit("tax", &prep, &t, &train).unwrap();
+        let design = fitted.design(&t).unwrap();
+        assert_eq!(design.features(), 2);
+        let standardised = Standardised::fit("tax", &design, &train).unwrap();
+        let part = standardised.model(&fitted, "m", "tax", Missing::Reject, &[1.0, 3.0], None);
+        assert_eq!(part.binned[0].points.len(), 3);
+        assert_eq!(part.binned[0].points[2], 0.0);
+        let z = part.partial_scores(&numbers(&[f64::NAN, 1.0])).unwrap();
+        assert_eq!(z[0], 0.0);
+        assert!(z[1] < 0.0, "the low bin has the lower weight");
     }
 }

@@ -13,11 +13,11 @@
 
 use std::collections::BTreeMap;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Reading, Table};
 use crate::error::FedError;
-use crate::model::{BinnedWeight, FeatureWeight};
 
 /// Most bins a column may have (value bins, without the missing bin).
 pub const MAX_BINS: usize = 100;
@@ -123,6 +123,25 @@ impl Prep {
                 }
             })
             .sum()
+    }
+
+    /// This preparation with every column it leaves unbinned cut into 10 quantile bins, as a
+    /// binning job's statistics need.
+    pub fn binning_every_column(&self, table: &Table) -> Prep {
+        let mut prep = self.clone();
+        for name in table.feature_names() {
+            let column = self.column(name);
+            if column.bins.is_none() {
+                prep.columns.insert(
+                    name.clone(),
+                    ColumnPrep {
+                        bins: Some(Binning::Quantile { count: 10 }),
+                        ..column.clone()
+                    },
+                );
+            }
+        }
+        prep
     }
 
     /// Fits this preparation on `table`'s training rows `train` and returns every row of
@@ -333,19 +352,27 @@ pub(crate) fn cell<'a>(
 }
 
 /// One column's fitted preparation.
-struct FittedColumn {
-    name: String,
+pub(crate) struct FittedColumn {
+    pub(crate) name: String,
     /// The column's position in the party's table.
     source: usize,
-    transform: Transform,
+    pub(crate) transform: Transform,
     /// Binned: its bins and, per bin, its indicator column in the design (bins with
     /// training rows only).
-    bins: Option<(Bins, Vec<Option<usize>>)>,
+    pub(crate) bins: Option<(Bins, Vec<Option<usize>>)>,
+}
+
+/// A binned column's bin of every row.
+pub(crate) struct RowBins {
+    pub(crate) name: String,
+    /// Per bin (the missing bin last).
+    pub(crate) labels: Vec<String>,
+    pub(crate) of_row: Vec<usize>,
 }
 
 /// A party's preparation fitted on its training rows.
 pub(crate) struct Fitted {
-    columns: Vec<FittedColumn>,
+    pub(crate) columns: Vec<FittedColumn>,
     /// Names of the design columns.
     design_names: Vec<String>,
 }
@@ -368,99 +395,23 @@ impl Fitted {
                 format!("{party} has no column {name:?}"),
             ));
         }
+        // Columns are fitted in parallel (each reads its own column of a row-major table),
+        // then numbered in order.
+        let fitted = table
+            .feature_names()
+            .par_iter()
+            .enumerate()
+            .map(|(source, name)| fit_column(party, prep, table, train, source, name))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut columns = Vec::with_capacity(table.features());
         let mut design_names = Vec::new();
-        for (source, name) in table.feature_names().iter().enumerate() {
-            let column = prep.column(name);
-            let wrong = |reason: &str| {
-                FedError::config("prep", format!("{party}'s column {name:?} {reason}"))
-            };
-            let categorical = matches!(column.bins, Some(Binning::Categorical { .. }));
-            if categorical != table.is_text(source) {
-                return Err(wrong(if categorical {
-                    "was read as numbers but is binned as categorical"
-                } else {
-                    "holds text: bin it as categorical"
-                }));
-            }
-            let numbers = || -> Vec<f64> {
-                let mut values: Vec<f64> = train
-                    .iter()
-                    .map(|&r| table.values()[r * table.features() + source])
-                    .filter(|x| !x.is_nan())
-                    .collect();
-                values.sort_by(f64::total_cmp);
-                values
-            };
-            let mut transform = Transform {
-                clip: None,
-                log1p: column.log1p,
-            };
-            if let Some([low, high]) = column.winsorise {
-                let values = numbers();
-                if !values.is_empty() {
-                    transform.clip = Some([quantile(&values, low), quantile(&values, high)]);
-                }
-            }
-            let bins = match &column.bins {
-                None => None,
-                Some(Binning::Categorical { min_share }) => {
-                    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-                    for &row in train {
-                        if let Some(text) = table.text(row, source) {
-                            *counts.entry(text).or_default() += 1;
-                        }
-                    }
-                    let least = (min_share * train.len() as f64).max(1.0);
-                    let categories: Vec<String> = counts
-                        .into_iter()
-                        .filter(|&(_, n)| n as f64 >= least)
-                        .map(|(c, _)| c.to_owned())
-                        .take(MAX_BINS - 1)
-                        .collect();
-                    Some(Bins::Categories { categories })
-                }
-                Some(Binning::Cuts { cuts }) => Some(Bins::Cuts { cuts: cuts.clone() }),
-                Some(Binning::Quantile { count }) => {
-                    let values: Vec<f64> =
-                        numbers().into_iter().map(|x| transform.apply(x)).collect();
-                    let cuts = (1..*count)
-                        .filter_map(|k| {
-                            let at = (k * values.len()).div_ceil(*count);
-                            at.checked_sub(1).map(|i| values[i])
-                        })
-                        .collect();
-                    Some(Bins::Cuts {
-                        cuts: distinct_below_max(cuts, values.last().copied()),
-                    })
-                }
-                Some(Binning::EqualWidth { count }) => {
-                    let values: Vec<f64> =
-                        numbers().into_iter().map(|x| transform.apply(x)).collect();
-                    let cuts = match (values.first(), values.last()) {
-                        (Some(&low), Some(&high)) => (1..*count)
-                            .map(|k| low + (high - low) * k as f64 / *count as f64)
-                            .collect(),
-                        _ => Vec::new(),
-                    };
-                    Some(Bins::Cuts {
-                        cuts: distinct_below_max(cuts, values.last().copied()),
-                    })
-                }
-            };
+        for (source, (name, transform, bins)) in fitted.into_iter().enumerate() {
             let bins = match bins {
                 None => {
                     design_names.push(name.clone());
                     None
                 }
-                Some(bins) => {
-                    let mut counts = vec![0usize; bins.len()];
-                    for &row in train {
-                        let bin = bins
-                            .bin(cell(table, row, source, &transform))
-                            .map_err(wrong)?;
-                        counts[bin] += 1;
-                    }
+                Some((bins, counts)) => {
                     let indicators = counts
                         .iter()
                         .enumerate()
@@ -475,7 +426,7 @@ impl Fitted {
                 }
             };
             columns.push(FittedColumn {
-                name: name.clone(),
+                name,
                 source,
                 transform,
                 bins,
@@ -485,6 +436,33 @@ impl Fitted {
             columns,
             design_names,
         })
+    }
+
+    /// Every binned column's bin of every row of `table` (the table the preparation was
+    /// fitted on), with the bins' labels.
+    pub(crate) fn row_bins(&self, table: &Table) -> Result<Vec<RowBins>, FedError> {
+        self.columns
+            .par_iter()
+            .filter_map(|column| column.bins.as_ref().map(|(bins, _)| (column, bins)))
+            .map(|(column, bins)| {
+                let of_row = (0..table.rows())
+                    .map(|row| {
+                        bins.bin(cell(table, row, column.source, &column.transform))
+                            .map_err(|reason| {
+                                FedError::config(
+                                    "prep",
+                                    format!("column {:?} {reason}", column.name),
+                                )
+                            })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(RowBins {
+                    name: column.name.clone(),
+                    labels: (0..bins.len()).map(|b| bins.label(b)).collect(),
+                    of_row,
+                })
+            })
+            .collect()
     }
 
     /// Every row of `table` (the table the preparation was fitted on) as design columns.
@@ -527,53 +505,107 @@ impl Fitted {
             table.missing(),
         )
     }
+}
 
-    /// The model's columns from the weights of the standardised design columns.
-    pub(crate) fn model_columns(
-        &self,
-        means: &[f64],
-        stds: &[f64],
-        weights: &[f64],
-    ) -> (Vec<FeatureWeight>, Vec<BinnedWeight>) {
-        let (mut features, mut binned) = (Vec::new(), Vec::new());
-        let mut at = 0;
-        for column in &self.columns {
-            match &column.bins {
-                None => {
-                    features.push(FeatureWeight {
-                        name: column.name.clone(),
-                        mean: means[at],
-                        std: stds[at],
-                        weight: weights[at],
-                        transform: column.transform,
-                    });
-                    at += 1;
-                }
-                Some((bins, indicators)) => {
-                    // The standardised indicators' contribution when every one is at its
-                    // mean is 0; a row in bin b moves indicator b from its mean to 1 and the
-                    // others from theirs to 0.
-                    let used: Vec<usize> = indicators.iter().flatten().copied().collect();
-                    let at_zero: f64 = used.iter().map(|&d| -weights[d] * means[d] / stds[d]).sum();
-                    let points = indicators
-                        .iter()
-                        .map(|design| match design {
-                            Some(d) => at_zero + weights[*d] / stds[*d],
-                            None => 0.0,
-                        })
-                        .collect();
-                    binned.push(BinnedWeight {
-                        name: column.name.clone(),
-                        transform: column.transform,
-                        bins: bins.clone(),
-                        points,
-                    });
-                    at += used.len();
+/// One column's transform and bins fitted on the training rows, with the training rows per
+/// bin.
+#[allow(clippy::type_complexity)]
+fn fit_column(
+    party: &str,
+    prep: &Prep,
+    table: &Table,
+    train: &[usize],
+    source: usize,
+    name: &str,
+) -> Result<(String, Transform, Option<(Bins, Vec<usize>)>), FedError> {
+    let column = prep.column(name);
+    let wrong =
+        |reason: &str| FedError::config("prep", format!("{party}'s column {name:?} {reason}"));
+    let categorical = matches!(column.bins, Some(Binning::Categorical { .. }));
+    if categorical != table.is_text(source) {
+        return Err(wrong(if categorical {
+            "was read as numbers but is binned as categorical"
+        } else {
+            "holds text: bin it as categorical"
+        }));
+    }
+    let numbers = || -> Vec<f64> {
+        let mut values: Vec<f64> = train
+            .iter()
+            .map(|&r| table.values()[r * table.features() + source])
+            .filter(|x| !x.is_nan())
+            .collect();
+        values.sort_by(f64::total_cmp);
+        values
+    };
+    let mut transform = Transform {
+        clip: None,
+        log1p: column.log1p,
+    };
+    if let Some([low, high]) = column.winsorise {
+        let values = numbers();
+        if !values.is_empty() {
+            transform.clip = Some([quantile(&values, low), quantile(&values, high)]);
+        }
+    }
+    let bins = match &column.bins {
+        None => None,
+        Some(Binning::Categorical { min_share }) => {
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for &row in train {
+                if let Some(text) = table.text(row, source) {
+                    *counts.entry(text).or_default() += 1;
                 }
             }
+            let least = (min_share * train.len() as f64).max(1.0);
+            let categories: Vec<String> = counts
+                .into_iter()
+                .filter(|&(_, n)| n as f64 >= least)
+                .map(|(c, _)| c.to_owned())
+                .take(MAX_BINS - 1)
+                .collect();
+            Some(Bins::Categories { categories })
         }
-        (features, binned)
-    }
+        Some(Binning::Cuts { cuts }) => Some(Bins::Cuts { cuts: cuts.clone() }),
+        Some(Binning::Quantile { count }) => {
+            let values: Vec<f64> = numbers().into_iter().map(|x| transform.apply(x)).collect();
+            let cuts = (1..*count)
+                .filter_map(|k| {
+                    let at = (k * values.len()).div_ceil(*count);
+                    at.checked_sub(1).map(|i| values[i])
+                })
+                .collect();
+            Some(Bins::Cuts {
+                cuts: distinct_below_max(cuts, values.last().copied()),
+            })
+        }
+        Some(Binning::EqualWidth { count }) => {
+            let values: Vec<f64> = numbers().into_iter().map(|x| transform.apply(x)).collect();
+            let cuts = match (values.first(), values.last()) {
+                (Some(&low), Some(&high)) => (1..*count)
+                    .map(|k| low + (high - low) * k as f64 / *count as f64)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Some(Bins::Cuts {
+                cuts: distinct_below_max(cuts, values.last().copied()),
+            })
+        }
+    };
+    let bins = match bins {
+        None => None,
+        Some(bins) => {
+            let mut counts = vec![0usize; bins.len()];
+            for &row in train {
+                let bin = bins
+                    .bin(cell(table, row, source, &transform))
+                    .map_err(wrong)?;
+                counts[bin] += 1;
+            }
+            Some((bins, counts))
+        }
+    };
+    Ok((name.to_owned(), transform, bins))
 }
 
 /// The nearest-rank quantile of sorted values.
@@ -590,12 +622,11 @@ fn distinct_below_max(mut cuts: Vec<f64>, max: Option<f64>) -> Vec<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::data::Missing;
-    use crate::model::{ModelPart, Standardised};
 
-    fn numbers(values: &[f64]) -> Table {
+    pub(crate) fn numbers(values: &[f64]) -> Table {
         Table::new(
             (0..values.len()).map(|i| i.to_string()).collect(),
             vec!["a".into()],
@@ -606,7 +637,7 @@ mod tests {
         .unwrap()
     }
 
-    fn binned(binning: Binning) -> Prep {
+    pub(crate) fn binned(binning: Binning) -> Prep {
         Prep {
             default: ColumnPrep {
                 bins: Some(binning),
@@ -691,77 +722,6 @@ mod tests {
         };
         assert_eq!(negative.apply(-3.0), -(3f64.ln_1p()));
         assert!(negative.apply(f64::NAN).is_nan());
-    }
-
-    #[test]
-    fn categories_missing_values_and_points() {
-        let csv = "id,y,industry\n\
-                   1,0,retail\n2,1,retail\n3,0,farming\n4,0,farming\n5,1,farming\n\
-                   6,0,mining\n7,1,\n8,0,retail\n9,0,farming\n10,1,retail\n";
-        let prep = binned(Binning::Categorical { min_share: 0.15 });
-        let table = Table::parse_csv("t.csv", csv, "id", Some("y"), Missing::Reject, &|c| {
-            prep.reading(c)
-        })
-        .unwrap();
-        let train: Vec<usize> = (0..10).collect();
-        let fitted = Fitted::fit("bank", &prep, &table, &train).unwrap();
-        let design = fitted.design(&table).unwrap();
-        // mining (1 row of 10) is rare: "other"; the missing cell has its bin.
-        assert_eq!(
-            design.feature_names(),
-            [
-                "industry=farming",
-                "industry=retail",
-                "industry=other",
-                "industry=missing"
-            ]
-        );
-        assert_eq!(&design.values()[5 * 4..6 * 4], [0.0, 0.0, 1.0, 0.0]);
-        assert_eq!(&design.values()[6 * 4..7 * 4], [0.0, 0.0, 0.0, 1.0]);
-
-        // Points: the standardised indicators' weighted sum, bin by bin.
-        let standardised = Standardised::fit("bank", &design, &train).unwrap();
-        let weights = [0.5, -1.0, 2.0, 0.25];
-        let part = standardised.model(&fitted, "m", "bank", Missing::Reject, &weights, Some(0.0));
-        let back = ModelPart::from_json("m.json", &part.to_json()).unwrap();
-        assert_eq!(back, part);
-        let z = back.partial_scores(&table).unwrap();
-        for (row, z) in z.iter().enumerate() {
-            let expected: f64 = (0..4)
-                .map(|c| weights[c] * standardised.values[row * 4 + c])
-                .sum();
-            assert!((z - expected).abs() < 1e-12, "row {row}: {z} vs {expected}");
-        }
-        // Over the training rows the points average to 0.
-        assert!(z.iter().sum::<f64>().abs() < 1e-9);
-
-        // At scoring: an unseen category scores in "other", like mining.
-        let scoring = "id,industry\nA,quarrying\nB,mining\nC,\n";
-        let new = Table::parse_csv("s.csv", scoring, "id", None, Missing::Reject, &|c| {
-            back.reading(c)
-        })
-        .unwrap();
-        let s = back.partial_scores(&new).unwrap();
-        assert_eq!(s[0], s[1]);
-        assert_eq!(s[2], z[6], "missing");
-    }
-
-    #[test]
-    fn an_empty_bin_scores_the_columns_average() {
-        // No missing value in training: the missing bin has no indicator and 0 points.
-        let t = numbers(&[1.0, 2.0, 3.0, 4.0]);
-        let prep = binned(Binning::Cuts { cuts: vec![2.0] });
-        let train = [0, 1, 2, 3];
-        let fitted = Fitted::fit("tax", &prep, &t, &train).unwrap();
-        let design = fitted.design(&t).unwrap();
-        assert_eq!(design.features(), 2);
-        let standardised = Standardised::fit("tax", &design, &train).unwrap();
-        let part = standardised.model(&fitted, "m", "tax", Missing::Reject, &[1.0, 3.0], None);
-        assert_eq!(part.binned[0].points.len(), 3);
-        assert_eq!(part.binned[0].points[2], 0.0);
-        let z = part.partial_scores(&numbers(&[f64::NAN, 1.0])).unwrap();
-        assert_eq!(z[0], 0.0);
-        assert!(z[1] < 0.0, "the low bin has the lower weight");
     }
 
     #[test]

@@ -117,3 +117,223 @@ fn federated_model_on_bins_matches_plaintext_logistic_regression_on_the_same_bin
         "federated {federated:.4} vs plaintext {plaintext:.4}"
     );
 }
+
+/// Plaintext (rows, events) of every non-empty bin of every column of `table`, in order.
+fn plaintext_counts(table: &Table, prep: &Prep, labels: &[f64]) -> Vec<Vec<(u64, u64)>> {
+    let all: Vec<usize> = (0..table.rows()).collect();
+    let design = prep.design("party", table, &all).unwrap();
+    let mut columns: Vec<Vec<(u64, u64)>> = Vec::new();
+    let mut last = None;
+    for (c, name) in design.feature_names().iter().enumerate() {
+        let column = name.split('=').next().unwrap().to_owned();
+        if last.as_ref() != Some(&column) {
+            columns.push(Vec::new());
+            last = Some(column);
+        }
+        let (mut n, mut e) = (0, 0);
+        for (r, &y) in labels.iter().enumerate() {
+            if design.values()[r * design.features() + c] == 1.0 {
+                n += 1;
+                e += u64::from(y == 1.0);
+            }
+        }
+        columns.last_mut().unwrap().push((n, e));
+    }
+    columns
+}
+
+fn information_value(bins: &[(u64, u64)], rows: u64, events: u64) -> f64 {
+    let share = |c: u64, t: u64| if c == 0 { 0.5 } else { c as f64 } / t as f64;
+    bins.iter()
+        .map(|&(n, e)| {
+            let (good, bad) = (share(n - e, rows - events), share(e, events));
+            (good - bad) * (good / bad).ln()
+        })
+        .sum()
+}
+
+#[test]
+fn binning_statistics_across_parties_equal_the_plaintext_counts() {
+    let (guest, hosts) = parties("default_credit", 2);
+    let labels = guest.labels().unwrap().to_vec();
+    let prep = quantile_bins(10);
+    let names = vec!["tax".to_string(), "utilities".to_string()];
+    let (mut binning, request) = BinningGuest::new("bank", &guest, &prep, &names).unwrap();
+    let none = BinningLimits {
+        min_rows: 1,
+        min_share: 0.0,
+    };
+    for (name, host) in names.iter().zip(&hosts) {
+        let (answer, disclosure) =
+            answer_binning(name, "bank", host, &prep, &none, true, request.clone()).unwrap();
+        assert_eq!(disclosure.columns, host.features());
+        binning.receive(name, answer).unwrap();
+    }
+    let report = binning.finish().unwrap();
+    let rows = guest.rows() as u64;
+    let events = labels.iter().filter(|&&y| y == 1.0).count() as u64;
+    assert_eq!((report.rows, report.events), (rows, events));
+    let expected: Vec<(String, Vec<(u64, u64)>)> = std::iter::once(("bank", &guest))
+        .chain(names.iter().map(String::as_str).zip(&hosts))
+        .flat_map(|(party, table)| {
+            plaintext_counts(table, &prep, &labels)
+                .into_iter()
+                .map(move |c| (party.to_owned(), c))
+        })
+        .collect();
+    assert_eq!(report.columns.len(), expected.len());
+    for (column, (party, counts)) in report.columns.iter().zip(&expected) {
+        assert_eq!(&column.party, party);
+        let got: Vec<(u64, u64)> = column.bins.iter().map(|b| (b.rows, b.events)).collect();
+        assert_eq!(&got, counts, "{party} {}", column.name);
+        let iv = information_value(counts, rows, events);
+        assert!(
+            (column.iv - iv).abs() < 1e-12,
+            "{}: {} vs {iv}",
+            column.name,
+            column.iv
+        );
+    }
+    // The credit data's repayment-status columns carry the most information.
+    let best = report
+        .columns
+        .iter()
+        .max_by(|a, b| a.iv.total_cmp(&b.iv))
+        .unwrap();
+    assert!(best.iv > 0.3, "{best:?}");
+}
+
+#[test]
+fn hosts_disclose_only_bins_of_the_minimum_size_under_aliases() {
+    let (guest, hosts) = parties("default_credit", 1);
+    let prep = quantile_bins(10);
+    let (mut binning, request) =
+        BinningGuest::new("bank", &guest, &prep, &["tax".to_string()]).unwrap();
+    let limits = BinningLimits {
+        min_rows: 100,
+        min_share: 0.15,
+    };
+    let (answer, disclosure) = answer_binning(
+        "tax",
+        "bank",
+        &hosts[0],
+        &prep,
+        &limits,
+        false,
+        request.clone(),
+    )
+    .unwrap();
+    // What crosses: decoded from its bytes.
+    let bytes = answer.to_bytes();
+    let Message::BinningCounts {
+        columns,
+        products,
+        shares,
+    } = Message::from_bytes(&bytes).unwrap()
+    else {
+        panic!("a binning answer")
+    };
+    let threshold = (0.15 * guest.rows() as f64).ceil() as u64;
+    assert!(disclosure.smallest_bin >= threshold);
+    for (k, column) in columns.iter().enumerate() {
+        assert_eq!(column.name, format!("tax:{}", k + 1), "aliases, not names");
+        assert!(column.sizes.iter().all(|&n| n >= threshold), "{column:?}");
+        assert_eq!(column.sizes.iter().sum::<u64>(), guest.rows() as u64);
+    }
+    let bins: usize = columns.iter().map(|c| c.sizes.len()).sum();
+    assert_eq!(disclosure.bins, bins);
+    assert!(bins < 10 * hosts[0].features(), "bins were merged");
+    assert_eq!(products.len(), bins.div_ceil(32));
+    assert_eq!(shares.iter().map(Vec::len).sum::<usize>(), bins);
+    // Its size grows with the bins, not with the rows: nothing per row leaves the host. The
+    // same job on half the rows sends as many bytes per bin.
+    let half: Vec<usize> = (0..guest.rows() / 2).collect();
+    let (small_guest, small_host) = (
+        guest.select_rows(&half).unwrap(),
+        hosts[0].select_rows(&half).unwrap(),
+    );
+    let (_, small_request) =
+        BinningGuest::new("bank", &small_guest, &prep, &["tax".to_string()]).unwrap();
+    let (small, small_disclosure) = answer_binning(
+        "tax",
+        "bank",
+        &small_host,
+        &prep,
+        &limits,
+        false,
+        small_request,
+    )
+    .unwrap();
+    let per_bin = |bytes: usize, bins: usize| bytes as f64 / bins as f64;
+    let (full, halved) = (
+        per_bin(bytes.len(), bins),
+        per_bin(small.to_bytes().len(), small_disclosure.bins),
+    );
+    assert!(
+        (full / halved - 1.0).abs() < 0.1,
+        "{full} vs {halved} bytes per bin"
+    );
+    binning.receive("tax", answer).unwrap();
+    let report = binning.finish().unwrap();
+    assert!(report.columns[guest.features()..]
+        .iter()
+        .all(|c| c.bins.iter().all(|b| b.rows >= threshold)));
+}
+
+#[test]
+fn altered_counts_and_labels_that_are_not_zero_or_one_are_refused() {
+    let (guest, hosts) = parties("default_credit", 1);
+    let prep = quantile_bins(4);
+    let tax = vec!["tax".to_string()];
+    let (mut binning, request) = BinningGuest::new("bank", &guest, &prep, &tax).unwrap();
+    let none = BinningLimits {
+        min_rows: 1,
+        min_share: 0.0,
+    };
+    let (answer, _) = answer_binning(
+        "tax",
+        "bank",
+        &hosts[0],
+        &prep,
+        &none,
+        false,
+        request.clone(),
+    )
+    .unwrap();
+    // One event more in one bin: the column's events no longer add up to the guest's.
+    let Message::BinningCounts {
+        columns,
+        products,
+        mut shares,
+    } = answer
+    else {
+        panic!()
+    };
+    shares[0][0] = shares[0][0].wrapping_add(1);
+    let err = binning
+        .receive(
+            "tax",
+            Message::BinningCounts {
+                columns,
+                products,
+                shares,
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("not counts"), "{err}");
+
+    // A guest declaring labels beyond 0/1 is refused before anything is computed.
+    let Message::BinningLabels { job, .. } = request else {
+        panic!()
+    };
+    let (secret, public) = he::SecretKey::generate(&he::N8192_Q128);
+    let values: Vec<i64> = (0..guest.rows() as i64).map(|r| r % 3).collect();
+    let crafted = Message::BinningLabels {
+        job,
+        key: Box::new(public),
+        packing: Box::new(secret.packing_key(5).unwrap()),
+        labels: secret.encrypt(&values, 2).unwrap(),
+    };
+    let err = answer_binning("tax", "bank", &hosts[0], &prep, &none, false, crafted).unwrap_err();
+    assert!(err.to_string().contains("not 0/1"), "{err}");
+}

@@ -5,7 +5,8 @@
 mod wire_golden;
 
 use fedlearn::{
-    EarlyStopping, Message, PartyKeys, Proposal, Schedule, TrainConfig, PROTOCOL_VERSION,
+    ColumnSizes, EarlyStopping, Message, PartyKeys, Proposal, Schedule, TrainConfig,
+    PROTOCOL_VERSION,
 };
 use he::{HeError, PreparedMatrix, SecretKey, N8192_Q128};
 use wire_golden::Family;
@@ -92,6 +93,26 @@ fn samples() -> Result<Vec<Message>, HeError> {
         Message::Abort {
             reason: "policy: too many guest features".into(),
         },
+        Message::BinningLabels {
+            job: [0x77; 16],
+            key: Box::new(public.clone()),
+            packing: Box::new(secret.packing_key(1)?),
+            labels: secret.encrypt(&[1, 0, 0, 1], 1)?,
+        },
+        Message::BinningCounts {
+            columns: vec![
+                ColumnSizes {
+                    name: "tax:1".into(),
+                    sizes: vec![700, 1348],
+                },
+                ColumnSizes {
+                    name: "revenue".into(),
+                    sizes: vec![2048],
+                },
+            ],
+            products: vec![release(&[1, 1, 1], 1)?],
+            shares: vec![vec![5, 1 << 40, 0]],
+        },
     ];
     // A new variant stops this from compiling: it needs a sample, a kind and a file.
     for message in &messages {
@@ -106,7 +127,9 @@ fn samples() -> Result<Vec<Message>, HeError> {
             | Message::EpochEnd { .. }
             | Message::FinalScores { .. }
             | Message::Digest { .. }
-            | Message::Abort { .. } => {}
+            | Message::Abort { .. }
+            | Message::BinningLabels { .. }
+            | Message::BinningCounts { .. } => {}
         }
     }
     Ok(messages)

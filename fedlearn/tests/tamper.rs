@@ -127,10 +127,13 @@ fn error_of<'a>(run: &'a AlteredRun, party: &str) -> Option<&'a FedError> {
     }
 }
 
-/// Runs every case and checks the victim's error; every kind has a case or is `harmless`.
+/// Runs every case and checks the victim's error; every kind of a training job has a case or
+/// is `harmless` (a binning job's two messages are altered in `tests/binning.rs`).
 fn check(cases: &[Case], harmless: &[&str]) {
     for kind in Message::KINDS {
-        let covered = cases.iter().any(|c| c.kind == kind) || harmless.contains(&kind);
+        let covered = cases.iter().any(|c| c.kind == kind)
+            || harmless.contains(&kind)
+            || kind.starts_with("binning_");
         assert!(covered, "no case for {kind}");
     }
     for case in cases {

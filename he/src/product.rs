@@ -102,8 +102,57 @@ impl PublicKey {
                 got: vector.len,
             });
         }
-        let worst =
-            matrix.column_l1.iter().copied().max().unwrap_or(0) as f64 * vector.value_bound as f64;
+        let ring = &matrix.ring;
+        let n = params.poly_size;
+        let transformed: Vec<(NttPoly, NttPoly)> = vector
+            .blocks
+            .par_iter()
+            .map(|block| {
+                let (a, b) = block.expand(n);
+                (ring.forward_wide(&a), ring.forward_wide(&b))
+            })
+            .collect();
+        self.matrix_product(params, &transformed, vector.value_bound, matrix)
+    }
+
+    /// [`multiply`](Self::multiply) with the encrypted vector already transformed, as a
+    /// one-column [`PreparedColumns`] whose values the key owner declared within ±`bound`:
+    /// for an evaluator that multiplies one vector by many matrices, the vector's transform
+    /// is done once.
+    pub fn multiply_prepared(
+        &self,
+        params: &Params,
+        vector: &PreparedColumns,
+        bound: i64,
+        matrix: &PreparedMatrix,
+    ) -> Result<EncryptedColumns, HeError> {
+        check_params(params, self.params_id, "public key")?;
+        check_params(params, vector.params_id, "prepared vector")?;
+        check_params(params, matrix.params_id, "prepared matrix")?;
+        if vector.key != self.id {
+            return Err(HeError::WrongKey {
+                what: "prepared vector",
+            });
+        }
+        if vector.columns() != 1 || vector.rows != matrix.rows {
+            return Err(HeError::SizeMismatch {
+                what: "prepared vector (one column) length vs matrix rows",
+                expected: matrix.rows,
+                got: vector.rows * vector.columns(),
+            });
+        }
+        self.matrix_product(params, &vector.ntt, bound, matrix)
+    }
+
+    /// X^T v from v's transformed blocks, refusing results that could wrap.
+    fn matrix_product(
+        &self,
+        params: &Params,
+        transformed: &[(NttPoly, NttPoly)],
+        bound: i64,
+        matrix: &PreparedMatrix,
+    ) -> Result<EncryptedColumns, HeError> {
+        let worst = matrix.column_l1.iter().copied().max().unwrap_or(0) as f64 * bound as f64;
         if worst > params.max_message_abs() as f64 {
             return Err(HeError::ProductTooLarge {
                 bits: worst.log2(),
@@ -115,14 +164,6 @@ impl PublicKey {
         // The exact integer accumulation must stay below the CRT range.
         debug_assert!(((blocks * n) as f64).log2() + 127.0 + 15.0 < f64::from(MAX_PRODUCT_BITS));
         let ring = &matrix.ring;
-        let transformed: Vec<(NttPoly, NttPoly)> = vector
-            .blocks
-            .par_iter()
-            .map(|block| {
-                let (a, b) = block.expand(n);
-                (ring.forward_wide(&a), ring.forward_wide(&b))
-            })
-            .collect();
         let columns = (0..matrix.columns)
             .into_par_iter()
             .map(|column| {

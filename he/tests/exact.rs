@@ -208,3 +208,40 @@ fn encrypted_columns_times_a_plain_vector_give_additive_shares() {
         .multiply_columns(&params, &prepared, &vector, -1)
         .is_err());
 }
+
+/// A vector transformed once and multiplied by several matrices gives what `multiply` gives,
+/// and is refused as `multiply` would refuse it.
+#[test]
+fn a_prepared_vector_multiplies_like_an_encrypted_one() {
+    let params = N8192_Q128;
+    let rows = 3 * params.poly_size / 2;
+    let (secret, public) = SecretKey::generate(&params);
+    let v = random_values(rows, 1);
+    let encrypted = secret.encrypt(&v, 1).unwrap();
+    let prepared = public
+        .prepare_columns(&params, std::slice::from_ref(&encrypted))
+        .unwrap();
+    let packing = secret.packing_key(3).unwrap();
+    for columns in [1, 5] {
+        let x = random_values(rows * columns, 1);
+        let matrix = PreparedMatrix::new(&params, rows, columns, &x).unwrap();
+        let product = public
+            .multiply_prepared(&params, &prepared, 1, &matrix)
+            .unwrap();
+        let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
+        let got = masks
+            .unmask(&secret.decrypt_masked(&masked).unwrap())
+            .unwrap();
+        assert_eq!(got, plain_product(&v, &x, rows));
+        assert_eq!(got, round_trip(&secret, &public, &encrypted, &matrix));
+    }
+    let wide = PreparedMatrix::new(&params, rows, 1, &vec![params.max_matrix_abs; rows]).unwrap();
+    assert!(matches!(
+        public.multiply_prepared(&params, &prepared, 1 << 40, &wide),
+        Err(HeError::ProductTooLarge { .. })
+    ));
+    let short = PreparedMatrix::new(&params, rows - 1, 1, &vec![1; rows - 1]).unwrap();
+    assert!(public
+        .multiply_prepared(&params, &prepared, 1, &short)
+        .is_err());
+}

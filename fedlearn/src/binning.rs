@@ -1,0 +1,563 @@
+//! Binning statistics across parties: per-bin row and event counts, WOE and IV of every
+//! party's columns against the guest's labels.
+//!
+//! 1. The guest encrypts its 0/1 labels of the aligned rows under a fresh key and sends them,
+//!    with its public and packing keys, to every host ([`Message::BinningLabels`]).
+//! 2. Each host bins each of its columns on the aligned rows (its job preparation; 10 quantile
+//!    bins where the preparation names none), merges bins holding fewer rows than its
+//!    [`BinningLimits`] allow, and computes under HE, for every bin, the number of events in
+//!    it: its 0/1 bin-indicator matrix times the encrypted labels. It masks and floods the
+//!    products (the released ciphertexts then depend on its indicators only through the
+//!    counts) and sends them with the masks, the bin sizes, and its column names or aliases
+//!    ([`Message::BinningCounts`]).
+//! 3. The guest decrypts, removes the masks and checks every count: 0 ≤ events ≤ rows per
+//!    bin, and per column the bins hold all aligned rows and all its positives. It bins and
+//!    counts its own columns in the clear.
+//!
+//! What each party learns. The guest: per host column, the sizes and event counts of the
+//! host's bins, in the host's bin order — not their edges, not which row is in which bin (the
+//! disclosure of FATE's hetero binning); nothing it decrypts goes back to a host. A host: the
+//! number of aligned rows and the ciphertexts of the labels, nothing else. The counts are
+//! exact by design, so a guest that encrypts something other than 0/1 labels (2^j for row j,
+//! say) learns from each count which of those rows fall in the bin; hosts refuse a labels
+//! ciphertext whose declared bound is not 1, but cannot see its contents, so against such a
+//! guest only the number of binning jobs a host's policy allows bounds the loss.
+//!
+//! WOE of a bin is ln(share of the non-events in it / share of the events in it) — positive
+//! is safer, in the credit convention — with 0.5 in place of an empty count; IV is
+//! Σ (share of non-events − share of events)·WOE.
+
+use std::collections::BTreeMap;
+
+use he::{MaskedColumns, PackingKey, PreparedColumns, PreparedMatrix, PublicKey, SecretKey};
+use serde::Serialize;
+
+use crate::data::Table;
+use crate::error::FedError;
+use crate::message::{ColumnSizes, Message};
+use crate::party::{job_nonce, signed};
+use crate::prep::{Fitted, Prep, RowBins};
+use crate::protocol::{packing_levels, PARAMS};
+
+/// Host bins per HE product: bounds the host's memory (each bin holds its transformed
+/// indicator column, 24 bytes per row) and sets the packing (32 results per ciphertext).
+const BINS_PER_PRODUCT: usize = 32;
+
+/// A host's policy on the bins it discloses: every bin it sends holds at least `min_rows`
+/// rows and at least `min_share` of the aligned rows; smaller bins are merged first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BinningLimits {
+    /// Fewest rows in a bin.
+    pub min_rows: u64,
+    /// Smallest share of the aligned rows in a bin.
+    pub min_share: f64,
+}
+
+impl BinningLimits {
+    /// The fewest rows a disclosed bin of `rows` aligned rows may hold.
+    pub fn threshold(&self, rows: u64) -> u64 {
+        self.min_rows
+            .max((self.min_share * rows as f64).ceil() as u64)
+            .max(1)
+    }
+}
+
+/// One bin's counts and weight of evidence.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BinStats {
+    /// The bin (its range or category for the guest's own columns, its position for a host's).
+    pub label: String,
+    /// Rows in the bin.
+    pub rows: u64,
+    /// Events (label 1) among them.
+    pub events: u64,
+    /// ln(share of non-events / share of events).
+    pub woe: f64,
+    /// The bin's share of the column's IV.
+    pub iv: f64,
+}
+
+/// One column's bins and information value.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ColumnStats {
+    /// The party holding the column.
+    pub party: String,
+    /// Its name, or the host's alias for it.
+    pub name: String,
+    /// Its non-empty bins.
+    pub bins: Vec<BinStats>,
+    /// Information value.
+    pub iv: f64,
+}
+
+impl ColumnStats {
+    fn new(
+        party: &str,
+        name: String,
+        bins: Vec<(String, u64, u64)>,
+        rows: u64,
+        events: u64,
+    ) -> ColumnStats {
+        let non_events = rows - events;
+        // An empty count counts as 0.5, so that WOE stays finite.
+        let share = |count: u64, total: u64| {
+            (if count == 0 { 0.5 } else { count as f64 }) / total.max(1) as f64
+        };
+        let bins: Vec<BinStats> = bins
+            .into_iter()
+            .filter(|&(_, n, _)| n > 0)
+            .map(|(label, n, e)| {
+                let (good, bad) = (share(n - e, non_events), share(e, events));
+                let woe = (good / bad).ln();
+                BinStats {
+                    label,
+                    rows: n,
+                    events: e,
+                    woe,
+                    iv: (good - bad) * woe,
+                }
+            })
+            .collect();
+        ColumnStats {
+            party: party.to_owned(),
+            name,
+            iv: bins.iter().map(|b| b.iv).sum(),
+            bins,
+        }
+    }
+}
+
+/// The statistics of a binning job.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BinningReport {
+    /// Aligned rows.
+    pub rows: u64,
+    /// Events among them.
+    pub events: u64,
+    /// The guest's columns, then each host's, in job order.
+    pub columns: Vec<ColumnStats>,
+}
+
+/// Per-bin counts of one party's columns on all of `table`'s rows, with its preparation (10
+/// quantile bins where it names none).
+fn bin_columns(party: &str, prep: &Prep, table: &Table) -> Result<Vec<RowBins>, FedError> {
+    let all: Vec<usize> = (0..table.rows()).collect();
+    Fitted::fit(party, &prep.binning_every_column(table), table, &all)?.row_bins(table)
+}
+
+/// The guest's side of a binning job.
+pub struct BinningGuest {
+    secret: SecretKey,
+    rows: u64,
+    events: u64,
+    hosts: Vec<String>,
+    own: Vec<ColumnStats>,
+    received: BTreeMap<String, Vec<ColumnStats>>,
+}
+
+impl BinningGuest {
+    /// Counts the guest's own columns and returns the message for every host: the labels of
+    /// `table` (aligned, with labels), encrypted.
+    pub fn new(
+        party: &str,
+        table: &Table,
+        prep: &Prep,
+        hosts: &[String],
+    ) -> Result<(BinningGuest, Message), FedError> {
+        let labels = table
+            .labels()
+            .ok_or_else(|| FedError::config("labels", "the guest's table has no label column"))?;
+        let rows = table.rows() as u64;
+        let events = labels.iter().filter(|&&y| y == 1.0).count() as u64;
+        let own = bin_columns(party, prep, table)?
+            .into_iter()
+            .map(|column| {
+                let mut counts = vec![(0u64, 0u64); column.labels.len()];
+                for (&bin, &y) in column.of_row.iter().zip(labels) {
+                    counts[bin].0 += 1;
+                    counts[bin].1 += u64::from(y == 1.0);
+                }
+                let bins = column
+                    .labels
+                    .into_iter()
+                    .zip(counts)
+                    .map(|(label, (n, e))| (label, n, e))
+                    .collect();
+                ColumnStats::new(party, column.name, bins, rows, events)
+            })
+            .collect();
+        let (secret, public) = SecretKey::generate(&PARAMS);
+        let packing = secret
+            .packing_key(packing_levels(BINS_PER_PRODUCT))
+            .map_err(FedError::he("making the packing key"))?;
+        let values: Vec<i64> = labels.iter().map(|&y| y as i64).collect();
+        let encrypted = secret
+            .encrypt(&values, 1)
+            .map_err(FedError::he("encrypting the labels"))?;
+        let message = Message::BinningLabels {
+            job: job_nonce()?,
+            key: Box::new(public),
+            packing: Box::new(packing),
+            labels: encrypted,
+        };
+        Ok((
+            BinningGuest {
+                secret,
+                rows,
+                events,
+                hosts: hosts.to_vec(),
+                own,
+                received: BTreeMap::new(),
+            },
+            message,
+        ))
+    }
+
+    /// Takes a host's counts, checking them.
+    pub fn receive(&mut self, host: &str, message: Message) -> Result<(), FedError> {
+        let wrong = |reason: String| FedError::protocol(host, reason);
+        if !self.hosts.iter().any(|h| h == host) || self.received.contains_key(host) {
+            return Err(wrong("binning counts from a host that owes none".into()));
+        }
+        let Message::BinningCounts {
+            columns,
+            products,
+            shares,
+        } = message
+        else {
+            return Err(wrong(format!(
+                "expected binning counts, got {}",
+                message.kind()
+            )));
+        };
+        let bins: usize = columns.iter().map(|c| c.sizes.len()).sum();
+        if products.len() != bins.div_ceil(BINS_PER_PRODUCT) || shares.len() != products.len() {
+            return Err(wrong(format!(
+                "{} products for {bins} bins",
+                products.len()
+            )));
+        }
+        let mut events = Vec::with_capacity(bins);
+        for (product, shares) in products.iter().zip(&shares) {
+            let decrypted = self
+                .secret
+                .decrypt_masked(product)
+                .map_err(|e| wrong(format!("undecryptable counts: {e}")))?;
+            if decrypted.len() != shares.len() || decrypted.len() > BINS_PER_PRODUCT {
+                return Err(wrong("counts and masks differ in number".into()));
+            }
+            let modulus = (1u64 << product.modulus_bits()) - 1;
+            events.extend(
+                decrypted
+                    .iter()
+                    .zip(shares)
+                    .map(|(&d, &s)| signed(d.wrapping_add(s) & modulus, product.modulus_bits())),
+            );
+        }
+        if events.len() != bins {
+            return Err(wrong(format!("{} counts for {bins} bins", events.len())));
+        }
+        let mut at = 0;
+        let mut stats = Vec::with_capacity(columns.len());
+        for column in columns {
+            let counts = &events[at..at + column.sizes.len()];
+            at += column.sizes.len();
+            let consistent = column.sizes.iter().sum::<u64>() == self.rows
+                && counts.iter().sum::<i64>() == self.events as i64
+                && counts
+                    .iter()
+                    .zip(&column.sizes)
+                    .all(|(&e, &n)| e >= 0 && e as u64 <= n);
+            if !consistent {
+                return Err(wrong(format!(
+                    "the counts of column {:?} are not counts of the aligned rows' labels",
+                    column.name
+                )));
+            }
+            let bins = column
+                .sizes
+                .iter()
+                .zip(counts)
+                .enumerate()
+                .map(|(b, (&n, &e))| (format!("{}", b + 1), n, e as u64))
+                .collect();
+            stats.push(ColumnStats::new(
+                host,
+                column.name,
+                bins,
+                self.rows,
+                self.events,
+            ));
+        }
+        self.received.insert(host.to_owned(), stats);
+        Ok(())
+    }
+
+    /// The hosts that have not answered yet.
+    pub fn waiting_for(&self) -> Vec<&str> {
+        self.hosts
+            .iter()
+            .filter(|h| !self.received.contains_key(*h))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// The report, once every host has answered.
+    pub fn finish(mut self) -> Result<BinningReport, FedError> {
+        if let Some(host) = self.waiting_for().first() {
+            return Err(FedError::protocol(host, "no binning counts"));
+        }
+        let mut columns = std::mem::take(&mut self.own);
+        for host in &self.hosts {
+            columns.extend(self.received.remove(host).unwrap_or_default());
+        }
+        Ok(BinningReport {
+            rows: self.rows,
+            events: self.events,
+            columns,
+        })
+    }
+}
+
+/// What a host disclosed in a binning job (for its audit log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BinningDisclosure {
+    /// Columns counted.
+    pub columns: usize,
+    /// Bins whose size and event count reached the guest.
+    pub bins: usize,
+    /// The fewest rows in any of them.
+    pub smallest_bin: u64,
+}
+
+/// A host's answer to [`Message::BinningLabels`]: its columns binned on the aligned rows of
+/// `table`, bins under `limits` merged, and the encrypted event count of every bin. With
+/// `publish_names`, the columns go by their names, otherwise as `party:1`, `party:2`, ….
+pub fn answer_binning(
+    party: &str,
+    guest: &str,
+    table: &Table,
+    prep: &Prep,
+    limits: &BinningLimits,
+    publish_names: bool,
+    request: Message,
+) -> Result<(Message, BinningDisclosure), FedError> {
+    let Message::BinningLabels {
+        key,
+        packing,
+        labels,
+        ..
+    } = request
+    else {
+        return Err(FedError::protocol(
+            guest,
+            format!("expected the binning labels, got {}", request.kind()),
+        ));
+    };
+    let rows = table.rows();
+    if labels.len() != rows {
+        return Err(FedError::RowCount {
+            party: party.to_owned(),
+            expected: labels.len(),
+            got: rows,
+        });
+    }
+    if labels.value_bound() != 1 {
+        return Err(FedError::protocol(
+            guest,
+            format!("labels declared within ±{}, not 0/1", labels.value_bound()),
+        ));
+    }
+    let threshold = limits.threshold(rows as u64);
+    let mut columns = Vec::new();
+    // Every merged bin to count, as (column, bin), and each column's merged bin of every row.
+    let mut indicators: Vec<(usize, usize)> = Vec::new();
+    let mut merged_of_row: Vec<Vec<usize>> = Vec::new();
+    for (k, column) in bin_columns(party, prep, table)?.into_iter().enumerate() {
+        let mut sizes = vec![0u64; column.labels.len()];
+        for &bin in &column.of_row {
+            sizes[bin] += 1;
+        }
+        let groups = merge_small(&sizes, threshold);
+        let merged: Vec<u64> = groups
+            .iter()
+            .map(|g| g.iter().map(|&b| sizes[b]).sum())
+            .collect();
+        let mut of_bin = vec![0usize; sizes.len()];
+        for (m, group) in groups.iter().enumerate() {
+            for &b in group {
+                of_bin[b] = m;
+            }
+        }
+        indicators.extend((0..groups.len()).map(|m| (k, m)));
+        merged_of_row.push(column.of_row.iter().map(|&b| of_bin[b]).collect());
+        columns.push(ColumnSizes {
+            name: if publish_names {
+                column.name
+            } else {
+                format!("{party}:{}", k + 1)
+            },
+            sizes: merged,
+        });
+    }
+    // The labels are transformed once for all the products.
+    let labels_bound = labels.value_bound();
+    let labels = key
+        .prepare_columns(&PARAMS, std::slice::from_ref(&labels))
+        .map_err(FedError::he("preparing the labels"))?;
+    let (mut products, mut shares) = (Vec::new(), Vec::new());
+    for chunk in indicators.chunks(BINS_PER_PRODUCT) {
+        let values: Vec<i64> = chunk
+            .iter()
+            .flat_map(|&(k, m)| merged_of_row[k].iter().map(move |&b| i64::from(b == m)))
+            .collect();
+        let (masked, masks) = count_events(
+            &key,
+            &packing,
+            (&labels, labels_bound),
+            rows,
+            chunk.len(),
+            &values,
+        )?;
+        products.push(masked);
+        shares.push(masks);
+    }
+    let disclosure = BinningDisclosure {
+        columns: columns.len(),
+        bins: indicators.len(),
+        smallest_bin: columns
+            .iter()
+            .flat_map(|c| c.sizes.iter().copied())
+            .min()
+            .unwrap_or(0),
+    };
+    Ok((
+        Message::BinningCounts {
+            columns,
+            products,
+            shares,
+        },
+        disclosure,
+    ))
+}
+
+/// Encrypted indicator^T·labels for `count` indicator columns (column-major `values`),
+/// masked and flooded, and the masks' shares.
+fn count_events(
+    key: &PublicKey,
+    packing: &PackingKey,
+    (labels, bound): (&PreparedColumns, i64),
+    rows: usize,
+    count: usize,
+    values: &[i64],
+) -> Result<(MaskedColumns, Vec<u64>), FedError> {
+    let matrix = PreparedMatrix::new(&PARAMS, rows, count, values)
+        .map_err(FedError::he("preparing the bin indicators"))?;
+    let product = key
+        .multiply_prepared(&PARAMS, labels, bound, &matrix)
+        .map_err(FedError::he("counting events per bin"))?;
+    let (masked, masks) = key
+        .mask_and_flood(&PARAMS, product, packing)
+        .map_err(FedError::he("releasing the counts"))?;
+    Ok((masked, masks.shares()))
+}
+
+/// Groups of adjacent bins (the missing bin, last, joins the smallest other group) such
+/// that every non-empty group holds at least `threshold` rows, when the rows allow; empty bins
+/// are left out.
+fn merge_small(sizes: &[u64], threshold: u64) -> Vec<Vec<usize>> {
+    let missing = sizes.len() - 1;
+    let mut groups: Vec<Vec<usize>> = (0..sizes.len())
+        .filter(|&b| sizes[b] > 0)
+        .map(|b| vec![b])
+        .collect();
+    let size = |g: &Vec<usize>| g.iter().map(|&b| sizes[b]).sum::<u64>();
+    while groups.len() > 1 {
+        let Some((smallest, _)) = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| size(g) < threshold)
+            .min_by_key(|(_, g)| size(g))
+        else {
+            break;
+        };
+        let is_missing = |i: usize| groups[i] == [missing];
+        let target = if is_missing(smallest) {
+            // The smallest other group.
+            (0..groups.len())
+                .filter(|&i| i != smallest)
+                .min_by_key(|&i| size(&groups[i]))
+        } else {
+            // The smaller neighbour that is not the missing bin.
+            [smallest.checked_sub(1), Some(smallest + 1)]
+                .into_iter()
+                .flatten()
+                .filter(|&i| i < groups.len() && !is_missing(i))
+                .min_by_key(|&i| size(&groups[i]))
+                .or_else(|| (0..groups.len()).find(|&i| i != smallest))
+        };
+        let Some(target) = target else { break };
+        let moved = groups.remove(smallest);
+        let target = if target > smallest {
+            target - 1
+        } else {
+            target
+        };
+        groups[target].extend(moved);
+        groups[target].sort_unstable();
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bins_merge_with_their_smaller_neighbour() {
+        // Value bins of 50, 3, 40, 2 rows, an empty one, and 4 missing values: the 2 join the
+        // 40 (the missing bin is no neighbour), the 3 joins those 42 rather than the 50, and
+        // the missing bin the smallest group.
+        let groups = merge_small(&[50, 3, 40, 2, 0, 4], 10);
+        assert_eq!(groups, vec![vec![0], vec![1, 2, 3, 5]]);
+        assert_eq!(
+            merge_small(&[50, 3, 40, 30, 0, 40], 10),
+            vec![vec![0], vec![1, 2], vec![3], vec![5]]
+        );
+        // Merging stops when one group is left, however small.
+        assert_eq!(merge_small(&[3, 2, 1], 10), vec![vec![0, 1, 2]]);
+        assert_eq!(merge_small(&[30, 30, 0], 10), vec![vec![0], vec![1]]);
+    }
+
+    #[test]
+    fn woe_and_iv_follow_the_credit_convention() {
+        // 100 rows, 20 events; a bin with 10 of 20 events and 10 of 80 non-events.
+        let stats = ColumnStats::new(
+            "bank",
+            "x".into(),
+            vec![
+                ("a".into(), 20, 10),
+                ("b".into(), 80, 10),
+                ("c".into(), 0, 0),
+            ],
+            100,
+            20,
+        );
+        assert_eq!(stats.bins.len(), 2, "empty bins are left out");
+        let risky = &stats.bins[0];
+        assert!((risky.woe - (0.125f64 / 0.5).ln()).abs() < 1e-12);
+        assert!(risky.woe < 0.0, "more events than average: negative WOE");
+        let iv = (0.125 - 0.5) * (0.125f64 / 0.5).ln() + (0.875 - 0.5) * (0.875f64 / 0.5).ln();
+        assert!((stats.iv - iv).abs() < 1e-12);
+    }
+
+    #[test]
+    fn limits_take_the_larger_of_count_and_share() {
+        let limits = BinningLimits {
+            min_rows: 50,
+            min_share: 0.05,
+        };
+        assert_eq!(limits.threshold(100), 50);
+        assert_eq!(limits.threshold(10_000), 500);
+    }
+}
