@@ -130,13 +130,13 @@ impl Plan {
             }
             "tax" => {
                 "[datasets.tax]\npath = \"tax.csv\"\nid_column = \"id\"\n\n\
-                 [[policy]]\npeer = \"bank\"\njobs = [\"train\", \"score\"]\ndatasets = [\"tax\"]\n"
+                 [[policy]]\npeer = \"bank\"\njobs = [\"train\", \"score\", \"binning\"]\ndatasets = [\"tax\"]\n"
             }
             _ => {
                 // The utility company names the ids it lacks; the tax bureau keeps the default.
                 "[datasets.utilities]\npath = \"utilities.csv\"\nid_column = \"id\"\n\n\
                  [datasets.meters]\npath = \"meters.csv\"\nid_column = \"id\"\n\n\
-                 [[policy]]\npeer = \"bank\"\njobs = [\"train\", \"score\"]\ndatasets = [\"utilities\"]\n\
+                 [[policy]]\npeer = \"bank\"\njobs = [\"train\", \"score\", \"binning\"]\ndatasets = [\"utilities\"]\n\
                  name_missing_ids = true\n"
             }
         });

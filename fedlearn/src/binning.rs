@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 
 use he::{MaskedColumns, PackingKey, PreparedColumns, PreparedMatrix, PublicKey, SecretKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::Table;
 use crate::error::FedError;
@@ -63,7 +63,7 @@ impl BinningLimits {
 }
 
 /// One bin's counts and weight of evidence.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BinStats {
     /// The bin (its range or category for the guest's own columns, its position for a host's).
     pub label: String,
@@ -78,7 +78,7 @@ pub struct BinStats {
 }
 
 /// One column's bins and information value.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ColumnStats {
     /// The party holding the column.
     pub party: String,
@@ -128,7 +128,7 @@ impl ColumnStats {
 }
 
 /// The statistics of a binning job.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BinningReport {
     /// Aligned rows.
     pub rows: u64,

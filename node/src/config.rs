@@ -25,7 +25,7 @@
 //!
 //! [[policy]]                         # who may run which jobs on which datasets
 //! peer = "bank"
-//! jobs = ["train", "score"]
+//! jobs = ["train", "score", "binning"]
 //! datasets = ["tax"]
 //! max_models = 2                     # disclosure budget (defaults shown): models whose
 //!                                    # per-row scores may reach the peer, per dataset
@@ -33,6 +33,10 @@
 //! max_guest_features = 64            # most features the guest may bring to a job
 //! name_missing_ids = false           # scoring: one generic status for ids lacked or unscorable
 //! scores_per_minute = 60000          # ids the peer may have scored per minute
+//! max_binning_jobs = 2               # binning jobs whose bin counts may reach the peer
+//! min_bin_rows = 100                 # fewest rows in a bin whose counts reach the peer
+//! min_bin_share = 0.05               # … and smallest share of the aligned rows
+//! publish_column_names = false       # binning: column names, or aliases (tax:1, tax:2, …)
 //!
 //! [scoring]                          # the guest's scoring service (defaults shown)
 //! base_score = 600                   # points at base_odds (good : bad)
@@ -62,9 +66,9 @@ use serde::Deserialize;
 
 use crate::error::{NodeError, Refusal};
 
-/// Job kinds a policy may allow: training a model, and scoring with a model trained on the
-/// dataset.
-pub const JOB_KINDS: &[&str] = &["train", "score"];
+/// Job kinds a policy may allow: training a model, scoring with a model trained on the
+/// dataset, and binning statistics (per-bin counts of the dataset's columns).
+pub const JOB_KINDS: &[&str] = &["train", "score", "binning"];
 
 /// A validated node configuration with absolute paths.
 #[derive(Clone, Debug, Deserialize)]
@@ -226,7 +230,7 @@ fn default_missing() -> Missing {
 pub struct PolicyRule {
     /// Peer party name.
     pub peer: String,
-    /// Job kinds ("train").
+    /// Job kinds ("train", "score", "binning").
     pub jobs: Vec<String>,
     /// Dataset names.
     pub datasets: Vec<String>,
@@ -249,6 +253,31 @@ pub struct PolicyRule {
     /// Ids the peer may have scored per minute (partial scores, over all models).
     #[serde(default = "default_scores_per_minute")]
     pub scores_per_minute: u32,
+    /// Binning jobs with the peer on a dataset whose per-bin counts may reach it.
+    #[serde(default = "default_max_binning_jobs")]
+    pub max_binning_jobs: u32,
+    /// Fewest rows in a bin whose size and event count reach the peer (smaller bins are
+    /// merged first).
+    #[serde(default = "default_min_bin_rows")]
+    pub min_bin_rows: u64,
+    /// Smallest share of the aligned rows in such a bin.
+    #[serde(default = "default_min_bin_share")]
+    pub min_bin_share: f64,
+    /// Whether binning statistics name this node's columns; by default they go by aliases.
+    #[serde(default)]
+    pub publish_column_names: bool,
+}
+
+fn default_max_binning_jobs() -> u32 {
+    2
+}
+
+fn default_min_bin_rows() -> u64 {
+    100
+}
+
+fn default_min_bin_share() -> f64 {
+    0.05
 }
 
 fn default_max_models() -> u32 {
@@ -408,6 +437,12 @@ impl NodeConfig {
                         JOB_KINDS.join(", ")
                     ));
                 }
+            }
+            if !(0.0..=0.5).contains(&rule.min_bin_share) {
+                return Err(format!(
+                    "policy[{i}].min_bin_share: {} is not in 0 … 0.5",
+                    rule.min_bin_share
+                ));
             }
             for dataset in &rule.datasets {
                 if !self.datasets.contains_key(dataset) {

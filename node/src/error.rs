@@ -299,6 +299,23 @@ pub enum Refusal {
         /// The policy's maximum.
         max: u32,
     },
+    /// The guest has used its budget of binning jobs on the dataset.
+    #[error(
+        "{guest} already ran {done} binning jobs on dataset {dataset:?} of {party}; the policy \
+         allows {max} (policy key max_binning_jobs)"
+    )]
+    BinningBudget {
+        /// The guest.
+        guest: String,
+        /// The dataset.
+        dataset: String,
+        /// This node.
+        party: String,
+        /// Binning jobs counted against the budget.
+        done: usize,
+        /// The policy's maximum.
+        max: u32,
+    },
     /// The proposal's column preparation cannot be read or fitted.
     #[error("the job's preparation of {party}'s columns is not valid: {reason}")]
     BadPrep {
@@ -579,6 +596,13 @@ mod tests {
             Refusal::BadPrep {
                 party: s(),
                 reason: s(),
+            },
+            Refusal::BinningBudget {
+                guest: s(),
+                dataset: s(),
+                party: s(),
+                done: 2,
+                max: 2,
             },
             Refusal::NotInJob {
                 sender: s(),

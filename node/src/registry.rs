@@ -45,6 +45,11 @@ impl JobHandle {
         lock(&self.record).max_epochs
     }
 
+    /// Keeps a binning job's statistics (stored with the job's next event).
+    pub(crate) fn set_report(&self, report: String) {
+        lock(&self.record).report = report;
+    }
+
     /// Records the epochs the guest's training proposal asks for.
     pub(crate) fn set_max_epochs(&self, epochs: u32) {
         lock(&self.record).max_epochs = epochs;

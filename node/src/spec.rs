@@ -1,4 +1,5 @@
-//! Job specs: what a modeller submits (`unseen train job.toml`).
+//! Job specs: what a modeller submits (`unseen train job.toml`, or `unseen binning job.toml`
+//! for the binning statistics of the same columns: `kind = "binning"`).
 //!
 //! ```toml
 //! model_id = "sme-credit-2026q4"
@@ -55,10 +56,34 @@ pub struct HostSpec {
     pub prep: Option<Prep>,
 }
 
-/// A training job.
+/// What a job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Trains a model.
+    Train,
+    /// Computes binning statistics (per-bin counts, WOE and IV of every party's columns)
+    /// and trains nothing; `[train]` is ignored.
+    Binning,
+}
+
+impl JobKind {
+    /// The kind's name (in specs, proposals, policies and job records).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Train => "train",
+            JobKind::Binning => "binning",
+        }
+    }
+}
+
+/// A job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
-    /// Model id (unique on every party).
+    /// Training or binning statistics.
+    #[serde(default = "train_kind")]
+    pub kind: JobKind,
+    /// Model id (unique on every party); a binning job's statistics go by it too.
     pub model_id: String,
     /// The guest's dataset.
     pub dataset: String,
@@ -89,6 +114,10 @@ fn default_kind() -> String {
     "train".into()
 }
 
+fn train_kind() -> JobKind {
+    JobKind::Train
+}
+
 impl JobSpec {
     /// How `host` prepares its columns in this job.
     pub fn host_prep(&self, host: &HostSpec) -> Prep {
@@ -101,12 +130,15 @@ impl JobSpec {
     /// Parses and checks a job spec; errors name the line and key.
     pub fn parse(text: &str) -> Result<JobSpec, NodeError> {
         let raw: RawSpec = toml::from_str(text).map_err(|e| NodeError::Spec(e.to_string()))?;
-        if raw.kind != "train" {
-            return Err(NodeError::Spec(format!(
-                "kind: {:?} is not a job kind (known: train)",
-                raw.kind
-            )));
-        }
+        let kind = match raw.kind.as_str() {
+            "train" => JobKind::Train,
+            "binning" => JobKind::Binning,
+            other => {
+                return Err(NodeError::Spec(format!(
+                    "kind: {other:?} is not a job kind (known: train, binning)"
+                )))
+            }
+        };
         check_name("model_id", &raw.model_id).map_err(NodeError::Spec)?;
         check_name("dataset", &raw.dataset).map_err(NodeError::Spec)?;
         if raw.hosts.is_empty() {
@@ -159,6 +191,7 @@ impl JobSpec {
             }
         }
         Ok(JobSpec {
+            kind,
             model_id: raw.model_id,
             dataset: raw.dataset,
             hosts: raw.hosts,

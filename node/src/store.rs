@@ -97,6 +97,9 @@ pub struct JobRecord {
     pub dataset: String,
     /// Epochs requested.
     pub max_epochs: u32,
+    /// A binning job's statistics on the guest (`fedlearn::BinningReport` as JSON).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub report: String,
     /// Every event so far (stored in their own table, one row per event).
     #[serde(default, skip_serializing)]
     pub events: Vec<EventRecord>,
@@ -122,6 +125,7 @@ impl JobRecord {
             peers: self.peers.clone(),
             dataset: self.dataset.clone(),
             max_epochs: self.max_epochs,
+            report: self.report.clone(),
             events: Vec::new(),
         }
     }

@@ -6,8 +6,12 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_enforce_their_disclosure_budget() {
-    let federation =
-        Federation::start_with("budget", false, "max_models = 1\nscores_per_minute = 10\n").await;
+    let federation = Federation::start_with(
+        "budget",
+        false,
+        "max_models = 1\nscores_per_minute = 10\nmax_binning_jobs = 1\nmin_bin_share = 0.1\n",
+    )
+    .await;
     let quick = TRAIN.replace("max_epochs = 8", "max_epochs = 1");
     // The first job prepares its columns: the bank winsorises its own, tax bins its own (the
     // spec sends tax its preparation), utilities takes the bank's default.
@@ -47,6 +51,40 @@ async fn hosts_enforce_their_disclosure_budget() {
     assert!(tax.features.is_empty() && !tax.binned.is_empty());
     assert!(tax.binned.iter().all(|b| b.points.len() <= 4 + 1));
     assert!(utilities.binned.is_empty() && utilities.features[0].transform.log1p);
+
+    // The binning statistics of the same spec: every party's columns with their IV, the
+    // hosts' under aliases (their policies do not publish names), no host bin under 10% of
+    // the aligned rows.
+    let (ok, stdout, stderr) = federation.cli(&["binning", "--json", &first]).await;
+    assert!(ok, "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = &status["binning"];
+    let aligned = report["rows"].as_u64().unwrap();
+    assert_eq!(aligned as usize, unseen::local::aligned_rows_expected());
+    let columns = report["columns"].as_array().unwrap();
+    let of = |party: &str| -> Vec<&serde_json::Value> {
+        columns.iter().filter(|c| c["party"] == party).collect()
+    };
+    assert_eq!(of("bank").len(), 13);
+    assert!(of("bank")
+        .iter()
+        .all(|c| c["name"].as_str().unwrap().starts_with('x')));
+    for host in HOSTS {
+        assert_eq!(of(host).len(), 5, "{host}");
+        for (k, column) in of(host).into_iter().enumerate() {
+            assert_eq!(column["name"], format!("{host}:{}", k + 1));
+            for bin in column["bins"].as_array().unwrap() {
+                assert!(bin["rows"].as_u64().unwrap() * 10 >= aligned, "{column}");
+            }
+        }
+    }
+    assert!(columns.iter().any(|c| c["iv"].as_f64().unwrap() > 0.1));
+    // A second binning job exceeds the hosts' budget.
+    let (ok, _, stderr) = federation.cli(&["binning", &first]).await;
+    assert!(
+        !ok && stderr.contains("policy key max_binning_jobs"),
+        "{stderr}"
+    );
 
     // The second model would be a second linear view of the hosts' data: refused, naming the
     // policy key.
@@ -118,6 +156,7 @@ async fn hosts_enforce_their_disclosure_budget() {
         let records = audit_lines(&federation, host, "").await;
         let count = |event: &str| records.iter().filter(|r| r["event"] == event).count();
         assert_eq!(count("disclosure.final_scores"), 1, "{host}");
+        assert_eq!(count("disclosure.bin_counts"), 1, "{host}");
         assert_eq!(count("score.partial"), 1, "{host}");
         assert!(count("score.rate_limited") >= 1, "{host}");
     }

@@ -14,9 +14,26 @@ use super::*;
 pub(super) async fn submit(
     client: &mut JobsClient<Channel>,
     spec: &Path,
+    kind: Option<&str>,
 ) -> Result<proto::JobStatus, String> {
-    let spec_toml =
+    let mut spec_toml =
         std::fs::read_to_string(spec).map_err(|e| format!("{}: {e}", spec.display()))?;
+    if let Some(kind) = kind {
+        // The same spec serves training and its binning statistics: the kind is set here
+        // unless the spec names another.
+        let table: toml::Table = toml::from_str(&spec_toml)
+            .map_err(|e| format!("{}: {}", spec.display(), e.message()))?;
+        match table.get("kind").and_then(toml::Value::as_str) {
+            None => spec_toml = format!("kind = \"{kind}\"\n{spec_toml}"),
+            Some(named) if named == kind => {}
+            Some(named) => {
+                return Err(format!(
+                    "{}: kind = {named:?}; this command runs {kind} jobs",
+                    spec.display()
+                ))
+            }
+        }
+    }
     client
         .submit(SubmitRequest { spec_toml })
         .await
@@ -49,7 +66,13 @@ pub async fn follow(
         );
     }
     let mut last_state = String::new();
+    // The job's closing message (a training job's convergence verdict, say), printed with
+    // the status: progress lines show only on a terminal.
+    let mut summary = String::new();
     while let Some(event) = stream.message().await.map_err(status_error)? {
+        if matches!(event.state.as_str(), "succeeded" | "failed" | "cancelled") {
+            summary = event.message.clone();
+        }
         if json {
             println!("{}", event_json(&event));
             continue;
@@ -86,6 +109,9 @@ pub async fn follow(
         println!("{}", status_json(&status));
     } else {
         print_status(&status);
+        if status.state == "succeeded" && !summary.is_empty() {
+            println!("{:<15} {summary}", "summary");
+        }
     }
     let _ = std::io::stdout().flush();
     match status.state.as_str() {
@@ -98,7 +124,7 @@ pub(super) async fn job_command(command: JobCommand) -> Result<ExitCode, String>
     match command {
         JobCommand::Submit { target, spec } => {
             let mut client = connect(&target).await?;
-            let status = submit(&mut client, &spec).await?;
+            let status = submit(&mut client, &spec, None).await?;
             if target.json {
                 println!("{}", status_json(&status));
             } else {

@@ -70,6 +70,14 @@ enum Command {
         /// The TOML job spec.
         spec: PathBuf,
     },
+    /// Computes the binning statistics of a job spec's columns (its hosts, datasets and
+    /// `[prep]`; `[train]` is ignored): per-bin counts, WOE and IV, printed strongest first.
+    Binning {
+        #[command(flatten)]
+        target: Target,
+        /// The TOML job spec.
+        spec: PathBuf,
+    },
     /// Jobs on a node.
     Job {
         #[command(subcommand)]
@@ -233,7 +241,15 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Serve { config } => serve(&config),
         Command::Train { target, spec } => runtime()?.block_on(async {
             let mut client = connect(&target).await?;
-            let status = submit(&mut client, &spec).await?;
+            let status = submit(&mut client, &spec, None).await?;
+            if !target.json {
+                eprintln!("job {} submitted to {}", status.job_id, target.node);
+            }
+            follow(&mut client, &status.job_id, target.json).await
+        }),
+        Command::Binning { target, spec } => runtime()?.block_on(async {
+            let mut client = connect(&target).await?;
+            let status = submit(&mut client, &spec, Some("binning")).await?;
             if !target.json {
                 eprintln!("job {} submitted to {}", status.job_id, target.node);
             }

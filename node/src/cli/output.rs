@@ -19,6 +19,7 @@ pub(super) fn status_json(s: &proto::JobStatus) -> serde_json::Value {
         "aligned_rows": s.aligned_rows, "epochs": s.epochs,
         "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
         "train": metrics_json(&s.train), "validation": metrics_json(&s.validation),
+        "binning": serde_json::from_str::<serde_json::Value>(&s.binning_report).ok(),
     })
 }
 
@@ -70,6 +71,42 @@ pub(super) fn print_status(s: &proto::JobStatus) {
     }
     if !s.error.is_empty() {
         println!("{:<15} {}", "error", s.error);
+    }
+    if let Ok(report) = serde_json::from_str::<fedlearn::BinningReport>(&s.binning_report) {
+        print_binning(&report);
+    }
+}
+
+/// The IV table of a binning job, strongest first, with the usual reading of IV (below 0.02
+/// useless, 0.1 weak, 0.3 medium, 0.5 strong, above: check for a leak of the label).
+fn print_binning(report: &fedlearn::BinningReport) {
+    println!(
+        "\n{} rows, {} events ({:.2}%)",
+        report.rows,
+        report.events,
+        100.0 * report.events as f64 / report.rows.max(1) as f64
+    );
+    println!(
+        "{:<12} {:<24} {:>5} {:>8}  strength",
+        "party", "column", "bins", "IV"
+    );
+    let mut columns: Vec<&fedlearn::ColumnStats> = report.columns.iter().collect();
+    columns.sort_by(|a, b| b.iv.total_cmp(&a.iv));
+    for c in columns {
+        let strength = match c.iv {
+            iv if iv < 0.02 => "useless",
+            iv if iv < 0.1 => "weak",
+            iv if iv < 0.3 => "medium",
+            iv if iv < 0.5 => "strong",
+            _ => "suspicious",
+        };
+        println!(
+            "{:<12} {:<24} {:>5} {:>8.4}  {strength}",
+            c.party,
+            c.name,
+            c.bins.len(),
+            c.iv
+        );
     }
 }
 

@@ -85,13 +85,15 @@ pub fn check_proposal<'c>(
             name: proposal.model_id.chars().take(64).collect(),
         });
     }
-    if proposal.kind != "train" {
+    if proposal.kind != "train" && proposal.kind != "binning" {
         return Err(Refusal::JobKind {
             kind: proposal.kind.chars().take(64).collect(),
         });
     }
     let rule = config.allows(&proposal.guest, &proposal.kind, &proposal.dataset)?;
-    check_shape(config, rule, proposal)?;
+    if proposal.kind == "train" {
+        check_shape(config, rule, proposal)?;
+    }
     host_prep(config, proposal)?;
     let distinct: std::collections::BTreeSet<&String> = proposal.hosts.iter().collect();
     if distinct.len() != proposal.hosts.len() || distinct.contains(&proposal.guest) {
@@ -164,8 +166,9 @@ pub fn check_known(proposal: &JobProposal, known: &JobRecord) -> Result<(), Refu
     Ok(())
 }
 
-/// A new job: its model id is free here and the guest has budget left on the dataset
-/// (`disclosed` models counted against `max_models`).
+/// A new job: for training, its model id is free here and the guest has budget left on the
+/// dataset (`disclosed` models counted against `max_models`); for binning statistics,
+/// `disclosed` binning jobs counted against `max_binning_jobs`.
 pub fn check_new(
     config: &NodeConfig,
     rule: &PolicyRule,
@@ -173,6 +176,18 @@ pub fn check_new(
     model_in_use: bool,
     disclosed: usize,
 ) -> Result<(), Refusal> {
+    if proposal.kind == "binning" {
+        if disclosed >= rule.max_binning_jobs as usize {
+            return Err(Refusal::BinningBudget {
+                guest: proposal.guest.clone(),
+                dataset: proposal.dataset.clone(),
+                party: config.party.clone(),
+                done: disclosed,
+                max: rule.max_binning_jobs,
+            });
+        }
+        return Ok(());
+    }
     if model_in_use {
         return Err(Refusal::ModelInUse {
             model: proposal.model_id.clone(),
@@ -409,6 +424,29 @@ mod tests {
                 max: 2,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn binning_jobs_need_their_own_policy_and_budget() {
+        let config = config();
+        let binning = |p: &mut JobProposal| {
+            p.kind = "binning".into();
+            // Training limits do not apply: no features, no batches.
+            p.guest_features = 500;
+        };
+        assert!(matches!(refused(binning), Refusal::Policy { .. }));
+        let mut allowing = config.clone();
+        allowing.policy[0].jobs.push("binning".into());
+        allowing.policy[0].max_binning_jobs = 1;
+        let mut p = proposal();
+        binning(&mut p);
+        let rule = check_proposal(&allowing, &p).unwrap();
+        // A model of the same id does not matter; the binning budget does.
+        check_new(&allowing, rule, &p, true, 0).unwrap();
+        assert!(matches!(
+            check_new(&allowing, rule, &p, false, 1),
+            Err(Refusal::BinningBudget { done: 1, max: 1, .. })
         ));
     }
 

@@ -9,6 +9,7 @@
 //! a thread per job; network calls go through the node's tokio runtime.
 
 pub mod admission;
+mod binning;
 mod link;
 mod psi;
 mod run;
@@ -22,7 +23,7 @@ use serde_json::json;
 use crate::error::NodeError;
 use crate::proto::JobProposal;
 use crate::registry::JobHandle;
-use crate::spec::JobSpec;
+use crate::spec::{JobKind, JobSpec};
 use crate::state::NodeState;
 use crate::store::JobRecord;
 
@@ -45,7 +46,7 @@ impl NodeState {
         let spec = JobSpec::parse(spec_toml)?;
         admission::check_spec(&self.config, &spec)?;
         let _one_at_a_time = self.jobs.admission();
-        if self.model_in_use(&spec.model_id)? {
+        if spec.kind == JobKind::Train && self.model_in_use(&spec.model_id)? {
             return Err(NodeError::Spec(format!(
                 "model_id: {:?} already exists on {}",
                 spec.model_id, self.config.party
@@ -58,7 +59,7 @@ impl NodeState {
             &self.store,
             JobRecord {
                 job_id: hex::encode(id),
-                kind: "train".into(),
+                kind: spec.kind.as_str().into(),
                 role: "guest".into(),
                 state: "queued".into(),
                 model_id: spec.model_id.clone(),
@@ -66,7 +67,10 @@ impl NodeState {
                 updated_unix_ms: now,
                 peers: spec.hosts.iter().map(|h| h.party.clone()).collect(),
                 dataset: spec.dataset.clone(),
-                max_epochs: spec.train.max_epochs as u32,
+                max_epochs: match spec.kind {
+                    JobKind::Train => spec.train.max_epochs as u32,
+                    JobKind::Binning => 0,
+                },
                 ..JobRecord::default()
             },
         )?;
@@ -89,7 +93,7 @@ impl NodeState {
             return Ok(admission::check_known(proposal, &known)?);
         }
         let in_use = self.model_in_use(&proposal.model_id)?;
-        let disclosed = self.disclosures(&proposal.guest, &proposal.dataset)?;
+        let disclosed = self.disclosures(&proposal.guest, &proposal.dataset, &proposal.kind)?;
         admission::check_new(&self.config, rule, proposal, in_use, disclosed)?;
         let now = crate::clock::now_ms();
         let handle = self.jobs.open(
@@ -160,12 +164,20 @@ impl NodeState {
         })
     }
 
-    /// Models of this node's `dataset` whose per-row scores reached or may reach `guest`,
-    /// counted fail-closed: every host job with `guest` on `dataset` that is still running or
-    /// got past PSI into training (it may have revealed its final scores even if it failed
-    /// afterwards). Called under the admission lock, which every new host job passes.
-    pub fn disclosures(&self, guest: &str, dataset: &str) -> Result<usize, NodeError> {
-        let mine = |r: &JobRecord| r.role == "host" && r.peers == [guest] && r.dataset == dataset;
+    /// Jobs of `kind` on this node's `dataset` whose disclosures reached or may reach
+    /// `guest` — for training, models whose per-row scores did; for binning, per-bin counts —
+    /// counted fail-closed: every host job of that kind with `guest` on `dataset` that is
+    /// still running or got past PSI (it may have disclosed even if it failed afterwards).
+    /// Called under the admission lock, which every new host job passes.
+    pub fn disclosures(&self, guest: &str, dataset: &str, kind: &str) -> Result<usize, NodeError> {
+        let past_psi = if kind == "binning" {
+            "binning"
+        } else {
+            "training"
+        };
+        let mine = |r: &JobRecord| {
+            r.role == "host" && r.peers == [guest] && r.dataset == dataset && r.kind == kind
+        };
         let live: std::collections::BTreeSet<String> = self
             .jobs
             .records()
@@ -180,7 +192,7 @@ impl NodeState {
             .filter(|r| {
                 mine(r)
                     && !live.contains(&r.job_id)
-                    && (!r.is_final() || r.events.iter().any(|e| e.state == "training"))
+                    && (!r.is_final() || r.events.iter().any(|e| e.state == past_psi))
             })
             .count();
         Ok(live.len() + trained)

@@ -13,7 +13,7 @@ use crate::jobs::link::Link;
 use crate::jobs::{admission, psi, seeds};
 use crate::proto::JobProposal;
 use crate::registry::JobHandle;
-use crate::spec::JobSpec;
+use crate::spec::{JobKind, JobSpec};
 use crate::state::NodeState;
 use crate::store::{EventRecord, MetricsRecord, ModelRecord};
 use crate::wire::FEDERATION_VERSION;
@@ -24,51 +24,13 @@ impl NodeState {
         job: &Arc<JobHandle>,
         spec: &JobSpec,
     ) -> Result<String, NodeError> {
+        if spec.kind == JobKind::Binning {
+            return self.run_binning_guest(job, spec);
+        }
         let table = load_table(&self.config, &spec.dataset, true, &|c| spec.prep.reading(c))?;
         let guest_features = spec.prep.columns_bound(&table) as u32;
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
-        for host in &spec.hosts {
-            let proposal = JobProposal {
-                version: FEDERATION_VERSION,
-                job_id: job.id().to_owned(),
-                kind: "train".into(),
-                guest: self.config.party.clone(),
-                dataset: host.dataset.clone(),
-                hosts: hosts.clone(),
-                model_id: spec.model_id.clone(),
-                batch_rows: spec.train.batch_size.map_or(0, |b| b as u64),
-                guest_features,
-                prep: serde_json::to_string(&spec.host_prep(host))
-                    .map_err(|e| NodeError::Spec(format!("prep: {e}")))?,
-            };
-            crate::audit::record(
-                &self.store,
-                "job.proposed",
-                job.id(),
-                &host.party,
-                json!({"dataset": host.dataset, "model": spec.model_id}),
-            );
-            let reply = self
-                .runtime
-                .block_on(self.peers.propose(&host.party, proposal))?;
-            crate::audit::record(
-                &self.store,
-                if reply.accepted {
-                    "job.accepted_by"
-                } else {
-                    "job.refused_by"
-                },
-                job.id(),
-                &host.party,
-                json!({"reason": reply.reason}),
-            );
-            if !reply.accepted {
-                return Err(NodeError::Peer {
-                    peer: host.party.clone(),
-                    fault: PeerFault::RefusedJob(reply.reason),
-                });
-            }
-        }
+        self.propose(job, spec, guest_features)?;
         let mut link = Link::new(self, job);
         job.state_event(
             &self.store,
@@ -76,7 +38,7 @@ impl NodeState {
             format!("aligning {} rows with {}", table.rows(), hosts.join(", ")),
         );
         let aligned = psi::guest_psi(self, job, &mut link, &table, &hosts);
-        let table = self.aligned(job, aligned, &table)?;
+        let table = self.aligned(job, aligned, &table, "training")?;
         let aligned_rows = table.rows();
         let started = Instant::now();
         let outcome = fedlearn::run_guest(
@@ -182,6 +144,9 @@ impl NodeState {
         job: &Arc<JobHandle>,
         proposal: &JobProposal,
     ) -> Result<String, NodeError> {
+        if proposal.kind == "binning" {
+            return self.run_binning_host(job, proposal);
+        }
         let guest = proposal.guest.as_str();
         let prep = admission::host_prep(&self.config, proposal)?;
         let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
@@ -192,7 +157,7 @@ impl NodeState {
             format!("aligning {} rows with {guest}", table.rows()),
         );
         let aligned = psi::host_psi(&mut link, guest, &table);
-        let table = self.aligned(job, aligned, &table)?;
+        let table = self.aligned(job, aligned, &table, "training")?;
         let aligned_rows = table.rows();
         let offered = fedlearn::receive_proposal(&mut link, guest)?;
         offered.config.validate()?;
@@ -246,12 +211,67 @@ impl NodeState {
         ))
     }
 
-    /// After PSI: the aligned rows of `table`, announced as the start of training.
-    fn aligned(
+    /// Guest: proposes the job to every host, in order; the first refusal fails the job.
+    pub(super) fn propose(
+        &self,
+        job: &Arc<JobHandle>,
+        spec: &JobSpec,
+        guest_features: u32,
+    ) -> Result<(), NodeError> {
+        let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
+        for host in &spec.hosts {
+            let proposal = JobProposal {
+                version: FEDERATION_VERSION,
+                job_id: job.id().to_owned(),
+                kind: spec.kind.as_str().into(),
+                guest: self.config.party.clone(),
+                dataset: host.dataset.clone(),
+                hosts: hosts.clone(),
+                model_id: spec.model_id.clone(),
+                batch_rows: spec.train.batch_size.map_or(0, |b| b as u64),
+                guest_features,
+                prep: serde_json::to_string(&spec.host_prep(host))
+                    .map_err(|e| NodeError::Spec(format!("prep: {e}")))?,
+            };
+            crate::audit::record(
+                &self.store,
+                "job.proposed",
+                job.id(),
+                &host.party,
+                json!({"dataset": host.dataset, "model": spec.model_id}),
+            );
+            let reply = self
+                .runtime
+                .block_on(self.peers.propose(&host.party, proposal))?;
+            crate::audit::record(
+                &self.store,
+                if reply.accepted {
+                    "job.accepted_by"
+                } else {
+                    "job.refused_by"
+                },
+                job.id(),
+                &host.party,
+                json!({"reason": reply.reason}),
+            );
+            if !reply.accepted {
+                return Err(NodeError::Peer {
+                    peer: host.party.clone(),
+                    fault: PeerFault::RefusedJob(reply.reason),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// After PSI: the aligned rows of `table`, announced as the start of `state` (training
+    /// or binning).
+    pub(super) fn aligned(
         &self,
         job: &JobHandle,
         psi: Result<Vec<u32>, NodeError>,
         table: &Table,
+        state: &str,
     ) -> Result<Table, NodeError> {
         let aligned = psi?;
         let rows: Vec<usize> = aligned.iter().map(|&r| r as usize).collect();
@@ -259,7 +279,7 @@ impl NodeState {
         job.emit(
             &self.store,
             EventRecord {
-                state: "training".into(),
+                state: state.into(),
                 message: format!("{} rows in the intersection", rows.len()),
                 aligned_rows: rows.len() as u64,
                 psi_progress: 1.0,

@@ -39,6 +39,7 @@ pub(crate) fn status_proto(record: &JobRecord) -> proto::JobStatus {
         bytes_received: last.bytes_received,
         train: metrics_proto(best.train),
         validation: metrics_proto(best.validation),
+        binning_report: record.report.clone(),
     }
 }
 

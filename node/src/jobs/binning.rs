@@ -1,0 +1,119 @@
+//! The runners of a binning job: PSI as for training, then the binning statistics of
+//! `fedlearn::BinningGuest` and `fedlearn::answer_binning` over the job's link. The guest
+//! keeps the report with the job; a host audits what it disclosed.
+
+use std::sync::Arc;
+
+use fedlearn::{BinningGuest, BinningLimits, Transport};
+use serde_json::json;
+
+use crate::datasets::load_table;
+use crate::error::NodeError;
+use crate::jobs::link::Link;
+use crate::jobs::{admission, psi};
+use crate::proto::JobProposal;
+use crate::registry::JobHandle;
+use crate::spec::JobSpec;
+use crate::state::NodeState;
+
+impl NodeState {
+    pub(super) fn run_binning_guest(
+        &self,
+        job: &Arc<JobHandle>,
+        spec: &JobSpec,
+    ) -> Result<String, NodeError> {
+        let table = load_table(&self.config, &spec.dataset, true, &|c| spec.prep.reading(c))?;
+        let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
+        self.propose(job, spec, 0)?;
+        let mut link = Link::new(self, job);
+        job.state_event(
+            &self.store,
+            "psi",
+            format!("aligning {} rows with {}", table.rows(), hosts.join(", ")),
+        );
+        let aligned = psi::guest_psi(self, job, &mut link, &table, &hosts);
+        let table = self.aligned(job, aligned, &table, "binning")?;
+        let (mut binning, request) =
+            BinningGuest::new(&self.config.party, &table, &spec.prep, &hosts)?;
+        for host in &hosts {
+            link.send(host, request.clone())?;
+        }
+        for host in &hosts {
+            let answer = link.receive(host)?;
+            binning.receive(host, answer)?;
+            job.state_event(&self.store, "binning", format!("bin counts from {host}"));
+        }
+        let report = binning.finish()?;
+        let best = report
+            .columns
+            .iter()
+            .max_by(|a, b| a.iv.total_cmp(&b.iv))
+            .map(|c| format!("; highest IV {:.3} ({} {})", c.iv, c.party, c.name))
+            .unwrap_or_default();
+        let summary = format!(
+            "binning statistics of {} columns over {} rows{best}",
+            report.columns.len(),
+            report.rows
+        );
+        let report = serde_json::to_string(&report)
+            .map_err(|e| NodeError::Server(format!("the binning report: {e}")))?;
+        job.set_report(report);
+        Ok(summary)
+    }
+
+    pub(super) fn run_binning_host(
+        &self,
+        job: &Arc<JobHandle>,
+        proposal: &JobProposal,
+    ) -> Result<String, NodeError> {
+        let guest = proposal.guest.as_str();
+        let rule = self
+            .config
+            .allows(guest, "binning", &proposal.dataset)
+            .map_err(NodeError::from)?;
+        let limits = BinningLimits {
+            min_rows: rule.min_bin_rows,
+            min_share: rule.min_bin_share,
+        };
+        let publish = rule.publish_column_names;
+        let prep = admission::host_prep(&self.config, proposal)?;
+        let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
+        let mut link = Link::new(self, job);
+        job.state_event(
+            &self.store,
+            "psi",
+            format!("aligning {} rows with {guest}", table.rows()),
+        );
+        let aligned = psi::host_psi(&mut link, guest, &table);
+        let table = self.aligned(job, aligned, &table, "binning")?;
+        let request = link.receive(guest)?;
+        let (answer, disclosed) = fedlearn::answer_binning(
+            &self.config.party,
+            guest,
+            &table,
+            &prep,
+            &limits,
+            publish,
+            request,
+        )?;
+        link.send(guest, answer)?;
+        // The job's disclosure: the sizes and event counts of these bins.
+        crate::audit::record(
+            &self.store,
+            "disclosure.bin_counts",
+            job.id(),
+            guest,
+            json!({
+                "dataset": proposal.dataset,
+                "columns": disclosed.columns,
+                "bins": disclosed.bins,
+                "smallest_bin": disclosed.smallest_bin,
+                "names": if publish { "published" } else { "aliased" },
+            }),
+        );
+        Ok(format!(
+            "binning: counts of {} bins of {} columns sent to {guest} (the smallest holds {} rows)",
+            disclosed.bins, disclosed.columns, disclosed.smallest_bin
+        ))
+    }
+}
