@@ -446,7 +446,11 @@ mod tests {
         check_new(&allowing, rule, &p, true, 0).unwrap();
         assert!(matches!(
             check_new(&allowing, rule, &p, false, 1),
-            Err(Refusal::BinningBudget { done: 1, max: 1, .. })
+            Err(Refusal::BinningBudget {
+                done: 1,
+                max: 1,
+                ..
+            })
         ));
     }
 

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::datasets::load_table;
 use crate::error::NodeError;
+use crate::jobs::admission;
 use crate::jobs::link::Link;
-use crate::jobs::{admission, psi};
 use crate::proto::JobProposal;
 use crate::registry::JobHandle;
 use crate::spec::JobSpec;
@@ -26,13 +26,7 @@ impl NodeState {
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
         self.propose(job, spec, 0)?;
         let mut link = Link::new(self, job);
-        job.state_event(
-            &self.store,
-            "psi",
-            format!("aligning {} rows with {}", table.rows(), hosts.join(", ")),
-        );
-        let aligned = psi::guest_psi(self, job, &mut link, &table, &hosts);
-        let table = self.aligned(job, aligned, &table, "binning")?;
+        let table = self.guest_align(job, &mut link, &table, &hosts, "binning")?;
         let (mut binning, request) =
             BinningGuest::new(&self.config.party, &table, &spec.prep, &hosts)?;
         for host in &hosts {
@@ -79,13 +73,7 @@ impl NodeState {
         let prep = admission::host_prep(&self.config, proposal)?;
         let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
         let mut link = Link::new(self, job);
-        job.state_event(
-            &self.store,
-            "psi",
-            format!("aligning {} rows with {guest}", table.rows()),
-        );
-        let aligned = psi::host_psi(&mut link, guest, &table);
-        let table = self.aligned(job, aligned, &table, "binning")?;
+        let table = self.host_align(job, &mut link, &table, guest, "binning")?;
         let request = link.receive(guest)?;
         let (answer, disclosed) = fedlearn::answer_binning(
             &self.config.party,

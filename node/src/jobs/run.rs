@@ -32,13 +32,7 @@ impl NodeState {
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
         self.propose(job, spec, guest_features)?;
         let mut link = Link::new(self, job);
-        job.state_event(
-            &self.store,
-            "psi",
-            format!("aligning {} rows with {}", table.rows(), hosts.join(", ")),
-        );
-        let aligned = psi::guest_psi(self, job, &mut link, &table, &hosts);
-        let table = self.aligned(job, aligned, &table, "training")?;
+        let table = self.guest_align(job, &mut link, &table, &hosts, "training")?;
         let aligned_rows = table.rows();
         let started = Instant::now();
         let outcome = fedlearn::run_guest(
@@ -151,13 +145,7 @@ impl NodeState {
         let prep = admission::host_prep(&self.config, proposal)?;
         let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
         let mut link = Link::new(self, job);
-        job.state_event(
-            &self.store,
-            "psi",
-            format!("aligning {} rows with {guest}", table.rows()),
-        );
-        let aligned = psi::host_psi(&mut link, guest, &table);
-        let table = self.aligned(job, aligned, &table, "training")?;
+        let table = self.host_align(job, &mut link, &table, guest, "training")?;
         let aligned_rows = table.rows();
         let offered = fedlearn::receive_proposal(&mut link, guest)?;
         offered.config.validate()?;
@@ -264,9 +252,45 @@ impl NodeState {
         Ok(())
     }
 
-    /// After PSI: the aligned rows of `table`, announced as the start of `state` (training
-    /// or binning).
-    pub(super) fn aligned(
+    /// Guest: PSI with every host, then its aligned rows of `table`, announced as the start
+    /// of `state` (training or binning).
+    pub(super) fn guest_align(
+        &self,
+        job: &Arc<JobHandle>,
+        link: &mut Link<'_>,
+        table: &Table,
+        hosts: &[String],
+        state: &str,
+    ) -> Result<Table, NodeError> {
+        job.state_event(
+            &self.store,
+            "psi",
+            format!("aligning {} rows with {}", table.rows(), hosts.join(", ")),
+        );
+        let aligned = psi::guest_psi(self, job, link, table, hosts);
+        self.aligned(job, aligned, table, state)
+    }
+
+    /// Host: PSI with the guest, then the aligned rows of `table`, as for the guest.
+    pub(super) fn host_align(
+        &self,
+        job: &Arc<JobHandle>,
+        link: &mut Link<'_>,
+        table: &Table,
+        guest: &str,
+        state: &str,
+    ) -> Result<Table, NodeError> {
+        job.state_event(
+            &self.store,
+            "psi",
+            format!("aligning {} rows with {guest}", table.rows()),
+        );
+        let aligned = psi::host_psi(link, guest, table);
+        self.aligned(job, aligned, table, state)
+    }
+
+    /// After PSI: the aligned rows of `table`, announced as the start of `state`.
+    fn aligned(
         &self,
         job: &JobHandle,
         psi: Result<Vec<u32>, NodeError>,
