@@ -57,11 +57,22 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
         .await
         .unwrap();
     assert!(!output.status.success());
-    let text = federation.state("bank").metrics.render();
-    assert!(
-        text.contains("unseen_refused_total{reason=\"tls\"}"),
-        "{text}"
-    );
+    // The node counts the failed handshake on its own task, which may finish after the
+    // client has given up: wait for it (at most 10 s).
+    let counted = || {
+        let text = federation.state("bank").metrics.render();
+        text.contains("unseen_refused_total{reason=\"tls\"}")
+            .then_some(())
+            .ok_or(text)
+    };
+    let mut waited = 0;
+    while counted().is_err() && waited < 200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    if let Err(text) = counted() {
+        panic!("no TLS refusal counted:\n{text}");
+    }
 
     // A certificate from the right CA but for another name cannot speak for the bank.
     node::certs::issue(&federation.dir.join("certs"), &["mallory".to_string()]).unwrap();
