@@ -173,9 +173,7 @@ impl ColumnPrep {
             Some(Binning::Cuts { cuts }) => {
                 if cuts.is_empty() || cuts.len() >= MAX_BINS {
                     Err(format!("bins.cuts needs 1 to {} cut points", MAX_BINS - 1))
-                } else if cuts.iter().any(|c| !c.is_finite())
-                    || cuts.windows(2).any(|w| w[0] >= w[1])
-                {
+                } else if !finite_and_increasing(cuts) {
                     Err("bins.cuts must be finite and increasing".into())
                 } else {
                     Ok(())
@@ -316,10 +314,7 @@ impl Bins {
     pub(crate) fn check(&self) -> Result<(), String> {
         match self {
             Bins::Cuts { cuts } => {
-                if cuts.len() >= MAX_BINS
-                    || cuts.iter().any(|c| !c.is_finite())
-                    || cuts.windows(2).any(|w| w[0] >= w[1])
-                {
+                if cuts.len() >= MAX_BINS || !finite_and_increasing(cuts) {
                     return Err("cuts must be finite, increasing and fewer than 100".into());
                 }
             }
@@ -529,25 +524,29 @@ fn fit_column(
             "holds text: bin it as categorical"
         }));
     }
-    let numbers = || -> Vec<f64> {
-        let mut values: Vec<f64> = train
+    // The training values, sorted, once: winsorising and the fitted cut points need them.
+    let by_values = matches!(
+        column.bins,
+        Some(Binning::Quantile { .. } | Binning::EqualWidth { .. })
+    );
+    let mut sorted: Vec<f64> = Vec::new();
+    if column.winsorise.is_some() || by_values {
+        sorted = train
             .iter()
             .map(|&r| table.values()[r * table.features() + source])
             .filter(|x| !x.is_nan())
             .collect();
-        values.sort_by(f64::total_cmp);
-        values
-    };
+        sorted.sort_by(f64::total_cmp);
+    }
     let mut transform = Transform {
         clip: None,
         log1p: column.log1p,
     };
-    if let Some([low, high]) = column.winsorise {
-        let values = numbers();
-        if !values.is_empty() {
-            transform.clip = Some([quantile(&values, low), quantile(&values, high)]);
-        }
+    if let (Some([low, high]), false) = (column.winsorise, sorted.is_empty()) {
+        transform.clip = Some([quantile(&sorted, low), quantile(&sorted, high)]);
     }
+    // The transform is monotone, so the transformed values stay sorted.
+    let transformed = || -> Vec<f64> { sorted.iter().map(|&x| transform.apply(x)).collect() };
     let bins = match &column.bins {
         None => None,
         Some(Binning::Categorical { min_share }) => {
@@ -568,7 +567,7 @@ fn fit_column(
         }
         Some(Binning::Cuts { cuts }) => Some(Bins::Cuts { cuts: cuts.clone() }),
         Some(Binning::Quantile { count }) => {
-            let values: Vec<f64> = numbers().into_iter().map(|x| transform.apply(x)).collect();
+            let values = transformed();
             let cuts = (1..*count)
                 .filter_map(|k| {
                     let at = (k * values.len()).div_ceil(*count);
@@ -580,7 +579,7 @@ fn fit_column(
             })
         }
         Some(Binning::EqualWidth { count }) => {
-            let values: Vec<f64> = numbers().into_iter().map(|x| transform.apply(x)).collect();
+            let values = transformed();
             let cuts = match (values.first(), values.last()) {
                 (Some(&low), Some(&high)) => (1..*count)
                     .map(|k| low + (high - low) * k as f64 / *count as f64)
@@ -606,6 +605,11 @@ fn fit_column(
         }
     };
     Ok((name.to_owned(), transform, bins))
+}
+
+/// Whether cut points can delimit bins.
+fn finite_and_increasing(cuts: &[f64]) -> bool {
+    cuts.iter().all(|c| c.is_finite()) && cuts.windows(2).all(|w| w[0] < w[1])
 }
 
 /// The nearest-rank quantile of sorted values.
