@@ -8,10 +8,20 @@
 //! ```text
 //! cargo run --release --example defaults
 //! ```
+//!
+//! With `selection`, the defaults of a training job's `[select]` instead: on the same books,
+//! binning statistics of the training rows (the HE protocol, in process), then each merge
+//! rule and IV threshold, trained with the training defaults; test AUC and log-loss against
+//! training on every bin.
+//!
+//! ```text
+//! cargo run --release --example defaults -- selection
+//! ```
 
 use fedlearn::{
-    evaluate, train_plain_vertical, train_reference, Binning, Calibration, ColumnPrep, Missing,
-    Optimizer, Prep, Reading, ReferenceConfig, Residual, Schedule, Table, TrainConfig,
+    answer_binning, evaluate, train_plain_vertical, train_reference, Binning, BinningGuest,
+    BinningLimits, Calibration, ColumnPrep, Merge, Missing, Optimizer, Prep, Reading,
+    ReferenceConfig, Residual, Schedule, Selection, Table, TrainConfig,
 };
 
 struct Book {
@@ -171,6 +181,7 @@ fn log_loss(p: &[f64], y: &[f64]) -> f64 {
         / y.len() as f64
 }
 
+#[derive(Clone)]
 struct Outcome {
     auc: f64,
     loss: f64,
@@ -178,13 +189,17 @@ struct Outcome {
 
 /// Trains with `config` on the training rows, calibrates on them (as the guest does on its
 /// reveal) and scores the test rows.
-fn federated_rule(book: &Book, train: &[usize], test: &[usize], config: &TrainConfig) -> Outcome {
+fn federated_rule(
+    book: &Book,
+    (train, test): (&[usize], &[usize]),
+    config: &TrainConfig,
+    preps: &[Prep],
+) -> Outcome {
     let select = |t: &Table, rows: &[usize]| t.select_rows(rows).expect("rows");
     let hosts: Vec<Table> = book.hosts.iter().map(|h| select(h, train)).collect();
     let refs: Vec<&Table> = hosts.iter().collect();
-    let preps = vec![book.prep.clone(); refs.len() + 1];
     let run =
-        train_plain_vertical(&select(&book.guest, train), &refs, &preps, config).expect("training");
+        train_plain_vertical(&select(&book.guest, train), &refs, preps, config).expect("training");
     let scores = |rows: &[usize]| -> Vec<f64> {
         let mut z = run
             .guest
@@ -339,6 +354,10 @@ fn main() {
         .iter()
         .map(|b| stratified(b.guest.labels().expect("labels")))
         .collect();
+    if std::env::args().any(|a| a == "selection") {
+        selection(&books, &splits);
+        return;
+    }
     let references: Vec<Outcome> = books
         .iter()
         .zip(&splits)
@@ -362,7 +381,8 @@ fn main() {
         let (mut worst, mut sum, mut loss) = (0.0f64, 0.0, 0.0f64);
         let mut gaps = Vec::new();
         for ((book, (train, test)), r) in books.iter().zip(&splits).zip(&references) {
-            let o = federated_rule(book, train, test, config);
+            let preps = vec![book.prep.clone(); book.hosts.len() + 1];
+            let o = federated_rule(book, (train, test), config, &preps);
             worst = worst.max(r.auc - o.auc);
             sum += r.auc - o.auc;
             loss = loss.max(o.loss - r.loss);
@@ -383,6 +403,106 @@ fn main() {
             mean,
             loss,
             gaps.join(" ")
+        );
+    }
+}
+
+/// Every merge rule and IV threshold of `[select]` on every book, against training on every
+/// bin of the binning job.
+fn selection(books: &[Book], splits: &[(Vec<usize>, Vec<usize>)]) {
+    let limits = BinningLimits {
+        min_rows: 100,
+        min_share: 0.05,
+    };
+    let config = TrainConfig::default();
+    let mut rules = vec![("every bin".to_string(), Merge::None, 0.0)];
+    for merge in [Merge::None, Merge::Monotone, Merge::Chi] {
+        for min_iv in [0.02, 0.05] {
+            rules.push((format!("{merge:?} min_iv {min_iv}"), merge, min_iv));
+        }
+    }
+    rules.push(("Monotone min_iv 0".into(), Merge::Monotone, 0.0));
+    rules.push(("Chi min_iv 0".into(), Merge::Chi, 0.0));
+    // Per rule: per book (AUC, log-loss, columns) or None when a party keeps no column.
+    let mut results: Vec<Vec<Option<(Outcome, usize)>>> = vec![Vec::new(); rules.len()];
+    for (book, (train, test)) in books.iter().zip(splits) {
+        let select = |t: &Table| t.select_rows(train).expect("rows");
+        let hosts: Vec<Table> = book.hosts.iter().map(select).collect();
+        let names: Vec<String> = (1..=hosts.len()).map(|k| format!("host{k}")).collect();
+        let (mut binning, request) =
+            BinningGuest::new("bank", &select(&book.guest), &book.prep, &names).expect("guest");
+        let mut kept = vec![binning.kept_bins().to_vec()];
+        for (name, host) in names.iter().zip(&hosts) {
+            let (answer, _, host_kept) = answer_binning(
+                name,
+                "bank",
+                host,
+                &book.prep,
+                &limits,
+                false,
+                request.clone(),
+            )
+            .expect("host");
+            kept.push(host_kept);
+            binning.receive(name, answer).expect("counts");
+        }
+        let report = binning.finish().expect("report");
+        let parties: Vec<String> = std::iter::once("bank".to_string())
+            .chain(names.iter().cloned())
+            .collect();
+        for ((_, merge, min_iv), results) in rules.iter().zip(&mut results) {
+            let selection = Selection {
+                binning_job: "b".into(),
+                merge: *merge,
+                min_iv: *min_iv,
+                top_k: None,
+                columns: Default::default(),
+            };
+            let Ok(chosen) = selection.choose(&report, &parties) else {
+                results.push(None);
+                continue;
+            };
+            let preps: Vec<Prep> = parties
+                .iter()
+                .zip(&kept)
+                .map(|(party, kept)| {
+                    let mut prep = selection.prep(party, &chosen);
+                    prep.keep(kept.clone()).expect("kept bins");
+                    prep
+                })
+                .collect();
+            let outcome = federated_rule(book, (train, test), &config, &preps);
+            results.push(Some((outcome, chosen.len())));
+        }
+    }
+    println!(
+        "[select] rules: test AUC / log-loss (columns) per book; mean AUC change against every bin"
+    );
+    for book in books {
+        println!("  {}", book.name);
+    }
+    let every_bin: Vec<Option<f64>> = results[0]
+        .iter()
+        .map(|r| r.as_ref().map(|(o, _)| o.auc))
+        .collect();
+    for ((name, _, _), results) in rules.iter().zip(&results) {
+        let cells: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Some((o, n)) => format!("{:.4}/{:.4}({n})", o.auc, o.loss),
+                None => "-".into(),
+            })
+            .collect();
+        let changes: Vec<f64> = results
+            .iter()
+            .zip(&every_bin)
+            .filter_map(|(r, base)| Some(r.as_ref()?.0.auc - (*base)?))
+            .collect();
+        println!(
+            "  {name:<22} mean {:+.4} worst {:+.4}  {}",
+            changes.iter().sum::<f64>() / changes.len().max(1) as f64,
+            changes.iter().copied().fold(f64::INFINITY, f64::min),
+            cells.join(" ")
         );
     }
 }

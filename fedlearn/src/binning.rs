@@ -23,9 +23,7 @@
 //! ciphertext whose declared bound is not 1, but cannot see its contents, so against such a
 //! guest only the number of binning jobs a host's policy allows bounds the loss.
 //!
-//! WOE of a bin is ln(share of the non-events in it / share of the events in it) — positive
-//! is safer, in the credit convention — with 0.5 in place of an empty count; IV is
-//! Σ (share of non-events − share of events)·WOE.
+//! WOE and IV follow the credit convention ([`ColumnStats`]).
 
 use std::collections::BTreeMap;
 
@@ -36,8 +34,9 @@ use crate::data::Table;
 use crate::error::FedError;
 use crate::message::{ColumnSizes, Message};
 use crate::party::{job_nonce, signed};
-use crate::prep::{Fitted, Prep, RowBins};
+use crate::prep::{Bins, Fitted, KeptBins, Prep, RowBins};
 use crate::protocol::{packing_levels, PARAMS};
+use crate::woe::ColumnStats;
 
 /// Host bins per HE product: bounds the host's memory (each bin holds its transformed
 /// indicator column, 24 bytes per row) and sets the packing (32 results per ciphertext).
@@ -59,71 +58,6 @@ impl BinningLimits {
         self.min_rows
             .max((self.min_share * rows as f64).ceil() as u64)
             .max(1)
-    }
-}
-
-/// One bin's counts and weight of evidence.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BinStats {
-    /// The bin (its range or category for the guest's own columns, its position for a host's).
-    pub label: String,
-    /// Rows in the bin.
-    pub rows: u64,
-    /// Events (label 1) among them.
-    pub events: u64,
-    /// ln(share of non-events / share of events).
-    pub woe: f64,
-    /// The bin's share of the column's IV.
-    pub iv: f64,
-}
-
-/// One column's bins and information value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ColumnStats {
-    /// The party holding the column.
-    pub party: String,
-    /// Its name, or the host's alias for it.
-    pub name: String,
-    /// Its non-empty bins.
-    pub bins: Vec<BinStats>,
-    /// Information value.
-    pub iv: f64,
-}
-
-impl ColumnStats {
-    fn new(
-        party: &str,
-        name: String,
-        bins: Vec<(String, u64, u64)>,
-        rows: u64,
-        events: u64,
-    ) -> ColumnStats {
-        let non_events = rows - events;
-        // An empty count counts as 0.5, so that WOE stays finite.
-        let share = |count: u64, total: u64| {
-            (if count == 0 { 0.5 } else { count as f64 }) / total.max(1) as f64
-        };
-        let bins: Vec<BinStats> = bins
-            .into_iter()
-            .filter(|&(_, n, _)| n > 0)
-            .map(|(label, n, e)| {
-                let (good, bad) = (share(n - e, non_events), share(e, events));
-                let woe = (good / bad).ln();
-                BinStats {
-                    label,
-                    rows: n,
-                    events: e,
-                    woe,
-                    iv: (good - bad) * woe,
-                }
-            })
-            .collect();
-        ColumnStats {
-            party: party.to_owned(),
-            name,
-            iv: bins.iter().map(|b| b.iv).sum(),
-            bins,
-        }
     }
 }
 
@@ -152,6 +86,7 @@ pub struct BinningGuest {
     events: u64,
     hosts: Vec<String>,
     own: Vec<ColumnStats>,
+    kept: Vec<KeptBins>,
     received: BTreeMap<String, Vec<ColumnStats>>,
 }
 
@@ -169,23 +104,41 @@ impl BinningGuest {
             .ok_or_else(|| FedError::config("labels", "the guest's table has no label column"))?;
         let rows = table.rows() as u64;
         let events = labels.iter().filter(|&&y| y == 1.0).count() as u64;
-        let own = bin_columns(party, prep, table)?
-            .into_iter()
-            .map(|column| {
-                let mut counts = vec![(0u64, 0u64); column.labels.len()];
-                for (&bin, &y) in column.of_row.iter().zip(labels) {
-                    counts[bin].0 += 1;
-                    counts[bin].1 += u64::from(y == 1.0);
-                }
-                let bins = column
-                    .labels
-                    .into_iter()
-                    .zip(counts)
-                    .map(|(label, (n, e))| (label, n, e))
-                    .collect();
-                ColumnStats::new(party, column.name, bins, rows, events)
-            })
-            .collect();
+        let (mut own, mut kept) = (Vec::new(), Vec::new());
+        for column in bin_columns(party, prep, table)? {
+            let mut counts = vec![(0u64, 0u64); column.labels.len()];
+            for (&bin, &y) in column.of_row.iter().zip(labels) {
+                counts[bin].0 += 1;
+                counts[bin].1 += u64::from(y == 1.0);
+            }
+            let missing = column.bins.value_bins();
+            let categorical = matches!(column.bins, Bins::Categories { .. });
+            kept.push(KeptBins {
+                name: column.name.clone(),
+                reported: column.name.clone(),
+                transform: column.transform,
+                bins: column.bins,
+                // The report shows the non-empty bins.
+                groups: (0..counts.len())
+                    .filter(|&b| counts[b].0 > 0)
+                    .map(|b| vec![b])
+                    .collect(),
+            });
+            let bins = column
+                .labels
+                .into_iter()
+                .zip(counts)
+                .enumerate()
+                .map(|(b, (label, (n, e)))| (label, n, e, b == missing))
+                .collect();
+            own.push(ColumnStats::new(
+                party,
+                (column.name, categorical),
+                bins,
+                rows,
+                events,
+            ));
+        }
         let (secret, public) = SecretKey::generate(&PARAMS);
         let packing = secret
             .packing_key(packing_levels(BINS_PER_PRODUCT))
@@ -207,6 +160,7 @@ impl BinningGuest {
                 events,
                 hosts: hosts.to_vec(),
                 own,
+                kept,
                 received: BTreeMap::new(),
             },
             message,
@@ -274,16 +228,25 @@ impl BinningGuest {
                     column.name
                 )));
             }
+            let last = column.sizes.len() - 1;
             let bins = column
                 .sizes
                 .iter()
                 .zip(counts)
                 .enumerate()
-                .map(|(b, (&n, &e))| (format!("{}", b + 1), n, e as u64))
+                .map(|(b, (&n, &e))| {
+                    let missing = column.missing_last && b == last;
+                    let label = if missing {
+                        "missing".into()
+                    } else {
+                        b.to_string()
+                    };
+                    (label, n, e as u64, missing)
+                })
                 .collect();
             stats.push(ColumnStats::new(
                 host,
-                column.name,
+                (column.name, column.categorical),
                 bins,
                 self.rows,
                 self.events,
@@ -291,6 +254,11 @@ impl BinningGuest {
         }
         self.received.insert(host.to_owned(), stats);
         Ok(())
+    }
+
+    /// The guest's own bins, to keep for a training job on them.
+    pub fn kept_bins(&self) -> &[KeptBins] {
+        &self.kept
     }
 
     /// The hosts that have not answered yet.
@@ -331,7 +299,8 @@ pub struct BinningDisclosure {
 }
 
 /// A host's answer to [`Message::BinningLabels`]: its columns binned on the aligned rows of
-/// `table`, bins under `limits` merged, and the encrypted event count of every bin. With
+/// `table`, bins under `limits` merged, and the encrypted event count of every bin; with what
+/// it disclosed and the bins it used, to keep for a training job on them. With
 /// `publish_names`, the columns go by their names, otherwise as `party:1`, `party:2`, ….
 pub fn answer_binning(
     party: &str,
@@ -341,7 +310,7 @@ pub fn answer_binning(
     limits: &BinningLimits,
     publish_names: bool,
     request: Message,
-) -> Result<(Message, BinningDisclosure), FedError> {
+) -> Result<(Message, BinningDisclosure, Vec<KeptBins>), FedError> {
     let Message::BinningLabels {
         key,
         packing,
@@ -369,7 +338,7 @@ pub fn answer_binning(
         ));
     }
     let threshold = limits.threshold(rows as u64);
-    let mut columns = Vec::new();
+    let (mut columns, mut kept) = (Vec::new(), Vec::new());
     // Every merged bin to count, as (column, bin), and each column's merged bin of every row.
     let mut indicators: Vec<(usize, usize)> = Vec::new();
     let mut merged_of_row: Vec<Vec<usize>> = Vec::new();
@@ -391,13 +360,23 @@ pub fn answer_binning(
         }
         indicators.extend((0..groups.len()).map(|m| (k, m)));
         merged_of_row.push(column.of_row.iter().map(|&b| of_bin[b]).collect());
+        let name = if publish_names {
+            column.name.clone()
+        } else {
+            format!("{party}:{}", k + 1)
+        };
         columns.push(ColumnSizes {
-            name: if publish_names {
-                column.name
-            } else {
-                format!("{party}:{}", k + 1)
-            },
+            name: name.clone(),
             sizes: merged,
+            categorical: matches!(column.bins, Bins::Categories { .. }),
+            missing_last: groups.last() == Some(&vec![column.bins.value_bins()]),
+        });
+        kept.push(KeptBins {
+            name: column.name,
+            reported: name,
+            transform: column.transform,
+            bins: column.bins,
+            groups,
         });
     }
     // The labels are transformed once for all the products.
@@ -438,6 +417,7 @@ pub fn answer_binning(
             shares,
         },
         disclosure,
+        kept,
     ))
 }
 
@@ -527,28 +507,6 @@ mod tests {
         // Merging stops when one group is left, however small.
         assert_eq!(merge_small(&[3, 2, 1], 10), vec![vec![0, 1, 2]]);
         assert_eq!(merge_small(&[30, 30, 0], 10), vec![vec![0], vec![1]]);
-    }
-
-    #[test]
-    fn woe_and_iv_follow_the_credit_convention() {
-        // 100 rows, 20 events; a bin with 10 of 20 events and 10 of 80 non-events.
-        let stats = ColumnStats::new(
-            "bank",
-            "x".into(),
-            vec![
-                ("a".into(), 20, 10),
-                ("b".into(), 80, 10),
-                ("c".into(), 0, 0),
-            ],
-            100,
-            20,
-        );
-        assert_eq!(stats.bins.len(), 2, "empty bins are left out");
-        let risky = &stats.bins[0];
-        assert!((risky.woe - (0.125f64 / 0.5).ln()).abs() < 1e-12);
-        assert!(risky.woe < 0.0, "more events than average: negative WOE");
-        let iv = (0.125 - 0.5) * (0.125f64 / 0.5).ln() + (0.875 - 0.5) * (0.875f64 / 0.5).ln();
-        assert!((stats.iv - iv).abs() < 1e-12);
     }
 
     #[test]

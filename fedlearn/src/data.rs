@@ -27,6 +27,8 @@ pub enum Reading {
     Binned,
     /// Text or a missing cell: a categorical column.
     Text,
+    /// Not read: the job or the model does not use the column.
+    Skip,
 }
 
 /// Rows of one party: ids, named feature columns (row-major, missing values are NaN) and, for
@@ -142,15 +144,16 @@ impl Table {
         };
         let id_at = find(id_column)?;
         let label_at = label_column.map(find).transpose()?;
-        let feature_at: Vec<usize> = (0..header.len())
-            .filter(|&i| i != id_at && Some(i) != label_at)
-            .collect();
         for (i, name) in header.iter().enumerate() {
             if header[..i].contains(name) {
                 return Err(error(1, name, "the column name appears twice".into()));
             }
         }
-        let readings: Vec<Reading> = feature_at.iter().map(|&at| reading(header[at])).collect();
+        let (feature_at, readings): (Vec<usize>, Vec<Reading>) = (0..header.len())
+            .filter(|&i| i != id_at && Some(i) != label_at)
+            .map(|i| (i, reading(header[i])))
+            .filter(|(_, r)| *r != Reading::Skip)
+            .unzip();
         let mut dictionaries: Vec<Option<Vec<String>>> = readings
             .iter()
             .map(|r| (*r == Reading::Text).then(Vec::new))

@@ -490,6 +490,8 @@ impl GuestSession {
                 metrics,
                 calibration: model_calibration,
                 reliability: reliability(&probabilities, &labels, 10),
+                probabilities,
+                labels,
             },
         });
         Ok(())

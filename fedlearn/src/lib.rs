@@ -2,7 +2,9 @@
 //!
 //! One guest holds the labels (the bank); one or more hosts hold features of the same aligned
 //! rows (tax bureau, utility company). Every party owns an [`he`] key pair and updates only its
-//! own weights. This is protocol version 3 ([`PROTOCOL_VERSION`]): training as in version 2, and the binning job of [`BinningGuest`].
+//! own weights. This is protocol version 4 ([`PROTOCOL_VERSION`]): training as in version 2, and
+//! the binning job of [`BinningGuest`] (new in 4: each host column's bin sizes say whether it is
+//! categorical and whether its last bin is the missing bin).
 //!
 //! **Set-up, once per job.** Every party P quantises its standardised features X̃_P (the
 //! guest's with a column of ones for the intercept), encrypts them under its own key, batch by
@@ -124,13 +126,12 @@ mod party;
 mod prep;
 mod protocol;
 mod reference;
+mod select;
 mod session;
 mod simulator;
+mod woe;
 
-pub use binning::{
-    answer_binning, BinStats, BinningDisclosure, BinningGuest, BinningLimits, BinningReport,
-    ColumnStats,
-};
+pub use binning::{answer_binning, BinningDisclosure, BinningGuest, BinningLimits, BinningReport};
 pub use config::{EarlyStopping, Optimizer, Schedule, TrainConfig, MAX_BATCH_ROWS};
 pub use data::{Missing, Reading, Table};
 pub use error::FedError;
@@ -138,11 +139,12 @@ pub use guest::{run_guest, GuestJob, GuestSession};
 pub use host::{receive_proposal, run_host, HostJob, HostSession};
 pub use math::sigmoid;
 pub use message::{ColumnSizes, Message, PartyKeys, Proposal, Transport, PROTOCOL_VERSION};
-pub use metrics::{evaluate, reliability, Metrics, ReliabilityBin};
+pub use metrics::{bands, evaluate, reliability, roc_curve, BandStats, Metrics, ReliabilityBin};
 pub use model::{
-    joint_probabilities, BinnedWeight, Calibration, FeatureWeight, ModelPart, Role, MODEL_FORMAT,
+    joint_probabilities, BinnedWeight, Calibration, FeatureWeight, ModelPart, Role, ScorecardBin,
+    ScorecardColumn, MODEL_FORMAT,
 };
-pub use prep::{Binning, Bins, ColumnPrep, Prep, Transform, MAX_BINS};
+pub use prep::{Binning, Bins, ColumnPrep, KeptBins, Prep, Transform, MAX_BINS};
 pub use protocol::{
     Convergence, EpochReport, Event, FinalEvaluation, GuestOutcome, HostOutcome, RevealedRows,
     StopReason, Stopped, STILL_FALLING,
@@ -150,8 +152,10 @@ pub use protocol::{
 pub use reference::{
     train_plain_vertical, train_reference, LinearModel, PlainOutcome, ReferenceConfig, Residual,
 };
+pub use select::{ChosenColumn, Merge, Selection};
 pub use session::{drive, Session};
 pub use simulator::{simulate, Simulation, WireRecord};
+pub use woe::{BinStats, ColumnStats};
 
 /// Test hooks: deviating parties in the simulator, and the rows every party derives from a
 /// job's seed. Not part of the supported interface.

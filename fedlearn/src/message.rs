@@ -9,7 +9,7 @@ use crate::error::FedError;
 /// Version 2: features encrypted once under their owner's key, products released only to the
 /// owner of the encrypted side, aggregate per-epoch losses, one final reveal. Version 3: the
 /// binning job's messages.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 const MAGIC: &[u8; 4] = b"UNFL";
 
@@ -38,6 +38,10 @@ pub struct ColumnSizes {
     pub name: String,
     /// Rows per (merged) bin.
     pub sizes: Vec<u64>,
+    /// A text column: its bins are categories, in no order.
+    pub categorical: bool,
+    /// The last bin holds the rows with a missing value, and only them.
+    pub missing_last: bool,
 }
 
 /// Every party's keys and shape, sent to every other party once per job.
@@ -314,6 +318,7 @@ impl Message {
                 for column in columns {
                     blob(&mut out, column.name.as_bytes());
                     words(&mut out, &column.sizes);
+                    out.push(u8::from(column.categorical) | u8::from(column.missing_last) << 1);
                 }
                 out.extend_from_slice(&(products.len() as u64).to_le_bytes());
                 for (product, shares) in products.iter().zip(shares) {
@@ -419,9 +424,17 @@ impl Message {
                 }
                 let columns = (0..count)
                     .map(|_| {
+                        let (name, sizes, flags) = (r.string()?, r.words()?, r.byte()?);
+                        if flags > 3 {
+                            return Err(FedError::Malformed(format!(
+                                "column flags {flags:#x} name no kind"
+                            )));
+                        }
                         Ok(ColumnSizes {
-                            name: r.string()?,
-                            sizes: r.words()?,
+                            name,
+                            sizes,
+                            categorical: flags & 1 == 1,
+                            missing_last: flags & 2 == 2,
                         })
                     })
                     .collect::<Result<_, FedError>>()?;

@@ -48,6 +48,79 @@ pub fn reliability(probabilities: &[f64], labels: &[f64], groups: usize) -> Vec<
         .collect()
 }
 
+/// The rows whose probability is at least `from` and below the next band's.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BandStats {
+    /// The band's lowest probability.
+    pub from: f64,
+    /// Rows in the band.
+    pub count: usize,
+    /// Their mean predicted probability.
+    pub mean_probability: f64,
+    /// Their share of positive labels (0 in an empty band).
+    pub observed_rate: f64,
+}
+
+/// The rows in bands of probability that begin at 0 and at each of `starts` (increasing).
+pub fn bands(probabilities: &[f64], labels: &[f64], starts: &[f64]) -> Vec<BandStats> {
+    let froms: Vec<f64> = std::iter::once(0.0).chain(starts.iter().copied()).collect();
+    let mut sums = vec![(0usize, 0.0f64, 0.0f64); froms.len()];
+    for (&p, &y) in probabilities.iter().zip(labels) {
+        let band = froms.partition_point(|&f| f <= p).saturating_sub(1);
+        sums[band].0 += 1;
+        sums[band].1 += p;
+        sums[band].2 += y;
+    }
+    froms
+        .iter()
+        .zip(sums)
+        .map(|(&from, (count, p, y))| {
+            let n = count.max(1) as f64;
+            BandStats {
+                from,
+                count,
+                mean_probability: p / n,
+                observed_rate: y / n,
+            }
+        })
+        .collect()
+}
+
+/// Points (false-positive rate, true-positive rate) of the ROC curve at `points` thresholds
+/// spaced by rank, from (0, 0) to (1, 1).
+pub fn roc_curve(probabilities: &[f64], labels: &[f64], points: usize) -> Vec<[f64; 2]> {
+    let mut order: Vec<usize> = (0..probabilities.len().min(labels.len())).collect();
+    order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+    let positives = order.iter().filter(|&&r| labels[r] == 1.0).count().max(1) as f64;
+    let negatives = order.iter().filter(|&&r| labels[r] != 1.0).count().max(1) as f64;
+    let points = points.clamp(1, order.len().max(1));
+    let mut curve = vec![[0.0, 0.0]];
+    let (mut tp, mut fp, mut at) = (0.0, 0.0, 0);
+    for k in 1..=points {
+        let mut end = k * order.len() / points;
+        // A threshold does not split rows of equal probability.
+        while end < order.len()
+            && end > 0
+            && probabilities[order[end]] == probabilities[order[end - 1]]
+        {
+            end += 1;
+        }
+        if end <= at {
+            continue;
+        }
+        for &r in &order[at..end] {
+            if labels[r] == 1.0 {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+        }
+        at = end;
+        curve.push([fp / negatives, tp / positives]);
+    }
+    curve
+}
+
 /// Computes the metrics of probabilities against 0/1 labels.
 pub fn evaluate(probabilities: &[f64], labels: &[f64]) -> Result<Metrics, FedError> {
     if probabilities.len() != labels.len() {
@@ -126,6 +199,25 @@ pub fn evaluate(probabilities: &[f64], labels: &[f64]) -> Result<Metrics, FedErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bands_and_roc_points_count_the_rows() {
+        let p = [0.05, 0.1, 0.15, 0.25, 0.3, 0.5, 0.9, 0.95];
+        let y = [0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0];
+        let b = bands(&p, &y, &[0.2, 0.5]);
+        assert_eq!(b.iter().map(|b| b.count).collect::<Vec<_>>(), [3, 2, 3]);
+        assert_eq!(b[2].from, 0.5);
+        assert!((b[0].observed_rate - 1.0 / 3.0).abs() < 1e-12);
+        assert!((b[2].mean_probability - (0.5 + 0.9 + 0.95) / 3.0).abs() < 1e-12);
+        let roc = roc_curve(&p, &y, 4);
+        assert_eq!(roc.first(), Some(&[0.0, 0.0]));
+        assert_eq!(roc.last(), Some(&[1.0, 1.0]));
+        // The top two rows are both positive.
+        assert_eq!(roc[1], [0.0, 0.5]);
+        assert!(roc
+            .windows(2)
+            .all(|w| w[0][0] <= w[1][0] && w[0][1] <= w[1][1]));
+    }
 
     #[test]
     fn small_known_cases() {

@@ -6,11 +6,12 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Missing, Reading, Table};
 use crate::error::FedError;
 use crate::prep::{cell, Bins, Fitted, Transform};
+use crate::woe::ColumnStats;
 
 /// Version of the model JSON this build writes. It also reads format 1, the parts written
 /// before calibration existed (they score with the plain logistic function), and format 2,
 /// the parts written before column preparation (no transforms, no binned columns).
-pub const MODEL_FORMAT: u32 = 3;
+pub const MODEL_FORMAT: u32 = 4;
 
 /// Which side of the federation a model part belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +54,53 @@ pub struct BinnedWeight {
     pub bins: Bins,
     /// Points per bin, [`Bins::len`] of them.
     pub points: Vec<f64>,
+    /// Groups of bins merged into one (they share their points; format 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<Vec<usize>>,
+}
+
+impl BinnedWeight {
+    /// Every bin's group, merged bins together, in the order of their first bins.
+    pub fn groups(&self) -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for bin in 0..self.bins.len() {
+            match self.merged.iter().find(|g| g.contains(&bin)) {
+                Some(group) if group[0] != bin => {}
+                Some(group) => groups.push(group.clone()),
+                None => groups.push(vec![bin]),
+            }
+        }
+        groups
+    }
+}
+
+/// One bin of a scorecard: its rows among the guest's aligned rows, their events, the bin's
+/// WOE and share of IV, and its points.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScorecardBin {
+    /// The bin's label.
+    pub label: String,
+    /// Rows in it.
+    pub rows: u64,
+    /// Events among them.
+    pub events: u64,
+    /// Weight of evidence (as in the binning report).
+    pub woe: f64,
+    /// Its share of the column's IV.
+    pub iv: f64,
+    /// Its points: its share of the joint score.
+    pub points: f64,
+}
+
+/// A binned column of the guest's model part as a scorecard (merged bins as one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScorecardColumn {
+    /// The column.
+    pub name: String,
+    /// Its information value on these bins.
+    pub iv: f64,
+    /// Its bins that hold rows.
+    pub bins: Vec<ScorecardBin>,
 }
 
 /// Platt scaling of the joint score: probability = σ(slope·z + offset).
@@ -251,6 +299,23 @@ impl ModelPart {
                     b.bins.len()
                 )));
             }
+            let mut seen = vec![false; b.bins.len()];
+            let merged_well = b.merged.iter().all(|g| {
+                g.len() >= 2
+                    && g.windows(2).all(|w| w[0] < w[1])
+                    && g.iter().all(|&bin| {
+                        bin < seen.len()
+                            && !std::mem::replace(&mut seen[bin], true)
+                            && b.points[bin] == b.points[g[0]]
+                    })
+            });
+            if !merged_well || (model.format < 4 && !b.merged.is_empty()) {
+                return Err(error(format!(
+                    "feature {:?}: merged bins must be disjoint increasing groups of two or \
+                     more bins with equal points (format 4 or later)",
+                    b.name
+                )));
+            }
             if matches!(b.bins, Bins::Categories { .. }) && !b.transform.is_identity() {
                 return Err(error(format!(
                     "feature {:?}: a categorical feature has no transform",
@@ -263,12 +328,93 @@ impl ModelPart {
 
     /// How scoring reads column `name` from a file: as [`Prep::reading`](crate::Prep::reading)
     /// did in training.
+    /// A column the part does not use is not read.
     pub fn reading(&self, name: &str) -> Reading {
         match self.binned.iter().find(|b| b.name == name) {
             Some(b) if matches!(b.bins, Bins::Categories { .. }) => Reading::Text,
             Some(_) => Reading::Binned,
-            None => Reading::Number,
+            None if self.features.iter().any(|f| f.name == name) => Reading::Number,
+            None => Reading::Skip,
         }
+    }
+
+    /// The binned columns of this part as a scorecard over the rows of `table`, which holds
+    /// the labels (the guest's aligned rows).
+    pub fn scorecard(&self, table: &Table) -> Result<Vec<ScorecardColumn>, FedError> {
+        let labels = table
+            .labels()
+            .ok_or_else(|| FedError::config("labels", "a scorecard needs the labels"))?;
+        let (rows, events) = (
+            labels.len() as u64,
+            labels.iter().filter(|&&y| y == 1.0).count() as u64,
+        );
+        self.binned
+            .iter()
+            .map(|b| {
+                let column = table
+                    .feature_names()
+                    .iter()
+                    .position(|n| *n == b.name)
+                    .ok_or_else(|| FedError::Model {
+                        source_name: self.model_id.clone(),
+                        reason: format!("the data has no column {:?}", b.name),
+                    })?;
+                let mut counts = vec![(0u64, 0u64); b.bins.len()];
+                for (row, &y) in labels.iter().enumerate() {
+                    let bin =
+                        b.bins
+                            .bin(cell(table, row, column, &b.transform))
+                            .map_err(|reason| FedError::Model {
+                                source_name: self.model_id.clone(),
+                                reason: format!("column {:?} {reason}", b.name),
+                            })?;
+                    counts[bin].0 += 1;
+                    counts[bin].1 += u64::from(y == 1.0);
+                }
+                let missing = b.bins.value_bins();
+                let groups = b.groups();
+                let sum = |g: &[usize]| {
+                    g.iter().fold((0, 0), |(n, e), &bin| {
+                        (n + counts[bin].0, e + counts[bin].1)
+                    })
+                };
+                let stats = ColumnStats::new(
+                    &self.party,
+                    (b.name.clone(), matches!(b.bins, Bins::Categories { .. })),
+                    groups
+                        .iter()
+                        .map(|g| {
+                            let (n, e) = sum(g);
+                            (b.bins.group_label(g), n, e, g == &[missing])
+                        })
+                        .collect(),
+                    rows,
+                    events,
+                );
+                // The groups with rows, in order, as the statistics list them.
+                let points = groups
+                    .iter()
+                    .filter(|g| sum(g).0 > 0)
+                    .map(|g| b.points[g[0]]);
+                Ok(ScorecardColumn {
+                    name: b.name.clone(),
+                    iv: stats.iv,
+                    bins: stats
+                        .bins
+                        .into_iter()
+                        .zip(points)
+                        .map(|(s, points)| ScorecardBin {
+                            label: s.label,
+                            rows: s.rows,
+                            events: s.events,
+                            woe: s.woe,
+                            iv: s.iv,
+                            points,
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     /// This party's share of z for every row of `table`, whose columns are matched by name.
@@ -473,7 +619,7 @@ fn model_columns(
                 // The standardised indicators' contribution when every one is at its
                 // mean is 0; a row in bin b moves indicator b from its mean to 1 and the
                 // others from theirs to 0.
-                let used: Vec<usize> = indicators.iter().flatten().copied().collect();
+                let used = crate::prep::distinct(indicators);
                 let at_zero: f64 = used.iter().map(|&d| -weights[d] * means[d] / stds[d]).sum();
                 let points = indicators
                     .iter()
@@ -482,11 +628,21 @@ fn model_columns(
                         None => 0.0,
                     })
                     .collect();
+                let merged = used
+                    .iter()
+                    .map(|&d| {
+                        (0..indicators.len())
+                            .filter(|&bin| indicators[bin] == Some(d))
+                            .collect::<Vec<_>>()
+                    })
+                    .filter(|g| g.len() > 1)
+                    .collect();
                 binned.push(BinnedWeight {
                     name: column.name.clone(),
                     transform: column.transform,
                     bins: bins.clone(),
                     points,
+                    merged,
                 });
                 at += used.len();
             }

@@ -30,6 +30,35 @@ pub struct Prep {
     pub default: ColumnPrep,
     /// Per column name, replacing `default` for that column.
     pub columns: BTreeMap<String, ColumnPrep>,
+    /// Train on these columns only (every column when absent). A host may name its columns
+    /// by the aliases of its binning report.
+    pub select: Option<Vec<String>>,
+    /// The binning job whose bins this party trains on: it kept them (transform, edges and
+    /// merges) when it sent its counts; `default` and `columns` must then be empty.
+    pub binning_job: Option<String>,
+    /// Per column of a binning job, groups of its bins — numbered from 0 as in the job's
+    /// report — that share one indicator (bins not named stay on their own).
+    pub merge: BTreeMap<String, Vec<Vec<usize>>>,
+    /// The bins of `binning_job`, by column: filled in by the party that kept them.
+    #[serde(skip)]
+    pub kept: BTreeMap<String, KeptBins>,
+}
+
+/// A column's bins as a binning job fitted them, kept by the party that owns the column.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeptBins {
+    /// The column.
+    pub name: String,
+    /// Its name in the binning report (the name itself or the host's alias).
+    pub reported: String,
+    /// The fitted transform.
+    pub transform: Transform,
+    /// The fitted bins.
+    pub bins: Bins,
+    /// The bins the report shows, in its order: each a group of `bins`' bins (a host merges
+    /// bins under its minimum size; empty bins are in none).
+    pub groups: Vec<Vec<usize>>,
 }
 
 /// How one column is prepared: winsorised, then log1p, then binned or standardised.
@@ -82,9 +111,25 @@ impl Prep {
         self.columns.get(name).unwrap_or(&self.default)
     }
 
+    /// Whether the party trains on column `name`.
+    pub fn selects(&self, name: &str) -> bool {
+        self.select
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|c| c == name))
+    }
+
     /// How column `name` is read from a file: binned columns may hold missing values whatever
     /// the dataset's policy, categorical ones hold text.
     pub fn reading(&self, name: &str) -> Reading {
+        if !self.selects(name) {
+            return Reading::Skip;
+        }
+        if let Some(kept) = self.kept.get(name) {
+            return match kept.bins {
+                Bins::Categories { .. } => Reading::Text,
+                Bins::Cuts { .. } => Reading::Binned,
+            };
+        }
         match &self.column(name).bins {
             None => Reading::Number,
             Some(Binning::Categorical { .. }) => Reading::Text,
@@ -94,6 +139,27 @@ impl Prep {
 
     /// Refuses settings that cannot be fitted; errors name the column.
     pub fn validate(&self) -> Result<(), FedError> {
+        let wrong = |reason: String| Err(FedError::config("prep", reason));
+        if self.binning_job.is_some() {
+            if self.default != ColumnPrep::default() || !self.columns.is_empty() {
+                return wrong(
+                    "a preparation from a binning job takes the job's bins: drop default and \
+                     columns"
+                        .into(),
+                );
+            }
+        } else if !self.merge.is_empty() {
+            return wrong("merge needs the binning job whose bins it groups".into());
+        }
+        for (name, groups) in &self.merge {
+            let mut seen = std::collections::BTreeSet::new();
+            if groups.iter().flatten().any(|&b| !seen.insert(b)) || groups.iter().any(Vec::is_empty)
+            {
+                return wrong(format!(
+                    "merge of {name:?}: groups must be non-empty and disjoint"
+                ));
+            }
+        }
         std::iter::once(("default", &self.default))
             .chain(self.columns.iter().map(|(n, c)| (n.as_str(), c)))
             .try_for_each(|(name, column)| {
@@ -103,6 +169,32 @@ impl Prep {
             })
     }
 
+    /// Takes the bins this party kept from `binning_job`, and names the columns of `select`
+    /// and `merge` by their own names (they may name a column as its report does).
+    pub fn keep(&mut self, kept: Vec<KeptBins>) -> Result<(), FedError> {
+        let job = self.binning_job.clone().unwrap_or_default();
+        let name = |given: &String| {
+            kept.iter()
+                .find(|k| &k.reported == given || &k.name == given)
+                .map(|k| k.name.clone())
+                .ok_or_else(|| {
+                    FedError::config(
+                        "prep",
+                        format!("{given:?} is not a column of binning job {job:?}"),
+                    )
+                })
+        };
+        if let Some(select) = &self.select {
+            self.select = Some(select.iter().map(name).collect::<Result<_, _>>()?);
+        }
+        self.merge = std::mem::take(&mut self.merge)
+            .into_iter()
+            .map(|(column, groups)| Ok((name(&column)?, groups)))
+            .collect::<Result<_, FedError>>()?;
+        self.kept = kept.into_iter().map(|k| (k.name.clone(), k)).collect();
+        Ok(())
+    }
+
     /// The most design columns this preparation can make of `table`, known before the
     /// training rows are: the guest announces it to the hosts, whose policies bound it.
     pub fn columns_bound(&self, table: &Table) -> usize {
@@ -110,7 +202,9 @@ impl Prep {
             .feature_names()
             .iter()
             .enumerate()
+            .filter(|(_, name)| self.selects(name))
             .map(|(c, name)| match &self.column(name).bins {
+                _ if self.kept.contains_key(name) => self.kept[name].bins.len(),
                 None => 1,
                 Some(Binning::Quantile { count } | Binning::EqualWidth { count }) => count + 1,
                 Some(Binning::Cuts { cuts }) => cuts.len() + 2,
@@ -282,16 +376,28 @@ impl Bins {
             return "missing".into();
         }
         match self {
-            Bins::Cuts { cuts } => match (bin.checked_sub(1).map(|i| cuts[i]), cuts.get(bin)) {
-                (None, Some(high)) => format!("≤ {high}"),
-                (Some(low), Some(high)) => format!("({low}, {high}]"),
-                (Some(low), None) => format!("> {low}"),
-                (None, None) => "all".into(),
-            },
+            Bins::Cuts { cuts } => range(cuts, bin, bin),
             Bins::Categories { categories } => categories
                 .get(bin)
                 .cloned()
                 .unwrap_or_else(|| "other".into()),
+        }
+    }
+
+    /// A readable name of a group of bins: a range for adjacent value bins of a numeric
+    /// column, the bins' labels joined by " | " otherwise.
+    pub fn group_label(&self, group: &[usize]) -> String {
+        let adjacent = group.windows(2).all(|w| w[1] == w[0] + 1);
+        match (self, group) {
+            (_, [bin]) => self.label(*bin),
+            (Bins::Cuts { cuts }, [first, .., last]) if adjacent && *last < self.value_bins() => {
+                range(cuts, *first, *last)
+            }
+            _ => group
+                .iter()
+                .map(|&b| self.label(b))
+                .collect::<Vec<_>>()
+                .join(" | "),
         }
     }
 
@@ -328,6 +434,16 @@ impl Bins {
     }
 }
 
+/// The values value bins `first` to `last` hold.
+fn range(cuts: &[f64], first: usize, last: usize) -> String {
+    match (first.checked_sub(1).map(|i| cuts[i]), cuts.get(last)) {
+        (None, Some(high)) => format!("≤ {high}"),
+        (Some(low), Some(high)) => format!("({low}, {high}]"),
+        (Some(low), None) => format!("> {low}"),
+        (None, None) => "all".into(),
+    }
+}
+
 /// The cell at (row, column), transformed.
 pub(crate) fn cell<'a>(
     table: &'a Table,
@@ -360,6 +476,8 @@ pub(crate) struct FittedColumn {
 /// A binned column's bin of every row.
 pub(crate) struct RowBins {
     pub(crate) name: String,
+    pub(crate) transform: Transform,
+    pub(crate) bins: Bins,
     /// Per bin (the missing bin last).
     pub(crate) labels: Vec<String>,
     pub(crate) of_row: Vec<usize>,
@@ -383,6 +501,8 @@ impl Fitted {
         if let Some(name) = prep
             .columns
             .keys()
+            .chain(prep.select.iter().flatten())
+            .chain(prep.merge.keys())
             .find(|n| !table.feature_names().contains(n))
         {
             return Err(FedError::config(
@@ -396,24 +516,34 @@ impl Fitted {
             .feature_names()
             .par_iter()
             .enumerate()
-            .map(|(source, name)| fit_column(party, prep, table, train, source, name))
+            .filter(|(_, name)| prep.selects(name))
+            .map(|(source, name)| {
+                fit_column(party, prep, table, train, source, name).map(|f| (source, f))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut columns = Vec::with_capacity(table.features());
         let mut design_names = Vec::new();
-        for (source, (name, transform, bins)) in fitted.into_iter().enumerate() {
+        for (source, (name, transform, bins)) in fitted {
             let bins = match bins {
                 None => {
                     design_names.push(name.clone());
                     None
                 }
-                Some((bins, counts)) => {
-                    let indicators = counts
-                        .iter()
-                        .enumerate()
-                        .map(|(bin, &n)| {
-                            (n > 0).then(|| {
-                                design_names.push(format!("{name}={}", bins.label(bin)));
-                                design_names.len() - 1
+                Some((bins, counts, of_bin)) => {
+                    // One indicator per group of bins holding training rows, in the order
+                    // of their first bins.
+                    let mut design_of: BTreeMap<usize, Option<usize>> = BTreeMap::new();
+                    let indicators = (0..bins.len())
+                        .map(|bin| {
+                            let group = of_bin[bin];
+                            *design_of.entry(group).or_insert_with(|| {
+                                let members: Vec<usize> =
+                                    (0..bins.len()).filter(|&b| of_bin[b] == group).collect();
+                                (members.iter().any(|&b| counts[b] > 0)).then(|| {
+                                    design_names
+                                        .push(format!("{name}={}", bins.group_label(&members)));
+                                    design_names.len() - 1
+                                })
                             })
                         })
                         .collect();
@@ -453,6 +583,8 @@ impl Fitted {
                     .collect::<Result<_, _>>()?;
                 Ok(RowBins {
                     name: column.name.clone(),
+                    transform: column.transform,
+                    bins: bins.clone(),
                     labels: (0..bins.len()).map(|b| bins.label(b)).collect(),
                     of_row,
                 })
@@ -488,7 +620,7 @@ impl Fitted {
                             values[row * width + design] = 1.0;
                         }
                     }
-                    at += indicators.iter().flatten().count();
+                    at += distinct(indicators).len();
                 }
             }
         }
@@ -512,10 +644,22 @@ fn fit_column(
     train: &[usize],
     source: usize,
     name: &str,
-) -> Result<(String, Transform, Option<(Bins, Vec<usize>)>), FedError> {
-    let column = prep.column(name);
+) -> Result<(String, Transform, Option<(Bins, Vec<usize>, Vec<usize>)>), FedError> {
     let wrong =
         |reason: &str| FedError::config("prep", format!("{party}'s column {name:?} {reason}"));
+    if let Some(kept) = prep.kept.get(name) {
+        let of_bin = kept_groups(kept, prep.merge.get(name)).map_err(|e| wrong(&e))?;
+        let counts = count_bins(&kept.bins, table, train, source, &kept.transform, wrong)?;
+        return Ok((
+            name.to_owned(),
+            kept.transform,
+            Some((kept.bins.clone(), counts, of_bin)),
+        ));
+    }
+    if let Some(job) = &prep.binning_job {
+        return Err(wrong(&format!("has no bins in binning job {job:?}")));
+    }
+    let column = prep.column(name);
     let categorical = matches!(column.bins, Some(Binning::Categorical { .. }));
     if categorical != table.is_text(source) {
         return Err(wrong(if categorical {
@@ -594,17 +738,65 @@ fn fit_column(
     let bins = match bins {
         None => None,
         Some(bins) => {
-            let mut counts = vec![0usize; bins.len()];
-            for &row in train {
-                let bin = bins
-                    .bin(cell(table, row, source, &transform))
-                    .map_err(wrong)?;
-                counts[bin] += 1;
-            }
-            Some((bins, counts))
+            let counts = count_bins(&bins, table, train, source, &transform, wrong)?;
+            let of_bin = (0..bins.len()).collect();
+            Some((bins, counts, of_bin))
         }
     };
     Ok((name.to_owned(), transform, bins))
+}
+
+/// The training rows in each bin.
+fn count_bins(
+    bins: &Bins,
+    table: &Table,
+    train: &[usize],
+    source: usize,
+    transform: &Transform,
+    wrong: impl Fn(&str) -> FedError,
+) -> Result<Vec<usize>, FedError> {
+    let mut counts = vec![0usize; bins.len()];
+    for &row in train {
+        counts[bins
+            .bin(cell(table, row, source, transform))
+            .map_err(&wrong)?] += 1;
+    }
+    Ok(counts)
+}
+
+/// Each of a kept column's bins' group: the report's bins, merged as `merge` says (groups of
+/// report bins); a bin in no report bin (empty in the binning job) is a group of its own.
+fn kept_groups(kept: &KeptBins, merge: Option<&Vec<Vec<usize>>>) -> Result<Vec<usize>, String> {
+    let reported = kept.groups.len();
+    let mut of_reported: Vec<usize> = (0..reported).collect();
+    for (g, group) in merge.into_iter().flatten().enumerate() {
+        for &b in group {
+            if b >= reported {
+                return Err(format!(
+                    "has {reported} bins in its binning report; merge names bin {b}"
+                ));
+            }
+            of_reported[b] = reported + g;
+        }
+    }
+    let mut of_bin: Vec<usize> = (0..kept.bins.len()).map(|b| usize::MAX - b).collect();
+    for (r, group) in kept.groups.iter().enumerate() {
+        for &b in group {
+            if b >= of_bin.len() {
+                return Err("has kept bins that do not fit it".into());
+            }
+            of_bin[b] = of_reported[r];
+        }
+    }
+    Ok(of_bin)
+}
+
+/// The design columns a binned column's bins use, each once, in order.
+pub(crate) fn distinct(indicators: &[Option<usize>]) -> Vec<usize> {
+    let mut used: Vec<usize> = indicators.iter().flatten().copied().collect();
+    used.sort_unstable();
+    used.dedup();
+    used
 }
 
 /// Whether cut points can delimit bins.
@@ -757,5 +949,62 @@ pub(crate) mod tests {
         let bad: Result<Prep, _> =
             serde_json::from_str(r#"{"default": {"bins": {"kind": "quantile", "bins": 3}}}"#);
         assert!(bad.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn kept_bins_train_merged_and_unselected_columns_are_not_read() {
+        // Cuts at 1, 2, 3: value bins ≤1, (1,2], (2,3], >3, then the missing bin. The report
+        // showed them as four bins, the missing bin having been empty.
+        let kept = KeptBins {
+            name: "a".into(),
+            reported: "tax:1".into(),
+            transform: Transform::default(),
+            bins: Bins::Cuts {
+                cuts: vec![1.0, 2.0, 3.0],
+            },
+            groups: vec![vec![0], vec![1], vec![2], vec![3]],
+        };
+        let mut prep = Prep {
+            binning_job: Some("b1".into()),
+            select: Some(vec!["tax:1".into()]),
+            merge: [("tax:1".to_string(), vec![vec![1, 2]])].into(),
+            ..Prep::default()
+        };
+        prep.validate().unwrap();
+        prep.keep(vec![kept.clone()]).unwrap();
+        assert_eq!(prep.select, Some(vec!["a".to_string()]), "aliases resolve");
+        assert_eq!(prep.reading("a"), Reading::Binned);
+        assert_eq!(prep.reading("b"), Reading::Skip);
+        let table = numbers(&[0.5, 1.5, 2.5, 3.5, 1.2, 2.2]);
+        let all: Vec<usize> = (0..table.rows()).collect();
+        let design = prep.design("tax", &table, &all).unwrap();
+        // Bins 1 and 2 share one indicator; the empty missing bin has none.
+        assert_eq!(design.feature_names(), ["a=≤ 1", "a=(1, 3]", "a=> 3"]);
+        assert_eq!(&design.values()[3..6], &[0.0, 1.0, 0.0]);
+        // A merge naming a bin the report did not have, or a name the job did not bin.
+        let mut wrong = Prep {
+            binning_job: Some("b1".into()),
+            merge: [("a".to_string(), vec![vec![3, 4]])].into(),
+            ..Prep::default()
+        };
+        wrong.keep(vec![kept.clone()]).unwrap();
+        let err = wrong.design("tax", &table, &all).unwrap_err().to_string();
+        assert!(err.contains("merge names bin 4"), "{err}");
+        let mut unknown = Prep {
+            binning_job: Some("b1".into()),
+            select: Some(vec!["tax:2".into()]),
+            ..Prep::default()
+        };
+        let err = unknown.keep(vec![kept]).unwrap_err().to_string();
+        assert!(
+            err.contains("\"tax:2\" is not a column of binning job \"b1\""),
+            "{err}"
+        );
+        // A job's bins exclude a preparation of its own.
+        let both = Prep {
+            binning_job: Some("b1".into()),
+            ..binned(Binning::Quantile { count: 4 })
+        };
+        assert!(both.validate().is_err());
     }
 }

@@ -230,6 +230,11 @@ pub struct FinalEvaluation {
     pub calibration: Option<Calibration>,
     /// Ten equal-count groups of them by calibrated probability.
     pub reliability: Vec<ReliabilityBin>,
+    /// Their calibrated probabilities (the guest's one per-row reveal, kept in memory for the
+    /// job's report: bands, ROC).
+    pub probabilities: Vec<f64>,
+    /// Their labels.
+    pub labels: Vec<f64>,
 }
 
 /// Why training ended.

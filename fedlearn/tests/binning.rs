@@ -164,7 +164,7 @@ fn binning_statistics_across_parties_equal_the_plaintext_counts() {
         min_share: 0.0,
     };
     for (name, host) in names.iter().zip(&hosts) {
-        let (answer, disclosure) =
+        let (answer, disclosure, _) =
             answer_binning(name, "bank", host, &prep, &none, true, request.clone()).unwrap();
         assert_eq!(disclosure.columns, host.features());
         binning.receive(name, answer).unwrap();
@@ -213,7 +213,7 @@ fn hosts_disclose_only_bins_of_the_minimum_size_under_aliases() {
         min_rows: 100,
         min_share: 0.15,
     };
-    let (answer, disclosure) = answer_binning(
+    let (answer, disclosure, _) = answer_binning(
         "tax",
         "bank",
         &hosts[0],
@@ -254,7 +254,7 @@ fn hosts_disclose_only_bins_of_the_minimum_size_under_aliases() {
     );
     let (_, small_request) =
         BinningGuest::new("bank", &small_guest, &prep, &["tax".to_string()]).unwrap();
-    let (small, small_disclosure) = answer_binning(
+    let (small, small_disclosure, _) = answer_binning(
         "tax",
         "bank",
         &small_host,
@@ -290,7 +290,7 @@ fn altered_counts_and_labels_that_are_not_zero_or_one_are_refused() {
         min_rows: 1,
         min_share: 0.0,
     };
-    let (answer, _) = answer_binning(
+    let (answer, _, _) = answer_binning(
         "tax",
         "bank",
         &hosts[0],
@@ -336,4 +336,125 @@ fn altered_counts_and_labels_that_are_not_zero_or_one_are_refused() {
     };
     let err = answer_binning("tax", "bank", &hosts[0], &prep, &none, false, crafted).unwrap_err();
     assert!(err.to_string().contains("not 0/1"), "{err}");
+}
+
+/// A modeller's day: binning statistics on the training rows, columns merged and chosen from
+/// the counts, a model trained on exactly the bins the parties kept; the model parts hold the
+/// chosen columns only, merged bins share their points, and the guest's scorecard shows the
+/// merged bins with the counts the report gave.
+#[test]
+fn a_model_trains_on_the_bins_chosen_from_a_binning_job() {
+    let (guest, hosts) = parties("default_credit", 2);
+    let labels = guest.labels().unwrap().to_vec();
+    let (train, test) = stratified_split(&labels, 7);
+    let select = |table: &Table, rows: &[usize]| table.select_rows(rows).unwrap();
+    let (guest_train, hosts_train): (Table, Vec<Table>) = (
+        select(&guest, &train),
+        hosts.iter().map(|h| select(h, &train)).collect(),
+    );
+    let names = vec!["tax".to_string(), "utilities".to_string()];
+    let prep = quantile_bins(10);
+    let (mut binning, request) = BinningGuest::new("bank", &guest_train, &prep, &names).unwrap();
+    let limits = BinningLimits {
+        min_rows: 100,
+        min_share: 0.05,
+    };
+    let mut host_kept = Vec::new();
+    for (name, host) in names.iter().zip(&hosts_train) {
+        let (answer, _, kept) =
+            answer_binning(name, "bank", host, &prep, &limits, false, request.clone()).unwrap();
+        host_kept.push(kept);
+        binning.receive(name, answer).unwrap();
+    }
+    let guest_kept = binning.kept_bins().to_vec();
+    let report = binning.finish().unwrap();
+
+    let selection = Selection {
+        binning_job: "binning-1".into(),
+        merge: Merge::Monotone,
+        min_iv: 0.02,
+        top_k: Some(6),
+        columns: Default::default(),
+    };
+    let parties: Vec<String> = std::iter::once("bank".to_string())
+        .chain(names.iter().cloned())
+        .collect();
+    let chosen = selection.choose(&report, &parties).unwrap();
+    assert!(chosen.iter().all(|c| c.stats.iv >= 0.02));
+    assert!(
+        chosen.iter().any(|c| c.groups.iter().any(|g| g.len() > 1)),
+        "monotone merging merges some bins of the credit data"
+    );
+    let config = TrainConfig {
+        seed: 11,
+        ..TrainConfig::default()
+    };
+    let (mut guest_job, mut host_jobs) = jobs(guest_train.clone(), hosts_train, &config);
+    guest_job.prep = selection.prep("bank", &chosen);
+    guest_job.prep.keep(guest_kept).unwrap();
+    for ((job, kept), name) in host_jobs.iter_mut().zip(host_kept).zip(&names) {
+        job.prep = selection.prep(name, &chosen);
+        // The host's prep names its columns by their aliases; the host resolves them.
+        assert!(job
+            .prep
+            .select
+            .iter()
+            .flatten()
+            .all(|c| c.starts_with(name)));
+        job.prep.keep(kept).unwrap();
+    }
+    let run = simulate(guest_job, host_jobs, false, &mut |_| {}).unwrap();
+    for (party, part) in std::iter::once(("bank", &run.guest.model)).chain(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(run.hosts.iter().map(|h| &h.model)),
+    ) {
+        let wanted = chosen.iter().filter(|c| c.stats.party == party).count();
+        assert_eq!(
+            part.binned.len(),
+            wanted,
+            "{party} trains on its chosen columns"
+        );
+        assert!(part.features.is_empty());
+        for b in &part.binned {
+            for group in &b.merged {
+                assert!(group.iter().all(|&bin| b.points[bin] == b.points[group[0]]));
+            }
+        }
+        // The part reads only its columns when it scores.
+        let model = ModelPart::from_json("part", &part.to_json()).unwrap();
+        assert_eq!(&model, part);
+    }
+    // The guest's scorecard: the merged bins of the report, with their counts.
+    let scorecard = run.guest.model.scorecard(&guest_train).unwrap();
+    for column in &scorecard {
+        let stats = &chosen
+            .iter()
+            .find(|c| c.stats.party == "bank" && c.stats.name == column.name)
+            .unwrap()
+            .stats;
+        let card: Vec<(u64, u64)> = column.bins.iter().map(|b| (b.rows, b.events)).collect();
+        let reported: Vec<(u64, u64)> = stats.bins.iter().map(|b| (b.rows, b.events)).collect();
+        assert_eq!(card, reported, "{}", column.name);
+        assert!((column.iv - stats.iv).abs() < 1e-9);
+    }
+    // Fewer, merged columns still rank well on the test rows.
+    let mut z = run
+        .guest
+        .model
+        .partial_scores(&select(&guest, &test))
+        .unwrap();
+    for (part, host) in run.hosts.iter().zip(&hosts) {
+        for (z, s) in z
+            .iter_mut()
+            .zip(part.model.partial_scores(&select(host, &test)).unwrap())
+        {
+            *z += s;
+        }
+    }
+    let test_labels: Vec<f64> = test.iter().map(|&r| labels[r]).collect();
+    let auc = auc(&z, &test_labels);
+    eprintln!("test AUC on {} chosen columns: {auc:.4}", chosen.len());
+    assert!(auc >= 0.75, "test AUC {auc:.4}");
 }

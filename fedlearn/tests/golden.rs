@@ -103,11 +103,15 @@ fn samples() -> Result<Vec<Message>, HeError> {
             columns: vec![
                 ColumnSizes {
                     name: "tax:1".into(),
-                    sizes: vec![700, 1348],
+                    sizes: vec![700, 1048, 300],
+                    categorical: false,
+                    missing_last: true,
                 },
                 ColumnSizes {
-                    name: "revenue".into(),
+                    name: "sector".into(),
                     sizes: vec![2048],
+                    categorical: true,
+                    missing_last: false,
                 },
             ],
             products: vec![release(&[1, 1, 1], 1)?],

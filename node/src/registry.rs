@@ -50,6 +50,11 @@ impl JobHandle {
         lock(&self.record).report = report;
     }
 
+    /// Keeps the bins a binning job fitted (stored with the job's next event).
+    pub(crate) fn set_kept_bins(&self, kept: String) {
+        lock(&self.record).kept_bins = kept;
+    }
+
     /// Records the epochs the guest's training proposal asks for.
     pub(crate) fn set_max_epochs(&self, epochs: u32) {
         lock(&self.record).max_epochs = epochs;

@@ -32,12 +32,24 @@
 //! A host's `prep` (an inline table in its `[[hosts]]` entry, naming its own columns) is sent
 //! to that host only; a host without one prepares its columns by the guest's `prep.default`.
 //!
+//! Or, instead of `[prep]` and the hosts' `prep`, a training job trains on the bins of an
+//! earlier binning job, merged and chosen from its counts (`fedlearn::Selection`):
+//!
+//! ```toml
+//! [select]
+//! binning_job = "0123…"            # the binning job's id (on the guest)
+//! merge = "monotone"               # or "chi", "none"
+//! min_iv = 0.02                    # drop columns below (after merging)
+//! top_k = 10                       # keep at most this many per party
+//! columns = { tax = ["tax:1", "tax:4"] }   # choose only from these (names as reported)
+//! ```
+//!
 //! Without `train.seed` the node draws one (it orders batches and splits validation rows; it
 //! is not a key) and records it in the report.
 
 use std::collections::BTreeSet;
 
-use fedlearn::{Prep, TrainConfig};
+use fedlearn::{Prep, Selection, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::check_name;
@@ -94,6 +106,9 @@ pub struct JobSpec {
     /// How the guest prepares its columns.
     #[serde(default)]
     pub prep: Prep,
+    /// Columns and bins chosen from a binning job, instead of `prep` and the hosts' `prep`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Selection>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +123,8 @@ struct RawSpec {
     train: Option<toml::Table>,
     #[serde(default)]
     prep: Prep,
+    #[serde(default)]
+    select: Option<Selection>,
 }
 
 fn default_kind() -> String {
@@ -123,7 +140,7 @@ impl JobSpec {
     pub fn host_prep(&self, host: &HostSpec) -> Prep {
         host.prep.clone().unwrap_or_else(|| Prep {
             default: self.prep.default.clone(),
-            columns: Default::default(),
+            ..Prep::default()
         })
     }
 
@@ -190,6 +207,22 @@ impl JobSpec {
                     .map_err(|e| NodeError::Spec(format!("hosts[{i}].{e}")))?;
             }
         }
+        if let Some(select) = &raw.select {
+            select
+                .validate()
+                .map_err(|e| NodeError::Spec(e.to_string()))?;
+            if kind != JobKind::Train {
+                return Err(NodeError::Spec(
+                    "select: only a training job selects columns".into(),
+                ));
+            }
+            if raw.prep != Prep::default() || raw.hosts.iter().any(|h| h.prep.is_some()) {
+                return Err(NodeError::Spec(
+                    "select: the binning job's bins are used; drop [prep] and the hosts' prep"
+                        .into(),
+                ));
+            }
+        }
         Ok(JobSpec {
             kind,
             model_id: raw.model_id,
@@ -197,6 +230,7 @@ impl JobSpec {
             hosts: raw.hosts,
             train,
             prep: raw.prep,
+            select: raw.select,
         })
     }
 }
@@ -215,6 +249,26 @@ dataset = "tax"
 max_epochs = 3
 optimizer = { kind = "sgd", momentum = 0.5 }
 "#;
+
+    #[test]
+    fn select_replaces_every_preparation_and_belongs_to_training() {
+        let select = "[select]\nbinning_job = \"b1\"\ntop_k = 4\n";
+        let spec = JobSpec::parse(&format!("{SPEC}{select}")).unwrap();
+        let selection = spec.select.unwrap();
+        assert_eq!(
+            (selection.top_k, selection.merge, selection.min_iv),
+            (Some(4), fedlearn::Merge::Monotone, 0.02)
+        );
+        let with_prep = format!("{SPEC}[prep.default]\nlog1p = true\n{select}");
+        let err = JobSpec::parse(&with_prep).unwrap_err().to_string();
+        assert!(err.contains("drop [prep]"), "{err}");
+        let binning = format!("kind = \"binning\"\n{SPEC}{select}");
+        let err = JobSpec::parse(&binning).unwrap_err().to_string();
+        assert!(err.contains("only a training job"), "{err}");
+        let empty = format!("{SPEC}[select]\nbinning_job = \"\"\n");
+        let err = JobSpec::parse(&empty).unwrap_err().to_string();
+        assert!(err.contains("binning_job names"), "{err}");
+    }
 
     #[test]
     fn a_spec_parses_with_defaults_and_a_drawn_seed() {

@@ -100,6 +100,10 @@ pub struct JobRecord {
     /// A binning job's statistics on the guest (`fedlearn::BinningReport` as JSON).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub report: String,
+    /// The bins this node fitted in a binning job (`Vec<fedlearn::KeptBins>` as JSON), for a
+    /// training job on them; they never leave the node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kept_bins: String,
     /// Every event so far (stored in their own table, one row per event).
     #[serde(default, skip_serializing)]
     pub events: Vec<EventRecord>,
@@ -126,6 +130,7 @@ impl JobRecord {
             dataset: self.dataset.clone(),
             max_epochs: self.max_epochs,
             report: self.report.clone(),
+            kept_bins: self.kept_bins.clone(),
             events: Vec::new(),
         }
     }

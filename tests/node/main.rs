@@ -4,4 +4,5 @@ mod budget;
 mod common;
 mod config;
 mod refusals;
+mod scorecard;
 mod train;

@@ -51,6 +51,13 @@ without one takes the bank's prep.default): every column standardised, nothing e
   log1p = true                                    # sign(x)·ln(1 + |x|)
   bins = { kind = \"quantile\", count = 10 }      # or equal_width, cuts = [...], categorical
 
+Or, instead of [prep], the bins of a binning job, merged and chosen from its counts
+([select]; chosen by `cargo run --release --example defaults -- selection`):
+  binning_job = \"<id>\"                         # required: `unseen binning` prints it
+  merge = \"monotone\"                            # or \"chi\", \"none\"
+  min_iv = 0.02                                   # per column, after merging
+  top_k: none, columns: every column              # per party
+
 A job that ends unconverged (best loss not below the base rate's, or still falling by more
 than 5e-4 per epoch) says so in its summary and report.";
 
@@ -385,5 +392,23 @@ mod tests {
         let defaults = fedlearn::TrainConfig::default();
         assert_eq!((defaults.l1, defaults.l2), (0.0, 0.0));
         assert_eq!(defaults.validation_fraction, 0.0);
+    }
+
+    /// So are the `[select]` defaults it prints.
+    #[test]
+    fn train_help_states_the_real_select_defaults() {
+        let stated: String = TRAIN_DEFAULTS
+            .lines()
+            .filter(|l| l.starts_with("  merge") || l.starts_with("  min_iv"))
+            .map(|l| format!("{}\n", l.split(" #").next().unwrap_or(l).trim()))
+            .collect();
+        assert_eq!(stated.lines().count(), 2, "{stated}");
+        let parse = |extra: &str| -> fedlearn::Selection {
+            toml::from_str(&format!("binning_job = \"j\"\n{extra}")).unwrap()
+        };
+        let defaults = parse("");
+        assert_eq!(parse(&stated), defaults, "{stated}");
+        assert_eq!(defaults.top_k, None);
+        assert!(defaults.columns.is_empty());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use fedlearn::{BinningGuest, BinningLimits, Transport};
+use fedlearn::{BinningGuest, BinningLimits, KeptBins, Prep, Transport};
 use serde_json::json;
 
 use crate::datasets::load_table;
@@ -15,6 +15,7 @@ use crate::proto::JobProposal;
 use crate::registry::JobHandle;
 use crate::spec::JobSpec;
 use crate::state::NodeState;
+use crate::store::JobRecord;
 
 impl NodeState {
     pub(super) fn run_binning_guest(
@@ -37,6 +38,9 @@ impl NodeState {
             binning.receive(host, answer)?;
             job.state_event(&self.store, "binning", format!("bin counts from {host}"));
         }
+        let kept = serde_json::to_string(binning.kept_bins())
+            .map_err(|e| NodeError::Server(format!("the kept bins: {e}")))?;
+        job.set_kept_bins(kept);
         let report = binning.finish()?;
         let best = report
             .columns
@@ -75,7 +79,7 @@ impl NodeState {
         let mut link = Link::new(self, job);
         let table = self.host_align(job, &mut link, &table, guest, "binning")?;
         let request = link.receive(guest)?;
-        let (answer, disclosed) = fedlearn::answer_binning(
+        let (answer, disclosed, kept) = fedlearn::answer_binning(
             &self.config.party,
             guest,
             &table,
@@ -85,6 +89,9 @@ impl NodeState {
             request,
         )?;
         link.send(guest, answer)?;
+        let kept = serde_json::to_string(&kept)
+            .map_err(|e| NodeError::Server(format!("the kept bins: {e}")))?;
+        job.set_kept_bins(kept);
         // The job's disclosure: the sizes and event counts of these bins.
         crate::audit::record(
             &self.store,
@@ -103,5 +110,48 @@ impl NodeState {
             "binning: counts of {} bins of {} columns sent to {guest} (the smallest holds {} rows)",
             disclosed.bins, disclosed.columns, disclosed.smallest_bin
         ))
+    }
+    /// Gives `prep` the bins this node kept in its binning job `prep.binning_job`.
+    pub(super) fn keep_bins(
+        &self,
+        prep: &mut Prep,
+        role: &str,
+        peers: &[String],
+        dataset: &str,
+    ) -> Result<(), String> {
+        let Some(id) = prep.binning_job.clone() else {
+            return Ok(());
+        };
+        let (_, kept) = self.binning_record(&id, role, peers, dataset)?;
+        prep.keep(kept).map_err(|e| e.to_string())
+    }
+
+    /// This node's binning job `id` and the bins it kept, if it ran the job in `role` with
+    /// `peers` on `dataset` (the same parties and data as the job at hand) and it succeeded.
+    pub(super) fn binning_record(
+        &self,
+        id: &str,
+        role: &str,
+        peers: &[String],
+        dataset: &str,
+    ) -> Result<(JobRecord, Vec<KeptBins>), String> {
+        let record = self
+            .store
+            .job(id)
+            .map_err(|e| e.to_string())?
+            .filter(|r| r.kind == "binning" && r.role == role)
+            .ok_or_else(|| format!("binning job {id:?}: no such binning job as {role}"))?;
+        if record.state != "succeeded" || record.kept_bins.is_empty() {
+            return Err(format!("binning job {id:?} did not succeed"));
+        }
+        if record.dataset != dataset || record.peers != peers {
+            return Err(format!(
+                "binning job {id:?} ran on other parties or data ({} with {:?})",
+                record.dataset, record.peers
+            ));
+        }
+        let kept: Vec<KeptBins> = serde_json::from_str(&record.kept_bins)
+            .map_err(|e| format!("binning job {id:?}: its kept bins: {e}"))?;
+        Ok((record, kept))
     }
 }

@@ -27,6 +27,17 @@ impl NodeState {
         if spec.kind == JobKind::Binning {
             return self.run_binning_guest(job, spec);
         }
+        let (selected, chosen);
+        let spec = match &spec.select {
+            Some(selection) => {
+                (selected, chosen) = self.select_columns(job, spec, selection)?;
+                &selected
+            }
+            None => {
+                chosen = Vec::new();
+                spec
+            }
+        };
         let table = load_table(&self.config, &spec.dataset, true, &|c| spec.prep.reading(c))?;
         let guest_features = spec.prep.columns_bound(&table) as u32;
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
@@ -34,6 +45,12 @@ impl NodeState {
         let mut link = Link::new(self, job);
         let table = self.guest_align(job, &mut link, &table, &hosts, "training")?;
         let aligned_rows = table.rows();
+        // The guest's binned columns become its scorecard, counted on the aligned rows.
+        let binned = table
+            .feature_names()
+            .iter()
+            .any(|c| spec.prep.kept.contains_key(c) || spec.prep.column(c).bins.is_some());
+        let aligned = binned.then(|| table.clone());
         let started = Instant::now();
         let outcome = fedlearn::run_guest(
             GuestJob {
@@ -91,11 +108,36 @@ impl NodeState {
                 format!("warning: {}", outcome.convergence),
             );
         }
+        let scoring = &self.config.scoring;
+        let scorecard = match &aligned {
+            Some(table) => scorecard_json(&outcome.model, table, scoring)?,
+            None => serde_json::Value::Null,
+        };
+        let bands: Vec<_> = fedlearn::bands(
+            &evaluation.probabilities,
+            &evaluation.labels,
+            &[scoring.yellow_from, scoring.red_from],
+        )
+        .into_iter()
+        .zip(["blue", "yellow", "red"])
+        .map(|(b, name)| json!({"band": name, "from": b.from, "rows": b.count, "mean_probability": b.mean_probability, "observed_rate": b.observed_rate}))
+        .collect();
+        let selection = spec.select.as_ref().map(|s| {
+            json!({
+                "binning_job": s.binning_job,
+                "merge": s.merge,
+                "min_iv": s.min_iv,
+                "top_k": s.top_k,
+                "columns": chosen,
+            })
+        });
         let report = json!({
             "job_id": job.id(),
             "model_id": spec.model_id,
             "guest": self.config.party,
             "hosts": hosts,
+            "selection": selection,
+            "scorecard": scorecard,
             "aligned_rows": aligned_rows,
             "train_config": spec.train,
             "best_epoch": outcome.best_epoch,
@@ -108,6 +150,8 @@ impl NodeState {
                 "metrics": metrics,
                 "calibration": evaluation.calibration,
                 "reliability": evaluation.reliability,
+                "bands": bands,
+                "roc": fedlearn::roc_curve(&evaluation.probabilities, &evaluation.labels, 20),
             },
             "history": history,
             "training_seconds": started.elapsed().as_secs_f64(),
@@ -142,7 +186,12 @@ impl NodeState {
             return self.run_binning_host(job, proposal);
         }
         let guest = proposal.guest.as_str();
-        let prep = admission::host_prep(&self.config, proposal)?;
+        let mut prep = admission::host_prep(&self.config, proposal)?;
+        self.keep_bins(&mut prep, "host", &[guest.to_owned()], &proposal.dataset)
+            .map_err(|reason| Refusal::BadPrep {
+                party: self.config.party.clone(),
+                reason,
+            })?;
         let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
         let mut link = Link::new(self, job);
         let table = self.host_align(job, &mut link, &table, guest, "training")?;
@@ -197,6 +246,56 @@ impl NodeState {
             "model {}: this node's part trained over {} epochs",
             proposal.model_id, outcome.epochs
         ))
+    }
+
+    /// Guest: the job with every party's preparation chosen from the binning job its
+    /// `select` names, and the chosen columns.
+    fn select_columns(
+        &self,
+        job: &Arc<JobHandle>,
+        spec: &JobSpec,
+        selection: &fedlearn::Selection,
+    ) -> Result<(JobSpec, Vec<fedlearn::ChosenColumn>), NodeError> {
+        let wrong = |reason: String| NodeError::Spec(format!("select: {reason}"));
+        let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
+        let (record, kept) = self
+            .binning_record(&selection.binning_job, "guest", &hosts, &spec.dataset)
+            .map_err(wrong)?;
+        let report: fedlearn::BinningReport =
+            serde_json::from_str(&record.report).map_err(|e| wrong(format!("its report: {e}")))?;
+        let parties: Vec<String> = std::iter::once(self.config.party.clone())
+            .chain(hosts.iter().cloned())
+            .collect();
+        let chosen = selection
+            .choose(&report, &parties)
+            .map_err(|e| wrong(e.to_string()))?;
+        let mut own = selection.prep(&self.config.party, &chosen);
+        own.keep(kept).map_err(|e| wrong(e.to_string()))?;
+        let mut selected = spec.clone();
+        selected.prep = own;
+        for host in &mut selected.hosts {
+            host.prep = Some(selection.prep(&host.party, &chosen));
+        }
+        let counts: Vec<String> = parties
+            .iter()
+            .map(|p| {
+                let n = chosen.iter().filter(|c| &c.stats.party == p).count();
+                format!("{p} {n}")
+            })
+            .collect();
+        job.state_event(
+            &self.store,
+            "queued",
+            format!(
+                "{} columns chosen from binning job {} ({}; merge {:?}, min IV {})",
+                chosen.len(),
+                selection.binning_job,
+                counts.join(", "),
+                selection.merge,
+                selection.min_iv
+            ),
+        );
+        Ok((selected, chosen))
     }
 
     /// Guest: proposes the job to every host, in order; the first refusal fails the job.
@@ -376,4 +475,32 @@ fn refuse_offer(link: &mut Link<'_>, guest: &str, refusal: Refusal) -> NodeError
         peer: guest.to_owned(),
         fault: PeerFault::Offer(Box::new(refusal)),
     }
+}
+
+/// The guest's binned columns as a scorecard (see `fedlearn::ModelPart::scorecard`), each
+/// bin's points also on the node's scorecard scale (`[scoring]`: points that double the odds).
+fn scorecard_json(
+    model: &fedlearn::ModelPart,
+    table: &Table,
+    scoring: &crate::config::ScoringSettings,
+) -> Result<serde_json::Value, NodeError> {
+    // A bin's share of z moves ln(odds good:bad) by −slope·share under the calibration.
+    let slope = model.calibration.map_or(1.0, |c| c.slope);
+    let factor = -slope * scoring.points_to_double_odds / std::f64::consts::LN_2;
+    let columns = model.scorecard(table)?;
+    Ok(columns
+        .iter()
+        .map(|c| {
+            let bins: Vec<_> = c
+                .bins
+                .iter()
+                .map(|b| {
+                    let mut bin = json!(b);
+                    bin["score_points"] = json!(factor * b.points);
+                    bin
+                })
+                .collect();
+            json!({"column": c.name, "iv": c.iv, "bins": bins})
+        })
+        .collect())
 }
