@@ -341,7 +341,7 @@ pub fn answer_binning(
     let (mut columns, mut kept) = (Vec::new(), Vec::new());
     // Every merged bin to count, as (column, bin), and each column's merged bin of every row.
     let mut indicators: Vec<(usize, usize)> = Vec::new();
-    let mut merged_of_row: Vec<Vec<usize>> = Vec::new();
+    let mut rows_of_bin: Vec<Vec<Vec<u32>>> = Vec::new();
     for (k, column) in bin_columns(party, prep, table)?.into_iter().enumerate() {
         let mut sizes = vec![0u64; column.labels.len()];
         for &bin in &column.of_row {
@@ -359,7 +359,13 @@ pub fn answer_binning(
             }
         }
         indicators.extend((0..groups.len()).map(|m| (k, m)));
-        merged_of_row.push(column.of_row.iter().map(|&b| of_bin[b]).collect());
+        let mut rows_of = vec![Vec::new(); groups.len()];
+        for (row, &b) in column.of_row.iter().enumerate() {
+            if let Some(merged) = rows_of.get_mut(of_bin[b]) {
+                merged.push(row as u32);
+            }
+        }
+        rows_of_bin.push(rows_of);
         let name = if publish_names {
             column.name.clone()
         } else {
@@ -386,18 +392,13 @@ pub fn answer_binning(
         .map_err(FedError::he("preparing the labels"))?;
     let (mut products, mut shares) = (Vec::new(), Vec::new());
     for chunk in indicators.chunks(BINS_PER_PRODUCT) {
-        let values: Vec<i64> = chunk
+        let ones: Vec<&[u32]> = chunk
             .iter()
-            .flat_map(|&(k, m)| merged_of_row[k].iter().map(move |&b| i64::from(b == m)))
+            .map(|&(k, m)| rows_of_bin[k][m].as_slice())
             .collect();
-        let (masked, masks) = count_events(
-            &key,
-            &packing,
-            (&labels, labels_bound),
-            rows,
-            chunk.len(),
-            &values,
-        )?;
+        let matrix = PreparedMatrix::indicators(&PARAMS, rows, &ones)
+            .map_err(FedError::he("preparing the bin indicators"))?;
+        let (masked, masks) = count_events(&key, &packing, (&labels, labels_bound), &matrix)?;
         products.push(masked);
         shares.push(masks);
     }
@@ -421,20 +422,15 @@ pub fn answer_binning(
     ))
 }
 
-/// Encrypted indicator^T·labels for `count` indicator columns (column-major `values`),
-/// masked and flooded, and the masks' shares.
+/// Encrypted indicators^T·labels, masked and flooded, and the masks' shares.
 fn count_events(
     key: &PublicKey,
     packing: &PackingKey,
     (labels, bound): (&PreparedColumns, i64),
-    rows: usize,
-    count: usize,
-    values: &[i64],
+    matrix: &PreparedMatrix,
 ) -> Result<(MaskedColumns, Vec<u64>), FedError> {
-    let matrix = PreparedMatrix::new(&PARAMS, rows, count, values)
-        .map_err(FedError::he("preparing the bin indicators"))?;
     let product = key
-        .multiply_prepared(&PARAMS, labels, bound, &matrix)
+        .multiply_prepared(&PARAMS, labels, bound, matrix)
         .map_err(FedError::he("counting events per bin"))?;
     let (masked, masks) = key
         .mask_and_flood(&PARAMS, product, packing)

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Missing, Reading, Table};
 use crate::error::FedError;
-use crate::prep::{cell, Bins, Fitted, Transform};
+use crate::prep::{cell_at, Bins, Fitted, Transform};
 use crate::woe::ColumnStats;
 
 /// Version of the model JSON this build writes. It also reads format 1, the parts written
@@ -361,13 +361,13 @@ impl ModelPart {
                     })?;
                 let mut counts = vec![(0u64, 0u64); b.bins.len()];
                 for (row, &y) in labels.iter().enumerate() {
-                    let bin =
-                        b.bins
-                            .bin(cell(table, row, column, &b.transform))
-                            .map_err(|reason| FedError::Model {
-                                source_name: self.model_id.clone(),
-                                reason: format!("column {:?} {reason}", b.name),
-                            })?;
+                    let bin = b
+                        .bins
+                        .bin(cell_at(table, row, column, &b.transform))
+                        .map_err(|reason| FedError::Model {
+                            source_name: self.model_id.clone(),
+                            reason: format!("column {:?} {reason}", b.name),
+                        })?;
                     counts[bin].0 += 1;
                     counts[bin].1 += u64::from(y == 1.0);
                 }
@@ -479,7 +479,7 @@ impl ModelPart {
                 for (b, &column) in self.binned.iter().zip(&binned_at) {
                     let bin = b
                         .bins
-                        .bin(cell(table, row, column, &b.transform))
+                        .bin(cell_at(table, row, column, &b.transform))
                         .map_err(|reason| row_error(row, &b.name, reason))?;
                     z += b.points[bin];
                 }

@@ -444,22 +444,29 @@ fn range(cuts: &[f64], first: usize, last: usize) -> String {
     }
 }
 
-/// The cell at (row, column), transformed.
-pub(crate) fn cell<'a>(
+/// The cell of column `column` whose stored value is `x` (a text column stores its code),
+/// transformed.
+pub(crate) fn cell<'a>(table: &'a Table, column: usize, x: f64, transform: &Transform) -> Cell<'a> {
+    match table.dictionary(column) {
+        _ if x.is_nan() => Cell::Missing,
+        Some(dictionary) => Cell::Text(&dictionary[x as usize]),
+        None => Cell::Number(transform.apply(x)),
+    }
+}
+
+/// The cell at (row, column) of `table`, transformed.
+pub(crate) fn cell_at<'a>(
     table: &'a Table,
     row: usize,
     column: usize,
     transform: &Transform,
 ) -> Cell<'a> {
-    if table.is_text(column) {
-        return table.text(row, column).map_or(Cell::Missing, Cell::Text);
-    }
-    let x = table.values()[row * table.features() + column];
-    if x.is_nan() {
-        Cell::Missing
-    } else {
-        Cell::Number(transform.apply(x))
-    }
+    cell(
+        table,
+        column,
+        table.values()[row * table.features() + column],
+        transform,
+    )
 }
 
 /// One column's fitted preparation.
@@ -512,13 +519,15 @@ impl Fitted {
         }
         // Columns are fitted in parallel (each reads its own column of a row-major table),
         // then numbered in order.
-        let fitted = table
-            .feature_names()
+        let sources: Vec<usize> = (0..table.features())
+            .filter(|&c| prep.selects(&table.feature_names()[c]))
+            .collect();
+        let fitted = sources
             .par_iter()
-            .enumerate()
-            .filter(|(_, name)| prep.selects(name))
-            .map(|(source, name)| {
-                fit_column(party, prep, table, train, source, name).map(|f| (source, f))
+            .zip(table.columns(&sources))
+            .map(|(&source, values)| {
+                let name = &table.feature_names()[source];
+                fit_column(party, prep, (table, source, &values), train, name).map(|f| (source, f))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut columns = Vec::with_capacity(table.features());
@@ -566,13 +575,20 @@ impl Fitted {
     /// Every binned column's bin of every row of `table` (the table the preparation was
     /// fitted on), with the bins' labels.
     pub(crate) fn row_bins(&self, table: &Table) -> Result<Vec<RowBins>, FedError> {
-        self.columns
-            .par_iter()
+        let binned: Vec<(&FittedColumn, &Bins)> = self
+            .columns
+            .iter()
             .filter_map(|column| column.bins.as_ref().map(|(bins, _)| (column, bins)))
-            .map(|(column, bins)| {
-                let of_row = (0..table.rows())
-                    .map(|row| {
-                        bins.bin(cell(table, row, column.source, &column.transform))
+            .collect();
+        let sources: Vec<usize> = binned.iter().map(|(c, _)| c.source).collect();
+        binned
+            .into_par_iter()
+            .zip(table.columns(&sources))
+            .map(|((column, bins), values)| {
+                let of_row = values
+                    .iter()
+                    .map(|&x| {
+                        bins.bin(cell(table, column.source, x, &column.transform))
                             .map_err(|reason| {
                                 FedError::config(
                                     "prep",
@@ -609,7 +625,7 @@ impl Fitted {
                 Some((bins, indicators)) => {
                     for row in 0..table.rows() {
                         let bin = bins
-                            .bin(cell(table, row, column.source, &column.transform))
+                            .bin(cell_at(table, row, column.source, &column.transform))
                             .map_err(|reason| {
                                 FedError::config(
                                     "prep",
@@ -640,16 +656,21 @@ impl Fitted {
 fn fit_column(
     party: &str,
     prep: &Prep,
-    table: &Table,
+    (table, source, values): (&Table, usize, &[f64]),
     train: &[usize],
-    source: usize,
     name: &str,
 ) -> Result<(String, Transform, Option<(Bins, Vec<usize>, Vec<usize>)>), FedError> {
     let wrong =
         |reason: &str| FedError::config("prep", format!("{party}'s column {name:?} {reason}"));
     if let Some(kept) = prep.kept.get(name) {
         let of_bin = kept_groups(kept, prep.merge.get(name)).map_err(|e| wrong(&e))?;
-        let counts = count_bins(&kept.bins, table, train, source, &kept.transform, wrong)?;
+        let counts = count_bins(
+            &kept.bins,
+            (table, source, values),
+            train,
+            &kept.transform,
+            wrong,
+        )?;
         return Ok((
             name.to_owned(),
             kept.transform,
@@ -668,35 +689,43 @@ fn fit_column(
             "holds text: bin it as categorical"
         }));
     }
-    // The training values, sorted, once: winsorising and the fitted cut points need them.
+    // The training values; winsorising and fitted cut points need some of their order
+    // statistics (the transform is monotone, so it maps them to the transformed ones).
     let by_values = matches!(
         column.bins,
         Some(Binning::Quantile { .. } | Binning::EqualWidth { .. })
     );
-    let mut sorted: Vec<f64> = Vec::new();
+    let mut ranked = Ranked(Vec::new());
     if column.winsorise.is_some() || by_values {
-        sorted = train
+        ranked.0 = train
             .iter()
-            .map(|&r| table.values()[r * table.features() + source])
+            .map(|&r| values[r])
             .filter(|x| !x.is_nan())
             .collect();
-        sorted.sort_by(f64::total_cmp);
     }
+    let n = ranked.0.len();
     let mut transform = Transform {
         clip: None,
         log1p: column.log1p,
     };
-    if let (Some([low, high]), false) = (column.winsorise, sorted.is_empty()) {
-        transform.clip = Some([quantile(&sorted, low), quantile(&sorted, high)]);
+    if let (Some([low, high]), false) = (column.winsorise, n == 0) {
+        let rank = |q: f64| ((n - 1) as f64 * q).round() as usize;
+        let clip = ranked.at(&[rank(low), rank(high)]);
+        transform.clip = Some([clip[0], clip[1]]);
     }
-    // The transform is monotone, so the transformed values stay sorted.
-    let transformed = || -> Vec<f64> { sorted.iter().map(|&x| transform.apply(x)).collect() };
+    let mut transformed = |ranks: &[usize]| -> Vec<f64> {
+        ranked
+            .at(ranks)
+            .into_iter()
+            .map(|x| transform.apply(x))
+            .collect()
+    };
     let bins = match &column.bins {
         None => None,
         Some(Binning::Categorical { min_share }) => {
             let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
             for &row in train {
-                if let Some(text) = table.text(row, source) {
+                if let Cell::Text(text) = cell(table, source, values[row], &transform) {
                     *counts.entry(text).or_default() += 1;
                 }
             }
@@ -711,34 +740,38 @@ fn fit_column(
         }
         Some(Binning::Cuts { cuts }) => Some(Bins::Cuts { cuts: cuts.clone() }),
         Some(Binning::Quantile { count }) => {
-            let values = transformed();
-            let cuts = (1..*count)
-                .filter_map(|k| {
-                    let at = (k * values.len()).div_ceil(*count);
-                    at.checked_sub(1).map(|i| values[i])
-                })
+            // Cut k at the ⌈k·n/count⌉-th smallest value, then the largest value.
+            let mut ranks: Vec<usize> = (1..*count)
+                .filter_map(|k| (k * n).div_ceil(*count).checked_sub(1))
                 .collect();
+            ranks.extend(n.checked_sub(1));
+            let mut cuts = transformed(&ranks);
+            let max = if n > 0 { cuts.pop() } else { None };
             Some(Bins::Cuts {
-                cuts: distinct_below_max(cuts, values.last().copied()),
+                cuts: distinct_below_max(cuts, max),
             })
         }
         Some(Binning::EqualWidth { count }) => {
-            let values = transformed();
-            let cuts = match (values.first(), values.last()) {
-                (Some(&low), Some(&high)) => (1..*count)
+            let ends = if n > 0 {
+                transformed(&[0, n - 1])
+            } else {
+                Vec::new()
+            };
+            let cuts = match ends[..] {
+                [low, high] => (1..*count)
                     .map(|k| low + (high - low) * k as f64 / *count as f64)
                     .collect(),
                 _ => Vec::new(),
             };
             Some(Bins::Cuts {
-                cuts: distinct_below_max(cuts, values.last().copied()),
+                cuts: distinct_below_max(cuts, ends.last().copied()),
             })
         }
     };
     let bins = match bins {
         None => None,
         Some(bins) => {
-            let counts = count_bins(&bins, table, train, source, &transform, wrong)?;
+            let counts = count_bins(&bins, (table, source, values), train, &transform, wrong)?;
             let of_bin = (0..bins.len()).collect();
             Some((bins, counts, of_bin))
         }
@@ -749,16 +782,15 @@ fn fit_column(
 /// The training rows in each bin.
 fn count_bins(
     bins: &Bins,
-    table: &Table,
+    (table, source, values): (&Table, usize, &[f64]),
     train: &[usize],
-    source: usize,
     transform: &Transform,
     wrong: impl Fn(&str) -> FedError,
 ) -> Result<Vec<usize>, FedError> {
     let mut counts = vec![0usize; bins.len()];
     for &row in train {
         counts[bins
-            .bin(cell(table, row, source, transform))
+            .bin(cell(table, source, values[row], transform))
             .map_err(&wrong)?] += 1;
     }
     Ok(counts)
@@ -804,9 +836,39 @@ fn finite_and_increasing(cuts: &[f64]) -> bool {
     cuts.iter().all(|c| c.is_finite()) && cuts.windows(2).all(|w| w[0] < w[1])
 }
 
-/// The nearest-rank quantile of sorted values.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+/// A column's training values, whose order statistics are found by selection: a few ranks
+/// of n values cost O(n·log ranks), not a sort.
+struct Ranked(Vec<f64>);
+
+impl Ranked {
+    /// The values of ranks `ranks` (each below the number of values; 0 is the smallest), in
+    /// the order asked.
+    fn at(&mut self, ranks: &[usize]) -> Vec<f64> {
+        let mut wanted: Vec<usize> = ranks.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut found = BTreeMap::new();
+        select_ranks(&mut self.0, 0, &wanted, &mut found);
+        ranks.iter().map(|r| found[r]).collect()
+    }
+}
+
+/// Places the values of `ranks` (increasing, offset by `offset` in `values`) into `found`.
+fn select_ranks(
+    values: &mut [f64],
+    offset: usize,
+    ranks: &[usize],
+    found: &mut BTreeMap<usize, f64>,
+) {
+    if ranks.is_empty() {
+        return;
+    }
+    let middle = ranks.len() / 2;
+    let rank = ranks[middle];
+    let (below, &mut value, above) = values.select_nth_unstable_by(rank - offset, f64::total_cmp);
+    found.insert(rank, value);
+    select_ranks(below, offset, &ranks[..middle], found);
+    select_ranks(above, rank + 1, &ranks[middle + 1..], found);
 }
 
 /// Cut points without repeats and below the largest value (a cut at or above it would leave
@@ -1006,5 +1068,24 @@ pub(crate) mod tests {
             ..binned(Binning::Quantile { count: 4 })
         };
         assert!(both.validate().is_err());
+    }
+
+    #[test]
+    fn order_statistics_by_selection_equal_those_of_a_sort() {
+        let mut state = 7u64;
+        let values: Vec<f64> = (0..1000)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) % 97) as f64 - 40.0
+            })
+            .collect();
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        let ranks = [999, 0, 500, 500, 1, 998, 250, 731];
+        let got = Ranked(values).at(&ranks);
+        let want: Vec<f64> = ranks.iter().map(|&r| sorted[r]).collect();
+        assert_eq!(got, want);
     }
 }

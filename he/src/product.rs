@@ -78,6 +78,53 @@ impl PreparedMatrix {
     }
 }
 
+impl PreparedMatrix {
+    /// The 0/1 matrix of bin indicators: column j holds 1 in the rows `ones[j]` (increasing)
+    /// and 0 elsewhere. Equal to [`PreparedMatrix::new`] on those values, without making
+    /// them: a binning of many columns needs one indicator column per bin.
+    pub fn indicators(params: &Params, rows: usize, ones: &[&[u32]]) -> Result<Self, HeError> {
+        if rows == 0 || rows > params.max_rows {
+            return Err(HeError::SizeMismatch {
+                what: "matrix rows (1..=max_rows)",
+                expected: params.max_rows,
+                got: rows,
+            });
+        }
+        if let Some(column) = ones.iter().find(|column| {
+            column.windows(2).any(|w| w[0] >= w[1])
+                || column.last().is_some_and(|&r| r as usize >= rows)
+        }) {
+            return Err(HeError::SizeMismatch {
+                what: "indicator rows (increasing, below the matrix rows)",
+                expected: rows,
+                got: column.last().map_or(0, |&r| r as usize + 1),
+            });
+        }
+        let ring = ring_for(params);
+        let n = params.poly_size;
+        let blocks = rows.div_ceil(n);
+        let ntt = (0..ones.len() * blocks)
+            .into_par_iter()
+            .map(|index| {
+                let (column, block) = (ones[index / blocks], index % blocks);
+                let (start, end) = ((block * n) as u32, ((block + 1) * n) as u32);
+                let within = &column[column.partition_point(|&r| r < start)..];
+                let within = &within[..within.partition_point(|&r| r < end)];
+                let positions: Vec<usize> = within.iter().map(|&r| (r - start) as usize).collect();
+                ring.forward_reversed_ones(&positions)
+            })
+            .collect();
+        Ok(PreparedMatrix {
+            params_id: params.id,
+            rows,
+            columns: ones.len(),
+            column_l1: ones.iter().map(|column| column.len() as u64).collect(),
+            ntt,
+            ring,
+        })
+    }
+}
+
 impl PublicKey {
     /// Encrypted X^T v: for every column j of `matrix`, Σ_i x_ij·v_i under the owner's key.
     /// Refuses products whose worst case (declared |v| bound × Σ_i |x_ij|) could wrap.

@@ -158,6 +158,21 @@ impl Ring {
         out
     }
 
+    /// [`forward_small`](Self::forward_small) of x_0 − Σ_{i≥1} x_i X^(n−i) for 0/1 values x_i,
+    /// given the positions i of the ones (each below n).
+    pub(crate) fn forward_reversed_ones(&self, ones: &[usize]) -> NttPoly {
+        let mut out = NttPoly::zero(self.n);
+        for (k, plan) in self.plans.iter().enumerate() {
+            let limb = &mut out.limbs[k * self.n..(k + 1) * self.n];
+            for &i in ones {
+                debug_assert!(i < self.n);
+                limb[(self.n - i) % self.n] = if i == 0 { 1 } else { PRIMES[k] - 1 };
+            }
+            plan.fwd(limb);
+        }
+        out
+    }
+
     /// acc += a ⊙ b (pointwise, in the NTT domain).
     pub(crate) fn mul_accumulate(&self, acc: &mut NttPoly, a: &NttPoly, b: &NttPoly) {
         for (k, plan) in self.plans.iter().enumerate() {

@@ -245,3 +245,46 @@ fn a_prepared_vector_multiplies_like_an_encrypted_one() {
         .multiply_prepared(&params, &prepared, 1, &short)
         .is_err());
 }
+
+/// A matrix of bin indicators multiplies like the same 0/1 values given one by one, across
+/// blocks, and rows out of order or beyond the matrix are refused.
+#[test]
+fn bin_indicators_multiply_like_their_zero_one_values() {
+    let params = N8192_Q128;
+    let rows = 3 * params.poly_size / 2 + 7;
+    let (secret, public) = SecretKey::generate(&params);
+    let v = random_values(rows, 1);
+    let encrypted = secret.encrypt(&v, 1).unwrap();
+    let packing = secret.packing_key(3).unwrap();
+    let mut rng = rand::rng();
+    let first: Vec<u32> = (0..rows).map(|_| rng.random_range(0..4)).collect();
+    let second: Vec<u32> = (0..rows).map(|_| rng.random_range(0..2)).collect();
+    let columns = [(&first, 0), (&first, 3), (&second, 1), (&first, 9)];
+    let x: Vec<i64> = columns
+        .iter()
+        .flat_map(|&(bins, bin)| bins.iter().map(move |&b| i64::from(b == bin)))
+        .collect();
+    let ones: Vec<Vec<u32>> = columns
+        .iter()
+        .map(|&(bins, bin)| {
+            (0..rows as u32)
+                .filter(|&r| bins[r as usize] == bin)
+                .collect()
+        })
+        .collect();
+    let slices: Vec<&[u32]> = ones.iter().map(Vec::as_slice).collect();
+    let matrix = PreparedMatrix::indicators(&params, rows, &slices).unwrap();
+    let product = public.multiply(&params, &encrypted, &matrix).unwrap();
+    let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
+    let got = masks
+        .unmask(&secret.decrypt_masked(&masked).unwrap())
+        .unwrap();
+    assert_eq!(got, plain_product(&v, &x, rows));
+    assert_eq!(got[3], 0, "a bin no row is in counts nothing");
+    for wrong in [&[3, 2][..], &[rows as u32][..]] {
+        assert!(matches!(
+            PreparedMatrix::indicators(&params, rows, &[wrong]),
+            Err(HeError::SizeMismatch { .. })
+        ));
+    }
+}
