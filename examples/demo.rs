@@ -18,6 +18,24 @@ use unseen::local::{Plan, HOSTS};
 
 const MARKER: &str = ".unseen-demo";
 
+/// The binning statistics: every party's columns in 10 training-quantile bins, with their
+/// counts, WOE and IV.
+const BINNING: &str = r#"kind = "binning"
+model_id = "sme-credit-bins"
+dataset = "bank"
+
+[[hosts]]
+party = "tax"
+dataset = "tax"
+
+[[hosts]]
+party = "utilities"
+dataset = "utilities"
+"#;
+
+/// The model, on the bins of the binning job (`BINNING_JOB` is replaced by its id): merged
+/// to monotone default rates, columns with IV ≥ 0.02, the training defaults, a fifth of the
+/// rows held out for the final metrics.
 const JOB: &str = r#"model_id = "sme-credit"
 dataset = "bank"
 
@@ -29,12 +47,9 @@ dataset = "tax"
 party = "utilities"
 dataset = "utilities"
 
-# Every party cuts each of its columns into 10 training-quantile bins (hosts take the
-# bank's default; the bank's 13 columns make up to 143 indicator columns).
-[prep.default]
-bins = { kind = "quantile", count = 10 }
+[select]
+binning_job = "BINNING_JOB"
 
-# The training defaults, with a fifth of the rows held out for the final metrics.
 [train]
 validation_fraction = 0.2
 "#;
@@ -89,15 +104,27 @@ async fn run() -> Result<(), String> {
         );
     }
 
-    // The bank's modeller trains, following progress over the jobs API.
-    let spec = dir.join("job.toml");
-    std::fs::write(&spec, JOB).map_err(|e| e.to_string())?;
+    // The bank's modeller runs the binning statistics, then trains on the bins they choose,
+    // following progress over the jobs API.
     let channel = node::cli::channel(&federation.node_arg("bank"), &federation.modeller()).await?;
     let mut jobs = JobsClient::new(channel);
-    let status = jobs
+    std::fs::write(dir.join("binning.toml"), BINNING).map_err(|e| e.to_string())?;
+    let binning = jobs
         .submit(SubmitRequest {
-            spec_toml: JOB.into(),
+            spec_toml: BINNING.into(),
         })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    println!(
+        "\nbinning job {} (PSI, then every column's bin counts, WOE and IV):",
+        binning.job_id
+    );
+    node::cli::follow(&mut jobs, &binning.job_id, false).await?;
+    let job = JOB.replace("BINNING_JOB", &binning.job_id);
+    std::fs::write(dir.join("job.toml"), &job).map_err(|e| e.to_string())?;
+    let status = jobs
+        .submit(SubmitRequest { spec_toml: job })
         .await
         .map_err(|e| e.message().to_string())?
         .into_inner();
@@ -214,7 +241,12 @@ async fn run() -> Result<(), String> {
             report["stop"].as_str().unwrap_or("").to_string(),
         ),
     ];
-    let html = unseen::report::html("unseen demo: joint SME credit model", &figures, &charts);
+    let html = unseen::report::html(
+        "unseen demo: joint SME credit model",
+        &figures,
+        &charts,
+        &report_tables(&report),
+    );
     let page = dir.join("report.html");
     std::fs::write(&page, html).map_err(|e| e.to_string())?;
 
@@ -237,7 +269,101 @@ async fn run() -> Result<(), String> {
     println!("  data        bank.csv, tax.csv, utilities.csv");
     println!("  certs       certs/<name>/  (CA key: certs/ca.key)");
     println!("  node state  state/<party>/unseen.redb  (jobs, models, audit log)");
-    println!("  job spec    job.toml");
+    println!("  job specs   binning.toml, job.toml");
     println!("\nnext: start the nodes with `unseen serve`, then e.g. `unseen job list --node {bank} --identity {}`", identity.display());
     Ok(())
+}
+
+/// The training report's tables: the bank's scorecard, the chosen columns, the bands and the
+/// reliability of the held-out rows.
+fn report_tables(report: &serde_json::Value) -> Vec<unseen::report::HtmlTable> {
+    let list = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
+    let number = |v: &serde_json::Value, digits: usize| {
+        v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"))
+    };
+    let rate = |events: &serde_json::Value, rows: &serde_json::Value| {
+        let (e, n) = (events.as_f64().unwrap_or(0.0), rows.as_f64().unwrap_or(0.0));
+        format!("{:.1}%", 100.0 * e / n.max(1.0))
+    };
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let mut scorecard = Vec::new();
+    for column in list(&report["scorecard"]) {
+        for (i, bin) in list(&column["bins"]).iter().enumerate() {
+            scorecard.push(vec![
+                if i == 0 {
+                    format!(
+                        "{} (IV {})",
+                        text(&column["column"]),
+                        number(&column["iv"], 3)
+                    )
+                } else {
+                    String::new()
+                },
+                text(&bin["label"]),
+                bin["rows"].to_string(),
+                rate(&bin["events"], &bin["rows"]),
+                number(&bin["woe"], 3),
+                number(&bin["score_points"], 1),
+            ]);
+        }
+    }
+    let chosen = list(&report["selection"]["columns"])
+        .iter()
+        .map(|c| {
+            vec![
+                text(&c["stats"]["party"]),
+                text(&c["stats"]["name"]),
+                number(&c["stats"]["iv"], 3),
+                list(&c["stats"]["bins"]).len().to_string(),
+            ]
+        })
+        .collect();
+    let evaluation = &report["evaluation"];
+    let bands = list(&evaluation["bands"])
+        .iter()
+        .map(|b| {
+            vec![
+                text(&b["band"]),
+                format!("p ≥ {}", number(&b["from"], 2)),
+                b["rows"].to_string(),
+                number(&b["mean_probability"], 4),
+                number(&b["observed_rate"], 4),
+            ]
+        })
+        .collect();
+    let reliability = list(&evaluation["reliability"])
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            vec![
+                (i + 1).to_string(),
+                g["count"].to_string(),
+                number(&g["mean_probability"], 4),
+                number(&g["observed_rate"], 4),
+            ]
+        })
+        .collect();
+    let header = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+    vec![
+        unseen::report::HtmlTable {
+            title: "Scorecard: the bank's columns (points on the [scoring] scale)".into(),
+            header: header(&["column", "bin", "rows", "default rate", "WOE", "points"]),
+            rows: scorecard,
+        },
+        unseen::report::HtmlTable {
+            title: "Columns chosen from the binning job (hosts' under aliases)".into(),
+            header: header(&["party", "column", "IV after merging", "bins"]),
+            rows: chosen,
+        },
+        unseen::report::HtmlTable {
+            title: "Bands on the held-out rows".into(),
+            header: header(&["band", "from", "rows", "mean PD", "observed default rate"]),
+            rows: bands,
+        },
+        unseen::report::HtmlTable {
+            title: "Reliability on the held-out rows (ten equal-count groups)".into(),
+            header: header(&["group", "rows", "mean PD", "observed default rate"]),
+            rows: reliability,
+        },
+    ]
 }

@@ -261,8 +261,23 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The whole report: a title, key figures (name, value), and the three charts.
-pub fn html(title: &str, figures: &[(String, String)], charts: &[String]) -> String {
+/// A table of the report: a heading, column headers and rows of cells.
+pub struct HtmlTable {
+    /// Heading above the table.
+    pub title: String,
+    /// Column headers.
+    pub header: Vec<String>,
+    /// Rows of cells.
+    pub rows: Vec<Vec<String>>,
+}
+
+/// The whole report: a title, key figures (name, value), the charts, then the tables.
+pub fn html(
+    title: &str,
+    figures: &[(String, String)],
+    charts: &[String],
+    tables: &[HtmlTable],
+) -> String {
     let mut rows = String::new();
     for (name, value) in figures {
         let _ = write!(
@@ -272,11 +287,30 @@ pub fn html(title: &str, figures: &[(String, String)], charts: &[String]) -> Str
             escape(value)
         );
     }
+    let mut more = String::new();
+    for table in tables {
+        let cells = |cells: &[String], tag: &str| -> String {
+            cells
+                .iter()
+                .map(|c| format!("<{tag}>{}</{tag}>", escape(c)))
+                .collect()
+        };
+        let _ = write!(
+            more,
+            "<h2>{}</h2><table><tr>{}</tr>",
+            escape(&table.title),
+            cells(&table.header, "th")
+        );
+        for row in &table.rows {
+            let _ = write!(more, "<tr>{}</tr>", cells(row, "td"));
+        }
+        more.push_str("</table>");
+    }
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title>\
          <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
          th,td{{text-align:left;padding:.25em 1em;border-bottom:1px solid #ddd}}svg{{margin:0 1em 1em 0}}</style>\
-         </head><body><h1>{t}</h1><table>{rows}</table>{}</body></html>\n",
+         </head><body><h1>{t}</h1><table>{rows}</table>{}{more}</body></html>\n",
         charts.join(""),
         t = escape(title)
     )
@@ -304,7 +338,13 @@ mod tests {
             "r",
             &[("AUC".into(), "1 < 2".into())],
             &[roc_svg(&[0.9, 0.1], &[true, false])],
+            &[HtmlTable {
+                title: "bins".into(),
+                header: vec!["bin".into()],
+                rows: vec![vec!["≤ 3 & up".into()]],
+            }],
         );
         assert!(page.contains("1 &lt; 2") && page.contains("<svg"));
+        assert!(page.contains("<h2>bins</h2>") && page.contains("<td>≤ 3 &amp; up</td>"));
     }
 }
