@@ -39,6 +39,26 @@ fn auc(scores: &[f64], labels: &[f64]) -> f64 {
     evaluate(&probabilities, labels).unwrap().auc
 }
 
+/// The AUC of the joint scores (every party's part on its own columns) of rows `test`.
+fn joint_test_auc(
+    run: &Simulation,
+    (guest, hosts): (&Table, &[Table]),
+    test: &[usize],
+    labels: &[f64],
+) -> f64 {
+    let select = |table: &Table| table.select_rows(test).unwrap();
+    let mut z = run.guest.model.partial_scores(&select(guest)).unwrap();
+    for (part, host) in run.hosts.iter().zip(hosts) {
+        for (z, s) in z
+            .iter_mut()
+            .zip(part.model.partial_scores(&select(host)).unwrap())
+        {
+            *z += s;
+        }
+    }
+    auc(&z, labels)
+}
+
 #[test]
 fn federated_model_on_bins_matches_plaintext_logistic_regression_on_the_same_bins() {
     let (guest, hosts) = parties("default_credit", 2);
@@ -65,21 +85,8 @@ fn federated_model_on_bins_matches_plaintext_logistic_regression_on_the_same_bin
     assert_eq!(run.guest.convergence, Convergence::Converged);
     assert!(run.guest.model.features.is_empty());
     assert_eq!(run.guest.model.binned.len(), guest.features());
-    let mut z = run
-        .guest
-        .model
-        .partial_scores(&select(&guest, &test))
-        .unwrap();
-    for (part, host) in run.hosts.iter().zip(&hosts) {
-        for (z, s) in z
-            .iter_mut()
-            .zip(part.model.partial_scores(&select(host, &test)).unwrap())
-        {
-            *z += s;
-        }
-    }
     let test_labels: Vec<f64> = test.iter().map(|&r| labels[r]).collect();
-    let federated = auc(&z, &test_labels);
+    let federated = joint_test_auc(&run, (&guest, &hosts), &test, &test_labels);
 
     // The same bins (fitted on the training rows) on the joined table, in the clear.
     let designs: Vec<Table> = std::iter::once(&guest)
@@ -440,21 +447,8 @@ fn a_model_trains_on_the_bins_chosen_from_a_binning_job() {
         assert!((column.iv - stats.iv).abs() < 1e-9);
     }
     // Fewer, merged columns still rank well on the test rows.
-    let mut z = run
-        .guest
-        .model
-        .partial_scores(&select(&guest, &test))
-        .unwrap();
-    for (part, host) in run.hosts.iter().zip(&hosts) {
-        for (z, s) in z
-            .iter_mut()
-            .zip(part.model.partial_scores(&select(host, &test)).unwrap())
-        {
-            *z += s;
-        }
-    }
     let test_labels: Vec<f64> = test.iter().map(|&r| labels[r]).collect();
-    let auc = auc(&z, &test_labels);
+    let auc = joint_test_auc(&run, (&guest, &hosts), &test, &test_labels);
     eprintln!("test AUC on {} chosen columns: {auc:.4}", chosen.len());
     assert!(auc >= 0.75, "test AUC {auc:.4}");
 }

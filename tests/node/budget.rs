@@ -124,28 +124,10 @@ async fn hosts_enforce_their_disclosure_budget() {
     );
 
     // Scoring beyond the hosts' rate is refused, naming the key.
-    let ids: Vec<String> = std::fs::read_to_string(federation.dir.join("bank.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .take(11)
-        .map(|l| l.split(',').next().unwrap().to_string())
-        .collect();
-    let platform = federation.inner.platform().display().to_string();
-    let mut args = vec!["score", "--model", "sme-credit", "--identity", &platform];
-    args.extend(ids.iter().map(String::as_str));
-    let (ok, _, stderr) = federation.cli(&args).await;
+    let ids = federation.bank_ids(11);
+    let (ok, _, stderr) = federation.score("sme-credit", &[], &ids).await;
     assert!(!ok && stderr.contains("scores_per_minute"), "{stderr}");
-    let mut args = vec![
-        "score",
-        "--json",
-        "--model",
-        "sme-credit",
-        "--identity",
-        &platform,
-    ];
-    args.extend(ids[..3].iter().map(String::as_str));
-    let (ok, stdout, stderr) = federation.cli(&args).await;
+    let (ok, stdout, stderr) = federation.score("sme-credit", &["--json"], &ids[..3]).await;
     assert!(ok, "{stderr}");
     // Tax scores its binned part and the bank its winsorised one: every id has a probability.
     assert_eq!(stdout.matches("probability").count(), 3, "{stdout}");

@@ -139,6 +139,32 @@ impl Federation {
         FederationClient::new(self.channel_as(party, identity).await)
     }
 
+    /// The first `count` ids of the bank's CSV.
+    pub(crate) fn bank_ids(&self, count: usize) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("bank.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .take(count)
+            .map(|l| l.split(',').next().unwrap().to_string())
+            .collect()
+    }
+
+    /// `unseen score` of `ids` with model `model` as the platform, with `extra` flags.
+    pub(crate) async fn score(
+        &self,
+        model: &str,
+        extra: &[&str],
+        ids: &[String],
+    ) -> (bool, String, String) {
+        let platform = self.inner.platform().display().to_string();
+        let mut args = vec!["score"];
+        args.extend_from_slice(extra);
+        args.extend(["--model", model, "--identity", &platform]);
+        args.extend(ids.iter().map(String::as_str));
+        self.cli(&args).await
+    }
+
     pub(crate) fn spec(&self, name: &str, text: &str) -> String {
         let path = self.dir.join(name);
         std::fs::write(&path, text).unwrap();

@@ -103,24 +103,8 @@ async fn a_model_trains_on_the_columns_chosen_from_a_binning_job() {
     assert_eq!(roc.last().unwrap(), &serde_json::json!([1.0, 1.0]));
 
     // Every party scores its part, reading only the columns it uses.
-    let ids: Vec<String> = std::fs::read_to_string(federation.dir.join("bank.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .take(3)
-        .map(|l| l.split(',').next().unwrap().to_string())
-        .collect();
-    let platform = federation.inner.platform().display().to_string();
-    let mut args = vec![
-        "score",
-        "--json",
-        "--model",
-        "sme-credit",
-        "--identity",
-        &platform,
-    ];
-    args.extend(ids.iter().map(String::as_str));
-    let (ok, stdout, stderr) = federation.cli(&args).await;
+    let ids = federation.bank_ids(3);
+    let (ok, stdout, stderr) = federation.score("sme-credit", &["--json"], &ids).await;
     assert!(ok, "{stderr}");
     assert_eq!(stdout.matches("probability").count(), 3, "{stdout}");
     federation.stop().await;
