@@ -484,7 +484,76 @@ impl From<NodeError> for Status {
     }
 }
 
+/// A new error id (12 hex digits): a failure's details are found under it in the log and
+/// the job's record of the node where it happened.
+pub(crate) fn error_id() -> String {
+    let mut id = [0u8; 6];
+    rand::fill(&mut id);
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Most characters of an error text a node stores, logs or sends.
+pub(crate) const MAX_ERROR_CHARS: usize = 2000;
+
+/// `text`, cut to [`MAX_ERROR_CHARS`] characters (a cut text ends with "…").
+pub(crate) fn capped(text: &str) -> String {
+    match text.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 impl NodeError {
+    /// What a peer may read of this error when it stops a job: a category that names no file,
+    /// line, column, value or id of this node's data (the operator finds the details under
+    /// the error id in the job's record and the log). A peer's own stop reason passes on as
+    /// it came (it is already of this form).
+    pub fn public_reason(&self, error_id: &str) -> String {
+        use fedlearn::FedError as F;
+        let category = match self {
+            NodeError::Stopped(reason) => return capped(reason),
+            // About the request, not this node's data: the requester reads them whole.
+            NodeError::Refused(refusal) => return capped(&refusal.to_string()),
+            NodeError::NotFound(text) | NodeError::BadRequest(text) => return capped(text),
+            NodeError::Cancelled(_) => "cancelled by the operator".into(),
+            NodeError::Peer { peer, fault } => match fault {
+                PeerFault::Silent { .. } => format!("{peer} went silent"),
+                PeerFault::RefusedJob(_) => format!("{peer} refused the job"),
+                _ => format!("{peer} broke the protocol"),
+            },
+            NodeError::PeerCall { peer, .. } => format!("{peer} could not be reached"),
+            NodeError::Dataset { .. } | NodeError::Unusable { .. } => "bad data".into(),
+            NodeError::Spec(_) => "bad job spec".into(),
+            NodeError::Psi(_) => "PSI failed".into(),
+            NodeError::Train(error) => match error {
+                F::Protocol { peer, .. } | F::Transport { peer, .. } => {
+                    format!("{peer} broke the protocol")
+                }
+                F::Integrity { .. } | F::Malformed(_) => {
+                    "a protocol message failed its checks".into()
+                }
+                F::Aborted { peer, .. } => format!("{peer} stopped the job"),
+                F::Diverged { .. } => "training diverged".into(),
+                F::He { .. } => "internal error".into(),
+                _ => "bad data or settings".into(),
+            },
+            NodeError::Config { .. }
+            | NodeError::Io { .. }
+            | NodeError::Tls(_)
+            | NodeError::Store { .. }
+            | NodeError::Server(_) => "internal error".into(),
+        };
+        format!("{category} (error {error_id}; its operator has the details)")
+    }
+
+    /// The status a peer or a platform reads of this error: [`NodeError::public_reason`]
+    /// under a new error id; the whole text goes to this node's log under that id.
+    pub fn public_status(&self, what: &str) -> Status {
+        let id = error_id();
+        tracing::warn!(error = %capped(&self.to_string()), error_id = %id, "{what} failed");
+        Status::new(self.code(), self.public_reason(&id))
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         NodeError::Io {
             path: path.into(),
@@ -628,6 +697,31 @@ mod tests {
                 "{denied:?}"
             );
         }
+    }
+
+    #[test]
+    fn what_crosses_to_a_peer_is_a_category_and_an_id() {
+        let cell = NodeError::Dataset {
+            name: "tax".into(),
+            reason: "tax.csv, line 9, column \"x1\": \"4711\" is not a finite number".into(),
+        };
+        let public = cell.public_reason("0123456789ab");
+        assert_eq!(
+            public,
+            "bad data (error 0123456789ab; its operator has the details)"
+        );
+        let status = cell.public_status("scoring");
+        assert!(status.message().starts_with("bad data (error "));
+        assert!(!status.message().contains("4711") && !status.message().contains("tax.csv"));
+        // A peer's stop passes on as it came; refusals are the requester's to read.
+        let stopped = NodeError::Stopped("tax stopped the job: bad data (error 1)".into());
+        assert_eq!(
+            stopped.public_reason("x"),
+            "tax stopped the job: bad data (error 1)"
+        );
+        let long = capped(&"é".repeat(MAX_ERROR_CHARS + 5));
+        assert_eq!(long.chars().count(), MAX_ERROR_CHARS + 1);
+        assert!(long.ends_with('…'));
     }
 
     #[test]

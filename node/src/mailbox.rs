@@ -50,6 +50,8 @@ struct JobBox {
     participants: BTreeSet<String>,
     inboxes: HashMap<String, Inbox>,
     closed: Option<String>,
+    /// Whether a peer's abort closed it (`closed` is then that peer's public reason).
+    aborted: bool,
 }
 
 impl JobBox {
@@ -93,6 +95,7 @@ impl Mailbox {
                 participants: participants.into_iter().collect(),
                 inboxes: HashMap::new(),
                 closed: None,
+                aborted: false,
             },
         );
     }
@@ -120,6 +123,7 @@ impl Mailbox {
                     .chars()
                     .take(2000)
                     .collect();
+                job_box.aborted = job_box.closed.is_none();
                 job_box.shut(format!("{sender} stopped the job: {reason}"));
             }
             drop(jobs);
@@ -171,6 +175,14 @@ impl Mailbox {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// The reason a peer gave when its abort closed the job, if one did.
+    pub fn abort_reason(&self, job: &str) -> Option<String> {
+        self.lock()
+            .get(job)
+            .filter(|job_box| job_box.aborted)
+            .and_then(|job_box| job_box.closed.clone())
     }
 
     /// Closes a job: receivers fail with `reason`, buffered messages are dropped, later
@@ -240,6 +252,14 @@ mod tests {
             Ok(true),
             "repeated abort"
         );
+        assert_eq!(
+            mailbox.abort_reason("j").as_deref(),
+            Some("bank stopped the job: disk full")
+        );
+        // A job this node closed itself has no peer's reason.
+        mailbox.register("k", ["bank".to_string()]);
+        mailbox.close("k", "the job failed");
+        assert_eq!(mailbox.abort_reason("k"), None);
     }
 
     #[test]

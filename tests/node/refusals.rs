@@ -249,3 +249,66 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
     );
     federation.stop().await;
 }
+
+/// A host whose data is bad stops the job; what reaches the bank, the other host and every
+/// audit log is a category and an error id, not the file, line, column or value, which the
+/// host keeps in its job record under that id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_bad_cell_stays_on_the_host() {
+    let federation = Federation::start("leaks", false).await;
+    let csv = federation.dir.join("tax.csv");
+    let mut text = std::fs::read_to_string(&csv).unwrap();
+    let width = text.lines().next().unwrap().split(',').count();
+    text.push_str(&format!(
+        "new-firm,{}\n",
+        vec!["secret-cell-7"; width - 1].join(",")
+    ));
+    std::fs::write(&csv, text).unwrap();
+    let spec = federation.spec(
+        "job.toml",
+        &TRAIN.replace("max_epochs = 8", "max_epochs = 1"),
+    );
+    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
+    assert!(
+        !ok && stderr.contains("tax stopped the job: bad data (error "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("secret-cell-7") && !stderr.contains("tax.csv"),
+        "{stderr}"
+    );
+    let error_id: String = stderr
+        .split("(error ")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    assert_eq!(error_id.len(), 12, "{stderr}");
+    let last_job = |party: &str| {
+        let mut jobs = federation.state(party).store.jobs().unwrap();
+        jobs.sort_by_key(|j| j.created_unix_ms);
+        jobs.pop().unwrap()
+    };
+    // Every party's job ends; only tax's record holds the cell, under the id the bank read.
+    for party in ["bank", "tax", "utilities"] {
+        let record = loop {
+            let record = last_job(party);
+            if record.is_final() {
+                break record;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(record.state, "failed", "{party}");
+        let holds = record.error.contains("secret-cell-7") && record.error.contains("tax.csv");
+        assert_eq!(holds, party == "tax", "{party}: {}", record.error);
+        assert!(
+            record.error.contains(&error_id),
+            "{party}: {}",
+            record.error
+        );
+        let audit = serde_json::to_string(&audit_lines(&federation, party, "").await).unwrap();
+        assert!(!audit.contains("secret-cell-7"), "{party}'s audit log");
+    }
+    federation.stop().await;
+}

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::error::NodeError;
+use crate::error::{capped, NodeError};
 use crate::proto::JobProposal;
 use crate::registry::JobHandle;
 use crate::spec::{JobKind, JobSpec};
@@ -222,13 +222,26 @@ impl NodeState {
     /// send), closes its inbox, audits its traffic and final state, and tells watchers.
     fn finish(&self, job: &JobHandle, result: Result<String, NodeError>, started: Instant) {
         let record = job.record();
-        let (state, message) = match result {
-            Ok(summary) => ("succeeded", summary),
-            Err(_) if job.is_cancelled() => ("cancelled", "cancelled by the operator".to_string()),
-            Err(error) => ("failed", error.to_string()),
+        // What the peers read of a failure is a category and an error id; the text (file,
+        // line, column, value) stays in this node's job record and log under that id.
+        let error_id = crate::error::error_id();
+        let (state, message, public) = match result {
+            Ok(summary) => ("succeeded", summary, String::new()),
+            Err(_) if job.is_cancelled() => {
+                let text = "cancelled by the operator".to_string();
+                ("cancelled", text.clone(), text)
+            }
+            Err(error) => (
+                "failed",
+                format!("{} [error {error_id}]", capped(&error.to_string())),
+                // A peer's stop, however the protocol reported it, passes on as the peer gave it.
+                self.mailbox
+                    .abort_reason(job.id())
+                    .unwrap_or_else(|| error.public_reason(&error_id)),
+            ),
         };
         if state != "succeeded" {
-            link::abort_peers(self, job, &record.peers, &message);
+            link::abort_peers(self, job, &record.peers, &public);
         }
         self.mailbox.close(job.id(), &format!("the job {state}"));
         for ((peer, direction, kind), (messages, bytes)) in job.take_traffic() {
@@ -251,12 +264,13 @@ impl NodeState {
             &[("role", &record.role), ("state", state)],
             1.0,
         );
+        // The audit log holds no data: a failure's category and id, not its text.
         crate::audit::record(
             &self.store,
             "job.ended",
             job.id(),
             "",
-            json!({"state": state, "message": message}),
+            json!({"state": state, "message": if state == "succeeded" { &message } else { &public }}),
         );
         job.state_event(&self.store, state, message);
         self.jobs.remove(job.id());

@@ -91,7 +91,7 @@ impl Federation for FederationService {
                     auth::deny_audited(&self.node, *refusal, event, "", &request.guest, detail);
                 return Err(error.into());
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(error.public_status("partial scores")),
         };
         crate::audit::record(
             &self.node.store,

@@ -51,7 +51,9 @@ impl Scoring for ScoringService {
         let own = {
             let node = self.node.clone();
             let model = model.clone();
-            blocking(move || index(&node.scores, &node.config, &model)).await??
+            blocking(move || index(&node.scores, &node.config, &model))
+                .await?
+                .map_err(|e| e.public_status("scoring"))?
         };
         let ids = Arc::new(ids);
         let mut calls = Vec::with_capacity(model.hosts.len());
@@ -101,10 +103,14 @@ impl Scoring for ScoringService {
         for (i, id) in ids.iter().enumerate() {
             let own_error = match own.get(id) {
                 Some(Ok(_)) => None,
-                Some(Err(e)) => Some((
-                    ScoreStatus::Unscorable,
-                    format!("{}: unscorable: {e}", node.config.party),
-                )),
+                Some(Err(e)) => {
+                    // The row's details (its column, its value) stay here.
+                    tracing::debug!(model = %model_id, error = %e, "an id cannot be scored");
+                    Some((
+                        ScoreStatus::Unscorable,
+                        format!("{}: unscorable", node.config.party),
+                    ))
+                }
                 None => Some((
                     ScoreStatus::UnknownId,
                     format!("{}: unknown id", node.config.party),
