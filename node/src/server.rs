@@ -68,6 +68,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             config.party
         )));
     }
+    // An expired certificate, or one the CA file did not sign, would only fail later at
+    // every peer's handshake, blamed on the peer.
+    let now = tokio_rustls::rustls::pki_types::UnixTime::now();
+    identity
+        .check_own(now)
+        .map_err(|reason| NodeError::Tls(format!("{}: {reason}", config.tls.cert.display())))?;
     let server_tls = identity.server_config()?;
     let store = Store::open(&config.data_dir)?;
     for job in store.fail_interrupted()? {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use tokio_rustls::rustls::crypto::ring::default_provider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use webpki::KeyUsage;
 
 use crate::error::NodeError;
 
@@ -63,6 +64,50 @@ impl Identity {
     /// Whether this identity's own certificate is valid for `name`.
     pub fn is_for(&self, name: &str) -> bool {
         self.certs.first().is_some_and(|c| cert_is_for(c, name))
+    }
+
+    /// Refuses this identity's own certificate unless it chains to the configured CA and is
+    /// valid at `now` as a server and as a client (a node is both): says which of these
+    /// fails, in the operator's terms.
+    pub fn check_own(&self, now: UnixTime) -> Result<(), String> {
+        let leaf = self.certs.first().ok_or("no certificate")?;
+        let end_entity = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+        let anchors = self
+            .ca
+            .iter()
+            .map(|ca| webpki::anchor_from_trusted_cert(ca).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the CA certificate cannot be used: {e}"))?;
+        let date = |t: UnixTime| {
+            time::OffsetDateTime::from_unix_timestamp(t.as_secs() as i64)
+                .map_or_else(|_| format!("{} s", t.as_secs()), |d| d.date().to_string())
+        };
+        for usage in [KeyUsage::server_auth(), KeyUsage::client_auth()] {
+            end_entity
+                .verify_for_usage(
+                    webpki::ALL_VERIFICATION_ALGS,
+                    &anchors,
+                    &self.certs[1..],
+                    now,
+                    usage,
+                    None,
+                    None,
+                )
+                .map_err(|e| match e {
+                    webpki::Error::CertExpired { not_after, .. } => {
+                        format!("the certificate expired on {}", date(not_after))
+                    }
+                    webpki::Error::CertNotValidYet { not_before, .. } => {
+                        format!("the certificate is not valid before {}", date(not_before))
+                    }
+                    webpki::Error::UnknownIssuer => {
+                        "the certificate is not signed by the CA of the configured ca file".into()
+                    }
+                    other => format!("the certificate does not verify: {other:?}"),
+                })?;
+        }
+        Ok(())
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, NodeError> {
@@ -142,4 +187,45 @@ pub fn peer_name<'a>(
 ) -> Option<&'a str> {
     let leaf = certs?.first()?;
     candidates.into_iter().find(|name| cert_is_for(leaf, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's own certificate is refused, in the operator's words, when it has expired, is
+    /// not yet valid, or was not signed by the configured CA.
+    #[test]
+    fn own_certificate_is_checked_against_the_ca_and_the_clock() {
+        let dir = std::env::temp_dir().join(format!("unseen-tls-{}", std::process::id()));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        for ca in [&a, &b] {
+            std::fs::create_dir_all(ca).unwrap();
+            crate::certs::init(ca, &["tax".to_string()]).unwrap();
+        }
+        let own = Identity::load_dir(&a.join("tax")).unwrap();
+        let now = UnixTime::now();
+        own.check_own(now).unwrap();
+        let years = |n: u64| std::time::Duration::from_secs(n * 365 * 86_400);
+        let later =
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_secs()) + years(3));
+        let err = own.check_own(later).unwrap_err();
+        assert!(err.starts_with("the certificate expired on 20"), "{err}");
+        let earlier =
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_secs()) - years(1));
+        let err = own.check_own(earlier).unwrap_err();
+        assert!(
+            err.starts_with("the certificate is not valid before 20"),
+            "{err}"
+        );
+        let other_ca = Identity::load(
+            &a.join("tax/node.crt"),
+            &a.join("tax/node.key"),
+            &b.join("ca.crt"),
+        )
+        .unwrap();
+        let err = other_ca.check_own(now).unwrap_err();
+        assert!(err.contains("not signed by the CA"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

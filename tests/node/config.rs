@@ -40,3 +40,30 @@ fn configuration_errors_name_the_key_or_file() {
     NodeConfig::load(&path).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node whose own certificate was not signed by its configured CA refuses to start, and
+/// says so (instead of failing every handshake later and blaming the peers).
+#[tokio::test]
+async fn a_node_refuses_to_start_with_a_certificate_its_ca_did_not_sign() {
+    let dir = std::env::temp_dir().join(format!("unseen-own-cert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    node::certs::init(&dir.join("certs"), &["bank".to_string()]).unwrap();
+    node::certs::init(&dir.join("other"), &["bank".to_string()]).unwrap();
+    let path = dir.join("node.toml");
+    std::fs::write(
+        &path,
+        "party = \"bank\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[tls]\n\
+         cert = \"certs/bank/node.crt\"\nkey = \"certs/bank/node.key\"\nca = \"other/ca.crt\"\n",
+    )
+    .unwrap();
+    let config = NodeConfig::load(&path).unwrap();
+    let error = match node::start(config).await {
+        Ok(_) => panic!("the node started"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("certs/bank/node.crt") && error.contains("not signed by the CA"),
+        "{error}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

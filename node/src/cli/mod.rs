@@ -331,6 +331,10 @@ pub async fn channel(node: &str, identity_dir: &Path) -> Result<Channel, String>
         .split_once('@')
         .ok_or_else(|| format!("--node {node:?}: expected NAME@HOST:PORT"))?;
     let identity = Identity::load_dir(identity_dir).map_err(|e| e.to_string())?;
+    // The handshake would only say "transport error" of an expired or foreign certificate.
+    identity
+        .check_own(tokio_rustls::rustls::pki_types::UnixTime::now())
+        .map_err(|reason| format!("{}: {reason}", identity_dir.join("node.crt").display()))?;
     Endpoint::from_shared(format!("https://{address}"))
         .map_err(|e| format!("--node {node:?}: {e}"))?
         .tls_config(identity.client_config(name))
