@@ -179,7 +179,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) `<data_dir>/unseen.redb`.
+    /// Opens (or creates) `<data_dir>/unseen.redb`, readable by this node's user only (it
+    /// holds model parts and pairwise scoring seeds).
     pub fn open(data_dir: &Path) -> Result<Store, NodeError> {
         std::fs::create_dir_all(data_dir).map_err(|e| NodeError::io(data_dir, e))?;
         let path = data_dir.join("unseen.redb");
@@ -187,6 +188,12 @@ impl Store {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| NodeError::io(&path, e))?;
+        }
         let store = Store { db, path };
         store.write(|txn| {
             txn.open_table(JOBS)?;

@@ -38,6 +38,21 @@ impl Identity {
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Identity, NodeError> {
         let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e));
         let (cert_pem, key_pem, ca_pem) = (read(cert)?, read(key)?, read(ca)?);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(key)
+                .map_err(|e| NodeError::io(key, e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(NodeError::Tls(format!(
+                    "{}: the private key can be read by other users (mode {:o}); chmod 600 it",
+                    key.display(),
+                    mode & 0o777
+                )));
+            }
+        }
         let certs = parse_certs(cert, &cert_pem)?;
         let ca_certs = parse_certs(ca, &ca_pem)?;
         PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
@@ -226,6 +241,18 @@ mod tests {
         .unwrap();
         let err = other_ca.check_own(now).unwrap_err();
         assert!(err.contains("not signed by the CA"), "{err}");
+        // A private key others can read is refused at load.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let key = a.join("tax/node.key");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = Identity::load_dir(&a.join("tax")).unwrap_err().to_string();
+            assert!(
+                err.contains("can be read by other users (mode 644)"),
+                "{err}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
