@@ -195,6 +195,22 @@ pub fn cert_is_for(cert: &CertificateDer<'_>, name: &str) -> bool {
         .is_ok()
 }
 
+/// The DNS names of a (verified) leaf certificate, at most 8 of 64 characters, for the audit
+/// log of a refused call.
+pub fn cert_names(certs: Option<&[CertificateDer<'_>]>) -> Vec<String> {
+    let Some(end_entity) = certs
+        .and_then(<[_]>::first)
+        .and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok())
+    else {
+        return Vec::new();
+    };
+    end_entity
+        .valid_dns_names()
+        .take(8)
+        .map(|name| name.chars().take(64).collect())
+        .collect()
+}
+
 /// Of `candidates`, the first name the peer's leaf certificate is valid for.
 pub fn peer_name<'a>(
     certs: Option<&[CertificateDer<'_>]>,

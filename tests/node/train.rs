@@ -307,6 +307,38 @@ async fn hosts_mask_their_partial_scores(
         !ok && stderr.contains("names no scoring client"),
         "{stderr}"
     );
+    // The bank audits the refused call: who the certificate names, from where.
+    let refused: Vec<serde_json::Value> = audit_lines(federation, "bank", "")
+        .await
+        .into_iter()
+        .filter(|r| r["event"] == "score.refused")
+        .collect();
+    let detail = &refused.last().expect("an audited refusal")["detail"];
+    assert_eq!(
+        detail["certificate"],
+        serde_json::json!(["modeller"]),
+        "{detail}"
+    );
+    assert!(
+        detail["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{detail}"
+    );
+
+    // A peer claiming another's name is audited under the name its certificate carries.
+    let mut as_utilities = federation.peer_client("tax", "utilities").await;
+    let claim = proposal("cd".repeat(16), "impostor");
+    assert!(as_utilities.propose(claim).await.is_err());
+    let records = audit_lines(federation, "tax", "").await;
+    let record = records
+        .iter()
+        .rev()
+        .find(|r| r["event"] == "peer.refused")
+        .expect("an audited impersonation");
+    assert_eq!(record["peer"], "utilities", "{record}");
+    assert_eq!(record["detail"]["claimed"], "bank", "{record}");
 }
 
 /// The audit trail holds the job, its message kinds and the scoring calls, and verifies.

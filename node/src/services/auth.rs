@@ -1,6 +1,7 @@
 //! Who may call what: peers by the certificate name the configuration gives them, operators
 //! and scoring clients by their certificate names, scoring clients within their call rate.
-//! Every refusal is logged and counted; refusals of peers and operators are also audited.
+//! Every refusal is logged, counted and audited, with the name the caller claimed, the names
+//! its certificate carries and its address.
 
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use tonic::Request;
@@ -35,6 +36,15 @@ fn certs<T>(request: &Request<T>) -> Option<std::sync::Arc<Vec<CertificateDer<'s
     request.peer_certs()
 }
 
+/// Who made a call, as its transport shows: the certificate's names and the address.
+fn caller<T>(request: &Request<T>) -> serde_json::Value {
+    let certs = certs(request);
+    serde_json::json!({
+        "certificate": crate::tls::cert_names(certs.as_deref().map(|c| &c[..])),
+        "address": request.remote_addr().map(|a| a.to_string()),
+    })
+}
+
 /// Checks that the caller's certificate is valid for the configured certificate name of peer
 /// `claimed` (at most 64 characters of it are kept).
 pub(crate) fn peer<T>(
@@ -61,13 +71,18 @@ pub(crate) fn peer<T>(
             party: node.config.party.clone(),
         },
     };
+    // Recorded under the name the certificate carries, not the one the caller claimed.
+    let mut detail = caller(request);
+    detail["call"] = call.into();
+    detail["claimed"] = claimed.clone().into();
+    let shown = detail["certificate"][0].as_str().unwrap_or("").to_owned();
     Err(deny_audited(
         node,
         refusal,
         "peer.refused",
         "",
-        &claimed,
-        serde_json::json!({"call": call}),
+        &shown,
+        detail,
     ))
 }
 
@@ -85,7 +100,7 @@ pub(crate) fn operator<T>(node: &NodeState, request: &Request<T>) -> Result<Stri
             "operator.refused",
             "",
             "",
-            serde_json::json!({}),
+            caller(request),
         )),
     }
 }
@@ -102,29 +117,32 @@ pub(crate) fn scoring_client<T>(
         certs.as_deref().map(|c| &c[..]),
         clients.iter().map(|c| c.name.as_str()),
     );
+    let refused = |refusal: Refusal| {
+        let mut detail = caller(request);
+        detail["model"] = model.chars().take(64).collect::<String>().into();
+        let event = match refusal {
+            Refusal::CallRate { .. } => "score.rate_limited",
+            _ => "score.refused",
+        };
+        deny_audited(node, refusal, event, "", "", detail)
+    };
     let Some(client) = name.and_then(|name| clients.iter().find(|c| c.name == name)) else {
-        return Err(deny(node, Refusal::NotAScoringClient));
+        return Err(refused(Refusal::NotAScoringClient));
     };
     if !client.models.iter().any(|m| m == model) {
-        return Err(deny(
-            node,
-            Refusal::ModelNotAllowed {
-                client: client.name.clone(),
-                model: model.chars().take(64).collect(),
-            },
-        ));
+        return Err(refused(Refusal::ModelNotAllowed {
+            client: client.name.clone(),
+            model: model.chars().take(64).collect(),
+        }));
     }
     if !node
         .scores
         .take(&client.name, client.burst, client.calls_per_second, 1.0)
     {
-        return Err(deny(
-            node,
-            Refusal::CallRate {
-                client: client.name.clone(),
-                per_second: client.calls_per_second,
-            },
-        ));
+        return Err(refused(Refusal::CallRate {
+            client: client.name.clone(),
+            per_second: client.calls_per_second,
+        }));
     }
     Ok(client.name.clone())
 }
