@@ -19,6 +19,8 @@ pub struct JobHandle {
     record: Mutex<JobRecord>,
     events: broadcast::Sender<(usize, EventRecord)>,
     cancelled: AtomicBool,
+    /// Why it was cancelled (what its peers are told).
+    cancel_reason: Mutex<String>,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     /// Messages and bytes by peer, direction and kind, for the audit log.
@@ -69,7 +71,18 @@ impl JobHandle {
 
     /// Marks the job cancelled by the operator.
     pub(crate) fn cancel(&self) {
+        self.cancel_because("cancelled by the operator");
+    }
+
+    /// Marks the job cancelled, for `reason`.
+    pub(crate) fn cancel_because(&self, reason: &str) {
+        *lock(&self.cancel_reason) = reason.to_owned();
         self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// Why the job was cancelled.
+    pub(crate) fn cancel_reason(&self) -> String {
+        lock(&self.cancel_reason).clone()
     }
 
     /// Whether the operator cancelled the job.
@@ -174,6 +187,7 @@ impl JobTable {
             record: Mutex::new(record),
             events,
             cancelled: AtomicBool::new(false),
+            cancel_reason: Mutex::new(String::new()),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             traffic: Mutex::default(),

@@ -38,8 +38,11 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    /// Stops accepting calls and waits for the server to finish.
+    /// Stops its live jobs (telling their peers), stops accepting calls and waits for the
+    /// server to finish.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        let reason = format!("{} shut down", self.state.config.party);
+        self.state.stop_all(&reason, Duration::from_secs(5)).await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -76,8 +79,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .map_err(|reason| NodeError::Tls(format!("{}: {reason}", config.tls.cert.display())))?;
     let server_tls = identity.server_config()?;
     let store = Store::open(&config.data_dir)?;
-    for job in store.fail_interrupted()? {
-        tracing::warn!(%job, "marked failed: a restart interrupted it");
+    let interrupted = store.fail_interrupted()?;
+    for job in &interrupted {
+        tracing::warn!(job = %job.job_id, "marked failed: a restart interrupted it");
     }
     let metrics = Arc::new(Metrics::default());
     let peers = Peers::new(&config, &identity, metrics.clone())?;
@@ -153,6 +157,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                 let _ = stop.await;
             }),
     );
+    if !interrupted.is_empty() {
+        let node = state.clone();
+        background.push(tokio::spawn(async move {
+            node.report_interrupted(&interrupted).await;
+        }));
+    }
     tracing::info!(%party, %address, ?metrics_address, "node serving");
     Ok(RunningNode {
         address,

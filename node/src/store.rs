@@ -385,7 +385,7 @@ impl Store {
     }
 
     /// Marks every job a restart interrupted as failed; returns their ids.
-    pub fn fail_interrupted(&self) -> Result<Vec<String>, NodeError> {
+    pub fn fail_interrupted(&self) -> Result<Vec<JobRecord>, NodeError> {
         let mut failed = Vec::new();
         for mut job in self.jobs()? {
             if job.is_final() {
@@ -400,7 +400,7 @@ impl Store {
             event.message = job.error.clone();
             event.unix_ms = now;
             self.put_job_event(&job.head(), job.events.len() as u64, &event)?;
-            failed.push(job.job_id);
+            failed.push(job.head());
         }
         Ok(failed)
     }
@@ -448,7 +448,13 @@ mod tests {
             );
         }
         let store = Store::open(&dir).unwrap();
-        assert_eq!(store.fail_interrupted().unwrap(), vec!["a".to_string()]);
+        let failed: Vec<String> = store
+            .fail_interrupted()
+            .unwrap()
+            .into_iter()
+            .map(|j| j.job_id)
+            .collect();
+        assert_eq!(failed, ["a"]);
         let a = store.job("a").unwrap().unwrap();
         assert_eq!(a.state, "failed");
         assert!(a.error.contains("restart"), "{}", a.error);

@@ -237,9 +237,72 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
         record.error
     );
 
-    // A host that is down fails the job with a message naming it, after the retries.
+    // A host shutting down mid-job tells its peers: the job fails at once, naming it. (With
+    // utilities alone: tax's budget of models for the bank is spent.)
+    let doomed = federation.spec(
+        "doomed.toml",
+        &TRAIN
+            .replace("max_epochs = 8", "max_epochs = 500")
+            .replace("sme-credit", "doomed")
+            .replace("[[hosts]]\nparty = \"tax\"\ndataset = \"tax\"\n\n", ""),
+    );
+    let (ok, doomed, stderr) = federation.cli(&["job", "submit", &doomed]).await;
+    assert!(ok, "{stderr}");
+    let doomed = doomed.trim().to_string();
+    while bank
+        .job(&doomed)
+        .unwrap()
+        .unwrap()
+        .events
+        .iter()
+        .all(|e| e.epoch == 0)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let utilities = federation.inner.nodes.remove("utilities").unwrap();
+    let utilities_state = utilities.state.clone();
+    let stopping = std::time::Instant::now();
     utilities.shutdown().await.unwrap();
+    let (ok, _, stderr) = federation.cli(&["job", "watch", &doomed]).await;
+    assert!(
+        !ok && stderr.contains("utilities stopped the job: utilities shut down"),
+        "{stderr}"
+    );
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let record = utilities_state.store.job(&doomed).unwrap().unwrap();
+    assert_eq!(
+        (record.state.as_str(), record.error.as_str()),
+        ("cancelled", "utilities shut down")
+    );
+
+    // A job a crash left unfinished in the store is failed at the next start, with its end
+    // audited (its peers are told too, one attempt each).
+    let ghost = unfinished(&record, &"ef".repeat(16));
+    utilities_state.store.put_job(&ghost).unwrap();
+    drop(utilities_state);
+    let config = node::config::NodeConfig::load(&federation.dir.join("utilities.toml")).unwrap();
+    let restarted = node::start(config).await.unwrap();
+    let failed = restarted.state.store.job(&ghost.job_id).unwrap().unwrap();
+    assert_eq!(failed.state, "failed");
+    let mut ended = false;
+    for _ in 0..50 {
+        ended = node::audit::records(&restarted.state.store)
+            .unwrap()
+            .iter()
+            .any(|r| r.job_id == ghost.job_id && r.event == "job.ended");
+        if ended {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ended, "the interrupted job's end is audited");
+    restarted.shutdown().await.unwrap();
+
+    // A host that is down fails the job with a message naming it, after the retries.
     let again = federation.spec("again.toml", &TRAIN.replace("sme-credit", "again"));
     let (ok, _, stderr) = federation.cli(&["train", &again]).await;
     assert!(!ok);
@@ -311,4 +374,14 @@ async fn a_hosts_bad_cell_stays_on_the_host() {
         assert!(!audit.contains("secret-cell-7"), "{party}'s audit log");
     }
     federation.stop().await;
+}
+
+/// A job record as a crash leaves it: not final.
+fn unfinished(like: &node::store::JobRecord, job_id: &str) -> node::store::JobRecord {
+    node::store::JobRecord {
+        job_id: job_id.to_owned(),
+        state: "training".into(),
+        error: String::new(),
+        ..like.head()
+    }
 }

@@ -218,6 +218,53 @@ impl NodeState {
         Ok(handle.record())
     }
 
+    /// Cancels every live job for `reason` (which their peers are told), waiting up to `wait`
+    /// for them to end.
+    pub async fn stop_all(&self, reason: &str, wait: std::time::Duration) {
+        let live = self.jobs.records();
+        for record in &live {
+            if let Some(handle) = self.live(&record.job_id) {
+                handle.cancel_because(reason);
+                self.mailbox.close(&record.job_id, reason);
+            }
+        }
+        let deadline = Instant::now() + wait;
+        while !self.jobs.records().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if !live.is_empty() {
+            tracing::info!(
+                jobs = live.len(),
+                left = self.jobs.records().len(),
+                "stopped live jobs"
+            );
+        }
+    }
+
+    /// Tells the peers of jobs a restart interrupted that this node lost them (one attempt
+    /// each; a peer whose job has ended ignores it), and audits their end.
+    pub(crate) async fn report_interrupted(&self, jobs: &[JobRecord]) {
+        let reason = format!("{} restarted and lost the job", self.config.party);
+        for job in jobs {
+            crate::audit::record(
+                &self.store,
+                "job.ended",
+                &job.job_id,
+                "",
+                json!({"state": "failed", "message": "interrupted by a restart"}),
+            );
+            for peer in &job.peers {
+                if let Err(e) = self
+                    .peers
+                    .deliver(peer, &job.job_id, 0, "abort", reason.as_bytes(), false)
+                    .await
+                {
+                    tracing::info!(job = %job.job_id, %peer, error = %e, "could not tell a peer of the lost job");
+                }
+            }
+        }
+    }
+
     /// Ends a job: tells the peers when it did not succeed (whatever the protocol managed to
     /// send), closes its inbox, audits its traffic and final state, and tells watchers.
     fn finish(&self, job: &JobHandle, result: Result<String, NodeError>, started: Instant) {
@@ -228,7 +275,7 @@ impl NodeState {
         let (state, message, public) = match result {
             Ok(summary) => ("succeeded", summary, String::new()),
             Err(_) if job.is_cancelled() => {
-                let text = "cancelled by the operator".to_string();
+                let text = job.cancel_reason();
                 ("cancelled", text.clone(), text)
             }
             Err(error) => (
