@@ -315,6 +315,10 @@ pub struct FederationSettings {
     /// Largest id set a peer may announce for PSI (bounds the memory a peer can make this
     /// node reserve).
     pub max_peer_rows: u64,
+    /// Most jobs this node runs at once (guest and host); more are refused as busy.
+    pub max_jobs: usize,
+    /// Most jobs it runs at once for one guest.
+    pub max_jobs_per_peer: usize,
 }
 
 impl Default for FederationSettings {
@@ -327,6 +331,8 @@ impl Default for FederationSettings {
             retries: 6,
             backoff_ms: 200,
             max_peer_rows: 100_000_000,
+            max_jobs: 8,
+            max_jobs_per_peer: 4,
         }
     }
 }
@@ -508,6 +514,9 @@ impl NodeConfig {
         }
         if f.call_timeout_secs == 0 || f.receive_timeout_secs == 0 {
             return Err("federation: timeouts must be at least 1 second".into());
+        }
+        if f.max_jobs == 0 || f.max_jobs_per_peer == 0 {
+            return Err("federation: max_jobs and max_jobs_per_peer must be at least 1".into());
         }
         Ok(())
     }

@@ -299,6 +299,20 @@ pub enum Refusal {
         /// The policy's maximum.
         max: u32,
     },
+    /// Too many jobs run already (all of them, or a peer's).
+    #[error("{party} is busy: {live} jobs run{of} (federation.{key} is {max}); try again later")]
+    Busy {
+        /// This node.
+        party: String,
+        /// Live jobs counted.
+        live: usize,
+        /// " for <peer>", or nothing for all jobs.
+        of: String,
+        /// The configuration key.
+        key: &'static str,
+        /// Its value.
+        max: usize,
+    },
     /// The guest has used its budget of binning jobs on the dataset.
     #[error(
         "{guest} already ran {done} binning jobs on dataset {dataset:?} of {party}; the policy \
@@ -419,7 +433,9 @@ impl Refusal {
     pub fn code(&self) -> Code {
         match self {
             Refusal::Version { .. } => Code::FailedPrecondition,
-            Refusal::CallRate { .. } | Refusal::ScoreRate { .. } => Code::ResourceExhausted,
+            Refusal::CallRate { .. } | Refusal::ScoreRate { .. } | Refusal::Busy { .. } => {
+                Code::ResourceExhausted
+            }
             _ => Code::PermissionDenied,
         }
     }
@@ -431,6 +447,7 @@ impl Refusal {
             Refusal::NotAnOperator { .. } => "operator identity",
             Refusal::NotAScoringClient | Refusal::ModelNotAllowed { .. } => "scoring client",
             Refusal::CallRate { .. } => "rate limit",
+            Refusal::Busy { .. } => "busy",
             _ => "policy",
         }
     }
@@ -672,6 +689,13 @@ mod tests {
                 party: s(),
                 done: 2,
                 max: 2,
+            },
+            Refusal::Busy {
+                party: s(),
+                live: 8,
+                of: String::new(),
+                key: "max_jobs",
+                max: 8,
             },
             Refusal::NotInJob {
                 sender: s(),

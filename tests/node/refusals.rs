@@ -385,3 +385,44 @@ fn unfinished(like: &node::store::JobRecord, job_id: &str) -> node::store::JobRe
         ..like.head()
     }
 }
+
+/// A flood of proposals: a host runs at most `federation.max_jobs_per_peer` (4) of a guest's
+/// jobs at once and refuses the rest as busy, naming the key; they do not pile up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_proposals_is_refused_as_busy() {
+    let federation = Federation::start_with("flood", false, "max_models = 10\n").await;
+    let mut as_bank = federation.peer_client("tax", "bank").await;
+    let (mut accepted, mut busy) = (0, 0);
+    for k in 0..7u32 {
+        let reply = as_bank
+            .propose(proposal(
+                format!("{:032x}", 0xf00 + k),
+                &format!("flood{k}"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if reply.accepted {
+            accepted += 1;
+        } else {
+            assert!(
+                reply.reason.contains("tax is busy: 4 jobs run for bank")
+                    && reply.reason.contains("federation.max_jobs_per_peer is 4"),
+                "{}",
+                reply.reason
+            );
+            busy += 1;
+        }
+    }
+    assert_eq!((accepted, busy), (4, 3));
+    let live = (0..7u32)
+        .filter(|k| {
+            federation
+                .state("tax")
+                .live(&format!("{:032x}", 0xf00 + k))
+                .is_some()
+        })
+        .count();
+    assert_eq!(live, 4);
+    federation.stop().await;
+}

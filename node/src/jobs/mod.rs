@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::error::{capped, NodeError};
+use crate::error::{capped, NodeError, Refusal};
 use crate::proto::JobProposal;
 use crate::registry::JobHandle;
 use crate::spec::{JobKind, JobSpec};
@@ -46,6 +46,7 @@ impl NodeState {
         let spec = JobSpec::parse(spec_toml)?;
         admission::check_spec(&self.config, &spec)?;
         let _one_at_a_time = self.jobs.admission();
+        self.room_for(None)?;
         if spec.kind == JobKind::Train && self.model_in_use(&spec.model_id)? {
             return Err(NodeError::Spec(format!(
                 "model_id: {:?} already exists on {}",
@@ -92,6 +93,7 @@ impl NodeState {
         if let Some(known) = self.job(&proposal.job_id)? {
             return Ok(admission::check_known(proposal, &known)?);
         }
+        self.room_for(Some(&proposal.guest))?;
         let in_use = self.model_in_use(&proposal.model_id)?;
         let disclosed = self.disclosures(&proposal.guest, &proposal.dataset, &proposal.kind)?;
         admission::check_new(&self.config, rule, proposal, in_use, disclosed)?;
@@ -196,6 +198,40 @@ impl NodeState {
             })
             .count();
         Ok(live.len() + trained)
+    }
+
+    /// Refuses a new job (for `guest`, when a peer proposes it) beyond `federation.max_jobs`
+    /// live jobs, or `federation.max_jobs_per_peer` of that guest's.
+    fn room_for(&self, guest: Option<&str>) -> Result<(), Refusal> {
+        let live = self.jobs.records();
+        let settings = &self.config.federation;
+        let busy = |live: usize, of: String, key, max| Refusal::Busy {
+            party: self.config.party.clone(),
+            live,
+            of,
+            key,
+            max,
+        };
+        if live.len() >= settings.max_jobs {
+            return Err(busy(
+                live.len(),
+                String::new(),
+                "max_jobs",
+                settings.max_jobs,
+            ));
+        }
+        if let Some(guest) = guest {
+            let of_guest = live.iter().filter(|r| r.peers == [guest]).count();
+            if of_guest >= settings.max_jobs_per_peer {
+                return Err(busy(
+                    of_guest,
+                    format!(" for {guest}"),
+                    "max_jobs_per_peer",
+                    settings.max_jobs_per_peer,
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether a stored model or a live job already uses a model id.
