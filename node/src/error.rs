@@ -612,6 +612,13 @@ mod tests {
                 party: s(),
                 per_minute: 1,
             },
+            Refusal::Busy {
+                party: s(),
+                live: 8,
+                of: String::new(),
+                key: "max_jobs",
+                max: 8,
+            },
         ] {
             assert_eq!(refusal_code(rate), Code::ResourceExhausted);
         }
@@ -689,13 +696,6 @@ mod tests {
                 party: s(),
                 done: 2,
                 max: 2,
-            },
-            Refusal::Busy {
-                party: s(),
-                live: 8,
-                of: String::new(),
-                key: "max_jobs",
-                max: 8,
             },
             Refusal::NotInJob {
                 sender: s(),
