@@ -130,20 +130,7 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
             .replace("max_epochs = 8", "max_epochs = 500")
             .replace("sme-credit", "long"),
     );
-    let (ok, job, stderr) = federation.cli(&["job", "submit", &long]).await;
-    assert!(ok, "{stderr}");
-    let job = job.trim().to_string();
-    let bank = federation.state("bank");
-    while bank
-        .job(&job)
-        .unwrap()
-        .unwrap()
-        .events
-        .iter()
-        .all(|e| e.epoch == 0)
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let job = training(&federation, &long).await;
     let (ok, _, stderr) = federation.cli(&["job", "cancel", &job]).await;
     assert!(ok, "{stderr}");
     let (ok, _, stderr) = federation.cli(&["job", "watch", &job]).await;
@@ -246,19 +233,7 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
             .replace("sme-credit", "doomed")
             .replace("[[hosts]]\nparty = \"tax\"\ndataset = \"tax\"\n\n", ""),
     );
-    let (ok, doomed, stderr) = federation.cli(&["job", "submit", &doomed]).await;
-    assert!(ok, "{stderr}");
-    let doomed = doomed.trim().to_string();
-    while bank
-        .job(&doomed)
-        .unwrap()
-        .unwrap()
-        .events
-        .iter()
-        .all(|e| e.epoch == 0)
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let doomed = training(&federation, &doomed).await;
     let utilities = federation.inner.nodes.remove("utilities").unwrap();
     let utilities_state = utilities.state.clone();
     let stopping = std::time::Instant::now();
@@ -374,6 +349,25 @@ async fn a_hosts_bad_cell_stays_on_the_host() {
         assert!(!audit.contains("secret-cell-7"), "{party}'s audit log");
     }
     federation.stop().await;
+}
+
+/// Submits the job of `spec` and waits until the bank has seen its first epoch; its id.
+async fn training(federation: &Federation, spec: &str) -> String {
+    let (ok, job, stderr) = federation.cli(&["job", "submit", spec]).await;
+    assert!(ok, "{stderr}");
+    let job = job.trim().to_string();
+    let bank = federation.state("bank");
+    while bank
+        .job(&job)
+        .unwrap()
+        .unwrap()
+        .events
+        .iter()
+        .all(|e| e.epoch == 0)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    job
 }
 
 /// A job record as a crash leaves it: not final.
