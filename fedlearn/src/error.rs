@@ -148,6 +148,21 @@ pub enum FedError {
 }
 
 impl FedError {
+    /// What another party may read of this error: its kind, never its text (which can name
+    /// this party's columns, rows or values).
+    pub fn category(&self) -> &'static str {
+        match self {
+            FedError::Protocol { .. }
+            | FedError::Transport { .. }
+            | FedError::Integrity { .. }
+            | FedError::Malformed(_) => "protocol error",
+            FedError::Diverged { .. } => "training diverged",
+            FedError::He { .. } => "internal error",
+            FedError::Aborted { .. } => "stopped by another party",
+            _ => "bad data or settings",
+        }
+    }
+
     pub(crate) fn he(context: &'static str) -> impl FnOnce(he::HeError) -> FedError {
         move |source| FedError::He { context, source }
     }

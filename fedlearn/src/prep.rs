@@ -170,12 +170,13 @@ impl Prep {
     }
 
     /// Takes the bins this party kept from `binning_job`, and names the columns of `select`
-    /// and `merge` by their own names (they may name a column as its report does).
+    /// and `merge` — given as the job's report names them — by their own names. (Only as
+    /// reported: a host's real column names would otherwise answer a guest's guesses.)
     pub fn keep(&mut self, kept: Vec<KeptBins>) -> Result<(), FedError> {
         let job = self.binning_job.clone().unwrap_or_default();
         let name = |given: &String| {
             kept.iter()
-                .find(|k| &k.reported == given || &k.name == given)
+                .find(|k| &k.reported == given)
                 .map(|k| k.name.clone())
                 .ok_or_else(|| {
                     FedError::config(
@@ -811,6 +812,15 @@ fn kept_groups(kept: &KeptBins, merge: Option<&Vec<Vec<usize>>>) -> Result<Vec<u
             of_reported[b] = reported + g;
         }
     }
+    // The report bin that holds only missing values stays on its own.
+    let missing = kept.bins.value_bins();
+    if let Some(group) = merge.into_iter().flatten().find(|g| {
+        g.len() > 1
+            && g.iter()
+                .any(|&r| kept.groups.get(r) == Some(&vec![missing]))
+    }) {
+        return Err(format!("merge {group:?} joins the missing bin to others"));
+    }
     let mut of_bin: Vec<usize> = (0..kept.bins.len()).map(|b| usize::MAX - b).collect();
     for (r, group) in kept.groups.iter().enumerate() {
         for &b in group {
@@ -1046,22 +1056,31 @@ pub(crate) mod tests {
         // A merge naming a bin the report did not have, or a name the job did not bin.
         let mut wrong = Prep {
             binning_job: Some("b1".into()),
-            merge: [("a".to_string(), vec![vec![3, 4]])].into(),
+            merge: [("tax:1".to_string(), vec![vec![3, 4]])].into(),
             ..Prep::default()
         };
         wrong.keep(vec![kept.clone()]).unwrap();
         let err = wrong.design("tax", &table, &all).unwrap_err().to_string();
         assert!(err.contains("merge names bin 4"), "{err}");
-        let mut unknown = Prep {
-            binning_job: Some("b1".into()),
-            select: Some(vec!["tax:2".into()]),
-            ..Prep::default()
+        for guess in ["tax:2", "a"] {
+            let mut unknown = Prep {
+                binning_job: Some("b1".into()),
+                select: Some(vec![guess.into()]),
+                ..Prep::default()
+            };
+            let err = unknown.keep(vec![kept.clone()]).unwrap_err().to_string();
+            assert!(
+                err.contains("is not a column of binning job \"b1\""),
+                "{err}"
+            );
+        }
+        // The missing bin is not merged with value bins.
+        let with_missing = KeptBins {
+            groups: vec![vec![0], vec![1], vec![2], vec![3], vec![4]],
+            ..kept.clone()
         };
-        let err = unknown.keep(vec![kept]).unwrap_err().to_string();
-        assert!(
-            err.contains("\"tax:2\" is not a column of binning job \"b1\""),
-            "{err}"
-        );
+        let err = kept_groups(&with_missing, Some(&vec![vec![3, 4]])).unwrap_err();
+        assert!(err.contains("joins the missing bin"), "{err}");
         // A job's bins exclude a preparation of its own.
         let both = Prep {
             binning_job: Some("b1".into()),

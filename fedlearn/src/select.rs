@@ -154,9 +154,14 @@ impl Selection {
         Prep {
             binning_job: Some(self.binning_job.clone()),
             select: Some(own.clone().map(|c| c.stats.name.clone()).collect()),
+            // In bin order: the order of event rates stays with the bank.
             merge: own
                 .filter(|c| c.groups.iter().any(|g| g.len() > 1))
-                .map(|c| (c.stats.name.clone(), c.groups.clone()))
+                .map(|c| {
+                    let mut groups = c.groups.clone();
+                    groups.sort_unstable();
+                    (c.stats.name.clone(), groups)
+                })
                 .collect(),
             ..Prep::default()
         }

@@ -1,4 +1,5 @@
-//! Bad input and failing training stop every party with an error naming the cause.
+//! Bad input and failing training stop every party: the party whose input it is reads the
+//! cause, the others read which party stopped and the kind of error.
 
 mod common;
 
@@ -29,22 +30,26 @@ fn quick() -> TrainConfig {
     }
 }
 
+/// A host's bad data stops the job; the guest reads which host and the kind of error, not
+/// the host's text (which names its columns and rows: the host's operator reads it).
 #[test]
-fn a_host_with_another_row_count_is_named() {
+fn a_host_with_another_row_count_stops_the_job_by_kind() {
     let (guest, hosts) = parties("breast", 1);
     let fewer: Vec<usize> = (0..hosts[0].rows() - 1).collect();
     let short = hosts[0].select_rows(&fewer).unwrap();
     match run(guest, vec![short], &quick()) {
         Err(FedError::Aborted { peer, reason, .. }) => {
-            assert_eq!(peer, "host0");
-            assert!(reason.contains("host0 has 568 rows"), "{reason}");
+            assert_eq!(
+                (peer.as_str(), reason.as_str()),
+                ("host0", "bad data or settings")
+            );
         }
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
 
 #[test]
-fn a_constant_host_column_is_named() {
+fn a_constant_host_column_stops_the_job_without_naming_it_to_the_guest() {
     let (guest, hosts) = parties("breast", 1);
     let host = &hosts[0];
     let width = host.features();
@@ -62,7 +67,8 @@ fn a_constant_host_column_is_named() {
     .unwrap();
     match run(guest, vec![constant], &quick()) {
         Err(FedError::Aborted { reason, .. }) => {
-            assert!(reason.contains("feature \"x3\" is constant"), "{reason}")
+            assert_eq!(reason, "bad data or settings");
+            assert!(!reason.contains("x3"));
         }
         other => panic!("{:?}", other.map(|_| ())),
     }
@@ -99,22 +105,23 @@ fn divergence_stops_with_the_last_good_model() {
     };
     // Whichever party sees the overflow first stops; the guest reports it with its last good
     // model either way.
-    let (reason, last_good) = match run_keeping_model(guest, hosts, &config) {
+    let last_good = match run_keeping_model(guest, hosts, &config) {
         Err(Stopped {
-            error: FedError::Diverged { epoch, reason },
+            error: FedError::Diverged { epoch, .. },
             last_good,
-        }) => (
-            format!("training diverged at epoch {epoch}: {reason}"),
-            last_good,
-        ),
+        }) => {
+            assert!(epoch > 1, "epoch {epoch}");
+            last_good
+        }
         Err(Stopped {
             error: FedError::Aborted { reason, .. },
             last_good,
-        }) => (reason, last_good),
+        }) => {
+            assert_eq!(reason, "training diverged");
+            last_good
+        }
         other => panic!("{:?}", other.map(|s| s.guest.history)),
     };
-    assert!(reason.contains("diverged at epoch"), "{reason}");
-    assert!(!reason.contains("epoch 1:"), "{reason}");
     let model = last_good.expect("the first epoch completed");
     assert!(model.features.iter().all(|f| f.weight.is_finite()));
     assert!(model.intercept.unwrap().is_finite());

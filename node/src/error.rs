@@ -299,6 +299,12 @@ pub enum Refusal {
         /// The policy's maximum.
         max: u32,
     },
+    /// The node is shutting down.
+    #[error("{party} is shutting down")]
+    ShuttingDown {
+        /// This node.
+        party: String,
+    },
     /// Too many jobs run already (all of them, or a peer's).
     #[error("{party} is busy: {live} jobs run{of} (federation.{key} is {max}); try again later")]
     Busy {
@@ -436,6 +442,7 @@ impl Refusal {
             Refusal::CallRate { .. } | Refusal::ScoreRate { .. } | Refusal::Busy { .. } => {
                 Code::ResourceExhausted
             }
+            Refusal::ShuttingDown { .. } => Code::Unavailable,
             _ => Code::PermissionDenied,
         }
     }
@@ -447,7 +454,7 @@ impl Refusal {
             Refusal::NotAnOperator { .. } => "operator identity",
             Refusal::NotAScoringClient | Refusal::ModelNotAllowed { .. } => "scoring client",
             Refusal::CallRate { .. } => "rate limit",
-            Refusal::Busy { .. } => "busy",
+            Refusal::Busy { .. } | Refusal::ShuttingDown { .. } => "busy",
             _ => "policy",
         }
     }
@@ -600,6 +607,10 @@ mod tests {
         assert_eq!(
             refusal_code(Refusal::Version { got: 2 }),
             Code::FailedPrecondition
+        );
+        assert_eq!(
+            refusal_code(Refusal::ShuttingDown { party: s() }),
+            Code::Unavailable
         );
         for rate in [
             Refusal::CallRate {

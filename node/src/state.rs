@@ -28,6 +28,12 @@ pub struct NodeState {
     pub jobs: JobTable,
     /// The node's tokio runtime, for the network calls of blocking job threads.
     pub(crate) runtime: tokio::runtime::Handle,
+    /// Set once shutdown begins: no new job starts.
+    pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+    /// When each scoring client's refusals were last audited, and how many came since: a
+    /// client over its rate gets one audit record a minute, not one per call.
+    pub(crate) refusal_audits:
+        std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl NodeState {
@@ -47,6 +53,8 @@ impl NodeState {
             scores: ScoreCache::default(),
             jobs: JobTable::default(),
             runtime,
+            shutting_down: Default::default(),
+            refusal_audits: Default::default(),
         }
     }
 }

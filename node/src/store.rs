@@ -182,18 +182,32 @@ impl Store {
     /// Opens (or creates) `<data_dir>/unseen.redb`, readable by this node's user only (it
     /// holds model parts and pairwise scoring seeds).
     pub fn open(data_dir: &Path) -> Result<Store, NodeError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| NodeError::io(data_dir, e))?;
         let path = data_dir.join("unseen.redb");
+        // The directory and the file are private before anything is written to them.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(data_dir)
+                .map_err(|e| NodeError::io(data_dir, e))?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| NodeError::io(&path, e))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| NodeError::io(&path, e))?;
+        }
+        #[cfg(not(unix))]
+        std::fs::create_dir_all(data_dir).map_err(|e| NodeError::io(data_dir, e))?;
         let db = Database::create(&path).map_err(|e| NodeError::Store {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| NodeError::io(&path, e))?;
-        }
         let store = Store { db, path };
         store.write(|txn| {
             txn.open_table(JOBS)?;

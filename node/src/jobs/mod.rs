@@ -205,6 +205,11 @@ impl NodeState {
     fn room_for(&self, guest: Option<&str>) -> Result<(), Refusal> {
         let live = self.jobs.records();
         let settings = &self.config.federation;
+        if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Refusal::ShuttingDown {
+                party: self.config.party.clone(),
+            });
+        }
         let busy = |live: usize, of: String, key, max| Refusal::Busy {
             party: self.config.party.clone(),
             live,
@@ -221,7 +226,10 @@ impl NodeState {
             ));
         }
         if let Some(guest) = guest {
-            let of_guest = live.iter().filter(|r| r.peers == [guest]).count();
+            let of_guest = live
+                .iter()
+                .filter(|r| r.role == "host" && r.peers == [guest])
+                .count();
             if of_guest >= settings.max_jobs_per_peer {
                 return Err(busy(
                     of_guest,
@@ -257,7 +265,13 @@ impl NodeState {
     /// Cancels every live job for `reason` (which their peers are told), waiting up to `wait`
     /// for them to end.
     pub async fn stop_all(&self, reason: &str, wait: std::time::Duration) {
-        let live = self.jobs.records();
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let live = {
+            // Admission holds this lock while it starts a job: none starts after it.
+            let _one_at_a_time = self.jobs.admission();
+            self.jobs.records()
+        };
         for record in &live {
             if let Some(handle) = self.live(&record.job_id) {
                 handle.cancel_because(reason);
@@ -314,14 +328,22 @@ impl NodeState {
                 let text = job.cancel_reason();
                 ("cancelled", text.clone(), text)
             }
-            Err(error) => (
-                "failed",
-                format!("{} [error {error_id}]", capped(&error.to_string())),
-                // A peer's stop, however the protocol reported it, passes on as the peer gave it.
-                self.mailbox
-                    .abort_reason(job.id())
-                    .unwrap_or_else(|| error.public_reason(&error_id)),
-            ),
+            Err(error) => {
+                // A peer's stop is the cause, however the protocol reported it (a send to a
+                // peer that stopped fails too); it passes on as the peer gave it.
+                let stopped = self.mailbox.abort_reason(job.id());
+                let text = match (&stopped, &error) {
+                    (Some(reason), e) if !matches!(e, NodeError::Stopped(_)) => {
+                        format!("{reason} (here: {e})")
+                    }
+                    _ => error.to_string(),
+                };
+                (
+                    "failed",
+                    format!("{} [error {error_id}]", capped(&text)),
+                    stopped.unwrap_or_else(|| error.public_reason(&error_id)),
+                )
+            }
         };
         if state != "succeeded" {
             link::abort_peers(self, job, &record.peers, &public);

@@ -188,9 +188,17 @@ impl NodeState {
         let guest = proposal.guest.as_str();
         let mut prep = admission::host_prep(&self.config, proposal)?;
         self.keep_bins(&mut prep, "host", &[guest.to_owned()], &proposal.dataset)
-            .map_err(|reason| Refusal::BadPrep {
-                party: self.config.party.clone(),
-                reason,
+            .map_err(|detail| {
+                // What this node's store holds stays here; the guest reads that it may not.
+                tracing::warn!(job = %job.id(), %detail, "refused the bins a proposal names");
+                Refusal::BadPrep {
+                    party: self.config.party.clone(),
+                    reason: format!(
+                        "its binning job is not one {} ran with {guest} on this dataset, or its \
+                         columns are not that job's",
+                        self.config.party
+                    ),
+                }
             })?;
         let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
         let mut link = Link::new(self, job);

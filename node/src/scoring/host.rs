@@ -70,9 +70,11 @@ pub(crate) fn partial_scores(
                 errors.push(String::new());
             }
             Some(Err(reason)) => {
+                // The row's column and value stay here.
+                tracing::debug!(model = %model.model_id, error = %reason, "an id cannot be scored");
                 masked.push(0);
                 errors.push(if rule.name_missing_ids {
-                    format!("unscorable: {reason}")
+                    "unscorable".into()
                 } else {
                     CANNOT_SCORE.into()
                 });

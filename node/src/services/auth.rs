@@ -118,12 +118,36 @@ pub(crate) fn scoring_client<T>(
         clients.iter().map(|c| c.name.as_str()),
     );
     let refused = |refusal: Refusal| {
-        let mut detail = caller(request);
-        detail["model"] = model.chars().take(64).collect::<String>().into();
         let event = match refusal {
             Refusal::CallRate { .. } => "score.rate_limited",
             _ => "score.refused",
         };
+        // At most one audit record a minute per certificate and kind of refusal: a client
+        // over its rate must not turn every call into a durable write. Metrics count all.
+        let names = crate::tls::cert_names(certs.as_deref().map(|c| &c[..]));
+        let key = format!("{event} {}", names.join(","));
+        let now = std::time::Instant::now();
+        let due = {
+            let mut audits = node
+                .refusal_audits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if audits.len() > 10_000 {
+                audits.clear();
+            }
+            let due = audits
+                .get(&key)
+                .is_none_or(|last| now.duration_since(*last).as_secs() >= 60);
+            if due {
+                audits.insert(key, now);
+            }
+            due
+        };
+        if !due {
+            return deny(node, refusal);
+        }
+        let mut detail = caller(request);
+        detail["model"] = model.chars().take(64).collect::<String>().into();
         deny_audited(node, refusal, event, "", "", detail)
     };
     let Some(client) = name.and_then(|name| clients.iter().find(|c| c.name == name)) else {

@@ -56,7 +56,7 @@ impl Federation for FederationService {
                 );
                 (false, reason)
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(error.public_status("a proposal")),
         };
         Ok(Response::new(ProposalReply { accepted, reason }))
     }

@@ -40,7 +40,8 @@ impl Scoring for ScoringService {
         }
         let model = node
             .store
-            .model(&model_id)?
+            .model(&model_id)
+            .map_err(|e| e.public_status("scoring"))?
             .filter(|m| m.role == "guest")
             .ok_or_else(|| {
                 NodeError::NotFound(format!(
