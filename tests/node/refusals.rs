@@ -57,6 +57,12 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
         .await
         .unwrap();
     assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("the server's certificate is not from your CA")
+            && said.matches("UnknownIssuer").count() == 1,
+        "{said}"
+    );
     // The node counts the failed handshake on its own task, which may finish after the
     // client has given up: wait for it (at most 10 s).
     let counted = || {

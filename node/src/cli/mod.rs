@@ -342,7 +342,32 @@ pub async fn channel(node: &str, identity_dir: &Path) -> Result<Channel, String>
         .connect_timeout(Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|e| format!("cannot reach {node}: {}", error_chain(&e)))
+        .map_err(|e| connect_error(node, identity_dir, &error_chain(&e)))
+}
+
+/// A failed connection in the operator's terms, with the transport's own words after them.
+fn connect_error(node: &str, identity_dir: &Path, chain: &str) -> String {
+    let (name, address) = node.split_once('@').unwrap_or((node, node));
+    let cause = if chain.contains("UnknownIssuer") {
+        format!(
+            "the server's certificate is not from your CA ({})",
+            identity_dir.join("ca.crt").display()
+        )
+    } else if chain.contains("Expired") {
+        "the server's certificate has expired".to_owned()
+    } else if chain.contains("NotValidForName") {
+        format!("the server's certificate is not for the name {name:?}")
+    } else if chain.contains("Connection refused") {
+        format!("nothing listens at {address}")
+    } else if ["closed", "reset", "Broken pipe", "eof"]
+        .iter()
+        .any(|w| chain.contains(w))
+    {
+        "the node closed the connection".to_owned()
+    } else {
+        return format!("cannot reach {node}: {chain}");
+    };
+    format!("cannot reach {node}: {cause} ({chain})")
 }
 
 async fn connect(target: &Target) -> Result<JobsClient<Channel>, String> {
@@ -351,11 +376,15 @@ async fn connect(target: &Target) -> Result<JobsClient<Channel>, String> {
     ))
 }
 
+/// An error and its sources, each said once (a source often repeats its wrapper's text).
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
-        text.push_str(&format!(": {e}"));
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(&format!(": {part}"));
+        }
         source = e.source();
     }
     text
@@ -396,6 +425,30 @@ mod tests {
         let defaults = fedlearn::TrainConfig::default();
         assert_eq!((defaults.l1, defaults.l2), (0.0, 0.0));
         assert_eq!(defaults.validation_fraction, 0.0);
+    }
+
+    /// Connection failures say the cause in the operator's terms, once.
+    #[test]
+    fn connection_failures_name_their_cause() {
+        let dir = Path::new("certs/modeller");
+        let foreign = connect_error(
+            "bank@10.0.0.1:7001",
+            dir,
+            "transport error: invalid peer certificate: UnknownIssuer",
+        );
+        assert!(
+            foreign
+                .contains("the server's certificate is not from your CA (certs/modeller/ca.crt)"),
+            "{foreign}"
+        );
+        let down = connect_error(
+            "bank@10.0.0.1:7001",
+            dir,
+            "tcp connect error: Connection refused (os error 111)",
+        );
+        assert!(down.contains("nothing listens at 10.0.0.1:7001"), "{down}");
+        let other = connect_error("bank@10.0.0.1:7001", dir, "dns error");
+        assert_eq!(other, "cannot reach bank@10.0.0.1:7001: dns error");
     }
 
     /// So are the `[select]` defaults it prints.
