@@ -148,18 +148,20 @@ pub enum FedError {
 }
 
 impl FedError {
-    /// What another party may read of this error: its kind, never its text (which can name
-    /// this party's columns, rows or values).
-    pub fn category(&self) -> &'static str {
+    /// What another party may read of this error: its kind and the party it concerns, never
+    /// its text (which can name this party's columns, rows or values).
+    pub fn category(&self) -> String {
         match self {
-            FedError::Protocol { .. }
-            | FedError::Transport { .. }
-            | FedError::Integrity { .. }
-            | FedError::Malformed(_) => "protocol error",
-            FedError::Diverged { .. } => "training diverged",
-            FedError::He { .. } => "internal error",
-            FedError::Aborted { .. } => "stopped by another party",
-            _ => "bad data or settings",
+            FedError::Protocol { peer, .. } => format!("{peer} broke the protocol"),
+            // A send that failed after its retries, or a receive that did.
+            FedError::Transport { peer, .. } => format!("lost contact with {peer}"),
+            FedError::Integrity { .. } | FedError::Malformed(_) => {
+                "a protocol message failed its checks".into()
+            }
+            FedError::Diverged { .. } => "training diverged".into(),
+            FedError::He { .. } => "internal error".into(),
+            FedError::Aborted { peer, .. } => format!("{peer} stopped the job"),
+            _ => "bad data or settings".into(),
         }
     }
 

@@ -385,8 +385,9 @@ pub(crate) fn unexpected(peer: &str, expected: &str, got: &Message) -> FedError 
     FedError::protocol(peer, format!("expected {expected}, got {}", got.kind()))
 }
 
-/// Tells every peer but the one that stopped us that the job ends (with the error's category),
-/// and keeps the last good model beside divergence and abort errors.
+/// Tells every peer but the one that stopped us, or that the transport lost, that the job ends
+/// (with the error's category), and keeps the last good model beside divergence and abort
+/// errors.
 pub(crate) fn finish_with_error(
     transport: &mut dyn Transport,
     peers: &[String],
@@ -394,11 +395,11 @@ pub(crate) fn finish_with_error(
     last_good: Option<ModelPart>,
 ) -> Stopped {
     let stopped_by = match &error {
-        FedError::Aborted { peer, .. } => Some(peer.clone()),
+        FedError::Aborted { peer, .. } | FedError::Transport { peer, .. } => Some(peer.clone()),
         _ => None,
     };
     // The peers read the kind of error only; its text stays with this party.
-    let reason = error.category().to_owned();
+    let reason = error.category();
     for peer in peers {
         if Some(peer) != stopped_by.as_ref() {
             // Best effort: the peer may be the one that is gone.

@@ -359,7 +359,7 @@ fn a_guest_that_alters_a_host_gradient_is_caught() {
         match &run.guest {
             Err(FedError::Aborted { peer, reason, .. }) => {
                 assert_eq!(peer, "host0");
-                assert_eq!(reason, "protocol error");
+                assert_eq!(reason, "a protocol message failed its checks");
             }
             other => panic!("{:?}", other.as_ref().map(|g| g.best_epoch)),
         }

@@ -308,6 +308,9 @@ pub struct FederationSettings {
     pub call_timeout_secs: u64,
     /// How long a job waits for a peer's next message.
     pub receive_timeout_secs: u64,
+    /// A peer that answers no liveness probe (and no retried call) for this long is reported
+    /// dead and the job stops, naming it. A waiting job probes every quarter of this.
+    pub peer_dead_secs: u64,
     /// Attempts after the first failed call.
     pub retries: u32,
     /// First backoff; doubles per retry, capped at 10 s.
@@ -328,6 +331,7 @@ impl Default for FederationSettings {
             max_message_bytes: 256 << 20,
             call_timeout_secs: 60,
             receive_timeout_secs: 600,
+            peer_dead_secs: 8,
             retries: 6,
             backoff_ms: 200,
             max_peer_rows: 100_000_000,
@@ -346,6 +350,17 @@ impl FederationSettings {
     /// Wait for the next message.
     pub fn receive_timeout(&self) -> Duration {
         Duration::from_secs(self.receive_timeout_secs)
+    }
+
+    /// How long a peer may stay unreachable before a job reports it dead.
+    pub fn peer_dead(&self) -> Duration {
+        Duration::from_secs(self.peer_dead_secs)
+    }
+
+    /// How often a waiting job asks the peer it waits for whether it still runs the job
+    /// (also the deadline of one probe).
+    pub fn probe_interval(&self) -> Duration {
+        self.peer_dead() / 4
     }
 
     /// Backoff before retry `attempt` (0-based).
@@ -514,6 +529,12 @@ impl NodeConfig {
         }
         if f.call_timeout_secs == 0 || f.receive_timeout_secs == 0 {
             return Err("federation: timeouts must be at least 1 second".into());
+        }
+        if f.peer_dead_secs < 2 || f.peer_dead_secs > f.receive_timeout_secs {
+            return Err(
+                "federation.peer_dead_secs: must be at least 2 and at most receive_timeout_secs"
+                    .into(),
+            );
         }
         if f.max_jobs == 0 || f.max_jobs_per_peer == 0 {
             return Err("federation: max_jobs and max_jobs_per_peer must be at least 1".into());

@@ -128,6 +128,16 @@ pub enum PeerFault {
         /// The timeout.
         seconds: u64,
     },
+    /// It answered no liveness probe for `seconds` while a job waited for it.
+    #[error("could not be reached for {seconds} s (it crashed, stopped or was cut off)")]
+    Unreachable {
+        /// How long it had not answered.
+        seconds: u64,
+    },
+    /// It answers, but no longer runs the job (it restarted, or ended the job without a
+    /// word that reached this node).
+    #[error("no longer runs the job (it restarted or ended it)")]
+    Gone,
     /// It sent a delivery of another kind than the phase expects.
     #[error("sent a {got:?} message during {phase}")]
     WrongKind {
@@ -533,7 +543,6 @@ impl NodeError {
     /// the error id in the job's record and the log). A peer's own stop reason passes on as
     /// it came (it is already of this form).
     pub fn public_reason(&self, error_id: &str) -> String {
-        use fedlearn::FedError as F;
         let category = match self {
             NodeError::Stopped(reason) => return capped(reason),
             // About the request, not this node's data: the requester reads them whole.
@@ -542,6 +551,8 @@ impl NodeError {
             NodeError::Cancelled(_) => "cancelled by the operator".into(),
             NodeError::Peer { peer, fault } => match fault {
                 PeerFault::Silent { .. } => format!("{peer} went silent"),
+                PeerFault::Unreachable { .. } => format!("lost contact with {peer}"),
+                PeerFault::Gone => format!("{peer} no longer runs the job"),
                 PeerFault::RefusedJob(_) => format!("{peer} refused the job"),
                 _ => format!("{peer} broke the protocol"),
             },
@@ -549,18 +560,7 @@ impl NodeError {
             NodeError::Dataset { .. } | NodeError::Unusable { .. } => "bad data".into(),
             NodeError::Spec(_) => "bad job spec".into(),
             NodeError::Psi(_) => "PSI failed".into(),
-            NodeError::Train(error) => match error {
-                F::Protocol { peer, .. } | F::Transport { peer, .. } => {
-                    format!("{peer} broke the protocol")
-                }
-                F::Integrity { .. } | F::Malformed(_) => {
-                    "a protocol message failed its checks".into()
-                }
-                F::Aborted { peer, .. } => format!("{peer} stopped the job"),
-                F::Diverged { .. } => "training diverged".into(),
-                F::He { .. } => "internal error".into(),
-                _ => "bad data or settings".into(),
-            },
+            NodeError::Train(error) => error.category(),
             NodeError::Config { .. }
             | NodeError::Io { .. }
             | NodeError::Tls(_)

@@ -177,6 +177,14 @@ impl Mailbox {
         }
     }
 
+    /// Whether `job` runs here with `sender` as a participant (registered and not closed): the
+    /// answer to a peer's liveness probe, which says no more than that to a stranger.
+    pub fn running(&self, job: &str, sender: &str) -> bool {
+        self.lock().get(job).is_some_and(|job_box| {
+            job_box.closed.is_none() && job_box.participants.contains(sender)
+        })
+    }
+
     /// The reason a peer gave when its abort closed the job, if one did.
     pub fn abort_reason(&self, job: &str) -> Option<String> {
         self.lock()
@@ -258,7 +266,12 @@ mod tests {
         );
         // A job this node closed itself has no peer's reason.
         mailbox.register("k", ["bank".to_string()]);
+        assert!(mailbox.running("k", "bank"));
+        assert!(!mailbox.running("k", "eve"), "a stranger learns nothing");
+        assert!(!mailbox.running("j", "bank"), "aborted");
+        assert!(!mailbox.running("x", "bank"), "unknown");
         mailbox.close("k", "the job failed");
+        assert!(!mailbox.running("k", "bank"), "closed");
         assert_eq!(mailbox.abort_reason("k"), None);
     }
 

@@ -15,7 +15,7 @@ use crate::config::{FederationSettings, NodeConfig};
 use crate::error::{NodeError, PeerFault};
 use crate::metrics::Metrics;
 use crate::proto::federation_client::FederationClient;
-use crate::proto::{Chunk, JobProposal, ProposalReply};
+use crate::proto::{AliveRequest, Chunk, JobProposal, ProposalReply};
 use crate::tls::Identity;
 use crate::wire::FEDERATION_VERSION;
 
@@ -61,9 +61,12 @@ impl Peers {
                 .map_err(error)?
                 .tls_config(identity.client_config(peer.certificate_name()))
                 .map_err(error)?
-                .connect_timeout(Duration::from_secs(10))
+                // A peer that stops answering (a frozen process, a cut cable: no reset comes)
+                // is found by HTTP/2 pings well within peer_dead_secs, even mid-call.
+                .connect_timeout(settings.peer_dead() / 2)
                 .timeout(settings.call_timeout())
-                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_interval(settings.probe_interval())
+                .keep_alive_timeout(settings.peer_dead() / 2)
                 .keep_alive_while_idle(true);
             channels.insert(peer.name.clone(), endpoint.connect_lazy());
         }
@@ -75,6 +78,9 @@ impl Peers {
         })
     }
 
+    /// One call to `to` with up to `retries` retries. While an attempt runs, the peer is asked
+    /// every probe interval whether it answers at all: an attempt stuck on a peer that has
+    /// answered nothing for `peer_dead_secs` fails at once, without retries.
     async fn call<T, F, Fut>(
         &self,
         to: &str,
@@ -91,12 +97,23 @@ impl Peers {
             fault: PeerFault::NotConfigured,
         })?;
         let mut attempt = 0;
+        // When the peer last showed it answers: the call's start, then its probes' answers.
+        let mut answered = Instant::now();
         loop {
             let started = Instant::now();
             let client = FederationClient::new(channel.clone())
                 .max_decoding_message_size(8 << 20)
                 .max_encoding_message_size(8 << 20);
-            match f(client).await {
+            let mut unanswered = false;
+            let outcome = tokio::select! {
+                outcome = f(client) => outcome,
+                () = self.unanswering(channel, &mut answered) => {
+                    unanswered = true;
+                    let seconds = self.settings.peer_dead_secs;
+                    Err(Status::unavailable(format!("it answered nothing for {seconds} s")))
+                }
+            };
+            match outcome {
                 Ok(response) => {
                     self.metrics.observe(
                         "unseen_peer_call_seconds",
@@ -112,7 +129,11 @@ impl Peers {
                         &[("peer", to), ("code", &code)],
                         1.0,
                     );
-                    if !retryable(status.code()) || attempt >= retries {
+                    // Retries stop once the peer would stay unanswering longer than a dead
+                    // peer may.
+                    let wait = self.settings.backoff(attempt);
+                    let dead = unanswered || answered.elapsed() + wait > self.settings.peer_dead();
+                    if !retryable(status.code()) || attempt >= retries || dead {
                         let tried = if attempt > 0 {
                             format!(" (after {} attempts)", attempt + 1)
                         } else {
@@ -124,11 +145,34 @@ impl Peers {
                             code: status.code(),
                         });
                     }
-                    let wait = self.settings.backoff(attempt);
                     tracing::warn!(peer = to, method, attempt, error = %describe(&status), "peer call failed; retrying in {wait:?}");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
+            }
+        }
+    }
+
+    /// Returns once the peer behind `channel` has answered no liveness probe for
+    /// `peer_dead_secs` since `answered`, which it moves on at every answer (any answer
+    /// counts: the question is whether it answers at all).
+    async fn unanswering(&self, channel: &Channel, answered: &mut Instant) {
+        let interval = self.settings.probe_interval();
+        loop {
+            tokio::time::sleep(interval).await;
+            let mut probe = tonic::Request::new(AliveRequest {
+                version: FEDERATION_VERSION,
+                job_id: String::new(),
+                sender: self.party.clone(),
+            });
+            probe.set_timeout(interval);
+            // Enforced here: a request's own deadline starts only once a connection is up,
+            // and a frozen peer's connection never comes up.
+            let mut client = FederationClient::new(channel.clone());
+            if let Ok(Ok(_)) = tokio::time::timeout(interval, client.alive(probe)).await {
+                *answered = Instant::now();
+            } else if answered.elapsed() >= self.settings.peer_dead() {
+                return;
             }
         }
     }
@@ -159,6 +203,29 @@ impl Peers {
             async move { client.partial_scores(request).await }
         })
         .await
+    }
+
+    /// Whether `to` still runs `job` with this node in it (one attempt within `deadline`; an
+    /// error when it does not answer).
+    pub async fn alive(&self, to: &str, job: &str, deadline: Duration) -> Result<bool, NodeError> {
+        let request = AliveRequest {
+            version: FEDERATION_VERSION,
+            job_id: job.to_owned(),
+            sender: self.party.clone(),
+        };
+        let call = self.call(to, "alive", 0, |mut client| {
+            let request = request.clone();
+            async move { client.alive(request).await }
+        });
+        // Enforced here (see `unanswering`).
+        match tokio::time::timeout(deadline, call).await {
+            Ok(reply) => Ok(reply?.running),
+            Err(_) => Err(NodeError::PeerCall {
+                peer: to.to_owned(),
+                reason: format!("alive: no answer within {deadline:?}"),
+                code: Code::DeadlineExceeded,
+            }),
+        }
     }
 
     /// Delivers message `seq` of a job to `to` in chunks, retrying as configured.
@@ -212,7 +279,11 @@ fn describe(status: &Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     let mut source = status.source();
     while let Some(error) = source {
-        text.push_str(&format!(": {error}"));
+        // hyper and tonic repeat their causes ("tcp connect error: tcp connect error: …").
+        let said = error.to_string();
+        if !text.contains(&said) {
+            text.push_str(&format!(": {said}"));
+        }
         source = error.source();
     }
     text

@@ -3,6 +3,7 @@
 mod budget;
 mod common;
 mod config;
+mod faults;
 mod refusals;
 mod scorecard;
 mod train;

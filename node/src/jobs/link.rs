@@ -2,6 +2,7 @@
 //! receives from the mailbox, traffic counted per peer, direction and kind.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use fedlearn::{Message, Transport};
 use serde_json::json;
@@ -56,24 +57,62 @@ impl<'a> Link<'a> {
         Ok(())
     }
 
-    /// The next delivery from `from`, within the receive timeout.
+    /// The next delivery from `from`. While it waits, it asks `from` every probe interval
+    /// whether it still runs the job: a peer that no longer does, or that answers nothing for
+    /// `peer_dead_secs`, fails the job within seconds, named; a live peer may take up to the
+    /// receive timeout.
     pub(crate) fn receive_raw(&mut self, from: &str) -> Result<Delivery, NodeError> {
-        let timeout = self.node.config.federation.receive_timeout();
-        match self.node.mailbox.receive(self.job.id(), from, timeout) {
+        let settings = &self.node.config.federation;
+        let (timeout, interval) = (settings.receive_timeout(), settings.probe_interval());
+        let started = Instant::now();
+        let mut alive_at = started;
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            if let Some(taken) = self.take(from, interval.min(left)) {
+                return taken;
+            }
+            if started.elapsed() >= timeout {
+                return Err(NodeError::Peer {
+                    peer: from.to_owned(),
+                    fault: PeerFault::Silent {
+                        seconds: timeout.as_secs(),
+                    },
+                });
+            }
+            let probe = self.node.peers.alive(from, self.job.id(), interval);
+            let fault = match self.node.runtime.block_on(probe) {
+                Ok(true) => {
+                    alive_at = Instant::now();
+                    continue;
+                }
+                Ok(false) => PeerFault::Gone,
+                Err(_) if alive_at.elapsed() < settings.peer_dead() => continue,
+                Err(_) => PeerFault::Unreachable {
+                    seconds: alive_at.elapsed().as_secs(),
+                },
+            };
+            // Its last message may have arrived since the wait ended.
+            return self
+                .take(from, Duration::ZERO)
+                .unwrap_or(Err(NodeError::Peer {
+                    peer: from.to_owned(),
+                    fault,
+                }));
+        }
+    }
+
+    /// The next delivery from `from` if one comes within `wait`; `None` when none did.
+    fn take(&mut self, from: &str, wait: Duration) -> Option<Result<Delivery, NodeError>> {
+        match self.node.mailbox.receive(self.job.id(), from, wait) {
             Ok(delivery) => {
                 self.job.add_received(delivery.bytes.len());
-                Ok(delivery)
+                Some(Ok(delivery))
             }
-            Err(ReceiveError::Timeout) => Err(NodeError::Peer {
-                peer: from.to_owned(),
-                fault: PeerFault::Silent {
-                    seconds: timeout.as_secs(),
-                },
-            }),
+            Err(ReceiveError::Timeout) => None,
             Err(ReceiveError::Closed(reason)) if self.job.is_cancelled() => {
-                Err(NodeError::Cancelled(reason))
+                Some(Err(NodeError::Cancelled(reason)))
             }
-            Err(ReceiveError::Closed(reason)) => Err(NodeError::Stopped(reason)),
+            Err(ReceiveError::Closed(reason)) => Some(Err(NodeError::Stopped(reason))),
         }
     }
 

@@ -1,5 +1,5 @@
-//! The federation service (node ↔ node): job proposals, partial scores and chunked
-//! deliveries. Every call names its sender; the caller's TLS certificate, already verified
+//! The federation service (node ↔ node): job proposals, partial scores, chunked deliveries
+//! and liveness probes. Every call names its sender; the caller's TLS certificate, already verified
 //! against the CA, must be valid for the certificate name the configuration gives that peer,
 //! or the call is refused (and logged, counted and audited).
 
@@ -11,7 +11,10 @@ use crate::error::{NodeError, Refusal};
 use crate::mailbox::{Delivery, NotAdmitted};
 use crate::proto::federation_server::Federation;
 use crate::proto::ProposalReply;
-use crate::proto::{Chunk, DeliveryAck, JobProposal, PartialScoresReply, PartialScoresRequest};
+use crate::proto::{
+    AliveReply, AliveRequest, Chunk, DeliveryAck, JobProposal, PartialScoresReply,
+    PartialScoresRequest,
+};
 use crate::services::{auth, blocking};
 use crate::state::NodeState;
 use crate::wire::chunks::{ChunkError, Reassembler};
@@ -101,6 +104,18 @@ impl Federation for FederationService {
             serde_json::json!({"model": request.model_id, "ids": request.ids.len(), "unknown": answer.unknown}),
         );
         Ok(Response::new(answer.reply))
+    }
+
+    async fn alive(&self, request: Request<AliveRequest>) -> Result<Response<AliveReply>, Status> {
+        auth::peer(
+            &self.node,
+            &request,
+            &request.get_ref().sender,
+            "liveness probe",
+        )?;
+        let request = request.into_inner();
+        let running = self.node.mailbox.running(&request.job_id, &request.sender);
+        Ok(Response::new(AliveReply { running }))
     }
 
     async fn deliver(
