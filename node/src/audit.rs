@@ -88,6 +88,35 @@ pub fn records(store: &Store) -> Result<Vec<AuditRecord>, NodeError> {
         .collect()
 }
 
+/// Most records [`page`] looks at per call, whatever passes its filter.
+const PAGE_SCAN: usize = 20_000;
+
+/// One page of the log: up to `limit` records from `from` on that `keep` accepts, and the
+/// sequence number where the next page starts (one past the last record looked at).
+pub fn page(
+    store: &Store,
+    from: u64,
+    limit: usize,
+    keep: impl Fn(&AuditRecord) -> bool,
+) -> Result<(Vec<AuditRecord>, u64, bool), NodeError> {
+    let raw = store.audit_range(from, PAGE_SCAN)?;
+    let scanned_all = raw.len() < PAGE_SCAN;
+    let mut next = from;
+    let mut out = Vec::new();
+    for (seq, bytes) in raw {
+        if out.len() == limit {
+            return Ok((out, next, true));
+        }
+        next = seq + 1;
+        let record: AuditRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| NodeError::Server(format!("audit record {seq}: {e}")))?;
+        if keep(&record) {
+            out.push(record);
+        }
+    }
+    Ok((out, next, !scanned_all))
+}
+
 /// Result of checking the chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {

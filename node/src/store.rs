@@ -385,6 +385,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `count` audit records (raw) from sequence number `from` on, in order.
+    pub fn audit_range(&self, from: u64, count: usize) -> Result<Vec<(u64, Vec<u8>)>, NodeError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(AUDIT).map_err(|e| self.error(e))?;
+        let mut out = Vec::new();
+        for entry in table.range(from..).map_err(|e| self.error(e))?.take(count) {
+            let (key, value) = entry.map_err(|e| self.error(e))?;
+            out.push((key.value(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Overwrites one audit record: only for tests that check tampering is detected.
     #[doc(hidden)]
     pub fn overwrite_audit_record_for_tests(

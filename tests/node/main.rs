@@ -4,6 +4,7 @@ mod budget;
 mod common;
 mod config;
 mod faults;
+mod listing;
 mod refusals;
 mod scorecard;
 mod train;

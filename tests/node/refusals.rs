@@ -97,7 +97,7 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
     assert!(ok, "the modeller may list jobs");
     let channel = federation.channel_as("bank", "mallory").await;
     let error = node::proto::jobs_client::JobsClient::new(channel)
-        .list(node::proto::ListJobsRequest {})
+        .list(node::proto::ListJobsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::PermissionDenied);

@@ -135,14 +135,33 @@ pub(super) async fn job_command(command: JobCommand) -> Result<ExitCode, String>
             let mut client = connect(&target).await?;
             return follow(&mut client, &job, target.json).await;
         }
-        JobCommand::List { target } => {
+        JobCommand::List {
+            target,
+            since,
+            limit,
+        } => {
             let mut client = connect(&target).await?;
-            let jobs = client
-                .list(ListJobsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .jobs;
+            let mut request = ListJobsRequest {
+                since_unix_ms: since_unix_ms(since),
+                after_job_id: String::new(),
+                limit: 0,
+            };
+            let mut left = limit.unwrap_or(u64::MAX);
+            let mut jobs = Vec::new();
+            while left > 0 {
+                request.limit = left.min(100) as u32;
+                let page = client
+                    .list(request.clone())
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                left -= page.jobs.len() as u64;
+                jobs.extend(page.jobs);
+                match jobs.last() {
+                    Some(last) if page.more => request.after_job_id = last.job_id.clone(),
+                    _ => break,
+                }
+            }
             if target.json {
                 let all: Vec<_> = jobs.iter().map(status_json).collect();
                 println!("{}", serde_json::Value::Array(all));

@@ -147,10 +147,16 @@ enum JobCommand {
         /// Job id.
         job: String,
     },
-    /// Lists jobs.
+    /// Lists jobs, oldest first.
     List {
         #[command(flatten)]
         target: Target,
+        /// Only jobs created in the last AGE (e.g. 90s, 30m, 12h, 7d).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        since: Option<Duration>,
+        /// At most this many jobs.
+        #[arg(long)]
+        limit: Option<u64>,
     },
     /// Shows a job.
     Status {
@@ -198,6 +204,15 @@ enum AuditCommand {
         /// Only this job's records.
         #[arg(long)]
         job: Option<String>,
+        /// Only records of the last AGE (e.g. 90s, 30m, 12h, 7d).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        since: Option<Duration>,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// After the records so far, print new ones as they are appended (until interrupted).
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -398,9 +413,38 @@ fn status_error(status: tonic::Status) -> String {
     }
 }
 
+/// An age such as `90s`, `30m`, `12h` or `7d`.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?}: an age is a number and s, m, h or d (e.g. 30m)");
+    let (number, seconds) = [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
+        .into_iter()
+        .find_map(|(unit, seconds)| text.strip_suffix(unit).map(|n| (n, seconds)))
+        .ok_or_else(bad)?;
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+/// The time `age` ago, in Unix milliseconds (0 without an age: any time).
+fn since_unix_ms(age: Option<Duration>) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    age.map_or(0, |age| now.saturating_sub(age).as_millis() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_are_a_number_and_a_unit() {
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "m", "5", "5µ", "-1h", "1.5h", "2w"] {
+            assert!(parse_age(bad).unwrap_err().contains("an age is"), "{bad}");
+        }
+    }
 
     /// The defaults `unseen train --help` prints are the ones a spec without `[train]` gets.
     #[test]

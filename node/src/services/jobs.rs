@@ -142,15 +142,45 @@ impl Jobs for JobsService {
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsReply>, Status> {
         self.authorise(&request)?;
-        let jobs = self.node.store.jobs()?;
-        let jobs = jobs
+        let asked = request.into_inner();
+        let limit = page_size(asked.limit, 100);
+        let stored = self.node.store.jobs()?;
+        // Oldest first, ties by id: the order pages follow.
+        let after = stored
             .iter()
-            .map(|stored| match self.node.live(&stored.job_id) {
-                Some(handle) => status_proto(&handle.record()),
-                None => status_proto(stored),
+            .find(|j| j.job_id == asked.after_job_id)
+            .map(|j| (j.created_unix_ms, j.job_id.clone()));
+        if after.is_none() && !asked.after_job_id.is_empty() {
+            return Err(NodeError::NotFound(format!(
+                "no job {:?} to list after",
+                asked.after_job_id
+            ))
+            .into());
+        }
+        let mut chosen: Vec<_> = stored
+            .iter()
+            .filter(|j| j.created_unix_ms >= asked.since_unix_ms)
+            .filter(|j| {
+                after
+                    .as_ref()
+                    .is_none_or(|a| (j.created_unix_ms, j.job_id.clone()) > *a)
             })
             .collect();
-        Ok(Response::new(ListJobsReply { jobs }))
+        chosen.sort_by(|a, b| (a.created_unix_ms, &a.job_id).cmp(&(b.created_unix_ms, &b.job_id)));
+        let more = chosen.len() > limit;
+        let jobs = chosen
+            .into_iter()
+            .take(limit)
+            .map(|stored| {
+                let mut status = match self.node.live(&stored.job_id) {
+                    Some(handle) => status_proto(&handle.record()),
+                    None => status_proto(stored),
+                };
+                status.binning_report.clear();
+                status
+            })
+            .collect();
+        Ok(Response::new(ListJobsReply { jobs, more }))
     }
 
     async fn cancel(&self, request: Request<JobRef>) -> Result<Response<proto::JobStatus>, Status> {
@@ -210,13 +240,18 @@ impl Jobs for JobsService {
         request: Request<proto::ListAuditRequest>,
     ) -> Result<Response<proto::ListAuditReply>, Status> {
         self.authorise(&request)?;
-        let job = request.into_inner().job_id;
-        let records = crate::audit::records(&self.node.store)?
-            .into_iter()
-            .filter(|r| job.is_empty() || r.job_id == job)
-            .map(audit_proto)
-            .collect();
-        Ok(Response::new(proto::ListAuditReply { records }))
+        let asked = request.into_inner();
+        let limit = page_size(asked.limit, 500);
+        let (records, next_seq, more) =
+            crate::audit::page(&self.node.store, asked.from_seq, limit, |r| {
+                (asked.job_id.is_empty() || r.job_id == asked.job_id)
+                    && r.unix_ms >= asked.since_unix_ms
+            })?;
+        Ok(Response::new(proto::ListAuditReply {
+            records: records.into_iter().map(audit_proto).collect(),
+            next_seq,
+            more,
+        }))
     }
 
     async fn get_model(
@@ -236,5 +271,13 @@ impl Jobs for JobsService {
             part_json: model.part_json,
             report_json: model.report_json,
         }))
+    }
+}
+
+/// A page size: `asked`, or `most` when `asked` is 0 or larger.
+fn page_size(asked: u32, most: usize) -> usize {
+    match asked as usize {
+        0 => most,
+        n => n.min(most),
     }
 }

@@ -1,0 +1,131 @@
+//! `unseen audit show` and `unseen job list` page through logs and lists of any length
+//! (`--since`, `--limit`), and `audit show --follow` prints records as they are appended.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::common::{Federation, TRAIN};
+
+fn seqs(listed: &str) -> Vec<u64> {
+    listed
+        .lines()
+        .map(|l| {
+            let record: serde_json::Value = serde_json::from_str(l).unwrap();
+            record["seq"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_audit_logs_and_job_lists_come_in_pages() {
+    let federation = Federation::start("listing", false).await;
+
+    // Five jobs (refused by the utility company, so they end at once).
+    let forbidden = federation.spec(
+        "forbidden.toml",
+        &TRAIN.replace("dataset = \"utilities\"", "dataset = \"meters\""),
+    );
+    for _ in 0..5 {
+        let (ok, _, _) = federation.cli(&["train", &forbidden]).await;
+        assert!(!ok);
+    }
+    let (ok, listed, stderr) = federation.cli(&["job", "list", "--json"]).await;
+    assert!(ok, "{stderr}");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(all.len(), 5);
+    // Pages of two through the API: every job once, oldest first.
+    let channel = federation.channel_as("bank", "modeller").await;
+    let mut jobs = node::proto::jobs_client::JobsClient::new(channel);
+    let mut request = node::proto::ListJobsRequest {
+        limit: 2,
+        ..Default::default()
+    };
+    let mut paged = Vec::new();
+    loop {
+        let page = jobs.list(request.clone()).await.unwrap().into_inner();
+        assert!(page.jobs.len() <= 2);
+        paged.extend(page.jobs.iter().map(|j| j.job_id.clone()));
+        if !page.more {
+            break;
+        }
+        request.after_job_id = page.jobs.last().unwrap().job_id.clone();
+    }
+    let ids: Vec<&str> = all.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    assert_eq!(paged, ids);
+    let (ok, listed, _) = federation
+        .cli(&["job", "list", "--json", "--limit", "3"])
+        .await;
+    assert!(ok);
+    let first: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(first[2]["job_id"], ids[2]);
+    let (ok, listed, _) = federation
+        .cli(&["job", "list", "--json", "--since", "1h"])
+        .await;
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&listed)
+            .unwrap()
+            .len(),
+        5
+    );
+    let (ok, _, stderr) = federation.cli(&["job", "list", "--since", "soon"]).await;
+    assert!(!ok && stderr.contains("an age is a number"), "{stderr}");
+
+    // An audit log of thousands of records prints whole, in order, each record once.
+    let store = &federation.state("bank").store;
+    for k in 0..2500 {
+        node::audit::record(store, "test.filler", "", "", serde_json::json!({ "k": k }));
+    }
+    let (ok, listed, stderr) = federation.cli(&["audit", "show", "--json"]).await;
+    assert!(ok, "{stderr}");
+    let seqs_all = seqs(&listed);
+    assert!(seqs_all.len() > 2500, "{}", seqs_all.len());
+    assert!(seqs_all.iter().enumerate().all(|(i, s)| *s == i as u64));
+    let (ok, listed, _) = federation
+        .cli(&["audit", "show", "--json", "--limit", "1500"])
+        .await;
+    assert!(ok);
+    assert_eq!(seqs(&listed), seqs_all[..1500]);
+    let job = ids[4];
+    let (ok, listed, _) = federation
+        .cli(&["audit", "show", "--json", "--job", job])
+        .await;
+    assert!(ok);
+    let of_job: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!of_job.is_empty() && of_job.iter().all(|r| r["job_id"] == job));
+    let (ok, listed, _) = federation
+        .cli(&["audit", "show", "--json", "--since", "1d"])
+        .await;
+    assert!(ok);
+    assert_eq!(seqs(&listed), seqs_all);
+
+    // Following: the records so far, then each new one as it is appended.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_unseen"))
+        .args(["audit", "show", "--json", "--follow", "--since", "1s"])
+        .env("UNSEEN_IDENTITY", federation.inner.modeller())
+        .env("UNSEEN_NODE", federation.node_arg("bank"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    node::audit::record(store, "test.followed", "", "", serde_json::json!({}));
+    let seen = tokio::task::spawn_blocking(move || {
+        lines
+            .find(|l| l.as_ref().unwrap().contains("test.followed"))
+            .is_some()
+    });
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), seen).await;
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        matches!(seen, Ok(Ok(true))),
+        "the new record was not printed"
+    );
+    federation.stop().await;
+}
