@@ -118,6 +118,40 @@ impl Table {
         missing: Missing,
         reading: &dyn Fn(&str) -> Reading,
     ) -> Result<Table, FedError> {
+        let parse = Table::parse(
+            source,
+            text,
+            id_column,
+            label_column,
+            missing,
+            reading,
+            false,
+        );
+        parse.map(|(table, _)| table)
+    }
+
+    /// [`Table::parse_csv`] for scoring, where one bad row must not stop the others: a data
+    /// row with a cell that cannot be read is left out of the table and returned with its id
+    /// (empty when the row is too short to hold one) and its error. The header must be sound.
+    pub fn parse_csv_rows(
+        source: &str,
+        text: &str,
+        id_column: &str,
+        missing: Missing,
+        reading: &dyn Fn(&str) -> Reading,
+    ) -> Result<(Table, Vec<(String, FedError)>), FedError> {
+        Table::parse(source, text, id_column, None, missing, reading, true)
+    }
+
+    fn parse(
+        source: &str,
+        text: &str,
+        id_column: &str,
+        label_column: Option<&str>,
+        missing: Missing,
+        reading: &dyn Fn(&str) -> Reading,
+        keep_going: bool,
+    ) -> Result<(Table, Vec<(String, FedError)>), FedError> {
         let error = |line: usize, column: &str, reason: String| FedError::Csv {
             source_name: source.to_owned(),
             line,
@@ -161,79 +195,93 @@ impl Table {
         let mut codes: Vec<std::collections::HashMap<String, usize>> =
             vec![Default::default(); feature_at.len()];
         let (mut ids, mut values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        let mut bad_rows = Vec::new();
         for (line, text) in lines {
             if text.trim().is_empty() {
                 continue;
             }
             let fields: Vec<&str> = text.split(',').map(str::trim).collect();
-            if fields.len() != header.len() {
-                return Err(error(
-                    line,
-                    "",
-                    format!("{} fields, the header has {}", fields.len(), header.len()),
-                ));
-            }
-            ids.push(fields[id_at].to_owned());
-            if let Some(at) = label_at {
-                let label = match fields[at] {
-                    "0" | "0.0" => 0.0,
-                    "1" | "1.0" => 1.0,
-                    other => {
-                        return Err(error(
-                            line,
-                            header[at],
-                            format!("label {other:?} is not 0 or 1"),
-                        ))
-                    }
-                };
-                labels.push(label);
-            }
-            for (f, &at) in feature_at.iter().enumerate() {
-                let field = fields[at];
-                let value = if is_missing(field) {
-                    if missing == Missing::Reject && readings[f] == Reading::Number {
-                        return Err(error(
-                            line,
-                            header[at],
-                            "missing value (set missing = \"mean\" to impute)".into(),
-                        ));
-                    }
-                    f64::NAN
-                } else if let Some(dictionary) = &mut dictionaries[f] {
-                    let code = *codes[f].entry(field.to_owned()).or_insert_with(|| {
-                        dictionary.push(field.to_owned());
-                        dictionary.len() - 1
-                    });
-                    code as f64
-                } else {
-                    match field.parse::<f64>() {
-                        Ok(v) if v.is_finite() => v,
-                        _ => {
+            let (width, labelled) = (values.len(), labels.len());
+            let mut row = || -> Result<(), FedError> {
+                if fields.len() != header.len() {
+                    return Err(error(
+                        line,
+                        "",
+                        format!("{} fields, the header has {}", fields.len(), header.len()),
+                    ));
+                }
+                if let Some(at) = label_at {
+                    let label = match fields[at] {
+                        "0" | "0.0" => 0.0,
+                        "1" | "1.0" => 1.0,
+                        other => {
                             return Err(error(
                                 line,
                                 header[at],
-                                format!(
-                                    "{field:?} is not a finite number (bin a text column \
-                                     as categorical)"
-                                ),
+                                format!("label {other:?} is not 0 or 1"),
                             ))
                         }
-                    }
-                };
-                values.push(value);
+                    };
+                    labels.push(label);
+                }
+                for (f, &at) in feature_at.iter().enumerate() {
+                    let field = fields[at];
+                    let value = if is_missing(field) {
+                        if missing == Missing::Reject && readings[f] == Reading::Number {
+                            return Err(error(
+                                line,
+                                header[at],
+                                "missing value (set missing = \"mean\" to impute)".into(),
+                            ));
+                        }
+                        f64::NAN
+                    } else if let Some(dictionary) = &mut dictionaries[f] {
+                        let code = *codes[f].entry(field.to_owned()).or_insert_with(|| {
+                            dictionary.push(field.to_owned());
+                            dictionary.len() - 1
+                        });
+                        code as f64
+                    } else {
+                        match field.parse::<f64>() {
+                            Ok(v) if v.is_finite() => v,
+                            _ => {
+                                return Err(error(
+                                    line,
+                                    header[at],
+                                    format!(
+                                        "{field:?} is not a finite number (bin a text column \
+                                         as categorical)"
+                                    ),
+                                ))
+                            }
+                        }
+                    };
+                    values.push(value);
+                }
+                Ok(())
+            };
+            match row() {
+                Ok(()) => ids.push(fields[id_at].to_owned()),
+                Err(e) if keep_going => {
+                    values.truncate(width);
+                    labels.truncate(labelled);
+                    bad_rows.push((fields.get(id_at).copied().unwrap_or("").to_owned(), e));
+                }
+                Err(e) => return Err(e),
             }
         }
-        if ids.is_empty() {
+        if ids.is_empty() && bad_rows.is_empty() {
             return Err(error(2, "", "no data rows after the header".into()));
         }
-        Ok(Table {
+        let table = Table {
             ids,
             feature_names: feature_at.iter().map(|&i| header[i].to_owned()).collect(),
             values,
             labels: label_at.map(|_| labels),
             missing,
             dictionaries,
-        })
+        };
+        Ok((table, bad_rows))
     }
 
     /// Number of rows.
@@ -368,6 +416,32 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn for_scoring_a_bad_row_is_set_aside_alone() {
+        let text = "id,a,b\nx,1,2\ny,oops,3\nz,,4\nshort\nw,5,6\n";
+        let (table, bad) =
+            Table::parse_csv_rows("f.csv", text, "id", Missing::Reject, &|_| Reading::Number)
+                .unwrap();
+        assert_eq!(table.ids(), ["x", "w"]);
+        assert_eq!(table.values(), [1.0, 2.0, 5.0, 6.0]);
+        let bad: Vec<(String, String)> =
+            bad.into_iter().map(|(id, e)| (id, e.to_string())).collect();
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert_eq!(bad[0].0, "y");
+        assert!(
+            bad[0].1.contains("line 3") && bad[0].1.contains("oops"),
+            "{bad:?}"
+        );
+        assert_eq!(bad[1].0, "z");
+        assert!(bad[1].1.contains("missing value"), "{bad:?}");
+        assert_eq!(bad[2].0, "short");
+        // The strict reader refuses the same text at its first bad cell.
+        let strict = Table::parse_csv("f.csv", text, "id", None, Missing::Reject, &|_| {
+            Reading::Number
+        });
+        assert!(strict.unwrap_err().to_string().contains("line 3"));
+    }
 
     #[test]
     fn parses_and_names_bad_cells() {

@@ -213,6 +213,44 @@ async fn scores_are_the_plaintext_joint_probability(
     (known, ids, scored, partials)
 }
 
+/// Rows a host cannot read (bad cells, a 10 MB cell) make their ids unscorable and nothing
+/// else: the other ids score as before, and no cell, file or line leaves the host.
+async fn a_bad_row_fails_alone(
+    federation: &Federation,
+    ids: &[String],
+    scored: &serde_json::Value,
+) {
+    let append = |file: &str, rows: &[String]| {
+        let path = federation.dir.join(file);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        let width = text.lines().next().unwrap().split(',').count();
+        for row in rows {
+            text.push_str(&format!(
+                "{row},{}\n",
+                vec!["secret-cell-9"; width - 1].join(",")
+            ));
+        }
+        std::fs::write(&path, text).unwrap();
+    };
+    // ids[0] stays sound; ids[1] gets a second, unreadable row at the utility company (which
+    // names unscorable ids); ids[6], which the tax bureau lacked, an unreadable one there.
+    let huge = format!("big-firm,{}", "7".repeat(10 << 20));
+    append("utilities.csv", &[ids[1].clone(), huge]);
+    append("tax.csv", &[ids[6].clone()]);
+    let (ok, again, stderr) = federation.score("sme-credit", &["--json"], &ids[..7]).await;
+    assert!(ok, "{stderr}");
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again[0]["probability"], scored[0]["probability"], "{again}");
+    let error = |i: usize| again[i]["error"].as_str().unwrap_or("").to_owned();
+    assert!(error(1).contains("utilities: unscorable"), "{again}");
+    assert!(error(6).contains("tax: cannot score"), "{again}");
+    let said = format!("{again}{stderr}");
+    assert!(
+        !said.contains("secret-cell") && !said.contains(".csv"),
+        "{said}"
+    );
+}
+
 /// The Python client example gets the same scores (when python3 has grpcio and grpcio-tools).
 async fn the_python_client_agrees(
     federation: &Federation,
@@ -400,6 +438,7 @@ async fn a_job_end_to_end() {
     hosts_mask_their_partial_scores(&federation, &known, &partials).await;
     the_audit_trail_holds_the_job(&federation, &status).await;
     metrics_count_the_job(&federation).await;
+    a_bad_row_fails_alone(&federation, &ids, &scored).await;
 
     // With a host down, scoring fails as unavailable (worth retrying), naming the host.
     let utilities = federation.inner.nodes.remove("utilities").unwrap();

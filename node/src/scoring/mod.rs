@@ -98,17 +98,22 @@ pub(crate) fn index(
     };
     let part = fedlearn::ModelPart::from_json(&model.model_id, &model.part_json)
         .map_err(|e| unusable(e.to_string()))?;
-    let table = crate::datasets::load_table(config, &model.dataset, false, &|c| part.reading(c))
-        .map_err(|e| unusable(e.to_string()))?;
+    // A row with a cell that cannot be read fails alone: its id is unscorable.
+    let (table, bad_rows) =
+        crate::datasets::load_scoring_table(config, &model.dataset, &|c| part.reading(c))
+            .map_err(|e| unusable(e.to_string()))?;
     let rows = part
         .row_scores(&table)
         .map_err(|e| unusable(e.to_string()))?;
-    let by_id = table
+    let mut by_id: HashMap<String, Result<f64, String>> = table
         .ids()
         .iter()
         .cloned()
         .zip(rows.into_iter().map(|r| r.map_err(|e| e.to_string())))
         .collect();
+    for (id, reason) in bad_rows {
+        by_id.insert(id, Err(reason));
+    }
     let index = Arc::new(ScoreIndex { by_id, part });
     cache
         .indexes
