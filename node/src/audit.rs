@@ -52,9 +52,16 @@ fn digest(record: &AuditRecord) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Appends a record; failures are logged (auditing must not take the node down).
-pub fn record(store: &Store, event: &str, job_id: &str, peer: &str, detail: serde_json::Value) {
-    let result = store.append_audit(|seq, last| {
+/// Appends a record. What it records must not go ahead when this fails: a scoring answer,
+/// a disclosure, a job's submission or acceptance fails with it.
+pub fn append(
+    store: &Store,
+    event: &str,
+    job_id: &str,
+    peer: &str,
+    detail: serde_json::Value,
+) -> Result<(), NodeError> {
+    store.append_audit(|seq, last| {
         let prev = last
             .and_then(|bytes| serde_json::from_slice::<AuditRecord>(bytes).ok())
             .map_or_else(|| GENESIS.to_string(), |r| r.hash);
@@ -70,8 +77,13 @@ pub fn record(store: &Store, event: &str, job_id: &str, peer: &str, detail: serd
         };
         record.hash = digest(&record);
         serde_json::to_vec(&record).unwrap_or_default()
-    });
-    if let Err(e) = result {
+    })
+}
+
+/// [`append`] for what has happened and cannot be undone (a refusal, a job's end, its
+/// traffic): a failure is logged as an error.
+pub fn record(store: &Store, event: &str, job_id: &str, peer: &str, detail: serde_json::Value) {
+    if let Err(e) = append(store, event, job_id, peer, detail) {
         tracing::error!(event, job_id, error = %e, "could not append to the audit log");
     }
 }

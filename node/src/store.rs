@@ -176,6 +176,8 @@ pub struct ModelRecord {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// Tests only: audit appends fail (a full disk, a broken file) while set.
+    audit_broken: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -208,7 +210,11 @@ impl Store {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let store = Store { db, path };
+        let store = Store {
+            db,
+            path,
+            audit_broken: Default::default(),
+        };
         store.write(|txn| {
             txn.open_table(JOBS)?;
             txn.open_table(MODELS)?;
@@ -361,6 +367,9 @@ impl Store {
         &self,
         make: impl FnOnce(u64, Option<&[u8]>) -> Vec<u8>,
     ) -> Result<(), NodeError> {
+        if self.audit_broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(self.error("the audit table cannot be written (a test's fault)"));
+        }
         self.write(|txn| {
             let mut table = txn.open_table(AUDIT)?;
             let last = table.last()?.map(|(k, v)| (k.value(), v.value().to_vec()));
@@ -395,6 +404,14 @@ impl Store {
             out.push((key.value(), value.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// Makes audit appends fail (or work again): only for tests that check an operation
+    /// fails when its audit record cannot be written.
+    #[doc(hidden)]
+    pub fn break_audit_for_tests(&self, broken: bool) {
+        self.audit_broken
+            .store(broken, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Overwrites one audit record: only for tests that check tampering is detected.

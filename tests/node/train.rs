@@ -251,6 +251,37 @@ async fn a_bad_row_fails_alone(
     );
 }
 
+/// An operation whose audit record cannot be written does not happen: no partial score leaves
+/// a host, no score reaches the platform, no job starts.
+async fn nothing_happens_unaudited(federation: &Federation, known: &[String]) {
+    let (ok, _, _) = federation.score("sme-credit", &[], &known[..1]).await;
+    assert!(ok, "scoring works before");
+    federation.state("tax").store.break_audit_for_tests(true);
+    let (ok, _, stderr) = federation.score("sme-credit", &[], &known[..1]).await;
+    assert!(!ok && stderr.contains("tax"), "{stderr}");
+    federation.state("tax").store.break_audit_for_tests(false);
+    let bank = &federation.state("bank").store;
+    bank.break_audit_for_tests(true);
+    let (ok, out, stderr) = federation.score("sme-credit", &[], &known[..1]).await;
+    assert!(!ok && out.is_empty(), "{out}{stderr}");
+    let spec = federation.spec("unaudited.toml", &TRAIN.replace("sme-credit", "unaudited"));
+    let (ok, _, stderr) = federation.cli(&["job", "submit", &spec]).await;
+    assert!(!ok && stderr.contains("audit"), "{stderr}");
+    bank.break_audit_for_tests(false);
+    let jobs = bank.jobs().unwrap();
+    let unaudited = jobs.iter().find(|j| j.model_id == "unaudited").unwrap();
+    let ended = loop {
+        let record = bank.job(&unaudited.job_id).unwrap().unwrap();
+        if record.is_final() {
+            break record;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(ended.state, "cancelled", "{}", ended.error);
+    let (ok, _, stderr) = federation.score("sme-credit", &[], &known[..1]).await;
+    assert!(ok, "scoring works again: {stderr}");
+}
+
 /// The Python client example gets the same scores (when python3 has grpcio and grpcio-tools).
 async fn the_python_client_agrees(
     federation: &Federation,
@@ -439,6 +470,7 @@ async fn a_job_end_to_end() {
     the_audit_trail_holds_the_job(&federation, &status).await;
     metrics_count_the_job(&federation).await;
     a_bad_row_fails_alone(&federation, &ids, &scored).await;
+    nothing_happens_unaudited(&federation, &known).await;
 
     // With a host down, scoring fails as unavailable (worth retrying), naming the host.
     let utilities = federation.inner.nodes.remove("utilities").unwrap();

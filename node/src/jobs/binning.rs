@@ -88,12 +88,12 @@ impl NodeState {
             publish,
             request,
         )?;
-        link.send(guest, answer)?;
         let kept = serde_json::to_string(&kept)
             .map_err(|e| NodeError::Server(format!("the kept bins: {e}")))?;
         job.set_kept_bins(kept);
-        // The job's disclosure: the sizes and event counts of these bins.
-        crate::audit::record(
+        // The job's disclosure, audited before it leaves: the sizes and event counts of these
+        // bins.
+        crate::audit::append(
             &self.store,
             "disclosure.bin_counts",
             job.id(),
@@ -105,7 +105,8 @@ impl NodeState {
                 "smallest_bin": disclosed.smallest_bin,
                 "names": if publish { "published" } else { "aliased" },
             }),
-        );
+        )?;
+        link.send(guest, answer)?;
         Ok(format!(
             "binning: counts of {} bins of {} columns sent to {guest} (the smallest holds {} rows)",
             disclosed.bins, disclosed.columns, disclosed.smallest_bin

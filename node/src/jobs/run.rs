@@ -222,14 +222,16 @@ impl NodeState {
             &mut link,
             &mut |event| self.training_event(job, event),
         )?;
-        // The job's one per-row disclosure: the final model's scores of the revealed rows.
-        crate::audit::record(
+        // The job's one per-row disclosure: the final model's scores of the revealed rows. They
+        // left with the protocol's last message; without their record the job fails and keeps
+        // no model (the budget already counted the job, fail-closed).
+        crate::audit::append(
             &self.store,
             "disclosure.final_scores",
             job.id(),
             guest,
             json!({"model": proposal.model_id, "dataset": proposal.dataset, "rows": outcome.revealed_rows}),
-        );
+        )?;
         let report = json!({
             "job_id": job.id(),
             "model_id": proposal.model_id,
@@ -328,13 +330,13 @@ impl NodeState {
                 prep: serde_json::to_string(&spec.host_prep(host))
                     .map_err(|e| NodeError::Spec(format!("prep: {e}")))?,
             };
-            crate::audit::record(
+            crate::audit::append(
                 &self.store,
                 "job.proposed",
                 job.id(),
                 &host.party,
                 json!({"dataset": host.dataset, "model": spec.model_id}),
-            );
+            )?;
             let reply = self
                 .runtime
                 .block_on(self.peers.propose(&host.party, proposal))?;

@@ -38,13 +38,18 @@ impl Federation for FederationService {
         let decision = blocking(move || node.accept_proposal(&asked)).await?;
         let (accepted, reason) = match decision {
             Ok(()) => {
-                crate::audit::record(
+                let audited = crate::audit::append(
                     &self.node.store,
                     "job.accepted",
                     &proposal.job_id,
                     &proposal.guest,
                     detail,
                 );
+                if let Err(error) = audited {
+                    // No job runs unaudited: the accepted one stops at once.
+                    let _ = self.node.cancel(&proposal.job_id);
+                    return Err(error.public_status("a proposal's audit record"));
+                }
                 (true, String::new())
             }
             Err(NodeError::Refused(refusal)) => {
@@ -96,13 +101,15 @@ impl Federation for FederationService {
             }
             Err(error) => return Err(error.public_status("partial scores")),
         };
-        crate::audit::record(
+        // No partial score leaves without its audit record.
+        crate::audit::append(
             &self.node.store,
             "score.partial",
             "",
             &request.guest,
             serde_json::json!({"model": request.model_id, "ids": request.ids.len(), "unknown": answer.unknown}),
-        );
+        )
+        .map_err(|e| e.public_status("a partial-score audit record"))?;
         Ok(Response::new(answer.reply))
     }
 

@@ -157,13 +157,14 @@ impl Scoring for ScoringService {
             &[("model", &model_id)],
             started.elapsed(),
         );
-        crate::audit::record(
+        crate::audit::append(
             &node.store,
             "score",
             "",
             &client,
             serde_json::json!({"model": model_id, "ids": ids.len(), "not_scored": unknown}),
-        );
+        )
+        .map_err(|e| e.public_status("a score call's audit record"))?;
         Ok(Response::new(ScoreReply { model_id, scores }))
     }
 }
