@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::NodeError;
-use crate::store::Store;
+use crate::store::{AuditHead, Store};
 
 /// One record of the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,6 +127,70 @@ pub fn page(
         }
     }
     Ok((out, next, !scanned_all))
+}
+
+/// This log's head: its last record's sequence number and hash.
+pub fn head(store: &Store) -> Result<Option<(u64, String)>, NodeError> {
+    let Some((seq, bytes)) = store.last_audit_record()? else {
+        return Ok(None);
+    };
+    let record: AuditRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| NodeError::Server(format!("audit record {seq}: {e}")))?;
+    Ok(Some((seq, record.hash)))
+}
+
+/// Keeps `peer`'s head `(seq, hash)` unless it goes back on the one kept: an earlier record, or
+/// the same record with another hash, means the peer's log was cut or rewritten. Then the one
+/// kept stays, the conflict is recorded here, and `Err` returns what is kept (the peer's
+/// `audit verify` finds out from it).
+pub fn keep_anchor(
+    store: &Store,
+    peer: &str,
+    seq: u64,
+    hash: &str,
+) -> Result<Result<AuditHead, AuditHead>, NodeError> {
+    let head = AuditHead {
+        seq,
+        hash: hash.to_owned(),
+        unix_ms: crate::clock::now_ms(),
+    };
+    if let Some(kept) = store.anchor(peer)? {
+        if seq < kept.seq || (seq == kept.seq && hash != kept.hash) {
+            record(
+                store,
+                "audit.anchor_conflict",
+                "",
+                peer,
+                serde_json::json!({"kept_seq": kept.seq, "offered_seq": seq}),
+            );
+            return Ok(Err(kept));
+        }
+    }
+    store.put_anchor(peer, &head)?;
+    Ok(Ok(head))
+}
+
+/// Whether this log agrees with the head `peer` keeps of it: `Err` says how it does not.
+pub fn check_anchor(store: &Store, peer: &str, kept: &AuditHead) -> Result<(), NodeError> {
+    let Some(bytes) = store
+        .audit_range(kept.seq, 1)?
+        .pop()
+        .filter(|(s, _)| *s == kept.seq)
+    else {
+        return Err(NodeError::Server(format!(
+            "{peer} keeps record #{} of this log, which no longer has it (the log was cut)",
+            kept.seq
+        )));
+    };
+    let record: AuditRecord = serde_json::from_slice(&bytes.1)
+        .map_err(|e| NodeError::Server(format!("audit record {}: {e}", kept.seq)))?;
+    if record.hash != kept.hash {
+        return Err(NodeError::Server(format!(
+            "record #{} differs from the one {peer} keeps (the log was rewritten)",
+            kept.seq
+        )));
+    }
+    Ok(())
 }
 
 /// Result of checking the chain.

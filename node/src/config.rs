@@ -318,6 +318,8 @@ pub struct FederationSettings {
     /// Largest id set a peer may announce for PSI (bounds the memory a peer can make this
     /// node reserve).
     pub max_peer_rows: u64,
+    /// How often this node gives every peer its audit head to keep.
+    pub anchor_secs: u64,
     /// Most jobs this node runs at once (guest and host); more are refused as busy.
     pub max_jobs: usize,
     /// Most jobs it runs at once for one guest.
@@ -335,6 +337,7 @@ impl Default for FederationSettings {
             retries: 6,
             backoff_ms: 200,
             max_peer_rows: 100_000_000,
+            anchor_secs: 60,
             max_jobs: 8,
             max_jobs_per_peer: 4,
         }
@@ -535,6 +538,9 @@ impl NodeConfig {
                 "federation.peer_dead_secs: must be at least 2 and at most receive_timeout_secs"
                     .into(),
             );
+        }
+        if f.anchor_secs == 0 {
+            return Err("federation.anchor_secs: must be at least 1".into());
         }
         if f.max_jobs == 0 || f.max_jobs_per_peer == 0 {
             return Err("federation: max_jobs and max_jobs_per_peer must be at least 1".into());

@@ -15,7 +15,7 @@ use crate::config::{FederationSettings, NodeConfig};
 use crate::error::{NodeError, PeerFault};
 use crate::metrics::Metrics;
 use crate::proto::federation_client::FederationClient;
-use crate::proto::{AliveRequest, Chunk, JobProposal, ProposalReply};
+use crate::proto::{AliveRequest, AnchorRequest, AuditHead, Chunk, JobProposal, ProposalReply};
 use crate::tls::Identity;
 use crate::wire::FEDERATION_VERSION;
 
@@ -226,6 +226,26 @@ impl Peers {
                 code: Code::DeadlineExceeded,
             }),
         }
+    }
+
+    /// Gives `to` this node's audit head to keep (when `head` is set); the head it keeps.
+    pub async fn anchor(
+        &self,
+        to: &str,
+        head: Option<(u64, String)>,
+    ) -> Result<Option<(u64, String)>, NodeError> {
+        let request = AnchorRequest {
+            version: FEDERATION_VERSION,
+            sender: self.party.clone(),
+            head: head.map(|(seq, hash)| AuditHead { seq, hash }),
+        };
+        let reply = self
+            .call(to, "anchor", 1, |mut client| {
+                let request = request.clone();
+                async move { client.anchor(request).await }
+            })
+            .await?;
+        Ok(reply.kept.map(|head| (head.seq, head.hash)))
     }
 
     /// Delivers message `seq` of a job to `to` in chunks, retrying as configured.

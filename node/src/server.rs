@@ -163,6 +163,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             node.report_interrupted(&interrupted).await;
         }));
     }
+    background.push(tokio::spawn(anchor_audit(state.clone())));
     tracing::info!(%party, %address, ?metrics_address, "node serving");
     Ok(RunningNode {
         address,
@@ -288,5 +289,33 @@ mod tests {
         // The window has passed: the next record carries the refusals it stands for.
         throttle.by_ip.get_mut(&a).unwrap().0 -= REFUSAL_AUDIT_EVERY;
         assert_eq!(throttle.admit(a), Some(3));
+    }
+}
+
+/// Every `federation.anchor_secs`, gives every peer this node's audit head to keep, so that
+/// cutting or rewriting the log shows in `unseen audit verify`.
+async fn anchor_audit(node: Arc<NodeState>) {
+    let every = Duration::from_secs(node.config.federation.anchor_secs);
+    loop {
+        tokio::time::sleep(every).await;
+        let head = match crate::audit::head(&node.store) {
+            Ok(Some(head)) => head,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the audit head");
+                continue;
+            }
+        };
+        for peer in &node.config.peers {
+            match node.peers.anchor(&peer.name, Some(head.clone())).await {
+                Ok(Some(kept)) if kept != head => tracing::error!(
+                    peer = %peer.name,
+                    kept = kept.0,
+                    "the peer keeps a head this audit log goes back on; run unseen audit verify"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(peer = %peer.name, error = %e, "audit head not anchored"),
+            }
+        }
     }
 }

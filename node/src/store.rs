@@ -12,6 +12,8 @@ use crate::error::NodeError;
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Per peer, the latest head of that peer's audit log it gave this node to keep.
+const ANCHORS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchors");
 /// Job events by (job id, index): appended one by one, never rewritten.
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 
@@ -172,6 +174,17 @@ pub struct ModelRecord {
     pub pair_seeds: std::collections::BTreeMap<String, String>,
 }
 
+/// The latest record of an audit log, as a peer keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+    /// When the keeper received it.
+    pub unix_ms: i64,
+}
+
 /// The store.
 pub struct Store {
     db: Database,
@@ -219,6 +232,7 @@ impl Store {
             txn.open_table(JOBS)?;
             txn.open_table(MODELS)?;
             txn.open_table(AUDIT)?;
+            txn.open_table(ANCHORS)?;
             txn.open_table(EVENTS)?;
             Ok(())
         })?;
@@ -394,6 +408,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Keeps `peer`'s audit head.
+    pub fn put_anchor(&self, peer: &str, head: &AuditHead) -> Result<(), NodeError> {
+        self.put(ANCHORS, peer, head)
+    }
+
+    /// The head of `peer`'s audit log this node keeps, if any.
+    pub fn anchor(&self, peer: &str) -> Result<Option<AuditHead>, NodeError> {
+        self.get(ANCHORS, peer)
+    }
+
+    /// The last audit record (raw), if any.
+    pub fn last_audit_record(&self) -> Result<Option<(u64, Vec<u8>)>, NodeError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(AUDIT).map_err(|e| self.error(e))?;
+        let last = table.last().map_err(|e| self.error(e))?;
+        Ok(last.map(|(k, v)| (k.value(), v.value().to_vec())))
+    }
+
     /// Up to `count` audit records (raw) from sequence number `from` on, in order.
     pub fn audit_range(&self, from: u64, count: usize) -> Result<Vec<(u64, Vec<u8>)>, NodeError> {
         let txn = self.db.begin_read().map_err(|e| self.error(e))?;
@@ -404,6 +436,17 @@ impl Store {
             out.push((key.value(), value.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// Deletes the audit records from `from` on, as someone covering their tracks would: only
+    /// for tests that check peers' anchors detect it.
+    #[doc(hidden)]
+    pub fn truncate_audit_for_tests(&self, from: u64) -> Result<(), NodeError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(AUDIT)?;
+            table.retain(|seq, _| seq < from)?;
+            Ok(())
+        })
     }
 
     /// Makes audit appends fail (or work again): only for tests that check an operation

@@ -83,7 +83,8 @@ impl Federation {
         let _ = std::fs::remove_dir_all(&dir);
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
         let mut plan = Plan::prepare(&dir, &data).unwrap();
-        plan.federation = "receive_timeout_secs = 120\nbackoff_ms = 100\nretries = 3\n".into();
+        plan.federation =
+            "receive_timeout_secs = 120\nbackoff_ms = 100\nretries = 3\nanchor_secs = 1\n".into();
         plan.policy = policy.into();
         let proxy_drops = Arc::new(AtomicUsize::new(0));
         if drop_once {

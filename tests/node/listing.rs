@@ -129,3 +129,57 @@ async fn long_audit_logs_and_job_lists_come_in_pages() {
     );
     federation.stop().await;
 }
+
+/// A node's peers keep its audit head: cutting the log's tail, which the hash chain alone
+/// cannot show (what is left still chains), fails `unseen audit verify`, naming the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_anchor_the_audit_log_so_a_cut_tail_is_found() {
+    let federation = Federation::start("anchors", false).await;
+    let store = &federation.state("bank").store;
+    for k in 0..20 {
+        node::audit::record(store, "test.filler", "", "", serde_json::json!({ "k": k }));
+    }
+    let (head, _) = node::audit::head(store).unwrap().unwrap();
+    // Both hosts keep the head within a few anchoring rounds (one a second here).
+    for host in ["tax", "utilities"] {
+        let kept = || federation.state(host).store.anchor("bank").unwrap();
+        let mut waited = 0;
+        while kept().is_none_or(|k| k.seq < head) {
+            assert!(waited < 100, "{host} keeps {:?}", kept());
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            waited += 1;
+        }
+    }
+    let (ok, out, stderr) = federation.cli(&["audit", "verify"]).await;
+    assert!(
+        ok && out.contains("intact") && out.contains("agrees"),
+        "{out}{stderr}"
+    );
+
+    // The last ten records go; the rest still chains.
+    store.truncate_audit_for_tests(head - 9).unwrap();
+    assert!(matches!(
+        node::audit::verify(store).unwrap(),
+        node::audit::Verdict::Intact { .. }
+    ));
+    let (ok, out, stderr) = federation.cli(&["audit", "verify"]).await;
+    assert!(!ok, "{out}");
+    assert!(
+        stderr.contains("keeps record #") && stderr.contains("the log was cut"),
+        "{out}{stderr}"
+    );
+    assert!(
+        out.contains("tax keeps #") && out.contains("utilities keeps #"),
+        "{out}"
+    );
+    // Later heads that go back on the kept one are not kept.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let kept = federation
+        .state("tax")
+        .store
+        .anchor("bank")
+        .unwrap()
+        .unwrap();
+    assert!(kept.seq >= head, "{kept:?}");
+    federation.stop().await;
+}

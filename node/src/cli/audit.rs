@@ -13,6 +13,9 @@ pub(super) async fn audit_command(command: AuditCommand) -> Result<ExitCode, Str
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            for anchor in &reply.anchors {
+                println!("  {anchor}");
+            }
             if reply.intact {
                 println!("audit log intact: {} records", reply.records);
                 Ok(ExitCode::SUCCESS)

@@ -1,5 +1,5 @@
-//! The federation service (node ↔ node): job proposals, partial scores, chunked deliveries
-//! and liveness probes. Every call names its sender; the caller's TLS certificate, already verified
+//! The federation service (node ↔ node): job proposals, partial scores, chunked deliveries,
+//! liveness probes and audit anchors. Every call names its sender; the caller's TLS certificate, already verified
 //! against the CA, must be valid for the certificate name the configuration gives that peer,
 //! or the call is refused (and logged, counted and audited).
 
@@ -10,11 +10,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::error::{NodeError, Refusal};
 use crate::mailbox::{Delivery, NotAdmitted};
 use crate::proto::federation_server::Federation;
-use crate::proto::ProposalReply;
 use crate::proto::{
     AliveReply, AliveRequest, Chunk, DeliveryAck, JobProposal, PartialScoresReply,
     PartialScoresRequest,
 };
+use crate::proto::{AnchorReply, AnchorRequest, AuditHead, ProposalReply};
 use crate::services::{auth, blocking};
 use crate::state::NodeState;
 use crate::wire::chunks::{ChunkError, Reassembler};
@@ -123,6 +123,43 @@ impl Federation for FederationService {
         let request = request.into_inner();
         let running = self.node.mailbox.running(&request.job_id, &request.sender);
         Ok(Response::new(AliveReply { running }))
+    }
+
+    async fn anchor(
+        &self,
+        request: Request<AnchorRequest>,
+    ) -> Result<Response<AnchorReply>, Status> {
+        auth::peer(
+            &self.node,
+            &request,
+            &request.get_ref().sender,
+            "audit anchor",
+        )?;
+        let request = request.into_inner();
+        if let Some(head) = &request.head {
+            let hex = head.hash.len() == 64 && head.hash.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex {
+                return Err(
+                    NodeError::BadRequest("an audit head's hash is 64 hex digits".into()).into(),
+                );
+            }
+        }
+        let node = self.node.clone();
+        let kept = blocking(move || match request.head {
+            Some(head) => {
+                crate::audit::keep_anchor(&node.store, &request.sender, head.seq, &head.hash)
+                    .map(|kept| Some(kept.unwrap_or_else(|held| held)))
+            }
+            None => node.store.anchor(&request.sender),
+        })
+        .await?
+        .map_err(|e| e.public_status("an audit anchor"))?;
+        Ok(Response::new(AnchorReply {
+            kept: kept.map(|head| AuditHead {
+                seq: head.seq,
+                hash: head.hash,
+            }),
+        }))
     }
 
     async fn deliver(

@@ -219,12 +219,13 @@ impl Jobs for JobsService {
         request: Request<proto::VerifyAuditRequest>,
     ) -> Result<Response<proto::VerifyAuditReply>, Status> {
         self.authorise(&request)?;
-        let reply = match crate::audit::verify(&self.node.store)? {
+        let node = self.node.clone();
+        let verdict = blocking(move || crate::audit::verify(&node.store)).await??;
+        let mut reply = match verdict {
             crate::audit::Verdict::Intact { records } => proto::VerifyAuditReply {
                 intact: true,
                 records,
-                first_broken: 0,
-                reason: String::new(),
+                ..Default::default()
             },
             crate::audit::Verdict::Broken {
                 records,
@@ -235,8 +236,54 @@ impl Jobs for JobsService {
                 records,
                 first_broken: seq,
                 reason,
+                ..Default::default()
             },
         };
+        // What each peer keeps of this log: a cut or a rewrite shows against it.
+        for peer in &self.node.config.peers {
+            let asked = self.node.peers.anchor(&peer.name, None);
+            let kept = match tokio::time::timeout(std::time::Duration::from_secs(10), asked).await {
+                Ok(Ok(kept)) => kept,
+                Ok(Err(e)) => {
+                    reply
+                        .anchors
+                        .push(format!("{}: not checked ({e})", peer.name));
+                    continue;
+                }
+                Err(_) => {
+                    reply
+                        .anchors
+                        .push(format!("{}: not checked (no answer in 10 s)", peer.name));
+                    continue;
+                }
+            };
+            let Some((seq, hash)) = kept else {
+                reply
+                    .anchors
+                    .push(format!("{}: keeps nothing of this log yet", peer.name));
+                continue;
+            };
+            let head = crate::store::AuditHead {
+                seq,
+                hash,
+                unix_ms: 0,
+            };
+            match crate::audit::check_anchor(&self.node.store, &peer.name, &head) {
+                Ok(()) => reply
+                    .anchors
+                    .push(format!("{} keeps #{seq}: agrees", peer.name)),
+                Err(e) => {
+                    reply
+                        .anchors
+                        .push(format!("{} keeps #{seq}: {e}", peer.name));
+                    if reply.intact {
+                        reply.intact = false;
+                        reply.first_broken = seq;
+                        reply.reason = e.to_string();
+                    }
+                }
+            }
+        }
         Ok(Response::new(reply))
     }
 
