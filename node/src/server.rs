@@ -274,24 +274,6 @@ async fn accept_tls(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_are_audited_once_per_address_per_window() {
-        let mut throttle = RefusalThrottle::default();
-        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        assert_eq!(throttle.admit(a), Some(1));
-        assert_eq!(throttle.admit(a), None);
-        assert_eq!(throttle.admit(a), None);
-        assert_eq!(throttle.admit(b), Some(1));
-        // The window has passed: the next record carries the refusals it stands for.
-        throttle.by_ip.get_mut(&a).unwrap().0 -= REFUSAL_AUDIT_EVERY;
-        assert_eq!(throttle.admit(a), Some(3));
-    }
-}
-
 /// Every `federation.anchor_secs`, gives every peer this node's audit head to keep, so that
 /// cutting or rewriting the log shows in `unseen audit verify`.
 async fn anchor_audit(node: Arc<NodeState>) {
@@ -317,5 +299,23 @@ async fn anchor_audit(node: Arc<NodeState>) {
                 Err(e) => tracing::debug!(peer = %peer.name, error = %e, "audit head not anchored"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_audited_once_per_address_per_window() {
+        let mut throttle = RefusalThrottle::default();
+        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert_eq!(throttle.admit(a), Some(1));
+        assert_eq!(throttle.admit(a), None);
+        assert_eq!(throttle.admit(a), None);
+        assert_eq!(throttle.admit(b), Some(1));
+        // The window has passed: the next record carries the refusals it stands for.
+        throttle.by_ip.get_mut(&a).unwrap().0 -= REFUSAL_AUDIT_EVERY;
+        assert_eq!(throttle.admit(a), Some(3));
     }
 }
