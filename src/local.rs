@@ -100,6 +100,7 @@ impl Plan {
     pub fn config(&self, party: &str) -> String {
         let mut text = format!(
             "party = \"{party}\"\nlisten = \"{}\"\ndata_dir = \"state/{party}\"\n\
+             store_key = \"keys/{party}.key\"\n\
              metrics_listen = \"127.0.0.1:0\"\noperators = [\"modeller\"]\n\n\
              [tls]\ncert = \"certs/{party}/node.crt\"\nkey = \"certs/{party}/node.key\"\n\
              ca = \"certs/{party}/ca.crt\"\n\n[federation]\n{}\n",

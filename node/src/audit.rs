@@ -250,7 +250,7 @@ mod tests {
     fn the_chain_verifies_and_any_tampering_is_found_at_its_record() {
         let dir = std::env::temp_dir().join(format!("unseen-audit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir).unwrap();
+        let store = Store::open(&dir, crate::sealing::StoreKey::generate()).unwrap();
         for i in 0..5 {
             record(
                 &store,

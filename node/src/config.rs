@@ -4,6 +4,7 @@
 //! party = "tax"                      # this node's party name = the name in its certificate
 //! listen = "0.0.0.0:7002"            # gRPC (federation + jobs), mutual TLS
 //! data_dir = "data"                  # embedded store
+//! store_key = "keys/store.key"     # seals the store's model records (outside data_dir)
 //! metrics_listen = "127.0.0.1:9102"  # optional Prometheus endpoint (plain HTTP)
 //! operators = ["tax-operator"]       # certificate names allowed to use the jobs API
 //!
@@ -80,6 +81,10 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
+    /// File of the key that seals the store's model records, outside `data_dir` (created on
+    /// first start); without it, the key comes from `UNSEEN_STORE_KEY`.
+    #[serde(default)]
+    pub store_key: Option<PathBuf>,
     /// Address of the Prometheus endpoint, if any.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -400,6 +405,9 @@ impl NodeConfig {
             }
         };
         join(&mut self.data_dir);
+        if let Some(key) = &mut self.store_key {
+            join(key);
+        }
         join(&mut self.tls.cert);
         join(&mut self.tls.key);
         join(&mut self.tls.ca);

@@ -39,6 +39,7 @@ mod peers;
 pub mod proto;
 mod registry;
 mod scoring;
+pub mod sealing;
 mod server;
 mod services;
 pub mod spec;

@@ -78,7 +78,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .check_own(now)
         .map_err(|reason| NodeError::Tls(format!("{}: {reason}", config.tls.cert.display())))?;
     let server_tls = identity.server_config()?;
-    let store = Store::open(&config.data_dir)?;
+    let key = crate::sealing::StoreKey::load(config.store_key.as_deref(), &config.data_dir)?;
+    let store = Store::open(&config.data_dir, key)?;
     let interrupted = store.fail_interrupted()?;
     for job in &interrupted {
         tracing::warn!(job = %job.job_id, "marked failed: a restart interrupted it");

@@ -8,6 +8,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NodeError;
+use crate::sealing::StoreKey;
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
@@ -189,6 +190,8 @@ pub struct AuditHead {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// Seals model records (model parts, pairwise scoring seeds).
+    key: StoreKey,
     /// Tests only: audit appends fail (a full disk, a broken file) while set.
     audit_broken: std::sync::atomic::AtomicBool,
 }
@@ -196,7 +199,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) `<data_dir>/unseen.redb`, readable by this node's user only (it
     /// holds model parts and pairwise scoring seeds).
-    pub fn open(data_dir: &Path) -> Result<Store, NodeError> {
+    pub fn open(data_dir: &Path, key: StoreKey) -> Result<Store, NodeError> {
         let path = data_dir.join("unseen.redb");
         // The directory and the file are private before anything is written to them.
         #[cfg(unix)]
@@ -226,6 +229,7 @@ impl Store {
         let store = Store {
             db,
             path,
+            key,
             audit_broken: Default::default(),
         };
         store.write(|txn| {
@@ -355,22 +359,48 @@ impl Store {
         jobs.into_iter().map(|j| self.with_events(j)).collect()
     }
 
-    /// Writes a model record (refusing to replace an existing model).
+    /// Writes a model record (refusing to replace an existing model), sealed with the store
+    /// key.
     pub fn put_model(&self, model: &ModelRecord) -> Result<(), NodeError> {
         if self.model(&model.model_id)?.is_some() {
             return Err(self.error(format!("model {:?} already exists", model.model_id)));
         }
-        self.put(MODELS, &model.model_id, model)
+        let bytes = serde_json::to_vec(model).map_err(|e| self.error(e))?;
+        let sealed = self.key.seal(&model_context(&model.model_id), &bytes);
+        self.write(|txn| {
+            txn.open_table(MODELS)?
+                .insert(model.model_id.as_str(), sealed.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn open_model(&self, model_id: &str, sealed: &[u8]) -> Result<ModelRecord, NodeError> {
+        let bytes = self
+            .key
+            .open(&model_context(model_id), sealed)
+            .map_err(|e| self.error(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| self.error(format!("model {model_id:?}: {e}")))
     }
 
     /// Reads a model record.
     pub fn model(&self, model_id: &str) -> Result<Option<ModelRecord>, NodeError> {
-        self.get(MODELS, model_id)
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(MODELS).map_err(|e| self.error(e))?;
+        match table.get(model_id).map_err(|e| self.error(e))? {
+            Some(sealed) => self.open_model(model_id, sealed.value()).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Every model, oldest first.
     pub fn models(&self) -> Result<Vec<ModelRecord>, NodeError> {
-        let mut models: Vec<ModelRecord> = self.all(MODELS)?;
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(MODELS).map_err(|e| self.error(e))?;
+        let mut models = Vec::new();
+        for entry in table.iter().map_err(|e| self.error(e))? {
+            let (key, sealed) = entry.map_err(|e| self.error(e))?;
+            models.push(self.open_model(key.value(), sealed.value())?);
+        }
         models.sort_by_key(|m| m.created_unix_ms);
         Ok(models)
     }
@@ -492,6 +522,11 @@ impl Store {
     }
 }
 
+/// What a model record is sealed to: its own key, so a record moved under another id fails.
+fn model_context(model_id: &str) -> String {
+    format!("unseen model record {model_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,8 +535,11 @@ mod tests {
     fn records_survive_reopening_and_interrupted_jobs_are_failed() {
         let dir = std::env::temp_dir().join(format!("unseen-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let key_file = dir.with_extension("key");
+        let _ = std::fs::remove_file(&key_file);
+        let key = || StoreKey::load(Some(&key_file), &dir).unwrap();
         {
-            let store = Store::open(&dir).unwrap();
+            let store = Store::open(&dir, key()).unwrap();
             for (id, state) in [("a", "training"), ("b", "succeeded")] {
                 let job = JobRecord {
                     job_id: id.into(),
@@ -520,7 +558,7 @@ mod tests {
                 role: "guest".into(),
                 features: 3,
                 created_unix_ms: 1,
-                part_json: "{}".into(),
+                part_json: "{\"weights\": \"secret-part\"}".into(),
                 report_json: "{}".into(),
                 guest: "bank".into(),
                 hosts: vec!["tax".into()],
@@ -533,7 +571,7 @@ mod tests {
                 "a model is never replaced"
             );
         }
-        let store = Store::open(&dir).unwrap();
+        let store = Store::open(&dir, key()).unwrap();
         let failed: Vec<String> = store
             .fail_interrupted()
             .unwrap()
@@ -548,6 +586,17 @@ mod tests {
         assert_eq!(a.events[1].state, "failed");
         assert_eq!(store.job("b").unwrap().unwrap().state, "succeeded");
         assert_eq!(store.models().unwrap()[0].features, 3);
+        drop(store);
+        // The model part is sealed: not in the file, and not readable under another key.
+        let file = std::fs::read(dir.join("unseen.redb")).unwrap();
+        assert!(!file.windows(11).any(|w| w == b"secret-part"));
+        let other = Store::open(&dir, StoreKey::generate()).unwrap();
+        let error = other.model("m").unwrap_err().to_string();
+        assert!(
+            error.contains("does not open with this node's store key"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(&key_file).unwrap();
     }
 }

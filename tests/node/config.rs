@@ -67,3 +67,32 @@ async fn a_node_refuses_to_start_with_a_certificate_its_ca_did_not_sign() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node does not start without the key that seals its store's models, and says where to put
+/// one.
+#[tokio::test]
+async fn a_node_refuses_to_start_without_a_store_key() {
+    let dir = std::env::temp_dir().join(format!("unseen-no-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    node::certs::init(&dir.join("certs"), &["bank".to_string()]).unwrap();
+    let path = dir.join("node.toml");
+    let base = "party = \"bank\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"state\"\n";
+    let tls = "[tls]\ncert = \"certs/bank/node.crt\"\nkey = \"certs/bank/node.key\"\n\
+               ca = \"certs/bank/ca.crt\"\n";
+    std::fs::write(&path, format!("{base}{tls}")).unwrap();
+    let error = match node::start(NodeConfig::load(&path).unwrap()).await {
+        Ok(_) => panic!("the node started"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("no store key") && error.contains("UNSEEN_STORE_KEY"),
+        "{error}"
+    );
+    std::fs::write(&path, format!("{base}store_key = \"state/k\"\n{tls}")).unwrap();
+    let error = match node::start(NodeConfig::load(&path).unwrap()).await {
+        Ok(_) => panic!("the node started"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("outside data_dir"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
