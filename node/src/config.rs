@@ -191,6 +191,10 @@ pub struct PeerConfig {
     /// Name its certificate must be valid for (defaults to `name`).
     #[serde(default)]
     pub certificate_name: Option<String>,
+    /// Its own CA, when it keeps its own PKI: its certificates must chain to this CA (and only
+    /// this one); without it, to this node's `tls.ca`.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 impl PeerConfig {
@@ -411,6 +415,11 @@ impl NodeConfig {
         join(&mut self.tls.cert);
         join(&mut self.tls.key);
         join(&mut self.tls.ca);
+        for peer in &mut self.peers {
+            if let Some(ca) = &mut peer.ca {
+                join(ca);
+            }
+        }
         for dataset in self.datasets.values_mut() {
             join(&mut dataset.path);
         }

@@ -368,7 +368,10 @@ pub enum Refusal {
         party: String,
     },
     /// A federation call whose certificate is not the claimed peer's.
-    #[error("{call} from {claimed}: the caller's certificate is not valid for {certificate:?}")]
+    #[error(
+        "{call} from {claimed}: the caller's certificate is not valid for {certificate:?} or \
+         not from the CA that vouches for {claimed}"
+    )]
     PeerCertificate {
         /// The call.
         call: &'static str,

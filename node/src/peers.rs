@@ -59,7 +59,7 @@ impl Peers {
             };
             let endpoint = Endpoint::from_shared(format!("https://{}", peer.address))
                 .map_err(error)?
-                .tls_config(identity.client_config(peer.certificate_name()))
+                .tls_config(identity.peer_client_config(&peer.name, peer.certificate_name()))
                 .map_err(error)?
                 // A peer that stops answering (a frozen process, a cut cable: no reset comes)
                 // is found by HTTP/2 pings well within peer_dead_secs, even mid-call.

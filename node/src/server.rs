@@ -63,7 +63,12 @@ impl RunningNode {
 
 /// Starts a node from its configuration (on the current tokio runtime).
 pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
-    let identity = Identity::load(&config.tls.cert, &config.tls.key, &config.tls.ca)?;
+    let mut identity = Identity::load(&config.tls.cert, &config.tls.key, &config.tls.ca)?;
+    for peer in &config.peers {
+        if let Some(ca) = &peer.ca {
+            identity.pin_peer_ca(&peer.name, ca)?;
+        }
+    }
     if !identity.is_for(&config.party) {
         return Err(NodeError::Tls(format!(
             "{}: the certificate is not valid for this node's party name {:?}",
@@ -113,6 +118,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let state = Arc::new(NodeState::new(
         config,
         store,
+        identity,
         peers,
         metrics.clone(),
         tokio::runtime::Handle::current(),

@@ -9,6 +9,7 @@ use crate::peers::Peers;
 use crate::registry::JobTable;
 use crate::scoring::ScoreCache;
 use crate::store::Store;
+use crate::tls::Identity;
 
 /// Everything the node's services and jobs share.
 pub struct NodeState {
@@ -28,6 +29,8 @@ pub struct NodeState {
     pub jobs: JobTable,
     /// The node's tokio runtime, for the network calls of blocking job threads.
     pub(crate) runtime: tokio::runtime::Handle,
+    /// Which CA vouches for whom (peers with their own PKI, operators and clients).
+    pub(crate) identity: Identity,
     /// Set once shutdown begins: no new job starts.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
     /// When each scoring client's refusals were last audited, and how many came since: a
@@ -40,6 +43,7 @@ impl NodeState {
     pub(crate) fn new(
         config: NodeConfig,
         store: Store,
+        identity: Identity,
         peers: Peers,
         metrics: Arc<Metrics>,
         runtime: tokio::runtime::Handle,
@@ -53,6 +57,7 @@ impl NodeState {
             scores: ScoreCache::default(),
             jobs: JobTable::default(),
             runtime,
+            identity,
             shutting_down: Default::default(),
             refusal_audits: Default::default(),
         }

@@ -1,8 +1,11 @@
 //! Mutual TLS: the node's identity, the server's rustls configuration (client certificates
-//! required and verified against the configured CA), the client configuration (server
-//! certificate verified against the CA and the peer's configured name), and name checks of an
-//! already-verified peer certificate.
+//! required and verified against the configured CA and the peers' own CAs), the client
+//! configuration (server certificate verified against the peer's CA and its configured name),
+//! and checks of an already-verified certificate: its names, and which CA it chains to — a
+//! peer that keeps its own PKI must present a certificate of that PKI, and operators and
+//! scoring clients one of this node's CA.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,6 +25,8 @@ pub struct Identity {
     ca_pem: String,
     certs: Vec<CertificateDer<'static>>,
     ca: Vec<CertificateDer<'static>>,
+    /// Peers that keep their own PKI: their CA (PEM and certificates) by party.
+    peer_cas: BTreeMap<String, (String, Vec<CertificateDer<'static>>)>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -64,6 +69,7 @@ impl Identity {
             ca_pem,
             certs,
             ca: ca_certs,
+            peer_cas: BTreeMap::new(),
         })
     }
 
@@ -125,9 +131,52 @@ impl Identity {
         Ok(())
     }
 
+    /// Trusts `peer` only with certificates of the CA in `ca` (its own PKI), instead of this
+    /// node's CA.
+    pub fn pin_peer_ca(&mut self, peer: &str, ca: &Path) -> Result<(), NodeError> {
+        let pem = std::fs::read_to_string(ca).map_err(|e| NodeError::io(ca, e))?;
+        let certs = parse_certs(ca, &pem)?;
+        self.peer_cas.insert(peer.to_owned(), (pem, certs));
+        Ok(())
+    }
+
+    /// Whether the leaf of `certs` (a verified client chain) chains to the CA that vouches for
+    /// `peer` — its own pinned CA, or this node's — or, for `None` (operators, scoring
+    /// clients), to this node's CA.
+    pub fn vouches_for(&self, certs: Option<&[CertificateDer<'_>]>, peer: Option<&str>) -> bool {
+        let Some((leaf, chain)) = certs.and_then(<[_]>::split_first) else {
+            return false;
+        };
+        let cas = peer
+            .and_then(|p| self.peer_cas.get(p))
+            .map_or(&self.ca, |(_, certs)| certs);
+        let Ok(anchors) = cas
+            .iter()
+            .map(|ca| webpki::anchor_from_trusted_cert(ca).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return false;
+        };
+        let Ok(end_entity) = webpki::EndEntityCert::try_from(leaf) else {
+            return false;
+        };
+        end_entity
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                chain,
+                UnixTime::now(),
+                KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .is_ok()
+    }
+
     fn roots(&self) -> Result<Arc<RootCertStore>, NodeError> {
         let mut roots = RootCertStore::empty();
-        for cert in &self.ca {
+        let pinned = self.peer_cas.values().flat_map(|(_, certs)| certs);
+        for cert in self.ca.iter().chain(pinned) {
             roots
                 .add(cert.clone())
                 .map_err(|e| NodeError::Tls(format!("CA certificate refused: {e}")))?;
@@ -157,8 +206,19 @@ impl Identity {
     /// Client side: present this identity, trust only the CA, and require the server's
     /// certificate to be valid for `server_name`.
     pub fn client_config(&self, server_name: &str) -> tonic::transport::ClientTlsConfig {
+        self.peer_client_config("", server_name)
+    }
+
+    /// [`Identity::client_config`] towards `peer`: trust only its own CA if it keeps its own
+    /// PKI, else this node's.
+    pub fn peer_client_config(
+        &self,
+        peer: &str,
+        server_name: &str,
+    ) -> tonic::transport::ClientTlsConfig {
+        let ca_pem = self.peer_cas.get(peer).map_or(&self.ca_pem, |(pem, _)| pem);
         tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
             .identity(tonic::transport::Identity::from_pem(
                 &self.cert_pem,
                 &self.key_pem,

@@ -5,6 +5,7 @@ mod common;
 mod config;
 mod faults;
 mod listing;
+mod pki;
 mod refusals;
 mod scorecard;
 mod train;

@@ -56,8 +56,14 @@ pub(crate) fn peer<T>(
     let claimed: String = claimed.chars().take(64).collect();
     let certs = certs(request);
     let expected = node.config.peer(&claimed).map(|p| p.certificate_name());
+    let presented = certs.as_deref().map(|c| &c[..]);
     let refusal = match expected {
-        Some(name) if crate::tls::peer_name(certs.as_deref().map(|c| &c[..]), [name]).is_some() => {
+        // Valid for the peer's name, and from the CA that vouches for that peer (its own when
+        // it keeps its own PKI): another party's CA cannot speak for it.
+        Some(name)
+            if crate::tls::peer_name(presented, [name]).is_some()
+                && node.identity.vouches_for(presented, Some(&claimed)) =>
+        {
             return Ok(())
         }
         Some(name) => Refusal::PeerCertificate {
@@ -89,8 +95,12 @@ pub(crate) fn peer<T>(
 /// The operator a jobs call comes from.
 pub(crate) fn operator<T>(node: &NodeState, request: &Request<T>) -> Result<String, NodeError> {
     let certs = certs(request);
+    let presented = certs.as_deref().map(|c| &c[..]);
     let operators = node.config.operators.iter().map(String::as_str);
-    match crate::tls::peer_name(certs.as_deref().map(|c| &c[..]), operators) {
+    // Only this node's CA vouches for its operators (not a peer's own PKI).
+    let name = crate::tls::peer_name(presented, operators)
+        .filter(|_| node.identity.vouches_for(presented, None));
+    match name {
         Some(name) => Ok(name.to_owned()),
         None => Err(deny_audited(
             node,
@@ -113,10 +123,10 @@ pub(crate) fn scoring_client<T>(
 ) -> Result<String, NodeError> {
     let clients = &node.config.scoring.clients;
     let certs = certs(request);
-    let name = crate::tls::peer_name(
-        certs.as_deref().map(|c| &c[..]),
-        clients.iter().map(|c| c.name.as_str()),
-    );
+    let presented = certs.as_deref().map(|c| &c[..]);
+    // Only this node's CA vouches for its scoring clients (not a peer's own PKI).
+    let name = crate::tls::peer_name(presented, clients.iter().map(|c| c.name.as_str()))
+        .filter(|_| node.identity.vouches_for(presented, None));
     let refused = |refusal: Refusal| {
         let event = match refusal {
             Refusal::CallRate { .. } => "score.rate_limited",
