@@ -81,7 +81,7 @@ fn in_process(dir: &Path, config: &TrainConfig) -> BTreeMap<String, u64> {
 /// The job through the bank's jobs API; returns the bytes each party sent.
 fn over_grpc(federation: &LocalFederation, spec: &str) -> BTreeMap<String, u64> {
     let bank = &federation.nodes["bank"].state;
-    let record = bank.submit(spec).expect("submit");
+    let record = bank.submit(spec, "bench").expect("submit");
     let final_record = |party: &str| loop {
         let job = federation.nodes[party]
             .state

@@ -64,7 +64,7 @@ async fn main() {
     plan.policy = "scores_per_minute = 1000000000\n".into();
     let federation = plan.start().await.expect("start");
     let bank = federation.nodes["bank"].state.clone();
-    let job = tokio::task::spawn_blocking(move || bank.submit(JOB))
+    let job = tokio::task::spawn_blocking(move || bank.submit(JOB, "bench"))
         .await
         .unwrap()
         .expect("submit");

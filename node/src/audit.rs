@@ -141,8 +141,9 @@ pub fn head(store: &Store) -> Result<Option<(u64, String)>, NodeError> {
 
 /// Keeps `peer`'s head `(seq, hash)` unless it goes back on the one kept: an earlier record, or
 /// the same record with another hash, means the peer's log was cut or rewritten. Then the one
-/// kept stays, the conflict is recorded here, and `Err` returns what is kept (the peer's
-/// `audit verify` finds out from it).
+/// kept stays and `Err` returns it (the peer's `audit verify` finds out from it). The peer
+/// itself offers a head only after checking its log against the one kept (see
+/// [`check_anchor`]), so a tampered log stops advancing its anchors.
 pub fn keep_anchor(
     store: &Store,
     peer: &str,
@@ -154,20 +155,7 @@ pub fn keep_anchor(
         hash: hash.to_owned(),
         unix_ms: crate::clock::now_ms(),
     };
-    if let Some(kept) = store.anchor(peer)? {
-        if seq < kept.seq || (seq == kept.seq && hash != kept.hash) {
-            record(
-                store,
-                "audit.anchor_conflict",
-                "",
-                peer,
-                serde_json::json!({"kept_seq": kept.seq, "offered_seq": seq}),
-            );
-            return Ok(Err(kept));
-        }
-    }
-    store.put_anchor(peer, &head)?;
-    Ok(Ok(head))
+    Ok(store.advance_anchor(peer, &head)?.map(|()| head))
 }
 
 /// Whether this log agrees with the head `peer` keeps of it: `Err` says how it does not.

@@ -50,8 +50,8 @@ struct JobBox {
     participants: BTreeSet<String>,
     inboxes: HashMap<String, Inbox>,
     closed: Option<String>,
-    /// Whether a peer's abort closed it (`closed` is then that peer's public reason).
-    aborted: bool,
+    /// The peer whose abort closed it (`closed` is then that peer's public reason).
+    aborted_by: Option<String>,
 }
 
 impl JobBox {
@@ -95,7 +95,7 @@ impl Mailbox {
                 participants: participants.into_iter().collect(),
                 inboxes: HashMap::new(),
                 closed: None,
-                aborted: false,
+                aborted_by: None,
             },
         );
     }
@@ -123,7 +123,9 @@ impl Mailbox {
                     .chars()
                     .take(2000)
                     .collect();
-                job_box.aborted = job_box.closed.is_none();
+                if job_box.closed.is_none() {
+                    job_box.aborted_by = Some(sender.to_owned());
+                }
                 job_box.shut(format!("{sender} stopped the job: {reason}"));
             }
             drop(jobs);
@@ -189,8 +191,15 @@ impl Mailbox {
     pub fn abort_reason(&self, job: &str) -> Option<String> {
         self.lock()
             .get(job)
-            .filter(|job_box| job_box.aborted)
+            .filter(|job_box| job_box.aborted_by.is_some())
             .and_then(|job_box| job_box.closed.clone())
+    }
+
+    /// The peer whose abort closed the job, if one did.
+    pub fn aborted_by(&self, job: &str) -> Option<String> {
+        self.lock()
+            .get(job)
+            .and_then(|job_box| job_box.aborted_by.clone())
     }
 
     /// Closes a job: receivers fail with `reason`, buffered messages are dropped, later
@@ -264,6 +273,7 @@ mod tests {
             mailbox.abort_reason("j").as_deref(),
             Some("bank stopped the job: disk full")
         );
+        assert_eq!(mailbox.aborted_by("j").as_deref(), Some("bank"));
         // A job this node closed itself has no peer's reason.
         mailbox.register("k", ["bank".to_string()]);
         assert!(mailbox.running("k", "bank"));

@@ -27,6 +27,15 @@ pub struct Peers {
     metrics: Arc<Metrics>,
 }
 
+/// Whether a call's failure means the peer did not answer at all (as opposed to answering
+/// with an error).
+fn unanswered(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
+}
+
 fn retryable(code: Code) -> bool {
     matches!(
         code,
@@ -169,7 +178,10 @@ impl Peers {
             // Enforced here: a request's own deadline starts only once a connection is up,
             // and a frozen peer's connection never comes up.
             let mut client = FederationClient::new(channel.clone());
-            if let Ok(Ok(_)) = tokio::time::timeout(interval, client.alive(probe)).await {
+            let answer = tokio::time::timeout(interval, client.alive(probe)).await;
+            if matches!(&answer, Ok(Ok(_)))
+                || matches!(&answer, Ok(Err(s)) if !unanswered(s.code()))
+            {
                 *answered = Instant::now();
             } else if answered.elapsed() >= self.settings.peer_dead() {
                 return;
@@ -219,6 +231,9 @@ impl Peers {
         });
         // Enforced here (see `unanswering`).
         match tokio::time::timeout(deadline, call).await {
+            // A peer that answers without telling (an older release, a refusal) is alive: the
+            // receive timeout is then what bounds the wait.
+            Ok(Err(NodeError::PeerCall { code, .. })) if !unanswered(code) => Ok(true),
             Ok(reply) => Ok(reply?.running),
             Err(_) => Err(NodeError::PeerCall {
                 peer: to.to_owned(),

@@ -69,7 +69,16 @@ impl StoreKey {
             return StoreKey::from_hex(KEY_VARIABLE, &text);
         };
         let shown = path.display().to_string();
-        if path.starts_with(data_dir) {
+        // Compared as real paths: a symbolic link must not hide the key inside the store.
+        let real = |p: &Path| -> std::path::PathBuf {
+            match (p.parent(), p.file_name()) {
+                (Some(parent), Some(name)) if !p.exists() => parent
+                    .canonicalize()
+                    .map_or_else(|_| p.to_owned(), |d| d.join(name)),
+                _ => p.canonicalize().unwrap_or_else(|_| p.to_owned()),
+            }
+        };
+        if real(path).starts_with(real(data_dir)) {
             return Err(key_error(
                 &shown,
                 "the store key must be kept outside data_dir, or a copy of the store carries it",
@@ -79,22 +88,11 @@ impl StoreKey {
             create(path)?;
             tracing::info!(path = %shown, "created a new store key; back it up: the models cannot be read without it");
         }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(|e| NodeError::io(path, e))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(key_error(
-                    &shown,
-                    format!(
-                        "the store key can be read by other users (mode {:o}); chmod 600 it",
-                        mode & 0o777
-                    ),
-                ));
-            }
+        if let Some(mode) = crate::tls::readable_by_others(path)? {
+            return Err(key_error(
+                &shown,
+                format!("the store key can be read by other users (mode {mode:o}); chmod 600 it"),
+            ));
         }
         let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
         StoreKey::from_hex(&shown, &text)

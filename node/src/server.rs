@@ -296,14 +296,28 @@ async fn anchor_audit(node: Arc<NodeState>) {
             }
         };
         for peer in &node.config.peers {
-            match node.peers.anchor(&peer.name, Some(head.clone())).await {
-                Ok(Some(kept)) if kept != head => tracing::error!(
-                    peer = %peer.name,
-                    kept = kept.0,
-                    "the peer keeps a head this audit log goes back on; run unseen audit verify"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(peer = %peer.name, error = %e, "audit head not anchored"),
+            // Advance a peer's anchor only while this log still agrees with it: a cut or
+            // rewritten log leaves its anchors where they were, for `audit verify` to show.
+            let kept = match node.peers.anchor(&peer.name, None).await {
+                Ok(kept) => kept,
+                Err(e) => {
+                    tracing::debug!(peer = %peer.name, error = %e, "audit head not anchored");
+                    continue;
+                }
+            };
+            if let Some((seq, hash)) = kept {
+                let kept = crate::store::AuditHead {
+                    seq,
+                    hash,
+                    unix_ms: 0,
+                };
+                if let Err(e) = crate::audit::check_anchor(&node.store, &peer.name, &kept) {
+                    tracing::error!(peer = %peer.name, error = %e, "the audit log disagrees with a peer's anchor; run unseen audit verify");
+                    continue;
+                }
+            }
+            if let Err(e) = node.peers.anchor(&peer.name, Some(head.clone())).await {
+                tracing::debug!(peer = %peer.name, error = %e, "audit head not anchored");
             }
         }
     }

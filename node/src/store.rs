@@ -438,9 +438,33 @@ impl Store {
         Ok(out)
     }
 
-    /// Keeps `peer`'s audit head.
-    pub fn put_anchor(&self, peer: &str, head: &AuditHead) -> Result<(), NodeError> {
-        self.put(ANCHORS, peer, head)
+    /// Keeps `peer`'s audit head unless it goes back on the kept one (an earlier record, or
+    /// the same record with another hash), in one transaction; `Err` holds the kept head.
+    pub fn advance_anchor(
+        &self,
+        peer: &str,
+        head: &AuditHead,
+    ) -> Result<Result<(), AuditHead>, NodeError> {
+        let bytes = serde_json::to_vec(head).map_err(|e| self.error(e))?;
+        let mut refused = None;
+        self.write(|txn| {
+            let mut table = txn.open_table(ANCHORS)?;
+            let kept: Option<AuditHead> = table
+                .get(peer)?
+                .and_then(|v| serde_json::from_slice(v.value()).ok());
+            match kept {
+                Some(kept)
+                    if head.seq < kept.seq || (head.seq == kept.seq && head.hash != kept.hash) =>
+                {
+                    refused = Some(kept);
+                }
+                _ => {
+                    table.insert(peer, bytes.as_slice())?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(refused.map_or(Ok(()), Err))
     }
 
     /// The head of `peer`'s audit log this node keeps, if any.

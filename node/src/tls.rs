@@ -43,20 +43,11 @@ impl Identity {
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Identity, NodeError> {
         let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e));
         let (cert_pem, key_pem, ca_pem) = (read(cert)?, read(key)?, read(ca)?);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(key)
-                .map_err(|e| NodeError::io(key, e))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(NodeError::Tls(format!(
-                    "{}: the private key can be read by other users (mode {:o}); chmod 600 it",
-                    key.display(),
-                    mode & 0o777
-                )));
-            }
+        if let Some(mode) = readable_by_others(key)? {
+            return Err(NodeError::Tls(format!(
+                "{}: the private key can be read by other users (mode {mode:o}); chmod 600 it",
+                key.display(),
+            )));
         }
         let certs = parse_certs(cert, &cert_pem)?;
         let ca_certs = parse_certs(ca, &ca_pem)?;
@@ -226,6 +217,23 @@ impl Identity {
             .domain_name(server_name)
             .assume_http2(true)
     }
+}
+
+/// The permission bits of `path` when users other than its owner may access it (on Unix; a
+/// key file must be its owner's alone).
+pub(crate) fn readable_by_others(path: &Path) -> Result<Option<u32>, NodeError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| NodeError::io(path, e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Ok(Some(mode & 0o777));
+        }
+    }
+    Ok(None)
 }
 
 fn parse_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, NodeError> {

@@ -223,6 +223,20 @@ fn a_party_killed_or_stopped_mid_training_is_named_within_seconds() {
     processes.spawn("bank");
     let (status, _) = processes.wait_end("bank", &job, Instant::now());
     assert_eq!(status["state"], "failed", "{status}");
+    // Nothing a killed node had written is lost: its jobs, its model and its audit chain.
+    let (ok, listed, stderr) = processes.cli("bank", &["job", "list", "--json"]);
+    assert!(ok, "{stderr}");
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(jobs.len(), 3, "{listed}");
+    let (ok, models, stderr) = processes.cli("bank", &["model", "list"]);
+    assert!(ok && models.contains("killed-host"), "{models}{stderr}");
+    for party in ["bank", "tax"] {
+        let (ok, verified, stderr) = processes.cli(party, &["audit", "verify"]);
+        assert!(
+            ok && verified.contains("intact"),
+            "{party}: {verified}{stderr}"
+        );
+    }
 
     // A host frozen (SIGSTOP: its sockets stay open, nothing answers, as with a cut cable):
     // named too; thawed, it ends the job by itself.

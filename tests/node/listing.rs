@@ -155,6 +155,18 @@ async fn peers_anchor_the_audit_log_so_a_cut_tail_is_found() {
         ok && out.contains("intact") && out.contains("agrees"),
         "{out}{stderr}"
     );
+    let kept_before: Vec<u64> = ["tax", "utilities"]
+        .iter()
+        .map(|h| {
+            federation
+                .state(h)
+                .store
+                .anchor("bank")
+                .unwrap()
+                .unwrap()
+                .seq
+        })
+        .collect();
 
     // The last ten records go; the rest still chains.
     store.truncate_audit_for_tests(head - 9).unwrap();
@@ -172,14 +184,25 @@ async fn peers_anchor_the_audit_log_so_a_cut_tail_is_found() {
         out.contains("tax keeps #") && out.contains("utilities keeps #"),
         "{out}"
     );
-    // Later heads that go back on the kept one are not kept.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let kept = federation
-        .state("tax")
-        .store
-        .anchor("bank")
-        .unwrap()
-        .unwrap();
-    assert!(kept.seq >= head, "{kept:?}");
+    // The log grows past the cut again: its anchors do not move on (the node offers a head
+    // only while its log agrees with the kept one), so the cut stays found.
+    for k in 0..15 {
+        node::audit::record(store, "test.after", "", "", serde_json::json!({ "k": k }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    for (host, before) in ["tax", "utilities"].iter().zip(kept_before) {
+        let kept = federation
+            .state(host)
+            .store
+            .anchor("bank")
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.seq, before, "{host}: {kept:?}");
+    }
+    let (ok, out, stderr) = federation.cli(&["audit", "verify"]).await;
+    assert!(
+        !ok && stderr.contains("the log was rewritten"),
+        "{out}{stderr}"
+    );
     federation.stop().await;
 }

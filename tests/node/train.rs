@@ -277,7 +277,8 @@ async fn nothing_happens_unaudited(federation: &Federation, known: &[String]) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    assert_eq!(ended.state, "cancelled", "{}", ended.error);
+    assert_eq!(ended.state, "failed", "{}", ended.error);
+    assert!(ended.error.contains("not started"), "{}", ended.error);
     let (ok, _, stderr) = federation.score("sme-credit", &[], &known[..1]).await;
     assert!(ok, "scoring works again: {stderr}");
 }

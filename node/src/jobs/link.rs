@@ -166,12 +166,21 @@ impl Transport for Link<'_> {
     }
 
     fn receive(&mut self, from: &str) -> Result<Message, fedlearn::FedError> {
-        let delivery = self
-            .receive_raw(from)
-            .map_err(|e| fedlearn::FedError::Transport {
+        let delivery = self.receive_raw(from).map_err(|e| match e {
+            // Another party's abort, or this node's cancel, closed the job: `from` is not at
+            // fault, and the protocol's own abort must not name it.
+            NodeError::Stopped(reason) | NodeError::Cancelled(reason) => {
+                fedlearn::FedError::Aborted {
+                    peer: (self.node.mailbox.aborted_by(self.job.id()))
+                        .unwrap_or_else(|| self.node.config.party.clone()),
+                    reason,
+                }
+            }
+            other => fedlearn::FedError::Transport {
                 peer: from.to_owned(),
-                reason: e.to_string(),
-            })?;
+                reason: other.to_string(),
+            },
+        })?;
         if delivery.kind != DeliveryKind::Fedlearn {
             return Err(fedlearn::FedError::Protocol {
                 peer: from.to_owned(),

@@ -42,7 +42,11 @@ impl NodeState {
     }
 
     /// Guest: checks a spec against this node and starts the job.
-    pub fn submit(self: &Arc<Self>, spec_toml: &str) -> Result<JobRecord, NodeError> {
+    pub fn submit(
+        self: &Arc<Self>,
+        spec_toml: &str,
+        operator: &str,
+    ) -> Result<JobRecord, NodeError> {
         let spec = JobSpec::parse(spec_toml)?;
         admission::check_spec(&self.config, &spec)?;
         let _one_at_a_time = self.jobs.admission();
@@ -80,8 +84,16 @@ impl NodeState {
         handle.state_event(&self.store, "queued", "submitted");
         self.metrics
             .add("unseen_jobs_started_total", &[("role", "guest")], 1.0);
-        tracing::info!(job = %handle.id(), model = %spec.model_id, "job submitted");
-        self.spawn(handle.clone(), move |node, job| node.run_guest(job, &spec))?;
+        tracing::info!(job = %handle.id(), model = %spec.model_id, %operator, "job submitted");
+        let record = handle.record();
+        let audited = (
+            "job.submitted",
+            operator,
+            json!({"model": record.model_id, "hosts": record.peers, "dataset": record.dataset}),
+        );
+        self.spawn(handle.clone(), audited, move |node, job| {
+            node.run_guest(job, &spec)
+        })?;
         Ok(handle.record())
     }
 
@@ -129,17 +141,30 @@ impl NodeState {
         self.metrics
             .add("unseen_jobs_started_total", &[("role", "host")], 1.0);
         tracing::info!(job = %handle.id(), guest = %proposal.guest, dataset = %proposal.dataset, "job accepted");
-        let proposal = proposal.clone();
-        self.spawn(handle, move |node, job| node.run_host(job, &proposal))
+        let audited = (
+            "job.accepted",
+            proposal.guest.as_str(),
+            json!({"dataset": proposal.dataset, "model": proposal.model_id, "kind": proposal.kind, "hosts": proposal.hosts}),
+        );
+        let owned = proposal.clone();
+        self.spawn(handle, audited, move |node, job| node.run_host(job, &owned))
     }
 
     /// Runs a job's protocol on its own thread and always finishes it — also when the
-    /// protocol panics or the thread cannot start.
+    /// protocol panics or the thread cannot start. No job runs unaudited: the record of its
+    /// start, `(event, peer, detail)`, is appended first, and a job whose record cannot be
+    /// written ends before it starts.
     fn spawn(
         self: &Arc<Self>,
         job: Arc<JobHandle>,
+        (event, peer, detail): (&str, &str, serde_json::Value),
         run: impl FnOnce(&NodeState, &Arc<JobHandle>) -> Result<String, NodeError> + Send + 'static,
     ) -> Result<(), NodeError> {
+        if let Err(error) = crate::audit::append(&self.store, event, job.id(), peer, detail) {
+            let reason = format!("not started: its audit record could not be written ({error})");
+            self.finish(&job, Err(NodeError::Server(reason)), Instant::now());
+            return Err(error);
+        }
         let node = self.clone();
         let handle = job.clone();
         let spawned = std::thread::Builder::new()

@@ -37,21 +37,8 @@ impl Federation for FederationService {
         let asked = proposal.clone();
         let decision = blocking(move || node.accept_proposal(&asked)).await?;
         let (accepted, reason) = match decision {
-            Ok(()) => {
-                let audited = crate::audit::append(
-                    &self.node.store,
-                    "job.accepted",
-                    &proposal.job_id,
-                    &proposal.guest,
-                    detail,
-                );
-                if let Err(error) = audited {
-                    // No job runs unaudited: the accepted one stops at once.
-                    let _ = self.node.cancel(&proposal.job_id);
-                    return Err(error.public_status("a proposal's audit record"));
-                }
-                (true, String::new())
-            }
+            // The job's acceptance is on record before it started (see `spawn`).
+            Ok(()) => (true, String::new()),
             Err(NodeError::Refused(refusal)) => {
                 let reason = refusal.to_string();
                 auth::deny_audited(
@@ -147,13 +134,17 @@ impl Federation for FederationService {
         let node = self.node.clone();
         let kept = blocking(move || match request.head {
             Some(head) => {
-                crate::audit::keep_anchor(&node.store, &request.sender, head.seq, &head.hash)
-                    .map(|kept| Some(kept.unwrap_or_else(|held| held)))
+                let kept =
+                    crate::audit::keep_anchor(&node.store, &request.sender, head.seq, &head.hash)?;
+                Ok(Some(kept.unwrap_or_else(|held| {
+                    anchor_conflict(&node, &request.sender, &held, head.seq);
+                    held
+                })))
             }
             None => node.store.anchor(&request.sender),
         })
         .await?
-        .map_err(|e| e.public_status("an audit anchor"))?;
+        .map_err(|e: NodeError| e.public_status("an audit anchor"))?;
         Ok(Response::new(AnchorReply {
             kept: kept.map(|head| AuditHead {
                 seq: head.seq,
@@ -211,6 +202,41 @@ impl Federation for FederationService {
             );
         }
         Ok(Response::new(DeliveryAck { duplicate }))
+    }
+}
+
+/// Records that `peer` offered a head going back on the one kept, at most once a minute per
+/// peer (a peer looping on it must not grow this node's log).
+fn anchor_conflict(node: &NodeState, peer: &str, kept: &crate::store::AuditHead, offered: u64) {
+    tracing::error!(
+        peer,
+        kept = kept.seq,
+        offered,
+        "a peer's audit log goes back on the head kept of it"
+    );
+    let key = format!("audit.anchor_conflict {peer}");
+    let now = std::time::Instant::now();
+    let due = {
+        let mut audits = node
+            .refusal_audits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let due = audits
+            .get(&key)
+            .is_none_or(|last| now.duration_since(*last).as_secs() >= 60);
+        if due {
+            audits.insert(key, now);
+        }
+        due
+    };
+    if due {
+        crate::audit::record(
+            &node.store,
+            "audit.anchor_conflict",
+            "",
+            peer,
+            serde_json::json!({"kept_seq": kept.seq, "offered_seq": offered}),
+        );
     }
 }
 

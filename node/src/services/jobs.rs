@@ -44,20 +44,7 @@ impl Jobs for JobsService {
         let operator = self.authorise(&request)?;
         let node = self.node.clone();
         let spec = request.into_inner().spec_toml;
-        let record = blocking(move || node.submit(&spec)).await??;
-        tracing::info!(%operator, job = %record.job_id, "submitted by operator");
-        let audited = crate::audit::append(
-            &self.node.store,
-            "job.submitted",
-            &record.job_id,
-            &operator,
-            serde_json::json!({"model": record.model_id, "hosts": record.peers, "dataset": record.dataset}),
-        );
-        if let Err(error) = audited {
-            // No job runs unaudited: the submitted one stops at once.
-            let _ = self.node.cancel(&record.job_id);
-            return Err(error.into());
-        }
+        let record = blocking(move || node.submit(&spec, &operator)).await??;
         Ok(Response::new(status_proto(&record)))
     }
 
