@@ -33,8 +33,8 @@ pub struct NodeState {
     pub(crate) identity: Identity,
     /// Set once shutdown begins: no new job starts.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
-    /// When each scoring client's refusals were last audited, and how many came since: a
-    /// client over its rate gets one audit record a minute, not one per call.
+    /// When each throttled audit record (a scoring client's refusals, a peer's anchor
+    /// conflicts) was last written: one a minute per key, not one per call.
     pub(crate) refusal_audits:
         std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }

@@ -31,6 +31,26 @@ pub(crate) fn deny_audited(
     deny(node, refusal)
 }
 
+/// Whether a throttled audit record under `key` is due: at most one a minute per key, so a
+/// caller repeating a refused call cannot turn each one into a durable write.
+pub(crate) fn once_a_minute(node: &NodeState, key: String) -> bool {
+    let now = std::time::Instant::now();
+    let mut audits = node
+        .refusal_audits
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if audits.len() > 10_000 {
+        audits.clear();
+    }
+    let due = audits
+        .get(&key)
+        .is_none_or(|last| now.duration_since(*last).as_secs() >= 60);
+    if due {
+        audits.insert(key, now);
+    }
+    due
+}
+
 /// The client certificates of a call.
 fn certs<T>(request: &Request<T>) -> Option<std::sync::Arc<Vec<CertificateDer<'static>>>> {
     request.peer_certs()
@@ -135,25 +155,7 @@ pub(crate) fn scoring_client<T>(
         // At most one audit record a minute per certificate and kind of refusal: a client
         // over its rate must not turn every call into a durable write. Metrics count all.
         let names = crate::tls::cert_names(certs.as_deref().map(|c| &c[..]));
-        let key = format!("{event} {}", names.join(","));
-        let now = std::time::Instant::now();
-        let due = {
-            let mut audits = node
-                .refusal_audits
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if audits.len() > 10_000 {
-                audits.clear();
-            }
-            let due = audits
-                .get(&key)
-                .is_none_or(|last| now.duration_since(*last).as_secs() >= 60);
-            if due {
-                audits.insert(key, now);
-            }
-            due
-        };
-        if !due {
+        if !once_a_minute(node, format!("{event} {}", names.join(","))) {
             return deny(node, refusal);
         }
         let mut detail = caller(request);

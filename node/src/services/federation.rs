@@ -214,22 +214,7 @@ fn anchor_conflict(node: &NodeState, peer: &str, kept: &crate::store::AuditHead,
         offered,
         "a peer's audit log goes back on the head kept of it"
     );
-    let key = format!("audit.anchor_conflict {peer}");
-    let now = std::time::Instant::now();
-    let due = {
-        let mut audits = node
-            .refusal_audits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let due = audits
-            .get(&key)
-            .is_none_or(|last| now.duration_since(*last).as_secs() >= 60);
-        if due {
-            audits.insert(key, now);
-        }
-        due
-    };
-    if due {
+    if auth::once_a_minute(node, format!("audit.anchor_conflict {peer}")) {
         crate::audit::record(
             &node.store,
             "audit.anchor_conflict",
