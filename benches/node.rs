@@ -59,6 +59,7 @@ fn in_process(dir: &Path, config: &TrainConfig) -> BTreeMap<String, u64> {
                 .select_rows(&rows(&out.as_ref().expect("both sides").aligned_rows))
                 .expect("rows"),
             prep: Default::default(),
+            checkpoints: Vec::new(),
         })
         .collect();
     let guest = GuestJob {
@@ -70,6 +71,7 @@ fn in_process(dir: &Path, config: &TrainConfig) -> BTreeMap<String, u64> {
         hosts: HOSTS.map(String::from).to_vec(),
         config: config.clone(),
         prep: Default::default(),
+        resume: None,
     };
     let run = fedlearn::simulate(guest, host_jobs, true, &mut |_| {}).expect("training");
     for (sender, bytes) in run.bytes_by_sender() {

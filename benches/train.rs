@@ -87,6 +87,7 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig, prep: Prep) 
         hosts: vec!["tax".into()],
         config: config.clone(),
         prep: prep.clone(),
+        resume: None,
     };
     let hosts = vec![HostJob {
         party: "tax".into(),
@@ -99,6 +100,7 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig, prep: Prep) 
         if let Event::Epoch(_) = event {
             marks.push(Instant::now());
         }
+        checkpoints: Vec::new(),
     })
     .expect("simulation");
     let epochs = marks.len() - 1;

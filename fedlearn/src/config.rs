@@ -203,11 +203,11 @@ impl TrainConfig {
 }
 
 /// One party's optimiser state over its own weights.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct OptimizerState {
-    first: Vec<f64>,
-    second: Vec<f64>,
-    updates: i32,
+    pub(crate) first: Vec<f64>,
+    pub(crate) second: Vec<f64>,
+    pub(crate) updates: i32,
 }
 
 impl OptimizerState {

@@ -137,6 +137,14 @@ pub enum FedError {
         /// Its reason.
         reason: String,
     },
+    /// An interrupted job that cannot resume from the checkpoint asked for.
+    #[error("{party} cannot resume the job: {reason}")]
+    Resume {
+        /// The party that cannot.
+        party: String,
+        /// Why (its checkpoint's epoch, changed settings or data).
+        reason: String,
+    },
     /// A model file or a table that does not fit the model.
     #[error("model {source_name}: {reason}")]
     Model {
@@ -161,6 +169,7 @@ impl FedError {
             FedError::Diverged { .. } => "training diverged".into(),
             FedError::He { .. } => "internal error".into(),
             FedError::Aborted { peer, .. } => format!("{peer} stopped the job"),
+            FedError::Resume { party, .. } => format!("{party} cannot resume the job"),
             _ => "bad data or settings".into(),
         }
     }

@@ -1,6 +1,7 @@
 //! The guest: holds the labels and the intercept, orchestrates the job, and learns aggregate
 //! losses per epoch and the final model's joint scores on the validation rows once.
 
+use crate::checkpoint::{Checkpoint, GuestProgress};
 use crate::config::{EarlyStopping, TrainConfig};
 use crate::data::Table;
 use crate::error::FedError;
@@ -31,6 +32,9 @@ pub struct GuestJob {
     pub config: TrainConfig,
     /// How the guest prepares its columns.
     pub prep: Prep,
+    /// The guest's checkpoint to resume an interrupted job from (every host resumes from
+    /// its checkpoint of the same epoch); `None` starts from the beginning.
+    pub resume: Option<Checkpoint>,
 }
 
 /// Runs the guest's side of a training job to the end over a blocking transport (see
@@ -102,6 +106,10 @@ pub struct GuestSession {
     stop: StopReason,
     last_good: Option<ModelPart>,
     outcome: Option<GuestOutcome>,
+    /// Digest of the job's settings, kept in every checkpoint.
+    settings: [u8; 32],
+    /// The epoch the job resumes after, and whether training had ended with it.
+    resumed: Option<(usize, bool)>,
 }
 
 impl GuestSession {
@@ -131,33 +139,27 @@ impl GuestSession {
                 });
             }
         }
-        let core = Core::new(&job.party, &job.table, &job.prep, job.config.clone(), true)?;
+        let mut core = Core::new(&job.party, &job.table, &job.prep, job.config.clone(), true)?;
         let nonce = job_nonce()?;
-        let mut mailbox = Mailbox::default();
-        for host in &job.hosts {
-            mailbox.send(
-                host,
-                Message::Propose(Box::new(Proposal {
-                    job: nonce,
-                    model_id: job.model_id.clone(),
-                    config: job.config.clone(),
-                    rows: rows as u64,
-                    hosts: job.hosts.clone(),
-                    features: core.table.features() as u32,
-                })),
-            );
+        let proposal = Proposal {
+            job: nonce,
+            model_id: job.model_id.clone(),
+            config: job.config.clone(),
+            rows: rows as u64,
+            hosts: job.hosts.clone(),
+            features: core.table.features() as u32,
+            resume: job.resume.as_ref().map(|c| c.epoch as u64),
+        };
+        if let Some(checkpoint) = &job.resume {
+            core.restore(&proposal, checkpoint)?;
         }
-        let keys = core.keys();
-        for host in &job.hosts {
-            mailbox.send(host, Message::Keys(Box::new(keys.clone())));
-        }
-        Ok(GuestSession {
+        let mut session = GuestSession {
             core,
             labels,
             model_id: job.model_id,
             hosts: job.hosts,
             nonce,
-            mailbox,
+            mailbox: Mailbox::default(),
             state: ExpectGuest::Keys,
             history: Vec::new(),
             best_loss: f64::INFINITY,
@@ -167,7 +169,39 @@ impl GuestSession {
             stop: StopReason::MaxEpochs,
             last_good: None,
             outcome: None,
-        })
+            settings: proposal.settings_digest(),
+            resumed: None,
+        };
+        if let Some(checkpoint) = job.resume {
+            let progress = checkpoint.guest.ok_or_else(|| FedError::Resume {
+                party: session.core.party.clone(),
+                reason: "its checkpoint is a host's".into(),
+            })?;
+            session.history = progress.history;
+            session.best_loss = progress.best_loss;
+            session.best_epoch = progress.best_epoch;
+            session.since_best = progress.since_best;
+            session.stop = progress.stop;
+            session.best_weights = checkpoint.best_weights;
+            session.last_good = Some(
+                session
+                    .core
+                    .model(&session.model_id, &session.core.weights),
+            );
+            session.resumed = Some((checkpoint.epoch, checkpoint.last));
+        }
+        let keys = session.core.keys();
+        for host in &session.hosts {
+            session
+                .mailbox
+                .send(host, Message::Propose(Box::new(proposal.clone())));
+        }
+        for host in &session.hosts {
+            session
+                .mailbox
+                .send(host, Message::Keys(Box::new(keys.clone())));
+        }
+        Ok(session)
     }
 
     /// The guest's result, once the session is done.
@@ -198,8 +232,18 @@ impl GuestSession {
                 },
                 ExpectGuest::Columns => {
                     if self.core.take_columns(&mut self.mailbox)? {
-                        self.core.start_epoch(1);
-                        self.state = ExpectGuest::Products;
+                        self.state = match self.resumed {
+                            // Training had ended: the hosts reveal again what they revealed.
+                            Some((_, true)) => ExpectGuest::FinalScores,
+                            Some((epoch, false)) => {
+                                self.core.start_epoch(epoch + 1);
+                                ExpectGuest::Products
+                            }
+                            None => {
+                                self.core.start_epoch(1);
+                                ExpectGuest::Products
+                            }
+                        };
                         true
                     } else {
                         false
@@ -315,6 +359,17 @@ impl GuestSession {
         };
         self.mailbox.emit(Event::Epoch(report.clone()));
         self.history.push(report);
+        let progress = GuestProgress {
+            history: self.history.clone(),
+            best_loss: self.best_loss,
+            best_epoch: self.best_epoch,
+            since_best: self.since_best,
+            stop: self.stop,
+        };
+        let checkpoint =
+            self.core
+                .checkpoint(self.settings, self.best_weights.clone(), last, Some(progress));
+        self.mailbox.emit(Event::Checkpoint(Box::new(checkpoint)));
         if last {
             self.state = ExpectGuest::FinalScores;
         } else {

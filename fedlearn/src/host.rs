@@ -4,6 +4,7 @@
 use he::PreparedMatrix;
 use sha2::{Digest, Sha256};
 
+use crate::checkpoint::Checkpoint;
 use crate::data::Table;
 use crate::error::FedError;
 use crate::guest::{LOSS_BOUND, LOSS_MAX, REPORT_SLOTS};
@@ -27,6 +28,9 @@ pub struct HostJob {
     pub table: Table,
     /// How the host prepares its columns.
     pub prep: Prep,
+    /// The host's checkpoints of an interrupted job (at most the last two): the proposal
+    /// names the epoch to resume after, which must be among them.
+    pub checkpoints: Vec<Checkpoint>,
 }
 
 /// Waits for the guest's proposal; the caller decides (by its policy) whether to run it.
@@ -110,6 +114,10 @@ pub struct HostSession {
     epochs: usize,
     last_good: Option<ModelPart>,
     outcome: Option<HostOutcome>,
+    /// Digest of the job's settings, kept in every checkpoint.
+    settings: [u8; 32],
+    /// The epoch the job resumes after, and whether training had ended with it.
+    resumed: Option<(usize, bool)>,
 }
 
 impl HostSession {
@@ -138,19 +146,39 @@ impl HostSession {
         peers.extend(proposal.hosts.iter().filter(|h| **h != job.party).cloned());
         let mut setup_digest = Sha256::new();
         setup_digest.update(Message::Propose(Box::new(proposal.clone())).to_bytes());
-        let core = Core::new(
+        let mut core = Core::new(
             &job.party,
             &job.table,
             &job.prep,
             proposal.config.clone(),
             false,
         )?;
+        let mut resumed = None;
+        let mut best_weights = None;
+        if let Some(epoch) = proposal.resume {
+            let checkpoint = job
+                .checkpoints
+                .into_iter()
+                .find(|c| c.epoch as u64 == epoch)
+                .ok_or_else(|| FedError::Resume {
+                    party: job.party.clone(),
+                    reason: format!("it holds no checkpoint of epoch {epoch}"),
+                })?;
+            core.restore(&proposal, &checkpoint)?;
+            best_weights = checkpoint.best_weights;
+            resumed = Some((checkpoint.epoch, checkpoint.last));
+        }
         let mut mailbox = Mailbox::default();
         let keys = core.keys();
         for peer in &peers {
             mailbox.send(peer, Message::Keys(Box::new(keys.clone())));
         }
+        let last_good = resumed.map(|_| core.model(&proposal.model_id, &core.weights));
         Ok(HostSession {
+            settings: proposal.settings_digest(),
+            resumed,
+            epochs: resumed.map_or(0, |(epoch, _)| epoch),
+            last_good,
             core,
             guest: job.guest,
             model_id: proposal.model_id,
@@ -162,9 +190,7 @@ impl HostSession {
             setup_digest,
             mailbox,
             state: ExpectHost::Keys,
-            best_weights: None,
-            epochs: 0,
-            last_good: None,
+            best_weights,
             outcome: None,
         })
     }
@@ -348,10 +374,21 @@ impl HostSession {
     /// Once the hosts agree on what the guest sent: the first step, or the loss products.
     fn after_digests(&mut self, vectors: Option<Vec<Message>>) -> Result<(), FedError> {
         match vectors {
-            None => {
-                self.core.start_epoch(1);
-                self.state = ExpectHost::Products;
-            }
+            None => match self.resumed {
+                // Training had ended: reveal again what was revealed.
+                Some((_, true)) => {
+                    self.reveal()?;
+                    self.state = ExpectHost::Done;
+                }
+                Some((epoch, false)) => {
+                    self.core.start_epoch(epoch + 1);
+                    self.state = ExpectHost::Products;
+                }
+                None => {
+                    self.core.start_epoch(1);
+                    self.state = ExpectHost::Products;
+                }
+            },
             Some(vectors) => {
                 let report = self.loss_products(vectors)?;
                 self.state = ExpectHost::LaterLossProducts { report };
@@ -497,7 +534,12 @@ impl HostSession {
         }
         self.last_good = Some(self.core.model(&self.model_id, &self.core.weights));
         self.mailbox.emit(Event::HostEpoch { epoch });
-        if stop || epoch == self.core.config.max_epochs {
+        let last = stop || epoch == self.core.config.max_epochs;
+        let checkpoint = self
+            .core
+            .checkpoint(self.settings, self.best_weights.clone(), last, None);
+        self.mailbox.emit(Event::Checkpoint(Box::new(checkpoint)));
+        if last {
             self.reveal()?;
             self.state = ExpectHost::Done;
         } else {

@@ -96,12 +96,14 @@
 //!     hosts: vec!["tax".into()],
 //!     config: TrainConfig { max_epochs: 5, batch_size: None, learning_rate: 0.2, ..TrainConfig::default() },
 //!     prep: Default::default(),
+//!     resume: None,
 //! };
 //! let host = HostJob {
 //!     party: "tax".into(),
 //!     guest: "bank".into(),
 //!     table: Table::new(ids, vec!["paid".into()], tax, None, Missing::Reject)?,
 //!     prep: Default::default(),
+//!     checkpoints: Vec::new(),
 //! };
 //! let run = simulate(guest, vec![host], false, &mut |_| {})?;
 //! assert!(run.guest.evaluation.metrics.auc > 0.9); // the one reveal: here the training rows
@@ -112,6 +114,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod binning;
+mod checkpoint;
 mod config;
 mod data;
 mod error;
@@ -131,6 +134,7 @@ mod session;
 mod simulator;
 mod woe;
 
+pub use checkpoint::Checkpoint;
 pub use binning::{answer_binning, BinningDisclosure, BinningGuest, BinningLimits, BinningReport};
 pub use config::{EarlyStopping, Optimizer, Schedule, TrainConfig, MAX_BATCH_ROWS};
 pub use data::{Missing, Reading, Table};

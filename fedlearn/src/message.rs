@@ -8,8 +8,8 @@ use crate::error::FedError;
 /// Protocol version carried by every message; a peer speaking another version is refused.
 /// Version 2: features encrypted once under their owner's key, products released only to the
 /// owner of the encrypted side, aggregate per-epoch losses, one final reveal. Version 3: the
-/// binning job's messages.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// binning job's messages. Version 5: a proposal may resume an interrupted job.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 const MAGIC: &[u8; 4] = b"UNFL";
 
@@ -29,6 +29,9 @@ pub struct Proposal {
     /// Number of the guest's features (public: hosts' policies limit it, because the guest's
     /// columns are what its gradient projects the hosts' scores on).
     pub features: u32,
+    /// The epoch an interrupted job resumes after (every party loads its checkpoint of that
+    /// epoch); `None` for a job that starts from the beginning.
+    pub resume: Option<u64>,
 }
 
 /// One host column's bin sizes in a [`Message::BinningCounts`].
@@ -233,6 +236,8 @@ impl Message {
                 for host in &p.hosts {
                     blob(&mut out, host.as_bytes());
                 }
+                out.push(u8::from(p.resume.is_some()));
+                out.extend_from_slice(&p.resume.unwrap_or(0).to_le_bytes());
             }
             Message::Keys(k) => {
                 out.push(1);
@@ -357,6 +362,8 @@ impl Message {
                     return Err(FedError::Malformed("host count beyond the message".into()));
                 }
                 let hosts = (0..count).map(|_| r.string()).collect::<Result<_, _>>()?;
+                let resume = r.flag()?;
+                let epoch = r.u64()?;
                 Message::Propose(Box::new(Proposal {
                     job,
                     model_id,
@@ -364,6 +371,7 @@ impl Message {
                     rows,
                     hosts,
                     features,
+                    resume: resume.then_some(epoch),
                 }))
             }
             1 => Message::Keys(Box::new(PartyKeys {
@@ -468,17 +476,21 @@ impl Message {
     }
 }
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, at: 0 }
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
         self.bytes.len() - self.at
     }
 
-    fn take(&mut self, len: usize) -> Result<&'a [u8], FedError> {
+    pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], FedError> {
         if len > self.remaining() {
             return Err(FedError::Malformed(format!(
                 "needs {len} more bytes, {} left",
@@ -489,17 +501,17 @@ impl<'a> Reader<'a> {
         Ok(&self.bytes[self.at - len..self.at])
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], FedError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], FedError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
 
-    fn byte(&mut self) -> Result<u8, FedError> {
+    pub(crate) fn byte(&mut self) -> Result<u8, FedError> {
         Ok(self.take(1)?[0])
     }
 
-    fn flag(&mut self) -> Result<bool, FedError> {
+    pub(crate) fn flag(&mut self) -> Result<bool, FedError> {
         match self.byte()? {
             0 => Ok(false),
             1 => Ok(true),
@@ -507,11 +519,11 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn u64(&mut self) -> Result<u64, FedError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, FedError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    fn blob(&mut self) -> Result<&'a [u8], FedError> {
+    pub(crate) fn blob(&mut self) -> Result<&'a [u8], FedError> {
         let len = self.u64()?;
         let len = usize::try_from(len)
             .ok()
@@ -520,12 +532,12 @@ impl<'a> Reader<'a> {
         self.take(len)
     }
 
-    fn string(&mut self) -> Result<String, FedError> {
+    pub(crate) fn string(&mut self) -> Result<String, FedError> {
         String::from_utf8(self.blob()?.to_vec())
             .map_err(|_| FedError::Malformed("text that is not UTF-8".into()))
     }
 
-    fn words(&mut self) -> Result<Vec<u64>, FedError> {
+    pub(crate) fn words(&mut self) -> Result<Vec<u64>, FedError> {
         let count = self.u64()?;
         if count > self.remaining() as u64 / 8 {
             return Err(FedError::Malformed(format!(
@@ -572,6 +584,7 @@ mod tests {
                 rows: 10,
                 hosts: vec!["tax".into()],
                 features: 3,
+                resume: Some(4),
             })),
             Message::Keys(Box::new(PartyKeys {
                 rows: 10,

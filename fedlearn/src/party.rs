@@ -19,11 +19,12 @@
 
 use he::{EncryptedVector, PackingKey, PreparedColumns, PreparedMatrix, PublicKey, SecretKey};
 
+use crate::checkpoint::{Checkpoint, GuestProgress};
 use crate::config::{OptimizerState, TrainConfig};
 use crate::data::Table;
 use crate::error::FedError;
 use crate::masks::{random_bytes, MaskSecret, PairwiseMasks, Split};
-use crate::message::{Message, PartyKeys};
+use crate::message::{Message, PartyKeys, Proposal};
 use crate::model::{ModelPart, Standardised};
 use crate::prep::{Fitted, Prep};
 use crate::protocol::{
@@ -758,6 +759,41 @@ impl Core {
             }
             other => Err(unexpected(from, "a loss product", &other)),
         }
+    }
+
+    /// This party's checkpoint after the current epoch (see [`crate::checkpoint`]).
+    pub(crate) fn checkpoint(
+        &self,
+        settings: [u8; 32],
+        best_weights: Option<Vec<f64>>,
+        last: bool,
+        guest: Option<GuestProgress>,
+    ) -> Checkpoint {
+        Checkpoint {
+            epoch: self.epoch,
+            settings,
+            step: self.step,
+            weights: self.weights.clone(),
+            optimizer: self.optimizer.clone(),
+            best_weights,
+            last,
+            guest,
+        }
+    }
+
+    /// Takes up the weights, optimiser state and update index of `checkpoint`, once it has
+    /// been checked against the job's proposal.
+    pub(crate) fn restore(
+        &mut self,
+        proposal: &Proposal,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), FedError> {
+        checkpoint.check(&self.party, proposal, self.quantised.columns)?;
+        self.weights = checkpoint.weights.clone();
+        self.optimizer = checkpoint.optimizer.clone();
+        self.step = checkpoint.step;
+        self.epoch = checkpoint.epoch;
+        Ok(())
     }
 
     /// The pairwise masks (derived with the keys).

@@ -187,6 +187,8 @@ pub enum Event {
         /// Epoch (1-based).
         epoch: usize,
     },
+    /// The party's state after an epoch: what it keeps to resume the job if interrupted.
+    Checkpoint(Box<crate::Checkpoint>),
 }
 
 /// What the guest learns at the end of an epoch: aggregate scalars only.

@@ -48,6 +48,7 @@ fn samples() -> Result<Vec<Message>, HeError> {
             rows: 2048,
             hosts: vec!["tax".into(), "utility".into()],
             features: 5,
+            resume: Some(7),
         })),
         Message::Keys(Box::new(PartyKeys {
             rows: 2048,

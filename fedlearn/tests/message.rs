@@ -12,6 +12,7 @@ fn proposal(config: TrainConfig) -> Message {
         rows: 100,
         hosts: vec!["tax".into()],
         features: 2,
+        resume: None,
     }))
 }
 

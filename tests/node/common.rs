@@ -254,6 +254,7 @@ pub(crate) fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
                 )
                 .unwrap(),
             prep: Default::default(),
+            checkpoints: Vec::new(),
         })
         .collect();
     let guest = GuestJob {
@@ -263,6 +264,7 @@ pub(crate) fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
         hosts: HOSTS.map(String::from).to_vec(),
         config: config.clone(),
         prep: Default::default(),
+        resume: None,
     };
     let run = fedlearn::simulate(guest, host_jobs, false, &mut |_| {}).unwrap();
     run.guest.evaluation.metrics.auc

@@ -40,6 +40,7 @@ pub fn jobs(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> (GuestJob,
             guest: "bank".into(),
             table,
             prep: Default::default(),
+            checkpoints: Vec::new(),
         })
         .collect();
     (
@@ -50,6 +51,7 @@ pub fn jobs(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> (GuestJob,
             hosts: names,
             config: config.clone(),
             prep: Default::default(),
+            resume: None,
         },
         host_jobs,
     )

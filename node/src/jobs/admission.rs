@@ -469,6 +469,7 @@ mod tests {
             rows: 10_000,
             hosts: p.hosts.clone(),
             features: p.guest_features,
+            resume: None,
         };
         check_offer(&config, &p, &offer, 10_000).unwrap();
         // Few aligned rows make the batches small whatever the announced size.

@@ -1,0 +1,306 @@
+//! A party's state at the end of an epoch, from which an interrupted job resumes.
+//!
+//! Everything else a party needs is derived again from its aligned table and the job's
+//! settings (preparation, standardisation, split, batches and every epoch's batch order all
+//! come from the seed), or drawn fresh for the new attempt (keys, integrity checks, pairwise
+//! masks): what a party decrypts is exact, so fresh randomness gives the same gradients and
+//! the same model as an uninterrupted run.
+//!
+//! A checkpoint is written after every epoch, and every party holds the previous one too.
+//! No party finishes epoch e + 1 before every party has finished epoch e (the guest ends an
+//! epoch only with every host's loss report, and a host starts the next one only on the
+//! guest's verdict), so at any moment the parties' latest epochs differ by at most one, and
+//! the smallest of them is held by all.
+
+use sha2::{Digest, Sha256};
+
+use crate::config::OptimizerState;
+use crate::error::FedError;
+use crate::message::{Proposal, Reader};
+use crate::protocol::{EpochReport, StopReason};
+
+const MAGIC: &[u8; 4] = b"UNCP";
+const VERSION: u16 = 1;
+
+/// One party's state after an epoch (see the module documentation). Its bytes hold the
+/// party's weights: the node keeps them sealed, like a model part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// The epoch it ends (1-based).
+    pub epoch: usize,
+    /// Digest of the job's settings (see [`Proposal::settings_digest`]): a job resumes only
+    /// with the settings it started with.
+    pub(crate) settings: [u8; 32],
+    pub(crate) step: u64,
+    pub(crate) weights: Vec<f64>,
+    pub(crate) optimizer: OptimizerState,
+    pub(crate) best_weights: Option<Vec<f64>>,
+    /// Training ended with this epoch: the final reveal comes next.
+    pub(crate) last: bool,
+    /// The guest's early-stopping state and training curve (empty on a host).
+    pub(crate) guest: Option<GuestProgress>,
+}
+
+/// What only the guest keeps across epochs.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct GuestProgress {
+    pub(crate) history: Vec<EpochReport>,
+    pub(crate) best_loss: f64,
+    pub(crate) best_epoch: usize,
+    pub(crate) since_best: usize,
+    pub(crate) stop: StopReason,
+}
+
+impl Proposal {
+    /// SHA-256 of what a job is trained with: the model, settings, rows, hosts and the guest's
+    /// features — not the attempt's nonce.
+    pub fn settings_digest(&self) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        digest.update(b"unseen training settings v1");
+        for part in [
+            self.model_id.as_bytes(),
+            &serde_json::to_vec(&self.config).expect("config serialises"),
+        ] {
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part);
+        }
+        digest.update(self.rows.to_le_bytes());
+        digest.update(self.features.to_le_bytes());
+        for host in &self.hosts {
+            digest.update((host.len() as u64).to_le_bytes());
+            digest.update(host.as_bytes());
+        }
+        digest.finalize().into()
+    }
+}
+
+impl Checkpoint {
+    /// Versioned bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        let floats = |out: &mut Vec<u8>, values: &[f64]| {
+            out.extend_from_slice(&(values.len() as u64).to_le_bytes());
+            for v in values {
+                out.extend_from_slice(&v.to_bits().to_le_bytes());
+            }
+        };
+        out.extend_from_slice(&(self.epoch as u64).to_le_bytes());
+        out.extend_from_slice(&self.settings);
+        out.extend_from_slice(&self.step.to_le_bytes());
+        floats(&mut out, &self.weights);
+        floats(&mut out, &self.optimizer.first);
+        floats(&mut out, &self.optimizer.second);
+        out.extend_from_slice(&(self.optimizer.updates as u64).to_le_bytes());
+        out.push(u8::from(self.best_weights.is_some()));
+        floats(&mut out, self.best_weights.as_deref().unwrap_or(&[]));
+        out.push(u8::from(self.last));
+        out.push(u8::from(self.guest.is_some()));
+        if let Some(g) = &self.guest {
+            out.extend_from_slice(&(g.history.len() as u64).to_le_bytes());
+            for r in &g.history {
+                out.extend_from_slice(&(r.epoch as u64).to_le_bytes());
+                out.extend_from_slice(&r.train_loss.to_bits().to_le_bytes());
+                out.push(u8::from(r.validation_loss.is_some()));
+                out.extend_from_slice(&r.validation_loss.unwrap_or(0.0).to_bits().to_le_bytes());
+                out.extend_from_slice(&r.weight_change.to_bits().to_le_bytes());
+                out.extend_from_slice(&r.learning_rate.to_bits().to_le_bytes());
+                out.push(u8::from(r.best));
+            }
+            out.extend_from_slice(&g.best_loss.to_bits().to_le_bytes());
+            out.extend_from_slice(&(g.best_epoch as u64).to_le_bytes());
+            out.extend_from_slice(&(g.since_best as u64).to_le_bytes());
+            let stop = match g.stop {
+                StopReason::MaxEpochs => 0,
+                StopReason::EarlyStopping { epoch } => epoch as u64,
+            };
+            out.extend_from_slice(&stop.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes bytes from [`to_bytes`](Self::to_bytes), refusing another version, truncation
+    /// and trailing bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, FedError> {
+        let mut r = Reader::new(bytes);
+        if r.take(4)? != MAGIC {
+            return Err(FedError::Malformed("not a training checkpoint".into()));
+        }
+        let version = u16::from_le_bytes(r.array()?);
+        if version != VERSION {
+            return Err(FedError::Malformed(format!(
+                "checkpoint version {version}, this build reads {VERSION}"
+            )));
+        }
+        let float = |r: &mut Reader<'_>| r.u64().map(f64::from_bits);
+        let floats = |r: &mut Reader<'_>| -> Result<Vec<f64>, FedError> {
+            Ok(r.words()?.into_iter().map(f64::from_bits).collect())
+        };
+        let count = |r: &mut Reader<'_>| -> Result<usize, FedError> {
+            usize::try_from(r.u64()?).map_err(|_| FedError::Malformed("a count too large".into()))
+        };
+        let epoch = count(&mut r)?;
+        let settings = r.array()?;
+        let step = r.u64()?;
+        let weights = floats(&mut r)?;
+        let optimizer = OptimizerState {
+            first: floats(&mut r)?,
+            second: floats(&mut r)?,
+            updates: i32::try_from(r.u64()?)
+                .map_err(|_| FedError::Malformed("an update count too large".into()))?,
+        };
+        let has_best = r.flag()?;
+        let best = floats(&mut r)?;
+        let best_weights = has_best.then_some(best);
+        let last = r.flag()?;
+        let guest = if r.flag()? {
+            let reports = count(&mut r)?;
+            if reports > r.remaining() {
+                return Err(FedError::Malformed("epochs beyond the checkpoint".into()));
+            }
+            let mut history = Vec::with_capacity(reports);
+            for _ in 0..reports {
+                let epoch = count(&mut r)?;
+                let train_loss = float(&mut r)?;
+                let has_validation = r.flag()?;
+                let validation = float(&mut r)?;
+                history.push(EpochReport {
+                    epoch,
+                    train_loss,
+                    validation_loss: has_validation.then_some(validation),
+                    weight_change: float(&mut r)?,
+                    learning_rate: float(&mut r)?,
+                    best: r.flag()?,
+                });
+            }
+            let best_loss = float(&mut r)?;
+            let best_epoch = count(&mut r)?;
+            let since_best = count(&mut r)?;
+            let stop = match count(&mut r)? {
+                0 => StopReason::MaxEpochs,
+                epoch => StopReason::EarlyStopping { epoch },
+            };
+            Some(GuestProgress {
+                history,
+                best_loss,
+                best_epoch,
+                since_best,
+                stop,
+            })
+        } else {
+            None
+        };
+        if r.remaining() != 0 {
+            return Err(FedError::Malformed(format!(
+                "{} bytes after the checkpoint",
+                r.remaining()
+            )));
+        }
+        let width = weights.len();
+        if optimizer.first.len() != width
+            || optimizer.second.len() != width
+            || best_weights.as_ref().is_some_and(|b| b.len() != width)
+        {
+            return Err(FedError::Malformed(
+                "a checkpoint whose weights and optimiser state differ in length".into(),
+            ));
+        }
+        Ok(Checkpoint {
+            epoch,
+            settings,
+            step,
+            weights,
+            optimizer,
+            best_weights,
+            last,
+            guest,
+        })
+    }
+
+    /// Checks that this checkpoint can resume `proposal` (as `party`, with `width` weights).
+    pub(crate) fn check(
+        &self,
+        party: &str,
+        proposal: &Proposal,
+        width: usize,
+    ) -> Result<(), FedError> {
+        let refuse = |reason: String| FedError::Resume {
+            party: party.to_owned(),
+            reason,
+        };
+        if proposal.resume != Some(self.epoch as u64) {
+            return Err(refuse(format!(
+                "the job resumes from {}, this party's checkpoint ends epoch {}",
+                match proposal.resume {
+                    Some(e) => format!("epoch {e}"),
+                    None => "the start".into(),
+                },
+                self.epoch
+            )));
+        }
+        if proposal.settings_digest() != self.settings {
+            return Err(refuse(
+                "the job's settings are not those it started with".into(),
+            ));
+        }
+        if self.weights.len() != width {
+            return Err(refuse(format!(
+                "the checkpoint holds {} weights, the prepared table {width} columns: the data \
+                 or its preparation changed",
+                self.weights.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_and_damage_is_refused() {
+        let checkpoint = Checkpoint {
+            epoch: 3,
+            settings: [7; 32],
+            step: 12,
+            weights: vec![0.5, -1.25, f64::MIN_POSITIVE],
+            optimizer: OptimizerState {
+                first: vec![0.1, 0.2, 0.3],
+                second: vec![1.0, 2.0, 3.0],
+                updates: 12,
+            },
+            best_weights: Some(vec![0.25, -1.0, 0.0]),
+            last: false,
+            guest: Some(GuestProgress {
+                history: vec![EpochReport {
+                    epoch: 1,
+                    train_loss: 0.69,
+                    validation_loss: None,
+                    weight_change: 0.1,
+                    learning_rate: 0.05,
+                    best: true,
+                }],
+                best_loss: f64::INFINITY,
+                best_epoch: 1,
+                since_best: 2,
+                stop: StopReason::EarlyStopping { epoch: 3 },
+            }),
+        };
+        let bytes = checkpoint.to_bytes();
+        assert_eq!(Checkpoint::from_bytes(&bytes).unwrap(), checkpoint);
+        for cut in 0..bytes.len() {
+            assert!(Checkpoint::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Checkpoint::from_bytes(&longer).is_err());
+        let host = Checkpoint {
+            guest: None,
+            best_weights: None,
+            ..checkpoint
+        };
+        assert_eq!(Checkpoint::from_bytes(&host.to_bytes()).unwrap(), host);
+    }
+}

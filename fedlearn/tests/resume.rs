@@ -1,0 +1,199 @@
+//! An interrupted job resumes from the last epoch every party holds and ends with the model
+//! of an uninterrupted run, weight for weight.
+
+mod common;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use fedlearn::{
+    Checkpoint, Event, FedError, GuestJob, GuestOutcome, GuestSession, HostJob, HostOutcome,
+    HostSession, Message, Session, TrainConfig,
+};
+
+/// Every party's checkpoints, in the order they were written.
+type Saved = BTreeMap<String, Vec<Checkpoint>>;
+
+/// Runs the sessions in one thread, passing every message, until they finish or, with
+/// `stop_after`, until the guest has written its checkpoint of that epoch (the messages in
+/// flight are then lost, as in a crash).
+fn run(
+    guest: &mut GuestSession,
+    hosts: &mut [(String, HostSession)],
+    saved: &mut Saved,
+    stop_after: Option<usize>,
+) -> Result<bool, FedError> {
+    let mut queues: BTreeMap<String, VecDeque<(String, Message)>> = BTreeMap::new();
+    loop {
+        let mut moved = false;
+        let mut parties: Vec<(&str, &mut dyn Session)> = vec![("bank", guest as &mut dyn Session)];
+        for (name, session) in hosts.iter_mut() {
+            parties.push((name.as_str(), session as &mut dyn Session));
+        }
+        for (name, session) in parties.iter_mut() {
+            while let Some((to, message)) = session.poll_transmit()? {
+                queues
+                    .entry(to)
+                    .or_default()
+                    .push_back((name.to_string(), message));
+                moved = true;
+            }
+            while let Some(event) = session.poll_event() {
+                if let Event::Checkpoint(checkpoint) = event {
+                    let epoch = checkpoint.epoch;
+                    saved.entry(name.to_string()).or_default().push(*checkpoint);
+                    if *name == "bank" && Some(epoch) == stop_after {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        for (name, session) in parties.iter_mut() {
+            let Some(queue) = queues.get_mut(*name) else {
+                continue;
+            };
+            while let Some((from, message)) = queue.pop_front() {
+                session.handle(&from, message)?;
+                moved = true;
+            }
+        }
+        if parties.iter().all(|(_, s)| s.awaiting().is_none()) {
+            return Ok(true);
+        }
+        assert!(moved, "the sessions wait on each other");
+    }
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        max_epochs: 6,
+        batch_size: Some(200),
+        validation_fraction: 0.3,
+        early_stopping: None,
+        ..TrainConfig::default()
+    }
+}
+
+/// A fresh start, or a resume from `epoch` with each party's checkpoints.
+fn start(
+    saved: Option<(&Saved, usize)>,
+) -> Result<(GuestSession, Vec<(String, HostSession)>), FedError> {
+    let (guest, hosts) = common::parties("breast", 2);
+    let (mut guest_job, host_jobs): (GuestJob, Vec<HostJob>) =
+        common::jobs(guest, hosts, &config());
+    if let Some((saved, epoch)) = saved {
+        guest_job.resume = saved["bank"].iter().find(|c| c.epoch == epoch).cloned();
+    }
+    let mut guest = GuestSession::new(guest_job)?;
+    let mut proposals = BTreeMap::new();
+    while let Some((to, message)) = guest.poll_transmit()? {
+        match message {
+            Message::Propose(p) => {
+                proposals.insert(to, *p);
+            }
+            other => panic!("{} before the proposals", other.kind()),
+        }
+        if proposals.len() == host_jobs.len() {
+            break;
+        }
+    }
+    let hosts = host_jobs
+        .into_iter()
+        .map(|mut job| {
+            if let Some((saved, _)) = saved {
+                job.checkpoints = saved.get(&job.party).cloned().unwrap_or_default();
+            }
+            let proposal = proposals.remove(&job.party).expect("a proposal");
+            Ok((job.party.clone(), HostSession::new(job, proposal)?))
+        })
+        .collect::<Result<_, FedError>>()?;
+    Ok((guest, hosts))
+}
+
+fn outcomes(
+    guest: &GuestSession,
+    hosts: &[(String, HostSession)],
+) -> (GuestOutcome, Vec<HostOutcome>) {
+    (
+        guest.outcome().expect("the guest's outcome").clone(),
+        hosts
+            .iter()
+            .map(|(_, h)| h.outcome().expect("a host's outcome").clone())
+            .collect(),
+    )
+}
+
+#[test]
+fn a_job_interrupted_after_an_epoch_resumes_to_the_same_model() {
+    let mut saved = Saved::new();
+    let (mut guest, mut hosts) = start(None).unwrap();
+    assert!(run(&mut guest, &mut hosts, &mut saved, None).unwrap());
+    let (whole, whole_hosts) = outcomes(&guest, &hosts);
+    assert_eq!(saved["bank"].len(), 6, "one checkpoint per epoch");
+    assert_eq!(saved["host0"].len(), 6);
+
+    // Interrupted when the guest has written epoch 3: the hosts have not heard its verdict
+    // on epoch 3, so the epoch every party holds is 2.
+    let mut saved = Saved::new();
+    let (mut guest, mut hosts) = start(None).unwrap();
+    assert!(!run(&mut guest, &mut hosts, &mut saved, Some(3)).unwrap());
+    let latest = |party: &str| saved[party].last().map(|c| c.epoch).unwrap();
+    assert_eq!(latest("bank"), 3);
+    assert_eq!(latest("host0"), 2);
+    let common = ["bank", "host0", "host1"].map(latest).into_iter().min();
+    let (mut guest, mut hosts) = start(Some((&saved, common.unwrap()))).unwrap();
+    assert!(run(&mut guest, &mut hosts, &mut Saved::new(), None).unwrap());
+    let (resumed, resumed_hosts) = outcomes(&guest, &hosts);
+    assert_eq!(resumed.model, whole.model, "the guest's model, bit for bit");
+    assert_eq!(resumed.history, whole.history, "the training curve");
+    assert_eq!(resumed.evaluation.metrics, whole.evaluation.metrics);
+    for (r, w) in resumed_hosts.iter().zip(&whole_hosts) {
+        assert_eq!(r.model, w.model, "a host's model, bit for bit");
+        assert_eq!(r.epochs, w.epochs);
+    }
+
+    // After the last epoch: the final reveal is made again, the same.
+    let last = saved_whole_last(&mut Saved::new());
+    let (mut guest, mut hosts) = start(Some((&last, 6))).unwrap();
+    assert!(run(&mut guest, &mut hosts, &mut Saved::new(), None).unwrap());
+    assert_eq!(outcomes(&guest, &hosts).0.model, whole.model);
+}
+
+/// Every party's checkpoints of an uninterrupted run.
+fn saved_whole_last(saved: &mut Saved) -> Saved {
+    let (mut guest, mut hosts) = start(None).unwrap();
+    assert!(run(&mut guest, &mut hosts, saved, None).unwrap());
+    saved.clone()
+}
+
+#[test]
+fn a_resume_that_does_not_fit_is_refused_naming_the_party() {
+    let mut saved = Saved::new();
+    let (mut guest, mut hosts) = start(None).unwrap();
+    assert!(!run(&mut guest, &mut hosts, &mut saved, Some(2)).unwrap());
+    // host1 lost its checkpoints (a new data directory, say).
+    saved.remove("host1");
+    match start(Some((&saved, 1))) {
+        Err(FedError::Resume { party, reason }) => {
+            assert_eq!(party, "host1");
+            assert!(reason.contains("no checkpoint of epoch 1"), "{reason}");
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("resumed without a checkpoint"),
+    }
+    // Other settings than the job started with.
+    let (guest, hosts) = common::parties("breast", 2);
+    let changed = TrainConfig {
+        learning_rate: 0.2,
+        ..config()
+    };
+    let (mut job, _) = common::jobs(guest, hosts, &changed);
+    job.resume = saved["bank"].first().cloned();
+    match GuestSession::new(job) {
+        Err(FedError::Resume { party, reason }) => {
+            assert_eq!(party, "bank");
+            assert!(reason.contains("settings"), "{reason}");
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("resumed with other settings"),
+    }
+}
