@@ -94,13 +94,13 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig, prep: Prep) 
         guest: "bank".into(),
         table: host,
         prep,
+        checkpoints: Vec::new(),
     }];
     let mut marks = vec![Instant::now()];
     let simulation = simulate(job, hosts, false, &mut |event| {
         if let Event::Epoch(_) = event {
             marks.push(Instant::now());
         }
-        checkpoints: Vec::new(),
     })
     .expect("simulation");
     let epochs = marks.len() - 1;

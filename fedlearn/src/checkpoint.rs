@@ -291,7 +291,10 @@ mod tests {
         let bytes = checkpoint.to_bytes();
         assert_eq!(Checkpoint::from_bytes(&bytes).unwrap(), checkpoint);
         for cut in 0..bytes.len() {
-            assert!(Checkpoint::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                Checkpoint::from_bytes(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);

@@ -284,6 +284,36 @@ impl Table {
         Ok((table, bad_rows))
     }
 
+    /// SHA-256 of everything the table holds (ids, column names, values, labels, text
+    /// columns' dictionaries): equal digests mean the same table, bit for bit.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        let text = |digest: &mut Sha256, s: &str| {
+            digest.update((s.len() as u64).to_le_bytes());
+            digest.update(s.as_bytes());
+        };
+        digest.update(b"unseen table v1");
+        for list in [&self.ids, &self.feature_names] {
+            digest.update((list.len() as u64).to_le_bytes());
+            for s in list {
+                text(&mut digest, s);
+            }
+        }
+        for v in self.values.iter().chain(self.labels.iter().flatten()) {
+            digest.update(v.to_bits().to_le_bytes());
+        }
+        digest.update([u8::from(self.labels.is_some())]);
+        for dictionary in &self.dictionaries {
+            let words = dictionary.as_deref().unwrap_or_default();
+            digest.update((words.len() as u64).to_le_bytes());
+            for word in words {
+                text(&mut digest, word);
+            }
+        }
+        digest.finalize().into()
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.ids.len()

@@ -183,11 +183,7 @@ impl GuestSession {
             session.since_best = progress.since_best;
             session.stop = progress.stop;
             session.best_weights = checkpoint.best_weights;
-            session.last_good = Some(
-                session
-                    .core
-                    .model(&session.model_id, &session.core.weights),
-            );
+            session.last_good = Some(session.core.model(&session.model_id, &session.core.weights));
             session.resumed = Some((checkpoint.epoch, checkpoint.last));
         }
         let keys = session.core.keys();
@@ -366,9 +362,12 @@ impl GuestSession {
             since_best: self.since_best,
             stop: self.stop,
         };
-        let checkpoint =
-            self.core
-                .checkpoint(self.settings, self.best_weights.clone(), last, Some(progress));
+        let checkpoint = self.core.checkpoint(
+            self.settings,
+            self.best_weights.clone(),
+            last,
+            Some(progress),
+        );
         self.mailbox.emit(Event::Checkpoint(Box::new(checkpoint)));
         if last {
             self.state = ExpectGuest::FinalScores;

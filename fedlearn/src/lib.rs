@@ -134,8 +134,8 @@ mod session;
 mod simulator;
 mod woe;
 
-pub use checkpoint::Checkpoint;
 pub use binning::{answer_binning, BinningDisclosure, BinningGuest, BinningLimits, BinningReport};
+pub use checkpoint::Checkpoint;
 pub use config::{EarlyStopping, Optimizer, Schedule, TrainConfig, MAX_BATCH_ROWS};
 pub use data::{Missing, Reading, Table};
 pub use error::FedError;

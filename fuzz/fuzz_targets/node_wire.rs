@@ -16,6 +16,7 @@ struct ArbChunk {
     other_job: bool,
     other_sender: bool,
     seq: u64,
+    attempt: u32,
     kind: u8,
     index: u32,
     count: u32,
@@ -25,12 +26,21 @@ struct ArbChunk {
 
 impl ArbChunk {
     fn chunk(self) -> Chunk {
-        const KINDS: [&str; 5] = ["psi", "fedlearn", "abort", "scoring-seed", "gossip"];
+        const KINDS: [&str; 7] = [
+            "psi",
+            "fedlearn",
+            "abort",
+            "scoring-seed",
+            "interrupt",
+            "plan",
+            "gossip",
+        ];
         Chunk {
-            version: self.version % 3,
+            version: self.version % 4,
             job_id: if self.other_job { "j2" } else { "j1" }.into(),
             sender: if self.other_sender { "utility" } else { "tax" }.into(),
             seq: self.seq % 4,
+            attempt: self.attempt % 2,
             kind: KINDS[usize::from(self.kind) % KINDS.len()].into(),
             index: self.index % 8,
             count: self.count % 8,

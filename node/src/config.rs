@@ -333,6 +333,10 @@ pub struct FederationSettings {
     pub max_jobs: usize,
     /// Most jobs it runs at once for one guest.
     pub max_jobs_per_peer: usize,
+    /// How long an interrupted training job waits for every party to be back (a restarted
+    /// node, a peer found again) before it fails; 0 fails it at once, as a job that cannot
+    /// resume.
+    pub resume_secs: u64,
 }
 
 impl Default for FederationSettings {
@@ -349,6 +353,7 @@ impl Default for FederationSettings {
             anchor_secs: 60,
             max_jobs: 8,
             max_jobs_per_peer: 4,
+            resume_secs: 600,
         }
     }
 }
@@ -362,6 +367,11 @@ impl FederationSettings {
     /// Wait for the next message.
     pub fn receive_timeout(&self) -> Duration {
         Duration::from_secs(self.receive_timeout_secs)
+    }
+
+    /// How long an interrupted job waits for every party to be back.
+    pub fn resume_window(&self) -> Duration {
+        Duration::from_secs(self.resume_secs)
     }
 
     /// How long a peer may stay unreachable before a job reports it dead.

@@ -162,6 +162,12 @@ pub enum PeerFault {
         /// The configured cap.
         cap: u64,
     },
+    /// An interrupted job waited `seconds` for it to be back, in vain.
+    #[error("was not back within {seconds} s to resume the job")]
+    NotBack {
+        /// The wait (`federation.resume_secs`).
+        seconds: u64,
+    },
     /// It asked for PSI whose result only one side learns; training needs both.
     #[error("training needs both-sides PSI")]
     OneSidedPsi,
@@ -357,6 +363,16 @@ pub enum Refusal {
     /// The guest's training proposal differs from the job it proposed.
     #[error("the training proposal differs from the accepted job")]
     OfferDiffers,
+    /// A proposal to resume a job this node cannot resume.
+    #[error("{party} cannot resume job {job}: {reason}")]
+    NotResumable {
+        /// This node.
+        party: String,
+        /// The job id.
+        job: String,
+        /// Why not.
+        reason: String,
+    },
     /// A federation call from a name that is not a peer.
     #[error("{call} from {claimed}: {claimed:?} is not a peer of {party}")]
     NotAPeer {
@@ -557,6 +573,7 @@ impl NodeError {
                 PeerFault::Unreachable { .. } => format!("lost contact with {peer}"),
                 PeerFault::Gone => format!("{peer} no longer runs the job"),
                 PeerFault::RefusedJob(_) => format!("{peer} refused the job"),
+                PeerFault::NotBack { .. } => format!("{peer} was not back to resume the job"),
                 _ => format!("{peer} broke the protocol"),
             },
             NodeError::PeerCall { peer, .. } => format!("{peer} could not be reached"),
@@ -700,6 +717,11 @@ mod tests {
                 certificate: s(),
             },
             Refusal::OfferDiffers,
+            Refusal::NotResumable {
+                party: s(),
+                job: s(),
+                reason: s(),
+            },
             Refusal::BadPrep {
                 party: s(),
                 reason: s(),

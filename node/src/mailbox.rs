@@ -6,6 +6,10 @@
 //! message for it is accepted (the guest on submission, a host when it accepts the proposal),
 //! and only its participants may deliver to it. After a job ends its counters stay, so a late
 //! retry is acknowledged rather than failing the sender.
+//!
+//! A job that resumes after an interruption runs a new attempt: every message names its
+//! attempt, a new attempt's inboxes start again from 0, and whatever an earlier attempt still
+//! delivers is acknowledged and dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -47,11 +51,14 @@ struct Inbox {
 }
 
 struct JobBox {
+    attempt: u32,
     participants: BTreeSet<String>,
     inboxes: HashMap<String, Inbox>,
     closed: Option<String>,
     /// The peer whose abort closed it (`closed` is then that peer's public reason).
     aborted_by: Option<String>,
+    /// Whether it was closed by an interruption (the job resumes in a new attempt).
+    interrupted: bool,
 }
 
 impl JobBox {
@@ -87,24 +94,42 @@ impl Mailbox {
         }
     }
 
-    /// Opens a job's inboxes for messages from `participants`.
-    pub fn register(&self, job: &str, participants: impl IntoIterator<Item = String>) {
-        self.lock().insert(
+    /// Opens a job's inboxes for messages of `attempt` from `participants`; an earlier
+    /// attempt's receivers fail and its late messages are dropped. False (and nothing changes)
+    /// when that attempt or a later one is open already.
+    pub fn register(
+        &self,
+        job: &str,
+        attempt: u32,
+        participants: impl IntoIterator<Item = String>,
+    ) -> bool {
+        let mut jobs = self.lock();
+        if jobs.get(job).is_some_and(|b| b.attempt >= attempt) {
+            return false;
+        }
+        jobs.insert(
             job.to_owned(),
             JobBox {
+                attempt,
                 participants: participants.into_iter().collect(),
                 inboxes: HashMap::new(),
                 closed: None,
                 aborted_by: None,
+                interrupted: false,
             },
         );
+        drop(jobs);
+        self.arrived.notify_all();
+        true
     }
 
-    /// Accepts message `seq` from `sender`; `Ok(true)` when it was a duplicate. An "abort"
-    /// message closes the job with the sender's reason, whatever its sequence number.
+    /// Accepts message `seq` of `attempt` from `sender`; `Ok(true)` when it was a duplicate
+    /// or belongs to an earlier attempt. An "abort" or "interrupt" message closes the job with
+    /// the sender's reason, whatever its sequence number.
     pub fn deliver(
         &self,
         job: &str,
+        attempt: u32,
         sender: &str,
         seq: u64,
         delivery: Delivery,
@@ -114,19 +139,33 @@ impl Mailbox {
         if !job_box.participants.contains(sender) {
             return Err(NotAdmitted::NotParticipant);
         }
-        if delivery.kind == DeliveryKind::Abort {
+        if attempt < job_box.attempt {
+            return Ok(true);
+        }
+        if attempt > job_box.attempt {
+            return Err(NotAdmitted::UnknownJob);
+        }
+        if matches!(delivery.kind, DeliveryKind::Abort | DeliveryKind::Interrupt) {
             // Out of sequence: an abort stops the job whatever came before it, and repeating
-            // it changes nothing.
-            let repeated = job_box.closed.is_some();
+            // it changes nothing. An abort still stops an attempt that was only interrupted (or
+            // closed here while it waits to resume): the job then ends instead of resuming.
+            let stops_interrupted = delivery.kind == DeliveryKind::Abort
+                && (job_box.interrupted || job_box.aborted_by.is_none());
+            let repeated = job_box.closed.is_some() && !stops_interrupted;
             if !repeated {
+                job_box.closed = None;
                 let reason: String = String::from_utf8_lossy(&delivery.bytes)
                     .chars()
                     .take(2000)
                     .collect();
-                if job_box.closed.is_none() {
-                    job_box.aborted_by = Some(sender.to_owned());
-                }
-                job_box.shut(format!("{sender} stopped the job: {reason}"));
+                job_box.aborted_by = Some(sender.to_owned());
+                job_box.interrupted = delivery.kind == DeliveryKind::Interrupt;
+                let what = if job_box.interrupted {
+                    "interrupted"
+                } else {
+                    "stopped"
+                };
+                job_box.shut(format!("{sender} {what} the job: {reason}"));
             }
             drop(jobs);
             self.arrived.notify_all();
@@ -144,10 +183,11 @@ impl Mailbox {
         Ok(false)
     }
 
-    /// Waits up to `timeout` for the next message from `sender`.
+    /// Waits up to `timeout` for the next message of `attempt` from `sender`.
     pub fn receive(
         &self,
         job: &str,
+        attempt: u32,
         sender: &str,
         timeout: Duration,
     ) -> Result<Delivery, ReceiveError> {
@@ -159,6 +199,11 @@ impl Mailbox {
                     "the job is not open on this node".into(),
                 ));
             };
+            if job_box.attempt != attempt {
+                return Err(ReceiveError::Closed(
+                    "the job resumed in a later attempt".into(),
+                ));
+            }
             if let Some(reason) = &job_box.closed {
                 return Err(ReceiveError::Closed(reason.clone()));
             }
@@ -195,6 +240,13 @@ impl Mailbox {
             .and_then(|job_box| job_box.closed.clone())
     }
 
+    /// Whether a peer's interruption closed the job (it resumes in a new attempt).
+    pub fn interrupted(&self, job: &str) -> bool {
+        self.lock()
+            .get(job)
+            .is_some_and(|job_box| job_box.interrupted)
+    }
+
     /// The peer whose abort closed the job, if one did.
     pub fn aborted_by(&self, job: &str) -> Option<String> {
         self.lock()
@@ -226,46 +278,49 @@ mod tests {
     #[test]
     fn messages_come_out_in_sequence_once_whatever_the_arrival_order() {
         let mailbox = Mailbox::default();
-        mailbox.register("j", ["bank".to_string()]);
-        assert_eq!(mailbox.deliver("j", "bank", 1, msg("second")), Ok(false));
-        assert_eq!(mailbox.deliver("j", "bank", 0, msg("first")), Ok(false));
-        assert_eq!(mailbox.deliver("j", "bank", 1, msg("second")), Ok(true));
+        mailbox.register("j", 0, ["bank".to_string()]);
+        assert_eq!(mailbox.deliver("j", 0, "bank", 1, msg("second")), Ok(false));
+        assert_eq!(mailbox.deliver("j", 0, "bank", 0, msg("first")), Ok(false));
+        assert_eq!(mailbox.deliver("j", 0, "bank", 1, msg("second")), Ok(true));
         let t = Duration::from_millis(10);
-        assert_eq!(mailbox.receive("j", "bank", t).unwrap(), msg("first"));
-        assert_eq!(mailbox.deliver("j", "bank", 0, msg("first")), Ok(true));
-        assert_eq!(mailbox.receive("j", "bank", t).unwrap(), msg("second"));
-        assert_eq!(mailbox.receive("j", "bank", t), Err(ReceiveError::Timeout));
+        assert_eq!(mailbox.receive("j", 0, "bank", t).unwrap(), msg("first"));
+        assert_eq!(mailbox.deliver("j", 0, "bank", 0, msg("first")), Ok(true));
+        assert_eq!(mailbox.receive("j", 0, "bank", t).unwrap(), msg("second"));
+        assert_eq!(
+            mailbox.receive("j", 0, "bank", t),
+            Err(ReceiveError::Timeout)
+        );
     }
 
     #[test]
     fn strangers_unknown_jobs_and_aborts_are_handled() {
         let mailbox = Mailbox::default();
         assert_eq!(
-            mailbox.deliver("j", "bank", 0, msg("x")),
+            mailbox.deliver("j", 0, "bank", 0, msg("x")),
             Err(NotAdmitted::UnknownJob)
         );
-        mailbox.register("j", ["bank".to_string()]);
+        mailbox.register("j", 0, ["bank".to_string()]);
         assert_eq!(
-            mailbox.deliver("j", "eve", 0, msg("x")),
+            mailbox.deliver("j", 0, "eve", 0, msg("x")),
             Err(NotAdmitted::NotParticipant)
         );
         let abort = Delivery {
             kind: DeliveryKind::Abort,
             bytes: b"disk full".to_vec(),
         };
-        mailbox.deliver("j", "bank", 0, msg("hello")).unwrap();
+        mailbox.deliver("j", 0, "bank", 0, msg("hello")).unwrap();
         let t = Duration::from_millis(10);
-        assert_eq!(mailbox.receive("j", "bank", t).unwrap(), msg("hello"));
+        assert_eq!(mailbox.receive("j", 0, "bank", t).unwrap(), msg("hello"));
         // An abort is out of sequence: a fresh sender's "seq 0" abort still stops the job.
-        assert_eq!(mailbox.deliver("j", "bank", 0, abort.clone()), Ok(false));
-        match mailbox.receive("j", "bank", t) {
+        assert_eq!(mailbox.deliver("j", 0, "bank", 0, abort.clone()), Ok(false));
+        match mailbox.receive("j", 0, "bank", t) {
             Err(ReceiveError::Closed(reason)) => {
                 assert!(reason.contains("bank stopped the job: disk full"))
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            mailbox.deliver("j", "bank", 7, abort),
+            mailbox.deliver("j", 0, "bank", 7, abort),
             Ok(true),
             "repeated abort"
         );
@@ -275,7 +330,7 @@ mod tests {
         );
         assert_eq!(mailbox.aborted_by("j").as_deref(), Some("bank"));
         // A job this node closed itself has no peer's reason.
-        mailbox.register("k", ["bank".to_string()]);
+        mailbox.register("k", 0, ["bank".to_string()]);
         assert!(mailbox.running("k", "bank"));
         assert!(!mailbox.running("k", "eve"), "a stranger learns nothing");
         assert!(!mailbox.running("j", "bank"), "aborted");
@@ -286,16 +341,65 @@ mod tests {
     }
 
     #[test]
+    fn a_new_attempt_starts_afresh_and_drops_the_old_ones_messages() {
+        let mailbox = Mailbox::default();
+        let t = Duration::from_millis(10);
+        assert!(mailbox.register("j", 0, ["bank".to_string()]));
+        mailbox.deliver("j", 0, "bank", 0, msg("old")).unwrap();
+        let interrupt = Delivery {
+            kind: DeliveryKind::Interrupt,
+            bytes: b"lost contact with tax".to_vec(),
+        };
+        assert_eq!(mailbox.deliver("j", 0, "bank", 5, interrupt), Ok(false));
+        assert!(mailbox.interrupted("j"));
+        assert!(matches!(
+            mailbox.receive("j", 0, "bank", t),
+            Err(ReceiveError::Closed(r)) if r.contains("bank interrupted the job")
+        ));
+        assert_eq!(
+            mailbox.deliver("j", 1, "bank", 0, msg("too early")),
+            Err(NotAdmitted::UnknownJob)
+        );
+        assert!(mailbox.register("j", 1, ["bank".to_string()]));
+        assert!(!mailbox.register("j", 1, ["bank".to_string()]), "once");
+        assert!(!mailbox.interrupted("j"));
+        assert_eq!(mailbox.deliver("j", 0, "bank", 1, msg("late")), Ok(true));
+        assert_eq!(mailbox.deliver("j", 1, "bank", 0, msg("new")), Ok(false));
+        assert!(matches!(
+            mailbox.receive("j", 0, "bank", t),
+            Err(ReceiveError::Closed(_))
+        ));
+        assert_eq!(mailbox.receive("j", 1, "bank", t).unwrap(), msg("new"));
+        assert_eq!(
+            mailbox.receive("j", 1, "bank", t),
+            Err(ReceiveError::Timeout)
+        );
+        // Closed here while it waits to resume, the job still hears the guest give up.
+        mailbox.close("j", "waiting to resume");
+        let abort = Delivery {
+            kind: DeliveryKind::Abort,
+            bytes: b"tax was not back".to_vec(),
+        };
+        assert_eq!(mailbox.deliver("j", 1, "bank", 9, abort.clone()), Ok(false));
+        assert!(!mailbox.interrupted("j"));
+        assert_eq!(
+            mailbox.abort_reason("j").as_deref(),
+            Some("bank stopped the job: tax was not back")
+        );
+        assert_eq!(mailbox.deliver("j", 1, "bank", 9, abort), Ok(true));
+    }
+
+    #[test]
     fn a_waiting_receiver_wakes_on_delivery_and_on_close() {
         let mailbox = std::sync::Arc::new(Mailbox::default());
-        mailbox.register("j", ["bank".to_string()]);
+        mailbox.register("j", 0, ["bank".to_string()]);
         let m = mailbox.clone();
-        let waiter = std::thread::spawn(move || m.receive("j", "bank", Duration::from_secs(30)));
+        let waiter = std::thread::spawn(move || m.receive("j", 0, "bank", Duration::from_secs(30)));
         std::thread::sleep(Duration::from_millis(20));
-        mailbox.deliver("j", "bank", 0, msg("hi")).unwrap();
+        mailbox.deliver("j", 0, "bank", 0, msg("hi")).unwrap();
         assert_eq!(waiter.join().unwrap().unwrap(), msg("hi"));
         let m = mailbox.clone();
-        let waiter = std::thread::spawn(move || m.receive("j", "bank", Duration::from_secs(30)));
+        let waiter = std::thread::spawn(move || m.receive("j", 0, "bank", Duration::from_secs(30)));
         std::thread::sleep(Duration::from_millis(20));
         mailbox.close("j", "cancelled by operator");
         assert_eq!(
@@ -303,7 +407,7 @@ mod tests {
             Err(ReceiveError::Closed("cancelled by operator".into()))
         );
         assert_eq!(
-            mailbox.deliver("j", "bank", 0, msg("hi")),
+            mailbox.deliver("j", 0, "bank", 0, msg("hi")),
             Ok(true),
             "late retry acknowledged"
         );

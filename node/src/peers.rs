@@ -263,17 +263,19 @@ impl Peers {
         Ok(reply.kept.map(|head| (head.seq, head.hash)))
     }
 
-    /// Delivers message `seq` of a job to `to` in chunks, retrying as configured.
+    /// Delivers message `seq` of a job's `attempt` to `to` in chunks, retrying as configured.
+    #[allow(clippy::too_many_arguments)]
     pub async fn deliver(
         &self,
         to: &str,
         job: &str,
+        attempt: u32,
         seq: u64,
         kind: &str,
         bytes: &[u8],
         retry: bool,
     ) -> Result<(), NodeError> {
-        let chunks = self.chunks(job, seq, kind, bytes);
+        let chunks = self.chunks(job, attempt, seq, kind, bytes);
         let retries = if retry { self.settings.retries } else { 0 };
         self.call(to, "deliver", retries, |mut client| {
             let stream = tokio_stream::iter(chunks.clone());
@@ -288,7 +290,7 @@ impl Peers {
         Ok(())
     }
 
-    fn chunks(&self, job: &str, seq: u64, kind: &str, bytes: &[u8]) -> Vec<Chunk> {
+    fn chunks(&self, job: &str, attempt: u32, seq: u64, kind: &str, bytes: &[u8]) -> Vec<Chunk> {
         let size = self.settings.chunk_bytes;
         let count = bytes.len().div_ceil(size).max(1);
         (0..count)
@@ -297,6 +299,7 @@ impl Peers {
                 job_id: job.to_owned(),
                 sender: self.party.clone(),
                 seq,
+                attempt,
                 kind: kind.to_owned(),
                 index: index as u32,
                 count: count as u32,

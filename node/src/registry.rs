@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
@@ -25,6 +26,9 @@ pub struct JobHandle {
     bytes_received: AtomicU64,
     /// Messages and bytes by peer, direction and kind, for the audit log.
     traffic: Mutex<Traffic>,
+    /// A host's next attempt, handed over by the guest's resuming proposal.
+    next_attempt: Mutex<Option<crate::proto::JobProposal>>,
+    resumed: Condvar,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,6 +59,45 @@ impl JobHandle {
     /// Keeps the bins a binning job fitted (stored with the job's next event).
     pub(crate) fn set_kept_bins(&self, kept: String) {
         lock(&self.record).kept_bins = kept;
+    }
+
+    /// The attempt the job runs (or last ran).
+    pub(crate) fn attempt(&self) -> u32 {
+        lock(&self.record).attempt
+    }
+
+    /// Starts attempt `attempt` (stored with the job's next event).
+    pub(crate) fn set_attempt(&self, attempt: u32) {
+        lock(&self.record).attempt = attempt;
+    }
+
+    /// Host: hands the guest's proposal of a new attempt to the job's thread.
+    pub(crate) fn offer_attempt(&self, proposal: crate::proto::JobProposal) {
+        *lock(&self.next_attempt) = Some(proposal);
+        self.resumed.notify_all();
+    }
+
+    /// Host: the guest's proposal of a new attempt, once one comes within `wait` (`None`
+    /// when none did, or the job was cancelled).
+    pub(crate) fn wait_attempt(&self, wait: Duration) -> Option<crate::proto::JobProposal> {
+        let deadline = Instant::now() + wait;
+        let mut next = lock(&self.next_attempt);
+        loop {
+            if let Some(proposal) = next.take() {
+                return Some(proposal);
+            }
+            let now = Instant::now();
+            if now >= deadline || self.is_cancelled() {
+                return None;
+            }
+            // Woken by an offer; a cancel is seen within the poll interval.
+            let poll = (deadline - now).min(Duration::from_millis(200));
+            next = self
+                .resumed
+                .wait_timeout(next, poll)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Records the epochs the guest's training proposal asks for.
@@ -191,6 +234,8 @@ impl JobTable {
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             traffic: Mutex::default(),
+            next_attempt: Mutex::default(),
+            resumed: Condvar::new(),
         });
         lock(&self.live).insert(handle.id.clone(), handle.clone());
         Ok(handle)

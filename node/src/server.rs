@@ -85,7 +85,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let server_tls = identity.server_config()?;
     let key = crate::sealing::StoreKey::load(config.store_key.as_deref(), &config.data_dir)?;
     let store = Store::open(&config.data_dir, key)?;
-    let interrupted = store.fail_interrupted()?;
+    let (interrupted, resumable) = store.interrupted_jobs()?;
     for job in &interrupted {
         tracing::warn!(job = %job.job_id, "marked failed: a restart interrupted it");
     }
@@ -164,6 +164,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                 let _ = stop.await;
             }),
     );
+    state.resume_interrupted(resumable);
     if !interrupted.is_empty() {
         let node = state.clone();
         background.push(tokio::spawn(async move {

@@ -17,6 +17,10 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const ANCHORS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchors");
 /// Job events by (job id, index): appended one by one, never rewritten.
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// What an unfinished training job resumes from, by (job id, part), sealed: the guest's
+/// spec or a host's proposal ("job"), the aligned rows ("aligned") and the last two
+/// checkpoints ("epoch 0000000007"). Deleted when the job ends.
+const RESUME: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("resume");
 
 /// Metrics of one evaluation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -100,6 +104,9 @@ pub struct JobRecord {
     pub dataset: String,
     /// Epochs requested.
     pub max_epochs: u32,
+    /// The attempt running or last run (0, then one more each time the job resumed).
+    #[serde(default)]
+    pub attempt: u32,
     /// A binning job's statistics on the guest (`fedlearn::BinningReport` as JSON).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub report: String,
@@ -132,6 +139,7 @@ impl JobRecord {
             peers: self.peers.clone(),
             dataset: self.dataset.clone(),
             max_epochs: self.max_epochs,
+            attempt: self.attempt,
             report: self.report.clone(),
             kept_bins: self.kept_bins.clone(),
             events: Vec::new(),
@@ -238,6 +246,7 @@ impl Store {
             txn.open_table(AUDIT)?;
             txn.open_table(ANCHORS)?;
             txn.open_table(EVENTS)?;
+            txn.open_table(RESUME)?;
             Ok(())
         })?;
         Ok(store)
@@ -524,11 +533,104 @@ impl Store {
         })
     }
 
-    /// Marks every job a restart interrupted as failed; returns their ids.
-    pub fn fail_interrupted(&self) -> Result<Vec<JobRecord>, NodeError> {
+    /// Keeps `part` of what job `job_id` resumes from (sealed to the job and the part).
+    pub fn put_resume(&self, job_id: &str, part: &str, bytes: &[u8]) -> Result<(), NodeError> {
+        let sealed = self.key.seal(&resume_context(job_id, part), bytes);
+        self.write(|txn| {
+            txn.open_table(RESUME)?
+                .insert((job_id, part), sealed.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// `part` of what job `job_id` resumes from, if kept.
+    pub fn resume_part(&self, job_id: &str, part: &str) -> Result<Option<Vec<u8>>, NodeError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(RESUME).map_err(|e| self.error(e))?;
+        match table.get((job_id, part)).map_err(|e| self.error(e))? {
+            Some(sealed) => self
+                .key
+                .open(&resume_context(job_id, part), sealed.value())
+                .map(Some)
+                .map_err(|e| self.error(e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps a job's checkpoint of `epoch`, and of the others only the one before it.
+    pub fn put_checkpoint(&self, job_id: &str, epoch: u64, bytes: &[u8]) -> Result<(), NodeError> {
+        let part = checkpoint_part(epoch);
+        let sealed = self.key.seal(&resume_context(job_id, &part), bytes);
+        let older = self.checkpoint_epochs(job_id)?;
+        self.write(|txn| {
+            let mut table = txn.open_table(RESUME)?;
+            table.insert((job_id, part.as_str()), sealed.as_slice())?;
+            // The one before stays; later ones are of an earlier run that started over.
+            let previous = older.iter().copied().filter(|&e| e < epoch).max();
+            for e in older {
+                if e != epoch && Some(e) != previous {
+                    table.remove((job_id, checkpoint_part(e).as_str()))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The epochs a job keeps checkpoints of, in order.
+    pub fn checkpoint_epochs(&self, job_id: &str) -> Result<Vec<u64>, NodeError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(RESUME).map_err(|e| self.error(e))?;
+        let mut epochs = Vec::new();
+        for entry in table
+            .range((job_id, "epoch ")..(job_id, "epoch!"))
+            .map_err(|e| self.error(e))?
+        {
+            let (key, _) = entry.map_err(|e| self.error(e))?;
+            let part = key.value().1;
+            if let Some(epoch) = part.strip_prefix("epoch ").and_then(|e| e.parse().ok()) {
+                epochs.push(epoch);
+            }
+        }
+        Ok(epochs)
+    }
+
+    /// A job's checkpoint of `epoch`, if kept.
+    pub fn checkpoint(&self, job_id: &str, epoch: u64) -> Result<Option<Vec<u8>>, NodeError> {
+        self.resume_part(job_id, &checkpoint_part(epoch))
+    }
+
+    /// Forgets what a job resumes from (it ended, or its alignment is redone).
+    pub fn clear_resume(&self, job_id: &str, keep_job: bool) -> Result<(), NodeError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(RESUME)?;
+            let parts: Vec<String> = table
+                .range((job_id, "")..)?
+                .map_while(|entry| {
+                    let (key, _) = entry.ok()?;
+                    let (job, part) = key.value();
+                    (job == job_id).then(|| part.to_owned())
+                })
+                .collect();
+            for part in parts {
+                if !(keep_job && part == "job") {
+                    table.remove((job_id, part.as_str()))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The jobs a restart interrupted: marks those that cannot resume failed and returns
+    /// them, then the training jobs that keep what they resume from.
+    pub fn interrupted_jobs(&self) -> Result<(Vec<JobRecord>, Vec<JobRecord>), NodeError> {
         let mut failed = Vec::new();
+        let mut resumable = Vec::new();
         for mut job in self.jobs()? {
             if job.is_final() {
+                continue;
+            }
+            if job.kind == "train" && self.resume_part(&job.job_id, "job")?.is_some() {
+                resumable.push(job);
                 continue;
             }
             let now = crate::clock::now_ms();
@@ -542,8 +644,18 @@ impl Store {
             self.put_job_event(&job.head(), job.events.len() as u64, &event)?;
             failed.push(job.head());
         }
-        Ok(failed)
+        Ok((failed, resumable))
     }
+}
+
+/// What a resume part is sealed to.
+fn resume_context(job_id: &str, part: &str) -> String {
+    format!("unseen resume {job_id} {part}")
+}
+
+/// The part name of a checkpoint: fixed width, so they sort by epoch.
+fn checkpoint_part(epoch: u64) -> String {
+    format!("epoch {epoch:010}")
 }
 
 /// What a model record is sealed to: its own key, so a record moved under another id fails.
@@ -597,8 +709,9 @@ mod tests {
         }
         let store = Store::open(&dir, key()).unwrap();
         let failed: Vec<String> = store
-            .fail_interrupted()
+            .interrupted_jobs()
             .unwrap()
+            .0
             .into_iter()
             .map(|j| j.job_id)
             .collect();

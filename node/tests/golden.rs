@@ -52,6 +52,7 @@ fn samples() -> Result<Vec<(&'static str, Vec<u8>)>, PsiError> {
         batch_rows: 4096,
         guest_features: 13,
         prep: r#"{"default":{"bins":{"kind":"quantile","count":10}}}"#.into(),
+        attempt: 2,
     };
     let chunk = Chunk {
         version: node::FEDERATION_VERSION,
@@ -63,6 +64,7 @@ fn samples() -> Result<Vec<(&'static str, Vec<u8>)>, PsiError> {
         count: 3,
         total_bytes: 2_500_000,
         data: vec![0xa5; 16],
+        attempt: 2,
     };
     Ok(vec![
         (

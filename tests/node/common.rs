@@ -191,6 +191,7 @@ pub(crate) fn proposal(job_id: String, model_id: &str) -> JobProposal {
         batch_rows: 4096,
         guest_features: 13,
         prep: String::new(),
+        attempt: 0,
     }
 }
 

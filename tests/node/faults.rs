@@ -1,7 +1,9 @@
 //! Faults injected into real node processes on loopback (`unseen serve`, one process per
-//! party): a party killed with SIGKILL or stopped with SIGTERM in the middle of training. The
-//! other parties stop the job within seconds and name the party at fault; a party that
-//! restarts records the job it lost, and the model id is free again everywhere.
+//! party) in the middle of training. A party killed with SIGKILL and restarted, or frozen
+//! with SIGSTOP and thawed: the others notice within seconds, the job resumes after the last
+//! epoch every party kept and ends with the model of an uninterrupted run, weight for weight,
+//! on every node. A party that does not come back within `resume_secs` is named by the
+//! others; one stopped with SIGTERM tells them before it exits.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
@@ -33,7 +35,10 @@ impl Processes {
         let _ = std::fs::remove_dir_all(&dir);
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
         let mut plan = Plan::prepare(&dir, &data).unwrap();
-        plan.federation = "receive_timeout_secs = 300\nbackoff_ms = 100\n".into();
+        plan.federation = format!(
+            "receive_timeout_secs = 300\nbackoff_ms = 100\nresume_secs = {}\n",
+            RESUME.as_secs()
+        );
         plan.policy = "max_models = 10\n".into();
         for party in PARTIES {
             std::fs::write(dir.join(format!("{party}.toml")), plan.config(party)).unwrap();
@@ -114,14 +119,14 @@ impl Processes {
         out.trim().to_owned()
     }
 
-    /// Waits until `party`'s record of `job` is past its first epoch.
-    fn wait_epoch(&self, party: &str, job: &str) {
+    /// Waits until `party`'s record of `job` is past epoch `epoch`.
+    fn wait_epoch(&self, party: &str, job: &str, epoch: u64) {
         let started = Instant::now();
         loop {
             let status = self.status(party, job);
             let state = status["state"].as_str().unwrap();
             assert!(["queued", "psi", "training"].contains(&state), "{status}");
-            if status["epochs"].as_u64().unwrap() >= 1 {
+            if status["epochs"].as_u64().unwrap() >= epoch {
                 return;
             }
             assert!(started.elapsed() < Duration::from_secs(300), "{status}");
@@ -131,16 +136,64 @@ impl Processes {
 
     /// Waits until `job` has ended on `party`; its status and how long that took.
     fn wait_end(&self, party: &str, job: &str, since: Instant) -> (serde_json::Value, Duration) {
+        self.wait_for(party, job, since, |state| {
+            !["queued", "psi", "training", "interrupted"].contains(&state)
+        })
+    }
+
+    /// Waits until `party` reports `job` interrupted.
+    fn wait_interrupted(&self, party: &str, job: &str, since: Instant) -> Duration {
+        let (status, took) = self.wait_for(party, job, since, |state| {
+            !["queued", "psi", "training"].contains(&state)
+        });
+        assert_eq!(status["state"], "interrupted", "{party}: {status}");
+        took
+    }
+
+    fn wait_for(
+        &self,
+        party: &str,
+        job: &str,
+        since: Instant,
+        done: impl Fn(&str) -> bool,
+    ) -> (serde_json::Value, Duration) {
         loop {
             let status = self.status(party, job);
-            if !["queued", "psi", "training"].contains(&status["state"].as_str().unwrap()) {
+            if done(status["state"].as_str().unwrap()) {
                 return (status, since.elapsed());
             }
             assert!(
-                since.elapsed() < Duration::from_secs(120),
-                "{party} still runs the job: {status}"
+                since.elapsed() < Duration::from_secs(300),
+                "{party}: {status}"
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `party`'s part of `model` (its weights, calibration, …) without the model's name, and
+    /// the bank's training curve and final metrics.
+    fn model(&self, party: &str, model: &str) -> serde_json::Value {
+        let (ok, out, err) = self.cli(party, &["model", "show", model]);
+        assert!(ok, "{party}: {err}");
+        let mut shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+        shown["model"]["model_id"] = serde_json::Value::Null;
+        let report = &shown["report"];
+        serde_json::json!({
+            "model": shown["model"],
+            "history": report["history"],
+            "metrics": report["evaluation"]["metrics"],
+        })
+    }
+
+    /// Every node holds the same part of `model` as of `reference`, and the bank the same
+    /// training curve.
+    fn assert_same_model(&self, reference: &str, model: &str) {
+        for party in PARTIES {
+            assert_eq!(
+                self.model(party, model),
+                self.model(party, reference),
+                "{party}'s part of {model}"
+            );
         }
     }
 
@@ -156,7 +209,7 @@ impl Processes {
     }
 }
 
-/// How soon the others must name a killed party (its port refuses at once: a call's retries
+/// How soon the others must notice a killed party (its port refuses at once: a call's retries
 /// stop after `peer_dead_secs`, 8 s) and a frozen one (nothing answers: a stuck call waits
 /// for 8 s of unanswered probes, a waiting job as long). The bounds leave room for a loaded
 /// machine (alone, this machine takes 6.5 s and 18 s); the receive timeout, 300 s here, is
@@ -164,7 +217,13 @@ impl Processes {
 const KILLED: Duration = Duration::from_secs(30);
 const FROZEN: Duration = Duration::from_secs(45);
 
-/// The others' view of a job after `party` failed: failed, naming `party`, within seconds.
+/// How long an interrupted job waits for its parties to be back.
+const RESUME: Duration = Duration::from_secs(20);
+
+/// Epochs of the jobs that resume (early stopping may end them sooner: the same way).
+const EPOCHS: usize = 8;
+
+/// The others' view of a job after `party` failed: failed, naming `party`, within `within`.
 fn assert_named(
     processes: &Processes,
     job: &str,
@@ -186,52 +245,70 @@ fn assert_named(
     }
 }
 
-#[test]
-fn a_party_killed_or_stopped_mid_training_is_named_within_seconds() {
-    let mut processes = Processes::start("faults");
+/// Waits for `job` to succeed on every node after an interruption `since`; how long the bank
+/// took.
+fn assert_resumed(processes: &Processes, job: &str, since: Instant, cause: &str) {
+    for party in PARTIES {
+        let (status, took) = processes.wait_end(party, job, since);
+        assert_eq!(status["state"], "succeeded", "{party}: {status}");
+        if party == "bank" {
+            eprintln!("{cause}: the job resumed and ended {took:.1?} later");
+        }
+    }
+}
 
-    // A host killed: the bank and the other host name it; restarted, it records the job it
-    // lost, and the model id is free again on every node.
-    let job = processes.train("killed-host", 500);
-    processes.wait_epoch("bank", &job);
-    let killed = processes.kill("tax", "-KILL");
-    assert_named(&processes, &job, "tax", killed, "tax killed", KILLED);
-    let _ = processes.children.get_mut("tax").unwrap().wait();
-    processes.spawn("tax");
-    let (status, _) = processes.wait_end("tax", &job, Instant::now());
-    assert_eq!(status["state"], "failed", "{status}");
-    assert!(
-        status["error"].as_str().unwrap().contains("restart"),
-        "{status}"
-    );
-    let again = processes.train("killed-host", 1);
-    let (status, _) = processes.wait_end("bank", &again, Instant::now());
+#[test]
+fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
+    let mut processes = Processes::start("faults");
+    let reference = processes.train("reference", EPOCHS);
+    let (status, _) = processes.wait_end("bank", &reference, Instant::now());
     assert_eq!(status["state"], "succeeded", "{status}");
 
-    // The guest killed: both hosts name it.
-    let job = processes.train("killed-guest", 500);
-    processes.wait_epoch("bank", &job);
+    // A host killed after its second epoch, restarted at once.
+    let job = processes.train("killed-host", EPOCHS);
+    processes.wait_epoch("bank", &job, 1);
+    processes.wait_epoch("tax", &job, 2);
+    let killed = processes.kill("tax", "-KILL");
+    let took = processes.wait_interrupted("bank", &job, killed);
+    eprintln!("tax killed: the bank noticed after {took:.1?}");
+    assert!(took < KILLED, "{took:?}");
+    let _ = processes.children.get_mut("tax").unwrap().wait();
+    processes.spawn("tax");
+    assert_resumed(&processes, &job, killed, "tax killed");
+    processes.assert_same_model("reference", "killed-host");
+
+    // The guest killed after its third epoch, restarted: it takes the job up.
+    let job = processes.train("killed-guest", EPOCHS);
+    processes.wait_epoch("bank", &job, 3);
     let killed = processes.kill("bank", "-KILL");
     for host in ["tax", "utilities"] {
-        let (status, took) = processes.wait_end(host, &job, killed);
-        let error = status["error"].as_str().unwrap();
-        eprintln!("bank killed: {host} stopped the job after {took:.1?}: {error}");
-        assert_eq!(status["state"], "failed", "{host}: {status}");
-        assert!(error.contains("bank"), "{host}: {error}");
-        assert!(took < KILLED, "{host} took {took:?}");
+        let took = processes.wait_interrupted(host, &job, killed);
+        eprintln!("bank killed: {host} noticed after {took:.1?}");
+        assert!(took < KILLED, "{host}: {took:?}");
     }
     let _ = processes.children.get_mut("bank").unwrap().wait();
     processes.spawn("bank");
-    let (status, _) = processes.wait_end("bank", &job, Instant::now());
-    assert_eq!(status["state"], "failed", "{status}");
-    // Nothing a killed node had written is lost: its jobs, its model and its audit chain.
+    assert_resumed(&processes, &job, killed, "bank killed");
+    processes.assert_same_model("reference", "killed-guest");
+
+    // A host frozen (SIGSTOP: its sockets stay open, nothing answers, as with a cut cable),
+    // then thawed.
+    let job = processes.train("frozen-host", EPOCHS);
+    processes.wait_epoch("bank", &job, 2);
+    let frozen = processes.kill("utilities", "-STOP");
+    let took = processes.wait_interrupted("bank", &job, frozen);
+    eprintln!("utilities frozen: the bank noticed after {took:.1?}");
+    assert!(took < FROZEN, "{took:?}");
+    processes.kill("utilities", "-CONT");
+    assert_resumed(&processes, &job, frozen, "utilities frozen");
+    processes.assert_same_model("reference", "frozen-host");
+
+    // Nothing a killed node had written is lost: its jobs, its models and its audit chain.
     let (ok, listed, stderr) = processes.cli("bank", &["job", "list", "--json"]);
     assert!(ok, "{stderr}");
     let jobs: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
-    assert_eq!(jobs.len(), 3, "{listed}");
-    let (ok, models, stderr) = processes.cli("bank", &["model", "list"]);
-    assert!(ok && models.contains("killed-host"), "{models}{stderr}");
-    for party in ["bank", "tax"] {
+    assert_eq!(jobs.len(), 4, "{listed}");
+    for party in PARTIES {
         let (ok, verified, stderr) = processes.cli(party, &["audit", "verify"]);
         assert!(
             ok && verified.contains("intact"),
@@ -239,23 +316,38 @@ fn a_party_killed_or_stopped_mid_training_is_named_within_seconds() {
         );
     }
 
-    // A host frozen (SIGSTOP: its sockets stay open, nothing answers, as with a cut cable):
-    // named too; thawed, it ends the job by itself.
-    let job = processes.train("frozen-host", 500);
-    processes.wait_epoch("bank", &job);
-    let frozen = processes.kill("tax", "-STOP");
-    assert_named(&processes, &job, "tax", frozen, "tax frozen", FROZEN);
-    processes.kill("tax", "-CONT");
+    // A host killed and not back within resume_secs: named everywhere; restarted later, it
+    // ends the job too (its guest no longer runs it).
+    let job = processes.train("lost-host", 500);
+    processes.wait_epoch("bank", &job, 1);
+    let killed = processes.kill("tax", "-KILL");
+    assert_named(
+        &processes,
+        &job,
+        "tax",
+        killed,
+        "tax killed for good",
+        KILLED + RESUME,
+    );
+    let _ = processes.children.get_mut("tax").unwrap().wait();
+    processes.spawn("tax");
     let (status, took) = processes.wait_end("tax", &job, Instant::now());
     eprintln!(
-        "tax thawed: it stopped the job after {took:.1?}: {}",
+        "tax back too late: it ended the job after {took:.1?}: {}",
         status["error"]
     );
     assert_eq!(status["state"], "failed", "{status}");
+    assert!(took < KILLED, "{took:?}");
+    let again = processes.train("lost-host", 1);
+    let (status, _) = processes.wait_end("bank", &again, Instant::now());
+    assert_eq!(
+        status["state"], "succeeded",
+        "the model id is free again: {status}"
+    );
 
-    // A host stopped with SIGTERM: it tells its peers before it exits.
+    // A host stopped with SIGTERM: it tells its peers before it exits; the job ends.
     let job = processes.train("stopped-host", 500);
-    processes.wait_epoch("bank", &job);
+    processes.wait_epoch("bank", &job, 1);
     let stopped = processes.kill("utilities", "-TERM");
     assert_named(
         &processes,

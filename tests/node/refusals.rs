@@ -214,6 +214,7 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
         count: 1,
         total_bytes: 4,
         data: b"test".to_vec(),
+        attempt: 0,
     };
     as_bank.deliver(tokio_stream::iter([abort])).await.unwrap();
     let tax = federation.state("tax");

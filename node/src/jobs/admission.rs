@@ -287,6 +287,7 @@ mod tests {
             batch_rows: 4096,
             guest_features: 8,
             prep: r#"{"default": {"bins": {"kind": "quantile", "count": 5}}}"#.into(),
+            attempt: 0,
         }
     }
 

@@ -25,9 +25,10 @@ impl NodeState {
     ) -> Result<String, NodeError> {
         let table = load_table(&self.config, &spec.dataset, true, &|c| spec.prep.reading(c))?;
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
-        self.propose(job, spec, 0)?;
+        self.propose(job, spec, 0, 0)?;
         let mut link = Link::new(self, job);
-        let table = self.guest_align(job, &mut link, &table, &hosts, "binning")?;
+        let positions = self.guest_align(job, &mut link, &table, &hosts, "binning")?;
+        let table = super::resume::select(&table, &positions)?;
         let (mut binning, request) =
             BinningGuest::new(&self.config.party, &table, &spec.prep, &hosts)?;
         for host in &hosts {
@@ -77,7 +78,8 @@ impl NodeState {
         let prep = admission::host_prep(&self.config, proposal)?;
         let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
         let mut link = Link::new(self, job);
-        let table = self.host_align(job, &mut link, &table, guest, "binning")?;
+        let positions = self.host_align(job, &mut link, &table, guest, "binning")?;
+        let table = super::resume::select(&table, &positions)?;
         let request = link.receive(guest)?;
         let (answer, disclosed, kept) = fedlearn::answer_binning(
             &self.config.party,

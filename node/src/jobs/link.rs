@@ -18,14 +18,18 @@ use crate::wire::DeliveryKind;
 pub(crate) struct Link<'a> {
     pub(crate) node: &'a NodeState,
     job: &'a JobHandle,
+    /// The job's attempt this link carries.
+    attempt: u32,
     next_seq: HashMap<String, u64>,
 }
 
 impl<'a> Link<'a> {
+    /// A link for the job's current attempt.
     pub(crate) fn new(node: &'a NodeState, job: &'a JobHandle) -> Link<'a> {
         Link {
             node,
             job,
+            attempt: job.attempt(),
             next_seq: HashMap::new(),
         }
     }
@@ -48,6 +52,7 @@ impl<'a> Link<'a> {
         self.node.runtime.block_on(self.node.peers.deliver(
             to,
             self.job.id(),
+            self.attempt,
             this,
             kind.as_str(),
             &bytes,
@@ -103,7 +108,11 @@ impl<'a> Link<'a> {
 
     /// The next delivery from `from` if one comes within `wait`; `None` when none did.
     fn take(&mut self, from: &str, wait: Duration) -> Option<Result<Delivery, NodeError>> {
-        match self.node.mailbox.receive(self.job.id(), from, wait) {
+        match self
+            .node
+            .mailbox
+            .receive(self.job.id(), self.attempt, from, wait)
+        {
             Ok(delivery) => {
                 self.job.add_received(delivery.bytes.len());
                 Some(Ok(delivery))

@@ -12,6 +12,7 @@ pub mod admission;
 mod binning;
 mod link;
 mod psi;
+mod resume;
 mod run;
 mod seeds;
 
@@ -21,11 +22,12 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::error::{capped, NodeError, Refusal};
-use crate::proto::JobProposal;
+use crate::proto::{JobProposal, ProposalReply};
 use crate::registry::JobHandle;
 use crate::spec::{JobKind, JobSpec};
 use crate::state::NodeState;
 use crate::store::JobRecord;
+use prost::Message as _;
 
 impl NodeState {
     /// A live job, if this node runs it now.
@@ -80,7 +82,12 @@ impl NodeState {
             },
         )?;
         let participants = spec.hosts.iter().map(|h| h.party.clone());
-        self.mailbox.register(handle.id(), participants);
+        self.mailbox.register(handle.id(), 0, participants);
+        if spec.kind == JobKind::Train {
+            // What the job resumes from after this node's restart.
+            self.store
+                .put_resume(handle.id(), resume::JOB_PART, spec_toml.as_bytes())?;
+        }
         handle.state_event(&self.store, "queued", "submitted");
         self.metrics
             .add("unseen_jobs_started_total", &[("role", "guest")], 1.0);
@@ -92,18 +99,30 @@ impl NodeState {
             json!({"model": record.model_id, "hosts": record.peers, "dataset": record.dataset}),
         );
         self.spawn(handle.clone(), audited, move |node, job| {
-            node.run_guest(job, &spec)
+            node.run_guest(job, &spec, false)
         })?;
         Ok(handle.record())
     }
 
     /// Host: applies the policy to a proposal and, if allowed, starts the host's side. A
-    /// retried proposal of a job that runs is accepted again.
-    pub fn accept_proposal(self: &Arc<Self>, proposal: &JobProposal) -> Result<(), NodeError> {
+    /// retried proposal of a job that runs is accepted again; a proposal of a later attempt
+    /// resumes the job (see [`resume`]).
+    pub fn accept_proposal(
+        self: &Arc<Self>,
+        proposal: &JobProposal,
+    ) -> Result<ProposalReply, NodeError> {
         let rule = admission::check_proposal(&self.config, proposal)?;
+        if proposal.attempt > 0 {
+            return self.accept_attempt(proposal);
+        }
+        let accepted = ProposalReply {
+            accepted: true,
+            ..ProposalReply::default()
+        };
         let _one_at_a_time = self.jobs.admission();
         if let Some(known) = self.job(&proposal.job_id)? {
-            return Ok(admission::check_known(proposal, &known)?);
+            admission::check_known(proposal, &known)?;
+            return Ok(accepted);
         }
         self.room_for(Some(&proposal.guest))?;
         let in_use = self.model_in_use(&proposal.model_id)?;
@@ -132,7 +151,12 @@ impl NodeState {
                 .filter(|h| **h != self.config.party)
                 .cloned(),
         );
-        self.mailbox.register(handle.id(), participants);
+        self.mailbox.register(handle.id(), 0, participants);
+        if proposal.kind == "train" {
+            // What the job resumes from after this node's restart.
+            self.store
+                .put_resume(handle.id(), resume::JOB_PART, &proposal.encode_to_vec())?;
+        }
         handle.state_event(
             &self.store,
             "queued",
@@ -147,7 +171,10 @@ impl NodeState {
             json!({"dataset": proposal.dataset, "model": proposal.model_id, "kind": proposal.kind, "hosts": proposal.hosts}),
         );
         let owned = proposal.clone();
-        self.spawn(handle, audited, move |node, job| node.run_host(job, &owned))
+        self.spawn(handle, audited, move |node, job| {
+            node.run_host(job, &owned, false)
+        })?;
+        Ok(accepted)
     }
 
     /// Runs a job's protocol on its own thread and always finishes it — also when the
@@ -331,7 +358,15 @@ impl NodeState {
             for peer in &job.peers {
                 if let Err(e) = self
                     .peers
-                    .deliver(peer, &job.job_id, 0, "abort", reason.as_bytes(), false)
+                    .deliver(
+                        peer,
+                        &job.job_id,
+                        job.attempt,
+                        0,
+                        "abort",
+                        reason.as_bytes(),
+                        false,
+                    )
                     .await
                 {
                     tracing::info!(job = %job.job_id, %peer, error = %e, "could not tell a peer of the lost job");
@@ -374,6 +409,10 @@ impl NodeState {
             link::abort_peers(self, job, &record.peers, &public);
         }
         self.mailbox.close(job.id(), &format!("the job {state}"));
+        // Whatever it kept to resume from (weights, aligned rows) goes with it.
+        if let Err(e) = self.store.clear_resume(job.id(), false) {
+            tracing::error!(job = %job.id(), error = %e, "could not forget what the job kept to resume");
+        }
         for ((peer, direction, kind), (messages, bytes)) in job.take_traffic() {
             crate::audit::record(
                 &self.store,

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::datasets::load_table;
 use crate::error::{NodeError, PeerFault, Refusal};
 use crate::jobs::link::Link;
+use crate::jobs::resume::Alignment;
 use crate::jobs::{admission, psi, seeds};
 use crate::proto::JobProposal;
 use crate::registry::JobHandle;
@@ -19,10 +20,13 @@ use crate::store::{EventRecord, MetricsRecord, ModelRecord};
 use crate::wire::FEDERATION_VERSION;
 
 impl NodeState {
+    /// Guest: the whole job; a training job interrupted by a lost party resumes in a new
+    /// attempt once every party is back (`restarted`: this node's restart interrupted it).
     pub(super) fn run_guest(
         &self,
         job: &Arc<JobHandle>,
         spec: &JobSpec,
+        restarted: bool,
     ) -> Result<String, NodeError> {
         if spec.kind == JobKind::Binning {
             return self.run_binning_guest(job, spec);
@@ -41,9 +45,51 @@ impl NodeState {
         let table = load_table(&self.config, &spec.dataset, true, &|c| spec.prep.reading(c))?;
         let guest_features = spec.prep.columns_bound(&table) as u32;
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
-        self.propose(job, spec, guest_features)?;
+        let mut resumed = if restarted {
+            let cause = format!("{} restarted", self.config.party);
+            Some(self.propose_attempt(job, spec, guest_features, &cause)?)
+        } else {
+            self.propose(job, spec, guest_features, 0)?;
+            None
+        };
+        loop {
+            let attempt = job.attempt();
+            match self.guest_attempt(job, spec, &table, &hosts, resumed.take(), &chosen) {
+                Ok(summary) => return Ok(summary),
+                Err(error) => {
+                    let Some(cause) = self.interruption(job, attempt, &error) else {
+                        return Err(error);
+                    };
+                    self.interrupt_peers(job, &hosts, &cause);
+                    resumed = Some(self.propose_attempt(job, spec, guest_features, &cause)?);
+                }
+            }
+        }
+    }
+
+    /// Guest: one attempt of a training job: PSI (or, resuming, the alignment every party
+    /// kept), then training from the start or from the last epoch every party kept.
+    fn guest_attempt(
+        &self,
+        job: &Arc<JobHandle>,
+        spec: &JobSpec,
+        table: &Table,
+        hosts: &[String],
+        resumed: Option<Vec<crate::proto::ProposalReply>>,
+        chosen: &[fedlearn::ChosenColumn],
+    ) -> Result<String, NodeError> {
         let mut link = Link::new(self, job);
-        let table = self.guest_align(job, &mut link, &table, &hosts, "training")?;
+        let alignment = match resumed {
+            None => Alignment::Fresh(self.guest_align(job, &mut link, table, hosts, "training")?),
+            Some(replies) => self.guest_resume(job, &mut link, table, hosts, &replies)?,
+        };
+        let (table, checkpoint) = match alignment {
+            Alignment::Fresh(positions) => (
+                self.training_rows(job, table, &positions, spec.train.seed)?,
+                None,
+            ),
+            Alignment::Kept(table, mut checkpoints) => (table, checkpoints.pop()),
+        };
         let aligned_rows = table.rows();
         // The guest's binned columns become its scorecard, counted on the aligned rows.
         let binned = table
@@ -57,9 +103,10 @@ impl NodeState {
                 party: self.config.party.clone(),
                 model_id: spec.model_id.clone(),
                 table,
-                hosts: hosts.clone(),
+                hosts: hosts.to_vec(),
                 config: spec.train.clone(),
                 prep: spec.prep.clone(),
+                resume: checkpoint,
             },
             &mut link,
             &mut |event| self.training_event(job, event),
@@ -162,7 +209,7 @@ impl NodeState {
             job,
             &outcome.model,
             &report,
-            (&self.config.party, &hosts, &spec.dataset),
+            (&self.config.party, hosts, &spec.dataset),
         );
         self.store.put_model(&record)?;
         Ok(format!(
@@ -177,14 +224,41 @@ impl NodeState {
         ))
     }
 
+    /// Host: the whole job; an interrupted training job waits for the guest to resume it in
+    /// a new attempt (`restarted`: this node's restart interrupted it).
     pub(super) fn run_host(
         &self,
         job: &Arc<JobHandle>,
         proposal: &JobProposal,
+        restarted: bool,
     ) -> Result<String, NodeError> {
         if proposal.kind == "binning" {
             return self.run_binning_host(job, proposal);
         }
+        let mut proposal = proposal.clone();
+        if restarted {
+            let cause = format!("{} restarted", self.config.party);
+            proposal = self.await_attempt(job, &proposal, &cause)?;
+        }
+        loop {
+            match self.host_attempt(job, &proposal) {
+                Ok(summary) => return Ok(summary),
+                Err(error) => {
+                    let Some(cause) = self.interruption(job, proposal.attempt, &error) else {
+                        return Err(error);
+                    };
+                    proposal = self.await_attempt(job, &proposal, &cause)?;
+                }
+            }
+        }
+    }
+
+    /// Host: one attempt of a training job.
+    fn host_attempt(
+        &self,
+        job: &Arc<JobHandle>,
+        proposal: &JobProposal,
+    ) -> Result<String, NodeError> {
         let guest = proposal.guest.as_str();
         let mut prep = admission::host_prep(&self.config, proposal)?;
         self.keep_bins(&mut prep, "host", &[guest.to_owned()], &proposal.dataset)
@@ -202,10 +276,21 @@ impl NodeState {
             })?;
         let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
         let mut link = Link::new(self, job);
-        let table = self.host_align(job, &mut link, &table, guest, "training")?;
-        let aligned_rows = table.rows();
+        let alignment = if proposal.attempt == 0 {
+            Alignment::Fresh(self.host_align(job, &mut link, &table, guest, "training")?)
+        } else {
+            self.host_resume(job, &mut link, &table, guest)?
+        };
         let offered = fedlearn::receive_proposal(&mut link, guest)?;
         offered.config.validate()?;
+        let (table, checkpoints) = match alignment {
+            Alignment::Fresh(positions) => (
+                self.training_rows(job, &table, &positions, offered.config.seed)?,
+                Vec::new(),
+            ),
+            Alignment::Kept(table, checkpoints) => (table, checkpoints),
+        };
+        let aligned_rows = table.rows();
         if let Err(refusal) = admission::check_offer(&self.config, proposal, &offered, aligned_rows)
         {
             return Err(refuse_offer(&mut link, guest, refusal));
@@ -217,6 +302,7 @@ impl NodeState {
                 guest: guest.to_owned(),
                 table,
                 prep,
+                checkpoints,
             },
             offered,
             &mut link,
@@ -308,28 +394,41 @@ impl NodeState {
         Ok((selected, chosen))
     }
 
+    /// The job's proposal to `host` for `attempt`.
+    pub(super) fn job_proposal(
+        &self,
+        job: &JobHandle,
+        spec: &JobSpec,
+        host: &crate::spec::HostSpec,
+        guest_features: u32,
+        attempt: u32,
+    ) -> Result<JobProposal, NodeError> {
+        Ok(JobProposal {
+            version: FEDERATION_VERSION,
+            job_id: job.id().to_owned(),
+            kind: spec.kind.as_str().into(),
+            guest: self.config.party.clone(),
+            dataset: host.dataset.clone(),
+            hosts: spec.hosts.iter().map(|h| h.party.clone()).collect(),
+            model_id: spec.model_id.clone(),
+            batch_rows: spec.train.batch_size.map_or(0, |b| b as u64),
+            guest_features,
+            prep: serde_json::to_string(&spec.host_prep(host))
+                .map_err(|e| NodeError::Spec(format!("prep: {e}")))?,
+            attempt,
+        })
+    }
+
     /// Guest: proposes the job to every host, in order; the first refusal fails the job.
     pub(super) fn propose(
         &self,
         job: &Arc<JobHandle>,
         spec: &JobSpec,
         guest_features: u32,
+        attempt: u32,
     ) -> Result<(), NodeError> {
-        let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
         for host in &spec.hosts {
-            let proposal = JobProposal {
-                version: FEDERATION_VERSION,
-                job_id: job.id().to_owned(),
-                kind: spec.kind.as_str().into(),
-                guest: self.config.party.clone(),
-                dataset: host.dataset.clone(),
-                hosts: hosts.clone(),
-                model_id: spec.model_id.clone(),
-                batch_rows: spec.train.batch_size.map_or(0, |b| b as u64),
-                guest_features,
-                prep: serde_json::to_string(&spec.host_prep(host))
-                    .map_err(|e| NodeError::Spec(format!("prep: {e}")))?,
-            };
+            let proposal = self.job_proposal(job, spec, host, guest_features, attempt)?;
             crate::audit::append(
                 &self.store,
                 "job.proposed",
@@ -361,8 +460,8 @@ impl NodeState {
         Ok(())
     }
 
-    /// Guest: PSI with every host, then its aligned rows of `table`, announced as the start
-    /// of `state` (training or binning).
+    /// Guest: PSI with every host; the positions of its aligned rows in `table`, announced as
+    /// the start of `state` (training or binning).
     pub(super) fn guest_align(
         &self,
         job: &Arc<JobHandle>,
@@ -370,17 +469,18 @@ impl NodeState {
         table: &Table,
         hosts: &[String],
         state: &str,
-    ) -> Result<Table, NodeError> {
+    ) -> Result<Vec<u32>, NodeError> {
         job.state_event(
             &self.store,
             "psi",
             format!("aligning {} rows with {}", table.rows(), hosts.join(", ")),
         );
         let aligned = psi::guest_psi(self, job, link, table, hosts);
-        self.aligned(job, aligned, table, state)
+        self.aligned(job, aligned, state)
     }
 
-    /// Host: PSI with the guest, then the aligned rows of `table`, as for the guest.
+    /// Host: PSI with the guest; the positions of its aligned rows in `table`, as for the
+    /// guest.
     pub(super) fn host_align(
         &self,
         job: &Arc<JobHandle>,
@@ -388,38 +488,36 @@ impl NodeState {
         table: &Table,
         guest: &str,
         state: &str,
-    ) -> Result<Table, NodeError> {
+    ) -> Result<Vec<u32>, NodeError> {
         job.state_event(
             &self.store,
             "psi",
             format!("aligning {} rows with {guest}", table.rows()),
         );
         let aligned = psi::host_psi(link, guest, table);
-        self.aligned(job, aligned, table, state)
+        self.aligned(job, aligned, state)
     }
 
-    /// After PSI: the aligned rows of `table`, announced as the start of `state`.
+    /// After PSI: the positions of the aligned rows in `table` (in PSI order), announced as
+    /// the start of `state`.
     fn aligned(
         &self,
         job: &JobHandle,
         psi: Result<Vec<u32>, NodeError>,
-        table: &Table,
         state: &str,
-    ) -> Result<Table, NodeError> {
+    ) -> Result<Vec<u32>, NodeError> {
         let aligned = psi?;
-        let rows: Vec<usize> = aligned.iter().map(|&r| r as usize).collect();
-        let table = table.select_rows(&rows)?;
         job.emit(
             &self.store,
             EventRecord {
                 state: state.into(),
-                message: format!("{} rows in the intersection", rows.len()),
-                aligned_rows: rows.len() as u64,
+                message: format!("{} rows in the intersection", aligned.len()),
+                aligned_rows: aligned.len() as u64,
                 psi_progress: 1.0,
                 ..EventRecord::default()
             },
         );
-        Ok(table)
+        Ok(aligned)
     }
 
     fn training_event(&self, job: &JobHandle, event: &Event) {
@@ -440,6 +538,10 @@ impl NodeState {
                 psi_progress: 1.0,
                 ..EventRecord::default()
             },
+            Event::Checkpoint(checkpoint) => {
+                self.keep_checkpoint(job, checkpoint);
+                return;
+            }
         };
         job.emit(&self.store, record);
     }

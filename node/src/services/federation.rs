@@ -36,9 +36,9 @@ impl Federation for FederationService {
         let node = self.node.clone();
         let asked = proposal.clone();
         let decision = blocking(move || node.accept_proposal(&asked)).await?;
-        let (accepted, reason) = match decision {
+        let reply = match decision {
             // The job's acceptance is on record before it started (see `spawn`).
-            Ok(()) => (true, String::new()),
+            Ok(reply) => reply,
             Err(NodeError::Refused(refusal)) => {
                 let reason = refusal.to_string();
                 auth::deny_audited(
@@ -49,11 +49,15 @@ impl Federation for FederationService {
                     &proposal.guest,
                     detail,
                 );
-                (false, reason)
+                ProposalReply {
+                    accepted: false,
+                    reason,
+                    ..ProposalReply::default()
+                }
             }
             Err(error) => return Err(error.public_status("a proposal")),
         };
-        Ok(Response::new(ProposalReply { accepted, reason }))
+        Ok(Response::new(reply))
     }
 
     async fn partial_scores(
@@ -186,7 +190,7 @@ impl Federation for FederationService {
         let duplicate = self
             .node
             .mailbox
-            .deliver(job, sender, header.seq, delivery)
+            .deliver(job, header.attempt, sender, header.seq, delivery)
             .map_err(|refusal| self.not_admitted(job, sender, refusal))?;
         if duplicate {
             self.node.metrics.add(

@@ -62,6 +62,8 @@ pub struct Header {
     pub sender: String,
     /// The sender's sequence number.
     pub seq: u64,
+    /// The job's attempt.
+    pub attempt: u32,
     /// What the message carries.
     pub kind: DeliveryKind,
 }
@@ -99,6 +101,7 @@ impl Reassembler {
                 job_id: first.job_id,
                 sender: first.sender,
                 seq: first.seq,
+                attempt: first.attempt,
                 kind,
             },
             count: first.count,
@@ -121,6 +124,7 @@ impl Reassembler {
         if chunk.job_id != h.job_id
             || chunk.sender != h.sender
             || chunk.seq != h.seq
+            || chunk.attempt != h.attempt
             || chunk.index != self.received
             || chunk.count != self.count
         {
@@ -171,6 +175,7 @@ mod tests {
             count,
             total_bytes: total,
             data: data.to_vec(),
+            attempt: 0,
         }
     }
 

@@ -5,8 +5,9 @@ pub(crate) mod chunks;
 pub mod psi;
 
 /// Version of the federation protocol (envelopes and proposals); peers must speak the same.
-/// Version 2: proposals carry the host's column preparation.
-pub const FEDERATION_VERSION: u32 = 2;
+/// Version 2: proposals carry the host's column preparation. Version 3: jobs resume after an
+/// interruption, in numbered attempts.
+pub const FEDERATION_VERSION: u32 = 3;
 
 /// Largest preparation a proposal may carry (JSON bytes).
 pub(crate) const MAX_PREP_BYTES: usize = 64 * 1024;
@@ -22,15 +23,23 @@ pub enum DeliveryKind {
     Abort,
     /// A host's seed for the pairwise scoring masks (32 bytes).
     ScoringSeed,
+    /// The sender lost this attempt of the job, which resumes in a new one; the payload is
+    /// its reason.
+    Interrupt,
+    /// The guest's plan for a resumed attempt: one byte, 1 to use the alignment every party
+    /// kept, 0 to align again.
+    Plan,
 }
 
 impl DeliveryKind {
     /// Every kind.
-    pub const ALL: [DeliveryKind; 4] = [
+    pub const ALL: [DeliveryKind; 6] = [
         DeliveryKind::Psi,
         DeliveryKind::Fedlearn,
         DeliveryKind::Abort,
         DeliveryKind::ScoringSeed,
+        DeliveryKind::Interrupt,
+        DeliveryKind::Plan,
     ];
 
     /// The kind's name on the wire.
@@ -40,6 +49,8 @@ impl DeliveryKind {
             DeliveryKind::Fedlearn => "fedlearn",
             DeliveryKind::Abort => "abort",
             DeliveryKind::ScoringSeed => "scoring-seed",
+            DeliveryKind::Interrupt => "interrupt",
+            DeliveryKind::Plan => "plan",
         }
     }
 
