@@ -387,9 +387,10 @@ pub(crate) fn unexpected(peer: &str, expected: &str, got: &Message) -> FedError 
     FedError::protocol(peer, format!("expected {expected}, got {}", got.kind()))
 }
 
-/// Tells every peer but the one that stopped us, or that the transport lost, that the job ends
-/// (with the error's category), and keeps the last good model beside divergence and abort
-/// errors.
+/// Tells every peer but the one that stopped us that the job ends (with the error's
+/// category), and keeps the last good model beside divergence and abort errors. A party the
+/// transport lost tells nobody: the job may resume without that party's loss ending it (the
+/// node interrupts it everywhere), and the driver tells the others if it does not.
 pub(crate) fn finish_with_error(
     transport: &mut dyn Transport,
     peers: &[String],
@@ -397,7 +398,13 @@ pub(crate) fn finish_with_error(
     last_good: Option<ModelPart>,
 ) -> Stopped {
     let stopped_by = match &error {
-        FedError::Aborted { peer, .. } | FedError::Transport { peer, .. } => Some(peer.clone()),
+        FedError::Aborted { peer, .. } => Some(peer.clone()),
+        FedError::Transport { .. } => {
+            return Stopped {
+                error,
+                last_good: None,
+            }
+        }
         _ => None,
     };
     // The peers read the kind of error only; its text stays with this party.

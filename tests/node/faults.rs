@@ -40,6 +40,7 @@ impl Processes {
             RESUME.as_secs()
         );
         plan.policy = "max_models = 10\n".into();
+        plan.scoring_models = vec!["reference".into()];
         for party in PARTIES {
             std::fs::write(dir.join(format!("{party}.toml")), plan.config(party)).unwrap();
         }
@@ -85,6 +86,27 @@ impl Processes {
             .args(args)
             .env("UNSEEN_IDENTITY", self.dir.join("certs/modeller"))
             .env("UNSEEN_NODE", format!("{party}@{}", self.listen[party]))
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// The platform's scores of the bank's first `count` ids with the reference model:
+    /// (success, stdout, stderr).
+    fn score(&self, count: usize) -> (bool, String, String) {
+        let bank = std::fs::read_to_string(self.dir.join("bank.csv")).unwrap();
+        let ids: Vec<&str> = (bank.lines().skip(1).take(count))
+            .map(|l| l.split(',').next().unwrap())
+            .collect();
+        let output = Command::new(env!("CARGO_BIN_EXE_unseen"))
+            .args(["score", "--json", "--model", "reference"])
+            .args(&ids)
+            .env("UNSEEN_IDENTITY", self.dir.join("certs/platform"))
+            .env("UNSEEN_NODE", format!("bank@{}", self.listen["bank"]))
             .output()
             .unwrap();
         (
@@ -264,6 +286,23 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
     let (status, _) = processes.wait_end("bank", &reference, Instant::now());
     assert_eq!(status["state"], "succeeded", "{status}");
 
+    // Scoring while a host is down fails naming it, and scores the same once it is back.
+    let (ok, before, stderr) = processes.score(5);
+    assert!(ok && before.contains("probability"), "{before}{stderr}");
+    processes.kill("tax", "-KILL");
+    let _ = processes.children.get_mut("tax").unwrap().wait();
+    let (ok, during, stderr) = processes.score(5);
+    eprintln!("tax killed: scoring answered {ok}: {during}{stderr}");
+    assert!(!during.contains("probability"), "{during}");
+    assert!(
+        stderr.contains("tax") || during.contains("tax"),
+        "{during}{stderr}"
+    );
+    processes.spawn("tax");
+    let (ok, after, stderr) = processes.score(5);
+    assert!(ok, "{stderr}");
+    assert_eq!(after, before, "the same scores after the restart");
+
     // A host killed after its second epoch, restarted at once.
     let job = processes.train("killed-host", EPOCHS);
     processes.wait_epoch("bank", &job, 1);
@@ -303,11 +342,44 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
     assert_resumed(&processes, &job, frozen, "utilities frozen");
     processes.assert_same_model("reference", "frozen-host");
 
+    // A host whose data changed while it was down cannot resume: every node ends the job,
+    // naming it, within seconds of its return.
+    let job = processes.train("changed-data", EPOCHS);
+    processes.wait_epoch("bank", &job, 1);
+    processes.wait_epoch("tax", &job, 1);
+    processes.kill("tax", "-KILL");
+    let _ = processes.children.get_mut("tax").unwrap().wait();
+    let csv = processes.dir.join("tax.csv");
+    let original = std::fs::read_to_string(&csv).unwrap();
+    let changed: Vec<String> = original
+        .lines()
+        .enumerate()
+        .map(|(i, line)| match (i, line.split_once(',')) {
+            (0, _) | (_, None) => line.to_owned(),
+            (_, Some((id, rest))) => format!("{id},{}", rest.replacen(',', "1,", 1)),
+        })
+        .collect();
+    std::fs::write(&csv, changed.join("\n") + "\n").unwrap();
+    processes.spawn("tax");
+    let back = Instant::now();
+    for party in PARTIES {
+        let (status, took) = processes.wait_end(party, &job, back);
+        let error = status["error"].as_str().unwrap();
+        eprintln!("tax's data changed: {party} ended the job {took:.1?} after its return: {error}");
+        assert_eq!(status["state"], "failed", "{party}: {status}");
+        assert!(
+            error.contains("tax") && error.contains("resume"),
+            "{party}: {error}"
+        );
+        assert!(took < KILLED, "{party}: {took:?}");
+    }
+    std::fs::write(&csv, original).unwrap();
+
     // Nothing a killed node had written is lost: its jobs, its models and its audit chain.
     let (ok, listed, stderr) = processes.cli("bank", &["job", "list", "--json"]);
     assert!(ok, "{stderr}");
     let jobs: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
-    assert_eq!(jobs.len(), 4, "{listed}");
+    assert_eq!(jobs.len(), 5, "{listed}");
     for party in PARTIES {
         let (ok, verified, stderr) = processes.cli(party, &["audit", "verify"]);
         assert!(
