@@ -2,9 +2,9 @@
 //!
 //! One guest holds the labels (the bank); one or more hosts hold features of the same aligned
 //! rows (tax bureau, utility company). Every party owns an [`he`] key pair and updates only its
-//! own weights. This is protocol version 4 ([`PROTOCOL_VERSION`]): training as in version 2, and
-//! the binning job of [`BinningGuest`] (new in 4: each host column's bin sizes say whether it is
-//! categorical and whether its last bin is the missing bin).
+//! own weights. This is protocol version 5 ([`PROTOCOL_VERSION`]): training as in version 2,
+//! the binning job of [`BinningGuest`] (since 4: each host column's bin sizes say whether it is
+//! categorical and whether its last bin is the missing bin), and resuming (new in 5).
 //!
 //! **Set-up, once per job.** Every party P quantises its standardised features X̃_P (the
 //! guest's with a column of ones for the intercept), encrypts them under its own key, batch by
@@ -64,6 +64,16 @@
 //! products the last. A guest that sends different hosts different columns or loss vectors (to
 //! isolate one host in the sums) is caught: the hosts compare digests of what the guest
 //! broadcast, before the first product and before each loss round.
+//!
+//! **Resuming.** After every epoch each session emits a [`Checkpoint`] (its weights, optimiser
+//! state and update count; the guest's also its early-stopping state and training curve). An
+//! interrupted job resumes in fresh sessions: the guest's [`GuestJob::resume`] names the
+//! checkpoint of the last epoch every party holds, its proposal carries that epoch, and each
+//! host finds its checkpoint of it among [`HostJob::checkpoints`]. Keys, checks and masks are
+//! drawn afresh; what each party decrypts is exact, so the resumed job ends with the model of an
+//! uninterrupted run. A checkpoint that does not fit (another epoch, other settings, another
+//! column count) is refused by name ([`FedError::Resume`]). A party that loses its transport
+//! sends no abort: whether the job resumes or ends is its driver's call.
 //!
 //! **Quantisation.** Each party standardises its features on the training rows and quantises
 //! them to round(x·2^f) with the finest f ≤ 12 that keeps |x̃| < 2^13. Residual shares are sent

@@ -87,7 +87,7 @@ pub enum Binning {
         /// Bins (2 to [`MAX_BINS`]).
         count: usize,
     },
-    /// Given cut points, increasing: bin i holds cuts[i − 1] < x ≤ cuts[i].
+    /// Given cut points, increasing: bin i holds `cuts[i − 1] < x ≤ cuts[i]`.
     Cuts {
         /// The cut points.
         cuts: Vec<f64>,
@@ -333,7 +333,7 @@ impl Transform {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Bins {
-    /// Bin i holds cuts[i − 1] < x ≤ cuts[i]; the last value bin everything above the last cut.
+    /// Bin i holds `cuts[i − 1] < x ≤ cuts[i]`; the last value bin everything above the last cut.
     Cuts {
         /// Increasing cut points.
         cuts: Vec<f64>,

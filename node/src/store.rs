@@ -88,7 +88,8 @@ pub struct JobRecord {
     pub kind: String,
     /// "guest" or "host".
     pub role: String,
-    /// "queued", "psi", "training", "succeeded", "failed", "cancelled".
+    /// "queued", "psi", "training", "interrupted" (waiting to resume), "succeeded",
+    /// "failed", "cancelled".
     pub state: String,
     /// Model trained.
     pub model_id: String,
@@ -635,7 +636,8 @@ impl Store {
             }
             let now = crate::clock::now_ms();
             job.state = "failed".into();
-            job.error = "interrupted by a restart of the node (resuming is not supported)".into();
+            job.error =
+                "interrupted by a restart of the node (it kept nothing to resume from)".into();
             job.updated_unix_ms = now;
             let mut event = job.last().cloned().unwrap_or_default();
             event.state = job.state.clone();
