@@ -622,15 +622,19 @@ impl Store {
     }
 
     /// The jobs a restart interrupted: marks those that cannot resume failed and returns
-    /// them, then the training jobs that keep what they resume from.
-    pub fn interrupted_jobs(&self) -> Result<(Vec<JobRecord>, Vec<JobRecord>), NodeError> {
+    /// them, then (when `resume` allows any) the training jobs that keep what they resume
+    /// from.
+    pub fn interrupted_jobs(
+        &self,
+        resume: bool,
+    ) -> Result<(Vec<JobRecord>, Vec<JobRecord>), NodeError> {
         let mut failed = Vec::new();
         let mut resumable = Vec::new();
         for mut job in self.jobs()? {
             if job.is_final() {
                 continue;
             }
-            if job.kind == "train" && self.resume_part(&job.job_id, "job")?.is_some() {
+            if resume && job.kind == "train" && self.resume_part(&job.job_id, "job")?.is_some() {
                 resumable.push(job);
                 continue;
             }
@@ -668,6 +672,58 @@ fn model_context(model_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_keeps_its_last_two_checkpoints_sealed_until_it_ends() {
+        let dir = std::env::temp_dir().join(format!("unseen-resume-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, StoreKey::generate()).unwrap();
+        store.put_resume("j", "job", b"spec").unwrap();
+        store.put_resume("j", "aligned", b"rows").unwrap();
+        store.put_resume("k", "job", b"other").unwrap();
+        for epoch in 1..=5u64 {
+            store
+                .put_checkpoint("j", epoch, format!("weights {epoch}").as_bytes())
+                .unwrap();
+        }
+        assert_eq!(store.checkpoint_epochs("j").unwrap(), [4, 5]);
+        assert_eq!(store.checkpoint("j", 4).unwrap().unwrap(), b"weights 4");
+        assert_eq!(store.checkpoint("j", 3).unwrap(), None);
+        // A run that started over: its first epoch keeps nothing of the earlier run.
+        store.put_checkpoint("j", 1, b"again 1").unwrap();
+        assert_eq!(store.checkpoint_epochs("j").unwrap(), [1]);
+        // Sealed: the file holds none of it, and a part moved under another name fails.
+        let file = std::fs::read(dir.join("unseen.redb")).unwrap();
+        assert!(!file.windows(7).any(|w| w == b"again 1"));
+        let sealed = {
+            let txn = store.db.begin_read().unwrap();
+            let table = txn.open_table(RESUME).unwrap();
+            let value = table
+                .get(("j", "aligned"))
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec();
+            value
+        };
+        store
+            .write(|txn| {
+                txn.open_table(RESUME)?
+                    .insert(("j", "job"), sealed.as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            store.resume_part("j", "job").is_err(),
+            "moved under another part"
+        );
+        // Ending the job forgets it all, and only its own parts.
+        store.clear_resume("j", false).unwrap();
+        assert_eq!(store.resume_part("j", "aligned").unwrap(), None);
+        assert_eq!(store.checkpoint_epochs("j").unwrap(), Vec::<u64>::new());
+        assert_eq!(store.resume_part("k", "job").unwrap().unwrap(), b"other");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn records_survive_reopening_and_interrupted_jobs_are_failed() {
@@ -711,7 +767,7 @@ mod tests {
         }
         let store = Store::open(&dir, key()).unwrap();
         let failed: Vec<String> = store
-            .interrupted_jobs()
+            .interrupted_jobs(true)
             .unwrap()
             .0
             .into_iter()

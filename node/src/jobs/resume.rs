@@ -94,7 +94,10 @@ impl NodeState {
         attempt: u32,
         error: &NodeError,
     ) -> Option<String> {
-        if job.is_cancelled() || self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+        if job.is_cancelled()
+            || self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+            || self.config.federation.resume_secs == 0
+        {
             return None;
         }
         if job.attempt() > attempt {
@@ -426,6 +429,15 @@ impl NodeState {
             return Err(Refusal::OfferDiffers.into());
         }
         let running = handle.attempt();
+        // Each attempt re-runs at most one epoch with this node's weights (and all of them
+        // when PSI runs again): a guest gets no more than MAX_ATTEMPTS runs out of a job.
+        if proposal.attempt >= MAX_ATTEMPTS {
+            return Err(refuse(format!(
+                "attempt {} is beyond the {MAX_ATTEMPTS} a job may have",
+                proposal.attempt
+            ))
+            .into());
+        }
         if proposal.attempt < running {
             return Err(refuse(format!(
                 "attempt {} is older than its attempt {running}",
