@@ -7,6 +7,12 @@
 //! setting runs the job through the bank's jobs API and in process, three times each, and
 //! prints the median seconds, their ratio (the gRPC/TLS overhead; goal ≤ 1.2) and the bytes
 //! each party sent.
+//!
+//! `cargo bench --bench node flood` sends 200 proposals at once from the bank's certificate to
+//! the tax bureau's node (one per job id, each for a model of its own) and prints how many it
+//! accepted and refused as busy, and this process's resident memory and threads before, at the
+//! peak and once the accepted jobs ended (the bank knows none of them, so they end as soon as
+//! the tax node asks it whether they still run).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -108,6 +114,110 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// This process's resident memory (MiB) and threads, from /proc.
+fn usage() -> (f64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:") as f64 / 1024.0, field("Threads:"))
+}
+
+/// 200 concurrent proposals to tax as the bank, in round `round`; prints what the node did
+/// with them.
+fn flood(runtime: &tokio::runtime::Runtime, federation: &LocalFederation, round: u32) {
+    use node::proto::federation_client::FederationClient;
+    let (rss_before, threads_before) = usage();
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = (0.0f64, 0u64);
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let (rss, threads) = usage();
+                peak = (peak.0.max(rss), peak.1.max(threads));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let started = Instant::now();
+    let replies = runtime.block_on(async {
+        let channel = node::cli::channel(
+            &federation.node_arg("tax"),
+            &federation.dir.join("certs/bank"),
+        )
+        .await
+        .expect("channel");
+        let calls: Vec<_> = (0..200u32)
+            .map(|k| {
+                let mut client = FederationClient::new(channel.clone());
+                tokio::spawn(async move {
+                    let proposal = node::proto::JobProposal {
+                        version: node::FEDERATION_VERSION,
+                        job_id: format!("{:032x}", 0xf100 + 1000 * round + k),
+                        kind: "train".into(),
+                        guest: "bank".into(),
+                        dataset: "tax".into(),
+                        hosts: vec!["tax".into()],
+                        model_id: format!("flood-{round}-{k}"),
+                        batch_rows: 4096,
+                        guest_features: 13,
+                        prep: String::new(),
+                        attempt: 0,
+                    };
+                    client.propose(proposal).await.map(|r| r.into_inner())
+                })
+            })
+            .collect();
+        let mut replies = Vec::new();
+        for call in calls {
+            replies.push(call.await.expect("call"));
+        }
+        replies
+    });
+    let answered = started.elapsed();
+    let accepted = replies
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.accepted))
+        .count();
+    let busy = replies
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.reason.contains("busy")))
+        .count();
+    let tax = federation.nodes["tax"].state.clone();
+    let live = || {
+        (0..200u32).any(|k| {
+            tax.live(&format!("{:032x}", 0xf100 + 1000 * round + k))
+                .is_some()
+        })
+    };
+    while live() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = started.elapsed();
+    // Idle blocking threads of the runtime exit after 10 s.
+    std::thread::sleep(Duration::from_secs(12));
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (rss_peak, threads_peak) = sampler.join().expect("sampler");
+    let (rss_after, threads_after) = usage();
+    println!(
+        "flood {round}: 200 proposals answered in {:.2} s: {accepted} accepted, {busy} refused as busy, \
+         {} other; accepted jobs ended after {:.1} s",
+        answered.as_secs_f64(),
+        replies.len() - accepted - busy,
+        ended.as_secs_f64()
+    );
+    println!(
+        "flood {round}: process RSS {rss_before:.0} MiB before, {rss_peak:.0} MiB at the peak, \
+         {rss_after:.0} MiB after; threads {threads_before}, {threads_peak}, {threads_after}"
+    );
+}
+
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let dir = std::env::temp_dir().join(format!("unseen-bench-node-{}", std::process::id()));
@@ -133,6 +243,15 @@ fn main() {
         "{:<12} {:>10} {:>10} {:>7}   bytes sent (nodes | in process)",
         "setting", "nodes s", "in-proc s", "ratio"
     );
+    if filter.as_deref() == Some("flood") {
+        // The second round shows whether what the first kept is held for good or reused.
+        for round in 1..=2 {
+            flood(&runtime, &federation, round);
+        }
+        runtime.block_on(federation.stop()).expect("stop");
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     let mut model = 0;
     for (name, train) in settings {
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {

@@ -33,6 +33,9 @@ pub struct NodeState {
     pub(crate) identity: Identity,
     /// Set once shutdown begins: no new job starts.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+    /// Proposals being decided at once (they are decided one at a time anyway): a flood of
+    /// them waits as futures instead of taking a blocking thread each.
+    pub(crate) deciding: tokio::sync::Semaphore,
     /// When each throttled audit record (a scoring client's refusals, a peer's anchor
     /// conflicts) was last written: one a minute per key, not one per call.
     pub(crate) refusal_audits:
@@ -59,6 +62,7 @@ impl NodeState {
             runtime,
             identity,
             shutting_down: Default::default(),
+            deciding: tokio::sync::Semaphore::new(2),
             refusal_audits: Default::default(),
         }
     }

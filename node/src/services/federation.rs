@@ -35,7 +35,11 @@ impl Federation for FederationService {
         let detail = serde_json::json!({"dataset": proposal.dataset, "model": proposal.model_id, "kind": proposal.kind, "hosts": proposal.hosts});
         let node = self.node.clone();
         let asked = proposal.clone();
-        let decision = blocking(move || node.accept_proposal(&asked)).await?;
+        let decision = {
+            let _turn = (self.node.deciding.acquire().await)
+                .map_err(|_| Status::unavailable("the node is shutting down"))?;
+            blocking(move || node.accept_proposal(&asked)).await?
+        };
         let reply = match decision {
             // The job's acceptance is on record before it started (see `spawn`).
             Ok(reply) => reply,
