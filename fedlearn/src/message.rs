@@ -557,6 +557,19 @@ pub trait Transport {
     fn send(&mut self, to: &str, message: Message) -> Result<(), FedError>;
     /// Waits for the next message from a party.
     fn receive(&mut self, from: &str) -> Result<Message, FedError>;
+    /// Sends a message; while the receiver holds it back (it has as much of this party's
+    /// messages unread as it takes), passes what arrives meanwhile, from any party, to
+    /// `arrived` — so two parties that both send more than the other holds do not wait on
+    /// each other. The default sends at once.
+    fn send_while_taking(
+        &mut self,
+        to: &str,
+        message: Message,
+        arrived: &mut dyn FnMut(&str, Message) -> Result<(), FedError>,
+    ) -> Result<(), FedError> {
+        let _ = arrived;
+        self.send(to, message)
+    }
 }
 
 #[cfg(test)]

@@ -42,7 +42,9 @@ pub fn drive(
 ) -> Result<(), FedError> {
     loop {
         while let Some((to, message)) = session.poll_transmit()? {
-            transport.send(&to, message)?;
+            transport.send_while_taking(&to, message, &mut |from, arrived| {
+                session.handle(from, arrived)
+            })?;
         }
         while let Some(event) = session.poll_event() {
             events(&event);

@@ -333,6 +333,9 @@ pub struct FederationSettings {
     pub max_jobs: usize,
     /// Most jobs it runs at once for one guest.
     pub max_jobs_per_peer: usize,
+    /// Most bytes of a job's messages that may wait unread (from all its peers); a peer that
+    /// runs further ahead waits.
+    pub max_buffered_bytes: usize,
     /// How long an interrupted training job waits for every party to be back (a restarted
     /// node, a peer found again) before it fails; 0 fails it at once, as a job that cannot
     /// resume.
@@ -354,6 +357,7 @@ impl Default for FederationSettings {
             max_jobs: 8,
             max_jobs_per_peer: 4,
             resume_secs: 600,
+            max_buffered_bytes: 1 << 30,
         }
     }
 }

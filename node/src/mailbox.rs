@@ -7,6 +7,11 @@
 //! and only its participants may deliver to it. After a job ends its counters stay, so a late
 //! retry is acknowledged rather than failing the sender.
 //!
+//! What waits unread is bounded: per job, its bytes (`federation.max_buffered_bytes`), and per
+//! sender, how far ahead of the next message to read a message may be ([`MAX_AHEAD`]). A
+//! delivery beyond either is refused as retryable, so a sender that runs ahead waits, and a
+//! peer cannot make this node hold more than that for a job.
+//!
 //! A job that resumes after an interruption runs a new attempt: every message names its
 //! attempt, a new attempt's inboxes start again from 0, and whatever an earlier attempt still
 //! delivers is acknowledged and dropped.
@@ -26,6 +31,9 @@ pub struct Delivery {
     pub bytes: Vec<u8>,
 }
 
+/// How many messages ahead of the next one to read a sender may deliver.
+pub const MAX_AHEAD: u64 = 4096;
+
 /// Why a delivery was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NotAdmitted {
@@ -33,6 +41,14 @@ pub enum NotAdmitted {
     UnknownJob,
     /// The sender is not part of the job.
     NotParticipant,
+    /// The job's unread messages would exceed the byte bound, or this one is too far ahead:
+    /// the sender should retry once the job has read more.
+    Full {
+        /// Bytes unread now.
+        unread: usize,
+        /// The bound.
+        max: usize,
+    },
 }
 
 /// Why a receive failed.
@@ -59,6 +75,8 @@ struct JobBox {
     aborted_by: Option<String>,
     /// Whether it was closed by an interruption (the job resumes in a new attempt).
     interrupted: bool,
+    /// Bytes of the messages waiting to be read.
+    unread: usize,
 }
 
 impl JobBox {
@@ -68,17 +86,35 @@ impl JobBox {
         for inbox in self.inboxes.values_mut() {
             inbox.pending.clear();
         }
+        self.unread = 0;
     }
 }
 
 /// All jobs' inboxes.
-#[derive(Default)]
 pub struct Mailbox {
     jobs: Mutex<HashMap<String, JobBox>>,
     arrived: Condvar,
+    /// Most bytes a job's unread messages may hold.
+    max_unread: usize,
+}
+
+impl Default for Mailbox {
+    /// Unread messages bounded by the default `federation.max_buffered_bytes`.
+    fn default() -> Self {
+        Mailbox::new(crate::config::FederationSettings::default().max_buffered_bytes)
+    }
 }
 
 impl Mailbox {
+    /// A mailbox whose jobs may each hold `max_unread` bytes of unread messages.
+    pub fn new(max_unread: usize) -> Mailbox {
+        Mailbox {
+            jobs: Mutex::default(),
+            arrived: Condvar::new(),
+            max_unread,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, JobBox>> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -116,6 +152,7 @@ impl Mailbox {
                 closed: None,
                 aborted_by: None,
                 interrupted: false,
+                unread: 0,
             },
         );
         drop(jobs);
@@ -176,6 +213,17 @@ impl Mailbox {
             return Ok(true);
         }
         if job_box.closed.is_none() {
+            let unread = job_box.unread;
+            // The next message to read is always taken: the job then reads, and frees room.
+            if seq != inbox.next
+                && (seq - inbox.next > MAX_AHEAD || unread + delivery.bytes.len() > self.max_unread)
+            {
+                return Err(NotAdmitted::Full {
+                    unread,
+                    max: self.max_unread,
+                });
+            }
+            job_box.unread += delivery.bytes.len();
             inbox.pending.insert(seq, delivery);
         }
         drop(jobs);
@@ -210,6 +258,7 @@ impl Mailbox {
             let inbox = job_box.inboxes.entry(sender.to_owned()).or_default();
             if let Some(delivery) = inbox.pending.remove(&inbox.next) {
                 inbox.next += 1;
+                job_box.unread -= delivery.bytes.len();
                 return Ok(delivery);
             }
             let now = Instant::now();
@@ -222,6 +271,36 @@ impl Mailbox {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// The next message of `attempt` from any sender, if one is waiting (without waiting).
+    pub fn take_any(
+        &self,
+        job: &str,
+        attempt: u32,
+    ) -> Result<Option<(String, Delivery)>, ReceiveError> {
+        let mut jobs = self.lock();
+        let Some(job_box) = jobs.get_mut(job) else {
+            return Err(ReceiveError::Closed(
+                "the job is not open on this node".into(),
+            ));
+        };
+        if job_box.attempt != attempt {
+            return Err(ReceiveError::Closed(
+                "the job resumed in a later attempt".into(),
+            ));
+        }
+        if let Some(reason) = &job_box.closed {
+            return Err(ReceiveError::Closed(reason.clone()));
+        }
+        for (sender, inbox) in &mut job_box.inboxes {
+            if let Some(delivery) = inbox.pending.remove(&inbox.next) {
+                inbox.next += 1;
+                job_box.unread -= delivery.bytes.len();
+                return Ok(Some((sender.clone(), delivery)));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether `job` runs here with `sender` as a participant (registered and not closed): the
@@ -387,6 +466,31 @@ mod tests {
             Some("bank stopped the job: tax was not back")
         );
         assert_eq!(mailbox.deliver("j", 1, "bank", 9, abort), Ok(true));
+    }
+
+    #[test]
+    fn unread_messages_are_bounded_but_the_next_one_is_always_taken() {
+        let mailbox = Mailbox::new(10);
+        let t = Duration::from_millis(10);
+        mailbox.register("j", 0, ["bank".to_string(), "tax".to_string()]);
+        assert_eq!(mailbox.deliver("j", 0, "bank", 1, msg("123456")), Ok(false));
+        assert_eq!(
+            mailbox.deliver("j", 0, "tax", 1, msg("abcdef")),
+            Err(NotAdmitted::Full { unread: 6, max: 10 }),
+            "over the job's bound, from any sender"
+        );
+        // The message the job reads next is taken whatever the bound: no deadlock.
+        assert_eq!(mailbox.deliver("j", 0, "tax", 0, msg("next")), Ok(false));
+        assert_eq!(mailbox.deliver("j", 0, "bank", 0, msg("first")), Ok(false));
+        assert_eq!(mailbox.receive("j", 0, "bank", t).unwrap(), msg("first"));
+        assert_eq!(mailbox.receive("j", 0, "bank", t).unwrap(), msg("123456"));
+        assert_eq!(mailbox.receive("j", 0, "tax", t).unwrap(), msg("next"));
+        // Room again, but not for a message far ahead of what the job reads.
+        assert_eq!(mailbox.deliver("j", 0, "tax", 1, msg("abcdef")), Ok(false));
+        assert!(matches!(
+            mailbox.deliver("j", 0, "tax", 3 + MAX_AHEAD, msg("x")),
+            Err(NotAdmitted::Full { .. })
+        ));
     }
 
     #[test]

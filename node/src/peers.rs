@@ -36,6 +36,16 @@ fn unanswered(code: Code) -> bool {
     )
 }
 
+/// What a delivery does when the peer holds it back (it has as much of the job's messages
+/// unread as it takes: `ResourceExhausted`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenHeld {
+    /// Waits until the peer takes it, up to the receive timeout, without spending retries.
+    Wait,
+    /// Returns the refusal at once (the caller reads its own messages meanwhile).
+    Return,
+}
+
 fn retryable(code: Code) -> bool {
     matches!(
         code,
@@ -95,6 +105,7 @@ impl Peers {
         to: &str,
         method: &str,
         retries: u32,
+        held: Option<WhenHeld>,
         mut f: F,
     ) -> Result<T, NodeError>
     where
@@ -108,6 +119,8 @@ impl Peers {
         let mut attempt = 0;
         // When the peer last showed it answers: the call's start, then its probes' answers.
         let mut answered = Instant::now();
+        // Since when the peer has held this delivery back (its job's unread bound).
+        let mut waited_full: Option<Instant> = None;
         loop {
             let started = Instant::now();
             let client = FederationClient::new(channel.clone())
@@ -131,6 +144,20 @@ impl Peers {
                     );
                     return Ok(response.into_inner());
                 }
+                // A peer holding as much of the job's messages as it may: it answered, and
+                // this sender waits until it has read some, up to the receive timeout,
+                // without spending its retries.
+                Err(status)
+                    if held == Some(WhenHeld::Wait)
+                        && status.code() == Code::ResourceExhausted
+                        && waited_full.get_or_insert_with(Instant::now).elapsed()
+                            < self.settings.receive_timeout() =>
+                {
+                    answered = Instant::now();
+                    self.metrics
+                        .add("unseen_deliveries_held_back_total", &[("peer", to)], 1.0);
+                    tokio::time::sleep(self.settings.probe_interval() / 8).await;
+                }
                 Err(status) => {
                     let code = format!("{:?}", status.code());
                     self.metrics.add(
@@ -142,7 +169,8 @@ impl Peers {
                     // peer may.
                     let wait = self.settings.backoff(attempt);
                     let dead = unanswered || answered.elapsed() + wait > self.settings.peer_dead();
-                    if !retryable(status.code()) || attempt >= retries || dead {
+                    let held_back = held.is_some() && status.code() == Code::ResourceExhausted;
+                    if !retryable(status.code()) || attempt >= retries || dead || held_back {
                         let tried = if attempt > 0 {
                             format!(" (after {} attempts)", attempt + 1)
                         } else {
@@ -195,7 +223,7 @@ impl Peers {
         to: &str,
         proposal: JobProposal,
     ) -> Result<ProposalReply, NodeError> {
-        self.call(to, "propose", self.settings.retries, |mut client| {
+        self.call(to, "propose", self.settings.retries, None, |mut client| {
             let proposal = proposal.clone();
             async move { client.propose(proposal).await }
         })
@@ -209,7 +237,7 @@ impl Peers {
         request: crate::proto::PartialScoresRequest,
         timeout: Duration,
     ) -> Result<crate::proto::PartialScoresReply, NodeError> {
-        self.call(to, "partial_scores", 1, |mut client| {
+        self.call(to, "partial_scores", 1, None, |mut client| {
             let mut request = tonic::Request::new(request.clone());
             request.set_timeout(timeout);
             async move { client.partial_scores(request).await }
@@ -225,7 +253,7 @@ impl Peers {
             job_id: job.to_owned(),
             sender: self.party.clone(),
         };
-        let call = self.call(to, "alive", 0, |mut client| {
+        let call = self.call(to, "alive", 0, None, |mut client| {
             let request = request.clone();
             async move { client.alive(request).await }
         });
@@ -255,7 +283,7 @@ impl Peers {
             head: head.map(|(seq, hash)| AuditHead { seq, hash }),
         };
         let reply = self
-            .call(to, "anchor", 1, |mut client| {
+            .call(to, "anchor", 1, None, |mut client| {
                 let request = request.clone();
                 async move { client.anchor(request).await }
             })
@@ -263,7 +291,8 @@ impl Peers {
         Ok(reply.kept.map(|head| (head.seq, head.hash)))
     }
 
-    /// Delivers message `seq` of a job's `attempt` to `to` in chunks, retrying as configured.
+    /// Delivers message `seq` of a job's `attempt` to `to` in chunks, retrying as configured
+    /// and, when the peer holds it back, as `held` says.
     #[allow(clippy::too_many_arguments)]
     pub async fn deliver(
         &self,
@@ -274,10 +303,11 @@ impl Peers {
         kind: &str,
         bytes: &[u8],
         retry: bool,
+        held: WhenHeld,
     ) -> Result<(), NodeError> {
         let chunks = self.chunks(job, attempt, seq, kind, bytes);
         let retries = if retry { self.settings.retries } else { 0 };
-        self.call(to, "deliver", retries, |mut client| {
+        self.call(to, "deliver", retries, Some(held), |mut client| {
             let stream = tokio_stream::iter(chunks.clone());
             async move { client.deliver(stream).await }
         })

@@ -51,10 +51,11 @@ impl NodeState {
         metrics: Arc<Metrics>,
         runtime: tokio::runtime::Handle,
     ) -> NodeState {
+        let max_unread = config.federation.max_buffered_bytes;
         NodeState {
             config,
             store,
-            mailbox: Mailbox::default(),
+            mailbox: Mailbox::new(max_unread),
             peers,
             metrics,
             scores: ScoreCache::default(),

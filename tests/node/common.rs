@@ -84,7 +84,11 @@ impl Federation {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
         let mut plan = Plan::prepare(&dir, &data).unwrap();
         plan.federation =
-            "receive_timeout_secs = 120\nbackoff_ms = 100\nretries = 3\nanchor_secs = 1\n".into();
+            // 4 MiB of unread messages per job: PSI fits, the encrypted columns do not, so
+            // training runs with senders held back.
+            "receive_timeout_secs = 120\nbackoff_ms = 100\nretries = 3\nanchor_secs = 1\n\
+             max_buffered_bytes = 4194304\n"
+                .into();
         plan.policy = policy.into();
         let proxy_drops = Arc::new(AtomicUsize::new(0));
         if drop_once {

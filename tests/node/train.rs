@@ -61,6 +61,21 @@ async fn trains_like_the_simulator_despite_a_dropped_connection(
         "{errors}"
     );
 
+    // With 4 MiB of unread messages per job, senders were held back, and took what arrived
+    // meanwhile instead of waiting on each other.
+    assert!(
+        ["bank", "tax", "utilities"].iter().any(|p| federation
+            .state(p)
+            .metrics
+            .get("unseen_deliveries_held_back_total", &[("peer", "bank")])
+            + federation
+                .state(p)
+                .metrics
+                .get("unseen_deliveries_held_back_total", &[("peer", "tax")])
+            > 0.0),
+        "no delivery was held back"
+    );
+
     let auc = status["train"]["auc"].as_f64().unwrap();
     let config = TrainConfig {
         // The full batch: PSI hands the rows to training in a random order, so only then

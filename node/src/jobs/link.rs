@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::error::{NodeError, PeerFault};
 use crate::mailbox::{Delivery, ReceiveError};
+use crate::peers::WhenHeld;
 use crate::registry::JobHandle;
 use crate::state::NodeState;
 use crate::wire::psi::{decode_psi, encode_psi, kind as psi_kind, Body};
@@ -35,7 +36,7 @@ impl<'a> Link<'a> {
     }
 
     /// Sends one numbered message (an abort is unnumbered for the receiver). A cancelled
-    /// job sends nothing but aborts.
+    /// job sends nothing but aborts. A peer that holds the message back is waited for.
     pub(crate) fn send_raw(
         &mut self,
         to: &str,
@@ -43,23 +44,95 @@ impl<'a> Link<'a> {
         bytes: Vec<u8>,
         retry: bool,
     ) -> Result<(), NodeError> {
+        let seq = self.next(to, kind)?;
+        self.deliver(to, seq, kind, &bytes, retry, WhenHeld::Wait)
+    }
+
+    /// The sequence number of the next message to `to` (a cancelled job sends only aborts).
+    fn next(&mut self, to: &str, kind: DeliveryKind) -> Result<u64, NodeError> {
         if kind != DeliveryKind::Abort && self.job.is_cancelled() {
             return Err(NodeError::Cancelled("cancelled by the operator".into()));
         }
         let seq = self.next_seq.entry(to.to_owned()).or_insert(0);
-        let this = *seq;
         *seq += 1;
+        Ok(*seq - 1)
+    }
+
+    fn deliver(
+        &self,
+        to: &str,
+        seq: u64,
+        kind: DeliveryKind,
+        bytes: &[u8],
+        retry: bool,
+        held: WhenHeld,
+    ) -> Result<(), NodeError> {
         self.node.runtime.block_on(self.node.peers.deliver(
             to,
             self.job.id(),
             self.attempt,
-            this,
+            seq,
             kind.as_str(),
-            &bytes,
+            bytes,
             retry,
+            held,
         ))?;
         self.job.add_sent(bytes.len());
         Ok(())
+    }
+
+    /// Passes every training message waiting in the mailbox, from any peer, to `arrived`;
+    /// whether there was one.
+    fn take_waiting(
+        &mut self,
+        arrived: &mut dyn FnMut(&str, Message) -> Result<(), fedlearn::FedError>,
+    ) -> Result<bool, fedlearn::FedError> {
+        let mut took = false;
+        loop {
+            let waiting = self.node.mailbox.take_any(self.job.id(), self.attempt);
+            let (from, delivery) = match waiting {
+                Ok(Some(next)) => next,
+                Ok(None) => return Ok(took),
+                Err(ReceiveError::Closed(reason)) => return Err(self.closed(reason)),
+                Err(ReceiveError::Timeout) => return Ok(took),
+            };
+            took = true;
+            self.job.add_received(delivery.bytes.len());
+            let message = self.training_message(&from, delivery)?;
+            arrived(&from, message)?;
+        }
+    }
+
+    /// A training message from a delivery of `from`.
+    fn training_message(
+        &self,
+        from: &str,
+        delivery: Delivery,
+    ) -> Result<Message, fedlearn::FedError> {
+        if delivery.kind != DeliveryKind::Fedlearn {
+            return Err(fedlearn::FedError::Protocol {
+                peer: from.to_owned(),
+                reason: format!("a {:?} message during training", delivery.kind.as_str()),
+            });
+        }
+        let message = Message::from_bytes(&delivery.bytes)?;
+        self.count(
+            from,
+            "received",
+            format!("fedlearn.{}", message.kind()),
+            delivery.bytes.len(),
+        );
+        Ok(message)
+    }
+
+    /// The error of a job another party's abort, or this node's cancel, closed: the peer a
+    /// receive waited for is not at fault, and the protocol's own abort must not name it.
+    fn closed(&self, reason: String) -> fedlearn::FedError {
+        fedlearn::FedError::Aborted {
+            peer: (self.node.mailbox.aborted_by(self.job.id()))
+                .unwrap_or_else(|| self.node.config.party.clone()),
+            reason,
+        }
     }
 
     /// The next delivery from `from`. While it waits, it asks `from` every probe interval
@@ -163,47 +236,74 @@ impl<'a> Link<'a> {
 
 impl Transport for Link<'_> {
     fn send(&mut self, to: &str, message: Message) -> Result<(), fedlearn::FedError> {
+        self.send_while_taking(to, message, &mut |from, _| {
+            Err(fedlearn::FedError::Protocol {
+                peer: from.to_owned(),
+                reason: "a message while this party could take none".into(),
+            })
+        })
+    }
+
+    /// While `to` holds the message back, takes what arrives from any peer (the session then
+    /// reads it, freeing room at the sender): two parties that each send more than the
+    /// other holds unread do not wait on each other.
+    fn send_while_taking(
+        &mut self,
+        to: &str,
+        message: Message,
+        arrived: &mut dyn FnMut(&str, Message) -> Result<(), fedlearn::FedError>,
+    ) -> Result<(), fedlearn::FedError> {
+        let transport = |e: NodeError| fedlearn::FedError::Transport {
+            peer: to.to_owned(),
+            reason: e.to_string(),
+        };
         let bytes = message.to_bytes();
-        let length = bytes.len();
-        self.send_raw(to, DeliveryKind::Fedlearn, bytes, true)
-            .map_err(|e| fedlearn::FedError::Transport {
-                peer: to.to_owned(),
-                reason: e.to_string(),
-            })?;
-        self.count(to, "sent", format!("fedlearn.{}", message.kind()), length);
+        let seq = self.next(to, DeliveryKind::Fedlearn).map_err(transport)?;
+        let held_since = Instant::now();
+        loop {
+            match self.deliver(
+                to,
+                seq,
+                DeliveryKind::Fedlearn,
+                &bytes,
+                true,
+                WhenHeld::Return,
+            ) {
+                Ok(()) => break,
+                Err(NodeError::PeerCall {
+                    code: tonic::Code::ResourceExhausted,
+                    ..
+                }) if held_since.elapsed() < self.node.config.federation.receive_timeout() => {
+                    self.node.metrics.add(
+                        "unseen_deliveries_held_back_total",
+                        &[("peer", to)],
+                        1.0,
+                    );
+                    if !self.take_waiting(arrived)? {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                Err(e) => return Err(transport(e)),
+            }
+        }
+        self.count(
+            to,
+            "sent",
+            format!("fedlearn.{}", message.kind()),
+            bytes.len(),
+        );
         Ok(())
     }
 
     fn receive(&mut self, from: &str) -> Result<Message, fedlearn::FedError> {
         let delivery = self.receive_raw(from).map_err(|e| match e {
-            // Another party's abort, or this node's cancel, closed the job: `from` is not at
-            // fault, and the protocol's own abort must not name it.
-            NodeError::Stopped(reason) | NodeError::Cancelled(reason) => {
-                fedlearn::FedError::Aborted {
-                    peer: (self.node.mailbox.aborted_by(self.job.id()))
-                        .unwrap_or_else(|| self.node.config.party.clone()),
-                    reason,
-                }
-            }
+            NodeError::Stopped(reason) | NodeError::Cancelled(reason) => self.closed(reason),
             other => fedlearn::FedError::Transport {
                 peer: from.to_owned(),
                 reason: other.to_string(),
             },
         })?;
-        if delivery.kind != DeliveryKind::Fedlearn {
-            return Err(fedlearn::FedError::Protocol {
-                peer: from.to_owned(),
-                reason: format!("a {:?} message during training", delivery.kind.as_str()),
-            });
-        }
-        let message = Message::from_bytes(&delivery.bytes)?;
-        self.count(
-            from,
-            "received",
-            format!("fedlearn.{}", message.kind()),
-            delivery.bytes.len(),
-        );
-        Ok(message)
+        self.training_message(from, delivery)
     }
 }
 

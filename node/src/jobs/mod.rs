@@ -366,6 +366,7 @@ impl NodeState {
                         "abort",
                         reason.as_bytes(),
                         false,
+                        crate::peers::WhenHeld::Return,
                     )
                     .await
                 {

@@ -247,6 +247,11 @@ impl FederationService {
                 "job {job} is not open on {}",
                 self.node.config.party
             ))),
+            NotAdmitted::Full { unread, max } => Status::resource_exhausted(format!(
+                "job {job}: {unread} bytes of its messages wait unread on {} \
+                 (federation.max_buffered_bytes is {max}); retry later",
+                self.node.config.party
+            )),
             NotAdmitted::NotParticipant => Status::from(NodeError::from(Refusal::NotInJob {
                 sender: sender.to_owned(),
                 job: job.to_owned(),
