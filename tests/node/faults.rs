@@ -330,6 +330,29 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
     assert_resumed(&processes, &job, killed, "bank killed");
     processes.assert_same_model("reference", "killed-guest");
 
+    // A host killed during PSI: no party kept aligned rows yet, so PSI runs again and
+    // training starts over, to the same model.
+    let job = processes.train("killed-in-psi", EPOCHS);
+    let started = Instant::now();
+    while processes.status("bank", &job)["state"] != "psi" {
+        assert!(started.elapsed() < Duration::from_secs(60), "no PSI seen");
+    }
+    let killed = processes.kill("utilities", "-KILL");
+    let _ = processes.children.get_mut("utilities").unwrap().wait();
+    processes.spawn("utilities");
+    assert_resumed(&processes, &job, killed, "utilities killed during PSI");
+    processes.assert_same_model("reference", "killed-in-psi");
+    let (ok, events, stderr) = processes.cli("bank", &["job", "watch", &job, "--json"]);
+    assert!(ok, "{stderr}");
+    let alignments = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["state"] == "psi" && e["message"].as_str().unwrap_or("").starts_with("aligning")
+        })
+        .count();
+    assert_eq!(alignments, 2, "PSI ran again: {events}");
+
     // A host frozen (SIGSTOP: its sockets stay open, nothing answers, as with a cut cable),
     // then thawed.
     let job = processes.train("frozen-host", EPOCHS);
@@ -379,7 +402,7 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
     let (ok, listed, stderr) = processes.cli("bank", &["job", "list", "--json"]);
     assert!(ok, "{stderr}");
     let jobs: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
-    assert_eq!(jobs.len(), 5, "{listed}");
+    assert_eq!(jobs.len(), 6, "{listed}");
     for party in PARTIES {
         let (ok, verified, stderr) = processes.cli(party, &["audit", "verify"]);
         assert!(
