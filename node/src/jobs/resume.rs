@@ -27,6 +27,7 @@ use serde_json::json;
 use crate::error::{NodeError, PeerFault, Refusal};
 use crate::jobs::admission;
 use crate::jobs::link::Link;
+use crate::peers::WhenHeld;
 use crate::proto::{JobProposal, ProposalReply};
 use crate::registry::JobHandle;
 use crate::spec::JobSpec;
@@ -40,6 +41,14 @@ pub(crate) const MAX_ATTEMPTS: u32 = 8;
 /// The store part holding the guest's spec or a host's proposal.
 pub(crate) const JOB_PART: &str = "job";
 const ALIGNED_PART: &str = "aligned";
+
+/// Why an attempt ended in a way a new attempt mends.
+pub(super) struct Interruption {
+    /// What the job's records and the peers read (names a party, never data).
+    pub(super) cause: String,
+    /// The party this node lost, when it found the interruption itself (it is not told).
+    pub(super) lost: Option<String>,
+}
 
 /// Where an attempt's aligned rows come from.
 pub(super) enum Alignment {
@@ -93,15 +102,16 @@ impl NodeState {
         job: &JobHandle,
         attempt: u32,
         error: &NodeError,
-    ) -> Option<String> {
+    ) -> Option<Interruption> {
         if job.is_cancelled()
             || self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
             || self.config.federation.resume_secs == 0
         {
             return None;
         }
+        let told = |cause: String| Interruption { cause, lost: None };
         if job.attempt() > attempt {
-            return Some("the guest resumed the job".into());
+            return Some(told("the guest resumed the job".into()));
         }
         if self.mailbox.aborted_by(job.id()).is_some() {
             // A peer's interruption resumes; a peer's abort ends the job.
@@ -109,7 +119,8 @@ impl NodeState {
                 .mailbox
                 .interrupted(job.id())
                 .then(|| self.mailbox.abort_reason(job.id()))
-                .flatten();
+                .flatten()
+                .map(told);
         }
         let peer = match error {
             NodeError::Peer {
@@ -120,24 +131,49 @@ impl NodeState {
             NodeError::Train(fedlearn::FedError::Transport { peer, .. }) => peer,
             _ => return None,
         };
-        Some(format!("lost contact with {peer}"))
+        Some(Interruption {
+            cause: format!("lost contact with {peer}"),
+            lost: Some(peer.clone()),
+        })
     }
 
-    /// Tells `peers` that this attempt of `job` is lost (one try each: a lost peer learns it
-    /// from the next attempt's proposal or its own probes).
-    pub(super) fn interrupt_peers(&self, job: &JobHandle, peers: &[String], cause: &str) {
-        let mut link = Link::new(self, job);
+    /// Tells `peers` but the lost one that this attempt of `job` is lost: one try each, of
+    /// at most a probe interval (a peer that does not take it learns it from the next
+    /// attempt's proposal or its own probes).
+    pub(super) fn interrupt_peers(
+        &self,
+        job: &JobHandle,
+        peers: &[String],
+        interruption: &Interruption,
+    ) {
+        self.mailbox.close(job.id(), &interruption.cause);
+        let cause = interruption.cause.as_bytes();
         for peer in peers {
-            if let Err(e) = link.send_raw(
+            if interruption.lost.as_ref() == Some(peer) {
+                continue;
+            }
+            let delivery = self.peers.deliver(
                 peer,
-                DeliveryKind::Interrupt,
-                cause.as_bytes().to_vec(),
+                job.id(),
+                job.attempt(),
+                0,
+                DeliveryKind::Interrupt.as_str(),
+                cause,
                 false,
-            ) {
-                tracing::info!(job = %job.id(), %peer, error = %e, "could not tell a peer of the interruption");
+                WhenHeld::Return,
+            );
+            let wait = self.config.federation.probe_interval();
+            // The timer is made inside the runtime (a job thread has none of its own).
+            match (self.runtime).block_on(async { tokio::time::timeout(wait, delivery).await }) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::info!(job = %job.id(), %peer, error = %e, "could not tell a peer of the interruption")
+                }
+                Err(_) => {
+                    tracing::info!(job = %job.id(), %peer, "a peer took no interruption within {wait:?}")
+                }
             }
         }
-        self.mailbox.close(job.id(), cause);
     }
 
     /// Guest: proposes the next attempt of `job` to every host until all have accepted, and
@@ -329,14 +365,15 @@ impl NodeState {
         &self,
         job: &Arc<JobHandle>,
         proposal: &JobProposal,
-        cause: &str,
+        interruption: &Interruption,
     ) -> Result<JobProposal, NodeError> {
         let guest = &proposal.guest;
+        let cause = &interruption.cause;
         if job.attempt() == proposal.attempt {
             if self.mailbox.aborted_by(job.id()).as_deref() == Some(guest) {
                 self.mailbox.close(job.id(), cause);
             } else {
-                self.interrupt_peers(job, std::slice::from_ref(guest), cause);
+                self.interrupt_peers(job, std::slice::from_ref(guest), interruption);
             }
         }
         let window = self.config.federation.resume_window();

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::datasets::load_table;
 use crate::error::{NodeError, PeerFault, Refusal};
 use crate::jobs::link::Link;
-use crate::jobs::resume::Alignment;
+use crate::jobs::resume::{Alignment, Interruption};
 use crate::jobs::{admission, psi, seeds};
 use crate::proto::JobProposal;
 use crate::registry::JobHandle;
@@ -57,11 +57,12 @@ impl NodeState {
             match self.guest_attempt(job, spec, &table, &hosts, resumed.take(), &chosen) {
                 Ok(summary) => return Ok(summary),
                 Err(error) => {
-                    let Some(cause) = self.interruption(job, attempt, &error) else {
+                    let Some(interruption) = self.interruption(job, attempt, &error) else {
                         return Err(error);
                     };
-                    self.interrupt_peers(job, &hosts, &cause);
-                    resumed = Some(self.propose_attempt(job, spec, guest_features, &cause)?);
+                    self.interrupt_peers(job, &hosts, &interruption);
+                    let cause = &interruption.cause;
+                    resumed = Some(self.propose_attempt(job, spec, guest_features, cause)?);
                 }
             }
         }
@@ -237,17 +238,21 @@ impl NodeState {
         }
         let mut proposal = proposal.clone();
         if restarted {
-            let cause = format!("{} restarted", self.config.party);
-            proposal = self.await_attempt(job, &proposal, &cause)?;
+            let restart = Interruption {
+                cause: format!("{} restarted", self.config.party),
+                lost: None,
+            };
+            proposal = self.await_attempt(job, &proposal, &restart)?;
         }
         loop {
             match self.host_attempt(job, &proposal) {
                 Ok(summary) => return Ok(summary),
                 Err(error) => {
-                    let Some(cause) = self.interruption(job, proposal.attempt, &error) else {
+                    let Some(interruption) = self.interruption(job, proposal.attempt, &error)
+                    else {
                         return Err(error);
                     };
-                    proposal = self.await_attempt(job, &proposal, &cause)?;
+                    proposal = self.await_attempt(job, &proposal, &interruption)?;
                 }
             }
         }
