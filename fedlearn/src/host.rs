@@ -155,6 +155,19 @@ impl HostSession {
         )?;
         let mut resumed = None;
         let mut best_weights = None;
+        // The final reveal is made once: after it, the job resumes only to make it again,
+        // with the same weights (an earlier epoch would reveal other scores).
+        if let Some(revealed) = job.checkpoints.iter().find(|c| c.last) {
+            if proposal.resume != Some(revealed.epoch as u64) {
+                return Err(FedError::Resume {
+                    party: job.party.clone(),
+                    reason: format!(
+                        "it revealed the final scores after epoch {} already",
+                        revealed.epoch
+                    ),
+                });
+            }
+        }
         if let Some(epoch) = proposal.resume {
             let checkpoint = job
                 .checkpoints

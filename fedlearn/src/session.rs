@@ -41,13 +41,18 @@ pub fn drive(
     events: &mut dyn FnMut(&Event),
 ) -> Result<(), FedError> {
     loop {
+        // Events before every send: a party's checkpoint of an epoch is kept before anything
+        // of the next epoch leaves it (see `crate::checkpoint`).
+        while let Some(event) = session.poll_event() {
+            events(&event);
+        }
         while let Some((to, message)) = session.poll_transmit()? {
             transport.send_while_taking(&to, message, &mut |from, arrived| {
                 session.handle(from, arrived)
             })?;
-        }
-        while let Some(event) = session.poll_event() {
-            events(&event);
+            while let Some(event) = session.poll_event() {
+                events(&event);
+            }
         }
         let Some(peer) = session.awaiting().map(str::to_owned) else {
             return Ok(());

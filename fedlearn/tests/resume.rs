@@ -180,6 +180,19 @@ fn a_resume_that_does_not_fit_is_refused_naming_the_party() {
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("resumed without a checkpoint"),
     }
+    // After the final reveal, only the last epoch: an earlier one would reveal other scores.
+    let mut whole = Saved::new();
+    let (mut guest, mut hosts) = start(None).unwrap();
+    assert!(run(&mut guest, &mut hosts, &mut whole, None).unwrap());
+    whole.get_mut("bank").unwrap().retain(|c| c.epoch == 5);
+    match start(Some((&whole, 5))) {
+        Err(FedError::Resume { party, reason }) => {
+            assert_eq!(party, "host0");
+            assert!(reason.contains("revealed the final scores"), "{reason}");
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("resumed before the final reveal"),
+    }
     // Other settings than the job started with.
     let (guest, hosts) = common::parties("breast", 2);
     let changed = TrainConfig {

@@ -119,15 +119,36 @@ impl Mailbox {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `sender` may deliver to `job` (checked before a delivery's payload is read).
-    pub fn admits(&self, job: &str, sender: &str) -> Result<(), NotAdmitted> {
-        match self.lock().get(job) {
-            None => Err(NotAdmitted::UnknownJob),
-            Some(job_box) if !job_box.participants.contains(sender) => {
-                Err(NotAdmitted::NotParticipant)
-            }
-            Some(_) => Ok(()),
+    /// Whether `sender` may deliver message `seq` of `attempt`, of `bytes` bytes, to `job`
+    /// (checked on the first chunk, before the rest of the payload is read).
+    pub fn admits(
+        &self,
+        job: &str,
+        attempt: u32,
+        sender: &str,
+        seq: u64,
+        bytes: u64,
+    ) -> Result<(), NotAdmitted> {
+        let jobs = self.lock();
+        let job_box = jobs.get(job).ok_or(NotAdmitted::UnknownJob)?;
+        if !job_box.participants.contains(sender) {
+            return Err(NotAdmitted::NotParticipant);
         }
+        if attempt > job_box.attempt {
+            return Err(NotAdmitted::UnknownJob);
+        }
+        let next = job_box.inboxes.get(sender).map_or(0, |i| i.next);
+        let unread = job_box.unread;
+        let too_much = seq > next
+            && (seq - next > MAX_AHEAD
+                || (unread as u64).saturating_add(bytes) > self.max_unread as u64);
+        if attempt == job_box.attempt && job_box.closed.is_none() && too_much {
+            return Err(NotAdmitted::Full {
+                unread,
+                max: self.max_unread,
+            });
+        }
+        Ok(())
     }
 
     /// Opens a job's inboxes for messages of `attempt` from `participants`; an earlier
@@ -331,6 +352,21 @@ impl Mailbox {
         self.lock()
             .get(job)
             .and_then(|job_box| job_box.aborted_by.clone())
+    }
+
+    /// Closes attempt `attempt` of a job, if it is the job's attempt here (as
+    /// [`Mailbox::close`]): then `Some` of the peer whose abort or interruption had closed it
+    /// already, if one had; `None` when another attempt is open.
+    pub fn close_attempt(&self, job: &str, attempt: u32, reason: &str) -> Option<Option<String>> {
+        let closed = match self.lock().get_mut(job) {
+            Some(job_box) if job_box.attempt == attempt => {
+                job_box.shut(reason.to_owned());
+                Some(job_box.aborted_by.clone())
+            }
+            _ => None,
+        };
+        self.arrived.notify_all();
+        closed
     }
 
     /// Closes a job: receivers fail with `reason`, buffered messages are dropped, later

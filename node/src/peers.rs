@@ -156,7 +156,9 @@ impl Peers {
                     answered = Instant::now();
                     self.metrics
                         .add("unseen_deliveries_held_back_total", &[("peer", to)], 1.0);
-                    tokio::time::sleep(self.settings.probe_interval() / 8).await;
+                    let held = waited_full.map_or(Duration::ZERO, |since| since.elapsed());
+                    let pause = (held / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+                    tokio::time::sleep(pause).await;
                 }
                 Err(status) => {
                     let code = format!("{:?}", status.code());

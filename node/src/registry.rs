@@ -77,14 +77,20 @@ impl JobHandle {
         self.resumed.notify_all();
     }
 
-    /// Host: the guest's proposal of a new attempt, once one comes within `wait` (`None`
-    /// when none did, or the job was cancelled).
-    pub(crate) fn wait_attempt(&self, wait: Duration) -> Option<crate::proto::JobProposal> {
+    /// Host: the guest's proposal of an attempt after `after`, once one comes within `wait`
+    /// (`None` when none did, or the job was cancelled; an older offer is dropped).
+    pub(crate) fn wait_attempt(
+        &self,
+        wait: Duration,
+        after: u32,
+    ) -> Option<crate::proto::JobProposal> {
         let deadline = Instant::now() + wait;
         let mut next = lock(&self.next_attempt);
         loop {
             if let Some(proposal) = next.take() {
-                return Some(proposal);
+                if proposal.attempt > after {
+                    return Some(proposal);
+                }
             }
             let now = Instant::now();
             if now >= deadline || self.is_cancelled() {

@@ -600,7 +600,8 @@ impl Store {
         self.resume_part(job_id, &checkpoint_part(epoch))
     }
 
-    /// Forgets what a job resumes from (it ended, or its alignment is redone).
+    /// Forgets what a job resumes from (it ended), or with `keep_job` its alignment and
+    /// checkpoints only (they are redone), keeping what the job was started with.
     pub fn clear_resume(&self, job_id: &str, keep_job: bool) -> Result<(), NodeError> {
         self.write(|txn| {
             let mut table = txn.open_table(RESUME)?;
@@ -613,7 +614,7 @@ impl Store {
                 })
                 .collect();
             for part in parts {
-                if !(keep_job && part == "job") {
+                if !(keep_job && (part == "job" || part == "settings")) {
                     table.remove((job_id, part.as_str()))?;
                 }
             }
@@ -638,6 +639,8 @@ impl Store {
                 resumable.push(job);
                 continue;
             }
+            // What it kept to resume from (weights, aligned rows) goes with it.
+            self.clear_resume(&job.job_id, false)?;
             let now = crate::clock::now_ms();
             job.state = "failed".into();
             job.error =

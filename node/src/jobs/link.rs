@@ -27,10 +27,15 @@ pub(crate) struct Link<'a> {
 impl<'a> Link<'a> {
     /// A link for the job's current attempt.
     pub(crate) fn new(node: &'a NodeState, job: &'a JobHandle) -> Link<'a> {
+        Link::for_attempt(node, job, job.attempt())
+    }
+
+    /// A link for attempt `attempt` of the job.
+    pub(crate) fn for_attempt(node: &'a NodeState, job: &'a JobHandle, attempt: u32) -> Link<'a> {
         Link {
             node,
             job,
-            attempt: job.attempt(),
+            attempt,
             next_seq: HashMap::new(),
         }
     }
@@ -127,11 +132,16 @@ impl<'a> Link<'a> {
 
     /// The error of a job another party's abort, or this node's cancel, closed: the peer a
     /// receive waited for is not at fault, and the protocol's own abort must not name it.
+    ///
+    /// An attempt that was interrupted, or that a later attempt replaced, ends as a lost
+    /// transport instead: the protocol then aborts nobody, and the job resumes.
     fn closed(&self, reason: String) -> fedlearn::FedError {
-        fedlearn::FedError::Aborted {
-            peer: (self.node.mailbox.aborted_by(self.job.id()))
-                .unwrap_or_else(|| self.node.config.party.clone()),
-            reason,
+        let peer = (self.node.mailbox.aborted_by(self.job.id()))
+            .unwrap_or_else(|| self.node.config.party.clone());
+        if self.job.attempt() != self.attempt || self.node.mailbox.interrupted(self.job.id()) {
+            fedlearn::FedError::Transport { peer, reason }
+        } else {
+            fedlearn::FedError::Aborted { peer, reason }
         }
     }
 
@@ -260,6 +270,7 @@ impl Transport for Link<'_> {
         let bytes = message.to_bytes();
         let seq = self.next(to, DeliveryKind::Fedlearn).map_err(transport)?;
         let held_since = Instant::now();
+        let mut pause = Duration::from_millis(10);
         loop {
             match self.deliver(
                 to,
@@ -279,8 +290,11 @@ impl Transport for Link<'_> {
                         &[("peer", to)],
                         1.0,
                     );
-                    if !self.take_waiting(arrived)? {
-                        std::thread::sleep(Duration::from_millis(20));
+                    if self.take_waiting(arrived)? {
+                        pause = Duration::from_millis(10);
+                    } else {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_secs(1));
                     }
                 }
                 Err(e) => return Err(transport(e)),

@@ -61,11 +61,17 @@ impl NodeState {
         }
         let mut id = [0u8; 16];
         rand::fill(&mut id);
+        let job_id = hex::encode(id);
+        if spec.kind == JobKind::Train {
+            // What the job resumes from after this node's restart.
+            self.store
+                .put_resume(&job_id, resume::JOB_PART, spec_toml.as_bytes())?;
+        }
         let now = crate::clock::now_ms();
         let handle = self.jobs.open(
             &self.store,
             JobRecord {
-                job_id: hex::encode(id),
+                job_id,
                 kind: spec.kind.as_str().into(),
                 role: "guest".into(),
                 state: "queued".into(),
@@ -83,11 +89,6 @@ impl NodeState {
         )?;
         let participants = spec.hosts.iter().map(|h| h.party.clone());
         self.mailbox.register(handle.id(), 0, participants);
-        if spec.kind == JobKind::Train {
-            // What the job resumes from after this node's restart.
-            self.store
-                .put_resume(handle.id(), resume::JOB_PART, spec_toml.as_bytes())?;
-        }
         handle.state_event(&self.store, "queued", "submitted");
         self.metrics
             .add("unseen_jobs_started_total", &[("role", "guest")], 1.0);
@@ -128,6 +129,15 @@ impl NodeState {
         let in_use = self.model_in_use(&proposal.model_id)?;
         let disclosed = self.disclosures(&proposal.guest, &proposal.dataset, &proposal.kind)?;
         admission::check_new(&self.config, rule, proposal, in_use, disclosed)?;
+        if proposal.kind == "train" {
+            // What the job resumes from after this node's restart.
+            let first = JobProposal {
+                attempt: 0,
+                ..proposal.clone()
+            };
+            self.store
+                .put_resume(&proposal.job_id, resume::JOB_PART, &first.encode_to_vec())?;
+        }
         let now = crate::clock::now_ms();
         let handle = self.jobs.open(
             &self.store,
@@ -152,11 +162,6 @@ impl NodeState {
                 .cloned(),
         );
         self.mailbox.register(handle.id(), 0, participants);
-        if proposal.kind == "train" {
-            // What the job resumes from after this node's restart.
-            self.store
-                .put_resume(handle.id(), resume::JOB_PART, &proposal.encode_to_vec())?;
-        }
         handle.state_event(
             &self.store,
             "queued",

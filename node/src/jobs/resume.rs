@@ -40,6 +40,8 @@ pub(crate) const MAX_ATTEMPTS: u32 = 8;
 
 /// The store part holding the guest's spec or a host's proposal.
 pub(crate) const JOB_PART: &str = "job";
+/// The store part holding a host's digest of the job's training settings.
+pub(crate) const SETTINGS_PART: &str = "settings";
 const ALIGNED_PART: &str = "aligned";
 
 /// Why an attempt ended in a way a new attempt mends.
@@ -143,10 +145,10 @@ impl NodeState {
     pub(super) fn interrupt_peers(
         &self,
         job: &JobHandle,
+        attempt: u32,
         peers: &[String],
         interruption: &Interruption,
     ) {
-        self.mailbox.close(job.id(), &interruption.cause);
         let cause = interruption.cause.as_bytes();
         for peer in peers {
             if interruption.lost.as_ref() == Some(peer) {
@@ -155,7 +157,7 @@ impl NodeState {
             let delivery = self.peers.deliver(
                 peer,
                 job.id(),
-                job.attempt(),
+                attempt,
                 0,
                 DeliveryKind::Interrupt.as_str(),
                 cause,
@@ -322,6 +324,11 @@ impl NodeState {
             }
         };
         if !reuse {
+            // Every party keeps its aligned rows before any epoch ends: a guest that asks to
+            // align again after one did would get a second PSI and a second training.
+            if !self.store.checkpoint_epochs(job.id())?.is_empty() {
+                return Err(self.not_resumable(job, "training had begun; align again it may not"));
+            }
             self.store.clear_resume(job.id(), true)?;
             let positions = self.host_align(job, link, table, guest, "training")?;
             return Ok(Alignment::Fresh(positions));
@@ -340,6 +347,38 @@ impl NodeState {
         }
         self.resumed_event(job, &aligned, checkpoints.last().map(|c| c.epoch));
         Ok(Alignment::Kept(aligned, checkpoints))
+    }
+
+    /// Host: this node's refusal to go on with a resumed job.
+    pub(super) fn not_resumable(&self, job: &JobHandle, reason: &str) -> NodeError {
+        Refusal::NotResumable {
+            party: self.config.party.clone(),
+            job: job.id().to_owned(),
+            reason: reason.into(),
+        }
+        .into()
+    }
+
+    /// Host: the settings of the job's first training offer are the settings of every
+    /// attempt's (kept with the job, they outlive a new alignment).
+    pub(super) fn same_settings(
+        &self,
+        job: &JobHandle,
+        offered: &fedlearn::Proposal,
+        kept_checkpoints: bool,
+    ) -> Result<(), NodeError> {
+        let settings = offered.settings_digest();
+        match self.store.resume_part(job.id(), SETTINGS_PART)? {
+            Some(kept) if kept != settings => Err(Refusal::OfferDiffers.into()),
+            Some(_) => {
+                if kept_checkpoints && offered.resume.is_none() {
+                    Err(self.not_resumable(job, "training had begun; start over it may not"))
+                } else {
+                    Ok(())
+                }
+            }
+            None => self.store.put_resume(job.id(), SETTINGS_PART, &settings),
+        }
     }
 
     fn resumed_event(&self, job: &JobHandle, aligned: &Table, epoch: Option<usize>) {
@@ -369,11 +408,19 @@ impl NodeState {
     ) -> Result<JobProposal, NodeError> {
         let guest = &proposal.guest;
         let cause = &interruption.cause;
-        if job.attempt() == proposal.attempt {
-            if self.mailbox.aborted_by(job.id()).as_deref() == Some(guest) {
-                self.mailbox.close(job.id(), cause);
-            } else {
-                self.interrupt_peers(job, std::slice::from_ref(guest), interruption);
+        // Only the attempt that ended is closed (a later one the guest proposed meanwhile
+        // stays open), and the guest is told unless it told this node, or is the one lost.
+        if let Some(told_by) = self
+            .mailbox
+            .close_attempt(job.id(), proposal.attempt, cause)
+        {
+            if told_by.as_deref() != Some(guest.as_str()) {
+                self.interrupt_peers(
+                    job,
+                    proposal.attempt,
+                    std::slice::from_ref(guest),
+                    interruption,
+                );
             }
         }
         let window = self.config.federation.resume_window();
@@ -393,7 +440,7 @@ impl NodeState {
             let slice = deadline
                 .saturating_duration_since(Instant::now())
                 .min(interval);
-            if let Some(next) = job.wait_attempt(slice) {
+            if let Some(next) = job.wait_attempt(slice, proposal.attempt) {
                 return Ok(next);
             }
             if job.is_cancelled() {
@@ -446,9 +493,14 @@ impl NodeState {
         };
         let _one_at_a_time = self.jobs.admission();
         let Some(handle) = self.live(&proposal.job_id) else {
+            // The state of a job goes only to its own guest.
             return Err(refuse(match self.store.job(&proposal.job_id)? {
-                Some(record) => format!("it has ended here ({})", record.state),
-                None => "it is not known here".into(),
+                Some(record)
+                    if record.role == "host" && record.peers == [proposal.guest.clone()] =>
+                {
+                    format!("it has ended here ({})", record.state)
+                }
+                _ => "it is not known here".into(),
             })
             .into());
         };
@@ -560,14 +612,18 @@ impl NodeState {
         Ok(Some(aligned))
     }
 
-    /// Keeps a training checkpoint (a failure only costs resuming from an earlier epoch).
+    /// Keeps a training checkpoint. A job whose checkpoint cannot be kept ends: it could not
+    /// resume from the epoch the others hold.
     pub(super) fn keep_checkpoint(&self, job: &JobHandle, checkpoint: &Checkpoint) {
         let bytes = checkpoint.to_bytes();
         if let Err(e) = self
             .store
             .put_checkpoint(job.id(), checkpoint.epoch as u64, &bytes)
         {
-            tracing::warn!(job = %job.id(), epoch = checkpoint.epoch, error = %e, "could not keep a checkpoint");
+            tracing::error!(job = %job.id(), epoch = checkpoint.epoch, error = %e, "could not keep a checkpoint");
+            let reason = format!("{} could not keep its checkpoint", self.config.party);
+            job.cancel_because(&reason);
+            self.mailbox.close(job.id(), &reason);
         }
     }
 
@@ -591,24 +647,33 @@ impl NodeState {
         let role = record.role.clone();
         let (attempt, peers) = (record.attempt + 1, record.peers.clone());
         let handle = self.jobs.open(&self.store, record)?;
+        tracing::info!(job = %handle.id(), %role, "taking up a job a restart interrupted");
+        // What the job was started with, unreadable: it ends here, its peers told.
+        let unusable = |reason: String| {
+            let error = NodeError::Server(format!("cannot take up the job: {reason}"));
+            self.finish(&handle, Err(error), Instant::now());
+            Ok(())
+        };
         if role == "guest" {
+            let spec = match JobSpec::parse(&String::from_utf8_lossy(&part)) {
+                Ok(spec) => spec,
+                Err(e) => return unusable(format!("its kept spec: {e}")),
+            };
             // Open for the next attempt before this node answers probes: a host asking
             // whether the job still runs here hears yes.
             self.mailbox.register(handle.id(), attempt, peers);
-        }
-        tracing::info!(job = %handle.id(), %role, "taking up a job a restart interrupted");
-        if role == "guest" {
-            let spec = JobSpec::parse(&String::from_utf8_lossy(&part))?;
             let audited = ("job.restarted", "", detail);
-            self.spawn(handle, audited, move |node, job| {
+            self.spawn(handle.clone(), audited, move |node, job| {
                 node.run_guest(job, &spec, true)
             })
         } else {
-            let proposal = JobProposal::decode(part.as_slice())
-                .map_err(|e| NodeError::Server(format!("the job's kept proposal: {e}")))?;
+            let proposal = match JobProposal::decode(part.as_slice()) {
+                Ok(proposal) => proposal,
+                Err(e) => return unusable(format!("its kept proposal: {e}")),
+            };
             let guest = proposal.guest.clone();
             let audited = ("job.restarted", guest.as_str(), detail);
-            self.spawn(handle, audited, move |node, job| {
+            self.spawn(handle.clone(), audited, move |node, job| {
                 node.run_host(job, &proposal, true)
             })
         }

@@ -60,7 +60,9 @@ impl NodeState {
                     let Some(interruption) = self.interruption(job, attempt, &error) else {
                         return Err(error);
                     };
-                    self.interrupt_peers(job, &hosts, &interruption);
+                    self.mailbox
+                        .close_attempt(job.id(), attempt, &interruption.cause);
+                    self.interrupt_peers(job, attempt, &hosts, &interruption);
                     let cause = &interruption.cause;
                     resumed = Some(self.propose_attempt(job, spec, guest_features, cause)?);
                 }
@@ -280,7 +282,7 @@ impl NodeState {
                 }
             })?;
         let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
-        let mut link = Link::new(self, job);
+        let mut link = Link::for_attempt(self, job, proposal.attempt);
         let alignment = if proposal.attempt == 0 {
             Alignment::Fresh(self.host_align(job, &mut link, &table, guest, "training")?)
         } else {
@@ -299,6 +301,13 @@ impl NodeState {
         if let Err(refusal) = admission::check_offer(&self.config, proposal, &offered, aligned_rows)
         {
             return Err(refuse_offer(&mut link, guest, refusal));
+        }
+        match self.same_settings(job, &offered, !checkpoints.is_empty()) {
+            Ok(()) => {}
+            Err(NodeError::Refused(refusal)) => {
+                return Err(refuse_offer(&mut link, guest, *refusal))
+            }
+            Err(other) => return Err(other),
         }
         job.set_max_epochs(offered.config.max_epochs as u32);
         let outcome = fedlearn::run_host(

@@ -179,7 +179,13 @@ impl Federation for FederationService {
         let header = message.header().clone();
         self.node
             .mailbox
-            .admits(&header.job_id, &header.sender)
+            .admits(
+                &header.job_id,
+                header.attempt,
+                &header.sender,
+                header.seq,
+                message.announced_bytes(),
+            )
             .map_err(|refusal| self.not_admitted(&header.job_id, &header.sender, refusal))?;
         while let Some(chunk) = stream.message().await? {
             message.push(&chunk).map_err(bad_request)?;
@@ -247,8 +253,8 @@ impl FederationService {
                 "job {job} is not open on {}",
                 self.node.config.party
             ))),
-            NotAdmitted::Full { unread, max } => Status::resource_exhausted(format!(
-                "job {job}: {unread} bytes of its messages wait unread on {} \
+            NotAdmitted::Full { max, .. } => Status::resource_exhausted(format!(
+                "job {job}: {} holds as much of its messages unread as it takes \
                  (federation.max_buffered_bytes is {max}); retry later",
                 self.node.config.party
             )),

@@ -113,6 +113,11 @@ impl Reassembler {
         Ok(assembler)
     }
 
+    /// The length of the whole message, as its first chunk announced it.
+    pub fn announced_bytes(&self) -> u64 {
+        self.total
+    }
+
     /// The delivery's header.
     pub fn header(&self) -> &Header {
         &self.header
