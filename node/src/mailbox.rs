@@ -79,7 +79,38 @@ struct JobBox {
     unread: usize,
 }
 
+/// The job's box if `attempt` is open in it; why not otherwise.
+fn open_attempt<'a>(
+    jobs: &'a mut HashMap<String, JobBox>,
+    job: &str,
+    attempt: u32,
+) -> Result<&'a mut JobBox, ReceiveError> {
+    let Some(job_box) = jobs.get_mut(job) else {
+        return Err(ReceiveError::Closed(
+            "the job is not open on this node".into(),
+        ));
+    };
+    if job_box.attempt != attempt {
+        return Err(ReceiveError::Closed(
+            "the job resumed in a later attempt".into(),
+        ));
+    }
+    if let Some(reason) = &job_box.closed {
+        return Err(ReceiveError::Closed(reason.clone()));
+    }
+    Ok(job_box)
+}
+
 impl JobBox {
+    /// The next message from `sender`, if it has arrived.
+    fn take_next(&mut self, sender: &str) -> Option<Delivery> {
+        let inbox = self.inboxes.entry(sender.to_owned()).or_default();
+        let delivery = inbox.pending.remove(&inbox.next)?;
+        inbox.next += 1;
+        self.unread -= delivery.bytes.len();
+        Some(delivery)
+    }
+
     /// Closes the job (the first reason stays) and drops what is buffered.
     fn shut(&mut self, reason: String) {
         self.closed.get_or_insert(reason);
@@ -263,23 +294,8 @@ impl Mailbox {
         let deadline = Instant::now() + timeout;
         let mut jobs = self.lock();
         loop {
-            let Some(job_box) = jobs.get_mut(job) else {
-                return Err(ReceiveError::Closed(
-                    "the job is not open on this node".into(),
-                ));
-            };
-            if job_box.attempt != attempt {
-                return Err(ReceiveError::Closed(
-                    "the job resumed in a later attempt".into(),
-                ));
-            }
-            if let Some(reason) = &job_box.closed {
-                return Err(ReceiveError::Closed(reason.clone()));
-            }
-            let inbox = job_box.inboxes.entry(sender.to_owned()).or_default();
-            if let Some(delivery) = inbox.pending.remove(&inbox.next) {
-                inbox.next += 1;
-                job_box.unread -= delivery.bytes.len();
+            let job_box = open_attempt(&mut jobs, job, attempt)?;
+            if let Some(delivery) = job_box.take_next(sender) {
                 return Ok(delivery);
             }
             let now = Instant::now();
@@ -301,27 +317,11 @@ impl Mailbox {
         attempt: u32,
     ) -> Result<Option<(String, Delivery)>, ReceiveError> {
         let mut jobs = self.lock();
-        let Some(job_box) = jobs.get_mut(job) else {
-            return Err(ReceiveError::Closed(
-                "the job is not open on this node".into(),
-            ));
-        };
-        if job_box.attempt != attempt {
-            return Err(ReceiveError::Closed(
-                "the job resumed in a later attempt".into(),
-            ));
-        }
-        if let Some(reason) = &job_box.closed {
-            return Err(ReceiveError::Closed(reason.clone()));
-        }
-        for (sender, inbox) in &mut job_box.inboxes {
-            if let Some(delivery) = inbox.pending.remove(&inbox.next) {
-                inbox.next += 1;
-                job_box.unread -= delivery.bytes.len();
-                return Ok(Some((sender.clone(), delivery)));
-            }
-        }
-        Ok(None)
+        let job_box = open_attempt(&mut jobs, job, attempt)?;
+        let senders: Vec<String> = job_box.inboxes.keys().cloned().collect();
+        Ok(senders
+            .into_iter()
+            .find_map(|sender| job_box.take_next(&sender).map(|d| (sender, d))))
     }
 
     /// Whether `job` runs here with `sender` as a participant (registered and not closed): the

@@ -219,6 +219,12 @@ impl Processes {
         }
     }
 
+    /// Waits for `party`'s killed process, and starts it again.
+    fn restart(&mut self, party: &str) {
+        let _ = self.children.get_mut(party).unwrap().wait();
+        self.spawn(party);
+    }
+
     fn kill(&mut self, party: &str, signal: &str) -> Instant {
         let child = self.children.get_mut(party).unwrap();
         let pid = child.id().to_string();
@@ -311,8 +317,7 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
     let took = processes.wait_interrupted("bank", &job, killed);
     eprintln!("tax killed: the bank noticed after {took:.1?}");
     assert!(took < KILLED, "{took:?}");
-    let _ = processes.children.get_mut("tax").unwrap().wait();
-    processes.spawn("tax");
+    processes.restart("tax");
     assert_resumed(&processes, &job, killed, "tax killed");
     processes.assert_same_model("reference", "killed-host");
 
@@ -325,8 +330,7 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
         eprintln!("bank killed: {host} noticed after {took:.1?}");
         assert!(took < KILLED, "{host}: {took:?}");
     }
-    let _ = processes.children.get_mut("bank").unwrap().wait();
-    processes.spawn("bank");
+    processes.restart("bank");
     assert_resumed(&processes, &job, killed, "bank killed");
     processes.assert_same_model("reference", "killed-guest");
 
@@ -338,8 +342,7 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
         assert!(started.elapsed() < Duration::from_secs(60), "no PSI seen");
     }
     let killed = processes.kill("utilities", "-KILL");
-    let _ = processes.children.get_mut("utilities").unwrap().wait();
-    processes.spawn("utilities");
+    processes.restart("utilities");
     assert_resumed(&processes, &job, killed, "utilities killed during PSI");
     processes.assert_same_model("reference", "killed-in-psi");
     let (ok, events, stderr) = processes.cli("bank", &["job", "watch", &job, "--json"]);
@@ -424,8 +427,7 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
         "tax killed for good",
         KILLED + RESUME,
     );
-    let _ = processes.children.get_mut("tax").unwrap().wait();
-    processes.spawn("tax");
+    processes.restart("tax");
     let (status, took) = processes.wait_end("tax", &job, Instant::now());
     eprintln!(
         "tax back too late: it ended the job after {took:.1?}: {}",
