@@ -91,6 +91,7 @@ impl Run {
             hosts: hosts.clone(),
             config,
             prep: Default::default(),
+            resume: None,
         })
         .ok()?;
         let mut parties = vec![Party::Running(Box::new(guest))];
@@ -100,6 +101,7 @@ impl Run {
                 guest: NAMES[0].into(),
                 table: table(host, move |i| ((i * (5 + k)) % 13) as f64, false),
                 prep: Default::default(),
+                checkpoints: Vec::new(),
             }));
         }
         let mut run = Run {

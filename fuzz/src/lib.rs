@@ -304,6 +304,7 @@ pub enum ArbMessage {
         rows: u64,
         hosts: Vec<String>,
         features: u32,
+        resume: Option<u64>,
     },
     Keys {
         rows: u64,
@@ -364,6 +365,7 @@ impl ArbMessage {
                 rows,
                 hosts,
                 features,
+                resume,
             } => Message::Propose(Box::new(Proposal {
                 job: *job,
                 model_id: model_id.clone(),
@@ -371,6 +373,7 @@ impl ArbMessage {
                 rows: *rows,
                 hosts: hosts.clone(),
                 features: *features,
+                resume: *resume,
             })),
             ArbMessage::Keys {
                 rows,

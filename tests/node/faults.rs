@@ -240,7 +240,7 @@ impl Processes {
 /// How soon the others must notice a killed party (its port refuses at once: a call's retries
 /// stop after `peer_dead_secs`, 8 s) and a frozen one (nothing answers: a stuck call waits
 /// for 8 s of unanswered probes, a waiting job as long). The bounds leave room for a loaded
-/// machine (alone, this machine takes 6.5 s and 18 s); the receive timeout, 300 s here, is
+/// machine (alone, this machine takes 6.5 s and 8.1 s); the receive timeout, 300 s here, is
 /// what noticed either before, ten times the bound.
 const KILLED: Duration = Duration::from_secs(30);
 const FROZEN: Duration = Duration::from_secs(45);
