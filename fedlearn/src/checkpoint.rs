@@ -124,15 +124,7 @@ impl Checkpoint {
     /// and trailing bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, FedError> {
         let mut r = Reader::new(bytes);
-        if r.take(4)? != MAGIC {
-            return Err(FedError::Malformed("not a training checkpoint".into()));
-        }
-        let version = u16::from_le_bytes(r.array()?);
-        if version != VERSION {
-            return Err(FedError::Malformed(format!(
-                "checkpoint version {version}, this build reads {VERSION}"
-            )));
-        }
+        r.header(MAGIC, "a training checkpoint", VERSION)?;
         let float = |r: &mut Reader<'_>| r.u64().map(f64::from_bits);
         let floats = |r: &mut Reader<'_>| -> Result<Vec<f64>, FedError> {
             Ok(r.words()?.into_iter().map(f64::from_bits).collect())

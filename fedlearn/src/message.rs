@@ -338,16 +338,8 @@ impl Message {
     /// Decodes bytes from [`to_bytes`](Self::to_bytes), refusing other versions, unknown
     /// kinds, truncation, trailing bytes and lengths beyond the input.
     pub fn from_bytes(bytes: &[u8]) -> Result<Message, FedError> {
-        let mut r = Reader { bytes, at: 0 };
-        if r.take(4)? != MAGIC {
-            return Err(FedError::Malformed("not a fedlearn message".into()));
-        }
-        let version = u16::from_le_bytes(r.array()?);
-        if version != PROTOCOL_VERSION {
-            return Err(FedError::Malformed(format!(
-                "protocol version {version}, this build speaks {PROTOCOL_VERSION}"
-            )));
-        }
+        let mut r = Reader::new(bytes);
+        r.header(MAGIC, "a fedlearn message", PROTOCOL_VERSION)?;
         let he = |e: he::HeError| FedError::Malformed(e.to_string());
         let message = match r.byte()? {
             0 => {
@@ -484,6 +476,26 @@ pub(crate) struct Reader<'a> {
 impl<'a> Reader<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
         Reader { bytes, at: 0 }
+    }
+
+    /// Reads a four-byte magic and a version, refusing bytes that are not `what` or are of
+    /// another version than `version`.
+    pub(crate) fn header(
+        &mut self,
+        magic: &[u8; 4],
+        what: &str,
+        version: u16,
+    ) -> Result<(), FedError> {
+        if self.take(4)? != magic {
+            return Err(FedError::Malformed(format!("not {what}")));
+        }
+        let found = u16::from_le_bytes(self.array()?);
+        if found != version {
+            return Err(FedError::Malformed(format!(
+                "{what} of version {found}; this build reads version {version}"
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn remaining(&self) -> usize {

@@ -12,6 +12,7 @@
 //! cert = "certs/tax/node.crt"
 //! key = "certs/tax/node.key"
 //! ca = "certs/tax/ca.crt"
+//! crls = ["certs/tax/ca.crl"]        # optional: revocation lists, read again when changed
 //!
 //! [[peers]]
 //! name = "bank"
@@ -178,6 +179,10 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// CA certificates that sign the federation's nodes and operators.
     pub ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER), of this node's CA or of peers' own CAs:
+    /// read again when a file changes, without a restart.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
 }
 
 /// Another node.
@@ -429,6 +434,7 @@ impl NodeConfig {
         join(&mut self.tls.cert);
         join(&mut self.tls.key);
         join(&mut self.tls.ca);
+        self.tls.crls.iter_mut().for_each(join);
         for peer in &mut self.peers {
             if let Some(ca) = &mut peer.ca {
                 join(ca);

@@ -396,6 +396,12 @@ pub enum Refusal {
         /// The certificate name the configuration gives that peer.
         certificate: String,
     },
+    /// A call whose certificate is on a revocation list of its CA.
+    #[error("{call}: the caller's certificate is revoked")]
+    Revoked {
+        /// The call.
+        call: &'static str,
+    },
     /// A delivery from a peer that is not part of the job.
     #[error("{sender} is not part of job {job}")]
     NotInJob {
@@ -482,6 +488,7 @@ impl Refusal {
             Refusal::NotAPeer { .. } | Refusal::PeerCertificate { .. } => "peer identity",
             Refusal::NotAnOperator { .. } => "operator identity",
             Refusal::NotAScoringClient | Refusal::ModelNotAllowed { .. } => "scoring client",
+            Refusal::Revoked { .. } => "revoked certificate",
             Refusal::CallRate { .. } => "rate limit",
             Refusal::Busy { .. } | Refusal::ShuttingDown { .. } => "busy",
             _ => "policy",
@@ -716,6 +723,7 @@ mod tests {
                 claimed: s(),
                 certificate: s(),
             },
+            Refusal::Revoked { call: "delivery" },
             Refusal::OfferDiffers,
             Refusal::NotResumable {
                 party: s(),

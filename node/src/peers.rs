@@ -1,13 +1,23 @@
-//! Calls to other nodes: one lazily connected, TLS-verified channel per configured peer,
-//! per-call deadlines, and retries with exponential backoff for failures a retry can cure
+//! Calls to other nodes: one lazily connected, TLS-verified channel per configured peer
+//! (opened anew when the revocation lists change, so a revoked peer certificate is not used
+//! through a connection made before), per-call deadlines, and retries with exponential backoff for failures a retry can cure
 //! (unreachable peer, dropped connection, deadline). Deliveries are idempotent on the
 //! receiving side, so retrying a message that did arrive is harmless.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
+use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -16,15 +26,49 @@ use crate::error::{NodeError, PeerFault};
 use crate::metrics::Metrics;
 use crate::proto::federation_client::FederationClient;
 use crate::proto::{AliveRequest, AnchorRequest, AuditHead, Chunk, JobProposal, ProposalReply};
-use crate::tls::Identity;
+use crate::tls::{Identity, Lists, Revocations};
 use crate::wire::FEDERATION_VERSION;
 
 /// Clients of every configured peer.
 pub struct Peers {
     party: String,
     settings: FederationSettings,
-    channels: HashMap<String, Channel>,
+    /// How to reach each peer.
+    endpoints: HashMap<String, (Endpoint, PeerConnector)>,
+    revocations: Arc<Revocations>,
+    /// Each peer's channel, and the revocation lists in force when they were made.
+    channels: Mutex<(Arc<Lists>, HashMap<String, Channel>)>,
     metrics: Arc<Metrics>,
+}
+
+/// Opens connections to one peer: TCP to its address, then a TLS handshake that presents
+/// this node's certificate and verifies the peer's (its CA, its certificate name, the
+/// revocation lists in force).
+#[derive(Clone)]
+struct PeerConnector {
+    address: String,
+    name: ServerName<'static>,
+    tls: Arc<ClientConfig>,
+}
+
+impl tower_service::Service<Uri> for PeerConnector {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(&this.address).await?;
+            tcp.set_nodelay(true)?;
+            let tls = TlsConnector::from(this.tls).connect(this.name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
 }
 
 /// Whether a call's failure means the peer did not answer at all (as opposed to answering
@@ -67,19 +111,25 @@ impl Peers {
         metrics: Arc<Metrics>,
     ) -> Result<Peers, NodeError> {
         let settings = config.federation.clone();
-        let mut channels = HashMap::new();
+        let mut endpoints = HashMap::new();
         for peer in &config.peers {
-            let error = |e: tonic::transport::Error| NodeError::Peer {
+            let bad_address = |reason: String| NodeError::Peer {
                 peer: peer.name.clone(),
                 fault: PeerFault::BadAddress {
                     address: peer.address.clone(),
-                    reason: e.to_string(),
+                    reason,
                 },
             };
-            let endpoint = Endpoint::from_shared(format!("https://{}", peer.address))
-                .map_err(error)?
-                .tls_config(identity.peer_client_config(&peer.name, peer.certificate_name()))
-                .map_err(error)?
+            let name = ServerName::try_from(peer.certificate_name().to_owned())
+                .map_err(|e| bad_address(format!("certificate name: {e}")))?;
+            let connector = PeerConnector {
+                address: peer.address.clone(),
+                name,
+                tls: identity.peer_client_config(&peer.name)?,
+            };
+            // TLS is the connector's: the URI's scheme only names the transport to tonic.
+            let endpoint = Endpoint::from_shared(format!("http://{}", peer.address))
+                .map_err(|e| bad_address(e.to_string()))?
                 // A peer that stops answering (a frozen process, a cut cable: no reset comes)
                 // is found by HTTP/2 pings well within peer_dead_secs, even mid-call.
                 .connect_timeout(settings.peer_dead() / 2)
@@ -87,13 +137,42 @@ impl Peers {
                 .http2_keep_alive_interval(settings.probe_interval())
                 .keep_alive_timeout(settings.peer_dead() / 2)
                 .keep_alive_while_idle(true);
-            channels.insert(peer.name.clone(), endpoint.connect_lazy());
+            endpoints.insert(peer.name.clone(), (endpoint, connector));
         }
+        let revocations = identity.revocations().clone();
+        let channels = Peers::connect(&endpoints);
         Ok(Peers {
             party: config.party.clone(),
             settings,
-            channels,
+            channels: Mutex::new((revocations.current(), channels)),
+            endpoints,
+            revocations,
             metrics,
+        })
+    }
+
+    fn connect(endpoints: &HashMap<String, (Endpoint, PeerConnector)>) -> HashMap<String, Channel> {
+        endpoints
+            .iter()
+            .map(|(peer, (endpoint, connector))| {
+                let channel = endpoint.connect_with_connector_lazy(connector.clone());
+                (peer.clone(), channel)
+            })
+            .collect()
+    }
+
+    /// The channel to `to`: made anew, for every peer, when the revocation lists changed
+    /// since the channels were made (calls under way finish on the old ones).
+    fn channel(&self, to: &str) -> Result<Channel, NodeError> {
+        let lists = self.revocations.current();
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&channels.0, &lists) {
+            tracing::info!("revocation lists changed: connections to peers are made anew");
+            *channels = (lists, Peers::connect(&self.endpoints));
+        }
+        channels.1.get(to).cloned().ok_or_else(|| NodeError::Peer {
+            peer: to.to_owned(),
+            fault: PeerFault::NotConfigured,
         })
     }
 
@@ -112,10 +191,7 @@ impl Peers {
         F: FnMut(FederationClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let channel = self.channels.get(to).ok_or_else(|| NodeError::Peer {
-            peer: to.to_owned(),
-            fault: PeerFault::NotConfigured,
-        })?;
+        let channel = self.channel(to)?;
         let mut attempt = 0;
         // When the peer last showed it answers: the call's start, then its probes' answers.
         let mut answered = Instant::now();
@@ -129,7 +205,7 @@ impl Peers {
             let mut unanswered = false;
             let outcome = tokio::select! {
                 outcome = f(client) => outcome,
-                () = self.unanswering(channel, &mut answered) => {
+                () = self.unanswering(&channel, &mut answered) => {
                     unanswered = true;
                     let seconds = self.settings.peer_dead_secs;
                     Err(Status::unavailable(format!("it answered nothing for {seconds} s")))

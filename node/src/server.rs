@@ -69,6 +69,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             identity.pin_peer_ca(&peer.name, ca)?;
         }
     }
+    identity.check_revocations(&config.tls.crls)?;
     if !identity.is_for(&config.party) {
         return Err(NodeError::Tls(format!(
             "{}: the certificate is not valid for this node's party name {:?}",

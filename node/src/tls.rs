@@ -6,14 +6,26 @@
 //! scoring clients one of this node's CA.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::ring::default_provider;
+use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use webpki::KeyUsage;
 
 use crate::error::NodeError;
@@ -27,6 +39,8 @@ pub struct Identity {
     ca: Vec<CertificateDer<'static>>,
     /// Peers that keep their own PKI: their CA (PEM and certificates) by party.
     peer_cas: BTreeMap<String, (String, Vec<CertificateDer<'static>>)>,
+    /// Revoked certificates, by the revocation lists of the CAs that issued them.
+    revocations: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -61,6 +75,7 @@ impl Identity {
             certs,
             ca: ca_certs,
             peer_cas: BTreeMap::new(),
+            revocations: Arc::new(Revocations::none()),
         })
     }
 
@@ -95,6 +110,8 @@ impl Identity {
             time::OffsetDateTime::from_unix_timestamp(t.as_secs() as i64)
                 .map_or_else(|_| format!("{} s", t.as_secs()), |d| d.date().to_string())
         };
+        let revoked = self.revocations.current();
+        let lists = revoked.lists.iter().collect::<Vec<_>>();
         for usage in [KeyUsage::server_auth(), KeyUsage::client_auth()] {
             end_entity
                 .verify_for_usage(
@@ -103,7 +120,7 @@ impl Identity {
                     &self.certs[1..],
                     now,
                     usage,
-                    None,
+                    revocation_options(&lists),
                     None,
                 )
                 .map_err(|e| match e {
@@ -115,6 +132,9 @@ impl Identity {
                     }
                     webpki::Error::UnknownIssuer => {
                         "the certificate is not signed by the CA of the configured ca file".into()
+                    }
+                    webpki::Error::CertRevoked => {
+                        "the certificate is revoked (it is on a configured revocation list)".into()
                     }
                     other => format!("the certificate does not verify: {other:?}"),
                 })?;
@@ -131,43 +151,61 @@ impl Identity {
         Ok(())
     }
 
+    /// Checks certificates against the revocation lists in `files` from now on, reading them
+    /// again whenever one changes (a list that cannot be read now is refused by name).
+    pub fn check_revocations(&mut self, files: &[PathBuf]) -> Result<(), NodeError> {
+        self.revocations = Arc::new(Revocations::load(files)?);
+        Ok(())
+    }
+
+    /// The revocation lists in force.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
     /// Whether the leaf of `certs` (a verified client chain) chains to the CA that vouches for
     /// `peer` — its own pinned CA, or this node's — or, for `None` (operators, scoring
-    /// clients), to this node's CA.
-    pub fn vouches_for(&self, certs: Option<&[CertificateDer<'_>]>, peer: Option<&str>) -> bool {
-        let Some((leaf, chain)) = certs.and_then(<[_]>::split_first) else {
-            return false;
-        };
+    /// clients), to this node's CA, and is on no revocation list in force now (a list
+    /// changed since the connection's handshake counts).
+    pub fn vouches_for(
+        &self,
+        certs: Option<&[CertificateDer<'_>]>,
+        peer: Option<&str>,
+    ) -> Result<(), Distrust> {
+        let (leaf, chain) = certs
+            .and_then(<[_]>::split_first)
+            .ok_or(Distrust::NotVouched)?;
         let cas = peer
             .and_then(|p| self.peer_cas.get(p))
             .map_or(&self.ca, |(_, certs)| certs);
-        let Ok(anchors) = cas
+        let anchors = cas
             .iter()
             .map(|ca| webpki::anchor_from_trusted_cert(ca).map(|a| a.to_owned()))
             .collect::<Result<Vec<_>, _>>()
-        else {
-            return false;
-        };
-        let Ok(end_entity) = webpki::EndEntityCert::try_from(leaf) else {
-            return false;
-        };
-        end_entity
-            .verify_for_usage(
-                webpki::ALL_VERIFICATION_ALGS,
-                &anchors,
-                chain,
-                UnixTime::now(),
-                KeyUsage::client_auth(),
-                None,
-                None,
-            )
-            .is_ok()
+            .map_err(|_| Distrust::NotVouched)?;
+        let end_entity = webpki::EndEntityCert::try_from(leaf).map_err(|_| Distrust::NotVouched)?;
+        let revoked = self.revocations.current();
+        let lists = revoked.lists.iter().collect::<Vec<_>>();
+        match end_entity.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            chain,
+            UnixTime::now(),
+            KeyUsage::client_auth(),
+            revocation_options(&lists),
+            None,
+        ) {
+            Ok(_) => Ok(()),
+            Err(webpki::Error::CertRevoked) => Err(Distrust::Revoked),
+            Err(_) => Err(Distrust::NotVouched),
+        }
     }
 
-    fn roots(&self) -> Result<Arc<RootCertStore>, NodeError> {
+    fn roots<'c>(
+        cas: impl IntoIterator<Item = &'c CertificateDer<'static>>,
+    ) -> Result<Arc<RootCertStore>, NodeError> {
         let mut roots = RootCertStore::empty();
-        let pinned = self.peer_cas.values().flat_map(|(_, certs)| certs);
-        for cert in self.ca.iter().chain(pinned) {
+        for cert in cas {
             roots
                 .add(cert.clone())
                 .map_err(|e| NodeError::Tls(format!("CA certificate refused: {e}")))?;
@@ -176,12 +214,16 @@ impl Identity {
     }
 
     /// Server side: TLS 1.2/1.3 with ring, HTTP/2 only, a client certificate from the CA
-    /// required on every connection.
+    /// (or a peer's own CA) required on every connection and checked against the revocation
+    /// lists in force at its handshake.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, NodeError> {
         let provider = Arc::new(default_provider());
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
-            .build()
-            .map_err(|e| NodeError::Tls(format!("client verifier: {e}")))?;
+        let pinned = self.peer_cas.values().flat_map(|(_, certs)| certs);
+        let verifier = Arc::new(RevokingClientVerifier::new(
+            Identity::roots(self.ca.iter().chain(pinned))?,
+            provider.clone(),
+            self.revocations.clone(),
+        )?);
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
             .map_err(|e| NodeError::Tls(format!("private key: {e}")))?;
         let mut config = ServerConfig::builder_with_provider(provider)
@@ -197,25 +239,335 @@ impl Identity {
     /// Client side: present this identity, trust only the CA, and require the server's
     /// certificate to be valid for `server_name`.
     pub fn client_config(&self, server_name: &str) -> tonic::transport::ClientTlsConfig {
-        self.peer_client_config("", server_name)
-    }
-
-    /// [`Identity::client_config`] towards `peer`: trust only its own CA if it keeps its own
-    /// PKI, else this node's.
-    pub fn peer_client_config(
-        &self,
-        peer: &str,
-        server_name: &str,
-    ) -> tonic::transport::ClientTlsConfig {
-        let ca_pem = self.peer_cas.get(peer).map_or(&self.ca_pem, |(pem, _)| pem);
         tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
             .identity(tonic::transport::Identity::from_pem(
                 &self.cert_pem,
                 &self.key_pem,
             ))
             .domain_name(server_name)
             .assume_http2(true)
+    }
+
+    /// Towards `peer`: present this identity, trust only the peer's own CA if it keeps its
+    /// own PKI, else this node's, and refuse a server certificate on a revocation list in
+    /// force at the handshake.
+    pub fn peer_client_config(&self, peer: &str) -> Result<Arc<ClientConfig>, NodeError> {
+        let cas = self.peer_cas.get(peer).map_or(&self.ca, |(_, certs)| certs);
+        let provider = Arc::new(default_provider());
+        let verifier = Arc::new(RevokingServerVerifier::new(
+            Identity::roots(cas)?,
+            provider.clone(),
+            self.revocations.clone(),
+        )?);
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| NodeError::Tls(format!("private key: {e}")))?;
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| NodeError::Tls(e.to_string()))?
+            // Not a disabled check: the verifier is rustls' WebPKI verifier, built with the
+            // revocation lists in force at each handshake.
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.certs.clone(), key)
+            .map_err(|e| NodeError::Tls(format!("own certificate and key: {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Why [`Identity::vouches_for`] does not vouch for a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distrust {
+    /// A revocation list of its CA names it.
+    Revoked,
+    /// It does not chain to the CA that would vouch for it (or is expired, or unusable).
+    NotVouched,
+}
+
+/// Certificate revocation lists (DER or PEM files, one CA's list each), read again when a
+/// file changes — looked for at most once a second — so a CA's new list takes effect without
+/// a restart. A list that cannot be read at start-up stops the node; one that cannot be read
+/// later leaves the lists read before in force, and says why in the log.
+///
+/// A certificate is refused when a list of its issuer names it; a certificate whose issuer
+/// has no list here is accepted (lists are optional per CA). A list past its next update still
+/// counts: it can only refuse more, never accept what a newer list would refuse.
+pub struct Revocations {
+    files: Vec<PathBuf>,
+    state: Mutex<Loaded>,
+}
+
+/// What the revocation lists held when last read.
+struct Loaded {
+    checked: Instant,
+    stamps: Vec<Option<(SystemTime, u64)>>,
+    lists: Arc<Lists>,
+}
+
+/// One reading of the revocation lists.
+pub(crate) struct Lists {
+    der: Vec<CertificateRevocationListDer<'static>>,
+    lists: Vec<webpki::CertRevocationList<'static>>,
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Revocations {
+    /// No revocation lists.
+    fn none() -> Revocations {
+        Revocations {
+            files: Vec::new(),
+            state: Mutex::new(Loaded {
+                checked: Instant::now(),
+                stamps: Vec::new(),
+                lists: Arc::new(Lists {
+                    der: Vec::new(),
+                    lists: Vec::new(),
+                }),
+            }),
+        }
+    }
+
+    /// Reads the lists in `files`, refusing one that cannot be read, by name.
+    fn load(files: &[PathBuf]) -> Result<Revocations, NodeError> {
+        let stamps = files.iter().map(|f| stamp(f)).collect();
+        let lists = read_lists(files)?;
+        Ok(Revocations {
+            files: files.to_vec(),
+            state: Mutex::new(Loaded {
+                checked: Instant::now(),
+                stamps,
+                lists: Arc::new(lists),
+            }),
+        })
+    }
+
+    /// The lists in force: read again first if a file changed since they were read.
+    pub(crate) fn current(&self) -> Arc<Lists> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if self.files.is_empty() || state.checked.elapsed() < Duration::from_secs(1) {
+            return state.lists.clone();
+        }
+        state.checked = Instant::now();
+        let stamps = self.files.iter().map(|f| stamp(f)).collect::<Vec<_>>();
+        if stamps != state.stamps {
+            state.stamps = stamps;
+            match read_lists(&self.files) {
+                Ok(lists) => {
+                    tracing::info!(lists = lists.lists.len(), "revocation lists read again");
+                    state.lists = Arc::new(lists);
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "revocation lists not read again; the lists read before stay in force"
+                ),
+            }
+        }
+        state.lists.clone()
+    }
+}
+
+/// A file's modification time and length, `None` when it cannot be looked at.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn read_lists(files: &[PathBuf]) -> Result<Lists, NodeError> {
+    let mut read = Lists {
+        der: Vec::new(),
+        lists: Vec::new(),
+    };
+    for path in files {
+        let bytes = std::fs::read(path).map_err(|e| NodeError::io(path, e))?;
+        let refused =
+            |e: String| NodeError::Tls(format!("{}: not a revocation list: {e}", path.display()));
+        let ders = if bytes.starts_with(b"-----BEGIN") {
+            CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| refused(e.to_string()))?
+        } else {
+            vec![CertificateRevocationListDer::from(bytes)]
+        };
+        if ders.is_empty() {
+            return Err(refused("no PEM X509 CRL in the file".into()));
+        }
+        for der in ders {
+            let list = webpki::OwnedCertRevocationList::from_der(&der)
+                .map_err(|e| refused(format!("{e:?}")))?;
+            read.lists.push(list.into());
+            read.der.push(der);
+        }
+    }
+    Ok(read)
+}
+
+/// Revocation checking with `lists`: every certificate of a chain but its trust anchor, a
+/// certificate whose issuer has no list accepted, a list past its next update still used.
+fn revocation_options<'a>(
+    lists: &'a [&'a webpki::CertRevocationList<'a>],
+) -> Option<webpki::RevocationOptions<'a>> {
+    let builder = webpki::RevocationOptionsBuilder::new(lists).ok()?;
+    Some(
+        builder
+            .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+            .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+            .build(),
+    )
+}
+
+/// The server's check of client certificates: rustls' WebPKI verifier, built at each
+/// handshake with the revocation lists in force.
+#[derive(Debug)]
+struct RevokingClientVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    revocations: Arc<Revocations>,
+    subjects: Vec<DistinguishedName>,
+    /// Checks signatures (which no revocation list changes).
+    signatures: Arc<dyn ClientCertVerifier>,
+}
+
+impl RevokingClientVerifier {
+    fn new(
+        roots: Arc<RootCertStore>,
+        provider: Arc<CryptoProvider>,
+        revocations: Arc<Revocations>,
+    ) -> Result<RevokingClientVerifier, NodeError> {
+        let signatures =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| NodeError::Tls(format!("client verifier: {e}")))?;
+        Ok(RevokingClientVerifier {
+            subjects: roots.subjects(),
+            roots,
+            provider,
+            revocations,
+            signatures,
+        })
+    }
+}
+
+type TlsResult<T> = Result<T, tokio_rustls::rustls::Error>;
+
+impl ClientCertVerifier for RevokingClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.subjects
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> TlsResult<ClientCertVerified> {
+        let lists = self.revocations.current();
+        WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+            .with_crls(lists.der.iter().cloned())
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| tokio_rustls::rustls::Error::General(format!("client verifier: {e}")))?
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> TlsResult<HandshakeSignatureValid> {
+        self.signatures.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> TlsResult<HandshakeSignatureValid> {
+        self.signatures.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.signatures.supported_verify_schemes()
+    }
+}
+
+/// A client's check of a peer's server certificate: rustls' WebPKI verifier, built at each
+/// handshake with the revocation lists in force.
+#[derive(Debug)]
+struct RevokingServerVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    revocations: Arc<Revocations>,
+    /// Checks signatures (which no revocation list changes).
+    signatures: Arc<WebPkiServerVerifier>,
+}
+
+impl RevokingServerVerifier {
+    fn new(
+        roots: Arc<RootCertStore>,
+        provider: Arc<CryptoProvider>,
+        revocations: Arc<Revocations>,
+    ) -> Result<RevokingServerVerifier, NodeError> {
+        let signatures =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| NodeError::Tls(format!("server verifier: {e}")))?;
+        Ok(RevokingServerVerifier {
+            roots,
+            provider,
+            revocations,
+            signatures,
+        })
+    }
+}
+
+impl ServerCertVerifier for RevokingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> TlsResult<ServerCertVerified> {
+        let lists = self.revocations.current();
+        WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+            .with_crls(lists.der.iter().cloned())
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| tokio_rustls::rustls::Error::General(format!("server verifier: {e}")))?
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> TlsResult<HandshakeSignatureValid> {
+        self.signatures.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> TlsResult<HandshakeSignatureValid> {
+        self.signatures.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.signatures.supported_verify_schemes()
     }
 }
 
@@ -337,6 +689,86 @@ mod tests {
                 "{err}"
             );
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `unseen cert revoke` lists a certificate; a node that checks that list refuses it from
+    /// the next look at the file on (no restart), keeps the lists it had when the file turns
+    /// unreadable, and refuses to start with a revoked certificate of its own.
+    #[test]
+    fn revocation_lists_are_read_again_when_they_change() {
+        let dir = std::env::temp_dir().join(format!("unseen-crl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let names = ["tax", "bank", "operator"].map(String::from);
+        crate::certs::init(&dir, &names).unwrap();
+        // An empty list to start from.
+        let crl = crate::certs::revoke(&dir, &[]).unwrap();
+        let mut tax = Identity::load_dir(&dir.join("tax")).unwrap();
+        tax.check_revocations(std::slice::from_ref(&crl)).unwrap();
+        let chain = |name: &str| {
+            parse_certs(
+                Path::new(name),
+                &std::fs::read_to_string(dir.join(name).join("node.crt")).unwrap(),
+            )
+            .unwrap()
+        };
+        let (bank, operator) = (chain("bank"), chain("operator"));
+        assert_eq!(tax.vouches_for(Some(&operator), None), Ok(()));
+        assert_eq!(tax.vouches_for(Some(&bank), Some("bank")), Ok(()));
+
+        crate::certs::revoke(&dir, &["operator".to_string()]).unwrap();
+        assert!(!dir.join("operator").exists(), "the name is free again");
+        // Looked at again at most once a second.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(
+            tax.vouches_for(Some(&operator), None),
+            Err(Distrust::Revoked)
+        );
+        assert_eq!(tax.vouches_for(Some(&bank), Some("bank")), Ok(()));
+        tax.check_own(UnixTime::now()).unwrap();
+
+        // A new certificate for the name is not revoked; the list keeps the old entry.
+        crate::certs::issue(&dir, &["operator".to_string()]).unwrap();
+        crate::certs::revoke(&dir, &["bank".to_string()]).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(tax.vouches_for(Some(&chain("operator")), None), Ok(()));
+        assert_eq!(
+            tax.vouches_for(Some(&operator), None),
+            Err(Distrust::Revoked)
+        );
+        assert_eq!(
+            tax.vouches_for(Some(&bank), Some("bank")),
+            Err(Distrust::Revoked)
+        );
+
+        // A list that cannot be read leaves the lists read before in force.
+        std::fs::write(&crl, "not a list").unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(
+            tax.vouches_for(Some(&bank), Some("bank")),
+            Err(Distrust::Revoked)
+        );
+        let err = Identity::load_dir(&dir.join("tax"))
+            .unwrap()
+            .check_revocations(std::slice::from_ref(&crl))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ca.crl: not a revocation list"), "{err}");
+
+        // A node whose own certificate is revoked does not start.
+        crate::certs::revoke(&dir, &[]).unwrap_err();
+        std::fs::remove_file(&crl).unwrap();
+        crate::certs::revoke(&dir, &["tax".to_string()]).unwrap();
+        let revoked = std::fs::read_dir(dir.join("revoked"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("tax-"))
+            .unwrap();
+        let mut own = Identity::load_dir(&revoked).unwrap();
+        own.check_revocations(std::slice::from_ref(&crl)).unwrap();
+        let err = own.check_own(UnixTime::now()).unwrap_err();
+        assert!(err.contains("the certificate is revoked"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,6 +20,25 @@ fn pin(config: &str, peer: &str, ca: &str) -> String {
     config.replace(&entry, &format!("{entry}ca = \"{ca}\"\n"))
 }
 
+/// The three nodes of `configs` (in the order of [`PARTIES`]), started in `dir`.
+async fn start(dir: &Path, configs: [String; 3]) -> Federation {
+    let mut nodes = std::collections::BTreeMap::new();
+    for (party, config) in PARTIES.iter().zip(configs) {
+        let path = dir.join(format!("{party}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let running = node::start(NodeConfig::load(&path).unwrap()).await.unwrap();
+        nodes.insert(party.to_string(), running);
+    }
+    Federation {
+        inner: LocalFederation {
+            dir: dir.to_owned(),
+            nodes,
+        },
+        dir: dir.to_owned(),
+        proxy_drops: Arc::new(AtomicUsize::new(0)),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_may_keep_its_own_pki() {
     let dir = std::env::temp_dir().join(format!("unseen-pki-{}", std::process::id()));
@@ -41,21 +60,7 @@ async fn a_peer_may_keep_its_own_pki() {
         ),
         pin(&plan.config("utilities"), "tax", "taxpki/ca.crt"),
     ];
-    let mut nodes = std::collections::BTreeMap::new();
-    for (party, config) in PARTIES.iter().zip(configs) {
-        let path = dir.join(format!("{party}.toml"));
-        std::fs::write(&path, config).unwrap();
-        let running = node::start(NodeConfig::load(&path).unwrap()).await.unwrap();
-        nodes.insert(party.to_string(), running);
-    }
-    let federation = Federation {
-        inner: LocalFederation {
-            dir: dir.clone(),
-            nodes,
-        },
-        dir: dir.clone(),
-        proxy_drops: Arc::new(AtomicUsize::new(0)),
-    };
+    let federation = start(&dir, configs).await;
 
     // A job runs across both PKIs: every party reaches and accepts every other.
     let spec = federation.spec(
@@ -105,5 +110,91 @@ async fn a_peer_may_keep_its_own_pki() {
     assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error}");
     let (ok, _, stderr) = federation.cli(&["job", "list"]).await;
     assert!(ok, "{stderr}");
+    federation.stop().await;
+}
+
+/// A certificate revoked while the nodes run is refused from the next look at the list on
+/// (about a second), without a restart: a peer's calls — on a connection opened before — and
+/// connections to it, an operator's calls, and a job that needs the revoked peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_certificates_are_refused_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("unseen-revoked-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let mut plan = Plan::prepare(&dir, &data).unwrap();
+    plan.federation = "anchor_secs = 1\nretries = 2\nbackoff_ms = 100\n".into();
+    let certs = dir.join("certs");
+    node::certs::revoke(&certs, &[]).unwrap();
+    let configs = PARTIES.map(|party| {
+        let ca = format!("ca = \"certs/{party}/ca.crt\"\n");
+        let config = plan.config(party);
+        assert!(config.contains(&ca), "{config}");
+        config.replace(&ca, &format!("{ca}crls = [\"certs/ca.crl\"]\n"))
+    });
+    let federation = start(&dir, configs).await;
+    let alive = || node::proto::AliveRequest {
+        version: node::FEDERATION_VERSION,
+        job_id: String::new(),
+        sender: "utilities".into(),
+    };
+    // Connections opened before anything is revoked.
+    let mut utilities = federation.peer_client("bank", "utilities").await;
+    utilities.alive(alive()).await.unwrap();
+    let mut jobs =
+        node::proto::jobs_client::JobsClient::new(federation.channel_as("bank", "modeller").await);
+    jobs.list(node::proto::ListJobsRequest::default())
+        .await
+        .unwrap();
+
+    node::certs::revoke(&certs, &["utilities".to_string()]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let error = utilities.alive(alive()).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error}");
+    assert!(
+        error.message().contains("certificate is revoked"),
+        "{error}"
+    );
+    // The bank no longer reaches the utility company either: its server certificate is
+    // refused at the handshake, so a job with it as host fails, naming it.
+    let spec = federation.spec(
+        "job.toml",
+        &TRAIN.replace("max_epochs = 8", "max_epochs = 1"),
+    );
+    let (ok, stdout, stderr) = federation.cli(&["train", &spec]).await;
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("utilities"), "{stderr}");
+    // A job without it runs.
+    let without = TRAIN
+        .replace(
+            "[[hosts]]\nparty = \"utilities\"\ndataset = \"utilities\"\n",
+            "",
+        )
+        .replace("sme-credit", "sme-credit-tax")
+        .replace("max_epochs = 8", "max_epochs = 1");
+    let spec = federation.spec("tax-only.toml", &without);
+    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
+    assert!(ok, "{stderr}");
+
+    node::certs::revoke(&certs, &["modeller".to_string()]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let error = jobs
+        .list(node::proto::ListJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error}");
+    assert!(
+        error.message().contains("certificate is revoked"),
+        "{error}"
+    );
+    let audit = crate::common::audit_lines(&federation, "bank", "").await;
+    for event in ["operator.refused", "peer.refused"] {
+        assert!(
+            audit.iter().any(|r| r["event"] == event
+                && r["detail"]["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.contains("certificate is revoked"))),
+            "{event}: {audit:?}"
+        );
+    }
     federation.stop().await;
 }

@@ -236,6 +236,17 @@ enum CertCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Revokes the certificates of NAMEs issued by the CA in DIR: adds them to DIR/ca.crl (copy
+    /// it to every node that trusts this CA; nodes read it again when it changes) and moves
+    /// DIR/NAME to DIR/revoked/.
+    Revoke {
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Names whose certificates are revoked.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 /// Entry point of the binary.
@@ -290,6 +301,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
                 CertCommand::Issue { dir, names } => {
                     crate::certs::issue(dir, names).map_err(|e| e.to_string())?;
                     (dir, names)
+                }
+                CertCommand::Revoke { dir, names } => {
+                    let crl = crate::certs::revoke(dir, names).map_err(|e| e.to_string())?;
+                    println!("{}", crl.display());
+                    return Ok(ExitCode::SUCCESS);
                 }
             };
             for name in names {

@@ -245,13 +245,18 @@ impl<'a> Link<'a> {
 }
 
 impl Transport for Link<'_> {
+    /// Sends one message outside the training loop (binning, a refusal, an abort): a peer
+    /// that holds it back is waited for, as [`Link::send_raw`] does.
     fn send(&mut self, to: &str, message: Message) -> Result<(), fedlearn::FedError> {
-        self.send_while_taking(to, message, &mut |from, _| {
-            Err(fedlearn::FedError::Protocol {
-                peer: from.to_owned(),
-                reason: "a message while this party could take none".into(),
-            })
-        })
+        let bytes = message.to_bytes();
+        let length = bytes.len();
+        self.send_raw(to, DeliveryKind::Fedlearn, bytes, true)
+            .map_err(|e| fedlearn::FedError::Transport {
+                peer: to.to_owned(),
+                reason: e.to_string(),
+            })?;
+        self.count(to, "sent", format!("fedlearn.{}", message.kind()), length);
+        Ok(())
     }
 
     /// While `to` holds the message back, takes what arrives from any peer (the session then

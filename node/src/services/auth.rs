@@ -8,6 +8,7 @@ use tonic::Request;
 
 use crate::error::{NodeError, Refusal};
 use crate::state::NodeState;
+use crate::tls::Distrust;
 
 /// Counts and logs a refusal.
 pub(crate) fn deny(node: &NodeState, refusal: Refusal) -> NodeError {
@@ -80,11 +81,16 @@ pub(crate) fn peer<T>(
     let refusal = match expected {
         // Valid for the peer's name, and from the CA that vouches for that peer (its own when
         // it keeps its own PKI): another party's CA cannot speak for it.
-        Some(name)
-            if crate::tls::peer_name(presented, [name]).is_some()
-                && node.identity.vouches_for(presented, Some(&claimed)) =>
-        {
-            return Ok(())
+        Some(name) if crate::tls::peer_name(presented, [name]).is_some() => {
+            match node.identity.vouches_for(presented, Some(&claimed)) {
+                Ok(()) => return Ok(()),
+                Err(Distrust::Revoked) => Refusal::Revoked { call },
+                Err(Distrust::NotVouched) => Refusal::PeerCertificate {
+                    call,
+                    claimed: claimed.clone(),
+                    certificate: name.to_owned(),
+                },
+            }
         }
         Some(name) => Refusal::PeerCertificate {
             call,
@@ -118,21 +124,22 @@ pub(crate) fn operator<T>(node: &NodeState, request: &Request<T>) -> Result<Stri
     let presented = certs.as_deref().map(|c| &c[..]);
     let operators = node.config.operators.iter().map(String::as_str);
     // Only this node's CA vouches for its operators (not a peer's own PKI).
-    let name = crate::tls::peer_name(presented, operators)
-        .filter(|_| node.identity.vouches_for(presented, None));
-    match name {
-        Some(name) => Ok(name.to_owned()),
-        None => Err(deny_audited(
-            node,
-            Refusal::NotAnOperator {
-                party: node.config.party.clone(),
-            },
-            "operator.refused",
-            "",
-            "",
-            caller(request),
-        )),
-    }
+    let name = crate::tls::peer_name(presented, operators);
+    let refusal = match name.map(|name| (name, node.identity.vouches_for(presented, None))) {
+        Some((name, Ok(()))) => return Ok(name.to_owned()),
+        Some((_, Err(Distrust::Revoked))) => Refusal::Revoked { call: "jobs" },
+        Some((_, Err(Distrust::NotVouched))) | None => Refusal::NotAnOperator {
+            party: node.config.party.clone(),
+        },
+    };
+    Err(deny_audited(
+        node,
+        refusal,
+        "operator.refused",
+        "",
+        "",
+        caller(request),
+    ))
 }
 
 /// The scoring client a call comes from, if it may score with `model` and is within its rate.
@@ -145,8 +152,8 @@ pub(crate) fn scoring_client<T>(
     let certs = certs(request);
     let presented = certs.as_deref().map(|c| &c[..]);
     // Only this node's CA vouches for its scoring clients (not a peer's own PKI).
-    let name = crate::tls::peer_name(presented, clients.iter().map(|c| c.name.as_str()))
-        .filter(|_| node.identity.vouches_for(presented, None));
+    let name = crate::tls::peer_name(presented, clients.iter().map(|c| c.name.as_str()));
+    let trust = name.map(|_| node.identity.vouches_for(presented, None));
     let refused = |refusal: Refusal| {
         let event = match refusal {
             Refusal::CallRate { .. } => "score.rate_limited",
@@ -162,7 +169,13 @@ pub(crate) fn scoring_client<T>(
         detail["model"] = model.chars().take(64).collect::<String>().into();
         deny_audited(node, refusal, event, "", "", detail)
     };
-    let Some(client) = name.and_then(|name| clients.iter().find(|c| c.name == name)) else {
+    if trust == Some(Err(Distrust::Revoked)) {
+        return Err(refused(Refusal::Revoked { call: "scoring" }));
+    }
+    let Some(client) = name
+        .filter(|_| trust == Some(Ok(())))
+        .and_then(|name| clients.iter().find(|c| c.name == name))
+    else {
         return Err(refused(Refusal::NotAScoringClient));
     };
     if !client.models.iter().any(|m| m == model) {
