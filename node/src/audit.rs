@@ -139,22 +139,70 @@ pub fn head(store: &Store) -> Result<Option<(u64, String)>, NodeError> {
     Ok(Some((seq, record.hash)))
 }
 
-/// Keeps `peer`'s head `(seq, hash)` unless it goes back on the one kept: an earlier record, or
-/// the same record with another hash, means the peer's log was cut or rewritten. Then the one
-/// kept stays and `Err` returns it (the peer's `audit verify` finds out from it). The peer
-/// itself offers a head only after checking its log against the one kept (see
-/// [`check_anchor`]), so a tampered log stops advancing its anchors.
+/// What the node of `party` signs when it gives `keeper` its audit head `(seq, hash)` at
+/// `signed_unix_ms`: a domain tag, then every field, each unambiguously delimited.
+pub fn head_message(
+    party: &str,
+    keeper: &str,
+    seq: u64,
+    hash: &str,
+    signed_unix_ms: i64,
+) -> Vec<u8> {
+    let mut message = b"unseen audit head v1".to_vec();
+    for text in [party, keeper, hash] {
+        message.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        message.extend_from_slice(text.as_bytes());
+    }
+    message.extend_from_slice(&seq.to_be_bytes());
+    message.extend_from_slice(&signed_unix_ms.to_be_bytes());
+    message
+}
+
+/// This node's head `(seq, hash)` for `keeper`, signed now with the node's key.
+pub fn sign_head(
+    identity: &crate::tls::Identity,
+    party: &str,
+    keeper: &str,
+    (seq, hash): (u64, String),
+) -> Result<AuditHead, NodeError> {
+    let signed_unix_ms = crate::clock::now_ms();
+    let (scheme, signature) =
+        identity.sign(&head_message(party, keeper, seq, &hash, signed_unix_ms))?;
+    Ok(AuditHead {
+        seq,
+        hash,
+        unix_ms: 0,
+        signed_unix_ms,
+        scheme,
+        signature: hex::encode(signature),
+        certificate: String::new(),
+    })
+}
+
+/// Whether `head`, kept by `keeper` of `party`'s log, carries `party`'s signature by the key
+/// of `certificate`.
+pub fn head_signed_by(head: &AuditHead, party: &str, keeper: &str, certificate: &[u8]) -> bool {
+    let Ok(signature) = hex::decode(&head.signature) else {
+        return false;
+    };
+    let message = head_message(party, keeper, head.seq, &head.hash, head.signed_unix_ms);
+    crate::tls::verify_signature(&certificate.into(), head.scheme, &message, &signature)
+}
+
+/// Keeps `peer`'s signed head (verified by the caller with `certificate`, the peer's) unless
+/// it goes back on the one kept: an earlier record, or the same record with another hash,
+/// means the peer's log was cut or rewritten. Then the one kept stays and `Err` returns it
+/// (the peer's `audit verify` finds out from it). The peer itself offers a head only after
+/// checking its log against the one kept (see [`check_anchor`]), so a tampered log stops
+/// advancing its anchors.
 pub fn keep_anchor(
     store: &Store,
     peer: &str,
-    seq: u64,
-    hash: &str,
+    mut head: AuditHead,
+    certificate: &[u8],
 ) -> Result<Result<AuditHead, AuditHead>, NodeError> {
-    let head = AuditHead {
-        seq,
-        hash: hash.to_owned(),
-        unix_ms: crate::clock::now_ms(),
-    };
+    head.unix_ms = crate::clock::now_ms();
+    head.certificate = hex::encode(certificate);
     Ok(store.advance_anchor(peer, &head)?.map(|()| head))
 }
 

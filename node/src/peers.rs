@@ -349,16 +349,23 @@ impl Peers {
         }
     }
 
-    /// Gives `to` this node's audit head to keep (when `head` is set); the head it keeps.
+    /// Gives `to` this node's signed audit head to keep (when `head` is set); the head it
+    /// keeps.
     pub async fn anchor(
         &self,
         to: &str,
-        head: Option<(u64, String)>,
-    ) -> Result<Option<(u64, String)>, NodeError> {
+        head: Option<crate::store::AuditHead>,
+    ) -> Result<Option<crate::store::AuditHead>, NodeError> {
         let request = AnchorRequest {
             version: FEDERATION_VERSION,
             sender: self.party.clone(),
-            head: head.map(|(seq, hash)| AuditHead { seq, hash }),
+            head: head.map(|head| AuditHead {
+                seq: head.seq,
+                hash: head.hash,
+                signed_unix_ms: head.signed_unix_ms,
+                scheme: head.scheme.into(),
+                signature: hex::decode(head.signature).unwrap_or_default(),
+            }),
         };
         let reply = self
             .call(to, "anchor", 1, None, |mut client| {
@@ -366,7 +373,15 @@ impl Peers {
                 async move { client.anchor(request).await }
             })
             .await?;
-        Ok(reply.kept.map(|head| (head.seq, head.hash)))
+        Ok(reply.kept.map(|head| crate::store::AuditHead {
+            seq: head.seq,
+            hash: head.hash,
+            signed_unix_ms: head.signed_unix_ms,
+            // A scheme no TLS code point has does not verify.
+            scheme: u16::try_from(head.scheme).unwrap_or(u16::MAX),
+            signature: hex::encode(head.signature),
+            ..Default::default()
+        }))
     }
 
     /// Delivers message `seq` of a job's `attempt` to `to` in chunks, retrying as configured

@@ -307,18 +307,26 @@ async fn anchor_audit(node: Arc<NodeState>) {
                     continue;
                 }
             };
-            if let Some((seq, hash)) = kept {
-                let kept = crate::store::AuditHead {
-                    seq,
-                    hash,
-                    unix_ms: 0,
-                };
+            if let Some(kept) = kept {
                 if let Err(e) = crate::audit::check_anchor(&node.store, &peer.name, &kept) {
                     tracing::error!(peer = %peer.name, error = %e, "the audit log disagrees with a peer's anchor; run unseen audit verify");
                     continue;
                 }
             }
-            if let Err(e) = node.peers.anchor(&peer.name, Some(head.clone())).await {
+            let signed = crate::audit::sign_head(
+                &node.identity,
+                &node.config.party,
+                &peer.name,
+                head.clone(),
+            );
+            let signed = match signed {
+                Ok(signed) => signed,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not sign the audit head");
+                    continue;
+                }
+            };
+            if let Err(e) = node.peers.anchor(&peer.name, Some(signed)).await {
                 tracing::debug!(peer = %peer.name, error = %e, "audit head not anchored");
             }
         }

@@ -184,8 +184,9 @@ pub struct ModelRecord {
     pub pair_seeds: std::collections::BTreeMap<String, String>,
 }
 
-/// The latest record of an audit log, as a peer keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The latest record of an audit log, as a peer keeps it: signed by the log's node, so the
+/// keeper holds evidence of what that log held.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditHead {
     /// Its sequence number.
     pub seq: u64,
@@ -193,6 +194,18 @@ pub struct AuditHead {
     pub hash: String,
     /// When the keeper received it.
     pub unix_ms: i64,
+    /// When the log's node signed it.
+    #[serde(default)]
+    pub signed_unix_ms: i64,
+    /// The signature's scheme (TLS code point).
+    #[serde(default)]
+    pub scheme: u16,
+    /// The log's node's signature (hex) over [`crate::audit::head_message`].
+    #[serde(default)]
+    pub signature: String,
+    /// The certificate it was verified with when kept (hex DER).
+    #[serde(default)]
+    pub certificate: String,
 }
 
 /// The store.

@@ -15,6 +15,7 @@ use tokio_rustls::rustls::client::danger::{
 };
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::ring::default_provider;
+use tokio_rustls::rustls::crypto::ring::sign::any_supported_type;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{
@@ -22,6 +23,7 @@ use tokio_rustls::rustls::pki_types::{
 };
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::sign::SigningKey;
 use tokio_rustls::rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -41,6 +43,8 @@ pub struct Identity {
     peer_cas: BTreeMap<String, (String, Vec<CertificateDer<'static>>)>,
     /// Revoked certificates, by the revocation lists of the CAs that issued them.
     revocations: Arc<Revocations>,
+    /// The private key, for signatures outside TLS (audit heads given to peers).
+    signing: Arc<dyn SigningKey>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -65,9 +69,11 @@ impl Identity {
         }
         let certs = parse_certs(cert, &cert_pem)?;
         let ca_certs = parse_certs(ca, &ca_pem)?;
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
-            NodeError::Tls(format!("{}: no usable private key: {e}", key.display()))
-        })?;
+        let unusable =
+            |e: String| NodeError::Tls(format!("{}: no usable private key: {e}", key.display()));
+        let private = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| unusable(e.to_string()))?;
+        let signing = any_supported_type(&private).map_err(|e| unusable(e.to_string()))?;
         Ok(Identity {
             cert_pem,
             key_pem,
@@ -76,6 +82,7 @@ impl Identity {
             ca: ca_certs,
             peer_cas: BTreeMap::new(),
             revocations: Arc::new(Revocations::none()),
+            signing,
         })
     }
 
@@ -149,6 +156,26 @@ impl Identity {
         let certs = parse_certs(ca, &pem)?;
         self.peer_cas.insert(peer.to_owned(), (pem, certs));
         Ok(())
+    }
+
+    /// Signs `message` with this identity's private key: the signature scheme (its TLS code
+    /// point) and the signature, which [`verify_signature`] checks with the certificate.
+    pub fn sign(&self, message: &[u8]) -> Result<(u16, Vec<u8>), NodeError> {
+        let signer = self
+            .signing
+            .choose_scheme(SIGNATURE_SCHEMES)
+            .ok_or_else(|| {
+                NodeError::Tls("the private key signs with no supported scheme".into())
+            })?;
+        let signature = signer
+            .sign(message)
+            .map_err(|e| NodeError::Tls(format!("signing: {e}")))?;
+        Ok((u16::from(signer.scheme()), signature))
+    }
+
+    /// This identity's own certificate.
+    pub fn certificate(&self) -> Option<&CertificateDer<'static>> {
+        self.certs.first()
     }
 
     /// Checks certificates against the revocation lists in `files` from now on, reading them
@@ -274,6 +301,35 @@ impl Identity {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// The schemes [`Identity::sign`] may use, with the algorithm that verifies each.
+const SIGNATURE_SCHEMES: &[SignatureScheme] = &[
+    SignatureScheme::ED25519,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::RSA_PSS_SHA256,
+];
+
+/// Whether `signature` (of `scheme`, by [`Identity::sign`]) of `message` verifies with the
+/// public key of `certificate`.
+pub fn verify_signature(
+    certificate: &CertificateDer<'_>,
+    scheme: u16,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    let algorithm: &dyn tokio_rustls::rustls::pki_types::SignatureVerificationAlgorithm =
+        match SignatureScheme::from(scheme) {
+            SignatureScheme::ED25519 => webpki::ring::ED25519,
+            SignatureScheme::ECDSA_NISTP256_SHA256 => webpki::ring::ECDSA_P256_SHA256,
+            SignatureScheme::ECDSA_NISTP384_SHA384 => webpki::ring::ECDSA_P384_SHA384,
+            SignatureScheme::RSA_PSS_SHA256 => webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            _ => return false,
+        };
+    webpki::EndEntityCert::try_from(certificate)
+        .and_then(|cert| cert.verify_signature(algorithm, message, signature))
+        .is_ok()
 }
 
 /// Why [`Identity::vouches_for`] does not vouch for a certificate.

@@ -152,9 +152,61 @@ async fn peers_anchor_the_audit_log_so_a_cut_tail_is_found() {
     }
     let (ok, out, stderr) = federation.cli(&["audit", "verify"]).await;
     assert!(
-        ok && out.contains("intact") && out.contains("agrees"),
+        ok && out.contains("intact") && out.contains("(signed by this node): agrees"),
         "{out}{stderr}"
     );
+    // What a host keeps is the bank's signed word: it verifies with the bank's certificate,
+    // and not once any field is changed.
+    let bank = node::tls::Identity::load_dir(&federation.dir.join("certs/bank")).unwrap();
+    let bank_cert = bank.certificate().unwrap().to_vec();
+    let kept = federation
+        .state("tax")
+        .store
+        .anchor("bank")
+        .unwrap()
+        .unwrap();
+    assert!(node::audit::head_signed_by(
+        &kept, "bank", "tax", &bank_cert
+    ));
+    assert!(!node::audit::head_signed_by(
+        &kept,
+        "bank",
+        "utilities",
+        &bank_cert
+    ));
+    let mut forged = kept.clone();
+    forged.seq -= 1;
+    assert!(!node::audit::head_signed_by(
+        &forged, "bank", "tax", &bank_cert
+    ));
+    // A peer's head that its own key did not sign is not kept: here tax offers one signed by
+    // nobody, then the bank's signed head as its own.
+    let mut tax = federation.peer_client("bank", "tax").await;
+    let bank_signature = (0..kept.signature.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&kept.signature[i..i + 2], 16).unwrap())
+        .collect();
+    for signature in [vec![0u8; 64], bank_signature] {
+        let error = tax
+            .anchor(node::proto::AnchorRequest {
+                version: node::FEDERATION_VERSION,
+                sender: "tax".into(),
+                head: Some(node::proto::AuditHead {
+                    seq: kept.seq,
+                    hash: kept.hash.clone(),
+                    signed_unix_ms: kept.signed_unix_ms,
+                    scheme: kept.scheme.into(),
+                    signature,
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error}");
+        assert!(
+            error.message().contains("signature does not verify"),
+            "{error}"
+        );
+    }
     let kept_before: Vec<u64> = ["tax", "utilities"]
         .iter()
         .map(|h| {

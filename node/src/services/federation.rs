@@ -130,22 +130,50 @@ impl Federation for FederationService {
             &request.get_ref().sender,
             "audit anchor",
         )?;
+        let certificate = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
+            .unwrap_or_default();
         let request = request.into_inner();
-        if let Some(head) = &request.head {
-            let hex = head.hash.len() == 64 && head.hash.bytes().all(|b| b.is_ascii_hexdigit());
-            if !hex {
-                return Err(
-                    NodeError::BadRequest("an audit head's hash is 64 hex digits".into()).into(),
-                );
-            }
-        }
-        let node = self.node.clone();
-        let kept = blocking(move || match request.head {
+        let party = &self.node.config.party;
+        let head = match request.head {
             Some(head) => {
+                let hex = head.hash.len() == 64 && head.hash.bytes().all(|b| b.is_ascii_hexdigit());
+                if !hex {
+                    return Err(NodeError::BadRequest(
+                        "an audit head's hash is 64 hex digits".into(),
+                    )
+                    .into());
+                }
+                let head = crate::store::AuditHead {
+                    seq: head.seq,
+                    hash: head.hash,
+                    unix_ms: 0,
+                    signed_unix_ms: head.signed_unix_ms,
+                    scheme: u16::try_from(head.scheme).unwrap_or(u16::MAX),
+                    signature: hex::encode(head.signature),
+                    certificate: String::new(),
+                };
+                // Kept only as the sender's signed word: evidence a peer can show.
+                if !crate::audit::head_signed_by(&head, &request.sender, party, &certificate) {
+                    return Err(NodeError::BadRequest(
+                        "the audit head's signature does not verify with the caller's certificate"
+                            .into(),
+                    )
+                    .into());
+                }
+                Some(head)
+            }
+            None => None,
+        };
+        let node = self.node.clone();
+        let kept = blocking(move || match head {
+            Some(head) => {
+                let offered = head.seq;
                 let kept =
-                    crate::audit::keep_anchor(&node.store, &request.sender, head.seq, &head.hash)?;
+                    crate::audit::keep_anchor(&node.store, &request.sender, head, &certificate)?;
                 Ok(Some(kept.unwrap_or_else(|held| {
-                    anchor_conflict(&node, &request.sender, &held, head.seq);
+                    anchor_conflict(&node, &request.sender, &held, offered);
                     held
                 })))
             }
@@ -157,6 +185,9 @@ impl Federation for FederationService {
             kept: kept.map(|head| AuditHead {
                 seq: head.seq,
                 hash: head.hash,
+                signed_unix_ms: head.signed_unix_ms,
+                scheme: head.scheme.into(),
+                signature: hex::decode(head.signature).unwrap_or_default(),
             }),
         }))
     }

@@ -244,21 +244,27 @@ impl Jobs for JobsService {
                     continue;
                 }
             };
-            let Some((seq, hash)) = kept else {
+            let Some(head) = kept else {
                 reply
                     .anchors
                     .push(format!("{}: keeps nothing of this log yet", peer.name));
                 continue;
             };
-            let head = crate::store::AuditHead {
-                seq,
-                hash,
-                unix_ms: 0,
+            let seq = head.seq;
+            // The head was signed with this node's key (unless the key changed since).
+            let own = self.node.identity.certificate().map(|c| c.as_ref());
+            let signed = own.is_some_and(|own| {
+                crate::audit::head_signed_by(&head, &self.node.config.party, &peer.name, own)
+            });
+            let signed = if signed {
+                "signed by this node"
+            } else {
+                "not signed with this node's current key"
             };
             match crate::audit::check_anchor(&self.node.store, &peer.name, &head) {
                 Ok(()) => reply
                     .anchors
-                    .push(format!("{} keeps #{seq}: agrees", peer.name)),
+                    .push(format!("{} keeps #{seq} ({signed}): agrees", peer.name)),
                 Err(e) => {
                     reply
                         .anchors
