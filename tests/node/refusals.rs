@@ -427,3 +427,94 @@ async fn a_flood_of_proposals_is_refused_as_busy() {
     assert_eq!(live, 4);
     federation.stop().await;
 }
+
+/// A bank that deviates from resuming is refused by its hosts: a new attempt whose proposal
+/// differs from the job's first, or one beyond the attempts a job may have; and once an epoch
+/// has ended, a plan to align the rows again (a second PSI and a second training run). The
+/// job then fails on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_refuses_a_bank_that_deviates_from_resuming() {
+    use prost::Message as _;
+    let federation = Federation::start("deviate", false).await;
+    let spec = federation.spec(
+        "long.toml",
+        &TRAIN.replace("max_epochs = 8", "max_epochs = 500"),
+    );
+    let job = training(&federation, &spec).await;
+    let tax = federation.state("tax");
+    while tax.store.checkpoint_epochs(&job).unwrap().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let kept = tax.store.resume_part(&job, "job").unwrap().unwrap();
+    let first = node::proto::JobProposal::decode(kept.as_slice()).unwrap();
+    let mut as_bank = federation.peer_client("tax", "bank").await;
+    for (deviating, why) in [
+        (
+            node::proto::JobProposal {
+                attempt: 1,
+                guest_features: first.guest_features - 1,
+                ..first.clone()
+            },
+            "differs from the accepted job",
+        ),
+        (
+            node::proto::JobProposal {
+                attempt: 8,
+                ..first.clone()
+            },
+            "attempt 8 is beyond the 8 a job may have",
+        ),
+    ] {
+        let reply = as_bank.propose(deviating).await.unwrap().into_inner();
+        assert!(!reply.accepted && reply.reason.contains(why), "{reply:?}");
+    }
+    // A proper next attempt is accepted: tax says it kept its rows and an epoch.
+    let reply = as_bank
+        .propose(node::proto::JobProposal {
+            attempt: 1,
+            ..first.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.accepted && reply.aligned, "{reply:?}");
+    assert!(reply.checkpoint.is_some(), "{reply:?}");
+    // Then the plan: align again (0) instead of reusing the rows (1).
+    let plan = node::proto::Chunk {
+        version: node::FEDERATION_VERSION,
+        job_id: job.clone(),
+        sender: "bank".into(),
+        seq: 0,
+        kind: "plan".into(),
+        index: 0,
+        count: 1,
+        total_bytes: 1,
+        data: vec![0],
+        attempt: 1,
+    };
+    as_bank.deliver(tokio_stream::iter([plan])).await.unwrap();
+    for party in ["tax", "bank"] {
+        let state = federation.state(party);
+        let mut waited = 0;
+        let record = loop {
+            let record = state.job(&job).unwrap().unwrap();
+            if record.is_final() {
+                break record;
+            }
+            assert!(waited < 600, "{party}: {record:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            waited += 1;
+        };
+        assert_eq!(record.state, "failed", "{party}: {record:?}");
+        if party == "tax" {
+            assert!(
+                record
+                    .error
+                    .contains("training had begun; align again it may not"),
+                "{}",
+                record.error
+            );
+        }
+    }
+    federation.stop().await;
+}
