@@ -1,7 +1,7 @@
-//! A party's data: named numeric feature columns, optional 0/1 labels, parsed from CSV text.
+//! A party's data: named numeric feature columns, optional 0/1 labels, read from CSV.
 //!
-//! Parsing is pure (the caller reads the file), so errors name the source, line and column
-//! the caller passed in.
+//! Reading is pure: the caller opens the source and hands over a reader (a file, or text in
+//! memory), and errors name the source the caller passed in, the line and the column.
 
 use crate::error::FedError;
 
@@ -50,6 +50,169 @@ fn is_missing(field: &str) -> bool {
         || ["na", "nan", "null"]
             .iter()
             .any(|m| field.eq_ignore_ascii_case(m))
+}
+
+/// How a CSV file is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CsvFormat {
+    /// The field delimiter (one ASCII byte: `,` by default, `;` or a tab are common).
+    pub delimiter: u8,
+}
+
+impl Default for CsvFormat {
+    fn default() -> Self {
+        CsvFormat { delimiter: b',' }
+    }
+}
+
+/// Which columns a table is read from, and how.
+struct Columns<'a> {
+    id: &'a str,
+    label: Option<&'a str>,
+    missing: Missing,
+    reading: &'a dyn Fn(&str) -> Reading,
+}
+
+/// A table being read row by row, from whatever source: the header's layout, then rows of
+/// text fields. Errors come from the caller's `error(column, reason)`, which knows the source
+/// and the row's position.
+struct Rows {
+    names: Vec<String>,
+    id_at: usize,
+    label_at: Option<usize>,
+    feature_at: Vec<usize>,
+    readings: Vec<Reading>,
+    dictionaries: Vec<Option<Vec<String>>>,
+    codes: Vec<std::collections::HashMap<String, usize>>,
+    ids: Vec<String>,
+    values: Vec<f64>,
+    labels: Vec<f64>,
+    missing: Missing,
+}
+
+type CellError<'e> = &'e dyn Fn(&str, String) -> FedError;
+
+impl Rows {
+    /// The layout of `header`: where the id, the label and the features read are.
+    fn start(
+        header: &[String],
+        columns: &Columns<'_>,
+        error: CellError<'_>,
+    ) -> Result<Rows, FedError> {
+        let find = |name: &str| {
+            header
+                .iter()
+                .position(|h| h == name)
+                .ok_or_else(|| error(name, format!("no such column; the header has {header:?}")))
+        };
+        let id_at = find(columns.id)?;
+        let label_at = columns.label.map(find).transpose()?;
+        for (i, name) in header.iter().enumerate() {
+            if header[..i].contains(name) {
+                return Err(error(name, "the column name appears twice".into()));
+            }
+        }
+        let (feature_at, readings): (Vec<usize>, Vec<Reading>) = (0..header.len())
+            .filter(|&i| i != id_at && Some(i) != label_at)
+            .map(|i| (i, (columns.reading)(&header[i])))
+            .filter(|(_, r)| *r != Reading::Skip)
+            .unzip();
+        Ok(Rows {
+            names: header.to_vec(),
+            id_at,
+            label_at,
+            dictionaries: readings
+                .iter()
+                .map(|r| (*r == Reading::Text).then(Vec::new))
+                .collect(),
+            codes: vec![Default::default(); feature_at.len()],
+            feature_at,
+            readings,
+            ids: Vec::new(),
+            values: Vec::new(),
+            labels: Vec::new(),
+            missing: columns.missing,
+        })
+    }
+
+    /// Adds one row of text fields; on an error, adds nothing.
+    fn push(&mut self, fields: &[&str], error: CellError<'_>) -> Result<(), FedError> {
+        let (values, labels) = (self.values.len(), self.labels.len());
+        let pushed = self.push_cells(fields, error);
+        if pushed.is_err() {
+            self.values.truncate(values);
+            self.labels.truncate(labels);
+        }
+        pushed
+    }
+
+    fn push_cells(&mut self, fields: &[&str], error: CellError<'_>) -> Result<(), FedError> {
+        let names = &self.names;
+        if fields.len() != names.len() {
+            return Err(error(
+                "",
+                format!("{} fields, the header has {}", fields.len(), names.len()),
+            ));
+        }
+        if let Some(at) = self.label_at {
+            let label = match fields[at] {
+                "0" | "0.0" => 0.0,
+                "1" | "1.0" => 1.0,
+                other => return Err(error(&names[at], format!("label {other:?} is not 0 or 1"))),
+            };
+            self.labels.push(label);
+        }
+        for (f, &at) in self.feature_at.iter().enumerate() {
+            let field = fields[at];
+            let value = if is_missing(field) {
+                if self.missing == Missing::Reject && self.readings[f] == Reading::Number {
+                    return Err(error(
+                        &names[at],
+                        "missing value (set missing = \"mean\" to impute)".into(),
+                    ));
+                }
+                f64::NAN
+            } else if let Some(dictionary) = &mut self.dictionaries[f] {
+                let code = *self.codes[f].entry(field.to_owned()).or_insert_with(|| {
+                    dictionary.push(field.to_owned());
+                    dictionary.len() - 1
+                });
+                code as f64
+            } else {
+                match field.parse::<f64>() {
+                    Ok(v) if v.is_finite() => v,
+                    _ => {
+                        return Err(error(
+                            &names[at],
+                            format!(
+                                "{field:?} is not a finite number (bin a text column as \
+                                 categorical)"
+                            ),
+                        ))
+                    }
+                }
+            };
+            self.values.push(value);
+        }
+        self.ids.push(fields[self.id_at].to_owned());
+        Ok(())
+    }
+
+    /// The table of the rows added.
+    fn finish(self) -> Table {
+        Table {
+            ids: self.ids,
+            feature_names: self
+                .feature_at
+                .iter()
+                .map(|&i| self.names[i].clone())
+                .collect(),
+            values: self.values,
+            labels: self.label_at.map(|_| self.labels),
+            missing: self.missing,
+            dictionaries: self.dictionaries,
+        }
+    }
 }
 
 impl Table {
@@ -107,9 +270,7 @@ impl Table {
         })
     }
 
-    /// Parses CSV text with a header row. `id_column` names the id column, `label_column` the
-    /// 0/1 label (guest only); every other column is a feature, read as `reading` says for
-    /// its name. `source` names the file in errors.
+    /// Parses CSV text with a header row and comma delimiters (see [`Table::read_csv`]).
     pub fn parse_csv(
         source: &str,
         text: &str,
@@ -118,16 +279,38 @@ impl Table {
         missing: Missing,
         reading: &dyn Fn(&str) -> Reading,
     ) -> Result<Table, FedError> {
-        let parse = Table::parse(
-            source,
-            text,
-            id_column,
-            label_column,
+        let format = CsvFormat::default();
+        let columns = Columns {
+            id: id_column,
+            label: label_column,
             missing,
             reading,
-            false,
-        );
-        parse.map(|(table, _)| table)
+        };
+        Table::read(source, text.as_bytes(), format, &columns, false).map(|(table, _)| table)
+    }
+
+    /// Reads CSV (RFC 4180: quoted fields may hold delimiters, quotes and line breaks; a
+    /// UTF-8 byte order mark and CRLF line ends are accepted) with a header row, record by
+    /// record: memory holds the table, not the file. `id_column` names the id column,
+    /// `label_column` the 0/1 label (guest only); every other column is a feature, read as
+    /// `reading` says for its name. Errors name `source`, the line a record starts on and the
+    /// column.
+    pub fn read_csv(
+        source: &str,
+        input: impl std::io::Read,
+        format: CsvFormat,
+        id_column: &str,
+        label_column: Option<&str>,
+        missing: Missing,
+        reading: &dyn Fn(&str) -> Reading,
+    ) -> Result<Table, FedError> {
+        let columns = Columns {
+            id: id_column,
+            label: label_column,
+            missing,
+            reading,
+        };
+        Table::read(source, input, format, &columns, false).map(|(table, _)| table)
     }
 
     /// [`Table::parse_csv`] for scoring, where one bad row must not stop the others: a data
@@ -140,148 +323,116 @@ impl Table {
         missing: Missing,
         reading: &dyn Fn(&str) -> Reading,
     ) -> Result<(Table, Vec<(String, FedError)>), FedError> {
-        Table::parse(source, text, id_column, None, missing, reading, true)
+        Table::read_csv_rows(
+            source,
+            text.as_bytes(),
+            CsvFormat::default(),
+            id_column,
+            missing,
+            reading,
+        )
     }
 
-    fn parse(
+    /// [`Table::read_csv`] for scoring, as [`Table::parse_csv_rows`] reads text.
+    pub fn read_csv_rows(
         source: &str,
-        text: &str,
+        input: impl std::io::Read,
+        format: CsvFormat,
         id_column: &str,
-        label_column: Option<&str>,
         missing: Missing,
         reading: &dyn Fn(&str) -> Reading,
+    ) -> Result<(Table, Vec<(String, FedError)>), FedError> {
+        let columns = Columns {
+            id: id_column,
+            label: None,
+            missing,
+            reading,
+        };
+        Table::read(source, input, format, &columns, true)
+    }
+
+    fn read(
+        source: &str,
+        input: impl std::io::Read,
+        format: CsvFormat,
+        columns: &Columns<'_>,
         keep_going: bool,
     ) -> Result<(Table, Vec<(String, FedError)>), FedError> {
-        let error = |line: usize, column: &str, reason: String| FedError::Csv {
+        let error = |line: u64, column: &str, reason: String| FedError::Csv {
             source_name: source.to_owned(),
-            line,
+            line: line as usize,
             column: column.to_owned(),
             reason,
         };
-        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
-        let Some((_, header)) = lines.next() else {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(format.delimiter)
+            .has_headers(false)
+            // Rows of another width are this reader's error to name, by line.
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(input);
+        let mut record = csv::ByteRecord::new();
+        let mut next = |record: &mut csv::ByteRecord| -> Result<Option<u64>, FedError> {
+            match reader.read_byte_record(record) {
+                Ok(true) => Ok(Some(record.position().map_or(0, |p| p.line()))),
+                Ok(false) => Ok(None),
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line());
+                    Err(error(line, "", format!("cannot be read: {e}")))
+                }
+            }
+        };
+        if next(&mut record)?.is_none() {
             return Err(error(
                 1,
                 "",
                 "the file is empty; expected a header row".into(),
             ));
-        };
-        let header: Vec<&str> = header.split(',').map(str::trim).collect();
-        let find = |name: &str| {
-            header.iter().position(|h| *h == name).ok_or_else(|| {
-                error(
-                    1,
-                    name,
-                    format!("no such column; the header has {header:?}"),
-                )
-            })
-        };
-        let id_at = find(id_column)?;
-        let label_at = label_column.map(find).transpose()?;
-        for (i, name) in header.iter().enumerate() {
-            if header[..i].contains(name) {
-                return Err(error(1, name, "the column name appears twice".into()));
-            }
         }
-        let (feature_at, readings): (Vec<usize>, Vec<Reading>) = (0..header.len())
-            .filter(|&i| i != id_at && Some(i) != label_at)
-            .map(|i| (i, reading(header[i])))
-            .filter(|(_, r)| *r != Reading::Skip)
-            .unzip();
-        let mut dictionaries: Vec<Option<Vec<String>>> = readings
-            .iter()
-            .map(|r| (*r == Reading::Text).then(Vec::new))
-            .collect();
-        let mut codes: Vec<std::collections::HashMap<String, usize>> =
-            vec![Default::default(); feature_at.len()];
-        let (mut ids, mut values, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        let header = (record.iter().enumerate())
+            .map(|(i, field)| {
+                let field = if i == 0 {
+                    field.strip_prefix("\u{feff}".as_bytes()).unwrap_or(field)
+                } else {
+                    field
+                };
+                std::str::from_utf8(field)
+                    .map(str::to_owned)
+                    .map_err(|_| error(1, &format!("#{}", i + 1), "not UTF-8 text".into()))
+            })
+            .collect::<Result<Vec<String>, FedError>>()?;
+        let mut rows = Rows::start(&header, columns, &|column, reason| error(1, column, reason))?;
         let mut bad_rows = Vec::new();
-        for (line, text) in lines {
-            if text.trim().is_empty() {
+        while let Some(line) = next(&mut record)? {
+            // A blank line holds no row.
+            if record.len() == 1 && record[0].is_empty() {
                 continue;
             }
-            let fields: Vec<&str> = text.split(',').map(str::trim).collect();
-            let (width, labelled) = (values.len(), labels.len());
-            let mut row = || -> Result<(), FedError> {
-                if fields.len() != header.len() {
-                    return Err(error(
-                        line,
-                        "",
-                        format!("{} fields, the header has {}", fields.len(), header.len()),
-                    ));
+            let cell = |column: &str, reason: String| error(line, column, reason);
+            let fields = (record.iter().enumerate())
+                .map(|(i, field)| {
+                    std::str::from_utf8(field).map_err(|_| {
+                        cell(
+                            header.get(i).map_or("", String::as_str),
+                            "not UTF-8 text".into(),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<&str>, FedError>>();
+            if let Err(e) = fields.and_then(|fields| rows.push(&fields, &cell)) {
+                if !keep_going {
+                    return Err(e);
                 }
-                if let Some(at) = label_at {
-                    let label = match fields[at] {
-                        "0" | "0.0" => 0.0,
-                        "1" | "1.0" => 1.0,
-                        other => {
-                            return Err(error(
-                                line,
-                                header[at],
-                                format!("label {other:?} is not 0 or 1"),
-                            ))
-                        }
-                    };
-                    labels.push(label);
-                }
-                for (f, &at) in feature_at.iter().enumerate() {
-                    let field = fields[at];
-                    let value = if is_missing(field) {
-                        if missing == Missing::Reject && readings[f] == Reading::Number {
-                            return Err(error(
-                                line,
-                                header[at],
-                                "missing value (set missing = \"mean\" to impute)".into(),
-                            ));
-                        }
-                        f64::NAN
-                    } else if let Some(dictionary) = &mut dictionaries[f] {
-                        let code = *codes[f].entry(field.to_owned()).or_insert_with(|| {
-                            dictionary.push(field.to_owned());
-                            dictionary.len() - 1
-                        });
-                        code as f64
-                    } else {
-                        match field.parse::<f64>() {
-                            Ok(v) if v.is_finite() => v,
-                            _ => {
-                                return Err(error(
-                                    line,
-                                    header[at],
-                                    format!(
-                                        "{field:?} is not a finite number (bin a text column \
-                                         as categorical)"
-                                    ),
-                                ))
-                            }
-                        }
-                    };
-                    values.push(value);
-                }
-                Ok(())
-            };
-            match row() {
-                Ok(()) => ids.push(fields[id_at].to_owned()),
-                Err(e) if keep_going => {
-                    values.truncate(width);
-                    labels.truncate(labelled);
-                    bad_rows.push((fields.get(id_at).copied().unwrap_or("").to_owned(), e));
-                }
-                Err(e) => return Err(e),
+                let id = (record.get(rows.id_at))
+                    .and_then(|id| std::str::from_utf8(id).ok())
+                    .unwrap_or("");
+                bad_rows.push((id.to_owned(), e));
             }
         }
-        if ids.is_empty() && bad_rows.is_empty() {
+        if rows.ids.is_empty() && bad_rows.is_empty() {
             return Err(error(2, "", "no data rows after the header".into()));
         }
-        let table = Table {
-            ids,
-            feature_names: feature_at.iter().map(|&i| header[i].to_owned()).collect(),
-            values,
-            labels: label_at.map(|_| labels),
-            missing,
-            dictionaries,
-        };
-        Ok((table, bad_rows))
+        Ok((rows.finish(), bad_rows))
     }
 
     /// SHA-256 of everything the table holds (ids, column names, values, labels, text
@@ -539,5 +690,105 @@ mod tests {
         )
         .unwrap();
         assert!(imputed.values()[0].is_nan());
+    }
+
+    /// RFC 4180 as spreadsheets and databases write it: quoted fields holding delimiters,
+    /// quotes and line breaks, a byte order mark, CRLF line ends, another delimiter; errors
+    /// name the line a record starts on.
+    #[test]
+    fn reads_csv_as_exported() {
+        let number = |_: &str| Reading::Number;
+        let text = "\u{feff}id,name,a\r\n\"Acme, Ltd.\",\"say \"\"hi\"\"\",1.5\r\n\r\n\
+                    \"Two\nlines\",x,2\r\n";
+        let text_name = |name: &str| match name {
+            "name" => Reading::Text,
+            _ => Reading::Number,
+        };
+        let table = Table::read_csv(
+            "export.csv",
+            text.as_bytes(),
+            CsvFormat::default(),
+            "id",
+            None,
+            Missing::Reject,
+            &text_name,
+        )
+        .unwrap();
+        assert_eq!(table.ids(), ["Acme, Ltd.", "Two\nlines"]);
+        assert_eq!(table.feature_names(), ["name", "a"]);
+        assert_eq!(table.dictionary(0).unwrap(), ["say \"hi\"", "x"]);
+        assert_eq!(table.values(), [0.0, 1.5, 1.0, 2.0]);
+
+        let semicolons = "id;a;b\nx;1,5;2\n";
+        let european = CsvFormat { delimiter: b';' };
+        let err = Table::read_csv(
+            "eu.csv",
+            semicolons.as_bytes(),
+            european,
+            "id",
+            None,
+            Missing::Reject,
+            &number,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("eu.csv") && err.contains("line 2") && err.contains("\"a\""),
+            "{err}"
+        );
+        let table = Table::read_csv(
+            "eu.csv",
+            "id;a\nx;2.5\n".as_bytes(),
+            european,
+            "id",
+            None,
+            Missing::Reject,
+            &number,
+        )
+        .unwrap();
+        assert_eq!(table.values(), [2.5]);
+
+        // A record spanning lines 2–3 is followed by one on line 4.
+        let FedError::Csv { line, column, .. } = Table::read_csv(
+            "f.csv",
+            "id,a\n\"x\ny\",1\nz,bad\n".as_bytes(),
+            CsvFormat::default(),
+            "id",
+            None,
+            Missing::Reject,
+            &number,
+        )
+        .unwrap_err() else {
+            panic!()
+        };
+        assert_eq!((line, column.as_str()), (4, "a"));
+
+        // Bytes that are not UTF-8 are named by line and column; when scoring, that row alone.
+        let latin1 = b"id,a\nx,1\ny,\xe9\nz,3\n";
+        let FedError::Csv { line, column, .. } = Table::read_csv(
+            "f.csv",
+            &latin1[..],
+            CsvFormat::default(),
+            "id",
+            None,
+            Missing::Reject,
+            &number,
+        )
+        .unwrap_err() else {
+            panic!()
+        };
+        assert_eq!((line, column.as_str()), (3, "a"));
+        let (table, bad) = Table::read_csv_rows(
+            "f.csv",
+            &latin1[..],
+            CsvFormat::default(),
+            "id",
+            Missing::Reject,
+            &number,
+        )
+        .unwrap();
+        assert_eq!(table.ids(), ["x", "z"]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0, "y");
     }
 }

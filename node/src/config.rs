@@ -24,6 +24,7 @@
 //! id_column = "id"
 //! features = ["x0", "x1"]            # optional: every other column by default
 //! missing = "reject"                 # or "mean"
+//! delimiter = ","                    # or ";", "\t", …
 //!
 //! [[policy]]                         # who may run which jobs on which datasets
 //! peer = "bank"
@@ -226,6 +227,22 @@ pub struct DatasetConfig {
     /// Missing values: refuse them, or score them as the training mean.
     #[serde(default = "default_missing")]
     pub missing: Missing,
+    /// The CSV field delimiter: one ASCII character other than a quote or a line break.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+}
+
+fn default_delimiter() -> String {
+    ",".into()
+}
+
+impl DatasetConfig {
+    /// The file's CSV layout (the delimiter is checked when the configuration loads).
+    pub fn csv_format(&self) -> fedlearn::CsvFormat {
+        fedlearn::CsvFormat {
+            delimiter: self.delimiter.bytes().next().unwrap_or(b','),
+        }
+    }
 }
 
 fn default_missing() -> Missing {
@@ -481,6 +498,15 @@ impl NodeConfig {
                 return Err(format!(
                     "datasets.{name}.path: {} does not exist",
                     dataset.path.display()
+                ));
+            }
+            let delimiter = dataset.delimiter.as_bytes();
+            if delimiter.len() != 1 || !delimiter[0].is_ascii() || b"\"\r\n".contains(&delimiter[0])
+            {
+                return Err(format!(
+                    "datasets.{name}.delimiter: {:?} is not one ASCII character other than a \
+                     quote or a line break",
+                    dataset.delimiter
                 ));
             }
         }

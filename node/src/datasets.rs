@@ -43,12 +43,22 @@ fn read(
         .datasets
         .get(name)
         .ok_or_else(|| error("not in this node's configuration".into()))?;
-    let text = std::fs::read_to_string(&dataset.path)
+    // Read record by record: memory holds the table, not the file.
+    let file = std::fs::File::open(&dataset.path)
         .map_err(|e| error(format!("{}: {e}", dataset.path.display())))?;
+    let input = std::io::BufReader::new(file);
     let source = dataset.path.display().to_string();
+    let format = dataset.csv_format();
     let (table, bad_rows) = if keep_going {
-        Table::parse_csv_rows(&source, &text, &dataset.id_column, dataset.missing, reading)
-            .map_err(|e| error(e.to_string()))?
+        Table::read_csv_rows(
+            &source,
+            input,
+            format,
+            &dataset.id_column,
+            dataset.missing,
+            reading,
+        )
+        .map_err(|e| error(e.to_string()))?
     } else {
         let label = if with_labels {
             Some(
@@ -60,9 +70,10 @@ fn read(
         } else {
             None
         };
-        let table = Table::parse_csv(
+        let table = Table::read_csv(
             &source,
-            &text,
+            input,
+            format,
             &dataset.id_column,
             label,
             dataset.missing,

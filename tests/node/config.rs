@@ -21,6 +21,13 @@ fn configuration_errors_name_the_key_or_file() {
             "policy[0].peer",
         ),
         (
+            format!(
+                "{base}[datasets.bank]\npath = \"node.toml\"\nid_column = \"id\"\n\
+                 delimiter = \";;\"\n"
+            ),
+            "datasets.bank.delimiter",
+        ),
+        (
             base.replace(
                 "[tls]",
                 "operators = [\"ops\"]\n[[scoring.clients]]\nname = \"ops\"\nmodels = []\n[tls]",
