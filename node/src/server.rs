@@ -139,9 +139,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .await;
     health.set_serving::<JobsServer<JobsService>>().await;
     health.set_serving::<ScoringServer<ScoringService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::DESCRIPTOR)
+    // Both versions of reflection: grpcurl speaks v1, older clients (grpcio-reflection's
+    // Python client among them) v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::DESCRIPTOR)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| NodeError::Server(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| NodeError::Server(format!("reflection: {e}")))?;
     let federation = FederationServer::new(FederationService {
         node: state.clone(),
@@ -157,7 +165,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(federation)
             .add_service(jobs)
             .add_service(scoring)

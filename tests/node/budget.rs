@@ -28,6 +28,10 @@ async fn hosts_enforce_their_disclosure_budget() {
     let first = federation.spec("first.toml", &prepared);
     let (ok, stdout, stderr) = federation.cli(&["train", &first]).await;
     assert!(ok, "{stderr}");
+    // Piped, `unseen train` prints its progress line by line as it comes.
+    for line in ["psi: ", "training: ", "epoch 1/1 Taylor loss "] {
+        assert!(stderr.contains(line), "{line}: {stderr}");
+    }
     // One epoch cannot converge, and the modeller is told.
     assert!(
         format!("{stdout}{stderr}").contains("not converged"),

@@ -258,3 +258,54 @@ async fn peers_anchor_the_audit_log_so_a_cut_tail_is_found() {
     );
     federation.stop().await;
 }
+
+/// Server reflection answers in both versions clients speak: v1 (grpcurl) and v1alpha
+/// (grpcio-reflection's Python client, older grpcurl), listing the node's services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let federation = Federation::start("reflection", false).await;
+    let channel = federation.channel_as("bank", "modeller").await;
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut replies = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        reply.message_response
+    else {
+        panic!("{reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == "unseen.v1.Jobs"), "{names:?}");
+
+    let mut current = v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut replies = current
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            reply.message_response,
+            Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(_))
+        ),
+        "{reply:?}"
+    );
+    federation.stop().await;
+}

@@ -16,12 +16,14 @@ pub(super) async fn audit_command(command: AuditCommand) -> Result<ExitCode, Str
             for anchor in &reply.anchors {
                 println!("  {anchor}");
             }
+            // Each node keeps its own log: say whose this is.
+            let node = &target.node;
             if reply.intact {
-                println!("audit log intact: {} records", reply.records);
+                println!("audit log of {node} intact: {} records", reply.records);
                 Ok(ExitCode::SUCCESS)
             } else {
                 Err(format!(
-                    "audit log broken at record {} of {}: {}",
+                    "audit log of {node} broken at record {} of {}: {}",
                     reply.first_broken, reply.records, reply.reason
                 ))
             }

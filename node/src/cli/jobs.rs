@@ -1,5 +1,6 @@
 //! `unseen train` and `unseen job …`: submit, follow, list, show, cancel.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -55,9 +56,11 @@ pub async fn follow(
         .await
         .map_err(status_error)?
         .into_inner();
+    // On a terminal, progress bars; piped (tee, CI, a log file), one line per step.
+    let plain = !json && !std::io::stderr().is_terminal();
     let psi = ProgressBar::hidden();
     let epochs = ProgressBar::hidden();
-    if !json {
+    if !json && !plain {
         psi.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         psi.set_length(1000);
         psi.set_style(
@@ -66,8 +69,9 @@ pub async fn follow(
         );
     }
     let mut last_state = String::new();
+    let (mut last_epoch, mut last_tenth) = (0, 0);
     // The job's closing message (a training job's convergence verdict, say), printed with
-    // the status: progress lines show only on a terminal.
+    // the status.
     let mut summary = String::new();
     while let Some(event) = stream.message().await.map_err(status_error)? {
         if matches!(event.state.as_str(), "succeeded" | "failed" | "cancelled") {
@@ -75,6 +79,27 @@ pub async fn follow(
         }
         if json {
             println!("{}", event_json(&event));
+            continue;
+        }
+        if plain {
+            if event.state != last_state {
+                eprintln!("{}: {}", event.state, event.message);
+                last_state = event.state.clone();
+            }
+            let tenth = (event.psi_progress * 10.0).floor() as u32;
+            if event.state == "psi" && tenth > last_tenth {
+                eprintln!("PSI {}%", tenth * 10);
+                last_tenth = tenth;
+            }
+            if event.epoch > last_epoch {
+                eprintln!(
+                    "epoch {}/{} {}",
+                    event.epoch,
+                    event.max_epochs,
+                    loss_line(&event)
+                );
+                last_epoch = event.epoch;
+            }
             continue;
         }
         psi.set_position((event.psi_progress * 1000.0) as u64);
