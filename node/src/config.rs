@@ -51,7 +51,8 @@
 //!
 //! [[scoring.clients]]                # platforms, by certificate name
 //! name = "city-platform"
-//! models = ["sme-credit-2026q4"]
+//! models = ["sme-credit-2026q4", "sme-*"]   # a trailing * grants every model so named;
+//!                                          # "*" every model of this node
 //! calls_per_second = 50
 //! burst = 100
 //! ```
@@ -74,7 +75,7 @@ use crate::error::{NodeError, Refusal};
 pub const JOB_KINDS: &[&str] = &["train", "score", "binning"];
 
 /// A validated node configuration with absolute paths.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's party name (must be the name in its certificate).
@@ -110,10 +111,13 @@ pub struct NodeConfig {
     /// Scoring service (guest).
     #[serde(default)]
     pub scoring: ScoringSettings,
+    /// The file this configuration was read from.
+    #[serde(skip)]
+    pub source: PathBuf,
 }
 
 /// The scorecard, the bands and the platforms allowed to score.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoringSettings {
     /// Points at `base_odds`.
@@ -147,12 +151,13 @@ impl Default for ScoringSettings {
 }
 
 /// A platform allowed to score.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoringClient {
     /// Certificate name.
     pub name: String,
-    /// Models it may score.
+    /// Models it may score: a model id, a prefix followed by `*` (every model whose id
+    /// starts with it), or `*` (every model of this node).
     pub models: Vec<String>,
     /// Sustained calls per second.
     #[serde(default = "default_rate")]
@@ -171,7 +176,7 @@ fn default_burst() -> f64 {
 }
 
 /// PEM files of the node's identity.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// Certificate chain of this node.
@@ -187,7 +192,7 @@ pub struct TlsFiles {
 }
 
 /// Another node.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Party name.
@@ -211,7 +216,7 @@ impl PeerConfig {
 }
 
 /// A CSV this node may use in jobs.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
     /// The CSV file (header row, one row per entity).
@@ -236,6 +241,18 @@ fn default_delimiter() -> String {
     ",".into()
 }
 
+impl ScoringClient {
+    /// Whether this client may score with `model`.
+    pub fn may_score(&self, model: &str) -> bool {
+        self.models
+            .iter()
+            .any(|granted| match granted.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => granted == model,
+            })
+    }
+}
+
 impl DatasetConfig {
     /// The file's CSV layout (the delimiter is checked when the configuration loads).
     pub fn csv_format(&self) -> fedlearn::CsvFormat {
@@ -256,7 +273,7 @@ fn default_missing() -> Missing {
 /// final model's joint scores of the validation rows, and then its scores of every id the
 /// guest asks for. `max_models` bounds the number of such views per guest and dataset; the
 /// other limits bound what one job can isolate.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
     /// Peer party name.
@@ -328,7 +345,7 @@ fn default_scores_per_minute() -> u32 {
 }
 
 /// Timeouts, retries and chunking of peer calls.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationSettings {
     /// Largest chunk of a streamed message.
@@ -435,7 +452,37 @@ impl NodeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
         config.validate().map_err(error)?;
+        config.source = path.to_owned();
         Ok(config)
+    }
+
+    /// What a new reading of the configuration changes: the keys read again without a
+    /// restart (`datasets`, `policy`, `scoring`) that differ, or, as `Err`, the first other
+    /// key that differs (it takes a restart).
+    pub fn changes_to(&self, new: &NodeConfig) -> Result<Vec<&'static str>, &'static str> {
+        let fixed = [
+            ("party", self.party == new.party),
+            ("listen", self.listen == new.listen),
+            ("data_dir", self.data_dir == new.data_dir),
+            ("store_key", self.store_key == new.store_key),
+            ("metrics_listen", self.metrics_listen == new.metrics_listen),
+            ("operators", self.operators == new.operators),
+            ("tls", self.tls == new.tls),
+            ("peers", self.peers == new.peers),
+            ("federation", self.federation == new.federation),
+        ];
+        if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
+            return Err(key);
+        }
+        Ok([
+            ("datasets", self.datasets == new.datasets),
+            ("policy", self.policy == new.policy),
+            ("scoring", self.scoring == new.scoring),
+        ]
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(key, _)| key)
+        .collect())
     }
 
     fn resolve(&mut self, base: &Path) {
@@ -584,6 +631,15 @@ impl NodeConfig {
                 return Err(format!(
                     "scoring.clients[{i}]: calls_per_second must be positive and burst at least 1"
                 ));
+            }
+            for model in &client.models {
+                let pattern = model.strip_suffix('*').unwrap_or(model);
+                if pattern.contains('*') || model.is_empty() {
+                    return Err(format!(
+                        "scoring.clients[{i}].models: {model:?}: a model id, a prefix followed \
+                         by *, or *"
+                    ));
+                }
             }
         }
         let f = &self.federation;

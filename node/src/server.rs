@@ -41,7 +41,7 @@ impl RunningNode {
     /// Stops its live jobs (telling their peers), stops accepting calls and waits for the
     /// server to finish.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
-        let reason = format!("{} shut down", self.state.config.party);
+        let reason = format!("{} shut down", self.state.config().party);
         self.state.stop_all(&reason, Duration::from_secs(5)).await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -125,6 +125,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         tokio::runtime::Handle::current(),
     ));
 
+    #[cfg(unix)]
+    background.push(tokio::spawn(reload_on_hangup(state.clone())));
     let (connections, incoming) = mpsc::channel(64);
     background.push(tokio::spawn(accept_tls(
         listener,
@@ -292,10 +294,29 @@ async fn accept_tls(
     }
 }
 
+/// Reads the configuration again on every SIGHUP (as `unseen config reload` does); the log
+/// says what changed, or why the running configuration stays in force.
+#[cfg(unix)]
+async fn reload_on_hangup(node: Arc<NodeState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("SIGHUP cannot be handled here: use unseen config reload");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let reloading = node.clone();
+        match tokio::task::spawn_blocking(move || reloading.reload()).await {
+            Ok(Ok(changed)) => tracing::info!(?changed, "SIGHUP: configuration read again"),
+            Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: configuration not read again"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not read again"),
+        }
+    }
+}
+
 /// Every `federation.anchor_secs`, gives every peer this node's audit head to keep, so that
 /// cutting or rewriting the log shows in `unseen audit verify`.
 async fn anchor_audit(node: Arc<NodeState>) {
-    let every = Duration::from_secs(node.config.federation.anchor_secs);
+    let every = Duration::from_secs(node.config().federation.anchor_secs);
     loop {
         tokio::time::sleep(every).await;
         let head = match crate::audit::head(&node.store) {
@@ -306,7 +327,7 @@ async fn anchor_audit(node: Arc<NodeState>) {
                 continue;
             }
         };
-        for peer in &node.config.peers {
+        for peer in &node.config().peers {
             // Advance a peer's anchor only while this log still agrees with it: a cut or
             // rewritten log leaves its anchors where they were, for `audit verify` to show.
             let kept = match node.peers.anchor(&peer.name, None).await {
@@ -324,7 +345,7 @@ async fn anchor_audit(node: Arc<NodeState>) {
             }
             let signed = crate::audit::sign_head(
                 &node.identity,
-                &node.config.party,
+                &node.config().party,
                 &peer.name,
                 head.clone(),
             );

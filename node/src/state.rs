@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::NodeConfig;
+use crate::error::NodeError;
 use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
@@ -13,8 +14,9 @@ use crate::tls::Identity;
 
 /// Everything the node's services and jobs share.
 pub struct NodeState {
-    /// The configuration.
-    pub config: NodeConfig,
+    /// The configuration in force (its datasets, policy and scoring clients can be read
+    /// again without a restart: see [`NodeState::reload`]).
+    config: std::sync::RwLock<Arc<NodeConfig>>,
     /// The embedded store.
     pub store: Store,
     /// Inboxes of open jobs.
@@ -43,6 +45,48 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// The configuration in force. A job or a call works with the one it started with.
+    pub fn config(&self) -> Arc<NodeConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the configuration file again and puts its `datasets`, `policy` and `scoring`
+    /// in force, checked as at start-up; jobs and calls under way keep the one they started
+    /// with. Every other key must be as running (it takes a restart): a file that changes
+    /// one, or does not load, leaves the running configuration in force, and says why.
+    /// Returns the keys that changed; a change is audited.
+    pub fn reload(&self) -> Result<Vec<&'static str>, NodeError> {
+        let _one_at_a_time = self.jobs.admission();
+        let running = self.config();
+        let new = NodeConfig::load(&running.source)?;
+        let changed = running.changes_to(&new).map_err(|key| NodeError::Config {
+            path: running.source.clone(),
+            reason: format!(
+                "{key} differs from the running configuration and takes a restart; the \
+                 running configuration stays in force"
+            ),
+        })?;
+        if changed.is_empty() {
+            return Ok(changed);
+        }
+        crate::audit::append(
+            &self.store,
+            "config.reloaded",
+            "",
+            "",
+            serde_json::json!({ "changed": changed }),
+        )?;
+        if changed.contains(&"datasets") {
+            self.scores.forget_indexes();
+        }
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        tracing::info!(?changed, "configuration read again");
+        Ok(changed)
+    }
+
     pub(crate) fn new(
         config: NodeConfig,
         store: Store,
@@ -53,7 +97,7 @@ impl NodeState {
     ) -> NodeState {
         let max_unread = config.federation.max_buffered_bytes;
         NodeState {
-            config,
+            config: std::sync::RwLock::new(Arc::new(config)),
             store,
             mailbox: Mailbox::new(max_unread),
             peers,

@@ -103,3 +103,87 @@ async fn a_node_refuses_to_start_without_a_store_key() {
     assert!(error.contains("outside data_dir"), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A modeller's day without restarts: the tax bureau takes training off its policy and puts it
+/// back, and the bank grants its platform every model named `sme-*`, each by `unseen config
+/// reload`; a file that changes a key that takes a restart, or that does not load, is refused
+/// and the running configuration stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_is_read_again_without_a_restart() {
+    let federation = crate::common::Federation::start("reload", false).await;
+    let tax_toml = federation.dir.join("tax.toml");
+    let original = std::fs::read_to_string(&tax_toml).unwrap();
+    let tax = federation.node_arg("tax");
+    let shared = &federation;
+    let reload =
+        |node: String| async move { shared.cli(&["config", "reload", "--node", &node]).await };
+    let (ok, out, err) = reload(tax.clone()).await;
+    assert!(ok && out.contains("nothing changed"), "{out}{err}");
+
+    let all_jobs = "jobs = [\"train\", \"score\", \"binning\"]";
+    assert!(original.contains(all_jobs), "{original}");
+    let no_training = original.replace(all_jobs, "jobs = [\"score\", \"binning\"]");
+    std::fs::write(&tax_toml, &no_training).unwrap();
+    let (ok, out, err) = reload(tax.clone()).await;
+    assert!(ok && out.contains("in force: policy"), "{out}{err}");
+    let spec = federation.spec(
+        "job.toml",
+        &crate::common::TRAIN.replace("max_epochs = 8", "max_epochs = 1"),
+    );
+    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
+    assert!(
+        !ok && stderr.contains("the policy of tax does not let bank run train jobs"),
+        "{stderr}"
+    );
+
+    // A key that takes a restart, and a file that does not load: refused, named; training
+    // stays off.
+    let restart = original.replace("anchor_secs = 1", "anchor_secs = 2");
+    assert_ne!(restart, original);
+    for (text, why) in [
+        (
+            restart.as_str(),
+            "federation differs from the running configuration",
+        ),
+        ("party = ", "tax.toml"),
+    ] {
+        std::fs::write(&tax_toml, text).unwrap();
+        let (ok, out, err) = reload(tax.clone()).await;
+        assert!(!ok && err.contains(why), "{out}{err}");
+    }
+    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
+    assert!(
+        !ok && stderr.contains("does not let bank run train"),
+        "{stderr}"
+    );
+
+    std::fs::write(&tax_toml, &original).unwrap();
+    let (ok, out, err) = reload(tax.clone()).await;
+    assert!(ok && out.contains("in force: policy"), "{out}{err}");
+    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
+    assert!(ok, "{stderr}");
+
+    // The platform may score "sme-credit" by name; granted "sme-*" instead, it still may,
+    // and "*" is refused as a prefix in the middle.
+    let bank_toml = federation.dir.join("bank.toml");
+    let bank = std::fs::read_to_string(&bank_toml).unwrap();
+    let named = "models = [\"sme-credit\"]";
+    assert!(bank.contains(named), "{bank}");
+    std::fs::write(&bank_toml, bank.replace(named, "models = [\"sme-*\"]")).unwrap();
+    let (ok, out, err) = reload(federation.node_arg("bank")).await;
+    assert!(ok && out.contains("in force: scoring"), "{out}{err}");
+    let ids = federation.bank_ids(3);
+    let (ok, out, err) = federation.score("sme-credit", &[], &ids).await;
+    assert!(ok, "{out}{err}");
+    std::fs::write(&bank_toml, bank.replace(named, "models = [\"s*e\"]")).unwrap();
+    let (ok, _, err) = reload(federation.node_arg("bank")).await;
+    assert!(!ok && err.contains("scoring.clients[0].models"), "{err}");
+
+    let audit = crate::common::audit_lines(&federation, "tax", "").await;
+    let reloads = audit
+        .iter()
+        .filter(|r| r["event"] == "config.reloaded")
+        .count();
+    assert_eq!(reloads, 2, "{audit:?}");
+    federation.stop().await;
+}

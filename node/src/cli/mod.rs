@@ -111,6 +111,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The node's configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Creates a CA and certificates for a test federation.
     Cert {
         #[command(subcommand)]
@@ -187,6 +192,17 @@ enum ModelCommand {
         target: Target,
         /// Model id.
         model: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Reads the node's configuration file again (as SIGHUP does): datasets, policy and
+    /// scoring settings take effect without a restart; a file that changes another key, or
+    /// does not load, is refused and the running configuration stays in force.
+    Reload {
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -292,6 +308,26 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Model { command } => runtime()?.block_on(model_command(command)),
         Command::Score { target, model, ids } => runtime()?.block_on(score(target, model, ids)),
         Command::Audit { command } => runtime()?.block_on(audit_command(command)),
+        Command::Config {
+            command: ConfigCommand::Reload { target },
+        } => runtime()?.block_on(async {
+            let mut client = connect(&target).await?;
+            let reply = client
+                .reload_config(crate::proto::ReloadConfigRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if reply.changed.is_empty() {
+                println!("{}: configuration read again; nothing changed", target.node);
+            } else {
+                let changed = reply.changed.join(", ");
+                println!(
+                    "{}: configuration read again; in force: {changed}",
+                    target.node
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Cert { command } => {
             let (dir, names) = match &command {
                 CertCommand::Init { dir, names } => {

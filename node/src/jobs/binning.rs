@@ -23,14 +23,16 @@ impl NodeState {
         job: &Arc<JobHandle>,
         spec: &JobSpec,
     ) -> Result<String, NodeError> {
-        let table = load_table(&self.config, &spec.dataset, true, &|c| spec.prep.reading(c))?;
+        let table = load_table(&self.config(), &spec.dataset, true, &|c| {
+            spec.prep.reading(c)
+        })?;
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
         self.propose(job, spec, 0, 0)?;
         let mut link = Link::new(self, job);
         let positions = self.guest_align(job, &mut link, &table, &hosts, "binning")?;
         let table = super::resume::select(&table, &positions)?;
         let (mut binning, request) =
-            BinningGuest::new(&self.config.party, &table, &spec.prep, &hosts)?;
+            BinningGuest::new(&self.config().party, &table, &spec.prep, &hosts)?;
         for host in &hosts {
             link.send(host, request.clone())?;
         }
@@ -66,8 +68,8 @@ impl NodeState {
         proposal: &JobProposal,
     ) -> Result<String, NodeError> {
         let guest = proposal.guest.as_str();
-        let rule = self
-            .config
+        let config = self.config();
+        let rule = config
             .allows(guest, "binning", &proposal.dataset)
             .map_err(NodeError::from)?;
         let limits = BinningLimits {
@@ -75,14 +77,16 @@ impl NodeState {
             min_share: rule.min_bin_share,
         };
         let publish = rule.publish_column_names;
-        let prep = admission::host_prep(&self.config, proposal)?;
-        let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
+        let prep = admission::host_prep(&self.config(), proposal)?;
+        let table = load_table(&self.config(), &proposal.dataset, false, &|c| {
+            prep.reading(c)
+        })?;
         let mut link = Link::new(self, job);
         let positions = self.host_align(job, &mut link, &table, guest, "binning")?;
         let table = super::resume::select(&table, &positions)?;
         let request = link.receive(guest)?;
         let (answer, disclosed, kept) = fedlearn::answer_binning(
-            &self.config.party,
+            &self.config().party,
             guest,
             &table,
             &prep,

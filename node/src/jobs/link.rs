@@ -137,7 +137,7 @@ impl<'a> Link<'a> {
     /// transport instead: the protocol then aborts nobody, and the job resumes.
     fn closed(&self, reason: String) -> fedlearn::FedError {
         let peer = (self.node.mailbox.aborted_by(self.job.id()))
-            .unwrap_or_else(|| self.node.config.party.clone());
+            .unwrap_or_else(|| self.node.config().party.clone());
         if self.job.attempt() != self.attempt || self.node.mailbox.interrupted(self.job.id()) {
             fedlearn::FedError::Transport { peer, reason }
         } else {
@@ -150,7 +150,7 @@ impl<'a> Link<'a> {
     /// `peer_dead_secs`, fails the job within seconds, named; a live peer may take up to the
     /// receive timeout.
     pub(crate) fn receive_raw(&mut self, from: &str) -> Result<Delivery, NodeError> {
-        let settings = &self.node.config.federation;
+        let settings = &self.node.config().federation;
         let (timeout, interval) = (settings.receive_timeout(), settings.probe_interval());
         let started = Instant::now();
         let mut alive_at = started;
@@ -289,7 +289,7 @@ impl Transport for Link<'_> {
                 Err(NodeError::PeerCall {
                     code: tonic::Code::ResourceExhausted,
                     ..
-                }) if held_since.elapsed() < self.node.config.federation.receive_timeout() => {
+                }) if held_since.elapsed() < self.node.config().federation.receive_timeout() => {
                     self.node.metrics.add(
                         "unseen_deliveries_held_back_total",
                         &[("peer", to)],

@@ -50,13 +50,14 @@ impl NodeState {
         operator: &str,
     ) -> Result<JobRecord, NodeError> {
         let spec = JobSpec::parse(spec_toml)?;
-        admission::check_spec(&self.config, &spec)?;
+        admission::check_spec(&self.config(), &spec)?;
         let _one_at_a_time = self.jobs.admission();
         self.room_for(None)?;
         if spec.kind == JobKind::Train && self.model_in_use(&spec.model_id)? {
             return Err(NodeError::Spec(format!(
                 "model_id: {:?} already exists on {}",
-                spec.model_id, self.config.party
+                spec.model_id,
+                self.config().party
             )));
         }
         let mut id = [0u8; 16];
@@ -112,7 +113,8 @@ impl NodeState {
         self: &Arc<Self>,
         proposal: &JobProposal,
     ) -> Result<ProposalReply, NodeError> {
-        let rule = admission::check_proposal(&self.config, proposal)?;
+        let config = self.config();
+        let rule = admission::check_proposal(&config, proposal)?;
         if proposal.attempt > 0 {
             return self.accept_attempt(proposal);
         }
@@ -128,7 +130,7 @@ impl NodeState {
         self.room_for(Some(&proposal.guest))?;
         let in_use = self.model_in_use(&proposal.model_id)?;
         let disclosed = self.disclosures(&proposal.guest, &proposal.dataset, &proposal.kind)?;
-        admission::check_new(&self.config, rule, proposal, in_use, disclosed)?;
+        admission::check_new(&self.config(), rule, proposal, in_use, disclosed)?;
         if proposal.kind == "train" {
             // What the job resumes from after this node's restart.
             let first = JobProposal {
@@ -158,7 +160,7 @@ impl NodeState {
             proposal
                 .hosts
                 .iter()
-                .filter(|h| **h != self.config.party)
+                .filter(|h| **h != self.config().party)
                 .cloned(),
         );
         self.mailbox.register(handle.id(), 0, participants);
@@ -261,14 +263,14 @@ impl NodeState {
     /// live jobs, or `federation.max_jobs_per_peer` of that guest's.
     fn room_for(&self, guest: Option<&str>) -> Result<(), Refusal> {
         let live = self.jobs.records();
-        let settings = &self.config.federation;
+        let settings = &self.config().federation;
         if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Refusal::ShuttingDown {
-                party: self.config.party.clone(),
+                party: self.config().party.clone(),
             });
         }
         let busy = |live: usize, of: String, key, max| Refusal::Busy {
-            party: self.config.party.clone(),
+            party: self.config().party.clone(),
             live,
             of,
             key,
@@ -311,7 +313,7 @@ impl NodeState {
     pub fn cancel(&self, job_id: &str) -> Result<JobRecord, NodeError> {
         let Some(handle) = self.live(job_id) else {
             return self.store.job(job_id)?.ok_or_else(|| {
-                NodeError::NotFound(format!("no job {job_id:?} on {}", self.config.party))
+                NodeError::NotFound(format!("no job {job_id:?} on {}", self.config().party))
             });
         };
         handle.cancel();
@@ -351,7 +353,7 @@ impl NodeState {
     /// Tells the peers of jobs a restart interrupted that this node lost them (one attempt
     /// each; a peer whose job has ended ignores it), and audits their end.
     pub(crate) async fn report_interrupted(&self, jobs: &[JobRecord]) {
-        let reason = format!("{} restarted and lost the job", self.config.party);
+        let reason = format!("{} restarted and lost the job", self.config().party);
         for job in jobs {
             crate::audit::record(
                 &self.store,

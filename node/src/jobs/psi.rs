@@ -47,7 +47,7 @@ pub(crate) fn guest_psi(
         match link.receive_psi(host)? {
             Body::HostHello(reply) => {
                 let reply = host_hello_from_proto(&reply);
-                let cap = node.config.federation.max_peer_rows;
+                let cap = node.config().federation.max_peer_rows;
                 if let Some(error) = too_many(host, reply.host_rows, cap) {
                     return Err(error);
                 }
@@ -115,7 +115,7 @@ pub(crate) fn host_psi(
         Body::GuestHello(hello) => guest_hello_from_proto(guest, &hello)?,
         _ => return Err(unexpected(guest, "its hello")),
     };
-    let cap = link.node.config.federation.max_peer_rows;
+    let cap = link.node.config().federation.max_peer_rows;
     if let Some(error) = too_many(guest, hello.guest_rows, cap) {
         return Err(error);
     }

@@ -107,7 +107,7 @@ impl NodeState {
     ) -> Option<Interruption> {
         if job.is_cancelled()
             || self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
-            || self.config.federation.resume_secs == 0
+            || self.config().federation.resume_secs == 0
         {
             return None;
         }
@@ -164,7 +164,7 @@ impl NodeState {
                 false,
                 WhenHeld::Return,
             );
-            let wait = self.config.federation.probe_interval();
+            let wait = self.config().federation.probe_interval();
             // The timer is made inside the runtime (a job thread has none of its own).
             match (self.runtime).block_on(async { tokio::time::timeout(wait, delivery).await }) {
                 Ok(Ok(())) => {}
@@ -193,7 +193,7 @@ impl NodeState {
                 "interrupted {attempt} times, the last time because {cause}; not resumed again"
             )));
         }
-        let window = self.config.federation.resume_window();
+        let window = self.config().federation.resume_window();
         job.set_attempt(attempt);
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
         self.mailbox.register(job.id(), attempt, hosts.clone());
@@ -246,7 +246,7 @@ impl NodeState {
                         },
                     });
                 }
-                std::thread::sleep(self.config.federation.probe_interval());
+                std::thread::sleep(self.config().federation.probe_interval());
                 continue;
             }
             crate::audit::record(
@@ -290,7 +290,7 @@ impl NodeState {
             Some(epoch) => {
                 let bytes = self.store.checkpoint(job.id(), epoch)?.ok_or_else(|| {
                     fedlearn::FedError::Resume {
-                        party: self.config.party.clone(),
+                        party: self.config().party.clone(),
                         reason: format!("it holds no checkpoint of epoch {epoch}"),
                     }
                 })?;
@@ -335,7 +335,7 @@ impl NodeState {
         }
         let aligned = self.kept_alignment(job, table)?.ok_or_else(|| {
             NodeError::from(fedlearn::FedError::Resume {
-                party: self.config.party.clone(),
+                party: self.config().party.clone(),
                 reason: "it kept no aligned rows".into(),
             })
         })?;
@@ -352,7 +352,7 @@ impl NodeState {
     /// Host: this node's refusal to go on with a resumed job.
     pub(super) fn not_resumable(&self, job: &JobHandle, reason: &str) -> NodeError {
         Refusal::NotResumable {
-            party: self.config.party.clone(),
+            party: self.config().party.clone(),
             job: job.id().to_owned(),
             reason: reason.into(),
         }
@@ -423,7 +423,7 @@ impl NodeState {
                 );
             }
         }
-        let window = self.config.federation.resume_window();
+        let window = self.config().federation.resume_window();
         job.state_event(
             &self.store,
             "interrupted",
@@ -433,7 +433,7 @@ impl NodeState {
             ),
         );
         let deadline = Instant::now() + window;
-        let interval = self.config.federation.probe_interval();
+        let interval = self.config().federation.probe_interval();
         let mut probed = Instant::now();
         let mut gone = 0;
         loop {
@@ -487,7 +487,7 @@ impl NodeState {
         proposal: &JobProposal,
     ) -> Result<ProposalReply, NodeError> {
         let refuse = |reason: String| Refusal::NotResumable {
-            party: self.config.party.clone(),
+            party: self.config().party.clone(),
             job: proposal.job_id.clone(),
             reason,
         };
@@ -538,7 +538,7 @@ impl NodeState {
             handle.set_attempt(proposal.attempt);
             let participants = std::iter::once(proposal.guest.clone()).chain(
                 (proposal.hosts.iter())
-                    .filter(|h| **h != self.config.party)
+                    .filter(|h| **h != self.config().party)
                     .cloned(),
             );
             self.mailbox
@@ -591,7 +591,7 @@ impl NodeState {
         };
         let cannot = |reason: &str| {
             NodeError::from(fedlearn::FedError::Resume {
-                party: self.config.party.clone(),
+                party: self.config().party.clone(),
                 reason: reason.into(),
             })
         };
@@ -621,7 +621,7 @@ impl NodeState {
             .put_checkpoint(job.id(), checkpoint.epoch as u64, &bytes)
         {
             tracing::error!(job = %job.id(), epoch = checkpoint.epoch, error = %e, "could not keep a checkpoint");
-            let reason = format!("{} could not keep its checkpoint", self.config.party);
+            let reason = format!("{} could not keep its checkpoint", self.config().party);
             job.cancel_because(&reason);
             self.mailbox.close(job.id(), &reason);
         }

@@ -42,11 +42,13 @@ impl NodeState {
                 spec
             }
         };
-        let table = load_table(&self.config, &spec.dataset, true, &|c| spec.prep.reading(c))?;
+        let table = load_table(&self.config(), &spec.dataset, true, &|c| {
+            spec.prep.reading(c)
+        })?;
         let guest_features = spec.prep.columns_bound(&table) as u32;
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
         let mut resumed = if restarted {
-            let cause = format!("{} restarted", self.config.party);
+            let cause = format!("{} restarted", self.config().party);
             Some(self.propose_attempt(job, spec, guest_features, &cause)?)
         } else {
             self.propose(job, spec, guest_features, 0)?;
@@ -103,7 +105,7 @@ impl NodeState {
         let started = Instant::now();
         let outcome = fedlearn::run_guest(
             GuestJob {
-                party: self.config.party.clone(),
+                party: self.config().party.clone(),
                 model_id: spec.model_id.clone(),
                 table,
                 hosts: hosts.to_vec(),
@@ -158,7 +160,7 @@ impl NodeState {
                 format!("warning: {}", outcome.convergence),
             );
         }
-        let scoring = &self.config.scoring;
+        let scoring = &self.config().scoring;
         let scorecard = match &aligned {
             Some(table) => scorecard_json(&outcome.model, table, scoring)?,
             None => serde_json::Value::Null,
@@ -184,7 +186,7 @@ impl NodeState {
         let report = json!({
             "job_id": job.id(),
             "model_id": spec.model_id,
-            "guest": self.config.party,
+            "guest": self.config().party,
             "hosts": hosts,
             "selection": selection,
             "scorecard": scorecard,
@@ -212,7 +214,7 @@ impl NodeState {
             job,
             &outcome.model,
             &report,
-            (&self.config.party, hosts, &spec.dataset),
+            (&self.config().party, hosts, &spec.dataset),
         );
         self.store.put_model(&record)?;
         Ok(format!(
@@ -241,7 +243,7 @@ impl NodeState {
         let mut proposal = proposal.clone();
         if restarted {
             let restart = Interruption {
-                cause: format!("{} restarted", self.config.party),
+                cause: format!("{} restarted", self.config().party),
                 lost: None,
             };
             proposal = self.await_attempt(job, &proposal, &restart)?;
@@ -267,21 +269,23 @@ impl NodeState {
         proposal: &JobProposal,
     ) -> Result<String, NodeError> {
         let guest = proposal.guest.as_str();
-        let mut prep = admission::host_prep(&self.config, proposal)?;
+        let mut prep = admission::host_prep(&self.config(), proposal)?;
         self.keep_bins(&mut prep, "host", &[guest.to_owned()], &proposal.dataset)
             .map_err(|detail| {
                 // What this node's store holds stays here; the guest reads that it may not.
                 tracing::warn!(job = %job.id(), %detail, "refused the bins a proposal names");
                 Refusal::BadPrep {
-                    party: self.config.party.clone(),
+                    party: self.config().party.clone(),
                     reason: format!(
                         "its binning job is not one {} ran with {guest} on this dataset, or its \
                          columns are not that job's",
-                        self.config.party
+                        self.config().party
                     ),
                 }
             })?;
-        let table = load_table(&self.config, &proposal.dataset, false, &|c| prep.reading(c))?;
+        let table = load_table(&self.config(), &proposal.dataset, false, &|c| {
+            prep.reading(c)
+        })?;
         let mut link = Link::for_attempt(self, job, proposal.attempt);
         let alignment = if proposal.attempt == 0 {
             Alignment::Fresh(self.host_align(job, &mut link, &table, guest, "training")?)
@@ -298,7 +302,8 @@ impl NodeState {
             Alignment::Kept(table, checkpoints) => (table, checkpoints),
         };
         let aligned_rows = table.rows();
-        if let Err(refusal) = admission::check_offer(&self.config, proposal, &offered, aligned_rows)
+        if let Err(refusal) =
+            admission::check_offer(&self.config(), proposal, &offered, aligned_rows)
         {
             return Err(refuse_offer(&mut link, guest, refusal));
         }
@@ -312,7 +317,7 @@ impl NodeState {
         job.set_max_epochs(offered.config.max_epochs as u32);
         let outcome = fedlearn::run_host(
             HostJob {
-                party: self.config.party.clone(),
+                party: self.config().party.clone(),
                 guest: guest.to_owned(),
                 table,
                 prep,
@@ -350,7 +355,7 @@ impl NodeState {
             (guest, &proposal.hosts, &proposal.dataset),
         );
         record.pair_seeds =
-            seeds::exchange_scoring_seeds(&mut link, &self.config.party, &proposal.hosts)?;
+            seeds::exchange_scoring_seeds(&mut link, &self.config().party, &proposal.hosts)?;
         self.store.put_model(&record)?;
         Ok(format!(
             "model {}: this node's part trained over {} epochs",
@@ -373,13 +378,13 @@ impl NodeState {
             .map_err(wrong)?;
         let report: fedlearn::BinningReport =
             serde_json::from_str(&record.report).map_err(|e| wrong(format!("its report: {e}")))?;
-        let parties: Vec<String> = std::iter::once(self.config.party.clone())
+        let parties: Vec<String> = std::iter::once(self.config().party.clone())
             .chain(hosts.iter().cloned())
             .collect();
         let chosen = selection
             .choose(&report, &parties)
             .map_err(|e| wrong(e.to_string()))?;
-        let mut own = selection.prep(&self.config.party, &chosen);
+        let mut own = selection.prep(&self.config().party, &chosen);
         own.keep(kept).map_err(|e| wrong(e.to_string()))?;
         let mut selected = spec.clone();
         selected.prep = own;
@@ -421,7 +426,7 @@ impl NodeState {
             version: FEDERATION_VERSION,
             job_id: job.id().to_owned(),
             kind: spec.kind.as_str().into(),
-            guest: self.config.party.clone(),
+            guest: self.config().party.clone(),
             dataset: host.dataset.clone(),
             hosts: spec.hosts.iter().map(|h| h.party.clone()).collect(),
             model_id: spec.model_id.clone(),

@@ -69,6 +69,16 @@ impl ScoreCache {
     }
 }
 
+impl ScoreCache {
+    /// Forgets every scoring index (the datasets they were built from may have moved).
+    pub(crate) fn forget_indexes(&self) {
+        self.indexes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
 fn modified(config: &NodeConfig, dataset: &str) -> Option<SystemTime> {
     let path = &config.datasets.get(dataset)?.path;
     std::fs::metadata(path).and_then(|m| m.modified()).ok()

@@ -76,7 +76,8 @@ pub(crate) fn peer<T>(
 ) -> Result<(), NodeError> {
     let claimed: String = claimed.chars().take(64).collect();
     let certs = certs(request);
-    let expected = node.config.peer(&claimed).map(|p| p.certificate_name());
+    let config = node.config();
+    let expected = config.peer(&claimed).map(|p| p.certificate_name());
     let presented = certs.as_deref().map(|c| &c[..]);
     let refusal = match expected {
         // Valid for the peer's name, and from the CA that vouches for that peer (its own when
@@ -100,7 +101,7 @@ pub(crate) fn peer<T>(
         None => Refusal::NotAPeer {
             call,
             claimed: claimed.clone(),
-            party: node.config.party.clone(),
+            party: node.config().party.clone(),
         },
     };
     // Recorded under the name the certificate carries, not the one the caller claimed.
@@ -122,14 +123,15 @@ pub(crate) fn peer<T>(
 pub(crate) fn operator<T>(node: &NodeState, request: &Request<T>) -> Result<String, NodeError> {
     let certs = certs(request);
     let presented = certs.as_deref().map(|c| &c[..]);
-    let operators = node.config.operators.iter().map(String::as_str);
+    let config = node.config();
+    let operators = config.operators.iter().map(String::as_str);
     // Only this node's CA vouches for its operators (not a peer's own PKI).
     let name = crate::tls::peer_name(presented, operators);
     let refusal = match name.map(|name| (name, node.identity.vouches_for(presented, None))) {
         Some((name, Ok(()))) => return Ok(name.to_owned()),
         Some((_, Err(Distrust::Revoked))) => Refusal::Revoked { call: "jobs" },
         Some((_, Err(Distrust::NotVouched))) | None => Refusal::NotAnOperator {
-            party: node.config.party.clone(),
+            party: node.config().party.clone(),
         },
     };
     Err(deny_audited(
@@ -148,7 +150,8 @@ pub(crate) fn scoring_client<T>(
     request: &Request<T>,
     model: &str,
 ) -> Result<String, NodeError> {
-    let clients = &node.config.scoring.clients;
+    let config = node.config();
+    let clients = &config.scoring.clients;
     let certs = certs(request);
     let presented = certs.as_deref().map(|c| &c[..]);
     // Only this node's CA vouches for its scoring clients (not a peer's own PKI).
@@ -178,7 +181,7 @@ pub(crate) fn scoring_client<T>(
     else {
         return Err(refused(Refusal::NotAScoringClient));
     };
-    if !client.models.iter().any(|m| m == model) {
+    if !client.may_score(model) {
         return Err(refused(Refusal::ModelNotAllowed {
             client: client.name.clone(),
             model: model.chars().take(64).collect(),

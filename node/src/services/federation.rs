@@ -78,7 +78,7 @@ impl Federation for FederationService {
         let node = self.node.clone();
         let asked = request.clone();
         let answer = blocking(move || {
-            crate::scoring::host::partial_scores(&node.config, &node.store, &node.scores, &asked)
+            crate::scoring::host::partial_scores(&node.config(), &node.store, &node.scores, &asked)
         })
         .await?;
         let answer = match answer {
@@ -135,7 +135,7 @@ impl Federation for FederationService {
             .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
             .unwrap_or_default();
         let request = request.into_inner();
-        let party = &self.node.config.party;
+        let party = &self.node.config().party;
         let head = match request.head {
             Some(head) => {
                 let hex = head.hash.len() == 64 && head.hash.bytes().all(|b| b.is_ascii_hexdigit());
@@ -204,7 +204,7 @@ impl Federation for FederationService {
             .ok_or_else(|| Status::invalid_argument("empty delivery"))?;
         auth::peer(&self.node, &stream, &first.sender, "delivery")?;
         let mut stream = stream.into_inner();
-        let cap = self.node.config.federation.max_message_bytes as u64;
+        let cap = self.node.config().federation.max_message_bytes as u64;
         let mut message = Reassembler::start(first, cap).map_err(bad_request)?;
         // Refuse strangers before reading (or allocating for) the rest of the message.
         let header = message.header().clone();
@@ -282,12 +282,12 @@ impl FederationService {
         match refusal {
             NotAdmitted::UnknownJob => Status::from(NodeError::NotFound(format!(
                 "job {job} is not open on {}",
-                self.node.config.party
+                self.node.config().party
             ))),
             NotAdmitted::Full { max, .. } => Status::resource_exhausted(format!(
                 "job {job}: {} holds as much of its messages unread as it takes \
                  (federation.max_buffered_bytes is {max}); retry later",
-                self.node.config.party
+                self.node.config().party
             )),
             NotAdmitted::NotParticipant => Status::from(NodeError::from(Refusal::NotInJob {
                 sender: sender.to_owned(),

@@ -30,7 +30,7 @@ impl JobsService {
 
     fn record(&self, job_id: &str) -> Result<JobRecord, NodeError> {
         self.node.job(job_id)?.ok_or_else(|| {
-            NodeError::NotFound(format!("no job {job_id:?} on {}", self.node.config.party))
+            NodeError::NotFound(format!("no job {job_id:?} on {}", self.node.config().party))
         })
     }
 }
@@ -201,6 +201,20 @@ impl Jobs for JobsService {
         }))
     }
 
+    async fn reload_config(
+        &self,
+        request: Request<proto::ReloadConfigRequest>,
+    ) -> Result<Response<proto::ReloadConfigReply>, Status> {
+        self.authorise(&request)?;
+        let node = self.node.clone();
+        let changed = blocking(move || node.reload())
+            .await?
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(proto::ReloadConfigReply {
+            changed: changed.into_iter().map(String::from).collect(),
+        }))
+    }
+
     async fn verify_audit(
         &self,
         request: Request<proto::VerifyAuditRequest>,
@@ -227,7 +241,7 @@ impl Jobs for JobsService {
             },
         };
         // What each peer keeps of this log: a cut or a rewrite shows against it.
-        for peer in &self.node.config.peers {
+        for peer in &self.node.config().peers {
             let asked = self.node.peers.anchor(&peer.name, None);
             let kept = match tokio::time::timeout(std::time::Duration::from_secs(10), asked).await {
                 Ok(Ok(kept)) => kept,
@@ -254,7 +268,7 @@ impl Jobs for JobsService {
             // The head was signed with this node's key (unless the key changed since).
             let own = self.node.identity.certificate().map(|c| c.as_ref());
             let signed = own.is_some_and(|own| {
-                crate::audit::head_signed_by(&head, &self.node.config.party, &peer.name, own)
+                crate::audit::head_signed_by(&head, &self.node.config().party, &peer.name, own)
             });
             let signed = if signed {
                 "signed by this node"
@@ -308,7 +322,7 @@ impl Jobs for JobsService {
         let model = self.node.store.model(&model_id)?.ok_or_else(|| {
             NodeError::NotFound(format!(
                 "no model {model_id:?} on {}",
-                self.node.config.party
+                self.node.config().party
             ))
         })?;
         Ok(Response::new(proto::Model {

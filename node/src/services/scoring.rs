@@ -30,7 +30,7 @@ impl Scoring for ScoringService {
         let client = auth::scoring_client(&self.node, &request, &model_id)?;
         let ids = request.into_inner().ids;
         let node = &self.node;
-        let max = node.config.scoring.max_batch;
+        let max = node.config().scoring.max_batch;
         if ids.is_empty() || ids.len() > max {
             return Err(NodeError::BadRequest(format!(
                 "{} ids: a call scores 1 to {max}",
@@ -46,13 +46,13 @@ impl Scoring for ScoringService {
             .ok_or_else(|| {
                 NodeError::NotFound(format!(
                     "{} has no model {model_id:?} to score with",
-                    node.config.party
+                    node.config().party
                 ))
             })?;
         let own = {
             let node = self.node.clone();
             let model = model.clone();
-            blocking(move || index(&node.scores, &node.config, &model))
+            blocking(move || index(&node.scores, &node.config(), &model))
                 .await?
                 .map_err(|e| e.public_status("scoring"))?
         };
@@ -62,7 +62,7 @@ impl Scoring for ScoringService {
             let node = self.node.clone();
             let request = PartialScoresRequest {
                 version: FEDERATION_VERSION,
-                guest: node.config.party.clone(),
+                guest: node.config().party.clone(),
                 model_id: model_id.clone(),
                 ids: ids.as_ref().clone(),
             };
@@ -109,12 +109,12 @@ impl Scoring for ScoringService {
                     tracing::debug!(model = %model_id, error = %e, "an id cannot be scored");
                     Some((
                         ScoreStatus::Unscorable,
-                        format!("{}: unscorable", node.config.party),
+                        format!("{}: unscorable", node.config().party),
                     ))
                 }
                 None => Some((
                     ScoreStatus::UnknownId,
-                    format!("{}: unknown id", node.config.party),
+                    format!("{}: unknown id", node.config().party),
                 )),
             };
             match own_error.or_else(|| errors[i].clone()) {
@@ -133,7 +133,7 @@ impl Scoring for ScoringService {
                         _ => 0.0,
                     };
                     let (probability, points, band) = scorecard(
-                        &node.config.scoring,
+                        &node.config().scoring,
                         own.probability(z_guest + from_fixed(sums[i])),
                     );
                     scores.push(Score {
