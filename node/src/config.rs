@@ -215,12 +215,16 @@ impl PeerConfig {
     }
 }
 
-/// A CSV this node may use in jobs.
+/// A dataset this node may use in jobs: a CSV file or a PostgreSQL table or query.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
-    /// The CSV file (header row, one row per entity).
-    pub path: PathBuf,
+    /// The CSV file (header row, one row per entity), unless `postgres` is set.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A PostgreSQL table or query, instead of `path`.
+    #[serde(default)]
+    pub postgres: Option<PostgresSource>,
     /// Column of entity ids.
     pub id_column: String,
     /// Column of 0/1 labels (a guest's dataset).
@@ -239,6 +243,90 @@ pub struct DatasetConfig {
 
 fn default_delimiter() -> String {
     ",".into()
+}
+
+/// A dataset in PostgreSQL: a table, or the rows of a query, read with `COPY … TO STDOUT`
+/// (streamed, as CSV) over one connection per load.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSource {
+    /// Connection settings without the password, as libpq takes them:
+    /// `"host=127.0.0.1 port=5432 user=unseen dbname=tax"`. The server is on this machine
+    /// (loopback or a Unix socket directory): connections are not encrypted.
+    pub connection: String,
+    /// The table (`name` or `schema.name`), read whole, ordered by the id column.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Or a query whose rows are the dataset.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// The environment variable that holds the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Or a file that holds it (readable by its owner only).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl PostgresSource {
+    /// The connection settings, checked: no password, a server on this machine.
+    pub fn settings(&self) -> Result<postgres::Config, String> {
+        let settings: postgres::Config = self
+            .connection
+            .parse()
+            .map_err(|e| format!("connection: {e}"))?;
+        if settings.get_password().is_some() {
+            return Err("connection: holds a password; use password_env or password_file".into());
+        }
+        let local = |host: &postgres::config::Host| match host {
+            postgres::config::Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            #[cfg(unix)]
+            postgres::config::Host::Unix(_) => true,
+        };
+        if settings.get_hosts().is_empty() || !settings.get_hosts().iter().all(local) {
+            return Err(
+                "connection: the server must be on this machine (loopback or a Unix socket \
+                 directory): connections to it are not encrypted"
+                    .into(),
+            );
+        }
+        Ok(settings)
+    }
+
+    /// The rows to read, as a `COPY … TO STDOUT` statement (CSV with a header).
+    pub fn copy_statement(&self, id_column: &str) -> String {
+        let select = match (&self.table, &self.query) {
+            (Some(table), _) => {
+                let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+                let table: Vec<String> = table.split('.').map(quote).collect();
+                format!(
+                    "SELECT * FROM {} ORDER BY {}",
+                    table.join("."),
+                    quote(id_column)
+                )
+            }
+            (None, query) => query
+                .as_deref()
+                .unwrap_or("")
+                .trim()
+                .trim_end_matches(';')
+                .to_owned(),
+        };
+        format!("COPY ({select}) TO STDOUT WITH (FORMAT csv, HEADER true)")
+    }
+
+    /// How errors name it: the table, or "query".
+    pub fn name(&self) -> String {
+        match &self.table {
+            Some(table) => format!("postgres table {table:?}"),
+            None => "postgres query".into(),
+        }
+    }
 }
 
 impl ScoringClient {
@@ -505,7 +593,16 @@ impl NodeConfig {
             }
         }
         for dataset in self.datasets.values_mut() {
-            join(&mut dataset.path);
+            if let Some(path) = &mut dataset.path {
+                join(path);
+            }
+            if let Some(file) = dataset
+                .postgres
+                .as_mut()
+                .and_then(|p| p.password_file.as_mut())
+            {
+                join(file);
+            }
         }
     }
 
@@ -541,11 +638,31 @@ impl NodeConfig {
         }
         for (name, dataset) in &self.datasets {
             check_name(&format!("datasets.{name}"), name)?;
-            if !dataset.path.is_file() {
-                return Err(format!(
-                    "datasets.{name}.path: {} does not exist",
-                    dataset.path.display()
-                ));
+            match (&dataset.path, &dataset.postgres) {
+                (Some(path), None) if !path.is_file() => {
+                    return Err(format!(
+                        "datasets.{name}.path: {} does not exist",
+                        path.display()
+                    ));
+                }
+                (Some(_), None) => {}
+                (None, Some(source)) => {
+                    let key = format!("datasets.{name}.postgres");
+                    source.settings().map_err(|e| format!("{key}.{e}"))?;
+                    if source.table.is_some() == source.query.is_some() {
+                        return Err(format!("{key}: set one of table and query"));
+                    }
+                    if source.password_env.is_some() && source.password_file.is_some() {
+                        return Err(format!(
+                            "{key}: set at most one of password_env and password_file"
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "datasets.{name}: set one of path (a CSV file) and postgres"
+                    ))
+                }
             }
             let delimiter = dataset.delimiter.as_bytes();
             if delimiter.len() != 1 || !delimiter[0].is_ascii() || b"\"\r\n".contains(&delimiter[0])

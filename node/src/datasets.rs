@@ -1,14 +1,17 @@
 //! A configured dataset as a [`fedlearn::Table`].
 
+use std::io::Read;
+use std::time::Duration;
+
 use fedlearn::{Reading, Table};
 
-use crate::config::NodeConfig;
+use crate::config::{DatasetConfig, NodeConfig, PostgresSource};
 use crate::error::NodeError;
 
 /// Loads dataset `name` of this node (with its label column if `with_labels`), keeping the
 /// configured feature columns, each read as `reading` says (a job's preparation or a
 /// model's). A cell that cannot be read fails the whole load.
-pub(crate) fn load_table(
+pub fn load_table(
     config: &NodeConfig,
     name: &str,
     with_labels: bool,
@@ -43,35 +46,31 @@ fn read(
         .datasets
         .get(name)
         .ok_or_else(|| error("not in this node's configuration".into()))?;
-    // Read record by record: memory holds the table, not the file.
-    let file = std::fs::File::open(&dataset.path)
-        .map_err(|e| error(format!("{}: {e}", dataset.path.display())))?;
-    let input = std::io::BufReader::new(file);
-    let source = dataset.path.display().to_string();
     let format = dataset.csv_format();
-    let (table, bad_rows) = if keep_going {
-        Table::read_csv_rows(
-            &source,
-            input,
-            format,
-            &dataset.id_column,
-            dataset.missing,
-            reading,
-        )
-        .map_err(|e| error(e.to_string()))?
-    } else {
+    let (table, bad_rows) = with_input(dataset, &mut |source, input| {
+        if keep_going {
+            return Table::read_csv_rows(
+                source,
+                input,
+                format,
+                &dataset.id_column,
+                dataset.missing,
+                reading,
+            )
+            .map_err(|e| e.to_string());
+        }
         let label = if with_labels {
             Some(
                 dataset
                     .label_column
                     .as_deref()
-                    .ok_or_else(|| error("no label_column configured".into()))?,
+                    .ok_or("no label_column configured")?,
             )
         } else {
             None
         };
         let table = Table::read_csv(
-            &source,
+            source,
             input,
             format,
             &dataset.id_column,
@@ -79,9 +78,10 @@ fn read(
             dataset.missing,
             reading,
         )
-        .map_err(|e| error(e.to_string()))?;
-        (table, Vec::new())
-    };
+        .map_err(|e| e.to_string())?;
+        Ok((table, Vec::new()))
+    })
+    .map_err(error)?;
     let bad_rows = bad_rows
         .into_iter()
         .map(|(id, e)| (id, crate::error::capped(&e.to_string())))
@@ -96,4 +96,73 @@ fn read(
         None => table,
     };
     Ok((table, bad_rows))
+}
+
+/// Hands `read` the dataset's rows as CSV, named for errors, record by record: memory holds
+/// the table, not the file or the query's result. A PostgreSQL source is read with `COPY …
+/// TO STDOUT` as CSV over a connection opened for this load.
+fn with_input<T>(
+    dataset: &DatasetConfig,
+    read: &mut dyn FnMut(&str, &mut dyn Read) -> Result<T, String>,
+) -> Result<T, String> {
+    match (&dataset.path, &dataset.postgres) {
+        (Some(path), _) => {
+            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            read(
+                &path.display().to_string(),
+                &mut std::io::BufReader::new(file),
+            )
+        }
+        (None, Some(source)) => {
+            let name = source.name();
+            let failed = |e: postgres::Error| format!("{name}: {}", database_error(&e));
+            let mut settings = source.settings().map_err(|e| format!("{name}: {e}"))?;
+            if let Some(password) = password(source).map_err(|e| format!("{name}: {e}"))? {
+                settings.password(password);
+            }
+            settings
+                .application_name("unseen")
+                .connect_timeout(Duration::from_secs(10));
+            let mut client = settings.connect(postgres::NoTls).map_err(failed)?;
+            let mut rows = client
+                .copy_out(&source.copy_statement(&dataset.id_column))
+                .map_err(failed)?;
+            // Lines of the COPY output: line 1 is the header, line n + 1 the n-th row.
+            read(&format!("{name} (as CSV)"), &mut rows)
+        }
+        (None, None) => Err("neither path nor postgres is set".into()),
+    }
+}
+
+/// The database's own words for an error (its message and detail), or the client's.
+fn database_error(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => error.to_string(),
+    }
+}
+
+/// The password of a PostgreSQL source: from its environment variable or its file (which
+/// must be its owner's alone), or none.
+fn password(source: &PostgresSource) -> Result<Option<String>, String> {
+    if let Some(variable) = &source.password_env {
+        return std::env::var(variable)
+            .map(Some)
+            .map_err(|_| format!("password_env: {variable} is not set"));
+    }
+    let Some(file) = &source.password_file else {
+        return Ok(None);
+    };
+    if let Some(mode) = crate::tls::readable_by_others(file).map_err(|e| e.to_string())? {
+        return Err(format!(
+            "password_file: {} can be read by other users (mode {mode:o}); chmod 600 it",
+            file.display()
+        ));
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("password_file: {}: {e}", file.display()))?;
+    Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
 }

@@ -57,6 +57,7 @@ pub use wire::FEDERATION_VERSION;
 /// Test and fuzz hooks: pure decoders of peer input. Not a stable API.
 #[doc(hidden)]
 pub mod internal {
+    pub use crate::datasets::load_table;
     pub use crate::jobs::admission;
     pub use crate::wire::chunks::{ChunkError, Header, Reassembler};
     pub use crate::wire::psi as psi_proto;

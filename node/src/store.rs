@@ -200,7 +200,7 @@ pub struct AuditHead {
     /// The signature's scheme (TLS code point).
     #[serde(default)]
     pub scheme: u16,
-    /// The log's node's signature (hex) over [`crate::audit::head_message`].
+    /// The log's node's signature (hex) over the head (`audit::head_message`).
     #[serde(default)]
     pub signature: String,
     /// The certificate it was verified with when kept (hex DER).

@@ -28,6 +28,31 @@ fn configuration_errors_name_the_key_or_file() {
             "datasets.bank.delimiter",
         ),
         (
+            format!(
+                "{base}[datasets.bank]\nid_column = \"id\"\npostgres = {{ connection = \
+                 \"host=db.example user=u\", table = \"t\" }}\n"
+            ),
+            "datasets.bank.postgres.connection: the server must be on this machine",
+        ),
+        (
+            format!(
+                "{base}[datasets.bank]\nid_column = \"id\"\npostgres = {{ connection = \
+                 \"host=127.0.0.1 user=u password=p\", table = \"t\" }}\n"
+            ),
+            "datasets.bank.postgres.connection: holds a password",
+        ),
+        (
+            format!(
+                "{base}[datasets.bank]\nid_column = \"id\"\npostgres = {{ connection = \
+                 \"host=/run/postgresql user=u\", table = \"t\", query = \"SELECT 1\" }}\n"
+            ),
+            "datasets.bank.postgres: set one of table and query",
+        ),
+        (
+            format!("{base}[datasets.bank]\nid_column = \"id\"\n"),
+            "datasets.bank: set one of path",
+        ),
+        (
             base.replace(
                 "[tls]",
                 "operators = [\"ops\"]\n[[scoring.clients]]\nname = \"ops\"\nmodels = []\n[tls]",

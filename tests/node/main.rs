@@ -6,6 +6,7 @@ mod config;
 mod faults;
 mod listing;
 mod pki;
+mod postgres;
 mod refusals;
 mod scorecard;
 mod train;

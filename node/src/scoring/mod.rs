@@ -79,9 +79,19 @@ impl ScoreCache {
     }
 }
 
+/// When the dataset last changed: a file's modification time; for a database, the start of
+/// the current five minutes (its index is built again at most that often).
 fn modified(config: &NodeConfig, dataset: &str) -> Option<SystemTime> {
-    let path = &config.datasets.get(dataset)?.path;
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    match &config.datasets.get(dataset)?.path {
+        Some(path) => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        None => {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()?
+                .as_secs();
+            Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now - now % 300))
+        }
+    }
 }
 
 /// This node's index for a model (building it on first use or after the dataset changed).
