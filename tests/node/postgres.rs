@@ -1,5 +1,5 @@
 //! A host's dataset in PostgreSQL. The tests need a server: `bash .ci/run` starts one (so does
-//! `source .ci/postgres`), whose connection settings and password come in
+//! `source .ci/test-env`), whose connection settings and password come in
 //! `UNSEEN_TEST_POSTGRES` and `UNSEEN_TEST_POSTGRES_PASSWORD`.
 
 use crate::common::{Federation, TRAIN};
@@ -7,7 +7,7 @@ use crate::common::{Federation, TRAIN};
 fn server() -> String {
     std::env::var("UNSEEN_TEST_POSTGRES").expect(
         "UNSEEN_TEST_POSTGRES is not set: the PostgreSQL tests need a server; `source \
-         .ci/postgres` starts one (bash .ci/run does)",
+         .ci/test-env` starts one (bash .ci/run does)",
     )
 }
 

@@ -298,20 +298,35 @@ async fn nothing_happens_unaudited(federation: &Federation, known: &[String]) {
     assert!(ok, "scoring works again: {stderr}");
 }
 
-/// The Python client example gets the same scores (when python3 has grpcio and grpcio-tools).
+/// The Python client (python/, installed by `.ci/test-env`) gets the same scores, run from
+/// outside the checkout; its stubs are generated once into its cache and reused, and it
+/// leaves nothing else behind. It ships the node's scoring.proto unchanged.
 async fn the_python_client_agrees(
     federation: &Federation,
     ids: &[String],
     scored: &serde_json::Value,
 ) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let proto = "unseen/v1/scoring.proto";
+    assert_eq!(
+        std::fs::read_to_string(root.join("python/unseen_client/proto").join(proto)).unwrap(),
+        std::fs::read_to_string(root.join("node/proto").join(proto)).unwrap(),
+        "python/unseen_client/proto/{proto} differs from node/proto/{proto}: copy it over"
+    );
+    let python = std::env::var("UNSEEN_TEST_PYTHON").expect(
+        "UNSEEN_TEST_PYTHON is not set: the Python client's test needs it installed; `source \
+         .ci/test-env` does (bash .ci/run does)",
+    );
     let platform = federation.inner.platform().display().to_string();
-    let python = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .output();
-    if python.is_ok_and(|o| o.status.success()) {
-        let mut command = Command::new("python3");
+    let elsewhere = federation.dir.join("python-cwd");
+    let cache = federation.dir.join("python-cache");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for _ in 0..2 {
+        let mut command = Command::new(&python);
         command
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/score.py"))
+            .current_dir(&elsewhere)
+            .env("XDG_CACHE_HOME", &cache)
+            .args(["-m", "unseen_client"])
             .args([
                 "--node",
                 &federation.node_arg("bank"),
@@ -344,9 +359,16 @@ async fn the_python_client_agrees(
                 assert_eq!(a["error"], b["error"]);
             }
         }
-    } else {
-        println!("notice: skipped the Python client example: python3 with grpcio and grpcio-tools is not available");
     }
+    // One set of stubs in the cache, nothing half-made beside it, nothing in the working
+    // directory.
+    let cached: Vec<String> = std::fs::read_dir(cache.join("unseen-client"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(!cached[0].starts_with("stubs-"), "{cached:?}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
 
 /// What the guest receives from each host, asked directly with the bank's certificate, is
