@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Score enterprises with a joint model on the bank's node, as a platform would, with the
-Python client in python/ (`pip install ./python`):
+Python client in clients/python/ (`pip install ./clients/python`):
 
     python3 examples/python/score.py bank@127.0.0.1:7001 unseen-demo/certs/platform \
         sme-credit 25115 2346

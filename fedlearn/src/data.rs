@@ -52,6 +52,31 @@ fn is_missing(field: &str) -> bool {
             .any(|m| field.eq_ignore_ascii_case(m))
 }
 
+/// `input` without a leading UTF-8 byte order mark (before the CSV reader sees it, so a quoted
+/// first field after one is still read as quoted).
+fn without_bom<R: std::io::Read>(
+    mut input: R,
+) -> std::io::Result<std::io::Chain<std::io::Cursor<Vec<u8>>, R>> {
+    const BOM: &[u8] = b"\xef\xbb\xbf";
+    let mut start = Vec::with_capacity(BOM.len());
+    while start.len() < BOM.len() {
+        let mut byte = [0u8];
+        match input.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => start.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if !BOM.starts_with(&start) {
+            break;
+        }
+    }
+    if start == BOM {
+        start.clear();
+    }
+    Ok(std::io::Read::chain(std::io::Cursor::new(start), input))
+}
+
 /// How a CSV file is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CsvFormat {
@@ -364,6 +389,7 @@ impl Table {
             column: column.to_owned(),
             reason,
         };
+        let input = without_bom(input).map_err(|e| error(1, "", format!("cannot be read: {e}")))?;
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(format.delimiter)
             .has_headers(false)
@@ -391,11 +417,6 @@ impl Table {
         }
         let header = (record.iter().enumerate())
             .map(|(i, field)| {
-                let field = if i == 0 {
-                    field.strip_prefix("\u{feff}".as_bytes()).unwrap_or(field)
-                } else {
-                    field
-                };
                 std::str::from_utf8(field)
                     .map(str::to_owned)
                     .map_err(|_| error(1, &format!("#{}", i + 1), "not UTF-8 text".into()))
@@ -718,6 +739,23 @@ mod tests {
         assert_eq!(table.feature_names(), ["name", "a"]);
         assert_eq!(table.dictionary(0).unwrap(), ["say \"hi\"", "x"]);
         assert_eq!(table.values(), [0.0, 1.5, 1.0, 2.0]);
+
+        // A byte order mark before a quoted header field (as R's write.csv writes it).
+        let quoted = "\u{feff}\"id\",\"a\"\n\"x\",1\n";
+        let table = Table::read_csv(
+            "r.csv",
+            quoted.as_bytes(),
+            CsvFormat::default(),
+            "id",
+            None,
+            Missing::Reject,
+            &number,
+        )
+        .unwrap();
+        assert_eq!(
+            (table.ids(), table.values()),
+            (&["x".to_string()][..], &[1.0][..])
+        );
 
         let semicolons = "id;a;b\nx;1,5;2\n";
         let european = CsvFormat { delimiter: b';' };

@@ -39,6 +39,7 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<(), NodeError> {
     let _ = secret;
     let mut file = options.open(path).map_err(|e| NodeError::io(path, e))?;
     file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
         .map_err(|e| NodeError::io(path, e))
 }
 
@@ -144,7 +145,10 @@ pub fn revoke(dir: &Path, names: &[String]) -> Result<PathBuf, NodeError> {
         }
     }
     let mut moves = Vec::new();
-    for name in names {
+    let mut names = names.to_vec();
+    names.sort();
+    names.dedup();
+    for name in &names {
         check_name("name", name).map_err(NodeError::Tls)?;
         let cert_path = dir.join(name).join("node.crt");
         let cert = CertificateDer::from_pem_file(&cert_path)

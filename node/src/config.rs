@@ -288,7 +288,12 @@ impl PostgresSource {
             #[cfg(unix)]
             postgres::config::Host::Unix(_) => true,
         };
-        if settings.get_hosts().is_empty() || !settings.get_hosts().iter().all(local) {
+        // A hostaddr is where the client connects, whatever the host says.
+        let addresses_local = settings.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+        if settings.get_hosts().is_empty()
+            || !settings.get_hosts().iter().all(local)
+            || !addresses_local
+        {
             return Err(
                 "connection: the server must be on this machine (loopback or a Unix socket \
                  directory): connections to it are not encrypted"

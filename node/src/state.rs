@@ -54,8 +54,8 @@ impl NodeState {
     }
 
     /// Reads the configuration file again and puts its `datasets`, `policy` and `scoring`
-    /// in force, checked as at start-up; jobs and calls under way keep the one they started
-    /// with. Every other key must be as running (it takes a restart): a file that changes
+    /// in force, checked as at start-up, under the lock that proposals are decided under (a
+    /// decision sees one configuration). Every other key must be as running (it takes a restart): a file that changes
     /// one, or does not load, leaves the running configuration in force, and says why.
     /// Returns the keys that changed; a change is audited.
     pub fn reload(&self) -> Result<Vec<&'static str>, NodeError> {
@@ -79,10 +79,10 @@ impl NodeState {
             "",
             serde_json::json!({ "changed": changed }),
         )?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         if changed.contains(&"datasets") {
             self.scores.forget_indexes();
         }
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         tracing::info!(?changed, "configuration read again");
         Ok(changed)
     }

@@ -299,6 +299,9 @@ impl Identity {
             .with_client_auth_cert(self.certs.clone(), key)
             .map_err(|e| NodeError::Tls(format!("own certificate and key: {e}")))?;
         config.alpn_protocols = vec![b"h2".to_vec()];
+        // Every connection verifies the peer's certificate anew: a resumed session would skip
+        // the verifier, and with it a revocation list published since.
+        config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 }
@@ -362,6 +365,7 @@ struct Loaded {
 }
 
 /// One reading of the revocation lists.
+#[derive(Debug)]
 pub(crate) struct Lists {
     der: Vec<CertificateRevocationListDer<'static>>,
     lists: Vec<webpki::CertRevocationList<'static>>,
@@ -479,8 +483,29 @@ fn revocation_options<'a>(
     )
 }
 
-/// The server's check of client certificates: rustls' WebPKI verifier, built at each
-/// handshake with the revocation lists in force.
+/// The last verifier built, and the revocation lists it was built with.
+type Built<V> = Mutex<Option<(Arc<Lists>, Arc<V>)>>;
+
+/// The verifier built with `lists`: the one built last if it was built with them, else a new
+/// one from `build` (revocation lists are parsed once per change, not once per handshake).
+fn built_with<V: ?Sized>(
+    built: &Built<V>,
+    lists: Arc<Lists>,
+    build: impl FnOnce(&Lists) -> TlsResult<Arc<V>>,
+) -> TlsResult<Arc<V>> {
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((with, verifier)) = built.as_ref() {
+        if Arc::ptr_eq(with, &lists) {
+            return Ok(verifier.clone());
+        }
+    }
+    let verifier = build(&lists)?;
+    *built = Some((lists, verifier.clone()));
+    Ok(verifier)
+}
+
+/// The server's check of client certificates: rustls' WebPKI verifier, built with the
+/// revocation lists in force at the handshake.
 #[derive(Debug)]
 struct RevokingClientVerifier {
     roots: Arc<RootCertStore>,
@@ -489,6 +514,7 @@ struct RevokingClientVerifier {
     subjects: Vec<DistinguishedName>,
     /// Checks signatures (which no revocation list changes).
     signatures: Arc<dyn ClientCertVerifier>,
+    built: Built<dyn ClientCertVerifier>,
 }
 
 impl RevokingClientVerifier {
@@ -507,6 +533,7 @@ impl RevokingClientVerifier {
             provider,
             revocations,
             signatures,
+            built: Mutex::new(None),
         })
     }
 }
@@ -524,13 +551,14 @@ impl ClientCertVerifier for RevokingClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> TlsResult<ClientCertVerified> {
-        let lists = self.revocations.current();
-        WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
-            .with_crls(lists.der.iter().cloned())
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| tokio_rustls::rustls::Error::General(format!("client verifier: {e}")))?
-            .verify_client_cert(end_entity, intermediates, now)
+        built_with(&self.built, self.revocations.current(), |lists| {
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .with_crls(lists.der.iter().cloned())
+                .allow_unknown_revocation_status()
+                .build()
+                .map_err(|e| tokio_rustls::rustls::Error::General(format!("client verifier: {e}")))
+        })?
+        .verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -556,8 +584,8 @@ impl ClientCertVerifier for RevokingClientVerifier {
     }
 }
 
-/// A client's check of a peer's server certificate: rustls' WebPKI verifier, built at each
-/// handshake with the revocation lists in force.
+/// A client's check of a peer's server certificate: rustls' WebPKI verifier, built with the
+/// revocation lists in force at the handshake.
 #[derive(Debug)]
 struct RevokingServerVerifier {
     roots: Arc<RootCertStore>,
@@ -565,6 +593,7 @@ struct RevokingServerVerifier {
     revocations: Arc<Revocations>,
     /// Checks signatures (which no revocation list changes).
     signatures: Arc<WebPkiServerVerifier>,
+    built: Built<WebPkiServerVerifier>,
 }
 
 impl RevokingServerVerifier {
@@ -582,6 +611,7 @@ impl RevokingServerVerifier {
             provider,
             revocations,
             signatures,
+            built: Mutex::new(None),
         })
     }
 }
@@ -595,13 +625,14 @@ impl ServerCertVerifier for RevokingServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> TlsResult<ServerCertVerified> {
-        let lists = self.revocations.current();
-        WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
-            .with_crls(lists.der.iter().cloned())
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| tokio_rustls::rustls::Error::General(format!("server verifier: {e}")))?
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        built_with(&self.built, self.revocations.current(), |lists| {
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .with_crls(lists.der.iter().cloned())
+                .allow_unknown_revocation_status()
+                .build()
+                .map_err(|e| tokio_rustls::rustls::Error::General(format!("server verifier: {e}")))
+        })?
+        .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

@@ -28,9 +28,9 @@ async fn hosts_enforce_their_disclosure_budget() {
     let first = federation.spec("first.toml", &prepared);
     let (ok, stdout, stderr) = federation.cli(&["train", &first]).await;
     assert!(ok, "{stderr}");
-    // Piped, `unseen train` prints its progress line by line as it comes.
+    // Piped, `unseen train` prints its progress line by line on stdout as it comes.
     for line in ["psi: ", "training: ", "epoch 1/1 Taylor loss "] {
-        assert!(stderr.contains(line), "{line}: {stderr}");
+        assert!(stdout.contains(line), "{line}: {stdout}");
     }
     // One epoch cannot converge, and the modeller is told.
     assert!(

@@ -126,6 +126,51 @@ async fn a_hosts_dataset_in_postgresql_trains_as_its_csv_does() {
             && error.contains("missing value"),
         "{error}"
     );
+    // A wrong password and a server that does not answer fail the load, naming the dataset
+    // (for its operator).
+    let wrong = federation.dir.join("wrong.password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let running = (*federation.state("tax").config()).clone();
+    let source = |config: &mut node::config::NodeConfig| {
+        config
+            .datasets
+            .get_mut("tax")
+            .and_then(|d| d.postgres.as_mut())
+            .unwrap()
+            .clone()
+    };
+    let mut wrong_password = running.clone();
+    let mut changed = source(&mut wrong_password);
+    changed.password_env = None;
+    changed.password_file = Some(wrong);
+    wrong_password.datasets.get_mut("tax").unwrap().postgres = Some(changed);
+    let mut unreachable = running.clone();
+    let mut changed = source(&mut unreachable);
+    changed.connection = "host=127.0.0.1 port=1 user=postgres dbname=postgres".into();
+    unreachable.datasets.get_mut("tax").unwrap().postgres = Some(changed);
+    for (config, why) in [
+        (wrong_password, "password authentication failed"),
+        (unreachable, "error connecting to server"),
+    ] {
+        let error = tokio::task::spawn_blocking(move || {
+            node::internal::load_table(&config, "tax", false, &|_| fedlearn::Reading::Number)
+                .unwrap_err()
+                .to_string()
+        })
+        .await
+        .unwrap();
+        assert!(
+            error.starts_with(&format!("dataset tax: postgres table \"{table}\""))
+                && error.contains(why),
+            "{error}"
+        );
+    }
+
     // When scoring, that id alone cannot be scored.
     let (ok, scored, stderr) = federation.score("sme-credit", &["--json"], &ids).await;
     assert!(ok, "{stderr}");

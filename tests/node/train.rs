@@ -298,7 +298,7 @@ async fn nothing_happens_unaudited(federation: &Federation, known: &[String]) {
     assert!(ok, "scoring works again: {stderr}");
 }
 
-/// The Python client (python/, installed by `.ci/test-env`) gets the same scores, run from
+/// The Python client (clients/python/, installed by `.ci/test-env`) gets the same scores, run from
 /// outside the checkout; its stubs are generated once into its cache and reused, and it
 /// leaves nothing else behind. It ships the node's scoring.proto unchanged.
 async fn the_python_client_agrees(
@@ -309,9 +309,10 @@ async fn the_python_client_agrees(
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let proto = "unseen/v1/scoring.proto";
     assert_eq!(
-        std::fs::read_to_string(root.join("python/unseen_client/proto").join(proto)).unwrap(),
+        std::fs::read_to_string(root.join("clients/python/unseen_client/proto").join(proto))
+            .unwrap(),
         std::fs::read_to_string(root.join("node/proto").join(proto)).unwrap(),
-        "python/unseen_client/proto/{proto} differs from node/proto/{proto}: copy it over"
+        "clients/python/unseen_client/proto/{proto} differs from node/proto/{proto}: copy it over"
     );
     let python = std::env::var("UNSEEN_TEST_PYTHON").expect(
         "UNSEEN_TEST_PYTHON is not set: the Python client's test needs it installed; `source \
@@ -480,6 +481,63 @@ async fn the_audit_trail_holds_the_job(federation: &Federation, status: &serde_j
         .any(|e| e["event"] == "score" && e["peer"] == "platform" && e["detail"]["ids"] == 8));
 }
 
+/// `unseen score --input --output`: a platform's monthly run. Every id of the input file gets
+/// one row, in order, over several calls; the scores are those of a direct call.
+async fn batch_scoring_writes_every_id(
+    federation: &Federation,
+    ids: &[String],
+    scored: &serde_json::Value,
+) {
+    let input = federation.dir.join("monthly.csv");
+    let output = federation.dir.join("monthly-scores.csv");
+    let mut all: Vec<String> = ids.to_vec();
+    all.extend(federation.bank_ids(1200));
+    all.push("no-such-firm".into());
+    let text: String = std::iter::once("note,enterprise\n".to_string())
+        .chain(all.iter().map(|id| format!("\"a, b\",{id}\n")))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let platform = federation.inner.platform().display().to_string();
+    let (ok, stdout, stderr) = federation
+        .cli(&[
+            "score",
+            "--identity",
+            &platform,
+            "--model",
+            "sme-credit",
+            "--input",
+            &input.display().to_string(),
+            "--output",
+            &output.display().to_string(),
+            "--id-column",
+            "enterprise",
+            "--batch",
+            "500",
+        ])
+        .await;
+    assert!(ok, "{stdout}{stderr}");
+    let rows: Vec<Vec<String>> = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(&output)
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    assert_eq!(rows[0], ["id", "probability", "points", "band", "error"]);
+    assert_eq!(rows.len(), all.len() + 1);
+    for (row, id) in rows[1..].iter().zip(&all) {
+        assert_eq!(&row[0], id);
+    }
+    for (i, direct) in scored.as_array().unwrap().iter().enumerate() {
+        match direct["probability"].as_f64() {
+            Some(p) => assert_eq!(rows[i + 1][1].parse::<f64>().unwrap(), p, "{i}"),
+            None => assert!(!rows[i + 1][4].is_empty(), "{i}: {:?}", rows[i + 1]),
+        }
+    }
+    assert!(!rows.last().unwrap()[4].is_empty(), "{:?}", rows.last());
+    assert!(stdout.contains("ids scored"), "{stdout}");
+}
+
 /// The metrics endpoint counts the job.
 async fn metrics_count_the_job(federation: &Federation) {
     let address = federation.inner.nodes["bank"].metrics_address.unwrap();
@@ -504,6 +562,7 @@ async fn a_job_end_to_end() {
     let (known, ids, scored, partials) =
         scores_are_the_plaintext_joint_probability(&federation).await;
     the_python_client_agrees(&federation, &ids, &scored).await;
+    batch_scoring_writes_every_id(&federation, &ids, &scored).await;
     hosts_mask_their_partial_scores(&federation, &known, &partials).await;
     the_audit_trail_holds_the_job(&federation, &status).await;
     metrics_count_the_job(&federation).await;

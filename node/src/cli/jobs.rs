@@ -56,7 +56,7 @@ pub async fn follow(
         .await
         .map_err(status_error)?
         .into_inner();
-    // On a terminal, progress bars; piped (tee, CI, a log file), one line per step.
+    // On a terminal, progress bars; piped (tee, CI, a log file), one line per step on stdout.
     let plain = !json && !std::io::stderr().is_terminal();
     let psi = ProgressBar::hidden();
     let epochs = ProgressBar::hidden();
@@ -83,16 +83,16 @@ pub async fn follow(
         }
         if plain {
             if event.state != last_state {
-                eprintln!("{}: {}", event.state, event.message);
+                println!("{}: {}", event.state, event.message);
                 last_state = event.state.clone();
             }
             let tenth = (event.psi_progress * 10.0).floor() as u32;
             if event.state == "psi" && tenth > last_tenth {
-                eprintln!("PSI {}%", tenth * 10);
+                println!("PSI {}%", tenth * 10);
                 last_tenth = tenth;
             }
             if event.epoch > last_epoch {
-                eprintln!(
+                println!(
                     "epoch {}/{} {}",
                     event.epoch,
                     event.max_epochs,

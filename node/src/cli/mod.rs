@@ -23,7 +23,7 @@ pub use output::{band_name, print_scores};
 use crate::tls::Identity;
 use audit::audit_command;
 use jobs::{job_command, submit};
-use models::{model_command, score};
+use models::{model_command, score, score_file, ScoreFiles};
 
 /// unseen: private set intersection and vertical federated logistic regression for joint
 /// credit modelling.
@@ -102,9 +102,23 @@ enum Command {
         /// Model id.
         #[arg(long)]
         model: String,
-        /// Enterprise ids.
-        #[arg(required = true)]
+        /// Enterprise ids (or --input).
+        #[arg(required_unless_present = "input", conflicts_with = "input")]
         ids: Vec<String>,
+        /// A CSV file of ids to score (a header row; the ids in --id-column), streamed in
+        /// batches; needs --output.
+        #[arg(long, requires = "output")]
+        input: Option<PathBuf>,
+        /// Where the scores go, as CSV: id, probability, points, band, error (one row per input
+        /// id, in order). Written whole, then renamed into place.
+        #[arg(long, requires = "input")]
+        output: Option<PathBuf>,
+        /// The column of --input holding the ids.
+        #[arg(long, default_value = "id")]
+        id_column: String,
+        /// Ids per call (at most the node's scoring.max_batch).
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
     },
     /// The node's hash-chained audit log.
     Audit {
@@ -306,7 +320,27 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
         }),
         Command::Job { command } => runtime()?.block_on(job_command(command)),
         Command::Model { command } => runtime()?.block_on(model_command(command)),
-        Command::Score { target, model, ids } => runtime()?.block_on(score(target, model, ids)),
+        Command::Score {
+            target,
+            model,
+            input: Some(input),
+            output: Some(output),
+            id_column,
+            batch,
+            ..
+        } => runtime()?.block_on(score_file(
+            target,
+            model,
+            ScoreFiles {
+                input,
+                output,
+                id_column,
+                batch,
+            },
+        )),
+        Command::Score {
+            target, model, ids, ..
+        } => runtime()?.block_on(score(target, model, ids)),
         Command::Audit { command } => runtime()?.block_on(audit_command(command)),
         Command::Config {
             command: ConfigCommand::Reload { target },

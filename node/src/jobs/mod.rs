@@ -113,16 +113,18 @@ impl NodeState {
         self: &Arc<Self>,
         proposal: &JobProposal,
     ) -> Result<ProposalReply, NodeError> {
-        let config = self.config();
-        let rule = admission::check_proposal(&config, proposal)?;
         if proposal.attempt > 0 {
+            admission::check_proposal(&self.config(), proposal)?;
             return self.accept_attempt(proposal);
         }
         let accepted = ProposalReply {
             accepted: true,
             ..ProposalReply::default()
         };
+        // One configuration for the whole decision, taken under the lock a reload takes.
         let _one_at_a_time = self.jobs.admission();
+        let config = self.config();
+        let rule = admission::check_proposal(&config, proposal)?;
         if let Some(known) = self.job(&proposal.job_id)? {
             admission::check_known(proposal, &known)?;
             return Ok(accepted);
@@ -130,7 +132,7 @@ impl NodeState {
         self.room_for(Some(&proposal.guest))?;
         let in_use = self.model_in_use(&proposal.model_id)?;
         let disclosed = self.disclosures(&proposal.guest, &proposal.dataset, &proposal.kind)?;
-        admission::check_new(&self.config(), rule, proposal, in_use, disclosed)?;
+        admission::check_new(&config, rule, proposal, in_use, disclosed)?;
         if proposal.kind == "train" {
             // What the job resumes from after this node's restart.
             let first = JobProposal {

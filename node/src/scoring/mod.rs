@@ -42,7 +42,9 @@ impl ScoreIndex {
 }
 
 /// An index and the modification time of the dataset it was built from.
-type Stamped = (Option<SystemTime>, Arc<ScoreIndex>);
+/// An index, and what it was built from: the dataset's configuration and when it changed.
+type Stamped = (Stamp, Arc<ScoreIndex>);
+type Stamp = (Option<crate::config::DatasetConfig>, Option<SystemTime>);
 
 /// Cached indexes, rebuilt when the dataset file changes, and the rate-limit token buckets
 /// of scoring clients and guests.
@@ -100,7 +102,11 @@ pub(crate) fn index(
     config: &NodeConfig,
     model: &ModelRecord,
 ) -> Result<Arc<ScoreIndex>, NodeError> {
-    let stamp = modified(config, &model.dataset);
+    // A dataset configured anew (another file, table or query) is another index.
+    let stamp = (
+        config.datasets.get(&model.dataset).cloned(),
+        modified(config, &model.dataset),
+    );
     if let Some((seen, index)) = cache
         .indexes
         .lock()

@@ -15,6 +15,7 @@ bank lists under [[scoring.clients]] for the model. The gRPC stubs are generated
 import hashlib
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 
@@ -26,10 +27,16 @@ _stubs = None
 
 
 def _cache_dir():
+    """Stubs for this .proto, made by this grpcio-tools for this protobuf runtime."""
+    from importlib.metadata import version
+
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    key = hashlib.sha256()
     with open(os.path.join(_PROTO_ROOT, _PROTO), "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    return os.path.join(base, "unseen-client", digest)
+        key.update(f.read())
+    for package in ("grpcio-tools", "protobuf"):
+        key.update(f"\0{package} {version(package)}".encode())
+    return os.path.join(base, "unseen-client", key.hexdigest()[:16])
 
 
 def _generate(out):
@@ -39,21 +46,21 @@ def _generate(out):
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix="stubs-", dir=parent)
-    status = protoc.main([
-        "protoc",
-        f"-I{_PROTO_ROOT}",
-        f"--python_out={work}",
-        f"--grpc_python_out={work}",
-        os.path.join(_PROTO_ROOT, _PROTO),
-    ])
-    if status != 0:
-        raise RuntimeError(f"protoc failed on {os.path.join(_PROTO_ROOT, _PROTO)}")
     try:
-        os.replace(work, out)
-    except OSError:
-        # Another process put the same stubs there first.
-        import shutil
-
+        status = protoc.main([
+            "protoc",
+            f"-I{_PROTO_ROOT}",
+            f"--python_out={work}",
+            f"--grpc_python_out={work}",
+            os.path.join(_PROTO_ROOT, _PROTO),
+        ])
+        if status != 0:
+            raise RuntimeError(f"protoc failed on {os.path.join(_PROTO_ROOT, _PROTO)}")
+        try:
+            os.replace(work, out)
+        except OSError:
+            pass  # another process put the same stubs there first
+    finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
