@@ -139,6 +139,30 @@ pub fn head(store: &Store) -> Result<Option<(u64, String)>, NodeError> {
     Ok(Some((seq, record.hash)))
 }
 
+/// A signed head as it crosses between nodes.
+pub(crate) fn head_to_wire(head: AuditHead) -> crate::proto::AuditHead {
+    crate::proto::AuditHead {
+        seq: head.seq,
+        hash: head.hash,
+        signed_unix_ms: head.signed_unix_ms,
+        scheme: head.scheme.into(),
+        signature: hex::decode(head.signature).unwrap_or_default(),
+    }
+}
+
+/// A signed head from the wire (a scheme no TLS code point has does not verify).
+pub(crate) fn head_from_wire(head: crate::proto::AuditHead) -> AuditHead {
+    AuditHead {
+        seq: head.seq,
+        hash: head.hash,
+        unix_ms: 0,
+        signed_unix_ms: head.signed_unix_ms,
+        scheme: u16::try_from(head.scheme).unwrap_or(u16::MAX),
+        signature: hex::encode(head.signature),
+        certificate: String::new(),
+    }
+}
+
 /// What the node of `party` signs when it gives `keeper` its audit head `(seq, hash)` at
 /// `signed_unix_ms`: a domain tag, then every field, each unambiguously delimited.
 pub fn head_message(

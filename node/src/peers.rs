@@ -25,7 +25,7 @@ use crate::config::{FederationSettings, NodeConfig};
 use crate::error::{NodeError, PeerFault};
 use crate::metrics::Metrics;
 use crate::proto::federation_client::FederationClient;
-use crate::proto::{AliveRequest, AnchorRequest, AuditHead, Chunk, JobProposal, ProposalReply};
+use crate::proto::{AliveRequest, AnchorRequest, Chunk, JobProposal, ProposalReply};
 use crate::tls::{Identity, Lists, Revocations};
 use crate::wire::FEDERATION_VERSION;
 
@@ -359,13 +359,7 @@ impl Peers {
         let request = AnchorRequest {
             version: FEDERATION_VERSION,
             sender: self.party.clone(),
-            head: head.map(|head| AuditHead {
-                seq: head.seq,
-                hash: head.hash,
-                signed_unix_ms: head.signed_unix_ms,
-                scheme: head.scheme.into(),
-                signature: hex::decode(head.signature).unwrap_or_default(),
-            }),
+            head: head.map(crate::audit::head_to_wire),
         };
         let reply = self
             .call(to, "anchor", 1, None, |mut client| {
@@ -373,15 +367,7 @@ impl Peers {
                 async move { client.anchor(request).await }
             })
             .await?;
-        Ok(reply.kept.map(|head| crate::store::AuditHead {
-            seq: head.seq,
-            hash: head.hash,
-            signed_unix_ms: head.signed_unix_ms,
-            // A scheme no TLS code point has does not verify.
-            scheme: u16::try_from(head.scheme).unwrap_or(u16::MAX),
-            signature: hex::encode(head.signature),
-            ..Default::default()
-        }))
+        Ok(reply.kept.map(crate::audit::head_from_wire))
     }
 
     /// Delivers message `seq` of a job's `attempt` to `to` in chunks, retrying as configured

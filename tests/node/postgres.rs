@@ -36,6 +36,18 @@ async fn setup(sql: Vec<String>, copy: Option<(String, String)>) {
     .unwrap();
 }
 
+/// Why loading dataset "tax" of `config` fails (on a blocking thread, as the node's jobs and
+/// scoring load datasets).
+async fn load_error(config: node::config::NodeConfig) -> String {
+    tokio::task::spawn_blocking(move || {
+        node::internal::load_table(&config, "tax", false, &|_| fedlearn::Reading::Number)
+            .unwrap_err()
+            .to_string()
+    })
+    .await
+    .unwrap()
+}
+
 /// The tax bureau moves its dataset from its CSV into a PostgreSQL table (configuration read
 /// again, no restart): the same job trains the same model on it, bit for bit; a NULL where a
 /// number must be is named by table, line and column, and makes that id alone unscorable.
@@ -111,15 +123,7 @@ async fn a_hosts_dataset_in_postgresql_trains_as_its_csv_does() {
         None,
     )
     .await;
-    // (On a blocking thread, as the node's jobs and scoring load datasets.)
-    let config = federation.state("tax").config();
-    let error = tokio::task::spawn_blocking(move || {
-        node::internal::load_table(&config, "tax", false, &|_| fedlearn::Reading::Number)
-            .unwrap_err()
-            .to_string()
-    })
-    .await
-    .unwrap();
+    let error = load_error((*federation.state("tax").config()).clone()).await;
     assert!(
         error.contains(&format!("postgres table \"{table}\" (as CSV)"))
             && error.contains(&format!("column \"{column}\""))
@@ -157,13 +161,7 @@ async fn a_hosts_dataset_in_postgresql_trains_as_its_csv_does() {
         (wrong_password, "password authentication failed"),
         (unreachable, "error connecting to server"),
     ] {
-        let error = tokio::task::spawn_blocking(move || {
-            node::internal::load_table(&config, "tax", false, &|_| fedlearn::Reading::Number)
-                .unwrap_err()
-                .to_string()
-        })
-        .await
-        .unwrap();
+        let error = load_error(config).await;
         assert!(
             error.starts_with(&format!("dataset tax: postgres table \"{table}\""))
                 && error.contains(why),

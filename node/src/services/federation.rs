@@ -14,7 +14,7 @@ use crate::proto::{
     AliveReply, AliveRequest, Chunk, DeliveryAck, JobProposal, PartialScoresReply,
     PartialScoresRequest,
 };
-use crate::proto::{AnchorReply, AnchorRequest, AuditHead, ProposalReply};
+use crate::proto::{AnchorReply, AnchorRequest, ProposalReply};
 use crate::services::{auth, blocking};
 use crate::state::NodeState;
 use crate::wire::chunks::{ChunkError, Reassembler};
@@ -145,15 +145,7 @@ impl Federation for FederationService {
                     )
                     .into());
                 }
-                let head = crate::store::AuditHead {
-                    seq: head.seq,
-                    hash: head.hash,
-                    unix_ms: 0,
-                    signed_unix_ms: head.signed_unix_ms,
-                    scheme: u16::try_from(head.scheme).unwrap_or(u16::MAX),
-                    signature: hex::encode(head.signature),
-                    certificate: String::new(),
-                };
+                let head = crate::audit::head_from_wire(head);
                 // Kept only as the sender's signed word: evidence a peer can show.
                 if !crate::audit::head_signed_by(&head, &request.sender, party, &certificate) {
                     return Err(NodeError::BadRequest(
@@ -182,13 +174,7 @@ impl Federation for FederationService {
         .await?
         .map_err(|e: NodeError| e.public_status("an audit anchor"))?;
         Ok(Response::new(AnchorReply {
-            kept: kept.map(|head| AuditHead {
-                seq: head.seq,
-                hash: head.hash,
-                signed_unix_ms: head.signed_unix_ms,
-                scheme: head.scheme.into(),
-                signature: hex::decode(head.signature).unwrap_or_default(),
-            }),
+            kept: kept.map(crate::audit::head_to_wire),
         }))
     }
 
