@@ -51,8 +51,8 @@
 //!
 //! [[scoring.clients]]                # platforms, by certificate name
 //! name = "city-platform"
-//! models = ["sme-credit-2026q4", "sme-*"]   # a trailing * grants every model so named;
-//!                                          # "*" every model of this node
+//! models = ["sme-credit", "sme-*"]   # a name grants its every version, "name@3" one
+//!                                    # version; a trailing * every model so named, "*" all
 //! calls_per_second = 50
 //! burst = 100
 //! ```
@@ -335,13 +335,16 @@ impl PostgresSource {
 }
 
 impl ScoringClient {
-    /// Whether this client may score with `model`.
+    /// Whether this client may score with `model` (a name, whose latest version is meant, or
+    /// `name@version`): a grant names the model (every version), one version, or a prefix of
+    /// names followed by `*`.
     pub fn may_score(&self, model: &str) -> bool {
+        let name = split_model_id(model).map_or(model, |(name, _)| name);
         self.models
             .iter()
             .any(|granted| match granted.strip_suffix('*') {
-                Some(prefix) => model.starts_with(prefix),
-                None => granted == model,
+                Some(prefix) => name.starts_with(prefix),
+                None => granted == name || granted == model,
             })
     }
 }
@@ -830,6 +833,22 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
+/// A model id: its name and, for `name@version`, the version (canonical decimal, from 1).
+/// `None` if it is neither a valid name nor a valid name with a valid version.
+pub fn split_model_id(id: &str) -> Option<(&str, Option<u32>)> {
+    let (name, version) = match id.split_once('@') {
+        Some((name, digits)) => {
+            let version: u32 = digits.parse().ok().filter(|v| *v > 0)?;
+            if version.to_string() != digits {
+                return None;
+            }
+            (name, Some(version))
+        }
+        None => (id, None),
+    };
+    valid_name(name).then_some((name, version))
+}
+
 /// Party, peer and dataset names: 1–64 of [A-Za-z0-9._-].
 pub fn check_name(key: &str, name: &str) -> Result<(), String> {
     if valid_name(name) {
@@ -838,5 +857,43 @@ pub fn check_name(key: &str, name: &str) -> Result<(), String> {
         Err(format!(
             "{key}: {name:?} must be 1 to 64 letters, digits, '.', '_' or '-'"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_are_a_name_and_perhaps_one_canonical_version() {
+        assert_eq!(split_model_id("sme-credit"), Some(("sme-credit", None)));
+        assert_eq!(
+            split_model_id("sme-credit@12"),
+            Some(("sme-credit", Some(12)))
+        );
+        for bad in [
+            "sme@0", "sme@01", "sme@+1", "sme@", "@1", "sme@1@2", "a/b@1", "sme@x",
+        ] {
+            assert_eq!(split_model_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn scoring_grants_name_models_versions_or_prefixes() {
+        let client = |models: &[&str]| ScoringClient {
+            name: "platform".into(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            calls_per_second: 1.0,
+            burst: 1.0,
+        };
+        let named = client(&["sme-credit"]);
+        assert!(named.may_score("sme-credit") && named.may_score("sme-credit@4"));
+        assert!(!named.may_score("sme-credit-2") && !named.may_score("sme-credit-2@1"));
+        let pinned = client(&["sme-credit@2"]);
+        assert!(pinned.may_score("sme-credit@2"));
+        assert!(!pinned.may_score("sme-credit") && !pinned.may_score("sme-credit@3"));
+        let prefix = client(&["sme-*"]);
+        assert!(prefix.may_score("sme-credit@9") && !prefix.may_score("retail@1"));
+        assert!(client(&["*"]).may_score("anything@3"));
     }
 }

@@ -35,6 +35,7 @@ mod error;
 mod jobs;
 pub mod mailbox;
 pub mod metrics;
+mod models;
 mod peers;
 pub mod proto;
 mod registry;

@@ -2,7 +2,9 @@
 //! for the binning statistics of the same columns: `kind = "binning"`).
 //!
 //! ```toml
-//! model_id = "sme-credit-2026q4"
+//! model_id = "sme-credit"         # the model's name: this job trains its next version
+//! replace = false                  # true: train although the name is served; the new
+//!                                  # version then answers for it
 //! dataset = "bank"                 # the guest's dataset (with the label column)
 //!
 //! [[hosts]]                        # in residual-chain order
@@ -95,8 +97,12 @@ pub struct JobSpec {
     /// Training or binning statistics.
     #[serde(default = "train_kind")]
     pub kind: JobKind,
-    /// Model id (unique on every party); a binning job's statistics go by it too.
+    /// Model name (a training job trains its next version, `name@version`, which the guest
+    /// fills in here when it takes the job); a binning job's statistics go by it too.
     pub model_id: String,
+    /// Train even though the name is served: the new version then answers for the name.
+    #[serde(default)]
+    pub replace: bool,
     /// The guest's dataset.
     pub dataset: String,
     /// Hosts in chain order.
@@ -117,6 +123,8 @@ struct RawSpec {
     #[serde(default = "default_kind")]
     kind: String,
     model_id: String,
+    #[serde(default)]
+    replace: bool,
     dataset: String,
     hosts: Vec<HostSpec>,
     #[serde(default)]
@@ -226,6 +234,7 @@ impl JobSpec {
         Ok(JobSpec {
             kind,
             model_id: raw.model_id,
+            replace: raw.replace,
             dataset: raw.dataset,
             hosts: raw.hosts,
             train,

@@ -12,6 +12,9 @@ use crate::sealing::StoreKey;
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
+/// What is left of a deleted model: who it was for and when it went (never its weights), so
+/// its version is not made again and a host's disclosure budget still counts it.
+const DELETED: TableDefinition<&str, &[u8]> = TableDefinition::new("deleted_models");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// Per peer, the latest head of that peer's audit log it gave this node to keep.
 const ANCHORS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchors");
@@ -182,6 +185,30 @@ pub struct ModelRecord {
     /// Host only: hex seeds of the pairwise scoring masks, by other host.
     #[serde(default)]
     pub pair_seeds: std::collections::BTreeMap<String, String>,
+    /// When an operator archived it (no longer scored; weights and report kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_unix_ms: Option<i64>,
+}
+
+/// What the store keeps of a deleted model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedModel {
+    /// Model id.
+    pub model_id: String,
+    /// Job that trained it.
+    pub job_id: String,
+    /// "guest" or "host".
+    pub role: String,
+    /// The model's guest.
+    pub guest: String,
+    /// This node's dataset it scored.
+    pub dataset: String,
+    /// When it was made.
+    pub created_unix_ms: i64,
+    /// When it was deleted.
+    pub deleted_unix_ms: i64,
+    /// The operator who deleted it.
+    pub operator: String,
 }
 
 /// The latest record of an audit log, as a peer keeps it: signed by the log's node, so the
@@ -257,6 +284,7 @@ impl Store {
         store.write(|txn| {
             txn.open_table(JOBS)?;
             txn.open_table(MODELS)?;
+            txn.open_table(DELETED)?;
             txn.open_table(AUDIT)?;
             txn.open_table(ANCHORS)?;
             txn.open_table(EVENTS)?;
@@ -382,19 +410,98 @@ impl Store {
         jobs.into_iter().map(|j| self.with_events(j)).collect()
     }
 
-    /// Writes a model record (refusing to replace an existing model), sealed with the store
-    /// key.
+    /// Writes a new model record, sealed with the store key; refuses an id that a model has
+    /// or had (a deleted one's included).
     pub fn put_model(&self, model: &ModelRecord) -> Result<(), NodeError> {
-        if self.model(&model.model_id)?.is_some() {
-            return Err(self.error(format!("model {:?} already exists", model.model_id)));
-        }
-        let bytes = serde_json::to_vec(model).map_err(|e| self.error(e))?;
-        let sealed = self.key.seal(&model_context(&model.model_id), &bytes);
+        let id = model.model_id.as_str();
+        let sealed = self.seal_model(model)?;
+        let mut taken = false;
         self.write(|txn| {
-            txn.open_table(MODELS)?
-                .insert(model.model_id.as_str(), sealed.as_slice())?;
+            let mut models = txn.open_table(MODELS)?;
+            taken = models.get(id)?.is_some() || txn.open_table(DELETED)?.get(id)?.is_some();
+            if !taken {
+                models.insert(id, sealed.as_slice())?;
+            }
             Ok(())
-        })
+        })?;
+        if taken {
+            return Err(self.error(format!("model {id:?} exists or existed")));
+        }
+        Ok(())
+    }
+
+    fn seal_model(&self, model: &ModelRecord) -> Result<Vec<u8>, NodeError> {
+        let bytes = serde_json::to_vec(model).map_err(|e| self.error(e))?;
+        Ok(self.key.seal(&model_context(&model.model_id), &bytes))
+    }
+
+    /// Marks a model archived at `unix_ms` (kept, no longer scored); returns it, or `None`
+    /// if there is no such model. Archiving twice keeps the first time.
+    pub fn archive_model(
+        &self,
+        model_id: &str,
+        unix_ms: i64,
+    ) -> Result<Option<ModelRecord>, NodeError> {
+        let Some(mut model) = self.model(model_id)? else {
+            return Ok(None);
+        };
+        if model.archived_unix_ms.is_some() {
+            return Ok(Some(model));
+        }
+        model.archived_unix_ms = Some(unix_ms);
+        let sealed = self.seal_model(&model)?;
+        let mut gone = false;
+        self.write(|txn| {
+            let mut models = txn.open_table(MODELS)?;
+            gone = models.get(model_id)?.is_none();
+            if !gone {
+                models.insert(model_id, sealed.as_slice())?;
+            }
+            Ok(())
+        })?;
+        Ok((!gone).then_some(model))
+    }
+
+    /// Deletes a model's record (its weights, seeds and report) and keeps `gone` in its place,
+    /// in one transaction; `false` if there was no such model.
+    pub fn delete_model(&self, gone: &DeletedModel) -> Result<bool, NodeError> {
+        let bytes = serde_json::to_vec(gone).map_err(|e| self.error(e))?;
+        let mut found = false;
+        self.write(|txn| {
+            found = txn
+                .open_table(MODELS)?
+                .remove(gone.model_id.as_str())?
+                .is_some();
+            if found {
+                txn.open_table(DELETED)?
+                    .insert(gone.model_id.as_str(), bytes.as_slice())?;
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// Every deleted model, oldest first.
+    pub fn deleted_models(&self) -> Result<Vec<DeletedModel>, NodeError> {
+        let mut gone: Vec<DeletedModel> = self.all(DELETED)?;
+        gone.sort_by_key(|m| m.created_unix_ms);
+        Ok(gone)
+    }
+
+    /// A deleted model's record.
+    pub fn deleted_model(&self, model_id: &str) -> Result<Option<DeletedModel>, NodeError> {
+        self.get(DELETED, model_id)
+    }
+
+    /// The ids of every model held (archived ones included), without opening their records.
+    pub fn model_ids(&self) -> Result<Vec<String>, NodeError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(MODELS).map_err(|e| self.error(e))?;
+        let mut ids = Vec::new();
+        for entry in table.iter().map_err(|e| self.error(e))? {
+            ids.push(entry.map_err(|e| self.error(e))?.0.value().to_owned());
+        }
+        Ok(ids)
     }
 
     fn open_model(&self, model_id: &str, sealed: &[u8]) -> Result<ModelRecord, NodeError> {
@@ -774,6 +881,7 @@ mod tests {
                 hosts: vec!["tax".into()],
                 dataset: "bank".into(),
                 pair_seeds: Default::default(),
+                archived_unix_ms: None,
             };
             store.put_model(&model).unwrap();
             assert!(
@@ -809,5 +917,51 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_file(&key_file).unwrap();
+    }
+
+    #[test]
+    fn archived_models_are_kept_and_deleted_ones_leave_only_a_tombstone() {
+        let dir = std::env::temp_dir().join(format!("unseen-delete-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, StoreKey::generate()).unwrap();
+        let model = |id: &str| ModelRecord {
+            model_id: id.into(),
+            job_id: "j".into(),
+            role: "host".into(),
+            features: 2,
+            created_unix_ms: 5,
+            part_json: "{\"weights\": \"secret-part\"}".into(),
+            report_json: "{}".into(),
+            guest: "bank".into(),
+            hosts: vec!["tax".into()],
+            dataset: "filings".into(),
+            pair_seeds: Default::default(),
+            archived_unix_ms: None,
+        };
+        store.put_model(&model("m@1")).unwrap();
+        store.put_model(&model("m@2")).unwrap();
+        let archived = store.archive_model("m@1", 7).unwrap().unwrap();
+        assert_eq!(archived.archived_unix_ms, Some(7));
+        let again = store.archive_model("m@1", 9).unwrap().unwrap();
+        assert_eq!(again.archived_unix_ms, Some(7), "archived once");
+        let kept = store.model("m@1").unwrap().unwrap();
+        assert_eq!(kept.part_json, model("m@1").part_json);
+        assert!(store.archive_model("m@3", 7).unwrap().is_none());
+
+        let gone = DeletedModel {
+            model_id: "m@2".into(),
+            deleted_unix_ms: 8,
+            operator: "ops".into(),
+            ..DeletedModel::default()
+        };
+        assert!(store.delete_model(&gone).unwrap());
+        assert!(!store.delete_model(&gone).unwrap(), "deleted once");
+        assert!(store.model("m@2").unwrap().is_none());
+        assert_eq!(store.model_ids().unwrap(), ["m@1"]);
+        assert_eq!(store.deleted_model("m@2").unwrap(), Some(gone));
+        let error = store.put_model(&model("m@2")).unwrap_err().to_string();
+        assert!(error.contains("exists or existed"), "{error}");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -41,7 +41,7 @@ async fn hosts_enforce_their_disclosure_budget() {
         let record = federation
             .state(party)
             .store
-            .model("sme-credit")
+            .model("sme-credit@1")
             .unwrap()
             .unwrap();
         fedlearn::ModelPart::from_json(party, &record.part_json).unwrap()

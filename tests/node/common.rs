@@ -182,8 +182,9 @@ impl Federation {
     }
 }
 
-/// A training proposal of the bank to the tax bureau alone, as the bank's node sends it.
-pub(crate) fn proposal(job_id: String, model_id: &str) -> JobProposal {
+/// A training proposal of the bank to the tax bureau alone, as the bank's node sends it
+/// (training version 1 of the model `name`).
+pub(crate) fn proposal(job_id: String, name: &str) -> JobProposal {
     JobProposal {
         version: node::FEDERATION_VERSION,
         job_id,
@@ -191,7 +192,7 @@ pub(crate) fn proposal(job_id: String, model_id: &str) -> JobProposal {
         guest: "bank".into(),
         dataset: "tax".into(),
         hosts: vec!["tax".into()],
-        model_id: model_id.into(),
+        model_id: format!("{name}@1"),
         batch_rows: 4096,
         guest_features: 13,
         prep: String::new(),

@@ -439,7 +439,7 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
     let (status, _) = processes.wait_end("bank", &again, Instant::now());
     assert_eq!(
         status["state"], "succeeded",
-        "the model id is free again: {status}"
+        "a failed job leaves the name unserved: its next version trains: {status}"
     );
 
     // A host stopped with SIGTERM: it tells its peers before it exits; the job ends.

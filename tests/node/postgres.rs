@@ -100,7 +100,7 @@ async fn a_hosts_dataset_in_postgresql_trains_as_its_csv_does() {
         part["model_id"] = serde_json::Value::Null;
         part
     };
-    assert_eq!(part("sme-csv"), part("sme-credit"));
+    assert_eq!(part("sme-csv@1"), part("sme-credit@1"));
 
     // A NULL in a column read as a number: named for the tax bureau's operator.
     let tax_ids: std::collections::HashSet<&str> = csv

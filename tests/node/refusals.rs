@@ -195,7 +195,7 @@ async fn refusals_are_clear_to_the_modeller_and_logged_by_the_node() {
         );
     }
     let clash = node::proto::JobProposal {
-        model_id: "other".into(),
+        model_id: "other@1".into(),
         ..proposal.clone()
     };
     let reply = as_bank.propose(clash).await.unwrap().into_inner();

@@ -38,11 +38,12 @@ async fn a_model_trains_on_the_columns_chosen_from_a_binning_job() {
     let (ok, stdout, stderr) = federation.cli(&["train", &spec]).await;
     assert!(ok, "{stderr}\n{stdout}");
 
+    // Version 2: the job that failed above took version 1 (versions are never made twice).
     let record = |party: &str| {
         federation
             .state(party)
             .store
-            .model("sme-credit")
+            .model("sme-credit@2")
             .unwrap()
             .unwrap()
     };

@@ -99,7 +99,7 @@ async fn trains_like_the_simulator_despite_a_dropped_connection(
         let model = federation.inner.nodes[party]
             .state
             .store
-            .model("sme-credit")
+            .model("sme-credit@1")
             .unwrap()
             .unwrap();
         let part = fedlearn::ModelPart::from_json(party, &model.part_json).unwrap();
@@ -149,7 +149,7 @@ async fn scores_are_the_plaintext_joint_probability(
             let record = federation
                 .state(p)
                 .store
-                .model("sme-credit")
+                .model("sme-credit@1")
                 .unwrap()
                 .unwrap();
             fedlearn::ModelPart::from_json(p, &record.part_json).unwrap()
@@ -249,6 +249,7 @@ async fn a_bad_row_fails_alone(
     };
     // ids[0] stays sound; ids[1] gets a second, unreadable row at the utility company (which
     // names unscorable ids); ids[6], which the tax bureau lacked, an unreadable one there.
+    let kept = ["utilities.csv", "tax.csv"].map(|f| std::fs::read(federation.dir.join(f)).unwrap());
     let huge = format!("big-firm,{}", "7".repeat(10 << 20));
     append("utilities.csv", &[ids[1].clone(), huge]);
     append("tax.csv", &[ids[6].clone()]);
@@ -264,6 +265,9 @@ async fn a_bad_row_fails_alone(
         !said.contains("secret-cell") && !said.contains(".csv"),
         "{said}"
     );
+    for (file, bytes) in ["utilities.csv", "tax.csv"].iter().zip(kept) {
+        std::fs::write(federation.dir.join(file), bytes).unwrap();
+    }
 }
 
 /// An operation whose audit record cannot be written does not happen: no partial score leaves
@@ -284,7 +288,7 @@ async fn nothing_happens_unaudited(federation: &Federation, known: &[String]) {
     assert!(!ok && stderr.contains("audit"), "{stderr}");
     bank.break_audit_for_tests(false);
     let jobs = bank.jobs().unwrap();
-    let unaudited = jobs.iter().find(|j| j.model_id == "unaudited").unwrap();
+    let unaudited = jobs.iter().find(|j| j.model_id == "unaudited@1").unwrap();
     let ended = loop {
         let record = bank.job(&unaudited.job_id).unwrap().unwrap();
         if record.is_final() {
@@ -296,6 +300,125 @@ async fn nothing_happens_unaudited(federation: &Federation, known: &[String]) {
     assert!(ended.error.contains("not started"), "{}", ended.error);
     let (ok, _, stderr) = federation.score("sme-credit", &[], &known[..1]).await;
     assert!(ok, "scoring works again: {stderr}");
+}
+
+/// A second job of a served name needs `replace = true` and makes version 2, which then
+/// answers for the name; version 1 stays pinnable. An archived version is no longer scored
+/// and the name falls back to the version before; a version any party deleted can no longer
+/// be scored, and is never made again.
+async fn models_have_versions(federation: &Federation, known: &[String]) {
+    let probabilities = |out: &str| -> Vec<Option<f64>> {
+        let scores: serde_json::Value = serde_json::from_str(out).unwrap();
+        let scores = scores.as_array().unwrap().iter();
+        scores.map(|s| s["probability"].as_f64()).collect()
+    };
+    let ids = &known[..5];
+    let score = |model: &'static str| async move {
+        let (ok, out, stderr) = federation.score(model, &["--json"], ids).await;
+        assert!(ok, "{model}: {stderr}");
+        probabilities(&out)
+    };
+    let first = score("sme-credit").await;
+
+    let again = federation.spec("again.toml", TRAIN);
+    let (ok, _, stderr) = federation.cli(&["train", &again]).await;
+    assert!(
+        !ok && stderr.contains("\"sme-credit\" is served on bank as sme-credit@1")
+            && stderr.contains("replace = true to train sme-credit@2"),
+        "{stderr}"
+    );
+    let replacing = TRAIN
+        .replace(
+            "model_id = \"sme-credit\"",
+            "model_id = \"sme-credit\"\nreplace = true",
+        )
+        .replace("max_epochs = 8", "max_epochs = 2");
+    let replacing = federation.spec("replacing.toml", &replacing);
+    let (ok, _, stderr) = federation.cli(&["train", &replacing]).await;
+    assert!(ok, "{stderr}");
+    for party in ["bank", "tax", "utilities"] {
+        let store = &federation.state(party).store;
+        assert!(store.model("sme-credit@2").unwrap().is_some(), "{party}");
+    }
+    let second = score("sme-credit@2").await;
+    assert_ne!(first, second, "two epochs instead of eight");
+    assert_eq!(
+        score("sme-credit").await,
+        second,
+        "the latest answers for the name"
+    );
+    assert_eq!(
+        score("sme-credit@1").await,
+        first,
+        "an earlier version stays pinnable"
+    );
+
+    let on = |party: &str| format!("--node={}", federation.node_arg(party));
+    let bank = on("bank");
+    let (ok, out, stderr) = federation
+        .cli(&["model", "archive", &bank, "sme-credit@2"])
+        .await;
+    assert!(
+        ok && out.contains("sme-credit@2: archived"),
+        "{out}{stderr}"
+    );
+    let (ok, _, stderr) = federation.score("sme-credit@2", &[], ids).await;
+    assert!(!ok && stderr.contains("is archived"), "{stderr}");
+    assert_eq!(
+        score("sme-credit").await,
+        first,
+        "the name falls back to version 1"
+    );
+    let (ok, listed, _) = federation.cli(&["model", "list", &bank, "--json"]).await;
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let archived: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["archived_unix_ms"] != 0)
+        .collect();
+    assert!(
+        ok && archived.len() == 1 && archived[0]["model_id"] == "sme-credit@2",
+        "{listed}"
+    );
+
+    // A host withdraws its part: no joint score is possible any more.
+    let utilities = on("utilities");
+    let delete = |node: String, model: &'static str| async move {
+        federation.cli(&["model", "delete", &node, model]).await
+    };
+    let (ok, _, stderr) = delete(utilities.clone(), "sme-credit").await;
+    assert!(!ok && stderr.contains("not one version"), "{stderr}");
+    let (ok, out, stderr) = delete(utilities.clone(), "sme-credit@1").await;
+    assert!(ok && out.contains("sme-credit@1: deleted"), "{out}{stderr}");
+    let store = &federation.state("utilities").store;
+    assert!(store.model("sme-credit@1").unwrap().is_none());
+    assert!(store.deleted_model("sme-credit@1").unwrap().is_some());
+    let (ok, _, stderr) = federation.score("sme-credit", &[], ids).await;
+    let said = "model \"sme-credit@1\" was deleted on utilities";
+    assert!(!ok && stderr.contains(said), "{stderr}");
+    let (ok, _, stderr) = federation
+        .cli(&["model", "show", &utilities, "sme-credit@1"])
+        .await;
+    assert!(!ok && stderr.contains(said), "{stderr}");
+    let (ok, _, stderr) = delete(bank, "sme-credit@2").await;
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = federation.score("sme-credit@2", &[], ids).await;
+    let said = "model \"sme-credit@2\" was deleted on bank";
+    assert!(!ok && stderr.contains(said), "{stderr}");
+    let audit = store.audit_records().unwrap();
+    let deleted = audit.iter().rev().find_map(|(_, bytes)| {
+        let record: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        (record["event"] == "model.deleted").then_some(record)
+    });
+    let by_whom = deleted
+        .as_ref()
+        .map(|r| (&r["peer"], &r["detail"]["model"]));
+    assert_eq!(
+        by_whom,
+        Some((&"modeller".into(), &"sme-credit@1".into())),
+        "{deleted:?}"
+    );
 }
 
 /// The Python client (clients/python/, installed by `.ci/test-env`) gets the same scores, run from
@@ -387,7 +510,7 @@ async fn hosts_mask_their_partial_scores(
             .partial_scores(node::proto::PartialScoresRequest {
                 version: node::FEDERATION_VERSION,
                 guest: "bank".into(),
-                model_id: "sme-credit".into(),
+                model_id: "sme-credit@1".into(),
                 ids: known.to_vec(),
             })
             .await
@@ -568,6 +691,7 @@ async fn a_job_end_to_end() {
     metrics_count_the_job(&federation).await;
     a_bad_row_fails_alone(&federation, &ids, &scored).await;
     nothing_happens_unaudited(&federation, &known).await;
+    models_have_versions(&federation, &known).await;
 
     // With a host down, scoring fails as unavailable (worth retrying), naming the host.
     let utilities = federation.inner.nodes.remove("utilities").unwrap();

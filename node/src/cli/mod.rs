@@ -99,7 +99,8 @@ enum Command {
     Score {
         #[command(flatten)]
         target: Target,
-        /// Model id.
+        /// A model's name (its latest version) or `name@version`; a file is scored by one
+        /// version throughout.
         #[arg(long)]
         model: String,
         /// Enterprise ids (or --input).
@@ -204,7 +205,23 @@ enum ModelCommand {
     Show {
         #[command(flatten)]
         target: Target,
-        /// Model id.
+        /// Model id: `name@version`, or a name for its latest version.
+        model: String,
+    },
+    /// Archives one version: it is no longer scored; this node keeps its part and report.
+    Archive {
+        #[command(flatten)]
+        target: Target,
+        /// `name@version`.
+        model: String,
+    },
+    /// Deletes this node's part of one version: its weights and report are erased and it can
+    /// no longer be scored (by any party, as every party's part is needed). The version is
+    /// never made again; a host's disclosure budget still counts it.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        /// `name@version`.
         model: String,
     },
 }

@@ -21,18 +21,44 @@ pub(super) async fn model_command(command: ModelCommand) -> Result<ExitCode, Str
             if target.json {
                 let all: Vec<_> = models
                     .iter()
-                    .map(|m| serde_json::json!({"model_id": m.model_id, "job_id": m.job_id, "role": m.role, "features": m.features, "created_unix_ms": m.created_unix_ms}))
+                    .map(|m| serde_json::json!({"model_id": m.model_id, "job_id": m.job_id, "role": m.role, "features": m.features, "created_unix_ms": m.created_unix_ms, "archived_unix_ms": m.archived_unix_ms}))
                     .collect();
                 println!("{}", serde_json::Value::Array(all));
             } else {
-                println!("{:<24}  {:<5}  {:>8}  job", "model", "role", "features");
+                println!(
+                    "{:<28}  {:<5}  {:>8}  {:<8}  job",
+                    "model", "role", "features", "state"
+                );
                 for m in &models {
+                    let state = if m.archived_unix_ms > 0 {
+                        "archived"
+                    } else {
+                        "served"
+                    };
                     println!(
-                        "{:<24}  {:<5}  {:>8}  {}",
-                        m.model_id, m.role, m.features, m.job_id
+                        "{:<28}  {:<5}  {:>8}  {:<8}  {}",
+                        m.model_id, m.role, m.features, state, m.job_id
                     );
                 }
             }
+        }
+        ModelCommand::Archive { target, model } => {
+            let model = connect(&target)
+                .await?
+                .archive_model(ModelRef { model_id: model })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}: archived (no longer scored; kept)", model.model_id);
+        }
+        ModelCommand::Delete { target, model } => {
+            let model = connect(&target)
+                .await?
+                .delete_model(ModelRef { model_id: model })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}: deleted", model.model_id);
         }
         ModelCommand::Show { target, model } => {
             let mut client = connect(&target).await?;
@@ -103,7 +129,7 @@ pub(super) struct ScoreFiles {
 /// stops the run, naming the input line its batch starts on.
 pub(super) async fn score_file(
     target: Target,
-    model: String,
+    mut model: String,
     files: ScoreFiles,
 ) -> Result<ExitCode, String> {
     let ScoreFiles {
@@ -178,6 +204,11 @@ pub(super) async fn score_file(
                 }
             }
         };
+        // Every later batch asks for the version that scored the first: a version trained
+        // mid-run does not mix into one file.
+        if !reply.model_id.is_empty() {
+            model = reply.model_id.clone();
+        }
         let ok = crate::proto::ScoreStatus::Ok as i32;
         for score in &reply.scores {
             let row = if score.status == ok {
@@ -207,7 +238,7 @@ pub(super) async fn score_file(
     drop(writer);
     std::fs::rename(&partial, &output).map_err(|e| named(&e, &output))?;
     println!(
-        "{}: {scored} ids scored, {unscorable} without a score",
+        "{}: {scored} ids scored with {model}, {unscorable} without a score",
         output.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -5,7 +5,7 @@
 
 use fedlearn::{Prep, Proposal};
 
-use crate::config::{valid_name, NodeConfig, PolicyRule};
+use crate::config::{split_model_id, NodeConfig, PolicyRule};
 use crate::error::{NodeError, Refusal};
 use crate::proto::JobProposal;
 use crate::spec::JobSpec;
@@ -79,15 +79,18 @@ pub fn check_proposal<'c>(
     if proposal.job_id.len() != 32 || !proposal.job_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Refusal::BadJobId);
     }
-    if !valid_name(&proposal.model_id) {
-        return Err(Refusal::BadName {
-            key: "model_id",
-            name: proposal.model_id.chars().take(64).collect(),
-        });
-    }
     if proposal.kind != "train" && proposal.kind != "binning" {
         return Err(Refusal::JobKind {
             kind: proposal.kind.chars().take(64).collect(),
+        });
+    }
+    // A model trained is a version of its name; binning statistics go by a name.
+    let fits = split_model_id(&proposal.model_id)
+        .is_some_and(|(_, version)| version.is_some() == (proposal.kind == "train"));
+    if !fits {
+        return Err(Refusal::BadName {
+            key: "model_id",
+            name: proposal.model_id.chars().take(64).collect(),
         });
     }
     let rule = config.allows(&proposal.guest, &proposal.kind, &proposal.dataset)?;
@@ -283,7 +286,7 @@ mod tests {
             guest: "bank".into(),
             dataset: "filings".into(),
             hosts: vec!["tax".into(), "utilities".into()],
-            model_id: "sme-2026".into(),
+            model_id: "sme-2026@1".into(),
             batch_rows: 4096,
             guest_features: 8,
             prep: r#"{"default": {"bins": {"kind": "quantile", "count": 5}}}"#.into(),
@@ -314,13 +317,18 @@ mod tests {
             Refusal::BadJobId,
             "non-hex digits"
         );
-        assert!(matches!(
-            refused(|p| p.model_id = "../etc".into()),
-            Refusal::BadName {
-                key: "model_id",
-                ..
-            }
-        ));
+        for bad in ["../etc", "sme-2026", "sme-2026@0", "../etc@1"] {
+            assert!(
+                matches!(
+                    refused(|p| p.model_id = bad.into()),
+                    Refusal::BadName {
+                        key: "model_id",
+                        ..
+                    }
+                ),
+                "a model trained is a version of a valid name: {bad}"
+            );
+        }
         assert!(matches!(
             refused(|p| p.kind = "score".into()),
             Refusal::JobKind { .. }
@@ -433,6 +441,7 @@ mod tests {
         let config = config();
         let binning = |p: &mut JobProposal| {
             p.kind = "binning".into();
+            p.model_id = "sme-2026".into();
             // Training limits do not apply: no features, no batches.
             p.guest_features = 500;
         };

@@ -49,16 +49,20 @@ impl NodeState {
         spec_toml: &str,
         operator: &str,
     ) -> Result<JobRecord, NodeError> {
-        let spec = JobSpec::parse(spec_toml)?;
+        let mut spec = JobSpec::parse(spec_toml)?;
         admission::check_spec(&self.config(), &spec)?;
         let _one_at_a_time = self.jobs.admission();
         self.room_for(None)?;
-        if spec.kind == JobKind::Train && self.model_in_use(&spec.model_id)? {
-            return Err(NodeError::Spec(format!(
-                "model_id: {:?} already exists on {}",
-                spec.model_id,
-                self.config().party
-            )));
+        if spec.kind == JobKind::Train {
+            let mut jobs = self.store.jobs()?;
+            jobs.extend(self.jobs.records());
+            spec.model_id = crate::models::next_version(
+                &self.store,
+                &self.config().party,
+                &jobs,
+                &spec.model_id,
+                spec.replace,
+            )?;
         }
         let mut id = [0u8; 16];
         rand::fill(&mut id);
@@ -303,9 +307,9 @@ impl NodeState {
         Ok(())
     }
 
-    /// Whether a stored model or a live job already uses a model id.
+    /// Whether a stored or deleted model or a live job already uses a model id.
     fn model_in_use(&self, model_id: &str) -> Result<bool, NodeError> {
-        if self.store.model(model_id)?.is_some() {
+        if self.store.model(model_id)?.is_some() || self.store.deleted_model(model_id)?.is_some() {
             return Ok(true);
         }
         Ok(self.jobs.records().iter().any(|r| r.model_id == model_id))

@@ -644,7 +644,7 @@ impl NodeState {
             .resume_part(&record.job_id, JOB_PART)?
             .unwrap_or_default();
         let detail = json!({"attempt": record.attempt, "state": record.state});
-        let role = record.role.clone();
+        let (role, model_id) = (record.role.clone(), record.model_id.clone());
         let (attempt, peers) = (record.attempt + 1, record.peers.clone());
         let handle = self.jobs.open(&self.store, record)?;
         tracing::info!(job = %handle.id(), %role, "taking up a job a restart interrupted");
@@ -656,7 +656,8 @@ impl NodeState {
         };
         if role == "guest" {
             let spec = match JobSpec::parse(&String::from_utf8_lossy(&part)) {
-                Ok(spec) => spec,
+                // The version the job was given when submitted.
+                Ok(spec) => JobSpec { model_id, ..spec },
                 Err(e) => return unusable(format!("its kept spec: {e}")),
             };
             // Open for the next attempt before this node answers probes: a host asking

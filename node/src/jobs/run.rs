@@ -590,6 +590,7 @@ fn model_record(
         hosts: hosts.to_vec(),
         dataset: dataset.to_owned(),
         pair_seeds: Default::default(),
+        archived_unix_ms: None,
     }
 }
 

@@ -34,15 +34,8 @@ pub(crate) fn partial_scores(
         }
         .into());
     }
-    let model = store
-        .model(&request.model_id)?
-        .filter(|m| m.role == "host" && m.guest == request.guest)
-        .ok_or_else(|| {
-            NodeError::NotFound(format!(
-                "{} holds no part of model {:?} trained with {}",
-                config.party, request.model_id, request.guest
-            ))
-        })?;
+    let owner = |role: &str, guest: &str| role == "host" && guest == request.guest;
+    let model = crate::models::serving(store, &config.party, &request.model_id, &owner)?;
     let rule = config.allows(&request.guest, "score", &model.dataset)?;
     within_budget(config, store, cache, rule, &model, request.ids.len())?;
     let seeds: Vec<(bool, Vec<u8>)> = model
@@ -106,15 +99,27 @@ fn within_budget(
     model: &ModelRecord,
     ids: usize,
 ) -> Result<(), NodeError> {
-    let mut models: Vec<ModelRecord> = store
+    // Deleted models count: their views reached the guest before they went.
+    let same = |role: &str, guest: &str, dataset: &str| {
+        role == "host" && guest == model.guest && dataset == model.dataset
+    };
+    let mut models: Vec<(i64, String)> = store
         .models()?
         .into_iter()
-        .filter(|m| m.role == "host" && m.guest == model.guest && m.dataset == model.dataset)
+        .filter(|m| same(&m.role, &m.guest, &m.dataset))
+        .map(|m| (m.created_unix_ms, m.model_id))
         .collect();
-    models.sort_by(|a, b| (a.created_unix_ms, &a.model_id).cmp(&(b.created_unix_ms, &b.model_id)));
+    models.extend(
+        store
+            .deleted_models()?
+            .into_iter()
+            .filter(|m| same(&m.role, &m.guest, &m.dataset))
+            .map(|m| (m.created_unix_ms, m.model_id)),
+    );
+    models.sort();
     let rank = models
         .iter()
-        .position(|m| m.model_id == model.model_id)
+        .position(|(_, id)| *id == model.model_id)
         .unwrap_or(models.len());
     if rank >= rule.max_models as usize {
         return Err(Refusal::ScoreModels {

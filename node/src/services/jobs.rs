@@ -201,6 +201,41 @@ impl Jobs for JobsService {
         }))
     }
 
+    async fn archive_model(
+        &self,
+        request: Request<proto::ModelRef>,
+    ) -> Result<Response<proto::ModelSummary>, Status> {
+        let operator = self.authorise(&request)?;
+        let node = self.node.clone();
+        let asked = request.into_inner().model_id;
+        let model = blocking(move || {
+            crate::models::archive(&node.store, &node.config().party, &asked, &operator)
+        })
+        .await??;
+        Ok(Response::new(summary_proto(&model)))
+    }
+
+    async fn delete_model(
+        &self,
+        request: Request<proto::ModelRef>,
+    ) -> Result<Response<proto::ModelSummary>, Status> {
+        let operator = self.authorise(&request)?;
+        let node = self.node.clone();
+        let asked = request.into_inner().model_id;
+        let gone = blocking(move || {
+            crate::models::delete(&node.store, &node.config().party, &asked, &operator)
+        })
+        .await??;
+        Ok(Response::new(proto::ModelSummary {
+            model_id: gone.model_id,
+            job_id: gone.job_id,
+            role: gone.role,
+            created_unix_ms: gone.created_unix_ms,
+            deleted_unix_ms: gone.deleted_unix_ms,
+            ..Default::default()
+        }))
+    }
+
     async fn reload_config(
         &self,
         request: Request<proto::ReloadConfigRequest>,
@@ -319,12 +354,7 @@ impl Jobs for JobsService {
     ) -> Result<Response<proto::Model>, Status> {
         self.authorise(&request)?;
         let model_id = request.into_inner().model_id;
-        let model = self.node.store.model(&model_id)?.ok_or_else(|| {
-            NodeError::NotFound(format!(
-                "no model {model_id:?} on {}",
-                self.node.config().party
-            ))
-        })?;
+        let model = crate::models::held(&self.node.store, &self.node.config().party, &model_id)?;
         Ok(Response::new(proto::Model {
             summary: Some(summary_proto(&model)),
             part_json: model.part_json,

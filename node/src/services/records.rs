@@ -71,6 +71,8 @@ pub(crate) fn summary_proto(model: &ModelRecord) -> proto::ModelSummary {
         role: model.role.clone(),
         features: model.features,
         created_unix_ms: model.created_unix_ms,
+        archived_unix_ms: model.archived_unix_ms.unwrap_or(0),
+        deleted_unix_ms: 0,
     }
 }
 

@@ -38,17 +38,15 @@ impl Scoring for ScoringService {
             ))
             .into());
         }
-        let model = node
-            .store
-            .model(&model_id)
-            .map_err(|e| e.public_status("scoring"))?
-            .filter(|m| m.role == "guest")
-            .ok_or_else(|| {
-                NodeError::NotFound(format!(
-                    "{} has no model {model_id:?} to score with",
-                    node.config().party
-                ))
-            })?;
+        let party = node.config().party.clone();
+        let model =
+            crate::models::serving(&node.store, &party, &model_id, &|role, _| role == "guest")
+                .map_err(|e| match e {
+                    NodeError::NotFound(_) => e.into(),
+                    e => e.public_status("scoring"),
+                })?;
+        // The version that answers: every host is asked for it, the reply names it.
+        let model_id = model.model_id.clone();
         let own = {
             let node = self.node.clone();
             let model = model.clone();
