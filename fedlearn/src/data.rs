@@ -90,6 +90,40 @@ impl Default for CsvFormat {
     }
 }
 
+/// One cell of a typed source (a Parquet file, say), as a [`TableBuilder`] takes it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cell<'a> {
+    /// A null.
+    Missing,
+    /// An integer: an id or a category keeps its decimal digits exactly.
+    Integer(i64),
+    /// A floating-point number (NaN is missing).
+    Number(f64),
+    /// Text, read as a CSV field is (empty, `NA`, `NaN` and `null` are missing).
+    Text(&'a str),
+}
+
+impl Cell<'_> {
+    fn is_missing(&self) -> bool {
+        match self {
+            Cell::Missing => true,
+            Cell::Integer(_) => false,
+            Cell::Number(v) => v.is_nan(),
+            Cell::Text(t) => is_missing(t),
+        }
+    }
+
+    /// The cell as text: a category's key, or an id.
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Cell::Missing => "".into(),
+            Cell::Integer(i) => i.to_string().into(),
+            Cell::Number(v) => v.to_string().into(),
+            Cell::Text(t) => (*t).into(),
+        }
+    }
+}
+
 /// Which columns a table is read from, and how.
 struct Columns<'a> {
     id: &'a str,
@@ -160,10 +194,10 @@ impl Rows {
         })
     }
 
-    /// Adds one row of text fields; on an error, adds nothing.
-    fn push(&mut self, fields: &[&str], error: CellError<'_>) -> Result<(), FedError> {
+    /// Adds one row of cells; on an error, adds nothing.
+    fn push(&mut self, cells: &[Cell<'_>], error: CellError<'_>) -> Result<(), FedError> {
         let (values, labels) = (self.values.len(), self.labels.len());
-        let pushed = self.push_cells(fields, error);
+        let pushed = self.push_cells(cells, error);
         if pushed.is_err() {
             self.values.truncate(values);
             self.labels.truncate(labels);
@@ -171,25 +205,29 @@ impl Rows {
         pushed
     }
 
-    fn push_cells(&mut self, fields: &[&str], error: CellError<'_>) -> Result<(), FedError> {
+    fn push_cells(&mut self, cells: &[Cell<'_>], error: CellError<'_>) -> Result<(), FedError> {
         let names = &self.names;
-        if fields.len() != names.len() {
+        if cells.len() != names.len() {
             return Err(error(
                 "",
-                format!("{} fields, the header has {}", fields.len(), names.len()),
+                format!("{} fields, the header has {}", cells.len(), names.len()),
             ));
         }
         if let Some(at) = self.label_at {
-            let label = match fields[at] {
-                "0" | "0.0" => 0.0,
-                "1" | "1.0" => 1.0,
-                other => return Err(error(&names[at], format!("label {other:?} is not 0 or 1"))),
+            let label = match cells[at] {
+                Cell::Text("0" | "0.0") | Cell::Integer(0) => 0.0,
+                Cell::Text("1" | "1.0") | Cell::Integer(1) => 1.0,
+                Cell::Number(y) if y == 0.0 || y == 1.0 => y,
+                other => {
+                    let other = other.text();
+                    return Err(error(&names[at], format!("label {other:?} is not 0 or 1")));
+                }
             };
             self.labels.push(label);
         }
         for (f, &at) in self.feature_at.iter().enumerate() {
-            let field = fields[at];
-            let value = if is_missing(field) {
+            let cell = cells[at];
+            let value = if cell.is_missing() {
                 if self.missing == Missing::Reject && self.readings[f] == Reading::Number {
                     return Err(error(
                         &names[at],
@@ -198,28 +236,44 @@ impl Rows {
                 }
                 f64::NAN
             } else if let Some(dictionary) = &mut self.dictionaries[f] {
-                let code = *self.codes[f].entry(field.to_owned()).or_insert_with(|| {
-                    dictionary.push(field.to_owned());
-                    dictionary.len() - 1
-                });
+                let key = cell.text();
+                let code = match self.codes[f].get(key.as_ref()) {
+                    Some(code) => *code,
+                    None => {
+                        dictionary.push(key.clone().into_owned());
+                        self.codes[f].insert(key.into_owned(), dictionary.len() - 1);
+                        dictionary.len() - 1
+                    }
+                };
                 code as f64
             } else {
-                match field.parse::<f64>() {
-                    Ok(v) if v.is_finite() => v,
+                let number = match cell {
+                    Cell::Number(v) => Some(v),
+                    Cell::Integer(i) => Some(i as f64),
+                    Cell::Text(field) => field.parse::<f64>().ok(),
+                    Cell::Missing => None,
+                };
+                match number {
+                    Some(v) if v.is_finite() => v,
                     _ => {
+                        let field = cell.text();
                         return Err(error(
                             &names[at],
                             format!(
                                 "{field:?} is not a finite number (bin a text column as \
                                  categorical)"
                             ),
-                        ))
+                        ));
                     }
                 }
             };
             self.values.push(value);
         }
-        self.ids.push(fields[self.id_at].to_owned());
+        let id = cells[self.id_at];
+        if id.is_missing() && !matches!(id, Cell::Text(_)) {
+            return Err(error(&names[self.id_at], "the id is missing".into()));
+        }
+        self.ids.push(id.text().into_owned());
         Ok(())
     }
 
@@ -237,6 +291,95 @@ impl Rows {
             missing: self.missing,
             dictionaries: self.dictionaries,
         }
+    }
+}
+
+/// A table built from a typed source (a Parquet file, say) row by row: the caller reads the
+/// source and hands over each row's cells in the order of the header it started with. Errors
+/// name `source`, the data row (from 1) and the column.
+pub struct TableBuilder {
+    rows: Rows,
+    source: String,
+    row: usize,
+    keep_going: bool,
+    bad_rows: Vec<(String, FedError)>,
+}
+
+impl TableBuilder {
+    /// Starts a table whose rows have the columns of `header`: `id_column` the ids,
+    /// `label_column` the 0/1 labels (guest only), every other column a feature read as
+    /// `reading` says for its name. With `keep_going` (scoring), a row with a cell that
+    /// cannot be read is left out and kept with its id and error; otherwise it fails the
+    /// table.
+    pub fn new(
+        source: &str,
+        header: &[String],
+        id_column: &str,
+        label_column: Option<&str>,
+        missing: Missing,
+        reading: &dyn Fn(&str) -> Reading,
+        keep_going: bool,
+    ) -> Result<TableBuilder, FedError> {
+        let columns = Columns {
+            id: id_column,
+            label: label_column,
+            missing,
+            reading,
+        };
+        let error = |column: &str, reason: String| FedError::Row {
+            source_name: source.to_owned(),
+            row: 0,
+            column: column.to_owned(),
+            reason,
+        };
+        Ok(TableBuilder {
+            rows: Rows::start(header, &columns, &error)?,
+            source: source.to_owned(),
+            row: 0,
+            keep_going,
+            bad_rows: Vec::new(),
+        })
+    }
+
+    /// Whether the table reads column `index` of the header (the id, the label or a feature
+    /// not skipped): a source need not read the others (give them as [`Cell::Missing`]).
+    pub fn reads(&self, index: usize) -> bool {
+        index == self.rows.id_at
+            || Some(index) == self.rows.label_at
+            || self.rows.feature_at.contains(&index)
+    }
+
+    /// Adds the next row.
+    pub fn push(&mut self, cells: &[Cell<'_>]) -> Result<(), FedError> {
+        self.row += 1;
+        let (source, row) = (&self.source, self.row);
+        let error = |column: &str, reason: String| FedError::Row {
+            source_name: source.clone(),
+            row,
+            column: column.to_owned(),
+            reason,
+        };
+        match self.rows.push(cells, &error) {
+            Err(e) if self.keep_going => {
+                let id = cells.get(self.rows.id_at).map(|c| c.text().into_owned());
+                self.bad_rows.push((id.unwrap_or_default(), e));
+                Ok(())
+            }
+            pushed => pushed,
+        }
+    }
+
+    /// The table, and with `keep_going` the rows left out; refused without any row.
+    pub fn finish(self) -> Result<(Table, Vec<(String, FedError)>), FedError> {
+        if self.rows.ids.is_empty() && self.bad_rows.is_empty() {
+            return Err(FedError::Row {
+                source_name: self.source,
+                row: 1,
+                column: String::new(),
+                reason: "no data rows".into(),
+            });
+        }
+        Ok((self.rows.finish(), self.bad_rows))
     }
 }
 
@@ -431,15 +574,14 @@ impl Table {
             }
             let cell = |column: &str, reason: String| error(line, column, reason);
             let fields = (record.iter().enumerate())
-                .map(|(i, field)| {
-                    std::str::from_utf8(field).map_err(|_| {
-                        cell(
-                            header.get(i).map_or("", String::as_str),
-                            "not UTF-8 text".into(),
-                        )
-                    })
+                .map(|(i, field)| match std::str::from_utf8(field) {
+                    Ok(text) => Ok(Cell::Text(text)),
+                    Err(_) => Err(cell(
+                        header.get(i).map_or("", String::as_str),
+                        "not UTF-8 text".into(),
+                    )),
                 })
-                .collect::<Result<Vec<&str>, FedError>>();
+                .collect::<Result<Vec<Cell<'_>>, FedError>>();
             if let Err(e) = fields.and_then(|fields| rows.push(&fields, &cell)) {
                 if !keep_going {
                     return Err(e);
@@ -618,6 +760,103 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_cells_make_the_table_their_text_makes() {
+        let text = "id,y,a,kind\n12345678901234567,1,0.25,7\nq,0,-3,x\n";
+        let reading = |name: &str| match name {
+            "kind" => Reading::Text,
+            _ => Reading::Number,
+        };
+        let from_text =
+            Table::parse_csv("f.csv", text, "id", Some("y"), Missing::Reject, &reading).unwrap();
+        let header: Vec<String> = ["id", "y", "a", "kind"].map(String::from).to_vec();
+        let start = |keep_going| {
+            TableBuilder::new(
+                "f.parquet",
+                &header,
+                "id",
+                Some("y"),
+                Missing::Reject,
+                &reading,
+                keep_going,
+            )
+            .unwrap()
+        };
+        let mut typed = start(false);
+        assert!((0..4).all(|i| typed.reads(i)));
+        use Cell::{Integer, Number, Text};
+        const NULL: Cell<'static> = Cell::Missing;
+        typed
+            .push(&[
+                Integer(12345678901234567),
+                Integer(1),
+                Number(0.25),
+                Integer(7),
+            ])
+            .unwrap();
+        typed
+            .push(&[Text("q"), Number(0.0), Integer(-3), Text("x")])
+            .unwrap();
+        let (from_cells, bad) = typed.finish().unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(
+            from_cells.digest(),
+            from_text.digest(),
+            "same ids, values, labels, dictionaries"
+        );
+
+        // Errors name the source, the data row and the column; a null id is refused.
+        let mut typed = start(false);
+        typed
+            .push(&[Text("a"), Integer(0), Number(1.0), NULL])
+            .unwrap();
+        let error = typed
+            .push(&[Text("b"), Integer(2), Number(1.0), NULL])
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "f.parquet, row 2, column \"y\": label \"2\" is not 0 or 1"
+        );
+        let error = typed
+            .push(&[NULL, Integer(0), Number(1.0), NULL])
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("row 3, column \"id\": the id is missing"),
+            "{error}"
+        );
+        let error = typed
+            .push(&[Text("c"), Integer(0), Number(f64::INFINITY), NULL])
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("column \"a\": \"inf\" is not a finite number"),
+            "{error}"
+        );
+        let error = typed
+            .push(&[Text("c"), Integer(0), NULL, NULL])
+            .unwrap_err();
+        assert!(error.to_string().contains("missing value"), "{error}");
+        let (table, _) = typed.finish().unwrap();
+        assert_eq!(table.ids(), ["a"], "a refused row adds nothing");
+
+        // For scoring, a bad row is set aside with its id.
+        let mut scoring = start(true);
+        scoring
+            .push(&[Integer(5), Integer(0), Text("oops"), NULL])
+            .unwrap();
+        scoring
+            .push(&[Integer(6), Integer(1), Number(2.0), Text("k")])
+            .unwrap();
+        let (table, bad) = scoring.finish().unwrap();
+        assert_eq!(table.ids(), ["6"]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0, "5");
+        assert!(start(false).finish().is_err(), "no rows");
+    }
 
     #[test]
     fn for_scoring_a_bad_row_is_set_aside_alone() {

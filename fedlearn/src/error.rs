@@ -48,6 +48,18 @@ pub enum FedError {
         /// What is wrong.
         reason: String,
     },
+    /// A row of a typed source (a Parquet file) that cannot be read as a table row.
+    #[error("{source_name}, row {row}, column {column:?}: {reason}")]
+    Row {
+        /// File (or other source) name.
+        source_name: String,
+        /// 1-based data row (the first row after the header is row 1).
+        row: usize,
+        /// Column name.
+        column: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A feature with a single value on the training rows carries no information and cannot
     /// be standardised.
     #[error("{party}: feature {column:?} is constant ({value}) on the training rows; drop it")]

@@ -147,7 +147,7 @@ mod woe;
 pub use binning::{answer_binning, BinningDisclosure, BinningGuest, BinningLimits, BinningReport};
 pub use checkpoint::Checkpoint;
 pub use config::{EarlyStopping, Optimizer, Schedule, TrainConfig, MAX_BATCH_ROWS};
-pub use data::{CsvFormat, Missing, Reading, Table};
+pub use data::{Cell, CsvFormat, Missing, Reading, Table, TableBuilder};
 pub use error::FedError;
 pub use guest::{run_guest, GuestJob, GuestSession};
 pub use host::{receive_proposal, run_host, HostJob, HostSession};

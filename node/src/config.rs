@@ -20,7 +20,7 @@
 //! certificate_name = "bank"          # optional, defaults to `name`
 //!
 //! [datasets.tax]
-//! path = "tax.csv"
+//! path = "tax.csv"                 # or a Parquet file: "tax.parquet"
 //! id_column = "id"
 //! features = ["x0", "x1"]            # optional: every other column by default
 //! missing = "reject"                 # or "mean"
@@ -215,11 +215,12 @@ impl PeerConfig {
     }
 }
 
-/// A dataset this node may use in jobs: a CSV file or a PostgreSQL table or query.
+/// A dataset this node may use in jobs: a CSV or Parquet file, or a PostgreSQL table or query.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
-    /// The CSV file (header row, one row per entity), unless `postgres` is set.
+    /// The CSV file (header row, one row per entity), or a Parquet file (a name ending in
+    /// `.parquet` or `.parq`), unless `postgres` is set.
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// A PostgreSQL table or query, instead of `path`.
@@ -668,7 +669,7 @@ impl NodeConfig {
                 }
                 _ => {
                     return Err(format!(
-                        "datasets.{name}: set one of path (a CSV file) and postgres"
+                        "datasets.{name}: set one of path (a CSV or Parquet file) and postgres"
                     ))
                 }
             }

@@ -47,41 +47,51 @@ fn read(
         .get(name)
         .ok_or_else(|| error("not in this node's configuration".into()))?;
     let format = dataset.csv_format();
-    let (table, bad_rows) = with_input(dataset, &mut |source, input| {
-        if keep_going {
-            return Table::read_csv_rows(
+    let label = match (with_labels, &dataset.label_column) {
+        (false, _) => None,
+        (true, Some(label)) => Some(label.as_str()),
+        (true, None) => return Err(error("no label_column configured".into())),
+    };
+    let parquet = dataset
+        .path
+        .as_deref()
+        .filter(|p| crate::columnar::is_parquet(p));
+    let (table, bad_rows) = if let Some(path) = parquet {
+        let layout = crate::columnar::Layout {
+            id_column: &dataset.id_column,
+            label_column: label,
+            missing: dataset.missing,
+            reading,
+            keep_going,
+        };
+        crate::columnar::read_table(path, &layout).map_err(error)?
+    } else {
+        with_input(dataset, &mut |source, input| {
+            if keep_going {
+                return Table::read_csv_rows(
+                    source,
+                    input,
+                    format,
+                    &dataset.id_column,
+                    dataset.missing,
+                    reading,
+                )
+                .map_err(|e| e.to_string());
+            }
+            let table = Table::read_csv(
                 source,
                 input,
                 format,
                 &dataset.id_column,
+                label,
                 dataset.missing,
                 reading,
             )
-            .map_err(|e| e.to_string());
-        }
-        let label = if with_labels {
-            Some(
-                dataset
-                    .label_column
-                    .as_deref()
-                    .ok_or("no label_column configured")?,
-            )
-        } else {
-            None
-        };
-        let table = Table::read_csv(
-            source,
-            input,
-            format,
-            &dataset.id_column,
-            label,
-            dataset.missing,
-            reading,
-        )
-        .map_err(|e| e.to_string())?;
-        Ok((table, Vec::new()))
-    })
-    .map_err(error)?;
+            .map_err(|e| e.to_string())?;
+            Ok((table, Vec::new()))
+        })
+        .map_err(error)?
+    };
     let bad_rows = bad_rows
         .into_iter()
         .map(|(id, e)| (id, crate::error::capped(&e.to_string())))

@@ -29,6 +29,7 @@ pub mod audit;
 pub mod certs;
 pub mod cli;
 mod clock;
+mod columnar;
 pub mod config;
 mod datasets;
 mod error;

@@ -5,6 +5,7 @@ mod common;
 mod config;
 mod faults;
 mod listing;
+mod parquet;
 mod pki;
 mod postgres;
 mod refusals;

@@ -659,6 +659,75 @@ async fn batch_scoring_writes_every_id(
     }
     assert!(!rows.last().unwrap()[4].is_empty(), "{:?}", rows.last());
     assert!(stdout.contains("ids scored"), "{stdout}");
+
+    // The same ids from a Parquet file, to a Parquet file: the same rows.
+    use arrow_array::{cast::AsArray, Array};
+    let input = federation.dir.join("monthly.parquet");
+    let output = federation.dir.join("monthly-scores.parquet");
+    let column: arrow_array::ArrayRef = std::sync::Arc::new(
+        all.iter()
+            .map(|id| Some(id.as_str()))
+            .collect::<arrow_array::StringArray>(),
+    );
+    crate::parquet::write_parquet(&input, vec![("enterprise", column)], 700);
+    let (ok, stdout, stderr) = federation
+        .cli(&[
+            "score",
+            "--identity",
+            &platform,
+            "--model",
+            "sme-credit",
+            "--input",
+            &input.display().to_string(),
+            "--output",
+            &output.display().to_string(),
+            "--id-column",
+            "enterprise",
+            "--batch",
+            "500",
+        ])
+        .await;
+    assert!(
+        ok && stdout.contains("ids scored with sme-credit@1"),
+        "{stdout}{stderr}"
+    );
+    let file = std::fs::File::open(&output).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut from_parquet = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let text = |c: usize, row: usize| {
+            let column = batch.column(c).as_string::<i32>();
+            if column.is_null(row) {
+                String::new()
+            } else {
+                column.value(row).to_string()
+            }
+        };
+        let number = |c: usize, row: usize| {
+            let column = batch
+                .column(c)
+                .as_primitive::<arrow_array::types::Float64Type>();
+            if column.is_null(row) {
+                String::new()
+            } else {
+                column.value(row).to_string()
+            }
+        };
+        for row in 0..batch.num_rows() {
+            from_parquet.push(vec![
+                text(0, row),
+                number(1, row),
+                number(2, row),
+                text(3, row),
+                text(4, row),
+            ]);
+        }
+    }
+    assert_eq!(from_parquet, rows[1..], "Parquet in and out, as CSV");
 }
 
 /// The metrics endpoint counts the job.

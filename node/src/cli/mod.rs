@@ -106,12 +106,13 @@ enum Command {
         /// Enterprise ids (or --input).
         #[arg(required_unless_present = "input", conflicts_with = "input")]
         ids: Vec<String>,
-        /// A CSV file of ids to score (a header row; the ids in --id-column), streamed in
-        /// batches; needs --output.
+        /// A CSV file of ids to score (a header row; the ids in --id-column), or a Parquet
+        /// file (named *.parquet), streamed in batches; needs --output.
         #[arg(long, requires = "output")]
         input: Option<PathBuf>,
-        /// Where the scores go, as CSV: id, probability, points, band, error (one row per input
-        /// id, in order). Written whole, then renamed into place.
+        /// Where the scores go: id, probability, points, band, error (one row per input id, in
+        /// order), as CSV, or as Parquet when named *.parquet. Written whole, then renamed
+        /// into place.
         #[arg(long, requires = "input")]
         output: Option<PathBuf>,
         /// The column of --input holding the ids.

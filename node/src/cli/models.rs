@@ -123,10 +123,131 @@ pub(super) struct ScoreFiles {
     pub(super) batch: usize,
 }
 
-/// Scores every id of a CSV file in batches, writing one row per id, in order, to the output
-/// CSV (whole, then renamed into place). A batch refused for the rate (the bank's for this
-/// client, or a host's) is sent again after a pause that grows to 30 s; any other failure
-/// stops the run, naming the input line its batch starts on.
+/// Where the ids of a batch-scoring run come from: a CSV file's column, or a Parquet file's.
+enum IdSource {
+    Csv {
+        records: csv::StringRecordsIntoIter<std::fs::File>,
+        at: usize,
+        line: usize,
+    },
+    Parquet {
+        ids: crate::columnar::Ids,
+        row: usize,
+    },
+}
+
+impl IdSource {
+    fn open(input: &Path, id_column: &str, batch: usize) -> Result<IdSource, String> {
+        if crate::columnar::is_parquet(input) {
+            let ids = crate::columnar::Ids::open(input, id_column, batch)?;
+            return Ok(IdSource::Parquet { ids, row: 1 });
+        }
+        let named = |e: &dyn std::fmt::Display| format!("{}: {e}", input.display());
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_path(input)
+            .map_err(|e| named(&e))?;
+        let headers = reader.headers().map_err(|e| named(&e))?.clone();
+        let at = headers
+            .iter()
+            .position(|h| h.trim_start_matches('\u{feff}') == id_column)
+            .ok_or_else(|| {
+                format!(
+                    "{}: no column {id_column:?} (--id-column); the header has {:?}",
+                    input.display(),
+                    headers.iter().collect::<Vec<_>>()
+                )
+            })?;
+        Ok(IdSource::Csv {
+            records: reader.into_records(),
+            at,
+            line: 2,
+        })
+    }
+
+    /// Up to `batch` more ids, with where the first was read ("line 7", "row 1"); `None` at
+    /// the end.
+    fn next(
+        &mut self,
+        input: &Path,
+        id_column: &str,
+        batch: usize,
+    ) -> Result<Option<(String, Vec<String>)>, String> {
+        match self {
+            IdSource::Csv { records, at, line } => {
+                let first = format!("line {line}");
+                let mut ids = Vec::with_capacity(batch);
+                for record in records.by_ref().take(batch) {
+                    let record = record.map_err(|e| format!("{}: {e}", input.display()))?;
+                    let id = record.get(*at).ok_or_else(|| {
+                        format!("{}: line {line}: no field {id_column:?}", input.display())
+                    })?;
+                    ids.push(id.to_owned());
+                    *line = record.position().map_or(*line, |p| p.line() as usize + 1);
+                }
+                Ok((!ids.is_empty()).then_some((first, ids)))
+            }
+            IdSource::Parquet { ids, row } => {
+                let first = format!("row {row}");
+                let batch = ids.next_batch(*row)?;
+                *row += batch.as_ref().map_or(0, Vec::len);
+                Ok(batch.map(|ids| (first, ids)))
+            }
+        }
+    }
+}
+
+/// Where the scores go: CSV, or Parquet when the output's name ends in `.parquet`.
+enum ScoreSink {
+    Csv(csv::Writer<std::fs::File>),
+    Parquet(crate::columnar::ScoreWriter),
+}
+
+impl ScoreSink {
+    fn create(path: &Path, like: &Path) -> Result<ScoreSink, String> {
+        if crate::columnar::is_parquet(like) {
+            return crate::columnar::ScoreWriter::create(path).map(ScoreSink::Parquet);
+        }
+        let named = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let mut writer = csv::Writer::from_path(path).map_err(|e| named(&e))?;
+        writer
+            .write_record(["id", "probability", "points", "band", "error"])
+            .map_err(|e| named(&e))?;
+        Ok(ScoreSink::Csv(writer))
+    }
+
+    fn write(&mut self, rows: &[crate::columnar::ScoreRow]) -> Result<(), String> {
+        match self {
+            ScoreSink::Parquet(writer) => writer.write(rows),
+            ScoreSink::Csv(writer) => {
+                for r in rows {
+                    let number = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
+                    let row = [
+                        r.id.clone(),
+                        number(r.probability),
+                        number(r.points),
+                        r.band.clone().unwrap_or_default(),
+                        r.error.clone().unwrap_or_default(),
+                    ];
+                    writer.write_record(&row).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(), String> {
+        match self {
+            ScoreSink::Parquet(writer) => writer.finish(),
+            ScoreSink::Csv(mut writer) => writer.flush().map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Scores every id of a CSV or Parquet file in batches, writing one row per id, in order, to
+/// the output (CSV, or Parquet for a `.parquet` name; whole, then renamed into place). A batch
+/// refused for the rate (the bank's for this client, or a host's) is sent again after a pause
+/// that grows to 30 s; any other failure stops the run, naming where its batch starts.
 pub(super) async fn score_file(
     target: Target,
     mut model: String,
@@ -141,47 +262,14 @@ pub(super) async fn score_file(
     if batch == 0 {
         return Err("--batch: at least 1".into());
     }
-    let named = |e: &dyn std::fmt::Display, path: &Path| format!("{}: {e}", path.display());
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(&input)
-        .map_err(|e| named(&e, &input))?;
-    let headers = reader.headers().map_err(|e| named(&e, &input))?.clone();
-    let at = headers
-        .iter()
-        .position(|h| h.trim_start_matches('\u{feff}') == id_column)
-        .ok_or_else(|| {
-            format!(
-                "{}: no column {id_column:?} (--id-column); the header has {:?}",
-                input.display(),
-                headers.iter().collect::<Vec<_>>()
-            )
-        })?;
+    let mut source = IdSource::open(&input, &id_column, batch)?;
     let partial = output.with_extension("partial");
-    let mut writer = csv::Writer::from_path(&partial).map_err(|e| named(&e, &partial))?;
-    writer
-        .write_record(["id", "probability", "points", "band", "error"])
-        .map_err(|e| named(&e, &partial))?;
+    let mut sink = ScoreSink::create(&partial, &output)?;
     let mut client = crate::proto::scoring_client::ScoringClient::new(
         channel(&target.node, &target.identity).await?,
     );
     let (mut scored, mut unscorable) = (0usize, 0usize);
-    let mut records = reader.records();
-    let mut line = 2;
-    loop {
-        let mut ids = Vec::with_capacity(batch);
-        let first_line = line;
-        for record in records.by_ref().take(batch) {
-            let record = record.map_err(|e| named(&e, &input))?;
-            let id = record.get(at).ok_or_else(|| {
-                format!("{}: line {line}: no field {id_column:?}", input.display())
-            })?;
-            ids.push(id.to_owned());
-            line = record.position().map_or(line, |p| p.line() as usize + 1);
-        }
-        if ids.is_empty() {
-            break;
-        }
+    while let Some((first, ids)) = source.next(&input, &id_column, batch)? {
         let mut pause = std::time::Duration::from_secs(1);
         let reply = loop {
             let request = crate::proto::ScoreRequest {
@@ -197,7 +285,7 @@ pub(super) async fn score_file(
                 }
                 Err(status) => {
                     return Err(format!(
-                        "{}: the batch from line {first_line}: {}",
+                        "{}: the batch from {first}: {}",
                         input.display(),
                         status_error(status)
                     ))
@@ -210,33 +298,38 @@ pub(super) async fn score_file(
             model = reply.model_id.clone();
         }
         let ok = crate::proto::ScoreStatus::Ok as i32;
-        for score in &reply.scores {
-            let row = if score.status == ok {
-                scored += 1;
-                [
-                    score.id.clone(),
-                    score.probability.to_string(),
-                    score.points.to_string(),
-                    band_name(score.band).to_owned(),
-                    String::new(),
-                ]
-            } else {
-                unscorable += 1;
-                [
-                    score.id.clone(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    score.error.clone(),
-                ]
-            };
-            writer.write_record(&row).map_err(|e| named(&e, &partial))?;
-        }
+        let rows: Vec<crate::columnar::ScoreRow> = reply
+            .scores
+            .into_iter()
+            .map(|score| {
+                if score.status == ok {
+                    scored += 1;
+                    crate::columnar::ScoreRow {
+                        id: score.id,
+                        probability: Some(score.probability),
+                        points: Some(score.points),
+                        band: Some(band_name(score.band).to_owned()),
+                        error: None,
+                    }
+                } else {
+                    unscorable += 1;
+                    crate::columnar::ScoreRow {
+                        id: score.id,
+                        probability: None,
+                        points: None,
+                        band: None,
+                        error: Some(score.error),
+                    }
+                }
+            })
+            .collect();
+        sink.write(&rows)
+            .map_err(|e| format!("{}: {e}", partial.display()))?;
         eprintln!("{} ids scored, {unscorable} without a score", scored);
     }
-    writer.flush().map_err(|e| named(&e, &partial))?;
-    drop(writer);
-    std::fs::rename(&partial, &output).map_err(|e| named(&e, &output))?;
+    sink.finish()
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
+    std::fs::rename(&partial, &output).map_err(|e| format!("{}: {e}", output.display()))?;
     println!(
         "{}: {scored} ids scored with {model}, {unscorable} without a score",
         output.display()
