@@ -8,6 +8,7 @@
 //! cargo bench --bench binning -- credit      # one case
 //! ```
 
+use fedlearn::ndarray::Array2;
 use std::time::Instant;
 
 use fedlearn::{
@@ -34,9 +35,9 @@ fn synthetic(rows: usize, columns: usize) -> (Table, Table) {
         (state >> 11) as f64 / (1u64 << 53) as f64
     };
     let ids: Vec<String> = (0..rows).map(|i| format!("id{i}")).collect();
-    let host: Vec<f64> = (0..rows * columns).map(|_| next()).collect();
+    let host = Array2::from_shape_simple_fn((rows, columns), &mut next);
     let labels: Vec<f64> = (0..rows).map(|_| f64::from(next() < 0.1)).collect();
-    let guest: Vec<f64> = (0..rows).map(|_| next()).collect();
+    let guest = Array2::from_shape_simple_fn((rows, 1), &mut next);
     (
         Table::new(
             ids.clone(),

@@ -10,6 +10,7 @@
 //! everything amortised over the iterations of the run. `cargo bench --bench train -- credit`
 //! runs only the credit cases.
 
+use fedlearn::ndarray::{s, Array2};
 use std::time::Instant;
 
 use fedlearn::{
@@ -50,13 +51,10 @@ fn synthetic(rows: usize, guest_features: usize, host_features: usize) -> (Table
         })
         .collect();
     let ids: Vec<String> = (0..rows).map(|i| format!("id{i}")).collect();
-    let split = |range: std::ops::Range<usize>, prefix: &str| -> (Vec<String>, Vec<f64>) {
+    let values = Array2::from_shape_vec((rows, width), values).expect("rows × width");
+    let split = |range: std::ops::Range<usize>, prefix: &str| -> (Vec<String>, Array2<f64>) {
         let names = range.clone().map(|j| format!("{prefix}{j}")).collect();
-        let part = values
-            .chunks(width)
-            .flat_map(|row| row[range.clone()].to_vec())
-            .collect();
-        (names, part)
+        (names, values.slice(s![.., range]).to_owned())
     };
     let (guest_names, guest_values) = split(0..guest_features, "g");
     let (host_names, host_values) = split(guest_features..width, "h");

@@ -18,6 +18,7 @@
 //! cargo run --release --example defaults -- selection
 //! ```
 
+use fedlearn::ndarray::{self, s, Array2, Axis};
 use fedlearn::{
     answer_binning, evaluate, train_plain_vertical, train_reference, Binning, BinningGuest,
     BinningLimits, Calibration, ColumnPrep, Merge, Missing, Optimizer, Prep, Reading,
@@ -101,11 +102,8 @@ fn synthetic(rows: usize, columns: usize, rate: f64, seed: u64) -> (Table, Table
         .collect();
     let ids: Vec<String> = (0..rows).map(|r| r.to_string()).collect();
     let half = columns / 2;
-    let pick = |from: usize, to: usize| -> Vec<f64> {
-        (0..rows)
-            .flat_map(|r| values[r * columns + from..r * columns + to].to_vec())
-            .collect()
-    };
+    let values = Array2::from_shape_vec((rows, columns), values).expect("rows × columns");
+    let pick = |from: usize, to: usize| values.slice(s![.., from..to]).to_owned();
     let names = |from: usize, to: usize| (from..to).map(|c| format!("x{c}")).collect();
     let guest = Table::new(
         ids.clone(),
@@ -237,36 +235,33 @@ fn reference(book: &Book, train: &[usize], test: &[usize], residual: Residual) -
         .chain(&book.hosts)
         .map(|t| book.prep.design("party", t, train).expect("design"))
         .collect();
-    let width: usize = designs.iter().map(Table::features).sum();
+    let views: Vec<_> = designs.iter().map(Table::values).collect();
+    let all = ndarray::concatenate(Axis(1), &views).expect("the same rows");
+    let joined = |rows: &[usize]| all.select(Axis(0), rows);
     // Standardised on the training rows, as the parties do.
-    let mut stats = vec![(0.0, 0.0); width];
-    let joined = |rows: &[usize]| -> Vec<f64> {
-        rows.iter()
-            .flat_map(|&r| {
-                designs.iter().flat_map(move |d| {
-                    d.values()[r * d.features()..(r + 1) * d.features()].to_vec()
-                })
-            })
-            .collect()
-    };
     let raw_train = joined(train);
-    for (c, s) in stats.iter_mut().enumerate() {
-        let column: Vec<f64> = raw_train.chunks(width).map(|row| row[c]).collect();
-        let mean = column.iter().sum::<f64>() / column.len() as f64;
-        let var = column.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / column.len() as f64;
-        *s = (mean, var.sqrt().max(1e-12));
-    }
-    let standardise = |rows: Vec<f64>| -> Vec<f64> {
-        rows.chunks(width)
-            .flat_map(|row| row.iter().zip(&stats).map(|(x, (m, s))| (x - m) / s))
-            .collect()
+    let stats: Vec<(f64, f64)> = raw_train
+        .columns()
+        .into_iter()
+        .map(|column| {
+            let mean = column.iter().sum::<f64>() / column.len() as f64;
+            let var = column.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / column.len() as f64;
+            (mean, var.sqrt().max(1e-12))
+        })
+        .collect();
+    let standardise = |mut rows: Array2<f64>| -> Array2<f64> {
+        for mut row in rows.rows_mut() {
+            for (x, (m, s)) in row.iter_mut().zip(&stats) {
+                *x = (*x - m) / s;
+            }
+        }
+        rows
     };
     let labels = book.guest.labels().expect("labels");
     let train_labels: Vec<f64> = train.iter().map(|&r| labels[r]).collect();
     let test_labels: Vec<f64> = test.iter().map(|&r| labels[r]).collect();
     let model = train_reference(
-        &standardise(raw_train),
-        width,
+        standardise(raw_train).view(),
         &train_labels,
         &ReferenceConfig {
             epochs: 600,
@@ -276,9 +271,12 @@ fn reference(book: &Book, train: &[usize], test: &[usize], residual: Residual) -
         },
     )
     .expect("reference");
-    let z = model.scores(&standardise(joined(test)));
-    let calibration =
-        Calibration::fit(&model.scores(&standardise(joined(train))), &train_labels).expect("fit");
+    let z = model.scores(standardise(joined(test)).view());
+    let calibration = Calibration::fit(
+        &model.scores(standardise(joined(train)).view()),
+        &train_labels,
+    )
+    .expect("fit");
     let p: Vec<f64> = z.iter().map(|&z| calibration.probability(z)).collect();
     Outcome {
         auc: evaluate(&p, &test_labels).expect("metrics").auc,

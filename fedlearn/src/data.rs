@@ -3,6 +3,8 @@
 //! Reading is pure: the caller opens the source and hands over a reader (a file, or text in
 //! memory), and errors name the source the caller passed in, the line and the column.
 
+use ndarray::{Array2, ArrayView2, Axis};
+
 use crate::error::FedError;
 
 /// What to do with a missing feature value (an empty field, `NA`, `NaN` or `null`).
@@ -31,14 +33,14 @@ pub enum Reading {
     Skip,
 }
 
-/// Rows of one party: ids, named feature columns (row-major, missing values are NaN) and, for
-/// the guest, 0/1 labels. A text column holds, per row, the index of its value in the
-/// column's dictionary.
+/// Rows of one party: ids, named feature columns (a rows × features array in row-major
+/// layout, missing values are NaN) and, for the guest, 0/1 labels. A text column holds, per
+/// row, the index of its value in the column's dictionary.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Table {
     ids: Vec<String>,
     feature_names: Vec<String>,
-    values: Vec<f64>,
+    values: Array2<f64>,
     labels: Option<Vec<f64>>,
     missing: Missing,
     /// Per feature column: its dictionary if it is a text column.
@@ -87,6 +89,15 @@ pub struct CsvFormat {
 impl Default for CsvFormat {
     fn default() -> Self {
         CsvFormat { delimiter: b',' }
+    }
+}
+
+/// `values` in row-major layout (a table's rows are read whole, and contiguous).
+fn row_major(values: Array2<f64>) -> Array2<f64> {
+    if values.is_standard_layout() {
+        values
+    } else {
+        values.as_standard_layout().into_owned()
     }
 }
 
@@ -278,19 +289,26 @@ impl Rows {
     }
 
     /// The table of the rows added.
-    fn finish(self) -> Table {
-        Table {
+    fn finish(self) -> Result<Table, FedError> {
+        let shape = (self.ids.len(), self.feature_at.len());
+        let values =
+            Array2::from_shape_vec(shape, self.values).map_err(|_| FedError::LengthMismatch {
+                what: "table values (rows × features)",
+                expected: shape.0 * shape.1,
+                got: 0,
+            })?;
+        Ok(Table {
             ids: self.ids,
             feature_names: self
                 .feature_at
                 .iter()
                 .map(|&i| self.names[i].clone())
                 .collect(),
-            values: self.values,
+            values,
             labels: self.label_at.map(|_| self.labels),
             missing: self.missing,
             dictionaries: self.dictionaries,
-        }
+        })
     }
 }
 
@@ -379,28 +397,29 @@ impl TableBuilder {
                 reason: "no data rows".into(),
             });
         }
-        Ok((self.rows.finish(), self.bad_rows))
+        Ok((self.rows.finish()?, self.bad_rows))
     }
 }
 
 impl Table {
-    /// Builds a table from row-major values; NaN marks a missing value and is refused unless
-    /// `missing` is [`Missing::Mean`].
+    /// Builds a table from a rows × features array; NaN marks a missing value and is refused
+    /// unless `missing` is [`Missing::Mean`].
     pub fn new(
         ids: Vec<String>,
         feature_names: Vec<String>,
-        values: Vec<f64>,
+        values: Array2<f64>,
         labels: Option<Vec<f64>>,
         missing: Missing,
     ) -> Result<Table, FedError> {
         let width = feature_names.len();
-        if values.len() != ids.len() * width {
+        if values.dim() != (ids.len(), width) {
             return Err(FedError::LengthMismatch {
                 what: "table values (rows × features)",
                 expected: ids.len() * width,
                 got: values.len(),
             });
         }
+        let values = row_major(values);
         if let Some(labels) = &labels {
             if labels.len() != ids.len() {
                 return Err(FedError::LengthMismatch {
@@ -416,8 +435,7 @@ impl Table {
                 });
             }
         }
-        for (index, value) in values.iter().enumerate() {
-            let (row, column) = (index / width.max(1), index % width.max(1));
+        for ((row, column), value) in values.indexed_iter() {
             if value.is_infinite() || (value.is_nan() && missing == Missing::Reject) {
                 return Err(FedError::Csv {
                     source_name: "table".into(),
@@ -595,7 +613,7 @@ impl Table {
         if rows.ids.is_empty() && bad_rows.is_empty() {
             return Err(error(2, "", "no data rows after the header".into()));
         }
-        Ok((rows.finish(), bad_rows))
+        Ok((rows.finish()?, bad_rows))
     }
 
     /// SHA-256 of everything the table holds (ids, column names, values, labels, text
@@ -648,9 +666,9 @@ impl Table {
         &self.feature_names
     }
 
-    /// Row-major feature values (NaN = missing).
-    pub fn values(&self) -> &[f64] {
-        &self.values
+    /// The feature values, rows × features (NaN = missing).
+    pub fn values(&self) -> ArrayView2<'_, f64> {
+        self.values.view()
     }
 
     /// The 0/1 labels, if this table has them.
@@ -661,23 +679,22 @@ impl Table {
     /// The text of a text column's cell: `None` for a missing cell, or when the column is
     /// numeric.
     pub fn text(&self, row: usize, column: usize) -> Option<&str> {
-        let code = self.values[row * self.features() + column];
+        let code = self.values[[row, column]];
         let dictionary = self.dictionaries[column].as_ref()?;
         (!code.is_nan()).then(|| dictionary[code as usize].as_str())
     }
 
-    /// Feature columns `columns`, each copied out of the rows (row-major tables make a column
-    /// a strided read; this reads tiles of rows instead, once for all the columns).
+    /// Feature columns `columns`, each copied out of the rows (in a row-major table a column
+    /// is a strided read; this reads tiles of rows instead, once for all the columns).
     pub(crate) fn columns(&self, columns: &[usize]) -> Vec<Vec<f64>> {
         const TILE: usize = 256;
-        let width = self.features();
         let mut out: Vec<Vec<f64>> = columns
             .iter()
             .map(|_| Vec::with_capacity(self.rows()))
             .collect();
-        for tile in self.values.chunks(TILE * width.max(1)) {
+        for tile in self.values.axis_chunks_iter(Axis(0), TILE) {
             for (column, &c) in out.iter_mut().zip(columns) {
-                column.extend(tile.chunks_exact(width).map(|row| row[c]));
+                column.extend(tile.column(c).iter());
             }
         }
         out
@@ -700,20 +717,15 @@ impl Table {
 
     /// The rows at `rows`, in that order (e.g. the aligned order PSI produced).
     pub fn select_rows(&self, rows: &[usize]) -> Result<Table, FedError> {
-        let width = self.features();
-        let mut values = Vec::with_capacity(rows.len() * width);
-        let mut ids = Vec::with_capacity(rows.len());
-        for &row in rows {
-            if row >= self.rows() {
-                return Err(FedError::LengthMismatch {
-                    what: "selected row index vs table rows",
-                    expected: self.rows(),
-                    got: row,
-                });
-            }
-            ids.push(self.ids[row].clone());
-            values.extend_from_slice(&self.values[row * width..(row + 1) * width]);
+        if let Some(&row) = rows.iter().find(|&&row| row >= self.rows()) {
+            return Err(FedError::LengthMismatch {
+                what: "selected row index vs table rows",
+                expected: self.rows(),
+                got: row,
+            });
         }
+        let ids = rows.iter().map(|&row| self.ids[row].clone()).collect();
+        let values = row_major(self.values.select(Axis(0), rows));
         let labels = self
             .labels
             .as_ref()
@@ -742,10 +754,7 @@ impl Table {
                     })
             })
             .collect::<Result<_, _>>()?;
-        let width = self.features();
-        let values = (0..self.rows())
-            .flat_map(|row| at.iter().map(move |&c| self.values[row * width + c]))
-            .collect();
+        let values = row_major(self.values.select(Axis(1), &at));
         Ok(Table {
             ids: self.ids.clone(),
             feature_names: names.iter().map(|n| (*n).to_owned()).collect(),
@@ -865,7 +874,7 @@ mod tests {
             Table::parse_csv_rows("f.csv", text, "id", Missing::Reject, &|_| Reading::Number)
                 .unwrap();
         assert_eq!(table.ids(), ["x", "w"]);
-        assert_eq!(table.values(), [1.0, 2.0, 5.0, 6.0]);
+        assert_eq!(table.values(), ndarray::arr2(&[[1.0, 2.0], [5.0, 6.0]]));
         let bad: Vec<(String, String)> =
             bad.into_iter().map(|(id, e)| (id, e.to_string())).collect();
         assert_eq!(bad.len(), 3, "{bad:?}");
@@ -897,7 +906,7 @@ mod tests {
         .unwrap();
         assert_eq!(table.rows(), 2);
         assert_eq!(table.feature_names(), ["a", "b"]);
-        assert_eq!(table.values(), [0.5, 2.0, -1.0, 30.0]);
+        assert_eq!(table.values(), ndarray::arr2(&[[0.5, 2.0], [-1.0, 30.0]]));
         assert_eq!(table.labels(), Some(&[1.0, 0.0][..]));
 
         let err = |text: &str, missing| {
@@ -949,7 +958,7 @@ mod tests {
             &|_| Reading::Number,
         )
         .unwrap();
-        assert!(imputed.values()[0].is_nan());
+        assert!(imputed.values()[[0, 0]].is_nan());
     }
 
     /// RFC 4180 as spreadsheets and databases write it: quoted fields holding delimiters,
@@ -977,7 +986,7 @@ mod tests {
         assert_eq!(table.ids(), ["Acme, Ltd.", "Two\nlines"]);
         assert_eq!(table.feature_names(), ["name", "a"]);
         assert_eq!(table.dictionary(0).unwrap(), ["say \"hi\"", "x"]);
-        assert_eq!(table.values(), [0.0, 1.5, 1.0, 2.0]);
+        assert_eq!(table.values(), ndarray::arr2(&[[0.0, 1.5], [1.0, 2.0]]));
 
         // A byte order mark before a quoted header field (as R's write.csv writes it).
         let quoted = "\u{feff}\"id\",\"a\"\n\"x\",1\n";
@@ -993,7 +1002,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (table.ids(), table.values()),
-            (&["x".to_string()][..], &[1.0][..])
+            (&["x".to_string()][..], ndarray::arr2(&[[1.0]]).view())
         );
 
         let semicolons = "id;a;b\nx;1,5;2\n";
@@ -1023,7 +1032,7 @@ mod tests {
             &number,
         )
         .unwrap();
-        assert_eq!(table.values(), [2.5]);
+        assert_eq!(table.values(), ndarray::arr2(&[[2.5]]));
 
         // A record spanning lines 2–3 is followed by one on line 4.
         let FedError::Csv { line, column, .. } = Table::read_csv(

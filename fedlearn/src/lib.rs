@@ -92,12 +92,13 @@
 //! [`drive`] one over a blocking [`Transport`], and [`simulate`] runs them in one process:
 //!
 //! ```
+//! use fedlearn::ndarray::Array2;
 //! use fedlearn::{simulate, GuestJob, HostJob, Missing, Table, TrainConfig};
 //!
 //! // 200 aligned rows: the bank has one feature and the label, the tax bureau one feature.
 //! let ids: Vec<String> = (0..200).map(|i| format!("firm{i}")).collect();
-//! let tax: Vec<f64> = (0..200).map(|i| ((i * 37) % 101) as f64).collect();
-//! let bank: Vec<f64> = (0..200).map(|i| ((i * 53) % 97) as f64).collect();
+//! let tax = Array2::from_shape_fn((200, 1), |(i, _)| ((i * 37) % 101) as f64);
+//! let bank = Array2::from_shape_fn((200, 1), |(i, _)| ((i * 53) % 97) as f64);
 //! let labels: Vec<f64> = tax.iter().zip(&bank).map(|(t, b)| f64::from(t + b > 100.0)).collect();
 //! let guest = GuestJob {
 //!     party: "bank".into(),
@@ -158,6 +159,8 @@ pub use model::{
     joint_probabilities, BinnedWeight, Calibration, FeatureWeight, ModelPart, Role, ScorecardBin,
     ScorecardColumn, MODEL_FORMAT,
 };
+/// The array crate tables are built from (`Table::new` takes an `ndarray::Array2`).
+pub use ndarray;
 pub use prep::{Binning, Bins, ColumnPrep, KeptBins, Prep, Transform, MAX_BINS};
 pub use protocol::{
     Convergence, EpochReport, Event, FinalEvaluation, GuestOutcome, HostOutcome, RevealedRows,

@@ -457,7 +457,7 @@ impl ModelPart {
                 reason: format!("column {:?} holds text; the model reads numbers", f.0.name),
             });
         }
-        let width = table.features();
+        let values = table.values();
         let intercept = self.intercept.unwrap_or(0.0);
         let row_error = |row: usize, name: &str, reason: &str| FedError::Model {
             source_name: self.model_id.clone(),
@@ -467,7 +467,7 @@ impl ModelPart {
             .map(|row| {
                 let mut z = intercept;
                 for (f, &column) in self.features.iter().zip(&at) {
-                    let x = table.values()[row * width + column];
+                    let x = values[[row, column]];
                     if x.is_nan() {
                         if self.missing == Missing::Reject {
                             return Err(row_error(row, &f.name, "has no value"));
@@ -506,11 +506,12 @@ pub fn joint_probabilities(guest: &[f64], hosts_sum: &[f64]) -> Result<Vec<f64>,
         .collect())
 }
 
-/// A party's training data standardised on its training rows: row-major, missing → 0.
+/// A party's training data standardised on its training rows (rows × features, row-major;
+/// missing → 0).
 pub(crate) struct Standardised {
     pub(crate) means: Vec<f64>,
     pub(crate) stds: Vec<f64>,
-    pub(crate) values: Vec<f64>,
+    pub(crate) values: ndarray::Array2<f64>,
 }
 
 impl Standardised {
@@ -522,7 +523,7 @@ impl Standardised {
             let (mut count, mut sum, mut sum_sq) = (0usize, 0.0f64, 0.0f64);
             let (mut first, mut constant) = (None, true);
             for &row in train {
-                let x = raw[row * width + column];
+                let x = raw[[row, column]];
                 if x.is_nan() {
                     continue;
                 }
@@ -546,18 +547,12 @@ impl Standardised {
             means.push(mean);
             stds.push(var.sqrt());
         }
-        let values = raw
-            .chunks(width.max(1))
-            .flat_map(|row| {
-                row.iter().zip(means.iter().zip(&stds)).map(|(&x, (m, s))| {
-                    if x.is_nan() {
-                        0.0
-                    } else {
-                        (x - m) / s
-                    }
-                })
-            })
-            .collect();
+        let mut values = raw.to_owned();
+        for mut row in values.rows_mut() {
+            for (x, (m, s)) in row.iter_mut().zip(means.iter().zip(&stds)) {
+                *x = if x.is_nan() { 0.0 } else { (*x - m) / s };
+            }
+        }
         Ok(Standardised {
             means,
             stds,
@@ -662,7 +657,7 @@ mod tests {
         Table::new(
             (0..rows).map(|i| i.to_string()).collect(),
             vec!["a".into(), "b".into()],
-            values,
+            ndarray::Array2::from_shape_vec((rows, 2), values).unwrap(),
             None,
             Missing::Mean,
         )
@@ -675,7 +670,7 @@ mod tests {
         let s = Standardised::fit("tax", &t, &[0, 1, 2]).unwrap();
         let fitted = Fitted::fit("tax", &Prep::default(), &t, &[0, 1, 2]).unwrap();
         assert_eq!(s.means, vec![3.0, 20.0]);
-        assert_eq!(s.values[3], 0.0, "missing scores as the mean");
+        assert_eq!(s.values[[1, 1]], 0.0, "missing scores as the mean");
         let model = s.model(&fitted, "m1", "tax", t.missing(), &[1.0, 2.0], None);
         let back = ModelPart::from_json("tax.json", &model.to_json()).unwrap();
         assert_eq!(back, model);
@@ -750,8 +745,8 @@ mod tests {
                 "industry=missing"
             ]
         );
-        assert_eq!(&design.values()[5 * 4..6 * 4], [0.0, 0.0, 1.0, 0.0]);
-        assert_eq!(&design.values()[6 * 4..7 * 4], [0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(design.values().row(5), ndarray::arr1(&[0.0, 0.0, 1.0, 0.0]));
+        assert_eq!(design.values().row(6), ndarray::arr1(&[0.0, 0.0, 0.0, 1.0]));
 
         // Points: the standardised indicators' weighted sum, bin by bin.
         let standardised = Standardised::fit("bank", &design, &train).unwrap();
@@ -762,7 +757,7 @@ mod tests {
         let z = back.partial_scores(&table).unwrap();
         for (row, z) in z.iter().enumerate() {
             let expected: f64 = (0..4)
-                .map(|c| weights[c] * standardised.values[row * 4 + c])
+                .map(|c| weights[c] * standardised.values[[row, c]])
                 .sum();
             assert!((z - expected).abs() < 1e-12, "row {row}: {z} vs {expected}");
         }

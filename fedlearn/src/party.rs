@@ -170,8 +170,7 @@ impl Core {
         let fitted = Fitted::fit(party, prep, table, &split.train)?;
         let table = fitted.design(table)?;
         let standardised = Standardised::fit(party, &table, &split.train)?;
-        let width = table.features();
-        let quantised = Quantised::new(&standardised.values, width, &split.train, intercept);
+        let quantised = Quantised::new(standardised.values.view(), &split.train, intercept);
         let batches = split.partition(config.seed, config.batch_size);
         let (secret, public) = SecretKey::generate(&PARAMS);
         let packing = secret
@@ -529,7 +528,7 @@ impl Core {
     /// This party's partial scores on `rows` with `weights` (the intercept included).
     pub(crate) fn scores_with(&self, weights: &[f64], rows: &[usize]) -> Vec<f64> {
         let width = self.table.features();
-        let mut z = linear_scores(&self.standardised.values, width, rows, &weights[..width]);
+        let mut z = linear_scores(self.standardised.values.view(), rows, &weights[..width]);
         if self.intercept {
             for z in &mut z {
                 *z += weights[width];
@@ -605,8 +604,7 @@ impl Core {
         let width = self.table.features();
         let mut local = vec![0.0; self.quantised.columns];
         for (&row, &v) in rows.iter().zip(share) {
-            let x = &self.standardised.values[row * width..(row + 1) * width];
-            for (l, x) in local.iter_mut().zip(x) {
+            for (l, x) in local.iter_mut().zip(self.standardised.values.row(row)) {
                 *l += x * v;
             }
             if self.intercept {

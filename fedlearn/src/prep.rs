@@ -11,6 +11,7 @@
 //! missing value when training had none, a category first seen at scoring when training had no
 //! rare categories) scores the column's training average, 0 points.
 
+use ndarray::Array2;
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;
@@ -462,12 +463,7 @@ pub(crate) fn cell_at<'a>(
     column: usize,
     transform: &Transform,
 ) -> Cell<'a> {
-    cell(
-        table,
-        column,
-        table.values()[row * table.features() + column],
-        transform,
-    )
+    cell(table, column, table.values()[[row, column]], transform)
 }
 
 /// One column's fitted preparation.
@@ -611,15 +607,14 @@ impl Fitted {
 
     /// Every row of `table` (the table the preparation was fitted on) as design columns.
     pub(crate) fn design(&self, table: &Table) -> Result<Table, FedError> {
-        let width = self.design_names.len();
-        let mut values = vec![0.0; table.rows() * width];
+        let mut values = Array2::zeros((table.rows(), self.design_names.len()));
+        let raw = table.values();
         let mut at = 0;
         for column in &self.columns {
             match &column.bins {
                 None => {
                     for row in 0..table.rows() {
-                        let x = table.values()[row * table.features() + column.source];
-                        values[row * width + at] = column.transform.apply(x);
+                        values[[row, at]] = column.transform.apply(raw[[row, column.source]]);
                     }
                     at += 1;
                 }
@@ -634,7 +629,7 @@ impl Fitted {
                                 )
                             })?;
                         if let Some(design) = indicators[bin] {
-                            values[row * width + design] = 1.0;
+                            values[[row, design]] = 1.0;
                         }
                     }
                     at += distinct(indicators).len();
@@ -898,7 +893,7 @@ pub(crate) mod tests {
         Table::new(
             (0..values.len()).map(|i| i.to_string()).collect(),
             vec!["a".into()],
-            values.to_vec(),
+            ndarray::Array2::from_shape_vec((values.len(), 1), values.to_vec()).unwrap(),
             None,
             Missing::Mean,
         )
@@ -981,9 +976,9 @@ pub(crate) mod tests {
         let train: Vec<usize> = (0..100).collect();
         let design = prep.design("tax", &t, &train).unwrap();
         // Clipped to the nearest-rank 5% and 95% quantiles (5 and 94), then log1p.
-        assert_eq!(design.values()[0], 5f64.ln_1p());
-        assert_eq!(design.values()[99], 94f64.ln_1p());
-        assert_eq!(design.values()[50], 50f64.ln_1p());
+        assert_eq!(design.values()[[0, 0]], 5f64.ln_1p());
+        assert_eq!(design.values()[[99, 0]], 94f64.ln_1p());
+        assert_eq!(design.values()[[50, 0]], 50f64.ln_1p());
         let negative = Transform {
             clip: None,
             log1p: true,
@@ -1052,7 +1047,7 @@ pub(crate) mod tests {
         let design = prep.design("tax", &table, &all).unwrap();
         // Bins 1 and 2 share one indicator; the empty missing bin has none.
         assert_eq!(design.feature_names(), ["a=≤ 1", "a=(1, 3]", "a=> 3"]);
-        assert_eq!(&design.values()[3..6], &[0.0, 1.0, 0.0]);
+        assert_eq!(design.values().row(1), ndarray::arr1(&[0.0, 1.0, 0.0]));
         // A merge naming a bin the report did not have, or a name the job did not bin.
         let mut wrong = Prep {
             binning_job: Some("b1".into()),

@@ -2,6 +2,7 @@
 //! message helpers.
 
 use he::Params;
+use ndarray::{Array2, ArrayView2, ShapeBuilder};
 
 use crate::error::FedError;
 use crate::message::{Message, Transport};
@@ -30,42 +31,37 @@ pub(crate) const MAX_SHARE: f64 = 8.0;
 /// in the 54-bit plaintext for the products, the packing and the integrity checks' margin.
 const MAX_QUANTISED: f64 = 8191.0;
 
-/// A party's standardised features as integers round(x·2^frac_bits), column-major, with an
-/// optional trailing column of ones (the guest's intercept).
+/// A party's standardised features as integers round(x·2^frac_bits), with an optional
+/// trailing column of ones (the guest's intercept): rows × columns in column-major layout, as
+/// the homomorphic products read a column at a time.
 pub(crate) struct Quantised {
     pub(crate) frac_bits: u32,
-    rows: usize,
     pub(crate) columns: usize,
-    values: Vec<i16>,
+    values: Array2<i16>,
 }
 
 impl Quantised {
     /// Chooses the finest scale at which every training value fits, so the quantisation error
     /// is at most 2^-(frac_bits+1) per entry.
-    pub(crate) fn new(standardised: &[f64], width: usize, train: &[usize], ones: bool) -> Self {
-        let rows = standardised.len().checked_div(width).unwrap_or(0);
+    pub(crate) fn new(standardised: ArrayView2<'_, f64>, train: &[usize], ones: bool) -> Self {
+        let (rows, width) = standardised.dim();
         let largest = train
             .iter()
-            .flat_map(|&r| &standardised[r * width..(r + 1) * width])
+            .flat_map(|&r| standardised.row(r))
             .fold(1.0f64, |m, x| m.max(x.abs()));
         let frac_bits = (MAX_QUANTISED / largest).log2().floor().clamp(0.0, 12.0) as u32;
         let scale = 2f64.powi(frac_bits as i32);
         let columns = width + usize::from(ones);
-        let mut values = vec![0i16; rows * columns];
-        for row in 0..rows {
-            for column in 0..width {
-                let x = (standardised[row * width + column] * scale)
-                    .round()
-                    .clamp(-MAX_QUANTISED, MAX_QUANTISED);
-                values[column * rows + row] = x as i16;
-            }
-            if ones {
-                values[width * rows + row] = scale as i16;
-            }
+        let mut values = Array2::zeros((rows, columns).f());
+        for ((row, column), &x) in standardised.indexed_iter() {
+            let x = (x * scale).round().clamp(-MAX_QUANTISED, MAX_QUANTISED);
+            values[[row, column]] = x as i16;
+        }
+        if ones {
+            values.column_mut(width).fill(scale as i16);
         }
         Quantised {
             frac_bits,
-            rows,
             columns,
             values,
         }
@@ -73,7 +69,7 @@ impl Quantised {
 
     /// The entry at (row, column).
     pub(crate) fn at(&self, row: usize, column: usize) -> i64 {
-        i64::from(self.values[column * self.rows + row])
+        i64::from(self.values[[row, column]])
     }
 
     /// The rows of `batch` in column `column`.
@@ -159,21 +155,14 @@ pub(crate) fn decode_score(value: u64) -> f64 {
     value as i64 as f64 * 2f64.powi(-SCORE_FRAC_BITS)
 }
 
-/// Row-major `values` (width columns) times `weights` for the given rows.
+/// The given rows of `values` times `weights`.
 pub(crate) fn linear_scores(
-    values: &[f64],
-    width: usize,
+    values: ArrayView2<'_, f64>,
     rows: &[usize],
     weights: &[f64],
 ) -> Vec<f64> {
     rows.iter()
-        .map(|&r| {
-            values[r * width..(r + 1) * width]
-                .iter()
-                .zip(weights)
-                .map(|(x, w)| x * w)
-                .sum()
-        })
+        .map(|&r| values.row(r).iter().zip(weights).map(|(x, w)| x * w).sum())
         .collect()
 }
 

@@ -10,6 +10,7 @@ use crate::metrics::{evaluate, Metrics};
 use crate::model::{ModelPart, Standardised};
 use crate::prep::{Fitted, Prep};
 use crate::protocol::linear_scores;
+use ndarray::ArrayView2;
 
 /// How the residual d = p − y is formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,9 +45,10 @@ pub struct LinearModel {
 }
 
 impl LinearModel {
-    /// z for each row of a row-major matrix with `weights.len()` columns.
-    pub fn scores(&self, rows: &[f64]) -> Vec<f64> {
-        rows.chunks(self.weights.len())
+    /// z for each row of `rows` (rows × `weights.len()` features).
+    pub fn scores(&self, rows: ArrayView2<'_, f64>) -> Vec<f64> {
+        rows.rows()
+            .into_iter()
             .map(|row| {
                 self.intercept
                     + row
@@ -59,24 +61,23 @@ impl LinearModel {
     }
 
     /// σ(z) for each row.
-    pub fn probabilities(&self, rows: &[f64]) -> Vec<f64> {
+    pub fn probabilities(&self, rows: ArrayView2<'_, f64>) -> Vec<f64> {
         self.scores(rows).into_iter().map(sigmoid).collect()
     }
 }
 
-/// Trains on a row-major matrix of `features` columns and 0/1 labels.
+/// Trains on `rows` (rows × features) and their 0/1 labels.
 pub fn train_reference(
-    rows: &[f64],
-    features: usize,
+    rows: ArrayView2<'_, f64>,
     labels: &[f64],
     config: &ReferenceConfig,
 ) -> Result<LinearModel, FedError> {
-    let n = labels.len();
-    if rows.len() != n * features {
+    let (n, features) = rows.dim();
+    if labels.len() != n {
         return Err(FedError::LengthMismatch {
-            what: "matrix entries (rows × features)",
-            expected: n * features,
-            got: rows.len(),
+            what: "labels vs matrix rows",
+            expected: n,
+            got: labels.len(),
         });
     }
     if let Some(row) = labels.iter().position(|&y| y != 0.0 && y != 1.0) {
@@ -100,7 +101,7 @@ pub fn train_reference(
     let mut adam = OptimizerState::new(features + 1);
     for _ in 0..config.epochs {
         let mut gradient = vec![0.0; features + 1];
-        for (row, &y) in rows.chunks(features).zip(labels) {
+        for (row, &y) in rows.rows().into_iter().zip(labels) {
             let z = weights[features] + row.iter().zip(&weights).map(|(x, w)| x * w).sum::<f64>();
             let d = match config.residual {
                 Residual::Sigmoid => sigmoid(z) - y,
@@ -191,7 +192,7 @@ pub fn train_plain_vertical(
         let mut z = vec![weights[0][tables[0].features()]; rows.len()];
         for (p, table) in tables.iter().enumerate() {
             let width = table.features();
-            let partial = linear_scores(&standardised[p].values, width, rows, &weights[p][..width]);
+            let partial = linear_scores(standardised[p].values.view(), rows, &weights[p][..width]);
             for (z, s) in z.iter_mut().zip(partial) {
                 *z += s;
             }
@@ -215,8 +216,7 @@ pub fn train_plain_vertical(
                 let width = table.features();
                 let mut gradient = vec![0.0; weights[p].len()];
                 for (&r, &d) in batch.iter().zip(&d) {
-                    let x = &standardised[p].values[r * width..(r + 1) * width];
-                    for (g, x) in gradient.iter_mut().zip(x) {
+                    for (g, x) in gradient.iter_mut().zip(standardised[p].values.row(r)) {
                         *g += x * d;
                     }
                     if p == 0 {

@@ -98,10 +98,10 @@ fn encrypted_and_plaintext_updates_agree_within_the_quantisation_bound() {
 
 /// λ_max(XᵀX/n) for the joined standardised columns plus a column of ones, by power iteration.
 fn largest_eigenvalue(guest: &Table, hosts: &[Table]) -> f64 {
-    let (rows, width) = common::joined_standardised(guest, hosts);
-    let n = guest.rows();
+    let rows = common::joined_standardised(guest, hosts);
+    let (n, width) = rows.dim();
     let columns = width + 1;
-    let x = |r: usize, c: usize| if c == width { 1.0 } else { rows[r * width + c] };
+    let x = |r: usize, c: usize| if c == width { 1.0 } else { rows[[r, c]] };
     let mut v = vec![1.0; columns];
     let mut lambda = 0.0;
     for _ in 0..200 {

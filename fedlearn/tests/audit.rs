@@ -37,10 +37,7 @@ fn leaks<'a>(bytes: &[u8], secrets: &'a [(&'a str, Vec<u8>)]) -> Vec<&'a str> {
 }
 
 fn standardised_column(table: &Table, column: usize) -> Vec<f64> {
-    let w = table.features();
-    let values: Vec<f64> = (0..table.rows())
-        .map(|r| table.values()[r * w + column])
-        .collect();
+    let values: Vec<f64> = table.values().column(column).to_vec();
     let mean = values.iter().sum::<f64>() / values.len() as f64;
     let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
     values.iter().map(|v| (v - mean) / std).collect()
@@ -132,10 +129,12 @@ fn no_plaintext_crosses_the_wire() {
         .chain(host_names.iter().copied().zip(&hosts))
         .collect();
     for (party, table) in &all {
-        for p in patterns(table.values(), 4, |v: f64| v.to_le_bytes().to_vec()) {
+        for p in patterns(table.values().as_slice().unwrap(), 4, |v: f64| {
+            v.to_le_bytes().to_vec()
+        }) {
             secrets.push((party, p));
         }
-        for p in patterns(table.values(), 4, |v: f64| {
+        for p in patterns(table.values().as_slice().unwrap(), 4, |v: f64| {
             (v as f32).to_le_bytes().to_vec()
         }) {
             secrets.push((party, p));

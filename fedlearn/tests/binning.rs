@@ -93,20 +93,12 @@ fn federated_model_on_bins_matches_plaintext_logistic_regression_on_the_same_bin
         .chain(&hosts)
         .map(|t| prep.design("party", t, &train).unwrap())
         .collect();
-    let width: usize = designs.iter().map(Table::features).sum();
-    let joined = |rows: &[usize]| -> Vec<f64> {
-        rows.iter()
-            .flat_map(|&r| {
-                designs.iter().flat_map(move |d| {
-                    d.values()[r * d.features()..(r + 1) * d.features()].to_vec()
-                })
-            })
-            .collect()
-    };
+    let views: Vec<_> = designs.iter().map(Table::values).collect();
+    let all = fedlearn::ndarray::concatenate(fedlearn::ndarray::Axis(1), &views).unwrap();
+    let joined = |rows: &[usize]| all.select(fedlearn::ndarray::Axis(0), rows);
     let train_labels: Vec<f64> = train.iter().map(|&r| labels[r]).collect();
     let plain = train_reference(
-        &joined(&train),
-        width,
+        joined(&train).view(),
         &train_labels,
         &ReferenceConfig {
             epochs: 400,
@@ -116,7 +108,7 @@ fn federated_model_on_bins_matches_plaintext_logistic_regression_on_the_same_bin
         },
     )
     .unwrap();
-    let plaintext = auc(&plain.scores(&joined(&test)), &test_labels);
+    let plaintext = auc(&plain.scores(joined(&test).view()), &test_labels);
     eprintln!("test AUC: federated {federated:.4}, plaintext on the same bins {plaintext:.4}");
     assert!(federated >= 0.76, "federated test AUC {federated:.4}");
     assert!(
@@ -139,7 +131,7 @@ fn plaintext_counts(table: &Table, prep: &Prep, labels: &[f64]) -> Vec<Vec<(u64,
         }
         let (mut n, mut e) = (0, 0);
         for (r, &y) in labels.iter().enumerate() {
-            if design.values()[r * design.features() + c] == 1.0 {
+            if design.values()[[r, c]] == 1.0 {
                 n += 1;
                 e += u64::from(y == 1.0);
             }

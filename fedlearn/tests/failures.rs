@@ -52,11 +52,8 @@ fn a_host_with_another_row_count_stops_the_job_by_kind() {
 fn a_constant_host_column_stops_the_job_without_naming_it_to_the_guest() {
     let (guest, hosts) = parties("breast", 1);
     let host = &hosts[0];
-    let width = host.features();
-    let mut values = host.values().to_vec();
-    for row in 0..host.rows() {
-        values[row * width + 3] = 1.5;
-    }
+    let mut values = host.values().to_owned();
+    values.column_mut(3).fill(1.5);
     let constant = Table::new(
         host.ids().to_vec(),
         host.feature_names().to_vec(),
@@ -131,9 +128,9 @@ fn divergence_stops_with_the_last_good_model() {
 fn missing_values_are_imputed_when_asked() {
     let (guest, hosts) = parties("breast", 1);
     let host = &hosts[0];
-    let mut values = host.values().to_vec();
+    let mut values = host.values().to_owned();
     for row in (0..host.rows()).step_by(7) {
-        values[row * host.features()] = f64::NAN;
+        values[[row, 0]] = f64::NAN;
     }
     let table = |missing| {
         Table::new(

@@ -47,8 +47,7 @@ fn r_squared(target: &[f64], vectors: &[Vec<f64>]) -> f64 {
 
 /// Column `c` of `table` on `rows`.
 fn column(table: &Table, c: usize, rows: &[usize]) -> Vec<f64> {
-    let w = table.features();
-    rows.iter().map(|&r| table.values()[r * w + c]).collect()
+    rows.iter().map(|&r| table.values()[[r, c]]).collect()
 }
 
 /// The per-row vectors the guest can form from what it received: every run of plaintext words
@@ -204,7 +203,7 @@ fn crafted_run(flip_labels: bool, attacker: &'static str, victim: &'static str) 
         Table::new(
             guest.ids().to_vec(),
             guest.feature_names().to_vec(),
-            guest.values().to_vec(),
+            guest.values().to_owned(),
             Some(guest.labels().unwrap().iter().map(|y| 1.0 - y).collect()),
             Missing::Reject,
         )

@@ -30,7 +30,7 @@ fn read(path: &str) -> (Vec<String>, Option<Vec<f64>>, Vec<Vec<f64>>) {
     (ids, has_label.then_some(labels), rows)
 }
 
-fn joined_credit() -> (Vec<f64>, usize, Vec<f64>) {
+fn joined_credit() -> (fedlearn::ndarray::Array2<f64>, Vec<f64>) {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/");
     let (guest_ids, labels, guest) = read(&format!("{root}default_credit_hetero_guest.csv"));
     let (host_ids, _, host) = read(&format!("{root}default_credit_hetero_host.csv"));
@@ -44,27 +44,28 @@ fn joined_credit() -> (Vec<f64>, usize, Vec<f64>) {
         .zip(&host)
         .flat_map(|(g, h)| g.iter().chain(h).copied().collect::<Vec<_>>())
         .collect();
-    (rows, features, labels.expect("guest has labels"))
+    let rows = fedlearn::ndarray::Array2::from_shape_vec((guest.len(), features), rows)
+        .expect("every row has every column");
+    (rows, labels.expect("guest has labels"))
 }
 
 #[test]
 fn plaintext_reference_matches_published_figures_on_credit_data() {
-    let (rows, features, labels) = joined_credit();
-    assert_eq!((labels.len(), features), (30000, 23));
+    let (rows, labels) = joined_credit();
+    assert_eq!(rows.dim(), (30000, 23));
     let config = ReferenceConfig {
         epochs: 300,
         learning_rate: 0.05,
         l2: 0.0,
         residual: Residual::Sigmoid,
     };
-    let model = train_reference(&rows, features, &labels, &config).unwrap();
-    let exact = evaluate(&model.probabilities(&rows), &labels).unwrap();
+    let model = train_reference(rows.view(), &labels, &config).unwrap();
+    let exact = evaluate(&model.probabilities(rows.view()), &labels).unwrap();
     // Published plaintext logistic regression on the joined data: AUC 0.7242, KS 0.378.
     assert!((exact.auc - 0.7242).abs() < 0.003, "{exact:?}");
     assert!((exact.ks - 0.378).abs() < 0.01, "{exact:?}");
     let taylor = train_reference(
-        &rows,
-        features,
+        rows.view(),
         &labels,
         &ReferenceConfig {
             residual: Residual::Taylor,
@@ -72,7 +73,7 @@ fn plaintext_reference_matches_published_figures_on_credit_data() {
         },
     )
     .unwrap();
-    let approx = evaluate(&taylor.probabilities(&rows), &labels).unwrap();
+    let approx = evaluate(&taylor.probabilities(rows.view()), &labels).unwrap();
     println!("sigmoid residual: {exact:?}\ntaylor residual: {approx:?}");
     assert!(exact.auc - approx.auc < 0.01, "{exact:?} vs {approx:?}");
 }

@@ -9,11 +9,10 @@ use fedlearn::*;
 /// Plaintext logistic regression (exact sigmoid) on the joined, standardised data.
 fn plaintext_auc(dataset: &str) -> f64 {
     let (guest, hosts) = parties(dataset, 1);
-    let (rows, width) = joined_standardised(&guest, &hosts);
+    let rows = joined_standardised(&guest, &hosts);
     let labels = guest.labels().unwrap();
     let model = train_reference(
-        &rows,
-        width,
+        rows.view(),
         labels,
         &ReferenceConfig {
             epochs: 300,
@@ -23,7 +22,9 @@ fn plaintext_auc(dataset: &str) -> f64 {
         },
     )
     .unwrap();
-    evaluate(&model.probabilities(&rows), labels).unwrap().auc
+    evaluate(&model.probabilities(rows.view()), labels)
+        .unwrap()
+        .auc
 }
 
 fn federated(dataset: &str, hosts: usize, config: &TrainConfig) -> Simulation {

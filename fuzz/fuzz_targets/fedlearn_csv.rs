@@ -27,13 +27,13 @@ fuzz_target!(|data: &[u8]| {
     let label = (mode & 16 != 0).then_some("y");
     let strict = Table::read_csv("fuzz.csv", text, format, "id", label, missing, &reading);
     if let Ok(table) = &strict {
-        assert_eq!(table.values().len(), table.rows() * table.features());
+        assert_eq!(table.values().dim(), (table.rows(), table.features()));
     }
     if label.is_none() {
         if let Ok((table, bad)) =
             Table::read_csv_rows("fuzz.csv", text, format, "id", missing, &reading)
         {
-            assert_eq!(table.values().len(), table.rows() * table.features());
+            assert_eq!(table.values().dim(), (table.rows(), table.features()));
             if let Ok(strict) = &strict {
                 assert_eq!(strict.digest(), table.digest());
                 assert!(bad.is_empty());

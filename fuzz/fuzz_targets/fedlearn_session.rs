@@ -52,7 +52,7 @@ struct Run {
 
 fn table(party: &str, column: impl Fn(usize) -> f64, labels: bool) -> Table {
     let ids = (0..ROWS).map(|i| format!("row{i}")).collect();
-    let values: Vec<f64> = (0..ROWS).map(column).collect();
+    let values = fedlearn::ndarray::Array2::from_shape_fn((ROWS, 1), |(i, _)| column(i));
     let labels = labels.then(|| {
         (0..ROWS)
             .map(|i| f64::from(u8::from((i * 7) % 11 + (i * 5) % 13 > 11)))

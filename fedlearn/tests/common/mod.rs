@@ -1,6 +1,7 @@
 //! Test data: the FATE example tables in the repository's data/ folder.
 #![allow(dead_code)] // each test binary uses a different subset of the helpers
 
+use fedlearn::ndarray::{self, Array2, Axis};
 use fedlearn::{GuestJob, HostJob, Missing, Reading, Table, TrainConfig};
 
 pub fn load(name: &str, label: Option<&str>) -> Table {
@@ -57,28 +58,19 @@ pub fn jobs(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> (GuestJob,
     )
 }
 
-/// The guest's and hosts' tables joined column-wise, row-major, each column standardised to
-/// mean 0 and variance 1 over all rows, for plaintext references on the joined data.
-pub fn joined_standardised(guest: &Table, hosts: &[Table]) -> (Vec<f64>, usize) {
-    let tables: Vec<&Table> = std::iter::once(guest).chain(hosts).collect();
-    let width: usize = tables.iter().map(|t| t.features()).sum();
-    let n = guest.rows();
-    let mut rows = Vec::with_capacity(n * width);
-    for r in 0..n {
-        for t in &tables {
-            let w = t.features();
-            rows.extend_from_slice(&t.values()[r * w..(r + 1) * w]);
-        }
+/// The guest's and hosts' tables joined column-wise, each column standardised to mean 0 and
+/// variance 1 over all rows, for plaintext references on the joined data.
+pub fn joined_standardised(guest: &Table, hosts: &[Table]) -> Array2<f64> {
+    let views: Vec<_> = std::iter::once(guest)
+        .chain(hosts)
+        .map(Table::values)
+        .collect();
+    let mut rows = ndarray::concatenate(Axis(1), &views).expect("tables of the same rows");
+    let n = guest.rows() as f64;
+    for mut column in rows.columns_mut() {
+        let mean = column.iter().sum::<f64>() / n;
+        let var = column.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+        column.mapv_inplace(|x| (x - mean) / var.sqrt());
     }
-    for c in 0..width {
-        let mean = (0..n).map(|r| rows[r * width + c]).sum::<f64>() / n as f64;
-        let var = (0..n)
-            .map(|r| (rows[r * width + c] - mean).powi(2))
-            .sum::<f64>()
-            / n as f64;
-        for r in 0..n {
-            rows[r * width + c] = (rows[r * width + c] - mean) / var.sqrt();
-        }
-    }
-    (rows, width)
+    rows
 }
