@@ -252,9 +252,13 @@ fn default_delimiter() -> String {
 #[serde(deny_unknown_fields)]
 pub struct PostgresSource {
     /// Connection settings without the password, as libpq takes them:
-    /// `"host=127.0.0.1 port=5432 user=unseen dbname=tax"`. The server is on this machine
-    /// (loopback or a Unix socket directory): connections are not encrypted.
+    /// `"host=db.tax.example port=5432 user=unseen dbname=tax"`.
     pub connection: String,
+    /// The CA certificate (PEM) that signed the server's certificate: the connection is then
+    /// TLS, and the server's certificate must be valid for the host named. Needed unless the
+    /// server is on this machine (loopback or a Unix socket directory).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     /// The table (`name` or `schema.name`), read whole, ordered by the id column.
     #[serde(default)]
     pub table: Option<String>,
@@ -270,7 +274,8 @@ pub struct PostgresSource {
 }
 
 impl PostgresSource {
-    /// The connection settings, checked: no password, a server on this machine.
+    /// The connection settings, checked: no password; a server on this machine unless the
+    /// connection is TLS (`ca`), which it must then be.
     pub fn settings(&self) -> Result<postgres::Config, String> {
         let settings: postgres::Config = self
             .connection
@@ -290,14 +295,20 @@ impl PostgresSource {
             postgres::config::Host::Unix(_) => true,
         };
         // A hostaddr is where the client connects, whatever the host says.
+        if self.ca.is_some() {
+            let mut settings = settings;
+            settings.ssl_mode(postgres::config::SslMode::Require);
+            return Ok(settings);
+        }
         let addresses_local = settings.get_hostaddrs().iter().all(|ip| ip.is_loopback());
         if settings.get_hosts().is_empty()
             || !settings.get_hosts().iter().all(local)
             || !addresses_local
         {
             return Err(
-                "connection: the server must be on this machine (loopback or a Unix socket \
-                 directory): connections to it are not encrypted"
+                "connection: a server not on this machine needs ca (the CA certificate that \
+                 signed the server's certificate), so that the connection is encrypted and the \
+                 server verified"
                     .into(),
             );
         }
@@ -605,12 +616,13 @@ impl NodeConfig {
             if let Some(path) = &mut dataset.path {
                 join(path);
             }
-            if let Some(file) = dataset
-                .postgres
-                .as_mut()
-                .and_then(|p| p.password_file.as_mut())
-            {
-                join(file);
+            if let Some(source) = &mut dataset.postgres {
+                for file in [&mut source.password_file, &mut source.ca]
+                    .into_iter()
+                    .flatten()
+                {
+                    join(file);
+                }
             }
         }
     }
@@ -660,6 +672,9 @@ impl NodeConfig {
                     source.settings().map_err(|e| format!("{key}.{e}"))?;
                     if source.table.is_some() == source.query.is_some() {
                         return Err(format!("{key}: set one of table and query"));
+                    }
+                    if let Some(ca) = source.ca.as_ref().filter(|ca| !ca.is_file()) {
+                        return Err(format!("{key}.ca: {} does not exist", ca.display()));
                     }
                     if source.password_env.is_some() && source.password_file.is_some() {
                         return Err(format!(

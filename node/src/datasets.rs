@@ -133,7 +133,15 @@ fn with_input<T>(
             settings
                 .application_name("unseen")
                 .connect_timeout(Duration::from_secs(10));
-            let mut client = settings.connect(postgres::NoTls).map_err(failed)?;
+            let mut client = match &source.ca {
+                Some(ca) => {
+                    let config = crate::tls::database_client_config(ca)
+                        .map_err(|e| format!("{name}: ca: {e}"))?;
+                    settings.connect(DatabaseTls(config))
+                }
+                None => settings.connect(postgres::NoTls),
+            }
+            .map_err(failed)?;
             let mut rows = client
                 .copy_out(&source.copy_statement(&dataset.id_column))
                 .map_err(failed)?;
@@ -144,14 +152,26 @@ fn with_input<T>(
     }
 }
 
-/// The database's own words for an error (its message and detail), or the client's.
+/// The database's own words for an error (its message and detail), or the client's with its
+/// causes (a TLS handshake's says why the certificate was refused).
 fn database_error(error: &postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => match db.detail() {
             Some(detail) => format!("{} ({detail})", db.message()),
             None => db.message().to_owned(),
         },
-        None => error.to_string(),
+        None => {
+            let mut text = error.to_string();
+            let mut cause = std::error::Error::source(error);
+            while let Some(e) = cause {
+                let said = e.to_string();
+                if !text.contains(&said) {
+                    text = format!("{text}: {said}");
+                }
+                cause = e.source();
+            }
+            text
+        }
     }
 }
 
@@ -175,4 +195,85 @@ fn password(source: &PostgresSource) -> Result<Option<String>, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("password_file: {}: {e}", file.display()))?;
     Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
+/// TLS to a database server (a PostgreSQL source with `ca`): rustls over the client's
+/// socket, trusting only that CA and checking the server's certificate against the host
+/// connected to. SCRAM authentication runs inside it without channel binding.
+struct DatabaseTls(std::sync::Arc<tokio_rustls::rustls::ClientConfig>);
+
+struct DatabaseTlsConnect {
+    config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    host: tokio_rustls::rustls::pki_types::ServerName<'static>,
+}
+
+struct DatabaseTlsStream(tokio_rustls::client::TlsStream<postgres::Socket>);
+
+impl postgres::tls::MakeTlsConnect<postgres::Socket> for DatabaseTls {
+    type Stream = DatabaseTlsStream;
+    type TlsConnect = DatabaseTlsConnect;
+    type Error = tokio_rustls::rustls::pki_types::InvalidDnsNameError;
+
+    fn make_tls_connect(&mut self, host: &str) -> Result<DatabaseTlsConnect, Self::Error> {
+        Ok(DatabaseTlsConnect {
+            config: self.0.clone(),
+            host: tokio_rustls::rustls::pki_types::ServerName::try_from(host)?.to_owned(),
+        })
+    }
+}
+
+impl postgres::tls::TlsConnect<postgres::Socket> for DatabaseTlsConnect {
+    type Stream = DatabaseTlsStream;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<DatabaseTlsStream>> + Send>,
+    >;
+
+    fn connect(self, socket: postgres::Socket) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(self.config);
+        Box::pin(async move {
+            let stream = connector.connect(self.host, socket).await?;
+            Ok(DatabaseTlsStream(stream))
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for DatabaseTlsStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for DatabaseTlsStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl postgres::tls::TlsStream for DatabaseTlsStream {
+    fn channel_binding(&self) -> postgres::tls::ChannelBinding {
+        postgres::tls::ChannelBinding::none()
+    }
 }

@@ -675,6 +675,19 @@ pub(crate) fn readable_by_others(path: &Path) -> Result<Option<u32>, NodeError> 
     Ok(None)
 }
 
+/// TLS towards a database server: trust only the CA in the PEM file `ca`, and require the
+/// server's certificate to be valid for the host connected to; no client certificate.
+pub(crate) fn database_client_config(ca: &Path) -> Result<Arc<ClientConfig>, NodeError> {
+    let pem = std::fs::read_to_string(ca).map_err(|e| NodeError::io(ca, e))?;
+    let roots = Identity::roots(&parse_certs(ca, &pem)?)?;
+    let config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NodeError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 fn parse_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, NodeError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()

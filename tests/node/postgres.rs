@@ -184,3 +184,165 @@ async fn a_hosts_dataset_in_postgresql_trains_as_its_csv_does() {
     setup(vec![format!("DROP TABLE {table}")], None).await;
     federation.stop().await;
 }
+
+/// Runs `sql` on the test server and returns the first column of the first row of the last
+/// statement, as text (for `SHOW`).
+async fn query_one(sql: &'static str) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut settings: postgres::Config = server().parse().unwrap();
+        settings.password(std::env::var("UNSEEN_TEST_POSTGRES_PASSWORD").unwrap());
+        let mut client = settings.connect(postgres::NoTls).unwrap();
+        let row = client.query_one(sql, &[]).unwrap();
+        row.get::<_, String>(0)
+    })
+    .await
+    .unwrap()
+}
+
+/// A database on another machine is reached only over TLS, with the server's certificate
+/// checked against the dataset's `ca` and the host named: the same rows load over it; a
+/// server without TLS, a certificate from another CA and one for another host are refused,
+/// naming the dataset; a remote host without `ca` does not pass the configuration's checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_elsewhere_is_read_over_verified_tls() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(format!("unseen-pgtls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    node::certs::init(&dir.join("ours"), &["localhost".into()]).unwrap();
+    node::certs::init(&dir.join("other"), &["localhost".into()]).unwrap();
+    // The server's certificate and key, readable by the server's user.
+    let owner = std::fs::metadata(query_one("SHOW data_directory").await)
+        .unwrap()
+        .uid();
+    let serving = dir.join("serving");
+    std::fs::create_dir_all(&serving).unwrap();
+    std::fs::set_permissions(&serving, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (file, mode) in [("node.crt", 0o644), ("node.key", 0o600)] {
+        let to = serving.join(file);
+        std::fs::copy(dir.join("ours/localhost").join(file), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(&to, Some(owner), None).unwrap();
+    }
+    let ssl = |on: bool| {
+        let statements = if on {
+            vec![
+                format!(
+                    "ALTER SYSTEM SET ssl_cert_file = '{}'",
+                    serving.join("node.crt").display()
+                ),
+                format!(
+                    "ALTER SYSTEM SET ssl_key_file = '{}'",
+                    serving.join("node.key").display()
+                ),
+                "ALTER SYSTEM SET ssl = on".to_string(),
+                "SELECT pg_reload_conf()".to_string(),
+            ]
+        } else {
+            vec![
+                "ALTER SYSTEM RESET ssl".to_string(),
+                "SELECT pg_reload_conf()".to_string(),
+            ]
+        };
+        setup(statements, None)
+    };
+    let table = format!("remote_{}", std::process::id());
+    setup(
+        vec![
+            format!("DROP TABLE IF EXISTS {table}"),
+            format!("CREATE TABLE {table} (id text primary key, x double precision)"),
+            format!("INSERT INTO {table} VALUES ('a', 1.5), ('b', -2.0), ('c', 4.25)"),
+        ],
+        None,
+    )
+    .await;
+    let port = server()
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .unwrap()
+        .to_owned();
+    for file in ["node.crt", "node.key", "ca.crt"] {
+        std::fs::write(dir.join(file), "").unwrap();
+    }
+    let config = |host: &str, ca: Option<&str>| {
+        let ca = ca.map_or(String::new(), |ca| format!(", ca = \"{ca}\""));
+        let text = format!(
+            "party = \"tax\"\nlisten = \"127.0.0.1:7002\"\ndata_dir = \"data\"\n\
+             [tls]\ncert = \"node.crt\"\nkey = \"node.key\"\nca = \"ca.crt\"\n\
+             [datasets.tax]\nid_column = \"id\"\n\
+             postgres = {{ connection = \"host={host} port={port} user=postgres dbname=postgres\", \
+             table = \"{table}\", password_env = \"UNSEEN_TEST_POSTGRES_PASSWORD\"{ca} }}\n"
+        );
+        node::config::NodeConfig::parse(&dir.join("tax.toml"), &text)
+    };
+    let load = |config: node::config::NodeConfig| {
+        tokio::task::spawn_blocking(move || {
+            node::internal::load_table(&config, "tax", false, &|_| fedlearn::Reading::Number)
+                .map_err(|e| e.to_string())
+        })
+    };
+
+    // Not on this machine and no ca: refused when the configuration is read.
+    let error = config("db.tax.example", None).unwrap_err().to_string();
+    assert!(
+        error.contains("datasets.tax.postgres.connection: a server not on this machine needs ca"),
+        "{error}"
+    );
+    assert!(config("db.tax.example", Some("ours/ca.crt")).is_ok());
+    let error = config("localhost", Some("missing.crt"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("datasets.tax.postgres.ca:") && error.contains("does not exist"),
+        "{error}"
+    );
+
+    // A server without TLS is not spoken to in the clear.
+    ssl(false).await;
+    let error = load(config("localhost", Some("ours/ca.crt")).unwrap())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(error.starts_with("dataset tax: postgres table"), "{error}");
+
+    ssl(true).await;
+    let started = std::time::Instant::now();
+    let table_read = loop {
+        match load(config("localhost", Some("ours/ca.crt")).unwrap())
+            .await
+            .unwrap()
+        {
+            Ok(table) => break table,
+            // The server takes up a reloaded configuration within moments.
+            Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(table_read.ids(), ["a", "b", "c"]);
+    assert_eq!(table_read.values().column(0).to_vec(), [1.5, -2.0, 4.25]);
+
+    // Another CA's certificate, or a certificate for another host: refused.
+    let error = load(config("localhost", Some("other/ca.crt")).unwrap())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        error.starts_with("dataset tax:") && error.contains("UnknownIssuer"),
+        "{error}"
+    );
+    let error = load(config("127.0.0.1", Some("ours/ca.crt")).unwrap())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        error.starts_with("dataset tax:") && error.contains("certificate not valid for name"),
+        "{error}"
+    );
+
+    ssl(false).await;
+    setup(vec![format!("DROP TABLE {table}")], None).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
