@@ -6,8 +6,8 @@
 //! cargo run --release --example load_memory -- [--rows 10000000] [--columns 20] [--dir DIR]
 //! ```
 //!
-//! The files are made once in DIR (default `target/load-memory`; about 2 GB of CSV and
-//! 1.6 GB of Parquet at the default size) and kept for later runs; each load runs in a fresh
+//! The files are made once in DIR (default `target/load-memory`; about 1.9 GB of CSV and
+//! 1.3 GB of Parquet at the default size) and kept for later runs; each load runs in a fresh
 //! process, whose peak resident set (VmHWM) is reported.
 
 use std::io::Write;
@@ -114,15 +114,6 @@ fn write_parquet(path: &Path, rows: usize, columns: usize) {
     writer.close().unwrap();
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
 /// Loads `file` as the node does (a configuration naming it as a dataset) and prints rows,
 /// seconds and the process's peak resident set.
 fn load(dir: &Path, file: &str) {
@@ -145,7 +136,7 @@ fn load(dir: &Path, file: &str) {
         "{file:<14} {} rows × {} columns in {seconds:.1} s; peak RSS {:.0} MiB (the f64 matrix: {matrix:.0} MiB)",
         table.rows(),
         table.features(),
-        peak_rss_mib(),
+        unseen::peak_rss_mib(),
     );
 }
 

@@ -55,15 +55,6 @@ fn party_ids(party: u64, n: u64, overlap: f64) -> IdColumn {
     ids
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
 /// Seconds for `count` variable-base scalar multiplications on the rayon pool.
 fn scalar_mult_seconds(count: u64) -> f64 {
     let scalar = Scalar::from(0x1234_5678_9abc_def1_u64) * Scalar::from(0x0fed_cba9_8765_4321_u64);
@@ -116,7 +107,7 @@ fn main() {
             elements as f64 / seconds / parties as f64,
             wire_bytes as f64 / (1 << 20) as f64,
             wire_bytes as f64 / elements as f64,
-            peak_rss_mib()
+            unseen::peak_rss_mib()
         );
         if args.bound {
             // Guest: one multiplication per own id and one per id of each host; each host: one

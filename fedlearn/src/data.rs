@@ -110,6 +110,9 @@ pub enum Cell<'a> {
     Integer(i64),
     /// A floating-point number (NaN is missing).
     Number(f64),
+    /// A decimal, `digits` × 10^−`scale` (a Parquet decimal, or an unsigned integer beyond
+    /// i64): an id or a category keeps its exact decimal text.
+    Decimal(i128, i8),
     /// Text, read as a CSV field is (empty, `NA`, `NaN` and `null` are missing).
     Text(&'a str),
 }
@@ -118,21 +121,55 @@ impl Cell<'_> {
     fn is_missing(&self) -> bool {
         match self {
             Cell::Missing => true,
-            Cell::Integer(_) => false,
+            Cell::Integer(_) | Cell::Decimal(..) => false,
             Cell::Number(v) => v.is_nan(),
             Cell::Text(t) => is_missing(t),
         }
     }
 
-    /// The cell as text: a category's key, or an id.
-    fn text(&self) -> std::borrow::Cow<'_, str> {
+    /// The cell as text, as a category's key or an id: integers and decimals exactly.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
         match self {
             Cell::Missing => "".into(),
             Cell::Integer(i) => i.to_string().into(),
             Cell::Number(v) => v.to_string().into(),
+            Cell::Decimal(digits, scale) => decimal_text(*digits, *scale).into(),
             Cell::Text(t) => (*t).into(),
         }
     }
+
+    /// The cell as a number, if it is one.
+    fn number(&self) -> Option<f64> {
+        match self {
+            Cell::Missing => None,
+            Cell::Integer(i) => Some(*i as f64),
+            Cell::Number(v) => Some(*v),
+            Cell::Decimal(digits, scale) => Some(match *scale {
+                s if s >= 0 => *digits as f64 / 10f64.powi(i32::from(s)),
+                s => *digits as f64 * 10f64.powi(-i32::from(s)),
+            }),
+            Cell::Text(field) => field.parse::<f64>().ok(),
+        }
+    }
+}
+
+/// `digits` × 10^−`scale` written out exactly: `12345, 2` → "123.45", `-5, 2` → "-0.05",
+/// `7, -2` → "700".
+fn decimal_text(digits: i128, scale: i8) -> String {
+    let sign = if digits < 0 { "-" } else { "" };
+    let magnitude = digits.unsigned_abs().to_string();
+    if scale <= 0 {
+        let zeros = if digits == 0 {
+            0
+        } else {
+            usize::from(scale.unsigned_abs())
+        };
+        return format!("{sign}{magnitude}{}", "0".repeat(zeros));
+    }
+    let scale = usize::from(scale.unsigned_abs());
+    let padded = format!("{magnitude:0>width$}", width = scale + 1);
+    let (whole, fraction) = padded.split_at(padded.len() - scale);
+    format!("{sign}{whole}.{fraction}")
 }
 
 /// Which columns a table is read from, and how.
@@ -228,7 +265,9 @@ impl Rows {
             let label = match cells[at] {
                 Cell::Text("0" | "0.0") | Cell::Integer(0) => 0.0,
                 Cell::Text("1" | "1.0") | Cell::Integer(1) => 1.0,
-                Cell::Number(y) if y == 0.0 || y == 1.0 => y,
+                cell @ (Cell::Number(_) | Cell::Decimal(..)) if matches!(cell.number(), Some(y) if y == 0.0 || y == 1.0) => {
+                    cell.number().unwrap_or_default().abs()
+                }
                 other => {
                     let other = other.text();
                     return Err(error(&names[at], format!("label {other:?} is not 0 or 1")));
@@ -258,13 +297,7 @@ impl Rows {
                 };
                 code as f64
             } else {
-                let number = match cell {
-                    Cell::Number(v) => Some(v),
-                    Cell::Integer(i) => Some(i as f64),
-                    Cell::Text(field) => field.parse::<f64>().ok(),
-                    Cell::Missing => None,
-                };
-                match number {
+                match cell.number() {
                     Some(v) if v.is_finite() => v,
                     _ => {
                         let field = cell.text();
@@ -769,6 +802,18 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_keep_their_exact_digits() {
+        let text = |digits, scale| Cell::Decimal(digits, scale).text().into_owned();
+        assert_eq!(text(12345, 2), "123.45");
+        assert_eq!(text(-5, 2), "-0.05");
+        assert_eq!(text(7, -2), "700");
+        assert_eq!(text(0, -2), "0");
+        assert_eq!(text(i128::from(u64::MAX), 0), "18446744073709551615");
+        assert_eq!(Cell::Decimal(-125, 2).number(), Some(-1.25));
+        assert_eq!(Cell::Decimal(3, -1).number(), Some(30.0));
+    }
 
     #[test]
     fn typed_cells_make_the_table_their_text_makes() {

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
-    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+    Decimal128Type, Decimal32Type, Decimal64Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef, Float64Array, PrimitiveArray, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
@@ -126,7 +126,7 @@ impl Ids {
                     first_row + row,
                     self.column
                 )),
-                cell => Ok(cell_text(cell)),
+                cell => Ok(cell.text().into_owned()),
             })
             .collect::<Result<Vec<String>, String>>()
             .map(Some)
@@ -224,20 +224,13 @@ fn unsupported(source: &str, column: &str, data_type: &DataType) -> String {
     )
 }
 
-fn cell_text(cell: Cell<'_>) -> String {
-    match cell {
-        Cell::Missing => String::new(),
-        Cell::Integer(i) => i.to_string(),
-        Cell::Number(v) => v.to_string(),
-        Cell::Text(t) => t.to_owned(),
-    }
-}
-
 /// One column of a record batch, by the type it holds.
 enum Column<'a> {
     Float(&'a dyn Array, Box<dyn Fn(usize) -> f64 + 'a>),
     Integer(&'a dyn Array, Box<dyn Fn(usize) -> i64 + 'a>),
     Text(&'a dyn Array, Box<dyn Fn(usize) -> &'a str + 'a>),
+    /// Digits and a decimal scale: decimals, and unsigned integers beyond i64.
+    Decimal(&'a dyn Array, Box<dyn Fn(usize) -> i128 + 'a>, i8),
     /// A dictionary-encoded column: per row, the index of its value.
     Dictionary(&'a dyn Array, Vec<usize>, Box<Column<'a>>),
 }
@@ -274,26 +267,23 @@ impl<'a> Column<'a> {
             DataType::UInt8 => Column::Integer(array, integer(array.as_primitive::<UInt8Type>())),
             DataType::UInt64 => {
                 let a = array.as_primitive::<UInt64Type>();
-                // Beyond i64, a number (ids that large are text in practice).
-                if a.values().iter().all(|v| i64::try_from(*v).is_ok()) {
-                    Column::Integer(array, Box::new(move |row| a.value(row) as i64))
-                } else {
-                    Column::Float(array, Box::new(move |row| a.value(row) as f64))
-                }
+                Column::Decimal(array, Box::new(move |row| i128::from(a.value(row))), 0)
             }
             DataType::Boolean => {
                 let a = array.as_boolean();
                 Column::Integer(array, Box::new(move |row| i64::from(a.value(row))))
             }
+            DataType::Decimal32(_, scale) => {
+                let a = array.as_primitive::<Decimal32Type>();
+                Column::Decimal(array, Box::new(move |row| i128::from(a.value(row))), *scale)
+            }
+            DataType::Decimal64(_, scale) => {
+                let a = array.as_primitive::<Decimal64Type>();
+                Column::Decimal(array, Box::new(move |row| i128::from(a.value(row))), *scale)
+            }
             DataType::Decimal128(_, scale) => {
                 let a = array.as_primitive::<Decimal128Type>();
-                let scale = *scale;
-                if scale == 0 && a.values().iter().all(|v| i64::try_from(*v).is_ok()) {
-                    Column::Integer(array, Box::new(move |row| a.value(row) as i64))
-                } else {
-                    let unit = 10f64.powi(i32::from(scale));
-                    Column::Float(array, Box::new(move |row| a.value(row) as f64 / unit))
-                }
+                Column::Decimal(array, Box::new(move |row| a.value(row)), *scale)
             }
             DataType::Utf8 => {
                 let a = array.as_string::<i32>();
@@ -327,6 +317,7 @@ impl<'a> Column<'a> {
             Column::Float(a, _)
             | Column::Integer(a, _)
             | Column::Text(a, _)
+            | Column::Decimal(a, ..)
             | Column::Dictionary(a, ..)
                 if a.is_null(row) =>
             {
@@ -335,6 +326,7 @@ impl<'a> Column<'a> {
             Column::Float(_, value) => Cell::Number(value(row)),
             Column::Integer(_, value) => Cell::Integer(value(row)),
             Column::Text(_, value) => Cell::Text(value(row)),
+            Column::Decimal(_, digits, scale) => Cell::Decimal(digits(row), *scale),
             Column::Dictionary(_, keys, values) => values.cell(keys[row]),
         }
     }
@@ -346,6 +338,7 @@ mod tests {
     use arrow_array::types::Int32Type as Key;
     use arrow_array::{
         BooleanArray, Date32Array, Decimal128Array, DictionaryArray, Float32Array, Int64Array,
+        UInt64Array,
     };
 
     fn write(path: &Path, columns: Vec<(&str, ArrayRef)>, rows_per_group: usize) {
@@ -477,6 +470,42 @@ mod tests {
         assert_eq!(table.rows(), n as usize - 1);
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].0, "c12345");
+
+        // Unsigned ids beyond i64 and decimal ids keep every digit; decimals read as numbers.
+        let wide = dir.join("wide.parquet");
+        let big = Decimal128Array::from(vec![123_456_789_012_345_678_901_234_567_890_i128, -5, -5])
+            .with_precision_and_scale(38, 0)
+            .unwrap();
+        let rate = Decimal128Array::from(vec![Some(1250_i128), Some(-5), None])
+            .with_precision_and_scale(10, 2)
+            .unwrap();
+        write(
+            &wide,
+            vec![
+                (
+                    "id",
+                    Arc::new(UInt64Array::from(vec![u64::MAX, 7, 8])) as ArrayRef,
+                ),
+                ("big", Arc::new(big)),
+                ("rate", Arc::new(rate)),
+            ],
+            10,
+        );
+        let reading = |name: &str| match name {
+            "big" => Reading::Text,
+            _ => Reading::Number,
+        };
+        let mut scoring = layout(&reading, true);
+        scoring.label_column = None;
+        let (table, bad) = read_table(&wide, &scoring).unwrap();
+        assert_eq!(bad.len(), 1, "a null decimal is missing");
+        assert_eq!(bad[0].0, "8");
+        assert_eq!(table.ids(), ["18446744073709551615", "7"]);
+        assert_eq!(
+            table.dictionary(0).unwrap(),
+            ["123456789012345678901234567890", "-5"]
+        );
+        assert_eq!(table.values().column(1).to_vec(), [12.5, -0.05]);
 
         // Ids for batch scoring, in batches, and a score file that reads back.
         let mut ids = Ids::open(&nulls, "id", 3000).unwrap();

@@ -294,12 +294,12 @@ impl PostgresSource {
             #[cfg(unix)]
             postgres::config::Host::Unix(_) => true,
         };
-        // A hostaddr is where the client connects, whatever the host says.
         if self.ca.is_some() {
             let mut settings = settings;
             settings.ssl_mode(postgres::config::SslMode::Require);
             return Ok(settings);
         }
+        // A hostaddr is where the client connects, whatever the host says.
         let addresses_local = settings.get_hostaddrs().iter().all(|ip| ip.is_loopback());
         if settings.get_hosts().is_empty()
             || !settings.get_hosts().iter().all(local)

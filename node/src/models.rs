@@ -48,33 +48,32 @@ fn resolve(
         return Err(none());
     };
     let ours = |m: &ModelRecord| owner(&m.role, &m.guest);
-    let exact = store.model(asked)?;
-    if version.is_some() || exact.is_some() {
-        return match exact {
-            Some(model) if !ours(&model) => Err(none()),
-            Some(model) if scored && model.archived_unix_ms.is_some() => Err(NotFound(format!(
-                "model {asked:?} is archived on {party}: it is no longer scored"
-            ))),
-            Some(model) => Ok(model),
-            None => match store.deleted_model(asked)? {
-                Some(gone) if owner(&gone.role, &gone.guest) => {
-                    Err(NotFound(format!("model {asked:?} was deleted on {party}")))
-                }
-                _ => Err(none()),
-            },
-        };
-    }
-    let mut versions = versions(store, name)?;
-    versions.sort_unstable_by(|a, b| b.cmp(a));
-    for version in versions {
-        match store.model(&format!("{name}@{version}"))? {
-            Some(model) if ours(&model) && !(scored && model.archived_unix_ms.is_some()) => {
-                return Ok(model)
+    let usable = |m: &ModelRecord| ours(m) && !(scored && m.archived_unix_ms.is_some());
+    if version.is_none() {
+        // A name: its latest version; an unversioned model of that id (made before versions)
+        // only when the name has no usable version.
+        let mut versions = versions(store, name)?;
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        for version in versions {
+            match store.model(&format!("{name}@{version}"))? {
+                Some(model) if usable(&model) => return Ok(model),
+                _ => {}
             }
-            _ => {}
         }
     }
-    Err(none())
+    match store.model(asked)? {
+        Some(model) if !ours(&model) => Err(none()),
+        Some(model) if scored && model.archived_unix_ms.is_some() => Err(NotFound(format!(
+            "model {asked:?} is archived on {party}: it is no longer scored"
+        ))),
+        Some(model) => Ok(model),
+        None => match store.deleted_model(asked)? {
+            Some(gone) if owner(&gone.role, &gone.guest) => {
+                Err(NotFound(format!("model {asked:?} was deleted on {party}")))
+            }
+            _ => Err(none()),
+        },
+    }
 }
 
 /// The versions of `name` held here (archived included).
@@ -196,12 +195,88 @@ pub(crate) fn delete(
 /// or deletes the version meant.
 fn one_version(store: &Store, party: &str, asked: &str) -> Result<ModelRecord, NodeError> {
     if let Some((name, None)) = split_model_id(asked) {
-        if store.model(asked)?.is_none() {
-            return Err(NodeError::BadRequest(format!(
+        // An unversioned id is a model of its own (made before versions), or a name.
+        return store.model(asked)?.ok_or_else(|| {
+            NodeError::BadRequest(format!(
                 "{asked:?} names a model, not one version: say which, as {name}@version \
                  (`unseen model list` shows them)"
-            )));
-        }
+            ))
+        });
     }
     held(store, party, asked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sealing::StoreKey;
+
+    fn model(id: &str, role: &str) -> ModelRecord {
+        ModelRecord {
+            model_id: id.into(),
+            job_id: "j".into(),
+            role: role.into(),
+            features: 1,
+            created_unix_ms: 1,
+            part_json: "{}".into(),
+            report_json: "{}".into(),
+            guest: "bank".into(),
+            hosts: vec!["tax".into()],
+            dataset: "d".into(),
+            pair_seeds: Default::default(),
+            archived_unix_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_name_means_its_latest_usable_version() {
+        let dir = std::env::temp_dir().join(format!("unseen-models-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, StoreKey::generate()).unwrap();
+        let guest = |role: &str, _: &str| role == "guest";
+        let served = |asked: &str| serving(&store, "bank", asked, &guest).map(|m| m.model_id);
+        // A model made before versions answers for its name until the name has a version.
+        store.put_model(&model("m", "guest")).unwrap();
+        assert_eq!(served("m").unwrap(), "m");
+        let refused = next_version(&store, "bank", &[], "m", false).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("set replace = true to train m@1"),
+            "{refused}"
+        );
+        assert_eq!(next_version(&store, "bank", &[], "m", true).unwrap(), "m@1");
+        store.put_model(&model("m@1", "guest")).unwrap();
+        store.put_model(&model("m@2", "guest")).unwrap();
+        store.put_model(&model("m@3", "host")).unwrap();
+        assert_eq!(
+            served("m").unwrap(),
+            "m@2",
+            "the latest of this node's role"
+        );
+        archive(&store, "bank", "m@2", "ops").unwrap();
+        assert_eq!(served("m").unwrap(), "m@1");
+        assert!(served("m@2")
+            .unwrap_err()
+            .to_string()
+            .contains("is archived"));
+        assert_eq!(held(&store, "bank", "m@2").unwrap().model_id, "m@2");
+        delete(&store, "bank", "m@1", "ops").unwrap();
+        assert_eq!(served("m").unwrap(), "m", "no version left: the old model");
+        assert!(served("m@1")
+            .unwrap_err()
+            .to_string()
+            .contains("was deleted"));
+        // Versions go on past every one made, deleted or held by another role.
+        assert_eq!(next_version(&store, "bank", &[], "m", true).unwrap(), "m@4");
+        // An operator names one version; an unversioned model is its own exact id.
+        store.put_model(&model("n@1", "guest")).unwrap();
+        let error = delete(&store, "bank", "n", "ops").unwrap_err().to_string();
+        assert!(error.contains("names a model, not one version"), "{error}");
+        delete(&store, "bank", "m", "ops").unwrap();
+        assert!(served("m").is_err());
+        assert!(store.model("m@3").unwrap().is_some(), "not a version");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -48,7 +48,7 @@ fn samples() -> Result<Vec<(&'static str, Vec<u8>)>, PsiError> {
         guest: "bank".into(),
         dataset: "filings".into(),
         hosts: vec!["tax".into(), "utilities".into()],
-        model_id: "sme-credit".into(),
+        model_id: "sme-credit@1".into(),
         batch_rows: 4096,
         guest_features: 13,
         prep: r#"{"default":{"bins":{"kind":"quantile","count":10}}}"#.into(),

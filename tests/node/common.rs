@@ -182,6 +182,35 @@ impl Federation {
     }
 }
 
+/// One epoch trained on the tax bureau's CSV (model `sme-csv`), then its dataset moved to
+/// `source` (the `[datasets.tax]` lines replacing `path = "tax.csv"`; the configuration read
+/// again, no restart) and the same job trained again (`sme-credit`): the tax bureau's model
+/// parts must be equal, bit for bit.
+pub(crate) async fn trains_as_from_csv(federation: &Federation, source: &str) {
+    let one_epoch = TRAIN.replace("max_epochs = 8", "max_epochs = 1");
+    let spec = federation.spec("csv.toml", &one_epoch.replace("sme-credit", "sme-csv"));
+    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
+    assert!(ok, "{stderr}");
+    let tax_toml = federation.dir.join("tax.toml");
+    let config = std::fs::read_to_string(&tax_toml).unwrap();
+    let csv_source = "[datasets.tax]\npath = \"tax.csv\"\n";
+    assert!(config.contains(csv_source), "{config}");
+    std::fs::write(&tax_toml, config.replace(csv_source, source)).unwrap();
+    let tax = federation.node_arg("tax");
+    let (ok, out, err) = federation.cli(&["config", "reload", "--node", &tax]).await;
+    assert!(ok && out.contains("in force: datasets"), "{out}{err}");
+    let spec = federation.spec("moved.toml", &one_epoch);
+    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
+    assert!(ok, "{stderr}");
+    let part = |model: &str| {
+        let record = federation.state("tax").store.model(model).unwrap().unwrap();
+        let mut part: serde_json::Value = serde_json::from_str(&record.part_json).unwrap();
+        part["model_id"] = serde_json::Value::Null;
+        part
+    };
+    assert_eq!(part("sme-csv@1"), part("sme-credit@1"));
+}
+
 /// A training proposal of the bank to the tax bureau alone, as the bank's node sends it
 /// (training version 1 of the model `name`).
 pub(crate) fn proposal(job_id: String, name: &str) -> JobProposal {

@@ -32,7 +32,7 @@ fn configuration_errors_name_the_key_or_file() {
                 "{base}[datasets.bank]\nid_column = \"id\"\npostgres = {{ connection = \
                  \"host=db.example user=u\", table = \"t\" }}\n"
             ),
-            "datasets.bank.postgres.connection: the server must be on this machine",
+            "datasets.bank.postgres.connection: a server not on this machine needs ca",
         ),
         (
             format!(

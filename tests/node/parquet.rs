@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 
-use crate::common::{Federation, TRAIN};
+use crate::common::{trains_as_from_csv, Federation};
 
 /// Writes `columns` to `path` as Parquet: Zstandard pages, row groups of `rows_per_group`.
 pub(crate) fn write_parquet(
@@ -53,32 +53,8 @@ fn tax_as_parquet(federation: &Federation, null_at: Option<&str>) -> (Vec<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hosts_dataset_in_parquet_trains_as_its_csv_does() {
     let federation = Federation::start("parquet", false).await;
-    let one_epoch = TRAIN.replace("max_epochs = 8", "max_epochs = 1");
-    let spec = federation.spec("csv.toml", &one_epoch.replace("sme-credit", "sme-csv"));
-    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
-    assert!(ok, "{stderr}");
-
     let (tax_ids, _) = tax_as_parquet(&federation, None);
-    let tax_toml = federation.dir.join("tax.toml");
-    let config = std::fs::read_to_string(&tax_toml).unwrap();
-    let csv_source = "[datasets.tax]\npath = \"tax.csv\"\n";
-    assert!(config.contains(csv_source), "{config}");
-    let parquet_source = "[datasets.tax]\npath = \"tax.parquet\"\n";
-    std::fs::write(&tax_toml, config.replace(csv_source, parquet_source)).unwrap();
-    let tax = federation.node_arg("tax");
-    let (ok, out, err) = federation.cli(&["config", "reload", "--node", &tax]).await;
-    assert!(ok && out.contains("in force: datasets"), "{out}{err}");
-
-    let spec = federation.spec("parquet.toml", &one_epoch);
-    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
-    assert!(ok, "{stderr}");
-    let part = |model: &str| {
-        let record = federation.state("tax").store.model(model).unwrap().unwrap();
-        let mut part: serde_json::Value = serde_json::from_str(&record.part_json).unwrap();
-        part["model_id"] = serde_json::Value::Null;
-        part
-    };
-    assert_eq!(part("sme-csv@1"), part("sme-credit@1"));
+    trains_as_from_csv(&federation, "[datasets.tax]\npath = \"tax.parquet\"\n").await;
 
     // A null in a column read as a number: named for the tax bureau's operator; scoring
     // leaves that id alone out.

@@ -2,7 +2,7 @@
 //! `source .ci/test-env`), whose connection settings and password come in
 //! `UNSEEN_TEST_POSTGRES` and `UNSEEN_TEST_POSTGRES_PASSWORD`.
 
-use crate::common::{Federation, TRAIN};
+use crate::common::{trains_as_from_csv, Federation};
 
 fn server() -> String {
     std::env::var("UNSEEN_TEST_POSTGRES").expect(
@@ -54,11 +54,6 @@ async fn load_error(config: node::config::NodeConfig) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hosts_dataset_in_postgresql_trains_as_its_csv_does() {
     let federation = Federation::start("postgres", false).await;
-    let one_epoch = TRAIN.replace("max_epochs = 8", "max_epochs = 1");
-    let spec = federation.spec("csv.toml", &one_epoch.replace("sme-credit", "sme-csv"));
-    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
-    assert!(ok, "{stderr}");
-
     let table = format!("tax_{}", std::process::id());
     let csv = std::fs::read_to_string(federation.dir.join("tax.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
@@ -77,30 +72,12 @@ async fn a_hosts_dataset_in_postgresql_trains_as_its_csv_does() {
         Some((table.clone(), csv.clone())),
     )
     .await;
-    let tax_toml = federation.dir.join("tax.toml");
-    let config = std::fs::read_to_string(&tax_toml).unwrap();
-    let csv_source = "[datasets.tax]\npath = \"tax.csv\"\n";
-    assert!(config.contains(csv_source), "{config}");
     let database = format!(
         "[datasets.tax]\npostgres = {{ connection = \"{}\", table = \"{table}\", \
          password_env = \"UNSEEN_TEST_POSTGRES_PASSWORD\" }}\n",
         server()
     );
-    std::fs::write(&tax_toml, config.replace(csv_source, &database)).unwrap();
-    let tax = federation.node_arg("tax");
-    let (ok, out, err) = federation.cli(&["config", "reload", "--node", &tax]).await;
-    assert!(ok && out.contains("in force: datasets"), "{out}{err}");
-
-    let spec = federation.spec("postgres.toml", &one_epoch);
-    let (ok, _, stderr) = federation.cli(&["train", &spec]).await;
-    assert!(ok, "{stderr}");
-    let part = |model: &str| {
-        let record = federation.state("tax").store.model(model).unwrap().unwrap();
-        let mut part: serde_json::Value = serde_json::from_str(&record.part_json).unwrap();
-        part["model_id"] = serde_json::Value::Null;
-        part
-    };
-    assert_eq!(part("sme-csv@1"), part("sme-credit@1"));
+    trains_as_from_csv(&federation, &database).await;
 
     // A NULL in a column read as a number: named for the tax bureau's operator.
     let tax_ids: std::collections::HashSet<&str> = csv

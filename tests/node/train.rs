@@ -621,23 +621,28 @@ async fn batch_scoring_writes_every_id(
         .collect();
     std::fs::write(&input, text).unwrap();
     let platform = federation.inner.platform().display().to_string();
-    let (ok, stdout, stderr) = federation
-        .cli(&[
-            "score",
-            "--identity",
-            &platform,
-            "--model",
-            "sme-credit",
-            "--input",
-            &input.display().to_string(),
-            "--output",
-            &output.display().to_string(),
-            "--id-column",
-            "enterprise",
-            "--batch",
-            "500",
-        ])
-        .await;
+    let score_file = |input: &std::path::Path, output: &std::path::Path| {
+        let (input, output) = (input.display().to_string(), output.display().to_string());
+        let platform = platform.clone();
+        async move {
+            let args = ["score", "--identity", &platform, "--model", "sme-credit"];
+            let files = [
+                "--input",
+                &input,
+                "--output",
+                &output,
+                "--id-column",
+                "enterprise",
+            ];
+            let args: Vec<&str> = args
+                .into_iter()
+                .chain(files)
+                .chain(["--batch", "500"])
+                .collect();
+            federation.cli(&args).await
+        }
+    };
+    let (ok, stdout, stderr) = score_file(&input, &output).await;
     assert!(ok, "{stdout}{stderr}");
     let rows: Vec<Vec<String>> = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -670,23 +675,7 @@ async fn batch_scoring_writes_every_id(
             .collect::<arrow_array::StringArray>(),
     );
     crate::parquet::write_parquet(&input, vec![("enterprise", column)], 700);
-    let (ok, stdout, stderr) = federation
-        .cli(&[
-            "score",
-            "--identity",
-            &platform,
-            "--model",
-            "sme-credit",
-            "--input",
-            &input.display().to_string(),
-            "--output",
-            &output.display().to_string(),
-            "--id-column",
-            "enterprise",
-            "--batch",
-            "500",
-        ])
-        .await;
+    let (ok, stdout, stderr) = score_file(&input, &output).await;
     assert!(
         ok && stdout.contains("ids scored with sme-credit@1"),
         "{stdout}{stderr}"

@@ -107,11 +107,11 @@ enum Command {
         #[arg(required_unless_present = "input", conflicts_with = "input")]
         ids: Vec<String>,
         /// A CSV file of ids to score (a header row; the ids in --id-column), or a Parquet
-        /// file (named *.parquet), streamed in batches; needs --output.
+        /// file (named *.parquet or *.parq), streamed in batches; needs --output.
         #[arg(long, requires = "output")]
         input: Option<PathBuf>,
         /// Where the scores go: id, probability, points, band, error (one row per input id, in
-        /// order), as CSV, or as Parquet when named *.parquet. Written whole, then renamed
+        /// order), as CSV, or as Parquet when named *.parquet or *.parq. Written whole, then renamed
         /// into place.
         #[arg(long, requires = "input")]
         output: Option<PathBuf>,

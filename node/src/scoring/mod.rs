@@ -72,6 +72,14 @@ impl ScoreCache {
 }
 
 impl ScoreCache {
+    /// Forgets a model's index (its scores), as when the model is archived or deleted.
+    pub(crate) fn forget_model(&self, model_id: &str) {
+        self.indexes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(model_id);
+    }
+
     /// Forgets every scoring index (the datasets they were built from may have moved).
     pub(crate) fn forget_indexes(&self) {
         self.indexes

@@ -212,6 +212,7 @@ impl Jobs for JobsService {
             crate::models::archive(&node.store, &node.config().party, &asked, &operator)
         })
         .await??;
+        self.node.scores.forget_model(&model.model_id);
         Ok(Response::new(summary_proto(&model)))
     }
 
@@ -226,6 +227,8 @@ impl Jobs for JobsService {
             crate::models::delete(&node.store, &node.config().party, &asked, &operator)
         })
         .await??;
+        // Nothing computed from its weights stays in memory either.
+        self.node.scores.forget_model(&gone.model_id);
         Ok(Response::new(proto::ModelSummary {
             model_id: gone.model_id,
             job_id: gone.job_id,
