@@ -263,15 +263,18 @@ impl Rows {
         }
         if let Some(at) = self.label_at {
             let label = match cells[at] {
-                Cell::Text("0" | "0.0") | Cell::Integer(0) => 0.0,
-                Cell::Text("1" | "1.0") | Cell::Integer(1) => 1.0,
-                cell @ (Cell::Number(_) | Cell::Decimal(..)) if matches!(cell.number(), Some(y) if y == 0.0 || y == 1.0) => {
-                    cell.number().unwrap_or_default().abs()
-                }
-                other => {
-                    let other = other.text();
-                    return Err(error(&names[at], format!("label {other:?} is not 0 or 1")));
-                }
+                Cell::Text("0" | "0.0") => Some(0.0),
+                Cell::Text("1" | "1.0") => Some(1.0),
+                Cell::Text(_) => None,
+                // -0.0 is 0.
+                typed => typed
+                    .number()
+                    .filter(|y| *y == 0.0 || *y == 1.0)
+                    .map(f64::abs),
+            };
+            let Some(label) = label else {
+                let other = cells[at].text();
+                return Err(error(&names[at], format!("label {other:?} is not 0 or 1")));
             };
             self.labels.push(label);
         }

@@ -91,6 +91,8 @@ pub(crate) struct Ids {
     source: String,
     reader: ParquetRecordBatchReader,
     column: String,
+    /// The data row (from 1) the next batch starts on.
+    row: usize,
 }
 
 impl Ids {
@@ -107,17 +109,21 @@ impl Ids {
             source,
             reader,
             column: column.to_owned(),
+            row: 1,
         })
     }
 
-    /// The next batch of ids; a null id is refused, naming its row.
-    pub(crate) fn next_batch(&mut self, first_row: usize) -> Result<Option<Vec<String>>, String> {
+    /// The next batch of ids with the data row it starts on; a null id is refused, naming
+    /// its row.
+    pub(crate) fn next_batch(&mut self) -> Result<Option<(usize, Vec<String>)>, String> {
         let Some(batch) = self.reader.next() else {
             return Ok(None);
         };
         let batch = batch.map_err(|e| format!("{}: {e}", self.source))?;
         let column = Column::of(batch.column(0))
             .map_err(|why| unsupported(&self.source, &self.column, why))?;
+        let first_row = self.row;
+        self.row += batch.num_rows();
         (0..batch.num_rows())
             .map(|row| match column.cell(row) {
                 Cell::Missing => Err(format!(
@@ -129,7 +135,7 @@ impl Ids {
                 cell => Ok(cell.text().into_owned()),
             })
             .collect::<Result<Vec<String>, String>>()
-            .map(Some)
+            .map(|ids| Some((first_row, ids)))
     }
 }
 
@@ -509,12 +515,12 @@ mod tests {
 
         // Ids for batch scoring, in batches, and a score file that reads back.
         let mut ids = Ids::open(&nulls, "id", 3000).unwrap();
-        let (mut count, mut row) = (0, 1);
-        while let Some(batch) = ids.next_batch(row).unwrap() {
+        let mut count = 0;
+        while let Some((row, batch)) = ids.next_batch().unwrap() {
             assert!(batch.len() <= 3000);
+            assert_eq!(row, count + 1);
             assert_eq!(batch[0], format!("c{count}"));
             count += batch.len();
-            row += batch.len();
         }
         assert_eq!(count, n as usize);
         let error = Ids::open(&nulls, "ident", 10).err().unwrap();

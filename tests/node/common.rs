@@ -182,6 +182,17 @@ impl Federation {
     }
 }
 
+/// Loads dataset "tax" of `config` as the node's jobs and scoring do (on a blocking thread),
+/// every column read as a number.
+pub(crate) async fn load_tax(config: node::config::NodeConfig) -> Result<fedlearn::Table, String> {
+    tokio::task::spawn_blocking(move || {
+        node::internal::load_table(&config, "tax", false, &|_| fedlearn::Reading::Number)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap()
+}
+
 /// One epoch trained on the tax bureau's CSV (model `sme-csv`), then its dataset moved to
 /// `source` (the `[datasets.tax]` lines replacing `path = "tax.csv"`; the configuration read
 /// again, no restart) and the same job trained again (`sme-credit`): the tax bureau's model

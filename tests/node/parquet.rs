@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 
-use crate::common::{trains_as_from_csv, Federation};
+use crate::common::{load_tax, trains_as_from_csv, Federation};
 
 /// Writes `columns` to `path` as Parquet: Zstandard pages, row groups of `rows_per_group`.
 pub(crate) fn write_parquet(
@@ -67,13 +67,7 @@ async fn a_hosts_dataset_in_parquet_trains_as_its_csv_does() {
     let (_, column) = tax_as_parquet(&federation, Some(&ids[0]));
     let row = tax_ids.iter().position(|id| *id == ids[0]).unwrap() + 1;
     let config = (*federation.state("tax").config()).clone();
-    let error = tokio::task::spawn_blocking(move || {
-        node::internal::load_table(&config, "tax", false, &|_| fedlearn::Reading::Number)
-            .unwrap_err()
-            .to_string()
-    })
-    .await
-    .unwrap();
+    let error = load_tax(config).await.unwrap_err();
     assert!(
         error.contains(&format!(
             "tax.parquet, row {row}, column \"{column}\": missing value"

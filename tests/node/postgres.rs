@@ -2,7 +2,7 @@
 //! `source .ci/test-env`), whose connection settings and password come in
 //! `UNSEEN_TEST_POSTGRES` and `UNSEEN_TEST_POSTGRES_PASSWORD`.
 
-use crate::common::{trains_as_from_csv, Federation};
+use crate::common::{load_tax, trains_as_from_csv, Federation};
 
 fn server() -> String {
     std::env::var("UNSEEN_TEST_POSTGRES").expect(
@@ -11,14 +11,19 @@ fn server() -> String {
     )
 }
 
+/// A connection to the test server as its superuser.
+fn client() -> postgres::Client {
+    let mut settings: postgres::Config = server().parse().unwrap();
+    settings.password(std::env::var("UNSEEN_TEST_POSTGRES_PASSWORD").unwrap());
+    settings.connect(postgres::NoTls).unwrap()
+}
+
 /// Runs `sql` statements on the test server, and copies `csv` (with its header) into `table`
 /// when given.
 async fn setup(sql: Vec<String>, copy: Option<(String, String)>) {
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut settings: postgres::Config = server().parse().unwrap();
-        settings.password(std::env::var("UNSEEN_TEST_POSTGRES_PASSWORD").unwrap());
-        let mut client = settings.connect(postgres::NoTls).unwrap();
+        let mut client = client();
         for statement in sql {
             client.batch_execute(&statement).unwrap();
         }
@@ -34,18 +39,6 @@ async fn setup(sql: Vec<String>, copy: Option<(String, String)>) {
     })
     .await
     .unwrap();
-}
-
-/// Why loading dataset "tax" of `config` fails (on a blocking thread, as the node's jobs and
-/// scoring load datasets).
-async fn load_error(config: node::config::NodeConfig) -> String {
-    tokio::task::spawn_blocking(move || {
-        node::internal::load_table(&config, "tax", false, &|_| fedlearn::Reading::Number)
-            .unwrap_err()
-            .to_string()
-    })
-    .await
-    .unwrap()
 }
 
 /// The tax bureau moves its dataset from its CSV into a PostgreSQL table (configuration read
@@ -100,7 +93,9 @@ async fn a_hosts_dataset_in_postgresql_trains_as_its_csv_does() {
         None,
     )
     .await;
-    let error = load_error((*federation.state("tax").config()).clone()).await;
+    let error = load_tax((*federation.state("tax").config()).clone())
+        .await
+        .unwrap_err();
     assert!(
         error.contains(&format!("postgres table \"{table}\" (as CSV)"))
             && error.contains(&format!("column \"{column}\""))
@@ -138,7 +133,7 @@ async fn a_hosts_dataset_in_postgresql_trains_as_its_csv_does() {
         (wrong_password, "password authentication failed"),
         (unreachable, "error connecting to server"),
     ] {
-        let error = load_error(config).await;
+        let error = load_tax(config).await.unwrap_err();
         assert!(
             error.starts_with(&format!("dataset tax: postgres table \"{table}\""))
                 && error.contains(why),
@@ -166,10 +161,7 @@ async fn a_hosts_dataset_in_postgresql_trains_as_its_csv_does() {
 /// statement, as text (for `SHOW`).
 async fn query_one(sql: &'static str) -> String {
     tokio::task::spawn_blocking(move || {
-        let mut settings: postgres::Config = server().parse().unwrap();
-        settings.password(std::env::var("UNSEEN_TEST_POSTGRES_PASSWORD").unwrap());
-        let mut client = settings.connect(postgres::NoTls).unwrap();
-        let row = client.query_one(sql, &[]).unwrap();
+        let row = client().query_one(sql, &[]).unwrap();
         row.get::<_, String>(0)
     })
     .await
@@ -252,13 +244,6 @@ async fn a_database_elsewhere_is_read_over_verified_tls() {
         );
         node::config::NodeConfig::parse(&dir.join("tax.toml"), &text)
     };
-    let load = |config: node::config::NodeConfig| {
-        tokio::task::spawn_blocking(move || {
-            node::internal::load_table(&config, "tax", false, &|_| fedlearn::Reading::Number)
-                .map_err(|e| e.to_string())
-        })
-    };
-
     // Not on this machine and no ca: refused when the configuration is read.
     let error = config("db.tax.example", None).unwrap_err().to_string();
     assert!(
@@ -276,19 +261,15 @@ async fn a_database_elsewhere_is_read_over_verified_tls() {
 
     // A server without TLS is not spoken to in the clear.
     ssl(false).await;
-    let error = load(config("localhost", Some("ours/ca.crt")).unwrap())
+    let error = load_tax(config("localhost", Some("ours/ca.crt")).unwrap())
         .await
-        .unwrap()
         .unwrap_err();
     assert!(error.starts_with("dataset tax: postgres table"), "{error}");
 
     ssl(true).await;
     let started = std::time::Instant::now();
     let table_read = loop {
-        match load(config("localhost", Some("ours/ca.crt")).unwrap())
-            .await
-            .unwrap()
-        {
+        match load_tax(config("localhost", Some("ours/ca.crt")).unwrap()).await {
             Ok(table) => break table,
             // The server takes up a reloaded configuration within moments.
             Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
@@ -302,17 +283,15 @@ async fn a_database_elsewhere_is_read_over_verified_tls() {
     assert_eq!(table_read.values().column(0).to_vec(), [1.5, -2.0, 4.25]);
 
     // Another CA's certificate, or a certificate for another host: refused.
-    let error = load(config("localhost", Some("other/ca.crt")).unwrap())
+    let error = load_tax(config("localhost", Some("other/ca.crt")).unwrap())
         .await
-        .unwrap()
         .unwrap_err();
     assert!(
         error.starts_with("dataset tax:") && error.contains("UnknownIssuer"),
         "{error}"
     );
-    let error = load(config("127.0.0.1", Some("ours/ca.crt")).unwrap())
+    let error = load_tax(config("127.0.0.1", Some("ours/ca.crt")).unwrap())
         .await
-        .unwrap()
         .unwrap_err();
     assert!(
         error.starts_with("dataset tax:") && error.contains("certificate not valid for name"),

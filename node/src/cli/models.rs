@@ -126,21 +126,19 @@ pub(super) struct ScoreFiles {
 /// Where the ids of a batch-scoring run come from: a CSV file's column, or a Parquet file's.
 enum IdSource {
     Csv {
+        input: String,
+        column: String,
         records: csv::StringRecordsIntoIter<std::fs::File>,
         at: usize,
         line: usize,
     },
-    Parquet {
-        ids: crate::columnar::Ids,
-        row: usize,
-    },
+    Parquet(crate::columnar::Ids),
 }
 
 impl IdSource {
     fn open(input: &Path, id_column: &str, batch: usize) -> Result<IdSource, String> {
         if crate::columnar::is_parquet(input) {
-            let ids = crate::columnar::Ids::open(input, id_column, batch)?;
-            return Ok(IdSource::Parquet { ids, row: 1 });
+            return crate::columnar::Ids::open(input, id_column, batch).map(IdSource::Parquet);
         }
         let named = |e: &dyn std::fmt::Display| format!("{}: {e}", input.display());
         let mut reader = csv::ReaderBuilder::new()
@@ -159,6 +157,8 @@ impl IdSource {
                 )
             })?;
         Ok(IdSource::Csv {
+            input: input.display().to_string(),
+            column: id_column.to_owned(),
             records: reader.into_records(),
             at,
             line: 2,
@@ -167,32 +167,30 @@ impl IdSource {
 
     /// Up to `batch` more ids, with where the first was read ("line 7", "row 1"); `None` at
     /// the end.
-    fn next(
-        &mut self,
-        input: &Path,
-        id_column: &str,
-        batch: usize,
-    ) -> Result<Option<(String, Vec<String>)>, String> {
+    fn next(&mut self, batch: usize) -> Result<Option<(String, Vec<String>)>, String> {
         match self {
-            IdSource::Csv { records, at, line } => {
+            IdSource::Csv {
+                input,
+                column,
+                records,
+                at,
+                line,
+            } => {
                 let first = format!("line {line}");
                 let mut ids = Vec::with_capacity(batch);
                 for record in records.by_ref().take(batch) {
-                    let record = record.map_err(|e| format!("{}: {e}", input.display()))?;
-                    let id = record.get(*at).ok_or_else(|| {
-                        format!("{}: line {line}: no field {id_column:?}", input.display())
-                    })?;
+                    let record = record.map_err(|e| format!("{input}: {e}"))?;
+                    let id = record
+                        .get(*at)
+                        .ok_or_else(|| format!("{input}: line {line}: no field {column:?}"))?;
                     ids.push(id.to_owned());
                     *line = record.position().map_or(*line, |p| p.line() as usize + 1);
                 }
                 Ok((!ids.is_empty()).then_some((first, ids)))
             }
-            IdSource::Parquet { ids, row } => {
-                let first = format!("row {row}");
-                let batch = ids.next_batch(*row)?;
-                *row += batch.as_ref().map_or(0, Vec::len);
-                Ok(batch.map(|ids| (first, ids)))
-            }
+            IdSource::Parquet(ids) => Ok(ids
+                .next_batch()?
+                .map(|(row, ids)| (format!("row {row}"), ids))),
         }
     }
 }
@@ -269,7 +267,7 @@ pub(super) async fn score_file(
         channel(&target.node, &target.identity).await?,
     );
     let (mut scored, mut unscorable) = (0usize, 0usize);
-    while let Some((first, ids)) = source.next(&input, &id_column, batch)? {
+    while let Some((first, ids)) = source.next(batch)? {
         let mut pause = std::time::Duration::from_secs(1);
         let reply = loop {
             let request = crate::proto::ScoreRequest {
