@@ -6,15 +6,14 @@
 //!
 //! Prints wall time, throughput, bytes on the wire and peak resident memory for each run.
 //! `--bound` also times the unavoidable work: the two variable-base scalar multiplications per
-//! element per party, on the same thread pool, and prints the ratio of the run to that floor.
+//! element per party, on the same thread pool and with the same arithmetic, and prints the ratio
+//! of the run to that floor. `--portable` makes PSI use curve25519-dalek even on a CPU with
+//! AVX-512 IFMA, to compare the two arithmetics on one machine.
 
 use std::time::Instant;
 
 use clap::Parser;
-use curve25519_dalek::ristretto::RistrettoPoint;
-use curve25519_dalek::scalar::Scalar;
 use psi::{run_in_memory, DuplicatePolicy, GuestConfig, HostInput, IdColumn};
-use rayon::prelude::*;
 
 /// PSI between a guest and one or two hosts in one process, on generated ids.
 #[derive(Parser)]
@@ -31,6 +30,9 @@ struct Args {
     /// Also time the floor: two scalar multiplications per element per party.
     #[arg(long)]
     bound: bool,
+    /// Use the portable arithmetic (curve25519-dalek) even where AVX-512 IFMA is available.
+    #[arg(long)]
+    portable: bool,
 }
 
 fn fraction(text: &str) -> Result<f64, String> {
@@ -57,25 +59,22 @@ fn party_ids(party: u64, n: u64, overlap: f64) -> IdColumn {
 
 /// Seconds for `count` variable-base scalar multiplications on the rayon pool.
 fn scalar_mult_seconds(count: u64) -> f64 {
-    let scalar = Scalar::from(0x1234_5678_9abc_def1_u64) * Scalar::from(0x0fed_cba9_8765_4321_u64);
-    let base = RistrettoPoint::from_uniform_bytes(&[7; 64]);
     let start = Instant::now();
-    let sum = (0..count)
-        .into_par_iter()
-        .map(|i| base * (scalar + Scalar::from(i)))
-        .reduce(RistrettoPoint::default, |a, b| a + b);
-    std::hint::black_box(sum);
+    psi::internal::multiplication_floor(count as usize);
     start.elapsed().as_secs_f64()
 }
 
 fn main() {
     let args = Args::parse();
+    psi::internal::force_portable(args.portable);
     println!(
-        "PSI, {} ids per party, {:.0}% common, {} threads",
+        "PSI, {} ids per party, {:.0}% common, {} threads, {}",
         args.n,
         args.overlap * 100.0,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        psi::arithmetic()
     );
+    println!("CPU: {}", unseen::cpu_summary());
     for parties in args.parties.iter().map(|&p| usize::from(p)) {
         let guest = party_ids(0, args.n, args.overlap);
         let hosts = (1..parties as u64)

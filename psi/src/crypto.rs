@@ -1,8 +1,15 @@
 //! The group operations: hashing ids to Ristretto255, blinding, re-blinding and tags.
 //!
-//! Every blinding multiplies by `k/2` and then uses `double_and_compress_batch`, which encodes
-//! `2·(k/2)·P = k·P` for a whole batch with one field inversion instead of one inverse square
-//! root per point. That keeps the cost per element close to the bare scalar multiplication.
+//! Two arithmetics compute the same bytes, chosen at run time ([`Arithmetic::detect`]):
+//!
+//! - on a CPU with AVX-512 IFMA, [`crate::ifma`] takes eight ids or points at a time through
+//!   hashing or decoding, the multiplication by the key and encoding, all eight lanes wide;
+//! - elsewhere, curve25519-dalek one point at a time: every blinding multiplies by `k/2` and then
+//!   uses `double_and_compress_batch`, which encodes `2·(k/2)·P = k·P` for a whole chunk with one
+//!   field inversion instead of one inverse square root per point.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
@@ -11,6 +18,8 @@ use sha2::{Digest, Sha256, Sha512};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::PsiError;
+#[cfg(target_arch = "x86_64")]
+use crate::ifma::{Digits, Ifma, LANES};
 
 /// Domain separator of the hash from ids to group elements.
 const HASH_TO_POINT_DOMAIN: &[u8] = b"unseen/psi/v1/hash-to-ristretto255";
@@ -62,10 +71,11 @@ fn getrandom_fill(bytes: &mut [u8]) -> Result<(), PsiError> {
         .map_err(|e| PsiError::Randomness(e.to_string()))
 }
 
-/// A party's secret exponent for one job. Only `k/2` is kept (see the module doc); it is
-/// zeroised on drop and never printed.
+/// A party's secret exponent `k` for one job, and `k/2` for the portable arithmetic (see the
+/// module doc); zeroised on drop and never printed.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub(crate) struct BlindingKey {
+    full: Scalar,
     half: Scalar,
 }
 
@@ -93,6 +103,7 @@ impl BlindingKey {
 
     pub(crate) fn from_scalar(key: &Scalar) -> Self {
         BlindingKey {
+            full: *key,
             half: key.div_by_2(),
         }
     }
@@ -104,9 +115,9 @@ fn map_to_group(uniform: &[u8; 64]) -> RistrettoPoint {
     RistrettoPoint::from_uniform_bytes(uniform)
 }
 
-/// H(salt, id): SHA-512 over a length-prefixed, domain-separated encoding, mapped to the group
-/// with [`map_to_group`].
-pub(crate) fn hash_to_point(salt: &JobSalt, id: &[u8]) -> RistrettoPoint {
+/// SHA-512 over a length-prefixed, domain-separated encoding of (salt, id): the input of
+/// [`map_to_group`].
+fn uniform_of(salt: &JobSalt, id: &[u8]) -> [u8; 64] {
     let digest = Sha512::new()
         .chain_update(HASH_TO_POINT_DOMAIN)
         .chain_update(salt.0)
@@ -115,19 +126,109 @@ pub(crate) fn hash_to_point(salt: &JobSalt, id: &[u8]) -> RistrettoPoint {
         .finalize();
     let mut uniform = [0u8; 64];
     uniform.copy_from_slice(&digest);
-    map_to_group(&uniform)
+    uniform
+}
+
+/// H(salt, id): [`uniform_of`] mapped to the group with [`map_to_group`].
+pub(crate) fn hash_to_point(salt: &JobSalt, id: &[u8]) -> RistrettoPoint {
+    map_to_group(&uniform_of(salt, id))
 }
 
 /// The tag of a compressed double-blinded point: SHA-256 (hardware-accelerated where the CPU
 /// has SHA extensions) truncated to [`TAG_LEN`] bytes.
-pub(crate) fn tag_of(point: &CompressedRistretto) -> Tag {
+pub(crate) fn tag_of(point: &WirePoint) -> Tag {
     let digest = Sha256::new()
         .chain_update(TAG_DOMAIN)
-        .chain_update(point.as_bytes())
+        .chain_update(point)
         .finalize();
     let mut tag = [0u8; TAG_LEN];
     tag.copy_from_slice(&digest[..TAG_LEN]);
     tag
+}
+
+/// Which arithmetic runs the group operations; both give the same bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arithmetic {
+    /// curve25519-dalek, one point at a time: every CPU.
+    Portable,
+    /// Eight points at a time with AVX-512 IFMA.
+    #[cfg(target_arch = "x86_64")]
+    Ifma(Ifma),
+}
+
+/// Set by [`force_portable`]: benchmarks compare the two arithmetics on one machine.
+static FORCE_PORTABLE: AtomicBool = AtomicBool::new(false);
+
+/// Makes every later PSI computation of this process use the portable arithmetic (`true`) or
+/// the fastest the CPU offers (`false`, the default).
+pub fn force_portable(portable: bool) {
+    FORCE_PORTABLE.store(portable, Ordering::Relaxed);
+}
+
+impl Arithmetic {
+    /// The fastest arithmetic this CPU runs (unless [`force_portable`] asked otherwise).
+    pub(crate) fn detect() -> Arithmetic {
+        #[cfg(target_arch = "x86_64")]
+        if !FORCE_PORTABLE.load(Ordering::Relaxed) {
+            if let Some(unit) = Ifma::detect() {
+                return Arithmetic::Ifma(unit);
+            }
+        }
+        Arithmetic::Portable
+    }
+
+    /// How operators and benchmarks name it.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Arithmetic::Portable => "curve25519-dalek, one point at a time",
+            #[cfg(target_arch = "x86_64")]
+            Arithmetic::Ifma(_) => "AVX-512 IFMA, eight points at a time",
+        }
+    }
+}
+
+/// The arithmetic PSI uses on this CPU, as a phrase for logs and benchmark reports.
+pub fn arithmetic() -> &'static str {
+    Arithmetic::detect().describe()
+}
+
+/// `count` variable-base scalar multiplications (rounded up to whole lane groups) by one scalar
+/// on the rayon pool, with the arithmetic PSI uses, and nothing else: no hashing, decoding or
+/// encoding per element. Benchmarks divide PSI's time by this floor.
+pub fn multiplication_floor(count: usize) {
+    let scalar = Scalar::from(0x1234_5678_9abc_def1_u64) * Scalar::from(0x0fed_cba9_8765_4321_u64);
+    let threads = rayon::current_num_threads();
+    let per_thread = count.div_ceil(threads);
+    let start: Vec<WirePoint> = (0..8u8)
+        .map(|i| map_to_group(&[i; 64]).compress().to_bytes())
+        .collect();
+    match Arithmetic::detect() {
+        Arithmetic::Portable => {
+            let base = map_to_group(&[7; 64]);
+            let sum = (0..threads)
+                .into_par_iter()
+                .map(|_| {
+                    let mut point = base;
+                    for _ in 0..per_thread {
+                        point = point * scalar;
+                    }
+                    point
+                })
+                .reduce(RistrettoPoint::default, |a, b| a + b);
+            std::hint::black_box(sum);
+        }
+        #[cfg(target_arch = "x86_64")]
+        Arithmetic::Ifma(unit) => {
+            let digits = Digits::of(&scalar);
+            let start: [WirePoint; LANES] = start.try_into().expect("eight points");
+            let rounds = per_thread.div_ceil(LANES);
+            let out: Vec<_> = (0..threads)
+                .into_par_iter()
+                .map(|_| unit.multiply_repeatedly(&start, &digits, rounds))
+                .collect();
+            std::hint::black_box(out);
+        }
+    }
 }
 
 /// key·H(salt, id) for each id yielded by `id_at(0..count)`, compressed, in order.
@@ -140,39 +241,105 @@ pub(crate) fn blind_ids<'a, F>(
 where
     F: Fn(usize) -> &'a [u8] + Sync,
 {
+    blind_ids_with(Arithmetic::detect(), key, salt, count, id_at)
+}
+
+fn blind_ids_with<'a, F>(
+    arithmetic: Arithmetic,
+    key: &BlindingKey,
+    salt: &JobSalt,
+    count: usize,
+    id_at: F,
+) -> Vec<WirePoint>
+where
+    F: Fn(usize) -> &'a [u8] + Sync,
+{
     let starts: Vec<usize> = (0..count).step_by(CHUNK).collect();
     starts
         .into_par_iter()
         .flat_map_iter(|start| {
-            let end = (start + CHUNK).min(count);
-            let halves: Vec<RistrettoPoint> = (start..end)
-                .map(|i| hash_to_point(salt, id_at(i)) * key.half)
-                .collect();
-            RistrettoPoint::double_and_compress_batch(&halves)
-                .into_iter()
-                .map(|c| c.to_bytes())
+            let rows = start..(start + CHUNK).min(count);
+            match arithmetic {
+                Arithmetic::Portable => {
+                    let halves: Vec<RistrettoPoint> = rows
+                        .map(|i| hash_to_point(salt, id_at(i)) * key.half)
+                        .collect();
+                    RistrettoPoint::double_and_compress_batch(&halves)
+                        .into_iter()
+                        .map(|c| c.to_bytes())
+                        .collect::<Vec<_>>()
+                }
+                #[cfg(target_arch = "x86_64")]
+                Arithmetic::Ifma(unit) => {
+                    let digits = Digits::of(&key.full);
+                    let uniforms: Vec<[u8; 64]> =
+                        rows.map(|i| uniform_of(salt, id_at(i))).collect();
+                    in_groups(&uniforms, [0; 64], |group| {
+                        (unit.hash_and_multiply(group, &digits), u8::MAX)
+                    })
+                    .expect("hashing has no invalid input")
+                }
+            }
         })
         .collect()
 }
 
+/// `op` over `inputs` eight at a time, the last group padded with `padding` (whose outputs are
+/// dropped); `Err(i)` for the first input whose lane `op` marks invalid.
+#[cfg(target_arch = "x86_64")]
+fn in_groups<T: Copy>(
+    inputs: &[T],
+    padding: T,
+    op: impl Fn(&[T; LANES]) -> ([WirePoint; LANES], u8),
+) -> Result<Vec<WirePoint>, usize> {
+    let mut out = Vec::with_capacity(inputs.len());
+    for (group, chunk) in inputs.chunks(LANES).enumerate() {
+        let mut lanes = [padding; LANES];
+        lanes[..chunk.len()].copy_from_slice(chunk);
+        let (points, valid) = op(&lanes);
+        let used = u8::MAX >> (LANES - chunk.len());
+        if valid & used != used {
+            let lane = (!valid & used).trailing_zeros() as usize;
+            return Err(group * LANES + lane);
+        }
+        out.extend_from_slice(&points[..chunk.len()]);
+    }
+    Ok(out)
+}
+
 /// key·P for each received point, compressed, in order; `Err(index)` names the first element
 /// that is not a valid encoding.
-pub(crate) fn reblind_points(
+fn reblind_points(
+    arithmetic: Arithmetic,
     key: &BlindingKey,
     points: &[WirePoint],
-) -> Result<Vec<CompressedRistretto>, usize> {
-    let chunks: Vec<Result<Vec<CompressedRistretto>, usize>> = points
+) -> Result<Vec<WirePoint>, usize> {
+    let chunks: Vec<Result<Vec<WirePoint>, usize>> = points
         .par_chunks(CHUNK)
         .enumerate()
-        .map(|(chunk, encoded)| {
-            let mut halves = Vec::with_capacity(encoded.len());
-            for (i, bytes) in encoded.iter().enumerate() {
-                let point = CompressedRistretto(*bytes)
-                    .decompress()
-                    .ok_or(chunk * CHUNK + i)?;
-                halves.push(point * key.half);
+        .map(|(chunk, encoded)| match arithmetic {
+            Arithmetic::Portable => {
+                let mut halves = Vec::with_capacity(encoded.len());
+                for (i, bytes) in encoded.iter().enumerate() {
+                    let point = CompressedRistretto(*bytes)
+                        .decompress()
+                        .ok_or(chunk * CHUNK + i)?;
+                    halves.push(point * key.half);
+                }
+                Ok(RistrettoPoint::double_and_compress_batch(&halves)
+                    .into_iter()
+                    .map(|c| c.to_bytes())
+                    .collect())
             }
-            Ok(RistrettoPoint::double_and_compress_batch(&halves))
+            #[cfg(target_arch = "x86_64")]
+            Arithmetic::Ifma(unit) => {
+                let digits = Digits::of(&key.full);
+                // The identity's encoding pads a short group: always valid, its output dropped.
+                in_groups(encoded, [0; 32], |group| {
+                    unit.decode_and_multiply(group, &digits)
+                })
+                .map_err(|i| chunk * CHUNK + i)
+            }
         })
         .collect();
     let mut out = Vec::with_capacity(points.len());
@@ -184,7 +351,15 @@ pub(crate) fn reblind_points(
 
 /// Tags of key·P for each received point, in order.
 pub(crate) fn reblind_to_tags(key: &BlindingKey, points: &[WirePoint]) -> Result<Vec<Tag>, usize> {
-    let compressed = reblind_points(key, points)?;
+    reblind_to_tags_with(Arithmetic::detect(), key, points)
+}
+
+fn reblind_to_tags_with(
+    arithmetic: Arithmetic,
+    key: &BlindingKey,
+    points: &[WirePoint],
+) -> Result<Vec<Tag>, usize> {
+    let compressed = reblind_points(arithmetic, key, points)?;
     Ok(compressed.par_iter().map(tag_of).collect())
 }
 
@@ -192,8 +367,22 @@ pub(crate) fn reblind_to_tags(key: &BlindingKey, points: &[WirePoint]) -> Result
 mod tests {
     use super::*;
 
+    use proptest::prelude::*;
+
     fn key(label: &str) -> BlindingKey {
         BlindingKey::from_scalar(&Scalar::hash_from_bytes::<Sha512>(label.as_bytes()))
+    }
+
+    /// Every arithmetic this CPU runs, the portable one first. On a CPU without IFMA only the
+    /// portable one; the multi-buffer one is then exercised on the project's IFMA machines.
+    fn arithmetics() -> Vec<Arithmetic> {
+        let mut all = vec![Arithmetic::Portable];
+        #[cfg(target_arch = "x86_64")]
+        match Ifma::detect() {
+            Some(unit) => all.push(Arithmetic::Ifma(unit)),
+            None => eprintln!("no AVX-512 IFMA on this CPU: only the portable arithmetic runs"),
+        }
+        all
     }
 
     #[test]
@@ -204,18 +393,85 @@ mod tests {
             Scalar::hash_from_bytes::<Sha512>(b"b"),
         );
         let (ka, kb) = (BlindingKey::from_scalar(&a), BlindingKey::from_scalar(&b));
-        let ids: Vec<String> = (0..1500).map(|i| format!("customer-{i}")).collect();
-        let blinded_a = blind_ids(&ka, &salt, ids.len(), |i| ids[i].as_bytes());
-        let blinded_b = blind_ids(&kb, &salt, ids.len(), |i| ids[i].as_bytes());
-        let ab = reblind_to_tags(&kb, &blinded_a).unwrap();
-        let ba = reblind_to_tags(&ka, &blinded_b).unwrap();
-        assert_eq!(ab, ba);
-        // Independent path: one multiplication by a·b, plain compression, no batching tricks.
-        for (i, id) in ids.iter().enumerate().step_by(97) {
-            let direct = (hash_to_point(&salt, id.as_bytes()) * (a * b)).compress();
-            assert_eq!(ab[i], tag_of(&direct));
-            let single = (hash_to_point(&salt, id.as_bytes()) * a).compress();
-            assert_eq!(blinded_a[i], single.to_bytes());
+        // Not a multiple of the chunk or of the lane count: short chunks and groups run too.
+        let ids: Vec<String> = (0..1501).map(|i| format!("customer-{i}")).collect();
+        let mut outputs = Vec::new();
+        for arithmetic in arithmetics() {
+            let blind = |k| blind_ids_with(arithmetic, k, &salt, ids.len(), |i| ids[i].as_bytes());
+            let (blinded_a, blinded_b) = (blind(&ka), blind(&kb));
+            let ab = reblind_to_tags_with(arithmetic, &kb, &blinded_a).unwrap();
+            let ba = reblind_to_tags_with(arithmetic, &ka, &blinded_b).unwrap();
+            assert_eq!(ab, ba, "{arithmetic:?}");
+            // Independent path: one multiplication by a·b, plain compression, no batching.
+            for (i, id) in ids
+                .iter()
+                .enumerate()
+                .step_by(97)
+                .chain([(1500, &ids[1500])])
+            {
+                let direct = (hash_to_point(&salt, id.as_bytes()) * (a * b)).compress();
+                assert_eq!(ab[i], tag_of(&direct.to_bytes()), "{arithmetic:?}");
+                let single = (hash_to_point(&salt, id.as_bytes()) * a).compress();
+                assert_eq!(blinded_a[i], single.to_bytes(), "{arithmetic:?}");
+            }
+            outputs.push((blinded_a, ab));
+        }
+        // The same bytes out of every arithmetic.
+        assert!(outputs.windows(2).all(|pair| pair[0] == pair[1]));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Random keys, ids and received points (valid or not): every arithmetic gives the
+        /// bytes of dalek's plain multiplication and compression, or the same invalid index.
+        #[test]
+        fn every_arithmetic_agrees_with_plain_dalek(
+            key_bytes in proptest::array::uniform32(any::<u8>()),
+            ids in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..40),
+            received in proptest::collection::vec(proptest::array::uniform32(any::<u8>()), 0..40),
+            valid_share in 0.0..1.0f64,
+        ) {
+            let scalar = Scalar::from_bytes_mod_order(key_bytes);
+            let key = BlindingKey::from_scalar(&scalar);
+            let salt = JobSalt(key_bytes);
+            // Turn a share of the received strings into valid points.
+            let received: Vec<WirePoint> = received
+                .iter()
+                .enumerate()
+                .map(|(i, bytes)| {
+                    if (i as f64) < valid_share * received.len() as f64 {
+                        hash_to_point(&salt, bytes).compress().to_bytes()
+                    } else {
+                        *bytes
+                    }
+                })
+                .collect();
+            let want_blinded: Vec<WirePoint> = ids
+                .iter()
+                .map(|id| (hash_to_point(&salt, id) * scalar).compress().to_bytes())
+                .collect();
+            let first_invalid = received
+                .iter()
+                .position(|bytes| CompressedRistretto(*bytes).decompress().is_none());
+            for arithmetic in arithmetics() {
+                let blinded = blind_ids_with(arithmetic, &key, &salt, ids.len(), |i| &ids[i]);
+                prop_assert_eq!(&blinded, &want_blinded);
+                let reblinded = reblind_points(arithmetic, &key, &received);
+                match first_invalid {
+                    Some(index) => prop_assert_eq!(reblinded, Err(index)),
+                    None => {
+                        let want: Vec<WirePoint> = received
+                            .iter()
+                            .map(|bytes| {
+                                let point = CompressedRistretto(*bytes).decompress().unwrap();
+                                (point * scalar).compress().to_bytes()
+                            })
+                            .collect();
+                        prop_assert_eq!(reblinded, Ok(want));
+                    }
+                }
+            }
         }
     }
 
@@ -230,10 +486,21 @@ mod tests {
     fn invalid_points_are_located() {
         let salt = JobSalt([3; 32]);
         let k = key("k");
-        let mut points = blind_ids(&k, &salt, 1200, |_| b"same".as_slice());
-        // Not a canonical field element (all bits set): fails to decompress.
-        points[700] = [0xff; 32];
-        assert_eq!(reblind_to_tags(&k, &points), Err(700));
+        for arithmetic in arithmetics() {
+            for bad in [0, 700, 1201, 1202] {
+                let mut points =
+                    blind_ids_with(arithmetic, &k, &salt, 1203, |_| b"same".as_slice());
+                // Not a canonical field element (all bits set): fails to decompress.
+                points[bad] = [0xff; 32];
+                // A later invalid point does not hide the first.
+                points[1202] = [0xff; 32];
+                assert_eq!(
+                    reblind_to_tags_with(arithmetic, &k, &points),
+                    Err(bad),
+                    "{arithmetic:?}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -275,12 +542,14 @@ mod tests {
         let salt = JobSalt(*b"unseen known-answer test salt 01");
         let (ka, kb) = (key("known-answer guest"), key("known-answer host"));
         let ids = ["91350100MA2XNAB43K", "customer-0001", "é"];
-        let single = blind_ids(&ka, &salt, ids.len(), |i| ids[i].as_bytes());
-        let tags = reblind_to_tags(&kb, &single).unwrap();
-        let single_hex: Vec<String> = single.iter().map(hex::encode).collect();
-        let tags_hex: Vec<String> = tags.iter().map(hex::encode).collect();
-        assert_eq!(single_hex, KNOWN_SINGLE);
-        assert_eq!(tags_hex, KNOWN_TAGS);
+        for arithmetic in arithmetics() {
+            let single = blind_ids_with(arithmetic, &ka, &salt, ids.len(), |i| ids[i].as_bytes());
+            let tags = reblind_to_tags_with(arithmetic, &kb, &single).unwrap();
+            let single_hex: Vec<String> = single.iter().map(hex::encode).collect();
+            let tags_hex: Vec<String> = tags.iter().map(hex::encode).collect();
+            assert_eq!(single_hex, KNOWN_SINGLE, "{arithmetic:?}");
+            assert_eq!(tags_hex, KNOWN_TAGS, "{arithmetic:?}");
+        }
     }
 
     const KNOWN_SINGLE: [&str; 3] = [

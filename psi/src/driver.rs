@@ -5,6 +5,7 @@
 //! rustls-test's `transfer_altered`): what it delivers goes through the same decoders and
 //! session checks as an honest message, and a message that never arrives ends the run with a
 //! typed error, never a hang.
+#![forbid(unsafe_code)]
 
 use crate::crypto::JobSalt;
 use crate::error::PsiError;

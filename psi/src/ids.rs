@@ -1,4 +1,5 @@
 //! A party's id column: validated, compact, and checked for duplicates.
+#![forbid(unsafe_code)]
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;

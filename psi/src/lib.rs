@@ -62,17 +62,20 @@
 //! assert_eq!(pairs, vec![(1, 2), (3, 0)]);
 //! # Ok::<(), psi::PsiError>(())
 //! ```
-#![forbid(unsafe_code)]
+// Unsafe code lives in `ifma` alone (CPU-feature-gated arithmetic); every other module forbids it.
+#![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 mod crypto;
 mod driver;
 mod error;
 mod ids;
+#[cfg(target_arch = "x86_64")]
+mod ifma;
 mod message;
 mod session;
 
-pub use crypto::{JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN};
+pub use crypto::{arithmetic, JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN};
 pub use driver::{run_in_memory, HostInput, InMemoryOutcome, WireMessage, GUEST};
 pub use error::{DuplicateId, PsiError};
 pub use ids::{DuplicatePolicy, IdColumn, MAX_ID_LEN, MAX_ROWS};
@@ -87,5 +90,6 @@ pub use session::{GuestConfig, GuestOutput, GuestResult, HostOutput, PsiGuest, P
 /// Not part of the supported interface.
 #[doc(hidden)]
 pub mod internal {
+    pub use crate::crypto::{force_portable, multiplication_floor};
     pub use crate::driver::{run_in_memory_altered, Altered, InFlight};
 }

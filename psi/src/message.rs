@@ -1,4 +1,5 @@
 //! The messages of the protocol. The caller moves them; `node` maps them to protobuf.
+#![forbid(unsafe_code)]
 
 use crate::crypto::{JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN};
 use crate::error::PsiError;

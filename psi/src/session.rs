@@ -1,5 +1,6 @@
 //! The two roles as state machines: [`PsiGuest`] (learns the intersection, drives alignment)
 //! and [`PsiHost`]. They consume and produce messages; the caller moves them.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 
