@@ -8,6 +8,9 @@
 //! prints the median seconds, their ratio (the gRPC/TLS overhead; goal ≤ 1.2) and the bytes
 //! each party sent.
 //!
+//! `-- --portable` makes PSI use curve25519-dalek even on a CPU with AVX-512 IFMA, to show what
+//! the multi-buffer arithmetic gains through the nodes.
+//!
 //! `cargo bench --bench node flood` sends 200 proposals at once from the bank's certificate to
 //! the tax bureau's node (one per job id, each for a model of its own) and prints how many it
 //! accepted and refused as busy, and this process's resident memory and threads before, at the
@@ -220,6 +223,7 @@ fn flood(runtime: &tokio::runtime::Runtime, federation: &LocalFederation, round:
 
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    psi::internal::force_portable(std::env::args().any(|a| a == "--portable"));
     let dir = std::env::temp_dir().join(format!("unseen-bench-node-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
@@ -239,6 +243,11 @@ fn main() {
         ),
     ];
     println!("credit data, bank + tax + utilities, PSI then training; median of {RUNS} runs");
+    println!(
+        "PSI arithmetic: {}; CPU: {}",
+        psi::arithmetic(),
+        unseen::cpu_summary()
+    );
     println!(
         "{:<12} {:>10} {:>10} {:>7}   bytes sent (nodes | in process)",
         "setting", "nodes s", "in-proc s", "ratio"

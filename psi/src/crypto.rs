@@ -3,10 +3,12 @@
 //! Two arithmetics compute the same bytes, chosen at run time ([`Arithmetic::detect`]):
 //!
 //! - on a CPU with AVX-512 IFMA, [`crate::ifma`] takes eight ids or points at a time through
-//!   hashing or decoding, the multiplication by the key and encoding, all eight lanes wide;
-//! - elsewhere, curve25519-dalek one point at a time: every blinding multiplies by `k/2` and then
-//!   uses `double_and_compress_batch`, which encodes `2·(k/2)·P = k·P` for a whole chunk with one
-//!   field inversion instead of one inverse square root per point.
+//!   hashing or decoding and the multiplication, all eight lanes wide;
+//! - elsewhere, curve25519-dalek one point at a time.
+//!
+//! Both multiply by `k/2` and encode the double, `2·(k/2)·P = k·P`, which for a whole chunk
+//! costs one field inversion instead of one inverse square root per point (dalek's
+//! `double_and_compress_batch`; the same identity in `ifma::encode_doubled`).
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,11 +73,10 @@ fn getrandom_fill(bytes: &mut [u8]) -> Result<(), PsiError> {
         .map_err(|e| PsiError::Randomness(e.to_string()))
 }
 
-/// A party's secret exponent `k` for one job, and `k/2` for the portable arithmetic (see the
-/// module doc); zeroised on drop and never printed.
+/// A party's secret exponent `k` for one job. Only `k/2` is kept: both arithmetics multiply by
+/// it and encode the double (see the module doc). Zeroised on drop and never printed.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub(crate) struct BlindingKey {
-    full: Scalar,
     half: Scalar,
 }
 
@@ -103,7 +104,6 @@ impl BlindingKey {
 
     pub(crate) fn from_scalar(key: &Scalar) -> Self {
         BlindingKey {
-            full: *key,
             half: key.div_by_2(),
         }
     }
@@ -271,40 +271,13 @@ where
                 }
                 #[cfg(target_arch = "x86_64")]
                 Arithmetic::Ifma(unit) => {
-                    let digits = Digits::of(&key.full);
                     let uniforms: Vec<[u8; 64]> =
                         rows.map(|i| uniform_of(salt, id_at(i))).collect();
-                    in_groups(&uniforms, [0; 64], |group| {
-                        (unit.hash_and_multiply(group, &digits), u8::MAX)
-                    })
-                    .expect("hashing has no invalid input")
+                    unit.hash_and_multiply(&uniforms, &Digits::of(&key.half))
                 }
             }
         })
         .collect()
-}
-
-/// `op` over `inputs` eight at a time, the last group padded with `padding` (whose outputs are
-/// dropped); `Err(i)` for the first input whose lane `op` marks invalid.
-#[cfg(target_arch = "x86_64")]
-fn in_groups<T: Copy>(
-    inputs: &[T],
-    padding: T,
-    op: impl Fn(&[T; LANES]) -> ([WirePoint; LANES], u8),
-) -> Result<Vec<WirePoint>, usize> {
-    let mut out = Vec::with_capacity(inputs.len());
-    for (group, chunk) in inputs.chunks(LANES).enumerate() {
-        let mut lanes = [padding; LANES];
-        lanes[..chunk.len()].copy_from_slice(chunk);
-        let (points, valid) = op(&lanes);
-        let used = u8::MAX >> (LANES - chunk.len());
-        if valid & used != used {
-            let lane = (!valid & used).trailing_zeros() as usize;
-            return Err(group * LANES + lane);
-        }
-        out.extend_from_slice(&points[..chunk.len()]);
-    }
-    Ok(out)
 }
 
 /// key·P for each received point, compressed, in order; `Err(index)` names the first element
@@ -332,14 +305,9 @@ fn reblind_points(
                     .collect())
             }
             #[cfg(target_arch = "x86_64")]
-            Arithmetic::Ifma(unit) => {
-                let digits = Digits::of(&key.full);
-                // The identity's encoding pads a short group: always valid, its output dropped.
-                in_groups(encoded, [0; 32], |group| {
-                    unit.decode_and_multiply(group, &digits)
-                })
-                .map_err(|i| chunk * CHUNK + i)
-            }
+            Arithmetic::Ifma(unit) => unit
+                .decode_and_multiply(encoded, &Digits::of(&key.half))
+                .map_err(|i| chunk * CHUNK + i),
         })
         .collect();
     let mut out = Vec::with_capacity(points.len());

@@ -57,26 +57,22 @@ impl Ifma {
         .then_some(Ifma(()))
     }
 
-    /// k·H(u) for eight 64-byte uniform strings, H being RFC 9496's `from_uniform_bytes`,
-    /// encoded.
-    pub(crate) fn hash_and_multiply(
-        self,
-        uniform: &[[u8; 64]; LANES],
-        key: &Digits,
-    ) -> [[u8; 32]; LANES] {
+    /// 2·half·H(u) for each 64-byte uniform string, H being RFC 9496's `from_uniform_bytes`,
+    /// encoded, in order.
+    pub(crate) fn hash_and_multiply(self, uniform: &[[u8; 64]], half: &Digits) -> Vec<[u8; 32]> {
         // SAFETY: `self` exists only if `detect` found AVX-512F and AVX-512 IFMA.
-        unsafe { hash_and_multiply(uniform, key) }
+        unsafe { hash_and_multiply(uniform, half) }
     }
 
-    /// k·P for eight encoded points, encoded, and a mask with bit i set when lane i's input is
-    /// a valid canonical encoding (the output of an invalid lane is meaningless).
+    /// 2·half·P for each encoded point, encoded, in order; `Err(i)` for the first input that is
+    /// not a valid canonical encoding.
     pub(crate) fn decode_and_multiply(
         self,
-        encodings: &[[u8; 32]; LANES],
-        key: &Digits,
-    ) -> ([[u8; 32]; LANES], u8) {
+        encodings: &[[u8; 32]],
+        half: &Digits,
+    ) -> Result<Vec<[u8; 32]>, usize> {
         // SAFETY: `self` exists only if `detect` found AVX-512F and AVX-512 IFMA.
-        unsafe { decode_and_multiply(encodings, key) }
+        unsafe { decode_and_multiply(encodings, half) }
     }
 
     /// The multiplications alone, for benchmarks: decodes `encodings` (which must be valid),
@@ -407,6 +403,20 @@ impl Fe {
     /// x^((p − 5)/8) = x^(2^252 − 3).
     #[target_feature(enable = "avx512f,avx512ifma")]
     fn pow_p58(self) -> Fe {
+        let (e250, _) = self.pow_2_250_minus_1();
+        e250.square_n(2).mul(self)
+    }
+
+    /// 1/x = x^(p − 2) = x^(2^255 − 21); 0 for 0.
+    #[target_feature(enable = "avx512f,avx512ifma")]
+    fn invert(self) -> Fe {
+        let (e250, x11) = self.pow_2_250_minus_1();
+        e250.square_n(5).mul(x11)
+    }
+
+    /// (x^(2^250 − 1), x^11), the common start of both exponentiations.
+    #[target_feature(enable = "avx512f,avx512ifma")]
+    fn pow_2_250_minus_1(self) -> (Fe, Fe) {
         let x = self;
         let x2 = x.square();
         let x9 = x2.square_n(2).mul(x);
@@ -418,8 +428,7 @@ impl Fe {
         let e50 = e40.square_n(10).mul(e10);
         let e100 = e50.square_n(50).mul(e50);
         let e200 = e100.square_n(100).mul(e100);
-        let e250 = e200.square_n(50).mul(e50);
-        e250.square_n(2).mul(x)
+        (e200.square_n(50).mul(e50), x11)
     }
 
     /// RFC 9496's SQRT_RATIO_M1: the lanes where u/v is a square, and the non-negative
@@ -571,15 +580,6 @@ impl Point {
     }
 
     #[target_feature(enable = "avx512f,avx512ifma")]
-    fn projective(&self) -> Projective {
-        Projective {
-            x: self.x,
-            y: self.y,
-            z: self.z,
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512ifma")]
     fn cached(&self) -> Cached {
         Cached {
             y_plus_x: self.y.add(self.x),
@@ -605,35 +605,42 @@ impl Point {
     }
 
     /// k·P, with k given by its signed radix-16 digits: a table of P…8P, then per digit four
-    /// doublings and one addition of a table entry chosen by a full masked scan.
+    /// doublings and one addition of a table entry chosen by a full masked scan. Only the last
+    /// doubling before an addition computes T; the caller finishes the last addition.
     #[target_feature(enable = "avx512f,avx512ifma")]
-    fn multiply(&self, digits: &Digits) -> Point {
+    fn multiply(&self, digits: &Digits) -> Completed {
         let mut table = [self.cached(); 8];
         let mut multiple = *self;
         for j in 1..8 {
             multiple = multiple.add(&table[0]).extended();
             table[j] = multiple.cached();
         }
-        let mut q = Point::identity()
-            .add(&select(&table, digits.0[63]))
-            .extended();
+        let mut sum = Point::identity().add(&select(&table, digits.0[63]));
         for &digit in digits.0[..63].iter().rev() {
-            let p = q.projective().double().projective();
+            let p = sum.projective().double().projective();
             let p = p.double().projective();
             let p = p.double().projective();
-            q = p.double().extended();
-            q = q.add(&select(&table, digit)).extended();
+            sum = p.double().extended().add(&select(&table, digit));
         }
-        q
+        sum
     }
 
     /// RFC 9496 section 4.3.2: the canonical encodings of the eight points.
     #[target_feature(enable = "avx512f,avx512ifma")]
     fn encode(&self) -> [[u8; 32]; LANES] {
-        let Point { x, y, z, t } = *self;
+        let Point { x, y, z, .. } = *self;
         let u1 = z.add(y).mul(z.sub(y));
         let u2 = x.mul(y);
         let (_, invsqrt) = Fe::sqrt_ratio_m1(Fe::constant(ONE), u1.mul(u2.square()));
+        self.encode_with(u1, u2, invsqrt)
+    }
+
+    /// The rest of the encoding, given u1 = (Z + Y)(Z − Y), u2 = X·Y and a square root of
+    /// 1/(u1·u2²), of either sign (0 where u1·u2² is 0): the sign cancels in z_inv and in the
+    /// final CT_ABS.
+    #[target_feature(enable = "avx512f,avx512ifma")]
+    fn encode_with(&self, u1: Fe, u2: Fe, invsqrt: Fe) -> [[u8; 32]; LANES] {
+        let Point { x, y, z, t } = *self;
         let den1 = invsqrt.mul(u1);
         let den2 = invsqrt.mul(u2);
         let z_inv = den1.mul(den2).mul(t);
@@ -762,15 +769,86 @@ fn select(table: &[Cached; 8], digit: i8) -> Cached {
     chosen.negate_where(0u8.wrapping_sub((sign as u8) & 1))
 }
 
-#[target_feature(enable = "avx512f,avx512ifma")]
-fn hash_and_multiply(uniform: &[[u8; 64]; LANES], key: &Digits) -> [[u8; 32]; LANES] {
-    Point::from_uniform(uniform).multiply(key).encode()
+/// `inputs` in groups of eight, the last one padded with `padding`.
+fn groups<T: Copy>(inputs: &[T], padding: T) -> impl Iterator<Item = [T; LANES]> + '_ {
+    inputs.chunks(LANES).map(move |chunk| {
+        let mut lanes = [padding; LANES];
+        lanes[..chunk.len()].copy_from_slice(chunk);
+        lanes
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn decode_and_multiply(encodings: &[[u8; 32]; LANES], key: &Digits) -> ([[u8; 32]; LANES], u8) {
-    let (point, valid) = Point::decode(encodings);
-    (point.multiply(key).encode(), valid)
+fn hash_and_multiply(uniform: &[[u8; 64]], half: &Digits) -> Vec<[u8; 32]> {
+    let doubled: Vec<Completed> = groups(uniform, [0; 64])
+        .map(|lanes| {
+            Point::from_uniform(&lanes)
+                .multiply(half)
+                .projective()
+                .double()
+        })
+        .collect();
+    encode_doubled(&doubled, uniform.len())
+}
+
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn decode_and_multiply(encodings: &[[u8; 32]], half: &Digits) -> Result<Vec<[u8; 32]>, usize> {
+    let mut doubled = Vec::with_capacity(encodings.len().div_ceil(LANES));
+    // The identity's encoding pads the last group: valid, and its output is dropped.
+    for (group, lanes) in groups(encodings, [0; 32]).enumerate() {
+        let (point, valid) = Point::decode(&lanes);
+        if valid != ALL {
+            return Err(group * LANES + (!valid).trailing_zeros() as usize);
+        }
+        doubled.push(point.multiply(half).projective().double());
+    }
+    Ok(encode_doubled(&doubled, encodings.len()))
+}
+
+/// Encodes the doubled points (the first `count` lanes) with one field inversion for all of
+/// them instead of an inverse square root per group.
+///
+/// `Projective::double` gives 2P as (E·F : G·H : F·G : E·H) with E = 2XY, G = Y² − X²,
+/// F = −(2Z² − Y² + X²), H = −(X² + Y²). For such a point, u1·u2² (section 4.3.2) equals
+/// (a − d)·E⁴·G⁴·F²·H²: the curve equation turns (Z² − Y²)(Z² + X²) into −(1 + d)·X²Y². So
+/// INVSQRT_A_MINUS_D · F·H/(E·F·G·H)² is a square root of its inverse, and the products E·F·G·H
+/// of every group are inverted together (Montgomery's trick). A lane where E·F·G·H is zero
+/// (2P is the identity) is skipped by the trick and gets 0, which encodes the identity.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn encode_doubled(doubled: &[Completed], count: usize) -> Vec<[u8; 32]> {
+    let one = Fe::constant(ONE);
+    let products: Vec<Fe> = doubled
+        .iter()
+        .map(|c| c.e.mul(c.f).mul(c.g.mul(c.h)))
+        .collect();
+    let nonzero: Vec<__mmask8> = products.iter().map(|x| !x.equals(Fe::zero())).collect();
+    // prefix[i] = product of the non-zero lanes of products[..i].
+    let mut prefix = Vec::with_capacity(products.len());
+    let mut acc = one;
+    for (x, &mask) in products.iter().zip(&nonzero) {
+        prefix.push(acc);
+        acc = acc.select(mask, acc.mul(*x));
+    }
+    let mut inverse = acc.invert();
+    let mut inverses = vec![Fe::zero(); products.len()];
+    for i in (0..products.len()).rev() {
+        inverses[i] = Fe::zero().select(nonzero[i], inverse.mul(prefix[i]));
+        inverse = inverse.select(nonzero[i], inverse.mul(products[i]));
+    }
+    let mut out = Vec::with_capacity(count);
+    for (c, inverse) in doubled.iter().zip(inverses) {
+        let point = c.extended();
+        let invsqrt = inverse
+            .square()
+            .mul(c.f.mul(c.h))
+            .mul(Fe::constant(INVSQRT_A_MINUS_D));
+        let u1 = point.z.add(point.y).mul(point.z.sub(point.y));
+        let u2 = point.x.mul(point.y);
+        let encoded = point.encode_with(u1, u2, invsqrt);
+        let take = (count - out.len()).min(LANES);
+        out.extend_from_slice(&encoded[..take]);
+    }
+    out
 }
 
 #[target_feature(enable = "avx512f,avx512ifma")]
@@ -781,7 +859,7 @@ fn multiply_repeatedly(
 ) -> [[u8; 32]; LANES] {
     let (mut point, _) = Point::decode(encodings);
     for _ in 0..rounds {
-        point = point.multiply(key);
+        point = point.multiply(key).extended();
     }
     point.encode()
 }
@@ -982,9 +1060,10 @@ mod tests {
     fn hashing_and_multiplying_matches_dalek() {
         let Some(unit) = ifma() else { return };
         let mut rng = rand::rng();
-        let mut uniform = [[0u8; 64]; LANES];
         for scalar in edge_scalars(&mut rng) {
-            for _ in 0..4 {
+            // One short group, one full, several (a batch inversion over groups).
+            for count in [3, 8, 61] {
+                let mut uniform = vec![[0u8; 64]; count];
                 for bytes in &mut uniform {
                     rng.fill_bytes(bytes);
                 }
@@ -992,10 +1071,15 @@ mod tests {
                 uniform[0][..32].fill(0xff);
                 uniform[1][32..].fill(0);
                 let got = unit.hash_and_multiply(&uniform, &Digits::of(&scalar));
-                for lane in 0..LANES {
-                    let want = RistrettoPoint::from_uniform_bytes(&uniform[lane]) * scalar;
-                    assert_eq!(got[lane], want.compress().to_bytes(), "lane {lane}");
-                }
+                let want: Vec<[u8; 32]> = uniform
+                    .iter()
+                    .map(|u| {
+                        (RistrettoPoint::from_uniform_bytes(u) * (scalar + scalar))
+                            .compress()
+                            .to_bytes()
+                    })
+                    .collect();
+                assert_eq!(got, want, "{count} strings");
             }
         }
     }
@@ -1004,47 +1088,50 @@ mod tests {
     fn decoding_and_multiplying_matches_dalek() {
         let Some(unit) = ifma() else { return };
         let mut rng = rand::rng();
-        let identity = RistrettoPoint::default().compress().to_bytes();
+        let generator = curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT;
         for scalar in edge_scalars(&mut rng) {
             let digits = Digits::of(&scalar);
-            for round in 0..8 {
-                let mut encodings = [[0u8; 32]; LANES];
-                for (lane, encoding) in encodings.iter_mut().enumerate() {
-                    *encoding = match (round + lane) % 4 {
-                        // A valid point.
-                        0 | 1 => RistrettoPoint::from_uniform_bytes(&rng.random())
-                            .compress()
-                            .to_bytes(),
-                        // The identity and small multiples of the generator.
-                        2 => (curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT
-                            * Scalar::from(lane as u8))
+            let mut encodings: Vec<[u8; 32]> = (0..64u8)
+                .map(|i| match i % 4 {
+                    // Valid points.
+                    0 | 1 => RistrettoPoint::from_uniform_bytes(&rng.random())
                         .compress()
                         .to_bytes(),
-                        // Random bytes, made canonical and even so that the square and sign
-                        // checks decide.
-                        _ => {
-                            let mut bytes: [u8; 32] = rng.random();
-                            bytes[31] &= 0x7f;
-                            bytes[0] &= 0xfe;
-                            bytes
-                        }
-                    };
-                }
-                encodings[7] = if round == 0 { identity } else { encodings[7] };
-                let (got, valid) = unit.decode_and_multiply(&encodings, &digits);
-                for lane in 0..LANES {
-                    let want = CompressedRistretto(encodings[lane]).decompress();
-                    assert_eq!(
-                        valid >> lane & 1 == 1,
-                        want.is_some(),
-                        "lane {lane}: {:02x?}",
-                        encodings[lane]
-                    );
-                    if let Some(point) = want {
-                        assert_eq!(got[lane], (point * scalar).compress().to_bytes());
+                    // The identity (whose doubled multiple the batch inversion skips) and small
+                    // multiples of the generator.
+                    2 => (generator * Scalar::from(i % 5)).compress().to_bytes(),
+                    // Random bytes, made canonical and even so that the square and sign checks
+                    // decide.
+                    _ => {
+                        let mut bytes: [u8; 32] = rng.random();
+                        bytes[31] &= 0x7f;
+                        bytes[0] &= 0xfe;
+                        bytes
                     }
-                }
-            }
+                })
+                .collect();
+            let decoded: Vec<Option<RistrettoPoint>> = encodings
+                .iter()
+                .map(|e| CompressedRistretto(*e).decompress())
+                .collect();
+            // Invalid encodings are located: the first one is named.
+            let first_invalid = decoded.iter().position(Option::is_none);
+            assert!(
+                first_invalid.is_some(),
+                "random bytes decode about half the time"
+            );
+            assert_eq!(
+                unit.decode_and_multiply(&encodings, &digits),
+                Err(first_invalid.unwrap())
+            );
+            // The valid ones, several groups and a short last one, multiply as dalek does.
+            encodings.retain(|e| CompressedRistretto(*e).decompress().is_some());
+            let want: Vec<[u8; 32]> = decoded
+                .iter()
+                .flatten()
+                .map(|p| (p * (scalar + scalar)).compress().to_bytes())
+                .collect();
+            assert_eq!(unit.decode_and_multiply(&encodings, &digits), Ok(want));
         }
     }
 
@@ -1075,8 +1162,8 @@ mod tests {
             for lane in 0..LANES {
                 let mut encodings = [valid; LANES];
                 encodings[lane] = bad;
-                let (_, mask) = unit.decode_and_multiply(&encodings, &Digits::of(&Scalar::ONE));
-                assert_eq!(mask, !(1u8 << lane), "{} in lane {lane}", hex::encode(bad));
+                let result = unit.decode_and_multiply(&encodings, &Digits::of(&Scalar::ONE));
+                assert_eq!(result, Err(lane), "{} in lane {lane}", hex::encode(bad));
             }
         }
     }
