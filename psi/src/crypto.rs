@@ -199,9 +199,6 @@ pub fn multiplication_floor(count: usize) {
     let scalar = Scalar::from(0x1234_5678_9abc_def1_u64) * Scalar::from(0x0fed_cba9_8765_4321_u64);
     let threads = rayon::current_num_threads();
     let per_thread = count.div_ceil(threads);
-    let start: Vec<WirePoint> = (0..8u8)
-        .map(|i| map_to_group(&[i; 64]).compress().to_bytes())
-        .collect();
     match Arithmetic::detect() {
         Arithmetic::Portable => {
             let base = map_to_group(&[7; 64]);
@@ -210,7 +207,7 @@ pub fn multiplication_floor(count: usize) {
                 .map(|_| {
                     let mut point = base;
                     for _ in 0..per_thread {
-                        point = point * scalar;
+                        point *= scalar;
                     }
                     point
                 })
@@ -220,7 +217,8 @@ pub fn multiplication_floor(count: usize) {
         #[cfg(target_arch = "x86_64")]
         Arithmetic::Ifma(unit) => {
             let digits = Digits::of(&scalar);
-            let start: [WirePoint; LANES] = start.try_into().expect("eight points");
+            let start: [WirePoint; LANES] =
+                std::array::from_fn(|i| map_to_group(&[i as u8; 64]).compress().to_bytes());
             let rounds = per_thread.div_ceil(LANES);
             let out: Vec<_> = (0..threads)
                 .into_par_iter()

@@ -40,9 +40,12 @@
 //! # Cost and memory
 //!
 //! Each party performs one variable-base scalar multiplication per own id and one per peer
-//! id. Blinding multiplies by k/2 and encodes k·P with `double_and_compress_batch` (one
-//! batched inversion instead of an inverse square root per point). Work is parallel with
-//! rayon. No state holds points: the guest keeps 12 bytes per own id per host and 12 bytes
+//! id. Blinding multiplies by k/2 and encodes k·P = 2·(k/2)·P with one batched inversion per
+//! chunk instead of an inverse square root per point. On a CPU with AVX-512 IFMA (detected at
+//! run time) eight ids or points go through hashing or decoding, the multiplication and the
+//! encoding together, one limb of eight field elements per 512-bit register; elsewhere
+//! curve25519-dalek computes one point at a time. Both give the same bytes ([`arithmetic`]
+//! names the one in use). Work is parallel with rayon. No state holds points: the guest keeps 12 bytes per own id per host and 12 bytes
 //! per host id; a host keeps 4 bytes per id beyond its id column; a message holds at most one
 //! batch (2^16 elements by default).
 //!
