@@ -346,7 +346,15 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         match Ifma::detect() {
             Some(unit) => all.push(Arithmetic::Ifma(unit)),
-            None => eprintln!("no AVX-512 IFMA on this CPU: only the portable arithmetic runs"),
+            None => {
+                // CI sets this on a CPU whose /proc/cpuinfo lists avx512ifma, so a detection
+                // that silently fails cannot pass as "portable only".
+                assert!(
+                    std::env::var_os("UNSEEN_REQUIRE_IFMA").is_none(),
+                    "UNSEEN_REQUIRE_IFMA is set but AVX-512 IFMA was not detected"
+                );
+                eprintln!("no AVX-512 IFMA on this CPU: only the portable arithmetic runs")
+            }
         }
         all
     }

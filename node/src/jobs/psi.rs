@@ -21,6 +21,11 @@ fn unexpected(peer: &str, expected: &'static str) -> NodeError {
     }
 }
 
+/// Batches of the guest's points in flight per host: the guest blinds the next batches while
+/// the hosts answer the earlier ones, so neither waits for the other (4 × 2^16 points is 8 MiB
+/// per host, far under the receiving node's `max_buffered_bytes`).
+const WINDOW: u32 = 4;
+
 fn too_many(peer: &str, announced: u64, cap: u64) -> Option<NodeError> {
     (announced > cap).then(|| NodeError::Peer {
         peer: peer.to_owned(),
@@ -70,13 +75,18 @@ pub(crate) fn guest_psi(
             },
         )
     };
-    for batch in 0..guest.batch_count() {
-        let Some(points) = guest.blinded_batch(batch) else {
-            break;
-        };
-        let body = points_to_proto(&points);
-        for host in hosts {
-            link.send_psi(host, body.clone())?;
+    let batches = guest.batch_count();
+    let mut sent = 0;
+    for batch in 0..batches {
+        while sent < batches && sent < batch + WINDOW {
+            let Some(points) = guest.blinded_batch(sent) else {
+                break;
+            };
+            let body = points_to_proto(&points);
+            for host in hosts {
+                link.send_psi(host, body.clone())?;
+            }
+            sent += 1;
         }
         for host in hosts {
             match link.receive_psi(host)? {
