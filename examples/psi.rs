@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example psi -- --n 1000000 --overlap 0.8 [--parties 2,3] [--bound]
+//!     [--partition-rows 1048576]
 //! ```
 //!
 //! Prints wall time, throughput, bytes on the wire and peak resident memory for each run.
@@ -13,7 +14,9 @@
 use std::time::Instant;
 
 use clap::Parser;
-use psi::{run_in_memory, DuplicatePolicy, GuestConfig, HostInput, IdColumn};
+use psi::{
+    run_in_memory, run_in_memory_partitioned, DuplicatePolicy, GuestConfig, HostInput, IdColumn,
+};
 
 /// PSI between a guest and one or two hosts in one process, on generated ids.
 #[derive(Parser)]
@@ -33,6 +36,9 @@ struct Args {
     /// Use the portable arithmetic (curve25519-dalek) even where AVX-512 IFMA is available.
     #[arg(long)]
     portable: bool,
+    /// Run PSI in parts of about this many guest ids, as the nodes do (default: one session).
+    #[arg(long)]
+    partition_rows: Option<u64>,
 }
 
 fn fraction(text: &str) -> Result<f64, String> {
@@ -86,9 +92,13 @@ fn main() {
             .collect();
         let mut wire_bytes = 0u64;
         let start = Instant::now();
-        let outcome = run_in_memory(guest, GuestConfig::default(), hosts, &mut |m| {
-            wire_bytes += m.payload.len() as u64
-        });
+        let mut count = |m: &psi::WireMessage<'_>| wire_bytes += m.payload.len() as u64;
+        let outcome = match args.partition_rows {
+            Some(rows) => {
+                run_in_memory_partitioned(guest, GuestConfig::default(), rows, hosts, &mut count)
+            }
+            None => run_in_memory(guest, GuestConfig::default(), hosts, &mut count),
+        };
         let seconds = start.elapsed().as_secs_f64();
         let outcome = match outcome {
             Ok(outcome) => outcome,

@@ -121,6 +121,29 @@ fn round_trip(body: &Body) {
                 );
             }
         }
+        Body::PartitionPlan(p) => {
+            if let Ok(plan) = psi_proto::plan_from_proto("tax", p) {
+                let Body::PartitionPlan(back) = again(psi_proto::plan_to_proto(&plan)) else {
+                    panic!("kind changed");
+                };
+                assert_eq!(psi_proto::plan_from_proto("tax", &back).unwrap(), plan);
+            }
+        }
+        Body::PartitionSizes(s) => {
+            let sizes = psi_proto::sizes_from_proto(s);
+            let Body::PartitionSizes(back) = again(psi_proto::sizes_to_proto(&sizes)) else {
+                panic!("kind changed");
+            };
+            assert_eq!(psi_proto::sizes_from_proto(&back), sizes);
+        }
+        Body::PartitionSchedule(s) => {
+            let schedule = psi_proto::schedule_from_proto(s);
+            let Body::PartitionSchedule(back) = again(psi_proto::schedule_to_proto(&schedule))
+            else {
+                panic!("kind changed");
+            };
+            assert_eq!(psi_proto::schedule_from_proto(&back), schedule);
+        }
     }
 }
 

@@ -474,6 +474,9 @@ pub struct FederationSettings {
     /// Largest id set a peer may announce for PSI (bounds the memory a peer can make this
     /// node reserve).
     pub max_peer_rows: u64,
+    /// As a guest, distinct own ids per PSI part: PSI runs one part at a time, so this bounds
+    /// the memory of a session (about 66 bytes per id of the part) and sets the number of parts.
+    pub psi_partition_rows: u64,
     /// How often this node gives every peer its audit head to keep.
     pub anchor_secs: u64,
     /// Most jobs this node runs at once (guest and host); more are refused as busy.
@@ -500,6 +503,7 @@ impl Default for FederationSettings {
             retries: 6,
             backoff_ms: 200,
             max_peer_rows: 100_000_000,
+            psi_partition_rows: psi::DEFAULT_PARTITION_ROWS,
             anchor_secs: 60,
             max_jobs: 8,
             max_jobs_per_peer: 4,
@@ -801,6 +805,9 @@ impl NodeConfig {
         }
         if f.anchor_secs == 0 {
             return Err("federation.anchor_secs: must be at least 1".into());
+        }
+        if f.psi_partition_rows == 0 {
+            return Err("federation.psi_partition_rows: must be at least 1".into());
         }
         if f.max_jobs == 0 || f.max_jobs_per_peer == 0 {
             return Err("federation: max_jobs and max_jobs_per_peer must be at least 1".into());

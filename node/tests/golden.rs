@@ -9,10 +9,16 @@ mod wire_golden;
 use node::internal::psi_proto::{self, Body};
 use node::proto::{Chunk, JobProposal};
 use prost::Message as _;
-use psi::{DuplicatePolicy, GuestConfig, IdColumn, PsiError, PsiGuest, PsiHost};
+use psi::{
+    DuplicatePolicy, GuestConfig, IdColumn, PartitionKey, PartitionPlan, PartitionSchedule,
+    PartitionSizes, PsiError, PsiGuest, PsiHost, PROTOCOL_VERSION,
+};
 use wire_golden::Family;
 
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 10] = [
+    "psi_partition_plan",
+    "psi_partition_sizes",
+    "psi_partition_schedule",
     "psi_guest_hello",
     "psi_host_hello",
     "psi_points",
@@ -41,6 +47,20 @@ fn samples() -> Result<Vec<(&'static str, Vec<u8>)>, PsiError> {
     guest.receive_host_points("tax", &host_points)?;
     let result = guest.finish()?;
     let psi = psi_proto::encode_psi;
+    // Fixed values: the plan's key is random in a run.
+    let plan = PartitionPlan {
+        version: PROTOCOL_VERSION,
+        key: PartitionKey([0x5a; 32]),
+        guest_sizes: vec![2, 0, 1],
+    };
+    let sizes = PartitionSizes {
+        version: PROTOCOL_VERSION,
+        host_sizes: vec![1, 1, 1],
+    };
+    let schedule = PartitionSchedule {
+        version: PROTOCOL_VERSION,
+        partitions: vec![0, 2],
+    };
     let proposal = JobProposal {
         version: node::FEDERATION_VERSION,
         job_id: "0123456789abcdef0123456789abcdef".into(),
@@ -67,6 +87,15 @@ fn samples() -> Result<Vec<(&'static str, Vec<u8>)>, PsiError> {
         attempt: 2,
     };
     Ok(vec![
+        ("psi_partition_plan", psi(psi_proto::plan_to_proto(&plan))),
+        (
+            "psi_partition_sizes",
+            psi(psi_proto::sizes_to_proto(&sizes)),
+        ),
+        (
+            "psi_partition_schedule",
+            psi(psi_proto::schedule_to_proto(&schedule)),
+        ),
         (
             "psi_guest_hello",
             psi(psi_proto::guest_hello_to_proto(&hello)),
@@ -90,6 +119,15 @@ fn samples() -> Result<Vec<(&'static str, Vec<u8>)>, PsiError> {
 fn psi_round_trip(kind: &str, bytes: &[u8]) -> Result<Vec<u8>, PsiError> {
     let body = psi_proto::decode_psi("tax", bytes)?;
     let again = match (kind, &body) {
+        ("psi_partition_plan", Body::PartitionPlan(p)) => {
+            psi_proto::plan_to_proto(&psi_proto::plan_from_proto("tax", p)?)
+        }
+        ("psi_partition_sizes", Body::PartitionSizes(s)) => {
+            psi_proto::sizes_to_proto(&psi_proto::sizes_from_proto(s))
+        }
+        ("psi_partition_schedule", Body::PartitionSchedule(s)) => {
+            psi_proto::schedule_to_proto(&psi_proto::schedule_from_proto(s))
+        }
         ("psi_guest_hello", Body::GuestHello(h)) => {
             psi_proto::guest_hello_to_proto(&psi_proto::guest_hello_from_proto("tax", h)?)
         }

@@ -66,7 +66,7 @@ impl std::fmt::Debug for JobSalt {
     }
 }
 
-fn getrandom_fill(bytes: &mut [u8]) -> Result<(), PsiError> {
+pub(crate) fn getrandom_fill(bytes: &mut [u8]) -> Result<(), PsiError> {
     use rand::TryRng;
     rand::rngs::SysRng
         .try_fill_bytes(bytes)

@@ -14,6 +14,7 @@ use crate::message::{
     alignment_from_bytes, alignment_to_bytes, points_from_bytes, points_to_bytes, tags_from_bytes,
     tags_to_bytes, Alignment, GuestHello, HostHello, PointBatch, ResultMode, TagBatch,
 };
+use crate::partition::{PartitionedGuest, PartitionedHost};
 use crate::session::{GuestConfig, GuestOutput, HostOutput, PsiGuest, PsiHost};
 
 /// Name the driver gives the guest.
@@ -220,6 +221,117 @@ pub fn run_in_memory_altered(
         guest: result.output,
         hosts: outputs,
     })
+}
+
+/// Partitioned PSI (both-sides mode, see [`PartitionedGuest`]) between a guest and `hosts`,
+/// with about `partition_rows` distinct guest ids per part, calling `observe` on every message
+/// in wire form (the plan's and the sizes' payloads are their sizes, u64 each, the schedule's
+/// its part numbers, u32 each).
+pub fn run_in_memory_partitioned(
+    guest_ids: IdColumn,
+    config: GuestConfig,
+    partition_rows: u64,
+    hosts: Vec<HostInput>,
+    observe: &mut dyn FnMut(&WireMessage<'_>),
+) -> Result<InMemoryOutcome, PsiError> {
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut send = |from: &str, to: &str, kind: &'static str, payload: &[u8]| {
+        observe(&WireMessage {
+            from,
+            to,
+            kind,
+            payload,
+        })
+    };
+    let mut guest = PartitionedGuest::new(guest_ids, &name_refs, config, partition_rows)?;
+    let plan = guest.plan();
+    let mut parties = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        send(
+            GUEST,
+            &host.name,
+            "partition-plan",
+            &sizes_to_bytes(&plan.guest_sizes),
+        );
+        let (party, sizes) = PartitionedHost::new(GUEST, host.ids, host.duplicates, &plan)?;
+        send(
+            &host.name,
+            GUEST,
+            "partition-sizes",
+            &sizes_to_bytes(&sizes.host_sizes),
+        );
+        guest.receive_sizes(&host.name, &sizes)?;
+        parties.push(party);
+    }
+    let schedule = guest.schedule()?;
+    for (name, party) in names.iter().zip(&mut parties) {
+        send(
+            GUEST,
+            name,
+            "partition-schedule",
+            &alignment_to_bytes(&schedule.partitions),
+        );
+        party.receive_schedule(&schedule)?;
+    }
+    while let Some((part, mut session)) = guest.next_session()? {
+        let hello = session.hello();
+        let mut host_sessions = Vec::with_capacity(parties.len());
+        for (name, party) in names.iter().zip(&parties) {
+            send(GUEST, name, "guest-hello", &guest_hello_to_bytes(&hello));
+            let (host_session, reply) = party.next_session(&hello)?;
+            send(name, GUEST, "host-hello", &reply.host_rows.to_le_bytes());
+            session.receive_host_hello(name, &reply)?;
+            host_sessions.push(Some(host_session));
+        }
+        for batch in 0..session.batch_count() {
+            let Some(points) = session.blinded_batch(batch) else {
+                break;
+            };
+            let wire = points_to_bytes(&points.points);
+            for (name, host_session) in names.iter().zip(&host_sessions) {
+                send(GUEST, name, "guest-points", &wire);
+                let host_session = host_session.as_ref().expect("created above");
+                let tags = host_session.answer(&points)?;
+                send(name, GUEST, "guest-tags", &tags_to_bytes(&tags.tags));
+                session.receive_tags(name, &tags)?;
+            }
+        }
+        for (name, host_session) in names.iter().zip(&host_sessions) {
+            let host_session = host_session.as_ref().expect("created above");
+            for batch in 0..host_session.batch_count() {
+                let Some(points) = host_session.blinded_batch(batch) else {
+                    break;
+                };
+                send(name, GUEST, "host-points", &points_to_bytes(&points.points));
+                session.receive_host_points(name, &points)?;
+            }
+        }
+        for (name, alignment) in guest.finish_session(part, session)? {
+            let index = names
+                .iter()
+                .position(|n| *n == name)
+                .expect("a host of the run");
+            send(
+                GUEST,
+                &name,
+                "alignment",
+                &alignment_to_bytes(&alignment.positions),
+            );
+            let host_session = host_sessions[index].take().expect("one alignment per host");
+            parties[index].finish_session(host_session, &alignment)?;
+        }
+    }
+    let guest = guest.finish()?;
+    let hosts = parties
+        .into_iter()
+        .map(|party| party.finish().map(Some))
+        .collect::<Result<_, _>>()?;
+    Ok(InMemoryOutcome { guest, hosts })
+}
+
+fn sizes_to_bytes(sizes: &[u64]) -> Vec<u8> {
+    sizes.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
 impl<'a> InFlight<'a> {

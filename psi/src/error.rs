@@ -82,6 +82,19 @@ pub enum PsiError {
         /// Tag length in bits.
         tag_bits: u32,
     },
+    /// The parts of a partitioned run are too large for the tag length over the whole job.
+    #[error(
+        "host {host}: the parts compare {compared} pairs of ids, more than the {max} that \
+         96-bit tags allow (false matches must stay below 2^-40); use smaller parts"
+    )]
+    PartitionsTooCoarse {
+        /// The host whose sets are too large.
+        host: String,
+        /// Σ over parts of guest ids × host ids.
+        compared: u128,
+        /// The bound.
+        max: u128,
+    },
     /// The peer speaks another protocol version.
     #[error("peer {peer}: PSI protocol version {got}, this node speaks version {expected}")]
     VersionMismatch {

@@ -22,6 +22,10 @@
 //!    shuffled stream) of the final intersection in that order; the host maps them back to
 //!    rows. Every party now holds its own row indices in one common order.
 //!
+//! [`PartitionedGuest`] and [`PartitionedHost`] run the same protocol once per part of a
+//! keyed split of the ids (see [`PartitionedGuest`] for the flow and what the part sizes
+//! disclose); the node always does.
+//!
 //! # What each party learns (semi-honest, non-colluding parties)
 //!
 //! - **Guest**: the final intersection; for every host k, which of its own rows host k holds
@@ -76,16 +80,23 @@ mod ids;
 #[cfg(target_arch = "x86_64")]
 mod ifma;
 mod message;
+mod partition;
 mod session;
 
 pub use crypto::{arithmetic, JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN};
-pub use driver::{run_in_memory, HostInput, InMemoryOutcome, WireMessage, GUEST};
+pub use driver::{
+    run_in_memory, run_in_memory_partitioned, HostInput, InMemoryOutcome, WireMessage, GUEST,
+};
 pub use error::{DuplicateId, PsiError};
 pub use ids::{DuplicatePolicy, IdColumn, MAX_ID_LEN, MAX_ROWS};
 pub use message::{
     alignment_from_bytes, alignment_to_bytes, points_from_bytes, points_to_bytes, tags_from_bytes,
-    tags_to_bytes, Alignment, GuestHello, HostHello, PointBatch, ResultMode, TagBatch,
-    DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, PROTOCOL_VERSION,
+    tags_to_bytes, Alignment, GuestHello, HostHello, PartitionPlan, PartitionSchedule,
+    PartitionSizes, PointBatch, ResultMode, TagBatch, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
+    PROTOCOL_VERSION,
+};
+pub use partition::{
+    PartitionKey, PartitionedGuest, PartitionedHost, DEFAULT_PARTITION_ROWS, MAX_PARTITIONS,
 };
 pub use session::{GuestConfig, GuestOutput, GuestResult, HostOutput, PsiGuest, PsiHost};
 

@@ -3,9 +3,10 @@
 
 use crate::crypto::{JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN};
 use crate::error::PsiError;
+use crate::partition::PartitionKey;
 
 /// Version of the PSI protocol spoken by this crate; every message carries it.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default number of elements per batch message (2 MiB of points).
 pub const DEFAULT_BATCH_SIZE: u32 = 1 << 16;
@@ -36,6 +37,38 @@ pub struct GuestHello {
     pub batch_size: u32,
     /// Who learns the result.
     pub result: ResultMode,
+}
+
+/// Guest → each host, before any session of a partitioned run: the key that assigns ids to
+/// parts and the guest's number of distinct ids in each part (their count is the number of
+/// parts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionPlan {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// Key of the hash from ids to parts.
+    pub key: PartitionKey,
+    /// Distinct guest ids per part.
+    pub guest_sizes: Vec<u64>,
+}
+
+/// Host → guest: the host's number of distinct ids in each part of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionSizes {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// Distinct host ids per part.
+    pub host_sizes: Vec<u64>,
+}
+
+/// Guest → each host: the parts a session runs on, ascending (those where every party holds
+/// ids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionSchedule {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// Part numbers.
+    pub partitions: Vec<u32>,
 }
 
 /// Host → guest: accepts a session.

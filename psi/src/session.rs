@@ -75,6 +75,31 @@ fn batch_range(rows: u64, batch_size: u32, batch: u32) -> std::ops::Range<usize>
     start as usize..end as usize
 }
 
+/// The guest's batch size and host list, as a session or a partitioned run needs them.
+pub(crate) fn check_guest_settings(hosts: &[&str], config: &GuestConfig) -> Result<(), PsiError> {
+    if config.batch_size == 0 || config.batch_size > MAX_BATCH_SIZE {
+        return Err(PsiError::InvalidConfig {
+            field: "batch_size",
+            reason: format!("{} is not in 1..={MAX_BATCH_SIZE}", config.batch_size),
+        });
+    }
+    if hosts.is_empty() {
+        return Err(PsiError::InvalidConfig {
+            field: "hosts",
+            reason: "at least one host is needed".into(),
+        });
+    }
+    for (i, name) in hosts.iter().enumerate() {
+        if hosts[..i].contains(name) {
+            return Err(PsiError::InvalidConfig {
+                field: "hosts",
+                reason: format!("host {name} is listed twice"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Refuses sizes for which a false tag match would not be negligible (2^-40).
 fn check_tag_bound(guest_rows: u64, host_rows: u64) -> Result<(), PsiError> {
     let tag_bits = (TAG_LEN * 8) as u32;
@@ -147,6 +172,8 @@ struct HostSlot {
     name: String,
     /// Set by the host's hello.
     rows: Option<u64>,
+    /// Within a partitioned run: the size the host announced for this part in its sizes.
+    planned_rows: Option<u64>,
     /// Tags of the guest's points after this host's blinding, by guest position.
     guest_tags: Vec<Tag>,
     guest_batches_done: Vec<bool>,
@@ -185,6 +212,8 @@ pub struct PsiGuest {
     /// Row blinded at each position of the guest's stream.
     sent_rows: Vec<u32>,
     hosts: Vec<HostSlot>,
+    /// One part of a partitioned run: an empty intersection is a result, not an error.
+    within_partition: bool,
 }
 
 impl std::fmt::Debug for PsiGuest {
@@ -215,26 +244,7 @@ impl PsiGuest {
         key: BlindingKey,
         salt: JobSalt,
     ) -> Result<Self, PsiError> {
-        if config.batch_size == 0 || config.batch_size > MAX_BATCH_SIZE {
-            return Err(PsiError::InvalidConfig {
-                field: "batch_size",
-                reason: format!("{} is not in 1..={MAX_BATCH_SIZE}", config.batch_size),
-            });
-        }
-        if hosts.is_empty() {
-            return Err(PsiError::InvalidConfig {
-                field: "hosts",
-                reason: "at least one host is needed".into(),
-            });
-        }
-        for (i, name) in hosts.iter().enumerate() {
-            if hosts[..i].contains(name) {
-                return Err(PsiError::InvalidConfig {
-                    field: "hosts",
-                    reason: format!("host {name} is listed twice"),
-                });
-            }
-        }
+        check_guest_settings(hosts, &config)?;
         let sent_rows = shuffled_rows(&ids, config.duplicates)?;
         let own_batches = batch_count(sent_rows.len() as u64, config.batch_size) as usize;
         let hosts = hosts
@@ -242,6 +252,7 @@ impl PsiGuest {
             .map(|name| HostSlot {
                 name: (*name).to_owned(),
                 rows: None,
+                planned_rows: None,
                 guest_tags: vec![[0; TAG_LEN]; sent_rows.len()],
                 guest_batches_done: vec![false; own_batches],
                 host_batches: BTreeMap::new(),
@@ -254,7 +265,20 @@ impl PsiGuest {
             config,
             sent_rows,
             hosts,
+            within_partition: false,
         })
+    }
+
+    /// Marks the session as one part of a partitioned run, where a part may have no common id
+    /// and every host must announce the size it planned for the part (`planned[k]` for host k).
+    pub(crate) fn within_partition(mut self, planned: &[u64]) -> Self {
+        for (slot, &rows) in self.hosts.iter_mut().zip(planned) {
+            slot.planned_rows = Some(rows);
+        }
+        PsiGuest {
+            within_partition: true,
+            ..self
+        }
     }
 
     /// The hello every host receives.
@@ -316,6 +340,16 @@ impl PsiGuest {
             });
         }
         check_announced_rows(host, "host_rows", hello.host_rows)?;
+        if let Some(planned) = slot.planned_rows.filter(|&p| p != hello.host_rows) {
+            return Err(PsiError::InvalidField {
+                peer: host.to_owned(),
+                field: "host_rows",
+                reason: format!(
+                    "{} rows in this part, its sizes said {planned}",
+                    hello.host_rows
+                ),
+            });
+        }
         check_tag_bound(guest_rows, hello.host_rows)?;
         slot.rows = Some(hello.host_rows);
         Ok(())
@@ -423,7 +457,7 @@ impl PsiGuest {
             .into_par_iter()
             .filter(|&p| matches.iter().all(|m| m[p as usize] != NO_MATCH))
             .collect();
-        if common.is_empty() {
+        if common.is_empty() && !self.within_partition {
             return Err(PsiError::EmptyIntersection);
         }
         // `common` lists positions of the guest's shuffled stream in ascending order: a fresh
@@ -489,6 +523,8 @@ pub struct PsiHost {
     hello: GuestHello,
     /// Row blinded at each position of the host's stream.
     sent_rows: Vec<u32>,
+    /// One part of a partitioned run: an empty alignment is a result, not an error.
+    within_partition: bool,
 }
 
 impl std::fmt::Debug for PsiHost {
@@ -540,8 +576,17 @@ impl PsiHost {
             key,
             hello: hello.clone(),
             sent_rows,
+            within_partition: false,
         };
         Ok((host, reply))
+    }
+
+    /// Marks the session as one part of a partitioned run, where a part may have no common id.
+    pub(crate) fn within_partition(self) -> Self {
+        PsiHost {
+            within_partition: true,
+            ..self
+        }
     }
 
     /// Who learns the result, as the guest announced.
@@ -607,7 +652,7 @@ impl PsiHost {
                 what: "alignment in receiver-only mode",
             });
         }
-        if alignment.positions.is_empty() {
+        if alignment.positions.is_empty() && !self.within_partition {
             return Err(PsiError::EmptyIntersection);
         }
         let mut seen = vec![false; self.sent_rows.len()];

@@ -316,7 +316,7 @@ fn wrong_counts_versions_and_batches_are_typed_errors() {
     .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "peer bank: PSI protocol version 0, this node speaks version 1"
+        "peer bank: PSI protocol version 0, this node speaks version 2"
     );
 }
 

@@ -128,7 +128,7 @@ fn every_altered_message_is_a_named_error() {
     use PsiError::*;
     let cases = [
         case!("guest-hello", "version", newer_version,
-            VersionMismatch { peer, got: 2, .. } if peer == "guest"),
+            VersionMismatch { peer, got: 3, .. } if peer == "guest"),
         case!("guest-hello", "truncated", one_byte_short,
             InvalidField { peer, field: "guest_rows", .. } if peer == "guest"),
         case!("guest-hello", "no rows", |m| set_u64(m, 32, 0),
@@ -139,7 +139,7 @@ fn every_altered_message_is_a_named_error() {
         // Another salt hashes every id elsewhere: nothing matches.
         case!("guest-hello", "salt", |m| deliver(m, |m| m.payload[0] ^= 1), EmptyIntersection),
         case!("host-hello", "version", newer_version,
-            VersionMismatch { peer, got: 2, .. } if peer == "tax"),
+            VersionMismatch { peer, got: 3, .. } if peer == "tax"),
         case!("host-hello", "truncated", one_byte_short,
             InvalidField { peer, field: "host_rows", .. } if peer == "tax"),
         case!("host-hello", "no rows", |m| set_u64(m, 0, 0),
@@ -147,7 +147,7 @@ fn every_altered_message_is_a_named_error() {
         case!("host-hello", "one row more", |m| set_u64(m, 0, 21),
             WrongCount { what: "host-points", batch: 2, expected: 7, got: 6, .. }),
         case!("guest-points", "version", newer_version,
-            VersionMismatch { peer, got: 2, .. } if peer == "guest"),
+            VersionMismatch { peer, got: 3, .. } if peer == "guest"),
         case!("guest-points", "not a point", non_canonical_point,
             InvalidPoint { peer, what: "guest-points", batch: 0, index: 0 } if peer == "guest"),
         case!("guest-points", "ragged", one_byte_short, InvalidField { field: "points", .. }),
@@ -158,7 +158,7 @@ fn every_altered_message_is_a_named_error() {
         case!("guest-points", "no batch number", |m| deliver(m, |m| m.batch = None),
             InvalidField { peer, field: "batch", .. } if peer == "guest"),
         case!("guest-tags", "version", newer_version,
-            VersionMismatch { peer, got: 2, .. } if peer == "tax"),
+            VersionMismatch { peer, got: 3, .. } if peer == "tax"),
         case!("guest-tags", "ragged", one_byte_short,
             InvalidField { peer, field: "tags", .. } if peer == "tax"),
         case!("guest-tags", "a tag short", |m| bytes_short(m, 12),
@@ -170,7 +170,7 @@ fn every_altered_message_is_a_named_error() {
         case!("guest-tags", "another batch", |m| deliver(m, |m| m.batch = Some(1)),
             Incomplete { missing } if missing.contains(": 1 tag batches")),
         case!("host-points", "version", newer_version,
-            VersionMismatch { peer, got: 2, .. } if peer == "tax"),
+            VersionMismatch { peer, got: 3, .. } if peer == "tax"),
         case!("host-points", "not a point", non_canonical_point,
             InvalidPoint { peer, what: "host-points", batch: 0, index: 0 } if peer == "tax"),
         case!("host-points", "ragged", one_byte_short,
@@ -180,7 +180,7 @@ fn every_altered_message_is_a_named_error() {
         case!("host-points", "batch past the end", batch_past_end,
             BatchOutOfRange { what: "host-points", batch: 3, .. }),
         case!("alignment", "version", newer_version,
-            VersionMismatch { peer, got: 2, .. } if peer == "guest"),
+            VersionMismatch { peer, got: 3, .. } if peer == "guest"),
         // The driver used to drop a ragged tail silently (one position fewer).
         case!("alignment", "ragged", one_byte_short,
             InvalidField { peer, field: "positions", .. } if peer == "guest"),

@@ -2,7 +2,9 @@
 //! job's [`Link`], with the node's cap on the ids a peer may announce.
 
 use fedlearn::Table;
-use psi::{DuplicatePolicy, GuestConfig, IdColumn, PsiGuest, PsiHost};
+use psi::{
+    DuplicatePolicy, GuestConfig, IdColumn, PartitionedGuest, PartitionedHost, PsiGuest, PsiHost,
+};
 
 use crate::error::{NodeError, PeerFault};
 use crate::jobs::link::Link;
@@ -42,7 +44,71 @@ pub(crate) fn guest_psi(
 ) -> Result<Vec<u32>, NodeError> {
     let ids = IdColumn::from_ids(table.ids())?;
     let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let mut guest = PsiGuest::new(ids, &names, GuestConfig::default())?;
+    let config = GuestConfig::default();
+    let federation = &node.config().federation;
+    let mut guest = PartitionedGuest::new(ids, &names, config, federation.psi_partition_rows)?;
+    let plan = guest.plan();
+    for host in hosts {
+        link.send_psi(host, plan_to_proto(&plan))?;
+    }
+    let batches = |sizes: &[u64]| -> u64 {
+        sizes
+            .iter()
+            .map(|s| s.div_ceil(u64::from(config.batch_size)))
+            .sum()
+    };
+    let mut total = batches(&plan.guest_sizes);
+    for host in hosts {
+        match link.receive_psi(host)? {
+            Body::PartitionSizes(sizes) => {
+                let sizes = sizes_from_proto(&sizes);
+                let announced = sizes
+                    .host_sizes
+                    .iter()
+                    .fold(0u64, |a, s| a.saturating_add(*s));
+                if let Some(error) = too_many(host, announced, federation.max_peer_rows) {
+                    return Err(error);
+                }
+                guest.receive_sizes(host, &sizes)?;
+                total += batches(&sizes.host_sizes);
+            }
+            _ => return Err(unexpected(host, "its part sizes")),
+        }
+    }
+    let schedule = guest.schedule()?;
+    for host in hosts {
+        link.send_psi(host, schedule_to_proto(&schedule))?;
+    }
+    let mut done = 0u64;
+    let mut progress = |batches: u64| {
+        done += batches;
+        job.emit(
+            &node.store,
+            EventRecord {
+                state: "psi".into(),
+                message: "matching ids".into(),
+                psi_progress: done as f64 / total.max(1) as f64,
+                ..EventRecord::default()
+            },
+        )
+    };
+    while let Some((part, mut session)) = guest.next_session()? {
+        guest_session(link, &mut session, hosts, &mut progress)?;
+        for (host, alignment) in guest.finish_session(part, session)? {
+            link.send_psi(&host, alignment_to_proto(&alignment))?;
+        }
+    }
+    Ok(guest.finish()?.aligned_rows)
+}
+
+/// One part's session, the guest's side: hellos, the guest's points (a window of batches in
+/// flight per host) and the hosts' tags, then the hosts' points. `progress` counts batches.
+fn guest_session(
+    link: &mut Link<'_>,
+    guest: &mut PsiGuest,
+    hosts: &[String],
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), NodeError> {
     let hello = guest.hello();
     for host in hosts {
         link.send_psi(host, guest_hello_to_proto(&hello))?;
@@ -52,29 +118,12 @@ pub(crate) fn guest_psi(
         match link.receive_psi(host)? {
             Body::HostHello(reply) => {
                 let reply = host_hello_from_proto(&reply);
-                let cap = node.config().federation.max_peer_rows;
-                if let Some(error) = too_many(host, reply.host_rows, cap) {
-                    return Err(error);
-                }
                 guest.receive_host_hello(host, &reply)?;
                 host_batches.push(reply.host_rows.div_ceil(u64::from(hello.batch_size)));
             }
             _ => return Err(unexpected(host, "its hello")),
         }
     }
-    let own_batches = u64::from(guest.batch_count());
-    let total = (own_batches + host_batches.iter().sum::<u64>()).max(1);
-    let progress = |done: u64| {
-        job.emit(
-            &node.store,
-            EventRecord {
-                state: "psi".into(),
-                message: "matching ids".into(),
-                psi_progress: done as f64 / total as f64,
-                ..EventRecord::default()
-            },
-        )
-    };
     let batches = guest.batch_count();
     let mut sent = 0;
     for batch in 0..batches {
@@ -94,9 +143,8 @@ pub(crate) fn guest_psi(
                 _ => return Err(unexpected(host, "tags")),
             }
         }
-        progress(u64::from(batch) + 1);
+        progress(1);
     }
-    let mut done = own_batches;
     for (host, batches) in hosts.iter().zip(host_batches) {
         for _ in 0..batches {
             match link.receive_psi(host)? {
@@ -105,15 +153,10 @@ pub(crate) fn guest_psi(
                 }
                 _ => return Err(unexpected(host, "points")),
             }
-            done += 1;
-            progress(done);
+            progress(1);
         }
     }
-    let result = guest.finish()?;
-    for (host, alignment) in &result.alignments {
-        link.send_psi(host, alignment_to_proto(alignment))?;
-    }
-    Ok(result.output.aligned_rows)
+    Ok(())
 }
 
 pub(crate) fn host_psi(
@@ -121,23 +164,56 @@ pub(crate) fn host_psi(
     guest: &str,
     table: &Table,
 ) -> Result<Vec<u32>, NodeError> {
-    let hello = match link.receive_psi(guest)? {
-        Body::GuestHello(hello) => guest_hello_from_proto(guest, &hello)?,
-        _ => return Err(unexpected(guest, "its hello")),
+    let plan = match link.receive_psi(guest)? {
+        Body::PartitionPlan(plan) => plan_from_proto(guest, &plan)?,
+        _ => return Err(unexpected(guest, "its partition plan")),
     };
     let cap = link.node.config().federation.max_peer_rows;
-    if let Some(error) = too_many(guest, hello.guest_rows, cap) {
+    let announced = plan
+        .guest_sizes
+        .iter()
+        .fold(0u64, |a, s| a.saturating_add(*s));
+    if let Some(error) = too_many(guest, announced, cap) {
         return Err(error);
     }
-    if hello.result != psi::ResultMode::BothSides {
-        return Err(NodeError::Peer {
-            peer: guest.to_owned(),
-            fault: PeerFault::OneSidedPsi,
-        });
-    }
     let ids = IdColumn::from_ids(table.ids())?;
-    let (session, reply) = PsiHost::new(guest, ids, DuplicatePolicy::Reject, &hello)?;
-    link.send_psi(guest, host_hello_to_proto(&reply))?;
+    let (mut host, sizes) = PartitionedHost::new(guest, ids, DuplicatePolicy::Reject, &plan)?;
+    link.send_psi(guest, sizes_to_proto(&sizes))?;
+    match link.receive_psi(guest)? {
+        Body::PartitionSchedule(schedule) => {
+            host.receive_schedule(&schedule_from_proto(&schedule))?
+        }
+        _ => return Err(unexpected(guest, "the schedule of parts")),
+    }
+    loop {
+        let hello = match link.receive_psi(guest)? {
+            Body::GuestHello(hello) => guest_hello_from_proto(guest, &hello)?,
+            // After the last part the guest sends nothing more: `finish` below.
+            _ => return Err(unexpected(guest, "its hello")),
+        };
+        if hello.result != psi::ResultMode::BothSides {
+            return Err(NodeError::Peer {
+                peer: guest.to_owned(),
+                fault: PeerFault::OneSidedPsi,
+            });
+        }
+        let (session, reply) = host.next_session(&hello)?;
+        link.send_psi(guest, host_hello_to_proto(&reply))?;
+        let alignment = host_session(link, guest, &hello, &session)?;
+        if host.finish_session(session, &alignment)? {
+            return Ok(host.finish()?.aligned_rows);
+        }
+    }
+}
+
+/// One part's session, a host's side: answers the guest's batches, sends its own, and returns
+/// the guest's alignment.
+fn host_session(
+    link: &mut Link<'_>,
+    guest: &str,
+    hello: &psi::GuestHello,
+    session: &PsiHost,
+) -> Result<psi::Alignment, NodeError> {
     let guest_batches = hello
         .guest_rows
         .div_ceil(u64::from(hello.batch_size.max(1)));
@@ -157,10 +233,7 @@ pub(crate) fn host_psi(
         link.send_psi(guest, points_to_proto(&points))?;
     }
     match link.receive_psi(guest)? {
-        Body::Alignment(alignment) => {
-            let output = session.receive_alignment(&alignment_from_proto(guest, &alignment)?)?;
-            Ok(output.aligned_rows)
-        }
+        Body::Alignment(alignment) => Ok(alignment_from_proto(guest, &alignment)?),
         _ => Err(unexpected(guest, "the alignment")),
     }
 }

@@ -7,8 +7,10 @@ pub mod psi;
 /// Version of the federation protocol (envelopes and proposals); peers must speak the same.
 /// Version 2: proposals carry the host's column preparation. Version 3: jobs resume after an
 /// interruption, in numbered attempts. Version 4: audit heads given to peers are signed.
-/// Version 5: a trained model's id is a version of its name (`sme-credit@3`).
-pub const FEDERATION_VERSION: u32 = 5;
+/// Version 5: a trained model's id is a version of its name (`sme-credit@3`). Version 6: PSI
+/// runs in parts (psi protocol version 2: a plan, the sizes and a schedule, then one session
+/// per part).
+pub const FEDERATION_VERSION: u32 = 6;
 
 /// Largest preparation a proposal may carry (JSON bytes).
 pub(crate) const MAX_PREP_BYTES: usize = 64 * 1024;

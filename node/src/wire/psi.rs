@@ -4,7 +4,10 @@
 use prost::Message as _;
 
 use crate::proto::{psi_message, PsiMessage};
-use crate::proto::{PsiAlignment, PsiGuestHello, PsiHostHello, PsiPoints, PsiTags};
+use crate::proto::{
+    PsiAlignment, PsiGuestHello, PsiHostHello, PsiPartitionPlan, PsiPartitionSchedule,
+    PsiPartitionSizes, PsiPoints, PsiTags,
+};
 
 /// A PSI message body.
 pub type Body = psi_message::Body;
@@ -17,6 +20,71 @@ pub fn kind(body: &Body) -> &'static str {
         Body::Points(_) => "points",
         Body::Tags(_) => "tags",
         Body::Alignment(_) => "alignment",
+        Body::PartitionPlan(_) => "partition_plan",
+        Body::PartitionSizes(_) => "partition_sizes",
+        Body::PartitionSchedule(_) => "partition_schedule",
+    }
+}
+
+/// psi's partition plan as protobuf.
+pub fn plan_to_proto(plan: &psi::PartitionPlan) -> psi_message::Body {
+    psi_message::Body::PartitionPlan(PsiPartitionPlan {
+        version: plan.version.into(),
+        key: plan.key.0.to_vec(),
+        guest_sizes: plan.guest_sizes.clone(),
+    })
+}
+
+/// Protobuf partition plan as psi's.
+pub fn plan_from_proto(
+    peer: &str,
+    plan: &PsiPartitionPlan,
+) -> Result<psi::PartitionPlan, psi::PsiError> {
+    let key: [u8; 32] =
+        plan.key
+            .as_slice()
+            .try_into()
+            .map_err(|_| psi::PsiError::InvalidField {
+                peer: peer.to_owned(),
+                field: "key",
+                reason: format!("{} bytes, expected 32", plan.key.len()),
+            })?;
+    Ok(psi::PartitionPlan {
+        version: version(plan.version),
+        key: psi::PartitionKey(key),
+        guest_sizes: plan.guest_sizes.clone(),
+    })
+}
+
+/// psi's partition sizes as protobuf.
+pub fn sizes_to_proto(sizes: &psi::PartitionSizes) -> psi_message::Body {
+    psi_message::Body::PartitionSizes(PsiPartitionSizes {
+        version: sizes.version.into(),
+        host_sizes: sizes.host_sizes.clone(),
+    })
+}
+
+/// Protobuf partition sizes as psi's.
+pub fn sizes_from_proto(sizes: &PsiPartitionSizes) -> psi::PartitionSizes {
+    psi::PartitionSizes {
+        version: version(sizes.version),
+        host_sizes: sizes.host_sizes.clone(),
+    }
+}
+
+/// psi's schedule of parts as protobuf.
+pub fn schedule_to_proto(schedule: &psi::PartitionSchedule) -> psi_message::Body {
+    psi_message::Body::PartitionSchedule(PsiPartitionSchedule {
+        version: schedule.version.into(),
+        partitions: schedule.partitions.clone(),
+    })
+}
+
+/// Protobuf schedule of parts as psi's.
+pub fn schedule_from_proto(schedule: &PsiPartitionSchedule) -> psi::PartitionSchedule {
+    psi::PartitionSchedule {
+        version: version(schedule.version),
+        partitions: schedule.partitions.clone(),
     }
 }
 
