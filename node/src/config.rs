@@ -474,8 +474,9 @@ pub struct FederationSettings {
     /// Largest id set a peer may announce for PSI (bounds the memory a peer can make this
     /// node reserve).
     pub max_peer_rows: u64,
-    /// As a guest, distinct own ids per PSI part: PSI runs one part at a time, so this bounds
-    /// the memory of a session (about 66 bytes per id of the part) and sets the number of parts.
+    /// As a guest, distinct own ids per PSI part (at least `psi::MIN_PART_ROWS`): PSI runs one
+    /// part at a time, so this bounds the guest's own share of a session's memory and sets the
+    /// number of parts (hosts' parts grow with their sets).
     pub psi_partition_rows: u64,
     /// How often this node gives every peer its audit head to keep.
     pub anchor_secs: u64,
@@ -806,8 +807,11 @@ impl NodeConfig {
         if f.anchor_secs == 0 {
             return Err("federation.anchor_secs: must be at least 1".into());
         }
-        if f.psi_partition_rows == 0 {
-            return Err("federation.psi_partition_rows: must be at least 1".into());
+        if f.psi_partition_rows < psi::MIN_PART_ROWS {
+            return Err(format!(
+                "federation.psi_partition_rows: must be at least {} (hosts refuse smaller parts)",
+                psi::MIN_PART_ROWS
+            ));
         }
         if f.max_jobs == 0 || f.max_jobs_per_peer == 0 {
             return Err("federation: max_jobs and max_jobs_per_peer must be at least 1".into());

@@ -123,10 +123,10 @@ fn psi_round_trip(kind: &str, bytes: &[u8]) -> Result<Vec<u8>, PsiError> {
             psi_proto::plan_to_proto(&psi_proto::plan_from_proto("tax", p)?)
         }
         ("psi_partition_sizes", Body::PartitionSizes(s)) => {
-            psi_proto::sizes_to_proto(&psi_proto::sizes_from_proto(s))
+            psi_proto::sizes_to_proto(&psi_proto::sizes_from_proto("tax", s)?)
         }
         ("psi_partition_schedule", Body::PartitionSchedule(s)) => {
-            psi_proto::schedule_to_proto(&psi_proto::schedule_from_proto(s))
+            psi_proto::schedule_to_proto(&psi_proto::schedule_from_proto("tax", s)?)
         }
         ("psi_guest_hello", Body::GuestHello(h)) => {
             psi_proto::guest_hello_to_proto(&psi_proto::guest_hello_from_proto("tax", h)?)

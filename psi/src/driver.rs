@@ -11,8 +11,9 @@ use crate::crypto::JobSalt;
 use crate::error::PsiError;
 use crate::ids::{DuplicatePolicy, IdColumn};
 use crate::message::{
-    alignment_from_bytes, alignment_to_bytes, points_from_bytes, points_to_bytes, tags_from_bytes,
-    tags_to_bytes, Alignment, GuestHello, HostHello, PointBatch, ResultMode, TagBatch,
+    alignment_from_bytes, alignment_to_bytes, parts_to_bytes, points_from_bytes, points_to_bytes,
+    sizes_to_bytes, tags_from_bytes, tags_to_bytes, Alignment, GuestHello, HostHello, PointBatch,
+    ResultMode, TagBatch,
 };
 use crate::partition::{PartitionedGuest, PartitionedHost};
 use crate::session::{GuestConfig, GuestOutput, HostOutput, PsiGuest, PsiHost};
@@ -224,7 +225,8 @@ pub fn run_in_memory_altered(
 }
 
 /// Partitioned PSI (both-sides mode, see [`PartitionedGuest`]) between a guest and `hosts`,
-/// with about `partition_rows` distinct guest ids per part, calling `observe` on every message
+/// with about `partition_rows` distinct guest ids per part (hosts accept any number of parts; a
+/// node's hosts require [`crate::MIN_PART_ROWS`] ids per part), calling `observe` on every message
 /// in wire form (the plan's and the sizes' payloads are their sizes, u64 each, the schedule's
 /// its part numbers, u32 each).
 pub fn run_in_memory_partitioned(
@@ -254,7 +256,7 @@ pub fn run_in_memory_partitioned(
             "partition-plan",
             &sizes_to_bytes(&plan.guest_sizes),
         );
-        let (party, sizes) = PartitionedHost::new(GUEST, host.ids, host.duplicates, &plan)?;
+        let (party, sizes) = PartitionedHost::new(GUEST, host.ids, host.duplicates, &plan, 0)?;
         send(
             &host.name,
             GUEST,
@@ -270,7 +272,7 @@ pub fn run_in_memory_partitioned(
             GUEST,
             name,
             "partition-schedule",
-            &alignment_to_bytes(&schedule.partitions),
+            &parts_to_bytes(&schedule.partitions),
         );
         party.receive_schedule(&schedule)?;
     }
@@ -328,10 +330,6 @@ pub fn run_in_memory_partitioned(
         .map(|party| party.finish().map(Some))
         .collect::<Result<_, _>>()?;
     Ok(InMemoryOutcome { guest, hosts })
-}
-
-fn sizes_to_bytes(sizes: &[u64]) -> Vec<u8> {
-    sizes.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
 impl<'a> InFlight<'a> {

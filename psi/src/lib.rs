@@ -39,7 +39,8 @@
 //!   non-matching ids are indistinguishable from random group elements.
 //!
 //! Tags are 96 bits; the probability of any false match is at most nA·nB·2^-96, which this
-//! crate keeps below 2^-40 by refusing sets with nA·nB > 2^56.
+//! crate keeps below 2^-40 by refusing sets with nA·nB > 2^56 (in a partitioned run, with
+//! Σ over parts of nA·nB > 2^56: ids are compared within their part only).
 //!
 //! # Cost and memory
 //!
@@ -90,13 +91,14 @@ pub use driver::{
 pub use error::{DuplicateId, PsiError};
 pub use ids::{DuplicatePolicy, IdColumn, MAX_ID_LEN, MAX_ROWS};
 pub use message::{
-    alignment_from_bytes, alignment_to_bytes, points_from_bytes, points_to_bytes, tags_from_bytes,
-    tags_to_bytes, Alignment, GuestHello, HostHello, PartitionPlan, PartitionSchedule,
-    PartitionSizes, PointBatch, ResultMode, TagBatch, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
-    PROTOCOL_VERSION,
+    alignment_from_bytes, alignment_to_bytes, parts_from_bytes, parts_to_bytes, points_from_bytes,
+    points_to_bytes, sizes_from_bytes, sizes_to_bytes, tags_from_bytes, tags_to_bytes, Alignment,
+    GuestHello, HostHello, PartitionPlan, PartitionSchedule, PartitionSizes, PointBatch,
+    ResultMode, TagBatch, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, PROTOCOL_VERSION,
 };
 pub use partition::{
     PartitionKey, PartitionedGuest, PartitionedHost, DEFAULT_PARTITION_ROWS, MAX_PARTITIONS,
+    MIN_PART_ROWS,
 };
 pub use session::{GuestConfig, GuestOutput, GuestResult, HostOutput, PsiGuest, PsiHost};
 

@@ -3,7 +3,7 @@
 
 use crate::crypto::{JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN};
 use crate::error::PsiError;
-use crate::partition::PartitionKey;
+use crate::partition::{PartitionKey, MAX_PARTITIONS};
 
 /// Version of the PSI protocol spoken by this crate; every message carries it.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -147,6 +147,51 @@ pub fn alignment_from_bytes(peer: &str, bytes: &[u8]) -> Result<Vec<u32>, PsiErr
         .collect())
 }
 
+/// Part sizes (a plan's or a host's) as bytes: u64 each, little-endian.
+pub fn sizes_to_bytes(sizes: &[u64]) -> Vec<u8> {
+    sizes.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+/// Part sizes from `peer`'s bytes; at most [`MAX_PARTITIONS`] of them, checked before any
+/// allocation.
+pub fn sizes_from_bytes(
+    peer: &str,
+    field: &'static str,
+    bytes: &[u8],
+) -> Result<Vec<u64>, PsiError> {
+    check_part_count(peer, field, bytes.len() / 8)?;
+    Ok(split_fixed::<8>(peer, field, bytes)?
+        .into_iter()
+        .map(u64::from_le_bytes)
+        .collect())
+}
+
+/// Part numbers of a schedule as bytes: u32 each, little-endian.
+pub fn parts_to_bytes(parts: &[u32]) -> Vec<u8> {
+    parts.iter().flat_map(|p| p.to_le_bytes()).collect()
+}
+
+/// Part numbers from `peer`'s bytes; at most [`MAX_PARTITIONS`] of them, checked before any
+/// allocation.
+pub fn parts_from_bytes(peer: &str, bytes: &[u8]) -> Result<Vec<u32>, PsiError> {
+    check_part_count(peer, "partitions", bytes.len() / 4)?;
+    Ok(split_fixed::<4>(peer, "partitions", bytes)?
+        .into_iter()
+        .map(u32::from_le_bytes)
+        .collect())
+}
+
+fn check_part_count(peer: &str, field: &'static str, count: usize) -> Result<(), PsiError> {
+    if count > MAX_PARTITIONS as usize {
+        return Err(PsiError::InvalidField {
+            peer: peer.to_owned(),
+            field,
+            reason: format!("{count} parts is more than {MAX_PARTITIONS}"),
+        });
+    }
+    Ok(())
+}
+
 fn split_fixed<const N: usize>(
     peer: &str,
     field: &'static str,
@@ -184,6 +229,34 @@ pub(crate) fn check_version(peer: &str, got: u16) -> Result<(), PsiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer's part arrays are refused by length before anything is allocated for them.
+    #[test]
+    fn part_arrays_round_trip_and_are_capped() {
+        let sizes = vec![0, 7, u64::MAX];
+        assert_eq!(
+            sizes_from_bytes("tax", "host_sizes", &sizes_to_bytes(&sizes)),
+            Ok(sizes)
+        );
+        let parts = vec![0, 3, MAX_PARTITIONS - 1];
+        assert_eq!(parts_from_bytes("bank", &parts_to_bytes(&parts)), Ok(parts));
+        let too_many = vec![0u8; (MAX_PARTITIONS as usize + 1) * 8];
+        assert!(matches!(
+            sizes_from_bytes("tax", "host_sizes", &too_many),
+            Err(PsiError::InvalidField {
+                field: "host_sizes",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parts_from_bytes("bank", &too_many[..(MAX_PARTITIONS as usize + 1) * 4]),
+            Err(PsiError::InvalidField {
+                field: "partitions",
+                ..
+            })
+        ));
+        assert!(sizes_from_bytes("tax", "host_sizes", &[0; 9]).is_err());
+    }
 
     #[test]
     fn flat_bytes_round_trip_and_reject_ragged_lengths() {

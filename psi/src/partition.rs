@@ -20,6 +20,11 @@ pub const MAX_PARTITIONS: u32 = 1 << 16;
 /// Default number of distinct guest ids per part.
 pub const DEFAULT_PARTITION_ROWS: u64 = 1 << 20;
 
+/// Fewest ids per part, on average, that a party lets a plan split its set into (the nodes'
+/// setting): with a thousand ids per part, a part size says next to nothing about which ids a
+/// party holds, and no part of a real set is empty.
+pub const MIN_PART_ROWS: u64 = 1024;
+
 /// Pairs of ids compared over a job, per host, that 96-bit tags allow (2^-40 false-match
 /// bound).
 const MAX_COMPARED_PAIRS: u128 = 1 << 56;
@@ -175,11 +180,19 @@ fn check_compared_pairs(host: &str, guest: &[u64], sizes: &[u64]) -> Result<(), 
 /// Beyond the unpartitioned protocol: the guest learns every host's number of ids per part,
 /// each host the guest's, and each host which parts the schedule skips (those where some other
 /// host holds no id). The guest learns less than before: pairwise intersection sizes only over
-/// the scheduled parts. The key is known to all parties
+/// the scheduled parts.
+///
+/// Part sizes are a histogram of a party's set under a key the guest chose, and the finer the
+/// split the more it says (an empty part tells that the party holds none of the ids that hash
+/// there). So the guest's parts hold `partition_rows` ids or about half that, a host refuses a
+/// plan that would give its own parts fewer than `min_part_rows` ids on average (the nodes use
+/// [`MIN_PART_ROWS`], 1024, at which a real set has no empty part), and the nodes refuse
+/// `psi_partition_rows` below it. The key is fresh per run; a job that aligns again after an
+/// interruption runs PSI again under a new key, so each such attempt shows each party one more
+/// histogram of the others' sets. The key is known to all parties
 /// of the job, so a part size is a function of the set that a party can evaluate on guesses: a
 /// host that already knows the guest's set up to a few ids learns in which parts the unknown
-/// ones lie (about log2(parts) bits each). The key is fresh per job, drawn after every party's
-/// set is fixed. The final order is part by part, random within each part; since every party
+/// ones lie (about log2(parts) bits each). The key is drawn after every party's set is fixed. The final order is part by part, random within each part; since every party
 /// can compute the part of its own ids, that order tells it nothing new.
 ///
 /// This type is the guest's side: the plan, the schedule, and one [`PsiGuest`] per scheduled
@@ -289,13 +302,16 @@ impl PartitionedGuest {
             })?);
         }
         let guest = self.parts.sizes();
-        for (host, sizes) in self.hosts.iter().zip(&all) {
-            check_compared_pairs(host, &guest, sizes)?;
-        }
         let partitions: Vec<u32> = (0..guest.len())
             .filter(|&p| guest[p] > 0 && all.iter().all(|sizes| sizes[p] > 0))
             .map(|p| p as u32)
             .collect();
+        // Only scheduled parts are compared.
+        let scheduled =
+            |sizes: &[u64]| -> Vec<u64> { partitions.iter().map(|&p| sizes[p as usize]).collect() };
+        for (host, sizes) in self.hosts.iter().zip(&all) {
+            check_compared_pairs(host, &scheduled(&guest), &scheduled(sizes))?;
+        }
         if partitions.is_empty() {
             return Err(PsiError::EmptyIntersection);
         }
@@ -395,12 +411,16 @@ pub struct PartitionedHost {
 
 impl PartitionedHost {
     /// Checks the guest's plan and splits the ids with its key; returns the host and the sizes
-    /// to send back.
+    /// to send back. The host refuses a plan that would split its distinct ids into parts of
+    /// fewer than `min_part_rows` on average (more parts would make its part sizes a finer
+    /// picture of its set; the nodes use [`MIN_PART_ROWS`]; 0 sets no limit), and one whose
+    /// parts compare more pairs of ids than 96-bit tags allow.
     pub fn new(
         guest: &str,
         ids: IdColumn,
         duplicates: DuplicatePolicy,
         plan: &PartitionPlan,
+        min_part_rows: u64,
     ) -> Result<(Self, PartitionSizes), PsiError> {
         check_version(guest, plan.version)?;
         let count = plan.guest_sizes.len();
@@ -413,7 +433,23 @@ impl PartitionedHost {
         }
         check_sizes(guest, "guest_sizes", &plan.guest_sizes, count)?;
         let rows = ids.distinct_rows(duplicates)?;
+        let allowed = match min_part_rows {
+            0 => u64::from(MAX_PARTITIONS),
+            min => (rows.len() as u64 / min).max(1),
+        };
+        if count as u64 > allowed {
+            return Err(PsiError::InvalidField {
+                peer: guest.to_owned(),
+                field: "guest_sizes",
+                reason: format!(
+                    "{count} parts for this host's {} ids: at most {allowed} (parts of at \
+                     least {min_part_rows} ids on average)",
+                    rows.len()
+                ),
+            });
+        }
         let parts = Parts::split(&ids, rows, &plan.key, count as u32);
+        check_compared_pairs(guest, &plan.guest_sizes, &parts.sizes())?;
         let reply = PartitionSizes {
             version: PROTOCOL_VERSION,
             host_sizes: parts.sizes(),
@@ -479,6 +515,13 @@ impl PartitionedHost {
                 what: "a guest hello after the last scheduled part",
             });
         };
+        if hello.result != ResultMode::BothSides {
+            return Err(PsiError::InvalidField {
+                peer: self.guest.clone(),
+                field: "result",
+                reason: "partitioned PSI aligns every party (both-sides mode)".into(),
+            });
+        }
         let planned = self.guest_sizes[part as usize];
         if hello.guest_rows != planned {
             return Err(PsiError::InvalidField {

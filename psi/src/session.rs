@@ -45,7 +45,8 @@ pub struct GuestOutput {
     /// Guest rows held by every party, in a uniformly random order: row `i` of the aligned
     /// data set.
     pub aligned_rows: Vec<u32>,
-    /// |guest ∩ host_k| per host (the guest learns these pairwise sizes).
+    /// |guest ∩ host_k| per host (the guest learns these pairwise sizes); in a partitioned run,
+    /// over the parts that ran only.
     pub pairwise_sizes: Vec<u64>,
 }
 

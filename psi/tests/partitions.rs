@@ -121,7 +121,7 @@ fn started() -> (PartitionedGuest, PartitionedHost, PartitionPlan) {
     assert_eq!(plan.guest_sizes.len(), 8);
     assert_eq!(plan.guest_sizes.iter().sum::<u64>(), 400);
     let (host, _) =
-        PartitionedHost::new("bank", ids(200..700), DuplicatePolicy::Reject, &plan).unwrap();
+        PartitionedHost::new("bank", ids(200..700), DuplicatePolicy::Reject, &plan, 1).unwrap();
     (guest, host, plan)
 }
 
@@ -138,7 +138,7 @@ fn a_host_checks_the_plan_and_the_schedule() {
             guest_sizes: sizes,
             ..plan.clone()
         };
-        let refused = PartitionedHost::new("bank", ids(0..10), DuplicatePolicy::Reject, &bad);
+        let refused = PartitionedHost::new("bank", ids(0..10), DuplicatePolicy::Reject, &bad, 1);
         assert!(matches!(
             refused,
             Err(PsiError::InvalidField {
@@ -152,11 +152,11 @@ fn a_host_checks_the_plan_and_the_schedule() {
         ..plan.clone()
     };
     assert!(matches!(
-        PartitionedHost::new("bank", ids(0..10), DuplicatePolicy::Reject, &old),
+        PartitionedHost::new("bank", ids(0..10), DuplicatePolicy::Reject, &old, 1),
         Err(PsiError::VersionMismatch { got: 1, .. })
     ));
     let (_, sizes) =
-        PartitionedHost::new("bank", ids(200..700), DuplicatePolicy::Reject, &plan).unwrap();
+        PartitionedHost::new("bank", ids(200..700), DuplicatePolicy::Reject, &plan, 1).unwrap();
     guest.receive_sizes("tax", &sizes).unwrap();
     let schedule = guest.schedule().unwrap();
     let with = |partitions: Vec<u32>| PartitionSchedule {
@@ -279,4 +279,26 @@ fn receiver_only_mode_is_refused() {
             ..
         })
     ));
+}
+
+#[test]
+fn a_host_refuses_parts_smaller_than_its_minimum() {
+    let guest = PartitionedGuest::new(ids(0..4000), &["tax"], config(), 500).unwrap();
+    let plan = guest.plan();
+    assert_eq!(plan.guest_sizes.len(), 8);
+    // 3000 host ids in 8 parts is 375 per part: refused at a minimum of 1024, accepted at 300.
+    let refused = PartitionedHost::new("bank", ids(0..3000), DuplicatePolicy::Reject, &plan, 1024);
+    match refused {
+        Err(PsiError::InvalidField {
+            field: "guest_sizes",
+            reason,
+            ..
+        }) => {
+            assert!(reason.contains("at most 2"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        PartitionedHost::new("bank", ids(0..3000), DuplicatePolicy::Reject, &plan, 300).is_ok()
+    );
 }

@@ -51,17 +51,11 @@ pub(crate) fn guest_psi(
     for host in hosts {
         link.send_psi(host, plan_to_proto(&plan))?;
     }
-    let batches = |sizes: &[u64]| -> u64 {
-        sizes
-            .iter()
-            .map(|s| s.div_ceil(u64::from(config.batch_size)))
-            .sum()
-    };
-    let mut total = batches(&plan.guest_sizes);
+    let mut all_sizes = vec![plan.guest_sizes.clone()];
     for host in hosts {
         match link.receive_psi(host)? {
             Body::PartitionSizes(sizes) => {
-                let sizes = sizes_from_proto(&sizes);
+                let sizes = sizes_from_proto(host, &sizes)?;
                 let announced = sizes
                     .host_sizes
                     .iter()
@@ -70,7 +64,7 @@ pub(crate) fn guest_psi(
                     return Err(error);
                 }
                 guest.receive_sizes(host, &sizes)?;
-                total += batches(&sizes.host_sizes);
+                all_sizes.push(sizes.host_sizes);
             }
             _ => return Err(unexpected(host, "its part sizes")),
         }
@@ -79,6 +73,16 @@ pub(crate) fn guest_psi(
     for host in hosts {
         link.send_psi(host, schedule_to_proto(&schedule))?;
     }
+    // Batches of every party in the parts that run.
+    let total: u64 = all_sizes
+        .iter()
+        .flat_map(|sizes| {
+            schedule
+                .partitions
+                .iter()
+                .map(|&p| sizes[p as usize].div_ceil(u64::from(config.batch_size)))
+        })
+        .sum();
     let mut done = 0u64;
     let mut progress = |batches: u64| {
         done += batches;
@@ -177,19 +181,24 @@ pub(crate) fn host_psi(
         return Err(error);
     }
     let ids = IdColumn::from_ids(table.ids())?;
-    let (mut host, sizes) = PartitionedHost::new(guest, ids, DuplicatePolicy::Reject, &plan)?;
+    let (mut host, sizes) = PartitionedHost::new(
+        guest,
+        ids,
+        DuplicatePolicy::Reject,
+        &plan,
+        psi::MIN_PART_ROWS,
+    )?;
     link.send_psi(guest, sizes_to_proto(&sizes))?;
     match link.receive_psi(guest)? {
         Body::PartitionSchedule(schedule) => {
-            host.receive_schedule(&schedule_from_proto(&schedule))?
+            host.receive_schedule(&schedule_from_proto(guest, &schedule)?)?
         }
         _ => return Err(unexpected(guest, "the schedule of parts")),
     }
     loop {
         let hello = match link.receive_psi(guest)? {
             Body::GuestHello(hello) => guest_hello_from_proto(guest, &hello)?,
-            // After the last part the guest sends nothing more: `finish` below.
-            _ => return Err(unexpected(guest, "its hello")),
+            _ => return Err(unexpected(guest, "its hello for the next part")),
         };
         if hello.result != psi::ResultMode::BothSides {
             return Err(NodeError::Peer {

@@ -31,7 +31,7 @@ pub fn plan_to_proto(plan: &psi::PartitionPlan) -> psi_message::Body {
     psi_message::Body::PartitionPlan(PsiPartitionPlan {
         version: plan.version.into(),
         key: plan.key.0.to_vec(),
-        guest_sizes: plan.guest_sizes.clone(),
+        guest_sizes: psi::sizes_to_bytes(&plan.guest_sizes),
     })
 }
 
@@ -52,7 +52,7 @@ pub fn plan_from_proto(
     Ok(psi::PartitionPlan {
         version: version(plan.version),
         key: psi::PartitionKey(key),
-        guest_sizes: plan.guest_sizes.clone(),
+        guest_sizes: psi::sizes_from_bytes(peer, "guest_sizes", &plan.guest_sizes)?,
     })
 }
 
@@ -60,32 +60,38 @@ pub fn plan_from_proto(
 pub fn sizes_to_proto(sizes: &psi::PartitionSizes) -> psi_message::Body {
     psi_message::Body::PartitionSizes(PsiPartitionSizes {
         version: sizes.version.into(),
-        host_sizes: sizes.host_sizes.clone(),
+        host_sizes: psi::sizes_to_bytes(&sizes.host_sizes),
     })
 }
 
 /// Protobuf partition sizes as psi's.
-pub fn sizes_from_proto(sizes: &PsiPartitionSizes) -> psi::PartitionSizes {
-    psi::PartitionSizes {
+pub fn sizes_from_proto(
+    peer: &str,
+    sizes: &PsiPartitionSizes,
+) -> Result<psi::PartitionSizes, psi::PsiError> {
+    Ok(psi::PartitionSizes {
         version: version(sizes.version),
-        host_sizes: sizes.host_sizes.clone(),
-    }
+        host_sizes: psi::sizes_from_bytes(peer, "host_sizes", &sizes.host_sizes)?,
+    })
 }
 
 /// psi's schedule of parts as protobuf.
 pub fn schedule_to_proto(schedule: &psi::PartitionSchedule) -> psi_message::Body {
     psi_message::Body::PartitionSchedule(PsiPartitionSchedule {
         version: schedule.version.into(),
-        partitions: schedule.partitions.clone(),
+        partitions: psi::parts_to_bytes(&schedule.partitions),
     })
 }
 
 /// Protobuf schedule of parts as psi's.
-pub fn schedule_from_proto(schedule: &PsiPartitionSchedule) -> psi::PartitionSchedule {
-    psi::PartitionSchedule {
+pub fn schedule_from_proto(
+    peer: &str,
+    schedule: &PsiPartitionSchedule,
+) -> Result<psi::PartitionSchedule, psi::PsiError> {
+    Ok(psi::PartitionSchedule {
         version: version(schedule.version),
-        partitions: schedule.partitions.clone(),
-    }
+        partitions: psi::parts_from_bytes(peer, &schedule.partitions)?,
+    })
 }
 
 fn version(v: u32) -> u16 {
