@@ -58,19 +58,63 @@ impl JobSalt {
 
 impl std::fmt::Debug for JobSalt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JobSalt(")?;
-        for byte in &self.0[..4] {
-            write!(f, "{byte:02x}")?;
-        }
-        write!(f, "…)")
+        debug_prefix(f, "JobSalt", &self.0)
     }
 }
 
-pub(crate) fn getrandom_fill(bytes: &mut [u8]) -> Result<(), PsiError> {
+/// `Name(0a1b2c3d…)`: a per-run random value in logs, its first four bytes only.
+pub(crate) fn debug_prefix(
+    f: &mut std::fmt::Formatter<'_>,
+    name: &str,
+    bytes: &[u8; 32],
+) -> std::fmt::Result {
+    write!(f, "{name}(")?;
+    for byte in &bytes[..4] {
+        write!(f, "{byte:02x}")?;
+    }
+    write!(f, "…)")
+}
+
+fn getrandom_fill(bytes: &mut [u8]) -> Result<(), PsiError> {
     use rand::TryRng;
     rand::rngs::SysRng
         .try_fill_bytes(bytes)
         .map_err(|e| PsiError::Randomness(e.to_string()))
+}
+
+/// Domain separator of the hash from ids to parts.
+const PARTITION_DOMAIN: &[u8] = b"unseen/psi/v1/partition";
+
+/// The key of the hash that assigns ids to parts; drawn by the guest per job.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PartitionKey(pub [u8; 32]);
+
+impl PartitionKey {
+    /// A fresh key from the operating system's random number generator.
+    pub fn random() -> Result<Self, PsiError> {
+        let mut key = [0u8; 32];
+        getrandom_fill(&mut key)?;
+        Ok(PartitionKey(key))
+    }
+
+    /// The part of `id` among `count` parts: the first 8 bytes of SHA-256 over the domain,
+    /// the key and the length-prefixed id, scaled to `0..count` by a 64-bit multiply-shift.
+    pub fn part_of(&self, count: u32, id: &[u8]) -> u32 {
+        let digest = Sha256::new()
+            .chain_update(PARTITION_DOMAIN)
+            .chain_update(self.0)
+            .chain_update((id.len() as u64).to_le_bytes())
+            .chain_update(id)
+            .finalize();
+        let word = u64::from_le_bytes(digest[..8].try_into().expect("eight bytes"));
+        ((u128::from(word) * u128::from(count)) >> 64) as u32
+    }
+}
+
+impl std::fmt::Debug for PartitionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_prefix(f, "PartitionKey", &self.0)
+    }
 }
 
 /// A party's secret exponent `k` for one job. Only `k/2` is kept: both arithmetics multiply by

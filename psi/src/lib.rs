@@ -37,6 +37,10 @@
 //! - Nobody learns anything about ids outside the intersection: under the decisional
 //!   Diffie–Hellman assumption in Ristretto255 with H a random oracle, blinded values of
 //!   non-matching ids are indistinguishable from random group elements.
+//! - In a partitioned run (the node's), in addition: every party's number of ids per part, a
+//!   histogram of its set under the run's key, and to each host which parts some other host
+//!   lacks; the guest learns the pairwise intersections only within the parts that run (see
+//!   [`PartitionedGuest`]).
 //!
 //! Tags are 96 bits; the probability of any false match is at most nA·nB·2^-96, which this
 //! crate keeps below 2^-40 by refusing sets with nA·nB > 2^56 (in a partitioned run, with
@@ -84,7 +88,7 @@ mod message;
 mod partition;
 mod session;
 
-pub use crypto::{arithmetic, JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN};
+pub use crypto::{arithmetic, JobSalt, PartitionKey, Tag, WirePoint, POINT_LEN, TAG_LEN};
 pub use driver::{
     run_in_memory, run_in_memory_partitioned, HostInput, InMemoryOutcome, WireMessage, GUEST,
 };
@@ -94,12 +98,9 @@ pub use message::{
     alignment_from_bytes, alignment_to_bytes, parts_from_bytes, parts_to_bytes, points_from_bytes,
     points_to_bytes, sizes_from_bytes, sizes_to_bytes, tags_from_bytes, tags_to_bytes, Alignment,
     GuestHello, HostHello, PartitionPlan, PartitionSchedule, PartitionSizes, PointBatch,
-    ResultMode, TagBatch, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, PROTOCOL_VERSION,
+    ResultMode, TagBatch, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_PARTITIONS, PROTOCOL_VERSION,
 };
-pub use partition::{
-    PartitionKey, PartitionedGuest, PartitionedHost, DEFAULT_PARTITION_ROWS, MAX_PARTITIONS,
-    MIN_PART_ROWS,
-};
+pub use partition::{PartitionedGuest, PartitionedHost, DEFAULT_PARTITION_ROWS, MIN_PART_ROWS};
 pub use session::{GuestConfig, GuestOutput, GuestResult, HostOutput, PsiGuest, PsiHost};
 
 /// Test hooks: the in-memory driver with messages altered, dropped or replayed in flight.

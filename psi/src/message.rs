@@ -1,15 +1,17 @@
 //! The messages of the protocol. The caller moves them; `node` maps them to protobuf.
 #![forbid(unsafe_code)]
 
-use crate::crypto::{JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN};
+use crate::crypto::{JobSalt, PartitionKey, Tag, WirePoint, POINT_LEN, TAG_LEN};
 use crate::error::PsiError;
-use crate::partition::{PartitionKey, MAX_PARTITIONS};
 
 /// Version of the PSI protocol spoken by this crate; every message carries it.
 pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default number of elements per batch message (2 MiB of points).
 pub const DEFAULT_BATCH_SIZE: u32 = 1 << 16;
+/// Most parts a partitioned run may have.
+pub const MAX_PARTITIONS: u32 = 1 << 16;
+
 /// Largest batch a peer may announce (32 MiB of points), bounding each message's memory.
 pub const MAX_BATCH_SIZE: u32 = 1 << 20;
 

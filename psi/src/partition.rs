@@ -2,20 +2,17 @@
 #![forbid(unsafe_code)]
 
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
+use crate::crypto::PartitionKey;
 use crate::error::PsiError;
 use crate::ids::{DuplicatePolicy, IdColumn, MAX_ROWS};
 use crate::message::{
     check_version, Alignment, GuestHello, HostHello, PartitionPlan, PartitionSchedule,
-    PartitionSizes, ResultMode, PROTOCOL_VERSION,
+    PartitionSizes, ResultMode, MAX_PARTITIONS, PROTOCOL_VERSION,
 };
 use crate::session::{
     check_guest_settings, GuestConfig, GuestOutput, HostOutput, PsiGuest, PsiHost,
 };
-
-/// Most parts a job may have.
-pub const MAX_PARTITIONS: u32 = 1 << 16;
 
 /// Default number of distinct guest ids per part.
 pub const DEFAULT_PARTITION_ROWS: u64 = 1 << 20;
@@ -28,45 +25,6 @@ pub const MIN_PART_ROWS: u64 = 1024;
 /// Pairs of ids compared over a job, per host, that 96-bit tags allow (2^-40 false-match
 /// bound).
 const MAX_COMPARED_PAIRS: u128 = 1 << 56;
-
-/// Domain separator of the hash from ids to parts.
-const PARTITION_DOMAIN: &[u8] = b"unseen/psi/v1/partition";
-
-/// The key of the hash that assigns ids to parts; drawn by the guest per job.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct PartitionKey(pub [u8; 32]);
-
-impl PartitionKey {
-    /// A fresh key from the operating system's random number generator.
-    pub fn random() -> Result<Self, PsiError> {
-        let mut key = [0u8; 32];
-        crate::crypto::getrandom_fill(&mut key)?;
-        Ok(PartitionKey(key))
-    }
-
-    /// The part of `id` among `count` parts: the first 8 bytes of SHA-256 over the domain,
-    /// the key and the length-prefixed id, scaled to `0..count` by a 64-bit multiply-shift.
-    pub fn part_of(&self, count: u32, id: &[u8]) -> u32 {
-        let digest = Sha256::new()
-            .chain_update(PARTITION_DOMAIN)
-            .chain_update(self.0)
-            .chain_update((id.len() as u64).to_le_bytes())
-            .chain_update(id)
-            .finalize();
-        let word = u64::from_le_bytes(digest[..8].try_into().expect("eight bytes"));
-        ((u128::from(word) * u128::from(count)) >> 64) as u32
-    }
-}
-
-impl std::fmt::Debug for PartitionKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PartitionKey(")?;
-        for byte in &self.0[..4] {
-            write!(f, "{byte:02x}")?;
-        }
-        write!(f, "…)")
-    }
-}
 
 /// A party's distinct rows (under its duplicate policy), by part, ascending within each.
 #[derive(Debug)]
@@ -150,6 +108,24 @@ fn check_compared_pairs(host: &str, guest: &[u64], sizes: &[u64]) -> Result<(), 
             compared,
             max: MAX_COMPARED_PAIRS,
         });
+    }
+    Ok(())
+}
+
+/// Every scheduled part ran, and some row is common to all parties.
+fn check_finished(schedule: Option<&[u32]>, done: usize, aligned: &[u32]) -> Result<(), PsiError> {
+    let scheduled = schedule
+        .map(<[u32]>::len)
+        .ok_or_else(|| PsiError::Incomplete {
+            missing: "the schedule of parts".into(),
+        })?;
+    if done < scheduled {
+        return Err(PsiError::Incomplete {
+            missing: format!("{} of {scheduled} parts", scheduled - done),
+        });
+    }
+    if aligned.is_empty() {
+        return Err(PsiError::EmptyIntersection);
     }
     Ok(())
 }
@@ -381,15 +357,7 @@ impl PartitionedGuest {
     /// pairwise intersection sizes over the scheduled parts (a part that some host lacks is not
     /// run, so matches with the other hosts there are not counted: the guest learns less).
     pub fn finish(self) -> Result<GuestOutput, PsiError> {
-        let scheduled = self.schedule_ref()?.len();
-        if self.done < scheduled {
-            return Err(PsiError::Incomplete {
-                missing: format!("{} of {scheduled} parts", scheduled - self.done),
-            });
-        }
-        if self.aligned_rows.is_empty() {
-            return Err(PsiError::EmptyIntersection);
-        }
+        check_finished(self.schedule.as_deref(), self.done, &self.aligned_rows)?;
         Ok(GuestOutput {
             aligned_rows: self.aligned_rows,
             pairwise_sizes: self.pairwise_sizes,
@@ -561,15 +529,7 @@ impl PartitionedHost {
 
     /// The host's rows of the final intersection, in the guest's order.
     pub fn finish(self) -> Result<HostOutput, PsiError> {
-        let scheduled = self.schedule.as_deref().map_or(0, <[u32]>::len);
-        if self.schedule.is_none() || self.done < scheduled {
-            return Err(PsiError::Incomplete {
-                missing: format!("{} of {scheduled} parts", scheduled - self.done),
-            });
-        }
-        if self.aligned_rows.is_empty() {
-            return Err(PsiError::EmptyIntersection);
-        }
+        check_finished(self.schedule.as_deref(), self.done, &self.aligned_rows)?;
         Ok(HostOutput {
             aligned_rows: self.aligned_rows,
         })
