@@ -50,9 +50,7 @@ pub struct JobSalt(pub [u8; 32]);
 impl JobSalt {
     /// A fresh salt from the operating system's random number generator.
     pub fn random() -> Result<Self, PsiError> {
-        let mut salt = [0u8; 32];
-        getrandom_fill(&mut salt)?;
-        Ok(JobSalt(salt))
+        random_bytes().map(JobSalt)
     }
 }
 
@@ -75,11 +73,14 @@ pub(crate) fn debug_prefix(
     write!(f, "…)")
 }
 
-fn getrandom_fill(bytes: &mut [u8]) -> Result<(), PsiError> {
+/// `N` bytes from the operating system's random number generator.
+fn random_bytes<const N: usize>() -> Result<[u8; N], PsiError> {
     use rand::TryRng;
+    let mut bytes = [0u8; N];
     rand::rngs::SysRng
-        .try_fill_bytes(bytes)
-        .map_err(|e| PsiError::Randomness(e.to_string()))
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| PsiError::Randomness(e.to_string()))?;
+    Ok(bytes)
 }
 
 /// Domain separator of the hash from ids to parts.
@@ -92,9 +93,7 @@ pub struct PartitionKey(pub [u8; 32]);
 impl PartitionKey {
     /// A fresh key from the operating system's random number generator.
     pub fn random() -> Result<Self, PsiError> {
-        let mut key = [0u8; 32];
-        getrandom_fill(&mut key)?;
-        Ok(PartitionKey(key))
+        random_bytes().map(PartitionKey)
     }
 
     /// The part of `id` among `count` parts: the first 8 bytes of SHA-256 over the domain,
@@ -134,8 +133,7 @@ impl BlindingKey {
     /// A fresh uniformly random non-zero key from the operating system.
     pub(crate) fn random() -> Result<Self, PsiError> {
         loop {
-            let mut wide = [0u8; 64];
-            getrandom_fill(&mut wide)?;
+            let mut wide: [u8; 64] = random_bytes()?;
             let mut key = Scalar::from_bytes_mod_order_wide(&wide);
             wide.zeroize();
             if key != Scalar::ZERO {

@@ -642,11 +642,17 @@ impl Point {
     /// RFC 9496 section 4.3.2: the canonical encodings of the eight points.
     #[target_feature(enable = "avx512f,avx512ifma")]
     fn encode(&self) -> [[u8; 32]; LANES] {
-        let Point { x, y, z, .. } = *self;
-        let u1 = z.add(y).mul(z.sub(y));
-        let u2 = x.mul(y);
+        let (u1, u2) = self.encoding_ratio();
         let (_, invsqrt) = Fe::sqrt_ratio_m1(Fe::constant(ONE), u1.mul(u2.square()));
         self.encode_with(u1, u2, invsqrt)
+    }
+
+    /// u1 = (Z + Y)(Z − Y) and u2 = X·Y of section 4.3.2: the encoding needs a square root of
+    /// 1/(u1·u2²).
+    #[target_feature(enable = "avx512f,avx512ifma")]
+    fn encoding_ratio(&self) -> (Fe, Fe) {
+        let Point { x, y, z, .. } = *self;
+        (z.add(y).mul(z.sub(y)), x.mul(y))
     }
 
     /// The rest of the encoding, given u1 = (Z + Y)(Z − Y), u2 = X·Y and a square root of
@@ -857,8 +863,7 @@ fn encode_doubled(doubled: &[Doubled], count: usize) -> Vec<[u8; 32]> {
             .square()
             .mul(c.f.mul(c.h))
             .mul(Fe::constant(INVSQRT_A_MINUS_D));
-        let u1 = point.z.add(point.y).mul(point.z.sub(point.y));
-        let u2 = point.x.mul(point.y);
+        let (u1, u2) = point.encoding_ratio();
         let encoded = point.encode_with(u1, u2, invsqrt);
         let take = (count - out.len()).min(LANES);
         out.extend_from_slice(&encoded[..take]);

@@ -28,7 +28,9 @@ fn unexpected(peer: &str, expected: &'static str) -> NodeError {
 /// per host, far under the receiving node's `max_buffered_bytes`).
 const WINDOW: u32 = 4;
 
-fn too_many(peer: &str, announced: u64, cap: u64) -> Option<NodeError> {
+/// An error if `peer` announced more ids in all its parts than `cap`.
+fn too_many(peer: &str, sizes: &[u64], cap: u64) -> Option<NodeError> {
+    let announced = sizes.iter().fold(0u64, |a, s| a.saturating_add(*s));
     (announced > cap).then(|| NodeError::Peer {
         peer: peer.to_owned(),
         fault: PeerFault::TooManyRows { announced, cap },
@@ -56,11 +58,7 @@ pub(crate) fn guest_psi(
         match link.receive_psi(host)? {
             Body::PartitionSizes(sizes) => {
                 let sizes = sizes_from_proto(host, &sizes)?;
-                let announced = sizes
-                    .host_sizes
-                    .iter()
-                    .fold(0u64, |a, s| a.saturating_add(*s));
-                if let Some(error) = too_many(host, announced, federation.max_peer_rows) {
+                if let Some(error) = too_many(host, &sizes.host_sizes, federation.max_peer_rows) {
                     return Err(error);
                 }
                 guest.receive_sizes(host, &sizes)?;
@@ -173,11 +171,7 @@ pub(crate) fn host_psi(
         _ => return Err(unexpected(guest, "its partition plan")),
     };
     let cap = link.node.config().federation.max_peer_rows;
-    let announced = plan
-        .guest_sizes
-        .iter()
-        .fold(0u64, |a, s| a.saturating_add(*s));
-    if let Some(error) = too_many(guest, announced, cap) {
+    if let Some(error) = too_many(guest, &plan.guest_sizes, cap) {
         return Err(error);
     }
     let ids = IdColumn::from_ids(table.ids())?;
