@@ -256,7 +256,8 @@ pub fn run_in_memory_partitioned(
             "partition-plan",
             &sizes_to_bytes(&plan.guest_sizes),
         );
-        let (party, sizes) = PartitionedHost::new(GUEST, host.ids, host.duplicates, &plan, 0)?;
+        let (party, sizes) =
+            PartitionedHost::new(GUEST, host.ids, host.duplicates, &plan, 0, Vec::new())?;
         send(
             &host.name,
             GUEST,
@@ -309,7 +310,8 @@ pub fn run_in_memory_partitioned(
                 session.receive_host_points(name, &points)?;
             }
         }
-        for (name, alignment) in guest.finish_session(part, session)? {
+        let (_, alignments) = guest.finish_session(part, session)?;
+        for (name, alignment) in alignments {
             let index = names
                 .iter()
                 .position(|n| *n == name)

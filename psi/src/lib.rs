@@ -100,7 +100,9 @@ pub use message::{
     GuestHello, HostHello, PartitionPlan, PartitionSchedule, PartitionSizes, PointBatch,
     ResultMode, TagBatch, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_PARTITIONS, PROTOCOL_VERSION,
 };
-pub use partition::{PartitionedGuest, PartitionedHost, DEFAULT_PARTITION_ROWS, MIN_PART_ROWS};
+pub use partition::{
+    FinishedPart, PartitionedGuest, PartitionedHost, DEFAULT_PARTITION_ROWS, MIN_PART_ROWS,
+};
 pub use session::{GuestConfig, GuestOutput, GuestResult, HostOutput, PsiGuest, PsiHost};
 
 /// Test hooks: the in-memory driver with messages altered, dropped or replayed in flight.

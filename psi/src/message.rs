@@ -61,16 +61,22 @@ pub struct PartitionSizes {
     pub version: u16,
     /// Distinct host ids per part.
     pub host_sizes: Vec<u64>,
+    /// Parts this host finished in an earlier run under the same plan (ascending): a job
+    /// that aligns again after an interruption need not run them again.
+    pub finished: Vec<u32>,
 }
 
-/// Guest → each host: the parts a session runs on, ascending (those where every party holds
-/// ids).
+/// Guest → each host: the parts of the intersection, ascending (those where every party holds
+/// ids); one session runs on each that is not `finished`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionSchedule {
     /// [`PROTOCOL_VERSION`] of the sender.
     pub version: u16,
     /// Part numbers.
     pub partitions: Vec<u32>,
+    /// The scheduled parts every party finished in an earlier run under the same plan
+    /// (ascending): each party takes its kept result, no session runs on them.
+    pub finished: Vec<u32>,
 }
 
 /// Host → guest: accepts a session.
@@ -175,9 +181,13 @@ pub fn parts_to_bytes(parts: &[u32]) -> Vec<u8> {
 
 /// Part numbers from `peer`'s bytes; at most [`MAX_PARTITIONS`] of them, checked before any
 /// allocation.
-pub fn parts_from_bytes(peer: &str, bytes: &[u8]) -> Result<Vec<u32>, PsiError> {
-    check_part_count(peer, "partitions", bytes.len() / 4)?;
-    Ok(split_fixed::<4>(peer, "partitions", bytes)?
+pub fn parts_from_bytes(
+    peer: &str,
+    field: &'static str,
+    bytes: &[u8],
+) -> Result<Vec<u32>, PsiError> {
+    check_part_count(peer, field, bytes.len() / 4)?;
+    Ok(split_fixed::<4>(peer, field, bytes)?
         .into_iter()
         .map(u32::from_le_bytes)
         .collect())
@@ -241,7 +251,10 @@ mod tests {
             Ok(sizes)
         );
         let parts = vec![0, 3, MAX_PARTITIONS - 1];
-        assert_eq!(parts_from_bytes("bank", &parts_to_bytes(&parts)), Ok(parts));
+        assert_eq!(
+            parts_from_bytes("bank", "partitions", &parts_to_bytes(&parts)),
+            Ok(parts)
+        );
         let too_many = vec![0u8; (MAX_PARTITIONS as usize + 1) * 8];
         assert!(matches!(
             sizes_from_bytes("tax", "host_sizes", &too_many),
@@ -251,7 +264,11 @@ mod tests {
             })
         ));
         assert!(matches!(
-            parts_from_bytes("bank", &too_many[..(MAX_PARTITIONS as usize + 1) * 4]),
+            parts_from_bytes(
+                "bank",
+                "partitions",
+                &too_many[..(MAX_PARTITIONS as usize + 1) * 4]
+            ),
             Err(PsiError::InvalidField {
                 field: "partitions",
                 ..

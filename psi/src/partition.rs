@@ -1,6 +1,8 @@
 //! Partitioned PSI: [`PartitionedGuest`] and [`PartitionedHost`].
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
+
 use rayon::prelude::*;
 
 use crate::crypto::PartitionKey;
@@ -68,6 +70,177 @@ impl Parts {
         let rows = &self.0[part as usize];
         local.iter().map(|&r| rows[r as usize]).collect()
     }
+
+    /// Checks parts this party kept from an earlier run: each a part of this split, its rows
+    /// distinct rows of that part, and (guest) one pairwise size per host. Refused as a
+    /// whole: a kept result that does not fit the ids is from other data.
+    fn check_kept(&self, kept: &[FinishedPart], pairwise: usize) -> Result<(), PsiError> {
+        let invalid = |part: u32, reason: &str| PsiError::InvalidConfig {
+            field: "kept parts",
+            reason: format!("part {part}: {reason}"),
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for result in kept {
+            let part = result.part;
+            let Some(rows) = self.0.get(part as usize) else {
+                return Err(invalid(part, "no such part in this plan"));
+            };
+            if !seen.insert(part) {
+                return Err(invalid(part, "kept twice"));
+            }
+            if result.pairwise_sizes.len() != pairwise {
+                return Err(invalid(part, "pairwise sizes do not match the hosts"));
+            }
+            let mut distinct = std::collections::BTreeSet::new();
+            for row in &result.rows {
+                if rows.binary_search(row).is_err() || !distinct.insert(*row) {
+                    return Err(invalid(
+                        part,
+                        "its rows are not this party's ids of the part",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One part a party finished: its rows of the part's intersection, in the order every party
+/// of the run holds them, and (guest) the part's pairwise intersection size with each host.
+/// A party keeps these to resume a run: a later run under the same plan with the same ids
+/// takes them instead of running the part again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedPart {
+    /// The part.
+    pub part: u32,
+    /// Rows of this party's id column, in the run's order.
+    pub rows: Vec<u32>,
+    /// Guest: ids of the part it holds in common with each host (in host order); a host:
+    /// empty.
+    pub pairwise_sizes: Vec<u64>,
+}
+
+impl FinishedPart {
+    /// Bytes to keep: `part`, the number of pairwise sizes (u32 each), the sizes (u64 each),
+    /// then the rows (u32 each), little-endian.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(8 + 8 * self.pairwise_sizes.len() + 4 * self.rows.len());
+        bytes.extend_from_slice(&self.part.to_le_bytes());
+        bytes.extend_from_slice(&(self.pairwise_sizes.len() as u32).to_le_bytes());
+        for size in &self.pairwise_sizes {
+            bytes.extend_from_slice(&size.to_le_bytes());
+        }
+        for row in &self.rows {
+            bytes.extend_from_slice(&row.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// A kept part from its bytes; `None` when they are not a part's bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<FinishedPart> {
+        let word = |at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+        };
+        let part = word(0)?;
+        let hosts = word(4)? as usize;
+        let rows_at = hosts.checked_mul(8)?.checked_add(8)?;
+        let rest = bytes.get(rows_at..)?;
+        if rest.len() % 4 != 0 {
+            return None;
+        }
+        let pairwise_sizes = bytes[8..rows_at]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("eight bytes")))
+            .collect();
+        let rows = rest
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("four bytes")))
+            .collect();
+        Some(FinishedPart {
+            part,
+            rows,
+            pairwise_sizes,
+        })
+    }
+}
+
+/// Where a run is: the parts of the intersection, those still to run (in order), and the
+/// results of the finished ones (kept from an earlier run or run now).
+#[derive(Debug)]
+struct Progress {
+    partitions: Vec<u32>,
+    pending: Vec<u32>,
+    next: usize,
+    results: BTreeMap<u32, FinishedPart>,
+}
+
+impl Progress {
+    /// `partitions`, of which `finished` are taken from `kept` (which holds them all).
+    fn new(partitions: Vec<u32>, finished: &[u32], kept: Vec<FinishedPart>) -> Progress {
+        let results: BTreeMap<u32, FinishedPart> = kept
+            .into_iter()
+            .filter(|r| finished.binary_search(&r.part).is_ok())
+            .map(|r| (r.part, r))
+            .collect();
+        let pending = partitions
+            .iter()
+            .copied()
+            .filter(|p| !results.contains_key(p))
+            .collect();
+        Progress {
+            partitions,
+            pending,
+            next: 0,
+            results,
+        }
+    }
+
+    /// The part whose session runs now.
+    fn current(&self) -> Option<u32> {
+        self.pending.get(self.next).copied()
+    }
+
+    fn record(&mut self, result: FinishedPart) {
+        self.results.insert(result.part, result);
+        self.next += 1;
+    }
+
+    fn is_done(&self) -> bool {
+        self.next == self.pending.len()
+    }
+
+    /// The rows of the intersection, part by part in schedule order, and the pairwise sizes
+    /// summed over the parts (`hosts` of them).
+    fn finish(mut self, hosts: usize) -> Result<(Vec<u32>, Vec<u64>), PsiError> {
+        if !self.is_done() {
+            return Err(PsiError::Incomplete {
+                missing: format!(
+                    "{} of {} parts",
+                    self.pending.len() - self.next,
+                    self.partitions.len()
+                ),
+            });
+        }
+        let mut rows = Vec::new();
+        let mut pairwise = vec![0u64; hosts];
+        for part in &self.partitions {
+            let result = self.results.remove(part).expect("every part finished");
+            rows.extend(result.rows);
+            for (total, size) in pairwise.iter_mut().zip(&result.pairwise_sizes) {
+                *total += size;
+            }
+        }
+        if rows.is_empty() {
+            return Err(PsiError::EmptyIntersection);
+        }
+        Ok((rows, pairwise))
+    }
+}
+
+fn no_schedule() -> PsiError {
+    PsiError::Incomplete {
+        missing: "the schedule of parts".into(),
+    }
 }
 
 /// Part sizes announced by `peer`: one per part, each a possible set size.
@@ -112,24 +285,6 @@ fn check_compared_pairs(host: &str, guest: &[u64], sizes: &[u64]) -> Result<(), 
     Ok(())
 }
 
-/// Every scheduled part ran, and some row is common to all parties.
-fn check_finished(schedule: Option<&[u32]>, done: usize, aligned: &[u32]) -> Result<(), PsiError> {
-    let scheduled = schedule
-        .map(<[u32]>::len)
-        .ok_or_else(|| PsiError::Incomplete {
-            missing: "the schedule of parts".into(),
-        })?;
-    if done < scheduled {
-        return Err(PsiError::Incomplete {
-            missing: format!("{} of {scheduled} parts", scheduled - done),
-        });
-    }
-    if aligned.is_empty() {
-        return Err(PsiError::EmptyIntersection);
-    }
-    Ok(())
-}
-
 /// Partitioned PSI: every party splits its ids into the same parts with a keyed hash agreed per
 /// job, and an ordinary session runs on each part in turn. An id can only match an id of the
 /// same part, so the result is the unpartitioned one; what changes is the scale:
@@ -138,17 +293,22 @@ fn check_finished(schedule: Option<&[u32]>, done: usize, aligned: &[u32]) -> Res
 /// - the false-match bound is a sum over parts, Σₚ guestₚ·hostₚ·2^-96, so 96-bit tags serve
 ///   sets whose product exceeds 2^56 once they are split finely enough (10^9 × 10^9 ids need
 ///   at least 14 parts; the default of 2^20 guest ids per part gives about 950);
-/// - parts are the unit a later resumption or a second machine can take.
+/// - parts are the unit of resumption: a run interrupted after some parts resumes under the
+///   same plan and runs only the parts some party did not finish.
 ///
 /// # Flow
 ///
-/// 1. the guest draws a fresh [`PartitionKey`] and sends each host a [`PartitionPlan`]: the key
-///    and its number of distinct ids per part (the number of parts is their count);
-/// 2. each host splits its ids with the key and answers with its [`PartitionSizes`];
+/// 1. the guest draws a fresh [`PartitionKey`] (or, resuming, takes the one it kept) and sends
+///    each host a [`PartitionPlan`]: the key and its number of distinct ids per part (the
+///    number of parts is their count);
+/// 2. each host splits its ids with the key and answers with its [`PartitionSizes`] and the
+///    parts it finished in an earlier run under the same plan;
 /// 3. the guest sends every host the [`PartitionSchedule`]: the parts in which every party
-///    holds ids, ascending (no other part can hold a common id);
-/// 4. for each scheduled part, in order, an ordinary session (hello, points, tags, alignment)
-///    with a fresh blinding key and salt; an empty intersection within a part is allowed;
+///    holds ids, ascending (no other part can hold a common id), and those of them that every
+///    party finished before;
+/// 4. for each scheduled part not finished, in order, an ordinary session (hello, points,
+///    tags, alignment) with a fresh blinding key and salt; an empty intersection within a part
+///    is allowed;
 /// 5. every party concatenates the parts' aligned rows in schedule order.
 ///
 /// # What the parts disclose
@@ -163,16 +323,18 @@ fn check_finished(schedule: Option<&[u32]>, done: usize, aligned: &[u32]) -> Res
 /// there). So the guest's parts hold `partition_rows` ids or about half that, a host refuses a
 /// plan that would give its own parts fewer than `min_part_rows` ids on average (the nodes use
 /// [`MIN_PART_ROWS`], 1024, at which a real set has no empty part), and the nodes refuse
-/// `psi_partition_rows` below it. The key is fresh per run; a job that aligns again after an
-/// interruption runs PSI again under a new key, so each such attempt shows each party one more
-/// histogram of the others' sets. The key is known to all parties
+/// `psi_partition_rows` below it. A run that resumes keeps the key, so it shows no new
+/// histogram; a run under a new key (the guest lost its kept plan or its ids changed) shows
+/// each party one more. A part run again shows the same intersection again and nothing else.
+/// Which parts a party finished says nothing about its ids. The key is known to all parties
 /// of the job, so a part size is a function of the set that a party can evaluate on guesses: a
 /// host that already knows the guest's set up to a few ids learns in which parts the unknown
-/// ones lie (about log2(parts) bits each). The key is drawn after every party's set is fixed. The final order is part by part, random within each part; since every party
-/// can compute the part of its own ids, that order tells it nothing new.
+/// ones lie (about log2(parts) bits each). The key is drawn after every party's set is fixed.
+/// The final order is part by part, random within each part; since every party can compute
+/// the part of its own ids, that order tells it nothing new.
 ///
-/// This type is the guest's side: the plan, the schedule, and one [`PsiGuest`] per scheduled
-/// part, whose results it maps back to the guest's rows. Both-sides mode only (every party
+/// This type is the guest's side: the plan, the schedule, and one [`PsiGuest`] per part that
+/// runs, whose results it maps back to the guest's rows. Both-sides mode only (every party
 /// ends with aligned rows).
 #[derive(Debug)]
 pub struct PartitionedGuest {
@@ -182,21 +344,41 @@ pub struct PartitionedGuest {
     key: PartitionKey,
     parts: Parts,
     host_sizes: Vec<Option<Vec<u64>>>,
-    schedule: Option<Vec<u32>>,
-    /// Scheduled parts finished so far.
-    done: usize,
-    aligned_rows: Vec<u32>,
-    pairwise_sizes: Vec<u64>,
+    host_finished: Vec<Vec<u32>>,
+    /// Parts the guest finished in an earlier run under this plan, until the schedule.
+    kept: Vec<FinishedPart>,
+    progress: Option<Progress>,
 }
 
 impl PartitionedGuest {
-    /// Validates the ids and the settings, draws the key and splits the ids into
+    /// Validates the ids and the settings, draws a fresh key and splits the ids into
     /// ⌈distinct ids / `partition_rows`⌉ parts (at most [`MAX_PARTITIONS`]).
     pub fn new(
         ids: IdColumn,
         hosts: &[&str],
         config: GuestConfig,
         partition_rows: u64,
+    ) -> Result<Self, PsiError> {
+        Self::resume(
+            ids,
+            hosts,
+            config,
+            partition_rows,
+            PartitionKey::random()?,
+            Vec::new(),
+        )
+    }
+
+    /// As [`PartitionedGuest::new`], under the `key` of an earlier run and with the parts
+    /// the guest finished in it (`kept`, from [`PartitionedGuest::finish_session`]); refused
+    /// when they do not fit these ids (the ids changed: start with a new key instead).
+    pub fn resume(
+        ids: IdColumn,
+        hosts: &[&str],
+        config: GuestConfig,
+        partition_rows: u64,
+        key: PartitionKey,
+        kept: Vec<FinishedPart>,
     ) -> Result<Self, PsiError> {
         if config.result != ResultMode::BothSides {
             return Err(PsiError::InvalidConfig {
@@ -215,8 +397,8 @@ impl PartitionedGuest {
         let count = (rows.len() as u64)
             .div_ceil(partition_rows)
             .clamp(1, u64::from(MAX_PARTITIONS)) as u32;
-        let key = PartitionKey::random()?;
         let parts = Parts::split(&ids, rows, &key, count);
+        parts.check_kept(&kept, hosts.len())?;
         Ok(PartitionedGuest {
             ids,
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
@@ -224,10 +406,9 @@ impl PartitionedGuest {
             key,
             parts,
             host_sizes: vec![None; hosts.len()],
-            schedule: None,
-            done: 0,
-            aligned_rows: Vec::new(),
-            pairwise_sizes: vec![0; hosts.len()],
+            host_finished: vec![Vec::new(); hosts.len()],
+            kept,
+            progress: None,
         })
     }
 
@@ -240,11 +421,14 @@ impl PartitionedGuest {
         }
     }
 
-    /// A host's part sizes. A repeat with the same sizes is ignored.
+    /// A host's part sizes and the parts it finished before. A repeat with the same sizes is
+    /// ignored.
     pub fn receive_sizes(&mut self, host: &str, sizes: &PartitionSizes) -> Result<(), PsiError> {
         check_version(host, sizes.version)?;
         let index = self.host_index(host)?;
-        check_sizes(host, "host_sizes", &sizes.host_sizes, self.parts.0.len())?;
+        let count = self.parts.0.len();
+        check_sizes(host, "host_sizes", &sizes.host_sizes, count)?;
+        check_part_list(host, "finished", &sizes.finished, count)?;
         match &self.host_sizes[index] {
             Some(known) if *known == sizes.host_sizes => Ok(()),
             Some(_) => Err(PsiError::UnexpectedMessage {
@@ -253,6 +437,7 @@ impl PartitionedGuest {
             }),
             None => {
                 self.host_sizes[index] = Some(sizes.host_sizes.clone());
+                self.host_finished[index] = sizes.finished.clone();
                 Ok(())
             }
         }
@@ -269,7 +454,8 @@ impl PartitionedGuest {
     }
 
     /// Once every host's sizes arrived: the parts every party holds ids in, checked against
-    /// the false-match bound over the whole job, for every host.
+    /// the false-match bound over the whole job, for every host, and those of them every
+    /// party finished before.
     pub fn schedule(&mut self) -> Result<PartitionSchedule, PsiError> {
         let mut all = Vec::with_capacity(self.hosts.len());
         for (host, sizes) in self.hosts.iter().zip(&self.host_sizes) {
@@ -291,16 +477,26 @@ impl PartitionedGuest {
         if partitions.is_empty() {
             return Err(PsiError::EmptyIntersection);
         }
-        self.schedule = Some(partitions.clone());
+        let finished: Vec<u32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| {
+                self.kept.iter().any(|r| r.part == *p)
+                    && (self.host_finished.iter()).all(|f| f.binary_search(p).is_ok())
+            })
+            .collect();
+        let kept = std::mem::take(&mut self.kept);
+        self.progress = Some(Progress::new(partitions.clone(), &finished, kept));
         Ok(PartitionSchedule {
             version: PROTOCOL_VERSION,
             partitions,
+            finished,
         })
     }
 
-    /// The next scheduled part and a fresh session over its ids; `None` when all are done.
+    /// The next part to run and a fresh session over its ids; `None` when all are done.
     pub fn next_session(&self) -> Result<Option<(u32, PsiGuest)>, PsiError> {
-        let Some(&part) = self.schedule_ref()?.get(self.done) else {
+        let Some(part) = self.progress.as_ref().ok_or_else(no_schedule)?.current() else {
             return Ok(None);
         };
         let names: Vec<&str> = self.hosts.iter().map(String::as_str).collect();
@@ -319,49 +515,63 @@ impl PartitionedGuest {
         Ok(Some((part, session)))
     }
 
-    fn schedule_ref(&self) -> Result<&[u32], PsiError> {
-        self.schedule
-            .as_deref()
-            .ok_or_else(|| PsiError::Incomplete {
-                missing: "the schedule of parts".into(),
-            })
-    }
-
-    /// Finishes the current part's session: the alignments to send its hosts.
+    /// Finishes the current part's session: the part's result (to keep for a resumption) and
+    /// the alignments to send its hosts.
     pub fn finish_session(
         &mut self,
         part: u32,
         session: PsiGuest,
-    ) -> Result<Vec<(String, Alignment)>, PsiError> {
-        if self.schedule_ref()?.get(self.done) != Some(&part) {
+    ) -> Result<(FinishedPart, Vec<(String, Alignment)>), PsiError> {
+        let progress = self.progress.as_mut().ok_or_else(no_schedule)?;
+        if progress.current() != Some(part) {
             return Err(PsiError::InvalidConfig {
                 field: "part",
-                reason: format!("part {part} is not the next scheduled part"),
+                reason: format!("part {part} is not the next part to run"),
             });
         }
         let result = session.finish()?;
-        self.aligned_rows
-            .extend(self.parts.rows_of(part, &result.output.aligned_rows));
-        for (total, size) in self
-            .pairwise_sizes
-            .iter_mut()
-            .zip(&result.output.pairwise_sizes)
-        {
-            *total += size;
-        }
-        self.done += 1;
-        Ok(result.alignments)
+        let finished = FinishedPart {
+            part,
+            rows: self.parts.rows_of(part, &result.output.aligned_rows),
+            pairwise_sizes: result.output.pairwise_sizes,
+        };
+        progress.record(finished.clone());
+        Ok((finished, result.alignments))
     }
 
     /// The guest's rows of the final intersection, part by part in schedule order, and the
     /// pairwise intersection sizes over the scheduled parts (a part that some host lacks is not
     /// run, so matches with the other hosts there are not counted: the guest learns less).
     pub fn finish(self) -> Result<GuestOutput, PsiError> {
-        check_finished(self.schedule.as_deref(), self.done, &self.aligned_rows)?;
+        let progress = self.progress.ok_or_else(no_schedule)?;
+        let (aligned_rows, pairwise_sizes) = progress.finish(self.hosts.len())?;
         Ok(GuestOutput {
-            aligned_rows: self.aligned_rows,
-            pairwise_sizes: self.pairwise_sizes,
+            aligned_rows,
+            pairwise_sizes,
         })
+    }
+}
+
+/// Part numbers from `peer`: strictly ascending, each below `count`.
+fn check_part_list(
+    peer: &str,
+    field: &'static str,
+    parts: &[u32],
+    count: usize,
+) -> Result<(), PsiError> {
+    let invalid = |reason: String| PsiError::InvalidField {
+        peer: peer.to_owned(),
+        field,
+        reason,
+    };
+    if parts.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(invalid("parts are not in ascending order".into()));
+    }
+    match parts.last() {
+        Some(&last) if last as usize >= count => {
+            Err(invalid(format!("part {last} does not exist")))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -372,9 +582,9 @@ pub struct PartitionedHost {
     ids: IdColumn,
     parts: Parts,
     guest_sizes: Vec<u64>,
-    schedule: Option<Vec<u32>>,
-    done: usize,
-    aligned_rows: Vec<u32>,
+    /// Parts this host finished in an earlier run under this plan, until the schedule.
+    kept: Vec<FinishedPart>,
+    progress: Option<Progress>,
 }
 
 impl PartitionedHost {
@@ -382,13 +592,16 @@ impl PartitionedHost {
     /// to send back. The host refuses a plan that would split its distinct ids into parts of
     /// fewer than `min_part_rows` on average (more parts would make its part sizes a finer
     /// picture of its set; the nodes use [`MIN_PART_ROWS`]; 0 sets no limit), and one whose
-    /// parts compare more pairs of ids than 96-bit tags allow.
+    /// parts compare more pairs of ids than 96-bit tags allow. `kept` are the parts this host
+    /// finished in an earlier run under the same plan (from
+    /// [`PartitionedHost::finish_session`]), refused when they do not fit these ids.
     pub fn new(
         guest: &str,
         ids: IdColumn,
         duplicates: DuplicatePolicy,
         plan: &PartitionPlan,
         min_part_rows: u64,
+        kept: Vec<FinishedPart>,
     ) -> Result<(Self, PartitionSizes), PsiError> {
         check_version(guest, plan.version)?;
         let count = plan.guest_sizes.len();
@@ -418,69 +631,94 @@ impl PartitionedHost {
         }
         let parts = Parts::split(&ids, rows, &plan.key, count as u32);
         check_compared_pairs(guest, &plan.guest_sizes, &parts.sizes())?;
+        parts.check_kept(&kept, 0)?;
+        let mut finished: Vec<u32> = kept.iter().map(|r| r.part).collect();
+        finished.sort_unstable();
         let reply = PartitionSizes {
             version: PROTOCOL_VERSION,
             host_sizes: parts.sizes(),
+            finished,
         };
         let host = PartitionedHost {
             guest: guest.to_owned(),
             ids,
             parts,
             guest_sizes: plan.guest_sizes.clone(),
-            schedule: None,
-            done: 0,
-            aligned_rows: Vec::new(),
+            kept,
+            progress: None,
         };
         Ok((host, reply))
     }
 
-    /// The guest's schedule: ascending parts in which both the guest and this host hold ids.
+    /// The guest's schedule: ascending parts in which both the guest and this host hold ids,
+    /// and those of them finished before, which must be parts this host kept.
     pub fn receive_schedule(&mut self, schedule: &PartitionSchedule) -> Result<(), PsiError> {
         check_version(&self.guest, schedule.version)?;
-        let invalid = |reason: String| PsiError::InvalidField {
+        let invalid = |field: &'static str, reason: String| PsiError::InvalidField {
             peer: self.guest.clone(),
-            field: "partitions",
+            field,
             reason,
         };
-        if self.schedule.is_some() {
+        if self.progress.is_some() {
             return Err(PsiError::UnexpectedMessage {
                 peer: self.guest.clone(),
                 what: "second schedule of parts",
             });
         }
         if schedule.partitions.is_empty() {
-            return Err(invalid("no part is scheduled".into()));
+            return Err(invalid("partitions", "no part is scheduled".into()));
         }
-        if schedule.partitions.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(invalid("parts are not in ascending order".into()));
-        }
+        let count = self.guest_sizes.len();
+        check_part_list(&self.guest, "partitions", &schedule.partitions, count)?;
+        check_part_list(&self.guest, "finished", &schedule.finished, count)?;
         for &part in &schedule.partitions {
             let p = part as usize;
-            if p >= self.guest_sizes.len() {
-                return Err(invalid(format!("part {part} does not exist")));
-            }
             if self.guest_sizes[p] == 0 || self.parts.0[p].is_empty() {
-                return Err(invalid(format!("part {part} is empty on one side")));
+                return Err(invalid(
+                    "partitions",
+                    format!("part {part} is empty on one side"),
+                ));
             }
         }
-        self.schedule = Some(schedule.partitions.clone());
+        for part in &schedule.finished {
+            if schedule.partitions.binary_search(part).is_err() {
+                return Err(invalid("finished", format!("part {part} is not scheduled")));
+            }
+            if !self.kept.iter().any(|r| r.part == *part) {
+                return Err(invalid(
+                    "finished",
+                    format!("part {part} is not one this host finished"),
+                ));
+            }
+        }
+        let kept = std::mem::take(&mut self.kept);
+        self.progress = Some(Progress::new(
+            schedule.partitions.clone(),
+            &schedule.finished,
+            kept,
+        ));
         Ok(())
     }
 
-    /// The session of the next scheduled part, from its guest hello (whose set size must be
-    /// the planned one), and the hello to send back.
+    /// Whether every scheduled part is finished (no further session runs).
+    pub fn is_finished(&self) -> bool {
+        self.progress.as_ref().is_some_and(Progress::is_done)
+    }
+
+    /// The session of the next part to run, from its guest hello (whose set size must be the
+    /// planned one), and the hello to send back.
     pub fn next_session(&self, hello: &GuestHello) -> Result<(PsiHost, HostHello), PsiError> {
-        let schedule = self
-            .schedule
-            .as_deref()
+        let progress = self
+            .progress
+            .as_ref()
             .ok_or_else(|| PsiError::UnexpectedMessage {
                 peer: self.guest.clone(),
                 what: "a guest hello before the schedule of parts",
             })?;
-        let Some(&part) = schedule.get(self.done) else {
+        let Some(part) = progress.current() else {
             return Err(PsiError::UnexpectedMessage {
                 peer: self.guest.clone(),
-                what: "a guest hello after the last scheduled part",
+                what: "a guest hello after the last part",
             });
         };
         if hello.result != ResultMode::BothSides {
@@ -506,33 +744,36 @@ impl PartitionedHost {
         Ok((session.within_partition(), reply))
     }
 
-    /// Finishes the current part with its alignment from the guest; whether that was the last
-    /// scheduled part.
+    /// Finishes the current part with its alignment from the guest: the part's result, to
+    /// keep for a resumption.
     pub fn finish_session(
         &mut self,
         session: PsiHost,
         alignment: &Alignment,
-    ) -> Result<bool, PsiError> {
-        let schedule = self.schedule.as_deref().unwrap_or_default();
-        let Some(&part) = schedule.get(self.done) else {
+    ) -> Result<FinishedPart, PsiError> {
+        let guest = &self.guest;
+        let progress = self.progress.as_mut().ok_or_else(no_schedule)?;
+        let Some(part) = progress.current() else {
             return Err(PsiError::UnexpectedMessage {
-                peer: self.guest.clone(),
-                what: "an alignment after the last scheduled part",
+                peer: guest.clone(),
+                what: "an alignment after the last part",
             });
         };
         let output = session.receive_alignment(alignment)?;
-        self.aligned_rows
-            .extend(self.parts.rows_of(part, &output.aligned_rows));
-        self.done += 1;
-        Ok(self.done == schedule.len())
+        let finished = FinishedPart {
+            part,
+            rows: self.parts.rows_of(part, &output.aligned_rows),
+            pairwise_sizes: Vec::new(),
+        };
+        progress.record(finished.clone());
+        Ok(finished)
     }
 
     /// The host's rows of the final intersection, in the guest's order.
     pub fn finish(self) -> Result<HostOutput, PsiError> {
-        check_finished(self.schedule.as_deref(), self.done, &self.aligned_rows)?;
-        Ok(HostOutput {
-            aligned_rows: self.aligned_rows,
-        })
+        let progress = self.progress.ok_or_else(no_schedule)?;
+        let (aligned_rows, _) = progress.finish(0)?;
+        Ok(HostOutput { aligned_rows })
     }
 }
 

@@ -120,8 +120,15 @@ fn started() -> (PartitionedGuest, PartitionedHost, PartitionPlan) {
     let plan = guest.plan();
     assert_eq!(plan.guest_sizes.len(), 8);
     assert_eq!(plan.guest_sizes.iter().sum::<u64>(), 400);
-    let (host, _) =
-        PartitionedHost::new("bank", ids(200..700), DuplicatePolicy::Reject, &plan, 1).unwrap();
+    let (host, _) = PartitionedHost::new(
+        "bank",
+        ids(200..700),
+        DuplicatePolicy::Reject,
+        &plan,
+        1,
+        vec![],
+    )
+    .unwrap();
     (guest, host, plan)
 }
 
@@ -138,7 +145,8 @@ fn a_host_checks_the_plan_and_the_schedule() {
             guest_sizes: sizes,
             ..plan.clone()
         };
-        let refused = PartitionedHost::new("bank", ids(0..10), DuplicatePolicy::Reject, &bad, 1);
+        let refused =
+            PartitionedHost::new("bank", ids(0..10), DuplicatePolicy::Reject, &bad, 1, vec![]);
         assert!(matches!(
             refused,
             Err(PsiError::InvalidField {
@@ -152,16 +160,24 @@ fn a_host_checks_the_plan_and_the_schedule() {
         ..plan.clone()
     };
     assert!(matches!(
-        PartitionedHost::new("bank", ids(0..10), DuplicatePolicy::Reject, &old, 1),
+        PartitionedHost::new("bank", ids(0..10), DuplicatePolicy::Reject, &old, 1, vec![]),
         Err(PsiError::VersionMismatch { got: 1, .. })
     ));
-    let (_, sizes) =
-        PartitionedHost::new("bank", ids(200..700), DuplicatePolicy::Reject, &plan, 1).unwrap();
+    let (_, sizes) = PartitionedHost::new(
+        "bank",
+        ids(200..700),
+        DuplicatePolicy::Reject,
+        &plan,
+        1,
+        vec![],
+    )
+    .unwrap();
     guest.receive_sizes("tax", &sizes).unwrap();
     let schedule = guest.schedule().unwrap();
     let with = |partitions: Vec<u32>| PartitionSchedule {
         version: PROTOCOL_VERSION,
         partitions,
+        finished: vec![],
     };
     let count = plan.guest_sizes.len() as u32;
     for bad in [vec![], vec![2, 1], vec![1, 1], vec![count]] {
@@ -217,6 +233,7 @@ fn a_guest_checks_the_sizes_and_schedules_only_parts_held_by_all() {
     let wrong_count = PartitionSizes {
         version: PROTOCOL_VERSION,
         host_sizes: vec![1; 3],
+        finished: vec![],
     };
     assert!(matches!(
         guest.receive_sizes("tax", &wrong_count),
@@ -230,6 +247,7 @@ fn a_guest_checks_the_sizes_and_schedules_only_parts_held_by_all() {
     let held = PartitionSizes {
         version: PROTOCOL_VERSION,
         host_sizes: sizes.clone(),
+        finished: vec![],
     };
     assert!(matches!(
         guest.receive_sizes("utilities", &held),
@@ -241,6 +259,7 @@ fn a_guest_checks_the_sizes_and_schedules_only_parts_held_by_all() {
     let changed = PartitionSizes {
         version: PROTOCOL_VERSION,
         host_sizes: sizes,
+        finished: vec![],
     };
     assert!(guest.receive_sizes("tax", &changed).is_err());
     let schedule = guest.schedule().unwrap();
@@ -287,7 +306,14 @@ fn a_host_refuses_parts_smaller_than_its_minimum() {
     let plan = guest.plan();
     assert_eq!(plan.guest_sizes.len(), 8);
     // 3000 host ids in 8 parts is 375 per part: refused at a minimum of 1024, accepted at 300.
-    let refused = PartitionedHost::new("bank", ids(0..3000), DuplicatePolicy::Reject, &plan, 1024);
+    let refused = PartitionedHost::new(
+        "bank",
+        ids(0..3000),
+        DuplicatePolicy::Reject,
+        &plan,
+        1024,
+        vec![],
+    );
     match refused {
         Err(PsiError::InvalidField {
             field: "guest_sizes",
@@ -298,7 +324,309 @@ fn a_host_refuses_parts_smaller_than_its_minimum() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(
-        PartitionedHost::new("bank", ids(0..3000), DuplicatePolicy::Reject, &plan, 300).is_ok()
-    );
+    assert!(PartitionedHost::new(
+        "bank",
+        ids(0..3000),
+        DuplicatePolicy::Reject,
+        &plan,
+        300,
+        vec![]
+    )
+    .is_ok());
+}
+
+/// What each party finished in a run that stopped after `sessions` parts (or ran to the
+/// end): the guest's parts, each host's parts, and the outcome when it ran to the end.
+struct Run {
+    guest: Vec<FinishedPart>,
+    hosts: Vec<Vec<FinishedPart>>,
+    sessions: usize,
+    outcome: Option<(GuestOutput, Vec<HostOutput>)>,
+}
+
+/// Runs `guest` with `hosts` (already holding the schedule) for at most `sessions` parts.
+fn run_parts(
+    mut guest: PartitionedGuest,
+    mut hosts: Vec<(String, PartitionedHost)>,
+    sessions: usize,
+) -> Run {
+    let mut run = Run {
+        guest: Vec::new(),
+        hosts: vec![Vec::new(); hosts.len()],
+        sessions: 0,
+        outcome: None,
+    };
+    while let Some((part, mut session)) = guest.next_session().unwrap() {
+        if run.sessions == sessions {
+            return run;
+        }
+        run.sessions += 1;
+        let hello = session.hello();
+        let mut host_sessions = Vec::new();
+        for (name, host) in &hosts {
+            let (host_session, reply) = host.next_session(&hello).unwrap();
+            session.receive_host_hello(name, &reply).unwrap();
+            host_sessions.push(host_session);
+        }
+        for batch in 0..session.batch_count() {
+            let points = session.blinded_batch(batch).unwrap();
+            for ((name, _), host_session) in hosts.iter().zip(&host_sessions) {
+                let tags = host_session.answer(&points).unwrap();
+                session.receive_tags(name, &tags).unwrap();
+            }
+        }
+        for ((name, _), host_session) in hosts.iter().zip(&host_sessions) {
+            for batch in 0..host_session.batch_count() {
+                let points = host_session.blinded_batch(batch).unwrap();
+                session.receive_host_points(name, &points).unwrap();
+            }
+        }
+        let (finished, alignments) = guest.finish_session(part, session).unwrap();
+        let hosts_names: Vec<String> = hosts.iter().map(|(name, _)| name.clone()).collect();
+        run.guest.push(finished);
+        for (k, ((_, host), host_session)) in hosts.iter_mut().zip(host_sessions).enumerate() {
+            let (_, alignment) = (alignments.iter())
+                .find(|(name, _)| *name == hosts_names[k])
+                .expect("an alignment for every host");
+            let finished = host.finish_session(host_session, alignment).unwrap();
+            assert_eq!(finished.part, part);
+            run.hosts[k].push(finished);
+        }
+    }
+    assert!(hosts.iter().all(|(_, host)| host.is_finished()));
+    let host_outputs = hosts
+        .into_iter()
+        .map(|(_, host)| host.finish().unwrap())
+        .collect();
+    run.outcome = Some((guest.finish().unwrap(), host_outputs));
+    run
+}
+
+const RESUMED_HOSTS: [&str; 2] = ["tax", "utilities"];
+
+/// The bank's 600 ids in parts of 60 and two hosts (ids 200..900 and 100..700), planned and
+/// scheduled; under `key` with the parts each party kept, or under a fresh key.
+fn scheduled(
+    key: Option<PartitionKey>,
+    guest_kept: Vec<FinishedPart>,
+    hosts_kept: Vec<Vec<FinishedPart>>,
+) -> (
+    PartitionedGuest,
+    Vec<(String, PartitionedHost)>,
+    PartitionSchedule,
+) {
+    let mut guest = match key {
+        None => PartitionedGuest::new(ids(0..600), &RESUMED_HOSTS, config(), 60),
+        Some(key) => {
+            PartitionedGuest::resume(ids(0..600), &RESUMED_HOSTS, config(), 60, key, guest_kept)
+        }
+    }
+    .unwrap();
+    let plan = guest.plan();
+    let mut hosts = Vec::new();
+    for ((name, range), kept) in RESUMED_HOSTS
+        .iter()
+        .zip([200..900, 100..700])
+        .zip(hosts_kept)
+    {
+        let (host, sizes) =
+            PartitionedHost::new("bank", ids(range), DuplicatePolicy::Reject, &plan, 1, kept)
+                .unwrap();
+        guest.receive_sizes(name, &sizes).unwrap();
+        hosts.push(((*name).to_owned(), host));
+    }
+    let schedule = guest.schedule().unwrap();
+    for (_, host) in &mut hosts {
+        host.receive_schedule(&schedule).unwrap();
+    }
+    (guest, hosts, schedule)
+}
+
+fn parts_of(kept: &[FinishedPart]) -> Vec<u32> {
+    kept.iter().map(|k| k.part).collect()
+}
+
+/// A run stopped after five parts, one host having lost its fifth: the next run under the
+/// same key runs only the parts not every party finished, and ends with the rows of an
+/// uninterrupted run, in an order every party shares.
+#[test]
+fn an_interrupted_run_resumes_without_running_parts_every_party_finished() {
+    let (guest, hosts, schedule) = scheduled(None, vec![], vec![vec![], vec![]]);
+    let key = guest.plan().key;
+    let parts = schedule.partitions.len();
+    assert!(parts >= 8, "{parts} parts");
+    assert!(schedule.finished.is_empty());
+    let first = run_parts(guest, hosts, 5);
+    assert_eq!((first.sessions, first.guest.len()), (5, 5));
+    let mut hosts_kept = first.hosts.clone();
+    hosts_kept[1].pop();
+
+    let (guest, hosts, schedule) = scheduled(Some(key), first.guest.clone(), hosts_kept);
+    assert_eq!(schedule.finished, parts_of(&first.guest[..4]));
+    let second = run_parts(guest, hosts, usize::MAX);
+    assert_eq!(second.sessions, parts - 4, "finished parts ran again");
+    assert_eq!(parts_of(&second.guest), schedule.partitions[4..].to_vec());
+
+    let (guest, hosts) = second.outcome.expect("the run ended");
+    let resumed = InMemoryOutcome {
+        guest,
+        hosts: hosts.into_iter().map(Some).collect(),
+    };
+    let host_inputs = [200..900, 100..700]
+        .into_iter()
+        .zip(RESUMED_HOSTS)
+        .map(|(range, name)| HostInput {
+            name: name.into(),
+            ids: ids(range),
+            duplicates: DuplicatePolicy::Reject,
+        })
+        .collect();
+    let plain = run_in_memory(ids(0..600), config(), host_inputs, &mut |_| {}).unwrap();
+    assert_eq!(tuples(&resumed), tuples(&plain));
+    assert_eq!(resumed.guest.pairwise_sizes, plain.guest.pairwise_sizes);
+    assert_eq!(resumed.guest.aligned_rows.len(), 400);
+}
+
+/// Kept parts that do not fit the ids (the ids changed, another key, damage) are refused.
+#[test]
+fn kept_parts_that_do_not_fit_the_ids_are_refused() {
+    let (guest, hosts, _) = scheduled(None, vec![], vec![vec![], vec![]]);
+    let key = guest.plan().key;
+    let first = run_parts(guest, hosts, 3);
+    let resume = |ids: IdColumn, key: PartitionKey, kept: Vec<FinishedPart>| {
+        PartitionedGuest::resume(ids, &RESUMED_HOSTS, config(), 60, key, kept)
+    };
+    assert!(resume(ids(0..600), key, first.guest.clone()).is_ok());
+    let refused = |result: Result<PartitionedGuest, PsiError>| {
+        matches!(
+            result,
+            Err(PsiError::InvalidConfig {
+                field: "kept parts",
+                ..
+            })
+        )
+    };
+    assert!(refused(resume(
+        ids(0..600),
+        PartitionKey([7; 32]),
+        first.guest.clone()
+    )));
+    assert!(refused(resume(ids(1000..1600), key, first.guest.clone())));
+    let twice = vec![first.guest[0].clone(), first.guest[0].clone()];
+    assert!(refused(resume(ids(0..600), key, twice)));
+    let mut beyond = first.guest[0].clone();
+    beyond.part = 10_000;
+    assert!(refused(resume(ids(0..600), key, vec![beyond])));
+    let mut repeated = first.guest[0].clone();
+    repeated.rows.push(repeated.rows[0]);
+    assert!(refused(resume(ids(0..600), key, vec![repeated])));
+    // A host's kept parts carry no pairwise sizes; a guest's one per host.
+    let mut short = first.guest[0].clone();
+    short.pairwise_sizes.pop();
+    assert!(refused(resume(ids(0..600), key, vec![short])));
+}
+
+/// A host takes as finished only parts it kept and that are scheduled; a guest takes a host's
+/// list of finished parts only in ascending order and within the plan.
+#[test]
+fn finished_parts_are_checked_on_both_sides() {
+    let (guest, hosts, _) = scheduled(None, vec![], vec![vec![], vec![]]);
+    let key = guest.plan().key;
+    let first = run_parts(guest, hosts, 3);
+    let mut guest = PartitionedGuest::resume(
+        ids(0..600),
+        &RESUMED_HOSTS,
+        config(),
+        60,
+        key,
+        first.guest.clone(),
+    )
+    .unwrap();
+    let plan = guest.plan();
+    let (mut host, sizes) = PartitionedHost::new(
+        "bank",
+        ids(200..900),
+        DuplicatePolicy::Reject,
+        &plan,
+        1,
+        first.hosts[0][..2].to_vec(),
+    )
+    .unwrap();
+    assert_eq!(sizes.finished, parts_of(&first.hosts[0][..2]));
+    for bad in [
+        vec![sizes.finished[1], sizes.finished[0]],
+        vec![plan.guest_sizes.len() as u32],
+    ] {
+        let lying = PartitionSizes {
+            finished: bad.clone(),
+            ..sizes.clone()
+        };
+        assert!(
+            matches!(
+                guest.receive_sizes("tax", &lying),
+                Err(PsiError::InvalidField {
+                    field: "finished",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+    }
+    guest.receive_sizes("tax", &sizes).unwrap();
+    let (_, other) = PartitionedHost::new(
+        "bank",
+        ids(100..700),
+        DuplicatePolicy::Reject,
+        &plan,
+        1,
+        first.hosts[1].clone(),
+    )
+    .unwrap();
+    guest.receive_sizes("utilities", &other).unwrap();
+    let schedule = guest.schedule().unwrap();
+    // The parts both hosts and the guest finished: tax kept two of the three.
+    assert_eq!(schedule.finished, parts_of(&first.guest[..2]));
+    let unscheduled =
+        (0..plan.guest_sizes.len() as u32).find(|p| schedule.partitions.binary_search(p).is_err());
+    let mut claims = vec![parts_of(&first.guest[..3])];
+    claims.extend(unscheduled.map(|p| vec![p]));
+    for claim in claims {
+        let lying = PartitionSchedule {
+            finished: claim.clone(),
+            ..schedule.clone()
+        };
+        assert!(
+            matches!(
+                host.receive_schedule(&lying),
+                Err(PsiError::InvalidField {
+                    field: "finished",
+                    ..
+                })
+            ),
+            "{claim:?}"
+        );
+    }
+    host.receive_schedule(&schedule).unwrap();
+}
+
+#[test]
+fn finished_parts_round_trip_as_bytes() {
+    let part = FinishedPart {
+        part: 7,
+        rows: vec![3, 1, 4_000_000_000],
+        pairwise_sizes: vec![2, u64::MAX],
+    };
+    let bytes = part.to_bytes();
+    assert_eq!(FinishedPart::from_bytes(&bytes), Some(part.clone()));
+    for cut in [0, 3, 7, 9, bytes.len() - 1] {
+        assert_eq!(FinishedPart::from_bytes(&bytes[..cut]), None, "{cut} bytes");
+    }
+    let mut huge = bytes.clone();
+    huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(FinishedPart::from_bytes(&huge), None);
+    let host = FinishedPart {
+        pairwise_sizes: vec![],
+        ..part
+    };
+    assert_eq!(FinishedPart::from_bytes(&host.to_bytes()), Some(host));
 }
