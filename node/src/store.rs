@@ -21,7 +21,8 @@ const ANCHORS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchors");
 /// Job events by (job id, index): appended one by one, never rewritten.
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 /// What an unfinished training job resumes from, by (job id, part), sealed: the guest's
-/// spec or a host's proposal ("job"), the aligned rows ("aligned") and the last two
+/// spec or a host's proposal ("job"), the plan of its PSI ("psi plan") and the parts PSI
+/// finished ("psi part 0000000012"), the aligned rows ("aligned") and the last two
 /// checkpoints ("epoch 0000000007"). Deleted when the job ends.
 const RESUME: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("resume");
 
@@ -720,9 +721,41 @@ impl Store {
         self.resume_part(job_id, &checkpoint_part(epoch))
     }
 
-    /// Forgets what a job resumes from (it ended), or with `keep_job` its alignment and
-    /// checkpoints only (they are redone), keeping what the job was started with.
-    pub fn clear_resume(&self, job_id: &str, keep_job: bool) -> Result<(), NodeError> {
+    /// `job_id`'s kept parts whose names start with `prefix`, by name.
+    pub fn resume_parts(
+        &self,
+        job_id: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, NodeError> {
+        let names: Vec<String> = {
+            let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+            let table = txn.open_table(RESUME).map_err(|e| self.error(e))?;
+            let mut names = Vec::new();
+            for entry in table.range((job_id, prefix)..).map_err(|e| self.error(e))? {
+                let (key, _) = entry.map_err(|e| self.error(e))?;
+                let (job, part) = key.value();
+                if job != job_id || !part.starts_with(prefix) {
+                    break;
+                }
+                names.push(part.to_owned());
+            }
+            names
+        };
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(bytes) = self.resume_part(job_id, &name)? {
+                parts.push((name, bytes));
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Forgets the kept parts of `job_id` that `forget` names.
+    pub fn forget_resume(
+        &self,
+        job_id: &str,
+        forget: impl Fn(&str) -> bool,
+    ) -> Result<(), NodeError> {
         self.write(|txn| {
             let mut table = txn.open_table(RESUME)?;
             let parts: Vec<String> = table
@@ -732,13 +765,20 @@ impl Store {
                     let (job, part) = key.value();
                     (job == job_id).then(|| part.to_owned())
                 })
+                .filter(|part| forget(part))
                 .collect();
             for part in parts {
-                if !(keep_job && (part == "job" || part == "settings")) {
-                    table.remove((job_id, part.as_str()))?;
-                }
+                table.remove((job_id, part.as_str()))?;
             }
             Ok(())
+        })
+    }
+
+    /// Forgets what a job resumes from (it ended), or with `keep_job` all but what the job
+    /// was started with.
+    pub fn clear_resume(&self, job_id: &str, keep_job: bool) -> Result<(), NodeError> {
+        self.forget_resume(job_id, |part| {
+            !(keep_job && (part == "job" || part == "settings"))
         })
     }
 

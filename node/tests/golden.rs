@@ -56,10 +56,12 @@ fn samples() -> Result<Vec<(&'static str, Vec<u8>)>, PsiError> {
     let sizes = PartitionSizes {
         version: PROTOCOL_VERSION,
         host_sizes: vec![1, 1, 1],
+        finished: vec![2],
     };
     let schedule = PartitionSchedule {
         version: PROTOCOL_VERSION,
         partitions: vec![0, 2],
+        finished: vec![2],
     };
     let proposal = JobProposal {
         version: node::FEDERATION_VERSION,

@@ -6,6 +6,7 @@
 //! others; one stopped with SIGTERM tells them before it exits.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,8 +36,10 @@ impl Processes {
         let _ = std::fs::remove_dir_all(&dir);
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
         let mut plan = Plan::prepare(&dir, &data).unwrap();
+        // PSI in 15 parts, so that a party can be killed after some.
         plan.federation = format!(
-            "receive_timeout_secs = 300\nbackoff_ms = 100\nresume_secs = {}\n",
+            "receive_timeout_secs = 300\nbackoff_ms = 100\nresume_secs = {}\n\
+             psi_partition_rows = 2048\n",
             RESUME.as_secs()
         );
         plan.policy = "max_models = 10\n".into();
@@ -114,6 +117,29 @@ impl Processes {
             String::from_utf8_lossy(&output.stdout).into_owned(),
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
+    }
+
+    /// `party`'s events of `job` so far, as JSON, one per line (follows the job until it
+    /// ends; `events` waits for that).
+    fn watch(&self, party: &str, job: &str) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_unseen"))
+            .args(["job", "watch", job, "--json"])
+            .env("UNSEEN_IDENTITY", self.dir.join("certs/modeller"))
+            .env("UNSEEN_NODE", format!("{party}@{}", self.listen[party]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// All of `party`'s events of an ended `job`.
+    fn events(&self, party: &str, job: &str) -> Vec<serde_json::Value> {
+        let (ok, events, stderr) = self.cli(party, &["job", "watch", job, "--json"]);
+        assert!(ok, "{stderr}");
+        events
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     fn status(&self, party: &str, job: &str) -> serde_json::Value {
@@ -251,6 +277,24 @@ const RESUME: Duration = Duration::from_secs(20);
 /// Epochs of the jobs that resume (early stopping may end them sooner: the same way).
 const EPOCHS: usize = 8;
 
+/// `(k, n)` of a guest's event "part k of n matched".
+fn matched_part(event: &serde_json::Value) -> Option<(u64, u64)> {
+    let message = event["message"].as_str()?.strip_prefix("part ")?;
+    let (k, n) = message.strip_suffix(" matched")?.split_once(" of ")?;
+    Some((k.parse().ok()?, n.parse().ok()?))
+}
+
+/// The parts an attempt's PSI kept from an earlier attempt, as its events say.
+fn kept_parts(attempt: &[serde_json::Value]) -> Option<u64> {
+    attempt.iter().find_map(|e| {
+        let message = e["message"].as_str()?;
+        let (kept, _) = message
+            .strip_suffix(" parts kept from an earlier attempt")?
+            .split_once(" of ")?;
+        kept.parse().ok()
+    })
+}
+
 /// The others' view of a job after `party` failed: failed, naming `party`, within `within`.
 fn assert_named(
     processes: &Processes,
@@ -334,27 +378,69 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
     assert_resumed(&processes, &job, killed, "bank killed");
     processes.assert_same_model("reference", "killed-guest");
 
-    // A host killed during PSI: no party kept aligned rows yet, so PSI runs again and
-    // training starts over, to the same model.
+    // A host killed during PSI after some parts: no party kept aligned rows yet, so the next
+    // attempt aligns again, under the same plan and only on the parts not every party
+    // finished; training starts over, to the same model.
     let job = processes.train("killed-in-psi", EPOCHS);
-    let started = Instant::now();
-    while processes.status("bank", &job)["state"] != "psi" {
-        assert!(started.elapsed() < Duration::from_secs(60), "no PSI seen");
+    let mut watch = processes.watch("bank", &job);
+    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut matched_before_kill = 0;
+    for line in lines {
+        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if let Some((k, _)) = matched_part(&event) {
+            matched_before_kill = k;
+            if k >= 3 {
+                break;
+            }
+        }
+        assert_ne!(
+            event["state"], "training",
+            "PSI ended before a host was killed"
+        );
     }
     let killed = processes.kill("utilities", "-KILL");
+    let _ = watch.kill();
+    let _ = watch.wait();
     processes.restart("utilities");
     assert_resumed(&processes, &job, killed, "utilities killed during PSI");
     processes.assert_same_model("reference", "killed-in-psi");
-    let (ok, events, stderr) = processes.cli("bank", &["job", "watch", &job, "--json"]);
-    assert!(ok, "{stderr}");
-    let alignments = events
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| {
-            e["state"] == "psi" && e["message"].as_str().unwrap_or("").starts_with("aligning")
-        })
-        .count();
-    assert_eq!(alignments, 2, "PSI ran again: {events}");
+    let events = processes.events("bank", &job);
+    // Attempts start with "aligning …"; the second names the parts it kept.
+    let attempts: Vec<&[serde_json::Value]> = events
+        .split(|e| e["message"].as_str().unwrap_or("").starts_with("aligning"))
+        .skip(1)
+        .collect();
+    assert_eq!(attempts.len(), 2, "PSI ran again: {events:?}");
+    let parts_run = |attempt: &[serde_json::Value]| -> Vec<(u64, u64)> {
+        attempt.iter().filter_map(matched_part).collect()
+    };
+    let first = parts_run(attempts[0]);
+    let parts = first[0].1;
+    let kept = kept_parts(attempts[1]).expect("the second attempt kept parts");
+    // The guest keeps a part before its hosts have it; the one in flight runs again.
+    assert!(
+        kept + 1 >= first.len() as u64 && kept <= first.len() as u64,
+        "{kept} kept after {first:?}"
+    );
+    assert!(kept >= matched_before_kill - 1 && kept >= 2, "{kept}");
+    let second = parts_run(attempts[1]);
+    eprintln!(
+        "utilities killed after the bank matched part {matched_before_kill} of {parts}: \
+         {kept} parts kept, {} run again",
+        second.len()
+    );
+    assert_eq!(
+        second,
+        (kept + 1..=parts).map(|k| (k, parts)).collect::<Vec<_>>(),
+        "the second attempt ran {second:?} after keeping {kept}"
+    );
+    // The killed host kept the same parts (from its store).
+    let host_events = processes.events("utilities", &job);
+    let host_kept: Vec<u64> = host_events
+        .split(|e| e["message"].as_str().unwrap_or("").starts_with("aligning"))
+        .filter_map(kept_parts)
+        .collect();
+    assert_eq!(host_kept, vec![kept]);
 
     // A host frozen (SIGSTOP: its sockets stay open, nothing answers, as with a cut cable),
     // then thawed.

@@ -103,6 +103,9 @@ pub async fn follow(
             continue;
         }
         psi.set_position((event.psi_progress * 1000.0) as u64);
+        if event.state == "psi" {
+            psi.set_message(event.message.clone());
+        }
         if event.state == "training" && epochs.is_hidden() && event.max_epochs > 0 {
             psi.finish_with_message(format!("{} rows aligned", event.aligned_rows));
             epochs.set_draw_target(indicatif::ProgressDrawTarget::stderr());

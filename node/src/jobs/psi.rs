@@ -1,16 +1,22 @@
 //! PSI through the node: the guest's and a host's side of psi's sans-IO sessions over a
 //! job's [`Link`], with the node's cap on the ids a peer may announce.
 
+//!
+//! A job keeps what its PSI finished, part by part, with what it resumes from: an attempt that
+//! aligns again runs under the same plan and only on the parts some party did not finish.
+
 use fedlearn::Table;
 use psi::{
-    DuplicatePolicy, GuestConfig, IdColumn, PartitionedGuest, PartitionedHost, PsiGuest, PsiHost,
+    DuplicatePolicy, FinishedPart, GuestConfig, IdColumn, PartitionKey, PartitionPlan,
+    PartitionedGuest, PartitionedHost, PsiGuest, PsiHost,
 };
+use sha2::{Digest, Sha256};
 
 use crate::error::{NodeError, PeerFault};
 use crate::jobs::link::Link;
 use crate::registry::JobHandle;
 use crate::state::NodeState;
-use crate::store::EventRecord;
+use crate::store::{EventRecord, Store};
 use crate::wire::psi::*;
 
 fn unexpected(peer: &str, expected: &'static str) -> NodeError {
@@ -37,6 +43,151 @@ fn too_many(peer: &str, sizes: &[u64], cap: u64) -> Option<NodeError> {
     })
 }
 
+/// The resume part holding the plan a job's PSI runs under: the plan's digest, the digest of
+/// the ids it split and, at the guest, the key.
+const PLAN_PART: &str = "psi plan";
+/// Resume parts holding the parts PSI finished, one each ("psi part 0000000012").
+const PART_PREFIX: &str = "psi part ";
+
+/// What a job keeps of its PSI in the store, to resume it part by part.
+struct KeptPsi<'a> {
+    store: &'a Store,
+    job: &'a str,
+    /// Digest of the ids this node splits (its dataset's id column, in order).
+    ids: [u8; 32],
+}
+
+/// The plan a job's PSI ran under, as kept.
+struct KeptPlan {
+    plan: [u8; 32],
+    key: Option<PartitionKey>,
+}
+
+impl<'a> KeptPsi<'a> {
+    fn new(store: &'a Store, job: &'a str, table: &Table) -> Self {
+        let mut digest = Sha256::new();
+        digest.update(b"unseen psi ids v1");
+        for id in table.ids() {
+            digest.update((id.len() as u64).to_le_bytes());
+            digest.update(id.as_bytes());
+        }
+        KeptPsi {
+            store,
+            job,
+            ids: digest.finalize().into(),
+        }
+    }
+
+    /// The plan kept for these ids, if any.
+    fn plan(&self) -> Result<Option<KeptPlan>, NodeError> {
+        let Some(bytes) = self.store.resume_part(self.job, PLAN_PART)? else {
+            return Ok(None);
+        };
+        if bytes.len() < 64 || bytes[32..64] != self.ids {
+            return Ok(None);
+        }
+        Ok(Some(KeptPlan {
+            plan: bytes[..32].try_into().expect("32 bytes"),
+            key: bytes
+                .get(64..96)
+                .map(|key| PartitionKey(key.try_into().expect("32 bytes"))),
+        }))
+    }
+
+    /// The parts kept (a damaged one is not: it runs again).
+    fn parts(&self) -> Result<Vec<FinishedPart>, NodeError> {
+        let kept = self.store.resume_parts(self.job, PART_PREFIX)?;
+        Ok(kept
+            .iter()
+            .filter_map(|(_, bytes)| FinishedPart::from_bytes(bytes))
+            .collect())
+    }
+
+    /// Starts over under `plan`: forgets any earlier plan and its parts.
+    fn start(&self, plan: &PartitionPlan, keep_key: bool) -> Result<(), NodeError> {
+        self.store
+            .forget_resume(self.job, |part| part.starts_with("psi "))?;
+        let mut bytes = plan_digest(plan).to_vec();
+        bytes.extend_from_slice(&self.ids);
+        if keep_key {
+            bytes.extend_from_slice(&plan.key.0);
+        }
+        self.store.put_resume(self.job, PLAN_PART, &bytes)
+    }
+
+    /// Forgets the kept parts that run again (not in `finished`): a party never holds a part
+    /// of an earlier session that the others ran again.
+    fn forget_all_but(&self, finished: &[u32]) -> Result<(), NodeError> {
+        self.store.forget_resume(self.job, |name| {
+            name.strip_prefix(PART_PREFIX)
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| finished.binary_search(&p).is_err())
+        })
+    }
+
+    fn keep(&self, part: &FinishedPart) -> Result<(), NodeError> {
+        let name = format!("{PART_PREFIX}{:010}", part.part);
+        self.store.put_resume(self.job, &name, &part.to_bytes())
+    }
+}
+
+/// SHA-256 of a plan: its key and the guest's part sizes.
+fn plan_digest(plan: &PartitionPlan) -> [u8; 32] {
+    let mut digest = Sha256::new();
+    digest.update(b"unseen psi plan v1");
+    digest.update(plan.key.0);
+    digest.update(psi::sizes_to_bytes(&plan.guest_sizes));
+    digest.finalize().into()
+}
+
+/// The guest's side of the job's PSI, resumed under the kept plan when this node kept one for
+/// the same ids; under a fresh key otherwise.
+fn partitioned_guest(
+    kept: &KeptPsi<'_>,
+    ids: IdColumn,
+    hosts: &[String],
+    config: GuestConfig,
+    partition_rows: u64,
+) -> Result<PartitionedGuest, NodeError> {
+    let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    if let Some(KeptPlan {
+        plan,
+        key: Some(key),
+    }) = kept.plan()?
+    {
+        let resumed = PartitionedGuest::resume(
+            ids.clone(),
+            &names,
+            config,
+            partition_rows,
+            key,
+            kept.parts()?,
+        );
+        // Other settings give another plan (and kept parts that do not fit are refused).
+        if let Some(guest) = resumed.ok().filter(|g| plan_digest(&g.plan()) == plan) {
+            return Ok(guest);
+        }
+    }
+    let guest = PartitionedGuest::new(ids, &names, config, partition_rows)?;
+    kept.start(&guest.plan(), true)?;
+    Ok(guest)
+}
+
+/// Tells the job's watchers how many parts an earlier attempt finished.
+fn kept_event(node: &NodeState, job: &JobHandle, kept: usize, parts: usize, progress: f64) {
+    if kept > 0 {
+        job.emit(
+            &node.store,
+            EventRecord {
+                state: "psi".into(),
+                message: format!("{kept} of {parts} parts kept from an earlier attempt"),
+                psi_progress: progress,
+                ..EventRecord::default()
+            },
+        );
+    }
+}
+
 pub(crate) fn guest_psi(
     node: &NodeState,
     job: &JobHandle,
@@ -45,10 +196,10 @@ pub(crate) fn guest_psi(
     hosts: &[String],
 ) -> Result<Vec<u32>, NodeError> {
     let ids = IdColumn::from_ids(table.ids())?;
-    let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
     let config = GuestConfig::default();
     let federation = &node.config().federation;
-    let mut guest = PartitionedGuest::new(ids, &names, config, federation.psi_partition_rows)?;
+    let kept = KeptPsi::new(&node.store, job.id(), table);
+    let mut guest = partitioned_guest(&kept, ids, hosts, config, federation.psi_partition_rows)?;
     let plan = guest.plan();
     for host in hosts {
         link.send_psi(host, plan_to_proto(&plan))?;
@@ -68,37 +219,49 @@ pub(crate) fn guest_psi(
         }
     }
     let schedule = guest.schedule()?;
+    kept.forget_all_but(&schedule.finished)?;
     for host in hosts {
         link.send_psi(host, schedule_to_proto(&schedule))?;
     }
-    // Batches of every party in the parts that run.
-    let total: u64 = all_sizes
-        .iter()
-        .flat_map(|sizes| {
-            schedule
-                .partitions
-                .iter()
-                .map(|&p| sizes[p as usize].div_ceil(u64::from(config.batch_size)))
-        })
-        .sum();
-    let mut done = 0u64;
-    let mut progress = |batches: u64| {
+    // Batches of every party in the scheduled parts; those kept count as done.
+    let batches = |parts: &[u32]| -> u64 {
+        (all_sizes.iter())
+            .flat_map(|sizes| {
+                parts
+                    .iter()
+                    .map(|&p| sizes[p as usize].div_ceil(u64::from(config.batch_size)))
+            })
+            .sum()
+    };
+    let total = batches(&schedule.partitions).max(1);
+    let mut done = batches(&schedule.finished);
+    let parts = schedule.partitions.len();
+    let mut finished = schedule.finished.len();
+    kept_event(node, job, finished, parts, done as f64 / total as f64);
+    let mut progress = |batches: u64, message: String| {
         done += batches;
         job.emit(
             &node.store,
             EventRecord {
                 state: "psi".into(),
-                message: "matching ids".into(),
-                psi_progress: done as f64 / total.max(1) as f64,
+                message,
+                psi_progress: done as f64 / total as f64,
                 ..EventRecord::default()
             },
         )
     };
     while let Some((part, mut session)) = guest.next_session()? {
-        guest_session(link, &mut session, hosts, &mut progress)?;
-        for (host, alignment) in guest.finish_session(part, session)? {
+        guest_session(link, &mut session, hosts, &mut |batches| {
+            progress(batches, "matching ids".into())
+        })?;
+        let (result, alignments) = guest.finish_session(part, session)?;
+        // Kept before any host has it: a part the guest lacks runs again.
+        kept.keep(&result)?;
+        for (host, alignment) in alignments {
             link.send_psi(&host, alignment_to_proto(&alignment))?;
         }
+        finished += 1;
+        progress(0, format!("part {finished} of {parts} matched"));
     }
     Ok(guest.finish()?.aligned_rows)
 }
@@ -162,6 +325,8 @@ fn guest_session(
 }
 
 pub(crate) fn host_psi(
+    node: &NodeState,
+    job: &JobHandle,
     link: &mut Link<'_>,
     guest: &str,
     table: &Table,
@@ -170,26 +335,53 @@ pub(crate) fn host_psi(
         Body::PartitionPlan(plan) => plan_from_proto(guest, &plan)?,
         _ => return Err(unexpected(guest, "its partition plan")),
     };
-    let cap = link.node.config().federation.max_peer_rows;
+    let cap = node.config().federation.max_peer_rows;
     if let Some(error) = too_many(guest, &plan.guest_sizes, cap) {
         return Err(error);
     }
     let ids = IdColumn::from_ids(table.ids())?;
-    let (mut host, sizes) = PartitionedHost::new(
-        guest,
-        ids,
-        DuplicatePolicy::Reject,
-        &plan,
-        psi::MIN_PART_ROWS,
-    )?;
-    link.send_psi(guest, sizes_to_proto(&sizes))?;
-    match link.receive_psi(guest)? {
-        Body::PartitionSchedule(schedule) => {
-            host.receive_schedule(&schedule_from_proto(guest, &schedule)?)?
+    let kept = KeptPsi::new(&node.store, job.id(), table);
+    let start = |kept_parts| {
+        let policy = DuplicatePolicy::Reject;
+        PartitionedHost::new(
+            guest,
+            ids.clone(),
+            policy,
+            &plan,
+            psi::MIN_PART_ROWS,
+            kept_parts,
+        )
+    };
+    let (mut host, sizes) = match kept.plan()? {
+        Some(kept_plan) if kept_plan.plan == plan_digest(&plan) => match start(kept.parts()?) {
+            Ok(started) => started,
+            // Kept parts that do not fit the ids: start over under this plan.
+            Err(psi::PsiError::InvalidConfig { .. }) => {
+                kept.start(&plan, false)?;
+                start(Vec::new())?
+            }
+            Err(e) => return Err(e.into()),
+        },
+        _ => {
+            kept.start(&plan, false)?;
+            start(Vec::new())?
         }
+    };
+    link.send_psi(guest, sizes_to_proto(&sizes))?;
+    let schedule = match link.receive_psi(guest)? {
+        Body::PartitionSchedule(schedule) => schedule_from_proto(guest, &schedule)?,
         _ => return Err(unexpected(guest, "the schedule of parts")),
-    }
-    loop {
+    };
+    host.receive_schedule(&schedule)?;
+    kept.forget_all_but(&schedule.finished)?;
+    kept_event(
+        node,
+        job,
+        schedule.finished.len(),
+        schedule.partitions.len(),
+        0.0,
+    );
+    while !host.is_finished() {
         let hello = match link.receive_psi(guest)? {
             Body::GuestHello(hello) => guest_hello_from_proto(guest, &hello)?,
             _ => return Err(unexpected(guest, "its hello for the next part")),
@@ -203,10 +395,9 @@ pub(crate) fn host_psi(
         let (session, reply) = host.next_session(&hello)?;
         link.send_psi(guest, host_hello_to_proto(&reply))?;
         let alignment = host_session(link, guest, &hello, &session)?;
-        if host.finish_session(session, &alignment)? {
-            return Ok(host.finish()?.aligned_rows);
-        }
+        kept.keep(&host.finish_session(session, &alignment)?)?;
     }
+    Ok(host.finish()?.aligned_rows)
 }
 
 /// One part's session, a host's side: answers the guest's batches, sends its own, and returns

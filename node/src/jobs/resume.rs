@@ -44,6 +44,12 @@ pub(crate) const JOB_PART: &str = "job";
 pub(crate) const SETTINGS_PART: &str = "settings";
 const ALIGNED_PART: &str = "aligned";
 
+/// What an attempt that aligns again redoes: the aligned rows and the checkpoints (what PSI
+/// finished stays: it resumes part by part).
+fn realigned(part: &str) -> bool {
+    part == ALIGNED_PART || part.starts_with("epoch ")
+}
+
 /// Why an attempt ended in a way a new attempt mends.
 pub(super) struct Interruption {
     /// What the job's records and the peers read (names a party, never data).
@@ -277,7 +283,7 @@ impl NodeState {
             link.send_raw(host, DeliveryKind::Plan, vec![u8::from(reuse)], true)?;
         }
         let Some(aligned) = own.filter(|_| reuse) else {
-            self.store.clear_resume(job.id(), true)?;
+            self.store.forget_resume(job.id(), realigned)?;
             let positions = self.guest_align(job, link, table, hosts, "training")?;
             return Ok(Alignment::Fresh(positions));
         };
@@ -329,7 +335,7 @@ impl NodeState {
             if !self.store.checkpoint_epochs(job.id())?.is_empty() {
                 return Err(self.not_resumable(job, "training had begun; align again it may not"));
             }
-            self.store.clear_resume(job.id(), true)?;
+            self.store.forget_resume(job.id(), realigned)?;
             let positions = self.host_align(job, link, table, guest, "training")?;
             return Ok(Alignment::Fresh(positions));
         }
@@ -568,7 +574,8 @@ impl NodeState {
     }
 
     /// Keeps the job's aligned rows (positions in this node's dataset) with the digest of
-    /// the aligned table, replacing any earlier alignment and its checkpoints.
+    /// the aligned table, replacing any earlier alignment, its checkpoints and the parts PSI
+    /// kept (done with).
     pub(super) fn keep_alignment(
         &self,
         job: &JobHandle,

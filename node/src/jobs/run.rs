@@ -513,7 +513,7 @@ impl NodeState {
             "psi",
             format!("aligning {} rows with {guest}", table.rows()),
         );
-        let aligned = psi::host_psi(link, guest, table);
+        let aligned = psi::host_psi(self, job, link, guest, table);
         self.aligned(job, aligned, state)
     }
 

@@ -9,8 +9,9 @@ pub mod psi;
 /// interruption, in numbered attempts. Version 4: audit heads given to peers are signed.
 /// Version 5: a trained model's id is a version of its name (`sme-credit@3`). Version 6: PSI
 /// runs in parts (psi protocol version 2: a plan, the sizes and a schedule, then one session
-/// per part).
-pub const FEDERATION_VERSION: u32 = 6;
+/// per part). Version 7: an attempt that aligns again resumes PSI under the same plan (the
+/// sizes and the schedule list the parts finished before).
+pub const FEDERATION_VERSION: u32 = 7;
 
 /// Largest preparation a proposal may carry (JSON bytes).
 pub(crate) const MAX_PREP_BYTES: usize = 64 * 1024;

@@ -61,6 +61,7 @@ pub fn sizes_to_proto(sizes: &psi::PartitionSizes) -> psi_message::Body {
     psi_message::Body::PartitionSizes(PsiPartitionSizes {
         version: sizes.version.into(),
         host_sizes: psi::sizes_to_bytes(&sizes.host_sizes),
+        finished: psi::parts_to_bytes(&sizes.finished),
     })
 }
 
@@ -72,6 +73,7 @@ pub fn sizes_from_proto(
     Ok(psi::PartitionSizes {
         version: version(sizes.version),
         host_sizes: psi::sizes_from_bytes(peer, "host_sizes", &sizes.host_sizes)?,
+        finished: psi::parts_from_bytes(peer, "finished", &sizes.finished)?,
     })
 }
 
@@ -80,6 +82,7 @@ pub fn schedule_to_proto(schedule: &psi::PartitionSchedule) -> psi_message::Body
     psi_message::Body::PartitionSchedule(PsiPartitionSchedule {
         version: schedule.version.into(),
         partitions: psi::parts_to_bytes(&schedule.partitions),
+        finished: psi::parts_to_bytes(&schedule.finished),
     })
 }
 
@@ -90,7 +93,8 @@ pub fn schedule_from_proto(
 ) -> Result<psi::PartitionSchedule, psi::PsiError> {
     Ok(psi::PartitionSchedule {
         version: version(schedule.version),
-        partitions: psi::parts_from_bytes(peer, &schedule.partitions)?,
+        partitions: psi::parts_from_bytes(peer, "partitions", &schedule.partitions)?,
+        finished: psi::parts_from_bytes(peer, "finished", &schedule.finished)?,
     })
 }
 
