@@ -461,7 +461,7 @@ impl ModelPart {
         let intercept = self.intercept.unwrap_or(0.0);
         let row_error = |row: usize, name: &str, reason: &str| FedError::Model {
             source_name: self.model_id.clone(),
-            reason: format!("row {row} ({}): {name:?} {reason}", table.ids()[row]),
+            reason: format!("row {row} ({}): {name:?} {reason}", &table.ids()[row]),
         };
         Ok((0..table.rows())
             .map(|row| {

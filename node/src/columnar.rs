@@ -432,7 +432,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            table.ids()[0],
+            &table.ids()[0],
             "9007199254740993",
             "integer ids keep every digit"
         );
@@ -506,7 +506,7 @@ mod tests {
         let (table, bad) = read_table(&wide, &scoring).unwrap();
         assert_eq!(bad.len(), 1, "a null decimal is missing");
         assert_eq!(bad[0].0, "8");
-        assert_eq!(table.ids(), ["18446744073709551615", "7"]);
+        assert_eq!(table.ids().to_vec(), ["18446744073709551615", "7"]);
         assert_eq!(
             table.dictionary(0).unwrap(),
             ["123456789012345678901234567890", "-5"]

@@ -274,16 +274,10 @@ pub(crate) fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
     let hosts = [load("tax.csv", None), load("utilities.csv", None)];
     let index: Vec<HashMap<&str, usize>> = hosts
         .iter()
-        .map(|t| {
-            t.ids()
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (id.as_str(), i))
-                .collect()
-        })
+        .map(|t| t.ids().iter().enumerate().map(|(i, id)| (id, i)).collect())
         .collect();
     let rows: Vec<usize> = (0..bank.rows())
-        .filter(|&r| index.iter().all(|m| m.contains_key(bank.ids()[r].as_str())))
+        .filter(|&r| index.iter().all(|m| m.contains_key(&bank.ids()[r])))
         .collect();
     let host_jobs = hosts
         .iter()
@@ -296,7 +290,7 @@ pub(crate) fn simulated_auc(dir: &Path, config: &TrainConfig) -> f64 {
                 .select_rows(
                     &rows
                         .iter()
-                        .map(|&r| map[bank.ids()[r].as_str()])
+                        .map(|&r| map[&bank.ids()[r]])
                         .collect::<Vec<_>>(),
                 )
                 .unwrap(),

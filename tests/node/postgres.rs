@@ -279,7 +279,7 @@ async fn a_database_elsewhere_is_read_over_verified_tls() {
             Err(e) => panic!("{e}"),
         }
     };
-    assert_eq!(table_read.ids(), ["a", "b", "c"]);
+    assert_eq!(table_read.ids().to_vec(), ["a", "b", "c"]);
     assert_eq!(table_read.values().column(0).to_vec(), [1.5, -2.0, 4.25]);
 
     // Another CA's certificate, or a certificate for another host: refused.

@@ -144,7 +144,7 @@ fn plan_digest(plan: &PartitionPlan) -> [u8; 32] {
 /// the same ids; under a fresh key otherwise.
 fn partitioned_guest(
     kept: &KeptPsi<'_>,
-    ids: IdColumn,
+    table: &Table,
     hosts: &[String],
     config: GuestConfig,
     partition_rows: u64,
@@ -156,7 +156,7 @@ fn partitioned_guest(
     }) = kept.plan()?
     {
         let resumed = PartitionedGuest::resume(
-            ids.clone(),
+            IdColumn::from_ids(table.ids())?,
             &names,
             config,
             partition_rows,
@@ -168,6 +168,7 @@ fn partitioned_guest(
             return Ok(guest);
         }
     }
+    let ids = IdColumn::from_ids(table.ids())?;
     let guest = PartitionedGuest::new(ids, &names, config, partition_rows)?;
     kept.start(&guest.plan(), true)?;
     Ok(guest)
@@ -195,11 +196,10 @@ pub(crate) fn guest_psi(
     table: &Table,
     hosts: &[String],
 ) -> Result<Vec<u32>, NodeError> {
-    let ids = IdColumn::from_ids(table.ids())?;
     let config = GuestConfig::default();
     let federation = &node.config().federation;
     let kept = KeptPsi::new(&node.store, job.id(), table);
-    let mut guest = partitioned_guest(&kept, ids, hosts, config, federation.psi_partition_rows)?;
+    let mut guest = partitioned_guest(&kept, table, hosts, config, federation.psi_partition_rows)?;
     let plan = guest.plan();
     for host in hosts {
         link.send_psi(host, plan_to_proto(&plan))?;
@@ -339,28 +339,25 @@ pub(crate) fn host_psi(
     if let Some(error) = too_many(guest, &plan.guest_sizes, cap) {
         return Err(error);
     }
-    let ids = IdColumn::from_ids(table.ids())?;
     let kept = KeptPsi::new(&node.store, job.id(), table);
-    let start = |kept_parts| {
+    // The id column is built for each try (a second only when kept parts do not fit).
+    let start = |kept_parts| -> Result<_, NodeError> {
+        let ids = IdColumn::from_ids(table.ids())?;
         let policy = DuplicatePolicy::Reject;
-        PartitionedHost::new(
-            guest,
-            ids.clone(),
-            policy,
-            &plan,
-            psi::MIN_PART_ROWS,
-            kept_parts,
-        )
+        let min = psi::MIN_PART_ROWS;
+        Ok(PartitionedHost::new(
+            guest, ids, policy, &plan, min, kept_parts,
+        )?)
     };
     let (mut host, sizes) = match kept.plan()? {
         Some(kept_plan) if kept_plan.plan == plan_digest(&plan) => match start(kept.parts()?) {
             Ok(started) => started,
             // Kept parts that do not fit the ids: start over under this plan.
-            Err(psi::PsiError::InvalidConfig { .. }) => {
+            Err(NodeError::Psi(psi::PsiError::InvalidConfig { .. })) => {
                 kept.start(&plan, false)?;
                 start(Vec::new())?
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         },
         _ => {
             kept.start(&plan, false)?;

@@ -142,7 +142,7 @@ pub(crate) fn index(
     let mut by_id: HashMap<String, Result<f64, String>> = table
         .ids()
         .iter()
-        .cloned()
+        .map(str::to_owned)
         .zip(rows.into_iter().map(|r| r.map_err(|e| e.to_string())))
         .collect();
     for (id, reason) in bad_rows {

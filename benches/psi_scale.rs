@@ -1,0 +1,178 @@
+//! PSI at scale through three real nodes: `unseen serve` processes on loopback with mutual
+//! TLS (bank, tax bureau, utility company), each holding `--n` ids (default 10^6) of which
+//! 90% are common to all three, one feature column each.
+//!
+//! `cargo bench --bench psi_scale -- --n 10000000 [--partition-rows N]` writes the three
+//! datasets, starts the nodes, submits a training job at the bank and times its PSI (from the
+//! submission to the bank's first training event); it samples every node's resident memory
+//! every 100 ms meanwhile and prints each party's peak, then cancels the job. A node loads
+//! its dataset when the job starts, so the peak is the dataset (ids and one column) plus PSI.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use unseen::local::{Plan, PARTIES};
+
+fn arg(name: &str) -> Option<u64> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == name)?;
+    args.get(at + 1)?.parse().ok()
+}
+
+/// Writes `party`'s dataset: ids `from..from + n` (the bank with a label), one feature.
+fn write_dataset(dir: &Path, party: &str, from: u64, n: u64) {
+    let path = dir.join(format!("{party}.csv"));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("dataset"));
+    let header = if party == "bank" { "id,y,x" } else { "id,x" };
+    writeln!(out, "{header}").expect("write");
+    for i in from..from + n {
+        // A cheap mix, so that the label and the feature are not the id's order.
+        let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+        if party == "bank" {
+            writeln!(out, "sme-{i:010},{},{}", u8::from(h % 7 == 0), h % 1000).expect("write");
+        } else {
+            writeln!(out, "sme-{i:010},{}", h % 977).expect("write");
+        }
+    }
+    out.flush().expect("flush");
+}
+
+/// Resident memory of process `pid` in MiB.
+fn rss(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    kib as f64 / 1024.0
+}
+
+struct Nodes {
+    dir: PathBuf,
+    plan: Plan,
+    children: BTreeMap<String, Child>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Nodes {
+    fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_unseen"))
+            .args(args)
+            .env("UNSEEN_IDENTITY", self.dir.join("certs/modeller"))
+            .env("UNSEEN_NODE", format!("bank@{}", self.plan.listen["bank"]))
+            .output()
+            .expect("unseen");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+fn main() {
+    let n = arg("--n").unwrap_or(1_000_000);
+    let partition_rows = arg("--partition-rows").unwrap_or(psi::DEFAULT_PARTITION_ROWS);
+    let dir = std::env::temp_dir().join(format!("unseen-bench-psi-scale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let mut plan = Plan::prepare(&dir, &data).expect("prepare");
+    plan.federation = format!(
+        "receive_timeout_secs = 3600\nmax_peer_rows = {}\npsi_partition_rows = {partition_rows}\n",
+        n.max(1_000_000) * 2
+    );
+    // 90% of each party's ids are common to all three.
+    let shift = n / 20;
+    for (party, from) in [("bank", 0), ("tax", shift), ("utilities", 2 * shift)] {
+        write_dataset(&dir, party, from, n);
+    }
+    let mut nodes = Nodes {
+        dir: dir.clone(),
+        plan,
+        children: BTreeMap::new(),
+    };
+    for party in PARTIES {
+        let config = dir.join(format!("{party}.toml"));
+        std::fs::write(&config, nodes.plan.config(party)).expect("config");
+        let log = std::fs::File::create(dir.join(format!("{party}.log"))).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_unseen"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("unseen serve");
+        nodes.children.insert(party.to_owned(), child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(nodes.plan.listen[party]).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{party} never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let pids: BTreeMap<String, u32> = (nodes.children.iter())
+        .map(|(party, child)| (party.clone(), child.id()))
+        .collect();
+    let idle: BTreeMap<&str, f64> = PARTIES.iter().map(|p| (*p, rss(pids[*p]))).collect();
+    let spec = dir.join("job.toml");
+    std::fs::write(
+        &spec,
+        "model_id = \"scale\"\ndataset = \"bank\"\n\n[[hosts]]\nparty = \"tax\"\ndataset = \"tax\"\n\n\
+         [[hosts]]\nparty = \"utilities\"\ndataset = \"utilities\"\n\n[train]\nmax_epochs = 1\n",
+    )
+    .expect("spec");
+    println!(
+        "{n} ids per party (90% common), 3 nodes over loopback mTLS, parts of {partition_rows} \
+         guest ids; PSI arithmetic: {}; CPU: {}",
+        psi::arithmetic(),
+        unseen::cpu_summary()
+    );
+    let started = Instant::now();
+    let job = nodes.cli(&["job", "submit", spec.to_str().expect("path")]);
+    let job = job.trim().to_owned();
+    let mut peak: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut polled = Instant::now();
+    let aligned = loop {
+        for party in PARTIES {
+            let now = rss(pids[party]);
+            let top = peak.entry(party).or_default();
+            *top = top.max(now);
+        }
+        if polled.elapsed() >= Duration::from_secs(1) {
+            polled = Instant::now();
+            let status: serde_json::Value =
+                serde_json::from_str(&nodes.cli(&["job", "status", &job, "--json"])).expect("json");
+            match status["state"].as_str().unwrap_or("") {
+                "queued" | "psi" => {}
+                "training" => break status["aligned_rows"].as_u64().unwrap_or(0),
+                _ => panic!("the job ended: {status}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = nodes.cli(&["job", "cancel", &job]);
+    println!("PSI through the nodes: {seconds:.1} s (to within 1 s), {aligned} rows aligned");
+    for party in PARTIES {
+        println!(
+            "{party:<10} peak RSS {:>7.0} MiB during the job's PSI (idle before: {:.0} MiB)",
+            peak[party], idle[party]
+        );
+    }
+}
