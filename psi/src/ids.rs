@@ -29,6 +29,116 @@ pub enum DuplicatePolicy {
     KeepFirst,
 }
 
+/// Ids by row, wherever a party keeps them: an [`IdColumn`], or (through a wrapper) the
+/// table a node loaded, so that partitioned PSI reads them in place instead of copying them.
+pub trait IdSource: Sync {
+    /// Number of rows.
+    fn len(&self) -> usize;
+
+    /// Whether there are no rows.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id on `row` (`row < len()`).
+    fn id(&self, row: usize) -> &[u8];
+}
+
+impl IdSource for IdColumn {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn id(&self, row: usize) -> &[u8] {
+        self.get(row)
+    }
+}
+
+/// Checks one id on `row`: non-empty UTF-8 of at most [`MAX_ID_LEN`] bytes.
+fn check_id(row: u64, id: &[u8]) -> Result<(), PsiError> {
+    if id.is_empty() {
+        return Err(PsiError::IdEmpty { row });
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(PsiError::IdTooLong {
+            row,
+            len: id.len(),
+            max: MAX_ID_LEN,
+        });
+    }
+    if std::str::from_utf8(id).is_err() {
+        return Err(PsiError::IdNotUtf8 { row });
+    }
+    Ok(())
+}
+
+/// Checks every id of `ids` as [`IdColumn::push`] does, naming the first bad row.
+pub(crate) fn check_ids<S: IdSource + ?Sized>(ids: &S) -> Result<(), PsiError> {
+    if ids.is_empty() {
+        return Err(PsiError::EmptyInput);
+    }
+    if ids.len() as u64 > MAX_ROWS {
+        return Err(PsiError::InputTooLarge {
+            what: "the number of rows",
+            got: ids.len() as u64,
+            max: MAX_ROWS,
+        });
+    }
+    (0..ids.len()).try_for_each(|row| check_id(row as u64, ids.id(row)))
+}
+
+/// Every row among `rows` (ascending) whose id occurred on an earlier one of them, as (first
+/// row, this row), sorted by this row. Sorts 16-byte (hash, row) pairs instead of hashing
+/// whole ids into a map: a third of the memory of a `HashSet<&[u8]>` and parallel.
+pub(crate) fn repeated_among<S: IdSource + ?Sized>(ids: &S, rows: &[u32]) -> Vec<(u32, u32)> {
+    let hasher = RandomState::new();
+    let mut keyed: Vec<(u64, u32)> = rows
+        .par_iter()
+        .map(|&row| (hasher.hash_one(ids.id(row as usize)), row))
+        .collect();
+    keyed.par_sort_unstable();
+    let mut repeated = Vec::new();
+    let mut group_start = 0;
+    while group_start < keyed.len() {
+        let hash = keyed[group_start].0;
+        let mut group_end = group_start + 1;
+        while group_end < keyed.len() && keyed[group_end].0 == hash {
+            group_end += 1;
+        }
+        // Rows in a group share a 64-bit hash; compare the bytes to find real repeats. Rows
+        // are ascending within a group, so the first row with given bytes is the original.
+        let group = &keyed[group_start..group_end];
+        for (i, &(_, row)) in group.iter().enumerate().skip(1) {
+            let id = ids.id(row as usize);
+            if let Some(&(_, first)) = group[..i]
+                .iter()
+                .find(|&&(_, earlier)| ids.id(earlier as usize) == id)
+            {
+                repeated.push((first, row));
+            }
+        }
+        group_start = group_end;
+    }
+    repeated.sort_unstable_by_key(|&(_, row)| row);
+    repeated
+}
+
+/// The error for `repeated` rows (sorted by the repeating row), with the first examples.
+pub(crate) fn duplicates_error<S: IdSource + ?Sized>(ids: &S, repeated: &[(u32, u32)]) -> PsiError {
+    PsiError::DuplicateIds {
+        count: repeated.len() as u64,
+        examples: repeated
+            .iter()
+            .take(DUPLICATE_EXAMPLES)
+            .map(|&(first, later)| DuplicateId {
+                id: String::from_utf8_lossy(ids.id(later as usize)).into_owned(),
+                first_row: u64::from(first),
+                repeated_row: u64::from(later),
+            })
+            .collect(),
+    }
+}
+
 /// A column of ids stored in one byte arena (16 bytes per id less than `Vec<String>`, which
 /// matters at 10^8 rows). Every id is non-empty UTF-8 of at most [`MAX_ID_LEN`] bytes.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -77,19 +187,7 @@ impl IdColumn {
                 max: MAX_ROWS,
             });
         }
-        if id.is_empty() {
-            return Err(PsiError::IdEmpty { row });
-        }
-        if id.len() > MAX_ID_LEN {
-            return Err(PsiError::IdTooLong {
-                row,
-                len: id.len(),
-                max: MAX_ID_LEN,
-            });
-        }
-        if std::str::from_utf8(id).is_err() {
-            return Err(PsiError::IdNotUtf8 { row });
-        }
+        check_id(row, id)?;
         let end = self.bytes.len() as u64 + id.len() as u64;
         if end > u64::from(u32::MAX) {
             return Err(PsiError::InputTooLarge {
@@ -135,69 +233,40 @@ impl IdColumn {
         if self.is_empty() {
             return Err(PsiError::EmptyInput);
         }
-        let repeated = self.repeated_rows();
-        if repeated.is_empty() {
-            return Ok((0..self.len() as u32).collect());
-        }
-        match policy {
-            DuplicatePolicy::Reject => Err(PsiError::DuplicateIds {
-                count: repeated.len() as u64,
-                examples: repeated
-                    .iter()
-                    .take(DUPLICATE_EXAMPLES)
-                    .map(|&(first, later)| DuplicateId {
-                        id: self.get_str(later as usize).to_owned(),
-                        first_row: u64::from(first),
-                        repeated_row: u64::from(later),
-                    })
-                    .collect(),
-            }),
-            DuplicatePolicy::KeepFirst => {
-                let mut keep = vec![true; self.len()];
-                for &(_, later) in &repeated {
-                    keep[later as usize] = false;
-                }
-                Ok((0..self.len() as u32)
-                    .filter(|&row| keep[row as usize])
-                    .collect())
-            }
-        }
+        let rows: Vec<u32> = (0..self.len() as u32).collect();
+        drop_repeated(self, vec![rows], policy).map(|mut parts| parts.pop().unwrap_or_default())
     }
+}
 
-    /// Every row whose id already occurred on an earlier row, as (first row, this row), sorted
-    /// by this row. Sorts 16-byte (hash, row) pairs instead of hashing whole ids into a map:
-    /// a third of the memory of a `HashSet<&[u8]>` and parallel.
-    fn repeated_rows(&self) -> Vec<(u32, u32)> {
-        let hasher = RandomState::new();
-        let mut keyed: Vec<(u64, u32)> = (0..self.len() as u32)
-            .into_par_iter()
-            .map(|row| (hasher.hash_one(self.get(row as usize)), row))
-            .collect();
-        keyed.par_sort_unstable();
-        let mut repeated = Vec::new();
-        let mut group_start = 0;
-        while group_start < keyed.len() {
-            let hash = keyed[group_start].0;
-            let mut group_end = group_start + 1;
-            while group_end < keyed.len() && keyed[group_end].0 == hash {
-                group_end += 1;
-            }
-            // Rows in a group share a 64-bit hash; compare the bytes to find real repeats. Rows
-            // are ascending within a group, so the first row with given bytes is the original.
-            let group = &keyed[group_start..group_end];
-            for (i, &(_, row)) in group.iter().enumerate().skip(1) {
-                let id = self.get(row as usize);
-                if let Some(&(_, first)) = group[..i]
-                    .iter()
-                    .find(|&&(_, earlier)| self.get(earlier as usize) == id)
-                {
-                    repeated.push((first, row));
-                }
-            }
-            group_start = group_end;
+/// `groups` of rows (each ascending; an id's rows all in one group) without the rows whose id
+/// occurred on an earlier row of its group, under `policy`: [`DuplicatePolicy::Reject`] refuses
+/// any repeat, naming the first ones across all groups.
+pub(crate) fn drop_repeated<S: IdSource + ?Sized>(
+    ids: &S,
+    mut groups: Vec<Vec<u32>>,
+    policy: DuplicatePolicy,
+) -> Result<Vec<Vec<u32>>, PsiError> {
+    let repeated: Vec<Vec<(u32, u32)>> = groups
+        .par_iter()
+        .map(|rows| repeated_among(ids, rows))
+        .collect();
+    if repeated.iter().all(Vec::is_empty) {
+        return Ok(groups);
+    }
+    match policy {
+        DuplicatePolicy::Reject => {
+            let mut all: Vec<(u32, u32)> = repeated.into_iter().flatten().collect();
+            all.sort_unstable_by_key(|&(_, row)| row);
+            Err(duplicates_error(ids, &all))
         }
-        repeated.sort_unstable_by_key(|&(_, row)| row);
-        repeated
+        DuplicatePolicy::KeepFirst => {
+            for (rows, repeated) in groups.iter_mut().zip(repeated) {
+                let later: std::collections::HashSet<u32> =
+                    repeated.into_iter().map(|(_, later)| later).collect();
+                rows.retain(|row| !later.contains(row));
+            }
+            Ok(groups)
+        }
     }
 }
 

@@ -93,7 +93,7 @@ pub use driver::{
     run_in_memory, run_in_memory_partitioned, HostInput, InMemoryOutcome, WireMessage, GUEST,
 };
 pub use error::{DuplicateId, PsiError};
-pub use ids::{DuplicatePolicy, IdColumn, MAX_ID_LEN, MAX_ROWS};
+pub use ids::{DuplicatePolicy, IdColumn, IdSource, MAX_ID_LEN, MAX_ROWS};
 pub use message::{
     alignment_from_bytes, alignment_to_bytes, parts_from_bytes, parts_to_bytes, points_from_bytes,
     points_to_bytes, sizes_from_bytes, sizes_to_bytes, tags_from_bytes, tags_to_bytes, Alignment,

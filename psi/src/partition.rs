@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::crypto::PartitionKey;
 use crate::error::PsiError;
-use crate::ids::{DuplicatePolicy, IdColumn, MAX_ROWS};
+use crate::ids::{check_ids, drop_repeated, DuplicatePolicy, IdColumn, IdSource, MAX_ROWS};
 use crate::message::{
     check_version, Alignment, GuestHello, HostHello, PartitionPlan, PartitionSchedule,
     PartitionSizes, ResultMode, MAX_PARTITIONS, PROTOCOL_VERSION,
@@ -33,21 +33,30 @@ const MAX_COMPARED_PAIRS: u128 = 1 << 56;
 struct Parts(Vec<Vec<u32>>);
 
 impl Parts {
-    /// `rows` (the distinct ones, ascending) by part.
-    fn split(ids: &IdColumn, rows: Vec<u32>, key: &PartitionKey, count: u32) -> Parts {
-        let assigned: Vec<u32> = rows
-            .par_iter()
-            .map(|&row| key.part_of(count, ids.get(row as usize)))
+    /// The rows of `ids` by part, after checking every id; the rows of an id that occurred on
+    /// an earlier row are refused or dropped as `policy` says (an id's rows share a part, so
+    /// repeats are found part by part, in a part's memory).
+    fn split<S: IdSource + ?Sized>(
+        ids: &S,
+        policy: DuplicatePolicy,
+        key: &PartitionKey,
+        count: u32,
+    ) -> Result<Parts, PsiError> {
+        check_ids(ids)?;
+        let assigned: Vec<u32> = (0..ids.len())
+            .into_par_iter()
+            .map(|row| key.part_of(count, ids.id(row)))
             .collect();
         let mut sizes = vec![0usize; count as usize];
         for &part in &assigned {
             sizes[part as usize] += 1;
         }
         let mut parts: Vec<Vec<u32>> = sizes.into_iter().map(Vec::with_capacity).collect();
-        for (&row, &part) in rows.iter().zip(&assigned) {
-            parts[part as usize].push(row);
+        for (row, &part) in assigned.iter().enumerate() {
+            parts[part as usize].push(row as u32);
         }
-        Parts(parts)
+        drop(assigned);
+        Ok(Parts(drop_repeated(ids, parts, policy)?))
     }
 
     fn sizes(&self) -> Vec<u64> {
@@ -55,14 +64,18 @@ impl Parts {
     }
 
     /// The ids of one part as a column of their own (row r of it is `self.0[part][r]`).
-    fn column(&self, ids: &IdColumn, part: u32) -> Result<IdColumn, PsiError> {
+    fn column<S: IdSource + ?Sized>(&self, ids: &S, part: u32) -> Result<IdColumn, PsiError> {
         let rows = &self.0[part as usize];
-        let bytes = rows.iter().map(|&r| ids.get(r as usize).len()).sum();
+        let bytes = rows.iter().map(|&r| ids.id(r as usize).len()).sum();
         let mut column = IdColumn::with_capacity(rows.len(), bytes);
         for &row in rows {
-            column.push(ids.get(row as usize))?;
+            column.push(ids.id(row as usize))?;
         }
         Ok(column)
+    }
+
+    fn rows(&self) -> u64 {
+        self.0.iter().map(|rows| rows.len() as u64).sum()
     }
 
     /// Rows of the whole column for rows of a part's column.
@@ -337,8 +350,8 @@ fn check_compared_pairs(host: &str, guest: &[u64], sizes: &[u64]) -> Result<(), 
 /// runs, whose results it maps back to the guest's rows. Both-sides mode only (every party
 /// ends with aligned rows).
 #[derive(Debug)]
-pub struct PartitionedGuest {
-    ids: IdColumn,
+pub struct PartitionedGuest<I: IdSource = IdColumn> {
+    ids: I,
     hosts: Vec<String>,
     config: GuestConfig,
     key: PartitionKey,
@@ -350,11 +363,13 @@ pub struct PartitionedGuest {
     progress: Option<Progress>,
 }
 
-impl PartitionedGuest {
+impl<I: IdSource> PartitionedGuest<I> {
     /// Validates the ids and the settings, draws a fresh key and splits the ids into
-    /// ⌈distinct ids / `partition_rows`⌉ parts (at most [`MAX_PARTITIONS`]).
+    /// ⌈ids / `partition_rows`⌉ parts (at most [`MAX_PARTITIONS`]; rows dropped as repeats
+    /// under [`DuplicatePolicy::KeepFirst`] count). The ids are read in place, a part at a
+    /// time.
     pub fn new(
-        ids: IdColumn,
+        ids: I,
         hosts: &[&str],
         config: GuestConfig,
         partition_rows: u64,
@@ -373,7 +388,7 @@ impl PartitionedGuest {
     /// the guest finished in it (`kept`, from [`PartitionedGuest::finish_session`]); refused
     /// when they do not fit these ids (the ids changed: start with a new key instead).
     pub fn resume(
-        ids: IdColumn,
+        ids: I,
         hosts: &[&str],
         config: GuestConfig,
         partition_rows: u64,
@@ -393,11 +408,10 @@ impl PartitionedGuest {
             });
         }
         check_guest_settings(hosts, &config)?;
-        let rows = ids.distinct_rows(config.duplicates)?;
-        let count = (rows.len() as u64)
+        let count = (ids.len() as u64)
             .div_ceil(partition_rows)
             .clamp(1, u64::from(MAX_PARTITIONS)) as u32;
-        let parts = Parts::split(&ids, rows, &key, count);
+        let parts = Parts::split(&ids, config.duplicates, &key, count)?;
         parts.check_kept(&kept, hosts.len())?;
         Ok(PartitionedGuest {
             ids,
@@ -577,9 +591,9 @@ fn check_part_list(
 
 /// A host's side of partitioned PSI with the guest.
 #[derive(Debug)]
-pub struct PartitionedHost {
+pub struct PartitionedHost<I: IdSource = IdColumn> {
     guest: String,
-    ids: IdColumn,
+    ids: I,
     parts: Parts,
     guest_sizes: Vec<u64>,
     /// Parts this host finished in an earlier run under this plan, until the schedule.
@@ -587,7 +601,7 @@ pub struct PartitionedHost {
     progress: Option<Progress>,
 }
 
-impl PartitionedHost {
+impl<I: IdSource> PartitionedHost<I> {
     /// Checks the guest's plan and splits the ids with its key; returns the host and the sizes
     /// to send back. The host refuses a plan that would split its distinct ids into parts of
     /// fewer than `min_part_rows` on average (more parts would make its part sizes a finer
@@ -597,7 +611,7 @@ impl PartitionedHost {
     /// [`PartitionedHost::finish_session`]), refused when they do not fit these ids.
     pub fn new(
         guest: &str,
-        ids: IdColumn,
+        ids: I,
         duplicates: DuplicatePolicy,
         plan: &PartitionPlan,
         min_part_rows: u64,
@@ -613,23 +627,22 @@ impl PartitionedHost {
             });
         }
         check_sizes(guest, "guest_sizes", &plan.guest_sizes, count)?;
-        let rows = ids.distinct_rows(duplicates)?;
+        let parts = Parts::split(&ids, duplicates, &plan.key, count as u32)?;
+        let rows = parts.rows();
         let allowed = match min_part_rows {
             0 => u64::from(MAX_PARTITIONS),
-            min => (rows.len() as u64 / min).max(1),
+            min => (rows / min).max(1),
         };
         if count as u64 > allowed {
             return Err(PsiError::InvalidField {
                 peer: guest.to_owned(),
                 field: "guest_sizes",
                 reason: format!(
-                    "{count} parts for this host's {} ids: at most {allowed} (parts of at \
-                     least {min_part_rows} ids on average)",
-                    rows.len()
+                    "{count} parts for this host's {rows} ids: at most {allowed} (parts of at \
+                     least {min_part_rows} ids on average)"
                 ),
             });
         }
-        let parts = Parts::split(&ids, rows, &plan.key, count as u32);
         check_compared_pairs(guest, &plan.guest_sizes, &parts.sizes())?;
         parts.check_kept(&kept, 0)?;
         let mut finished: Vec<u32> = kept.iter().map(|r| r.part).collect();

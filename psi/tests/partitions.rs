@@ -630,3 +630,58 @@ fn finished_parts_round_trip_as_bytes() {
     };
     assert_eq!(FinishedPart::from_bytes(&host.to_bytes()), Some(host));
 }
+
+/// Ids read in place are checked as a column checks them: the first bad row named, and
+/// repeats refused with their count and the first examples, as one session would.
+#[test]
+fn a_partitioned_party_refuses_bad_and_repeated_ids_like_a_session() {
+    let strict = GuestConfig {
+        duplicates: DuplicatePolicy::Reject,
+        ..config()
+    };
+    let mut repeated: Vec<String> = (0..300).map(|i| format!("ent-{i}")).collect();
+    for (row, copy_of) in [(40, 7), (120, 7), (200, 13), (250, 299)] {
+        repeated[row] = format!("ent-{copy_of}");
+    }
+    let column = IdColumn::from_ids(&repeated).unwrap();
+    let session = PsiGuest::new(column.clone(), &["tax"], strict).unwrap_err();
+    let parted = PartitionedGuest::new(column.clone(), &["tax"], strict, 20).unwrap_err();
+    assert_eq!(parted, session);
+    match parted {
+        PsiError::DuplicateIds { count, examples } => {
+            assert_eq!(count, 4);
+            let rows: Vec<(u64, u64)> = examples
+                .iter()
+                .map(|e| (e.first_row, e.repeated_row))
+                .collect();
+            assert_eq!(rows, [(7, 40), (7, 120), (13, 200), (250, 299)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A host refuses them the same way.
+    let plan = PartitionedGuest::new(ids(0..300), &["tax"], config(), 20)
+        .unwrap()
+        .plan();
+    let host = PartitionedHost::new("bank", column, DuplicatePolicy::Reject, &plan, 1, vec![]);
+    assert!(matches!(host, Err(PsiError::DuplicateIds { count: 4, .. })));
+
+    /// Ids that a column would refuse on push, read through another source.
+    #[derive(Debug)]
+    struct Raw(Vec<Vec<u8>>);
+    impl IdSource for Raw {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn id(&self, row: usize) -> &[u8] {
+            &self.0[row]
+        }
+    }
+    let mut raw: Vec<Vec<u8>> = (0..50).map(|i| format!("ent-{i}").into_bytes()).collect();
+    raw[31] = vec![];
+    raw[40] = vec![0xff, 0xfe];
+    let refused = PartitionedGuest::new(Raw(raw.clone()), &["tax"], config(), 10).unwrap_err();
+    assert_eq!(refused, PsiError::IdEmpty { row: 31 });
+    raw[31] = b"ok".to_vec();
+    let refused = PartitionedGuest::new(Raw(raw), &["tax"], config(), 10).unwrap_err();
+    assert_eq!(refused, PsiError::IdNotUtf8 { row: 40 });
+}

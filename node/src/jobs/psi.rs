@@ -7,8 +7,8 @@
 
 use fedlearn::Table;
 use psi::{
-    DuplicatePolicy, FinishedPart, GuestConfig, IdColumn, PartitionKey, PartitionPlan,
-    PartitionedGuest, PartitionedHost, PsiGuest, PsiHost,
+    DuplicatePolicy, FinishedPart, GuestConfig, PartitionKey, PartitionPlan, PartitionedGuest,
+    PartitionedHost, PsiGuest, PsiHost,
 };
 use sha2::{Digest, Sha256};
 
@@ -41,6 +41,27 @@ fn too_many(peer: &str, sizes: &[u64], cap: u64) -> Option<NodeError> {
         peer: peer.to_owned(),
         fault: PeerFault::TooManyRows { announced, cap },
     })
+}
+
+/// A dataset's ids as PSI reads them: in place, without a copy.
+#[derive(Clone, Copy)]
+struct TableIds<'a>(&'a fedlearn::Ids);
+
+impl psi::IdSource for TableIds<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn id(&self, row: usize) -> &[u8] {
+        self.0[row].as_bytes()
+    }
+}
+
+impl std::fmt::Debug for TableIds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Ids are personal data: never printed.
+        write!(f, "TableIds({} ids)", self.0.len())
+    }
 }
 
 /// The resume part holding the plan a job's PSI runs under: the plan's digest, the digest of
@@ -142,13 +163,13 @@ fn plan_digest(plan: &PartitionPlan) -> [u8; 32] {
 
 /// The guest's side of the job's PSI, resumed under the kept plan when this node kept one for
 /// the same ids; under a fresh key otherwise.
-fn partitioned_guest(
+fn partitioned_guest<'t>(
     kept: &KeptPsi<'_>,
-    table: &Table,
+    table: &'t Table,
     hosts: &[String],
     config: GuestConfig,
     partition_rows: u64,
-) -> Result<PartitionedGuest, NodeError> {
+) -> Result<PartitionedGuest<TableIds<'t>>, NodeError> {
     let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
     if let Some(KeptPlan {
         plan,
@@ -156,7 +177,7 @@ fn partitioned_guest(
     }) = kept.plan()?
     {
         let resumed = PartitionedGuest::resume(
-            IdColumn::from_ids(table.ids())?,
+            TableIds(table.ids()),
             &names,
             config,
             partition_rows,
@@ -168,8 +189,7 @@ fn partitioned_guest(
             return Ok(guest);
         }
     }
-    let ids = IdColumn::from_ids(table.ids())?;
-    let guest = PartitionedGuest::new(ids, &names, config, partition_rows)?;
+    let guest = PartitionedGuest::new(TableIds(table.ids()), &names, config, partition_rows)?;
     kept.start(&guest.plan(), true)?;
     Ok(guest)
 }
@@ -340,9 +360,8 @@ pub(crate) fn host_psi(
         return Err(error);
     }
     let kept = KeptPsi::new(&node.store, job.id(), table);
-    // The id column is built for each try (a second only when kept parts do not fit).
     let start = |kept_parts| -> Result<_, NodeError> {
-        let ids = IdColumn::from_ids(table.ids())?;
+        let ids = TableIds(table.ids());
         let policy = DuplicatePolicy::Reject;
         let min = psi::MIN_PART_ROWS;
         Ok(PartitionedHost::new(
