@@ -4,9 +4,10 @@
 //!
 //! `cargo bench --bench psi_scale -- --n 10000000 [--partition-rows N]` writes the three
 //! datasets, starts the nodes, submits a training job at the bank and times its PSI (from the
-//! submission to the bank's first training event); it samples every node's resident memory
-//! every 100 ms meanwhile and prints each party's peak, then cancels the job. A node loads
-//! its dataset when the job starts, so the peak is the dataset (ids and one column) plus PSI.
+//! submission to the bank's first training event, polled each second) and prints each
+//! node's peak resident memory then (`VmHWM`: the process served only this job), then cancels
+//! the job. A node loads its dataset when the job starts, so the peak is the dataset (ids and
+//! one column) plus PSI.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -40,12 +41,13 @@ fn write_dataset(dir: &Path, party: &str, from: u64, n: u64) {
     out.flush().expect("flush");
 }
 
-/// Resident memory of process `pid` in MiB.
-fn rss(pid: u32) -> f64 {
+/// Memory of process `pid` in MiB: `field` of /proc/PID/status (`VmRSS:` now, `VmHWM:` its
+/// peak).
+fn memory(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     kib as f64 / 1024.0
@@ -129,7 +131,9 @@ fn main() {
     let pids: BTreeMap<String, u32> = (nodes.children.iter())
         .map(|(party, child)| (party.clone(), child.id()))
         .collect();
-    let idle: BTreeMap<&str, f64> = PARTIES.iter().map(|p| (*p, rss(pids[*p]))).collect();
+    let idle: BTreeMap<&str, f64> = (PARTIES.iter())
+        .map(|p| (*p, memory(pids[*p], "VmRSS:")))
+        .collect();
     let spec = dir.join("job.toml");
     std::fs::write(
         &spec,
@@ -146,27 +150,20 @@ fn main() {
     let started = Instant::now();
     let job = nodes.cli(&["job", "submit", spec.to_str().expect("path")]);
     let job = job.trim().to_owned();
-    let mut peak: BTreeMap<&str, f64> = BTreeMap::new();
-    let mut polled = Instant::now();
     let aligned = loop {
-        for party in PARTIES {
-            let now = rss(pids[party]);
-            let top = peak.entry(party).or_default();
-            *top = top.max(now);
+        std::thread::sleep(Duration::from_secs(1));
+        let status: serde_json::Value =
+            serde_json::from_str(&nodes.cli(&["job", "status", &job, "--json"])).expect("json");
+        match status["state"].as_str().unwrap_or("") {
+            "queued" | "psi" => {}
+            "training" => break status["aligned_rows"].as_u64().unwrap_or(0),
+            _ => panic!("the job ended: {status}"),
         }
-        if polled.elapsed() >= Duration::from_secs(1) {
-            polled = Instant::now();
-            let status: serde_json::Value =
-                serde_json::from_str(&nodes.cli(&["job", "status", &job, "--json"])).expect("json");
-            match status["state"].as_str().unwrap_or("") {
-                "queued" | "psi" => {}
-                "training" => break status["aligned_rows"].as_u64().unwrap_or(0),
-                _ => panic!("the job ended: {status}"),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
     };
     let seconds = started.elapsed().as_secs_f64();
+    let peak: BTreeMap<&str, f64> = (PARTIES.iter())
+        .map(|p| (*p, memory(pids[*p], "VmHWM:")))
+        .collect();
     let _ = nodes.cli(&["job", "cancel", &job]);
     println!("PSI through the nodes: {seconds:.1} s (to within 1 s), {aligned} rows aligned");
     for party in PARTIES {

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use psi::{
     Alignment, DuplicatePolicy, FinishedPart, GuestConfig, GuestHello, HostHello, IdColumn,
     PartitionKey, PartitionPlan, PartitionSchedule, PartitionSizes, PartitionedGuest,
-    PartitionedHost, PointBatch, PsiGuest, PsiHost, TagBatch, PROTOCOL_VERSION,
+    PartitionedHost, PointBatch, PsiError, PsiGuest, PsiHost, TagBatch, PROTOCOL_VERSION,
 };
 use unseen_fuzz::{play_input, Network, Then};
 
@@ -280,7 +280,8 @@ impl Run {
                 if guest.sized.iter().all(|s| *s) && guest.session.is_none() {
                     let schedule = guest.parts.schedule().ok()?;
                     for host in 1..=self.hosts.len() {
-                        self.wire.push_back((0, host, Msg::Schedule(schedule.clone())));
+                        self.wire
+                            .push_back((0, host, Msg::Schedule(schedule.clone())));
                     }
                     return self.next_part(guest);
                 }
@@ -346,8 +347,14 @@ impl Run {
         match (state, message) {
             (Host::Waiting(ids, policy, kept), Msg::Plan(plan)) => {
                 // As the node does: kept parts that do not fit are dropped, not fatal.
-                let started = PartitionedHost::new(NAMES[0], ids.clone(), policy, &plan, 1, kept)
-                    .or_else(|_| PartitionedHost::new(NAMES[0], ids, policy, &plan, 1, vec![]));
+                let started =
+                    match PartitionedHost::new(NAMES[0], ids.clone(), policy, &plan, 1, kept) {
+                        Err(PsiError::InvalidConfig {
+                            field: "kept parts",
+                            ..
+                        }) => PartitionedHost::new(NAMES[0], ids, policy, &plan, 1, vec![]),
+                        started => started,
+                    };
                 let Ok((host, sizes)) = started else {
                     return Host::Stopped;
                 };

@@ -721,12 +721,14 @@ impl Store {
         self.resume_part(job_id, &checkpoint_part(epoch))
     }
 
-    /// `job_id`'s kept parts whose names start with `prefix`, by name.
+    /// `job_id`'s kept parts whose names start with `prefix`, by name, each as it opened
+    /// (a damaged one as its error).
+    #[allow(clippy::type_complexity)]
     pub fn resume_parts(
         &self,
         job_id: &str,
         prefix: &str,
-    ) -> Result<Vec<(String, Vec<u8>)>, NodeError> {
+    ) -> Result<Vec<(String, Result<Vec<u8>, NodeError>)>, NodeError> {
         let names: Vec<String> = {
             let txn = self.db.begin_read().map_err(|e| self.error(e))?;
             let table = txn.open_table(RESUME).map_err(|e| self.error(e))?;
@@ -741,13 +743,13 @@ impl Store {
             }
             names
         };
-        let mut parts = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some(bytes) = self.resume_part(job_id, &name)? {
-                parts.push((name, bytes));
-            }
-        }
-        Ok(parts)
+        Ok(names
+            .into_iter()
+            .filter_map(|name| {
+                let part = self.resume_part(job_id, &name).transpose()?;
+                Some((name, part))
+            })
+            .collect())
     }
 
     /// Forgets the kept parts of `job_id` that `forget` names.

@@ -101,7 +101,9 @@ impl Parts {
             if !seen.insert(part) {
                 return Err(invalid(part, "kept twice"));
             }
-            if result.pairwise_sizes.len() != pairwise {
+            if result.pairwise_sizes.len() != pairwise
+                || (result.pairwise_sizes.iter()).any(|&size| size > rows.len() as u64)
+            {
                 return Err(invalid(part, "pairwise sizes do not match the hosts"));
             }
             let mut distinct = std::collections::BTreeSet::new();
@@ -337,8 +339,9 @@ fn check_compared_pairs(host: &str, guest: &[u64], sizes: &[u64]) -> Result<(), 
 /// plan that would give its own parts fewer than `min_part_rows` ids on average (the nodes use
 /// [`MIN_PART_ROWS`], 1024, at which a real set has no empty part), and the nodes refuse
 /// `psi_partition_rows` below it. A run that resumes keeps the key, so it shows no new
-/// histogram; a run under a new key (the guest lost its kept plan or its ids changed) shows
-/// each party one more. A part run again shows the same intersection again and nothing else.
+/// histogram; a run under a new key (the guest lost its kept plan) shows each party one more.
+/// A party whose ids changed must not split them again under the same key (the two histograms
+/// would show in which parts ids came and went): the nodes end such a job. A part run again shows the same intersection again and nothing else.
 /// Which parts a party finished says nothing about its ids. The key is known to all parties
 /// of the job, so a part size is a function of the set that a party can evaluate on guesses: a
 /// host that already knows the guest's set up to a few ids learns in which parts the unknown
@@ -471,6 +474,12 @@ impl<I: IdSource> PartitionedGuest<I> {
     /// the false-match bound over the whole job, for every host, and those of them every
     /// party finished before.
     pub fn schedule(&mut self) -> Result<PartitionSchedule, PsiError> {
+        if self.progress.is_some() {
+            return Err(PsiError::InvalidConfig {
+                field: "schedule",
+                reason: "the schedule of parts was made already".into(),
+            });
+        }
         let mut all = Vec::with_capacity(self.hosts.len());
         for (host, sizes) in self.hosts.iter().zip(&self.host_sizes) {
             all.push(sizes.as_ref().ok_or_else(|| PsiError::Incomplete {
@@ -491,12 +500,12 @@ impl<I: IdSource> PartitionedGuest<I> {
         if partitions.is_empty() {
             return Err(PsiError::EmptyIntersection);
         }
+        let kept: std::collections::BTreeSet<u32> = self.kept.iter().map(|r| r.part).collect();
         let finished: Vec<u32> = partitions
             .iter()
             .copied()
             .filter(|p| {
-                self.kept.iter().any(|r| r.part == *p)
-                    && (self.host_finished.iter()).all(|f| f.binary_search(p).is_ok())
+                kept.contains(p) && (self.host_finished.iter()).all(|f| f.binary_search(p).is_ok())
             })
             .collect();
         let kept = std::mem::take(&mut self.kept);
@@ -693,11 +702,12 @@ impl<I: IdSource> PartitionedHost<I> {
                 ));
             }
         }
+        let kept: std::collections::BTreeSet<u32> = self.kept.iter().map(|r| r.part).collect();
         for part in &schedule.finished {
             if schedule.partitions.binary_search(part).is_err() {
                 return Err(invalid("finished", format!("part {part} is not scheduled")));
             }
-            if !self.kept.iter().any(|r| r.part == *part) {
+            if !kept.contains(part) {
                 return Err(invalid(
                     "finished",
                     format!("part {part} is not one this host finished"),

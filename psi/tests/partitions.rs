@@ -263,6 +263,16 @@ fn a_guest_checks_the_sizes_and_schedules_only_parts_held_by_all() {
     };
     assert!(guest.receive_sizes("tax", &changed).is_err());
     let schedule = guest.schedule().unwrap();
+    assert!(
+        matches!(
+            guest.schedule(),
+            Err(PsiError::InvalidConfig {
+                field: "schedule",
+                ..
+            })
+        ),
+        "a second schedule could differ from the one the hosts hold"
+    );
     let expected: Vec<u32> = (0..plan.guest_sizes.len() as u32)
         .filter(|&p| p != 3 && plan.guest_sizes[p as usize] > 0)
         .collect();
@@ -524,6 +534,9 @@ fn kept_parts_that_do_not_fit_the_ids_are_refused() {
     let mut short = first.guest[0].clone();
     short.pairwise_sizes.pop();
     assert!(refused(resume(ids(0..600), key, vec![short])));
+    let mut inflated = first.guest[0].clone();
+    inflated.pairwise_sizes[0] = u64::MAX;
+    assert!(refused(resume(ids(0..600), key, vec![inflated])));
 }
 
 /// A host takes as finished only parts it kept and that are scheduled; a guest takes a host's

@@ -398,6 +398,10 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
             "PSI ended before a host was killed"
         );
     }
+    assert!(
+        matched_before_kill >= 3,
+        "the bank's events ended after part {matched_before_kill}"
+    );
     let killed = processes.kill("utilities", "-KILL");
     let _ = watch.kill();
     let _ = watch.wait();
@@ -434,7 +438,8 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
         (kept + 1..=parts).map(|k| (k, parts)).collect::<Vec<_>>(),
         "the second attempt ran {second:?} after keeping {kept}"
     );
-    // The killed host kept the same parts (from its store).
+    // The killed host's events tell the same (the parts every party kept: none, had the
+    // restarted host lost what it kept).
     let host_events = processes.events("utilities", &job);
     let host_kept: Vec<u64> = host_events
         .split(|e| e["message"].as_str().unwrap_or("").starts_with("aligning"))

@@ -73,6 +73,7 @@ const PART_PREFIX: &str = "psi part ";
 /// What a job keeps of its PSI in the store, to resume it part by part.
 struct KeptPsi<'a> {
     store: &'a Store,
+    party: String,
     job: &'a str,
     /// Digest of the ids this node splits (its dataset's id column, in order).
     ids: [u8; 32],
@@ -85,7 +86,7 @@ struct KeptPlan {
 }
 
 impl<'a> KeptPsi<'a> {
-    fn new(store: &'a Store, job: &'a str, table: &Table) -> Self {
+    fn new(store: &'a Store, party: &str, job: &'a str, table: &Table) -> Self {
         let mut digest = Sha256::new();
         digest.update(b"unseen psi ids v1");
         for id in table.ids() {
@@ -94,18 +95,31 @@ impl<'a> KeptPsi<'a> {
         }
         KeptPsi {
             store,
+            party: party.to_owned(),
             job,
             ids: digest.finalize().into(),
         }
     }
 
-    /// The plan kept for these ids, if any.
+    /// The plan kept, if any; an error if it was made for other ids: a party's dataset that
+    /// changed while PSI ran would show the others a second histogram under the same key
+    /// (which ids moved between parts), so the job ends, as with a changed dataset after PSI.
     fn plan(&self) -> Result<Option<KeptPlan>, NodeError> {
-        let Some(bytes) = self.store.resume_part(self.job, PLAN_PART)? else {
-            return Ok(None);
+        let bytes = match self.store.resume_part(self.job, PLAN_PART) {
+            Ok(Some(bytes)) if bytes.len() >= 64 => bytes,
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                // Damaged: PSI starts over under a new plan.
+                tracing::warn!(job = %self.job, error = %e, "the kept PSI plan is unreadable");
+                return Ok(None);
+            }
         };
-        if bytes.len() < 64 || bytes[32..64] != self.ids {
-            return Ok(None);
+        if bytes[32..64] != self.ids {
+            return Err(fedlearn::FedError::Resume {
+                party: self.party.clone(),
+                reason: "its dataset changed since the job started".into(),
+            }
+            .into());
         }
         Ok(Some(KeptPlan {
             plan: bytes[..32].try_into().expect("32 bytes"),
@@ -119,8 +133,14 @@ impl<'a> KeptPsi<'a> {
     fn parts(&self) -> Result<Vec<FinishedPart>, NodeError> {
         let kept = self.store.resume_parts(self.job, PART_PREFIX)?;
         Ok(kept
-            .iter()
-            .filter_map(|(_, bytes)| FinishedPart::from_bytes(bytes))
+            .into_iter()
+            .filter_map(|(name, bytes)| match bytes.map(|b| FinishedPart::from_bytes(&b)) {
+                Ok(Some(part)) => Some(part),
+                Ok(None) | Err(_) => {
+                    tracing::warn!(job = %self.job, %name, "a kept PSI part is unreadable; it runs again");
+                    None
+                }
+            })
             .collect())
     }
 
@@ -218,7 +238,7 @@ pub(crate) fn guest_psi(
 ) -> Result<Vec<u32>, NodeError> {
     let config = GuestConfig::default();
     let federation = &node.config().federation;
-    let kept = KeptPsi::new(&node.store, job.id(), table);
+    let kept = KeptPsi::new(&node.store, &node.config().party, job.id(), table);
     let mut guest = partitioned_guest(&kept, table, hosts, config, federation.psi_partition_rows)?;
     let plan = guest.plan();
     for host in hosts {
@@ -359,7 +379,7 @@ pub(crate) fn host_psi(
     if let Some(error) = too_many(guest, &plan.guest_sizes, cap) {
         return Err(error);
     }
-    let kept = KeptPsi::new(&node.store, job.id(), table);
+    let kept = KeptPsi::new(&node.store, &node.config().party, job.id(), table);
     let start = |kept_parts| -> Result<_, NodeError> {
         let ids = TableIds(table.ids());
         let policy = DuplicatePolicy::Reject;
@@ -372,7 +392,10 @@ pub(crate) fn host_psi(
         Some(kept_plan) if kept_plan.plan == plan_digest(&plan) => match start(kept.parts()?) {
             Ok(started) => started,
             // Kept parts that do not fit the ids: start over under this plan.
-            Err(NodeError::Psi(psi::PsiError::InvalidConfig { .. })) => {
+            Err(NodeError::Psi(psi::PsiError::InvalidConfig {
+                field: "kept parts",
+                ..
+            })) => {
                 kept.start(&plan, false)?;
                 start(Vec::new())?
             }
@@ -445,5 +468,78 @@ fn host_session(
     match link.receive_psi(guest)? {
         Body::Alignment(alignment) => Ok(alignment_from_proto(guest, &alignment)?),
         _ => Err(unexpected(guest, "the alignment")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedlearn::{Missing, Reading};
+
+    fn table(ids: &[&str]) -> Table {
+        let rows: Vec<String> = ids.iter().map(|id| format!("{id},1\n")).collect();
+        let text = format!("id,x\n{}", rows.concat());
+        Table::parse_csv("t", &text, "id", None, Missing::Reject, &|_| {
+            Reading::Number
+        })
+        .unwrap()
+    }
+
+    /// A kept plan serves the same ids only; parts that run again are forgotten; damaged parts
+    /// are skipped, and everything PSI kept goes when another plan starts.
+    #[test]
+    fn kept_psi_serves_the_same_ids_only() {
+        let dir = std::env::temp_dir().join(format!("unseen-kept-psi-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, crate::sealing::StoreKey::generate()).unwrap();
+        let ids = table(&["a", "b", "c"]);
+        let kept = KeptPsi::new(&store, "bank", "job", &ids);
+        assert!(kept.plan().unwrap().is_none());
+        let plan = PartitionPlan {
+            version: psi::PROTOCOL_VERSION,
+            key: PartitionKey([3; 32]),
+            guest_sizes: vec![2, 1],
+        };
+        kept.start(&plan, true).unwrap();
+        let record = kept.plan().unwrap().unwrap();
+        assert_eq!(record.plan, plan_digest(&plan));
+        assert_eq!(record.key, Some(plan.key));
+        let part = |part: u32| FinishedPart {
+            part,
+            rows: vec![part, 2],
+            pairwise_sizes: vec![1],
+        };
+        for p in [0, 1, 7] {
+            kept.keep(&part(p)).unwrap();
+        }
+        store
+            .put_resume("job", "psi part 0000000009", b"\x01")
+            .unwrap();
+        let parts = |kept: &KeptPsi<'_>| -> Vec<u32> {
+            kept.parts().unwrap().iter().map(|p| p.part).collect()
+        };
+        assert_eq!(parts(&kept), [0, 1, 7], "the damaged part 9 is skipped");
+        kept.forget_all_but(&[1, 7]).unwrap();
+        assert_eq!(parts(&kept), [1, 7]);
+        assert_eq!(kept.parts().unwrap()[0], part(1));
+
+        // The same job's dataset with another id: refused, naming the party.
+        let changed = KeptPsi::new(&store, "bank", "job", &table(&["a", "b", "x"]));
+        let error = changed.plan().err().expect("ids changed").to_string();
+        assert!(
+            error.contains("bank") && error.contains("dataset changed"),
+            "{error}"
+        );
+
+        // A host's record has no key; a new plan forgets the earlier one and its parts.
+        let other = PartitionPlan {
+            key: PartitionKey([4; 32]),
+            ..plan
+        };
+        kept.start(&other, false).unwrap();
+        let record = kept.plan().unwrap().unwrap();
+        assert_eq!((record.plan, record.key), (plan_digest(&other), None));
+        assert!(parts(&kept).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -574,8 +574,9 @@ impl NodeState {
     }
 
     /// Keeps the job's aligned rows (positions in this node's dataset) with the digest of
-    /// the aligned table, replacing any earlier alignment, its checkpoints and the parts PSI
-    /// kept (done with).
+    /// the aligned table, replacing any earlier alignment and its checkpoints. What PSI kept
+    /// stays until the job ends: a party lost before it kept its own aligned rows aligns
+    /// again under the same plan, running only the parts it lacks.
     pub(super) fn keep_alignment(
         &self,
         job: &JobHandle,
@@ -586,7 +587,7 @@ impl NodeState {
         for p in positions {
             bytes.extend_from_slice(&p.to_le_bytes());
         }
-        self.store.clear_resume(job.id(), true)?;
+        self.store.forget_resume(job.id(), realigned)?;
         self.store.put_resume(job.id(), ALIGNED_PART, &bytes)
     }
 
