@@ -120,16 +120,21 @@ fn started() -> (PartitionedGuest, PartitionedHost, PartitionPlan) {
     let plan = guest.plan();
     assert_eq!(plan.guest_sizes.len(), 8);
     assert_eq!(plan.guest_sizes.iter().sum::<u64>(), 400);
-    let (host, _) = PartitionedHost::new(
+    let (host, _) = tax(&plan);
+    (guest, host, plan)
+}
+
+/// The tax bureau's side of `plan` with ids 200..700, and its sizes.
+fn tax(plan: &PartitionPlan) -> (PartitionedHost, PartitionSizes) {
+    PartitionedHost::new(
         "bank",
         ids(200..700),
         DuplicatePolicy::Reject,
-        &plan,
+        plan,
         1,
         vec![],
     )
-    .unwrap();
-    (guest, host, plan)
+    .unwrap()
 }
 
 #[test]
@@ -163,15 +168,7 @@ fn a_host_checks_the_plan_and_the_schedule() {
         PartitionedHost::new("bank", ids(0..10), DuplicatePolicy::Reject, &old, 1, vec![]),
         Err(PsiError::VersionMismatch { got: 1, .. })
     ));
-    let (_, sizes) = PartitionedHost::new(
-        "bank",
-        ids(200..700),
-        DuplicatePolicy::Reject,
-        &plan,
-        1,
-        vec![],
-    )
-    .unwrap();
+    let (_, sizes) = tax(&plan);
     guest.receive_sizes("tax", &sizes).unwrap();
     let schedule = guest.schedule().unwrap();
     let with = |partitions: Vec<u32>| PartitionSchedule {
