@@ -196,15 +196,22 @@ fn partitioned_guest<'t>(
         key: Some(key),
     }) = kept.plan()?
     {
-        let resumed = PartitionedGuest::resume(
-            TableIds(table.ids()),
-            &names,
-            config,
-            partition_rows,
-            key,
-            kept.parts()?,
-        );
-        // Other settings give another plan (and kept parts that do not fit are refused).
+        let resume = |parts| {
+            let ids = TableIds(table.ids());
+            PartitionedGuest::resume(ids, &names, config, partition_rows, key, parts)
+        };
+        let resumed = match resume(kept.parts()?) {
+            // Damaged: every part runs again, under the same key.
+            Err(psi::PsiError::InvalidConfig {
+                field: "kept parts",
+                ..
+            }) => {
+                kept.forget_all_but(&[])?;
+                resume(Vec::new())
+            }
+            resumed => resumed,
+        };
+        // Other settings (`psi_partition_rows`) give another plan: a new key.
         if let Some(guest) = resumed.ok().filter(|g| plan_digest(&g.plan()) == plan) {
             return Ok(guest);
         }
@@ -540,6 +547,43 @@ mod tests {
         let record = kept.plan().unwrap().unwrap();
         assert_eq!((record.plan, record.key), (plan_digest(&other), None));
         assert!(parts(&kept).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A guest resumes under its kept key; kept parts that do not fit are dropped, not the
+    /// key; other settings draw a new key.
+    #[test]
+    fn a_guest_keeps_its_key_unless_its_settings_changed() {
+        let dir = std::env::temp_dir().join(format!("unseen-guest-psi-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, crate::sealing::StoreKey::generate()).unwrap();
+        let ids: Vec<String> = (0..40).map(|i| format!("sme-{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let data = table(&refs);
+        let kept = KeptPsi::new(&store, "bank", "job", &data);
+        let hosts = ["tax".to_owned()];
+        let config = GuestConfig::default();
+        let first = partitioned_guest(&kept, &data, &hosts, config, 10).unwrap();
+        let key = first.plan().key;
+        let again = partitioned_guest(&kept, &data, &hosts, config, 10).unwrap();
+        assert_eq!(again.plan(), first.plan());
+        // A kept part whose rows are not of its part: dropped, the key stays.
+        let wrong = FinishedPart {
+            part: 0,
+            rows: (0..40).collect(),
+            pairwise_sizes: vec![0],
+        };
+        kept.keep(&wrong).unwrap();
+        let again = partitioned_guest(&kept, &data, &hosts, config, 10).unwrap();
+        assert_eq!(again.plan().key, key);
+        assert!(kept.parts().unwrap().is_empty());
+        // Other parts: another plan, a new key.
+        let other = partitioned_guest(&kept, &data, &hosts, config, 20).unwrap();
+        assert_ne!(other.plan().key, key);
+        assert_eq!(
+            kept.plan().unwrap().unwrap().plan,
+            plan_digest(&other.plan())
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
