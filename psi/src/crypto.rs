@@ -149,6 +149,21 @@ impl BlindingKey {
             half: key.div_by_2(),
         }
     }
+
+    /// The key from `k/2`, as [`BlindingKey::half_bytes`] wrote it.
+    pub(crate) fn from_half(half: Scalar) -> Self {
+        BlindingKey { half }
+    }
+
+    /// `k/2`, for the party's own workers.
+    pub(crate) fn half_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.half.to_bytes())
+    }
+
+    /// A second copy (zeroised on its own drop), for a unit of work.
+    pub(crate) fn copy(&self) -> Self {
+        BlindingKey { half: self.half }
+    }
 }
 
 /// The hash-to-group map of RFC 9496 (section 4.3.4, two Elligator images added), tested

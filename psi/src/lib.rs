@@ -87,6 +87,7 @@ mod ifma;
 mod message;
 mod partition;
 mod session;
+mod work;
 
 pub use crypto::{arithmetic, JobSalt, PartitionKey, Tag, WirePoint, POINT_LEN, TAG_LEN};
 pub use driver::{
@@ -104,6 +105,7 @@ pub use partition::{
     FinishedPart, PartitionedGuest, PartitionedHost, DEFAULT_PARTITION_ROWS, MIN_PART_ROWS,
 };
 pub use session::{GuestConfig, GuestOutput, GuestResult, HostOutput, PsiGuest, PsiHost};
+pub use work::{Work, WorkOutput};
 
 /// Test hooks: the in-memory driver with messages altered, dropped or replayed in flight.
 /// Not part of the supported interface.

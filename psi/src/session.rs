@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use crate::crypto::{blind_ids, reblind_to_tags, BlindingKey, JobSalt, Tag, TAG_LEN};
+use crate::crypto::{BlindingKey, JobSalt, Tag, TAG_LEN};
 use crate::error::{PsiError, Stream};
 use crate::ids::{DuplicatePolicy, IdColumn, MAX_ROWS};
 use crate::message::{
     check_version, Alignment, GuestHello, HostHello, PointBatch, ResultMode, TagBatch,
     DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, PROTOCOL_VERSION,
 };
+use crate::work::{Work, WorkOutput};
 
 /// Position marker for "no match" in per-host match tables.
 const NO_MATCH: u32 = u32::MAX;
@@ -301,19 +302,20 @@ impl PsiGuest {
     /// The guest's blinded points of one batch, identical for every host; `None` past the end.
     /// Recomputed on each call (the state keeps no points), so a retry costs a recomputation.
     pub fn blinded_batch(&self, batch: u32) -> Option<PointBatch> {
+        let work = self.blind_work(batch)?;
+        work.run().into_points(batch).ok()
+    }
+
+    /// The work of [`blinded_batch`](Self::blinded_batch), to run elsewhere; its output
+    /// becomes the batch with [`WorkOutput::into_points`].
+    pub fn blind_work(&self, batch: u32) -> Option<Work> {
         if batch >= self.batch_count() {
             return None;
         }
         let range = batch_range(self.sent_rows.len() as u64, self.config.batch_size, batch);
         let rows = &self.sent_rows[range];
-        let points = blind_ids(&self.key, &self.salt, rows.len(), |i| {
-            self.ids.get(rows[i] as usize)
-        });
-        Some(PointBatch {
-            version: PROTOCOL_VERSION,
-            batch,
-            points,
-        })
+        let ids = rows.iter().map(|&row| self.ids.get(row as usize));
+        Some(Work::blind(&self.key, self.salt, ids))
     }
 
     fn slot(&mut self, host: &str) -> Result<&mut HostSlot, PsiError> {
@@ -379,6 +381,20 @@ impl PsiGuest {
     /// A host's blinded points of one batch: the guest blinds them again and keeps the tags.
     /// A repeated batch is ignored.
     pub fn receive_host_points(&mut self, host: &str, points: &PointBatch) -> Result<(), PsiError> {
+        match self.host_points_work(host, points.clone())? {
+            Some(work) => self.receive_host_tags(host, points.batch, work.run()),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a host's points of one batch and returns the work of blinding them again
+    /// (`None` for a repeated batch); its output goes to
+    /// [`receive_host_tags`](Self::receive_host_tags).
+    pub fn host_points_work(
+        &self,
+        host: &str,
+        points: PointBatch,
+    ) -> Result<Option<Work>, PsiError> {
         check_version(host, points.version)?;
         let batch_size = self.config.batch_size;
         let slot_index = self
@@ -407,18 +423,33 @@ impl PsiGuest {
             .host_batches
             .contains_key(&points.batch)
         {
-            return Ok(());
+            return Ok(None);
         }
-        let tags =
-            reblind_to_tags(&self.key, &points.points).map_err(|index| PsiError::InvalidPoint {
+        Ok(Some(Work::reblind(&self.key, points.points)))
+    }
+
+    /// The output of a [`host_points_work`](Self::host_points_work): the tags of the host's
+    /// batch `batch`, or the host's invalid point. A repeated batch is ignored.
+    pub fn receive_host_tags(
+        &mut self,
+        host: &str,
+        batch: u32,
+        output: WorkOutput,
+    ) -> Result<(), PsiError> {
+        let tags = output.into_tags(host, Stream::HostPoints, batch)?;
+        let batch_size = self.config.batch_size;
+        let slot = self.slot(host)?;
+        let fits = slot.rows.is_some_and(|rows| {
+            batch < batch_count(rows, batch_size)
+                && batch_range(rows, batch_size, batch).len() == tags.len()
+        });
+        if !fits {
+            return Err(PsiError::UnexpectedMessage {
                 peer: host.to_owned(),
-                what: Stream::HostPoints.name(),
-                batch: points.batch,
-                index,
-            })?;
-        self.hosts[slot_index]
-            .host_batches
-            .insert(points.batch, tags);
+                what: "tags of a batch the host did not send",
+            });
+        }
+        slot.host_batches.entry(batch).or_insert(tags);
         Ok(())
     }
 
@@ -602,24 +633,33 @@ impl PsiHost {
 
     /// The host's blinded points of one batch; `None` past the end.
     pub fn blinded_batch(&self, batch: u32) -> Option<PointBatch> {
+        let work = self.blind_work(batch)?;
+        work.run().into_points(batch).ok()
+    }
+
+    /// The work of [`blinded_batch`](Self::blinded_batch), to run elsewhere; its output
+    /// becomes the batch with [`WorkOutput::into_points`].
+    pub fn blind_work(&self, batch: u32) -> Option<Work> {
         if batch >= self.batch_count() {
             return None;
         }
         let range = batch_range(self.sent_rows.len() as u64, self.hello.batch_size, batch);
         let rows = &self.sent_rows[range];
-        let points = blind_ids(&self.key, &self.hello.salt, rows.len(), |i| {
-            self.ids.get(rows[i] as usize)
-        });
-        Some(PointBatch {
-            version: PROTOCOL_VERSION,
-            batch,
-            points,
-        })
+        let ids = rows.iter().map(|&row| self.ids.get(row as usize));
+        Some(Work::blind(&self.key, self.hello.salt, ids))
     }
 
     /// Blinds one batch of the guest's points again and returns their tags, in order. Pure:
     /// answering a repeated batch gives the same answer.
     pub fn answer(&self, points: &PointBatch) -> Result<TagBatch, PsiError> {
+        let work = self.answer_work(points.clone())?;
+        self.answered(points.batch, work.run())
+    }
+
+    /// Checks one batch of the guest's points and returns the work of
+    /// [`answer`](Self::answer); its output becomes the answer with
+    /// [`answered`](Self::answered).
+    pub fn answer_work(&self, points: PointBatch) -> Result<Work, PsiError> {
         check_version(&self.guest, points.version)?;
         check_batch(
             &self.guest,
@@ -629,16 +669,16 @@ impl PsiHost {
             self.hello.guest_rows,
             self.hello.batch_size,
         )?;
-        let tags =
-            reblind_to_tags(&self.key, &points.points).map_err(|index| PsiError::InvalidPoint {
-                peer: self.guest.clone(),
-                what: Stream::GuestPoints.name(),
-                batch: points.batch,
-                index,
-            })?;
+        Ok(Work::reblind(&self.key, points.points))
+    }
+
+    /// The answer to the guest's batch `batch` from the output of its
+    /// [`answer_work`](Self::answer_work).
+    pub fn answered(&self, batch: u32, output: WorkOutput) -> Result<TagBatch, PsiError> {
+        let tags = output.into_tags(&self.guest, Stream::GuestPoints, batch)?;
         Ok(TagBatch {
             version: PROTOCOL_VERSION,
-            batch: points.batch,
+            batch,
             tags,
         })
     }
