@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/unseen/v1/federation.proto",
         "proto/unseen/v1/jobs.proto",
         "proto/unseen/v1/scoring.proto",
+        "proto/unseen/v1/workers.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

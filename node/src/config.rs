@@ -7,6 +7,7 @@
 //! store_key = "keys/store.key"     # seals the store's model records (outside data_dir)
 //! metrics_listen = "127.0.0.1:9102"  # optional Prometheus endpoint (plain HTTP)
 //! operators = ["tax-operator"]       # certificate names allowed to use the jobs API
+//! workers = ["tax-worker"]           # optional: certificate names of this party's workers
 //!
 //! [tls]
 //! cert = "certs/tax/node.crt"
@@ -94,6 +95,10 @@ pub struct NodeConfig {
     /// Certificate names allowed to call the jobs service.
     #[serde(default)]
     pub operators: Vec<String>,
+    /// Certificate names of this party's workers (`unseen worker`), issued by its own CA: they
+    /// take PSI work from this node. Any number of workers may share one name.
+    #[serde(default)]
+    pub workers: Vec<String>,
     /// Certificate, key and CA bundle.
     pub tls: TlsFiles,
     /// Other nodes.
@@ -580,6 +585,7 @@ impl NodeConfig {
             ("store_key", self.store_key == new.store_key),
             ("metrics_listen", self.metrics_listen == new.metrics_listen),
             ("operators", self.operators == new.operators),
+            ("workers", self.workers == new.workers),
             ("tls", self.tls == new.tls),
             ("peers", self.peers == new.peers),
             ("federation", self.federation == new.federation),
@@ -735,11 +741,15 @@ impl NodeConfig {
         for (i, operator) in self.operators.iter().enumerate() {
             check_name(&format!("operators[{i}]"), operator)?;
         }
+        for (i, worker) in self.workers.iter().enumerate() {
+            check_name(&format!("workers[{i}]"), worker)?;
+        }
         let roles: Vec<(&str, &str)> = self
             .peers
             .iter()
             .map(|p| ("a peer", p.certificate_name()))
             .chain(self.operators.iter().map(|o| ("an operator", o.as_str())))
+            .chain(self.workers.iter().map(|w| ("a worker", w.as_str())))
             .chain(
                 self.scoring
                     .clients

@@ -416,6 +416,12 @@ pub enum Refusal {
         /// This node.
         party: String,
     },
+    /// A workers call whose certificate names no worker of this party.
+    #[error("the caller's certificate is not valid for any worker of {party}")]
+    NotAWorker {
+        /// This node.
+        party: String,
+    },
     /// A scoring call whose certificate names no scoring client.
     #[error("the caller's certificate names no scoring client")]
     NotAScoringClient,
@@ -487,6 +493,7 @@ impl Refusal {
         match self {
             Refusal::NotAPeer { .. } | Refusal::PeerCertificate { .. } => "peer identity",
             Refusal::NotAnOperator { .. } => "operator identity",
+            Refusal::NotAWorker { .. } => "worker identity",
             Refusal::NotAScoringClient | Refusal::ModelNotAllowed { .. } => "scoring client",
             Refusal::Revoked { .. } => "revoked certificate",
             Refusal::CallRate { .. } => "rate limit",
@@ -746,6 +753,7 @@ mod tests {
                 job: s(),
             },
             Refusal::NotAnOperator { party: s() },
+            Refusal::NotAWorker { party: s() },
             Refusal::NotAScoringClient,
             Refusal::ModelNotAllowed {
                 client: s(),

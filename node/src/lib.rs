@@ -49,6 +49,7 @@ mod state;
 pub mod store;
 pub mod tls;
 mod wire;
+mod workers;
 
 pub use error::{NodeError, PeerFault, Refusal};
 pub use registry::JobHandle;

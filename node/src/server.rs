@@ -1,5 +1,5 @@
 //! Starting a node: TLS listener (handshake failures are logged and counted), the federation
-//! and jobs services, gRPC health and reflection, and the metrics endpoint.
+//! jobs, scoring and workers services, gRPC health and reflection, and the metrics endpoint.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,9 +17,11 @@ use crate::peers::Peers;
 use crate::proto::federation_server::FederationServer;
 use crate::proto::jobs_server::JobsServer;
 use crate::proto::scoring_server::ScoringServer;
+use crate::proto::workers_server::WorkersServer;
 use crate::services::federation::FederationService;
 use crate::services::jobs::JobsService;
 use crate::services::scoring::ScoringService;
+use crate::services::workers::WorkersService;
 use crate::state::NodeState;
 use crate::store::Store;
 use crate::tls::Identity;
@@ -141,6 +143,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .await;
     health.set_serving::<JobsServer<JobsService>>().await;
     health.set_serving::<ScoringServer<ScoringService>>().await;
+    health.set_serving::<WorkersServer<WorkersService>>().await;
     // Both versions of reflection: grpcurl speaks v1, older clients (grpcio-reflection's
     // Python client among them) v1alpha.
     let reflection = || {
@@ -163,6 +166,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let scoring = ScoringServer::new(ScoringService {
         node: state.clone(),
     });
+    // A unit of work is at most a batch of 2^16 ids of up to 256 bytes.
+    let workers = WorkersServer::new(WorkersService {
+        node: state.clone(),
+    })
+    .max_decoding_message_size(32 << 20);
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -172,6 +180,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             .add_service(federation)
             .add_service(jobs)
             .add_service(scoring)
+            .add_service(workers)
             .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async {
                 let _ = stop.await;
             }),

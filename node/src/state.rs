@@ -29,6 +29,8 @@ pub struct NodeState {
     pub scores: ScoreCache,
     /// The live jobs.
     pub jobs: JobTable,
+    /// This party's workers and the PSI work waiting for them.
+    pub(crate) workers: crate::workers::Workers,
     /// The node's tokio runtime, for the network calls of blocking job threads.
     pub(crate) runtime: tokio::runtime::Handle,
     /// Which CA vouches for whom (peers with their own PKI, operators and clients).
@@ -101,9 +103,10 @@ impl NodeState {
             store,
             mailbox: Mailbox::new(max_unread),
             peers,
-            metrics,
+            metrics: metrics.clone(),
             scores: ScoreCache::default(),
             jobs: JobTable::default(),
+            workers: crate::workers::Workers::new(metrics.clone()),
             runtime,
             identity,
             shutting_down: Default::default(),

@@ -32,6 +32,13 @@ impl Drop for Processes {
 
 impl Processes {
     fn start(name: &str) -> Processes {
+        Processes::start_with(name, false)
+    }
+
+    /// As [`Processes::start`]; with `workers`, every party also lists a certificate name
+    /// `PARTY-worker` of its workers (issued by the federation's CA) and the nodes start
+    /// without any worker.
+    fn start_with(name: &str, workers: bool) -> Processes {
         let dir = std::env::temp_dir().join(format!("unseen-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
@@ -45,7 +52,15 @@ impl Processes {
         plan.policy = "max_models = 10\n".into();
         plan.scoring_models = vec!["reference".into()];
         for party in PARTIES {
-            std::fs::write(dir.join(format!("{party}.toml")), plan.config(party)).unwrap();
+            let mut config = plan.config(party);
+            if workers {
+                let operators = "operators = [\"modeller\"]\n";
+                let listed = format!("{operators}workers = [\"{party}-worker\"]\n");
+                config = config.replacen(operators, &listed, 1);
+                let name = format!("{party}-worker");
+                node::certs::issue(&dir.join("certs"), &[name]).unwrap();
+            }
+            std::fs::write(dir.join(format!("{party}.toml")), config).unwrap();
         }
         let mut processes = Processes {
             dir,
@@ -81,6 +96,52 @@ impl Processes {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts a worker of `party` (`unseen worker`) under the name `worker`, and waits until
+    /// it works for the node.
+    fn spawn_worker(&mut self, party: &str, worker: &str) {
+        let path = self.dir.join(format!("{worker}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_unseen"))
+            .arg("worker")
+            .env(
+                "UNSEEN_IDENTITY",
+                self.dir.join(format!("certs/{party}-worker")),
+            )
+            .env("UNSEEN_NODE", format!("{party}@{}", self.listen[party]))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&path).unwrap())
+            .spawn()
+            .unwrap();
+        self.children.insert(worker.to_owned(), child);
+        let started = Instant::now();
+        while !std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("working for the node")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{worker} never connected: {}",
+                std::fs::read_to_string(&path).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops a worker with SIGTERM: the units of work it says it did.
+    fn stop_worker(&mut self, worker: &str) -> u64 {
+        self.kill(worker, "-TERM");
+        let exit = self.children.get_mut(worker).unwrap().wait().unwrap();
+        assert!(exit.success(), "{worker} exited with {exit}");
+        let log = std::fs::read_to_string(self.dir.join(format!("{worker}.log"))).unwrap();
+        let said = log
+            .lines()
+            .find_map(|l| l.strip_prefix("worker stopping: "))
+            .unwrap_or_else(|| panic!("{worker} did not say what it did: {log}"));
+        said.strip_suffix(" units of work done")
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// `unseen ARGS` as the modeller against `party`'s node: (success, stdout, stderr).
@@ -552,5 +613,90 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
         .wait()
         .unwrap();
     assert!(exit.success(), "utilities exited with {exit}");
+    let _ = std::fs::remove_dir_all(&processes.dir);
+}
+
+/// Workers (`unseen worker`, processes on loopback) take the group operations of PSI from
+/// their nodes: two per party give the model of a run without any, and workers killed in the
+/// middle of PSI (one holding work the node gave it) are replaced without changing the
+/// result or costing the job an attempt.
+#[test]
+fn workers_do_the_psi_work_and_either_may_die_mid_job() {
+    let mut processes = Processes::start_with("workers", true);
+    let reference = processes.train("reference", EPOCHS);
+    let (status, _) = processes.wait_end("bank", &reference, Instant::now());
+    assert_eq!(status["state"], "succeeded", "{status}");
+
+    for party in PARTIES {
+        for k in 1..=2 {
+            processes.spawn_worker(party, &format!("{party}-{k}"));
+        }
+    }
+    let job = processes.train("with-workers", EPOCHS);
+    let mut watch = processes.watch("bank", &job);
+    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut matched = 0;
+    for line in lines {
+        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if let Some((k, _)) = matched_part(&event) {
+            matched = k;
+            if k >= 3 {
+                break;
+            }
+        }
+        assert_ne!(event["state"], "training", "PSI ended before a worker died");
+    }
+    assert!(matched >= 3, "the bank's events ended after part {matched}");
+    // One worker of the bank and one of a host die; the bank's is replaced at once. The
+    // bank's is frozen first, so that it dies holding work the node gave it.
+    processes.kill("bank-1", "-STOP");
+    std::thread::sleep(Duration::from_secs(1));
+    processes.kill("bank-1", "-KILL");
+    processes.kill("tax-1", "-KILL");
+    processes.spawn_worker("bank", "bank-3");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    for party in PARTIES {
+        let (status, _) = processes.wait_end(party, &job, Instant::now());
+        assert_eq!(status["state"], "succeeded", "{party}: {status}");
+    }
+    processes.assert_same_model("reference", "with-workers");
+    let events = processes.events("bank", &job);
+    let attempts = events
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap_or("").starts_with("aligning"))
+        .count();
+    assert_eq!(
+        attempts, 1,
+        "a worker's death cost the job an attempt: {events:?}"
+    );
+    let mut done = BTreeMap::new();
+    for worker in ["bank-2", "bank-3", "tax-2", "utilities-1", "utilities-2"] {
+        done.insert(worker, processes.stop_worker(worker));
+    }
+    eprintln!("units of PSI work done by the workers alive at the end: {done:?}");
+    for (worker, units) in &done {
+        assert!(*units > 0, "{worker} did no work: {done:?}");
+    }
+    // Every node says in its audit log which workers came and went.
+    for party in PARTIES {
+        let expected = if party == "bank" { 3 } else { 2 };
+        let started = Instant::now();
+        loop {
+            let (ok, out, err) = processes.cli(party, &["audit", "show", "--json"]);
+            assert!(ok, "{err}");
+            let joined = out.matches("worker.joined").count();
+            let left = out.matches("worker.left").count();
+            if (joined, left) == (expected, expected) {
+                break;
+            }
+            // A worker's leaving is recorded once its node sees the stream end.
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{party}: {joined} joined, {left} left: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let _ = std::fs::remove_dir_all(&processes.dir);
 }

@@ -1,4 +1,4 @@
-//! The `unseen` command line: the daemon (`serve`), the modeller's commands (`train`, `job`,
+//! The `unseen` command line: the daemon (`serve`) and its workers (`worker`), the modeller's commands (`train`, `job`,
 //! `model`) and certificates for a test federation (`cert`).
 
 use std::io::Write;
@@ -16,6 +16,7 @@ mod audit;
 mod jobs;
 mod models;
 mod output;
+mod worker;
 
 pub use jobs::follow;
 pub use output::{band_name, print_scores};
@@ -68,6 +69,16 @@ enum Command {
         /// The node's TOML configuration.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Runs a worker of this party (until SIGINT or SIGTERM): takes PSI work from the node,
+    /// which must list the identity's certificate name in `workers`.
+    Worker {
+        /// The node as NAME@HOST:PORT (NAME is the name in its certificate).
+        #[arg(long, env = "UNSEEN_NODE")]
+        node: String,
+        /// Directory with ca.crt, node.crt and node.key of the worker (see `unseen cert`).
+        #[arg(long, env = "UNSEEN_IDENTITY")]
+        identity: PathBuf,
     },
     /// Submits a training job and follows it to the end (exit status 1 if it fails).
     #[command(after_long_help = TRAIN_DEFAULTS)]
@@ -320,6 +331,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 pub fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Serve { config } => serve(&config),
+        Command::Worker { node, identity } => {
+            init_logging();
+            runtime()?.block_on(worker::worker(node, identity))
+        }
         Command::Train { target, spec } => runtime()?.block_on(async {
             let mut client = connect(&target).await?;
             let status = submit(&mut client, &spec, None).await?;
@@ -404,7 +419,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-fn serve(path: &Path) -> Result<ExitCode, String> {
+/// Logs to stderr, at `RUST_LOG` or info.
+fn init_logging() {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
@@ -414,6 +430,10 @@ fn serve(path: &Path) -> Result<ExitCode, String> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+}
+
+fn serve(path: &Path) -> Result<ExitCode, String> {
+    init_logging();
     let config = NodeConfig::load(path).map_err(|e| e.to_string())?;
     runtime()?.block_on(async {
         let node = crate::start(config).await.map_err(|e| e.to_string())?;

@@ -1,9 +1,11 @@
 //! PSI through the node: the guest's and a host's side of psi's sans-IO sessions over a
-//! job's [`Link`], with the node's cap on the ids a peer may announce.
-
+//! job's [`Link`], with the node's cap on the ids a peer may announce. The group operations
+//! of each batch run on the party's workers when it has some connected (`crate::workers`).
 //!
 //! A job keeps what its PSI finished, part by part, with what it resumes from: an attempt that
 //! aligns again runs under the same plan and only on the parts some party did not finish.
+
+use std::collections::VecDeque;
 
 use fedlearn::Table;
 use psi::{
@@ -18,6 +20,7 @@ use crate::registry::JobHandle;
 use crate::state::NodeState;
 use crate::store::{EventRecord, Store};
 use crate::wire::psi::*;
+use crate::workers::{Ticket, Workers};
 
 fn unexpected(peer: &str, expected: &'static str) -> NodeError {
     NodeError::Peer {
@@ -321,6 +324,7 @@ fn guest_session(
     hosts: &[String],
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), NodeError> {
+    let workers = &link.node.workers;
     let hello = guest.hello();
     for host in hosts {
         link.send_psi(host, guest_hello_to_proto(&hello))?;
@@ -337,10 +341,11 @@ fn guest_session(
         }
     }
     let batches = guest.batch_count();
+    let mut own = Ahead::new(workers, batches);
     let mut sent = 0;
     for batch in 0..batches {
         while sent < batches && sent < batch + WINDOW {
-            let Some(points) = guest.blinded_batch(sent) else {
+            let Some(points) = own.next(|b| guest.blind_work(b))? else {
                 break;
             };
             let body = points_to_proto(&points);
@@ -358,17 +363,77 @@ fn guest_session(
         progress(1);
     }
     for (host, batches) in hosts.iter().zip(host_batches) {
-        for _ in 0..batches {
-            match link.receive_psi(host)? {
-                Body::Points(points) => {
-                    guest.receive_host_points(host, &points_from_proto(host, &points)?)?
+        let mut pending = VecDeque::new();
+        let mut received = 0;
+        while received < batches || !pending.is_empty() {
+            // Several batches at once only for workers; the node itself takes one at a time.
+            while received < batches && pending.len() < window(workers) {
+                let points = match link.receive_psi(host)? {
+                    Body::Points(points) => points_from_proto(host, &points)?,
+                    _ => return Err(unexpected(host, "points")),
+                };
+                received += 1;
+                let batch = points.batch;
+                if let Some(work) = guest.host_points_work(host, points)? {
+                    pending.push_back((batch, workers.submit(work)));
                 }
-                _ => return Err(unexpected(host, "points")),
+                progress(1);
             }
-            progress(1);
+            if let Some((batch, ticket)) = pending.pop_front() {
+                guest.receive_host_tags(host, batch, ticket.wait())?;
+            }
         }
     }
     Ok(())
+}
+
+/// A party's own blinded batches in order, the work of the next [`WINDOW`] submitted ahead
+/// (to the workers, when the party has some; the node runs its own when it waits for them).
+struct Ahead<'w> {
+    workers: &'w Workers,
+    pending: VecDeque<(u32, Ticket<'w>)>,
+    submitted: u32,
+    end: u32,
+}
+
+impl<'w> Ahead<'w> {
+    fn new(workers: &'w Workers, end: u32) -> Self {
+        Ahead {
+            workers,
+            pending: VecDeque::new(),
+            submitted: 0,
+            end,
+        }
+    }
+
+    /// The next batch's points, given each batch's work.
+    fn next(
+        &mut self,
+        work: impl Fn(u32) -> Option<psi::Work>,
+    ) -> Result<Option<psi::PointBatch>, NodeError> {
+        while self.submitted < self.end && self.pending.len() < WINDOW as usize {
+            let Some(work) = work(self.submitted) else {
+                break;
+            };
+            let ticket = self.workers.submit(work);
+            self.pending.push_back((self.submitted, ticket));
+            self.submitted += 1;
+        }
+        match self.pending.pop_front() {
+            Some((batch, ticket)) => Ok(Some(ticket.wait().into_points(batch)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A peer's batches worked on at once: a window for workers, one for the node itself (it would
+/// otherwise wait for the next batch to arrive before working on the one it has).
+fn window(workers: &Workers) -> usize {
+    if workers.connected() > 0 {
+        WINDOW as usize
+    } else {
+        1
+    }
 }
 
 pub(crate) fn host_psi(
@@ -454,22 +519,30 @@ fn host_session(
     hello: &psi::GuestHello,
     session: &PsiHost,
 ) -> Result<psi::Alignment, NodeError> {
+    let workers = &link.node.workers;
     let guest_batches = hello
         .guest_rows
         .div_ceil(u64::from(hello.batch_size.max(1)));
-    for _ in 0..guest_batches {
-        match link.receive_psi(guest)? {
-            Body::Points(points) => {
-                let tags = session.answer(&points_from_proto(guest, &points)?)?;
-                link.send_psi(guest, tags_to_proto(&tags))?;
-            }
-            _ => return Err(unexpected(guest, "points")),
+    // The guest keeps WINDOW batches in flight: that many may be held before answering.
+    let mut pending = VecDeque::new();
+    let mut received = 0;
+    while received < guest_batches || !pending.is_empty() {
+        while received < guest_batches && pending.len() < window(workers) {
+            let points = match link.receive_psi(guest)? {
+                Body::Points(points) => points_from_proto(guest, &points)?,
+                _ => return Err(unexpected(guest, "points")),
+            };
+            received += 1;
+            let batch = points.batch;
+            pending.push_back((batch, workers.submit(session.answer_work(points)?)));
+        }
+        if let Some((batch, ticket)) = pending.pop_front() {
+            let tags = session.answered(batch, ticket.wait())?;
+            link.send_psi(guest, tags_to_proto(&tags))?;
         }
     }
-    for batch in 0..session.batch_count() {
-        let Some(points) = session.blinded_batch(batch) else {
-            break;
-        };
+    let mut own = Ahead::new(workers, session.batch_count());
+    while let Some(points) = own.next(|b| session.blind_work(b))? {
         link.send_psi(guest, points_to_proto(&points))?;
     }
     match link.receive_psi(guest)? {

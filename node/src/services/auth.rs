@@ -1,5 +1,6 @@
-//! Who may call what: peers by the certificate name the configuration gives them, operators
-//! and scoring clients by their certificate names, scoring clients within their call rate.
+//! Who may call what: peers by the certificate name the configuration gives them; operators,
+//! workers and scoring clients by their certificate names, scoring clients within their call
+//! rate.
 //! Every refusal is logged, counted and audited, with the name the caller claimed, the names
 //! its certificate carries and its address.
 
@@ -138,6 +139,30 @@ pub(crate) fn operator<T>(node: &NodeState, request: &Request<T>) -> Result<Stri
         node,
         refusal,
         "operator.refused",
+        "",
+        "",
+        caller(request),
+    ))
+}
+
+/// The worker a workers call comes from (a name of `workers`, vouched for by this node's CA
+/// only: a peer's PKI cannot issue this party's workers).
+pub(crate) fn worker<T>(node: &NodeState, request: &Request<T>) -> Result<String, NodeError> {
+    let certs = certs(request);
+    let presented = certs.as_deref().map(|c| &c[..]);
+    let config = node.config();
+    let name = crate::tls::peer_name(presented, config.workers.iter().map(String::as_str));
+    let refusal = match name.map(|name| (name, node.identity.vouches_for(presented, None))) {
+        Some((name, Ok(()))) => return Ok(name.to_owned()),
+        Some((_, Err(Distrust::Revoked))) => Refusal::Revoked { call: "workers" },
+        Some((_, Err(Distrust::NotVouched))) | None => Refusal::NotAWorker {
+            party: node.config().party.clone(),
+        },
+    };
+    Err(deny_audited(
+        node,
+        refusal,
+        "worker.refused",
         "",
         "",
         caller(request),
