@@ -4,10 +4,16 @@
 //!
 //! `cargo bench --bench psi_scale -- --n 10000000 [--partition-rows N]` writes the three
 //! datasets, starts the nodes, submits a training job at the bank and times its PSI (from the
-//! submission to the bank's first training event, polled each second) and prints each
+//! submission to the bank's first training event, polled every 0.2 s) and prints each
 //! node's peak resident memory then (`VmHWM`: the process served only this job), then cancels
 //! the job. A node loads its dataset when the job starts, so the peak is the dataset (ids and
 //! one column) plus PSI.
+//!
+//! With `--workers K`, every party also runs K workers (`unseen worker`, processes on the same
+//! loopback with their own certificates) that take the group operations of PSI from its node.
+//! Either way the benchmark prints the CPU time of every process (user + system, from
+//! /proc/PID/stat) spent from the submission to the end of PSI, per id of the bank: workers
+//! should cost the same CPU time per id as a node alone, plus the moving of work to them.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -53,6 +59,33 @@ fn memory(pid: u32, field: &str) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// User + system CPU seconds of process `pid` so far (/proc/PID/stat fields 14 and 15).
+fn cpu_seconds(pid: u32, ticks_per_second: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, and it may hold spaces) start with
+    // field 3: utime (14) and stime (15) are the 12th and 13th of them.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / ticks_per_second
+}
+
+fn clock_ticks() -> f64 {
+    let output = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK")
+}
+
 struct Nodes {
     dir: PathBuf,
     plan: Plan,
@@ -89,6 +122,7 @@ impl Nodes {
 fn main() {
     let n = arg("--n").unwrap_or(1_000_000);
     let partition_rows = arg("--partition-rows").unwrap_or(psi::DEFAULT_PARTITION_ROWS);
+    let workers = arg("--workers").unwrap_or(0);
     let dir = std::env::temp_dir().join(format!("unseen-bench-psi-scale-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
@@ -109,7 +143,14 @@ fn main() {
     };
     for party in PARTIES {
         let config = dir.join(format!("{party}.toml"));
-        std::fs::write(&config, nodes.plan.config(party)).expect("config");
+        let mut text = nodes.plan.config(party);
+        if workers > 0 {
+            let operators = "operators = [\"modeller\"]\n";
+            let listed = format!("{operators}workers = [\"{party}-worker\"]\n");
+            text = text.replacen(operators, &listed, 1);
+            node::certs::issue(&dir.join("certs"), &[format!("{party}-worker")]).expect("cert");
+        }
+        std::fs::write(&config, text).expect("config");
         let log = std::fs::File::create(dir.join(format!("{party}.log"))).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_unseen"))
             .args(["serve", "--config"])
@@ -131,6 +172,34 @@ fn main() {
     let pids: BTreeMap<String, u32> = (nodes.children.iter())
         .map(|(party, child)| (party.clone(), child.id()))
         .collect();
+    for party in PARTIES {
+        for k in 0..workers {
+            let log_path = dir.join(format!("{party}-worker-{k}.log"));
+            let child = Command::new(env!("CARGO_BIN_EXE_unseen"))
+                .arg("worker")
+                .env("UNSEEN_IDENTITY", dir.join(format!("certs/{party}-worker")))
+                .env(
+                    "UNSEEN_NODE",
+                    format!("{party}@{}", nodes.plan.listen[party]),
+                )
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log_path).expect("log"))
+                .spawn()
+                .expect("unseen worker");
+            nodes.children.insert(format!("{party}-worker-{k}"), child);
+            let started = Instant::now();
+            while !std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("working for the node")
+            {
+                assert!(started.elapsed() < Duration::from_secs(60), "no worker");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let ticks = clock_ticks();
+    let all_pids: Vec<u32> = nodes.children.values().map(Child::id).collect();
+    let cpu = || -> f64 { all_pids.iter().map(|&pid| cpu_seconds(pid, ticks)).sum() };
     let idle: BTreeMap<&str, f64> = (PARTIES.iter())
         .map(|p| (*p, memory(pids[*p], "VmRSS:")))
         .collect();
@@ -142,16 +211,17 @@ fn main() {
     )
     .expect("spec");
     println!(
-        "{n} ids per party (90% common), 3 nodes over loopback mTLS, parts of {partition_rows} \
-         guest ids; PSI arithmetic: {}; CPU: {}",
+        "{n} ids per party (90% common), 3 nodes over loopback mTLS, {workers} workers per \
+         party, parts of {partition_rows} guest ids; PSI arithmetic: {}; CPU: {}",
         psi::arithmetic(),
         unseen::cpu_summary()
     );
+    let cpu_before = cpu();
     let started = Instant::now();
     let job = nodes.cli(&["job", "submit", spec.to_str().expect("path")]);
     let job = job.trim().to_owned();
     let aligned = loop {
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(200));
         let status: serde_json::Value =
             serde_json::from_str(&nodes.cli(&["job", "status", &job, "--json"])).expect("json");
         match status["state"].as_str().unwrap_or("") {
@@ -161,11 +231,17 @@ fn main() {
         }
     };
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_spent = cpu() - cpu_before;
     let peak: BTreeMap<&str, f64> = (PARTIES.iter())
         .map(|p| (*p, memory(pids[*p], "VmHWM:")))
         .collect();
     let _ = nodes.cli(&["job", "cancel", &job]);
-    println!("PSI through the nodes: {seconds:.1} s (to within 1 s), {aligned} rows aligned");
+    println!("PSI through the nodes: {seconds:.1} s (to within 0.2 s), {aligned} rows aligned");
+    println!(
+        "CPU time of every process (nodes and workers): {cpu_spent:.1} s, {:.2} µs per id of \
+         the bank",
+        cpu_spent / n as f64 * 1e6
+    );
     for party in PARTIES {
         println!(
             "{party:<10} peak RSS {:>7.0} MiB during the job's PSI (idle before: {:.0} MiB)",
