@@ -212,3 +212,40 @@ async fn configuration_is_read_again_without_a_restart() {
     assert_eq!(reloads, 2, "{audit:?}");
     federation.stop().await;
 }
+
+/// The configuration in deploy/kubernetes/node.yaml is one the node accepts (its paths moved
+/// under a scratch directory), lists the workers' certificate name, and the workers'
+/// Deployment reaches the node under its party name and port.
+#[test]
+fn the_kubernetes_manifests_configure_a_node_and_its_workers() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let manifest = std::fs::read_to_string(deploy.join("node.yaml")).unwrap();
+    let (_, block) = manifest.split_once("  node.toml: |\n").unwrap();
+    let toml: String = block
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("unseen-k8s-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    node::certs::init(&dir.join("certs"), &["tax".to_string()]).unwrap();
+    std::fs::write(dir.join("tax.parquet"), b"").unwrap();
+    let moved = toml
+        .replace("/run/unseen/tls/", &format!("{}/certs/tax/", dir.display()))
+        .replace("/var/lib/unseen-data/", &format!("{}/", dir.display()))
+        .replace("/var/lib/unseen", &format!("{}/state", dir.display()));
+    let config = NodeConfig::parse(&dir.join("node.toml"), &moved)
+        .unwrap_or_else(|e| panic!("{e}\n{moved}"));
+    assert_eq!(config.workers, ["tax-worker"]);
+    let workers = std::fs::read_to_string(deploy.join("workers.yaml")).unwrap();
+    let target = format!(
+        "value: {}@unseen-node:{}",
+        config.party,
+        config.listen.port()
+    );
+    assert!(
+        workers.contains(&target),
+        "workers.yaml does not say {target}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
