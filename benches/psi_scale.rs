@@ -198,8 +198,12 @@ fn main() {
         }
     }
     let ticks = clock_ticks();
-    let all_pids: Vec<u32> = nodes.children.values().map(Child::id).collect();
-    let cpu = || -> f64 { all_pids.iter().map(|&pid| cpu_seconds(pid, ticks)).sum() };
+    let worker_pids: Vec<u32> = (nodes.children.iter())
+        .filter(|(name, _)| name.contains("-worker-"))
+        .map(|(_, child)| child.id())
+        .collect();
+    let cpu = |pids: &[u32]| -> f64 { pids.iter().map(|&pid| cpu_seconds(pid, ticks)).sum() };
+    let node_pids: Vec<u32> = pids.values().copied().collect();
     let idle: BTreeMap<&str, f64> = (PARTIES.iter())
         .map(|p| (*p, memory(pids[*p], "VmRSS:")))
         .collect();
@@ -216,7 +220,7 @@ fn main() {
         psi::arithmetic(),
         unseen::cpu_summary()
     );
-    let cpu_before = cpu();
+    let cpu_before = (cpu(&node_pids), cpu(&worker_pids));
     let started = Instant::now();
     let job = nodes.cli(&["job", "submit", spec.to_str().expect("path")]);
     let job = job.trim().to_owned();
@@ -231,15 +235,17 @@ fn main() {
         }
     };
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_spent = cpu() - cpu_before;
+    let node_cpu = cpu(&node_pids) - cpu_before.0;
+    let worker_cpu = cpu(&worker_pids) - cpu_before.1;
+    let cpu_spent = node_cpu + worker_cpu;
     let peak: BTreeMap<&str, f64> = (PARTIES.iter())
         .map(|p| (*p, memory(pids[*p], "VmHWM:")))
         .collect();
     let _ = nodes.cli(&["job", "cancel", &job]);
     println!("PSI through the nodes: {seconds:.1} s (to within 0.2 s), {aligned} rows aligned");
     println!(
-        "CPU time of every process (nodes and workers): {cpu_spent:.1} s, {:.2} µs per id of \
-         the bank",
+        "CPU time of every process: {cpu_spent:.1} s (nodes {node_cpu:.1} s, workers \
+         {worker_cpu:.1} s), {:.2} µs per id of the bank",
         cpu_spent / n as f64 * 1e6
     );
     for party in PARTIES {
