@@ -1,6 +1,7 @@
 //! A guest and one or two hosts run partitioned PSI (`psi::PartitionedGuest`,
 //! `psi::PartitionedHost`: plan, sizes, schedule, then one session per part) on small fuzzed id
-//! sets, a host possibly holding fuzzed "kept" parts of an earlier run, while the fuzzer moves
+//! sets, a host possibly holding fuzzed "kept" parts of an earlier run and the guest possibly
+//! resuming one (its key and kept parts fuzzed), while the fuzzer moves
 //! their messages: it delivers, drops, repeats, defers, alters or misroutes each one, or injects
 //! messages of its own (plans, sizes and schedules with any part lists). No party may panic,
 //! allocate beyond what arrived, or loop; an error stops the party that returned it, as the node
@@ -50,6 +51,9 @@ struct Setup {
     keep_first: bool,
     /// Parts the first host says it kept: (part, rows).
     kept: Vec<(u8, Vec<u8>)>,
+    /// A guest that resumes an earlier run: its key, and the parts it kept (part, rows,
+    /// pairwise sizes).
+    resume: Option<([u8; 32], Vec<(u8, Vec<u8>, Vec<u8>)>)>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -239,7 +243,42 @@ impl Run {
         let guest_ids = ids(&setup.guest_ids)?;
         rows.insert(0, guest_ids.len());
         let partition_rows = 1 + u64::from(setup.partition_rows % 12);
-        let parts = PartitionedGuest::new(guest_ids, names, config, partition_rows).ok()?;
+        let parts = match &setup.resume {
+            None => PartitionedGuest::new(guest_ids, names, config, partition_rows).ok()?,
+            Some((key, kept)) => {
+                let kept: Vec<FinishedPart> = (kept.iter().take(4))
+                    .map(|(part, rows, sizes)| FinishedPart {
+                        part: u32::from(*part % 8),
+                        rows: rows.iter().take(MAX_IDS).map(|&r| u32::from(r)).collect(),
+                        pairwise_sizes: sizes.iter().take(3).map(|&s| u64::from(s)).collect(),
+                    })
+                    .collect();
+                let key = PartitionKey(*key);
+                // As the node does: kept parts that do not fit run again under the same key.
+                match PartitionedGuest::resume(
+                    guest_ids.clone(),
+                    names,
+                    config,
+                    partition_rows,
+                    key,
+                    kept,
+                ) {
+                    Err(PsiError::InvalidConfig {
+                        field: "kept parts",
+                        ..
+                    }) => PartitionedGuest::resume(
+                        guest_ids,
+                        names,
+                        config,
+                        partition_rows,
+                        key,
+                        Vec::new(),
+                    ),
+                    resumed => resumed,
+                }
+                .ok()?
+            }
+        };
         let mut wire = VecDeque::new();
         for host in 1..=hosts.len() {
             wire.push_back((0, host, Msg::Plan(parts.plan())));
