@@ -123,6 +123,8 @@ fn main() {
     let n = arg("--n").unwrap_or(1_000_000);
     let partition_rows = arg("--partition-rows").unwrap_or(psi::DEFAULT_PARTITION_ROWS);
     let workers = arg("--workers").unwrap_or(0);
+    // The job's hosts: the tax bureau, and the utility company unless `--hosts 1`.
+    let hosts = arg("--hosts").unwrap_or(2).clamp(1, 2);
     let dir = std::env::temp_dir().join(format!("unseen-bench-psi-scale-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
@@ -208,15 +210,18 @@ fn main() {
         .map(|p| (*p, memory(pids[*p], "VmRSS:")))
         .collect();
     let spec = dir.join("job.toml");
-    std::fs::write(
-        &spec,
-        "model_id = \"scale\"\ndataset = \"bank\"\n\n[[hosts]]\nparty = \"tax\"\ndataset = \"tax\"\n\n\
-         [[hosts]]\nparty = \"utilities\"\ndataset = \"utilities\"\n\n[train]\nmax_epochs = 1\n",
-    )
-    .expect("spec");
+    let mut text =
+        "model_id = \"scale\"\ndataset = \"bank\"\n\n[[hosts]]\nparty = \"tax\"\ndataset = \"tax\"\n\n"
+            .to_owned();
+    if hosts == 2 {
+        text.push_str("[[hosts]]\nparty = \"utilities\"\ndataset = \"utilities\"\n\n");
+    }
+    text.push_str("[train]\nmax_epochs = 1\n");
+    std::fs::write(&spec, text).expect("spec");
     println!(
-        "{n} ids per party (90% common), 3 nodes over loopback mTLS, {workers} workers per \
+        "{n} ids per party (90% common), {} nodes over loopback mTLS, {workers} workers per \
          party, parts of {partition_rows} guest ids; PSI arithmetic: {}; CPU: {}",
+        hosts + 1,
         psi::arithmetic(),
         unseen::cpu_summary()
     );
