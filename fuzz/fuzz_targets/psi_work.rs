@@ -8,7 +8,9 @@ use psi::{Work, WorkOutput};
 
 /// A fixed unit of work (three ids to blind) the fuzzer's bytes answer in the second mode.
 fn fixed() -> Work {
-    let mut bytes = vec![1, 1];
+    let mut bytes = vec![1];
+    bytes.extend_from_slice(&psi::PROTOCOL_VERSION.to_le_bytes());
+    bytes.push(1);
     bytes.extend_from_slice(&[7; 31]);
     bytes.push(0);
     bytes.extend_from_slice(&[9; 32]);

@@ -11,6 +11,11 @@ use tokio::net::TcpListener;
 /// Help text of every metric the node exports.
 const HELP: &[(&str, &str, &str)] = &[
     (
+        "unseen_psi_work_total",
+        "counter",
+        "Units of PSI work (one batch's group operations) run, by whom: a worker or the node.",
+    ),
+    (
         "unseen_jobs_total",
         "counter",
         "Jobs that ended, by role and state.",

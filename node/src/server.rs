@@ -45,6 +45,8 @@ impl RunningNode {
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         let reason = format!("{} shut down", self.state.config().party);
         self.state.stop_all(&reason, Duration::from_secs(5)).await;
+        // Workers' streams would keep the server from ending.
+        self.state.workers.close();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -166,14 +168,18 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let scoring = ScoringServer::new(ScoringService {
         node: state.clone(),
     });
-    // A unit of work is at most a batch of 2^16 ids of up to 256 bytes.
+    // Larger units of work the node runs itself.
     let workers = WorkersServer::new(WorkersService {
         node: state.clone(),
     })
-    .max_decoding_message_size(32 << 20);
+    .max_decoding_message_size(crate::workers::MAX_MESSAGE_BYTES);
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            // A client that stops answering pings (a frozen worker or peer, a cut network)
+            // loses its streams within 40 s instead of holding them until TCP gives up.
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

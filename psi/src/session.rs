@@ -429,7 +429,9 @@ impl PsiGuest {
     }
 
     /// The output of a [`host_points_work`](Self::host_points_work): the tags of the host's
-    /// batch `batch`, or the host's invalid point. A repeated batch is ignored.
+    /// batch `batch`, or the host's invalid point. A repeated batch is ignored. Pairing each
+    /// output with the batch of its work is the caller's part (a batch of the same size is
+    /// not told apart).
     pub fn receive_host_tags(
         &mut self,
         host: &str,

@@ -4,8 +4,9 @@
 //! A [`Work`] carries the party's blinding key for one part and either the ids of one of its
 //! batches (hash to the group and blind) or a peer's points (blind again, then tag). It never
 //! leaves the party: the node sends it only to workers that authenticate with this party's
-//! certificates, and both copies of the key are zeroised when dropped. The node checks that an
-//! answer fits its work ([`Work::accept`]) and otherwise runs the work itself.
+//! certificates. The key in a `Work` and in its bytes is zeroised when they are dropped
+//! (copies a transport makes are not). The node checks that an answer fits its work
+//! ([`Work::accept`]: kind, count, one element recomputed) and otherwise runs the work itself.
 #![forbid(unsafe_code)]
 
 use curve25519_dalek::scalar::Scalar;
@@ -21,6 +22,8 @@ use crate::message::{PointBatch, MAX_BATCH_SIZE, PROTOCOL_VERSION};
 /// Format of [`Work::to_bytes`] and [`WorkOutput::to_bytes`]; a worker of another release
 /// refuses the work instead of computing something else.
 const FORMAT: u8 = 1;
+/// Format byte, PSI protocol version, kind (then the key).
+const HEADER: usize = 4;
 const BLIND: u8 = 1;
 const REBLIND: u8 = 2;
 const POINTS: u8 = 1;
@@ -127,10 +130,27 @@ impl Work {
         }
     }
 
-    /// The bytes a worker receives (they hold the key: zeroised on drop).
+    /// The length of [`Work::to_bytes`].
+    pub fn wire_len(&self) -> usize {
+        HEADER
+            + 32
+            + match &self.op {
+                Op::Blind { ids, ends, .. } => 32 + 4 + 2 * ends.len() + ids.len(),
+                Op::Reblind { points } => 4 + POINT_LEN * points.len(),
+            }
+    }
+
+    /// The most bytes its output takes (points are the larger elements).
+    pub fn output_len(&self) -> usize {
+        1 + 1 + 4 + POINT_LEN * self.len()
+    }
+
+    /// The bytes a worker receives. They hold the key, and are allocated once at their exact
+    /// length and zeroised on drop (copies a transport makes of them are not).
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(80 + 36 * self.len()));
+        let mut out = Zeroizing::new(Vec::with_capacity(self.wire_len()));
         out.push(FORMAT);
+        out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         match &self.op {
             Op::Blind { salt, ids, ends } => {
                 out.push(BLIND);
@@ -154,20 +174,25 @@ impl Work {
                 }
             }
         }
+        debug_assert_eq!(out.len(), self.wire_len());
         out
     }
 
     /// A work from its bytes, as a worker receives it; refuses anything malformed (another
-    /// format, a key that is not a canonical non-zero scalar, more than a batch of elements,
-    /// ids longer than [`MAX_ID_LEN`], trailing bytes).
+    /// format or PSI protocol version, a key that is not a canonical non-zero scalar, more
+    /// than a batch of elements, ids longer than [`MAX_ID_LEN`], trailing bytes).
     pub fn from_bytes(bytes: &[u8]) -> Result<Work, PsiError> {
         let bad = |reason: &str| PsiError::InvalidConfig {
             field: "work",
             reason: reason.to_owned(),
         };
         let mut reader = Reader(bytes);
-        if reader.take(1) != Some(&[FORMAT][..]) {
-            return Err(bad("not work of this release's format"));
+        if reader.take(1) != Some(&[FORMAT][..])
+            || reader.array() != Some(PROTOCOL_VERSION.to_le_bytes())
+        {
+            return Err(bad(
+                "not work of this release's format and PSI protocol version",
+            ));
         }
         let kind = reader.take(1).ok_or_else(|| bad("truncated"))?[0];
         let half: [u8; 32] = reader.array().ok_or_else(|| bad("truncated key"))?;
@@ -209,14 +234,30 @@ impl Work {
         Ok(Work { key, op })
     }
 
-    /// A worker's answer, if it is an output of this work (the right kind and count);
-    /// `None` otherwise, and the caller runs the work itself.
+    /// A worker's answer, if it is an output of this work: the right kind and count, one
+    /// element chosen at random recomputed here and equal (a worker of another release, or a
+    /// broken one, is caught at the cost of one element per unit), and an invalid point
+    /// claimed only for a point that is invalid (a worker cannot make the node blame an honest
+    /// peer). `None` otherwise, and the caller runs the work itself.
     pub fn accept(&self, bytes: &[u8]) -> Option<WorkOutput> {
         let output = WorkOutput::from_bytes(bytes)?;
+        let checked = |count: usize, check: &dyn Fn(usize) -> bool| {
+            count == self.len() && (count == 0 || check(rand::random_range(0..count)))
+        };
         let fits = match (&self.op, &output) {
-            (Op::Blind { ends, .. }, WorkOutput::Points(points)) => points.len() == ends.len(),
-            (Op::Reblind { points }, WorkOutput::Tags(tags)) => tags.len() == points.len(),
-            (Op::Reblind { points }, WorkOutput::InvalidPoint(index)) => *index < points.len(),
+            (Op::Blind { salt, ids, ends }, WorkOutput::Points(points)) => {
+                checked(points.len(), &|i| {
+                    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+                    let id = &ids[start..ends[i] as usize];
+                    blind_ids(&self.key, salt, 1, |_| id) == [points[i]]
+                })
+            }
+            (Op::Reblind { points }, WorkOutput::Tags(tags)) => checked(tags.len(), &|i| {
+                reblind_to_tags(&self.key, &points[i..=i]) == Ok(vec![tags[i]])
+            }),
+            (Op::Reblind { points }, WorkOutput::InvalidPoint(index)) => points
+                .get(*index)
+                .is_some_and(|point| reblind_to_tags(&self.key, &[*point]).is_err()),
             _ => false,
         };
         fits.then_some(output)
@@ -412,6 +453,18 @@ mod tests {
         let mut long = WorkOutput::Points(vec![[0; POINT_LEN]; work.len()]).to_bytes();
         long.push(0);
         assert!(work.accept(&long).is_none());
+        // Well formed but wrong: every element differs from the node's, so the spot check
+        // catches it whichever it picks.
+        let wrong = WorkOutput::Points(vec![[0; POINT_LEN]; work.len()]);
+        assert!(work.accept(&wrong.to_bytes()).is_none());
+        let right = work.run();
+        assert_eq!(work.accept(&right.to_bytes()), Some(right.clone()));
+        // A valid point claimed invalid: the node does not blame the peer on a worker's word.
+        let valid = host.blinded_batch(0).unwrap().points[0];
+        let reblind = Work::reblind(&BlindingKey::from_half(Scalar::from(5u64)), vec![valid]);
+        assert!(reblind
+            .accept(&WorkOutput::InvalidPoint(0).to_bytes())
+            .is_none());
     }
 
     #[test]
@@ -429,15 +482,19 @@ mod tests {
         let mut other_format = good.to_vec();
         other_format[0] = FORMAT + 1;
         assert!(Work::from_bytes(&other_format).is_err());
+        let mut other_version = good.to_vec();
+        other_version[1] ^= 1;
+        assert!(Work::from_bytes(&other_version).is_err());
+        assert_eq!(good.len(), Work::from_bytes(&good).unwrap().wire_len());
         let mut zero_key = good.to_vec();
-        zero_key[2..34].fill(0);
+        zero_key[4..36].fill(0);
         assert!(Work::from_bytes(&zero_key).is_err());
         let mut big_key = good.to_vec();
-        big_key[2..34].fill(0xff);
+        big_key[4..36].fill(0xff);
         assert!(Work::from_bytes(&big_key).is_err());
         let reblind = Work::reblind(&key, vec![[9; POINT_LEN]; 3]);
         let mut too_many = reblind.to_bytes().to_vec();
-        too_many[34..38].copy_from_slice(&(MAX_BATCH_SIZE + 1).to_le_bytes());
+        too_many[36..40].copy_from_slice(&(MAX_BATCH_SIZE + 1).to_le_bytes());
         assert!(Work::from_bytes(&too_many).is_err());
         // Points that do not decode are named by index, not a failure of the work.
         let output = Work::from_bytes(&reblind.to_bytes()).unwrap().run();

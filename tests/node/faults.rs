@@ -128,6 +128,60 @@ impl Processes {
         }
     }
 
+    /// `party`'s count of PSI work units run `by` ("worker" or "node"), from its metrics
+    /// endpoint (the address its log gives).
+    fn work_units(&self, party: &str, by: &str) -> f64 {
+        use std::io::{Read, Write};
+        let log = std::fs::read_to_string(self.dir.join(format!("{party}.log"))).unwrap();
+        let address = log
+            .rsplit("metrics_address=Some(")
+            .next()
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("{party} logged no metrics address: {log}"));
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let series = format!("unseen_psi_work_total{{by=\"{by}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// A worker of `party`'s node with the identity in `certs/IDENTITY`, which the node must
+    /// refuse: waits for the refusal in the worker's log, then stops it.
+    fn assert_refused_worker(&mut self, party: &str, identity: &str) {
+        let worker = format!("refused-{party}-{identity}");
+        let path = self.dir.join(format!("{worker}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unseen"))
+            .arg("worker")
+            .env(
+                "UNSEEN_IDENTITY",
+                self.dir.join(format!("certs/{identity}")),
+            )
+            .env("UNSEEN_NODE", format!("{party}@{}", self.listen[party]))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&path).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let expected = format!("not valid for any worker of {party}");
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap();
+            if log.contains(&expected) {
+                break;
+            }
+            assert!(
+                !log.contains("working for the node")
+                    && started.elapsed() < Duration::from_secs(60),
+                "{identity} as a worker of {party}: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Stops a worker with SIGTERM: the units of work it says it did.
     fn stop_worker(&mut self, worker: &str) -> u64 {
         self.kill(worker, "-TERM");
@@ -623,6 +677,11 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
 #[test]
 fn workers_do_the_psi_work_and_either_may_die_mid_job() {
     let mut processes = Processes::start_with("workers", true);
+    // Only the party's own workers: not an operator, a peer's node or another party's worker
+    // (all from the same CA here).
+    for identity in ["modeller", "tax", "tax-worker"] {
+        processes.assert_refused_worker("bank", identity);
+    }
     let reference = processes.train("reference", EPOCHS);
     let (status, _) = processes.wait_end("bank", &reference, Instant::now());
     assert_eq!(status["state"], "succeeded", "{status}");
@@ -670,6 +729,12 @@ fn workers_do_the_psi_work_and_either_may_die_mid_job() {
         attempts, 1,
         "a worker's death cost the job an attempt: {events:?}"
     );
+    for party in PARTIES {
+        let by_workers = processes.work_units(party, "worker");
+        let by_node = processes.work_units(party, "node");
+        eprintln!("{party}: {by_workers} units of PSI work by workers, {by_node} by the node");
+        assert!(by_workers > 0.0, "{party}'s workers ran nothing");
+    }
     let mut done = BTreeMap::new();
     for worker in ["bank-2", "bank-3", "tax-2", "utilities-1", "utilities-2"] {
         done.insert(worker, processes.stop_worker(worker));
@@ -687,6 +752,9 @@ fn workers_do_the_psi_work_and_either_may_die_mid_job() {
             assert!(ok, "{err}");
             let joined = out.matches("worker.joined").count();
             let left = out.matches("worker.left").count();
+            if party == "bank" {
+                assert!(out.matches("worker.refused").count() >= 3, "{out}");
+            }
             if (joined, left) == (expected, expected) {
                 break;
             }

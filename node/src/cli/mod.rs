@@ -466,6 +466,14 @@ async fn wait_for_signal() {
 
 /// Opens a mutually authenticated channel to a node given as NAME@HOST:PORT.
 pub async fn channel(node: &str, identity_dir: &Path) -> Result<Channel, String> {
+    endpoint(node, identity_dir)?
+        .connect()
+        .await
+        .map_err(|e| connect_error(node, identity_dir, &error_chain(&e)))
+}
+
+/// The endpoint of [`channel`], to connect with more settings.
+fn endpoint(node: &str, identity_dir: &Path) -> Result<Endpoint, String> {
     let (name, address) = node
         .split_once('@')
         .ok_or_else(|| format!("--node {node:?}: expected NAME@HOST:PORT"))?;
@@ -477,11 +485,8 @@ pub async fn channel(node: &str, identity_dir: &Path) -> Result<Channel, String>
     Endpoint::from_shared(format!("https://{address}"))
         .map_err(|e| format!("--node {node:?}: {e}"))?
         .tls_config(identity.client_config(name))
-        .map_err(|e| format!("TLS: {e}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| connect_error(node, identity_dir, &error_chain(&e)))
+        .map_err(|e| format!("TLS: {e}"))
+        .map(|endpoint| endpoint.connect_timeout(Duration::from_secs(10)))
 }
 
 /// A failed connection in the operator's terms, with the transport's own words after them.

@@ -15,7 +15,7 @@ use crate::proto::workers_client::WorkersClient;
 use crate::proto::{WorkDone, WorkItem};
 use crate::tls::Identity;
 
-/// Runs until SIGINT or SIGTERM; then says how much work it did.
+/// Runs until SIGINT or SIGTERM; then says how many units of work it ran.
 pub(super) async fn worker(node: String, identity: PathBuf) -> Result<ExitCode, String> {
     // A missing or broken identity is the operator's to fix, not a reason to retry.
     Identity::load_dir(&identity).map_err(|e| e.to_string())?;
@@ -51,8 +51,17 @@ async fn work(
     done: &AtomicU64,
     wait: &mut Duration,
 ) -> Result<(), String> {
-    let channel = super::channel(node, identity).await?;
-    let mut client = WorkersClient::new(channel).max_decoding_message_size(32 << 20);
+    // Pings the node while idle too: a node that went away (a replaced pod) is noticed within
+    // 40 s, and the worker connects again.
+    let channel = super::endpoint(node, identity)?
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|e| super::connect_error(node, identity, &super::error_chain(&e)))?;
+    let limit = crate::workers::MAX_MESSAGE_BYTES;
+    let mut client = WorkersClient::new(channel).max_decoding_message_size(limit);
     let (answers, outgoing) = mpsc::channel(4);
     let mut items = client
         .work(ReceiverStream::new(outgoing))
@@ -65,11 +74,17 @@ async fn work(
         let answer = tokio::task::spawn_blocking(move || run(item))
             .await
             .map_err(|e| format!("a unit of work failed: {e}"))?;
+        let ran = answer.error.is_empty();
+        if !ran {
+            tracing::warn!(error = %answer.error, "a unit of work this worker cannot run");
+        }
         answers
             .send(answer)
             .await
             .map_err(|_| "the node closed the stream".to_owned())?;
-        done.fetch_add(1, Ordering::Relaxed);
+        if ran {
+            done.fetch_add(1, Ordering::Relaxed);
+        }
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use crate::registry::JobHandle;
 use crate::state::NodeState;
 use crate::store::{EventRecord, Store};
 use crate::wire::psi::*;
-use crate::workers::{Ticket, Workers};
+use crate::workers::{Ticket, Workers, PER_WORKER};
 
 fn unexpected(peer: &str, expected: &'static str) -> NodeError {
     NodeError::Peer {
@@ -366,29 +366,31 @@ fn guest_session(
         let mut pending = VecDeque::new();
         let mut received = 0;
         while received < batches || !pending.is_empty() {
-            // Several batches at once only for workers; the node itself takes one at a time.
-            while received < batches && pending.len() < window(workers) {
+            // The host sends all its batches: as many at once as the workers take (the node
+            // itself takes one at a time).
+            while received < batches && pending.len() < local_window(workers) {
                 let points = match link.receive_psi(host)? {
                     Body::Points(points) => points_from_proto(host, &points)?,
                     _ => return Err(unexpected(host, "points")),
                 };
                 received += 1;
                 let batch = points.batch;
-                if let Some(work) = guest.host_points_work(host, points)? {
-                    pending.push_back((batch, workers.submit(work)));
+                match guest.host_points_work(host, points)? {
+                    Some(work) => pending.push_back((batch, workers.submit(work))),
+                    None => progress(1),
                 }
-                progress(1);
             }
             if let Some((batch, ticket)) = pending.pop_front() {
                 guest.receive_host_tags(host, batch, ticket.wait())?;
+                progress(1);
             }
         }
     }
     Ok(())
 }
 
-/// A party's own blinded batches in order, the work of the next [`WINDOW`] submitted ahead
-/// (to the workers, when the party has some; the node runs its own when it waits for them).
+/// A party's own blinded batches in order, the work of the next ones submitted ahead ([`WINDOW`],
+/// or more for many workers; the node runs its own when it waits for them).
 struct Ahead<'w> {
     workers: &'w Workers,
     pending: VecDeque<(u32, Ticket<'w>)>,
@@ -411,7 +413,9 @@ impl<'w> Ahead<'w> {
         &mut self,
         work: impl Fn(u32) -> Option<psi::Work>,
     ) -> Result<Option<psi::PointBatch>, NodeError> {
-        while self.submitted < self.end && self.pending.len() < WINDOW as usize {
+        while self.submitted < self.end
+            && self.pending.len() < local_window(self.workers).max(WINDOW as usize)
+        {
             let Some(work) = work(self.submitted) else {
                 break;
             };
@@ -426,9 +430,17 @@ impl<'w> Ahead<'w> {
     }
 }
 
-/// A peer's batches worked on at once: a window for workers, one for the node itself (it would
-/// otherwise wait for the next batch to arrive before working on the one it has).
-fn window(workers: &Workers) -> usize {
+/// Units of work submitted at once where only this party decides: enough for every connected
+/// worker's slots; one for the node itself (it runs a unit when it waits for it).
+fn local_window(workers: &Workers) -> usize {
+    (PER_WORKER * workers.connected()).max(1)
+}
+
+/// The guest's batches a host works on at once: the guest sends [`WINDOW`] ahead (both sides
+/// of federation version 7 keep this window), so a host with workers holds that many; the
+/// node itself takes one at a time (it would otherwise wait for the next batch to arrive
+/// before working on the one it has).
+fn answer_window(workers: &Workers) -> usize {
     if workers.connected() > 0 {
         WINDOW as usize
     } else {
@@ -527,7 +539,7 @@ fn host_session(
     let mut pending = VecDeque::new();
     let mut received = 0;
     while received < guest_batches || !pending.is_empty() {
-        while received < guest_batches && pending.len() < window(workers) {
+        while received < guest_batches && pending.len() < answer_window(workers) {
             let points = match link.receive_psi(guest)? {
                 Body::Points(points) => points_from_proto(guest, &points)?,
                 _ => return Err(unexpected(guest, "points")),

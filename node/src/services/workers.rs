@@ -1,6 +1,7 @@
 //! The workers service: this party's workers (`unseen worker`) take PSI work from the node
 //! (`crate::workers`). Callers must present a certificate valid for one of `workers`, from this
-//! node's CA. Each stream is audited when it opens and when it closes.
+//! node's CA (checked again before every unit of work). Each stream is audited when it opens
+//! and when it closes, with why.
 
 use std::sync::Arc;
 
@@ -32,12 +33,20 @@ impl Workers for WorkersService {
         crate::audit::record(&self.node.store, "worker.joined", "", "", detail.clone());
         tracing::info!(worker = %name, ?address, "a worker joined");
         let (items, stream) = mpsc::channel(2 * crate::workers::PER_WORKER);
+        // Checked again before every unit: a certificate revoked meanwhile gets no more keys.
+        let certs = request.peer_certs();
         let answers = request.into_inner();
         let node = self.node.clone();
         tokio::spawn(async move {
-            node.workers.serve(&name, answers, items).await;
+            let trusted = || {
+                let presented = certs.as_deref().map(|c| &c[..]);
+                node.identity.vouches_for(presented, None).is_ok()
+            };
+            let ended = node.workers.serve(&name, &trusted, answers, items).await;
+            let mut detail = detail;
+            detail["ended"] = ended.into();
             crate::audit::record(&node.store, "worker.left", "", "", detail);
-            tracing::info!(worker = %name, ?address, "a worker left");
+            tracing::info!(worker = %name, ?address, ended, "a worker left");
         });
         Ok(Response::new(ReceiverStream::new(stream)))
     }
