@@ -479,9 +479,9 @@ impl TableBuilder {
             missing,
             reading,
         };
-        let error = |column: &str, reason: String| FedError::Row {
+        // The schema, not a row, is at fault.
+        let error = |column: &str, reason: String| FedError::Columns {
             source_name: source.to_owned(),
-            row: 0,
             column: column.to_owned(),
             reason,
         };

@@ -48,6 +48,17 @@ pub enum FedError {
         /// What is wrong.
         reason: String,
     },
+    /// A typed source (a Parquet file) whose columns do not fit the table: a configured
+    /// column it lacks or holds twice.
+    #[error("{source_name}, column {column:?}: {reason}")]
+    Columns {
+        /// File (or other source) name.
+        source_name: String,
+        /// Column name.
+        column: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A row of a typed source (a Parquet file) that cannot be read as a table row.
     #[error("{source_name}, row {row}, column {column:?}: {reason}")]
     Row {

@@ -525,6 +525,15 @@ mod tests {
         assert_eq!(count, n as usize);
         let error = Ids::open(&nulls, "ident", 10).err().unwrap();
         assert!(error.contains("no column \"ident\""), "{error}");
+        // A configured column the file lacks is the schema's fault, not a row's.
+        let reading = |_: &str| Reading::Number;
+        let mut elsewhere = layout(&reading, true);
+        elsewhere.id_column = "ident";
+        let error = read_table(&nulls, &elsewhere).err().unwrap();
+        assert!(
+            error.contains(", column \"ident\": no such column") && !error.contains("row"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
