@@ -98,21 +98,27 @@ impl Processes {
         }
     }
 
+    /// `unseen worker` for `party`'s node with the identity in `certs/IDENTITY`, logging to
+    /// `log`.
+    fn worker(&self, party: &str, identity: &str, log: &Path) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_unseen"))
+            .arg("worker")
+            .env(
+                "UNSEEN_IDENTITY",
+                self.dir.join(format!("certs/{identity}")),
+            )
+            .env("UNSEEN_NODE", format!("{party}@{}", self.listen[party]))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
     /// Starts a worker of `party` (`unseen worker`) under the name `worker`, and waits until
     /// it works for the node.
     fn spawn_worker(&mut self, party: &str, worker: &str) {
         let path = self.dir.join(format!("{worker}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_unseen"))
-            .arg("worker")
-            .env(
-                "UNSEEN_IDENTITY",
-                self.dir.join(format!("certs/{party}-worker")),
-            )
-            .env("UNSEEN_NODE", format!("{party}@{}", self.listen[party]))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&path).unwrap())
-            .spawn()
-            .unwrap();
+        let child = self.worker(party, &format!("{party}-worker"), &path);
         self.children.insert(worker.to_owned(), child);
         let started = Instant::now();
         while !std::fs::read_to_string(&path)
@@ -153,17 +159,7 @@ impl Processes {
     fn assert_refused_worker(&mut self, party: &str, identity: &str) {
         let worker = format!("refused-{party}-{identity}");
         let path = self.dir.join(format!("{worker}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_unseen"))
-            .arg("worker")
-            .env(
-                "UNSEEN_IDENTITY",
-                self.dir.join(format!("certs/{identity}")),
-            )
-            .env("UNSEEN_NODE", format!("{party}@{}", self.listen[party]))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&path).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = self.worker(party, identity, &path);
         let started = Instant::now();
         let expected = format!("not valid for any worker of {party}");
         loop {

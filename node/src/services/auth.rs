@@ -122,51 +122,56 @@ pub(crate) fn peer<T>(
 
 /// The operator a jobs call comes from.
 pub(crate) fn operator<T>(node: &NodeState, request: &Request<T>) -> Result<String, NodeError> {
-    let certs = certs(request);
-    let presented = certs.as_deref().map(|c| &c[..]);
     let config = node.config();
-    let operators = config.operators.iter().map(String::as_str);
-    // Only this node's CA vouches for its operators (not a peer's own PKI).
-    let name = crate::tls::peer_name(presented, operators);
-    let refusal = match name.map(|name| (name, node.identity.vouches_for(presented, None))) {
-        Some((name, Ok(()))) => return Ok(name.to_owned()),
-        Some((_, Err(Distrust::Revoked))) => Refusal::Revoked { call: "jobs" },
-        Some((_, Err(Distrust::NotVouched))) | None => Refusal::NotAnOperator {
-            party: node.config().party.clone(),
-        },
+    let refusal = Refusal::NotAnOperator {
+        party: config.party.clone(),
     };
-    Err(deny_audited(
+    own_role(
         node,
+        request,
+        &config.operators,
+        "jobs",
         refusal,
         "operator.refused",
-        "",
-        "",
-        caller(request),
-    ))
+    )
 }
 
-/// The worker a workers call comes from (a name of `workers`, vouched for by this node's CA
-/// only: a peer's PKI cannot issue this party's workers).
+/// The worker a workers call comes from.
 pub(crate) fn worker<T>(node: &NodeState, request: &Request<T>) -> Result<String, NodeError> {
-    let certs = certs(request);
-    let presented = certs.as_deref().map(|c| &c[..]);
     let config = node.config();
-    let name = crate::tls::peer_name(presented, config.workers.iter().map(String::as_str));
-    let refusal = match name.map(|name| (name, node.identity.vouches_for(presented, None))) {
-        Some((name, Ok(()))) => return Ok(name.to_owned()),
-        Some((_, Err(Distrust::Revoked))) => Refusal::Revoked { call: "workers" },
-        Some((_, Err(Distrust::NotVouched))) | None => Refusal::NotAWorker {
-            party: node.config().party.clone(),
-        },
+    let refusal = Refusal::NotAWorker {
+        party: config.party.clone(),
     };
-    Err(deny_audited(
+    own_role(
         node,
+        request,
+        &config.workers,
+        "workers",
         refusal,
         "worker.refused",
-        "",
-        "",
-        caller(request),
-    ))
+    )
+}
+
+/// The name among `names` the caller's certificate carries, if this node's own CA vouches for
+/// it (never a peer's own PKI: a peer cannot issue this party's operators or workers);
+/// otherwise `refusal`, audited as `event` (or a revoked certificate's refusal).
+fn own_role<T>(
+    node: &NodeState,
+    request: &Request<T>,
+    names: &[String],
+    call: &'static str,
+    refusal: Refusal,
+    event: &str,
+) -> Result<String, NodeError> {
+    let certs = certs(request);
+    let presented = certs.as_deref().map(|c| &c[..]);
+    let name = crate::tls::peer_name(presented, names.iter().map(String::as_str));
+    let refusal = match name.map(|name| (name, node.identity.vouches_for(presented, None))) {
+        Some((name, Ok(()))) => return Ok(name.to_owned()),
+        Some((_, Err(Distrust::Revoked))) => Refusal::Revoked { call },
+        Some((_, Err(Distrust::NotVouched))) | None => refusal,
+    };
+    Err(deny_audited(node, refusal, event, "", "", caller(request)))
 }
 
 /// The scoring client a call comes from, if it may score with `model` and is within its rate.
