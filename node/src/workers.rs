@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use psi::{Work, WorkOutput};
 use tokio::sync::{mpsc, watch, Notify};
-use tonic::{Status, Streaming};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
 use zeroize::Zeroizing;
 
 use crate::metrics::Metrics;
@@ -45,6 +46,8 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 32 << 20;
 /// The queue of work and the workers connected to it.
 pub(crate) struct Workers {
     queue: Mutex<Queue>,
+    /// [`PATIENCE`] and [`QUEUE_PATIENCE`] (shorter in tests).
+    patience: (Duration, Duration),
     /// Woken when work arrives or comes back.
     arrived: Notify,
     /// Set when the node shuts down: every stream ends.
@@ -105,6 +108,7 @@ impl Workers {
     pub(crate) fn new(metrics: Arc<Metrics>) -> Workers {
         Workers {
             queue: Mutex::new(Queue::default()),
+            patience: (PATIENCE, QUEUE_PATIENCE),
             arrived: Notify::new(),
             closing: watch::Sender::new(false),
             metrics,
@@ -164,9 +168,10 @@ impl Workers {
     /// leaves the queue.
     fn take_back(&self, slot: &Slot, state: &SlotState) -> bool {
         let now = Instant::now();
+        let (patience, queue_patience) = self.patience;
         let overdue = match state.held {
-            Some(held) => now.duration_since(held) >= PATIENCE,
-            None => now.duration_since(state.queued) >= QUEUE_PATIENCE,
+            Some(held) => now.duration_since(held) >= patience,
+            None => now.duration_since(state.queued) >= queue_patience,
         };
         let mut queue = self.queue();
         if queue.connected > 0 && !overdue {
@@ -201,7 +206,7 @@ impl Workers {
         &self,
         name: &str,
         trusted: &(dyn Fn() -> bool + Send + Sync),
-        mut answers: Streaming<WorkDone>,
+        mut answers: impl Stream<Item = Result<WorkDone, Status>> + Unpin,
         items: mpsc::Sender<Result<WorkItem, Status>>,
     ) -> &'static str {
         let mut closing = self.closing.subscribe();
@@ -212,8 +217,8 @@ impl Workers {
         let mut held: HashMap<u64, Arc<Slot>> = HashMap::new();
         let ended = loop {
             tokio::select! {
-                answer = answers.message() => match answer {
-                    Ok(Some(done)) => {
+                answer = answers.next() => match answer {
+                    Some(Ok(done)) => {
                         let Some(slot) = held.remove(&done.id) else { continue };
                         if done.error.is_empty() {
                             self.metrics.add("unseen_psi_work_total", &[("by", "worker")], 1.0);
@@ -223,8 +228,8 @@ impl Workers {
                             slot.answer(Vec::new());
                         }
                     }
-                    Ok(None) => break "the worker closed its stream",
-                    Err(status) => {
+                    None => break "the worker closed its stream",
+                    Some(Err(status)) => {
                         tracing::warn!(worker = name, %status, "a worker's stream broke");
                         break "the stream broke";
                     }
@@ -317,5 +322,179 @@ impl Drop for Ticket<'_> {
                 .waiting
                 .retain(|queued| queued.id != slot.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tokio_stream::wrappers::ReceiverStream;
+
+    /// How a fake worker answers the units it takes.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Behaviour {
+        Honest,
+        Garbage,
+        /// Takes units and never answers.
+        Silent,
+    }
+
+    /// A fake worker on `runtime`: serves its stream on the node's side and answers as
+    /// `behaviour` says; dropping the returned sender ends its stream.
+    fn connect(
+        runtime: &tokio::runtime::Runtime,
+        workers: &Arc<Workers>,
+        behaviour: Behaviour,
+    ) -> tokio::sync::oneshot::Sender<()> {
+        let (answers, stream) = mpsc::channel(8);
+        let (items, mut taken) = mpsc::channel::<Result<WorkItem, Status>>(8);
+        let (alive, mut killed) = tokio::sync::oneshot::channel::<()>();
+        let before = workers.connected();
+        let node = workers.clone();
+        runtime.spawn(async move {
+            node.serve("fake", &|| true, ReceiverStream::new(stream), items)
+                .await
+        });
+        runtime.spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    _ = &mut killed => break,
+                    item = taken.recv() => match item {
+                        Some(Ok(item)) => item,
+                        _ => break,
+                    },
+                };
+                let output = match behaviour {
+                    Behaviour::Honest => Work::from_bytes(&item.work).unwrap().run().to_bytes(),
+                    Behaviour::Garbage => b"junk".to_vec(),
+                    Behaviour::Silent => continue,
+                };
+                let done = WorkDone {
+                    id: item.id,
+                    output,
+                    error: String::new(),
+                };
+                if answers.send(Ok(done)).await.is_err() {
+                    break;
+                }
+            }
+            // `answers` dropped here: the node sees the stream end.
+        });
+        let started = Instant::now();
+        while workers.connected() == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never connected"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        alive
+    }
+
+    /// Units of work: the guest's batches of 64 ids.
+    fn units(count: usize) -> Vec<Work> {
+        let ids = (0..64 * count).map(|i| format!("firm-{i}"));
+        let config = psi::GuestConfig {
+            batch_size: 64,
+            ..psi::GuestConfig::default()
+        };
+        let guest =
+            psi::PsiGuest::new(psi::IdColumn::from_ids(ids).unwrap(), &["tax"], config).unwrap();
+        (0..count as u32)
+            .map(|b| guest.blind_work(b).unwrap())
+            .collect()
+    }
+
+    fn ran(workers: &Workers, by: &str) -> f64 {
+        workers.metrics.get("unseen_psi_work_total", &[("by", by)])
+    }
+
+    /// Submits `count` units, waits for each, and checks every output against the node's own.
+    fn run_all(workers: &Workers, count: usize) {
+        let works = units(count);
+        let expected: Vec<WorkOutput> = works.iter().map(Work::run).collect();
+        let tickets: Vec<Ticket<'_>> = works.into_iter().map(|w| workers.submit(w)).collect();
+        let outputs: Vec<WorkOutput> = tickets.into_iter().map(Ticket::wait).collect();
+        assert!(outputs == expected, "outputs differ from the node's own");
+    }
+
+    #[test]
+    fn units_run_on_workers_and_fall_back_to_the_node() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut workers = Workers::new(Arc::new(Metrics::default()));
+        workers.patience = (Duration::from_millis(400), Duration::from_millis(200));
+        let workers = Arc::new(workers);
+
+        // No worker: the node runs everything.
+        run_all(&workers, 3);
+        assert_eq!((ran(&workers, "node"), ran(&workers, "worker")), (3.0, 0.0));
+
+        // An honest worker runs everything.
+        let honest = connect(&runtime, &workers, Behaviour::Honest);
+        run_all(&workers, 6);
+        assert_eq!((ran(&workers, "node"), ran(&workers, "worker")), (3.0, 6.0));
+        drop(honest);
+        let started = Instant::now();
+        while workers.connected() > 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never left");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        // Answers that do not fit their work: the node runs the units again.
+        let garbage = connect(&runtime, &workers, Behaviour::Garbage);
+        run_all(&workers, 2);
+        assert_eq!(ran(&workers, "node"), 5.0);
+
+        // A silent worker next to it: what it holds the node runs after the patience, what
+        // waits for a free worker after the queue patience; nothing is lost or misplaced.
+        let silent = connect(&runtime, &workers, Behaviour::Silent);
+        let started = Instant::now();
+        run_all(&workers, 8);
+        assert!(ran(&workers, "node") > 5.0);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+
+        // Only the silent worker left: it holds two units, the third waits in the queue; tickets
+        // dropped unwaited leave it.
+        drop(garbage);
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            let started = Instant::now();
+            while !done() {
+                assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        until("the garbage worker never left", &|| {
+            workers.connected() == 1
+        });
+        drop(silent);
+        until("the silent worker never left", &|| workers.connected() == 0);
+        let silent = connect(&runtime, &workers, Behaviour::Silent);
+        let tickets: Vec<Ticket<'_>> = units(3).into_iter().map(|w| workers.submit(w)).collect();
+        until("the silent worker took nothing", &|| {
+            workers.queue().waiting.len() == 1
+        });
+        drop(tickets);
+        assert!(workers.queue().waiting.is_empty());
+        drop(silent);
+        until("the silent worker never left", &|| workers.connected() == 0);
+
+        // A worker that leaves gives back the units it holds; with none left, the node runs
+        // them.
+        let silent = connect(&runtime, &workers, Behaviour::Silent);
+        let works = units(2);
+        let expected: Vec<WorkOutput> = works.iter().map(Work::run).collect();
+        let tickets: Vec<Ticket<'_>> = works.into_iter().map(|w| workers.submit(w)).collect();
+        until("the silent worker took nothing", &|| {
+            workers.queue().waiting.is_empty()
+        });
+        drop(silent);
+        until("the silent worker never left", &|| workers.connected() == 0);
+        assert_eq!(workers.queue().waiting.len(), 2, "units given back");
+        let before = ran(&workers, "node");
+        let outputs: Vec<WorkOutput> = tickets.into_iter().map(Ticket::wait).collect();
+        assert!(outputs == expected, "outputs differ from the node's own");
+        assert_eq!(ran(&workers, "node"), before + 2.0);
+        assert!(workers.queue().waiting.is_empty());
     }
 }
