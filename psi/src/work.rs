@@ -168,10 +168,7 @@ impl Work {
             Op::Reblind { points } => {
                 out.push(REBLIND);
                 out.extend_from_slice(self.key.half_bytes().as_slice());
-                out.extend_from_slice(&(points.len() as u32).to_le_bytes());
-                for point in points {
-                    out.extend_from_slice(point);
-                }
+                put_elements(&mut out, points);
             }
         }
         debug_assert_eq!(out.len(), self.wire_len());
@@ -220,10 +217,7 @@ impl Work {
             }
             REBLIND => {
                 let count = reader.count().ok_or_else(|| bad("bad element count"))?;
-                let points = (0..count)
-                    .map(|_| reader.array::<POINT_LEN>())
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| bad("truncated points"))?;
+                let points = (reader.elements(count)).ok_or_else(|| bad("truncated points"))?;
                 Op::Reblind { points }
             }
             _ => return Err(bad("unknown kind of work")),
@@ -271,13 +265,11 @@ impl WorkOutput {
         match self {
             WorkOutput::Points(points) => {
                 out.push(POINTS);
-                out.extend_from_slice(&(points.len() as u32).to_le_bytes());
-                points.iter().for_each(|p| out.extend_from_slice(p));
+                put_elements(&mut out, points);
             }
             WorkOutput::Tags(tags) => {
                 out.push(TAGS);
-                out.extend_from_slice(&(tags.len() as u32).to_le_bytes());
-                tags.iter().for_each(|t| out.extend_from_slice(t));
+                put_elements(&mut out, tags);
             }
             WorkOutput::InvalidPoint(index) => {
                 out.push(INVALID_POINT);
@@ -332,25 +324,23 @@ impl WorkOutput {
         let output = match reader.take(1)?[0] {
             POINTS => {
                 let count = reader.count()?;
-                WorkOutput::Points(
-                    (0..count)
-                        .map(|_| reader.array::<POINT_LEN>())
-                        .collect::<Option<_>>()?,
-                )
+                WorkOutput::Points(reader.elements(count)?)
             }
             TAGS => {
                 let count = reader.count()?;
-                WorkOutput::Tags(
-                    (0..count)
-                        .map(|_| reader.array::<TAG_LEN>())
-                        .collect::<Option<_>>()?,
-                )
+                WorkOutput::Tags(reader.elements(count)?)
             }
             INVALID_POINT => WorkOutput::InvalidPoint(u32::from_le_bytes(reader.array()?) as usize),
             _ => return None,
         };
         reader.0.is_empty().then_some(output)
     }
+}
+
+/// Writes `elements` as their count (u32, little-endian) and their bytes.
+fn put_elements<const N: usize>(out: &mut Vec<u8>, elements: &[[u8; N]]) {
+    out.extend_from_slice(&(elements.len() as u32).to_le_bytes());
+    elements.iter().for_each(|e| out.extend_from_slice(e));
 }
 
 /// Reads fields off the front of a byte slice.
@@ -368,6 +358,11 @@ impl<'a> Reader<'a> {
 
     fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
         self.take(N).map(|b| b.try_into().expect("N bytes"))
+    }
+
+    /// `count` elements of `N` bytes each.
+    fn elements<const N: usize>(&mut self, count: usize) -> Option<Vec<[u8; N]>> {
+        (0..count).map(|_| self.array()).collect()
     }
 
     /// An element count of at most one batch.
