@@ -12,9 +12,7 @@
 use curve25519_dalek::scalar::Scalar;
 use zeroize::Zeroizing;
 
-use crate::crypto::{
-    blind_ids, reblind_to_tags, BlindingKey, JobSalt, Tag, WirePoint, POINT_LEN, TAG_LEN,
-};
+use crate::crypto::{blind_ids, reblind_to_tags, BlindingKey, JobSalt, Tag, WirePoint, POINT_LEN};
 use crate::error::{PsiError, Stream};
 use crate::ids::MAX_ID_LEN;
 use crate::message::{PointBatch, MAX_BATCH_SIZE, PROTOCOL_VERSION};
