@@ -243,6 +243,30 @@ impl Processes {
             .unwrap()
     }
 
+    /// Follows `party`'s events of `job` until it has matched part `part` of PSI (still in
+    /// PSI: training must not have begun); the watch, still running, and the last part
+    /// matched.
+    fn matched(&self, party: &str, job: &str, part: u64) -> (Child, u64) {
+        let mut watch = self.watch(party, job);
+        let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+        let mut matched = 0;
+        for line in lines {
+            let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if let Some((k, _)) = matched_part(&event) {
+                matched = k;
+                if k >= part {
+                    break;
+                }
+            }
+            assert_ne!(event["state"], "training", "PSI ended before part {part}");
+        }
+        assert!(
+            matched >= part,
+            "{party}'s events ended after part {matched}"
+        );
+        (watch, matched)
+    }
+
     /// All of `party`'s events of an ended `job`.
     fn events(&self, party: &str, job: &str) -> Vec<serde_json::Value> {
         let (ok, events, stderr) = self.cli(party, &["job", "watch", job, "--json"]);
@@ -493,26 +517,7 @@ fn a_party_killed_or_frozen_mid_training_resumes_to_the_same_model() {
     // attempt aligns again, under the same plan and only on the parts not every party
     // finished; training starts over, to the same model.
     let job = processes.train("killed-in-psi", EPOCHS);
-    let mut watch = processes.watch("bank", &job);
-    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let mut matched_before_kill = 0;
-    for line in lines {
-        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if let Some((k, _)) = matched_part(&event) {
-            matched_before_kill = k;
-            if k >= 3 {
-                break;
-            }
-        }
-        assert_ne!(
-            event["state"], "training",
-            "PSI ended before a host was killed"
-        );
-    }
-    assert!(
-        matched_before_kill >= 3,
-        "the bank's events ended after part {matched_before_kill}"
-    );
+    let (mut watch, matched_before_kill) = processes.matched("bank", &job, 3);
     let killed = processes.kill("utilities", "-KILL");
     let _ = watch.kill();
     let _ = watch.wait();
@@ -688,20 +693,7 @@ fn workers_do_the_psi_work_and_either_may_die_mid_job() {
         }
     }
     let job = processes.train("with-workers", EPOCHS);
-    let mut watch = processes.watch("bank", &job);
-    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let mut matched = 0;
-    for line in lines {
-        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if let Some((k, _)) = matched_part(&event) {
-            matched = k;
-            if k >= 3 {
-                break;
-            }
-        }
-        assert_ne!(event["state"], "training", "PSI ended before a worker died");
-    }
-    assert!(matched >= 3, "the bank's events ended after part {matched}");
+    let (mut watch, _) = processes.matched("bank", &job, 3);
     // One worker of the bank and one of a host die; the bank's is replaced at once. The
     // bank's is frozen first, so that it dies holding work the node gave it.
     processes.kill("bank-1", "-STOP");
