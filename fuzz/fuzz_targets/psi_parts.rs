@@ -406,7 +406,7 @@ impl Run {
                     Err(_) => Host::Stopped,
                 }
             }
-            (Host::Running(host, None), Msg::GuestHello(hello)) => {
+            (Host::Running(mut host, None), Msg::GuestHello(hello)) => {
                 let Ok((session, reply)) = host.next_session(&hello) else {
                     return Host::Stopped;
                 };

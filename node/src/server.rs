@@ -90,6 +90,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let server_tls = identity.server_config()?;
     let key = crate::sealing::StoreKey::load(config.store_key.as_deref(), &config.data_dir)?;
     let store = Store::open(&config.data_dir, key)?;
+    // Parts of ids a crashed job left on disk: its next attempt splits them again.
+    crate::jobs::forget_spilled(&config.data_dir)?;
     let (interrupted, resumable) = store.interrupted_jobs(config.federation.resume_secs > 0)?;
     for job in &interrupted {
         tracing::warn!(job = %job.job_id, "marked failed: a restart interrupted it");

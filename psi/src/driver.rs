@@ -280,7 +280,7 @@ pub fn run_in_memory_partitioned(
     while let Some((part, mut session)) = guest.next_session()? {
         let hello = session.hello();
         let mut host_sessions = Vec::with_capacity(parties.len());
-        for (name, party) in names.iter().zip(&parties) {
+        for (name, party) in names.iter().zip(&mut parties) {
             send(GUEST, name, "guest-hello", &guest_hello_to_bytes(&hello));
             let (host_session, reply) = party.next_session(&hello)?;
             send(name, GUEST, "host-hello", &reply.host_rows.to_le_bytes());

@@ -176,6 +176,15 @@ pub enum PsiError {
     /// The operating system's random number generator failed.
     #[error("the operating system's random number generator failed: {0}")]
     Randomness(String),
+    /// A [`crate::PartSource`] could not give a part of the party's own ids (the parts a
+    /// node keeps on disk), with why.
+    #[error("part {part} of this party's ids cannot be read: {reason}")]
+    PartUnreadable {
+        /// The part.
+        part: u32,
+        /// Why.
+        reason: String,
+    },
 }
 
 fn describe_duplicates(count: u64, examples: &[DuplicateId]) -> String {

@@ -55,7 +55,7 @@ impl IdSource for IdColumn {
 }
 
 /// Checks one id on `row`: non-empty UTF-8 of at most [`MAX_ID_LEN`] bytes.
-fn check_id(row: u64, id: &[u8]) -> Result<(), PsiError> {
+pub(crate) fn check_id(row: u64, id: &[u8]) -> Result<(), PsiError> {
     if id.is_empty() {
         return Err(PsiError::IdEmpty { row });
     }

@@ -102,7 +102,8 @@ pub use message::{
     ResultMode, TagBatch, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_PARTITIONS, PROTOCOL_VERSION,
 };
 pub use partition::{
-    FinishedPart, PartitionedGuest, PartitionedHost, DEFAULT_PARTITION_ROWS, MIN_PART_ROWS,
+    part_count, FinishedPart, PartIds, PartSource, PartitionedGuest, PartitionedHost, Split,
+    DEFAULT_PARTITION_ROWS, MIN_PART_ROWS,
 };
 pub use session::{GuestConfig, GuestOutput, GuestResult, HostOutput, PsiGuest, PsiHost};
 pub use work::{Work, WorkOutput};

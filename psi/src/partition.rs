@@ -7,7 +7,10 @@ use rayon::prelude::*;
 
 use crate::crypto::PartitionKey;
 use crate::error::PsiError;
-use crate::ids::{check_ids, drop_repeated, DuplicatePolicy, IdColumn, IdSource, MAX_ROWS};
+use crate::ids::{
+    check_id, check_ids, drop_repeated, duplicates_error, repeated_among, DuplicatePolicy,
+    IdColumn, IdSource, MAX_ROWS,
+};
 use crate::message::{
     check_version, Alignment, GuestHello, HostHello, PartitionPlan, PartitionSchedule,
     PartitionSizes, ResultMode, MAX_PARTITIONS, PROTOCOL_VERSION,
@@ -28,21 +31,106 @@ pub const MIN_PART_ROWS: u64 = 1024;
 /// bound).
 const MAX_COMPARED_PAIRS: u128 = 1 << 56;
 
-/// A party's distinct rows (under its duplicate policy), by part, ascending within each.
-#[derive(Debug)]
-struct Parts(Vec<Vec<u32>>);
+/// One part of a party's ids: the ids, and the row of each in the party's whole id column,
+/// ascending. What a [`PartSource`] hands a run, one part at a time.
+#[derive(Debug, Default)]
+pub struct PartIds {
+    /// The part's ids, in row order.
+    pub ids: IdColumn,
+    /// `rows[i]` is the row of `ids` entry `i` in the party's whole column.
+    pub rows: Vec<u32>,
+}
 
-impl Parts {
+impl PartIds {
+    /// Appends the id on `row` (rows must come in ascending order).
+    pub fn push(&mut self, row: u32, id: &[u8]) -> Result<(), PsiError> {
+        check_id(u64::from(row), id)?;
+        self.ids.push(id)?;
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// The part under `policy`: every id once, at its first row ([`DuplicatePolicy::KeepFirst`]),
+    /// or refused with the repeats, named by their rows in the whole column
+    /// ([`DuplicatePolicy::Reject`]).
+    pub fn distinct(self, policy: DuplicatePolicy) -> Result<PartIds, PsiError> {
+        let local: Vec<u32> = (0..self.rows.len() as u32).collect();
+        let repeated = repeated_among(&self.ids, &local);
+        if repeated.is_empty() {
+            return Ok(self);
+        }
+        if policy == DuplicatePolicy::Reject {
+            let global: Vec<(u32, u32)> = (repeated.iter())
+                .map(|&(first, later)| (self.rows[first as usize], self.rows[later as usize]))
+                .collect();
+            return Err(duplicates_error(&AtRows(&self), &global));
+        }
+        let later: std::collections::HashSet<u32> = repeated.iter().map(|&(_, l)| l).collect();
+        let mut kept = PartIds {
+            ids: IdColumn::with_capacity(self.rows.len() - later.len(), 0),
+            rows: Vec::with_capacity(self.rows.len() - later.len()),
+        };
+        for (i, &row) in self.rows.iter().enumerate() {
+            if !later.contains(&(i as u32)) {
+                kept.push(row, self.ids.get(i))?;
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// A part's ids addressed by their rows in the whole column (to name repeats).
+struct AtRows<'a>(&'a PartIds);
+
+impl IdSource for AtRows<'_> {
+    fn len(&self) -> usize {
+        self.0.rows.last().map_or(0, |&r| r as usize + 1)
+    }
+
+    fn id(&self, row: usize) -> &[u8] {
+        let at = self.0.rows.binary_search(&(row as u32)).unwrap_or(0);
+        self.0.ids.get(at)
+    }
+}
+
+/// A party's ids split into the parts of a plan, read one part at a time: what
+/// [`PartitionedGuest`] and [`PartitionedHost`] run on. [`Split`] holds the ids in memory; a
+/// party with more ids than memory keeps its parts on disk (the node does).
+pub trait PartSource {
+    /// The number of distinct ids in each part (one entry per part of the plan).
+    fn sizes(&self) -> &[u64];
+
+    /// The distinct ids of `part` (under the party's duplicate policy), rows ascending.
+    fn part(&self, part: u32) -> Result<PartIds, PsiError>;
+}
+
+/// The number of parts a guest with `ids` ids splits them into at `partition_rows` ids per
+/// part: ⌈ids / partition_rows⌉, at least 1 and at most [`MAX_PARTITIONS`].
+pub fn part_count(ids: u64, partition_rows: u64) -> u32 {
+    ids.div_ceil(partition_rows.max(1))
+        .clamp(1, u64::from(MAX_PARTITIONS)) as u32
+}
+
+/// Ids held in memory, split into parts: a party's distinct rows (under its duplicate
+/// policy), by part, ascending within each.
+#[derive(Debug)]
+pub struct Split<I: IdSource = IdColumn> {
+    ids: I,
+    parts: Vec<Vec<u32>>,
+    sizes: Vec<u64>,
+}
+
+impl<I: IdSource> Split<I> {
     /// The rows of `ids` by part, after checking every id; the rows of an id that occurred on
     /// an earlier row are refused or dropped as `policy` says (an id's rows share a part, so
     /// repeats are found part by part, in a part's memory).
-    fn split<S: IdSource + ?Sized>(
-        ids: &S,
+    pub fn new(
+        ids: I,
         policy: DuplicatePolicy,
         key: &PartitionKey,
         count: u32,
-    ) -> Result<Parts, PsiError> {
-        check_ids(ids)?;
+    ) -> Result<Split<I>, PsiError> {
+        check_ids(&ids)?;
         let assigned: Vec<u32> = (0..ids.len())
             .into_par_iter()
             .map(|row| key.part_of(count, ids.id(row)))
@@ -56,68 +144,75 @@ impl Parts {
             parts[part as usize].push(row as u32);
         }
         drop(assigned);
-        Ok(Parts(drop_repeated(ids, parts, policy)?))
+        let parts = drop_repeated(&ids, parts, policy)?;
+        let sizes = parts.iter().map(|rows| rows.len() as u64).collect();
+        Ok(Split { ids, parts, sizes })
+    }
+}
+
+impl<I: IdSource> PartSource for Split<I> {
+    fn sizes(&self) -> &[u64] {
+        &self.sizes
     }
 
-    fn sizes(&self) -> Vec<u64> {
-        self.0.iter().map(|rows| rows.len() as u64).collect()
-    }
-
-    /// The ids of one part as a column of their own (row r of it is `self.0[part][r]`).
-    fn column<S: IdSource + ?Sized>(&self, ids: &S, part: u32) -> Result<IdColumn, PsiError> {
-        let rows = &self.0[part as usize];
-        let bytes = rows.iter().map(|&r| ids.id(r as usize).len()).sum();
-        let mut column = IdColumn::with_capacity(rows.len(), bytes);
+    fn part(&self, part: u32) -> Result<PartIds, PsiError> {
+        let rows = self
+            .parts
+            .get(part as usize)
+            .ok_or(PsiError::InvalidConfig {
+                field: "part",
+                reason: format!("part {part} does not exist"),
+            })?;
+        let bytes = rows.iter().map(|&r| self.ids.id(r as usize).len()).sum();
+        let mut ids = IdColumn::with_capacity(rows.len(), bytes);
         for &row in rows {
-            column.push(ids.id(row as usize))?;
+            ids.push(self.ids.id(row as usize))?;
         }
-        Ok(column)
+        Ok(PartIds {
+            ids,
+            rows: rows.clone(),
+        })
     }
+}
 
-    fn rows(&self) -> u64 {
-        self.0.iter().map(|rows| rows.len() as u64).sum()
-    }
-
-    /// Rows of the whole column for rows of a part's column.
-    fn rows_of(&self, part: u32, local: &[u32]) -> Vec<u32> {
-        let rows = &self.0[part as usize];
-        local.iter().map(|&r| rows[r as usize]).collect()
-    }
-
-    /// Checks parts this party kept from an earlier run: each a part of this split, its rows
-    /// distinct rows of that part, and (guest) one pairwise size per host. Refused as a
-    /// whole: a kept result that does not fit the ids is from other data.
-    fn check_kept(&self, kept: &[FinishedPart], pairwise: usize) -> Result<(), PsiError> {
-        let invalid = |part: u32, reason: &str| PsiError::InvalidConfig {
-            field: "kept parts",
-            reason: format!("part {part}: {reason}"),
+/// Checks parts a party kept from an earlier run: each a part of this split, its rows
+/// distinct rows of that part, and (guest) one pairwise size per host. Refused as a whole: a
+/// kept result that does not fit the ids is from other data.
+fn check_kept<S: PartSource + ?Sized>(
+    parts: &S,
+    kept: &[FinishedPart],
+    pairwise: usize,
+) -> Result<(), PsiError> {
+    let invalid = |part: u32, reason: &str| PsiError::InvalidConfig {
+        field: "kept parts",
+        reason: format!("part {part}: {reason}"),
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for result in kept {
+        let part = result.part;
+        let Some(&size) = parts.sizes().get(part as usize) else {
+            return Err(invalid(part, "no such part in this plan"));
         };
-        let mut seen = std::collections::BTreeSet::new();
-        for result in kept {
-            let part = result.part;
-            let Some(rows) = self.0.get(part as usize) else {
-                return Err(invalid(part, "no such part in this plan"));
-            };
-            if !seen.insert(part) {
-                return Err(invalid(part, "kept twice"));
-            }
-            if result.pairwise_sizes.len() != pairwise
-                || (result.pairwise_sizes.iter()).any(|&size| size > rows.len() as u64)
-            {
-                return Err(invalid(part, "pairwise sizes do not match the hosts"));
-            }
-            let mut distinct = std::collections::BTreeSet::new();
-            for row in &result.rows {
-                if rows.binary_search(row).is_err() || !distinct.insert(*row) {
-                    return Err(invalid(
-                        part,
-                        "its rows are not this party's ids of the part",
-                    ));
-                }
+        if !seen.insert(part) {
+            return Err(invalid(part, "kept twice"));
+        }
+        if result.pairwise_sizes.len() != pairwise
+            || (result.pairwise_sizes.iter()).any(|&s| s > size)
+        {
+            return Err(invalid(part, "pairwise sizes do not match the hosts"));
+        }
+        let rows = parts.part(part)?.rows;
+        let mut distinct = std::collections::BTreeSet::new();
+        for row in &result.rows {
+            if rows.binary_search(row).is_err() || !distinct.insert(*row) {
+                return Err(invalid(
+                    part,
+                    "its rows are not this party's ids of the part",
+                ));
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// One part a party finished: its rows of the part's intersection, in the order every party
@@ -177,6 +272,11 @@ impl FinishedPart {
             pairwise_sizes,
         })
     }
+}
+
+/// Rows of the whole column for rows of a part's column (`rows`: the part's rows).
+fn rows_of(rows: &[u32], local: &[u32]) -> Vec<u32> {
+    local.iter().map(|&r| rows[r as usize]).collect()
 }
 
 /// Where a run is: the parts of the intersection, those still to run (in order), and the
@@ -353,20 +453,21 @@ fn check_compared_pairs(host: &str, guest: &[u64], sizes: &[u64]) -> Result<(), 
 /// runs, whose results it maps back to the guest's rows. Both-sides mode only (every party
 /// ends with aligned rows).
 #[derive(Debug)]
-pub struct PartitionedGuest<I: IdSource = IdColumn> {
-    ids: I,
+pub struct PartitionedGuest<S: PartSource = Split> {
+    parts: S,
     hosts: Vec<String>,
     config: GuestConfig,
     key: PartitionKey,
-    parts: Parts,
     host_sizes: Vec<Option<Vec<u64>>>,
     host_finished: Vec<Vec<u32>>,
     /// Parts the guest finished in an earlier run under this plan, until the schedule.
     kept: Vec<FinishedPart>,
     progress: Option<Progress>,
+    /// The rows of the part whose session runs.
+    current: Vec<u32>,
 }
 
-impl<I: IdSource> PartitionedGuest<I> {
+impl<I: IdSource> PartitionedGuest<Split<I>> {
     /// Validates the ids and the settings, draws a fresh key and splits the ids into
     /// ⌈ids / `partition_rows`⌉ parts (at most [`MAX_PARTITIONS`]; rows dropped as repeats
     /// under [`DuplicatePolicy::KeepFirst`] count). The ids are read in place, a part at a
@@ -398,34 +499,62 @@ impl<I: IdSource> PartitionedGuest<I> {
         key: PartitionKey,
         kept: Vec<FinishedPart>,
     ) -> Result<Self, PsiError> {
-        if config.result != ResultMode::BothSides {
-            return Err(PsiError::InvalidConfig {
-                field: "result",
-                reason: "partitioned PSI aligns every party (both-sides mode)".into(),
-            });
-        }
-        if partition_rows == 0 {
-            return Err(PsiError::InvalidConfig {
-                field: "partition_rows",
-                reason: "a part needs at least one row".into(),
-            });
-        }
+        check_guest_config(&config, partition_rows)?;
         check_guest_settings(hosts, &config)?;
-        let count = (ids.len() as u64)
-            .div_ceil(partition_rows)
-            .clamp(1, u64::from(MAX_PARTITIONS)) as u32;
-        let parts = Parts::split(&ids, config.duplicates, &key, count)?;
-        parts.check_kept(&kept, hosts.len())?;
+        let count = part_count(ids.len() as u64, partition_rows);
+        let parts = Split::new(ids, config.duplicates, &key, count)?;
+        PartitionedGuest::with_parts(parts, hosts, config, key, kept)
+    }
+}
+
+/// Settings partitioned PSI needs of the guest.
+fn check_guest_config(config: &GuestConfig, partition_rows: u64) -> Result<(), PsiError> {
+    if config.result != ResultMode::BothSides {
+        return Err(PsiError::InvalidConfig {
+            field: "result",
+            reason: "partitioned PSI aligns every party (both-sides mode)".into(),
+        });
+    }
+    if partition_rows == 0 {
+        return Err(PsiError::InvalidConfig {
+            field: "partition_rows",
+            reason: "a part needs at least one row".into(),
+        });
+    }
+    Ok(())
+}
+
+impl<S: PartSource> PartitionedGuest<S> {
+    /// The guest over ids it split itself under `key` (into [`part_count`] parts of its ids,
+    /// at the `partition_rows` it runs with), with the parts it finished in an earlier run
+    /// under the same key (`kept`), refused when they do not fit the parts.
+    pub fn with_parts(
+        parts: S,
+        hosts: &[&str],
+        config: GuestConfig,
+        key: PartitionKey,
+        kept: Vec<FinishedPart>,
+    ) -> Result<Self, PsiError> {
+        check_guest_config(&config, 1)?;
+        check_guest_settings(hosts, &config)?;
+        let count = parts.sizes().len();
+        if count == 0 || count > MAX_PARTITIONS as usize {
+            return Err(PsiError::InvalidConfig {
+                field: "parts",
+                reason: format!("{count} parts is not in 1..={MAX_PARTITIONS}"),
+            });
+        }
+        check_kept(&parts, &kept, hosts.len())?;
         Ok(PartitionedGuest {
-            ids,
+            parts,
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             config,
             key,
-            parts,
             host_sizes: vec![None; hosts.len()],
             host_finished: vec![Vec::new(); hosts.len()],
             kept,
             progress: None,
+            current: Vec::new(),
         })
     }
 
@@ -434,7 +563,7 @@ impl<I: IdSource> PartitionedGuest<I> {
         PartitionPlan {
             version: PROTOCOL_VERSION,
             key: self.key,
-            guest_sizes: self.parts.sizes(),
+            guest_sizes: self.parts.sizes().to_vec(),
         }
     }
 
@@ -443,7 +572,7 @@ impl<I: IdSource> PartitionedGuest<I> {
     pub fn receive_sizes(&mut self, host: &str, sizes: &PartitionSizes) -> Result<(), PsiError> {
         check_version(host, sizes.version)?;
         let index = self.host_index(host)?;
-        let count = self.parts.0.len();
+        let count = self.parts.sizes().len();
         check_sizes(host, "host_sizes", &sizes.host_sizes, count)?;
         check_part_list(host, "finished", &sizes.finished, count)?;
         match &self.host_sizes[index] {
@@ -486,7 +615,7 @@ impl<I: IdSource> PartitionedGuest<I> {
                 missing: format!("part sizes of host {host}"),
             })?);
         }
-        let guest = self.parts.sizes();
+        let guest = self.parts.sizes().to_vec();
         let partitions: Vec<u32> = (0..guest.len())
             .filter(|&p| guest[p] > 0 && all.iter().all(|sizes| sizes[p] > 0))
             .map(|p| p as u32)
@@ -518,12 +647,13 @@ impl<I: IdSource> PartitionedGuest<I> {
     }
 
     /// The next part to run and a fresh session over its ids; `None` when all are done.
-    pub fn next_session(&self) -> Result<Option<(u32, PsiGuest)>, PsiError> {
+    pub fn next_session(&mut self) -> Result<Option<(u32, PsiGuest)>, PsiError> {
         let Some(part) = self.progress.as_ref().ok_or_else(no_schedule)?.current() else {
             return Ok(None);
         };
         let names: Vec<&str> = self.hosts.iter().map(String::as_str).collect();
-        let column = self.parts.column(&self.ids, part)?;
+        let PartIds { ids: column, rows } = self.parts.part(part)?;
+        self.current = rows;
         // The part's rows are distinct already.
         let config = GuestConfig {
             duplicates: DuplicatePolicy::Reject,
@@ -555,7 +685,7 @@ impl<I: IdSource> PartitionedGuest<I> {
         let result = session.finish()?;
         let finished = FinishedPart {
             part,
-            rows: self.parts.rows_of(part, &result.output.aligned_rows),
+            rows: rows_of(&self.current, &result.output.aligned_rows),
             pairwise_sizes: result.output.pairwise_sizes,
         };
         progress.record(finished.clone());
@@ -600,17 +730,18 @@ fn check_part_list(
 
 /// A host's side of partitioned PSI with the guest.
 #[derive(Debug)]
-pub struct PartitionedHost<I: IdSource = IdColumn> {
+pub struct PartitionedHost<S: PartSource = Split> {
     guest: String,
-    ids: I,
-    parts: Parts,
+    parts: S,
     guest_sizes: Vec<u64>,
     /// Parts this host finished in an earlier run under this plan, until the schedule.
     kept: Vec<FinishedPart>,
     progress: Option<Progress>,
+    /// The rows of the part whose session runs.
+    current: Vec<u32>,
 }
 
-impl<I: IdSource> PartitionedHost<I> {
+impl<I: IdSource> PartitionedHost<Split<I>> {
     /// Checks the guest's plan and splits the ids with its key; returns the host and the sizes
     /// to send back. The host refuses a plan that would split its distinct ids into parts of
     /// fewer than `min_part_rows` on average (more parts would make its part sizes a finer
@@ -626,6 +757,16 @@ impl<I: IdSource> PartitionedHost<I> {
         min_part_rows: u64,
         kept: Vec<FinishedPart>,
     ) -> Result<(Self, PartitionSizes), PsiError> {
+        let count = PartitionedHost::<Split<I>>::check_plan(guest, plan)?;
+        let parts = Split::new(ids, duplicates, &plan.key, count)?;
+        PartitionedHost::with_parts(guest, parts, plan, min_part_rows, kept)
+    }
+}
+
+impl<S: PartSource> PartitionedHost<S> {
+    /// Checks the guest's plan on its own (version, number of parts, sizes): the number of
+    /// parts to split this host's ids into, before [`PartitionedHost::with_parts`].
+    pub fn check_plan(guest: &str, plan: &PartitionPlan) -> Result<u32, PsiError> {
         check_version(guest, plan.version)?;
         let count = plan.guest_sizes.len();
         if count == 0 || count > MAX_PARTITIONS as usize {
@@ -636,8 +777,26 @@ impl<I: IdSource> PartitionedHost<I> {
             });
         }
         check_sizes(guest, "guest_sizes", &plan.guest_sizes, count)?;
-        let parts = Parts::split(&ids, duplicates, &plan.key, count as u32)?;
-        let rows = parts.rows();
+        Ok(count as u32)
+    }
+
+    /// As [`PartitionedHost::new`], over ids this host split itself with the plan's key into
+    /// the plan's number of parts.
+    pub fn with_parts(
+        guest: &str,
+        parts: S,
+        plan: &PartitionPlan,
+        min_part_rows: u64,
+        kept: Vec<FinishedPart>,
+    ) -> Result<(Self, PartitionSizes), PsiError> {
+        let count = Self::check_plan(guest, plan)? as usize;
+        if parts.sizes().len() != count {
+            return Err(PsiError::InvalidConfig {
+                field: "parts",
+                reason: format!("{} parts, the plan has {count}", parts.sizes().len()),
+            });
+        }
+        let rows: u64 = parts.sizes().iter().sum();
         let allowed = match min_part_rows {
             0 => u64::from(MAX_PARTITIONS),
             min => (rows / min).max(1),
@@ -652,22 +811,22 @@ impl<I: IdSource> PartitionedHost<I> {
                 ),
             });
         }
-        check_compared_pairs(guest, &plan.guest_sizes, &parts.sizes())?;
-        parts.check_kept(&kept, 0)?;
+        check_compared_pairs(guest, &plan.guest_sizes, parts.sizes())?;
+        check_kept(&parts, &kept, 0)?;
         let mut finished: Vec<u32> = kept.iter().map(|r| r.part).collect();
         finished.sort_unstable();
         let reply = PartitionSizes {
             version: PROTOCOL_VERSION,
-            host_sizes: parts.sizes(),
+            host_sizes: parts.sizes().to_vec(),
             finished,
         };
         let host = PartitionedHost {
             guest: guest.to_owned(),
-            ids,
             parts,
             guest_sizes: plan.guest_sizes.clone(),
             kept,
             progress: None,
+            current: Vec::new(),
         };
         Ok((host, reply))
     }
@@ -695,7 +854,7 @@ impl<I: IdSource> PartitionedHost<I> {
         check_part_list(&self.guest, "finished", &schedule.finished, count)?;
         for &part in &schedule.partitions {
             let p = part as usize;
-            if self.guest_sizes[p] == 0 || self.parts.0[p].is_empty() {
+            if self.guest_sizes[p] == 0 || self.parts.sizes()[p] == 0 {
                 return Err(invalid(
                     "partitions",
                     format!("part {part} is empty on one side"),
@@ -730,7 +889,7 @@ impl<I: IdSource> PartitionedHost<I> {
 
     /// The session of the next part to run, from its guest hello (whose set size must be the
     /// planned one), and the hello to send back.
-    pub fn next_session(&self, hello: &GuestHello) -> Result<(PsiHost, HostHello), PsiError> {
+    pub fn next_session(&mut self, hello: &GuestHello) -> Result<(PsiHost, HostHello), PsiError> {
         let progress = self
             .progress
             .as_ref()
@@ -762,7 +921,8 @@ impl<I: IdSource> PartitionedHost<I> {
                 ),
             });
         }
-        let column = self.parts.column(&self.ids, part)?;
+        let PartIds { ids: column, rows } = self.parts.part(part)?;
+        self.current = rows;
         let (session, reply) = PsiHost::new(&self.guest, column, DuplicatePolicy::Reject, hello)?;
         Ok((session.within_partition(), reply))
     }
@@ -785,7 +945,7 @@ impl<I: IdSource> PartitionedHost<I> {
         let output = session.receive_alignment(alignment)?;
         let finished = FinishedPart {
             part,
-            rows: self.parts.rows_of(part, &output.aligned_rows),
+            rows: rows_of(&self.current, &output.aligned_rows),
             pairwise_sizes: Vec::new(),
         };
         progress.record(finished.clone());
@@ -803,6 +963,36 @@ impl<I: IdSource> PartitionedHost<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A part read from elsewhere names repeats by their rows in the whole column, and keeps
+    /// each id's first row.
+    #[test]
+    fn a_part_names_repeats_by_whole_column_rows() {
+        let part = || {
+            let mut part = PartIds::default();
+            for (row, id) in [(3, "a"), (8, "b"), (11, "a"), (40, "c"), (41, "b")] {
+                part.push(row, id.as_bytes()).unwrap();
+            }
+            part
+        };
+        let refused = part().distinct(DuplicatePolicy::Reject).unwrap_err();
+        let PsiError::DuplicateIds { count, examples } = &refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(*count, 2);
+        let named: Vec<(&str, u64, u64)> = (examples.iter())
+            .map(|d| (d.id.as_str(), d.first_row, d.repeated_row))
+            .collect();
+        assert_eq!(named, [("a", 3, 11), ("b", 8, 41)]);
+        let kept = part().distinct(DuplicatePolicy::KeepFirst).unwrap();
+        assert_eq!(kept.rows, [3, 8, 40]);
+        assert_eq!(kept.ids.get(2), b"c");
+        // A bad id is named by its row in the whole column.
+        assert_eq!(
+            PartIds::default().push(17, b""),
+            Err(PsiError::IdEmpty { row: 17 })
+        );
+    }
 
     /// 10^9 × 10^9 ids: refused as one part (2^59.8 pairs), accepted in 16 even parts.
     #[test]

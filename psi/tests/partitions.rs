@@ -370,7 +370,7 @@ fn run_parts(
         run.sessions += 1;
         let hello = session.hello();
         let mut host_sessions = Vec::new();
-        for (name, host) in &hosts {
+        for (name, host) in &mut hosts {
             let (host_session, reply) = host.next_session(&hello).unwrap();
             session.receive_host_hello(name, &reply).unwrap();
             host_sessions.push(host_session);

@@ -15,6 +15,7 @@ mod psi;
 mod resume;
 mod run;
 mod seeds;
+mod spill;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +29,8 @@ use crate::spec::{JobKind, JobSpec};
 use crate::state::NodeState;
 use crate::store::JobRecord;
 use prost::Message as _;
+
+pub(crate) use spill::forget_spilled;
 
 impl NodeState {
     /// A live job, if this node runs it now.

@@ -6,6 +6,7 @@
 //! aligns again runs under the same plan and only on the parts some party did not finish.
 
 use std::collections::VecDeque;
+use std::path::Path;
 
 use fedlearn::Table;
 use psi::{
@@ -16,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{NodeError, PeerFault};
 use crate::jobs::link::Link;
+use crate::jobs::spill::SpilledParts;
 use crate::registry::JobHandle;
 use crate::state::NodeState;
 use crate::store::{EventRecord, Store};
@@ -44,27 +46,6 @@ fn too_many(peer: &str, sizes: &[u64], cap: u64) -> Option<NodeError> {
         peer: peer.to_owned(),
         fault: PeerFault::TooManyRows { announced, cap },
     })
-}
-
-/// A dataset's ids as PSI reads them: in place, without a copy.
-#[derive(Clone, Copy)]
-struct TableIds<'a>(&'a fedlearn::Ids);
-
-impl psi::IdSource for TableIds<'_> {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn id(&self, row: usize) -> &[u8] {
-        self.0[row].as_bytes()
-    }
-}
-
-impl std::fmt::Debug for TableIds<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Ids are personal data: never printed.
-        write!(f, "TableIds({} ids)", self.0.len())
-    }
 }
 
 /// The resume part holding the plan a job's PSI runs under: the plan's digest, the digest of
@@ -185,41 +166,45 @@ fn plan_digest(plan: &PartitionPlan) -> [u8; 32] {
 }
 
 /// The guest's side of the job's PSI, resumed under the kept plan when this node kept one for
-/// the same ids; under a fresh key otherwise.
-fn partitioned_guest<'t>(
+/// the same ids; under a fresh key otherwise. Its ids are split into parts on disk.
+fn partitioned_guest(
+    data_dir: &Path,
     kept: &KeptPsi<'_>,
-    table: &'t Table,
+    table: &Table,
     hosts: &[String],
     config: GuestConfig,
     partition_rows: u64,
-) -> Result<PartitionedGuest<TableIds<'t>>, NodeError> {
+) -> Result<PartitionedGuest<SpilledParts>, NodeError> {
     let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let count = psi::part_count(table.rows() as u64, partition_rows);
+    let split = |key: &PartitionKey| {
+        let ids = table.ids().iter();
+        SpilledParts::split(data_dir, kept.job, ids, key, count, config.duplicates)
+    };
     if let Some(KeptPlan {
         plan,
         key: Some(key),
     }) = kept.plan()?
     {
-        let resume = |parts| {
-            let ids = TableIds(table.ids());
-            PartitionedGuest::resume(ids, &names, config, partition_rows, key, parts)
-        };
-        let resumed = match resume(kept.parts()?) {
-            // Damaged: every part runs again, under the same key.
-            Err(psi::PsiError::InvalidConfig {
-                field: "kept parts",
-                ..
-            }) => {
-                kept.forget_all_but(&[])?;
-                resume(Vec::new())
-            }
-            resumed => resumed,
-        };
+        let resumed =
+            match PartitionedGuest::with_parts(split(&key)?, &names, config, key, kept.parts()?) {
+                // Damaged: every part runs again, under the same key.
+                Err(psi::PsiError::InvalidConfig {
+                    field: "kept parts",
+                    ..
+                }) => {
+                    kept.forget_all_but(&[])?;
+                    PartitionedGuest::with_parts(split(&key)?, &names, config, key, Vec::new())
+                }
+                resumed => resumed,
+            };
         // Other settings (`psi_partition_rows`) give another plan: a new key.
         if let Some(guest) = resumed.ok().filter(|g| plan_digest(&g.plan()) == plan) {
             return Ok(guest);
         }
     }
-    let guest = PartitionedGuest::new(TableIds(table.ids()), &names, config, partition_rows)?;
+    let key = PartitionKey::random()?;
+    let guest = PartitionedGuest::with_parts(split(&key)?, &names, config, key, Vec::new())?;
     kept.start(&guest.plan(), true)?;
     Ok(guest)
 }
@@ -249,7 +234,9 @@ pub(crate) fn guest_psi(
     let config = GuestConfig::default();
     let federation = &node.config().federation;
     let kept = KeptPsi::new(&node.store, &node.config().party, job.id(), table);
-    let mut guest = partitioned_guest(&kept, table, hosts, config, federation.psi_partition_rows)?;
+    let data_dir = &node.config().data_dir;
+    let partition_rows = federation.psi_partition_rows;
+    let mut guest = partitioned_guest(data_dir, &kept, table, hosts, config, partition_rows)?;
     let plan = guest.plan();
     for host in hosts {
         link.send_psi(host, plan_to_proto(&plan))?;
@@ -464,12 +451,16 @@ pub(crate) fn host_psi(
         return Err(error);
     }
     let kept = KeptPsi::new(&node.store, &node.config().party, job.id(), table);
+    // The plan is checked before this host's ids are split on disk by it.
+    let count = PartitionedHost::<SpilledParts>::check_plan(guest, &plan)?;
     let start = |kept_parts| -> Result<_, NodeError> {
-        let ids = TableIds(table.ids());
+        let data_dir = &node.config().data_dir;
+        let ids = table.ids().iter();
         let policy = DuplicatePolicy::Reject;
+        let parts = SpilledParts::split(data_dir, job.id(), ids, &plan.key, count, policy)?;
         let min = psi::MIN_PART_ROWS;
-        Ok(PartitionedHost::new(
-            guest, ids, policy, &plan, min, kept_parts,
+        Ok(PartitionedHost::with_parts(
+            guest, parts, &plan, min, kept_parts,
         )?)
     };
     let (mut host, sizes) = match kept.plan()? {
@@ -648,9 +639,9 @@ mod tests {
         let kept = KeptPsi::new(&store, "bank", "job", &data);
         let hosts = ["tax".to_owned()];
         let config = GuestConfig::default();
-        let first = partitioned_guest(&kept, &data, &hosts, config, 10).unwrap();
+        let first = partitioned_guest(&dir, &kept, &data, &hosts, config, 10).unwrap();
         let key = first.plan().key;
-        let again = partitioned_guest(&kept, &data, &hosts, config, 10).unwrap();
+        let again = partitioned_guest(&dir, &kept, &data, &hosts, config, 10).unwrap();
         assert_eq!(again.plan(), first.plan());
         // A kept part whose rows are not of its part: dropped, the key stays.
         let wrong = FinishedPart {
@@ -659,11 +650,11 @@ mod tests {
             pairwise_sizes: vec![0],
         };
         kept.keep(&wrong).unwrap();
-        let again = partitioned_guest(&kept, &data, &hosts, config, 10).unwrap();
+        let again = partitioned_guest(&dir, &kept, &data, &hosts, config, 10).unwrap();
         assert_eq!(again.plan().key, key);
         assert!(kept.parts().unwrap().is_empty());
         // Other parts: another plan, a new key.
-        let other = partitioned_guest(&kept, &data, &hosts, config, 20).unwrap();
+        let other = partitioned_guest(&dir, &kept, &data, &hosts, config, 20).unwrap();
         assert_ne!(other.plan().key, key);
         assert_eq!(
             kept.plan().unwrap().unwrap().plan,

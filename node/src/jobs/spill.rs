@@ -1,0 +1,396 @@
+//! A party's ids split into a job's PSI parts, kept on disk under the node's `data_dir`: PSI
+//! reads one part at a time ([`psi::PartSource`]), so what it holds in memory is a part, not
+//! the party's whole set and its index by part.
+//!
+//! Layout: `<data_dir>/spill/<digest of the job id>-<split number>/bucket-NNN`, at most [`MAX_BUCKETS`]
+//! files (part p in bucket p mod buckets, so a node never holds more open files than that),
+//! each a sequence of records (part: u32, row: u32, id length: u16, id bytes), little-endian,
+//! in row order. Directory 0700 and files 0600 (ids are personal data); removed when the
+//! job's PSI ends, and at the node's start (a crashed job's attempt splits again).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use psi::{DuplicatePolicy, PartIds, PartSource, PartitionKey, PsiError, MAX_ID_LEN, MAX_ROWS};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::NodeError;
+
+/// Most bucket files per job.
+const MAX_BUCKETS: u32 = 256;
+
+/// Buffer per bucket while splitting (256 buckets: 16 MiB).
+const WRITE_BUFFER: usize = 64 << 10;
+
+/// Where jobs' parts are kept under `data_dir`.
+fn spill_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("spill")
+}
+
+/// Removes what jobs left under `data_dir` (at the node's start, before any job runs).
+pub(crate) fn forget_spilled(data_dir: &Path) -> Result<(), NodeError> {
+    let root = spill_root(data_dir);
+    match std::fs::remove_dir_all(&root) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NodeError::io(&root, e)),
+        _ => Ok(()),
+    }
+}
+
+/// What reading a bucket does with each record: (part, row, id).
+type Take<'a> = dyn FnMut(u32, u32, &[u8]) -> Result<(), PsiError> + 'a;
+
+/// A party's ids of one job, split into parts on disk.
+#[derive(Debug)]
+pub(crate) struct SpilledParts {
+    dir: PathBuf,
+    buckets: u32,
+    /// The number of parts.
+    count: u32,
+    sizes: Vec<u64>,
+    policy: DuplicatePolicy,
+}
+
+impl SpilledParts {
+    /// Splits `ids` (row by row) into `count` parts under `key`, in a fresh directory for
+    /// `job`, and counts each part's distinct ids under `policy`: repeats are refused or
+    /// dropped here, before any size leaves the node, as [`psi::Split`] does in memory.
+    pub(crate) fn split<'a>(
+        data_dir: &Path,
+        job: &str,
+        ids: impl Iterator<Item = &'a str>,
+        key: &PartitionKey,
+        count: u32,
+        policy: DuplicatePolicy,
+    ) -> Result<SpilledParts, NodeError> {
+        let name: [u8; 32] = Sha256::new()
+            .chain_update(b"unseen spill v1")
+            .chain_update(job.as_bytes())
+            .finalize()
+            .into();
+        // Job ids come from the guest: the directory is named by a digest, never by the id,
+        // and by a number of its own, so that no two splits share files.
+        static SPLITS: AtomicU64 = AtomicU64::new(0);
+        let number = SPLITS.fetch_add(1, Ordering::Relaxed);
+        let dir = spill_root(data_dir).join(format!("{}-{number}", hex(&name[..12])));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| NodeError::io(&dir, e))?;
+        }
+        let buckets = count.clamp(1, MAX_BUCKETS);
+        let mut spilled = SpilledParts {
+            dir,
+            buckets,
+            count,
+            sizes: Vec::new(),
+            policy,
+        };
+        spilled.write(ids, key, count)?;
+        spilled.sizes = spilled.count_distinct(count)?;
+        Ok(spilled)
+    }
+
+    fn bucket_path(&self, bucket: u32) -> PathBuf {
+        self.dir.join(format!("bucket-{bucket:03}"))
+    }
+
+    fn write<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a str>,
+        key: &PartitionKey,
+        count: u32,
+    ) -> Result<(), NodeError> {
+        let mut writers = Vec::with_capacity(self.buckets as usize);
+        for bucket in 0..self.buckets {
+            let path = self.bucket_path(bucket);
+            let file = {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|e| NodeError::io(&path, e))?
+            };
+            writers.push((path, BufWriter::with_capacity(WRITE_BUFFER, file)));
+        }
+        let mut rows = 0u64;
+        for id in ids {
+            if rows >= MAX_ROWS {
+                return Err(PsiError::InputTooLarge {
+                    what: "the number of rows",
+                    got: rows + 1,
+                    max: MAX_ROWS,
+                }
+                .into());
+            }
+            let id = id.as_bytes();
+            if id.len() > MAX_ID_LEN {
+                return Err(PsiError::IdTooLong {
+                    row: rows,
+                    len: id.len(),
+                    max: MAX_ID_LEN,
+                }
+                .into());
+            }
+            let part = key.part_of(count, id);
+            let (path, writer) = &mut writers[(part % self.buckets) as usize];
+            let mut record = [0u8; 10];
+            record[..4].copy_from_slice(&part.to_le_bytes());
+            record[4..8].copy_from_slice(&(rows as u32).to_le_bytes());
+            record[8..].copy_from_slice(&(id.len() as u16).to_le_bytes());
+            (writer
+                .write_all(&record)
+                .and_then(|()| writer.write_all(id)))
+            .map_err(|e| NodeError::io(&*path, e))?;
+            rows += 1;
+        }
+        if rows == 0 {
+            return Err(PsiError::EmptyInput.into());
+        }
+        for (path, mut writer) in writers {
+            writer.flush().map_err(|e| NodeError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads one bucket, handing every record (part, row, id) to `take`; errors name `part`.
+    fn read_bucket(
+        &self,
+        bucket: u32,
+        part: u32,
+        take: &mut Take<'_>,
+    ) -> Result<(), PsiError> {
+        let path = self.bucket_path(bucket);
+        let unreadable = |reason: String| PsiError::PartUnreadable {
+            part,
+            reason: format!("{}: {reason}", path.display()),
+        };
+        let file = File::open(&path).map_err(|e| unreadable(e.to_string()))?;
+        let mut input = BufReader::with_capacity(WRITE_BUFFER, file);
+        let mut header = [0u8; 10];
+        let mut id = Vec::with_capacity(MAX_ID_LEN);
+        loop {
+            match input.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(unreadable(e.to_string())),
+            }
+            let record = u32::from_le_bytes(header[..4].try_into().expect("four bytes"));
+            if record % self.buckets != bucket || record >= self.count {
+                return Err(unreadable(format!(
+                    "a record of part {record} in this file"
+                )));
+            }
+            let row = u32::from_le_bytes(header[4..8].try_into().expect("four bytes"));
+            let len = u16::from_le_bytes(header[8..].try_into().expect("two bytes"));
+            id.resize(usize::from(len), 0);
+            input
+                .read_exact(&mut id)
+                .map_err(|e| unreadable(format!("a record is cut short ({e})")))?;
+            take(record, row, &id)?;
+        }
+    }
+
+    /// Each part's number of distinct ids, reading every bucket once (a bucket's parts at a
+    /// time in memory); under [`DuplicatePolicy::Reject`] every repeat of the set is
+    /// counted and the first ones named, as in memory.
+    fn count_distinct(&self, count: u32) -> Result<Vec<u64>, PsiError> {
+        let mut sizes = vec![0u64; count as usize];
+        let mut repeats = 0u64;
+        let mut examples = Vec::new();
+        for bucket in 0..self.buckets {
+            let mut parts: Vec<PartIds> = (bucket..count)
+                .step_by(self.buckets as usize)
+                .map(|_| PartIds::default())
+                .collect();
+            self.read_bucket(bucket, bucket, &mut |part, row, id| {
+                let at = ((part - bucket) / self.buckets) as usize;
+                parts[at].push(row, id)
+            })?;
+            for (at, part) in parts.into_iter().enumerate() {
+                match part.distinct(self.policy) {
+                    Ok(part) => {
+                        sizes[bucket as usize + at * self.buckets as usize] = part.rows.len() as u64
+                    }
+                    Err(PsiError::DuplicateIds {
+                        count,
+                        examples: some,
+                    }) => {
+                        repeats += count;
+                        examples.extend(some);
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+        if repeats > 0 {
+            examples.sort_unstable_by_key(|d| d.repeated_row);
+            examples.truncate(5);
+            return Err(PsiError::DuplicateIds {
+                count: repeats,
+                examples,
+            });
+        }
+        Ok(sizes)
+    }
+}
+
+impl PartSource for SpilledParts {
+    fn sizes(&self) -> &[u64] {
+        &self.sizes
+    }
+
+    fn part(&self, part: u32) -> Result<PartIds, PsiError> {
+        let Some(&size) = self.sizes.get(part as usize) else {
+            return Err(PsiError::PartUnreadable {
+                part,
+                reason: "no such part".into(),
+            });
+        };
+        let mut ids = PartIds::default();
+        self.read_bucket(part % self.buckets, part, &mut |p, row, id| {
+            if p == part {
+                ids.push(row, id)?;
+            }
+            Ok(())
+        })?;
+        let ids = ids.distinct(self.policy)?;
+        if ids.rows.len() as u64 != size {
+            return Err(PsiError::PartUnreadable {
+                part,
+                reason: format!(
+                    "{} ids on disk, {size} when it was split: the files changed",
+                    ids.rows.len()
+                ),
+            });
+        }
+        Ok(ids)
+    }
+}
+
+impl Drop for SpilledParts {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove PSI's parts");
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory of this test process (each test names its own).
+    fn scratch(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("unseen-spill-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("sme-{}", i % 700)).collect()
+    }
+
+    /// Parts on disk are the parts in memory, id for id and row for row, with more parts
+    /// than buckets; repeats are dropped or refused as in memory; the files go with the job.
+    #[test]
+    fn parts_on_disk_are_the_parts_in_memory() {
+        let data = scratch("memory");
+        let key = PartitionKey([7; 32]);
+        let ids = ids(1000);
+        let column = psi::IdColumn::from_ids(&ids).unwrap();
+        for count in [1, 5, MAX_BUCKETS + 3] {
+            let policy = DuplicatePolicy::KeepFirst;
+            let memory = psi::Split::new(column.clone(), policy, &key, count).unwrap();
+            let disk = SpilledParts::split(
+                data.as_path(),
+                "job-1",
+                ids.iter().map(String::as_str),
+                &key,
+                count,
+                policy,
+            )
+            .unwrap();
+            assert_eq!(disk.sizes(), memory.sizes());
+            assert_eq!(disk.sizes().iter().sum::<u64>(), 700);
+            for part in 0..count {
+                let (a, b) = (disk.part(part).unwrap(), memory.part(part).unwrap());
+                assert_eq!(a.rows, b.rows, "part {part}");
+                let texts = |p: &PartIds| {
+                    (0..p.rows.len())
+                        .map(|i| p.ids.get(i).to_vec())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(texts(&a), texts(&b), "part {part}");
+            }
+            let dir = disk.dir.clone();
+            assert!(dir.starts_with(spill_root(data.as_path())));
+            drop(disk);
+            assert!(!dir.exists(), "the parts leave with the job");
+        }
+        let refused = SpilledParts::split(
+            data.as_path(),
+            "job-2",
+            ids.iter().map(String::as_str),
+            &key,
+            MAX_BUCKETS + 3,
+            DuplicatePolicy::Reject,
+        )
+        .unwrap_err();
+        let in_memory = psi::Split::new(column, DuplicatePolicy::Reject, &key, 3).unwrap_err();
+        assert_eq!(refused.to_string(), NodeError::from(in_memory).to_string());
+        // A guest's job id names no directory.
+        let odd = SpilledParts::split(
+            data.as_path(),
+            "../../outside",
+            ["a", "b"].into_iter(),
+            &key,
+            1,
+            DuplicatePolicy::Reject,
+        )
+        .unwrap();
+        assert!(odd.dir.starts_with(spill_root(data.as_path())));
+        assert!(!data.as_path().parent().unwrap().join("outside").exists());
+        drop(odd);
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    /// A part whose file changed after the split is refused, not run with other ids.
+    #[test]
+    fn a_changed_part_file_is_refused() {
+        let data = scratch("changed");
+        let ids = ids(300);
+        let key = PartitionKey([1; 32]);
+        let policy = DuplicatePolicy::KeepFirst;
+        let disk = SpilledParts::split(
+            data.as_path(),
+            "j",
+            ids.iter().map(String::as_str),
+            &key,
+            2,
+            policy,
+        )
+        .unwrap();
+        let path = disk.bucket_path(1);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(matches!(
+            disk.part(1),
+            Err(PsiError::PartUnreadable { part: 1, .. })
+        ));
+        assert!(disk.part(0).is_ok());
+        drop(disk);
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+}
