@@ -160,12 +160,7 @@ impl SpilledParts {
     }
 
     /// Reads one bucket, handing every record (part, row, id) to `take`; errors name `part`.
-    fn read_bucket(
-        &self,
-        bucket: u32,
-        part: u32,
-        take: &mut Take<'_>,
-    ) -> Result<(), PsiError> {
+    fn read_bucket(&self, bucket: u32, part: u32, take: &mut Take<'_>) -> Result<(), PsiError> {
         let path = self.bucket_path(bucket);
         let unreadable = |reason: String| PsiError::PartUnreadable {
             part,
