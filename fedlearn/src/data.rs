@@ -89,7 +89,38 @@ impl Ids {
     pub fn to_vec(&self) -> Vec<String> {
         self.iter().map(str::to_owned).collect()
     }
+
+    /// Ids from their text end to end and where each ends (as [`Ids::push`] keeps them), for a
+    /// caller that places ids out of order; `None` unless `ends` ascend to the text's length on
+    /// character boundaries.
+    pub fn from_parts(text: String, ends: Vec<u64>) -> Option<Ids> {
+        let mut start = 0u64;
+        for &end in &ends {
+            if end < start || end > text.len() as u64 || !text.is_char_boundary(end as usize) {
+                return None;
+            }
+            start = end;
+        }
+        (start == text.len() as u64).then_some(Ids { text, ends })
+    }
 }
+
+/// Rows read in chunks ([`Table::read_csv_chunks`], [`TableBuilder::take_chunk`]): what a
+/// caller that keeps rows elsewhere than in memory (a node's disk) takes, chunk by chunk.
+/// The table returned at the end holds the columns, with the text columns' dictionaries.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// The rows' ids.
+    pub ids: Ids,
+    /// The rows' feature values, row by row (features per row: the table's column count);
+    /// a text column holds the index of the value in its dictionary.
+    pub values: Vec<f64>,
+    /// The rows' 0/1 labels (empty without a label column).
+    pub labels: Vec<f64>,
+}
+
+/// Rows per chunk of [`Table::read_csv_chunks`].
+pub const CHUNK_ROWS: usize = 1 << 16;
 
 impl std::ops::Index<usize> for Ids {
     type Output = str;
@@ -294,6 +325,8 @@ struct Rows {
     values: Vec<f64>,
     labels: Vec<f64>,
     missing: Missing,
+    /// Rows handed out in chunks so far.
+    taken: usize,
 }
 
 type CellError<'e> = &'e dyn Fn(&str, String) -> FedError;
@@ -338,7 +371,23 @@ impl Rows {
             values: Vec::new(),
             labels: Vec::new(),
             missing: columns.missing,
+            taken: 0,
         })
+    }
+
+    /// The rows added since the last chunk, leaving the columns and dictionaries.
+    fn take(&mut self) -> Chunk {
+        self.taken += self.ids.len();
+        Chunk {
+            ids: std::mem::take(&mut self.ids),
+            values: std::mem::take(&mut self.values),
+            labels: std::mem::take(&mut self.labels),
+        }
+    }
+
+    /// Whether no row was added at all.
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.taken == 0
     }
 
     /// Adds one row of cells; on an error, adds nothing.
@@ -522,9 +571,21 @@ impl TableBuilder {
         }
     }
 
+    /// The rows pushed since the last chunk, to keep elsewhere; the table that
+    /// [`TableBuilder::finish`] then returns holds only the rows pushed after the last chunk
+    /// taken (the columns and dictionaries of all).
+    pub fn take_chunk(&mut self) -> Chunk {
+        self.rows.take()
+    }
+
+    /// The rows pushed since the last chunk taken.
+    pub fn pending(&self) -> usize {
+        self.rows.ids.len()
+    }
+
     /// The table, and with `keep_going` the rows left out; refused without any row.
     pub fn finish(self) -> Result<(Table, Vec<(String, FedError)>), FedError> {
-        if self.rows.ids.is_empty() && self.bad_rows.is_empty() {
+        if self.rows.is_empty() && self.bad_rows.is_empty() {
             return Err(FedError::Row {
                 source_name: self.source,
                 row: 1,
@@ -541,6 +602,19 @@ impl Table {
     /// unless `missing` is [`Missing::Mean`].
     pub fn new(
         ids: Vec<String>,
+        feature_names: Vec<String>,
+        values: Array2<f64>,
+        labels: Option<Vec<f64>>,
+        missing: Missing,
+    ) -> Result<Table, FedError> {
+        let ids = ids.iter().map(String::as_str).collect();
+        Table::with_ids(ids, feature_names, values, labels, missing)
+    }
+
+    /// [`Table::new`] with packed ids (a table derived from another keeps its ids without
+    /// a string per row).
+    pub(crate) fn with_ids(
+        ids: Ids,
         feature_names: Vec<String>,
         values: Array2<f64>,
         labels: Option<Vec<f64>>,
@@ -582,7 +656,7 @@ impl Table {
         }
         let dictionaries = vec![None; width];
         Ok(Table {
-            ids: ids.iter().map(String::as_str).collect(),
+            ids,
             feature_names,
             values,
             labels,
@@ -607,7 +681,7 @@ impl Table {
             missing,
             reading,
         };
-        Table::read(source, text.as_bytes(), format, &columns, false).map(|(table, _)| table)
+        Table::read(source, text.as_bytes(), format, &columns, false, None).map(|(table, _)| table)
     }
 
     /// Reads CSV (RFC 4180: quoted fields may hold delimiters, quotes and line breaks; a
@@ -631,7 +705,30 @@ impl Table {
             missing,
             reading,
         };
-        Table::read(source, input, format, &columns, false).map(|(table, _)| table)
+        Table::read(source, input, format, &columns, false, None).map(|(table, _)| table)
+    }
+
+    /// [`Table::read_csv`] handing the rows to `sink` in chunks of [`CHUNK_ROWS`] as they are
+    /// read, so memory holds one chunk; returns the table of the columns (no rows), with the
+    /// text columns' dictionaries of the whole input.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_csv_chunks(
+        source: &str,
+        input: impl std::io::Read,
+        format: CsvFormat,
+        id_column: &str,
+        label_column: Option<&str>,
+        missing: Missing,
+        reading: &dyn Fn(&str) -> Reading,
+        sink: &mut dyn FnMut(Chunk) -> Result<(), FedError>,
+    ) -> Result<Table, FedError> {
+        let columns = Columns {
+            id: id_column,
+            label: label_column,
+            missing,
+            reading,
+        };
+        Table::read(source, input, format, &columns, false, Some(sink)).map(|(table, _)| table)
     }
 
     /// [`Table::parse_csv`] for scoring, where one bad row must not stop the others: a data
@@ -669,7 +766,7 @@ impl Table {
             missing,
             reading,
         };
-        Table::read(source, input, format, &columns, true)
+        Table::read(source, input, format, &columns, true, None)
     }
 
     fn read(
@@ -678,6 +775,7 @@ impl Table {
         format: CsvFormat,
         columns: &Columns<'_>,
         keep_going: bool,
+        mut sink: Option<&mut dyn FnMut(Chunk) -> Result<(), FedError>>,
     ) -> Result<(Table, Vec<(String, FedError)>), FedError> {
         let error = |line: u64, column: &str, reason: String| FedError::Csv {
             source_name: source.to_owned(),
@@ -744,9 +842,15 @@ impl Table {
                     .unwrap_or("");
                 bad_rows.push((id.to_owned(), e));
             }
+            if let Some(sink) = sink.as_mut().filter(|_| rows.ids.len() >= CHUNK_ROWS) {
+                sink(rows.take())?;
+            }
         }
-        if rows.ids.is_empty() && bad_rows.is_empty() {
+        if rows.is_empty() && bad_rows.is_empty() {
             return Err(error(2, "", "no data rows after the header".into()));
+        }
+        if let Some(sink) = sink.as_mut().filter(|_| !rows.ids.is_empty()) {
+            sink(rows.take())?;
         }
         Ok((rows.finish()?, bad_rows))
     }
@@ -901,11 +1005,105 @@ impl Table {
             dictionaries: at.iter().map(|&c| self.dictionaries[c].clone()).collect(),
         })
     }
+
+    /// A table of this one's columns (names, dictionaries, missing-value policy, whether it
+    /// has labels) holding the rows of `chunk`: rows read in chunks and kept elsewhere come
+    /// back as a table. Refused when the chunk's shape does not fit the columns.
+    pub fn with_rows(&self, chunk: Chunk) -> Result<Table, FedError> {
+        let (rows, width, got) = (chunk.ids.len(), self.features(), chunk.values.len());
+        let values = Array2::from_shape_vec((rows, width), chunk.values).map_err(|_| {
+            FedError::LengthMismatch {
+                what: "chunk values (rows × features)",
+                expected: rows * width,
+                got,
+            }
+        })?;
+        let labels = match (&self.labels, chunk.labels) {
+            (None, labels) if labels.is_empty() => None,
+            (Some(_), labels) if labels.len() == rows => {
+                if let Some(row) = labels.iter().position(|&y| y != 0.0 && y != 1.0) {
+                    return Err(FedError::BadLabel {
+                        row,
+                        value: labels[row],
+                    });
+                }
+                Some(labels)
+            }
+            (_, labels) => {
+                return Err(FedError::LengthMismatch {
+                    what: "chunk labels",
+                    expected: if self.labels.is_some() { rows } else { 0 },
+                    got: labels.len(),
+                })
+            }
+        };
+        Ok(Table {
+            ids: chunk.ids,
+            feature_names: self.feature_names.clone(),
+            values,
+            labels,
+            missing: self.missing,
+            dictionaries: self.dictionaries.clone(),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows read in chunks, put back together, are the table read whole: the dictionaries of
+    /// text columns span the chunks, labels and values keep their rows; a chunk of another
+    /// shape is refused.
+    #[test]
+    fn chunks_make_the_table_read_whole() {
+        let rows = 2 * CHUNK_ROWS + 17;
+        let mut csv = String::from("id,y,amount,region\n");
+        for i in 0..rows {
+            let region = ["north", "south", "east"][(i * 7 / 5) % 3];
+            let line = format!("c{i},{},{}.5,{region}\n", i % 2, i % 101);
+            csv.push_str(&line);
+        }
+        let reading = |c: &str| {
+            if c == "region" {
+                Reading::Text
+            } else {
+                Reading::Number
+            }
+        };
+        let read = |sink: Option<&mut dyn FnMut(Chunk) -> Result<(), FedError>>| {
+            let columns = Columns {
+                id: "id",
+                label: Some("y"),
+                missing: Missing::Reject,
+                reading: &reading,
+            };
+            let format = CsvFormat::default();
+            Table::read("t.csv", csv.as_bytes(), format, &columns, false, sink)
+                .unwrap()
+                .0
+        };
+        let whole = read(None);
+        let mut all = Chunk::default();
+        let mut sizes = Vec::new();
+        let schema = read(Some(&mut |chunk: Chunk| {
+            sizes.push(chunk.ids.len());
+            chunk.ids.iter().for_each(|id| all.ids.push(id));
+            all.values.extend(chunk.values);
+            all.labels.extend(chunk.labels);
+            Ok(())
+        }));
+        assert_eq!(sizes, [CHUNK_ROWS, CHUNK_ROWS, 17]);
+        assert_eq!(schema.rows(), 0);
+        assert_eq!(schema.dictionary(1).unwrap().len(), 3);
+        assert_eq!(schema.with_rows(all).unwrap(), whole);
+        let short = Chunk {
+            ids: ["a"].into_iter().collect(),
+            values: vec![1.0],
+            labels: vec![0.0],
+        };
+        assert!(schema.with_rows(short).is_err());
+    }
 
     #[test]
     fn packed_ids_give_back_each_id() {

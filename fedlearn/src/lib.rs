@@ -148,7 +148,9 @@ mod woe;
 pub use binning::{answer_binning, BinningDisclosure, BinningGuest, BinningLimits, BinningReport};
 pub use checkpoint::Checkpoint;
 pub use config::{EarlyStopping, Optimizer, Schedule, TrainConfig, MAX_BATCH_ROWS};
-pub use data::{Cell, CsvFormat, Ids, IdsIter, Missing, Reading, Table, TableBuilder};
+pub use data::{
+    Cell, Chunk, CsvFormat, Ids, IdsIter, Missing, Reading, Table, TableBuilder, CHUNK_ROWS,
+};
 pub use error::FedError;
 pub use guest::{run_guest, GuestJob, GuestSession};
 pub use host::{receive_proposal, run_host, HostJob, HostSession};

@@ -636,8 +636,8 @@ impl Fitted {
                 }
             }
         }
-        Table::new(
-            table.ids().to_vec(),
+        Table::with_ids(
+            table.ids().clone(),
             self.design_names.clone(),
             values,
             table.labels().map(<[f64]>::to_vec),

@@ -46,6 +46,7 @@ pub(crate) struct Layout<'a> {
 pub(crate) fn read_table(
     path: &Path,
     layout: &Layout<'_>,
+    mut sink: Option<&mut dyn FnMut(fedlearn::Chunk) -> Result<(), FedError>>,
 ) -> Result<(Table, Vec<(String, FedError)>), String> {
     let source = path.display().to_string();
     let builder = open(path)?;
@@ -81,6 +82,15 @@ pub(crate) fn read_table(
             }
             table.push(&cells).map_err(|e| e.to_string())?;
         }
+        if let Some(sink) = sink
+            .as_mut()
+            .filter(|_| table.pending() >= fedlearn::CHUNK_ROWS)
+        {
+            sink(table.take_chunk()).map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(sink) = sink.as_mut().filter(|_| table.pending() > 0) {
+        sink(table.take_chunk()).map_err(|e| e.to_string())?;
     }
     table.finish().map_err(|e| e.to_string())
 }
@@ -420,7 +430,7 @@ mod tests {
             "opened" => Reading::Skip,
             _ => Reading::Number,
         };
-        let (table, bad) = read_table(&path, &layout(&reading, false)).unwrap();
+        let (table, bad) = read_table(&path, &layout(&reading, false), None).unwrap();
         assert!(bad.is_empty());
         let from_csv = Table::parse_csv(
             "typed.csv",
@@ -439,7 +449,7 @@ mod tests {
         assert_eq!(table.digest(), from_csv.digest());
 
         // A column of a type it cannot read is refused by name, if the job reads it.
-        let error = read_table(&path, &layout(&|_| Reading::Number, false)).unwrap_err();
+        let error = read_table(&path, &layout(&|_| Reading::Number, false), None).unwrap_err();
         assert!(
             error.contains("column \"opened\": a Date32 column cannot be read"),
             "{error}"
@@ -467,12 +477,12 @@ mod tests {
             ],
             5000,
         );
-        let error = read_table(&nulls, &layout(&|_| Reading::Number, false)).unwrap_err();
+        let error = read_table(&nulls, &layout(&|_| Reading::Number, false), None).unwrap_err();
         assert!(
             error.contains("nulls.parquet, row 12346, column \"rate\": missing value"),
             "{error}"
         );
-        let (table, bad) = read_table(&nulls, &layout(&|_| Reading::Number, true)).unwrap();
+        let (table, bad) = read_table(&nulls, &layout(&|_| Reading::Number, true), None).unwrap();
         assert_eq!(table.rows(), n as usize - 1);
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].0, "c12345");
@@ -503,7 +513,7 @@ mod tests {
         };
         let mut scoring = layout(&reading, true);
         scoring.label_column = None;
-        let (table, bad) = read_table(&wide, &scoring).unwrap();
+        let (table, bad) = read_table(&wide, &scoring, None).unwrap();
         assert_eq!(bad.len(), 1, "a null decimal is missing");
         assert_eq!(bad[0].0, "8");
         assert_eq!(table.ids().to_vec(), ["18446744073709551615", "7"]);
@@ -529,7 +539,7 @@ mod tests {
         let reading = |_: &str| Reading::Number;
         let mut elsewhere = layout(&reading, true);
         elsewhere.id_column = "ident";
-        let error = read_table(&nulls, &elsewhere).err().unwrap();
+        let error = read_table(&nulls, &elsewhere, None).err().unwrap();
         assert!(
             error.contains(", column \"ident\": no such column") && !error.contains("row"),
             "{error}"

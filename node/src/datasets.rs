@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use fedlearn::{Reading, Table};
+use fedlearn::{Chunk, FedError, Reading, Table};
 
 use crate::config::{DatasetConfig, NodeConfig, PostgresSource};
 use crate::error::NodeError;
@@ -31,12 +31,53 @@ pub(crate) fn load_scoring_table(
     read(config, name, false, reading, true)
 }
 
+/// Reads dataset `name` of this node as [`load_table`] does, handing its rows to `sink` in
+/// chunks ([`fedlearn::Chunk`]): returns the columns read (no rows), before the dataset's
+/// `features` selection, and that selection, which the caller applies.
+pub(crate) fn read_chunks(
+    config: &NodeConfig,
+    name: &str,
+    with_labels: bool,
+    reading: &dyn Fn(&str) -> Reading,
+    sink: &mut dyn FnMut(Chunk) -> Result<(), FedError>,
+) -> Result<(Table, Option<Vec<String>>), NodeError> {
+    let (table, _) = read_all(config, name, with_labels, reading, false, Some(sink))?;
+    let features = config.datasets.get(name).and_then(|d| d.features.clone());
+    Ok((table, features))
+}
+
 fn read(
     config: &NodeConfig,
     name: &str,
     with_labels: bool,
     reading: &dyn Fn(&str) -> Reading,
     keep_going: bool,
+) -> Result<(Table, Vec<(String, String)>), NodeError> {
+    let (table, bad_rows) = read_all(config, name, with_labels, reading, keep_going, None)?;
+    let table = match &config.datasets[name].features {
+        Some(features) => {
+            let names: Vec<&str> = features.iter().map(String::as_str).collect();
+            table
+                .select_columns(&names)
+                .map_err(|e| NodeError::Dataset {
+                    name: name.to_owned(),
+                    reason: e.to_string(),
+                })?
+        }
+        None => table,
+    };
+    Ok((table, bad_rows))
+}
+
+/// The dataset's table with every column read (or, with a `sink`, the columns alone and the
+/// rows handed over in chunks).
+fn read_all(
+    config: &NodeConfig,
+    name: &str,
+    with_labels: bool,
+    reading: &dyn Fn(&str) -> Reading,
+    keep_going: bool,
+    mut sink: Option<&mut dyn FnMut(Chunk) -> Result<(), FedError>>,
 ) -> Result<(Table, Vec<(String, String)>), NodeError> {
     let error = |reason: String| NodeError::Dataset {
         name: name.to_owned(),
@@ -64,9 +105,23 @@ fn read(
             reading,
             keep_going,
         };
-        crate::columnar::read_table(path, &layout).map_err(error)?
+        crate::columnar::read_table(path, &layout, sink).map_err(error)?
     } else {
         with_input(dataset, &mut |source, input| {
+            if let Some(sink) = sink.as_mut() {
+                let table = Table::read_csv_chunks(
+                    source,
+                    input,
+                    format,
+                    &dataset.id_column,
+                    label,
+                    dataset.missing,
+                    reading,
+                    &mut **sink,
+                )
+                .map_err(|e| e.to_string())?;
+                return Ok((table, Vec::new()));
+            }
             if keep_going {
                 return Table::read_csv_rows(
                     source,
@@ -96,15 +151,6 @@ fn read(
         .into_iter()
         .map(|(id, e)| (id, crate::error::capped(&e.to_string())))
         .collect();
-    let table = match &dataset.features {
-        Some(features) => {
-            let names: Vec<&str> = features.iter().map(String::as_str).collect();
-            table
-                .select_columns(&names)
-                .map_err(|e| error(e.to_string()))?
-        }
-        None => table,
-    };
     Ok((table, bad_rows))
 }
 

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use fedlearn::{BinningGuest, BinningLimits, KeptBins, Prep, Transport};
 use serde_json::json;
 
-use crate::datasets::load_table;
 use crate::error::NodeError;
 use crate::jobs::admission;
 use crate::jobs::link::Link;
+use crate::jobs::staged::Staged;
 use crate::proto::JobProposal;
 use crate::registry::JobHandle;
 use crate::spec::JobSpec;
@@ -23,14 +23,14 @@ impl NodeState {
         job: &Arc<JobHandle>,
         spec: &JobSpec,
     ) -> Result<String, NodeError> {
-        let table = load_table(&self.config(), &spec.dataset, true, &|c| {
-            spec.prep.reading(c)
-        })?;
+        let reading = |c: &str| spec.prep.reading(c);
+        let dataset = Staged::load(&self.config(), &spec.dataset, true, &reading, job.id())?;
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
         self.propose(job, spec, 0, 0)?;
         let mut link = Link::new(self, job);
-        let positions = self.guest_align(job, &mut link, &table, &hosts, "binning")?;
-        let table = super::resume::select(&table, &positions)?;
+        let positions = self.guest_align(job, &mut link, &dataset, &hosts, "binning")?;
+        let table = dataset.select(&positions)?;
+        drop(dataset);
         let (mut binning, request) =
             BinningGuest::new(&self.config().party, &table, &spec.prep, &hosts)?;
         for host in &hosts {
@@ -78,12 +78,12 @@ impl NodeState {
         };
         let publish = rule.publish_column_names;
         let prep = admission::host_prep(&self.config(), proposal)?;
-        let table = load_table(&self.config(), &proposal.dataset, false, &|c| {
-            prep.reading(c)
-        })?;
+        let reading = |c: &str| prep.reading(c);
+        let dataset = Staged::load(&self.config(), &proposal.dataset, false, &reading, job.id())?;
         let mut link = Link::new(self, job);
-        let positions = self.host_align(job, &mut link, &table, guest, "binning")?;
-        let table = super::resume::select(&table, &positions)?;
+        let positions = self.host_align(job, &mut link, &dataset, guest, "binning")?;
+        let table = dataset.select(&positions)?;
+        drop(dataset);
         let request = link.receive(guest)?;
         let (answer, disclosed, kept) = fedlearn::answer_binning(
             &self.config().party,

@@ -16,6 +16,7 @@ mod resume;
 mod run;
 mod seeds;
 mod spill;
+mod staged;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
-use fedlearn::Table;
 use psi::{
     DuplicatePolicy, FinishedPart, GuestConfig, PartitionKey, PartitionPlan, PartitionedGuest,
     PartitionedHost, PsiGuest, PsiHost,
@@ -17,7 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{NodeError, PeerFault};
 use crate::jobs::link::Link;
-use crate::jobs::spill::SpilledParts;
+use crate::jobs::spill::{IdRows, SpilledParts};
+use crate::jobs::staged::Staged;
 use crate::registry::JobHandle;
 use crate::state::NodeState;
 use crate::store::{EventRecord, Store};
@@ -70,18 +70,13 @@ struct KeptPlan {
 }
 
 impl<'a> KeptPsi<'a> {
-    fn new(store: &'a Store, party: &str, job: &'a str, table: &Table) -> Self {
-        let mut digest = Sha256::new();
-        digest.update(b"unseen psi ids v1");
-        for id in table.ids() {
-            digest.update((id.len() as u64).to_le_bytes());
-            digest.update(id.as_bytes());
-        }
+    /// `ids`: the digest of the ids this node splits ([`Staged::ids_digest`]).
+    fn new(store: &'a Store, party: &str, job: &'a str, ids: [u8; 32]) -> Self {
         KeptPsi {
             store,
             party: party.to_owned(),
             job,
-            ids: digest.finalize().into(),
+            ids,
         }
     }
 
@@ -170,15 +165,14 @@ fn plan_digest(plan: &PartitionPlan) -> [u8; 32] {
 fn partitioned_guest(
     data_dir: &Path,
     kept: &KeptPsi<'_>,
-    table: &Table,
+    (ids, rows): (&dyn IdRows, usize),
     hosts: &[String],
     config: GuestConfig,
     partition_rows: u64,
 ) -> Result<PartitionedGuest<SpilledParts>, NodeError> {
     let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let count = psi::part_count(table.rows() as u64, partition_rows);
+    let count = psi::part_count(rows as u64, partition_rows);
     let split = |key: &PartitionKey| {
-        let ids = table.ids().iter();
         SpilledParts::split(data_dir, kept.job, ids, key, count, config.duplicates)
     };
     if let Some(KeptPlan {
@@ -228,15 +222,21 @@ pub(crate) fn guest_psi(
     node: &NodeState,
     job: &JobHandle,
     link: &mut Link<'_>,
-    table: &Table,
+    dataset: &Staged,
     hosts: &[String],
 ) -> Result<Vec<u32>, NodeError> {
     let config = GuestConfig::default();
     let federation = &node.config().federation;
-    let kept = KeptPsi::new(&node.store, &node.config().party, job.id(), table);
+    let kept = KeptPsi::new(
+        &node.store,
+        &node.config().party,
+        job.id(),
+        dataset.ids_digest(),
+    );
     let data_dir = &node.config().data_dir;
     let partition_rows = federation.psi_partition_rows;
-    let mut guest = partitioned_guest(data_dir, &kept, table, hosts, config, partition_rows)?;
+    let ids = (dataset as &dyn IdRows, dataset.rows());
+    let mut guest = partitioned_guest(data_dir, &kept, ids, hosts, config, partition_rows)?;
     let plan = guest.plan();
     for host in hosts {
         link.send_psi(host, plan_to_proto(&plan))?;
@@ -440,7 +440,7 @@ pub(crate) fn host_psi(
     job: &JobHandle,
     link: &mut Link<'_>,
     guest: &str,
-    table: &Table,
+    dataset: &Staged,
 ) -> Result<Vec<u32>, NodeError> {
     let plan = match link.receive_psi(guest)? {
         Body::PartitionPlan(plan) => plan_from_proto(guest, &plan)?,
@@ -450,14 +450,18 @@ pub(crate) fn host_psi(
     if let Some(error) = too_many(guest, &plan.guest_sizes, cap) {
         return Err(error);
     }
-    let kept = KeptPsi::new(&node.store, &node.config().party, job.id(), table);
+    let kept = KeptPsi::new(
+        &node.store,
+        &node.config().party,
+        job.id(),
+        dataset.ids_digest(),
+    );
     // The plan is checked before this host's ids are split on disk by it.
     let count = PartitionedHost::<SpilledParts>::check_plan(guest, &plan)?;
     let start = |kept_parts| -> Result<_, NodeError> {
         let data_dir = &node.config().data_dir;
-        let ids = table.ids().iter();
         let policy = DuplicatePolicy::Reject;
-        let parts = SpilledParts::split(data_dir, job.id(), ids, &plan.key, count, policy)?;
+        let parts = SpilledParts::split(data_dir, job.id(), dataset, &plan.key, count, policy)?;
         let min = psi::MIN_PART_ROWS;
         Ok(PartitionedHost::with_parts(
             guest, parts, &plan, min, kept_parts,
@@ -557,15 +561,9 @@ fn host_session(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedlearn::{Missing, Reading};
 
-    fn table(ids: &[&str]) -> Table {
-        let rows: Vec<String> = ids.iter().map(|id| format!("{id},1\n")).collect();
-        let text = format!("id,x\n{}", rows.concat());
-        Table::parse_csv("t", &text, "id", None, Missing::Reject, &|_| {
-            Reading::Number
-        })
-        .unwrap()
+    fn digest(ids: &[&str]) -> [u8; 32] {
+        crate::jobs::staged::ids_digest(ids.iter().copied())
     }
 
     /// A kept plan serves the same ids only; parts that run again are forgotten; damaged parts
@@ -575,8 +573,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("unseen-kept-psi-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Store::open(&dir, crate::sealing::StoreKey::generate()).unwrap();
-        let ids = table(&["a", "b", "c"]);
-        let kept = KeptPsi::new(&store, "bank", "job", &ids);
+        let kept = KeptPsi::new(&store, "bank", "job", digest(&["a", "b", "c"]));
         assert!(kept.plan().unwrap().is_none());
         let plan = PartitionPlan {
             version: psi::PROTOCOL_VERSION,
@@ -607,7 +604,7 @@ mod tests {
         assert_eq!(kept.parts().unwrap()[0], part(1));
 
         // The same job's dataset with another id: refused, naming the party.
-        let changed = KeptPsi::new(&store, "bank", "job", &table(&["a", "b", "x"]));
+        let changed = KeptPsi::new(&store, "bank", "job", digest(&["a", "b", "x"]));
         let error = changed.plan().err().expect("ids changed").to_string();
         assert!(
             error.contains("bank") && error.contains("dataset changed"),
@@ -635,13 +632,13 @@ mod tests {
         let store = Store::open(&dir, crate::sealing::StoreKey::generate()).unwrap();
         let ids: Vec<String> = (0..40).map(|i| format!("sme-{i}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let data = table(&refs);
-        let kept = KeptPsi::new(&store, "bank", "job", &data);
+        let kept = KeptPsi::new(&store, "bank", "job", digest(&refs));
+        let data = (&ids as &dyn IdRows, ids.len());
         let hosts = ["tax".to_owned()];
         let config = GuestConfig::default();
-        let first = partitioned_guest(&dir, &kept, &data, &hosts, config, 10).unwrap();
+        let first = partitioned_guest(&dir, &kept, data, &hosts, config, 10).unwrap();
         let key = first.plan().key;
-        let again = partitioned_guest(&dir, &kept, &data, &hosts, config, 10).unwrap();
+        let again = partitioned_guest(&dir, &kept, data, &hosts, config, 10).unwrap();
         assert_eq!(again.plan(), first.plan());
         // A kept part whose rows are not of its part: dropped, the key stays.
         let wrong = FinishedPart {
@@ -650,11 +647,11 @@ mod tests {
             pairwise_sizes: vec![0],
         };
         kept.keep(&wrong).unwrap();
-        let again = partitioned_guest(&dir, &kept, &data, &hosts, config, 10).unwrap();
+        let again = partitioned_guest(&dir, &kept, data, &hosts, config, 10).unwrap();
         assert_eq!(again.plan().key, key);
         assert!(kept.parts().unwrap().is_empty());
         // Other parts: another plan, a new key.
-        let other = partitioned_guest(&dir, &kept, &data, &hosts, config, 20).unwrap();
+        let other = partitioned_guest(&dir, &kept, data, &hosts, config, 20).unwrap();
         assert_ne!(other.plan().key, key);
         assert_eq!(
             kept.plan().unwrap().unwrap().plan,

@@ -27,6 +27,8 @@ use serde_json::json;
 use crate::error::{NodeError, PeerFault, Refusal};
 use crate::jobs::admission;
 use crate::jobs::link::Link;
+use crate::jobs::spill::IdRows;
+use crate::jobs::staged::Staged;
 use crate::peers::WhenHeld;
 use crate::proto::{JobProposal, ProposalReply};
 use crate::registry::JobHandle;
@@ -68,37 +70,49 @@ pub(super) enum Alignment {
     Kept(Table, Vec<Checkpoint>),
 }
 
-/// The rows of `table` at `positions`, in that order.
-pub(super) fn select(table: &Table, positions: &[u32]) -> Result<Table, NodeError> {
-    let rows: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
-    Ok(table.select_rows(&rows)?)
-}
-
 impl NodeState {
-    /// A training job's aligned rows of `table` in the job's own order, kept to resume from.
-    /// The order sorts the rows by SHA-256 of the training seed and the id: the same at every
-    /// party (they hold the same ids), unrelated to any party's file or to PSI's shuffles, and
-    /// the same in every job with that seed, so a job is reproducible from its seed.
+    /// A training job's aligned rows of `dataset` in the job's own order, kept to resume
+    /// from. The order sorts the rows by SHA-256 of the training seed and the id: the same at
+    /// every party (they hold the same ids), unrelated to any party's file or to PSI's
+    /// shuffles, and the same in every job with that seed, so a job is reproducible from its
+    /// seed. The sort keeps the digests' first 16 bytes (20 bytes per row, not 36); two ids
+    /// that share them (about n²·2^-129: never) would be ordered by each party's own rows, so
+    /// the job stops instead.
     pub(super) fn training_rows(
         &self,
         job: &JobHandle,
-        table: &Table,
+        dataset: &Staged,
         positions: &[u32],
         seed: u64,
     ) -> Result<Table, NodeError> {
         use sha2::{Digest, Sha256};
-        let key = |position: u32| -> [u8; 32] {
-            let id = &table.ids()[position as usize];
-            let mut digest = Sha256::new();
-            digest.update(b"unseen training row order v1");
-            digest.update(seed.to_le_bytes());
-            digest.update(id.as_bytes());
-            digest.finalize().into()
-        };
-        let mut keyed: Vec<([u8; 32], u32)> = positions.iter().map(|&p| (key(p), p)).collect();
+        let mut wanted = positions.to_vec();
+        wanted.sort_unstable();
+        let mut keyed: Vec<([u8; 16], u32)> = Vec::with_capacity(positions.len());
+        let mut next = 0;
+        dataset.each_id(&mut |row, id| {
+            if wanted.get(next) == Some(&row) {
+                next += 1;
+                let digest = Sha256::new()
+                    .chain_update(b"unseen training row order v1")
+                    .chain_update(seed.to_le_bytes())
+                    .chain_update(id.as_bytes())
+                    .finalize();
+                keyed.push((digest[..16].try_into().expect("16 bytes"), row));
+            }
+            Ok(())
+        })?;
+        drop(wanted);
         keyed.sort_unstable();
+        if keyed.len() != positions.len() || keyed.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(fedlearn::FedError::Resume {
+                party: self.config().party.clone(),
+                reason: "its aligned rows cannot be put in the job's order".into(),
+            }
+            .into());
+        }
         let ordered: Vec<u32> = keyed.into_iter().map(|(_, p)| p).collect();
-        let aligned = select(table, &ordered)?;
+        let aligned = dataset.select(&ordered)?;
         self.keep_alignment(job, &ordered, &aligned)?;
         Ok(aligned)
     }
@@ -273,18 +287,18 @@ impl NodeState {
         &self,
         job: &Arc<JobHandle>,
         link: &mut Link<'_>,
-        table: &Table,
+        dataset: &Staged,
         hosts: &[String],
         replies: &[ProposalReply],
     ) -> Result<Alignment, NodeError> {
-        let own = self.kept_alignment(job, table)?;
+        let own = self.kept_alignment(job, dataset)?;
         let reuse = own.is_some() && replies.iter().all(|r| r.aligned);
         for host in hosts {
             link.send_raw(host, DeliveryKind::Plan, vec![u8::from(reuse)], true)?;
         }
         let Some(aligned) = own.filter(|_| reuse) else {
             self.store.forget_resume(job.id(), realigned)?;
-            let positions = self.guest_align(job, link, table, hosts, "training")?;
+            let positions = self.guest_align(job, link, dataset, hosts, "training")?;
             return Ok(Alignment::Fresh(positions));
         };
         let own_epoch = self.store.checkpoint_epochs(job.id())?.last().copied();
@@ -313,7 +327,7 @@ impl NodeState {
         &self,
         job: &Arc<JobHandle>,
         link: &mut Link<'_>,
-        table: &Table,
+        dataset: &Staged,
         guest: &str,
     ) -> Result<Alignment, NodeError> {
         let plan = link.receive_raw(guest)?;
@@ -336,10 +350,10 @@ impl NodeState {
                 return Err(self.not_resumable(job, "training had begun; align again it may not"));
             }
             self.store.forget_resume(job.id(), realigned)?;
-            let positions = self.host_align(job, link, table, guest, "training")?;
+            let positions = self.host_align(job, link, dataset, guest, "training")?;
             return Ok(Alignment::Fresh(positions));
         }
-        let aligned = self.kept_alignment(job, table)?.ok_or_else(|| {
+        let aligned = self.kept_alignment(job, dataset)?.ok_or_else(|| {
             NodeError::from(fedlearn::FedError::Resume {
                 party: self.config().party.clone(),
                 reason: "it kept no aligned rows".into(),
@@ -593,7 +607,11 @@ impl NodeState {
 
     /// The job's aligned rows of `table` as kept, if they were; an error when the data they
     /// select changed since.
-    fn kept_alignment(&self, job: &JobHandle, table: &Table) -> Result<Option<Table>, NodeError> {
+    fn kept_alignment(
+        &self,
+        job: &JobHandle,
+        dataset: &Staged,
+    ) -> Result<Option<Table>, NodeError> {
         let Some(bytes) = self.store.resume_part(job.id(), ALIGNED_PART)? else {
             return Ok(None);
         };
@@ -606,14 +624,16 @@ impl NodeState {
         if bytes.len() < 32 || (bytes.len() - 32) % 4 != 0 {
             return Err(cannot("its kept alignment is damaged"));
         }
-        let positions: Vec<usize> = bytes[32..]
+        let positions: Vec<u32> = bytes[32..]
             .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        if positions.iter().any(|&p| p >= table.rows()) {
+        if positions.iter().any(|&p| p as usize >= dataset.rows()) {
             return Err(cannot("its dataset changed since the job started"));
         }
-        let aligned = table.select_rows(&positions)?;
+        let aligned = dataset
+            .select(&positions)
+            .map_err(|_| cannot("its dataset changed since the job started"))?;
         if aligned.digest()[..] != bytes[..32] {
             return Err(cannot("its dataset changed since the job started"));
         }

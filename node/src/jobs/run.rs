@@ -7,10 +7,10 @@ use std::time::Instant;
 use fedlearn::{Event, GuestJob, HostJob, Message, Table, Transport};
 use serde_json::json;
 
-use crate::datasets::load_table;
 use crate::error::{NodeError, PeerFault, Refusal};
 use crate::jobs::link::Link;
 use crate::jobs::resume::{Alignment, Interruption};
+use crate::jobs::staged::Staged;
 use crate::jobs::{admission, psi, seeds};
 use crate::proto::JobProposal;
 use crate::registry::JobHandle;
@@ -42,10 +42,9 @@ impl NodeState {
                 spec
             }
         };
-        let table = load_table(&self.config(), &spec.dataset, true, &|c| {
-            spec.prep.reading(c)
-        })?;
-        let guest_features = spec.prep.columns_bound(&table) as u32;
+        let reading = |c: &str| spec.prep.reading(c);
+        let table = Staged::load(&self.config(), &spec.dataset, true, &reading, job.id())?;
+        let guest_features = spec.prep.columns_bound(table.schema()) as u32;
         let hosts: Vec<String> = spec.hosts.iter().map(|h| h.party.clone()).collect();
         let mut resumed = if restarted {
             let cause = format!("{} restarted", self.config().party);
@@ -78,7 +77,7 @@ impl NodeState {
         &self,
         job: &Arc<JobHandle>,
         spec: &JobSpec,
-        table: &Table,
+        table: &Staged,
         hosts: &[String],
         resumed: Option<Vec<crate::proto::ProposalReply>>,
         chosen: &[fedlearn::ChosenColumn],
@@ -283,9 +282,8 @@ impl NodeState {
                     ),
                 }
             })?;
-        let table = load_table(&self.config(), &proposal.dataset, false, &|c| {
-            prep.reading(c)
-        })?;
+        let reading = |c: &str| prep.reading(c);
+        let table = Staged::load(&self.config(), &proposal.dataset, false, &reading, job.id())?;
         let mut link = Link::for_attempt(self, job, proposal.attempt);
         let alignment = if proposal.attempt == 0 {
             Alignment::Fresh(self.host_align(job, &mut link, &table, guest, "training")?)
@@ -485,7 +483,7 @@ impl NodeState {
         &self,
         job: &Arc<JobHandle>,
         link: &mut Link<'_>,
-        table: &Table,
+        table: &Staged,
         hosts: &[String],
         state: &str,
     ) -> Result<Vec<u32>, NodeError> {
@@ -504,7 +502,7 @@ impl NodeState {
         &self,
         job: &Arc<JobHandle>,
         link: &mut Link<'_>,
-        table: &Table,
+        table: &Staged,
         guest: &str,
         state: &str,
     ) -> Result<Vec<u32>, NodeError> {

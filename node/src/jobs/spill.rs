@@ -1,20 +1,22 @@
-//! A party's ids split into a job's PSI parts, kept on disk under the node's `data_dir`: PSI
-//! reads one part at a time ([`psi::PartSource`]), so what it holds in memory is a part, not
-//! the party's whole set and its index by part.
+//! What a job keeps on disk under the node's `data_dir` while it runs: its dataset's rows
+//! ([`crate::jobs::staged`]) and its ids split into PSI's parts ([`SpilledParts`]). PSI reads
+//! one part at a time ([`psi::PartSource`]), so what it holds in memory is a part, not the
+//! party's whole set and its index by part.
 //!
-//! Layout: `<data_dir>/spill/<digest of the job id>-<split number>/bucket-NNN`, at most [`MAX_BUCKETS`]
-//! files (part p in bucket p mod buckets, so a node never holds more open files than that),
-//! each a sequence of records (part: u32, row: u32, id length: u16, id bytes), little-endian,
-//! in row order. Directory 0700 and files 0600 (ids are personal data); removed when the
-//! job's PSI ends, and at the node's start (a crashed job's attempt splits again).
+//! Layout: `<data_dir>/spill/<digest of the job id>-<number>/` ([`JobDir`]: 0700, files 0600,
+//! ids are personal data), removed when the job's use of it ends, and at the node's start (a
+//! crashed job's next attempt reads its dataset again). PSI's parts: at most [`MAX_BUCKETS`]
+//! files `bucket-NNN` (part p in bucket p mod buckets, so a node never holds more open files
+//! than that), each a sequence of records (part: u32, row: u32, id length: u16, id bytes),
+//! little-endian, in row order.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use psi::{DuplicatePolicy, PartIds, PartSource, PartitionKey, PsiError, MAX_ID_LEN, MAX_ROWS};
 use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::NodeError;
 
@@ -24,7 +26,7 @@ const MAX_BUCKETS: u32 = 256;
 /// Buffer per bucket while splitting (256 buckets: 16 MiB).
 const WRITE_BUFFER: usize = 64 << 10;
 
-/// Where jobs' parts are kept under `data_dir`.
+/// Where jobs' files are kept under `data_dir`.
 fn spill_root(data_dir: &Path) -> PathBuf {
     data_dir.join("spill")
 }
@@ -38,13 +40,84 @@ pub(crate) fn forget_spilled(data_dir: &Path) -> Result<(), NodeError> {
     }
 }
 
+/// A directory of one job under `<data_dir>/spill/`, private to this node's user (0700),
+/// removed with everything in it when dropped. Named by a digest of the job id (which comes
+/// from the guest: never a path) and a number of its own, so no two share files.
+#[derive(Debug)]
+pub(crate) struct JobDir(PathBuf);
+
+impl JobDir {
+    pub(crate) fn create(data_dir: &Path, job: &str) -> Result<JobDir, NodeError> {
+        static DIRS: AtomicU64 = AtomicU64::new(0);
+        let name: [u8; 32] = Sha256::new()
+            .chain_update(b"unseen spill v1")
+            .chain_update(job.as_bytes())
+            .finalize()
+            .into();
+        let number = DIRS.fetch_add(1, Ordering::Relaxed);
+        let dir = spill_root(data_dir).join(format!("{}-{number}", hex(&name[..12])));
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| NodeError::io(&dir, e))?;
+        Ok(JobDir(dir))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Creates file `name` in the directory, readable by this node's user only.
+    pub(crate) fn create_file(&self, name: &str) -> Result<(PathBuf, File), NodeError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.0.join(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| NodeError::io(&path, e))?;
+        Ok((path, file))
+    }
+}
+
+impl Drop for JobDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove a job's files");
+        }
+    }
+}
+
+/// A dataset's ids, row by row, as a job reads them.
+pub(crate) trait IdRows {
+    /// Hands every (row, id) to `visit`, in row order.
+    fn each_id(
+        &self,
+        visit: &mut dyn FnMut(u32, &str) -> Result<(), NodeError>,
+    ) -> Result<(), NodeError>;
+}
+
+/// Ids in memory, row by row (tests).
+#[cfg(test)]
+impl IdRows for Vec<String> {
+    fn each_id(
+        &self,
+        visit: &mut dyn FnMut(u32, &str) -> Result<(), NodeError>,
+    ) -> Result<(), NodeError> {
+        (self.iter().enumerate()).try_for_each(|(row, id)| visit(row as u32, id))
+    }
+}
+
 /// What reading a bucket does with each record: (part, row, id).
 type Take<'a> = dyn FnMut(u32, u32, &[u8]) -> Result<(), PsiError> + 'a;
 
 /// A party's ids of one job, split into parts on disk.
 #[derive(Debug)]
 pub(crate) struct SpilledParts {
-    dir: PathBuf,
+    dir: JobDir,
     buckets: u32,
     /// The number of parts.
     count: u32,
@@ -53,78 +126,45 @@ pub(crate) struct SpilledParts {
 }
 
 impl SpilledParts {
-    /// Splits `ids` (row by row) into `count` parts under `key`, in a fresh directory for
-    /// `job`, and counts each part's distinct ids under `policy`: repeats are refused or
-    /// dropped here, before any size leaves the node, as [`psi::Split`] does in memory.
-    pub(crate) fn split<'a>(
+    /// Splits `ids` into `count` parts under `key`, in a fresh directory for `job`, and
+    /// counts each part's distinct ids under `policy`: repeats are refused or dropped here,
+    /// before any size leaves the node, as [`psi::Split`] does in memory.
+    pub(crate) fn split(
         data_dir: &Path,
         job: &str,
-        ids: impl Iterator<Item = &'a str>,
+        ids: &dyn IdRows,
         key: &PartitionKey,
         count: u32,
         policy: DuplicatePolicy,
     ) -> Result<SpilledParts, NodeError> {
-        let name: [u8; 32] = Sha256::new()
-            .chain_update(b"unseen spill v1")
-            .chain_update(job.as_bytes())
-            .finalize()
-            .into();
-        // Job ids come from the guest: the directory is named by a digest, never by the id,
-        // and by a number of its own, so that no two splits share files.
-        static SPLITS: AtomicU64 = AtomicU64::new(0);
-        let number = SPLITS.fetch_add(1, Ordering::Relaxed);
-        let dir = spill_root(data_dir).join(format!("{}-{number}", hex(&name[..12])));
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| NodeError::io(&dir, e))?;
-        }
-        let buckets = count.clamp(1, MAX_BUCKETS);
         let mut spilled = SpilledParts {
-            dir,
-            buckets,
+            dir: JobDir::create(data_dir, job)?,
+            buckets: count.clamp(1, MAX_BUCKETS),
             count,
             sizes: Vec::new(),
             policy,
         };
-        spilled.write(ids, key, count)?;
-        spilled.sizes = spilled.count_distinct(count)?;
+        spilled.write(ids, key)?;
+        spilled.sizes = spilled.count_distinct()?;
         Ok(spilled)
     }
 
     fn bucket_path(&self, bucket: u32) -> PathBuf {
-        self.dir.join(format!("bucket-{bucket:03}"))
+        self.dir.path().join(format!("bucket-{bucket:03}"))
     }
 
-    fn write<'a>(
-        &self,
-        ids: impl Iterator<Item = &'a str>,
-        key: &PartitionKey,
-        count: u32,
-    ) -> Result<(), NodeError> {
+    fn write(&self, ids: &dyn IdRows, key: &PartitionKey) -> Result<(), NodeError> {
         let mut writers = Vec::with_capacity(self.buckets as usize);
         for bucket in 0..self.buckets {
-            let path = self.bucket_path(bucket);
-            let file = {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| NodeError::io(&path, e))?
-            };
+            let (path, file) = self.dir.create_file(&format!("bucket-{bucket:03}"))?;
             writers.push((path, BufWriter::with_capacity(WRITE_BUFFER, file)));
         }
         let mut rows = 0u64;
-        for id in ids {
-            if rows >= MAX_ROWS {
+        ids.each_id(&mut |row, id| {
+            if u64::from(row) >= MAX_ROWS {
                 return Err(PsiError::InputTooLarge {
                     what: "the number of rows",
-                    got: rows + 1,
+                    got: u64::from(row) + 1,
                     max: MAX_ROWS,
                 }
                 .into());
@@ -132,24 +172,25 @@ impl SpilledParts {
             let id = id.as_bytes();
             if id.len() > MAX_ID_LEN {
                 return Err(PsiError::IdTooLong {
-                    row: rows,
+                    row: u64::from(row),
                     len: id.len(),
                     max: MAX_ID_LEN,
                 }
                 .into());
             }
-            let part = key.part_of(count, id);
+            let part = key.part_of(self.count, id);
             let (path, writer) = &mut writers[(part % self.buckets) as usize];
             let mut record = [0u8; 10];
             record[..4].copy_from_slice(&part.to_le_bytes());
-            record[4..8].copy_from_slice(&(rows as u32).to_le_bytes());
+            record[4..8].copy_from_slice(&row.to_le_bytes());
             record[8..].copy_from_slice(&(id.len() as u16).to_le_bytes());
             (writer
                 .write_all(&record)
                 .and_then(|()| writer.write_all(id)))
             .map_err(|e| NodeError::io(&*path, e))?;
             rows += 1;
-        }
+            Ok(())
+        })?;
         if rows == 0 {
             return Err(PsiError::EmptyInput.into());
         }
@@ -195,7 +236,8 @@ impl SpilledParts {
     /// Each part's number of distinct ids, reading every bucket once (a bucket's parts at a
     /// time in memory); under [`DuplicatePolicy::Reject`] every repeat of the set is
     /// counted and the first ones named, as in memory.
-    fn count_distinct(&self, count: u32) -> Result<Vec<u64>, PsiError> {
+    fn count_distinct(&self) -> Result<Vec<u64>, PsiError> {
+        let count = self.count;
         let mut sizes = vec![0u64; count as usize];
         let mut repeats = 0u64;
         let mut examples = Vec::new();
@@ -269,14 +311,6 @@ impl PartSource for SpilledParts {
     }
 }
 
-impl Drop for SpilledParts {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove PSI's parts");
-        }
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -308,15 +342,8 @@ mod tests {
         for count in [1, 5, MAX_BUCKETS + 3] {
             let policy = DuplicatePolicy::KeepFirst;
             let memory = psi::Split::new(column.clone(), policy, &key, count).unwrap();
-            let disk = SpilledParts::split(
-                data.as_path(),
-                "job-1",
-                ids.iter().map(String::as_str),
-                &key,
-                count,
-                policy,
-            )
-            .unwrap();
+            let disk =
+                SpilledParts::split(data.as_path(), "job-1", &ids, &key, count, policy).unwrap();
             assert_eq!(disk.sizes(), memory.sizes());
             assert_eq!(disk.sizes().iter().sum::<u64>(), 700);
             for part in 0..count {
@@ -329,7 +356,7 @@ mod tests {
                 };
                 assert_eq!(texts(&a), texts(&b), "part {part}");
             }
-            let dir = disk.dir.clone();
+            let dir = disk.dir.path().to_owned();
             assert!(dir.starts_with(spill_root(data.as_path())));
             drop(disk);
             assert!(!dir.exists(), "the parts leave with the job");
@@ -337,7 +364,7 @@ mod tests {
         let refused = SpilledParts::split(
             data.as_path(),
             "job-2",
-            ids.iter().map(String::as_str),
+            &ids,
             &key,
             MAX_BUCKETS + 3,
             DuplicatePolicy::Reject,
@@ -349,13 +376,13 @@ mod tests {
         let odd = SpilledParts::split(
             data.as_path(),
             "../../outside",
-            ["a", "b"].into_iter(),
+            &vec!["a".to_owned(), "b".to_owned()],
             &key,
             1,
             DuplicatePolicy::Reject,
         )
         .unwrap();
-        assert!(odd.dir.starts_with(spill_root(data.as_path())));
+        assert!(odd.dir.path().starts_with(spill_root(data.as_path())));
         assert!(!data.as_path().parent().unwrap().join("outside").exists());
         drop(odd);
         std::fs::remove_dir_all(&data).unwrap();
@@ -368,15 +395,7 @@ mod tests {
         let ids = ids(300);
         let key = PartitionKey([1; 32]);
         let policy = DuplicatePolicy::KeepFirst;
-        let disk = SpilledParts::split(
-            data.as_path(),
-            "j",
-            ids.iter().map(String::as_str),
-            &key,
-            2,
-            policy,
-        )
-        .unwrap();
+        let disk = SpilledParts::split(data.as_path(), "j", &ids, &key, 2, policy).unwrap();
         let path = disk.bucket_path(1);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
