@@ -5,9 +5,11 @@
 //! `cargo bench --bench psi_scale -- --n 10000000 [--partition-rows N]` writes the three
 //! datasets, starts the nodes, submits a training job at the bank and times its PSI (from the
 //! submission to the bank's first training event, polled every 0.2 s) and prints each
-//! node's peak resident memory then (`VmHWM`: the process served only this job), then cancels
-//! the job. A node loads its dataset when the job starts, so the peak is the dataset (ids and
-//! one column) plus PSI.
+//! node's peak resident memory (`VmHWM`: the process served only this job) twice: once the
+//! bank reports 90% of PSI's batches done (PSI's own peak: reading the dataset into the job's
+//! file, splitting the parts, one part's session at a time) and when the bank starts
+//! training (the nodes are then reading the aligned rows back into memory), then cancels the
+//! job.
 //!
 //! With `--workers K`, every party also runs K workers (`unseen worker`, processes on the same
 //! loopback with their own certificates) that take the group operations of PSI from its node.
@@ -103,6 +105,18 @@ impl Drop for Nodes {
 }
 
 impl Nodes {
+    /// `unseen job watch JOB --json` at the bank, its events as lines.
+    fn watch(&self, job: &str) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_unseen"))
+            .args(["job", "watch", job, "--json"])
+            .env("UNSEEN_IDENTITY", self.dir.join("certs/modeller"))
+            .env("UNSEEN_NODE", format!("bank@{}", self.plan.listen["bank"]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unseen job watch")
+    }
+
     fn cli(&self, args: &[&str]) -> String {
         let output = Command::new(env!("CARGO_BIN_EXE_unseen"))
             .args(args)
@@ -229,6 +243,30 @@ fn main() {
     let started = Instant::now();
     let job = nodes.cli(&["job", "submit", spec.to_str().expect("path")]);
     let job = job.trim().to_owned();
+    let peaks = {
+        let pids = pids.clone();
+        move || -> BTreeMap<&'static str, f64> {
+            (PARTIES.iter())
+                .map(|p| (*p, memory(pids[*p], "VmHWM:")))
+                .collect()
+        }
+    };
+    // PSI's own peak: read when the bank's events report 90% of PSI's batches done.
+    let mut watch = nodes.watch(&job);
+    let events = std::io::BufReader::new(watch.stdout.take().expect("stdout"));
+    let in_psi = std::thread::spawn({
+        let peaks = peaks.clone();
+        move || {
+            use std::io::BufRead;
+            for line in events.lines().map_while(Result::ok) {
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if event["psi_progress"].as_f64() >= Some(0.9) {
+                    return Some(peaks());
+                }
+            }
+            None
+        }
+    });
     let aligned = loop {
         std::thread::sleep(Duration::from_millis(200));
         let status: serde_json::Value =
@@ -243,9 +281,10 @@ fn main() {
     let node_cpu = cpu(&node_pids) - cpu_before.0;
     let worker_cpu = cpu(&worker_pids) - cpu_before.1;
     let cpu_spent = node_cpu + worker_cpu;
-    let peak: BTreeMap<&str, f64> = (PARTIES.iter())
-        .map(|p| (*p, memory(pids[*p], "VmHWM:")))
-        .collect();
+    let peak = peaks();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let in_psi = in_psi.join().expect("watch").unwrap_or_default();
     let _ = nodes.cli(&["job", "cancel", &job]);
     println!("PSI through the nodes: {seconds:.1} s (to within 0.2 s), {aligned} rows aligned");
     println!(
@@ -255,8 +294,11 @@ fn main() {
     );
     for party in PARTIES {
         println!(
-            "{party:<10} peak RSS {:>7.0} MiB during the job's PSI (idle before: {:.0} MiB)",
-            peak[party], idle[party]
+            "{party:<10} peak RSS {:>7.0} MiB by 90% of PSI, {:>7.0} MiB when training starts \
+             (idle before: {:.0} MiB)",
+            in_psi.get(party).copied().unwrap_or(f64::NAN),
+            peak[party],
+            idle[party]
         );
     }
 }

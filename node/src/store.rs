@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::NodeError;
 use crate::sealing::StoreKey;
 
+/// Pages of the store kept in memory (redb's cache).
+const STORE_CACHE_BYTES: usize = 64 << 20;
+
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 /// What is left of a deleted model: who it was for and when it went (never its weights), so
@@ -272,10 +275,16 @@ impl Store {
         }
         #[cfg(not(unix))]
         std::fs::create_dir_all(data_dir).map_err(|e| NodeError::io(data_dir, e))?;
-        let db = Database::create(&path).map_err(|e| NodeError::Store {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        // redb caches up to 1 GiB of pages by default: a job's kept PSI parts (4 bytes per
+        // aligned row) would stay resident with the set's size. The store's hot data (jobs,
+        // events, model records) is small.
+        let db = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| NodeError::Store {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         let store = Store {
             db,
             path,

@@ -14,6 +14,7 @@ mod link;
 mod psi;
 mod resume;
 mod run;
+mod sealed;
 mod seeds;
 mod spill;
 mod staged;

@@ -3,28 +3,26 @@
 //! one part at a time ([`psi::PartSource`]), so what it holds in memory is a part, not the
 //! party's whole set and its index by part.
 //!
-//! Layout: `<data_dir>/spill/<digest of the job id>-<number>/` ([`JobDir`]: 0700, files 0600,
-//! ids are personal data), removed when the job's use of it ends, and at the node's start (a
-//! crashed job's next attempt reads its dataset again). PSI's parts: at most [`MAX_BUCKETS`]
+//! Layout: `<data_dir>/spill/<digest of the job id>-<number>/` ([`JobDir`]: 0700, files 0600),
+//! removed when the job's use of it ends, and at the node's start (a crashed job's next
+//! attempt reads its dataset again). Every file is sealed under a key of the directory's,
+//! kept in memory only ([`crate::jobs::sealed`]). PSI's parts: at most [`MAX_BUCKETS`]
 //! files `bucket-NNN` (part p in bucket p mod buckets, so a node never holds more open files
 //! than that), each a sequence of records (part: u32, row: u32, id length: u16, id bytes),
 //! little-endian, in row order.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use psi::{DuplicatePolicy, PartIds, PartSource, PartitionKey, PsiError, MAX_ID_LEN, MAX_ROWS};
 use sha2::{Digest, Sha256};
 
 use crate::error::NodeError;
+use crate::jobs::sealed::{FileKey, SealedReader, SealedWriter, Written};
 
 /// Most bucket files per job.
 const MAX_BUCKETS: u32 = 256;
-
-/// Buffer per bucket while splitting (256 buckets: 16 MiB).
-const WRITE_BUFFER: usize = 64 << 10;
 
 /// Where jobs' files are kept under `data_dir`.
 fn spill_root(data_dir: &Path) -> PathBuf {
@@ -43,8 +41,17 @@ pub(crate) fn forget_spilled(data_dir: &Path) -> Result<(), NodeError> {
 /// A directory of one job under `<data_dir>/spill/`, private to this node's user (0700),
 /// removed with everything in it when dropped. Named by a digest of the job id (which comes
 /// from the guest: never a path) and a number of its own, so no two share files.
-#[derive(Debug)]
-pub(crate) struct JobDir(PathBuf);
+pub(crate) struct JobDir {
+    path: PathBuf,
+    key: FileKey,
+    files: AtomicU32,
+}
+
+impl std::fmt::Debug for JobDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JobDir({})", self.path.display())
+    }
+}
 
 impl JobDir {
     pub(crate) fn create(data_dir: &Path, job: &str) -> Result<JobDir, NodeError> {
@@ -62,31 +69,34 @@ impl JobDir {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| NodeError::io(&dir, e))?;
-        Ok(JobDir(dir))
+        Ok(JobDir {
+            path: dir,
+            key: FileKey::random(),
+            files: AtomicU32::new(0),
+        })
     }
 
+    #[cfg(test)]
     pub(crate) fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 
-    /// Creates file `name` in the directory, readable by this node's user only.
-    pub(crate) fn create_file(&self, name: &str) -> Result<(PathBuf, File), NodeError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = self.0.join(name);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| NodeError::io(&path, e))?;
-        Ok((path, file))
+    /// Creates file `name` in the directory, sealed, readable by this node's user only.
+    pub(crate) fn create_file(&self, name: &str) -> Result<SealedWriter<'_>, NodeError> {
+        let file = self.files.fetch_add(1, Ordering::Relaxed);
+        self.key.create(self.path.join(name), file)
+    }
+
+    /// Reads back a file written whole by [`JobDir::create_file`].
+    pub(crate) fn open_file(&self, written: &Written) -> std::io::Result<SealedReader<'_>> {
+        self.key.open(written)
     }
 }
 
 impl Drop for JobDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove a job's files");
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(dir = %self.path.display(), error = %e, "cannot remove a job's files");
         }
     }
 }
@@ -118,6 +128,8 @@ type Take<'a> = dyn FnMut(u32, u32, &[u8]) -> Result<(), PsiError> + 'a;
 #[derive(Debug)]
 pub(crate) struct SpilledParts {
     dir: JobDir,
+    /// Bucket b's file.
+    files: Vec<Written>,
     buckets: u32,
     /// The number of parts.
     count: u32,
@@ -139,25 +151,21 @@ impl SpilledParts {
     ) -> Result<SpilledParts, NodeError> {
         let mut spilled = SpilledParts {
             dir: JobDir::create(data_dir, job)?,
+            files: Vec::new(),
             buckets: count.clamp(1, MAX_BUCKETS),
             count,
             sizes: Vec::new(),
             policy,
         };
-        spilled.write(ids, key)?;
+        spilled.files = spilled.write(ids, key)?;
         spilled.sizes = spilled.count_distinct()?;
         Ok(spilled)
     }
 
-    fn bucket_path(&self, bucket: u32) -> PathBuf {
-        self.dir.path().join(format!("bucket-{bucket:03}"))
-    }
-
-    fn write(&self, ids: &dyn IdRows, key: &PartitionKey) -> Result<(), NodeError> {
+    fn write(&self, ids: &dyn IdRows, key: &PartitionKey) -> Result<Vec<Written>, NodeError> {
         let mut writers = Vec::with_capacity(self.buckets as usize);
         for bucket in 0..self.buckets {
-            let (path, file) = self.dir.create_file(&format!("bucket-{bucket:03}"))?;
-            writers.push((path, BufWriter::with_capacity(WRITE_BUFFER, file)));
+            writers.push(self.dir.create_file(&format!("bucket-{bucket:03}"))?);
         }
         let mut rows = 0u64;
         ids.each_id(&mut |row, id| {
@@ -179,7 +187,7 @@ impl SpilledParts {
                 .into());
             }
             let part = key.part_of(self.count, id);
-            let (path, writer) = &mut writers[(part % self.buckets) as usize];
+            let writer = &mut writers[(part % self.buckets) as usize];
             let mut record = [0u8; 10];
             record[..4].copy_from_slice(&part.to_le_bytes());
             record[4..8].copy_from_slice(&row.to_le_bytes());
@@ -187,28 +195,24 @@ impl SpilledParts {
             (writer
                 .write_all(&record)
                 .and_then(|()| writer.write_all(id)))
-            .map_err(|e| NodeError::io(&*path, e))?;
+            .map_err(|e| NodeError::io(writer.path(), e))?;
             rows += 1;
             Ok(())
         })?;
         if rows == 0 {
             return Err(PsiError::EmptyInput.into());
         }
-        for (path, mut writer) in writers {
-            writer.flush().map_err(|e| NodeError::io(&path, e))?;
-        }
-        Ok(())
+        writers.into_iter().map(SealedWriter::finish).collect()
     }
 
     /// Reads one bucket, handing every record (part, row, id) to `take`; errors name `part`.
     fn read_bucket(&self, bucket: u32, part: u32, take: &mut Take<'_>) -> Result<(), PsiError> {
-        let path = self.bucket_path(bucket);
+        let written = &self.files[bucket as usize];
         let unreadable = |reason: String| PsiError::PartUnreadable {
             part,
-            reason: format!("{}: {reason}", path.display()),
+            reason: format!("{}: {reason}", written.path.display()),
         };
-        let file = File::open(&path).map_err(|e| unreadable(e.to_string()))?;
-        let mut input = BufReader::with_capacity(WRITE_BUFFER, file);
+        let mut input = (self.dir.open_file(written)).map_err(|e| unreadable(e.to_string()))?;
         let mut header = [0u8; 10];
         let mut id = Vec::with_capacity(MAX_ID_LEN);
         loop {
@@ -396,7 +400,7 @@ mod tests {
         let key = PartitionKey([1; 32]);
         let policy = DuplicatePolicy::KeepFirst;
         let disk = SpilledParts::split(data.as_path(), "j", &ids, &key, 2, policy).unwrap();
-        let path = disk.bucket_path(1);
+        let path = disk.files[1].path.clone();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         assert!(matches!(

@@ -9,23 +9,21 @@
 //! in the dictionary). Reading the source once also means the rows cannot change between
 //! PSI and training, whatever the source does meanwhile.
 
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::io::{Read, Write};
 
 use fedlearn::{Chunk, FedError, Ids, Reading, Table};
 use sha2::{Digest, Sha256};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::jobs::sealed::Written;
 use crate::jobs::spill::{IdRows, JobDir};
-
-const FILE: &str = "rows";
-const BUFFER: usize = 1 << 20;
 
 /// A job's dataset, its rows on disk.
 #[derive(Debug)]
 pub(crate) struct Staged {
     dir: JobDir,
+    file: Written,
     name: String,
     /// The columns the job uses (the dataset's `features`, when it names them), no rows.
     schema: Table,
@@ -49,8 +47,7 @@ impl Staged {
         job: &str,
     ) -> Result<Staged, NodeError> {
         let dir = JobDir::create(&config.data_dir, job)?;
-        let (path, file) = dir.create_file(FILE)?;
-        let mut output = BufWriter::with_capacity(BUFFER, file);
+        let mut output = dir.create_file("rows")?;
         let mut rows = 0usize;
         let mut digest = Sha256::new();
         digest.update(IDS_DOMAIN);
@@ -88,9 +85,8 @@ impl Staged {
         };
         let (read, features) =
             crate::datasets::read_chunks(config, name, with_labels, reading, &mut sink)?;
-        written
-            .and_then(|()| output.flush())
-            .map_err(|e| NodeError::io(&path, e))?;
+        written.map_err(|e| NodeError::io(output.path(), e))?;
+        let file = output.finish()?;
         let schema = match &features {
             Some(features) => {
                 let names: Vec<&str> = features.iter().map(String::as_str).collect();
@@ -111,6 +107,7 @@ impl Staged {
             .collect();
         Ok(Staged {
             dir,
+            file,
             name: name.to_owned(),
             schema,
             columns,
@@ -136,23 +133,18 @@ impl Staged {
         self.ids_digest
     }
 
-    fn path(&self) -> PathBuf {
-        self.dir.path().join(FILE)
-    }
-
     /// Reads every record in order, handing (row, id, record) to `visit`, which decodes the
     /// values it needs with [`Record`].
     fn each_record(
         &self,
         visit: &mut dyn FnMut(u32, &str, Record<'_>) -> Result<(), NodeError>,
     ) -> Result<(), NodeError> {
-        let path = self.path();
-        let file = std::fs::File::open(&path).map_err(|e| NodeError::io(&path, e))?;
-        let mut input = BufReader::with_capacity(BUFFER, file);
+        let path = &self.file.path;
+        let mut input = (self.dir.open_file(&self.file)).map_err(|e| NodeError::io(path, e))?;
         let fixed = 8 * (self.width + usize::from(self.labels));
         let mut id = Vec::with_capacity(256);
         let mut values = vec![0u8; fixed];
-        let damaged = |e: std::io::Error| NodeError::io(&path, e);
+        let damaged = |e: std::io::Error| NodeError::io(path, e);
         for row in 0..self.rows {
             let mut len = [0u8; 2];
             input.read_exact(&mut len).map_err(damaged)?;
@@ -363,8 +355,10 @@ mod tests {
         );
         assert!(staged.select(&[1, 1]).is_err());
         assert!(staged.select(&[rows as u32]).is_err());
-        let file = staged.path();
+        let file = staged.file.path.clone();
         assert!(file.exists());
+        let disk = std::fs::read(&file).unwrap();
+        assert!(!disk.windows(8).any(|w| w == b"sme-1234"), "sealed on disk");
         drop(staged);
         assert!(!file.exists(), "the job's copy goes with it");
         std::fs::remove_dir_all(&dir).unwrap();
