@@ -5,8 +5,8 @@
 //! `cargo bench --bench psi_scale -- --n 10000000 [--partition-rows N]` writes the three
 //! datasets, starts the nodes, submits a training job at the bank and times its PSI (from the
 //! submission to the bank's first training event, polled every 0.2 s) and prints each
-//! node's peak resident memory (`VmHWM`: the process served only this job) twice: once the
-//! bank reports 90% of PSI's batches done (PSI's own peak: reading the dataset into the job's
+//! node's peak resident memory (`VmHWM`: the process served only this job) twice: at the
+//! bank's first event reporting 90% or more of PSI's batches done (PSI's own peak: reading the dataset into the job's
 //! file, splitting the parts, one part's session at a time) and when the bank starts
 //! training (the nodes are then reading the aligned rows back into memory), then cancels the
 //! job.

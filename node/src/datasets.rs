@@ -54,19 +54,27 @@ fn read(
     keep_going: bool,
 ) -> Result<(Table, Vec<(String, String)>), NodeError> {
     let (table, bad_rows) = read_all(config, name, with_labels, reading, keep_going, None)?;
-    let table = match &config.datasets[name].features {
-        Some(features) => {
-            let names: Vec<&str> = features.iter().map(String::as_str).collect();
-            table
-                .select_columns(&names)
-                .map_err(|e| NodeError::Dataset {
-                    name: name.to_owned(),
-                    reason: e.to_string(),
-                })?
-        }
-        None => table,
+    let features = config.datasets[name].features.as_deref();
+    Ok((with_features(name, table, features)?, bad_rows))
+}
+
+/// `table` (of dataset `name`) with only the columns `features` names, in that order; all
+/// of them when it names none.
+pub(crate) fn with_features(
+    name: &str,
+    table: Table,
+    features: Option<&[String]>,
+) -> Result<Table, NodeError> {
+    let Some(features) = features else {
+        return Ok(table);
     };
-    Ok((table, bad_rows))
+    let names: Vec<&str> = features.iter().map(String::as_str).collect();
+    table
+        .select_columns(&names)
+        .map_err(|e| NodeError::Dataset {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// The dataset's table with every column read (or, with a `sink`, the columns alone and the

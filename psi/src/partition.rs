@@ -130,6 +130,12 @@ impl<I: IdSource> Split<I> {
         key: &PartitionKey,
         count: u32,
     ) -> Result<Split<I>, PsiError> {
+        if count == 0 || count > MAX_PARTITIONS {
+            return Err(PsiError::InvalidConfig {
+                field: "parts",
+                reason: format!("{count} parts is not in 1..={MAX_PARTITIONS}"),
+            });
+        }
         check_ids(&ids)?;
         let assigned: Vec<u32> = (0..ids.len())
             .into_par_iter()
@@ -274,9 +280,25 @@ impl FinishedPart {
     }
 }
 
-/// Rows of the whole column for rows of a part's column (`rows`: the part's rows).
-fn rows_of(rows: &[u32], local: &[u32]) -> Vec<u32> {
-    local.iter().map(|&r| rows[r as usize]).collect()
+/// Rows of the whole column for rows of part `part`'s column (`current`: the part whose
+/// session ran, and its rows).
+fn rows_of(
+    current: Option<(u32, Vec<u32>)>,
+    part: u32,
+    local: &[u32],
+) -> Result<Vec<u32>, PsiError> {
+    let wrong = || PsiError::InvalidConfig {
+        field: "part",
+        reason: format!("part {part}'s session did not start here"),
+    };
+    let rows = match current {
+        Some((running, rows)) if running == part => rows,
+        _ => return Err(wrong()),
+    };
+    local
+        .iter()
+        .map(|&r| rows.get(r as usize).copied().ok_or_else(wrong))
+        .collect()
 }
 
 /// Where a run is: the parts of the intersection, those still to run (in order), and the
@@ -463,8 +485,8 @@ pub struct PartitionedGuest<S: PartSource = Split> {
     /// Parts the guest finished in an earlier run under this plan, until the schedule.
     kept: Vec<FinishedPart>,
     progress: Option<Progress>,
-    /// The rows of the part whose session runs.
-    current: Vec<u32>,
+    /// The part whose session runs, and its rows.
+    current: Option<(u32, Vec<u32>)>,
 }
 
 impl<I: IdSource> PartitionedGuest<Split<I>> {
@@ -554,7 +576,7 @@ impl<S: PartSource> PartitionedGuest<S> {
             host_finished: vec![Vec::new(); hosts.len()],
             kept,
             progress: None,
-            current: Vec::new(),
+            current: None,
         })
     }
 
@@ -653,7 +675,7 @@ impl<S: PartSource> PartitionedGuest<S> {
         };
         let names: Vec<&str> = self.hosts.iter().map(String::as_str).collect();
         let PartIds { ids: column, rows } = self.parts.part(part)?;
-        self.current = rows;
+        self.current = Some((part, rows));
         // The part's rows are distinct already.
         let config = GuestConfig {
             duplicates: DuplicatePolicy::Reject,
@@ -685,7 +707,7 @@ impl<S: PartSource> PartitionedGuest<S> {
         let result = session.finish()?;
         let finished = FinishedPart {
             part,
-            rows: rows_of(&self.current, &result.output.aligned_rows),
+            rows: rows_of(self.current.take(), part, &result.output.aligned_rows)?,
             pairwise_sizes: result.output.pairwise_sizes,
         };
         progress.record(finished.clone());
@@ -737,8 +759,8 @@ pub struct PartitionedHost<S: PartSource = Split> {
     /// Parts this host finished in an earlier run under this plan, until the schedule.
     kept: Vec<FinishedPart>,
     progress: Option<Progress>,
-    /// The rows of the part whose session runs.
-    current: Vec<u32>,
+    /// The part whose session runs, and its rows.
+    current: Option<(u32, Vec<u32>)>,
 }
 
 impl<I: IdSource> PartitionedHost<Split<I>> {
@@ -826,7 +848,7 @@ impl<S: PartSource> PartitionedHost<S> {
             guest_sizes: plan.guest_sizes.clone(),
             kept,
             progress: None,
-            current: Vec::new(),
+            current: None,
         };
         Ok((host, reply))
     }
@@ -922,7 +944,7 @@ impl<S: PartSource> PartitionedHost<S> {
             });
         }
         let PartIds { ids: column, rows } = self.parts.part(part)?;
-        self.current = rows;
+        self.current = Some((part, rows));
         let (session, reply) = PsiHost::new(&self.guest, column, DuplicatePolicy::Reject, hello)?;
         Ok((session.within_partition(), reply))
     }
@@ -945,7 +967,7 @@ impl<S: PartSource> PartitionedHost<S> {
         let output = session.receive_alignment(alignment)?;
         let finished = FinishedPart {
             part,
-            rows: rows_of(&self.current, &output.aligned_rows),
+            rows: rows_of(self.current.take(), part, &output.aligned_rows)?,
             pairwise_sizes: Vec::new(),
         };
         progress.record(finished.clone());

@@ -105,11 +105,13 @@ impl NodeState {
         drop(wanted);
         keyed.sort_unstable();
         if keyed.len() != positions.len() || keyed.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err(fedlearn::FedError::Resume {
-                party: self.config().party.clone(),
-                reason: "its aligned rows cannot be put in the job's order".into(),
-            }
-            .into());
+            // Told to peers as bad data; the reason stays here.
+            return Err(NodeError::Dataset {
+                name: dataset.name().to_owned(),
+                reason: "its aligned rows cannot be put in the job's order (a row twice, or \
+                         two ids sharing a 128-bit order key)"
+                    .into(),
+            });
         }
         let ordered: Vec<u32> = keyed.into_iter().map(|(_, p)| p).collect();
         let aligned = dataset.select(&ordered)?;

@@ -4,7 +4,8 @@
 //! nobody can read them. A file is blocks of [`BLOCK`] plaintext bytes, each written as its
 //! sealed length (u32, little-endian) and the ciphertext with its tag; block `c` of file `f`
 //! is sealed under nonce (f, c), so no two blocks share a nonce and a block moved within or
-//! between files does not open.
+//! between files does not open; the reader expects the number of blocks written, so a file
+//! cut anywhere, even between blocks, is refused too.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -22,7 +23,7 @@ pub(crate) const BLOCK: usize = 64 << 10;
 pub(crate) struct FileKey(LessSafeKey);
 
 impl FileKey {
-    /// A fresh key from the operating system's generator.
+    /// A fresh key from `rand`'s generator (seeded from the operating system's).
     pub(crate) fn random() -> FileKey {
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
         rand::fill(&mut secret[..]);
@@ -57,6 +58,7 @@ impl FileKey {
             counter: 0,
             block: Vec::with_capacity(BLOCK + CHACHA20_POLY1305.tag_len()),
             at: 0,
+            blocks: written.blocks,
             input: File::open(&written.path)?,
         })
     }
@@ -85,6 +87,7 @@ pub(crate) struct SealedWriter<'k> {
 pub(crate) struct Written {
     pub(crate) path: PathBuf,
     file: u32,
+    blocks: u64,
 }
 
 impl SealedWriter<'_> {
@@ -116,6 +119,7 @@ impl SealedWriter<'_> {
         Ok(Written {
             path: self.path,
             file: self.file,
+            blocks: self.counter,
         })
     }
 }
@@ -144,6 +148,8 @@ pub(crate) struct SealedReader<'k> {
     counter: u64,
     block: Vec<u8>,
     at: usize,
+    /// Blocks the file was written with.
+    blocks: u64,
     input: File,
 }
 
@@ -151,18 +157,25 @@ impl SealedReader<'_> {
     /// Reads and opens the next block; false at the end of the file.
     fn next_block(&mut self) -> std::io::Result<bool> {
         let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-        let mut length = [0u8; 4];
-        match self.input.read_exact(&mut length) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(e),
+        if self.counter == self.blocks {
+            // Nothing may follow the last block written.
+            return match self.input.read(&mut [0u8; 1])? {
+                0 => Ok(false),
+                _ => Err(invalid("the file is longer than it was written")),
+            };
         }
+        let mut length = [0u8; 4];
+        let cut = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => invalid("the file is shorter than it was written"),
+            _ => e,
+        };
+        self.input.read_exact(&mut length).map_err(cut)?;
         let length = u32::from_le_bytes(length) as usize;
         if length > BLOCK + CHACHA20_POLY1305.tag_len() {
             return Err(invalid("a block is longer than blocks are"));
         }
         self.block.resize(length, 0);
-        self.input.read_exact(&mut self.block)?;
+        self.input.read_exact(&mut self.block).map_err(cut)?;
         let nonce = nonce(self.file, self.counter);
         self.counter += 1;
         let plain = (self.key.open_in_place(nonce, Aad::empty(), &mut self.block))
@@ -226,6 +239,19 @@ mod tests {
         assert!(read(&key, &written).is_err(), "swapped blocks");
         std::fs::write(&written.path, &disk[..disk.len() - 5]).unwrap();
         assert!(read(&key, &written).is_err(), "a cut block");
+        std::fs::write(&written.path, &disk[..3 * block]).unwrap();
+        assert!(read(&key, &written).is_err(), "the last block dropped");
+        std::fs::write(&written.path, [&disk[..], &disk[..block]].concat()).unwrap();
+        assert!(read(&key, &written).is_err(), "a block appended");
+        // A block of another file under the same key does not open in this one.
+        let mut other = key.create(dir.join("g"), 8).unwrap();
+        other.write_all(&text).unwrap();
+        let other = other.finish().unwrap();
+        let theirs = std::fs::read(&other.path).unwrap();
+        std::fs::write(&written.path, [&theirs[..block], &disk[block..]].concat()).unwrap();
+        assert!(read(&key, &written).is_err(), "a block from another file");
+        std::fs::write(&written.path, &disk).unwrap();
+        assert_eq!(read(&key, &written).unwrap(), text, "the file as written");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -163,6 +163,12 @@ impl SpilledParts {
     }
 
     fn write(&self, ids: &dyn IdRows, key: &PartitionKey) -> Result<Vec<Written>, NodeError> {
+        // One split at a time per node: at most MAX_BUCKETS files open for it, whatever the
+        // number of jobs (the descriptors' soft limit is often 1024).
+        static SPLITTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = SPLITTING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut writers = Vec::with_capacity(self.buckets as usize);
         for bucket in 0..self.buckets {
             writers.push(self.dir.create_file(&format!("bucket-{bucket:03}"))?);
@@ -216,11 +222,13 @@ impl SpilledParts {
         let mut header = [0u8; 10];
         let mut id = Vec::with_capacity(MAX_ID_LEN);
         loop {
-            match input.read_exact(&mut header) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            // The file ends only between records (the reader checks it ends where written).
+            match input.read(&mut header[..1]) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
                 Err(e) => return Err(unreadable(e.to_string())),
             }
+            (input.read_exact(&mut header[1..])).map_err(|e| unreadable(e.to_string()))?;
             let record = u32::from_le_bytes(header[..4].try_into().expect("four bytes"));
             if record % self.buckets != bucket || record >= self.count {
                 return Err(unreadable(format!(

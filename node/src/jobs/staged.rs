@@ -58,9 +58,6 @@ impl Staged {
             for (row, id) in chunk.ids.iter().enumerate() {
                 digest.update((id.len() as u64).to_le_bytes());
                 digest.update(id.as_bytes());
-                if written.is_err() {
-                    continue;
-                }
                 let Ok(len) = u16::try_from(id.len()) else {
                     return Err(FedError::Row {
                         source_name: name.to_owned(),
@@ -78,33 +75,35 @@ impl Staged {
                 for value in &chunk.values[row * width..(row + 1) * width] {
                     record.extend_from_slice(&value.to_le_bytes());
                 }
-                written = output.write_all(&record);
+                if let Err(e) = output.write_all(&record) {
+                    // Stops the read (a database's COPY too); the error said is this one.
+                    written = Err(e);
+                    return Err(FedError::Row {
+                        source_name: name.to_owned(),
+                        row: rows + 1,
+                        column: String::new(),
+                        reason: "the job's copy of the dataset cannot be written".into(),
+                    });
+                }
                 rows += 1;
             }
             Ok(())
         };
-        let (read, features) =
-            crate::datasets::read_chunks(config, name, with_labels, reading, &mut sink)?;
+        let read = crate::datasets::read_chunks(config, name, with_labels, reading, &mut sink);
         written.map_err(|e| NodeError::io(output.path(), e))?;
+        let (read, features) = read?;
         let file = output.finish()?;
-        let schema = match &features {
-            Some(features) => {
-                let names: Vec<&str> = features.iter().map(String::as_str).collect();
-                read.select_columns(&names)
-                    .map_err(|e| NodeError::Dataset {
-                        name: name.to_owned(),
-                        reason: e.to_string(),
-                    })?
-            }
-            None => read.clone(),
-        };
+        let schema = crate::datasets::with_features(name, read.clone(), features.as_deref())?;
         let columns = (schema.feature_names().iter())
             .map(|f| {
                 (read.feature_names().iter())
                     .position(|r| r == f)
-                    .unwrap_or(0)
+                    .ok_or_else(|| NodeError::Dataset {
+                        name: name.to_owned(),
+                        reason: format!("no column {f:?} was read"),
+                    })
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         Ok(Staged {
             dir,
             file,
@@ -125,6 +124,11 @@ impl Staged {
 
     pub(crate) fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// The dataset's name in this node's configuration.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// SHA-256 of the ids in row order (each length-prefixed), as PSI's kept plan names
