@@ -10,33 +10,29 @@ use rayon::prelude::*;
 use crate::entities::{EncryptedVector, MaskedColumns, SecretKey, SeededBlock};
 use crate::error::HeError;
 use crate::params::{check_params, signed_residue, Params};
-use crate::random::{csprng, fresh_seed, gaussian};
+use crate::random::{csprng, fresh_seed, gaussian_noise};
+use crate::wide::U192;
 
 impl SecretKey {
     /// Seeded encryption of up to N signed messages (already range-checked), Δ·m each.
-    pub(crate) fn encrypt_block(&self, values: &[i64]) -> SeededBlock {
-        let mut plain = vec![0u128; self.params.poly_size];
+    pub(crate) fn encrypt_block<T: Copy + Into<i128>>(&self, values: &[T]) -> SeededBlock {
+        let mut plain = vec![U192::ZERO; self.params.poly_size];
         for (p, &m) in plain.iter_mut().zip(values) {
-            *p = self.params.scale(m);
+            *p = self.params.scale(m.into());
         }
         self.encrypt_raw(plain)
     }
 
-    /// Seeded encryption of a polynomial given as raw coefficients of Z/2^128.
-    pub(crate) fn encrypt_raw(&self, plain: Vec<u128>) -> SeededBlock {
+    /// Seeded encryption of a polynomial given as raw coefficients of Z/2^192.
+    pub(crate) fn encrypt_raw(&self, plain: Vec<U192>) -> SeededBlock {
         // The mask comes from a fresh seed through tfhe's generator (so `SeededBlock::expand`
-        // regenerates it); a·s goes through our exact NTT product, which is much faster than
-        // tfhe's schoolbook/Karatsuba product at N = 8192; the noise is tfhe's Gaussian.
+        // regenerates it); a·s goes through our exact NTT product; the noise is tfhe's
+        // Gaussian.
         let n = self.params.poly_size;
         let seed = fresh_seed().0;
-        let (a, _) = SeededBlock {
-            seed,
-            body: vec![0; n],
-        }
-        .expand(n);
-        let a_s = self.ring.mul_wide_small(&a, &self.small_key());
-        let mut noise = vec![0u128; n];
-        csprng().fill_slice_with_random_from_distribution(&mut noise, gaussian(&self.params));
+        let a = SeededBlock::mask(seed, n);
+        let a_s = self.ring.mul_wide_small(&a, self.small_key());
+        let noise = gaussian_noise(&self.params, &mut csprng(), n);
         let body = a_s
             .iter()
             .zip(noise)
@@ -51,7 +47,13 @@ impl SecretKey {
     /// `bound` travels with the ciphertext in the clear (evaluators use it to refuse products
     /// that could wrap), so it must be a public bound — one the format of the values fixes —
     /// not the largest value of the data, which would reveal it.
-    pub fn encrypt(&self, values: &[i64], bound: i64) -> Result<EncryptedVector, HeError> {
+    ///
+    /// Values may be any integer type that widens to `i128` (`i64` columns, `i128` residues).
+    pub fn encrypt<T: Copy + Into<i128> + Sync>(
+        &self,
+        values: &[T],
+        bound: i128,
+    ) -> Result<EncryptedVector, HeError> {
         let max = self.params.max_message_abs();
         if !(0..=max).contains(&bound) {
             return Err(HeError::MessageOutOfRange {
@@ -60,13 +62,13 @@ impl SecretKey {
                 max,
             });
         }
-        if let Some(index) = values
-            .iter()
-            .position(|v| v.checked_abs().is_none_or(|a| a > bound))
-        {
+        if let Some(index) = values.iter().position(|&v| {
+            let v: i128 = v.into();
+            v.checked_abs().is_none_or(|a| a > bound)
+        }) {
             return Err(HeError::MessageOutOfRange {
                 index,
-                value: values[index],
+                value: values[index].into(),
                 max: bound,
             });
         }
@@ -85,7 +87,7 @@ impl SecretKey {
     }
 
     /// Decrypts a vector encrypted under this key.
-    pub fn decrypt(&self, vector: &EncryptedVector) -> Result<Vec<i64>, HeError> {
+    pub fn decrypt(&self, vector: &EncryptedVector) -> Result<Vec<i128>, HeError> {
         check_params(&self.params, vector.params_id, "encrypted vector")?;
         if vector.key != self.id {
             return Err(HeError::WrongKey {
@@ -93,29 +95,29 @@ impl SecretKey {
             });
         }
         let n = self.params.poly_size;
-        let blocks: Vec<Vec<i64>> = vector
+        let blocks: Vec<Vec<i128>> = vector
             .blocks
             .par_iter()
             .map(|block| {
                 let (a, b) = block.expand(n);
-                let a_s = self.ring.mul_wide_small(&a, &self.small_key());
+                let a_s = self.ring.mul_wide_small(&a, self.small_key());
                 b.iter()
                     .zip(&a_s)
                     .map(|(&b, &a_s)| {
-                        let residue = self.params.round(b.wrapping_sub(a_s));
+                        let residue = self.params.round(b.wrapping_sub(a_s), 0);
                         signed_residue(residue, self.params.message_bits)
                     })
                     .collect()
             })
             .collect();
-        let mut out: Vec<i64> = blocks.into_iter().flatten().collect();
+        let mut out: Vec<i128> = blocks.into_iter().flatten().collect();
         out.truncate(vector.len);
         Ok(out)
     }
 
     /// Decrypts masked results: each is (x_j^T v + r_j) mod 2^(p − levels), uniformly
     /// distributed.
-    pub fn decrypt_masked(&self, masked: &MaskedColumns) -> Result<Vec<u64>, HeError> {
+    pub fn decrypt_masked(&self, masked: &MaskedColumns) -> Result<Vec<u128>, HeError> {
         check_params(&self.params, masked.params_id, "masked columns")?;
         if masked.key != self.id {
             return Err(HeError::WrongKey {
@@ -124,10 +126,8 @@ impl SecretKey {
         }
         let n = self.params.poly_size;
         let spacing = n >> masked.levels;
-        let scale_bits = self.params.delta_bits() + masked.levels;
-        let bits = self.params.message_bits - masked.levels;
         let small_key = self.small_key();
-        let packed: Vec<Vec<u64>> = masked
+        let packed: Vec<Vec<u128>> = masked
             .packed
             .par_iter()
             .map(|(a, b)| {
@@ -138,13 +138,12 @@ impl SecretKey {
                         got: a.len(),
                     });
                 }
-                let a_s = self.ring.mul_wide_small(a, &small_key);
+                let a_s = self.ring.mul_wide_small(a, small_key);
                 Ok(b.iter()
                     .enumerate()
                     .map(|(slot, &b)| {
                         let noisy = b.wrapping_sub(a_s[slot * spacing]);
-                        let rounded = noisy.wrapping_add(1u128 << (scale_bits - 1)) >> scale_bits;
-                        (rounded as u64) & ((1u64 << bits) - 1)
+                        self.params.round(noisy, masked.levels)
                     })
                     .collect())
             })
@@ -155,7 +154,11 @@ impl SecretKey {
 
 impl EncryptedVector {
     /// Adds a plaintext vector to the encrypted one; the seeds stay valid.
-    pub fn add_plain(&mut self, params: &Params, values: &[i64]) -> Result<(), HeError> {
+    pub fn add_plain<T: Copy + Into<i128>>(
+        &mut self,
+        params: &Params,
+        values: &[T],
+    ) -> Result<(), HeError> {
         check_params(params, self.params_id, "encrypted vector")?;
         if values.len() != self.len {
             return Err(HeError::SizeMismatch {
@@ -176,7 +179,7 @@ impl EncryptedVector {
         let n = params.poly_size;
         for (block, chunk) in self.blocks.iter_mut().zip(values.chunks(n)) {
             for (b, &m) in block.body.iter_mut().zip(chunk) {
-                *b = b.wrapping_add(params.scale(m));
+                *b = b.wrapping_add(params.scale(m.into()));
             }
         }
         self.value_bound = bound;
@@ -185,10 +188,11 @@ impl EncryptedVector {
 }
 
 /// Checks every |m| against the plaintext space and returns the largest.
-fn check_messages(params: &Params, values: &[i64]) -> Result<i64, HeError> {
+fn check_messages<T: Copy + Into<i128>>(params: &Params, values: &[T]) -> Result<i128, HeError> {
     let max = params.max_message_abs();
-    let mut largest = 0i64;
+    let mut largest = 0i128;
     for (index, &value) in values.iter().enumerate() {
+        let value: i128 = value.into();
         if value.checked_abs().is_none_or(|a| a > max) {
             return Err(HeError::MessageOutOfRange { index, value, max });
         }

@@ -5,18 +5,19 @@
 
 use std::sync::Arc;
 
-use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed};
+use tfhe::core_crypto::commons::math::random::{RandomGenerator, Seed};
 use tfhe::core_crypto::prelude::*;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::params::Params;
 use crate::ring::{NttPoly, Ring};
+use crate::wide::U192;
 
 /// One ciphertext (a, b) with full coefficients.
-pub(crate) type Ciphertext = (Vec<u128>, Vec<u128>);
+pub(crate) type Ciphertext = (Vec<U192>, Vec<U192>);
 
 /// A packed result: the full mask polynomial and the body coefficients at the slots.
-pub(crate) type PackedResult = (Vec<u128>, Vec<u128>);
+pub(crate) type PackedResult = (Vec<U192>, Vec<U192>);
 
 /// Random identifier of a key pair, carried by every ciphertext so that objects of different
 /// keys are never combined silently.
@@ -27,22 +28,25 @@ pub struct KeyId(pub [u8; 16]);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SeededBlock {
     pub(crate) seed: u128,
-    pub(crate) body: Vec<u128>,
+    pub(crate) body: Vec<U192>,
 }
 
 impl SeededBlock {
-    /// (a, b) of a seeded block: a regenerated from the seed by tfhe's mask generator.
+    /// The uniform mask a of a seeded block, regenerated from its seed by tfhe's CSPRNG.
+    pub(crate) fn mask(seed: u128, n: usize) -> Vec<U192> {
+        let mut words = vec![0u64; 3 * n];
+        RandomGenerator::<DefaultRandomGenerator>::new(Seed(seed))
+            .fill_slice_with_random_uniform(&mut words);
+        words
+            .chunks_exact(3)
+            .map(|w| U192([w[0], w[1], w[2]]))
+            .collect()
+    }
+
+    /// (a, b) of a seeded block.
     pub(crate) fn expand(&self, n: usize) -> Ciphertext {
-        let seeded = SeededGlweCiphertext::from_container(
-            self.body.clone(),
-            GlweSize(2),
-            CompressionSeed::from(Seed(self.seed)),
-            CiphertextModulus::new_native(),
-        );
-        let full = seeded.decompress_into_glwe_ciphertext();
-        let (mask, body) = full.get_mask_and_body();
-        debug_assert_eq!(mask.as_ref().len(), n);
-        (mask.as_ref().to_vec(), body.as_ref().to_vec())
+        debug_assert_eq!(self.body.len(), n);
+        (Self::mask(self.seed, n), self.body.clone())
     }
 }
 
@@ -53,7 +57,8 @@ pub struct SecretKey {
     pub(crate) params: Params,
     #[zeroize(skip)]
     pub(crate) id: KeyId,
-    pub(crate) coefficients: Vec<u128>,
+    /// Binary coefficients (0 or 1).
+    pub(crate) coefficients: Vec<i64>,
     #[zeroize(skip)]
     pub(crate) ring: Arc<Ring>,
 }
@@ -71,8 +76,8 @@ impl SecretKey {
     }
 
     /// The secret's binary coefficients as small signed integers, for the NTT product.
-    pub(crate) fn small_key(&self) -> Vec<i64> {
-        self.coefficients.iter().map(|&c| c as i64).collect()
+    pub(crate) fn small_key(&self) -> &[i64] {
+        &self.coefficients
     }
 }
 
@@ -83,7 +88,7 @@ pub struct PublicKey {
     pub(crate) params_id: u8,
     pub(crate) id: KeyId,
     pub(crate) seed: u128,
-    pub(crate) body: Vec<u128>,
+    pub(crate) body: Vec<U192>,
 }
 
 impl PublicKey {
@@ -123,7 +128,7 @@ impl PackingKey {
     }
 }
 
-/// A vector of encrypted integers, packed N per ciphertext (≈16 bytes per value on the wire).
+/// A vector of encrypted integers, packed N per ciphertext (≈24 bytes per value on the wire).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncryptedVector {
     pub(crate) params_id: u8,
@@ -131,7 +136,7 @@ pub struct EncryptedVector {
     pub(crate) len: usize,
     /// Public bound on |value|, declared at encryption and updated by additions; the evaluator
     /// uses it to refuse products that could wrap.
-    pub(crate) value_bound: i64,
+    pub(crate) value_bound: i128,
     pub(crate) blocks: Vec<SeededBlock>,
 }
 
@@ -147,14 +152,14 @@ impl EncryptedVector {
     }
 
     /// The declared bound on |value|.
-    pub fn value_bound(&self) -> i64 {
+    pub fn value_bound(&self) -> i128 {
         self.value_bound
     }
 
-    /// Bytes of ciphertext payload that cross the wire: a 16-byte seed and N 16-byte body
+    /// Bytes of ciphertext payload that cross the wire: a 16-byte seed and N 24-byte body
     /// coefficients per block.
     pub fn payload_bytes(&self) -> usize {
-        self.blocks.iter().map(|b| 16 + 16 * b.body.len()).sum()
+        self.blocks.iter().map(|b| 16 + 24 * b.body.len()).sum()
     }
 }
 
@@ -244,7 +249,7 @@ pub struct EncryptedColumns {
     pub(crate) params_id: u8,
     pub(crate) key: KeyId,
     /// Public bound on every |x_j^T v|.
-    pub(crate) bound: i64,
+    pub(crate) bound: i128,
     pub(crate) columns: Vec<Ciphertext>,
 }
 
@@ -261,13 +266,13 @@ impl EncryptedColumns {
 
     /// The public bound on every |result|: the vector's declared bound × the largest column
     /// l1 norm. It decides how many results [`PublicKey::mask_and_flood`] packs together.
-    pub fn bound(&self) -> i64 {
+    pub fn bound(&self) -> i128 {
         self.bound
     }
 
     /// Declares a larger bound, e.g. when the key owner will add these results to other
     /// evaluators' (see [`Masks::sum`]): every evaluator then packs alike and the sum fits.
-    pub fn widen_bound(&mut self, bound: i64) {
+    pub fn widen_bound(&mut self, bound: i128) {
         self.bound = self.bound.max(bound);
     }
 }
@@ -323,7 +328,7 @@ impl MaskedColumns {
 
     /// Bytes per released coefficient on the wire.
     pub(crate) fn coefficient_bytes(&self) -> usize {
-        Params::by_id(self.params_id).map_or(16, |p| p.released_bits as usize / 8)
+        Params::by_id(self.params_id).map_or(24, |p| p.released_bits as usize / 8)
     }
 }
 
@@ -332,7 +337,7 @@ impl MaskedColumns {
 pub struct Masks {
     #[zeroize(skip)]
     pub(crate) message_bits: u32,
-    pub(crate) values: Vec<u64>,
+    pub(crate) values: Vec<u128>,
 }
 
 impl std::fmt::Debug for Masks {

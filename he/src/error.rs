@@ -22,9 +22,9 @@ pub enum HeError {
         /// Position in the input.
         index: usize,
         /// The value.
-        value: i64,
+        value: i128,
         /// The bound.
-        max: i64,
+        max: i128,
     },
     /// A matrix entry outside the supported range.
     #[error(

@@ -3,28 +3,33 @@
 
 use rayon::prelude::*;
 use tfhe::core_crypto::prelude::*;
+use zeroize::Zeroize;
 
 use crate::entities::{KeyId, PackingKey, PublicKey, SecretKey};
 use crate::error::HeError;
-use crate::pack::{automorphism, digit_weight};
+use crate::pack::{automorphism, digit_weight_bits};
 use crate::params::Params;
 use crate::random::fresh_seed;
 use crate::ring::ring_for;
+use crate::wide::U192;
 
 impl SecretKey {
     /// A fresh key pair from the operating system's entropy (through tfhe's seeder and CSPRNG).
     pub fn generate(params: &Params) -> (SecretKey, PublicKey) {
         let n = params.poly_size;
         let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(fresh_seed());
-        let glwe: GlweSecretKey<Vec<u128>> = allocate_and_generate_new_binary_glwe_secret_key(
+        let glwe: GlweSecretKey<Vec<u64>> = allocate_and_generate_new_binary_glwe_secret_key(
             GlweDimension(1),
             PolynomialSize(n),
             &mut secret_gen,
         );
+        let mut bits = glwe.into_container();
+        let coefficients = bits.iter().map(|&b| b as i64).collect();
+        bits.zeroize();
         let secret = SecretKey {
             params: *params,
             id: KeyId(fresh_seed().0.to_le_bytes()),
-            coefficients: glwe.into_container(),
+            coefficients,
             ring: ring_for(params),
         };
         let zeros = vec![0i64; n];
@@ -51,11 +56,12 @@ impl SecretKey {
         let blocks = (1..=levels)
             .into_par_iter()
             .map(|level| {
-                let rotated = automorphism(&self.coefficients, (1 << level) + 1);
+                let wide: Vec<U192> = self.coefficients.iter().map(|&c| U192::from_i64(c)).collect();
+                let rotated = automorphism(&wide, (1 << level) + 1);
                 (0..self.params.ks_digits as usize)
                     .map(|digit| {
-                        let weight = digit_weight(&self.params, digit);
-                        self.encrypt_raw(rotated.iter().map(|c| c.wrapping_mul(weight)).collect())
+                        let weight = digit_weight_bits(&self.params, digit);
+                        self.encrypt_raw(rotated.iter().map(|c| c.shl(weight)).collect())
                     })
                     .collect()
             })

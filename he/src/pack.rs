@@ -14,7 +14,7 @@
 //! τ_t(s); a key-switching key brings it back to s. A missing half needs no automorphism: the
 //! garbage outside the slots is never released, so `2·E` (or `2·X^(N/2^ℓ)·O`) is enough.
 //!
-//! With q = 2^128 the factor 2^ℓ cannot be divided out, so the scale grows from Δ to 2^ℓ·Δ and
+//! With q = 2^192 the factor 2^ℓ cannot be divided out, so the scale grows from Δ to 2^ℓ·Δ and
 //! results live modulo 2^(p−ℓ): the evaluator picks ℓ so that they still fit (see
 //! `PublicKey::mask_and_flood`). Key switching decomposes the top `ks_digits·ks_digit_bits` bits
 //! of the mask in balanced base 2^`ks_digit_bits`.
@@ -25,6 +25,7 @@ use crate::entities::{Ciphertext, KeyId, PackingKey, SeededBlock};
 use crate::error::HeError;
 use crate::params::Params;
 use crate::ring::{NttPoly, Ring};
+use crate::wide::U192;
 
 impl PackingKey {
     pub(crate) fn new(
@@ -88,12 +89,12 @@ impl PackingKey {
             (Some((ea, eb)), Some((oa, ob))) => {
                 let (xa, xb) = (monomial(&oa, shift), monomial(&ob, shift));
                 let t = (1usize << level) + 1;
-                let diff_a: Vec<u128> = ea
+                let diff_a: Vec<U192> = ea
                     .iter()
                     .zip(&xa)
                     .map(|(e, x)| e.wrapping_sub(*x))
                     .collect();
-                let diff_b: Vec<u128> = eb
+                let diff_b: Vec<U192> = eb
                     .iter()
                     .zip(&xb)
                     .map(|(e, x)| e.wrapping_sub(*x))
@@ -105,7 +106,7 @@ impl PackingKey {
                     &automorphism(&diff_a, t),
                     automorphism(&diff_b, t),
                 );
-                let sum = |e: &[u128], x: &[u128], s: &[u128]| -> Vec<u128> {
+                let sum = |e: &[U192], x: &[U192], s: &[U192]| -> Vec<U192> {
                     e.iter()
                         .zip(x)
                         .zip(s)
@@ -123,8 +124,8 @@ impl PackingKey {
         params: &Params,
         ring: &Ring,
         level: usize,
-        a: &[u128],
-        mut b: Vec<u128>,
+        a: &[U192],
+        mut b: Vec<U192>,
     ) -> Ciphertext {
         let n = params.poly_size;
         let digits = decompose(params, a);
@@ -136,7 +137,7 @@ impl PackingKey {
         }
         // Σ d_i·(b_i − a_i·s) = τ(a)·τ(s) + small, so b − Σ d_i·b_i and −Σ d_i·a_i decrypt
         // under s to the phase τ(b) − τ(a)·τ(s).
-        let a_out: Vec<u128> = ring
+        let a_out: Vec<U192> = ring
             .inverse(acc_a)
             .iter()
             .map(|x| x.wrapping_neg())
@@ -148,14 +149,14 @@ impl PackingKey {
     }
 }
 
-fn twice(poly: &[u128]) -> Vec<u128> {
+fn twice(poly: &[U192]) -> Vec<U192> {
     poly.iter().map(|c| c.wrapping_add(*c)).collect()
 }
 
 /// X^shift · poly in Z_q[X]/(X^N + 1), 0 ≤ shift < N.
-pub(crate) fn monomial(poly: &[u128], shift: usize) -> Vec<u128> {
+pub(crate) fn monomial(poly: &[U192], shift: usize) -> Vec<U192> {
     let n = poly.len();
-    let mut out = vec![0u128; n];
+    let mut out = vec![U192::ZERO; n];
     for (k, &c) in poly.iter().enumerate() {
         let e = k + shift;
         if e < n {
@@ -168,9 +169,9 @@ pub(crate) fn monomial(poly: &[u128], shift: usize) -> Vec<u128> {
 }
 
 /// τ_t(poly): X ↦ X^t for odd t.
-pub(crate) fn automorphism(poly: &[u128], t: usize) -> Vec<u128> {
+pub(crate) fn automorphism(poly: &[U192], t: usize) -> Vec<U192> {
     let n = poly.len();
-    let mut out = vec![0u128; n];
+    let mut out = vec![U192::ZERO; n];
     for (k, &c) in poly.iter().enumerate() {
         let e = (k * t) % (2 * n);
         if e < n {
@@ -182,25 +183,26 @@ pub(crate) fn automorphism(poly: &[u128], t: usize) -> Vec<u128> {
     out
 }
 
-/// Weight of key-switching digit i (least significant first): 2^(128 − digits·bits + i·bits).
-pub(crate) fn digit_weight(params: &Params, i: usize) -> u128 {
-    1u128 << (128 - params.ks_digits * params.ks_digit_bits + i as u32 * params.ks_digit_bits)
+/// log2 of the weight of key-switching digit i (least significant first):
+/// 192 − digits·bits + i·bits.
+pub(crate) fn digit_weight_bits(params: &Params, i: usize) -> u32 {
+    U192::BITS - params.ks_digits * params.ks_digit_bits + i as u32 * params.ks_digit_bits
 }
 
 /// Balanced base-2^bits digits of the top digits·bits bits of every coefficient (rounded).
-fn decompose(params: &Params, a: &[u128]) -> Vec<Vec<i64>> {
+fn decompose(params: &Params, a: &[U192]) -> Vec<Vec<i64>> {
     let bits = params.ks_digit_bits;
-    let drop = 128 - params.ks_digits * bits;
+    let drop = U192::BITS - params.ks_digits * bits;
     let base = 1i64 << bits;
     let mut digits = vec![vec![0i64; a.len()]; params.ks_digits as usize];
     for (k, &c) in a.iter().enumerate() {
-        let mut v = c.wrapping_add(1u128 << (drop - 1)) >> drop;
+        let mut v = c.wrapping_add(U192::from_u128(1).shl(drop - 1)).shr(drop);
         for digit in digits.iter_mut() {
-            let mut d = (v & (base as u128 - 1)) as i64;
-            v >>= bits;
+            let mut d = (v.0[0] & (base as u64 - 1)) as i64;
+            v = v.shr(bits);
             if d >= base / 2 {
                 d -= base;
-                v += 1;
+                v = v.wrapping_add(U192::from_u128(1));
             }
             digit[k] = d;
         }
@@ -221,21 +223,28 @@ pub(crate) fn check_key(params: &Params, key: KeyId, packing: &PackingKey) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::N8192_Q128;
+    use crate::params::N8192_Q192;
 
     #[test]
     fn decomposition_recomposes_the_top_bits() {
-        let params = N8192_Q128;
-        let a: Vec<u128> = (0..64u128)
-            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) ^ (i << 100))
+        let params = N8192_Q192;
+        let a: Vec<U192> = (0..64u64)
+            .map(|i| {
+                U192([
+                    i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    i.wrapping_mul(0xf39c_c060_5ced_c835),
+                    (i << 40) ^ i.wrapping_mul(0x2545_f491_4f6c_dd1d),
+                ])
+            })
+            .chain([U192([u64::MAX; 3]), U192::ZERO, U192([0, 0, 1 << 63])])
             .collect();
         let digits = decompose(&params, &a);
-        let drop = 128 - params.ks_digits * params.ks_digit_bits;
+        let drop = U192::BITS - params.ks_digits * params.ks_digit_bits;
         for (k, &c) in a.iter().enumerate() {
-            let recomposed = digits.iter().enumerate().fold(0u128, |acc, (i, d)| {
-                acc.wrapping_add((d[k] as i128 as u128).wrapping_mul(digit_weight(&params, i)))
+            let recomposed = digits.iter().enumerate().fold(U192::ZERO, |acc, (i, d)| {
+                acc.wrapping_add(U192::from_i64(d[k]).shl(digit_weight_bits(&params, i)))
             });
-            let error = c.wrapping_sub(recomposed) as i128;
+            let error = c.wrapping_sub(recomposed).to_i128().expect("a small error");
             assert!(error.unsigned_abs() <= 1u128 << (drop - 1), "{k}: {error}");
             assert!(digits
                 .iter()
@@ -246,7 +255,7 @@ mod tests {
     #[test]
     fn automorphisms_compose_and_fix_the_slots() {
         let n = 16;
-        let poly: Vec<u128> = (1..=n as u128).collect();
+        let poly: Vec<U192> = (1..=n as u128).map(U192::from_u128).collect();
         // τ_3 then its inverse τ_11 (3·11 = 33 ≡ 1 mod 32) is the identity.
         assert_eq!(automorphism(&automorphism(&poly, 3), 11), poly);
         // τ_(2^ℓ+1) maps slot j·N/2^ℓ to itself with sign (−1)^j.

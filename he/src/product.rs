@@ -1,5 +1,5 @@
 //! Encrypted vector × plaintext matrix: X^T v for a host's [`PreparedMatrix`] X, and C^T v for
-//! the key owner's [`PreparedColumns`] C. Products are exact in Z/2^128 (the NTT and CRT of
+//! the key owner's [`PreparedColumns`] C. Products are exact in Z/2^192 (the NTT and CRT of
 //! `ring`) and accumulate over blocks in the NTT domain.
 
 use rayon::prelude::*;
@@ -170,7 +170,7 @@ impl PublicKey {
         &self,
         params: &Params,
         vector: &PreparedColumns,
-        bound: i64,
+        bound: i128,
         matrix: &PreparedMatrix,
     ) -> Result<EncryptedColumns, HeError> {
         check_params(params, self.params_id, "public key")?;
@@ -196,20 +196,22 @@ impl PublicKey {
         &self,
         params: &Params,
         transformed: &[(NttPoly, NttPoly)],
-        bound: i64,
+        bound: i128,
         matrix: &PreparedMatrix,
     ) -> Result<EncryptedColumns, HeError> {
-        let worst = matrix.column_l1.iter().copied().max().unwrap_or(0) as f64 * bound as f64;
-        if worst > params.max_message_abs() as f64 {
+        let l1 = matrix.column_l1.iter().copied().max().unwrap_or(0);
+        // Saturating: a worst case beyond i128 is refused like any other that does not fit.
+        let worst = i128::from(l1).saturating_mul(bound.max(0));
+        if worst > params.max_message_abs() {
             return Err(HeError::ProductTooLarge {
-                bits: worst.log2(),
+                bits: (worst as f64).log2(),
                 message_bits: params.message_bits,
             });
         }
         let n = params.poly_size;
         let blocks = matrix.rows.div_ceil(n);
         // The exact integer accumulation must stay below the CRT range.
-        debug_assert!(((blocks * n) as f64).log2() + 127.0 + 15.0 < f64::from(MAX_PRODUCT_BITS));
+        debug_assert!(((blocks * n) as f64).log2() + 191.0 + 15.0 < f64::from(MAX_PRODUCT_BITS));
         let ring = &matrix.ring;
         let columns = (0..matrix.columns)
             .into_par_iter()
@@ -221,7 +223,7 @@ impl PublicKey {
         Ok(EncryptedColumns {
             params_id: params.id,
             key: self.id,
-            bound: worst as i64,
+            bound: worst,
             columns,
         })
     }
@@ -293,7 +295,7 @@ impl PublicKey {
         params: &Params,
         columns: &PreparedColumns,
         vector: &PreparedMatrix,
-        bound: i64,
+        bound: i128,
     ) -> Result<EncryptedColumns, HeError> {
         check_params(params, self.params_id, "public key")?;
         check_params(params, columns.params_id, "prepared columns")?;

@@ -5,6 +5,7 @@ use tfhe::core_crypto::commons::math::random::{RandomGenerator, Seed};
 use tfhe::core_crypto::prelude::*;
 
 use crate::params::Params;
+use crate::wide::U192;
 
 /// A 128-bit seed from tfhe's seeder (RDSEED where the CPU has it) mixed with the operating
 /// system's generator: unpredictable as long as either source is.
@@ -22,7 +23,22 @@ pub(crate) fn csprng() -> RandomGenerator<DefaultRandomGenerator> {
 }
 
 /// The encryption noise: tfhe's Gaussian of standard deviation `params.noise_std`.
-pub(crate) fn gaussian(params: &Params) -> Gaussian<f64> {
-    // tfhe expresses the standard deviation relative to q = 2^128.
-    Gaussian::from_dispersion_parameter(StandardDev(params.noise_std * 2f64.powi(-128)), 0.0)
+fn gaussian(params: &Params) -> Gaussian<f64> {
+    // tfhe expresses the standard deviation relative to the modulus of the integers it draws,
+    // here 2^64.
+    Gaussian::from_dispersion_parameter(StandardDev(params.noise_std * 2f64.powi(-64)), 0.0)
+}
+
+/// `count` draws of the encryption noise, as coefficients of Z/2^192.
+pub(crate) fn gaussian_noise(
+    params: &Params,
+    rng: &mut RandomGenerator<DefaultRandomGenerator>,
+    count: usize,
+) -> Vec<U192> {
+    let mut noise = vec![0u64; count];
+    rng.fill_slice_with_random_from_distribution(&mut noise, gaussian(params));
+    noise
+        .into_iter()
+        .map(|e| U192::from_i64(e as i64))
+        .collect()
 }

@@ -1,7 +1,7 @@
 //! Release: what an evaluator sends the key owner instead of X^T v. The results are packed
 //! (see `pack`), masked with uniform r_j that only the evaluator keeps (its [`Masks`]),
 //! re-randomised under the owner's public key and flooded; the crate docs outline the steps and
-//! [`N8192_Q128`](crate::N8192_Q128) gives the flooding argument.
+//! [`N8192_Q192`](crate::N8192_Q192) gives the flooding argument.
 
 use rayon::prelude::*;
 
@@ -12,7 +12,8 @@ use crate::entities::{
 use crate::error::HeError;
 use crate::pack::check_key;
 use crate::params::{check_params, signed_residue, Params};
-use crate::random::{csprng, gaussian};
+use crate::random::{csprng, gaussian_noise};
+use crate::wide::U192;
 use crate::ring::ring_for;
 
 impl PublicKey {
@@ -67,7 +68,7 @@ impl PublicKey {
             });
         }
         // Results must stay below 2^(p−1−ℓ) once packing has multiplied them by 2^ℓ.
-        let result_bits = 64 - (columns.bound.max(1) as u64).leading_zeros();
+        let result_bits = 128 - (columns.bound.max(1) as u128).leading_zeros();
         let fits = (params.message_bits - 1).saturating_sub(result_bits);
         let wanted = count.next_power_of_two().trailing_zeros();
         let levels = packing.levels().min(wanted).min(fits);
@@ -86,11 +87,10 @@ impl PublicKey {
         // The public key is the same for every packed ciphertext: transform it once.
         let (a_pk, b_pk) = (ring.forward_wide(&a_pk), ring.forward_wide(&b_pk));
         let bits = params.message_bits - levels;
-        let message_mask = (1u64 << bits) - 1;
-        let scale_bits = params.delta_bits() + levels;
+        let message_mask = (1u128 << bits) - 1;
         let flood_span = 1u128 << (flood_bits + levels + 1);
         let spacing = n >> levels;
-        let results: Vec<(PackedResult, Vec<u64>)> = groups
+        let results: Vec<(PackedResult, Vec<u128>)> = groups
             .into_par_iter()
             .map(|group_items| {
                 let present = group_items.iter().filter(|c| c.is_some()).count();
@@ -98,42 +98,39 @@ impl PublicKey {
                     .pack(params, &ring, group_items)
                     .expect("every group holds at least one column");
                 let mut rng = csprng();
-                let mut u = vec![0u128; n];
+                let mut u = vec![0u64; n];
                 rng.fill_slice_with_random_uniform_binary(&mut u);
                 let u_small: Vec<i64> = u.iter().map(|&c| c as i64).collect();
-                let mut e1 = vec![0u128; n];
-                rng.fill_slice_with_random_from_distribution(&mut e1, gaussian(params));
+                let e1 = gaussian_noise(params, &mut rng, n);
                 let u = ring.forward_small(&u_small);
                 let (u_a, u_b) = (ring.product(&a_pk, &u), ring.product(&b_pk, &u));
-                let fresh_a: Vec<u128> = a
+                let fresh_a: Vec<U192> = a
                     .iter()
                     .zip(&u_a)
                     .zip(&e1)
-                    .map(|((&x, &y), &z)| {
-                        Params::round_to_top(x.wrapping_add(y).wrapping_add(z), released_bits)
-                    })
+                    .map(|((&x, &y), &z)| x.wrapping_add(y).wrapping_add(z).round_to_top(released_bits))
                     .collect();
+                let e2 = gaussian_noise(params, &mut rng, present);
                 let mut masks = Vec::with_capacity(present);
-                let slots: Vec<u128> = (0..present)
+                let slots: Vec<U192> = (0..present)
                     .map(|slot| {
                         let position = slot * spacing;
-                        let e2: u128 = rng.random_from_distribution(gaussian(params));
-                        let flood = (rng.random_uniform::<u128>() % flood_span)
-                            .wrapping_sub(flood_span / 2);
-                        let r = rng.random_uniform::<u64>() & message_mask;
+                        let flood = (rng.random_uniform::<u128>() & (flood_span - 1)) as i128
+                            - (flood_span / 2) as i128;
+                        let r = rng.random_uniform::<u128>() & message_mask;
                         masks.push(r);
-                        let value = b[position]
+                        b[position]
                             .wrapping_add(u_b[position])
-                            .wrapping_add(e2)
-                            .wrapping_add(flood)
-                            .wrapping_add(u128::from(r) << scale_bits);
-                        Params::round_to_top(value, released_bits)
+                            .wrapping_add(e2[slot])
+                            .wrapping_add(U192::from_i128(flood))
+                            .wrapping_add(params.scale_residue(r, levels))
+                            .round_to_top(released_bits)
                     })
                     .collect();
                 ((fresh_a, slots), masks)
             })
             .collect();
-        let (packed, values): (Vec<_>, Vec<Vec<u64>>) = results.into_iter().unzip();
+        let (packed, values): (Vec<_>, Vec<Vec<u128>>) = results.into_iter().unzip();
         Ok((
             MaskedColumns {
                 params_id: params.id,
@@ -155,8 +152,8 @@ impl Masks {
     /// 2^[`modulus_bits`](Self::modulus_bits). Added to the key owner's decryption
     /// (x_j^T v + r_j) they give x_j^T v modulo that power of two; the two halves of such a
     /// pair are each uniform on their own.
-    pub fn shares(&self) -> Vec<u64> {
-        let modulus_mask = (1u64 << self.message_bits) - 1;
+    pub fn shares(&self) -> Vec<u128> {
+        let modulus_mask = (1u128 << self.message_bits) - 1;
         self.values
             .iter()
             .map(|&r| r.wrapping_neg() & modulus_mask)
@@ -174,8 +171,8 @@ impl Masks {
                 got: 0,
             });
         };
-        let modulus_mask = (1u64 << first.message_bits) - 1;
-        let mut values = vec![0u64; first.values.len()];
+        let modulus_mask = (1u128 << first.message_bits) - 1;
+        let mut values = vec![0u128; first.values.len()];
         for part in parts {
             if part.values.len() != values.len() || part.message_bits != first.message_bits {
                 return Err(HeError::SizeMismatch {
@@ -195,7 +192,7 @@ impl Masks {
     }
 
     /// Removes the masks from the key owner's decryption: x_j^T v as signed integers.
-    pub fn unmask(&self, decrypted: &[u64]) -> Result<Vec<i64>, HeError> {
+    pub fn unmask(&self, decrypted: &[u128]) -> Result<Vec<i128>, HeError> {
         if decrypted.len() != self.values.len() {
             return Err(HeError::SizeMismatch {
                 what: "decrypted masked columns",
@@ -215,7 +212,7 @@ impl Masks {
 mod tests {
     use super::*;
     use crate::entities::{PreparedMatrix, SecretKey};
-    use crate::params::N8192_Q128;
+    use crate::params::N8192_Q192;
 
     impl SecretKey {
         /// The noise of each released value as the key owner sees it.
@@ -226,14 +223,17 @@ mod tests {
                 .packed
                 .iter()
                 .flat_map(|(a, b)| {
-                    let a_s = self.ring.mul_wide_small(a, &self.small_key());
+                    let a_s = self.ring.mul_wide_small(a, self.small_key());
                     b.iter()
                         .enumerate()
                         .map(|(slot, b)| {
                             let noisy = b.wrapping_sub(a_s[slot * spacing]);
-                            let half = 1u128 << (scale_bits - 1);
-                            let message = (noisy.wrapping_add(half) >> scale_bits) << scale_bits;
-                            noisy.wrapping_sub(message) as i128
+                            let half = U192::from_u128(1).shl(scale_bits - 1);
+                            let message = noisy.wrapping_add(half).shr(scale_bits).shl(scale_bits);
+                            noisy
+                                .wrapping_sub(message)
+                                .to_i128()
+                                .expect("noise below 2^127")
                         })
                         .collect::<Vec<_>>()
                 })
@@ -251,7 +251,7 @@ mod tests {
     /// without packing and with 64 results per ciphertext (flooding then scales by 2^6).
     #[test]
     fn flooding_hides_the_matrix_dependent_noise() {
-        let params = N8192_Q128;
+        let params = N8192_Q192;
         let n = params.poly_size;
         let (secret, public) = SecretKey::generate(&params);
         let (unpacked, packed) = (
@@ -293,8 +293,8 @@ mod tests {
             (noise, levels)
         };
         // Without flooding: the noise magnitude reveals the matrix (about 2^8 against 2^20).
-        let (bare_small, _) = sample(&small, &unpacked, 0, 128, 1);
-        let (bare_large, _) = sample(&large, &unpacked, 0, 128, 1);
+        let (bare_small, _) = sample(&small, &unpacked, 0, 192, 1);
+        let (bare_large, _) = sample(&large, &unpacked, 0, 192, 1);
         assert!(
             mean_abs_log2(&bare_large) - mean_abs_log2(&bare_small) > 6.0,
             "test cannot detect the leak: {} vs {}",
@@ -306,8 +306,8 @@ mod tests {
         // 6 calls × 1 ciphertext × 64 slots share six draws of re-randomisation, still far
         // below the flooding. The bounds are more than 5 standard deviations wide.
         for (packing, calls, expected_levels) in [(&unpacked, 6, 0), (&packed, 6, 6)] {
-            let (flood_small, levels) = sample(&small, packing, params.flood_bits, 72, calls);
-            let (flood_large, _) = sample(&large, packing, params.flood_bits, 72, calls);
+            let (flood_small, levels) = sample(&small, packing, params.flood_bits, 136, calls);
+            let (flood_large, _) = sample(&large, packing, params.flood_bits, 136, calls);
             assert_eq!(levels, expected_levels);
             let expected = f64::from(71 + levels);
             for noise in [&flood_small, &flood_large] {
@@ -325,27 +325,27 @@ mod tests {
     /// forces fewer levels: always exact.
     #[test]
     fn packing_is_exact_and_respects_the_result_bound() {
-        let params = N8192_Q128;
+        let params = N8192_Q192;
         let (secret, public) = SecretKey::generate(&params);
         let packing = secret.packing_key(5).unwrap();
         let rows = 1000;
         let v: Vec<i64> = (0..rows as i64).map(|i| (i * 7919) % 2001 - 1000).collect();
         let encrypted = secret.encrypt(&v, 1000).unwrap();
-        for (columns, entry, expected_levels) in [(37, 500, 5), (100, 500, 5), (3, 1 << 15, 2)] {
+        for (columns, entry, expected_levels) in [(37, 500, 5), (100, 500, 5), (3, 1 << 15, 1)] {
             let x: Vec<i64> = (0..rows * columns)
                 .map(|i| (i as i64 * 104_729) % (2 * entry + 1) - entry)
                 .collect();
             let matrix = PreparedMatrix::new(&params, rows, columns, &x).unwrap();
             let mut product = public.multiply(&params, &encrypted, &matrix).unwrap();
             if entry == 1 << 15 {
-                // A declared bound of 2^50 leaves 53 − 51 = 2 levels.
-                product.widen_bound(1 << 50);
+                // A declared bound of 2^115 leaves 117 − 116 = 1 level.
+                product.widen_bound(1 << 115);
             }
             let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
             assert_eq!(masked.levels(), expected_levels, "{columns} columns");
-            let expected: Vec<i64> = x
+            let expected: Vec<i128> = x
                 .chunks(rows)
-                .map(|c| c.iter().zip(&v).map(|(a, b)| a * b).sum())
+                .map(|c| c.iter().zip(&v).map(|(a, b)| i128::from(a * b)).sum())
                 .collect();
             let got = masks
                 .unmask(&secret.decrypt_masked(&masked).unwrap())
@@ -357,7 +357,7 @@ mod tests {
 
     #[test]
     fn objects_of_another_key_are_refused() {
-        let params = N8192_Q128;
+        let params = N8192_Q192;
         let (secret, public) = SecretKey::generate(&params);
         let (other_secret, other_public) = SecretKey::generate(&params);
         let v = secret.encrypt(&[1, 2, 3], 3).unwrap();
@@ -393,13 +393,13 @@ mod tests {
     /// decryptions, and the summed masks remove exactly the summed masks.
     #[test]
     fn summed_masks_unmask_summed_decryptions() {
-        let params = N8192_Q128;
+        let params = N8192_Q192;
         let (secret, public) = SecretKey::generate(&params);
         let v = secret.encrypt(&[5, -3], 5).unwrap();
         let first = PreparedMatrix::new(&params, 2, 2, &[1, 0, 0, 1]).unwrap();
         let second = PreparedMatrix::new(&params, 2, 2, &[2, 2, -1, 1]).unwrap();
         let packing = secret.packing_key(1).unwrap();
-        let (mut total, mut masks) = (vec![0u64; 2], Vec::new());
+        let (mut total, mut masks) = (vec![0u128; 2], Vec::new());
         for matrix in [&first, &second] {
             let product = public.multiply(&params, &v, matrix).unwrap();
             let (masked, mask) = public.mask_and_flood(&params, product, &packing).unwrap();

@@ -1,28 +1,33 @@
-//! Polynomials of Z/2^128[X]/(X^N + 1) and their exact products.
+//! Polynomials of Z/2^192[X]/(X^N + 1) and their exact products.
 //!
-//! A product of a ciphertext polynomial (128-bit coefficients) and a plaintext polynomial (16-bit
-//! coefficients), accumulated over many blocks, is an integer polynomial whose coefficients stay
-//! below 2^170 in absolute value. We compute it exactly modulo three 62-bit NTT primes
-//! (product ≈ 2^186) with `tfhe-ntt`, accumulate in the NTT domain, and reconstruct with the
-//! Chinese remainder theorem, centred, reduced modulo 2^128. No floating point, no rounding.
+//! A product of a ciphertext polynomial (192-bit coefficients, read centred) and a plaintext
+//! polynomial (coefficients below 2^15), accumulated over up to 2^20 coefficients' worth of
+//! blocks, is an integer polynomial whose coefficients stay below 2^227 in absolute value. We
+//! compute it exactly modulo four 62-bit NTT primes (product ≈ 2^248) with `tfhe-ntt`,
+//! accumulate in the NTT domain, and reconstruct with the Chinese remainder theorem (Garner),
+//! centred, reduced modulo 2^192. No floating point, no rounding.
 
 use std::sync::Arc;
 
 use tfhe_ntt::prime64::Plan;
 
 use crate::params::Params;
+use crate::wide::U192;
 
-/// Three primes ≡ 1 mod 2^15 below 2^62 (so `tfhe-ntt` uses its fast reduction code) whose
-/// product is just under 2^186.
-pub(crate) const PRIMES: [u64; 3] = [
+/// Four primes ≡ 1 mod 2^15 below 2^62 (so `tfhe-ntt` uses its fast reduction code) whose
+/// product is just under 2^248.
+pub(crate) const PRIMES: [u64; 4] = [
     0x3fff_ffff_ffff_0001,
     0x3fff_ffff_fffe_8001,
     0x3fff_ffff_ffe8_0001,
+    0x3fff_ffff_ffd7_8001,
 ];
 
+const LIMBS: usize = PRIMES.len();
+
 /// Largest accumulated |coefficient| the reconstruction supports, as a power of two: the centred
-/// CRT is exact below P/2 ≈ 2^185, with a margin of 2^10.
-pub(crate) const MAX_PRODUCT_BITS: u32 = 175;
+/// CRT is exact below P/2 ≈ 2^247, with a margin of 2^10.
+pub(crate) const MAX_PRODUCT_BITS: u32 = 237;
 
 fn mul_mod(a: u64, b: u64, p: u64) -> u64 {
     ((u128::from(a) * u128::from(b)) % u128::from(p)) as u64
@@ -79,11 +84,17 @@ impl ShoupConstant {
 /// NTT plans for one polynomial size and the CRT constants.
 pub(crate) struct Ring {
     n: usize,
-    plans: [Plan; 3],
-    /// p0^-1 mod p1, p0^-1 mod p2, p1^-1 mod p2.
-    inv_p0_mod_p1: ShoupConstant,
-    inv_p0_mod_p2: ShoupConstant,
-    inv_p1_mod_p2: ShoupConstant,
+    plans: [Plan; LIMBS],
+    /// inv[k][j] = p_j^-1 mod p_k for j < k (Garner's constants).
+    inv: [[ShoupConstant; LIMBS]; LIMBS],
+    /// 2^64 and 2^128 modulo each prime, for reducing a 192-bit coefficient.
+    pow64: [ShoupConstant; LIMBS],
+    pow128: [ShoupConstant; LIMBS],
+    /// 2^192 modulo each prime, subtracted from negative coefficients.
+    pow192: [u64; LIMBS],
+    /// p0, p0·p1, p0·p1·p2 and P = p0·p1·p2·p3, modulo 2^192.
+    partial: [U192; LIMBS],
+    big_p: U192,
 }
 
 /// A polynomial in NTT form: its residues modulo each prime, transformed, limb after limb.
@@ -95,7 +106,7 @@ pub(crate) struct NttPoly {
 impl NttPoly {
     pub(crate) fn zero(n: usize) -> Self {
         NttPoly {
-            limbs: vec![0; 3 * n],
+            limbs: vec![0; LIMBS * n],
         }
     }
 
@@ -105,6 +116,14 @@ impl NttPoly {
     }
 }
 
+/// x mod p for x < 2^64 and p > 2^61.9: at most four subtractions.
+fn reduce_word(mut x: u64, p: u64) -> u64 {
+    while x >= p {
+        x -= p;
+    }
+    x
+}
+
 impl Ring {
     /// Plans for polynomials of `n` coefficients (a power of two, 16 ≤ n ≤ 16384).
     pub(crate) fn new(n: usize) -> Option<Self> {
@@ -112,25 +131,66 @@ impl Ring {
             Plan::try_new(n, PRIMES[0])?,
             Plan::try_new(n, PRIMES[1])?,
             Plan::try_new(n, PRIMES[2])?,
+            Plan::try_new(n, PRIMES[3])?,
         ];
+        let inv = std::array::from_fn(|k| {
+            std::array::from_fn(|j| {
+                let value = if j < k {
+                    inv_mod(PRIMES[j], PRIMES[k])
+                } else {
+                    0
+                };
+                ShoupConstant::new(value, PRIMES[k])
+            })
+        });
+        let pow = |bits: u32, p: u64| {
+            // 2^bits mod p by repeated doubling of 2^64 mod p.
+            let two64 = ((1u128 << 64) % u128::from(p)) as u64;
+            (0..bits / 64 - 1).fold(two64, |acc, _| mul_mod(acc, two64, p))
+        };
+        let mut partial = [U192::ZERO; LIMBS];
+        let mut product = U192::from_u128(1);
+        for (k, &p) in PRIMES.iter().enumerate() {
+            product = product.wrapping_mul_u64(p);
+            partial[k] = product;
+        }
+        let big_p = partial[LIMBS - 1];
         Some(Ring {
             n,
             plans,
-            inv_p0_mod_p1: ShoupConstant::new(inv_mod(PRIMES[0], PRIMES[1]), PRIMES[1]),
-            inv_p0_mod_p2: ShoupConstant::new(inv_mod(PRIMES[0], PRIMES[2]), PRIMES[2]),
-            inv_p1_mod_p2: ShoupConstant::new(inv_mod(PRIMES[1], PRIMES[2]), PRIMES[2]),
+            inv,
+            pow64: PRIMES.map(|p| ShoupConstant::new(pow(64, p), p)),
+            pow128: PRIMES.map(|p| ShoupConstant::new(pow(128, p), p)),
+            pow192: PRIMES.map(|p| pow(192, p)),
+            partial,
+            big_p,
         })
     }
 
-    /// NTT form of a polynomial with coefficients in Z/2^128, read as signed (centred) integers.
-    pub(crate) fn forward_wide(&self, poly: &[u128]) -> NttPoly {
+    /// A coefficient of Z/2^192, read as a centred signed integer, modulo prime `k`.
+    fn residue(&self, k: usize, c: U192) -> u64 {
+        let p = PRIMES[k];
+        let [c0, c1, c2] = c.0;
+        let low = reduce_word(c0, p);
+        let mid = self.pow64[k].mul(reduce_word(c1, p));
+        let high = self.pow128[k].mul(reduce_word(c2, p));
+        let add = |a: u64, b: u64| reduce_word(a + b, p);
+        let sum = add(add(low, mid), high);
+        if c.is_negative() {
+            reduce_word(sum + p - self.pow192[k], p)
+        } else {
+            sum
+        }
+    }
+
+    /// NTT form of a polynomial with coefficients in Z/2^192, read as signed (centred) integers.
+    pub(crate) fn forward_wide(&self, poly: &[U192]) -> NttPoly {
         debug_assert_eq!(poly.len(), self.n);
         let mut out = NttPoly::zero(self.n);
         for (k, plan) in self.plans.iter().enumerate() {
-            let p = i128::from(PRIMES[k]);
             let limb = &mut out.limbs[k * self.n..(k + 1) * self.n];
             for (r, &c) in limb.iter_mut().zip(poly) {
-                *r = (c as i128).rem_euclid(p) as u64;
+                *r = self.residue(k, c);
             }
             plan.fwd(limb);
         }
@@ -185,36 +245,37 @@ impl Ring {
         }
     }
 
-    /// Back to coefficients: exact integers (|c| < 2^[`MAX_PRODUCT_BITS`]) reduced modulo 2^128.
-    pub(crate) fn inverse(&self, mut poly: NttPoly) -> Vec<u128> {
+    /// Back to coefficients: exact integers (|c| < 2^[`MAX_PRODUCT_BITS`]) reduced modulo 2^192.
+    pub(crate) fn inverse(&self, mut poly: NttPoly) -> Vec<U192> {
         for (k, plan) in self.plans.iter().enumerate() {
             let limb = &mut poly.limbs[k * self.n..(k + 1) * self.n];
             plan.inv(limb);
             plan.normalize(limb);
         }
-        let (l0, rest) = poly.limbs.split_at(self.n);
-        let (l1, l2) = rest.split_at(self.n);
-        let [p0, p1, p2] = PRIMES;
-        let p0p1 = u128::from(p0) * u128::from(p1);
-        // P mod 2^128, subtracted from values in the upper half to centre them.
-        let big_p = p0p1.wrapping_mul(u128::from(p2));
-        l0.iter()
-            .zip(l1)
-            .zip(l2)
-            .map(|((&r0, &r1), &r2)| {
-                // Garner: x = r0 + p0·t1 + p0·p1·t2 with t1 < p1, t2 < p2. Residues are
-                // below p0 < 2·p2 < 2·p1, so one conditional subtraction reduces them.
-                let reduce = |x: u64, p: u64| if x >= p { x - p } else { x };
-                let sub = |a: u64, b: u64, p: u64| reduce(a + p - b, p);
-                let t1 = self.inv_p0_mod_p1.mul(sub(r1, reduce(r0, p1), p1));
-                let u = self.inv_p0_mod_p2.mul(sub(r2, reduce(r0, p2), p2));
-                let t2 = self.inv_p1_mod_p2.mul(sub(u, reduce(t1, p2), p2));
-                let x = u128::from(r0)
-                    .wrapping_add(u128::from(p0) * u128::from(t1))
-                    .wrapping_add(p0p1.wrapping_mul(u128::from(t2)));
+        let n = self.n;
+        let limbs = &poly.limbs;
+        let half_last = PRIMES[LIMBS - 1] / 2;
+        (0..n)
+            .map(|i| {
+                // Garner: x = r0 + p0·t1 + p0·p1·t2 + p0·p1·p2·t3 with t_k < p_k. Every
+                // residue is below p0 < 2·p_k, so one conditional subtraction reduces it.
+                let mut t = [0u64; LIMBS];
+                for k in 0..LIMBS {
+                    let p = PRIMES[k];
+                    let mut u = reduce_word(limbs[k * n + i], p);
+                    for j in 0..k {
+                        let d = reduce_word(u + p - reduce_word(t[j], p), p);
+                        u = self.inv[k][j].mul(d);
+                    }
+                    t[k] = u;
+                }
+                let mut x = U192::from_u128(u128::from(t[0]));
+                for k in 1..LIMBS {
+                    x = x.wrapping_add(self.partial[k - 1].wrapping_mul_u64(t[k]));
+                }
                 // Values are far from P/2, so the top digit alone decides the sign.
-                if t2 > p2 / 2 {
-                    x.wrapping_sub(big_p)
+                if t[LIMBS - 1] > half_last {
+                    x.wrapping_sub(self.big_p)
                 } else {
                     x
                 }
@@ -222,13 +283,13 @@ impl Ring {
             .collect()
     }
 
-    /// Exact product of two polynomials modulo (X^N + 1, 2^128), the second one small.
-    pub(crate) fn mul_wide_small(&self, wide: &[u128], small: &[i64]) -> Vec<u128> {
+    /// Exact product of two polynomials modulo (X^N + 1, 2^192), the second one small.
+    pub(crate) fn mul_wide_small(&self, wide: &[U192], small: &[i64]) -> Vec<U192> {
         self.product(&self.forward_wide(wide), &self.forward_small(small))
     }
 
-    /// The coefficients of the product of two transformed polynomials (modulo 2^128).
-    pub(crate) fn product(&self, a: &NttPoly, b: &NttPoly) -> Vec<u128> {
+    /// The coefficients of the product of two transformed polynomials (modulo 2^192).
+    pub(crate) fn product(&self, a: &NttPoly, b: &NttPoly) -> Vec<U192> {
         let mut acc = NttPoly::zero(self.n);
         self.mul_accumulate(&mut acc, a, b);
         self.inverse(acc)
@@ -252,14 +313,14 @@ pub(crate) fn ring_for(params: &Params) -> Arc<Ring> {
     ring
 }
 
-/// Schoolbook negacyclic product modulo 2^128, the reference the NTT path is tested against.
+/// Schoolbook negacyclic product modulo 2^192, the reference the NTT path is tested against.
 #[cfg(test)]
-pub(crate) fn schoolbook(wide: &[u128], small: &[i64]) -> Vec<u128> {
+pub(crate) fn schoolbook(wide: &[U192], small: &[i64]) -> Vec<U192> {
     let n = wide.len();
-    let mut out = vec![0u128; n];
+    let mut out = vec![U192::ZERO; n];
     for (i, &a) in wide.iter().enumerate() {
         for (j, &b) in small.iter().enumerate() {
-            let term = a.wrapping_mul(b as i128 as u128);
+            let term = a.wrapping_mul_i64(b);
             let k = i + j;
             if k < n {
                 out[k] = out[k].wrapping_add(term);
@@ -275,6 +336,7 @@ pub(crate) fn schoolbook(wide: &[u128], small: &[i64]) -> Vec<u128> {
 mod tests {
     use super::*;
     use rand::{Rng, RngExt};
+    use crate::wide::U192;
 
     #[test]
     fn primes_are_ntt_friendly_and_large_enough() {
@@ -289,12 +351,18 @@ mod tests {
         assert!(bits > f64::from(MAX_PRODUCT_BITS) + 10.0);
     }
 
+    fn random_wide(rng: &mut impl RngExt, n: usize) -> Vec<U192> {
+        (0..n)
+            .map(|_| U192([rng.random(), rng.random(), rng.random()]))
+            .collect()
+    }
+
     #[test]
-    fn ntt_product_equals_schoolbook_modulo_2_128() {
+    fn ntt_product_equals_schoolbook_modulo_2_192() {
         let mut rng = rand::rng();
         for n in [16usize, 64, 256] {
             let ring = Ring::new(n).unwrap();
-            let wide: Vec<u128> = (0..n).map(|_| rng.random()).collect();
+            let wide = random_wide(&mut rng, n);
             let small: Vec<i64> = (0..n).map(|_| rng.random_range(-32768..32768)).collect();
             assert_eq!(
                 ring.mul_wide_small(&wide, &small),
@@ -309,9 +377,9 @@ mod tests {
         let n = 32;
         let ring = Ring::new(n).unwrap();
         let mut acc = NttPoly::zero(n);
-        let mut expected = vec![0u128; n];
+        let mut expected = vec![U192::ZERO; n];
         for _ in 0..300 {
-            let wide: Vec<u128> = (0..n).map(|_| rng.random()).collect();
+            let wide = random_wide(&mut rng, n);
             let small: Vec<i64> = (0..n).map(|_| rng.random_range(-32768..32768)).collect();
             ring.mul_accumulate(
                 &mut acc,

@@ -13,10 +13,14 @@ use crate::entities::{EncryptedVector, KeyId, MaskedColumns, PackingKey, PublicK
 use crate::error::HeError;
 use crate::params::Params;
 use crate::ring::ring_for;
+use crate::wide::U192;
+
+/// Bytes of one full coefficient of Z/2^192.
+const COEFFICIENT: usize = 24;
 
 const MAGIC: &[u8; 4] = b"UNHE";
 /// Version of this byte format.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 const HEADER_LEN: usize = 4 + 1 + 1 + 1 + 16;
 /// Most columns one [`MaskedColumns`] may hold.
 pub const MAX_COLUMNS: usize = 1 << 16;
@@ -56,7 +60,7 @@ fn header(out: &mut Vec<u8>, kind: Kind, params_id: u8, key: KeyId) {
     out.extend_from_slice(&key.0);
 }
 
-fn put_u128s(out: &mut Vec<u8>, values: &[u128]) {
+fn put_coefficients(out: &mut Vec<u8>, values: &[U192]) {
     for v in values {
         out.extend_from_slice(&v.to_le_bytes());
     }
@@ -80,17 +84,19 @@ impl Reader<'_> {
         u128::from_le_bytes(self.take())
     }
 
-    fn u128s(&mut self, count: usize) -> Vec<u128> {
-        (0..count).map(|_| self.u128()).collect()
+    fn coefficients(&mut self, count: usize) -> Vec<U192> {
+        (0..count)
+            .map(|_| U192::from_le_bytes(self.take()))
+            .collect()
     }
 
     /// A coefficient stored as its top `bytes·8` bits.
-    fn top(&mut self, bytes: usize) -> u128 {
+    fn top(&mut self, bytes: usize) -> U192 {
         let (head, rest) = self.bytes.split_at(bytes);
         self.bytes = rest;
-        let mut full = [0u8; 16];
-        full[16 - bytes..].copy_from_slice(head);
-        u128::from_le_bytes(full)
+        let mut full = [0u8; COEFFICIENT];
+        full[COEFFICIENT - bytes..].copy_from_slice(head);
+        U192::from_le_bytes(full)
     }
 }
 
@@ -144,37 +150,41 @@ fn expect_len(kind: Kind, body: &[u8], expected: usize) -> Result<(), HeError> {
 impl PublicKey {
     /// Encodes the key.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + 16 * (1 + self.body.len()));
+        let mut out = Vec::with_capacity(HEADER_LEN + 16 + COEFFICIENT * self.body.len());
         header(&mut out, Kind::PublicKey, self.params_id, self.id);
         out.extend_from_slice(&self.seed.to_le_bytes());
-        put_u128s(&mut out, &self.body);
+        put_coefficients(&mut out, &self.body);
         out
     }
 
     /// Decodes a key, checking every length.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeError> {
         let (params, id, body) = read_header(bytes, Kind::PublicKey)?;
-        expect_len(Kind::PublicKey, body, 16 * (1 + params.poly_size))?;
+        expect_len(
+            Kind::PublicKey,
+            body,
+            16 + COEFFICIENT * params.poly_size,
+        )?;
         let mut r = Reader { bytes: body };
         Ok(PublicKey {
             params_id: params.id,
             id,
             seed: r.u128(),
-            body: r.u128s(params.poly_size),
+            body: r.coefficients(params.poly_size),
         })
     }
 }
 
 impl EncryptedVector {
-    /// Encodes the vector (16 bytes per value plus 16 per block of N).
+    /// Encodes the vector (24 bytes per value plus 16 per block of N).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + 16 + self.payload_bytes());
+        let mut out = Vec::with_capacity(HEADER_LEN + 24 + self.payload_bytes());
         header(&mut out, Kind::EncryptedVector, self.params_id, self.key);
         out.extend_from_slice(&(self.len as u64).to_le_bytes());
         out.extend_from_slice(&self.value_bound.to_le_bytes());
         for block in &self.blocks {
             out.extend_from_slice(&block.seed.to_le_bytes());
-            put_u128s(&mut out, &block.body);
+            put_coefficients(&mut out, &block.body);
         }
         out
     }
@@ -183,12 +193,12 @@ impl EncryptedVector {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeError> {
         let kind = Kind::EncryptedVector;
         let (params, key, body) = read_header(bytes, kind)?;
-        if body.len() < 16 {
+        if body.len() < 24 {
             return Err(malformed(kind, "missing length and bound"));
         }
         let mut r = Reader { bytes: body };
         let len = u64::from_le_bytes(r.take());
-        let value_bound = i64::from_le_bytes(r.take());
+        let value_bound = i128::from_le_bytes(r.take());
         if len == 0 || len > params.max_rows as u64 {
             return Err(malformed(
                 kind,
@@ -203,11 +213,15 @@ impl EncryptedVector {
         }
         let len = len as usize;
         let blocks = len.div_ceil(params.poly_size);
-        expect_len(kind, r.bytes, blocks * 16 * (1 + params.poly_size))?;
+        expect_len(
+            kind,
+            r.bytes,
+            blocks * (16 + COEFFICIENT * params.poly_size),
+        )?;
         let blocks = (0..blocks)
             .map(|_| SeededBlock {
                 seed: r.u128(),
-                body: r.u128s(params.poly_size),
+                body: r.coefficients(params.poly_size),
             })
             .collect();
         Ok(EncryptedVector {
@@ -230,9 +244,13 @@ impl MaskedColumns {
         out.push(self.levels as u8);
         let bytes = self.coefficient_bytes();
         for value in self.packed.iter().flat_map(|(a, b)| a.iter().chain(b)) {
-            // Released coefficients are multiples of 2^(128 − released_bits): keep the top bytes.
-            debug_assert_eq!(value << (8 * bytes), 0, "coefficient was not rounded");
-            out.extend_from_slice(&value.to_le_bytes()[16 - bytes..]);
+            // Released coefficients are multiples of 2^(192 − released_bits): keep the top bytes.
+            debug_assert_eq!(
+                value.shl(8 * bytes as u32),
+                U192::ZERO,
+                "coefficient was not rounded"
+            );
+            out.extend_from_slice(&value.to_le_bytes()[COEFFICIENT - bytes..]);
         }
         out
     }
@@ -298,7 +316,7 @@ impl PackingKey {
         out.push(self.levels() as u8);
         for block in self.blocks.iter().flatten() {
             out.extend_from_slice(&block.seed.to_le_bytes());
-            put_u128s(&mut out, &block.body);
+            put_coefficients(&mut out, &block.body);
         }
         out
     }
@@ -321,7 +339,7 @@ impl PackingKey {
         expect_len(
             kind,
             rest,
-            levels as usize * digits * 16 * (1 + params.poly_size),
+            levels as usize * digits * (16 + COEFFICIENT * params.poly_size),
         )?;
         let mut r = Reader { bytes: rest };
         let blocks = (0..levels)
@@ -329,7 +347,7 @@ impl PackingKey {
                 (0..digits)
                     .map(|_| SeededBlock {
                         seed: r.u128(),
-                        body: r.u128s(params.poly_size),
+                        body: r.coefficients(params.poly_size),
                     })
                     .collect()
             })

@@ -8,13 +8,29 @@ fn random_values(n: usize, bound: i64) -> Vec<i64> {
     (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
 }
 
-fn max_abs(v: &[i64]) -> i64 {
-    v.iter().map(|x| x.abs()).max().unwrap_or(0)
+/// Uniform values in [−bound, bound] of the whole plaintext width.
+fn random_wide(n: usize, bound: i128) -> Vec<i128> {
+    let mut rng = rand::rng();
+    (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
 }
 
-fn plain_product(v: &[i64], x: &[i64], rows: usize) -> Vec<i64> {
+fn max_abs(v: &[i64]) -> i128 {
+    v.iter().map(|x| i128::from(x.abs())).max().unwrap_or(0)
+}
+
+fn widen(v: &[i64]) -> Vec<i128> {
+    v.iter().map(|&x| i128::from(x)).collect()
+}
+
+fn plain_product(v: &[i64], x: &[i64], rows: usize) -> Vec<i128> {
     x.chunks(rows)
-        .map(|column| column.iter().zip(v).map(|(a, b)| a * b).sum())
+        .map(|column| {
+            column
+                .iter()
+                .zip(v)
+                .map(|(a, b)| i128::from(*a) * i128::from(*b))
+                .sum()
+        })
         .collect()
 }
 
@@ -23,8 +39,8 @@ fn round_trip(
     public: &PublicKey,
     v: &EncryptedVector,
     x: &PreparedMatrix,
-) -> Vec<i64> {
-    let params = N8192_Q128;
+) -> Vec<i128> {
+    let params = N8192_Q192;
     let product = public.multiply(&params, v, x).unwrap();
     let packing = secret.packing_key(params.max_pack_levels).unwrap();
     let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
@@ -36,7 +52,7 @@ fn round_trip(
 /// n = 2^20 samples with 16-bit values on both sides: results up to 2^50, exact.
 #[test]
 fn largest_sizes_are_exact() {
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let rows = params.max_rows;
     let (secret, public) = SecretKey::generate(&params);
     let v = random_values(rows, 1 << 15);
@@ -63,16 +79,20 @@ fn largest_sizes_are_exact() {
 
 #[test]
 fn encrypt_add_decrypt_across_block_boundaries() {
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let (secret, public) = SecretKey::generate(&params);
     let n = params.poly_size * 2 + 17;
     let v = random_values(n, 1 << 20);
     let mut encrypted = secret.encrypt(&v, 1 << 20).unwrap();
-    assert_eq!(secret.decrypt(&encrypted).unwrap(), v);
+    assert_eq!(secret.decrypt(&encrypted).unwrap(), widen(&v));
     let w = random_values(n, 1 << 20);
     encrypted.add_plain(&params, &w).unwrap();
     let sum: Vec<i64> = v.iter().zip(&w).map(|(a, b)| a + b).collect();
-    assert_eq!(secret.decrypt(&encrypted).unwrap(), sum);
+    assert_eq!(secret.decrypt(&encrypted).unwrap(), widen(&sum));
+    // Values of the whole plaintext width round-trip too.
+    let wide = random_wide(n, params.max_message_abs());
+    let encrypted_wide = secret.encrypt(&wide, params.max_message_abs()).unwrap();
+    assert_eq!(secret.decrypt(&encrypted_wide).unwrap(), wide);
     let x = random_values(n * 3, 1000);
     let matrix = PreparedMatrix::new(&params, n, 3, &x).unwrap();
     assert_eq!(
@@ -83,7 +103,7 @@ fn encrypt_add_decrypt_across_block_boundaries() {
 
 #[test]
 fn out_of_range_inputs_are_errors() {
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let (secret, public) = SecretKey::generate(&params);
     let too_big = params.max_message_abs() + 1;
     assert_eq!(
@@ -97,6 +117,7 @@ fn out_of_range_inputs_are_errors() {
         }
     );
     assert!(secret.encrypt(&[i64::MIN], 1).is_err());
+    assert!(secret.encrypt(&[i128::MIN], params.max_message_abs()).is_err());
     // A declared bound beyond the plaintext space, or a value beyond the declared bound.
     assert!(secret.encrypt(&[1], too_big).is_err());
     assert_eq!(
@@ -126,8 +147,8 @@ fn out_of_range_inputs_are_errors() {
         public.multiply(&params, &v, &wrong_rows),
         Err(HeError::SizeMismatch { .. })
     ));
-    // |v| ≤ 2^40 and Σ|x| = 3·2^15: the worst case 2^56.6 could wrap a 54-bit space.
-    let big = secret.encrypt(&[1 << 40, 0, 0], 1 << 40).unwrap();
+    // |v| ≤ 2^103 and Σ|x| = 3·2^15: the worst case 2^119.6 could wrap a 118-bit space.
+    let big = secret.encrypt(&[1i128 << 103, 0, 0], 1 << 103).unwrap();
     let wide = PreparedMatrix::new(&params, 3, 1, &[1 << 15, 1 << 15, 1 << 15]).unwrap();
     assert!(matches!(
         public.multiply(&params, &big, &wide),
@@ -140,14 +161,14 @@ fn out_of_range_inputs_are_errors() {
 
 #[test]
 fn encrypted_columns_times_a_plain_vector_give_additive_shares() {
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let (secret, public) = SecretKey::generate(&params);
     let packing = secret.packing_key(3).unwrap();
     // Two blocks and a remainder; four bounded columns and one of uniform residues that wraps.
     let rows = params.poly_size + 1234;
     let columns: Vec<Vec<i64>> = (0..4).map(|_| random_values(rows, 1 << 15)).collect();
     let modulus = 1i128 << params.message_bits;
-    let wrapping: Vec<i64> = random_values(rows, params.max_message_abs());
+    let wrapping: Vec<i128> = random_wide(rows, params.max_message_abs());
     let v = random_values(rows, 1 << 12);
     let mut encrypted: Vec<EncryptedVector> = columns
         .iter()
@@ -157,7 +178,7 @@ fn encrypted_columns_times_a_plain_vector_give_additive_shares() {
     let prepared = public.prepare_columns(&params, &encrypted).unwrap();
     assert_eq!((prepared.rows(), prepared.columns()), (rows, 5));
     let vector = PreparedMatrix::new(&params, rows, 1, &v).unwrap();
-    let bound = (rows as i64) << 27;
+    let bound = (rows as i128) << 27;
     let product = public
         .multiply_columns(&params, &prepared, &vector, bound)
         .unwrap();
@@ -165,23 +186,27 @@ fn encrypted_columns_times_a_plain_vector_give_additive_shares() {
     let bits = masked.modulus_bits();
     assert_eq!(bits, masks.modulus_bits());
     let decrypted = secret.decrypt_masked(&masked).unwrap();
-    let modulus_mask = (1u64 << bits) - 1;
-    let got: Vec<u64> = decrypted
+    let modulus_mask = (1u128 << bits) - 1;
+    let got: Vec<u128> = decrypted
         .iter()
         .zip(masks.shares())
         .map(|(d, s)| d.wrapping_add(s) & modulus_mask)
         .collect();
-    let expected: Vec<u64> = columns
+    let exact = |c: Vec<i128>| -> u128 {
+        // Σ x·y modulo 2^p, with wrapping products of wide residues.
+        let sum = c
+            .iter()
+            .zip(&v)
+            .fold(0i128, |acc, (x, y)| {
+                acc.wrapping_add(x.wrapping_mul(i128::from(*y)))
+            });
+        (sum.rem_euclid(modulus) as u128) & modulus_mask
+    };
+    let expected: Vec<u128> = columns
         .iter()
-        .chain(std::iter::once(&wrapping))
-        .map(|c| {
-            let exact: i128 = c
-                .iter()
-                .zip(&v)
-                .map(|(x, y)| i128::from(*x) * i128::from(*y))
-                .sum();
-            (exact.rem_euclid(modulus) as u64) & modulus_mask
-        })
+        .map(|c| widen(c))
+        .chain(std::iter::once(wrapping.clone()))
+        .map(exact)
         .collect();
     assert_eq!(got, expected);
     // Each share alone is not the product.
@@ -213,7 +238,7 @@ fn encrypted_columns_times_a_plain_vector_give_additive_shares() {
 /// and is refused as `multiply` would refuse it.
 #[test]
 fn a_prepared_vector_multiplies_like_an_encrypted_one() {
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let rows = 3 * params.poly_size / 2;
     let (secret, public) = SecretKey::generate(&params);
     let v = random_values(rows, 1);
@@ -237,7 +262,7 @@ fn a_prepared_vector_multiplies_like_an_encrypted_one() {
     }
     let wide = PreparedMatrix::new(&params, rows, 1, &vec![params.max_matrix_abs; rows]).unwrap();
     assert!(matches!(
-        public.multiply_prepared(&params, &prepared, 1 << 40, &wide),
+        public.multiply_prepared(&params, &prepared, 1 << 100, &wide),
         Err(HeError::ProductTooLarge { .. })
     ));
     let short = PreparedMatrix::new(&params, rows - 1, 1, &vec![1; rows - 1]).unwrap();
@@ -250,7 +275,7 @@ fn a_prepared_vector_multiplies_like_an_encrypted_one() {
 /// blocks, and rows out of order or beyond the matrix are refused.
 #[test]
 fn bin_indicators_multiply_like_their_zero_one_values() {
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let rows = 3 * params.poly_size / 2 + 7;
     let (secret, public) = SecretKey::generate(&params);
     let v = random_values(rows, 1);

@@ -6,7 +6,7 @@ mod wire_golden;
 
 use he::{
     EncryptedVector, HeError, MaskedColumns, PackingKey, PreparedMatrix, PublicKey, SecretKey,
-    FORMAT_VERSION, N8192_Q128,
+    FORMAT_VERSION, N8192_Q192,
 };
 use wire_golden::Family;
 
@@ -19,11 +19,11 @@ const KINDS: [&str; 4] = [
 ];
 
 /// The smallest legitimate instance of each kind. The public key and a one-value encrypted
-/// vector are one ciphertext of N = 8192 coefficients (128 KiB). The packing key has one level
-/// (7 digits, 896 KiB), the fewest that carries key-switching material. The masked columns
+/// vector are one ciphertext of N = 8192 coefficients (192 KiB). The packing key has one level
+/// (11 digits, 2.1 MiB), the fewest that carries key-switching material. The masked columns
 /// hold three results at one packing level: a full ciphertext and a partial one.
 fn samples() -> Result<Vec<(&'static str, Vec<u8>)>, HeError> {
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let (secret, public) = SecretKey::generate(&params);
     let packing = secret.packing_key(1)?;
     let vector = secret.encrypt(&[-7], 7)?;

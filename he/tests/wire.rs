@@ -10,7 +10,7 @@ fn objects() -> (
     MaskedColumns,
     PackingKey,
 ) {
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let (secret, public) = SecretKey::generate(&params);
     let packing = secret.packing_key(2).unwrap();
     let v = secret.encrypt(&[5, -3, 2], 5).unwrap();
@@ -29,8 +29,12 @@ fn everything_round_trips_bytes_and_serde() {
         PackingKey::from_bytes(&packing.to_bytes()).unwrap(),
         packing
     );
-    // Two levels: two digit-sets of seeded encryptions (16 bytes per coefficient plus a seed).
-    assert_eq!(packing.to_bytes().len(), 23 + 1 + 2 * 7 * 16 * (8192 + 1));
+    // Two levels: two digit-sets of seeded encryptions (24 bytes per coefficient plus a
+    // 16-byte seed).
+    assert_eq!(
+        packing.to_bytes().len(),
+        23 + 1 + 2 * 11 * (16 + 24 * 8192)
+    );
     assert_eq!(EncryptedVector::from_bytes(&v.to_bytes()).unwrap(), v);
     assert_eq!(
         MaskedColumns::from_bytes(&masked.to_bytes()).unwrap(),
@@ -39,12 +43,13 @@ fn everything_round_trips_bytes_and_serde() {
     let json = serde_json::to_string(&v).unwrap();
     let back: EncryptedVector = serde_json::from_str(&json).unwrap();
     assert_eq!(secret.decrypt(&back).unwrap(), vec![5, -3, 2]);
-    // 16 bytes per value plus one seed per block and a 39-byte header.
-    assert_eq!(v.to_bytes().len(), 23 + 16 + 16 * (8192 + 1));
+    // 24 bytes per value plus a 16-byte seed per block, a 23-byte header, the length (8 bytes)
+    // and the bound (16 bytes).
+    assert_eq!(v.to_bytes().len(), 23 + 24 + 16 + 24 * 8192);
     // Both results share one ciphertext: N mask coefficients and two body coefficients of
-    // 72 bits (9 bytes).
+    // 136 bits (17 bytes).
     assert_eq!(masked.levels(), 1);
-    assert_eq!(masked.to_bytes().len(), 23 + 5 + 9 * (8192 + 2));
+    assert_eq!(masked.to_bytes().len(), 23 + 5 + 17 * (8192 + 2));
 }
 
 #[test]
@@ -87,7 +92,7 @@ fn header_fields_are_checked() {
     );
     assert_eq!(
         corrupt(4, 9),
-        "malformed encrypted vector: format version 9, this build reads 2"
+        "malformed encrypted vector: format version 9, this build reads 3"
     );
     assert_eq!(
         corrupt(5, 3),
@@ -103,9 +108,9 @@ fn header_fields_are_checked() {
         "malformed encrypted vector: length 1099511627779 is not in 1..=1048576"
     );
     // Value bound beyond the plaintext space.
-    assert!(corrupt(23 + 8 + 7, 0x7f).contains("value bound"));
+    assert!(corrupt(23 + 8 + 15, 0x7f).contains("value bound"));
     // Another key id still decodes, but decryption and products refuse it.
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let (other, _) = SecretKey::generate(&params);
     let mut b = bytes.clone();
     b[10] ^= 1;
