@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use he::{PreparedMatrix, SecretKey, N8192_Q128};
+use he::{PreparedMatrix, SecretKey, N8192_Q192};
 
 fn values(n: usize, bound: i64, salt: i64) -> Vec<i64> {
     // Deterministic spread of values; the bench measures speed, not correctness.
@@ -18,7 +18,7 @@ fn values(n: usize, bound: i64, salt: i64) -> Vec<i64> {
 }
 
 fn product(c: &mut Criterion) {
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let (secret, public) = SecretKey::generate(&params);
     let packing = secret
         .packing_key(params.max_pack_levels)

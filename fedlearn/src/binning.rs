@@ -200,7 +200,7 @@ impl BinningGuest {
             if decrypted.len() != shares.len() || decrypted.len() > BINS_PER_PRODUCT {
                 return Err(wrong("counts and masks differ in number".into()));
             }
-            let modulus = (1u64 << product.modulus_bits()) - 1;
+            let modulus = (1u128 << product.modulus_bits()) - 1;
             events.extend(
                 decrypted
                     .iter()
@@ -217,11 +217,11 @@ impl BinningGuest {
             let counts = &events[at..at + column.sizes.len()];
             at += column.sizes.len();
             let consistent = column.sizes.iter().sum::<u64>() == self.rows
-                && counts.iter().sum::<i64>() == self.events as i64
+                && counts.iter().sum::<i128>() == i128::from(self.events)
                 && counts
                     .iter()
                     .zip(&column.sizes)
-                    .all(|(&e, &n)| e >= 0 && e as u64 <= n);
+                    .all(|(&e, &n)| e >= 0 && e <= i128::from(n));
             if !consistent {
                 return Err(wrong(format!(
                     "the counts of column {:?} are not counts of the aligned rows' labels",
@@ -426,9 +426,9 @@ pub fn answer_binning(
 fn count_events(
     key: &PublicKey,
     packing: &PackingKey,
-    (labels, bound): (&PreparedColumns, i64),
+    (labels, bound): (&PreparedColumns, i128),
     matrix: &PreparedMatrix,
-) -> Result<(MaskedColumns, Vec<u64>), FedError> {
+) -> Result<(MaskedColumns, Vec<u128>), FedError> {
     let product = key
         .multiply_prepared(&PARAMS, labels, bound, matrix)
         .map_err(FedError::he("counting events per bin"))?;

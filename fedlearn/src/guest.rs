@@ -66,7 +66,7 @@ pub fn run_guest(
 pub(crate) const REPORT_SLOTS: usize = 7;
 
 /// The public bound of the loss vectors: |value| < 32 at 10 fraction bits.
-pub(crate) const LOSS_BOUND: i64 = 1 << 15;
+pub(crate) const LOSS_BOUND: i128 = 1 << 15;
 
 /// The loss vectors' largest |value|.
 pub(crate) const LOSS_MAX: f64 = 32.0;
@@ -82,7 +82,7 @@ enum ExpectGuest {
     /// Every host's loss product of the epoch.
     LossProducts,
     /// Every host's loss report of the epoch (with the decrypted loss products summed).
-    LossReports { cross: [u64; 2] },
+    LossReports { cross: [u128; 2] },
     /// Every host's final scores.
     FinalScores,
     /// Nothing: the job is over.
@@ -260,7 +260,7 @@ impl GuestSession {
                 },
                 ExpectGuest::LossProducts => match self.mailbox.take_from_all(&self.hosts) {
                     Some(messages) => {
-                        let mut cross = [0u64; 2];
+                        let mut cross = [0u128; 2];
                         for (host, message) in self.hosts.iter().zip(messages) {
                             let epoch = self.core.epoch;
                             let decrypted = self.core.decrypt_loss_product(host, epoch, message)?;
@@ -298,7 +298,7 @@ impl GuestSession {
     }
 
     /// The epoch's losses, early stopping, and the next epoch or the end.
-    fn end_epoch(&mut self, cross: [u64; 2], reports: Vec<Message>) -> Result<(), FedError> {
+    fn end_epoch(&mut self, cross: [u128; 2], reports: Vec<Message>) -> Result<(), FedError> {
         let epoch = self.core.epoch;
         let config = self.core.config.clone();
         let (train_loss, validation_loss, host_change) = self.losses(cross, reports)?;
@@ -430,11 +430,11 @@ impl GuestSession {
     /// pairwise products arrive summed under pairwise masks in their reports.
     fn losses(
         &self,
-        cross: [u64; 2],
+        cross: [u128; 2],
         reports: Vec<Message>,
     ) -> Result<(f64, Option<f64>, f64), FedError> {
         let epoch = self.core.epoch;
-        let mut report = [0u64; REPORT_SLOTS];
+        let mut report = [0u128; REPORT_SLOTS];
         for (host, message) in self.hosts.iter().zip(reports) {
             match message {
                 Message::LossReport { epoch: e, masked } if e == epoch as u64 => {
@@ -454,8 +454,8 @@ impl GuestSession {
         let (rows, z, _) = self.loss_rows();
         let products = 2f64.powi(-2 * LOSS_FRAC_BITS as i32);
         let sums = 2f64.powi(-SUM_FRAC_BITS);
-        let modulus = (1u64 << LOSS_RELEASE_BITS) - 1;
-        let released = |v: u64| signed(v & modulus, LOSS_RELEASE_BITS) as f64 * products;
+        let modulus = (1u128 << LOSS_RELEASE_BITS) - 1;
+        let released = |v: u128| signed(v & modulus, LOSS_RELEASE_BITS) as f64 * products;
         let n_train = self.core.split.train.len();
         let mean = |range: std::ops::Range<usize>, s: usize| -> Option<f64> {
             let n = range.len();
@@ -470,14 +470,15 @@ impl GuestSession {
                 .sum();
             let cross = released(cross[s].wrapping_add(report[s]));
             let pairs = released(report[2 + s]);
-            let squares = report[4 + s] as i64 as f64 * sums;
+            // Fixed-point sums wrap modulo 2^64 (the low word of the 128-bit report).
+            let squares = report[4 + s] as u64 as i64 as f64 * sums;
             Some(
                 std::f64::consts::LN_2 + (own + cross + 0.125 * (squares + 2.0 * pairs)) / n as f64,
             )
         };
         let train = mean(0..n_train, 0).unwrap_or(f64::NAN);
         let validation = mean(n_train..rows.len(), 1);
-        let host_change = report[6] as i64 as f64 * sums;
+        let host_change = report[6] as u64 as i64 as f64 * sums;
         Ok((train, validation, host_change))
     }
 

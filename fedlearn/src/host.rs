@@ -87,7 +87,7 @@ enum ExpectHost {
     /// The loss vectors of the guest and of the hosts before this one.
     LossVectors,
     /// The loss products of the hosts after this one (with this host's report so far).
-    LaterLossProducts { report: [u64; REPORT_SLOTS] },
+    LaterLossProducts { report: [u128; REPORT_SLOTS] },
     /// The guest's verdict on the epoch.
     EpochEnd,
     /// Nothing: the job is over.
@@ -457,7 +457,7 @@ impl HostSession {
 
     /// This host's products with the loss vectors of the guest ([[d_G]]) and of the hosts
     /// before it ([[z_j]]), released to their owners; returns the report with its shares.
-    fn loss_products(&mut self, vectors: Vec<Message>) -> Result<[u64; REPORT_SLOTS], FedError> {
+    fn loss_products(&mut self, vectors: Vec<Message>) -> Result<[u128; REPORT_SLOTS], FedError> {
         let epoch = self.core.epoch;
         let n_train = self.core.split.train.len();
         let (_, encoded) = self.loss_scores()?;
@@ -468,7 +468,7 @@ impl HostSession {
         columns[rows + n_train..].copy_from_slice(&encoded[n_train..]);
         let matrix = PreparedMatrix::new(&PARAMS, rows, 2, &columns)
             .map_err(FedError::he("preparing the scores"))?;
-        let mut report = [0u64; REPORT_SLOTS];
+        let mut report = [0u128; REPORT_SLOTS];
         for (index, (owner, message)) in self.loss_owners().iter().zip(vectors).enumerate() {
             let vector = match message {
                 Message::LossVector { epoch: e, values } if e == epoch as u64 => values,
@@ -505,16 +505,17 @@ impl HostSession {
 
     /// Completes the report with the host's squares and weight change, blinds it with the
     /// pairwise masks among the hosts and queues it for the guest.
-    fn send_report(&mut self, mut report: [u64; REPORT_SLOTS]) -> Result<(), FedError> {
+    fn send_report(&mut self, mut report: [u128; REPORT_SLOTS]) -> Result<(), FedError> {
         let epoch = self.core.epoch;
         let n_train = self.core.split.train.len();
         let (z, _) = self.loss_scores()?;
         let sums = 2f64.powi(SUM_FRAC_BITS);
         let squares =
             |range: std::ops::Range<usize>| -> f64 { z[range].iter().map(|z| z * z).sum() };
-        report[4] = (squares(0..n_train) * sums).round() as i64 as u64;
-        report[5] = (squares(n_train..z.len()) * sums).round() as i64 as u64;
-        report[6] = (self.core.epoch_change() * sums).round() as i64 as u64;
+        // Fixed-point sums, read modulo 2^64 by the guest.
+        report[4] = (squares(0..n_train) * sums).round() as i64 as u128;
+        report[5] = (squares(n_train..z.len()) * sums).round() as i64 as u128;
+        report[6] = (self.core.epoch_change() * sums).round() as i64 as u128;
         let mut context = b"loss ".to_vec();
         context.extend_from_slice(&(epoch as u64).to_le_bytes());
         self.core

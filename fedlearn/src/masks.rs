@@ -217,22 +217,55 @@ impl PairwiseMasks {
     }
 
     /// Adds this party's masks for `context` with every peer but `absent` to `values`
-    /// (wrapping, modulo 2^64): over all parties other than `absent`, the masks cancel.
-    pub(crate) fn apply_without(&self, absent: &str, context: &[u8], values: &mut [u64]) {
+    /// (wrapping, modulo 2^64 or 2^128): over all parties other than `absent`, the masks
+    /// cancel.
+    pub(crate) fn apply_without<W: MaskWord>(&self, absent: &str, context: &[u8], values: &mut [W]) {
         for (peer, (seed, sign)) in self.peers.iter().zip(&self.pairs) {
             if peer == absent {
                 continue;
             }
             let mut stream = Stream::new(seed, context);
             for value in values.iter_mut() {
-                let r = stream.next_u64();
+                let r = W::draw(&mut stream);
                 *value = if *sign > 0 {
-                    value.wrapping_add(r)
+                    value.add(r)
                 } else {
-                    value.wrapping_sub(r)
+                    value.sub(r)
                 };
             }
         }
+    }
+}
+
+/// A word pairwise masks blind: fixed-point sums (u64) or HE shares (u128), both wrapping.
+pub(crate) trait MaskWord: Copy {
+    /// A uniform word from the stream.
+    fn draw(stream: &mut Stream) -> Self;
+    fn add(self, other: Self) -> Self;
+    fn sub(self, other: Self) -> Self;
+}
+
+impl MaskWord for u64 {
+    fn draw(stream: &mut Stream) -> u64 {
+        stream.next_u64()
+    }
+    fn add(self, other: u64) -> u64 {
+        self.wrapping_add(other)
+    }
+    fn sub(self, other: u64) -> u64 {
+        self.wrapping_sub(other)
+    }
+}
+
+impl MaskWord for u128 {
+    fn draw(stream: &mut Stream) -> u128 {
+        u128::from(stream.next_u64()) | u128::from(stream.next_u64()) << 64
+    }
+    fn add(self, other: u128) -> u128 {
+        self.wrapping_add(other)
+    }
+    fn sub(self, other: u128) -> u128 {
+        self.wrapping_sub(other)
     }
 }
 
@@ -279,6 +312,7 @@ mod tests {
             .collect();
         let values = [[1u64, 2, 3], [10, 20, 30], [100, 200, 300]];
         let mut sum = [0u64; 3];
+        let mut wide_sum = [0u128; 3];
         for (mask, plain) in masks.iter().zip(values) {
             let mut masked = plain;
             mask.apply_without("bank", b"epoch 1", &mut masked);
@@ -286,8 +320,15 @@ mod tests {
             for (s, m) in sum.iter_mut().zip(masked) {
                 *s = s.wrapping_add(m);
             }
+            let mut wide = plain.map(u128::from);
+            mask.apply_without("bank", b"epoch 1", &mut wide);
+            assert!(wide.iter().zip(plain).all(|(m, p)| *m >> 64 != 0 || *m != u128::from(p)));
+            for (s, m) in wide_sum.iter_mut().zip(wide) {
+                *s = s.wrapping_add(m);
+            }
         }
         assert_eq!(sum, [111, 222, 333]);
+        assert_eq!(wide_sum, [111, 222, 333]);
         let bad = PairwiseMasks::derive(&job, "tax", &secrets[0], &[("x".into(), [0xff; 32])]);
         assert!(matches!(bad, Err(FedError::Protocol { .. })));
     }

@@ -8,8 +8,10 @@ use crate::error::FedError;
 /// Protocol version carried by every message; a peer speaking another version is refused.
 /// Version 2: features encrypted once under their owner's key, products released only to the
 /// owner of the encrypted side, aggregate per-epoch losses, one final reveal. Version 3: the
-/// binning job's messages. Version 5: a proposal may resume an interrupted job.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// binning job's messages. Version 5: a proposal may resume an interrupted job. Version 6:
+/// he objects of format 3 (q = 2^192, 118-bit messages), and shares modulo 2^128 (products'
+/// corrections, loss reports, binning shares).
+pub const PROTOCOL_VERSION: u16 = 6;
 
 const MAGIC: &[u8; 4] = b"UNFL";
 
@@ -89,8 +91,8 @@ pub enum Message {
         step: u64,
         /// Released products.
         products: MaskedColumns,
-        /// The sender's shares plus pairwise masks, modulo 2^64.
-        correction: Vec<u64>,
+        /// The sender's shares plus pairwise masks, modulo 2^128.
+        correction: Vec<u128>,
     },
     /// Per epoch, for the aggregate loss: the guest's residual share on the training and
     /// validation rows (to every host), or a host's partial scores (to the hosts after it),
@@ -114,8 +116,8 @@ pub enum Message {
     LossReport {
         /// Epoch.
         epoch: u64,
-        /// Masked values.
-        masked: Vec<u64>,
+        /// Masked values, modulo 2^128.
+        masked: Vec<u128>,
     },
     /// guest → host: the epoch is done; whether it is the best so far and whether to stop.
     EpochEnd {
@@ -167,7 +169,7 @@ pub enum Message {
         /// Released event counts, up to 32 bins per product.
         products: Vec<MaskedColumns>,
         /// Per product, the shares that remove its masks.
-        shares: Vec<Vec<u64>>,
+        shares: Vec<Vec<u128>>,
     },
 }
 
@@ -223,6 +225,12 @@ impl Message {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         };
+        let wides = |out: &mut Vec<u8>, values: &[u128]| {
+            out.extend_from_slice(&(values.len() as u64).to_le_bytes());
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        };
         match self {
             Message::Propose(p) => {
                 out.push(0);
@@ -265,7 +273,7 @@ impl Message {
                 out.push(3);
                 out.extend_from_slice(&step.to_le_bytes());
                 blob(&mut out, &products.to_bytes());
-                words(&mut out, correction);
+                wides(&mut out, correction);
             }
             Message::LossVector { epoch, values } => {
                 out.push(4);
@@ -280,7 +288,7 @@ impl Message {
             Message::LossReport { epoch, masked } => {
                 out.push(6);
                 out.extend_from_slice(&epoch.to_le_bytes());
-                words(&mut out, masked);
+                wides(&mut out, masked);
             }
             Message::EpochEnd { epoch, best, stop } => {
                 out.push(7);
@@ -328,7 +336,7 @@ impl Message {
                 out.extend_from_slice(&(products.len() as u64).to_le_bytes());
                 for (product, shares) in products.iter().zip(shares) {
                     blob(&mut out, &product.to_bytes());
-                    words(&mut out, shares);
+                    wides(&mut out, shares);
                 }
             }
         }
@@ -381,7 +389,7 @@ impl Message {
             3 => Message::Product {
                 step: r.u64()?,
                 products: MaskedColumns::from_bytes(r.blob()?).map_err(he)?,
-                correction: r.words()?,
+                correction: r.wides()?,
             },
             4 => Message::LossVector {
                 epoch: r.u64()?,
@@ -393,7 +401,7 @@ impl Message {
             },
             6 => Message::LossReport {
                 epoch: r.u64()?,
-                masked: r.words()?,
+                masked: r.wides()?,
             },
             7 => Message::EpochEnd {
                 epoch: r.u64()?,
@@ -447,7 +455,7 @@ impl Message {
                 let (mut products, mut shares) = (Vec::new(), Vec::new());
                 for _ in 0..count {
                     products.push(MaskedColumns::from_bytes(r.blob()?).map_err(he)?);
-                    shares.push(r.words()?);
+                    shares.push(r.wides()?);
                 }
                 Message::BinningCounts {
                     columns,
@@ -558,6 +566,18 @@ impl<'a> Reader<'a> {
         }
         (0..count).map(|_| self.u64()).collect()
     }
+
+    pub(crate) fn wides(&mut self) -> Result<Vec<u128>, FedError> {
+        let count = self.u64()?;
+        if count > self.remaining() as u64 / 16 {
+            return Err(FedError::Malformed(format!(
+                "{count} values beyond the message"
+            )));
+        }
+        (0..count)
+            .map(|_| Ok(u128::from_le_bytes(self.array()?)))
+            .collect()
+    }
 }
 
 /// Moves messages between named parties. `node` implements it over gRPC; the simulator over
@@ -590,7 +610,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_a_wrong_version_are_refused() {
-        let params = he::N8192_Q128;
+        let params = he::N8192_Q192;
         let (secret, public) = he::SecretKey::generate(&params);
         let released = {
             let v = secret.encrypt(&[1], 1).unwrap();

@@ -41,16 +41,16 @@ pub(crate) const CHECK_COLUMNS: usize = 8;
 /// all of them together with probability ≤ 2^-40.
 const CHECK_MARGIN_BITS: u32 = 5;
 
-/// Check columns are computed modulo 2^53: at most the modulus of any release (p − ℓ with
+/// Check columns are computed modulo 2^117: at most the modulus of any release (p − ℓ with
 /// ℓ ≥ 1), and within the plaintext space as signed values.
-const CHECK_BITS: u32 = 53;
+const CHECK_BITS: u32 = 117;
 
 /// Most encrypted columns a peer may announce (its features, and its check columns): every
 /// column costs this party 2 × 196 KB of transformed ciphertext per 8192 rows.
 const MAX_PEER_COLUMNS: usize = 1024 + CHECK_COLUMNS;
 
 /// The loss round's modulus: two results per release, one packing level.
-pub(crate) const LOSS_RELEASE_BITS: u32 = 53;
+pub(crate) const LOSS_RELEASE_BITS: u32 = 117;
 
 /// Most fraction bits of a residual share: |share| < 8 then fits a plaintext entry (2^15).
 const MAX_SHARE_BITS: u32 = 12;
@@ -76,26 +76,26 @@ pub(crate) struct Peer {
 struct Checks {
     /// Position of real column j.
     real: Vec<usize>,
-    /// Position of check column c and its coefficients ρ_c (modulo 2^53).
-    checks: Vec<(usize, Vec<u64>)>,
+    /// Position of check column c and its coefficients ρ_c (modulo 2^117).
+    checks: Vec<(usize, Vec<u128>)>,
 }
 
 impl Checks {
     fn random(real_columns: usize) -> Result<Checks, FedError> {
         let total = real_columns + CHECK_COLUMNS;
-        let mut bytes = vec![0u8; 8 * (total + CHECK_COLUMNS * real_columns)];
+        let mut bytes = vec![0u8; 16 * (total + CHECK_COLUMNS * real_columns)];
         random_bytes(&mut bytes)?;
         let mut words = bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        // A uniform permutation of the positions (Fisher–Yates; the modulo bias of a 64-bit
-        // draw over ≤ 2^16 positions is below 2^-48).
+            .chunks_exact(16)
+            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")));
+        // A uniform permutation of the positions (Fisher–Yates; the modulo bias of a 128-bit
+        // draw over ≤ 2^16 positions is below 2^-112).
         let mut positions: Vec<usize> = (0..total).collect();
         for i in (1..total).rev() {
-            let j = (words.next().unwrap_or(0) % (i as u64 + 1)) as usize;
+            let j = (words.next().unwrap_or(0) % (i as u128 + 1)) as usize;
             positions.swap(i, j);
         }
-        let modulus = (1u64 << CHECK_BITS) - 1;
+        let modulus = (1u128 << CHECK_BITS) - 1;
         let checks = (0..CHECK_COLUMNS)
             .map(|c| {
                 let rho = (0..real_columns)
@@ -312,41 +312,47 @@ impl Core {
     }
 
     /// The public bound an evaluator declares on its products for a batch of `rows` rows.
-    fn product_bound(&self, rows: usize) -> i64 {
-        rows as i64 * Quantised::MAX * ((MAX_SHARE as i64) << self.share_bits)
+    fn product_bound(&self, rows: usize) -> i128 {
+        rows as i128 * i128::from(Quantised::MAX) * ((MAX_SHARE as i128) << self.share_bits)
     }
 
     /// This party's encrypted columns on batch `index` (in its secret order): sent to every
     /// peer, batch after batch.
     pub(crate) fn batch_columns(&self, index: usize) -> Result<Vec<EncryptedVector>, FedError> {
         let bound = PARAMS.max_message_abs();
-        let modulus = (1u64 << CHECK_BITS) - 1;
+        let modulus = (1u128 << CHECK_BITS) - 1;
         let batch = &self.batches[index];
         let real: Vec<Vec<i64>> = (0..self.quantised.columns)
             .map(|j| self.quantised.column(j, batch))
             .collect();
-        let mut columns: Vec<Vec<i64>> = vec![Vec::new(); self.sent_columns()];
+        let encrypt = |values: &[_]| {
+            self.secret
+                .encrypt(values, bound)
+                .map_err(FedError::he("encrypting a column"))
+        };
+        let mut columns: Vec<Option<EncryptedVector>> = vec![None; self.sent_columns()];
         for (j, values) in real.iter().enumerate() {
-            columns[self.checks.real[j]] = values.clone();
+            columns[self.checks.real[j]] = Some(encrypt(values)?);
         }
         for (position, rho) in &self.checks.checks {
-            columns[*position] = (0..batch.len())
+            let check: Vec<i128> = (0..batch.len())
                 .map(|i| {
-                    let sum = real.iter().zip(rho).fold(0u64, |acc, (column, r)| {
-                        acc.wrapping_add((column[i] as u64).wrapping_mul(*r))
+                    let sum = real.iter().zip(rho).fold(0u128, |acc, (column, r)| {
+                        acc.wrapping_add((column[i] as i128 as u128).wrapping_mul(*r))
                     });
                     signed(sum & modulus, CHECK_BITS)
                 })
                 .collect();
-        }
-        columns
-            .iter()
-            .map(|values| {
+            columns[*position] = Some(
                 self.secret
-                    .encrypt(values, bound)
-                    .map_err(FedError::he("encrypting a column"))
-            })
-            .collect()
+                    .encrypt(&check, bound)
+                    .map_err(FedError::he("encrypting a column"))?,
+            );
+        }
+        Ok(columns
+            .into_iter()
+            .map(|c| c.expect("every position holds a real or a check column"))
+            .collect())
     }
 
     /// Whether every peer's columns have all arrived.
@@ -624,9 +630,13 @@ impl Core {
 
     /// Decrypts every peer's release for `step` and adds the corrections: Σ of the products,
     /// modulo 2^bits.
-    fn sum_products(&self, step: u64, messages: Vec<Message>) -> Result<(Vec<u64>, u32), FedError> {
+    fn sum_products(
+        &self,
+        step: u64,
+        messages: Vec<Message>,
+    ) -> Result<(Vec<u128>, u32), FedError> {
         let columns = self.sent_columns();
-        let mut total = vec![0u64; columns];
+        let mut total = vec![0u128; columns];
         // Every evaluator declares the same public bound, so every release packs this party's
         // columns at the levels its packing key allows for them.
         let levels = packing_levels(columns).min(self.packing.levels());
@@ -664,7 +674,7 @@ impl Core {
                 *t = t.wrapping_add(d).wrapping_add(c);
             }
         }
-        let modulus = (1u64 << expected_bits) - 1;
+        let modulus = (1u128 << expected_bits) - 1;
         for t in &mut total {
             *t &= modulus;
         }
@@ -683,11 +693,11 @@ impl Core {
         &self,
         step: u64,
         batch: usize,
-        total: &[u64],
+        total: &[u128],
         bits: u32,
         local: &[f64],
     ) -> Result<Vec<f64>, FedError> {
-        let modulus = (1u64 << bits) - 1;
+        let modulus = (1u128 << bits) - 1;
         let senders = || {
             self.peers
                 .iter()
@@ -701,7 +711,7 @@ impl Core {
                 .real
                 .iter()
                 .zip(rho)
-                .fold(0u64, |acc, (&p, &r)| {
+                .fold(0u128, |acc, (&p, &r)| {
                     acc.wrapping_add(total[p].wrapping_mul(r))
                 });
             if total[*position].wrapping_sub(combined) & modulus != 0 {
@@ -724,7 +734,7 @@ impl Core {
             .enumerate()
             .map(|(j, &position)| {
                 let value = signed(total[position], bits);
-                if i128::from(value).abs() > evaluators * i128::from(l1[j]) * share_max {
+                if value.abs() > evaluators * i128::from(l1[j]) * share_max {
                     return Err(FedError::Integrity {
                         step,
                         senders: senders(),
@@ -736,13 +746,13 @@ impl Core {
     }
 
     /// Decrypts a loss product released to this party for `epoch` (two values modulo
-    /// 2^53).
+    /// 2^117).
     pub(crate) fn decrypt_loss_product(
         &self,
         from: &str,
         epoch: usize,
         message: Message,
-    ) -> Result<Vec<u64>, FedError> {
+    ) -> Result<Vec<u128>, FedError> {
         match message {
             Message::LossProduct { epoch: e, products } if e == epoch as u64 => {
                 if products.len() != 2 || products.modulus_bits() != LOSS_RELEASE_BITS {
@@ -823,10 +833,10 @@ fn product_context(step: u64, owner: &str) -> Vec<u8> {
     context
 }
 
-/// A residue modulo 2^bits read as a signed integer.
-pub(crate) fn signed(residue: u64, bits: u32) -> i64 {
-    let shift = 64 - bits;
-    ((residue << shift) as i64) >> shift
+/// A residue modulo 2^bits (bits ≤ 128) read as a signed integer.
+pub(crate) fn signed(residue: u128, bits: u32) -> i128 {
+    let shift = 128 - bits;
+    ((residue << shift) as i128) >> shift
 }
 
 /// Draws a random 16-byte job nonce.

@@ -10,7 +10,7 @@ use crate::metrics::{Metrics, ReliabilityBin};
 use crate::model::{Calibration, ModelPart};
 
 /// The parameter set of every ciphertext in training.
-pub(crate) const PARAMS: Params = he::N8192_Q128;
+pub(crate) const PARAMS: Params = he::N8192_Q192;
 
 /// Fraction bits of the fixed-point vectors of the aggregate loss (a party's residual share
 /// or partial scores on the training and validation rows): |value| < 32, so every entry fits

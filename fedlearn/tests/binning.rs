@@ -325,7 +325,7 @@ fn altered_counts_and_labels_that_are_not_zero_or_one_are_refused() {
     let Message::BinningLabels { job, .. } = request else {
         panic!()
     };
-    let (secret, public) = he::SecretKey::generate(&he::N8192_Q128);
+    let (secret, public) = he::SecretKey::generate(&he::N8192_Q192);
     let values: Vec<i64> = (0..guest.rows() as i64).map(|r| r % 3).collect();
     let crafted = Message::BinningLabels {
         job,

@@ -8,14 +8,14 @@ use fedlearn::{
     ColumnSizes, EarlyStopping, Message, PartyKeys, Proposal, Schedule, TrainConfig,
     PROTOCOL_VERSION,
 };
-use he::{HeError, PreparedMatrix, SecretKey, N8192_Q128};
+use he::{HeError, PreparedMatrix, SecretKey, N8192_Q192};
 use wire_golden::Family;
 
 /// One message of every kind, small. The he objects inside are single ciphertexts (their own
 /// layout is pinned by he's stored objects); the packing key in `keys` has no level, which
 /// encodes the same framing as a real one without 896 KiB per level.
 fn samples() -> Result<Vec<Message>, HeError> {
-    let params = N8192_Q128;
+    let params = N8192_Q192;
     let (secret, public) = SecretKey::generate(&params);
     let release = |values: &[i64], levels: u32| -> Result<_, HeError> {
         let vector = secret.encrypt(&[3], 3)?;
@@ -65,7 +65,7 @@ fn samples() -> Result<Vec<Message>, HeError> {
         Message::Product {
             step: 17,
             products: release(&[1, -1], 1)?,
-            correction: vec![u64::MAX, 42],
+            correction: vec![u128::MAX, 42],
         },
         Message::LossVector {
             epoch: 2,

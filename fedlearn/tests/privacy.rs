@@ -58,7 +58,9 @@ fn guest_per_row_vectors(wire: &[WireRecord], guest: &str) -> Vec<Vec<f64>> {
     let mut groups: std::collections::BTreeMap<(String, u64), Vec<u64>> = Default::default();
     for record in wire.iter().filter(|r| r.to == guest) {
         let message = Message::from_bytes(&record.bytes).unwrap();
-        let (round, words): (u64, &[u64]) = match &message {
+        // Every word modulo 2^64: a share modulo 2^128 and a fixed-point sum alike.
+        let low = |words: &[u128]| -> Vec<u64> { words.iter().map(|&w| w as u64).collect() };
+        let (round, words): (u64, Vec<u64>) = match &message {
             Message::Product {
                 step,
                 products,
@@ -69,7 +71,7 @@ fn guest_per_row_vectors(wire: &[WireRecord], guest: &str) -> Vec<Vec<f64>> {
                     "{} decryptable values",
                     products.len()
                 );
-                (*step, correction)
+                (*step, low(correction))
             }
             Message::LossProduct { epoch, products } => {
                 assert!(
@@ -77,18 +79,18 @@ fn guest_per_row_vectors(wire: &[WireRecord], guest: &str) -> Vec<Vec<f64>> {
                     "{} decryptable values",
                     products.len()
                 );
-                (*epoch, &[])
+                (*epoch, Vec::new())
             }
-            Message::LossReport { epoch, masked } => (*epoch, masked),
-            Message::FinalScores { masked } => (0, masked),
+            Message::LossReport { epoch, masked } => (*epoch, low(masked)),
+            Message::FinalScores { masked } => (0, masked.clone()),
             // Keys, and columns encrypted under the sender's key (the guest cannot decrypt).
-            _ => (0, &[]),
+            _ => (0, Vec::new()),
         };
         if words.len() >= 100 {
             let sum = groups
                 .entry((record.kind.to_owned(), round))
                 .or_insert_with(|| vec![0; words.len()]);
-            for (s, w) in sum.iter_mut().zip(words) {
+            for (s, w) in sum.iter_mut().zip(&words) {
                 *s = s.wrapping_add(*w);
             }
         }
@@ -181,8 +183,8 @@ fn the_guest_cannot_rebuild_the_host_columns_from_a_whole_job() {
 /// coefficient at k.
 fn crafted(products: &he::MaskedColumns, k: usize) -> he::MaskedColumns {
     let mut bytes = products.to_bytes();
-    let n = he::N8192_Q128.poly_size;
-    let width = he::N8192_Q128.released_bits as usize / 8;
+    let n = he::N8192_Q192.poly_size;
+    let width = he::N8192_Q192.released_bits as usize / 8;
     let count = products.len();
     let ciphertexts = count.div_ceil(1 << products.levels());
     let payload = width * (ciphertexts * n + count);
@@ -190,8 +192,8 @@ fn crafted(products: &he::MaskedColumns, k: usize) -> he::MaskedColumns {
     for b in &mut bytes[start..] {
         *b = 0;
     }
-    // The top `width` bytes of 2^84 (little-endian, of 16): bit 84 is in byte 10.
-    bytes[start + k * width + (10 - (16 - width))] = 1 << 4;
+    // The top `width` bytes of 2^84 (little-endian, of 24): bit 84 is in byte 10.
+    bytes[start + k * width + (10 - (24 - width))] = 1 << 4;
     he::MaskedColumns::from_bytes(&bytes).unwrap()
 }
 
@@ -286,8 +288,8 @@ fn crafted_ciphertexts_get_back_nothing_that_depends_on_the_key_or_the_labels() 
     // Protocol v1 answered a host's products with the guest's decryption (test helper, not a
     // mode): for the same crafted input, the answers reveal the guest's key coefficients, one
     // per ciphertext, so two keys give two different answers.
-    let params = he::N8192_Q128;
-    let v1_answers = |_: u8| -> Vec<u64> {
+    let params = he::N8192_Q192;
+    let v1_answers = |_: u8| -> Vec<u128> {
         let (secret, public) = he::SecretKey::generate(&params);
         let v = secret.encrypt(&[1, 2], 2).unwrap();
         let x = he::PreparedMatrix::new(&params, 2, 2, &[1, 0, 0, 1]).unwrap();
@@ -299,7 +301,7 @@ fn crafted_ciphertexts_get_back_nothing_that_depends_on_the_key_or_the_labels() 
             .collect()
     };
     let (first, second) = (v1_answers(0), v1_answers(1));
-    let distinct: std::collections::BTreeSet<u64> = first.iter().copied().collect();
+    let distinct: std::collections::BTreeSet<u128> = first.iter().copied().collect();
     assert_eq!(
         distinct.len(),
         2,
@@ -320,11 +322,12 @@ fn a_guest_that_alters_a_host_gradient_is_caught() {
     // δ on one coordinate of the host's products (positions are secret to the guest), small
     // or large, at the first step or later.
     for (position, delta, at_step) in [
-        (0usize, 1u64, 0u64),
+        (0usize, 1u128, 0u64),
         (3, 1 << 20, 1),
         (7, 1 << 40, 2),
         (12, (1 << 45) + 3, 0),
-        (17, u64::MAX, 1),
+        (17, u128::MAX, 1),
+        (5, 1 << 100, 0),
     ] {
         let (guest_job, host_jobs) = jobs(guest.clone(), hosts.clone(), &config);
         let alter = move |from: &str, to: &str, message: Message| match message {

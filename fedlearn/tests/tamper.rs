@@ -178,10 +178,11 @@ fn later(mut message: Message) -> Message {
 /// One value fewer in a message's list.
 fn shorter(mut message: Message) -> Message {
     match &mut message {
-        Message::Product { correction: v, .. }
-        | Message::LossReport { masked: v, .. }
-        | Message::FinalScores { masked: v } => {
+        Message::Product { correction: v, .. } | Message::LossReport { masked: v, .. } => {
             v.pop();
+        }
+        Message::FinalScores { masked } => {
+            masked.pop();
         }
         other => panic!("no list in {}", other.kind()),
     }
@@ -203,10 +204,10 @@ fn more_rows(mut message: Message) -> Message {
 fn changed(mut message: Message) -> Message {
     match &mut message {
         Message::Columns { values, .. } => {
-            // Header (23 bytes), length and bound (16), the first block's seed (16), then
-            // the body's coefficients, 16 bytes each, little-endian.
+            // Header (23 bytes), length and bound (8 + 16), the first block's seed (16), then
+            // the body's coefficients, 24 bytes each, little-endian.
             let mut bytes = values.to_bytes();
-            bytes[23 + 16 + 16 + 11] ^= 0x40;
+            bytes[23 + 24 + 16 + 11] ^= 0x40;
             *values = he::EncryptedVector::from_bytes(&bytes).unwrap();
         }
         Message::Product { correction, .. } => correction[0] = correction[0].wrapping_add(1),
@@ -312,9 +313,8 @@ fn every_dropped_message_is_a_named_error() {
 /// Adds 2^32 to the first masked value of a loss report or of the final scores.
 fn raised(mut message: Message) -> Message {
     match &mut message {
-        Message::LossReport { masked, .. } | Message::FinalScores { masked } => {
-            masked[0] = masked[0].wrapping_add(1 << 32)
-        }
+        Message::LossReport { masked, .. } => masked[0] = masked[0].wrapping_add(1 << 32),
+        Message::FinalScores { masked } => masked[0] = masked[0].wrapping_add(1 << 32),
         other => panic!("no masked values in {}", other.kind()),
     }
     message

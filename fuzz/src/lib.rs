@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use arbitrary::Arbitrary;
 use fedlearn::{EarlyStopping, Message, Optimizer, PartyKeys, Proposal, Schedule, TrainConfig};
-use he::{EncryptedVector, MaskedColumns, PackingKey, PublicKey, FORMAT_VERSION, N8192_Q128};
+use he::{EncryptedVector, MaskedColumns, PackingKey, PublicKey, FORMAT_VERSION, N8192_Q192};
 
 /// Shaped objects longer than this stay unpadded (and so fail their length check). A
 /// one-level packing key (0.9 MB) fits; larger objects decode by the same code and would only
@@ -55,7 +55,7 @@ impl HeShape {
     /// The encoding: header, the kind's fields, the filler to the implied length, then the
     /// length change and the header flaw.
     pub fn bytes(&self) -> Vec<u8> {
-        let params = N8192_Q128;
+        let params = N8192_Q192;
         let n = params.poly_size;
         let block = 16 * (1 + n);
         let kind = 1 + self.kind % 4;
@@ -113,7 +113,7 @@ impl HeShape {
     /// The same shape of kind `kind`, moved into the valid ranges and kept small (at most 8
     /// ciphertexts, one packing level): it decodes.
     pub fn valid(&self, kind: u8) -> HeShape {
-        let params = N8192_Q128;
+        let params = N8192_Q192;
         let max_levels = params.max_pack_levels as u8 + 1;
         HeShape {
             kind: kind - 1,
