@@ -190,19 +190,26 @@ pub(crate) fn digit_weight_bits(params: &Params, i: usize) -> u32 {
 }
 
 /// Balanced base-2^bits digits of the top digits·bits bits of every coefficient (rounded).
+/// The digit width divides 64 and so does the dropped width, so no digit straddles two limbs.
 fn decompose(params: &Params, a: &[U192]) -> Vec<Vec<i64>> {
     let bits = params.ks_digit_bits;
     let drop = U192::BITS - params.ks_digits * bits;
+    debug_assert!(64 % bits == 0 && drop % bits == 0);
     let base = 1i64 << bits;
+    let mask = (1u64 << bits) - 1;
+    let half = U192::from_u128(1).shl(drop - 1);
     let mut digits = vec![vec![0i64; a.len()]; params.ks_digits as usize];
     for (k, &c) in a.iter().enumerate() {
-        let mut v = c.wrapping_add(U192::from_u128(1).shl(drop - 1)).shr(drop);
-        for digit in digits.iter_mut() {
-            let mut d = (v.0[0] & (base as u64 - 1)) as i64;
-            v = v.shr(bits);
+        let v = c.wrapping_add(half);
+        let mut carry = 0i64;
+        for (i, digit) in digits.iter_mut().enumerate() {
+            let position = drop + i as u32 * bits;
+            let raw = (v.0[(position / 64) as usize] >> (position % 64)) & mask;
+            let mut d = raw as i64 + carry;
+            carry = 0;
             if d >= base / 2 {
                 d -= base;
-                v = v.wrapping_add(U192::from_u128(1));
+                carry = 1;
             }
             digit[k] = d;
         }

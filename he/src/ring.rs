@@ -88,10 +88,10 @@ pub(crate) struct Ring {
     /// inv[k][j] = p_j^-1 mod p_k for j < k (Garner's constants).
     inv: [[ShoupConstant; LIMBS]; LIMBS],
     /// 2^64 and 2^128 modulo each prime, for reducing a 192-bit coefficient.
-    pow64: [ShoupConstant; LIMBS],
-    pow128: [ShoupConstant; LIMBS],
-    /// 2^192 modulo each prime, subtracted from negative coefficients.
-    pow192: [u64; LIMBS],
+    pow64: [u64; LIMBS],
+    pow128: [u64; LIMBS],
+    /// −2^192 modulo each prime, added for negative coefficients.
+    neg192: [u64; LIMBS],
     /// p0, p0·p1, p0·p1·p2 and P = p0·p1·p2·p3, modulo 2^192.
     partial: [U192; LIMBS],
     big_p: U192,
@@ -116,12 +116,37 @@ impl NttPoly {
     }
 }
 
-/// x mod p for x < 2^64 and p > 2^61.9: at most four subtractions.
-fn reduce_word(mut x: u64, p: u64) -> u64 {
-    while x >= p {
-        x -= p;
+/// 2^62 − p for each prime: below 2^22, so 2^62 ≡ δ (mod p) reduces by multiplication.
+const DELTA: [u64; LIMBS] = [
+    (1 << 62) - PRIMES[0],
+    (1 << 62) - PRIMES[1],
+    (1 << 62) - PRIMES[2],
+    (1 << 62) - PRIMES[3],
+];
+
+const LOW_62: u128 = (1 << 62) - 1;
+
+/// x mod p for x < 2^64 and p > 2^62 − 2^22: x − ⌊x/2^62⌋·p < 2p, then one subtraction.
+fn reduce_word(x: u64, p: u64) -> u64 {
+    let r = x - (x >> 62) * p;
+    if r >= p {
+        r - p
+    } else {
+        r
     }
-    x
+}
+
+/// x mod p_k for any x < 2^128, with 2^62 ≡ δ_k folded in twice (δ_k < 2^22).
+fn reduce_wide(x: u128, k: usize) -> u64 {
+    let delta = u128::from(DELTA[k]);
+    let y = (x >> 62) * delta + (x & LOW_62); // < 2^88 + 2^62
+    let z = ((y >> 62) * delta + (y & LOW_62)) as u64; // < 2^62 + 2^48 < 2·p_k
+    let p = PRIMES[k];
+    if z >= p {
+        z - p
+    } else {
+        z
+    }
 }
 
 impl Ring {
@@ -159,9 +184,9 @@ impl Ring {
             n,
             plans,
             inv,
-            pow64: PRIMES.map(|p| ShoupConstant::new(pow(64, p), p)),
-            pow128: PRIMES.map(|p| ShoupConstant::new(pow(128, p), p)),
-            pow192: PRIMES.map(|p| pow(192, p)),
+            pow64: PRIMES.map(|p| pow(64, p)),
+            pow128: PRIMES.map(|p| pow(128, p)),
+            neg192: PRIMES.map(|p| (p - pow(192, p)) % p),
             partial,
             big_p,
         })
@@ -169,18 +194,14 @@ impl Ring {
 
     /// A coefficient of Z/2^192, read as a centred signed integer, modulo prime `k`.
     fn residue(&self, k: usize, c: U192) -> u64 {
-        let p = PRIMES[k];
         let [c0, c1, c2] = c.0;
-        let low = reduce_word(c0, p);
-        let mid = self.pow64[k].mul(reduce_word(c1, p));
-        let high = self.pow128[k].mul(reduce_word(c2, p));
-        let add = |a: u64, b: u64| reduce_word(a + b, p);
-        let sum = add(add(low, mid), high);
-        if c.is_negative() {
-            reduce_word(sum + p - self.pow192[k], p)
-        } else {
-            sum
-        }
+        // c0 + c1·(2^64 mod p) + c2·(2^128 mod p) [− 2^192 mod p]: below 2^64 + 2^127 + 2^62.
+        let negative = u128::from(c.is_negative()) * u128::from(self.neg192[k]);
+        let acc = u128::from(c0)
+            + u128::from(c1) * u128::from(self.pow64[k])
+            + u128::from(c2) * u128::from(self.pow128[k])
+            + negative;
+        reduce_wide(acc, k)
     }
 
     /// NTT form of a polynomial with coefficients in Z/2^192, read as signed (centred) integers.
@@ -259,20 +280,23 @@ impl Ring {
             .map(|i| {
                 // Garner: x = r0 + p0·t1 + p0·p1·t2 + p0·p1·p2·t3 with t_k < p_k. Every
                 // residue is below p0 < 2·p_k, so one conditional subtraction reduces it.
+                let below = |x: u64, p: u64| if x >= p { x - p } else { x };
                 let mut t = [0u64; LIMBS];
                 for k in 0..LIMBS {
                     let p = PRIMES[k];
-                    let mut u = reduce_word(limbs[k * n + i], p);
-                    for j in 0..k {
-                        let d = reduce_word(u + p - reduce_word(t[j], p), p);
-                        u = self.inv[k][j].mul(d);
+                    // Normalised residues are below p_k; earlier digits below p0 < 2·p_k.
+                    let mut u = limbs[k * n + i];
+                    for (&t_j, inv) in t[..k].iter().zip(&self.inv[k]) {
+                        u = inv.mul(below(u + p - below(t_j, p), p));
                     }
                     t[k] = u;
                 }
-                let mut x = U192::from_u128(u128::from(t[0]));
-                for k in 1..LIMBS {
-                    x = x.wrapping_add(self.partial[k - 1].wrapping_mul_u64(t[k]));
-                }
+                // x = t0 + p0·t1 + (p0·p1)·t2 + (p0·p1·p2)·t3: the partial products have one,
+                // two and three limbs.
+                let low = u128::from(t[0]) + u128::from(PRIMES[0]) * u128::from(t[1]);
+                let x = U192::from_u128(low)
+                    .wrapping_add(self.partial[1].wrapping_mul_u64(t[2]))
+                    .wrapping_add(self.partial[2].wrapping_mul_u64(t[3]));
                 // Values are far from P/2, so the top digit alone decides the sign.
                 if t[LIMBS - 1] > half_last {
                     x.wrapping_sub(self.big_p)
@@ -337,6 +361,22 @@ mod tests {
     use super::*;
     use rand::{Rng, RngExt};
     use crate::wide::U192;
+
+    #[test]
+    fn special_form_reductions_match_the_remainder() {
+        let mut rng = rand::rng();
+        for k in 0..LIMBS {
+            let p = PRIMES[k];
+            assert!(DELTA[k] < 1 << 22);
+            let edges = [0u128, 1, u128::from(p) - 1, u128::from(p), 1 << 62, u128::MAX];
+            let random = (0..10_000).map(|_| rng.random::<u128>() >> rng.random_range(0..128));
+            for x in edges.into_iter().chain(random) {
+                assert_eq!(u128::from(reduce_wide(x, k)), x % u128::from(p), "{x}");
+                let word = x as u64;
+                assert_eq!(reduce_word(word, p), word % p, "{word}");
+            }
+        }
+    }
 
     #[test]
     fn primes_are_ntt_friendly_and_large_enough() {

@@ -82,11 +82,11 @@ impl U192 {
         debug_assert!(k < Self::BITS);
         let (words, bits) = ((k / 64) as usize, k % 64);
         let mut out = [0u64; 3];
-        for i in words..3 {
+        for (i, word) in out.iter_mut().enumerate().skip(words) {
             let source = i - words;
-            out[i] = self.0[source] << bits;
+            *word = self.0[source] << bits;
             if bits > 0 && source > 0 {
-                out[i] |= self.0[source - 1] >> (64 - bits);
+                *word |= self.0[source - 1] >> (64 - bits);
             }
         }
         U192(out)

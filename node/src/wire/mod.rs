@@ -10,8 +10,10 @@ pub mod psi;
 /// Version 5: a trained model's id is a version of its name (`sme-credit@3`). Version 6: PSI
 /// runs in parts (psi protocol version 2: a plan, the sizes and a schedule, then one session
 /// per part). Version 7: an attempt that aligns again resumes PSI under the same plan (the
-/// sizes and the schedule list the parts finished before).
-pub const FEDERATION_VERSION: u32 = 7;
+/// sizes and the schedule list the parts finished before). Version 8: training and binning
+/// speak fedlearn protocol 6 (he format 3: q = 2^192, 118-bit messages), so a node refuses a
+/// peer of the old format when they first meet, not in the middle of a job.
+pub const FEDERATION_VERSION: u32 = 8;
 
 /// Largest preparation a proposal may carry (JSON bytes).
 pub(crate) const MAX_PREP_BYTES: usize = 64 * 1024;
