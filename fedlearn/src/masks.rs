@@ -219,7 +219,12 @@ impl PairwiseMasks {
     /// Adds this party's masks for `context` with every peer but `absent` to `values`
     /// (wrapping, modulo 2^64 or 2^128): over all parties other than `absent`, the masks
     /// cancel.
-    pub(crate) fn apply_without<W: MaskWord>(&self, absent: &str, context: &[u8], values: &mut [W]) {
+    pub(crate) fn apply_without<W: MaskWord>(
+        &self,
+        absent: &str,
+        context: &[u8],
+        values: &mut [W],
+    ) {
         for (peer, (seed, sign)) in self.peers.iter().zip(&self.pairs) {
             if peer == absent {
                 continue;
@@ -322,7 +327,10 @@ mod tests {
             }
             let mut wide = plain.map(u128::from);
             mask.apply_without("bank", b"epoch 1", &mut wide);
-            assert!(wide.iter().zip(plain).all(|(m, p)| *m >> 64 != 0 || *m != u128::from(p)));
+            assert!(wide
+                .iter()
+                .zip(plain)
+                .all(|(m, p)| *m >> 64 != 0 || *m != u128::from(p)));
             for (s, m) in wide_sum.iter_mut().zip(wide) {
                 *s = s.wrapping_add(m);
             }

@@ -3,7 +3,7 @@
 //! the round-trip properties of the two decoders, and [`play`], which moves the messages of
 //! parties in memory as the fuzzer says.
 //!
-//! A real he object is at least 128 KiB (N = 8192 coefficients of 16 bytes), far beyond what a
+//! A real he object is at least 192 KiB (N = 8192 coefficients of 24 bytes), far beyond what a
 //! fuzzer mutates well, so the targets also describe objects by their header fields and a
 //! filler that is repeated to the length the header implies, then perturbed.
 
@@ -14,9 +14,9 @@ use fedlearn::{EarlyStopping, Message, Optimizer, PartyKeys, Proposal, Schedule,
 use he::{EncryptedVector, MaskedColumns, PackingKey, PublicKey, FORMAT_VERSION, N8192_Q192};
 
 /// Shaped objects longer than this stay unpadded (and so fail their length check). A
-/// one-level packing key (0.9 MB) fits; larger objects decode by the same code and would only
-/// slow every execution (a 4-level key costs 56 transforms on decoding).
-const MAX_SHAPED: usize = 1 << 20;
+/// one-level packing key (2.2 MB) fits; larger objects decode by the same code and would only
+/// slow every execution (a 4-level key costs 88 transforms on decoding).
+const MAX_SHAPED: usize = 1 << 22;
 
 /// The he header: magic, version, kind, parameter set, key id.
 const HEADER: usize = 4 + 1 + 1 + 1 + 16;
@@ -40,7 +40,7 @@ pub struct HeShape {
     /// Values of an encrypted vector, results of masked columns.
     pub count: u32,
     /// An encrypted vector's value bound.
-    pub bound: i64,
+    pub bound: i128,
     /// Packing levels of masked columns or a packing key.
     pub levels: u8,
     /// Repeated over the coefficients (zeros when empty).
@@ -57,7 +57,7 @@ impl HeShape {
     pub fn bytes(&self) -> Vec<u8> {
         let params = N8192_Q192;
         let n = params.poly_size;
-        let block = 16 * (1 + n);
+        let block = 16 + 24 * n;
         let kind = 1 + self.kind % 4;
         let mut out = b"UNHE".to_vec();
         out.extend([FORMAT_VERSION, kind, params.id]);
@@ -71,7 +71,7 @@ impl HeShape {
                 count
                     .div_ceil(n)
                     .checked_mul(block)
-                    .and_then(|b| b.checked_add(16))
+                    .and_then(|b| b.checked_add(24))
             }
             MASKED_COLUMNS => {
                 out.extend(self.count.to_le_bytes());
@@ -323,7 +323,7 @@ pub enum ArbMessage {
     Product {
         step: u64,
         products: HeShape,
-        correction: Vec<u64>,
+        correction: Vec<u128>,
     },
     LossVector {
         epoch: u64,
@@ -335,7 +335,7 @@ pub enum ArbMessage {
     },
     LossReport {
         epoch: u64,
-        masked: Vec<u64>,
+        masked: Vec<u128>,
     },
     EpochEnd {
         epoch: u64,

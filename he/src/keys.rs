@@ -56,7 +56,11 @@ impl SecretKey {
         let blocks = (1..=levels)
             .into_par_iter()
             .map(|level| {
-                let wide: Vec<U192> = self.coefficients.iter().map(|&c| U192::from_i64(c)).collect();
+                let wide: Vec<U192> = self
+                    .coefficients
+                    .iter()
+                    .map(|&c| U192::from_i64(c))
+                    .collect();
                 let rotated = automorphism(&wide, (1 << level) + 1);
                 (0..self.params.ks_digits as usize)
                     .map(|digit| {

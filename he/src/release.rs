@@ -13,8 +13,8 @@ use crate::error::HeError;
 use crate::pack::check_key;
 use crate::params::{check_params, signed_residue, Params};
 use crate::random::{csprng, gaussian_noise};
-use crate::wide::U192;
 use crate::ring::ring_for;
+use crate::wide::U192;
 
 impl PublicKey {
     /// Packs the results 2^ℓ per ciphertext, masks each with a fresh uniform r_j modulo
@@ -108,7 +108,11 @@ impl PublicKey {
                     .iter()
                     .zip(&u_a)
                     .zip(&e1)
-                    .map(|((&x, &y), &z)| x.wrapping_add(y).wrapping_add(z).round_to_top(released_bits))
+                    .map(|((&x, &y), &z)| {
+                        x.wrapping_add(y)
+                            .wrapping_add(z)
+                            .round_to_top(released_bits)
+                    })
                     .collect();
                 let e2 = gaussian_noise(params, &mut rng, present);
                 let mut masks = Vec::with_capacity(present);

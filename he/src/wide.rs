@@ -200,7 +200,8 @@ mod tests {
             let s = rng.random_range(-(1i64 << 40)..(1 << 40));
             assert_eq!(
                 a.wrapping_mul_i64(s),
-                a.wrapping_mul_u64(s.unsigned_abs()).wrapping_mul_i64(s.signum())
+                a.wrapping_mul_u64(s.unsigned_abs())
+                    .wrapping_mul_i64(s.signum())
             );
             let k = rng.random_range(0..192);
             // Shifting left then right keeps the low 192 − k bits.

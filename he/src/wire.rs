@@ -160,11 +160,7 @@ impl PublicKey {
     /// Decodes a key, checking every length.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeError> {
         let (params, id, body) = read_header(bytes, Kind::PublicKey)?;
-        expect_len(
-            Kind::PublicKey,
-            body,
-            16 + COEFFICIENT * params.poly_size,
-        )?;
+        expect_len(Kind::PublicKey, body, 16 + COEFFICIENT * params.poly_size)?;
         let mut r = Reader { bytes: body };
         Ok(PublicKey {
             params_id: params.id,

@@ -117,7 +117,9 @@ fn out_of_range_inputs_are_errors() {
         }
     );
     assert!(secret.encrypt(&[i64::MIN], 1).is_err());
-    assert!(secret.encrypt(&[i128::MIN], params.max_message_abs()).is_err());
+    assert!(secret
+        .encrypt(&[i128::MIN], params.max_message_abs())
+        .is_err());
     // A declared bound beyond the plaintext space, or a value beyond the declared bound.
     assert!(secret.encrypt(&[1], too_big).is_err());
     assert_eq!(
@@ -194,12 +196,9 @@ fn encrypted_columns_times_a_plain_vector_give_additive_shares() {
         .collect();
     let exact = |c: Vec<i128>| -> u128 {
         // Σ x·y modulo 2^p, with wrapping products of wide residues.
-        let sum = c
-            .iter()
-            .zip(&v)
-            .fold(0i128, |acc, (x, y)| {
-                acc.wrapping_add(x.wrapping_mul(i128::from(*y)))
-            });
+        let sum = c.iter().zip(&v).fold(0i128, |acc, (x, y)| {
+            acc.wrapping_add(x.wrapping_mul(i128::from(*y)))
+        });
         (sum.rem_euclid(modulus) as u128) & modulus_mask
     };
     let expected: Vec<u128> = columns

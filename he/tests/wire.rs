@@ -31,10 +31,7 @@ fn everything_round_trips_bytes_and_serde() {
     );
     // Two levels: two digit-sets of seeded encryptions (24 bytes per coefficient plus a
     // 16-byte seed).
-    assert_eq!(
-        packing.to_bytes().len(),
-        23 + 1 + 2 * 11 * (16 + 24 * 8192)
-    );
+    assert_eq!(packing.to_bytes().len(), 23 + 1 + 2 * 11 * (16 + 24 * 8192));
     assert_eq!(EncryptedVector::from_bytes(&v.to_bytes()).unwrap(), v);
     assert_eq!(
         MaskedColumns::from_bytes(&masked.to_bytes()).unwrap(),
