@@ -194,7 +194,7 @@ pub(crate) fn digit_weight_bits(params: &Params, i: usize) -> u32 {
 fn decompose(params: &Params, a: &[U192]) -> Vec<Vec<i64>> {
     let bits = params.ks_digit_bits;
     let drop = U192::BITS - params.ks_digits * bits;
-    debug_assert!(64 % bits == 0 && drop % bits == 0);
+    debug_assert!(64u32.is_multiple_of(bits) && drop.is_multiple_of(bits));
     let base = 1i64 << bits;
     let mask = (1u64 << bits) - 1;
     let half = U192::from_u128(1).shl(drop - 1);
