@@ -39,7 +39,7 @@ use crate::protocol::{packing_levels, PARAMS};
 use crate::woe::ColumnStats;
 
 /// Host bins per HE product: bounds the host's memory (each bin holds its transformed
-/// indicator column, 24 bytes per row) and sets the packing (32 results per ciphertext).
+/// indicator column, 32 bytes per row) and sets the packing (32 results per ciphertext).
 const BINS_PER_PRODUCT: usize = 32;
 
 /// A host's policy on the bins it discloses: every bin it sends holds at least `min_rows`

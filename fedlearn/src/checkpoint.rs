@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::OptimizerState;
 use crate::error::FedError;
-use crate::message::{Proposal, Reader};
+use crate::message::{Proposal, Reader, PROTOCOL_VERSION};
 use crate::protocol::{EpochReport, StopReason};
 
 const MAGIC: &[u8; 4] = b"UNCP";
@@ -52,11 +52,13 @@ pub(crate) struct GuestProgress {
 }
 
 impl Proposal {
-    /// SHA-256 of what a job is trained with: the model, settings, rows, hosts and the guest's
-    /// features — not the attempt's nonce.
+    /// SHA-256 of what a job is trained with: the protocol version, the model, settings, rows,
+    /// hosts and the guest's features — not the attempt's nonce. A checkpoint of another
+    /// protocol version (whose quantisation may differ) therefore does not resume.
     pub fn settings_digest(&self) -> [u8; 32] {
         let mut digest = Sha256::new();
         digest.update(b"unseen training settings v1");
+        digest.update(PROTOCOL_VERSION.to_le_bytes());
         for part in [
             self.model_id.as_bytes(),
             &serde_json::to_vec(&self.config).expect("config serialises"),

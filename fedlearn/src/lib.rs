@@ -2,14 +2,15 @@
 //!
 //! One guest holds the labels (the bank); one or more hosts hold features of the same aligned
 //! rows (tax bureau, utility company). Every party owns an [`he`] key pair and updates only its
-//! own weights. This is protocol version 5 ([`PROTOCOL_VERSION`]): training as in version 2,
+//! own weights. This is protocol version 6 ([`PROTOCOL_VERSION`]): training as in version 2,
 //! the binning job of [`BinningGuest`] (since 4: each host column's bin sizes say whether it is
-//! categorical and whether its last bin is the missing bin), and resuming (new in 5).
+//! categorical and whether its last bin is the missing bin), resuming (since 5), and HE
+//! objects over q = 2^192 with shares modulo 2^128 on the wire (new in 6).
 //!
 //! **Set-up, once per job.** Every party P quantises its standardised features X̃_P (the
 //! guest's with a column of ones for the intercept), encrypts them under its own key, batch by
 //! batch of the job's fixed partition, and sends them to every other party, together with
-//! eight integrity-check columns X̃_P·ρ_c (mod 2^53, ρ_c secret and uniform) at secret
+//! eight integrity-check columns X̃_P·ρ_c (mod 2^117, ρ_c secret and uniform) at secret
 //! positions among its columns.
 //!
 //! **Per mini-batch.** With z_G = X_G·w_G + b and z_k = X_k·w_k, the first-order residual
@@ -78,8 +79,9 @@
 //! **Quantisation.** Each party standardises its features on the training rows and quantises
 //! them to round(x·2^f) with the finest f ≤ 12 that keeps |x̃| < 2^13. Residual shares are sent
 //! with s fraction bits, the largest s ≤ 12 for which the honest products stay 2^6 below the
-//! release modulus (s shrinks with the batch size, the parties and the packing levels; see
-//! [`GuestOutcome::share_frac_bits`]). Each gradient coordinate is within
+//! release modulus ([`GuestOutcome::share_frac_bits`]); with the 118-bit plaintext that is
+//! s = 12 for any batch the HE accepts (the rule would lower s only for products within 2^66
+//! of the plaintext's size). Each gradient coordinate is within
 //! k·2^-(s+1) + D·2^-(f+1) + k·2^-(f+s+2) of the exact first-order gradient of the same
 //! weights, for k other parties and mean share magnitude D (each party's own term is exact).
 //!

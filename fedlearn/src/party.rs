@@ -3,7 +3,7 @@
 //!
 //! Every party P holds its quantised features X̃_P (the guest's with a column of ones for the
 //! intercept). Once per job it encrypts them under its own key, batch by batch, and sends them
-//! to every other party, with [`CHECK_COLUMNS`] extra columns (X̃_P·ρ_c modulo 2^53 for secret
+//! to every other party, with [`CHECK_COLUMNS`] extra columns (X̃_P·ρ_c modulo 2^117 for secret
 //! uniform ρ_c) at secret positions. Per step, every party Q computes its residual share v_Q
 //! (the guest's 0.25·z_G + 0.5 − y, a host's 0.25·z_k) and, for every other party P, the
 //! product [[X̃_P]]^T·ṽ_Q under P's key; it masks, floods and releases it to P with its masks
@@ -46,7 +46,7 @@ const CHECK_MARGIN_BITS: u32 = 5;
 const CHECK_BITS: u32 = 117;
 
 /// Most encrypted columns a peer may announce (its features, and its check columns): every
-/// column costs this party 2 × 196 KB of transformed ciphertext per 8192 rows.
+/// column costs this party 2 × 262 KB of transformed ciphertext per 8192 rows.
 const MAX_PEER_COLUMNS: usize = 1024 + CHECK_COLUMNS;
 
 /// The loss round's modulus: two results per release, one packing level.
@@ -289,7 +289,7 @@ impl Core {
         let evaluators = self.peers.len().max(1);
         let largest = self.batches.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let log2 = |x: usize| x.next_power_of_two().trailing_zeros() as i64;
-        // log2(2·B) = log2 E + log2 b + 13 + 3 + f + 1 ≤ 54 − ℓ − 5.
+        // log2(2·B) = log2 E + log2 b + 13 + 3 + f + 1 ≤ 118 − ℓ − 5.
         let room = i64::from(PARAMS.message_bits)
             - i64::from(CHECK_MARGIN_BITS)
             - i64::from(levels)

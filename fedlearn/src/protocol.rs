@@ -28,7 +28,7 @@ pub(crate) const SUM_FRAC_BITS: i32 = 20;
 pub(crate) const MAX_SHARE: f64 = 8.0;
 
 /// Largest quantised feature magnitude, 2^13 − 1: 13 bits of precision per feature leave room
-/// in the 54-bit plaintext for the products, the packing and the integrity checks' margin.
+/// in the 118-bit plaintext for the products, the packing and the integrity checks' margin.
 const MAX_QUANTISED: f64 = 8191.0;
 
 /// A party's standardised features as integers round(x·2^frac_bits), with an optional

@@ -13,7 +13,7 @@ use wire_golden::Family;
 
 /// One message of every kind, small. The he objects inside are single ciphertexts (their own
 /// layout is pinned by he's stored objects); the packing key in `keys` has no level, which
-/// encodes the same framing as a real one without 896 KiB per level.
+/// encodes the same framing as a real one without 2.1 MiB per level.
 fn samples() -> Result<Vec<Message>, HeError> {
     let params = N8192_Q192;
     let (secret, public) = SecretKey::generate(&params);
@@ -77,7 +77,9 @@ fn samples() -> Result<Vec<Message>, HeError> {
         },
         Message::LossReport {
             epoch: 2,
-            masked: (1..=7).map(|i| i * 0x0101_0101_0101).collect(),
+            masked: (1..=7)
+                .map(|i| i * 0x0101_0101_0101_0101_0101_0101)
+                .collect(),
         },
         Message::EpochEnd {
             epoch: 2,
@@ -116,7 +118,7 @@ fn samples() -> Result<Vec<Message>, HeError> {
                 },
             ],
             products: vec![release(&[1, 1, 1], 1)?],
-            shares: vec![vec![5, 1 << 40, 0]],
+            shares: vec![vec![5, 1 << 100, 0]],
         },
     ];
     // A new variant stops this from compiling: it needs a sample, a kind and a file.

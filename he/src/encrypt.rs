@@ -20,11 +20,11 @@ impl SecretKey {
         for (p, &m) in plain.iter_mut().zip(values) {
             *p = self.params.scale(m.into());
         }
-        self.encrypt_raw(plain)
+        self.encrypt_raw(&plain)
     }
 
     /// Seeded encryption of a polynomial given as raw coefficients of Z/2^192.
-    pub(crate) fn encrypt_raw(&self, plain: Vec<U192>) -> SeededBlock {
+    pub(crate) fn encrypt_raw(&self, plain: &[U192]) -> SeededBlock {
         // The mask comes from a fresh seed through tfhe's generator (so `SeededBlock::expand`
         // regenerates it); a·s goes through our exact NTT product; the noise is tfhe's
         // Gaussian.
@@ -37,7 +37,7 @@ impl SecretKey {
             .iter()
             .zip(noise)
             .zip(plain)
-            .map(|((x, e), m)| x.wrapping_add(e).wrapping_add(m))
+            .map(|((x, e), &m)| x.wrapping_add(e).wrapping_add(m))
             .collect();
         SeededBlock { seed, body }
     }

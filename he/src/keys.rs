@@ -56,18 +56,25 @@ impl SecretKey {
         let blocks = (1..=levels)
             .into_par_iter()
             .map(|level| {
-                let wide: Vec<U192> = self
+                let mut wide: Vec<U192> = self
                     .coefficients
                     .iter()
                     .map(|&c| U192::from_i64(c))
                     .collect();
-                let rotated = automorphism(&wide, (1 << level) + 1);
-                (0..self.params.ks_digits as usize)
+                let mut rotated = automorphism(&wide, (1 << level) + 1);
+                let blocks = (0..self.params.ks_digits as usize)
                     .map(|digit| {
                         let weight = digit_weight_bits(&self.params, digit);
-                        self.encrypt_raw(rotated.iter().map(|c| c.shl(weight)).collect())
+                        let mut scaled: Vec<U192> = rotated.iter().map(|c| c.shl(weight)).collect();
+                        let block = self.encrypt_raw(&scaled);
+                        scaled.zeroize();
+                        block
                     })
-                    .collect()
+                    .collect();
+                // Copies of the secret are wiped like the key itself.
+                wide.zeroize();
+                rotated.zeroize();
+                blocks
             })
             .collect();
         Ok(PackingKey::new(&self.params, &self.ring, self.id, blocks))

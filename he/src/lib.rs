@@ -41,7 +41,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 // Modules in layers, each using only modules of lower layers (no cycle):
-//   0 error
+//   0 error, wide
 //   1 params, encoding
 //   2 ring, random
 //   3 entities: the data types and their accessors

@@ -42,30 +42,31 @@ pub struct Params {
 /// local truncation fails with probability at most 2^-40 needs a modulus of about v + 41 bits.
 ///
 /// **Security.** The secret key is binary, noise is a rounded Gaussian with σ = 3.19. For
-/// RLWE with N = 8192 the Homomorphic Encryption Standard (Albrecht et al., 2018, table for
-/// ternary secrets and σ ≈ 3.2, classical and quantum estimates from the lattice estimator)
-/// allows log2 q ≤ 218 at 128-bit security; log2 q = 192 is below that bound (security grows
-/// as q shrinks at fixed N). The estimate comes from that published table, not from a run of
-/// the estimator here. A binary rather than ternary secret costs a few bits at most, which the
-/// 26-bit margin in log2 q absorbs.
+/// RLWE with N = 8192 the Homomorphic Encryption Standard (Albrecht et al., 2018, tables for
+/// ternary secrets and σ ≈ 3.2 from the lattice estimator) allows log2 q ≤ 218 for 128-bit
+/// classical security and log2 q ≤ 202 for 128-bit quantum security; log2 q = 192 is below
+/// both (security grows as q shrinks at fixed N), by 26 and 10 bits. The estimate comes from
+/// that published table, not from a run of the estimator here. A binary rather than ternary
+/// secret costs a few bits, which the margins have to absorb; running the estimator for this
+/// exact set (binary secret) is an open item.
 ///
 /// **Flooding.** The noise that depends on a host's matrix after X^T v is
 /// Σ_i e_i·x_i with e_i Gaussian (σ), a Gaussian of standard deviation σ·‖x‖₂ ≤ 3.19·2^15·2^10
 /// (|x| ≤ 2^15, n ≤ 2^20) < 2^26.7; beyond 13 standard deviations (probability < 2^-120) it
-/// exceeds 2^30.4. Uniform flooding on [−2^72, 2^72] hides it with statistical distance
-/// ≤ 2^30.4 / 2^72 = 2^-41.6 per released value at the largest sizes, and 2^-46 at a typical
-/// mini-batch (n = 4096).
+/// exceeds 2^30.4 (2^26.4 at a mini-batch of n = 4096).
 ///
 /// **Packing.** Results are packed 2^ℓ per ciphertext (ℓ ≤ 10) before release; packing
 /// doubles message and noise at each level and adds key-switching noise (digits |d| ≤ 2^15,
 /// 11 digits, top 176 bits: Σ d_i·e_i over 11·N terms has σ ≈ 2^24.1 and the dropped low bits
-/// add σ ≈ 2^20.2; 13σ < 2^28), so the noise before flooding is below 2^ℓ·2^30.5. Flooding scales with the
-/// packing: uniform on [−2^(72+ℓ), 2^(72+ℓ)], so the per-value statistical distance stays
-/// ≤ 2^-41.5. Messages become 2^ℓ·Δ·m: results must satisfy |m| < 2^(117−ℓ) and are released
-/// modulo 2^(118−ℓ); the evaluator chooses ℓ from the public bound on its results.
+/// add σ ≈ 2^20.2; 13σ < 2^27.9), so the noise before flooding is below
+/// 2^ℓ·(2^30.4 + 2^27.9) < 2^ℓ·2^30.7 (2^ℓ·2^28.3 at n = 4096). Flooding scales with the
+/// packing: uniform on [−2^(72+ℓ), 2^(72+ℓ)), so a shift t of the noise changes the
+/// distribution by at most t/2^(72+ℓ): ≤ 2^-41.3 per released value at the largest sizes,
+/// ≤ 2^-43.7 at n = 4096. Messages become 2^ℓ·Δ·m: results must satisfy |m| < 2^(117−ℓ) and
+/// are released modulo 2^(118−ℓ); the evaluator chooses ℓ from the public bound on its results.
 ///
 /// **Correctness.** Δ·2^ℓ = 2^(74+ℓ), so decryption is exact while total noise < 2^(73+ℓ):
-/// flooding 2^(72+ℓ), plus the noise before flooding (< 2^(30.5+ℓ)), the re-randomisation
+/// flooding 2^(72+ℓ), plus the noise before flooding (< 2^(30.7+ℓ)), the re-randomisation
 /// noise (< 2^20) and, because released results keep only the top 136 bits of each coefficient
 /// (17 bytes instead of 24), the rounding error ≤ (N + 1)·2^55 < 2^68.1 even in the worst case.
 pub const N8192_Q192: Params = Params {
@@ -130,9 +131,11 @@ pub(crate) fn signed_residue(residue: u128, bits: u32) -> i128 {
     ((residue << shift) as i128) >> shift
 }
 
-/// Refuses an object made under another parameter set than `params`.
+/// Refuses an object made under another parameter set than `params`, and parameters that are
+/// not exactly a named set (the fields are public; the code relies on the named sets' shape,
+/// e.g. digit widths that divide 64).
 pub(crate) fn check_params(params: &Params, id: u8, what: &'static str) -> Result<(), HeError> {
-    if params.id == id {
+    if params.id == id && Params::by_id(id).is_some_and(|named| named == *params) {
         Ok(())
     } else {
         Err(HeError::WrongKey { what })

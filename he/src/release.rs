@@ -310,8 +310,20 @@ mod tests {
         // 6 calls × 1 ciphertext × 64 slots share six draws of re-randomisation, still far
         // below the flooding. The bounds are more than 5 standard deviations wide.
         for (packing, calls, expected_levels) in [(&unpacked, 6, 0), (&packed, 6, 6)] {
-            let (flood_small, levels) = sample(&small, packing, params.flood_bits, 136, calls);
-            let (flood_large, _) = sample(&large, packing, params.flood_bits, 136, calls);
+            let (flood_small, levels) = sample(
+                &small,
+                packing,
+                params.flood_bits,
+                params.released_bits,
+                calls,
+            );
+            let (flood_large, _) = sample(
+                &large,
+                packing,
+                params.flood_bits,
+                params.released_bits,
+                calls,
+            );
             assert_eq!(levels, expected_levels);
             let expected = f64::from(71 + levels);
             for noise in [&flood_small, &flood_large] {

@@ -8,6 +8,9 @@
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct U192(pub(crate) [u64; 3]);
 
+/// Copies of secret coefficients (a rotated key) are wiped like the key itself.
+impl zeroize::DefaultIsZeroes for U192 {}
+
 impl U192 {
     pub(crate) const ZERO: U192 = U192([0; 3]);
 
@@ -77,9 +80,11 @@ impl U192 {
         }
     }
 
-    /// self·2^k modulo 2^192 (k < 192).
+    /// self·2^k modulo 2^192 (0 for k ≥ 192).
     pub(crate) fn shl(self, k: u32) -> U192 {
-        debug_assert!(k < Self::BITS);
+        if k >= Self::BITS {
+            return U192::ZERO;
+        }
         let (words, bits) = ((k / 64) as usize, k % 64);
         let mut out = [0u64; 3];
         for (i, word) in out.iter_mut().enumerate().skip(words) {
@@ -92,9 +97,11 @@ impl U192 {
         U192(out)
     }
 
-    /// ⌊self / 2^k⌋, read as unsigned (k < 192).
+    /// ⌊self / 2^k⌋, read as unsigned (0 for k ≥ 192).
     pub(crate) fn shr(self, k: u32) -> U192 {
-        debug_assert!(k < Self::BITS);
+        if k >= Self::BITS {
+            return U192::ZERO;
+        }
         let (words, bits) = ((k / 64) as usize, k % 64);
         let mut out = [0u64; 3];
         for (i, word) in out.iter_mut().enumerate().take(3 - words) {
@@ -118,10 +125,14 @@ impl U192 {
         }
     }
 
-    /// Rounds to the nearest multiple of 2^(192 − bits): the top `bits` bits are kept.
+    /// Rounds to the nearest multiple of 2^(192 − bits), modulo 2^192: the top `bits` bits
+    /// are kept (all of them for bits ≥ 192, none for 0).
     pub(crate) fn round_to_top(self, bits: u32) -> U192 {
         if bits >= Self::BITS {
             return self;
+        }
+        if bits == 0 {
+            return U192::ZERO;
         }
         let drop = Self::BITS - bits;
         self.wrapping_add(U192::from_u128(1).shl(drop - 1))
@@ -173,6 +184,29 @@ mod tests {
         (a.0.wrapping_add(b.0).wrapping_add(u128::from(carry)), low)
     }
 
+    /// Bit by bit: the independent reference for the shifts.
+    fn bit(v: U192, i: u32) -> bool {
+        v.0[(i / 64) as usize] >> (i % 64) & 1 == 1
+    }
+
+    fn from_bits(f: impl Fn(u32) -> bool) -> U192 {
+        let mut out = [0u64; 3];
+        for i in 0..192 {
+            if f(i) {
+                out[(i / 64) as usize] |= 1 << (i % 64);
+            }
+        }
+        U192(out)
+    }
+
+    fn reference_shl(v: U192, k: u32) -> U192 {
+        from_bits(|i| i >= k && bit(v, i - k))
+    }
+
+    fn reference_shr(v: U192, k: u32) -> U192 {
+        from_bits(|i| i + k < 192 && bit(v, i + k))
+    }
+
     fn random(rng: &mut impl RngExt) -> U192 {
         U192([rng.random(), rng.random(), rng.random()])
     }
@@ -197,16 +231,32 @@ mod tests {
                 }
             }
             assert_eq!(a.wrapping_mul_u64(m), expected);
-            let s = rng.random_range(-(1i64 << 40)..(1 << 40));
+            // A negative multiplier is the negation of the positive product.
+            let s = rng.random_range(1..(1i64 << 40));
             assert_eq!(
-                a.wrapping_mul_i64(s),
-                a.wrapping_mul_u64(s.unsigned_abs())
-                    .wrapping_mul_i64(s.signum())
+                a.wrapping_mul_i64(-s)
+                    .wrapping_add(a.wrapping_mul_u64(s as u64)),
+                U192::ZERO
             );
-            let k = rng.random_range(0..192);
-            // Shifting left then right keeps the low 192 − k bits.
-            let kept = a.shl(k).shr(k);
-            assert_eq!(kept.shl(k), a.shl(k));
+            for k in [
+                0,
+                1,
+                15,
+                63,
+                64,
+                65,
+                127,
+                128,
+                129,
+                190,
+                191,
+                rng.random_range(0..192),
+            ] {
+                assert_eq!(a.shl(k), reference_shl(a, k), "shl {k}");
+                assert_eq!(a.shr(k), reference_shr(a, k), "shr {k}");
+            }
+            assert_eq!(a.shl(192), U192::ZERO);
+            assert_eq!(a.shr(300), U192::ZERO);
             assert_eq!(U192::from_le_bytes(a.to_le_bytes()), a);
         }
         assert_eq!(U192::from_i64(-1), U192([u64::MAX; 3]));
@@ -227,5 +277,7 @@ mod tests {
                 .round_to_top(8),
             U192::ZERO
         );
+        assert_eq!(U192([u64::MAX; 3]).round_to_top(0), U192::ZERO);
+        assert_eq!(U192([5, 6, 7]).round_to_top(192), U192([5, 6, 7]));
     }
 }

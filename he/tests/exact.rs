@@ -77,6 +77,58 @@ fn largest_sizes_are_exact() {
     assert_eq!(got, expected);
 }
 
+/// Results of the plaintext's full width: values near 2^100 times small columns give products
+/// near 2^114, whose declared bound leaves one packing level; they come back exact, and one
+/// more bit of bound is refused.
+#[test]
+fn products_near_the_top_of_the_plaintext_are_exact() {
+    let params = N8192_Q192;
+    let (secret, public) = SecretKey::generate(&params);
+    let rows = 40;
+    let big = 1i128 << 100;
+    let v: Vec<i128> = (0..rows as i128)
+        .map(|i| big - 977 * i * (i % 3 - 1))
+        .collect();
+    let columns = 3;
+    let x: Vec<i64> = (0..rows * columns)
+        .map(|i| [1023, -1023, 511][i / rows] - (i % 7) as i64)
+        .collect();
+    let encrypted = secret.encrypt(&v, big + 977 * 40).unwrap();
+    let matrix = PreparedMatrix::new(&params, rows, columns, &x).unwrap();
+    let product = public.multiply(&params, &encrypted, &matrix).unwrap();
+    // Bound ≈ 2^100 · 40 · 1023 ≈ 2^115.3: 117 − 116 = 1 packing level is what still fits.
+    assert!(product.bound() > 1 << 115);
+    let packing = secret.packing_key(params.max_pack_levels).unwrap();
+    let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
+    assert_eq!(masked.levels(), 1);
+    let got = masks
+        .unmask(&secret.decrypt_masked(&masked).unwrap())
+        .unwrap();
+    let expected: Vec<i128> = x
+        .chunks(rows)
+        .map(|column| {
+            column
+                .iter()
+                .zip(&v)
+                .map(|(&a, &b)| i128::from(a) * b)
+                .sum()
+        })
+        .collect();
+    assert!(
+        expected.iter().all(|e| e.unsigned_abs() > 1 << 112),
+        "{expected:?}"
+    );
+    assert_eq!(got, expected);
+    // Twice the bound could wrap the 118-bit plaintext: refused.
+    let doubled = secret.encrypt(&v, 2 * (big + 977 * 40)).unwrap();
+    let wider: Vec<i64> = x.iter().map(|&a| a * 2).collect();
+    let wider = PreparedMatrix::new(&params, rows, columns, &wider).unwrap();
+    assert!(matches!(
+        public.multiply(&params, &doubled, &wider),
+        Err(HeError::ProductTooLarge { .. })
+    ));
+}
+
 #[test]
 fn encrypt_add_decrypt_across_block_boundaries() {
     let params = N8192_Q192;
