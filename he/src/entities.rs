@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use tfhe::core_crypto::commons::math::random::{RandomGenerator, Seed};
-use tfhe::core_crypto::prelude::*;
+use chacha20::ChaCha20Rng;
+use rand::{Rng, SeedableRng};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::params::Params;
@@ -32,14 +32,17 @@ pub(crate) struct SeededBlock {
 }
 
 impl SeededBlock {
-    /// The uniform mask a of a seeded block, regenerated from its seed by tfhe's CSPRNG.
+    /// The uniform mask a of a seeded block, regenerated from its seed: the ChaCha20 keystream
+    /// under the key (seed ‖ "unseen/he/mask/3"), 24 bytes per coefficient.
     pub(crate) fn mask(seed: u128, n: usize) -> Vec<U192> {
-        let mut words = vec![0u64; 3 * n];
-        RandomGenerator::<DefaultRandomGenerator>::new(Seed(seed))
-            .fill_slice_with_random_uniform(&mut words);
-        words
-            .chunks_exact(3)
-            .map(|w| U192([w[0], w[1], w[2]]))
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(&seed.to_le_bytes());
+        key[16..].copy_from_slice(b"unseen/he/mask/3");
+        let mut bytes = vec![0u8; 24 * n];
+        ChaCha20Rng::from_seed(key).fill_bytes(&mut bytes);
+        bytes
+            .chunks_exact(24)
+            .map(|c| U192::from_le_bytes(c.try_into().expect("24-byte chunks")))
             .collect()
     }
 

@@ -4,6 +4,9 @@
 use tfhe::core_crypto::commons::math::random::{RandomGenerator, Seed};
 use tfhe::core_crypto::prelude::*;
 
+use chacha20::ChaCha20Rng;
+use rand::SeedableRng;
+
 use crate::params::Params;
 use crate::wide::U192;
 
@@ -17,9 +20,18 @@ pub(crate) fn fresh_seed() -> Seed {
     Seed(hardware ^ u128::from_le_bytes(os))
 }
 
-/// A CSPRNG (tfhe's) seeded with a [`fresh_seed`].
+/// A CSPRNG (tfhe's) seeded with a [`fresh_seed`]: draws the Gaussian noise.
 pub(crate) fn csprng() -> RandomGenerator<DefaultRandomGenerator> {
     RandomGenerator::<DefaultRandomGenerator>::new(fresh_seed())
+}
+
+/// A ChaCha20 generator keyed with two [`fresh_seed`]s (256 bits): draws the uniform
+/// randomness of a release (the binary re-randomiser, the masks and the flooding) in bulk.
+pub(crate) fn stream() -> ChaCha20Rng {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(&fresh_seed().0.to_le_bytes());
+    key[16..].copy_from_slice(&fresh_seed().0.to_le_bytes());
+    ChaCha20Rng::from_seed(key)
 }
 
 /// The encryption noise: tfhe's Gaussian of standard deviation `params.noise_std`.

@@ -3,6 +3,7 @@
 //! re-randomised under the owner's public key and flooded; the crate docs outline the steps and
 //! [`N8192_Q192`](crate::N8192_Q192) gives the flooding argument.
 
+use rand::Rng;
 use rayon::prelude::*;
 
 use crate::entities::{
@@ -12,7 +13,7 @@ use crate::entities::{
 use crate::error::HeError;
 use crate::pack::check_key;
 use crate::params::{check_params, signed_residue, Params};
-use crate::random::{csprng, gaussian_noise};
+use crate::random::{csprng, gaussian_noise, stream};
 use crate::ring::ring_for;
 use crate::wide::U192;
 
@@ -98,9 +99,12 @@ impl PublicKey {
                     .pack(params, &ring, group_items)
                     .expect("every group holds at least one column");
                 let mut rng = csprng();
-                let mut u = vec![0u64; n];
-                rng.fill_slice_with_random_uniform_binary(&mut u);
-                let u_small: Vec<i64> = u.iter().map(|&c| c as i64).collect();
+                let mut uniform = stream();
+                let mut bits = vec![0u8; n.div_ceil(8)];
+                uniform.fill_bytes(&mut bits);
+                let u_small: Vec<i64> = (0..n)
+                    .map(|i| i64::from(bits[i / 8] >> (i % 8) & 1))
+                    .collect();
                 let e1 = gaussian_noise(params, &mut rng, n);
                 let u = ring.forward_small(&u_small);
                 let (u_a, u_b) = (ring.product(&a_pk, &u), ring.product(&b_pk, &u));
@@ -116,12 +120,16 @@ impl PublicKey {
                     .collect();
                 let e2 = gaussian_noise(params, &mut rng, present);
                 let mut masks = Vec::with_capacity(present);
+                let mut draw = || {
+                    let mut bytes = [0u8; 16];
+                    uniform.fill_bytes(&mut bytes);
+                    u128::from_le_bytes(bytes)
+                };
                 let slots: Vec<U192> = (0..present)
                     .map(|slot| {
                         let position = slot * spacing;
-                        let flood = (rng.random_uniform::<u128>() & (flood_span - 1)) as i128
-                            - (flood_span / 2) as i128;
-                        let r = rng.random_uniform::<u128>() & message_mask;
+                        let flood = (draw() & (flood_span - 1)) as i128 - (flood_span / 2) as i128;
+                        let r = draw() & message_mask;
                         masks.push(r);
                         b[position]
                             .wrapping_add(u_b[position])
