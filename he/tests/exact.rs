@@ -364,3 +364,45 @@ fn bin_indicators_multiply_like_their_zero_one_values() {
         ));
     }
 }
+
+/// Products of residues (additive shares) wrap modulo the released modulus and stay exact
+/// there; the ordinary product refuses the same inputs.
+#[test]
+fn residue_products_wrap_exactly() {
+    let params = N8192_Q192;
+    let (secret, public) = SecretKey::generate(&params);
+    let (rows, columns) = (700, 12);
+    let share_bound = (1i128 << 107) - 1;
+    let v = random_wide(rows, share_bound);
+    let x = random_values(rows * columns, params.max_matrix_abs);
+    let encrypted = secret.encrypt(&v, share_bound).unwrap();
+    let matrix = PreparedMatrix::new(&params, rows, columns, &x).unwrap();
+    assert!(matches!(
+        public.multiply(&params, &encrypted, &matrix),
+        Err(HeError::ProductTooLarge { .. })
+    ));
+    let product = public
+        .multiply_residues(&params, &encrypted, &matrix, share_bound)
+        .unwrap();
+    let packing = secret.packing_key(params.max_pack_levels).unwrap();
+    let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
+    let bits = masks.modulus_bits();
+    assert!(bits >= 108, "released modulus 2^{bits}");
+    let got = masks
+        .unmask(&secret.decrypt_masked(&masked).unwrap())
+        .unwrap();
+    let modulus_mask = (1u128 << bits) - 1;
+    for (column, &got) in got.iter().enumerate() {
+        let want = x[column * rows..(column + 1) * rows]
+            .iter()
+            .zip(&v)
+            .fold(0u128, |acc, (&x, &v)| {
+                acc.wrapping_add((x as i128).wrapping_mul(v) as u128)
+            });
+        assert_eq!(
+            got as u128 & modulus_mask,
+            want & modulus_mask,
+            "column {column}"
+        );
+    }
+}
