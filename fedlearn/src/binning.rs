@@ -33,10 +33,11 @@ use serde::{Deserialize, Serialize};
 use crate::data::Table;
 use crate::error::FedError;
 use crate::message::{ColumnSizes, Message};
-use crate::party::{job_nonce, signed};
+use crate::party::job_nonce;
 use crate::prep::{Bins, Fitted, KeptBins, Prep, RowBins};
 use crate::protocol::{packing_levels, PARAMS};
 use crate::woe::ColumnStats;
+use he::signed_residue;
 
 /// Host bins per HE product: bounds the host's memory (each bin holds its transformed
 /// indicator column, 32 bytes per row) and sets the packing (32 results per ciphertext).
@@ -201,12 +202,9 @@ impl BinningGuest {
                 return Err(wrong("counts and masks differ in number".into()));
             }
             let modulus = (1u128 << product.modulus_bits()) - 1;
-            events.extend(
-                decrypted
-                    .iter()
-                    .zip(shares)
-                    .map(|(&d, &s)| signed(d.wrapping_add(s) & modulus, product.modulus_bits())),
-            );
+            events.extend(decrypted.iter().zip(shares).map(|(&d, &s)| {
+                signed_residue(d.wrapping_add(s) & modulus, product.modulus_bits())
+            }));
         }
         if events.len() != bins {
             return Err(wrong(format!("{} counts for {bins} bins", events.len())));

@@ -9,7 +9,7 @@ use crate::masks::Split;
 use crate::message::{Message, Proposal, Transport};
 use crate::metrics::{evaluate, reliability};
 use crate::model::{Calibration, ModelPart};
-use crate::party::{job_nonce, signed, Core, LOSS_RELEASE_BITS};
+use crate::party::{job_nonce, Core, LOSS_RELEASE_BITS};
 use crate::prep::Prep;
 use crate::protocol::{
     decode_score, encode_fixed, finish_with_error, unexpected, Convergence, EpochReport, Event,
@@ -17,6 +17,7 @@ use crate::protocol::{
     SUM_FRAC_BITS,
 };
 use crate::session::{drive, Mailbox, Session};
+use he::signed_residue;
 
 /// Everything the guest brings to a job. `table` is already aligned (PSI order).
 pub struct GuestJob {
@@ -455,7 +456,7 @@ impl GuestSession {
         let products = 2f64.powi(-2 * LOSS_FRAC_BITS as i32);
         let sums = 2f64.powi(-SUM_FRAC_BITS);
         let modulus = (1u128 << LOSS_RELEASE_BITS) - 1;
-        let released = |v: u128| signed(v & modulus, LOSS_RELEASE_BITS) as f64 * products;
+        let released = |v: u128| signed_residue(v & modulus, LOSS_RELEASE_BITS) as f64 * products;
         let n_train = self.core.split.train.len();
         let mean = |range: std::ops::Range<usize>, s: usize| -> Option<f64> {
             let n = range.len();

@@ -144,6 +144,8 @@ mod protocol;
 mod reference;
 mod select;
 mod session;
+mod shared;
+mod shares;
 mod simulator;
 mod woe;
 

@@ -17,7 +17,10 @@
 //! honest shares allow; a product altered by one of the senders passes with probability at
 //! most 2^-40 (see [`Core::gradient`]).
 
-use he::{EncryptedVector, PackingKey, PreparedColumns, PreparedMatrix, PublicKey, SecretKey};
+use he::{
+    signed_residue, EncryptedVector, PackingKey, PreparedColumns, PreparedMatrix, PublicKey,
+    SecretKey,
+};
 
 use crate::checkpoint::{Checkpoint, GuestProgress};
 use crate::config::{OptimizerState, TrainConfig};
@@ -340,7 +343,7 @@ impl Core {
                     let sum = real.iter().zip(rho).fold(0u128, |acc, (column, r)| {
                         acc.wrapping_add((column[i] as i128 as u128).wrapping_mul(*r))
                     });
-                    signed(sum & modulus, CHECK_BITS)
+                    signed_residue(sum & modulus, CHECK_BITS)
                 })
                 .collect();
             columns[*position] = Some(
@@ -733,7 +736,7 @@ impl Core {
             .iter()
             .enumerate()
             .map(|(j, &position)| {
-                let value = signed(total[position], bits);
+                let value = signed_residue(total[position], bits);
                 if value.abs() > evaluators * i128::from(l1[j]) * share_max {
                     return Err(FedError::Integrity {
                         step,
@@ -831,12 +834,6 @@ fn product_context(step: u64, owner: &str) -> Vec<u8> {
     context.extend_from_slice(&step.to_le_bytes());
     context.extend_from_slice(owner.as_bytes());
     context
-}
-
-/// A residue modulo 2^bits (bits ≤ 128) read as a signed integer.
-pub(crate) fn signed(residue: u128, bits: u32) -> i128 {
-    let shift = 128 - bits;
-    ((residue << shift) as i128) >> shift
 }
 
 /// Draws a random 16-byte job nonce.

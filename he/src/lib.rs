@@ -67,5 +67,5 @@ pub use entities::{
     PreparedMatrix, PublicKey, SecretKey,
 };
 pub use error::HeError;
-pub use params::{Params, N8192_Q192};
+pub use params::{signed_residue, Params, N8192_Q192};
 pub use wire::{FORMAT_VERSION, MAX_COLUMNS};

@@ -126,7 +126,8 @@ impl Params {
 
 /// A residue modulo 2^`bits` (bits ≤ 128) read as a signed integer in
 /// [−2^(bits−1), 2^(bits−1)).
-pub(crate) fn signed_residue(residue: u128, bits: u32) -> i128 {
+pub fn signed_residue(residue: u128, bits: u32) -> i128 {
+    debug_assert!((1..=128).contains(&bits));
     let shift = 128 - bits;
     ((residue << shift) as i128) >> shift
 }
