@@ -1,31 +1,43 @@
-//! Secret-shared training between two parties in Gram form (`docs/training.md`,
-//! "Secret-shared weights").
+//! Secret-shared training in Gram form, for the guest and any number of hosts
+//! (`docs/training.md`, "Secret-shared weights").
 //!
 //! With the first-order residual d = ¼·z + ½ − y the objective is the quadratic
 //! L(w) = log 2 + (1/n)·c·w + ½·wᵀHw with H = XᵀX/(4n) + λI′ (the intercept unpenalised) and
 //! c = Xᵀ(½ − y). Party P preconditions its block of the gradient with the inverse of its own
-//! diagonal block, M_P = H_PP^-1, a matrix only P needs and P computes in the clear:
+//! diagonal block, M_P = H_PP^-1, which only P needs and P computes in the clear:
 //!
-//!   M_P·∇_P L = w_P + k_P + K_PQ·w_Q,  k_P = M_P·c_P / n,  K_PQ = M_P·X_Pᵀ X_Q / (4n),
+//!   M_P·∇_P L = w_P + k_P + Σ_{Q≠P} K_PQ·w_Q,  k_P = M_P·c_P / n,  K_PQ = M_P·X_Pᵀ X_Q / (4n),
 //!
-//! and takes the step v ← μ·v − η·(w_P + k_P + K_PQ·w_Q), w ← w + v (block Jacobi with
-//! momentum). Every quantity that depends on both parties' data — the cross Gram, K_PQ, k
-//! of the host, both parties' weights and velocities — exists only as additive shares
-//! modulo 2^108 (`shares`); a step is one share × share product each way, of the size of the
-//! weight vectors, whatever the number of rows.
+//! and takes the step v ← μ·v − η·(w_P + k_P + Σ K_PQ·w_Q), w ← w + v (block Jacobi with
+//! momentum). Nothing that depends on two parties' data exists in the clear:
 //!
-//! Set-up, in order:
+//! - K_PQ and K_QP are shared between P and Q (every pair, hosts among themselves too);
+//! - a host's k and its weights and velocity are shared between the host and the guest; the
+//!   guest's between the guest and the first host (the guest's *partner* is host 1, every
+//!   host's is the guest). The guest's k_G depends on its data alone and is its own.
+//!
+//! Shares are residues modulo 2^108 (`shares`). A step costs one share × share product
+//! between every ordered pair of parties, of the size of the weight vectors whatever the
+//! number of rows, and a hand-over of the shares that landed elsewhere.
+//!
+//! **Set-up, per pair (P, Q), P the leader (the lower index; the guest leads every pair).**
 //! 1. Each party encrypts its quantised training columns under its own key for the other.
-//! 2. The host multiplies the guest's encrypted columns by each of its columns (the cross
-//!    Gram X_Gᵀ X_H, one release per host column) and the guest multiplies the host's by
-//!    1 − 2y (2·c_H); each keeps its masks as its share, the other decrypts its own.
-//!    Both scale their shares to `GRAM_BITS` fraction bits of X_Pᵀ X_Q / 2^t, 2^t ≥ 4n.
-//! 3. Each party encrypts the rows of its Gram share (and the guest its share of c_H); the
-//!    other multiplies them by its integer preconditioner N = round(M·2^t/(4n)·2^PRECOND_BITS),
-//!    which gives both shares of K in both directions and of k_H.
+//! 2. Q multiplies P's encrypted columns by each of its own columns (the cross Gram, one
+//!    release per column of Q); when P is the guest it multiplies Q's columns by 1 − 2y
+//!    (2·c_Q). The evaluator keeps its masks as its share; the other decrypts its own. Both
+//!    scale their shares to `GRAM_BITS` fraction bits of XᵀX / 2^t, 2^t ≥ 4n.
+//! 3. Each encrypts the rows of its Gram share (the guest also its share of 2·c_Q); the other
+//!    multiplies them by its integer preconditioner N = round(M·2^t/(4n)·2^PRECOND_BITS), which
+//!    gives both shares of K_PQ, K_QP and k_Q.
 //!
-//! Per step each party sends its weight shares (gadget-encrypted) and returns the product
-//! with its K shares; see [`Side::step_vector`].
+//! **A step.** Every party R sends every other party its shares of the weight vectors it
+//! holds, gadget-encrypted (`shares`). Evaluator E multiplies them by its K shares: for each
+//! weight vector w_Q in R's hands (Q ≠ E) its share of K_EQ, giving u_E; if R holds a share of
+//! E's own weights (R is E's partner), its shares of K_PE for every P, giving u_P. E keeps the
+//! masks, R decrypts; E also adds its products with its own weight shares. Then each party
+//! hands its share of u_P to P unless it is P or P's partner (its share is masked by the
+//! partner's own release masks, which P never sees), and P and its partner truncate and
+//! update.
 
 // Small dense linear algebra reads best with indices.
 #![allow(clippy::needless_range_loop)]
@@ -37,7 +49,7 @@ use he::{PublicKey, SecretKey};
 use crate::error::FedError;
 use crate::shares::{
     add, encrypt_vector, prepare_matrix, receive_product, release_product, rescale, residue, scale,
-    signed, sub, truncate,
+    signed, sub, truncate, SHARE_BITS,
 };
 
 /// Fraction bits of the scaled Gram shares.
@@ -53,84 +65,124 @@ const RATE_BITS: u32 = 16;
 /// Public bound on |quantised feature| (the `Quantised` format).
 const FEATURE_BOUND: i128 = 1 << 13;
 
-/// What a party brings to the pair.
-pub(crate) struct SideInput {
-    /// The party's name, for errors.
-    pub(crate) name: String,
-    /// The guest (it holds the labels and the intercept, and truncates "first").
-    pub(crate) guest: bool,
-    /// Quantised training columns, each over the same rows.
+/// The party that holds the other share of P's weights: host 1 for the guest (party 0), the
+/// guest for every host.
+pub(crate) fn partner(party: usize) -> usize {
+    usize::from(party == 0)
+}
+
+/// The weight vectors party R holds a share of, ascending: its own and those of the parties
+/// whose partner it is.
+fn holdings(party: usize, parties: usize) -> Vec<usize> {
+    (0..parties)
+        .filter(|&q| q == party || partner(q) == party)
+        .collect()
+}
+
+/// What a party brings to the job.
+pub(crate) struct PartyInput {
+    /// Names of all parties, the guest first; this party's index into them.
+    pub(crate) names: Vec<String>,
+    pub(crate) index: usize,
+    /// Column count and quantisation fraction bits of every party (public).
+    pub(crate) widths: Vec<usize>,
+    pub(crate) frac_bits: Vec<u32>,
+    /// This party's quantised training columns, each over the same rows.
     pub(crate) columns: Vec<Vec<i64>>,
-    /// Their fraction bits.
-    pub(crate) frac_bits: u32,
     /// Labels of the training rows (the guest's only).
     pub(crate) labels: Option<Vec<f64>>,
     /// Index of the intercept column (not penalised), the guest's only.
     pub(crate) intercept: Option<usize>,
-    /// L2 penalty λ.
+    /// L2 penalty λ, step size η and momentum μ (public settings).
     pub(crate) l2: f64,
-    /// Step size η and momentum μ.
     pub(crate) rate: f64,
     pub(crate) momentum: f64,
 }
 
-/// What a party learns of its peer in the set-up (public to both).
-pub(crate) struct PeerInfo {
-    pub(crate) name: String,
-    pub(crate) columns: usize,
-    pub(crate) frac_bits: u32,
+/// A peer's keys.
+pub(crate) struct PeerKeys {
     pub(crate) public: PublicKey,
     pub(crate) packing: PackingKey,
 }
 
-/// One party's state in a two-party shared job.
-pub(crate) struct Side {
-    params: Params,
-    input: SideInput,
-    secret: SecretKey,
-    peer: PeerInfo,
-    rows: usize,
-    /// ⌈log2 4n⌉.
-    norm_bits: u32,
+/// What one pair (this party and a peer) builds in the set-up.
+struct Pair {
+    keys: PeerKeys,
     /// The peer's columns under its key, transformed.
-    peer_columns: Option<PreparedColumns>,
+    columns: Option<PreparedColumns>,
     /// Share of the scaled Gram X_meᵀ X_peer (m_me × m_peer, row-major).
     gram: Vec<u128>,
-    /// Share of the host's scaled 2·c (the host's: m_H entries; the guest holds the other).
+    /// Guest–host pairs: share of the host's scaled 2·c.
     label_term: Vec<u128>,
-    /// N_me, row-major m_me × m_me.
-    precond: Vec<i128>,
     /// Shares of K_{me,peer} (m_me × m_peer) and K_{peer,me} (m_peer × m_me).
     coupling_mine: Vec<u128>,
     coupling_peer: Vec<u128>,
-    /// Shares of k_me and k_peer (WEIGHT_BITS).
-    offset_mine: Vec<u128>,
-    offset_peer: Vec<u128>,
-    /// Shares of both parties' weights and velocities: (mine, peer's).
-    weights: (Vec<u128>, Vec<u128>),
-    velocity: (Vec<u128>, Vec<u128>),
-    /// The step product prepared from the K shares.
-    step_matrix: Option<PreparedMatrix>,
-    /// This party's shares of (u_me, u_peer) from its own release, awaiting the peer's.
-    pending: Option<Vec<u128>>,
+    /// Guest–host pairs: share of the host's k (WEIGHT_BITS).
+    offset: Vec<u128>,
 }
 
-impl Side {
+/// Shares of one party's weight vector, velocity and k.
+struct Held {
+    party: usize,
+    weights: Vec<u128>,
+    velocity: Vec<u128>,
+    offset: Vec<u128>,
+}
+
+/// One party's state.
+pub(crate) struct Party {
+    params: Params,
+    input: PartyInput,
+    secret: SecretKey,
+    rows: usize,
+    /// ⌈log2 4n⌉.
+    norm_bits: u32,
+    /// N_me, row-major m_me × m_me.
+    precond: Vec<i128>,
+    pairs: Vec<Option<Pair>>,
+    held: Vec<Held>,
+    /// Per peer R: the step product for R's weight shares.
+    step_matrices: Vec<Option<PreparedMatrix>>,
+    /// This step's shares of u_P for every party P.
+    sums: Vec<Vec<u128>>,
+}
+
+impl Party {
     pub(crate) fn new(
         params: Params,
-        input: SideInput,
+        input: PartyInput,
         secret: SecretKey,
-        peer: PeerInfo,
-    ) -> Result<Side, FedError> {
-        let rows = input.columns.first().map_or(0, Vec::len);
-        if rows == 0 || input.columns.iter().any(|c| c.len() != rows) {
-            return Err(FedError::LengthMismatch {
-                what: "shared training columns",
-                expected: rows.max(1),
-                got: input.columns.iter().map(Vec::len).min().unwrap_or(0),
+        peers: Vec<Option<PeerKeys>>,
+    ) -> Result<Party, FedError> {
+        let parties = input.names.len();
+        let me = input.index;
+        if parties < 2
+            || input.widths.len() != parties
+            || input.frac_bits.len() != parties
+            || peers.len() != parties
+            || me >= parties
+            || peers
+                .iter()
+                .enumerate()
+                .any(|(p, k)| k.is_some() == (p == me))
+        {
+            return Err(FedError::Config {
+                field: "parties",
+                reason: "every party needs a name, a width, fraction bits and keys".into(),
             });
         }
-        if input.guest != input.labels.is_some() {
+        let rows = input.columns.first().map_or(0, Vec::len);
+        if rows == 0
+            || input.columns.len() != input.widths[me]
+            || input.columns.iter().any(|c| c.len() != rows)
+        {
+            return Err(FedError::LengthMismatch {
+                what: "shared training columns",
+                expected: input.widths[me],
+                got: input.columns.len(),
+            });
+        }
+        if (me == 0) != input.labels.is_some() {
             return Err(FedError::Config {
                 field: "labels",
                 reason: "the guest, and only the guest, brings labels".into(),
@@ -138,39 +190,83 @@ impl Side {
         }
         let norm_bits = ((4 * rows) as f64).log2().ceil() as u32;
         let precond = preconditioner(&input, rows, norm_bits)?;
-        let m = input.columns.len();
-        let peer_m = peer.columns;
-        Ok(Side {
+        let pairs = peers
+            .into_iter()
+            .enumerate()
+            .map(|(peer, keys)| {
+                keys.map(|keys| Pair {
+                    keys,
+                    columns: None,
+                    gram: vec![0; input.widths[me] * input.widths[peer]],
+                    label_term: Vec::new(),
+                    coupling_mine: Vec::new(),
+                    coupling_peer: Vec::new(),
+                    offset: Vec::new(),
+                })
+            })
+            .collect();
+        let held = holdings(me, parties)
+            .into_iter()
+            .map(|party| Held {
+                party,
+                weights: vec![0; input.widths[party]],
+                velocity: vec![0; input.widths[party]],
+                offset: vec![0; input.widths[party]],
+            })
+            .collect();
+        Ok(Party {
             params,
             secret,
             rows,
             norm_bits,
-            peer_columns: None,
-            gram: vec![0; m * peer_m],
-            label_term: Vec::new(),
             precond,
-            coupling_mine: Vec::new(),
-            coupling_peer: Vec::new(),
-            offset_mine: vec![0; m],
-            offset_peer: vec![0; peer_m],
-            weights: (vec![0; m], vec![0; peer_m]),
-            velocity: (vec![0; m], vec![0; peer_m]),
-            step_matrix: None,
-            pending: None,
+            pairs,
+            held,
+            step_matrices: (0..parties).map(|_| None).collect(),
+            sums: Vec::new(),
             input,
-            peer,
         })
     }
 
-    fn mine(&self) -> usize {
-        self.input.columns.len()
+    fn parties(&self) -> usize {
+        self.input.names.len()
+    }
+
+    fn me(&self) -> usize {
+        self.input.index
+    }
+
+    fn width(&self, party: usize) -> usize {
+        self.input.widths[party]
     }
 
     fn he(context: &'static str) -> impl Fn(he::HeError) -> FedError {
         move |source| FedError::He { context, source }
     }
 
-    /// Set-up 1: this party's columns under its own key.
+    fn protocol(&self, peer: usize, reason: &str) -> FedError {
+        FedError::Protocol {
+            peer: self.input.names.get(peer).cloned().unwrap_or_default(),
+            reason: reason.into(),
+        }
+    }
+
+    fn pair(&self, peer: usize) -> Result<&Pair, FedError> {
+        self.pairs
+            .get(peer)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| self.protocol(peer, "not a peer of this job"))
+    }
+
+    fn pair_mut(&mut self, peer: usize) -> Result<&mut Pair, FedError> {
+        if self.pairs.get(peer).is_some_and(Option::is_some) {
+            Ok(self.pairs[peer].as_mut().expect("checked"))
+        } else {
+            Err(self.protocol(peer, "not a peer of this job"))
+        }
+    }
+
+    /// Set-up 1: this party's columns under its own key, for every peer.
     pub(crate) fn encrypted_columns(&self) -> Result<Vec<EncryptedVector>, FedError> {
         self.input
             .columns
@@ -180,75 +276,89 @@ impl Side {
             .map_err(Self::he("encrypting training columns"))
     }
 
-    /// Set-up 1, the other way: the peer's encrypted columns.
-    pub(crate) fn accept_columns(&mut self, columns: &[EncryptedVector]) -> Result<(), FedError> {
-        if columns.len() != self.peer.columns || columns.iter().any(|c| c.len() != self.rows) {
-            return Err(self.protocol("its columns do not have the announced shape"));
+    /// Set-up 1, receiving a peer's encrypted columns.
+    pub(crate) fn accept_columns(
+        &mut self,
+        peer: usize,
+        columns: &[EncryptedVector],
+    ) -> Result<(), FedError> {
+        let (width, rows, params) = (self.width(peer), self.rows, self.params);
+        if columns.len() != width || columns.iter().any(|c| c.len() != rows) {
+            return Err(self.protocol(peer, "its columns do not have the announced shape"));
         }
-        let prepared = self
-            .peer
+        let pair = self.pair_mut(peer)?;
+        let prepared = pair
+            .keys
             .public
-            .prepare_columns(&self.params, columns)
-            .map_err(Self::he("preparing the peer's columns"))?;
-        self.peer_columns = Some(prepared);
+            .prepare_columns(&params, columns)
+            .map_err(Self::he("preparing a peer's columns"))?;
+        pair.columns = Some(prepared);
         Ok(())
     }
 
-    fn protocol(&self, reason: &str) -> FedError {
-        FedError::Protocol {
-            peer: self.peer.name.clone(),
-            reason: reason.into(),
-        }
-    }
-
-    fn peer_columns(&self) -> Result<&PreparedColumns, FedError> {
-        self.peer_columns
-            .as_ref()
-            .ok_or_else(|| self.protocol("its columns have not arrived"))
-    }
-
-    /// Set-up 2 (the host): X_Gᵀ x_j for each own column j, released to the guest. The host
-    /// keeps the masks: its share of the Gram, X_Hᵀ X_G row by row.
-    /// Set-up 2 (the guest): X_Hᵀ (1 − 2y), released to the host.
-    pub(crate) fn gram_releases(&mut self) -> Result<Vec<MaskedColumns>, FedError> {
-        let peer_columns = self.peer_columns()?;
-        let public = &self.peer.public;
+    /// Set-up 2, for a peer: the follower of the pair releases the cross Gram (one release
+    /// per own column), the guest releases 2·c of a host; a host leading a host pair sends
+    /// nothing.
+    pub(crate) fn gram_releases(&mut self, peer: usize) -> Result<Vec<MaskedColumns>, FedError> {
+        let me = self.me();
         let vectors: Vec<Vec<i64>> = match &self.input.labels {
             Some(labels) => vec![labels.iter().map(|&y| 1 - 2 * y as i64).collect()],
-            None => self.input.columns.clone(),
+            None if me > peer => self.input.columns.clone(),
+            None => return Ok(Vec::new()),
         };
+        let (params, rows) = (self.params, self.rows);
+        let pair = self.pair(peer)?;
+        let columns = pair
+            .columns
+            .as_ref()
+            .ok_or_else(|| self.protocol(peer, "its columns have not arrived"))?;
         let mut releases = Vec::with_capacity(vectors.len());
         let mut shares = Vec::new();
         for vector in &vectors {
             let bound = FEATURE_BOUND * vector.iter().map(|x| i128::from(x.abs())).sum::<i128>();
-            let plain = PreparedMatrix::new(&self.params, self.rows, 1, vector)
+            let plain = PreparedMatrix::new(&params, rows, 1, vector)
                 .map_err(Self::he("preparing a column"))?;
-            let product = public
-                .multiply_columns(&self.params, peer_columns, &plain, bound)
-                .map_err(Self::he("multiplying the peer's columns"))?;
-            let (masked, masks) = public
-                .mask_and_flood(&self.params, product, &self.peer.packing)
+            let product = pair
+                .keys
+                .public
+                .multiply_columns(&params, columns, &plain, bound)
+                .map_err(Self::he("multiplying a peer's columns"))?;
+            let (masked, masks) = pair
+                .keys
+                .public
+                .mask_and_flood(&params, product, &pair.keys.packing)
                 .map_err(Self::he("releasing a Gram product"))?;
             shares.extend(masks.shares().into_iter().map(|s| residue(s as i128)));
             releases.push(masked);
         }
-        if self.input.guest {
-            // The guest's share of 2·c_H, in the host's columns.
-            self.label_term = shares;
+        let pair = self.pair_mut(peer)?;
+        if me == 0 {
+            // The guest's share of the host's 2·c.
+            pair.label_term = shares;
         } else {
-            // Row j of the host's share is X_Gᵀ x_j: its share of X_Hᵀ X_G, row-major.
-            self.gram = shares;
+            // Release j is X_peerᵀ x_j: row j of this party's share of X_meᵀ X_peer.
+            pair.gram = shares;
         }
         Ok(releases)
     }
 
-    /// Set-up 2, receiving: the guest decrypts the Gram columns, the host its 2·c_H. Then both
-    /// scale their shares.
-    pub(crate) fn accept_gram(&mut self, releases: &[MaskedColumns]) -> Result<(), FedError> {
-        let (m, peer_m) = (self.mine(), self.peer.columns);
-        let expected = if self.input.guest { peer_m } else { 1 };
+    /// Set-up 2, receiving a peer's releases; then both scale their shares.
+    pub(crate) fn accept_gram(
+        &mut self,
+        peer: usize,
+        releases: &[MaskedColumns],
+    ) -> Result<(), FedError> {
+        let me = self.me();
+        let (m, peer_m) = (self.width(me), self.width(peer));
+        let expected = if me < peer {
+            peer_m
+        } else if peer == 0 {
+            1
+        } else {
+            0
+        };
         if releases.len() != expected {
-            return Err(self.protocol("wrong number of Gram releases"));
+            return Err(self.protocol(peer, "wrong number of Gram releases"));
         }
         let mut decrypted = Vec::with_capacity(releases.len());
         for release in releases {
@@ -256,77 +366,78 @@ impl Side {
                 .secret
                 .decrypt_masked(release)
                 .map_err(Self::he("decrypting a Gram release"))?;
-            if values.len() != m || release.modulus_bits() < crate::shares::SHARE_BITS {
-                return Err(self.protocol("a Gram release has the wrong shape"));
+            if values.len() != m || release.modulus_bits() < SHARE_BITS {
+                return Err(self.protocol(peer, "a Gram release has the wrong shape"));
             }
             decrypted.push(values);
         }
-        if self.input.guest {
-            // Release j is column j of X_Gᵀ X_H.
+        let first = me < peer;
+        let gram_shift = GRAM_BITS as i32
+            - (self.input.frac_bits[me] + self.input.frac_bits[peer] + self.norm_bits) as i32;
+        // 2·c_H at 2^(f_H + 1) → 4·c_H / 2^t at 2^GRAM_BITS (see `preconditioner`).
+        let host = me.max(peer);
+        let label_shift =
+            GRAM_BITS as i32 + 1 - (self.input.frac_bits[host] + self.norm_bits) as i32;
+        let pair = self.pair_mut(peer)?;
+        if first {
+            // Release j is column j of X_meᵀ X_peer.
             for (j, column) in decrypted.iter().enumerate() {
                 for i in 0..m {
-                    self.gram[i * peer_m + j] = residue(column[i] as i128);
+                    pair.gram[i * peer_m + j] = residue(column[i] as i128);
                 }
             }
-        } else {
-            self.label_term = decrypted[0].iter().map(|&x| residue(x as i128)).collect();
+        } else if peer == 0 {
+            pair.label_term = decrypted[0].iter().map(|&x| residue(x as i128)).collect();
         }
-        // Scale: the Gram is at 2^(f_me + f_peer), wanted at 2^GRAM_BITS of XᵀX / 2^t.
-        let first = self.input.guest;
-        let gram_shift =
-            GRAM_BITS as i32 - (self.input.frac_bits + self.peer.frac_bits + self.norm_bits) as i32;
-        for x in &mut self.gram {
+        for x in &mut pair.gram {
             *x = rescale(*x, gram_shift, first);
         }
-        // 2·c_H at 2^(f_H + 1) → c_H·4 / 2^t at 2^GRAM_BITS (see `preconditioner`).
-        let host_frac = if self.input.guest {
-            self.peer.frac_bits
-        } else {
-            self.input.frac_bits
-        };
-        let label_shift = GRAM_BITS as i32 + 1 - (host_frac + self.norm_bits) as i32;
-        for x in &mut self.label_term {
+        for x in &mut pair.label_term {
             *x = rescale(*x, label_shift, first);
         }
         Ok(())
     }
 
-    /// Set-up 3: the rows of this party's Gram share (and the guest's share of c_H), gadget
-    /// encrypted, for the peer to multiply by its preconditioner.
-    pub(crate) fn coupling_vectors(&self) -> Result<Vec<EncryptedVector>, FedError> {
-        let peer_m = self.peer.columns;
-        let mut out: Vec<EncryptedVector> = self
+    /// Set-up 3, for a peer: the rows of this party's Gram share (and the guest's share of the
+    /// host's 2·c), gadget-encrypted, for the peer to multiply by its preconditioner.
+    pub(crate) fn coupling_vectors(&self, peer: usize) -> Result<Vec<EncryptedVector>, FedError> {
+        let pair = self.pair(peer)?;
+        let mut out: Vec<EncryptedVector> = pair
             .gram
-            .chunks(peer_m)
+            .chunks(self.width(peer))
             .map(|row| encrypt_vector(&self.secret, row))
             .collect::<Result<_, _>>()?;
-        if self.input.guest {
-            out.push(encrypt_vector(&self.secret, &self.label_term)?);
+        if self.me() == 0 {
+            out.push(encrypt_vector(&self.secret, &pair.label_term)?);
         }
         Ok(out)
     }
 
-    /// Set-up 3, the peer's vectors: N_me times each (column i of K_{me,peer}, and the host
-    /// also k_H), released to the peer. Keeps the masks and adds its local part N_me·gram.
+    /// Set-up 3, a peer's vectors: N_me times each (column i of K_{me,peer}; a host also gets
+    /// the guest's share of its 2·c, giving k), released to the peer. Keeps the masks and adds
+    /// its local part N_me·(own share).
     pub(crate) fn coupling_releases(
         &mut self,
+        peer: usize,
         vectors: &[EncryptedVector],
     ) -> Result<Vec<MaskedColumns>, FedError> {
-        let (m, peer_m) = (self.mine(), self.peer.columns);
-        let expected = peer_m + usize::from(!self.input.guest);
+        let me = self.me();
+        let (m, peer_m) = (self.width(me), self.width(peer));
+        let expected = peer_m + usize::from(peer == 0);
         if vectors.len() != expected {
-            return Err(self.protocol("wrong number of coupling vectors"));
+            return Err(self.protocol(peer, "wrong number of coupling vectors"));
         }
         let precond: Vec<u128> = self.precond.iter().map(|&x| residue(x)).collect();
         let matrix = prepare_matrix(&self.params, &precond, m, m)?;
+        let params = self.params;
+        let pair = self.pair_mut(peer)?;
+        let mut coupling = matmul(&precond, &pair.gram, m, m, peer_m);
         let mut releases = Vec::with_capacity(vectors.len());
-        // K_{me,peer} = N·(my Gram share) + N·(the peer's, column by column).
-        let mut coupling = matmul(&precond, &self.gram, m, m, peer_m);
         for (i, vector) in vectors.iter().enumerate() {
             let (masked, shares) = release_product(
-                &self.params,
-                &self.peer.public,
-                &self.peer.packing,
+                &params,
+                &pair.keys.public,
+                &pair.keys.packing,
                 vector,
                 &matrix,
             )?;
@@ -335,9 +446,8 @@ impl Side {
                     coupling[r * peer_m + i] = add(coupling[r * peer_m + i], shares[r]);
                 }
             } else {
-                // The host: k_H = N_H·(2c_H scaled), both shares.
-                let local = matmul(&precond, &self.label_term, m, m, 1);
-                self.offset_mine = local
+                let local = matmul(&precond, &pair.label_term, m, m, 1);
+                pair.offset = local
                     .iter()
                     .zip(&shares)
                     .map(|(&a, &b)| add(a, b))
@@ -345,158 +455,280 @@ impl Side {
             }
             releases.push(masked);
         }
-        self.coupling_mine = coupling;
+        pair.coupling_mine = coupling;
         Ok(releases)
     }
 
-    /// Set-up 3, receiving: this party's shares of K_{peer,me} (and the guest's of k_H). Then
-    /// both K shares are brought to COUPLING_BITS and k to WEIGHT_BITS; the guest adds its own
-    /// k_G, computed in the clear.
-    pub(crate) fn accept_coupling(&mut self, releases: &[MaskedColumns]) -> Result<(), FedError> {
-        let (m, peer_m) = (self.mine(), self.peer.columns);
-        let expected = m + usize::from(self.input.guest);
+    /// Set-up 3, receiving: this party's shares of K_{peer,me} (and the guest's of a host's
+    /// k). Both K shares go to COUPLING_BITS and k to WEIGHT_BITS.
+    pub(crate) fn accept_coupling(
+        &mut self,
+        peer: usize,
+        releases: &[MaskedColumns],
+    ) -> Result<(), FedError> {
+        let me = self.me();
+        let (m, peer_m) = (self.width(me), self.width(peer));
+        let expected = m + usize::from(me == 0);
         if releases.len() != expected {
-            return Err(self.protocol("wrong number of coupling releases"));
+            return Err(self.protocol(peer, "wrong number of coupling releases"));
         }
+        let name = self.input.names[peer].clone();
         let mut coupling = vec![0u128; peer_m * m];
+        let mut offset = None;
         for (i, release) in releases.iter().enumerate() {
-            let shares = receive_product(&self.secret, release, peer_m, &self.peer.name)?;
+            let shares = receive_product(&self.secret, release, peer_m, &name)?;
             if i < m {
                 for r in 0..peer_m {
                     coupling[r * m + i] = shares[r];
                 }
             } else {
-                self.offset_peer = shares;
+                offset = Some(shares);
             }
         }
-        self.coupling_peer = coupling;
-        let first = self.input.guest;
+        let first = me < peer;
+        let pair = self.pair_mut(peer)?;
+        if let Some(offset) = offset {
+            pair.offset = offset;
+        }
+        pair.coupling_peer = coupling;
         let down = PRECOND_BITS + GRAM_BITS - COUPLING_BITS;
-        for x in self.coupling_mine.iter_mut().chain(&mut self.coupling_peer) {
+        for x in pair.coupling_mine.iter_mut().chain(&mut pair.coupling_peer) {
             *x = truncate(*x, down, first);
         }
         let down = PRECOND_BITS + GRAM_BITS - WEIGHT_BITS;
-        for x in self.offset_mine.iter_mut().chain(&mut self.offset_peer) {
+        for x in &mut pair.offset {
             *x = truncate(*x, down, first);
         }
-        if self.input.guest {
-            self.offset_mine = guest_offset(&self.input, self.rows)?;
-        }
-        // The step product: blockdiag(K_{me,peer} share, K_{peer,me} share) on the peer's
-        // (own weights ‖ share of mine).
-        let width = peer_m + m;
-        let mut block = vec![0u128; width * width];
-        for r in 0..m {
-            for c in 0..peer_m {
-                block[r * width + c] = self.coupling_mine[r * peer_m + c];
-            }
-        }
-        for r in 0..peer_m {
-            for c in 0..m {
-                block[(m + r) * width + peer_m + c] = self.coupling_peer[r * m + c];
-            }
-        }
-        self.step_matrix = Some(prepare_matrix(&self.params, &block, width, width)?);
         Ok(())
     }
 
-    /// A step, 1: this party's shares of (its own weights ‖ the peer's), gadget-encrypted.
-    pub(crate) fn step_vector(&self) -> Result<EncryptedVector, FedError> {
-        let mut v = self.weights.0.clone();
-        v.extend_from_slice(&self.weights.1);
-        encrypt_vector(&self.secret, &v)
+    /// Set-up done with every peer: places the k shares and prepares the step products.
+    pub(crate) fn finish_setup(&mut self) -> Result<(), FedError> {
+        let me = self.me();
+        for index in 0..self.held.len() {
+            let party = self.held[index].party;
+            let offset = if party == 0 && me == 0 {
+                guest_offset(&self.input, self.rows)?
+            } else if party == 0 {
+                // The guest's k is its own; the partner's share is zero.
+                vec![0; self.width(0)]
+            } else {
+                // A host's k is shared within its pair with the guest.
+                let peer = if me == 0 { party } else { 0 };
+                let offset = self.pair(peer)?.offset.clone();
+                if offset.len() != self.width(party) {
+                    return Err(self.protocol(peer, "the set-up did not finish"));
+                }
+                offset
+            };
+            self.held[index].offset = offset;
+        }
+        for peer in 0..self.parties() {
+            if peer != me {
+                self.step_matrices[peer] = Some(self.step_matrix(peer)?);
+            }
+        }
+        Ok(())
     }
 
-    /// A step, 2: the product of the peer's step vector with this party's K shares, released
-    /// to the peer; this party keeps the masks and adds its local terms.
+    /// The row ranges of u_P in a release by evaluator `evaluator` of `holder`'s weight
+    /// shares: u_evaluator, then (when the holder is the evaluator's partner) u_P for every
+    /// P ≠ evaluator, ascending.
+    fn outputs(&self, evaluator: usize, holder: usize) -> Vec<usize> {
+        let mut out = vec![evaluator];
+        if partner(evaluator) == holder {
+            out.extend((0..self.parties()).filter(|&p| p != evaluator));
+        }
+        out
+    }
+
+    /// The matrix this party applies to `holder`'s weight shares (see [`outputs`]).
+    fn step_matrix(&self, holder: usize) -> Result<PreparedMatrix, FedError> {
+        let me = self.me();
+        let inputs = holdings(holder, self.parties());
+        let outputs = self.outputs(me, holder);
+        let width: usize = inputs.iter().map(|&q| self.width(q)).sum();
+        let height: usize = outputs.iter().map(|&p| self.width(p)).sum();
+        let mut matrix = vec![0u128; height * width];
+        let mut column = 0;
+        for &q in &inputs {
+            let mut row = 0;
+            for &p in &outputs {
+                let block = if p == me && q != me {
+                    Some((&self.pair(q)?.coupling_mine, self.width(q)))
+                } else if q == me && p != me {
+                    Some((&self.pair(p)?.coupling_peer, self.width(me)))
+                } else {
+                    None
+                };
+                if let Some((block, stride)) = block {
+                    for r in 0..self.width(p) {
+                        for c in 0..self.width(q) {
+                            matrix[(row + r) * width + column + c] = block[r * stride + c];
+                        }
+                    }
+                }
+                row += self.width(p);
+            }
+            column += self.width(q);
+        }
+        prepare_matrix(&self.params, &matrix, height, width)
+    }
+
+    /// A step, 1: starts the sums of u with this party's products of its own shares, and
+    /// returns its weight shares, gadget-encrypted, for every peer.
+    pub(crate) fn begin_step(&mut self) -> Result<EncryptedVector, FedError> {
+        let me = self.me();
+        let mut sums: Vec<Vec<u128>> = (0..self.parties())
+            .map(|p| vec![0; self.width(p)])
+            .collect();
+        for held in &self.held {
+            let q = held.party;
+            if q != me {
+                // u_me += K_{me,q}·(share of w_q).
+                let k = &self.pair(q)?.coupling_mine;
+                let term = matmul(k, &held.weights, self.width(me), self.width(q), 1);
+                accumulate(&mut sums[me], &term);
+            } else {
+                // u_p += K_{p,me}·(share of w_me), every p.
+                for p in (0..self.parties()).filter(|&p| p != me) {
+                    let k = &self.pair(p)?.coupling_peer;
+                    let term = matmul(k, &held.weights, self.width(p), self.width(me), 1);
+                    accumulate(&mut sums[p], &term);
+                }
+            }
+        }
+        self.sums = sums;
+        let vector: Vec<u128> = self
+            .held
+            .iter()
+            .flat_map(|h| h.weights.iter().copied())
+            .collect();
+        encrypt_vector(&self.secret, &vector)
+    }
+
+    /// A step, 2: the product of `holder`'s weight shares with this party's K shares,
+    /// released to the holder; the masks join this party's sums.
     pub(crate) fn step_release(
         &mut self,
+        holder: usize,
         vector: &EncryptedVector,
     ) -> Result<MaskedColumns, FedError> {
-        let (m, peer_m) = (self.mine(), self.peer.columns);
         let matrix = self
-            .step_matrix
-            .as_ref()
-            .ok_or_else(|| self.protocol("a step before the set-up finished"))?;
-        let (masked, mut shares) = release_product(
+            .step_matrices
+            .get(holder)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| self.protocol(holder, "a step before the set-up finished"))?;
+        let pair = self.pair(holder)?;
+        let (masked, shares) = release_product(
             &self.params,
-            &self.peer.public,
-            &self.peer.packing,
+            &pair.keys.public,
+            &pair.keys.packing,
             vector,
             matrix,
         )?;
-        // Local terms: u_me += K_{me,peer}·(my share of w_peer); u_peer += K_{peer,me}·(my
-        // share of w_me).
-        let mine = matmul(&self.coupling_mine, &self.weights.1, m, peer_m, 1);
-        let peers = matmul(&self.coupling_peer, &self.weights.0, peer_m, m, 1);
-        for (s, l) in shares.iter_mut().zip(mine.iter().chain(&peers)) {
-            *s = add(*s, *l);
-        }
-        self.pending = Some(shares);
+        self.add_outputs(self.me(), holder, &shares);
         Ok(masked)
     }
 
-    /// A step, 3: the peer's release of its product with this party's vector; completes the
-    /// shares of u = K·w, truncates them and updates velocities and weights.
-    pub(crate) fn finish_step(&mut self, release: &MaskedColumns) -> Result<(), FedError> {
-        let (m, peer_m) = (self.mine(), self.peer.columns);
-        let own = self
-            .pending
-            .take()
-            .ok_or_else(|| self.protocol("a step result before this party's release"))?;
-        let theirs = receive_product(&self.secret, release, m + peer_m, &self.peer.name)?;
-        // Own release: (u_me, u_peer); the peer's: (u_peer, u_me).
-        let first = self.input.guest;
-        let u_me: Vec<u128> = (0..m)
-            .map(|i| truncate(add(own[i], theirs[peer_m + i]), COUPLING_BITS, first))
-            .collect();
-        let u_peer: Vec<u128> = (0..peer_m)
-            .map(|i| truncate(add(own[m + i], theirs[i]), COUPLING_BITS, first))
-            .collect();
-        let rate = (self.input.rate * f64::from(1u32 << RATE_BITS)).round() as i128;
-        let momentum = (self.input.momentum * f64::from(1u32 << RATE_BITS)).round() as i128;
-        let update = |w: &mut [u128], v: &mut [u128], k: &[u128], u: &[u128]| {
-            for i in 0..w.len() {
-                // Δ = −(w + k + u); v ← trunc(μ·v + η·Δ); w ← w + v.
-                let delta = sub(0, add(add(w[i], k[i]), u[i]));
-                let next = add(scale(v[i], momentum), scale(delta, rate));
-                v[i] = truncate(next, RATE_BITS, first);
-                w[i] = add(w[i], v[i]);
-            }
-        };
-        update(
-            &mut self.weights.0,
-            &mut self.velocity.0,
-            &self.offset_mine,
-            &u_me,
-        );
-        update(
-            &mut self.weights.1,
-            &mut self.velocity.1,
-            &self.offset_peer,
-            &u_peer,
-        );
+    /// A step, 3: `evaluator`'s release of its product with this party's weight shares.
+    pub(crate) fn accept_step_release(
+        &mut self,
+        evaluator: usize,
+        release: &MaskedColumns,
+    ) -> Result<(), FedError> {
+        let outputs = self.outputs(evaluator, self.me());
+        let expected = outputs.iter().map(|&p| self.width(p)).sum();
+        let name = self.input.names[evaluator].clone();
+        let shares = receive_product(&self.secret, release, expected, &name)?;
+        self.add_outputs(evaluator, self.me(), &shares);
         Ok(())
     }
 
-    /// The end: this party's share of the peer's weights, for the peer.
-    pub(crate) fn peer_weight_share(&self) -> Vec<u128> {
-        self.weights.1.clone()
+    fn add_outputs(&mut self, evaluator: usize, holder: usize, shares: &[u128]) {
+        let mut at = 0;
+        for p in self.outputs(evaluator, holder) {
+            let width = self.width(p);
+            accumulate(&mut self.sums[p], &shares[at..at + width]);
+            at += width;
+        }
     }
 
-    /// The end: this party's weights, from its share and the peer's, in real units.
-    pub(crate) fn weights(&self, peer_share: &[u128]) -> Result<Vec<f64>, FedError> {
-        if peer_share.len() != self.mine() {
-            return Err(self.protocol("its share of this party's weights has the wrong length"));
+    /// A step, 4: this party's shares of u_P for the parties P it neither is nor partners,
+    /// to hand to P.
+    pub(crate) fn hand_over(&self) -> Vec<(usize, Vec<u128>)> {
+        let me = self.me();
+        (0..self.parties())
+            .filter(|&p| p != me && partner(p) != me)
+            .map(|p| (p, self.sums[p].clone()))
+            .collect()
+    }
+
+    /// A step, 5: a share of this party's u handed over by `from`.
+    pub(crate) fn accept_hand_over(&mut self, from: usize, share: &[u128]) -> Result<(), FedError> {
+        let me = self.me();
+        if from == me || from == partner(me) || share.len() != self.width(me) {
+            return Err(self.protocol(from, "a share of u it should not hold"));
+        }
+        accumulate(&mut self.sums[me], share);
+        Ok(())
+    }
+
+    /// A step, 6: truncates the shares of u for the weight vectors this party holds and
+    /// updates their velocities and weights.
+    pub(crate) fn finish_step(&mut self) {
+        let first = self.me() == 0;
+        let rate = (self.input.rate * f64::from(1u32 << RATE_BITS)).round() as i128;
+        let momentum = (self.input.momentum * f64::from(1u32 << RATE_BITS)).round() as i128;
+        for held in &mut self.held {
+            let u = &self.sums[held.party];
+            for i in 0..held.weights.len() {
+                // Δ = −(w + k + u); v ← trunc(μ·v + η·Δ); w ← w + v.
+                let u = truncate(u[i], COUPLING_BITS, first);
+                let delta = sub(0, add(add(held.weights[i], held.offset[i]), u));
+                let next = add(scale(held.velocity[i], momentum), scale(delta, rate));
+                held.velocity[i] = truncate(next, RATE_BITS, first);
+                held.weights[i] = add(held.weights[i], held.velocity[i]);
+            }
+        }
+    }
+
+    /// The end: this party's shares of its partners' weights, for their owners.
+    pub(crate) fn weight_shares(&self) -> Vec<(usize, Vec<u128>)> {
+        self.held
+            .iter()
+            .filter(|h| h.party != self.me())
+            .map(|h| (h.party, h.weights.clone()))
+            .collect()
+    }
+
+    /// The end: this party's weights in real units, from its share and its partner's.
+    pub(crate) fn weights(&self, partner_share: &[u128]) -> Result<Vec<f64>, FedError> {
+        let me = self.me();
+        let own = self
+            .held
+            .iter()
+            .find(|h| h.party == me)
+            .expect("every party holds a share of its own weights");
+        if partner_share.len() != own.weights.len() {
+            return Err(self.protocol(
+                partner(me),
+                "its share of this party's weights has the wrong length",
+            ));
         }
         let unit = f64::from(1u32 << WEIGHT_BITS);
-        Ok(self
+        Ok(own
             .weights
-            .0
             .iter()
-            .zip(peer_share)
+            .zip(partner_share)
             .map(|(&a, &b)| signed(add(a, b)) as f64 / unit)
             .collect())
+    }
+}
+
+fn accumulate(total: &mut [u128], term: &[u128]) {
+    for (t, &x) in total.iter_mut().zip(term) {
+        *t = add(*t, x);
     }
 }
 
@@ -518,9 +750,9 @@ fn matmul(a: &[u128], b: &[u128], r: usize, k: usize, c: usize) -> Vec<u128> {
 }
 
 /// The party's own block of H in real units: X̃ᵀX̃ / (4n·2^(2f)) + λ (not on the intercept).
-fn own_hessian(input: &SideInput, rows: usize) -> Vec<f64> {
+fn own_hessian(input: &PartyInput, rows: usize) -> Vec<f64> {
     let m = input.columns.len();
-    let unit = f64::from(1u32 << input.frac_bits);
+    let unit = f64::from(1u32 << input.frac_bits[input.index]);
     let denominator = 4.0 * rows as f64 * unit * unit;
     let mut h = vec![0.0; m * m];
     for i in 0..m {
@@ -540,31 +772,33 @@ fn own_hessian(input: &SideInput, rows: usize) -> Vec<f64> {
     h
 }
 
-/// N = round(H_PP^-1 · 2^t/(4n) · 2^PRECOND_BITS): with the Gram scaled to XᵀX/2^t at
-/// GRAM_BITS, N·Ĝ = M·XᵀX/(4n) at PRECOND_BITS + GRAM_BITS, and N·(2c scaled) = 4·M·c·... /n
-/// likewise (c scaled to 4c/2^t).
-fn preconditioner(input: &SideInput, rows: usize, norm_bits: u32) -> Result<Vec<i128>, FedError> {
-    let m = input.columns.len();
-    let inverse = invert(&own_hessian(input, rows), m).ok_or_else(|| FedError::Config {
+fn own_inverse(input: &PartyInput, rows: usize) -> Result<Vec<f64>, FedError> {
+    invert(&own_hessian(input, rows), input.columns.len()).ok_or_else(|| FedError::Config {
         field: "l2",
         reason: format!(
-            "{}: the columns are linearly dependent on the training rows and λ = {} does not \
+            "{}: its columns are linearly dependent on the training rows and λ = {} does not \
              make their Gram invertible",
-            input.name, input.l2
+            input.names[input.index], input.l2
         ),
-    })?;
+    })
+}
+
+/// N = round(H_PP^-1 · 2^t/(4n) · 2^PRECOND_BITS): with the Gram scaled to XᵀX/2^t at
+/// GRAM_BITS, N·Ĝ = M·XᵀX/(4n) at PRECOND_BITS + GRAM_BITS; with 2·c scaled to 4c/2^t,
+/// N·ĉ = M·c/n likewise.
+fn preconditioner(input: &PartyInput, rows: usize, norm_bits: u32) -> Result<Vec<i128>, FedError> {
     let factor = 2f64.powi(norm_bits as i32) / (4.0 * rows as f64) * 2f64.powi(PRECOND_BITS as i32);
-    Ok(inverse
+    Ok(own_inverse(input, rows)?
         .iter()
         .map(|x| (x * factor).round() as i128)
         .collect())
 }
 
-/// The guest's k_G = M_G·c_G / n in the clear, as its share (the host's is zero).
-fn guest_offset(input: &SideInput, rows: usize) -> Result<Vec<u128>, FedError> {
+/// The guest's k_G = M_G·c_G / n in the clear, as its share.
+fn guest_offset(input: &PartyInput, rows: usize) -> Result<Vec<u128>, FedError> {
     let m = input.columns.len();
     let labels = input.labels.as_deref().unwrap_or(&[]);
-    let unit = f64::from(1u32 << input.frac_bits);
+    let unit = f64::from(1u32 << input.frac_bits[input.index]);
     let c: Vec<f64> = input
         .columns
         .iter()
@@ -577,10 +811,7 @@ fn guest_offset(input: &SideInput, rows: usize) -> Result<Vec<u128>, FedError> {
                 / rows as f64
         })
         .collect();
-    let inverse = invert(&own_hessian(input, rows), m).ok_or_else(|| FedError::Config {
-        field: "l2",
-        reason: format!("{}: singular Gram", input.name),
-    })?;
+    let inverse = own_inverse(input, rows)?;
     let weight_unit = f64::from(1u32 << WEIGHT_BITS);
     Ok((0..m)
         .map(|i| {
@@ -628,7 +859,6 @@ fn invert(a: &[f64], m: usize) -> Option<Vec<f64>> {
     }
     Some(inverse)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,49 +883,57 @@ mod tests {
         }
     }
 
-    /// Guest columns (4 and the intercept) and host columns (6, each correlated with a guest
-    /// column), quantised with 10 fraction bits, and labels from a logistic model.
-    fn book(rows: usize) -> (Vec<Vec<i64>>, Vec<Vec<i64>>, Vec<f64>) {
+    /// Guest columns (4 and the intercept, last) and host columns (`hosts[h]` each, column j
+    /// correlated with guest column j mod 4), quantised with 10 fraction bits, and labels from
+    /// a logistic model that uses columns of every party.
+    fn book(rows: usize, hosts: &[usize]) -> (Vec<Vec<Vec<i64>>>, Vec<f64>) {
         let mut draw = Draw(7);
         let q = |x: f64| (x.clamp(-7.9, 7.9) * 1024.0).round() as i64;
-        let mut guest = vec![Vec::new(); 5];
-        let mut host = vec![Vec::new(); 6];
+        let mut parties: Vec<Vec<Vec<i64>>> = std::iter::once(5)
+            .chain(hosts.iter().copied())
+            .map(|m| vec![Vec::new(); m])
+            .collect();
         let mut labels = Vec::with_capacity(rows);
         for _ in 0..rows {
             let g: Vec<f64> = (0..4).map(|_| draw.normal()).collect();
-            let h: Vec<f64> = (0..6)
-                .map(|j| 0.6 * g[j % 4] + 0.8 * draw.normal())
-                .collect();
-            let z = 0.8 * g[0] - 0.5 * g[1] + 0.7 * h[2] - 0.9 * h[5] + 0.3 * h[0] - 1.5;
+            let mut z = 0.8 * g[0] - 0.5 * g[1] - 1.5;
+            for (h, &m) in hosts.iter().enumerate() {
+                for j in 0..m {
+                    let x = 0.6 * g[j % 4] + 0.8 * draw.normal();
+                    z += [0.7, -0.9, 0.3][(h + j) % 3] * x / m as f64;
+                    parties[h + 1][j].push(q(x));
+                }
+            }
             let u = (draw.next() >> 11) as f64 / (1u64 << 53) as f64;
             labels.push(f64::from(u < 1.0 / (1.0 + (-z).exp())));
             for j in 0..4 {
-                guest[j].push(q(g[j]));
+                parties[0][j].push(q(g[j]));
             }
-            guest[4].push(1024);
-            for j in 0..6 {
-                host[j].push(q(h[j]));
-            }
+            parties[0][4].push(1024);
         }
-        (guest, host, labels)
+        (parties, labels)
     }
 
     /// The same iteration in floating point on the same quantised values.
     fn plain_jacobi(
-        guest: &[Vec<i64>],
-        host: &[Vec<i64>],
+        parties: &[Vec<Vec<i64>>],
         labels: &[f64],
         l2: f64,
         (rate, momentum): (f64, f64),
         steps: usize,
     ) -> Vec<f64> {
-        let columns: Vec<Vec<f64>> = guest
+        let columns: Vec<Vec<f64>> = parties
             .iter()
-            .chain(host)
+            .flatten()
             .map(|c| c.iter().map(|&x| x as f64 / 1024.0).collect())
             .collect();
         let (m, n) = (columns.len(), labels.len() as f64);
-        let blocks = [0..guest.len(), guest.len()..m];
+        let mut blocks = Vec::new();
+        let mut start = 0;
+        for party in parties {
+            blocks.push(start..start + party.len());
+            start += party.len();
+        }
         let mut h = vec![0.0; m * m];
         let mut c = vec![0.0; m];
         for i in 0..m {
@@ -720,13 +958,12 @@ mod tests {
         let inverses: Vec<Vec<f64>> = blocks
             .iter()
             .map(|b| {
-                let k = b.len();
                 let block: Vec<f64> = b
                     .clone()
                     .flat_map(|i| b.clone().map(move |j| (i, j)))
                     .map(|(i, j)| h[i * m + j])
                     .collect();
-                invert(&block, k).unwrap()
+                invert(&block, b.len()).unwrap()
             })
             .collect();
         let (mut w, mut v) = (vec![0.0; m], vec![0.0; m]);
@@ -750,93 +987,153 @@ mod tests {
         w
     }
 
-    #[test]
-    fn shared_steps_follow_the_plaintext_iteration() {
+    /// Runs a shared job in one process, moving every message by hand; returns each party's
+    /// final weights.
+    fn run_shared(
+        parties: &[Vec<Vec<i64>>],
+        labels: &[f64],
+        l2: f64,
+        (rate, momentum): (f64, f64),
+        steps: usize,
+    ) -> Vec<Vec<f64>> {
         let params = N8192_Q192;
-        let rows = 3000;
-        let (guest_columns, host_columns, labels) = book(rows);
-        let (l2, rate, momentum, steps) = (1e-3, 0.7, 0.3, 12);
-        let (guest_secret, guest_public) = SecretKey::generate(&params);
-        let (host_secret, host_public) = SecretKey::generate(&params);
-        let guest_packing = guest_secret.packing_key(params.max_pack_levels).unwrap();
-        let host_packing = host_secret.packing_key(params.max_pack_levels).unwrap();
-        let input = |name: &str, columns: &[Vec<i64>], labels: Option<Vec<f64>>| SideInput {
-            name: name.into(),
-            guest: labels.is_some(),
-            columns: columns.to_vec(),
-            frac_bits: 10,
-            intercept: labels.as_ref().map(|_| 4),
-            labels,
-            l2,
-            rate,
-            momentum,
-        };
-        let mut guest = Side::new(
-            params,
-            input("guest", &guest_columns, Some(labels.clone())),
-            guest_secret,
-            PeerInfo {
-                name: "host".into(),
-                columns: 6,
-                frac_bits: 10,
-                public: host_public,
-                packing: host_packing,
-            },
-        )
-        .unwrap();
-        let mut host = Side::new(
-            params,
-            input("host", &host_columns, None),
-            host_secret,
-            PeerInfo {
-                name: "guest".into(),
-                columns: 5,
-                frac_bits: 10,
-                public: guest_public,
-                packing: guest_packing,
-            },
-        )
-        .unwrap();
-        let to_host = guest.encrypted_columns().unwrap();
-        let to_guest = host.encrypted_columns().unwrap();
-        host.accept_columns(&to_host).unwrap();
-        guest.accept_columns(&to_guest).unwrap();
-        let to_guest = host.gram_releases().unwrap();
-        let to_host = guest.gram_releases().unwrap();
-        guest.accept_gram(&to_guest).unwrap();
-        host.accept_gram(&to_host).unwrap();
-        let to_host = guest.coupling_vectors().unwrap();
-        let to_guest = host.coupling_vectors().unwrap();
-        let from_host = host.coupling_releases(&to_host).unwrap();
-        let from_guest = guest.coupling_releases(&to_guest).unwrap();
-        guest.accept_coupling(&from_host).unwrap();
-        host.accept_coupling(&from_guest).unwrap();
-        for _ in 0..steps {
-            let to_host = guest.step_vector().unwrap();
-            let to_guest = host.step_vector().unwrap();
-            let from_host = host.step_release(&to_host).unwrap();
-            let from_guest = guest.step_release(&to_guest).unwrap();
-            guest.finish_step(&from_host).unwrap();
-            host.finish_step(&from_guest).unwrap();
+        let count = parties.len();
+        let (secrets, publics): (Vec<SecretKey>, Vec<PublicKey>) =
+            (0..count).map(|_| SecretKey::generate(&params)).unzip();
+        let packing: Vec<PackingKey> = secrets
+            .iter()
+            .map(|s| s.packing_key(params.max_pack_levels).unwrap())
+            .collect();
+        let names: Vec<String> = (0..count)
+            .map(|p| {
+                if p == 0 {
+                    "guest".into()
+                } else {
+                    format!("host{p}")
+                }
+            })
+            .collect();
+        let mut nodes: Vec<Party> = secrets
+            .into_iter()
+            .enumerate()
+            .map(|(me, secret)| {
+                let input = PartyInput {
+                    names: names.clone(),
+                    index: me,
+                    widths: parties.iter().map(Vec::len).collect(),
+                    frac_bits: vec![10; count],
+                    columns: parties[me].clone(),
+                    labels: (me == 0).then(|| labels.to_vec()),
+                    intercept: (me == 0).then_some(4),
+                    l2,
+                    rate,
+                    momentum,
+                };
+                let peers = (0..count)
+                    .map(|p| {
+                        (p != me).then(|| PeerKeys {
+                            public: publics[p].clone(),
+                            packing: packing[p].clone(),
+                        })
+                    })
+                    .collect();
+                Party::new(params, input, secret, peers).unwrap()
+            })
+            .collect();
+        let pairs: Vec<(usize, usize)> = (0..count)
+            .flat_map(|a| (0..count).filter(move |&b| b != a).map(move |b| (a, b)))
+            .collect();
+        let columns: Vec<_> = nodes
+            .iter()
+            .map(|n| n.encrypted_columns().unwrap())
+            .collect();
+        for &(a, b) in &pairs {
+            nodes[b].accept_columns(a, &columns[a]).unwrap();
         }
-        let guest_weights = guest.weights(&host.peer_weight_share()).unwrap();
-        let host_weights = host.weights(&guest.peer_weight_share()).unwrap();
-        let want = plain_jacobi(
-            &guest_columns,
-            &host_columns,
-            &labels,
-            l2,
-            (rate, momentum),
-            steps,
-        );
-        let got: Vec<f64> = guest_weights.iter().chain(&host_weights).copied().collect();
+        let grams: Vec<_> = pairs
+            .iter()
+            .map(|&(a, b)| nodes[a].gram_releases(b).unwrap())
+            .collect();
+        for (&(a, b), releases) in pairs.iter().zip(&grams) {
+            nodes[b].accept_gram(a, releases).unwrap();
+        }
+        let vectors: Vec<_> = pairs
+            .iter()
+            .map(|&(a, b)| nodes[a].coupling_vectors(b).unwrap())
+            .collect();
+        let releases: Vec<_> = pairs
+            .iter()
+            .zip(&vectors)
+            .map(|(&(a, b), v)| nodes[b].coupling_releases(a, v).unwrap())
+            .collect();
+        for (&(a, b), r) in pairs.iter().zip(&releases) {
+            nodes[a].accept_coupling(b, r).unwrap();
+        }
+        for node in &mut nodes {
+            node.finish_setup().unwrap();
+        }
+        for _ in 0..steps {
+            let vectors: Vec<_> = nodes.iter_mut().map(|n| n.begin_step().unwrap()).collect();
+            let releases: Vec<_> = pairs
+                .iter()
+                .map(|&(a, b)| nodes[b].step_release(a, &vectors[a]).unwrap())
+                .collect();
+            for (&(a, b), r) in pairs.iter().zip(&releases) {
+                nodes[a].accept_step_release(b, r).unwrap();
+            }
+            let handed: Vec<_> = nodes.iter().map(Party::hand_over).collect();
+            for (from, shares) in handed.iter().enumerate() {
+                for (to, share) in shares {
+                    nodes[*to].accept_hand_over(from, share).unwrap();
+                }
+            }
+            for node in &mut nodes {
+                node.finish_step();
+            }
+        }
+        let mut received: Vec<Vec<u128>> = vec![Vec::new(); count];
+        for node in &nodes {
+            for (owner, share) in node.weight_shares() {
+                received[owner] = share;
+            }
+        }
+        nodes
+            .iter()
+            .zip(&received)
+            .map(|(n, share)| n.weights(share).unwrap())
+            .collect()
+    }
+
+    fn check(hosts: &[usize]) {
+        let (parties, labels) = book(3000, hosts);
+        let (l2, schedule, steps) = (1e-3, (0.7, 0.3), 12);
+        let got: Vec<f64> = run_shared(&parties, &labels, l2, schedule, steps)
+            .into_iter()
+            .flatten()
+            .collect();
+        let want = plain_jacobi(&parties, &labels, l2, schedule, steps);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
-                (g - w).abs() < 1e-4,
+                (g - w).abs() < 1e-5,
                 "weight {i}: shared {g}, plaintext {w}"
             );
         }
         // And the weights are a model: the signs of the generating model.
         assert!(got[0] > 0.1 && got[1] < -0.1 && got[4] < -0.5, "{got:?}");
+    }
+
+    #[test]
+    fn two_parties_follow_the_plaintext_iteration() {
+        check(&[6]);
+    }
+
+    #[test]
+    fn three_parties_follow_the_plaintext_iteration() {
+        check(&[6, 3]);
+    }
+
+    #[test]
+    fn four_parties_follow_the_plaintext_iteration() {
+        check(&[2, 3, 4]);
     }
 }
