@@ -87,16 +87,31 @@ pub(crate) struct PartyInput {
     /// Column count and quantisation fraction bits of every party (public).
     pub(crate) widths: Vec<usize>,
     pub(crate) frac_bits: Vec<u32>,
-    /// This party's quantised training columns, each over the same rows.
-    pub(crate) columns: Vec<Vec<i64>>,
-    /// Labels of the training rows (the guest's only).
-    pub(crate) labels: Option<Vec<f64>>,
+    /// This party's quantised columns on the training rows, and on the validation rows
+    /// (columns of length zero when the job has no validation rows).
+    pub(crate) train: Vec<Vec<i64>>,
+    pub(crate) validation: Vec<Vec<i64>>,
+    /// Labels of the training and validation rows (the guest's only).
+    pub(crate) labels: Option<(Vec<f64>, Vec<f64>)>,
     /// Index of the intercept column (not penalised), the guest's only.
     pub(crate) intercept: Option<usize>,
     /// L2 penalty λ, step size η and momentum μ (public settings).
     pub(crate) l2: f64,
     pub(crate) rate: f64,
     pub(crate) momentum: f64,
+}
+
+impl PartyInput {
+    /// The party's columns and labels on a row set (0: training, 1: validation).
+    fn set(&self, set: usize) -> (&[Vec<i64>], Option<&[f64]>) {
+        match set {
+            0 => (&self.train, self.labels.as_ref().map(|l| l.0.as_slice())),
+            _ => (
+                &self.validation,
+                self.labels.as_ref().map(|l| l.1.as_slice()),
+            ),
+        }
+    }
 }
 
 /// A peer's keys.
@@ -108,12 +123,12 @@ pub(crate) struct PeerKeys {
 /// What one pair (this party and a peer) builds in the set-up.
 struct Pair {
     keys: PeerKeys,
-    /// The peer's columns under its key, transformed.
-    columns: Option<PreparedColumns>,
-    /// Share of the scaled Gram X_meᵀ X_peer (m_me × m_peer, row-major).
-    gram: Vec<u128>,
-    /// Guest–host pairs: share of the host's scaled 2·c.
-    label_term: Vec<u128>,
+    /// The peer's columns under its key, transformed, per row set.
+    columns: Vec<Option<PreparedColumns>>,
+    /// Per row set, share of the scaled Gram X_meᵀ X_peer (m_me × m_peer, row-major).
+    gram: Vec<Vec<u128>>,
+    /// Guest–host pairs, per row set: share of the host's scaled 2·c.
+    label_term: Vec<Vec<u128>>,
     /// Shares of K_{me,peer} (m_me × m_peer) and K_{peer,me} (m_peer × m_me).
     coupling_mine: Vec<u128>,
     coupling_peer: Vec<u128>,
@@ -121,12 +136,37 @@ struct Pair {
     offset: Vec<u128>,
 }
 
-/// Shares of one party's weight vector, velocity and k.
+/// What a party knows in the clear about one row set.
+struct RowSet {
+    rows: usize,
+    /// ⌈log2 4n⌉: Grams are scaled to XᵀX / 2^t.
+    norm_bits: u32,
+    /// The party's own scaled Gram X_meᵀ X_me / 2^t at GRAM_BITS.
+    own_gram: Vec<u128>,
+    /// The guest's 4·c_G / 2^t at WEIGHT_BITS (empty for a host).
+    own_label: Vec<u128>,
+}
+
+/// Shares of one party's weight vector, velocity and k, and of its loss terms.
 struct Held {
     party: usize,
     weights: Vec<u128>,
     velocity: Vec<u128>,
     offset: Vec<u128>,
+    /// Per row set, the share of 4·c_q / 2^t at WEIGHT_BITS.
+    label: Vec<Vec<u128>>,
+    /// The weights the last step started from, and per row set the share of
+    /// s_q = 4·c_q/2^t + ½·Σ_P X_qᵀX_P w_P / 2^t at those weights.
+    loss_weights: Vec<u128>,
+    loss_terms: Vec<Vec<u128>>,
+}
+
+/// The products a step computes, per output party: u (with K) and, per row set, y (with
+/// the scaled Grams).
+#[derive(Clone, Copy)]
+enum Kind {
+    Coupling,
+    Gram(usize),
 }
 
 /// One party's state.
@@ -134,17 +174,17 @@ pub(crate) struct Party {
     params: Params,
     input: PartyInput,
     secret: SecretKey,
-    rows: usize,
-    /// ⌈log2 4n⌉.
-    norm_bits: u32,
+    sets: Vec<RowSet>,
     /// N_me, row-major m_me × m_me.
     precond: Vec<i128>,
     pairs: Vec<Option<Pair>>,
     held: Vec<Held>,
     /// Per peer R: the step product for R's weight shares.
     step_matrices: Vec<Option<PreparedMatrix>>,
-    /// This step's shares of u_P for every party P.
-    sums: Vec<Vec<u128>>,
+    /// This step's shares, per kind and party P, of u_P and y_P.
+    sums: Vec<Vec<Vec<u128>>>,
+    /// This party's shares of the loss sums, per row set.
+    loss: Vec<u128>,
 }
 
 impl Party {
@@ -171,34 +211,48 @@ impl Party {
                 reason: "every party needs a name, a width, fraction bits and keys".into(),
             });
         }
-        let rows = input.columns.first().map_or(0, Vec::len);
-        if rows == 0
-            || input.columns.len() != input.widths[me]
-            || input.columns.iter().any(|c| c.len() != rows)
-        {
-            return Err(FedError::LengthMismatch {
-                what: "shared training columns",
-                expected: input.widths[me],
-                got: input.columns.len(),
-            });
-        }
         if (me == 0) != input.labels.is_some() {
             return Err(FedError::Config {
                 field: "labels",
                 reason: "the guest, and only the guest, brings labels".into(),
             });
         }
-        let norm_bits = ((4 * rows) as f64).log2().ceil() as u32;
-        let precond = preconditioner(&input, rows, norm_bits)?;
+        let mut sets = Vec::new();
+        for set in 0..2 {
+            let (columns, labels) = input.set(set);
+            let rows = columns.first().map_or(0, Vec::len);
+            if columns.len() != input.widths[me]
+                || columns.iter().any(|c| c.len() != rows)
+                || labels.is_some_and(|l| l.len() != rows)
+            {
+                return Err(FedError::LengthMismatch {
+                    what: "shared training columns",
+                    expected: rows,
+                    got: columns.iter().map(Vec::len).min().unwrap_or(0),
+                });
+            }
+            if rows == 0 {
+                if set == 0 {
+                    return Err(FedError::Config {
+                        field: "rows",
+                        reason: "a shared job needs training rows".into(),
+                    });
+                }
+                continue;
+            }
+            sets.push(row_set(&input, set, rows));
+        }
+        let precond = preconditioner(&input, &sets[0])?;
+        let count = sets.len();
         let pairs = peers
             .into_iter()
             .enumerate()
             .map(|(peer, keys)| {
                 keys.map(|keys| Pair {
                     keys,
-                    columns: None,
-                    gram: vec![0; input.widths[me] * input.widths[peer]],
-                    label_term: Vec::new(),
+                    columns: (0..count).map(|_| None).collect(),
+                    gram: vec![vec![0; input.widths[me] * input.widths[peer]]; count],
+                    label_term: vec![Vec::new(); count],
                     coupling_mine: Vec::new(),
                     coupling_peer: Vec::new(),
                     offset: Vec::new(),
@@ -212,18 +266,21 @@ impl Party {
                 weights: vec![0; input.widths[party]],
                 velocity: vec![0; input.widths[party]],
                 offset: vec![0; input.widths[party]],
+                label: Vec::new(),
+                loss_weights: Vec::new(),
+                loss_terms: Vec::new(),
             })
             .collect();
         Ok(Party {
             params,
             secret,
-            rows,
-            norm_bits,
+            sets,
             precond,
             pairs,
             held,
             step_matrices: (0..parties).map(|_| None).collect(),
             sums: Vec::new(),
+            loss: Vec::new(),
             input,
         })
     }
@@ -238,6 +295,12 @@ impl Party {
 
     fn width(&self, party: usize) -> usize {
         self.input.widths[party]
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        std::iter::once(Kind::Coupling)
+            .chain((0..self.sets.len()).map(Kind::Gram))
+            .collect()
     }
 
     fn he(context: &'static str) -> impl Fn(he::HeError) -> FedError {
@@ -266,14 +329,14 @@ impl Party {
         }
     }
 
-    /// Set-up 1: this party's columns under its own key, for every peer.
+    /// Set-up 1: this party's columns under its own key, for every peer: the training rows'
+    /// then the validation rows'.
     pub(crate) fn encrypted_columns(&self) -> Result<Vec<EncryptedVector>, FedError> {
-        self.input
-            .columns
-            .iter()
+        (0..self.sets.len())
+            .flat_map(|set| self.input.set(set).0)
             .map(|column| self.secret.encrypt(column, FEATURE_BOUND))
             .collect::<Result<_, _>>()
-            .map_err(Self::he("encrypting training columns"))
+            .map_err(Self::he("encrypting columns"))
     }
 
     /// Set-up 1, receiving a peer's encrypted columns.
@@ -282,62 +345,80 @@ impl Party {
         peer: usize,
         columns: &[EncryptedVector],
     ) -> Result<(), FedError> {
-        let (width, rows, params) = (self.width(peer), self.rows, self.params);
-        if columns.len() != width || columns.iter().any(|c| c.len() != rows) {
+        let width = self.width(peer);
+        let rows: Vec<usize> = self.sets.iter().map(|s| s.rows).collect();
+        if columns.len() != width * rows.len()
+            || columns
+                .chunks(width.max(1))
+                .zip(&rows)
+                .any(|(set, &n)| set.iter().any(|c| c.len() != n))
+        {
             return Err(self.protocol(peer, "its columns do not have the announced shape"));
         }
+        let params = self.params;
         let pair = self.pair_mut(peer)?;
-        let prepared = pair
-            .keys
-            .public
-            .prepare_columns(&params, columns)
-            .map_err(Self::he("preparing a peer's columns"))?;
-        pair.columns = Some(prepared);
+        for (set, chunk) in columns.chunks(width.max(1)).enumerate() {
+            let prepared = pair
+                .keys
+                .public
+                .prepare_columns(&params, chunk)
+                .map_err(Self::he("preparing a peer's columns"))?;
+            pair.columns[set] = Some(prepared);
+        }
         Ok(())
     }
 
-    /// Set-up 2, for a peer: the follower of the pair releases the cross Gram (one release
-    /// per own column), the guest releases 2·c of a host; a host leading a host pair sends
-    /// nothing.
+    /// Set-up 2, for a peer, per row set: the follower of the pair releases the cross Gram
+    /// (one release per own column), the guest releases 2·c of a host; a host leading a host
+    /// pair sends nothing.
     pub(crate) fn gram_releases(&mut self, peer: usize) -> Result<Vec<MaskedColumns>, FedError> {
         let me = self.me();
-        let vectors: Vec<Vec<i64>> = match &self.input.labels {
-            Some(labels) => vec![labels.iter().map(|&y| 1 - 2 * y as i64).collect()],
-            None if me > peer => self.input.columns.clone(),
-            None => return Ok(Vec::new()),
-        };
-        let (params, rows) = (self.params, self.rows);
-        let pair = self.pair(peer)?;
-        let columns = pair
-            .columns
-            .as_ref()
-            .ok_or_else(|| self.protocol(peer, "its columns have not arrived"))?;
-        let mut releases = Vec::with_capacity(vectors.len());
-        let mut shares = Vec::new();
-        for vector in &vectors {
-            let bound = FEATURE_BOUND * vector.iter().map(|x| i128::from(x.abs())).sum::<i128>();
-            let plain = PreparedMatrix::new(&params, rows, 1, vector)
-                .map_err(Self::he("preparing a column"))?;
-            let product = pair
-                .keys
-                .public
-                .multiply_columns(&params, columns, &plain, bound)
-                .map_err(Self::he("multiplying a peer's columns"))?;
-            let (masked, masks) = pair
-                .keys
-                .public
-                .mask_and_flood(&params, product, &pair.keys.packing)
-                .map_err(Self::he("releasing a Gram product"))?;
-            shares.extend(masks.shares().into_iter().map(|s| residue(s as i128)));
-            releases.push(masked);
+        if me != 0 && me < peer {
+            return Ok(Vec::new());
+        }
+        let params = self.params;
+        let mut releases = Vec::new();
+        let mut shares_per_set = Vec::new();
+        for set in 0..self.sets.len() {
+            let (columns, labels) = self.input.set(set);
+            let vectors: Vec<Vec<i64>> = match labels {
+                Some(labels) => vec![labels.iter().map(|&y| 1 - 2 * y as i64).collect()],
+                None => columns.to_vec(),
+            };
+            let pair = self.pair(peer)?;
+            let peer_columns = pair.columns[set]
+                .as_ref()
+                .ok_or_else(|| self.protocol(peer, "its columns have not arrived"))?;
+            let mut shares = Vec::new();
+            for vector in &vectors {
+                let bound =
+                    FEATURE_BOUND * vector.iter().map(|x| i128::from(x.abs())).sum::<i128>();
+                let plain = PreparedMatrix::new(&params, self.sets[set].rows, 1, vector)
+                    .map_err(Self::he("preparing a column"))?;
+                let product = pair
+                    .keys
+                    .public
+                    .multiply_columns(&params, peer_columns, &plain, bound)
+                    .map_err(Self::he("multiplying a peer's columns"))?;
+                let (masked, masks) = pair
+                    .keys
+                    .public
+                    .mask_and_flood(&params, product, &pair.keys.packing)
+                    .map_err(Self::he("releasing a Gram product"))?;
+                shares.extend(masks.shares().into_iter().map(|s| residue(s as i128)));
+                releases.push(masked);
+            }
+            shares_per_set.push(shares);
         }
         let pair = self.pair_mut(peer)?;
-        if me == 0 {
-            // The guest's share of the host's 2·c.
-            pair.label_term = shares;
-        } else {
-            // Release j is X_peerᵀ x_j: row j of this party's share of X_meᵀ X_peer.
-            pair.gram = shares;
+        for (set, shares) in shares_per_set.into_iter().enumerate() {
+            if me == 0 {
+                // The guest's share of the host's 2·c.
+                pair.label_term[set] = shares;
+            } else {
+                // Release j is X_peerᵀ x_j: row j of this party's share of X_meᵀ X_peer.
+                pair.gram[set] = shares;
+            }
         }
         Ok(releases)
     }
@@ -350,14 +431,14 @@ impl Party {
     ) -> Result<(), FedError> {
         let me = self.me();
         let (m, peer_m) = (self.width(me), self.width(peer));
-        let expected = if me < peer {
+        let per_set = if me < peer {
             peer_m
         } else if peer == 0 {
             1
         } else {
             0
         };
-        if releases.len() != expected {
+        if releases.len() != per_set * self.sets.len() {
             return Err(self.protocol(peer, "wrong number of Gram releases"));
         }
         let mut decrypted = Vec::with_capacity(releases.len());
@@ -372,43 +453,53 @@ impl Party {
             decrypted.push(values);
         }
         let first = me < peer;
-        let gram_shift = GRAM_BITS as i32
-            - (self.input.frac_bits[me] + self.input.frac_bits[peer] + self.norm_bits) as i32;
+        let frac = &self.input.frac_bits;
         // 2·c_H at 2^(f_H + 1) → 4·c_H / 2^t at 2^GRAM_BITS (see `preconditioner`).
         let host = me.max(peer);
-        let label_shift =
-            GRAM_BITS as i32 + 1 - (self.input.frac_bits[host] + self.norm_bits) as i32;
+        let shifts: Vec<(i32, i32)> = self
+            .sets
+            .iter()
+            .map(|set| {
+                (
+                    GRAM_BITS as i32 - (frac[me] + frac[peer] + set.norm_bits) as i32,
+                    GRAM_BITS as i32 + 1 - (frac[host] + set.norm_bits) as i32,
+                )
+            })
+            .collect();
         let pair = self.pair_mut(peer)?;
-        if first {
-            // Release j is column j of X_meᵀ X_peer.
-            for (j, column) in decrypted.iter().enumerate() {
-                for i in 0..m {
-                    pair.gram[i * peer_m + j] = residue(column[i] as i128);
+        for (set, &(gram_shift, label_shift)) in shifts.iter().enumerate() {
+            let mine = &decrypted[set * per_set..(set + 1) * per_set];
+            if first {
+                // Release j is column j of X_meᵀ X_peer.
+                for (j, column) in mine.iter().enumerate() {
+                    for i in 0..m {
+                        pair.gram[set][i * peer_m + j] = residue(column[i] as i128);
+                    }
                 }
+            } else if peer == 0 {
+                pair.label_term[set] = mine[0].iter().map(|&x| residue(x as i128)).collect();
             }
-        } else if peer == 0 {
-            pair.label_term = decrypted[0].iter().map(|&x| residue(x as i128)).collect();
-        }
-        for x in &mut pair.gram {
-            *x = rescale(*x, gram_shift, first);
-        }
-        for x in &mut pair.label_term {
-            *x = rescale(*x, label_shift, first);
+            for x in &mut pair.gram[set] {
+                *x = rescale(*x, gram_shift, first);
+            }
+            for x in &mut pair.label_term[set] {
+                *x = rescale(*x, label_shift, first);
+            }
         }
         Ok(())
     }
 
-    /// Set-up 3, for a peer: the rows of this party's Gram share (and the guest's share of the
-    /// host's 2·c), gadget-encrypted, for the peer to multiply by its preconditioner.
+    /// Set-up 3, for a peer: the rows of this party's training Gram share (and the guest's
+    /// share of the host's 2·c), gadget-encrypted, for the peer to multiply by its
+    /// preconditioner.
     pub(crate) fn coupling_vectors(&self, peer: usize) -> Result<Vec<EncryptedVector>, FedError> {
         let pair = self.pair(peer)?;
-        let mut out: Vec<EncryptedVector> = pair
-            .gram
+        let mut out: Vec<EncryptedVector> = pair.gram[0]
             .chunks(self.width(peer))
             .map(|row| encrypt_vector(&self.secret, row))
             .collect::<Result<_, _>>()?;
         if self.me() == 0 {
-            out.push(encrypt_vector(&self.secret, &pair.label_term)?);
+            out.push(encrypt_vector(&self.secret, &pair.label_term[0])?);
         }
         Ok(out)
     }
@@ -431,7 +522,7 @@ impl Party {
         let matrix = prepare_matrix(&self.params, &precond, m, m)?;
         let params = self.params;
         let pair = self.pair_mut(peer)?;
-        let mut coupling = matmul(&precond, &pair.gram, m, m, peer_m);
+        let mut coupling = matmul(&precond, &pair.gram[0], m, m, peer_m);
         let mut releases = Vec::with_capacity(vectors.len());
         for (i, vector) in vectors.iter().enumerate() {
             let (masked, shares) = release_product(
@@ -446,7 +537,7 @@ impl Party {
                     coupling[r * peer_m + i] = add(coupling[r * peer_m + i], shares[r]);
                 }
             } else {
-                let local = matmul(&precond, &pair.label_term, m, m, 1);
+                let local = matmul(&precond, &pair.label_term[0], m, m, 1);
                 pair.offset = local
                     .iter()
                     .zip(&shares)
@@ -502,26 +593,37 @@ impl Party {
         Ok(())
     }
 
-    /// Set-up done with every peer: places the k shares and prepares the step products.
+    /// Set-up done with every peer: places the shares of k and of the loss terms' 4c/2^t and
+    /// prepares the step products.
     pub(crate) fn finish_setup(&mut self) -> Result<(), FedError> {
         let me = self.me();
+        let first = me == 0;
         for index in 0..self.held.len() {
             let party = self.held[index].party;
-            let offset = if party == 0 && me == 0 {
-                guest_offset(&self.input, self.rows)?
+            let (offset, label) = if party == 0 && me == 0 {
+                let labels = self.sets.iter().map(|s| s.own_label.clone()).collect();
+                (guest_offset(&self.input, &self.sets[0])?, labels)
             } else if party == 0 {
-                // The guest's k is its own; the partner's share is zero.
-                vec![0; self.width(0)]
+                // The guest's k and c are its own; the partner's shares are zero.
+                let zero = vec![0; self.width(0)];
+                (zero.clone(), vec![zero; self.sets.len()])
             } else {
-                // A host's k is shared within its pair with the guest.
+                // A host's are shared within its pair with the guest.
                 let peer = if me == 0 { party } else { 0 };
-                let offset = self.pair(peer)?.offset.clone();
-                if offset.len() != self.width(party) {
+                let pair = self.pair(peer)?;
+                if pair.offset.len() != self.width(party) {
                     return Err(self.protocol(peer, "the set-up did not finish"));
                 }
-                offset
+                let down = GRAM_BITS - WEIGHT_BITS;
+                let labels = pair
+                    .label_term
+                    .iter()
+                    .map(|l| l.iter().map(|&x| truncate(x, down, first)).collect())
+                    .collect();
+                (pair.offset.clone(), labels)
             };
             self.held[index].offset = offset;
+            self.held[index].label = label;
         }
         for peer in 0..self.parties() {
             if peer != me {
@@ -531,9 +633,9 @@ impl Party {
         Ok(())
     }
 
-    /// The row ranges of u_P in a release by evaluator `evaluator` of `holder`'s weight
-    /// shares: u_evaluator, then (when the holder is the evaluator's partner) u_P for every
-    /// P ≠ evaluator, ascending.
+    /// The output parties of a release by `evaluator` of `holder`'s weight shares:
+    /// the evaluator, then (when the holder is the evaluator's partner) every other party,
+    /// ascending. Each output party's block holds every [`Kind`] in turn.
     fn outputs(&self, evaluator: usize, holder: usize) -> Vec<usize> {
         let mut out = vec![evaluator];
         if partner(evaluator) == holder {
@@ -542,59 +644,85 @@ impl Party {
         out
     }
 
-    /// The matrix this party applies to `holder`'s weight shares (see [`outputs`]).
+    /// This party's share of the (p, q) block of a kind's matrix, entry (r, c), if it holds
+    /// one: K_{me,q} or K_{p,me} for coupling; the scaled Gram for a row set (its own block
+    /// in the clear).
+    fn block(&self, kind: Kind, p: usize, q: usize) -> Result<Option<Block<'_>>, FedError> {
+        let me = self.me();
+        Ok(match kind {
+            Kind::Coupling if p == me && q != me => {
+                Some(Block::RowMajor(&self.pair(q)?.coupling_mine, self.width(q)))
+            }
+            Kind::Coupling if q == me && p != me => Some(Block::RowMajor(
+                &self.pair(p)?.coupling_peer,
+                self.width(me),
+            )),
+            Kind::Gram(set) if p == me && q != me => {
+                Some(Block::RowMajor(&self.pair(q)?.gram[set], self.width(q)))
+            }
+            Kind::Gram(set) if q == me && p != me => {
+                Some(Block::Transposed(&self.pair(p)?.gram[set], self.width(p)))
+            }
+            Kind::Gram(set) if p == me => {
+                Some(Block::RowMajor(&self.sets[set].own_gram, self.width(me)))
+            }
+            _ => None,
+        })
+    }
+
+    /// The matrix this party applies to `holder`'s weight shares.
     fn step_matrix(&self, holder: usize) -> Result<PreparedMatrix, FedError> {
         let me = self.me();
         let inputs = holdings(holder, self.parties());
         let outputs = self.outputs(me, holder);
+        let kinds = self.kinds();
         let width: usize = inputs.iter().map(|&q| self.width(q)).sum();
-        let height: usize = outputs.iter().map(|&p| self.width(p)).sum();
+        let height: usize = outputs.iter().map(|&p| self.width(p)).sum::<usize>() * kinds.len();
         let mut matrix = vec![0u128; height * width];
         let mut column = 0;
         for &q in &inputs {
             let mut row = 0;
             for &p in &outputs {
-                let block = if p == me && q != me {
-                    Some((&self.pair(q)?.coupling_mine, self.width(q)))
-                } else if q == me && p != me {
-                    Some((&self.pair(p)?.coupling_peer, self.width(me)))
-                } else {
-                    None
-                };
-                if let Some((block, stride)) = block {
-                    for r in 0..self.width(p) {
-                        for c in 0..self.width(q) {
-                            matrix[(row + r) * width + column + c] = block[r * stride + c];
+                for &kind in &kinds {
+                    if let Some(block) = self.block(kind, p, q)? {
+                        for r in 0..self.width(p) {
+                            for c in 0..self.width(q) {
+                                matrix[(row + r) * width + column + c] = block.at(r, c);
+                            }
                         }
                     }
+                    row += self.width(p);
                 }
-                row += self.width(p);
             }
             column += self.width(q);
         }
         prepare_matrix(&self.params, &matrix, height, width)
     }
 
-    /// A step, 1: starts the sums of u with this party's products of its own shares, and
-    /// returns its weight shares, gadget-encrypted, for every peer.
+    /// A step, 1: starts the sums with this party's products of its own shares, and returns
+    /// its weight shares, gadget-encrypted, for every peer.
     pub(crate) fn begin_step(&mut self) -> Result<EncryptedVector, FedError> {
-        let me = self.me();
-        let mut sums: Vec<Vec<u128>> = (0..self.parties())
-            .map(|p| vec![0; self.width(p)])
+        let kinds = self.kinds();
+        let mut sums: Vec<Vec<Vec<u128>>> = kinds
+            .iter()
+            .map(|_| {
+                (0..self.parties())
+                    .map(|p| vec![0; self.width(p)])
+                    .collect()
+            })
             .collect();
         for held in &self.held {
             let q = held.party;
-            if q != me {
-                // u_me += K_{me,q}·(share of w_q).
-                let k = &self.pair(q)?.coupling_mine;
-                let term = matmul(k, &held.weights, self.width(me), self.width(q), 1);
-                accumulate(&mut sums[me], &term);
-            } else {
-                // u_p += K_{p,me}·(share of w_me), every p.
-                for p in (0..self.parties()).filter(|&p| p != me) {
-                    let k = &self.pair(p)?.coupling_peer;
-                    let term = matmul(k, &held.weights, self.width(p), self.width(me), 1);
-                    accumulate(&mut sums[p], &term);
+            for p in 0..self.parties() {
+                for (k, &kind) in kinds.iter().enumerate() {
+                    if let Some(block) = self.block(kind, p, q)? {
+                        for r in 0..self.width(p) {
+                            let term = (0..self.width(q)).fold(0u128, |acc, c| {
+                                add(acc, block.at(r, c).wrapping_mul(held.weights[c]))
+                            });
+                            sums[k][p][r] = add(sums[k][p][r], term);
+                        }
+                    }
                 }
             }
         }
@@ -607,8 +735,8 @@ impl Party {
         encrypt_vector(&self.secret, &vector)
     }
 
-    /// A step, 2: the product of `holder`'s weight shares with this party's K shares,
-    /// released to the holder; the masks join this party's sums.
+    /// A step, 2: the product of `holder`'s weight shares with this party's shares, released
+    /// to the holder; the masks join this party's sums.
     pub(crate) fn step_release(
         &mut self,
         holder: usize,
@@ -638,7 +766,7 @@ impl Party {
         release: &MaskedColumns,
     ) -> Result<(), FedError> {
         let outputs = self.outputs(evaluator, self.me());
-        let expected = outputs.iter().map(|&p| self.width(p)).sum();
+        let expected = outputs.iter().map(|&p| self.width(p)).sum::<usize>() * self.kinds().len();
         let name = self.input.names[evaluator].clone();
         let shares = receive_product(&self.secret, release, expected, &name)?;
         self.add_outputs(evaluator, self.me(), &shares);
@@ -649,39 +777,60 @@ impl Party {
         let mut at = 0;
         for p in self.outputs(evaluator, holder) {
             let width = self.width(p);
-            accumulate(&mut self.sums[p], &shares[at..at + width]);
-            at += width;
+            for sums in &mut self.sums {
+                accumulate(&mut sums[p], &shares[at..at + width]);
+                at += width;
+            }
         }
     }
 
-    /// A step, 4: this party's shares of u_P for the parties P it neither is nor partners,
-    /// to hand to P.
+    /// A step, 4: this party's shares for the parties P it neither is nor partners, to hand
+    /// to P (every kind in turn).
     pub(crate) fn hand_over(&self) -> Vec<(usize, Vec<u128>)> {
         let me = self.me();
         (0..self.parties())
             .filter(|&p| p != me && partner(p) != me)
-            .map(|p| (p, self.sums[p].clone()))
+            .map(|p| (p, self.sums.iter().flat_map(|s| s[p].clone()).collect()))
             .collect()
     }
 
-    /// A step, 5: a share of this party's u handed over by `from`.
+    /// A step, 5: shares of this party's sums handed over by `from`.
     pub(crate) fn accept_hand_over(&mut self, from: usize, share: &[u128]) -> Result<(), FedError> {
         let me = self.me();
-        if from == me || from == partner(me) || share.len() != self.width(me) {
-            return Err(self.protocol(from, "a share of u it should not hold"));
+        let width = self.width(me);
+        if from == me || from == partner(me) || share.len() != width * self.sums.len() {
+            return Err(self.protocol(from, "a share of sums it should not hold"));
         }
-        accumulate(&mut self.sums[me], share);
+        for (sums, part) in self.sums.iter_mut().zip(share.chunks(width)) {
+            accumulate(&mut sums[me], part);
+        }
         Ok(())
     }
 
-    /// A step, 6: truncates the shares of u for the weight vectors this party holds and
-    /// updates their velocities and weights.
+    /// A step, 6: truncates the shares for the weight vectors this party holds, keeps the loss
+    /// terms of the weights the step started from, and updates velocities and weights.
     pub(crate) fn finish_step(&mut self) {
         let first = self.me() == 0;
         let rate = (self.input.rate * f64::from(1u32 << RATE_BITS)).round() as i128;
         let momentum = (self.input.momentum * f64::from(1u32 << RATE_BITS)).round() as i128;
         for held in &mut self.held {
-            let u = &self.sums[held.party];
+            let q = held.party;
+            // s = 4c/2^t + ½·y, y at GRAM_BITS + WEIGHT_BITS.
+            held.loss_terms = held
+                .label
+                .iter()
+                .enumerate()
+                .map(|(set, label)| {
+                    let y = &self.sums[1 + set][q];
+                    label
+                        .iter()
+                        .zip(y)
+                        .map(|(&l, &y)| add(l, truncate(y, GRAM_BITS + 1, first)))
+                        .collect()
+                })
+                .collect();
+            held.loss_weights = held.weights.clone();
+            let u = &self.sums[0][q];
             for i in 0..held.weights.len() {
                 // Δ = −(w + k + u); v ← trunc(μ·v + η·Δ); w ← w + v.
                 let u = truncate(u[i], COUPLING_BITS, first);
@@ -691,6 +840,127 @@ impl Party {
                 held.weights[i] = add(held.weights[i], held.velocity[i]);
             }
         }
+    }
+
+    /// Losses, 1: the owner's shares of its weights and loss terms (as of the last step's
+    /// start), gadget-encrypted for its partner.
+    pub(crate) fn loss_vector(&self) -> Result<(usize, EncryptedVector), FedError> {
+        let me = self.me();
+        let own = self.own();
+        let vector: Vec<u128> = own
+            .loss_weights
+            .iter()
+            .chain(own.loss_terms.iter().flatten())
+            .copied()
+            .collect();
+        Ok((partner(me), encrypt_vector(&self.secret, &vector)?))
+    }
+
+    fn own(&self) -> &Held {
+        let me = self.me();
+        self.held
+            .iter()
+            .find(|h| h.party == me)
+            .expect("every party holds a share of its own weights")
+    }
+
+    /// Losses, 2 (the partner of `owner`): w·s = a·d + c·b + (local terms) per row set, where
+    /// the owner holds (a, c) and this party (b, d); released to the owner, the masks kept.
+    pub(crate) fn loss_release(
+        &mut self,
+        owner: usize,
+        vector: &EncryptedVector,
+    ) -> Result<MaskedColumns, FedError> {
+        if partner(owner) != self.me() {
+            return Err(self.protocol(owner, "loss terms this party does not partner"));
+        }
+        let sets = self.sets.len();
+        let m = self.width(owner);
+        let held = self
+            .held
+            .iter()
+            .find(|h| h.party == owner)
+            .expect("partners hold shares");
+        // Row per set: (d, 0 …, b at the set's place, … 0) against (a, c_0, c_1 …).
+        let width = m * (1 + sets);
+        let mut matrix = vec![0u128; sets * width];
+        for set in 0..sets {
+            let row = &mut matrix[set * width..(set + 1) * width];
+            row[..m].copy_from_slice(&held.loss_terms[set]);
+            row[m * (1 + set)..m * (2 + set)].copy_from_slice(&held.loss_weights);
+        }
+        let prepared = prepare_matrix(&self.params, &matrix, sets, width)?;
+        let pair = self.pair(owner)?;
+        let (masked, shares) = release_product(
+            &self.params,
+            &pair.keys.public,
+            &pair.keys.packing,
+            vector,
+            &prepared,
+        )?;
+        let local = self.local_loss(owner);
+        self.add_loss(&shares, &local);
+        Ok(masked)
+    }
+
+    /// Losses, 3 (the owner): the partner's release.
+    pub(crate) fn accept_loss_release(&mut self, release: &MaskedColumns) -> Result<(), FedError> {
+        let me = self.me();
+        let name = self.input.names[partner(me)].clone();
+        let shares = receive_product(&self.secret, release, self.sets.len(), &name)?;
+        let local = self.local_loss(me);
+        self.add_loss(&shares, &local);
+        Ok(())
+    }
+
+    /// This party's share of w_q · s_q from its own shares of both, per row set.
+    fn local_loss(&self, q: usize) -> Vec<u128> {
+        let held = self.held.iter().find(|h| h.party == q).expect("held");
+        held.loss_terms
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .zip(&held.loss_weights)
+                    .fold(0u128, |acc, (&s, &w)| add(acc, s.wrapping_mul(w)))
+            })
+            .collect()
+    }
+
+    fn add_loss(&mut self, shares: &[u128], local: &[u128]) {
+        if self.loss.len() != local.len() {
+            self.loss = vec![0; local.len()];
+        }
+        for ((total, &a), &b) in self.loss.iter_mut().zip(shares).zip(local) {
+            *total = add(*total, add(a, b));
+        }
+    }
+
+    /// Losses, 4: this party's shares of Σ_P w_P·s_P per row set, for the guest (a host's are
+    /// to be blinded among the hosts so that the guest learns only the sum); resets them.
+    pub(crate) fn take_loss_shares(&mut self) -> Vec<u128> {
+        std::mem::take(&mut self.loss)
+    }
+
+    /// Losses, 5 (the guest): the Taylor losses of the weights the last step started from,
+    /// per row set, from every party's shares (its own included).
+    pub(crate) fn losses(&self, shares: &[Vec<u128>]) -> Result<Vec<f64>, FedError> {
+        let sets = self.sets.len();
+        let mut total = vec![0u128; sets];
+        for share in shares {
+            if share.len() != sets {
+                return Err(self.protocol(0, "loss shares of the wrong length"));
+            }
+            accumulate(&mut total, share);
+        }
+        let unit = 2f64.powi(2 * WEIGHT_BITS as i32);
+        Ok(total
+            .iter()
+            .zip(&self.sets)
+            .map(|(&t, set)| {
+                let rho = 2f64.powi(set.norm_bits as i32) / (4.0 * set.rows as f64);
+                std::f64::consts::LN_2 + rho * signed(t) as f64 / unit
+            })
+            .collect())
     }
 
     /// The end: this party's shares of its partners' weights, for their owners.
@@ -704,15 +974,10 @@ impl Party {
 
     /// The end: this party's weights in real units, from its share and its partner's.
     pub(crate) fn weights(&self, partner_share: &[u128]) -> Result<Vec<f64>, FedError> {
-        let me = self.me();
-        let own = self
-            .held
-            .iter()
-            .find(|h| h.party == me)
-            .expect("every party holds a share of its own weights");
+        let own = self.own();
         if partner_share.len() != own.weights.len() {
             return Err(self.protocol(
-                partner(me),
+                partner(self.me()),
                 "its share of this party's weights has the wrong length",
             ));
         }
@@ -723,6 +988,76 @@ impl Party {
             .zip(partner_share)
             .map(|(&a, &b)| signed(add(a, b)) as f64 / unit)
             .collect())
+    }
+}
+
+/// A share of a matrix block: row-major with the given row length, or the transpose of a
+/// row-major matrix with the given row length.
+enum Block<'a> {
+    RowMajor(&'a [u128], usize),
+    Transposed(&'a [u128], usize),
+}
+
+impl Block<'_> {
+    fn at(&self, r: usize, c: usize) -> u128 {
+        match *self {
+            Block::RowMajor(values, stride) => values[r * stride + c],
+            Block::Transposed(values, stride) => values[c * stride + r],
+        }
+    }
+}
+
+/// What a party computes in the clear about one of its row sets.
+fn row_set(input: &PartyInput, set: usize, rows: usize) -> RowSet {
+    let (columns, labels) = input.set(set);
+    let norm_bits = ((4 * rows) as f64).log2().ceil() as u32;
+    let f = input.frac_bits[input.index];
+    let m = columns.len();
+    let shift = GRAM_BITS as i32 - (2 * f + norm_bits) as i32;
+    let mut own_gram = vec![0u128; m * m];
+    for i in 0..m {
+        for j in 0..=i {
+            let dot: i128 = columns[i]
+                .iter()
+                .zip(&columns[j])
+                .map(|(&a, &b)| i128::from(a * b))
+                .sum();
+            let scaled = residue(shift_round(dot, shift));
+            own_gram[i * m + j] = scaled;
+            own_gram[j * m + i] = scaled;
+        }
+    }
+    let own_label = match labels {
+        // 4·c / 2^t with c = Xᵀ(½ − y), at WEIGHT_BITS.
+        Some(labels) => columns
+            .iter()
+            .map(|column| {
+                let twice: i128 = column
+                    .iter()
+                    .zip(labels)
+                    .map(|(&x, &y)| i128::from(x) * (1 - 2 * y as i128))
+                    .sum();
+                let shift = WEIGHT_BITS as i32 + 1 - (f + norm_bits) as i32;
+                residue(shift_round(twice, shift))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    RowSet {
+        rows,
+        norm_bits,
+        own_gram,
+        own_label,
+    }
+}
+
+/// x·2^shift, rounded to the nearest integer.
+fn shift_round(x: i128, shift: i32) -> i128 {
+    if shift >= 0 {
+        x << shift
+    } else {
+        let k = shift.unsigned_abs();
+        (x + (1 << (k - 1))) >> k
     }
 }
 
@@ -749,17 +1084,18 @@ fn matmul(a: &[u128], b: &[u128], r: usize, k: usize, c: usize) -> Vec<u128> {
     out
 }
 
-/// The party's own block of H in real units: X̃ᵀX̃ / (4n·2^(2f)) + λ (not on the intercept).
+/// The party's own block of H in real units: X̃ᵀX̃ / (4n·2^(2f)) + λ (not on the intercept),
+/// on the training rows.
 fn own_hessian(input: &PartyInput, rows: usize) -> Vec<f64> {
-    let m = input.columns.len();
+    let m = input.train.len();
     let unit = f64::from(1u32 << input.frac_bits[input.index]);
     let denominator = 4.0 * rows as f64 * unit * unit;
     let mut h = vec![0.0; m * m];
     for i in 0..m {
         for j in 0..=i {
-            let dot: i128 = input.columns[i]
+            let dot: i128 = input.train[i]
                 .iter()
-                .zip(&input.columns[j])
+                .zip(&input.train[j])
                 .map(|(&a, &b)| i128::from(a * b))
                 .sum();
             h[i * m + j] = dot as f64 / denominator;
@@ -773,7 +1109,7 @@ fn own_hessian(input: &PartyInput, rows: usize) -> Vec<f64> {
 }
 
 fn own_inverse(input: &PartyInput, rows: usize) -> Result<Vec<f64>, FedError> {
-    invert(&own_hessian(input, rows), input.columns.len()).ok_or_else(|| FedError::Config {
+    invert(&own_hessian(input, rows), input.train.len()).ok_or_else(|| FedError::Config {
         field: "l2",
         reason: format!(
             "{}: its columns are linearly dependent on the training rows and λ = {} does not \
@@ -786,21 +1122,22 @@ fn own_inverse(input: &PartyInput, rows: usize) -> Result<Vec<f64>, FedError> {
 /// N = round(H_PP^-1 · 2^t/(4n) · 2^PRECOND_BITS): with the Gram scaled to XᵀX/2^t at
 /// GRAM_BITS, N·Ĝ = M·XᵀX/(4n) at PRECOND_BITS + GRAM_BITS; with 2·c scaled to 4c/2^t,
 /// N·ĉ = M·c/n likewise.
-fn preconditioner(input: &PartyInput, rows: usize, norm_bits: u32) -> Result<Vec<i128>, FedError> {
-    let factor = 2f64.powi(norm_bits as i32) / (4.0 * rows as f64) * 2f64.powi(PRECOND_BITS as i32);
-    Ok(own_inverse(input, rows)?
+fn preconditioner(input: &PartyInput, train: &RowSet) -> Result<Vec<i128>, FedError> {
+    let factor = 2f64.powi(train.norm_bits as i32) / (4.0 * train.rows as f64)
+        * 2f64.powi(PRECOND_BITS as i32);
+    Ok(own_inverse(input, train.rows)?
         .iter()
         .map(|x| (x * factor).round() as i128)
         .collect())
 }
 
 /// The guest's k_G = M_G·c_G / n in the clear, as its share.
-fn guest_offset(input: &PartyInput, rows: usize) -> Result<Vec<u128>, FedError> {
-    let m = input.columns.len();
-    let labels = input.labels.as_deref().unwrap_or(&[]);
+fn guest_offset(input: &PartyInput, train: &RowSet) -> Result<Vec<u128>, FedError> {
+    let m = input.train.len();
+    let labels = input.labels.as_ref().map_or(&[][..], |l| l.0.as_slice());
     let unit = f64::from(1u32 << input.frac_bits[input.index]);
     let c: Vec<f64> = input
-        .columns
+        .train
         .iter()
         .map(|column| {
             column
@@ -808,10 +1145,10 @@ fn guest_offset(input: &PartyInput, rows: usize) -> Result<Vec<u128>, FedError> 
                 .zip(labels)
                 .map(|(&x, &y)| x as f64 / unit * (0.5 - y))
                 .sum::<f64>()
-                / rows as f64
+                / train.rows as f64
         })
         .collect();
-    let inverse = own_inverse(input, rows)?;
+    let inverse = own_inverse(input, train.rows)?;
     let weight_unit = f64::from(1u32 << WEIGHT_BITS);
     Ok((0..m)
         .map(|i| {
@@ -914,19 +1251,42 @@ mod tests {
         (parties, labels)
     }
 
-    /// The same iteration in floating point on the same quantised values.
+    /// The Taylor loss log 2 + mean((½ − y)·z + z²/8) of weights on rows.
+    fn taylor(
+        columns: &[Vec<f64>],
+        labels: &[f64],
+        w: &[f64],
+        rows: std::ops::Range<usize>,
+    ) -> f64 {
+        let n = rows.len() as f64;
+        rows.map(|i| {
+            let z: f64 = columns.iter().zip(w).map(|(c, w)| c[i] * w).sum();
+            (0.5 - labels[i]) * z + z * z / 8.0
+        })
+        .sum::<f64>()
+            / n
+            + std::f64::consts::LN_2
+    }
+
+    /// The same iteration in floating point on the same quantised values (training rows
+    /// first `train`), with the train and validation Taylor losses of the weights each step
+    /// starts from.
     fn plain_jacobi(
         parties: &[Vec<Vec<i64>>],
-        labels: &[f64],
+        all_labels: &[f64],
+        train: usize,
         l2: f64,
         (rate, momentum): (f64, f64),
         steps: usize,
-    ) -> Vec<f64> {
-        let columns: Vec<Vec<f64>> = parties
+    ) -> (Vec<f64>, Vec<[f64; 2]>) {
+        let every: Vec<Vec<f64>> = parties
             .iter()
             .flatten()
             .map(|c| c.iter().map(|&x| x as f64 / 1024.0).collect())
             .collect();
+        let columns: Vec<Vec<f64>> = every.iter().map(|c| c[..train].to_vec()).collect();
+        let labels = &all_labels[..train];
+        let mut losses = Vec::new();
         let (m, n) = (columns.len(), labels.len() as f64);
         let mut blocks = Vec::new();
         let mut start = 0;
@@ -968,6 +1328,10 @@ mod tests {
             .collect();
         let (mut w, mut v) = (vec![0.0; m], vec![0.0; m]);
         for _ in 0..steps {
+            losses.push([
+                taylor(&every, all_labels, &w, 0..train),
+                taylor(&every, all_labels, &w, train..all_labels.len()),
+            ]);
             let gradient: Vec<f64> = (0..m)
                 .map(|i| c[i] + (0..m).map(|j| h[i * m + j] * w[j]).sum::<f64>())
                 .collect();
@@ -984,18 +1348,20 @@ mod tests {
                 w[i] += v[i];
             }
         }
-        w
+        (w, losses)
     }
 
-    /// Runs a shared job in one process, moving every message by hand; returns each party's
-    /// final weights.
+    /// Runs a shared job in one process (the first `train` rows for training, the rest for
+    /// validation), moving every message by hand; returns each party's final weights and the
+    /// guest's losses per step.
     fn run_shared(
         parties: &[Vec<Vec<i64>>],
         labels: &[f64],
+        train: usize,
         l2: f64,
         (rate, momentum): (f64, f64),
         steps: usize,
-    ) -> Vec<Vec<f64>> {
+    ) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
         let params = N8192_Q192;
         let count = parties.len();
         let (secrets, publics): (Vec<SecretKey>, Vec<PublicKey>) =
@@ -1022,8 +1388,9 @@ mod tests {
                     index: me,
                     widths: parties.iter().map(Vec::len).collect(),
                     frac_bits: vec![10; count],
-                    columns: parties[me].clone(),
-                    labels: (me == 0).then(|| labels.to_vec()),
+                    train: parties[me].iter().map(|c| c[..train].to_vec()).collect(),
+                    validation: parties[me].iter().map(|c| c[train..].to_vec()).collect(),
+                    labels: (me == 0).then(|| (labels[..train].to_vec(), labels[train..].to_vec())),
                     intercept: (me == 0).then_some(4),
                     l2,
                     rate,
@@ -1072,6 +1439,7 @@ mod tests {
         for node in &mut nodes {
             node.finish_setup().unwrap();
         }
+        let mut losses = Vec::new();
         for _ in 0..steps {
             let vectors: Vec<_> = nodes.iter_mut().map(|n| n.begin_step().unwrap()).collect();
             let releases: Vec<_> = pairs
@@ -1090,6 +1458,17 @@ mod tests {
             for node in &mut nodes {
                 node.finish_step();
             }
+            let vectors: Vec<_> = nodes.iter().map(|n| n.loss_vector().unwrap()).collect();
+            let releases: Vec<_> = vectors
+                .iter()
+                .enumerate()
+                .map(|(owner, (to, v))| nodes[*to].loss_release(owner, v).unwrap())
+                .collect();
+            for (node, release) in nodes.iter_mut().zip(&releases) {
+                node.accept_loss_release(release).unwrap();
+            }
+            let shares: Vec<_> = nodes.iter_mut().map(Party::take_loss_shares).collect();
+            losses.push(nodes[0].losses(&shares).unwrap());
         }
         let mut received: Vec<Vec<u128>> = vec![Vec::new(); count];
         for node in &nodes {
@@ -1097,27 +1476,38 @@ mod tests {
                 received[owner] = share;
             }
         }
-        nodes
+        let weights = nodes
             .iter()
             .zip(&received)
             .map(|(n, share)| n.weights(share).unwrap())
-            .collect()
+            .collect();
+        (weights, losses)
     }
 
     fn check(hosts: &[usize]) {
-        let (parties, labels) = book(3000, hosts);
+        let (parties, labels) = book(4000, hosts);
         let (l2, schedule, steps) = (1e-3, (0.7, 0.3), 12);
-        let got: Vec<f64> = run_shared(&parties, &labels, l2, schedule, steps)
-            .into_iter()
-            .flatten()
-            .collect();
-        let want = plain_jacobi(&parties, &labels, l2, schedule, steps);
+        let (weights, losses) = run_shared(&parties, &labels, 3000, l2, schedule, steps);
+        let got: Vec<f64> = weights.into_iter().flatten().collect();
+        let (want, want_losses) = plain_jacobi(&parties, &labels, 3000, l2, schedule, steps);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
                 (g - w).abs() < 1e-5,
                 "weight {i}: shared {g}, plaintext {w}"
             );
         }
+        for (step, (g, w)) in losses.iter().zip(&want_losses).enumerate() {
+            for set in 0..2 {
+                assert!(
+                    (g[set] - w[set]).abs() < 1e-5,
+                    "step {step}, set {set}: shared loss {}, plaintext {}",
+                    g[set],
+                    w[set]
+                );
+            }
+        }
+        // The losses fall: the iteration converges.
+        assert!(losses[steps - 1][0] < losses[0][0] - 0.01, "{losses:?}");
         // And the weights are a model: the signs of the generating model.
         assert!(got[0] > 0.1 && got[1] < -0.1 && got[4] < -0.5, "{got:?}");
     }
