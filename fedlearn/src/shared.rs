@@ -1527,3 +1527,144 @@ mod tests {
         check(&[2, 3, 4]);
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use he::N8192_Q192;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore]
+    fn timing() {
+        let (rows, widths): (usize, Vec<usize>) = match std::env::var("SHAPE").as_deref() {
+            Ok("wide") => (100_000, vec![31, 300]),
+            Ok("three") => (30_000, vec![11, 5, 5]),
+            _ => (30_000, vec![11, 10]),
+        };
+        let train = rows * 4 / 5;
+        let params = N8192_Q192;
+        let count = widths.len();
+        let mut seed = 1u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) % 8000) as i64 - 4000
+        };
+        let parties: Vec<Vec<Vec<i64>>> = widths
+            .iter()
+            .map(|&m| (0..m).map(|_| (0..rows).map(|_| next()).collect()).collect())
+            .collect();
+        let labels: Vec<f64> = (0..rows).map(|i| (i % 7 == 0) as u8 as f64).collect();
+        let t = Instant::now();
+        let (secrets, publics): (Vec<SecretKey>, Vec<PublicKey>) =
+            (0..count).map(|_| SecretKey::generate(&params)).unzip();
+        let packing: Vec<PackingKey> = secrets
+            .iter()
+            .map(|s| s.packing_key(params.max_pack_levels).unwrap())
+            .collect();
+        eprintln!("keys {:?}", t.elapsed());
+        let names: Vec<String> = (0..count).map(|p| format!("p{p}")).collect();
+        let mut nodes: Vec<Party> = secrets
+            .into_iter()
+            .enumerate()
+            .map(|(me, secret)| {
+                let input = PartyInput {
+                    names: names.clone(),
+                    index: me,
+                    widths: widths.clone(),
+                    frac_bits: vec![10; count],
+                    train: parties[me].iter().map(|c| c[..train].to_vec()).collect(),
+                    validation: parties[me].iter().map(|c| c[train..].to_vec()).collect(),
+                    labels: (me == 0)
+                        .then(|| (labels[..train].to_vec(), labels[train..].to_vec())),
+                    intercept: None,
+                    l2: 1e-3,
+                    rate: 0.7,
+                    momentum: 0.3,
+                };
+                let peers = (0..count)
+                    .map(|p| {
+                        (p != me).then(|| PeerKeys {
+                            public: publics[p].clone(),
+                            packing: packing[p].clone(),
+                        })
+                    })
+                    .collect();
+                Party::new(params, input, secret, peers).unwrap()
+            })
+            .collect();
+        let pairs: Vec<(usize, usize)> = (0..count)
+            .flat_map(|a| (0..count).filter(move |&b| b != a).map(move |b| (a, b)))
+            .collect();
+        let t = Instant::now();
+        let columns: Vec<_> = nodes.iter().map(|n| n.encrypted_columns().unwrap()).collect();
+        for &(a, b) in &pairs {
+            nodes[b].accept_columns(a, &columns[a]).unwrap();
+        }
+        eprintln!("columns {:?}", t.elapsed());
+        let t = Instant::now();
+        let grams: Vec<_> = pairs
+            .iter()
+            .map(|&(a, b)| nodes[a].gram_releases(b).unwrap())
+            .collect();
+        for (&(a, b), releases) in pairs.iter().zip(&grams) {
+            nodes[b].accept_gram(a, releases).unwrap();
+        }
+        eprintln!("grams {:?}", t.elapsed());
+        let t = Instant::now();
+        let vectors: Vec<_> = pairs
+            .iter()
+            .map(|&(a, b)| nodes[a].coupling_vectors(b).unwrap())
+            .collect();
+        let releases: Vec<_> = pairs
+            .iter()
+            .zip(&vectors)
+            .map(|(&(a, b), v)| nodes[b].coupling_releases(a, v).unwrap())
+            .collect();
+        for (&(a, b), r) in pairs.iter().zip(&releases) {
+            nodes[a].accept_coupling(b, r).unwrap();
+        }
+        for node in &mut nodes {
+            node.finish_setup().unwrap();
+        }
+        eprintln!("coupling {:?}", t.elapsed());
+        for _ in 0..3 {
+            let t = Instant::now();
+            let vectors: Vec<_> = nodes.iter_mut().map(|n| n.begin_step().unwrap()).collect();
+            let t1 = t.elapsed();
+            let releases: Vec<_> = pairs
+                .iter()
+                .map(|&(a, b)| nodes[b].step_release(a, &vectors[a]).unwrap())
+                .collect();
+            let t2 = t.elapsed();
+            for (&(a, b), r) in pairs.iter().zip(&releases) {
+                nodes[a].accept_step_release(b, r).unwrap();
+            }
+            let handed: Vec<_> = nodes.iter().map(Party::hand_over).collect();
+            for (from, shares) in handed.iter().enumerate() {
+                for (to, share) in shares {
+                    nodes[*to].accept_hand_over(from, share).unwrap();
+                }
+            }
+            for node in &mut nodes {
+                node.finish_step();
+            }
+            let t3 = t.elapsed();
+            let vectors: Vec<_> = nodes.iter().map(|n| n.loss_vector().unwrap()).collect();
+            let releases: Vec<_> = vectors
+                .iter()
+                .enumerate()
+                .map(|(owner, (to, v))| nodes[*to].loss_release(owner, v).unwrap())
+                .collect();
+            for (node, release) in nodes.iter_mut().zip(&releases) {
+                node.accept_loss_release(release).unwrap();
+            }
+            let shares: Vec<_> = nodes.iter_mut().map(Party::take_loss_shares).collect();
+            let losses = nodes[0].losses(&shares).unwrap();
+            eprintln!(
+                "step: begin {t1:?} releases {t2:?} finish {t3:?} with losses {:?} {losses:?}",
+                t.elapsed()
+            );
+        }
+    }
+}

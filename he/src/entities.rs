@@ -179,6 +179,47 @@ pub struct PreparedMatrix {
     pub(crate) ring: Arc<Ring>,
 }
 
+/// A plaintext matrix M (`columns` results of `rows` inputs each) laid out for
+/// [`PublicKey::multiply_spread`]: many results per ciphertext product, for short encrypted
+/// vectors such as additive shares. Prepared once per matrix and per key owner (the layout
+/// depends on how far the owner's packing key packs).
+pub struct SpreadMatrix {
+    pub(crate) params_id: u8,
+    pub(crate) rows: usize,
+    pub(crate) columns: usize,
+    /// Inputs per encrypted chunk: N / 2^spread.base.
+    pub(crate) chunk: usize,
+    pub(crate) spread: Spread,
+    /// The bound the evaluator declared on the results.
+    pub(crate) bound: i128,
+    /// `ntt[item * chunks + chunk]`.
+    pub(crate) ntt: Vec<NttPoly>,
+    pub(crate) ring: Arc<Ring>,
+}
+
+impl SpreadMatrix {
+    /// How many values each encrypted chunk of the vector must hold (the last one the rest).
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    /// Number of inputs.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of results.
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+}
+
+impl std::fmt::Debug for SpreadMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SpreadMatrix({} × {})", self.columns, self.rows)
+    }
+}
+
 impl std::fmt::Debug for PreparedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PreparedMatrix({} × {})", self.rows, self.columns)
@@ -247,24 +288,39 @@ impl PreparedColumns {
 }
 
 /// X^T v under the key owner's key: one ciphertext per column, the value in its constant
-/// coefficient. Held by the evaluator; only [`MaskedColumns`] may leave it.
+/// coefficient, or (from [`PublicKey::multiply_spread`]) several results per ciphertext,
+/// already in packed positions. Held by the evaluator; only [`MaskedColumns`] may leave it.
 pub struct EncryptedColumns {
     pub(crate) params_id: u8,
     pub(crate) key: KeyId,
     /// Public bound on every |x_j^T v|.
     pub(crate) bound: i128,
     pub(crate) columns: Vec<Ciphertext>,
+    /// For spread products, where the results sit.
+    pub(crate) spread: Option<Spread>,
+}
+
+/// The layout of a spread product: each ciphertext holds 2^`base` results at positions
+/// j·N/2^base, scaled by 2^base (as if packed `base` levels), and the release packs them on
+/// to 2^`levels` per ciphertext; result r sits in group r / 2^levels, ciphertext
+/// (r mod 2^(levels − base)) of that group's 2^(levels − base), position r mod 2^levels once
+/// packed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Spread {
+    pub(crate) base: u32,
+    pub(crate) levels: u32,
+    pub(crate) results: usize,
 }
 
 impl EncryptedColumns {
-    /// Number of columns.
+    /// Number of results.
     pub fn len(&self) -> usize {
-        self.columns.len()
+        self.spread.map_or(self.columns.len(), |s| s.results)
     }
 
-    /// True when there are no columns.
+    /// True when there are no results.
     pub fn is_empty(&self) -> bool {
-        self.columns.is_empty()
+        self.len() == 0
     }
 
     /// The public bound on every |result|: the vector's declared bound × the largest column
@@ -282,7 +338,7 @@ impl EncryptedColumns {
 
 impl std::fmt::Debug for EncryptedColumns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EncryptedColumns({} columns)", self.columns.len())
+        write!(f, "EncryptedColumns({} results)", self.len())
     }
 }
 

@@ -64,7 +64,7 @@ mod wire;
 pub use encoding::FixedPoint;
 pub use entities::{
     EncryptedColumns, EncryptedVector, KeyId, MaskedColumns, Masks, PackingKey, PreparedColumns,
-    PreparedMatrix, PublicKey, SecretKey,
+    PreparedMatrix, PublicKey, SecretKey, SpreadMatrix,
 };
 pub use error::HeError;
 pub use params::{signed_residue, Params, N8192_Q192};

@@ -54,20 +54,23 @@ impl PackingKey {
         }
     }
 
-    /// Packs `items` (a power of two of them, `None` for absent columns) at positions
-    /// i·N/len; every present slot ends multiplied by len.
+    /// Packs `items` (a power of two of them, `None` for absent columns), each already packed
+    /// `base` levels (0: one result in its constant coefficient), so that result j of item i
+    /// lands at position (j·len + i)·N/(len·2^base); every present slot ends multiplied by
+    /// len·2^base.
     pub(crate) fn pack(
         &self,
         params: &Params,
         ring: &Ring,
         items: Vec<Option<Ciphertext>>,
+        base: u32,
     ) -> Option<Ciphertext> {
         let len = items.len();
         debug_assert!(len.is_power_of_two());
         if len == 1 {
             return items.into_iter().next().flatten();
         }
-        let level = len.trailing_zeros() as usize;
+        let level = (base + len.trailing_zeros()) as usize;
         let (mut even, mut odd) = (Vec::with_capacity(len / 2), Vec::with_capacity(len / 2));
         for (i, item) in items.into_iter().enumerate() {
             if i % 2 == 0 {
@@ -77,8 +80,8 @@ impl PackingKey {
             }
         }
         let (even, odd) = rayon::join(
-            || self.pack(params, ring, even),
-            || self.pack(params, ring, odd),
+            || self.pack(params, ring, even, base),
+            || self.pack(params, ring, odd, base),
         );
         let shift = params.poly_size >> level;
         let double = |(a, b): Ciphertext| (twice(&a), twice(&b));

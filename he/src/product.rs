@@ -6,7 +6,9 @@ use rayon::prelude::*;
 
 use crate::entities::{
     Ciphertext, EncryptedColumns, EncryptedVector, PreparedColumns, PreparedMatrix, PublicKey,
+    Spread, SpreadMatrix,
 };
+use crate::wide::U192;
 use crate::error::HeError;
 use crate::params::{check_params, Params};
 use crate::ring::{ring_for, NttPoly, Ring, MAX_PRODUCT_BITS};
@@ -119,6 +121,129 @@ impl PreparedMatrix {
             rows,
             columns: ones.len(),
             column_l1: ones.iter().map(|column| column.len() as u64).collect(),
+            ntt,
+            ring,
+        })
+    }
+}
+
+impl SpreadMatrix {
+    /// Prepares M (`columns` results of `rows` inputs, `values[column * rows + row]`, every
+    /// entry within ±`params.max_matrix_abs`) for [`PublicKey::multiply_spread`] with vectors
+    /// encrypted in chunks of `chunk` values (a power of two, N/2^max_pack_levels ≤ chunk ≤ N),
+    /// to be released to a key owner whose packing key packs `pack_levels` levels, with
+    /// results the evaluator declares within ±`bound`.
+    ///
+    /// Each product ciphertext holds N/chunk results: result j of a ciphertext is
+    /// Σ_t v_t·m_jt, the constant-coefficient trick of [`PreparedMatrix::new`] shifted to
+    /// coefficient j·chunk; the shifted blocks of a polynomial occupy disjoint coefficient
+    /// ranges, so no two results mix. The input count times the results per ciphertext must
+    /// stay within `max_rows`, the size the flooding argument covers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        params: &Params,
+        rows: usize,
+        columns: usize,
+        values: &[i64],
+        chunk: usize,
+        pack_levels: u32,
+        bound: i128,
+    ) -> Result<Self, HeError> {
+        let n = params.poly_size;
+        if values.len() != rows * columns || rows == 0 || columns == 0 {
+            return Err(HeError::SizeMismatch {
+                what: "spread matrix entries (rows × columns, both positive)",
+                expected: rows.max(1) * columns.max(1),
+                got: values.len(),
+            });
+        }
+        if !chunk.is_power_of_two() || chunk > n || chunk < n >> params.max_pack_levels {
+            return Err(HeError::SizeMismatch {
+                what: "spread chunk (a power of two within N/2^max_pack_levels ..= N)",
+                expected: n,
+                got: chunk,
+            });
+        }
+        let per = n / chunk;
+        if rows.saturating_mul(per) > params.max_rows {
+            return Err(HeError::SizeMismatch {
+                what: "spread matrix rows × results per ciphertext (at most max_rows)",
+                expected: params.max_rows,
+                got: rows.saturating_mul(per),
+            });
+        }
+        if let Some(index) = values.iter().position(|x| x.abs() > params.max_matrix_abs) {
+            return Err(HeError::MatrixEntryOutOfRange {
+                row: index % rows,
+                column: index / rows,
+                value: values[index],
+                max: params.max_matrix_abs,
+            });
+        }
+        if !(0..=params.max_message_abs()).contains(&bound) {
+            return Err(HeError::MessageOutOfRange {
+                index: 0,
+                value: bound,
+                max: params.max_message_abs(),
+            });
+        }
+        let base = per.trailing_zeros();
+        let result_bits = 128 - (bound.max(1) as u128).leading_zeros();
+        let fits = (params.message_bits - 1).saturating_sub(result_bits);
+        let wanted = columns.next_power_of_two().trailing_zeros();
+        let levels = base.max(pack_levels.min(wanted).min(fits));
+        if levels > pack_levels || levels > fits {
+            return Err(HeError::SizeMismatch {
+                what: "spread levels (results per product ciphertext must fit the packing key \
+                       and the bound)",
+                expected: pack_levels.min(fits) as usize,
+                got: levels as usize,
+            });
+        }
+        let ring = ring_for(params);
+        let chunks = rows.div_ceil(chunk);
+        let group = 1usize << (levels - base);
+        let items = columns.div_ceil(1 << levels) * group;
+        let ntt = (0..items * chunks)
+            .into_par_iter()
+            .map(|index| {
+                let (item, c) = (index / chunks, index % chunks);
+                let (g, i) = (item / group, item % group);
+                let mut poly = vec![0i64; n];
+                for j in 0..per {
+                    let result = (g << levels) + j * group + i;
+                    if result >= columns {
+                        continue;
+                    }
+                    let start = c * chunk;
+                    let end = (start + chunk).min(rows);
+                    for (t, &m) in values[result * rows + start..result * rows + end]
+                        .iter()
+                        .enumerate()
+                    {
+                        // X^(j·chunk − t): negacyclic below zero.
+                        let position = (j * chunk) as isize - t as isize;
+                        if position >= 0 {
+                            poly[position as usize] = m;
+                        } else {
+                            poly[(n as isize + position) as usize] = -m;
+                        }
+                    }
+                }
+                ring.forward_small(&poly)
+            })
+            .collect();
+        Ok(SpreadMatrix {
+            params_id: params.id,
+            rows,
+            columns,
+            chunk,
+            spread: Spread {
+                base,
+                levels,
+                results: columns,
+            },
+            bound,
             ntt,
             ring,
         })
@@ -293,6 +418,73 @@ impl PublicKey {
             key: self.id,
             bound: worst,
             columns,
+            spread: None,
+        })
+    }
+
+    /// M·v for a [`SpreadMatrix`] M and the key owner's vector v encrypted in chunks of
+    /// [`SpreadMatrix::chunk`] values (the last chunk the rest), exact modulo 2^p with
+    /// wrapping allowed (residues): many results per ciphertext product, so the release packs
+    /// ciphertexts rather than results. The results are released by
+    /// [`mask_and_flood`](Self::mask_and_flood) like any others.
+    pub fn multiply_spread(
+        &self,
+        params: &Params,
+        chunks: &[EncryptedVector],
+        matrix: &SpreadMatrix,
+    ) -> Result<EncryptedColumns, HeError> {
+        check_params(params, self.params_id, "public key")?;
+        check_params(params, matrix.params_id, "spread matrix")?;
+        let count = matrix.rows.div_ceil(matrix.chunk);
+        if chunks.len() != count {
+            return Err(HeError::SizeMismatch {
+                what: "encrypted chunks of the vector",
+                expected: count,
+                got: chunks.len(),
+            });
+        }
+        for (c, vector) in chunks.iter().enumerate() {
+            check_params(params, vector.params_id, "encrypted vector")?;
+            if vector.key != self.id {
+                return Err(HeError::WrongKey {
+                    what: "encrypted vector",
+                });
+            }
+            let expected = matrix.chunk.min(matrix.rows - c * matrix.chunk);
+            if vector.len != expected {
+                return Err(HeError::SizeMismatch {
+                    what: "encrypted chunk length",
+                    expected,
+                    got: vector.len,
+                });
+            }
+        }
+        let ring = &matrix.ring;
+        let n = params.poly_size;
+        let transformed: Vec<(NttPoly, NttPoly)> = chunks
+            .par_iter()
+            .map(|vector| {
+                let (a, b) = vector.blocks[0].expand(n);
+                (ring.forward_wide(&a), ring.forward_wide(&b))
+            })
+            .collect();
+        let base = matrix.spread.base;
+        let columns = matrix
+            .ntt
+            .par_chunks(count)
+            .map(|item| {
+                let (a, b) = accumulate(ring, n, transformed.iter().zip(item));
+                // Scale by 2^base: the layout of a ciphertext packed `base` levels.
+                let scale = |poly: Vec<U192>| poly.into_iter().map(|x| x.shl(base)).collect();
+                (scale(a), scale(b))
+            })
+            .collect();
+        Ok(EncryptedColumns {
+            params_id: params.id,
+            key: self.id,
+            bound: matrix.bound,
+            columns,
+            spread: Some(matrix.spread),
         })
     }
 
@@ -402,6 +594,7 @@ impl PublicKey {
             key: self.id,
             bound,
             columns: results,
+            spread: None,
         })
     }
 }

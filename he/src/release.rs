@@ -60,7 +60,7 @@ impl PublicKey {
                 what: "encrypted columns",
             });
         }
-        let count = columns.columns.len();
+        let count = columns.len();
         if count == 0 {
             return Err(HeError::SizeMismatch {
                 what: "columns to release",
@@ -71,14 +71,33 @@ impl PublicKey {
         // Results must stay below 2^(p−1−ℓ) once packing has multiplied them by 2^ℓ.
         let result_bits = 128 - (columns.bound.max(1) as u128).leading_zeros();
         let fits = (params.message_bits - 1).saturating_sub(result_bits);
-        let wanted = count.next_power_of_two().trailing_zeros();
-        let levels = packing.levels().min(wanted).min(fits);
+        let (base, levels) = match columns.spread {
+            // A spread product fixed its layout for this owner's packing key.
+            Some(spread) => {
+                if spread.levels > packing.levels() || spread.levels > fits {
+                    return Err(HeError::SizeMismatch {
+                        what: "spread levels (the packing key's and the bound's)",
+                        expected: packing.levels().min(fits) as usize,
+                        got: spread.levels as usize,
+                    });
+                }
+                (spread.base, spread.levels)
+            }
+            None => {
+                let wanted = count.next_power_of_two().trailing_zeros();
+                (0, packing.levels().min(wanted).min(fits))
+            }
+        };
         let n = params.poly_size;
         let ring = ring_for(params);
-        let group = 1usize << levels;
+        // Ciphertexts per released ciphertext; each of them holds 2^base results.
+        let group = 1usize << (levels - base);
         let mut items = columns.columns.into_iter().map(Some);
-        let groups: Vec<Vec<Option<Ciphertext>>> = (0..count.div_ceil(group))
-            .map(|_| (0..group).map(|_| items.next().flatten()).collect())
+        let groups: Vec<(usize, Vec<Option<Ciphertext>>)> = (0..count.div_ceil(1 << levels))
+            .map(|g| {
+                let present = (count - (g << levels)).min(1 << levels);
+                (present, (0..group).map(|_| items.next().flatten()).collect())
+            })
             .collect();
         let (a_pk, b_pk) = SeededBlock {
             seed: self.seed,
@@ -93,10 +112,9 @@ impl PublicKey {
         let spacing = n >> levels;
         let results: Vec<(PackedResult, Vec<u128>)> = groups
             .into_par_iter()
-            .map(|group_items| {
-                let present = group_items.iter().filter(|c| c.is_some()).count();
+            .map(|(present, group_items)| {
                 let (a, b) = packing
-                    .pack(params, &ring, group_items)
+                    .pack(params, &ring, group_items, base)
                     .expect("every group holds at least one column");
                 let mut rng = csprng();
                 let mut uniform = stream();

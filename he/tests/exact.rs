@@ -406,3 +406,54 @@ fn residue_products_wrap_exactly() {
         );
     }
 }
+
+/// Spread products (many results per ciphertext product) give every result exactly, in
+/// order, for single and multiple chunks, one or several released ciphertexts, and packing
+/// keys that pack less far than the layout would like.
+#[test]
+fn spread_products_are_exact() {
+    let params = N8192_Q192;
+    let (secret, public) = SecretKey::generate(&params);
+    let share_bound = (1i128 << 107) - 1;
+    for (rows, columns, chunk, pack_levels) in [
+        (147, 63, 256, 10),
+        (700, 45, 256, 10),
+        (300, 1500, 512, 10),
+        (40, 37, 64, 8),
+        (5, 3, 8192, 10),
+    ] {
+        let packing = secret.packing_key(pack_levels).unwrap();
+        let v = random_wide(rows, share_bound);
+        let x = random_values(rows * columns, params.max_matrix_abs);
+        let matrix =
+            SpreadMatrix::new(&params, rows, columns, &x, chunk, pack_levels, share_bound)
+                .unwrap();
+        let chunks: Vec<EncryptedVector> = v
+            .chunks(matrix.chunk())
+            .map(|c| secret.encrypt(c, share_bound).unwrap())
+            .collect();
+        let product = public.multiply_spread(&params, &chunks, &matrix).unwrap();
+        assert_eq!(product.len(), columns);
+        let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
+        let bits = masks.modulus_bits();
+        assert!(bits >= 108, "released modulus 2^{bits}");
+        let got = masks
+            .unmask(&secret.decrypt_masked(&masked).unwrap())
+            .unwrap();
+        assert_eq!(got.len(), columns);
+        let modulus_mask = (1u128 << bits) - 1;
+        for (column, &got) in got.iter().enumerate() {
+            let want = x[column * rows..(column + 1) * rows]
+                .iter()
+                .zip(&v)
+                .fold(0u128, |acc, (&x, &v)| {
+                    acc.wrapping_add((x as i128).wrapping_mul(v) as u128)
+                });
+            assert_eq!(
+                got as u128 & modulus_mask,
+                want & modulus_mask,
+                "{rows}×{columns} in chunks of {chunk}: result {column}"
+            );
+        }
+    }
+}
