@@ -44,7 +44,7 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 use he::{EncryptedVector, MaskedColumns, PackingKey, Params, PreparedColumns, PreparedMatrix};
-use he::{PublicKey, SecretKey};
+use he::{PublicKey, SecretKey, SpreadMatrix};
 
 use crate::error::FedError;
 use crate::shares::{
@@ -180,7 +180,7 @@ pub(crate) struct Party {
     pairs: Vec<Option<Pair>>,
     held: Vec<Held>,
     /// Per peer R: the step product for R's weight shares.
-    step_matrices: Vec<Option<PreparedMatrix>>,
+    step_matrices: Vec<Option<SpreadMatrix>>,
     /// This step's shares, per kind and party P, of u_P and y_P.
     sums: Vec<Vec<Vec<u128>>>,
     /// This party's shares of the loss sums, per row set.
@@ -492,14 +492,19 @@ impl Party {
     /// Set-up 3, for a peer: the rows of this party's training Gram share (and the guest's
     /// share of the host's 2·c), gadget-encrypted, for the peer to multiply by its
     /// preconditioner.
-    pub(crate) fn coupling_vectors(&self, peer: usize) -> Result<Vec<EncryptedVector>, FedError> {
+    pub(crate) fn coupling_vectors(
+        &self,
+        peer: usize,
+    ) -> Result<Vec<Vec<EncryptedVector>>, FedError> {
         let pair = self.pair(peer)?;
-        let mut out: Vec<EncryptedVector> = pair.gram[0]
-            .chunks(self.width(peer))
-            .map(|row| encrypt_vector(&self.secret, row))
+        let peer_m = self.width(peer);
+        let encrypt = |v: &[u128]| encrypt_vector(&self.secret, &self.params, v, peer_m);
+        let mut out: Vec<Vec<EncryptedVector>> = pair.gram[0]
+            .chunks(peer_m)
+            .map(encrypt)
             .collect::<Result<_, _>>()?;
         if self.me() == 0 {
-            out.push(encrypt_vector(&self.secret, &pair.label_term[0])?);
+            out.push(encrypt(&pair.label_term[0])?);
         }
         Ok(out)
     }
@@ -510,7 +515,7 @@ impl Party {
     pub(crate) fn coupling_releases(
         &mut self,
         peer: usize,
-        vectors: &[EncryptedVector],
+        vectors: &[Vec<EncryptedVector>],
     ) -> Result<Vec<MaskedColumns>, FedError> {
         let me = self.me();
         let (m, peer_m) = (self.width(me), self.width(peer));
@@ -519,7 +524,8 @@ impl Party {
             return Err(self.protocol(peer, "wrong number of coupling vectors"));
         }
         let precond: Vec<u128> = self.precond.iter().map(|&x| residue(x)).collect();
-        let matrix = prepare_matrix(&self.params, &precond, m, m)?;
+        let levels = self.pair(peer)?.keys.packing.levels();
+        let matrix = prepare_matrix(&self.params, &precond, m, m, levels)?;
         let params = self.params;
         let pair = self.pair_mut(peer)?;
         let mut coupling = matmul(&precond, &pair.gram[0], m, m, peer_m);
@@ -671,7 +677,7 @@ impl Party {
     }
 
     /// The matrix this party applies to `holder`'s weight shares.
-    fn step_matrix(&self, holder: usize) -> Result<PreparedMatrix, FedError> {
+    fn step_matrix(&self, holder: usize) -> Result<SpreadMatrix, FedError> {
         let me = self.me();
         let inputs = holdings(holder, self.parties());
         let outputs = self.outputs(me, holder);
@@ -696,12 +702,13 @@ impl Party {
             }
             column += self.width(q);
         }
-        prepare_matrix(&self.params, &matrix, height, width)
+        let levels = self.pair(holder)?.keys.packing.levels();
+        prepare_matrix(&self.params, &matrix, height, width, levels)
     }
 
     /// A step, 1: starts the sums with this party's products of its own shares, and returns
     /// its weight shares, gadget-encrypted, for every peer.
-    pub(crate) fn begin_step(&mut self) -> Result<EncryptedVector, FedError> {
+    pub(crate) fn begin_step(&mut self) -> Result<Vec<(usize, Vec<EncryptedVector>)>, FedError> {
         let kinds = self.kinds();
         let mut sums: Vec<Vec<Vec<u128>>> = kinds
             .iter()
@@ -732,7 +739,17 @@ impl Party {
             .iter()
             .flat_map(|h| h.weights.iter().copied())
             .collect();
-        encrypt_vector(&self.secret, &vector)
+        let me = self.me();
+        let kinds = self.kinds().len();
+        (0..self.parties())
+            .filter(|&peer| peer != me)
+            .map(|peer| {
+                let outputs: usize = self.outputs(peer, me).iter().map(|&p| self.width(p)).sum();
+                let encrypted =
+                    encrypt_vector(&self.secret, &self.params, &vector, outputs * kinds)?;
+                Ok((peer, encrypted))
+            })
+            .collect()
     }
 
     /// A step, 2: the product of `holder`'s weight shares with this party's shares, released
@@ -740,7 +757,7 @@ impl Party {
     pub(crate) fn step_release(
         &mut self,
         holder: usize,
-        vector: &EncryptedVector,
+        vector: &[EncryptedVector],
     ) -> Result<MaskedColumns, FedError> {
         let matrix = self
             .step_matrices
@@ -844,7 +861,7 @@ impl Party {
 
     /// Losses, 1: the owner's shares of its weights and loss terms (as of the last step's
     /// start), gadget-encrypted for its partner.
-    pub(crate) fn loss_vector(&self) -> Result<(usize, EncryptedVector), FedError> {
+    pub(crate) fn loss_vector(&self) -> Result<(usize, Vec<EncryptedVector>), FedError> {
         let me = self.me();
         let own = self.own();
         let vector: Vec<u128> = own
@@ -853,7 +870,11 @@ impl Party {
             .chain(own.loss_terms.iter().flatten())
             .copied()
             .collect();
-        Ok((partner(me), encrypt_vector(&self.secret, &vector)?))
+        let sets = self.sets.len();
+        Ok((
+            partner(me),
+            encrypt_vector(&self.secret, &self.params, &vector, sets)?,
+        ))
     }
 
     fn own(&self) -> &Held {
@@ -869,7 +890,7 @@ impl Party {
     pub(crate) fn loss_release(
         &mut self,
         owner: usize,
-        vector: &EncryptedVector,
+        vector: &[EncryptedVector],
     ) -> Result<MaskedColumns, FedError> {
         if partner(owner) != self.me() {
             return Err(self.protocol(owner, "loss terms this party does not partner"));
@@ -889,7 +910,8 @@ impl Party {
             row[..m].copy_from_slice(&held.loss_terms[set]);
             row[m * (1 + set)..m * (2 + set)].copy_from_slice(&held.loss_weights);
         }
-        let prepared = prepare_matrix(&self.params, &matrix, sets, width)?;
+        let levels = self.pair(owner)?.keys.packing.levels();
+        let prepared = prepare_matrix(&self.params, &matrix, sets, width, levels)?;
         let pair = self.pair(owner)?;
         let (masked, shares) = release_product(
             &self.params,
@@ -1444,7 +1466,10 @@ mod tests {
             let vectors: Vec<_> = nodes.iter_mut().map(|n| n.begin_step().unwrap()).collect();
             let releases: Vec<_> = pairs
                 .iter()
-                .map(|&(a, b)| nodes[b].step_release(a, &vectors[a]).unwrap())
+                .map(|&(a, b)| {
+                    let vector = &vectors[a].iter().find(|(to, _)| *to == b).unwrap().1;
+                    nodes[b].step_release(a, vector).unwrap()
+                })
                 .collect();
             for (&(a, b), r) in pairs.iter().zip(&releases) {
                 nodes[a].accept_step_release(b, r).unwrap();
@@ -1547,12 +1572,18 @@ mod timing {
         let count = widths.len();
         let mut seed = 1u64;
         let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((seed >> 33) % 8000) as i64 - 4000
         };
         let parties: Vec<Vec<Vec<i64>>> = widths
             .iter()
-            .map(|&m| (0..m).map(|_| (0..rows).map(|_| next()).collect()).collect())
+            .map(|&m| {
+                (0..m)
+                    .map(|_| (0..rows).map(|_| next()).collect())
+                    .collect()
+            })
             .collect();
         let labels: Vec<f64> = (0..rows).map(|i| (i % 7 == 0) as u8 as f64).collect();
         let t = Instant::now();
@@ -1575,8 +1606,7 @@ mod timing {
                     frac_bits: vec![10; count],
                     train: parties[me].iter().map(|c| c[..train].to_vec()).collect(),
                     validation: parties[me].iter().map(|c| c[train..].to_vec()).collect(),
-                    labels: (me == 0)
-                        .then(|| (labels[..train].to_vec(), labels[train..].to_vec())),
+                    labels: (me == 0).then(|| (labels[..train].to_vec(), labels[train..].to_vec())),
                     intercept: None,
                     l2: 1e-3,
                     rate: 0.7,
@@ -1597,7 +1627,10 @@ mod timing {
             .flat_map(|a| (0..count).filter(move |&b| b != a).map(move |b| (a, b)))
             .collect();
         let t = Instant::now();
-        let columns: Vec<_> = nodes.iter().map(|n| n.encrypted_columns().unwrap()).collect();
+        let columns: Vec<_> = nodes
+            .iter()
+            .map(|n| n.encrypted_columns().unwrap())
+            .collect();
         for &(a, b) in &pairs {
             nodes[b].accept_columns(a, &columns[a]).unwrap();
         }
@@ -1634,7 +1667,10 @@ mod timing {
             let t1 = t.elapsed();
             let releases: Vec<_> = pairs
                 .iter()
-                .map(|&(a, b)| nodes[b].step_release(a, &vectors[a]).unwrap())
+                .map(|&(a, b)| {
+                    let vector = &vectors[a].iter().find(|(to, _)| *to == b).unwrap().1;
+                    nodes[b].step_release(a, vector).unwrap()
+                })
                 .collect();
             let t2 = t.elapsed();
             for (&(a, b), r) in pairs.iter().zip(&releases) {

@@ -22,8 +22,8 @@
 //! authenticated shares (MACs); the protocol assumes semi-honest parties here and says so.
 
 use he::{
-    signed_residue, EncryptedVector, MaskedColumns, PackingKey, Params, PreparedMatrix, PublicKey,
-    SecretKey,
+    signed_residue, EncryptedVector, MaskedColumns, PackingKey, Params, PublicKey, SecretKey,
+    SpreadMatrix,
 };
 
 use crate::error::FedError;
@@ -125,11 +125,31 @@ fn digits(x: u128) -> [i64; DIGITS] {
     out
 }
 
-/// The vector holder's half of a share × share product: its gadget copies, encrypted under
-/// its own key.
-pub(crate) fn encrypt_vector(secret: &SecretKey, v: &[u128]) -> Result<EncryptedVector, FedError> {
-    secret
-        .encrypt(&gadget(v), PRODUCT_BOUND)
+/// Values per encrypted chunk for a product of `outputs` results with a vector of `inputs`
+/// shares: the power of two that minimises the ciphertexts to pack (outputs·chunk/N) plus
+/// four times the chunks to encrypt and send (a chunk costs about four packing steps).
+fn chunk_for(params: &Params, inputs: usize, outputs: usize) -> usize {
+    let n = params.poly_size;
+    let length = DIGITS * inputs;
+    (0..=params.max_pack_levels)
+        .map(|k| n >> k)
+        .min_by_key(|&chunk| 4 * length.div_ceil(chunk) + (outputs * chunk).div_ceil(n))
+        .expect("at least one chunk size")
+}
+
+/// The vector holder's half of a share × share product with `outputs` results: its gadget
+/// copies, encrypted under its own key in the chunks the product needs.
+pub(crate) fn encrypt_vector(
+    secret: &SecretKey,
+    params: &Params,
+    v: &[u128],
+    outputs: usize,
+) -> Result<Vec<EncryptedVector>, FedError> {
+    let chunk = chunk_for(params, v.len(), outputs);
+    gadget(v)
+        .chunks(chunk)
+        .map(|values| secret.encrypt(values, PRODUCT_BOUND))
+        .collect::<Result<_, _>>()
         .map_err(|source| FedError::He {
             context: "encrypting a share vector",
             source,
@@ -137,13 +157,15 @@ pub(crate) fn encrypt_vector(secret: &SecretKey, v: &[u128]) -> Result<Encrypted
 }
 
 /// The matrix holder's half: the digits of M (`rows` × `columns`, row-major residues) laid
-/// out to multiply gadget copies, prepared once for any number of products.
+/// out to multiply gadget copies, prepared once for any number of products released to a key
+/// owner whose packing key packs `owner_levels` levels.
 pub(crate) fn prepare_matrix(
     params: &Params,
     matrix: &[u128],
     rows: usize,
     columns: usize,
-) -> Result<PreparedMatrix, FedError> {
+    owner_levels: u32,
+) -> Result<SpreadMatrix, FedError> {
     if matrix.len() != rows * columns {
         return Err(FedError::LengthMismatch {
             what: "share matrix entries",
@@ -151,7 +173,7 @@ pub(crate) fn prepare_matrix(
             got: matrix.len(),
         });
     }
-    // PreparedMatrix is column-major with one column per result: result j reads row j of M.
+    // Column-major with one column per result: result j reads row j of M.
     let height = DIGITS * columns;
     let mut values = vec![0i64; rows * height];
     for (j, row) in matrix.chunks(columns.max(1)).enumerate() {
@@ -161,7 +183,17 @@ pub(crate) fn prepare_matrix(
             }
         }
     }
-    PreparedMatrix::new(params, height, rows, &values).map_err(|source| FedError::He {
+    let chunk = chunk_for(params, columns, rows);
+    SpreadMatrix::new(
+        params,
+        height,
+        rows,
+        &values,
+        chunk,
+        owner_levels,
+        PRODUCT_BOUND,
+    )
+    .map_err(|source| FedError::He {
         context: "preparing a share matrix",
         source,
     })
@@ -173,15 +205,15 @@ pub(crate) fn release_product(
     params: &Params,
     owner_public: &PublicKey,
     owner_packing: &PackingKey,
-    vector: &EncryptedVector,
-    matrix: &PreparedMatrix,
+    vector: &[EncryptedVector],
+    matrix: &SpreadMatrix,
 ) -> Result<(MaskedColumns, Vec<u128>), FedError> {
     let he = |source| FedError::He {
         context: "multiplying a share vector",
         source,
     };
     let product = owner_public
-        .multiply_residues(params, vector, matrix, PRODUCT_BOUND)
+        .multiply_spread(params, vector, matrix)
         .map_err(he)?;
     let (masked, masks) = owner_public
         .mask_and_flood(params, product, owner_packing)
@@ -278,8 +310,8 @@ mod tests {
         let (rows, columns) = (5, 9);
         let m: Vec<u128> = (0..rows * columns).map(|_| draw() & MODULUS_MASK).collect();
         let v: Vec<u128> = (0..columns).map(|_| draw() & MODULUS_MASK).collect();
-        let prepared = prepare_matrix(&params, &m, rows, columns).unwrap();
-        let encrypted = encrypt_vector(&secret, &v).unwrap();
+        let prepared = prepare_matrix(&params, &m, rows, columns, packing.levels()).unwrap();
+        let encrypted = encrypt_vector(&secret, &params, &v, rows).unwrap();
         let (masked, mine) =
             release_product(&params, &public, &packing, &encrypted, &prepared).unwrap();
         let theirs = receive_product(&secret, &masked, rows, "peer").unwrap();

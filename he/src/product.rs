@@ -8,10 +8,10 @@ use crate::entities::{
     Ciphertext, EncryptedColumns, EncryptedVector, PreparedColumns, PreparedMatrix, PublicKey,
     Spread, SpreadMatrix,
 };
-use crate::wide::U192;
 use crate::error::HeError;
 use crate::params::{check_params, Params};
 use crate::ring::{ring_for, NttPoly, Ring, MAX_PRODUCT_BITS};
+use crate::wide::U192;
 
 impl PreparedMatrix {
     /// Prepares `columns` columns of `rows` integers each, column-major

@@ -96,7 +96,10 @@ impl PublicKey {
         let groups: Vec<(usize, Vec<Option<Ciphertext>>)> = (0..count.div_ceil(1 << levels))
             .map(|g| {
                 let present = (count - (g << levels)).min(1 << levels);
-                (present, (0..group).map(|_| items.next().flatten()).collect())
+                (
+                    present,
+                    (0..group).map(|_| items.next().flatten()).collect(),
+                )
             })
             .collect();
         let (a_pk, b_pk) = SeededBlock {

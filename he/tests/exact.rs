@@ -426,8 +426,7 @@ fn spread_products_are_exact() {
         let v = random_wide(rows, share_bound);
         let x = random_values(rows * columns, params.max_matrix_abs);
         let matrix =
-            SpreadMatrix::new(&params, rows, columns, &x, chunk, pack_levels, share_bound)
-                .unwrap();
+            SpreadMatrix::new(&params, rows, columns, &x, chunk, pack_levels, share_bound).unwrap();
         let chunks: Vec<EncryptedVector> = v
             .chunks(matrix.chunk())
             .map(|c| secret.encrypt(c, share_bound).unwrap())
