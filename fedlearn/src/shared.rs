@@ -46,7 +46,11 @@
 use he::{EncryptedVector, MaskedColumns, PackingKey, Params, PreparedColumns, PreparedMatrix};
 use he::{PublicKey, SecretKey, SpreadMatrix};
 
+use crate::config::TrainConfig;
+use crate::data::Table;
 use crate::error::FedError;
+use crate::party::Core;
+use crate::prep::Prep;
 use crate::shares::{
     add, encrypt_vector, prepare_matrix, receive_product, release_product, rescale, residue, scale,
     signed, sub, truncate, SHARE_BITS,
@@ -1013,6 +1017,280 @@ impl Party {
     }
 }
 
+/// Step size and momentum of the shared block-Jacobi iteration: the pair that took the fewest
+/// steps over five books (`examples/shared_optimiser.rs`, `docs/training.md`).
+pub(crate) const RATE: f64 = 0.7;
+pub(crate) const MOMENTUM: f64 = 0.3;
+
+/// One party of an in-process shared job: its name, table and preparation.
+pub struct SharedParty<'a> {
+    /// Party name.
+    pub name: &'a str,
+    /// Its aligned table (the guest's with labels).
+    pub table: &'a Table,
+    /// How it prepares its columns.
+    pub prep: &'a Prep,
+}
+
+/// What an in-process shared job measured.
+pub struct SharedRun {
+    /// Each party's final weights on its standardised columns (the guest's intercept last).
+    pub weights: Vec<Vec<f64>>,
+    /// Per step, the Taylor losses on the training and (if any) validation rows of the
+    /// weights the step started from, as the guest learns them.
+    pub losses: Vec<Vec<f64>>,
+    /// The final model's AUC on the validation rows (training rows without a split), computed
+    /// by the simulator, which sees every party's data.
+    pub auc: f64,
+    /// Rows of the job (training and validation).
+    pub rows: usize,
+    /// Seconds of the set-up (after key generation).
+    pub setup_seconds: f64,
+    /// Bytes of the set-up: encrypted columns, Gram releases, coupling vectors and releases.
+    pub setup_bytes: usize,
+    /// Seconds of each step (products, hand-overs and the loss round).
+    pub step_seconds: Vec<f64>,
+    /// Bytes of each step.
+    pub step_bytes: Vec<usize>,
+}
+
+/// Bytes of a hand-over or loss share on the wire: 14 per residue modulo 2^108.
+const SHARE_BYTES: usize = 14;
+
+fn vector_bytes(vector: &[EncryptedVector]) -> usize {
+    vector.iter().map(EncryptedVector::payload_bytes).sum()
+}
+
+/// Runs a secret-shared job in one process — the guest first, then the hosts — for
+/// `config.max_epochs` full-batch steps, moving every message by hand between the parties'
+/// state machines, and measures it.
+pub fn simulate_shared(
+    parties: &[SharedParty<'_>],
+    config: &TrainConfig,
+) -> Result<SharedRun, FedError> {
+    let count = parties.len();
+    let mut cores = Vec::with_capacity(count);
+    for (index, party) in parties.iter().enumerate() {
+        cores.push(Core::new(
+            party.name,
+            party.table,
+            party.prep,
+            config.clone(),
+            index == 0,
+        )?);
+    }
+    let labels = parties[0]
+        .table
+        .labels()
+        .ok_or_else(|| FedError::config("labels", "the guest's table has no label column"))?;
+    let split = &cores[0].split;
+    let pick = |rows: &[usize]| rows.iter().map(|&r| labels[r]).collect::<Vec<f64>>();
+    let guest_labels = (pick(&split.train), pick(&split.validation));
+    let names: Vec<String> = parties.iter().map(|p| p.name.to_owned()).collect();
+    let widths: Vec<usize> = cores.iter().map(|c| c.quantised.columns).collect();
+    let frac_bits: Vec<u32> = cores.iter().map(|c| c.quantised.frac_bits).collect();
+    let keys: Vec<(SecretKey, PublicKey)> = (0..count)
+        .map(|_| SecretKey::generate(&crate::protocol::PARAMS))
+        .collect();
+    let packing: Vec<PackingKey> = keys
+        .iter()
+        .map(|(secret, _)| secret.packing_key(crate::protocol::PARAMS.max_pack_levels))
+        .collect::<Result<_, _>>()
+        .map_err(FedError::he("making a packing key"))?;
+    let publics: Vec<PublicKey> = keys.iter().map(|(_, public)| public.clone()).collect();
+    let mut nodes = Vec::with_capacity(count);
+    for (me, (secret, _)) in keys.into_iter().enumerate() {
+        let core = &cores[me];
+        let columns = |rows: &[usize]| -> Vec<Vec<i64>> {
+            (0..core.quantised.columns)
+                .map(|j| core.quantised.column(j, rows))
+                .collect()
+        };
+        let input = PartyInput {
+            names: names.clone(),
+            index: me,
+            widths: widths.clone(),
+            frac_bits: frac_bits.clone(),
+            train: columns(&core.split.train),
+            validation: columns(&core.split.validation),
+            labels: (me == 0).then(|| guest_labels.clone()),
+            intercept: (me == 0).then(|| widths[0] - 1),
+            l2: config.l2,
+            rate: RATE,
+            momentum: MOMENTUM,
+        };
+        let peers = (0..count)
+            .map(|p| {
+                (p != me).then(|| PeerKeys {
+                    public: publics[p].clone(),
+                    packing: packing[p].clone(),
+                })
+            })
+            .collect();
+        nodes.push(Party::new(crate::protocol::PARAMS, input, secret, peers)?);
+    }
+    let driven = drive_in_process(&mut nodes, config.max_epochs)?;
+    let weights = driven.weights;
+    let rows = if split.validation.is_empty() {
+        &split.train
+    } else {
+        &split.validation
+    };
+    let scores: Vec<f64> = rows
+        .iter()
+        .map(|&r| {
+            cores
+                .iter()
+                .zip(&weights)
+                .map(|(core, w)| {
+                    let unit = f64::from(1u32 << core.quantised.frac_bits);
+                    (0..w.len())
+                        .map(|j| core.quantised.at(r, j) as f64 / unit * w[j])
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+        })
+        .map(crate::math::sigmoid)
+        .collect();
+    let auc = crate::metrics::evaluate(&scores, &pick(rows))?.auc;
+    Ok(SharedRun {
+        weights,
+        losses: driven.losses,
+        auc,
+        rows: labels.len(),
+        setup_seconds: driven.setup_seconds,
+        setup_bytes: driven.setup_bytes,
+        step_seconds: driven.step_seconds,
+        step_bytes: driven.step_bytes,
+    })
+}
+
+/// What [`drive_in_process`] returns.
+struct Driven {
+    weights: Vec<Vec<f64>>,
+    losses: Vec<Vec<f64>>,
+    setup_seconds: f64,
+    setup_bytes: usize,
+    step_seconds: Vec<f64>,
+    step_bytes: Vec<usize>,
+}
+
+/// Runs the set-up and `steps` steps between parties built for one job (the guest first),
+/// moving every message by hand, and hands each party its weights.
+fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedError> {
+    let count = nodes.len();
+    let pairs: Vec<(usize, usize)> = (0..count)
+        .flat_map(|a| (0..count).filter(move |&b| b != a).map(move |b| (a, b)))
+        .collect();
+    let start = std::time::Instant::now();
+    let mut setup_bytes = 0;
+    let columns: Vec<_> = nodes
+        .iter()
+        .map(Party::encrypted_columns)
+        .collect::<Result<_, _>>()?;
+    for &(a, b) in &pairs {
+        setup_bytes += vector_bytes(&columns[a]);
+        nodes[b].accept_columns(a, &columns[a])?;
+    }
+    drop(columns);
+    let mut grams = Vec::with_capacity(pairs.len());
+    for &(a, b) in &pairs {
+        grams.push(nodes[a].gram_releases(b)?);
+    }
+    for (&(a, b), releases) in pairs.iter().zip(&grams) {
+        setup_bytes += releases
+            .iter()
+            .map(MaskedColumns::payload_bytes)
+            .sum::<usize>();
+        nodes[b].accept_gram(a, releases)?;
+    }
+    let mut vectors = Vec::with_capacity(pairs.len());
+    for &(a, b) in &pairs {
+        vectors.push(nodes[a].coupling_vectors(b)?);
+    }
+    let mut releases = Vec::with_capacity(pairs.len());
+    for (&(a, b), v) in pairs.iter().zip(&vectors) {
+        setup_bytes += v.iter().map(|v| vector_bytes(v)).sum::<usize>();
+        releases.push(nodes[b].coupling_releases(a, v)?);
+    }
+    for (&(a, b), r) in pairs.iter().zip(&releases) {
+        setup_bytes += r.iter().map(MaskedColumns::payload_bytes).sum::<usize>();
+        nodes[a].accept_coupling(b, r)?;
+    }
+    for node in nodes.iter_mut() {
+        node.finish_setup()?;
+    }
+    let setup_seconds = start.elapsed().as_secs_f64();
+    let (mut losses, mut step_seconds, mut step_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let start = std::time::Instant::now();
+        let mut bytes = 0;
+        let mut vectors = Vec::with_capacity(count);
+        for node in nodes.iter_mut() {
+            vectors.push(node.begin_step()?);
+        }
+        let mut releases = Vec::with_capacity(pairs.len());
+        for (holder, outgoing) in vectors.iter().enumerate() {
+            for (evaluator, vector) in outgoing {
+                bytes += vector_bytes(vector);
+                releases.push((
+                    holder,
+                    *evaluator,
+                    nodes[*evaluator].step_release(holder, vector)?,
+                ));
+            }
+        }
+        for (holder, evaluator, release) in &releases {
+            bytes += release.payload_bytes();
+            nodes[*holder].accept_step_release(*evaluator, release)?;
+        }
+        let handed: Vec<_> = nodes.iter().map(Party::hand_over).collect();
+        for (from, shares) in handed.iter().enumerate() {
+            for (to, share) in shares {
+                bytes += SHARE_BYTES * share.len();
+                nodes[*to].accept_hand_over(from, share)?;
+            }
+        }
+        for node in nodes.iter_mut() {
+            node.finish_step();
+        }
+        let mut loss_releases = Vec::with_capacity(count);
+        for owner in 0..count {
+            let (to, vector) = nodes[owner].loss_vector()?;
+            bytes += vector_bytes(&vector);
+            loss_releases.push(nodes[to].loss_release(owner, &vector)?);
+        }
+        for (node, release) in nodes.iter_mut().zip(&loss_releases) {
+            bytes += release.payload_bytes();
+            node.accept_loss_release(release)?;
+        }
+        let shares: Vec<_> = nodes.iter_mut().map(Party::take_loss_shares).collect();
+        bytes += SHARE_BYTES * shares.iter().skip(1).map(Vec::len).sum::<usize>();
+        losses.push(nodes[0].losses(&shares)?);
+        step_seconds.push(start.elapsed().as_secs_f64());
+        step_bytes.push(bytes);
+    }
+    let mut received: Vec<Vec<u128>> = vec![Vec::new(); count];
+    for node in nodes.iter() {
+        for (owner, share) in node.weight_shares() {
+            received[owner] = share;
+        }
+    }
+    let weights = nodes
+        .iter()
+        .zip(&received)
+        .map(|(node, share)| node.weights(share))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Driven {
+        weights,
+        losses,
+        setup_seconds,
+        setup_bytes,
+        step_seconds,
+        step_bytes,
+    })
+}
+
 /// A share of a matrix block: row-major with the given row length, or the transpose of a
 /// row-major matrix with the given row length.
 enum Block<'a> {
@@ -1429,84 +1707,8 @@ mod tests {
                 Party::new(params, input, secret, peers).unwrap()
             })
             .collect();
-        let pairs: Vec<(usize, usize)> = (0..count)
-            .flat_map(|a| (0..count).filter(move |&b| b != a).map(move |b| (a, b)))
-            .collect();
-        let columns: Vec<_> = nodes
-            .iter()
-            .map(|n| n.encrypted_columns().unwrap())
-            .collect();
-        for &(a, b) in &pairs {
-            nodes[b].accept_columns(a, &columns[a]).unwrap();
-        }
-        let grams: Vec<_> = pairs
-            .iter()
-            .map(|&(a, b)| nodes[a].gram_releases(b).unwrap())
-            .collect();
-        for (&(a, b), releases) in pairs.iter().zip(&grams) {
-            nodes[b].accept_gram(a, releases).unwrap();
-        }
-        let vectors: Vec<_> = pairs
-            .iter()
-            .map(|&(a, b)| nodes[a].coupling_vectors(b).unwrap())
-            .collect();
-        let releases: Vec<_> = pairs
-            .iter()
-            .zip(&vectors)
-            .map(|(&(a, b), v)| nodes[b].coupling_releases(a, v).unwrap())
-            .collect();
-        for (&(a, b), r) in pairs.iter().zip(&releases) {
-            nodes[a].accept_coupling(b, r).unwrap();
-        }
-        for node in &mut nodes {
-            node.finish_setup().unwrap();
-        }
-        let mut losses = Vec::new();
-        for _ in 0..steps {
-            let vectors: Vec<_> = nodes.iter_mut().map(|n| n.begin_step().unwrap()).collect();
-            let releases: Vec<_> = pairs
-                .iter()
-                .map(|&(a, b)| {
-                    let vector = &vectors[a].iter().find(|(to, _)| *to == b).unwrap().1;
-                    nodes[b].step_release(a, vector).unwrap()
-                })
-                .collect();
-            for (&(a, b), r) in pairs.iter().zip(&releases) {
-                nodes[a].accept_step_release(b, r).unwrap();
-            }
-            let handed: Vec<_> = nodes.iter().map(Party::hand_over).collect();
-            for (from, shares) in handed.iter().enumerate() {
-                for (to, share) in shares {
-                    nodes[*to].accept_hand_over(from, share).unwrap();
-                }
-            }
-            for node in &mut nodes {
-                node.finish_step();
-            }
-            let vectors: Vec<_> = nodes.iter().map(|n| n.loss_vector().unwrap()).collect();
-            let releases: Vec<_> = vectors
-                .iter()
-                .enumerate()
-                .map(|(owner, (to, v))| nodes[*to].loss_release(owner, v).unwrap())
-                .collect();
-            for (node, release) in nodes.iter_mut().zip(&releases) {
-                node.accept_loss_release(release).unwrap();
-            }
-            let shares: Vec<_> = nodes.iter_mut().map(Party::take_loss_shares).collect();
-            losses.push(nodes[0].losses(&shares).unwrap());
-        }
-        let mut received: Vec<Vec<u128>> = vec![Vec::new(); count];
-        for node in &nodes {
-            for (owner, share) in node.weight_shares() {
-                received[owner] = share;
-            }
-        }
-        let weights = nodes
-            .iter()
-            .zip(&received)
-            .map(|(n, share)| n.weights(share).unwrap())
-            .collect();
-        (weights, losses)
+        let driven = drive_in_process(&mut nodes, steps).unwrap();
+        (driven.weights, driven.losses)
     }
 
     fn check(hosts: &[usize]) {
@@ -1550,157 +1752,5 @@ mod tests {
     #[test]
     fn four_parties_follow_the_plaintext_iteration() {
         check(&[2, 3, 4]);
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-    use he::N8192_Q192;
-    use std::time::Instant;
-
-    #[test]
-    #[ignore]
-    fn timing() {
-        let (rows, widths): (usize, Vec<usize>) = match std::env::var("SHAPE").as_deref() {
-            Ok("wide") => (100_000, vec![31, 300]),
-            Ok("three") => (30_000, vec![11, 5, 5]),
-            _ => (30_000, vec![11, 10]),
-        };
-        let train = rows * 4 / 5;
-        let params = N8192_Q192;
-        let count = widths.len();
-        let mut seed = 1u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) % 8000) as i64 - 4000
-        };
-        let parties: Vec<Vec<Vec<i64>>> = widths
-            .iter()
-            .map(|&m| {
-                (0..m)
-                    .map(|_| (0..rows).map(|_| next()).collect())
-                    .collect()
-            })
-            .collect();
-        let labels: Vec<f64> = (0..rows).map(|i| (i % 7 == 0) as u8 as f64).collect();
-        let t = Instant::now();
-        let (secrets, publics): (Vec<SecretKey>, Vec<PublicKey>) =
-            (0..count).map(|_| SecretKey::generate(&params)).unzip();
-        let packing: Vec<PackingKey> = secrets
-            .iter()
-            .map(|s| s.packing_key(params.max_pack_levels).unwrap())
-            .collect();
-        eprintln!("keys {:?}", t.elapsed());
-        let names: Vec<String> = (0..count).map(|p| format!("p{p}")).collect();
-        let mut nodes: Vec<Party> = secrets
-            .into_iter()
-            .enumerate()
-            .map(|(me, secret)| {
-                let input = PartyInput {
-                    names: names.clone(),
-                    index: me,
-                    widths: widths.clone(),
-                    frac_bits: vec![10; count],
-                    train: parties[me].iter().map(|c| c[..train].to_vec()).collect(),
-                    validation: parties[me].iter().map(|c| c[train..].to_vec()).collect(),
-                    labels: (me == 0).then(|| (labels[..train].to_vec(), labels[train..].to_vec())),
-                    intercept: None,
-                    l2: 1e-3,
-                    rate: 0.7,
-                    momentum: 0.3,
-                };
-                let peers = (0..count)
-                    .map(|p| {
-                        (p != me).then(|| PeerKeys {
-                            public: publics[p].clone(),
-                            packing: packing[p].clone(),
-                        })
-                    })
-                    .collect();
-                Party::new(params, input, secret, peers).unwrap()
-            })
-            .collect();
-        let pairs: Vec<(usize, usize)> = (0..count)
-            .flat_map(|a| (0..count).filter(move |&b| b != a).map(move |b| (a, b)))
-            .collect();
-        let t = Instant::now();
-        let columns: Vec<_> = nodes
-            .iter()
-            .map(|n| n.encrypted_columns().unwrap())
-            .collect();
-        for &(a, b) in &pairs {
-            nodes[b].accept_columns(a, &columns[a]).unwrap();
-        }
-        eprintln!("columns {:?}", t.elapsed());
-        let t = Instant::now();
-        let grams: Vec<_> = pairs
-            .iter()
-            .map(|&(a, b)| nodes[a].gram_releases(b).unwrap())
-            .collect();
-        for (&(a, b), releases) in pairs.iter().zip(&grams) {
-            nodes[b].accept_gram(a, releases).unwrap();
-        }
-        eprintln!("grams {:?}", t.elapsed());
-        let t = Instant::now();
-        let vectors: Vec<_> = pairs
-            .iter()
-            .map(|&(a, b)| nodes[a].coupling_vectors(b).unwrap())
-            .collect();
-        let releases: Vec<_> = pairs
-            .iter()
-            .zip(&vectors)
-            .map(|(&(a, b), v)| nodes[b].coupling_releases(a, v).unwrap())
-            .collect();
-        for (&(a, b), r) in pairs.iter().zip(&releases) {
-            nodes[a].accept_coupling(b, r).unwrap();
-        }
-        for node in &mut nodes {
-            node.finish_setup().unwrap();
-        }
-        eprintln!("coupling {:?}", t.elapsed());
-        for _ in 0..3 {
-            let t = Instant::now();
-            let vectors: Vec<_> = nodes.iter_mut().map(|n| n.begin_step().unwrap()).collect();
-            let t1 = t.elapsed();
-            let releases: Vec<_> = pairs
-                .iter()
-                .map(|&(a, b)| {
-                    let vector = &vectors[a].iter().find(|(to, _)| *to == b).unwrap().1;
-                    nodes[b].step_release(a, vector).unwrap()
-                })
-                .collect();
-            let t2 = t.elapsed();
-            for (&(a, b), r) in pairs.iter().zip(&releases) {
-                nodes[a].accept_step_release(b, r).unwrap();
-            }
-            let handed: Vec<_> = nodes.iter().map(Party::hand_over).collect();
-            for (from, shares) in handed.iter().enumerate() {
-                for (to, share) in shares {
-                    nodes[*to].accept_hand_over(from, share).unwrap();
-                }
-            }
-            for node in &mut nodes {
-                node.finish_step();
-            }
-            let t3 = t.elapsed();
-            let vectors: Vec<_> = nodes.iter().map(|n| n.loss_vector().unwrap()).collect();
-            let releases: Vec<_> = vectors
-                .iter()
-                .enumerate()
-                .map(|(owner, (to, v))| nodes[*to].loss_release(owner, v).unwrap())
-                .collect();
-            for (node, release) in nodes.iter_mut().zip(&releases) {
-                node.accept_loss_release(release).unwrap();
-            }
-            let shares: Vec<_> = nodes.iter_mut().map(Party::take_loss_shares).collect();
-            let losses = nodes[0].losses(&shares).unwrap();
-            eprintln!(
-                "step: begin {t1:?} releases {t2:?} finish {t3:?} with losses {:?} {losses:?}",
-                t.elapsed()
-            );
-        }
     }
 }
