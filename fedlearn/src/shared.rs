@@ -189,6 +189,9 @@ pub(crate) struct Party {
     sums: Vec<Vec<Vec<u128>>>,
     /// This party's shares of the loss sums, per row set.
     loss: Vec<u128>,
+    /// Every value this party decrypted or was handed (tests audit that they are uniform).
+    #[cfg(test)]
+    seen: Vec<u128>,
 }
 
 impl Party {
@@ -285,6 +288,8 @@ impl Party {
             step_matrices: (0..parties).map(|_| None).collect(),
             sums: Vec::new(),
             loss: Vec::new(),
+            #[cfg(test)]
+            seen: Vec::new(),
             input,
         })
     }
@@ -454,6 +459,8 @@ impl Party {
             if values.len() != m || release.modulus_bits() < SHARE_BITS {
                 return Err(self.protocol(peer, "a Gram release has the wrong shape"));
             }
+            #[cfg(test)]
+            self.seen.extend(values.iter().map(|&x| residue(x as i128)));
             decrypted.push(values);
         }
         let first = me < peer;
@@ -578,6 +585,8 @@ impl Party {
         let mut offset = None;
         for (i, release) in releases.iter().enumerate() {
             let shares = receive_product(&self.secret, release, peer_m, &name)?;
+            #[cfg(test)]
+            self.seen.extend(&shares);
             if i < m {
                 for r in 0..peer_m {
                     coupling[r * m + i] = shares[r];
@@ -790,6 +799,8 @@ impl Party {
         let expected = outputs.iter().map(|&p| self.width(p)).sum::<usize>() * self.kinds().len();
         let name = self.input.names[evaluator].clone();
         let shares = receive_product(&self.secret, release, expected, &name)?;
+        #[cfg(test)]
+        self.seen.extend(&shares);
         self.add_outputs(evaluator, self.me(), &shares);
         Ok(())
     }
@@ -822,6 +833,8 @@ impl Party {
         if from == me || from == partner(me) || share.len() != width * self.sums.len() {
             return Err(self.protocol(from, "a share of sums it should not hold"));
         }
+        #[cfg(test)]
+        self.seen.extend(share);
         for (sums, part) in self.sums.iter_mut().zip(share.chunks(width)) {
             accumulate(&mut sums[me], part);
         }
@@ -934,6 +947,8 @@ impl Party {
         let me = self.me();
         let name = self.input.names[partner(me)].clone();
         let shares = receive_product(&self.secret, release, self.sets.len(), &name)?;
+        #[cfg(test)]
+        self.seen.extend(&shares);
         let local = self.local_loss(me);
         self.add_loss(&shares, &local);
         Ok(())
@@ -1661,7 +1676,7 @@ mod tests {
         l2: f64,
         (rate, momentum): (f64, f64),
         steps: usize,
-    ) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    ) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<Vec<u128>>) {
         let params = N8192_Q192;
         let count = parties.len();
         let (secrets, publics): (Vec<SecretKey>, Vec<PublicKey>) =
@@ -1708,13 +1723,14 @@ mod tests {
             })
             .collect();
         let driven = drive_in_process(&mut nodes, steps).unwrap();
-        (driven.weights, driven.losses)
+        let seen = nodes.into_iter().map(|n| n.seen).collect();
+        (driven.weights, driven.losses, seen)
     }
 
     fn check(hosts: &[usize]) {
         let (parties, labels) = book(4000, hosts);
         let (l2, schedule, steps) = (1e-3, (0.7, 0.3), 12);
-        let (weights, losses) = run_shared(&parties, &labels, 3000, l2, schedule, steps);
+        let (weights, losses, _) = run_shared(&parties, &labels, 3000, l2, schedule, steps);
         let got: Vec<f64> = weights.into_iter().flatten().collect();
         let (want, want_losses) = plain_jacobi(&parties, &labels, 3000, l2, schedule, steps);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -1737,6 +1753,44 @@ mod tests {
         assert!(losses[steps - 1][0] < losses[0][0] - 0.01, "{losses:?}");
         // And the weights are a model: the signs of the generating model.
         assert!(got[0] > 0.1 && got[1] < -0.1 && got[4] < -0.5, "{got:?}");
+    }
+
+    /// χ² of the top four bits of residues modulo 2^108 against the uniform distribution
+    /// (15 degrees of freedom: above 50 with probability below 10^-5).
+    fn top_bits_chi_square(values: &[u128]) -> f64 {
+        let mut counts = [0f64; 16];
+        for &x in values {
+            counts[(x >> (SHARE_BITS - 4)) as usize & 15] += 1.0;
+        }
+        let expected = values.len() as f64 / 16.0;
+        counts
+            .iter()
+            .map(|c| (c - expected).powi(2) / expected)
+            .sum()
+    }
+
+    /// Wire audit of a three-party job: every value a party decrypts (Gram, coupling, step and
+    /// loss releases) or is handed (shares of sums) is a uniform residue, whatever the data.
+    /// The same statistic rejects data-sized values such as the quantised features.
+    #[test]
+    fn every_value_a_party_decrypts_or_is_handed_is_uniform() {
+        let (parties, labels) = book(4000, &[6, 3]);
+        let (_, _, seen) = run_shared(&parties, &labels, 3000, 1e-3, (0.7, 0.3), 6);
+        for (party, values) in seen.iter().enumerate() {
+            assert!(values.len() > 300, "party {party}: {} values", values.len());
+            let chi = top_bits_chi_square(values);
+            assert!(
+                chi < 50.0,
+                "party {party}: χ² {chi} over {} values",
+                values.len()
+            );
+        }
+        let features: Vec<u128> = parties[1]
+            .iter()
+            .flatten()
+            .map(|&x| residue(x.into()))
+            .collect();
+        assert!(top_bits_chi_square(&features) > 1000.0);
     }
 
     #[test]
