@@ -1667,8 +1667,8 @@ mod tests {
     }
 
     /// Runs a shared job in one process (the first `train` rows for training, the rest for
-    /// validation), moving every message by hand; returns each party's final weights and the
-    /// guest's losses per step.
+    /// validation), moving every message by hand; returns what it measured and every value
+    /// each party decrypted or was handed.
     fn run_shared(
         parties: &[Vec<Vec<i64>>],
         labels: &[f64],
@@ -1676,7 +1676,7 @@ mod tests {
         l2: f64,
         (rate, momentum): (f64, f64),
         steps: usize,
-    ) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<Vec<u128>>) {
+    ) -> (Driven, Vec<Vec<u128>>) {
         let params = N8192_Q192;
         let count = parties.len();
         let (secrets, publics): (Vec<SecretKey>, Vec<PublicKey>) =
@@ -1724,13 +1724,18 @@ mod tests {
             .collect();
         let driven = drive_in_process(&mut nodes, steps).unwrap();
         let seen = nodes.into_iter().map(|n| n.seen).collect();
-        (driven.weights, driven.losses, seen)
+        (driven, seen)
     }
 
     fn check(hosts: &[usize]) {
         let (parties, labels) = book(4000, hosts);
         let (l2, schedule, steps) = (1e-3, (0.7, 0.3), 12);
-        let (weights, losses, _) = run_shared(&parties, &labels, 3000, l2, schedule, steps);
+        let (
+            Driven {
+                weights, losses, ..
+            },
+            _,
+        ) = run_shared(&parties, &labels, 3000, l2, schedule, steps);
         let got: Vec<f64> = weights.into_iter().flatten().collect();
         let (want, want_losses) = plain_jacobi(&parties, &labels, 3000, l2, schedule, steps);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -1775,7 +1780,7 @@ mod tests {
     #[test]
     fn every_value_a_party_decrypts_or_is_handed_is_uniform() {
         let (parties, labels) = book(4000, &[6, 3]);
-        let (_, _, seen) = run_shared(&parties, &labels, 3000, 1e-3, (0.7, 0.3), 6);
+        let (_, seen) = run_shared(&parties, &labels, 3000, 1e-3, (0.7, 0.3), 6);
         for (party, values) in seen.iter().enumerate() {
             assert!(values.len() > 300, "party {party}: {} values", values.len());
             let chi = top_bits_chi_square(values);
