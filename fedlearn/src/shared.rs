@@ -181,6 +181,8 @@ pub(crate) struct Party {
     sets: Vec<RowSet>,
     /// N_me, row-major m_me × m_me.
     precond: Vec<i128>,
+    /// −δ·M_me at COUPLING_BITS (empty when δ = 0).
+    damping: Vec<u128>,
     pairs: Vec<Option<Pair>>,
     held: Vec<Held>,
     /// Per peer R: the step product for R's weight shares.
@@ -250,6 +252,7 @@ impl Party {
             sets.push(row_set(&input, set, rows));
         }
         let precond = preconditioner(&input, &sets[0])?;
+        let damping = damping_block(&input, sets[0].rows)?;
         let count = sets.len();
         let pairs = peers
             .into_iter()
@@ -283,6 +286,7 @@ impl Party {
             secret,
             sets,
             precond,
+            damping,
             pairs,
             held,
             step_matrices: (0..parties).map(|_| None).collect(),
@@ -664,7 +668,8 @@ impl Party {
     }
 
     /// This party's share of the (p, q) block of a kind's matrix, entry (r, c), if it holds
-    /// one: K_{me,q} or K_{p,me} for coupling; the scaled Gram for a row set (its own block
+    /// one: K_{me,q} or K_{p,me} for coupling (and its damping block −δ·M_me on its own
+    /// weights); the scaled Gram for a row set (its own block
     /// in the clear).
     fn block(&self, kind: Kind, p: usize, q: usize) -> Result<Option<Block<'_>>, FedError> {
         let me = self.me();
@@ -676,6 +681,9 @@ impl Party {
                 &self.pair(p)?.coupling_peer,
                 self.width(me),
             )),
+            Kind::Coupling if p == me && !self.damping.is_empty() => {
+                Some(Block::RowMajor(&self.damping, self.width(me)))
+            }
             Kind::Gram(set) if p == me && q != me => {
                 Some(Block::RowMajor(&self.pair(q)?.gram[set], self.width(q)))
             }
@@ -1423,15 +1431,42 @@ fn own_hessian(input: &PartyInput, rows: usize) -> Vec<f64> {
     h
 }
 
+/// The smallest diagonal the preconditioner inverts: its own block plus
+/// δ = max(0, MIN_DAMPING − λ), so that collinear columns (bin indicators beside an intercept,
+/// say) still give an invertible, bounded M. The step then carries −δ·M_P·w_P (the damping
+/// block, see [`Party::block`]) and the fixed point — the optimum — does not change.
+const MIN_DAMPING: f64 = 1e-3;
+
+/// M_P = (H_PP + δ·I)^-1 in real units.
 fn own_inverse(input: &PartyInput, rows: usize) -> Result<Vec<f64>, FedError> {
-    invert(&own_hessian(input, rows), input.train.len()).ok_or_else(|| FedError::Config {
+    let m = input.train.len();
+    let mut h = own_hessian(input, rows);
+    let damping = (MIN_DAMPING - input.l2).max(0.0);
+    for i in 0..m {
+        h[i * m + i] += damping;
+    }
+    invert(&h, m).ok_or_else(|| FedError::Config {
         field: "l2",
         reason: format!(
-            "{}: its columns are linearly dependent on the training rows and λ = {} does not \
-             make their Gram invertible",
-            input.names[input.index], input.l2
+            "{}: its columns' Gram on the training rows is numerically singular even with \
+             λ = {}",
+            input.names[input.index],
+            input.l2.max(MIN_DAMPING)
         ),
     })
+}
+
+/// −δ·M_P at COUPLING_BITS (row-major), or nothing when δ = 0.
+fn damping_block(input: &PartyInput, rows: usize) -> Result<Vec<u128>, FedError> {
+    let damping = (MIN_DAMPING - input.l2).max(0.0);
+    if damping == 0.0 {
+        return Ok(Vec::new());
+    }
+    let unit = f64::from(1u32 << COUPLING_BITS);
+    Ok(own_inverse(input, rows)?
+        .iter()
+        .map(|x| residue((-damping * x * unit).round() as i128))
+        .collect())
 }
 
 /// N = round(H_PP^-1 · 2^t/(4n) · 2^PRECOND_BITS): with the Gram scaled to XᵀX/2^t at
@@ -1630,13 +1665,14 @@ mod tests {
                 h[i * m + i] += l2;
             }
         }
+        let damping = (MIN_DAMPING - l2).max(0.0);
         let inverses: Vec<Vec<f64>> = blocks
             .iter()
             .map(|b| {
                 let block: Vec<f64> = b
                     .clone()
                     .flat_map(|i| b.clone().map(move |j| (i, j)))
-                    .map(|(i, j)| h[i * m + j])
+                    .map(|(i, j)| h[i * m + j] + if i == j { damping } else { 0.0 })
                     .collect();
                 invert(&block, b.len()).unwrap()
             })
@@ -1727,9 +1763,9 @@ mod tests {
         (driven, seen)
     }
 
-    fn check(hosts: &[usize]) {
+    fn check(hosts: &[usize], l2: f64) {
         let (parties, labels) = book(4000, hosts);
-        let (l2, schedule, steps) = (1e-3, (0.7, 0.3), 12);
+        let (schedule, steps) = ((0.7, 0.3), 12);
         let (
             Driven {
                 weights, losses, ..
@@ -1800,16 +1836,23 @@ mod tests {
 
     #[test]
     fn two_parties_follow_the_plaintext_iteration() {
-        check(&[6]);
+        check(&[6], 1e-3);
+    }
+
+    /// Without a penalty the preconditioner is damped (δ = 10^-3) and the step carries the
+    /// damping block; the iteration is still the plaintext one.
+    #[test]
+    fn undamped_penalty_follows_the_plaintext_iteration() {
+        check(&[6], 0.0);
     }
 
     #[test]
     fn three_parties_follow_the_plaintext_iteration() {
-        check(&[6, 3]);
+        check(&[6, 3], 1e-3);
     }
 
     #[test]
     fn four_parties_follow_the_plaintext_iteration() {
-        check(&[2, 3, 4]);
+        check(&[2, 3, 4], 1e-3);
     }
 }
