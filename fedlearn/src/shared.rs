@@ -43,7 +43,7 @@
 #![allow(clippy::needless_range_loop)]
 #![cfg_attr(not(test), allow(dead_code))]
 
-use he::{EncryptedVector, MaskedColumns, PackingKey, Params, PreparedColumns, PreparedMatrix};
+use he::{EncryptedBlocks, EncryptedVector, MaskedColumns, PackingKey, Params, PreparedBlocks};
 use he::{PublicKey, SecretKey, SpreadMatrix};
 
 use crate::config::TrainConfig;
@@ -128,7 +128,7 @@ pub(crate) struct PeerKeys {
 struct Pair {
     keys: PeerKeys,
     /// The peer's columns under its key, transformed, per row set.
-    columns: Vec<Option<PreparedColumns>>,
+    columns: Vec<Option<PreparedBlocks>>,
     /// Per row set, share of the scaled Gram X_meᵀ X_peer (m_me × m_peer, row-major).
     gram: Vec<Vec<u128>>,
     /// Guest–host pairs, per row set: share of the host's scaled 2·c.
@@ -224,6 +224,19 @@ impl Party {
             return Err(FedError::Config {
                 field: "labels",
                 reason: "the guest, and only the guest, brings labels".into(),
+            });
+        }
+        // Spread products and block layouts are laid out for packing keys of every level.
+        if let Some(peer) = peers.iter().position(|k| {
+            k.as_ref()
+                .is_some_and(|k| k.packing.levels() < params.max_pack_levels)
+        }) {
+            return Err(FedError::Protocol {
+                peer: input.names[peer].clone(),
+                reason: format!(
+                    "its packing key must pack {} levels",
+                    params.max_pack_levels
+                ),
             });
         }
         let mut sets = Vec::new();
@@ -342,12 +355,21 @@ impl Party {
         }
     }
 
-    /// Set-up 1: this party's columns under its own key, for every peer: the training rows'
-    /// then the validation rows'.
-    pub(crate) fn encrypted_columns(&self) -> Result<Vec<EncryptedVector>, FedError> {
+    /// Set-up 1: this party's columns under its own key, for every peer, per row set (the
+    /// training rows, then the validation rows), in the block layout of the Gram products.
+    pub(crate) fn encrypted_columns(&self) -> Result<Vec<EncryptedBlocks>, FedError> {
         (0..self.sets.len())
-            .flat_map(|set| self.input.set(set).0)
-            .map(|column| self.secret.encrypt(column, FEATURE_BOUND))
+            .map(|set| {
+                let columns = self.input.set(set).0;
+                let values: Vec<i64> = columns.iter().flatten().copied().collect();
+                self.secret.encrypt_blocks(
+                    &values,
+                    self.sets[set].rows,
+                    columns.len(),
+                    FEATURE_BOUND,
+                    self.params.max_pack_levels,
+                )
+            })
             .collect::<Result<_, _>>()
             .map_err(Self::he("encrypting columns"))
     }
@@ -356,25 +378,24 @@ impl Party {
     pub(crate) fn accept_columns(
         &mut self,
         peer: usize,
-        columns: &[EncryptedVector],
+        columns: &[EncryptedBlocks],
     ) -> Result<(), FedError> {
         let width = self.width(peer);
-        let rows: Vec<usize> = self.sets.iter().map(|s| s.rows).collect();
-        if columns.len() != width * rows.len()
+        if columns.len() != self.sets.len()
             || columns
-                .chunks(width.max(1))
-                .zip(&rows)
-                .any(|(set, &n)| set.iter().any(|c| c.len() != n))
+                .iter()
+                .zip(&self.sets)
+                .any(|(c, set)| c.shape() != (set.rows, width))
         {
             return Err(self.protocol(peer, "its columns do not have the announced shape"));
         }
         let params = self.params;
         let pair = self.pair_mut(peer)?;
-        for (set, chunk) in columns.chunks(width.max(1)).enumerate() {
+        for (set, blocks) in columns.iter().enumerate() {
             let prepared = pair
                 .keys
                 .public
-                .prepare_columns(&params, chunk)
+                .prepare_blocks(&params, blocks)
                 .map_err(Self::he("preparing a peer's columns"))?;
             pair.columns[set] = Some(prepared);
         }
@@ -406,12 +427,10 @@ impl Party {
             for vector in &vectors {
                 let bound =
                     FEATURE_BOUND * vector.iter().map(|x| i128::from(x.abs())).sum::<i128>();
-                let plain = PreparedMatrix::new(&params, self.sets[set].rows, 1, vector)
-                    .map_err(Self::he("preparing a column"))?;
                 let product = pair
                     .keys
                     .public
-                    .multiply_columns(&params, peer_columns, &plain, bound)
+                    .multiply_blocks(&params, peer_columns, vector, bound)
                     .map_err(Self::he("multiplying a peer's columns"))?;
                 let (masked, masks) = pair
                     .keys
@@ -1080,6 +1099,10 @@ pub struct SharedRun {
 /// Bytes of a hand-over or loss share on the wire: 14 per residue modulo 2^108.
 const SHARE_BYTES: usize = 14;
 
+fn blocks_bytes(blocks: &[EncryptedBlocks]) -> usize {
+    blocks.iter().map(EncryptedBlocks::payload_bytes).sum()
+}
+
 fn vector_bytes(vector: &[EncryptedVector]) -> usize {
     vector.iter().map(EncryptedVector::payload_bytes).sum()
 }
@@ -1212,7 +1235,7 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
         .map(Party::encrypted_columns)
         .collect::<Result<_, _>>()?;
     for &(a, b) in &pairs {
-        setup_bytes += vector_bytes(&columns[a]);
+        setup_bytes += blocks_bytes(&columns[a]);
         nodes[b].accept_columns(a, &columns[a])?;
     }
     drop(columns);

@@ -243,6 +243,48 @@ impl PreparedMatrix {
     }
 }
 
+/// A key owner's columns laid out for [`PublicKey::multiply_blocks`]: ciphertext
+/// (group, chunk) holds the `chunk` rows of the chunk for 2^k = N/chunk columns of the group
+/// side by side (coefficient i·chunk + t: row t of the chunk, column i of the group).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncryptedBlocks {
+    pub(crate) rows: usize,
+    pub(crate) columns: usize,
+    pub(crate) chunk: usize,
+    /// `blocks[group * chunks + chunk]`, one block each.
+    pub(crate) blocks: Vec<EncryptedVector>,
+}
+
+impl EncryptedBlocks {
+    /// Bytes of ciphertext payload that cross the wire.
+    pub fn payload_bytes(&self) -> usize {
+        self.blocks.iter().map(EncryptedVector::payload_bytes).sum()
+    }
+
+    /// Rows and columns.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.columns)
+    }
+}
+
+/// [`EncryptedBlocks`] transformed once by the evaluator for repeated products.
+pub struct PreparedBlocks {
+    pub(crate) params_id: u8,
+    pub(crate) key: KeyId,
+    pub(crate) rows: usize,
+    pub(crate) columns: usize,
+    pub(crate) chunk: usize,
+    /// `ntt[group * chunks + chunk]`: the block's (a, b) in NTT form.
+    pub(crate) ntt: Vec<(NttPoly, NttPoly)>,
+    pub(crate) ring: Arc<Ring>,
+}
+
+impl std::fmt::Debug for PreparedBlocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedBlocks({} × {})", self.rows, self.columns)
+    }
+}
+
 /// Another party's encrypted columns (one [`EncryptedVector`] per column, all of one length and
 /// under one key), transformed once by the evaluator: every later product with a plaintext
 /// vector ([`PublicKey::multiply_columns`]) then costs no transform of the ciphertexts.

@@ -63,8 +63,8 @@ mod wire;
 
 pub use encoding::FixedPoint;
 pub use entities::{
-    EncryptedColumns, EncryptedVector, KeyId, MaskedColumns, Masks, PackingKey, PreparedColumns,
-    PreparedMatrix, PublicKey, SecretKey, SpreadMatrix,
+    EncryptedBlocks, EncryptedColumns, EncryptedVector, KeyId, MaskedColumns, Masks, PackingKey,
+    PreparedBlocks, PreparedColumns, PreparedMatrix, PublicKey, SecretKey, SpreadMatrix,
 };
 pub use error::HeError;
 pub use params::{signed_residue, Params, N8192_Q192};

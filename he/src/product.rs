@@ -5,8 +5,8 @@
 use rayon::prelude::*;
 
 use crate::entities::{
-    Ciphertext, EncryptedColumns, EncryptedVector, PreparedColumns, PreparedMatrix, PublicKey,
-    Spread, SpreadMatrix,
+    Ciphertext, EncryptedBlocks, EncryptedColumns, EncryptedVector, PreparedBlocks,
+    PreparedColumns, PreparedMatrix, PublicKey, SecretKey, Spread, SpreadMatrix,
 };
 use crate::error::HeError;
 use crate::params::{check_params, Params};
@@ -250,6 +250,58 @@ impl SpreadMatrix {
     }
 }
 
+impl SecretKey {
+    /// Encrypts `columns` columns of `rows` integers (column-major, |x| ≤ `bound`) in the
+    /// layout of [`EncryptedBlocks`], for products released back under a packing key of
+    /// `pack_levels` levels. The columns per ciphertext (2^k, k ≤ `pack_levels`) balance the
+    /// evaluator's work: it transforms one plaintext polynomial per row chunk (N/2^k rows) and
+    /// releases one ciphertext per group of 2^k columns.
+    pub fn encrypt_blocks(
+        &self,
+        values: &[i64],
+        rows: usize,
+        columns: usize,
+        bound: i128,
+        pack_levels: u32,
+    ) -> Result<EncryptedBlocks, HeError> {
+        let n = self.params.poly_size;
+        if values.len() != rows * columns || rows == 0 || columns == 0 {
+            return Err(HeError::SizeMismatch {
+                what: "block values (rows × columns, both positive)",
+                expected: rows.max(1) * columns.max(1),
+                got: values.len(),
+            });
+        }
+        // A release costs about as much as 50 transforms: minimise transforms + 50 · releases.
+        let levels = pack_levels.min(self.params.max_pack_levels);
+        let k = (0..=levels)
+            .min_by_key(|&k| (rows << k).div_ceil(n) + 50 * columns.div_ceil(1 << k))
+            .unwrap_or(0);
+        let (per, chunk) = (1usize << k, n >> k);
+        let (groups, chunks) = (columns.div_ceil(per), rows.div_ceil(chunk));
+        let blocks = (0..groups * chunks)
+            .map(|index| {
+                let (group, c) = (index / chunks, index % chunks);
+                let mut poly = vec![0i64; n];
+                for i in 0..per.min(columns - group * per) {
+                    let column = group * per + i;
+                    let start = c * chunk;
+                    let end = (start + chunk).min(rows);
+                    poly[i * chunk..i * chunk + end - start]
+                        .copy_from_slice(&values[column * rows + start..column * rows + end]);
+                }
+                self.encrypt(&poly, bound)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(EncryptedBlocks {
+            rows,
+            columns,
+            chunk,
+            blocks,
+        })
+    }
+}
+
 /// How a product treats results that could wrap modulo 2^p.
 enum Bound {
     /// Refuse unless (bound on |v|) × (largest column L1 norm) fits.
@@ -485,6 +537,141 @@ impl PublicKey {
             bound: matrix.bound,
             columns,
             spread: Some(matrix.spread),
+        })
+    }
+
+    /// Transforms the key owner's [`EncryptedBlocks`] for repeated products.
+    pub fn prepare_blocks(
+        &self,
+        params: &Params,
+        blocks: &EncryptedBlocks,
+    ) -> Result<PreparedBlocks, HeError> {
+        check_params(params, self.params_id, "public key")?;
+        let n = params.poly_size;
+        let (chunk, rows, columns) = (blocks.chunk, blocks.rows, blocks.columns);
+        let per = n.checked_div(chunk).unwrap_or(0);
+        let expected =
+            if per == 0 || !chunk.is_power_of_two() || rows == 0 || rows > params.max_rows {
+                usize::MAX
+            } else {
+                columns.div_ceil(per) * rows.div_ceil(chunk)
+            };
+        if blocks.blocks.len() != expected || per > 1 << params.max_pack_levels {
+            return Err(HeError::SizeMismatch {
+                what: "encrypted blocks (groups × row chunks)",
+                expected,
+                got: blocks.blocks.len(),
+            });
+        }
+        for block in &blocks.blocks {
+            check_params(params, block.params_id, "encrypted block")?;
+            if block.key != self.id || block.blocks.len() != 1 {
+                return Err(HeError::WrongKey {
+                    what: "encrypted block",
+                });
+            }
+        }
+        let ring = ring_for(params);
+        let ntt = blocks
+            .blocks
+            .par_iter()
+            .map(|block| {
+                let (a, b) = block.blocks[0].expand(n);
+                (ring.forward_wide(&a), ring.forward_wide(&b))
+            })
+            .collect();
+        Ok(PreparedBlocks {
+            params_id: params.id,
+            key: self.id,
+            rows,
+            columns,
+            chunk,
+            ntt,
+            ring,
+        })
+    }
+
+    /// Encrypted C^T v for the key owner's prepared blocks C and the evaluator's plaintext
+    /// vector v (|v_i| ≤ `max_matrix_abs`): for every column j, Σ_i c_ij·v_i, exact modulo
+    /// 2^p and, like [`multiply_columns`](Self::multiply_columns), never refused: `bound` is
+    /// the bound the evaluator declares. Per row chunk the vector becomes one polynomial
+    /// Y(X) = Σ_t v_t·X^(−t); coefficient i·chunk of C·Y is column i's product (the columns of
+    /// a block occupy disjoint ranges), so one ciphertext carries a group's results, already
+    /// in packed positions.
+    pub fn multiply_blocks(
+        &self,
+        params: &Params,
+        blocks: &PreparedBlocks,
+        vector: &[i64],
+        bound: i128,
+    ) -> Result<EncryptedColumns, HeError> {
+        check_params(params, self.params_id, "public key")?;
+        check_params(params, blocks.params_id, "prepared blocks")?;
+        if blocks.key != self.id {
+            return Err(HeError::WrongKey {
+                what: "prepared blocks",
+            });
+        }
+        if vector.len() != blocks.rows {
+            return Err(HeError::SizeMismatch {
+                what: "plaintext vector rows vs encrypted block rows",
+                expected: blocks.rows,
+                got: vector.len(),
+            });
+        }
+        if let Some(index) = vector.iter().position(|x| x.abs() > params.max_matrix_abs) {
+            return Err(HeError::MatrixEntryOutOfRange {
+                row: index,
+                column: 0,
+                value: vector[index],
+                max: params.max_matrix_abs,
+            });
+        }
+        if !(0..=params.max_message_abs()).contains(&bound) {
+            return Err(HeError::MessageOutOfRange {
+                index: 0,
+                value: bound,
+                max: params.max_message_abs(),
+            });
+        }
+        let n = params.poly_size;
+        let chunk = blocks.chunk;
+        let chunks = blocks.rows.div_ceil(chunk);
+        let ring = &blocks.ring;
+        let plain: Vec<NttPoly> = vector
+            .par_chunks(chunk)
+            .map(|values| {
+                let mut poly = vec![0i64; n];
+                for (t, &v) in values.iter().enumerate() {
+                    if t == 0 {
+                        poly[0] = v;
+                    } else {
+                        poly[n - t] = -v;
+                    }
+                }
+                ring.forward_small(&poly)
+            })
+            .collect();
+        let base = (n / chunk).trailing_zeros();
+        let columns = blocks
+            .ntt
+            .par_chunks(chunks)
+            .map(|group| {
+                let (a, b) = accumulate(ring, n, group.iter().zip(&plain));
+                let scale = |poly: Vec<U192>| poly.into_iter().map(|x| x.shl(base)).collect();
+                (scale(a), scale(b))
+            })
+            .collect();
+        Ok(EncryptedColumns {
+            params_id: params.id,
+            key: self.id,
+            bound,
+            columns,
+            spread: Some(Spread {
+                base,
+                levels: base,
+                results: blocks.columns,
+            }),
         })
     }
 

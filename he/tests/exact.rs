@@ -456,3 +456,30 @@ fn spread_products_are_exact() {
         }
     }
 }
+
+/// Column products in the block layout equal plain integer products, in column order, for
+/// shapes that fill groups and chunks exactly and ones that do not.
+#[test]
+fn block_products_are_exact() {
+    let params = N8192_Q192;
+    let (secret, public) = SecretKey::generate(&params);
+    let packing = secret.packing_key(params.max_pack_levels).unwrap();
+    for (rows, columns) in [(3000, 11), (20_000, 31), (700, 300), (9000, 1)] {
+        let c = random_values(rows * columns, 1 << 13);
+        let v = random_values(rows, params.max_matrix_abs);
+        let blocks = secret
+            .encrypt_blocks(&c, rows, columns, 1 << 13, params.max_pack_levels)
+            .unwrap();
+        let prepared = public.prepare_blocks(&params, &blocks).unwrap();
+        let bound = (1i128 << 28) * rows as i128;
+        let product = public
+            .multiply_blocks(&params, &prepared, &v, bound)
+            .unwrap();
+        assert_eq!(product.len(), columns);
+        let (masked, masks) = public.mask_and_flood(&params, product, &packing).unwrap();
+        let got = masks
+            .unmask(&secret.decrypt_masked(&masked).unwrap())
+            .unwrap();
+        assert_eq!(got, plain_product(&v, &c, rows), "{rows} × {columns}");
+    }
+}
