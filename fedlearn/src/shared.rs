@@ -75,6 +75,15 @@ pub(crate) fn partner(party: usize) -> usize {
     usize::from(party == 0)
 }
 
+/// Who receives `holder`'s shares of `about`'s sums (see [`Party::hand_over`]).
+fn recipient(holder: usize, about: usize) -> usize {
+    if partner(holder) == about {
+        partner(about)
+    } else {
+        about
+    }
+}
+
 /// The weight vectors party R holds a share of, ascending: its own and those of the parties
 /// whose partner it is.
 fn holdings(party: usize, parties: usize) -> Vec<usize> {
@@ -138,6 +147,9 @@ struct Pair {
     coupling_peer: Vec<u128>,
     /// Guest–host pairs: share of the host's k (WEIGHT_BITS).
     offset: Vec<u128>,
+    /// Set-up phases done with this peer: its Gram releases, its coupling releases.
+    gram_done: bool,
+    coupling_done: bool,
 }
 
 /// What a party knows in the clear about one row set.
@@ -191,6 +203,8 @@ pub(crate) struct Party {
     sums: Vec<Vec<Vec<u128>>>,
     /// This party's shares of the loss sums, per row set.
     loss: Vec<u128>,
+    /// Between `begin_step` and `finish_step`.
+    stepping: bool,
     /// Every value this party decrypted or was handed (tests audit that they are uniform).
     #[cfg(test)]
     seen: Vec<u128>,
@@ -279,6 +293,8 @@ impl Party {
                     coupling_mine: Vec::new(),
                     coupling_peer: Vec::new(),
                     offset: Vec::new(),
+                    gram_done: false,
+                    coupling_done: false,
                 })
             })
             .collect();
@@ -305,6 +321,7 @@ impl Party {
             step_matrices: (0..parties).map(|_| None).collect(),
             sums: Vec::new(),
             loss: Vec::new(),
+            stepping: false,
             #[cfg(test)]
             seen: Vec::new(),
             input,
@@ -380,6 +397,7 @@ impl Party {
         peer: usize,
         columns: &[EncryptedBlocks],
     ) -> Result<(), FedError> {
+        self.pair(peer)?;
         let width = self.width(peer);
         if columns.len() != self.sets.len()
             || columns
@@ -406,6 +424,7 @@ impl Party {
     /// (one release per own column), the guest releases 2·c of a host; a host leading a host
     /// pair sends nothing.
     pub(crate) fn gram_releases(&mut self, peer: usize) -> Result<Vec<MaskedColumns>, FedError> {
+        self.pair(peer)?;
         let me = self.me();
         if me != 0 && me < peer {
             return Ok(Vec::new());
@@ -425,8 +444,8 @@ impl Party {
                 .ok_or_else(|| self.protocol(peer, "its columns have not arrived"))?;
             let mut shares = Vec::new();
             for vector in &vectors {
-                let bound =
-                    FEATURE_BOUND * vector.iter().map(|x| i128::from(x.abs())).sum::<i128>();
+                // A public bound (never one read from the data): |x| ≤ 2^13 on both sides.
+                let bound = FEATURE_BOUND * FEATURE_BOUND * self.sets[set].rows as i128;
                 let product = pair
                     .keys
                     .public
@@ -461,6 +480,9 @@ impl Party {
         peer: usize,
         releases: &[MaskedColumns],
     ) -> Result<(), FedError> {
+        if self.pair(peer)?.gram_done {
+            return Err(self.protocol(peer, "its Gram releases came twice"));
+        }
         let me = self.me();
         let (m, peer_m) = (self.width(me), self.width(peer));
         let per_set = if me < peer {
@@ -520,6 +542,7 @@ impl Party {
                 *x = rescale(*x, label_shift, first);
             }
         }
+        pair.gram_done = true;
         Ok(())
     }
 
@@ -531,6 +554,9 @@ impl Party {
         peer: usize,
     ) -> Result<Vec<Vec<EncryptedVector>>, FedError> {
         let pair = self.pair(peer)?;
+        if !pair.gram_done {
+            return Err(self.protocol(peer, "coupling before its Gram releases"));
+        }
         let peer_m = self.width(peer);
         let encrypt = |v: &[u128]| encrypt_vector(&self.secret, &self.params, v, peer_m);
         let mut out: Vec<Vec<EncryptedVector>> = pair.gram[0]
@@ -551,6 +577,9 @@ impl Party {
         peer: usize,
         vectors: &[Vec<EncryptedVector>],
     ) -> Result<Vec<MaskedColumns>, FedError> {
+        if !self.pair(peer)?.gram_done {
+            return Err(self.protocol(peer, "coupling before its Gram releases"));
+        }
         let me = self.me();
         let (m, peer_m) = (self.width(me), self.width(peer));
         let expected = peer_m + usize::from(peer == 0);
@@ -597,6 +626,10 @@ impl Party {
         peer: usize,
         releases: &[MaskedColumns],
     ) -> Result<(), FedError> {
+        let pair = self.pair(peer)?;
+        if pair.coupling_done || pair.coupling_mine.is_empty() {
+            return Err(self.protocol(peer, "its coupling releases came twice or too early"));
+        }
         let me = self.me();
         let (m, peer_m) = (self.width(me), self.width(peer));
         let expected = m + usize::from(me == 0);
@@ -632,6 +665,7 @@ impl Party {
         for x in &mut pair.offset {
             *x = truncate(*x, down, first);
         }
+        pair.coupling_done = true;
         Ok(())
     }
 
@@ -639,6 +673,11 @@ impl Party {
     /// prepares the step products.
     pub(crate) fn finish_setup(&mut self) -> Result<(), FedError> {
         let me = self.me();
+        if let Some(peer) = (0..self.parties())
+            .find(|&p| p != me && self.pair(p).is_ok_and(|pair| !pair.coupling_done))
+        {
+            return Err(self.protocol(peer, "the set-up with it did not finish"));
+        }
         let first = me == 0;
         for index in 0..self.held.len() {
             let party = self.held[index].party;
@@ -774,6 +813,7 @@ impl Party {
             }
         }
         self.sums = sums;
+        self.stepping = true;
         let vector: Vec<u128> = self
             .held
             .iter()
@@ -799,6 +839,9 @@ impl Party {
         holder: usize,
         vector: &[EncryptedVector],
     ) -> Result<MaskedColumns, FedError> {
+        if !self.stepping {
+            return Err(self.protocol(holder, "a step vector outside a step"));
+        }
         let matrix = self
             .step_matrices
             .get(holder)
@@ -822,6 +865,10 @@ impl Party {
         evaluator: usize,
         release: &MaskedColumns,
     ) -> Result<(), FedError> {
+        self.pair(evaluator)?;
+        if !self.stepping {
+            return Err(self.protocol(evaluator, "a step release outside a step"));
+        }
         let outputs = self.outputs(evaluator, self.me());
         let expected = outputs.iter().map(|&p| self.width(p)).sum::<usize>() * self.kinds().len();
         let name = self.input.names[evaluator].clone();
@@ -843,27 +890,49 @@ impl Party {
         }
     }
 
-    /// A step, 4: this party's shares for the parties P it neither is nor partners, to hand
-    /// to P (every kind in turn).
-    pub(crate) fn hand_over(&self) -> Vec<(usize, Vec<u128>)> {
+    /// A step, 4: this party's shares of the sums of the parties P it neither is nor partners,
+    /// each with the party to hand it to: P, unless P is this party's own partner — then P
+    /// could cancel the masks in it (this party's releases with P's outputs go to P, and P's
+    /// to it), so it goes to P's partner instead, to whom those masks are unknown.
+    /// Returns (recipient, P, shares of every kind in turn).
+    pub(crate) fn hand_over(&self) -> Vec<(usize, usize, Vec<u128>)> {
         let me = self.me();
         (0..self.parties())
             .filter(|&p| p != me && partner(p) != me)
-            .map(|p| (p, self.sums.iter().flat_map(|s| s[p].clone()).collect()))
+            .map(|p| {
+                let shares = self.sums.iter().flat_map(|s| s[p].clone()).collect();
+                (recipient(me, p), p, shares)
+            })
             .collect()
     }
 
-    /// A step, 5: shares of this party's sums handed over by `from`.
-    pub(crate) fn accept_hand_over(&mut self, from: usize, share: &[u128]) -> Result<(), FedError> {
+    /// A step, 5: shares of the sums of `about` (this party or the party it partners) handed
+    /// over by `from`.
+    pub(crate) fn accept_hand_over(
+        &mut self,
+        from: usize,
+        about: usize,
+        share: &[u128],
+    ) -> Result<(), FedError> {
         let me = self.me();
-        let width = self.width(me);
-        if from == me || from == partner(me) || share.len() != width * self.sums.len() {
-            return Err(self.protocol(from, "a share of sums it should not hold"));
+        let parties = self.parties();
+        if from >= parties
+            || about >= parties
+            || from == about
+            || from == partner(about)
+            || recipient(from, about) != me
+            || share.len() != self.width(about) * self.sums.len()
+        {
+            return Err(self.protocol(from, "a share of sums it should not hand to this party"));
+        }
+        if !self.stepping {
+            return Err(self.protocol(from, "a share of sums outside a step"));
         }
         #[cfg(test)]
         self.seen.extend(share);
+        let width = self.width(about);
         for (sums, part) in self.sums.iter_mut().zip(share.chunks(width)) {
-            accumulate(&mut sums[me], part);
+            accumulate(&mut sums[about], part);
         }
         Ok(())
     }
@@ -871,6 +940,7 @@ impl Party {
     /// A step, 6: truncates the shares for the weight vectors this party holds, keeps the loss
     /// terms of the weights the step started from, and updates velocities and weights.
     pub(crate) fn finish_step(&mut self) {
+        self.stepping = false;
         let first = self.me() == 0;
         let rate = (self.input.rate * f64::from(1u32 << RATE_BITS)).round() as i128;
         let momentum = (self.input.momentum * f64::from(1u32 << RATE_BITS)).round() as i128;
@@ -936,7 +1006,7 @@ impl Party {
         owner: usize,
         vector: &[EncryptedVector],
     ) -> Result<MaskedColumns, FedError> {
-        if partner(owner) != self.me() {
+        if owner >= self.parties() || owner == self.me() || partner(owner) != self.me() {
             return Err(self.protocol(owner, "loss terms this party does not partner"));
         }
         let sets = self.sets.len();
@@ -946,6 +1016,9 @@ impl Party {
             .iter()
             .find(|h| h.party == owner)
             .expect("partners hold shares");
+        if held.loss_terms.len() != sets {
+            return Err(self.protocol(owner, "loss terms before a step"));
+        }
         // Row per set: (d, 0 …, b at the set's place, … 0) against (a, c_0, c_1 …).
         let width = m * (1 + sets);
         let mut matrix = vec![0u128; sets * width];
@@ -973,6 +1046,9 @@ impl Party {
     pub(crate) fn accept_loss_release(&mut self, release: &MaskedColumns) -> Result<(), FedError> {
         let me = self.me();
         let name = self.input.names[partner(me)].clone();
+        if self.own().loss_terms.len() != self.sets.len() {
+            return Err(self.protocol(partner(me), "a loss release before a step"));
+        }
         let shares = receive_product(&self.secret, release, self.sets.len(), &name)?;
         #[cfg(test)]
         self.seen.extend(&shares);
@@ -1003,23 +1079,44 @@ impl Party {
         }
     }
 
-    /// Losses, 4: this party's shares of Σ_P w_P·s_P per row set, for the guest (a host's are
-    /// to be blinded among the hosts so that the guest learns only the sum); resets them.
-    pub(crate) fn take_loss_shares(&mut self) -> Vec<u128> {
-        std::mem::take(&mut self.loss)
+    /// Losses, 4: this party's shares of Σ_P w_P·s_P per row set, and where they go: a host
+    /// after the first sends them to host 1 (each is masked by the guest's release mask, which
+    /// host 1 never sees); host 1, once it holds theirs, sends the sum to the guest, which so
+    /// learns only the totals; the guest keeps its own (`None`).
+    pub(crate) fn send_loss_shares(&mut self) -> Option<(usize, Vec<u128>)> {
+        match self.me() {
+            0 => None,
+            1 => Some((0, std::mem::take(&mut self.loss))),
+            _ => Some((1, std::mem::take(&mut self.loss))),
+        }
     }
 
-    /// Losses, 5 (the guest): the Taylor losses of the weights the last step started from,
-    /// per row set, from every party's shares (its own included).
-    pub(crate) fn losses(&self, shares: &[Vec<u128>]) -> Result<Vec<f64>, FedError> {
-        let sets = self.sets.len();
-        let mut total = vec![0u128; sets];
-        for share in shares {
-            if share.len() != sets {
-                return Err(self.protocol(0, "loss shares of the wrong length"));
-            }
-            accumulate(&mut total, share);
+    /// Losses, 5: loss shares sent by `from` (hosts after the first to host 1, host 1 to the
+    /// guest).
+    pub(crate) fn accept_loss_shares(
+        &mut self,
+        from: usize,
+        shares: &[u128],
+    ) -> Result<(), FedError> {
+        let me = self.me();
+        let expected = (me == 1 && (2..self.parties()).contains(&from)) || (me == 0 && from == 1);
+        if !expected || shares.len() != self.sets.len() || self.loss.len() != shares.len() {
+            return Err(self.protocol(from, "loss shares this party does not collect"));
         }
+        #[cfg(test)]
+        self.seen.extend(shares);
+        let zero = vec![0; shares.len()];
+        self.add_loss(shares, &zero);
+        Ok(())
+    }
+
+    /// Losses, 6 (the guest): the Taylor losses of the weights the last step started from,
+    /// per row set, once host 1's summed shares have arrived.
+    pub(crate) fn losses(&mut self) -> Result<Vec<f64>, FedError> {
+        if self.me() != 0 || self.loss.len() != self.sets.len() {
+            return Err(self.protocol(1, "losses before the loss round finished"));
+        }
+        let total = std::mem::take(&mut self.loss);
         let unit = 2f64.powi(2 * WEIGHT_BITS as i32);
         Ok(total
             .iter()
@@ -1292,9 +1389,9 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
         }
         let handed: Vec<_> = nodes.iter().map(Party::hand_over).collect();
         for (from, shares) in handed.iter().enumerate() {
-            for (to, share) in shares {
+            for (to, about, share) in shares {
                 bytes += SHARE_BYTES * share.len();
-                nodes[*to].accept_hand_over(from, share)?;
+                nodes[*to].accept_hand_over(from, *about, share)?;
             }
         }
         for node in nodes.iter_mut() {
@@ -1310,9 +1407,14 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
             bytes += release.payload_bytes();
             node.accept_loss_release(release)?;
         }
-        let shares: Vec<_> = nodes.iter_mut().map(Party::take_loss_shares).collect();
-        bytes += SHARE_BYTES * shares.iter().skip(1).map(Vec::len).sum::<usize>();
-        losses.push(nodes[0].losses(&shares)?);
+        // Hosts after the first to host 1, then host 1 to the guest.
+        for from in (2..count).chain([1]) {
+            if let Some((to, shares)) = nodes[from].send_loss_shares() {
+                bytes += SHARE_BYTES * shares.len();
+                nodes[to].accept_loss_shares(from, &shares)?;
+            }
+        }
+        losses.push(nodes[0].losses()?);
         step_seconds.push(start.elapsed().as_secs_f64());
         step_bytes.push(bytes);
     }
@@ -1573,31 +1675,19 @@ fn invert(a: &[f64], m: usize) -> Option<Vec<f64>> {
 mod tests {
     use super::*;
     use he::N8192_Q192;
+    use rand::RngExt;
 
-    /// splitmix64 for reproducible synthetic data (a test fixture, not key material).
-    struct Draw(u64);
-
-    impl Draw {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn normal(&mut self) -> f64 {
-            let u = ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            let v = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-            (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-        }
+    /// A standard normal draw (Box–Muller).
+    fn normal(rng: &mut impl RngExt) -> f64 {
+        let (u, v): (f64, f64) = (rng.random(), rng.random());
+        (-2.0 * (1.0 - u).ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
     }
 
     /// Guest columns (4 and the intercept, last) and host columns (`hosts[h]` each, column j
     /// correlated with guest column j mod 4), quantised with 10 fraction bits, and labels from
     /// a logistic model that uses columns of every party.
     fn book(rows: usize, hosts: &[usize]) -> (Vec<Vec<Vec<i64>>>, Vec<f64>) {
-        let mut draw = Draw(7);
+        let mut draw = rand::rng();
         let q = |x: f64| (x.clamp(-7.9, 7.9) * 1024.0).round() as i64;
         let mut parties: Vec<Vec<Vec<i64>>> = std::iter::once(5)
             .chain(hosts.iter().copied())
@@ -1605,16 +1695,16 @@ mod tests {
             .collect();
         let mut labels = Vec::with_capacity(rows);
         for _ in 0..rows {
-            let g: Vec<f64> = (0..4).map(|_| draw.normal()).collect();
+            let g: Vec<f64> = (0..4).map(|_| normal(&mut draw)).collect();
             let mut z = 0.8 * g[0] - 0.5 * g[1] - 1.5;
             for (h, &m) in hosts.iter().enumerate() {
                 for j in 0..m {
-                    let x = 0.6 * g[j % 4] + 0.8 * draw.normal();
+                    let x = 0.6 * g[j % 4] + 0.8 * normal(&mut draw);
                     z += [0.7, -0.9, 0.3][(h + j) % 3] * x / m as f64;
                     parties[h + 1][j].push(q(x));
                 }
             }
-            let u = (draw.next() >> 11) as f64 / (1u64 << 53) as f64;
+            let u: f64 = draw.random();
             labels.push(f64::from(u < 1.0 / (1.0 + (-z).exp())));
             for j in 0..4 {
                 parties[0][j].push(q(g[j]));
@@ -1855,6 +1945,23 @@ mod tests {
             .map(|&x| residue(x.into()))
             .collect();
         assert!(top_bits_chi_square(&features) > 1000.0);
+    }
+
+    /// A share handed over carries the masks of its holder's release to the holder's
+    /// partner (the only release of the holder with other parties' outputs), so it must never
+    /// go to that partner, and it must reach the owner of the sums or the owner's partner.
+    #[test]
+    fn hand_overs_never_go_to_the_holders_partner() {
+        for parties in 3..=6 {
+            for holder in 0..parties {
+                for about in (0..parties).filter(|&p| p != holder && partner(p) != holder) {
+                    let to = recipient(holder, about);
+                    assert_ne!(to, partner(holder), "{parties} parties: {holder} about {about}");
+                    assert_ne!(to, holder);
+                    assert!(to == about || to == partner(about));
+                }
+            }
+        }
     }
 
     #[test]

@@ -29,7 +29,8 @@ use he::{
 use crate::error::FedError;
 
 /// Shares live modulo 2^SHARE_BITS: the release modulus 2^(118 − ℓ) at the largest packing
-/// level ℓ = 10, so that every release reduces to it.
+/// level ℓ = 10 (share products, whose declared bound is 2^107, pack at most 9 levels), so
+/// that every release reduces to it.
 pub(crate) const SHARE_BITS: u32 = 108;
 
 const MODULUS_MASK: u128 = (1u128 << SHARE_BITS) - 1;
@@ -131,7 +132,9 @@ fn digits(x: u128) -> [i64; DIGITS] {
 fn chunk_for(params: &Params, inputs: usize, outputs: usize) -> usize {
     let n = params.poly_size;
     let length = DIGITS * inputs;
-    (0..=params.max_pack_levels)
+    // Results of up to 2^108 fit 2^k per ciphertext while 108 + k < p.
+    let fits = params.message_bits - 1 - SHARE_BITS;
+    (0..=params.max_pack_levels.min(fits))
         .map(|k| n >> k)
         .min_by_key(|&chunk| 4 * length.div_ceil(chunk) + (outputs * chunk).div_ceil(n))
         .expect("at least one chunk size")

@@ -302,14 +302,6 @@ impl SecretKey {
     }
 }
 
-/// How a product treats results that could wrap modulo 2^p.
-enum Bound {
-    /// Refuse unless (bound on |v|) × (largest column L1 norm) fits.
-    Refuse(i128),
-    /// Residues: wrapping is intended; the evaluator vouches for this bound on the results.
-    Declared(i128),
-}
-
 impl PublicKey {
     /// Encrypted X^T v: for every column j of `matrix`, Σ_i x_ij·v_i under the owner's key.
     /// Refuses products whose worst case (declared |v| bound × Σ_i |x_ij|) could wrap.
@@ -344,59 +336,7 @@ impl PublicKey {
                 (ring.forward_wide(&a), ring.forward_wide(&b))
             })
             .collect();
-        self.matrix_product(
-            params,
-            &transformed,
-            Bound::Refuse(vector.value_bound),
-            matrix,
-        )
-    }
-
-    /// X^T v for an encrypted vector of residues (additive shares), exact modulo 2^p with
-    /// wrapping allowed: the product of two shares is itself uniform, so nothing is refused.
-    /// `bound` is the public bound the evaluator declares on its results, as in
-    /// [`multiply_columns`](Self::multiply_columns): it sets the packing level of the
-    /// release, and with it the modulus 2^(p − ℓ) that the results are exact in.
-    pub fn multiply_residues(
-        &self,
-        params: &Params,
-        vector: &EncryptedVector,
-        matrix: &PreparedMatrix,
-        bound: i128,
-    ) -> Result<EncryptedColumns, HeError> {
-        check_params(params, self.params_id, "public key")?;
-        check_params(params, vector.params_id, "encrypted vector")?;
-        check_params(params, matrix.params_id, "prepared matrix")?;
-        if vector.key != self.id {
-            return Err(HeError::WrongKey {
-                what: "encrypted vector",
-            });
-        }
-        if vector.len != matrix.rows {
-            return Err(HeError::SizeMismatch {
-                what: "encrypted vector length vs matrix rows",
-                expected: matrix.rows,
-                got: vector.len,
-            });
-        }
-        if !(0..=params.max_message_abs()).contains(&bound) {
-            return Err(HeError::MessageOutOfRange {
-                index: 0,
-                value: bound,
-                max: params.max_message_abs(),
-            });
-        }
-        let ring = &matrix.ring;
-        let n = params.poly_size;
-        let transformed: Vec<(NttPoly, NttPoly)> = vector
-            .blocks
-            .par_iter()
-            .map(|block| {
-                let (a, b) = block.expand(n);
-                (ring.forward_wide(&a), ring.forward_wide(&b))
-            })
-            .collect();
-        self.matrix_product(params, &transformed, Bound::Declared(bound), matrix)
+        self.matrix_product(params, &transformed, vector.value_bound, matrix)
     }
 
     /// [`multiply`](Self::multiply) with the encrypted vector already transformed, as a
@@ -425,34 +365,26 @@ impl PublicKey {
                 got: vector.rows * vector.columns(),
             });
         }
-        self.matrix_product(params, &vector.ntt, Bound::Refuse(bound), matrix)
+        self.matrix_product(params, &vector.ntt, bound, matrix)
     }
 
-    /// X^T v from v's transformed blocks, refusing results that could wrap unless the
-    /// evaluator declared a bound for residues.
+    /// X^T v from v's transformed blocks, refusing results that could wrap.
     fn matrix_product(
         &self,
         params: &Params,
         transformed: &[(NttPoly, NttPoly)],
-        bound: Bound,
+        bound: i128,
         matrix: &PreparedMatrix,
     ) -> Result<EncryptedColumns, HeError> {
-        let worst = match bound {
-            Bound::Refuse(bound) => {
-                let l1 = matrix.column_l1.iter().copied().max().unwrap_or(0);
-                // Saturating: a worst case beyond i128 is refused like any other that does
-                // not fit.
-                let worst = i128::from(l1).saturating_mul(bound.max(0));
-                if worst > params.max_message_abs() {
-                    return Err(HeError::ProductTooLarge {
-                        bits: (worst as f64).log2(),
-                        message_bits: params.message_bits,
-                    });
-                }
-                worst
-            }
-            Bound::Declared(bound) => bound,
-        };
+        let l1 = matrix.column_l1.iter().copied().max().unwrap_or(0);
+        // Saturating: a worst case beyond i128 is refused like any other that does not fit.
+        let worst = i128::from(l1).saturating_mul(bound.max(0));
+        if worst > params.max_message_abs() {
+            return Err(HeError::ProductTooLarge {
+                bits: (worst as f64).log2(),
+                message_bits: params.message_bits,
+            });
+        }
         let n = params.poly_size;
         let blocks = matrix.rows.div_ceil(n);
         // The exact integer accumulation must stay below the CRT range.
