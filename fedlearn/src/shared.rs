@@ -35,9 +35,8 @@
 //! weight vector w_Q in R's hands (Q ≠ E) its share of K_EQ, giving u_E; if R holds a share of
 //! E's own weights (R is E's partner), its shares of K_PE for every P, giving u_P. E keeps the
 //! masks, R decrypts; E also adds its products with its own weight shares. Then each party
-//! hands its share of u_P to P unless it is P or P's partner (its share is masked by the
-//! partner's own release masks, which P never sees), and P and its partner truncate and
-//! update.
+//! that is neither P nor P's partner hands its share of u_P over — to P, or to P's partner when
+//! P is its own partner (see [`Party::hand_over`]) — and P and its partner truncate and update.
 
 // Small dense linear algebra reads best with indices.
 #![allow(clippy::needless_range_loop)]
