@@ -61,8 +61,12 @@
 //! - in the loss round a host decrypts another host's product unchecked and forwards it,
 //!   blinded, to the guest: a host colluding with the guest could route decryptions that way.
 //!
-//! Secret-shared gradients (SSHE-LR, HESS-LR) would remove the first two, checked loss
-//! products the last. A guest that sends different hosts different columns or loss vectors (to
+//! Secret-shared gradients (SSHE-LR, HESS-LR) remove the first two: the crate's shared core
+//! (`shared.rs`; `docs/training.md`, "Secret-shared weights") trains in additive shares for
+//! the guest and any number of hosts — each party ends with its own weights, the guest learns
+//! two Taylor losses per step, and everything a party decrypts is a uniform residue — but it
+//! runs in one process only ([`internal::simulate_shared`]); jobs do not use it yet. Checked
+//! loss products would remove the last. A guest that sends different hosts different columns or loss vectors (to
 //! isolate one host in the sums) is caught: the hosts compare digests of what the guest
 //! broadcast, before the first product and before each loss round.
 //!
