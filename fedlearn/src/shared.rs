@@ -1955,7 +1955,11 @@ mod tests {
             for holder in 0..parties {
                 for about in (0..parties).filter(|&p| p != holder && partner(p) != holder) {
                     let to = recipient(holder, about);
-                    assert_ne!(to, partner(holder), "{parties} parties: {holder} about {about}");
+                    assert_ne!(
+                        to,
+                        partner(holder),
+                        "{parties} parties: {holder} about {about}"
+                    );
                     assert_ne!(to, holder);
                     assert!(to == about || to == partner(about));
                 }
