@@ -36,14 +36,7 @@ impl PreparedMatrix {
                 got: rows,
             });
         }
-        if let Some(index) = values.iter().position(|x| x.abs() > params.max_matrix_abs) {
-            return Err(HeError::MatrixEntryOutOfRange {
-                row: index % rows,
-                column: index / rows,
-                value: values[index],
-                max: params.max_matrix_abs,
-            });
-        }
+        check_entries(params, values, rows)?;
         let ring = ring_for(params);
         let n = params.poly_size;
         let blocks = rows.div_ceil(n);
@@ -172,21 +165,8 @@ impl SpreadMatrix {
                 got: rows.saturating_mul(per),
             });
         }
-        if let Some(index) = values.iter().position(|x| x.abs() > params.max_matrix_abs) {
-            return Err(HeError::MatrixEntryOutOfRange {
-                row: index % rows,
-                column: index / rows,
-                value: values[index],
-                max: params.max_matrix_abs,
-            });
-        }
-        if !(0..=params.max_message_abs()).contains(&bound) {
-            return Err(HeError::MessageOutOfRange {
-                index: 0,
-                value: bound,
-                max: params.max_message_abs(),
-            });
-        }
+        check_entries(params, values, rows)?;
+        check_declared_bound(params, bound)?;
         let base = per.trailing_zeros();
         let result_bits = 128 - (bound.max(1) as u128).leading_zeros();
         let fits = (params.message_bits - 1).saturating_sub(result_bits);
@@ -551,21 +531,8 @@ impl PublicKey {
                 got: vector.len(),
             });
         }
-        if let Some(index) = vector.iter().position(|x| x.abs() > params.max_matrix_abs) {
-            return Err(HeError::MatrixEntryOutOfRange {
-                row: index,
-                column: 0,
-                value: vector[index],
-                max: params.max_matrix_abs,
-            });
-        }
-        if !(0..=params.max_message_abs()).contains(&bound) {
-            return Err(HeError::MessageOutOfRange {
-                index: 0,
-                value: bound,
-                max: params.max_message_abs(),
-            });
-        }
+        check_entries(params, vector, vector.len())?;
+        check_declared_bound(params, bound)?;
         let n = params.poly_size;
         let chunk = blocks.chunk;
         let chunks = blocks.rows.div_ceil(chunk);
@@ -691,13 +658,7 @@ impl PublicKey {
                 got: vector.rows * vector.columns,
             });
         }
-        if !(0..=params.max_message_abs()).contains(&bound) {
-            return Err(HeError::MessageOutOfRange {
-                index: 0,
-                value: bound,
-                max: params.max_message_abs(),
-            });
-        }
+        check_declared_bound(params, bound)?;
         let n = params.poly_size;
         let blocks = columns.blocks;
         let ring = &columns.ring;
@@ -720,6 +681,33 @@ impl PublicKey {
 
 /// Σ_b (a_b, b_b)·x_b over the blocks of one column, accumulated in the NTT domain: the
 /// ciphertext of that column's inner product.
+/// Refuses plaintext entries beyond ±`max_matrix_abs` (column-major, `rows` per column),
+/// naming the first.
+fn check_entries(params: &Params, values: &[i64], rows: usize) -> Result<(), HeError> {
+    match values.iter().position(|x| x.abs() > params.max_matrix_abs) {
+        Some(index) => Err(HeError::MatrixEntryOutOfRange {
+            row: index % rows.max(1),
+            column: index / rows.max(1),
+            value: values[index],
+            max: params.max_matrix_abs,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a declared result bound outside the plaintext space.
+fn check_declared_bound(params: &Params, bound: i128) -> Result<(), HeError> {
+    if (0..=params.max_message_abs()).contains(&bound) {
+        Ok(())
+    } else {
+        Err(HeError::MessageOutOfRange {
+            index: 0,
+            value: bound,
+            max: params.max_message_abs(),
+        })
+    }
+}
+
 fn accumulate<'a>(
     ring: &Ring,
     n: usize,
