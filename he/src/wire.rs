@@ -9,7 +9,9 @@
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::entities::{EncryptedVector, KeyId, MaskedColumns, PackingKey, PublicKey, SeededBlock};
+use crate::entities::{
+    EncryptedBlocks, EncryptedVector, KeyId, MaskedColumns, PackingKey, PublicKey, SeededBlock,
+};
 use crate::error::HeError;
 use crate::params::Params;
 use crate::ring::ring_for;
@@ -32,6 +34,7 @@ enum Kind {
     EncryptedVector = 2,
     MaskedColumns = 3,
     PackingKey = 4,
+    EncryptedBlocks = 5,
 }
 
 impl Kind {
@@ -41,6 +44,7 @@ impl Kind {
             Kind::EncryptedVector => "encrypted vector",
             Kind::MaskedColumns => "masked columns",
             Kind::PackingKey => "packing key",
+            Kind::EncryptedBlocks => "encrypted blocks",
         }
     }
 }
@@ -304,6 +308,87 @@ impl MaskedColumns {
     }
 }
 
+impl EncryptedBlocks {
+    /// Encodes the blocks: rows, columns, the row chunk, the declared bound, then per block a
+    /// seed and N body coefficients.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let first = &self.blocks[0];
+        let mut out = Vec::with_capacity(HEADER_LEN + 32 + self.payload_bytes());
+        header(&mut out, Kind::EncryptedBlocks, first.params_id, first.key);
+        out.extend_from_slice(&(self.rows as u64).to_le_bytes());
+        out.extend_from_slice(&(self.columns as u32).to_le_bytes());
+        out.extend_from_slice(&(self.chunk as u32).to_le_bytes());
+        out.extend_from_slice(&first.value_bound.to_le_bytes());
+        for block in self.blocks.iter().flat_map(|b| &b.blocks) {
+            out.extend_from_slice(&block.seed.to_le_bytes());
+            put_coefficients(&mut out, &block.body);
+        }
+        out
+    }
+
+    /// Decodes blocks of at most `max_rows` rows and [`MAX_COLUMNS`] columns whose row chunk
+    /// is a layout [`SecretKey::encrypt_blocks`](crate::SecretKey::encrypt_blocks) makes,
+    /// checking every length before allocating.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeError> {
+        let kind = Kind::EncryptedBlocks;
+        let (params, key, body) = read_header(bytes, kind)?;
+        if body.len() < 32 {
+            return Err(malformed(kind, "missing shape and bound"));
+        }
+        let mut r = Reader { bytes: body };
+        let rows = u64::from_le_bytes(r.take());
+        let columns = u32::from_le_bytes(r.take()) as usize;
+        let chunk = u32::from_le_bytes(r.take()) as usize;
+        let value_bound = i128::from_le_bytes(r.take());
+        let n = params.poly_size;
+        if rows == 0 || rows > params.max_rows as u64 {
+            return Err(malformed(
+                kind,
+                format!("{rows} rows is not in 1..={}", params.max_rows),
+            ));
+        }
+        if columns == 0 || columns > MAX_COLUMNS {
+            return Err(malformed(
+                kind,
+                format!("{columns} columns is not in 1..={MAX_COLUMNS}"),
+            ));
+        }
+        if !chunk.is_power_of_two() || chunk > n || n / chunk > 1 << params.max_pack_levels {
+            return Err(malformed(
+                kind,
+                format!("a row chunk of {chunk} is not a layout of N = {n}"),
+            ));
+        }
+        if !(0..=params.max_message_abs()).contains(&value_bound) {
+            return Err(malformed(
+                kind,
+                format!("value bound {value_bound} is out of range"),
+            ));
+        }
+        let rows = rows as usize;
+        let count = columns.div_ceil(n / chunk) * rows.div_ceil(chunk);
+        expect_len(kind, r.bytes, count * (16 + COEFFICIENT * n))?;
+        let blocks = (0..count)
+            .map(|_| EncryptedVector {
+                params_id: params.id,
+                key,
+                len: n,
+                value_bound,
+                blocks: vec![SeededBlock {
+                    seed: r.u128(),
+                    body: r.coefficients(n),
+                }],
+            })
+            .collect();
+        Ok(EncryptedBlocks {
+            rows,
+            columns,
+            chunk,
+            blocks,
+        })
+    }
+}
+
 impl PackingKey {
     /// Encodes the key: per level and digit, a seed and N body coefficients.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -373,6 +458,7 @@ serde_via_bytes!(PublicKey);
 serde_via_bytes!(EncryptedVector);
 serde_via_bytes!(MaskedColumns);
 serde_via_bytes!(PackingKey);
+serde_via_bytes!(EncryptedBlocks);
 
 mod serde_bytes_buf {
     //! Accepts a byte string, or a sequence of bytes from formats without byte strings.

@@ -121,8 +121,9 @@ fn header_fields_are_checked() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), kind in 1u8..5) {
-        let mut b = b"UNHE\x02".to_vec();
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), kind in 1u8..6) {
+        let mut b = b"UNHE".to_vec();
+        b.push(FORMAT_VERSION);
         b.push(kind);
         b.push(1);
         b.extend(bytes);
@@ -130,5 +131,43 @@ proptest! {
         let _ = EncryptedVector::from_bytes(&b);
         let _ = MaskedColumns::from_bytes(&b);
         let _ = PackingKey::from_bytes(&b);
+        let _ = EncryptedBlocks::from_bytes(&b);
     }
+}
+
+#[test]
+fn encrypted_blocks_round_trip_and_refuse_bad_shapes() {
+    let params = N8192_Q192;
+    let (secret, public) = SecretKey::generate(&params);
+    // 3 rows × 5 columns, packed 4 columns per ciphertext (a chunk of 2048 rows).
+    let values: Vec<i64> = (0..15).map(|v| v - 7).collect();
+    let blocks = secret.encrypt_blocks(&values, 3, 5, 8, 2).unwrap();
+    let bytes = blocks.to_bytes();
+    let back = EncryptedBlocks::from_bytes(&bytes).unwrap();
+    assert_eq!(back, blocks);
+    assert_eq!(back.shape(), (3, 5));
+    public.prepare_blocks(&params, &back).unwrap();
+    // Header, rows, columns, chunk, bound; then per block a seed and N coefficients.
+    let count = (bytes.len() - 23 - 32) / (16 + 24 * 8192);
+    assert_eq!(bytes.len(), 23 + 32 + count * (16 + 24 * 8192));
+    for cut in [0, 22, 23, 40, 54, 55, bytes.len() / 2, bytes.len() - 1] {
+        assert!(EncryptedBlocks::from_bytes(&bytes[..cut]).is_err(), "{cut}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(EncryptedBlocks::from_bytes(&long).is_err());
+    let corrupt = |at: usize, value: &[u8]| {
+        let mut b = bytes.clone();
+        b[at..at + value.len()].copy_from_slice(value);
+        EncryptedBlocks::from_bytes(&b).unwrap_err().to_string()
+    };
+    // Rows beyond the parameters, no columns, a chunk that is no layout, a bound too large:
+    // each refused by name before any allocation.
+    assert!(corrupt(23, &(1u64 << 40).to_le_bytes()).contains("rows"));
+    assert!(corrupt(31, &0u32.to_le_bytes()).contains("columns"));
+    assert!(corrupt(35, &3000u32.to_le_bytes()).contains("row chunk"));
+    assert!(corrupt(35, &16384u32.to_le_bytes()).contains("row chunk"));
+    assert!(corrupt(39 + 15, &[0x7f]).contains("value bound"));
+    // A chunk that is a layout, but not the one the bytes hold: the length no longer fits.
+    assert!(corrupt(35, &8192u32.to_le_bytes()).contains("expected"));
 }
