@@ -148,7 +148,7 @@ impl GuestSession {
             config: job.config.clone(),
             rows: rows as u64,
             hosts: job.hosts.clone(),
-            features: core.table.features() as u32,
+            features: core.data.table.features() as u32,
             resume: job.resume.as_ref().map(|c| c.epoch as u64),
         };
         if let Some(checkpoint) = &job.resume {
@@ -175,7 +175,7 @@ impl GuestSession {
         };
         if let Some(checkpoint) = job.resume {
             let progress = checkpoint.guest.ok_or_else(|| FedError::Resume {
-                party: session.core.party.clone(),
+                party: session.core.data.party.clone(),
                 reason: "its checkpoint is a host's".into(),
             })?;
             session.history = progress.history;
@@ -381,7 +381,7 @@ impl GuestSession {
 
     /// The training and validation rows, and the guest's scores and residual on them.
     fn loss_rows(&self) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
-        let split = &self.core.split;
+        let split = &self.core.data.split;
         let rows: Vec<usize> = split
             .train
             .iter()
@@ -399,7 +399,7 @@ impl GuestSession {
         let epoch = self.core.epoch;
         let (_, _, residual) = self.loss_rows();
         let encoded = encode_fixed(
-            &self.core.party,
+            &self.core.data.party,
             epoch,
             "residual share",
             &residual,
@@ -457,7 +457,7 @@ impl GuestSession {
         let sums = 2f64.powi(-SUM_FRAC_BITS);
         let modulus = (1u128 << LOSS_RELEASE_BITS) - 1;
         let released = |v: u128| signed_residue(v & modulus, LOSS_RELEASE_BITS) as f64 * products;
-        let n_train = self.core.split.train.len();
+        let n_train = self.core.data.split.train.len();
         let mean = |range: std::ops::Range<usize>, s: usize| -> Option<f64> {
             let n = range.len();
             if n == 0 {
@@ -491,7 +491,7 @@ impl GuestSession {
             .best_weights
             .clone()
             .unwrap_or_else(|| self.core.weights.clone());
-        let split = &self.core.split;
+        let split = &self.core.data.split;
         let (which, rows) = if split.validation.is_empty() {
             (RevealedRows::Training, &split.train)
         } else {
@@ -527,8 +527,8 @@ impl GuestSession {
         let probabilities: Vec<f64> = joint.iter().map(|&z| model.probability(z)).collect();
         let metrics = evaluate(&probabilities, &labels)?;
         let loss_rows = match which {
-            RevealedRows::Validation => &self.core.split.validation,
-            RevealedRows::Training => &self.core.split.train,
+            RevealedRows::Validation => &self.core.data.split.validation,
+            RevealedRows::Training => &self.core.data.split.train,
         };
         let base_rate =
             loss_rows.iter().map(|&r| self.labels[r]).sum::<f64>() / loss_rows.len().max(1) as f64;
@@ -538,7 +538,7 @@ impl GuestSession {
             history: std::mem::take(&mut self.history),
             best_epoch: self.best_epoch,
             stop: self.stop,
-            feature_frac_bits: self.core.quantised.frac_bits,
+            feature_frac_bits: self.core.data.quantised.frac_bits,
             share_frac_bits: self.core.share_bits,
             evaluation: FinalEvaluation {
                 rows: which,

@@ -412,7 +412,7 @@ impl HostSession {
 
     /// The host's partial scores on the training and validation rows, in loss fixed point.
     fn loss_scores(&self) -> Result<(Vec<f64>, Vec<i64>), FedError> {
-        let split = &self.core.split;
+        let split = &self.core.data.split;
         let rows: Vec<usize> = split
             .train
             .iter()
@@ -421,7 +421,7 @@ impl HostSession {
             .collect();
         let z = self.core.scores_with(&self.core.weights, &rows);
         let encoded = encode_fixed(
-            &self.core.party,
+            &self.core.data.party,
             self.core.epoch,
             "partial score",
             &z,
@@ -459,7 +459,7 @@ impl HostSession {
     /// before it ([[z_j]]), released to their owners; returns the report with its shares.
     fn loss_products(&mut self, vectors: Vec<Message>) -> Result<[u128; REPORT_SLOTS], FedError> {
         let epoch = self.core.epoch;
-        let n_train = self.core.split.train.len();
+        let n_train = self.core.data.split.train.len();
         let (_, encoded) = self.loss_scores()?;
         let rows = encoded.len();
         // Two columns: the scores on the training rows, then on the validation rows.
@@ -507,7 +507,7 @@ impl HostSession {
     /// pairwise masks among the hosts and queues it for the guest.
     fn send_report(&mut self, mut report: [u128; REPORT_SLOTS]) -> Result<(), FedError> {
         let epoch = self.core.epoch;
-        let n_train = self.core.split.train.len();
+        let n_train = self.core.data.split.train.len();
         let (z, _) = self.loss_scores()?;
         let sums = 2f64.powi(SUM_FRAC_BITS);
         let squares =
@@ -570,7 +570,7 @@ impl HostSession {
             .best_weights
             .clone()
             .unwrap_or_else(|| self.core.weights.clone());
-        let split = &self.core.split;
+        let split = &self.core.data.split;
         let rows = if split.validation.is_empty() {
             &split.train
         } else {
@@ -586,7 +586,7 @@ impl HostSession {
                 epoch: self.epochs,
                 reason: format!(
                     "{}'s final scores left the fixed-point range",
-                    self.core.party
+                    self.core.data.party
                 ),
             })?;
         let revealed_rows = rows.len();
@@ -598,7 +598,7 @@ impl HostSession {
         self.outcome = Some(HostOutcome {
             model: self.core.model(&self.model_id, &weights),
             epochs: self.epochs,
-            feature_frac_bits: self.core.quantised.frac_bits,
+            feature_frac_bits: self.core.data.quantised.frac_bits,
             revealed_rows,
         });
         Ok(())

@@ -1,6 +1,6 @@
 //! The protocol's messages, their versioned byte encoding, and the transport they travel on.
 
-use he::{EncryptedVector, MaskedColumns, PackingKey, PublicKey};
+use he::{EncryptedBlocks, EncryptedVector, MaskedColumns, PackingKey, PublicKey};
 
 use crate::config::TrainConfig;
 use crate::error::FedError;
@@ -10,8 +10,10 @@ use crate::error::FedError;
 /// owner of the encrypted side, aggregate per-epoch losses, one final reveal. Version 3: the
 /// binning job's messages. Version 5: a proposal may resume an interrupted job. Version 6:
 /// he objects of format 3 (q = 2^192, 118-bit messages), and shares modulo 2^128 (products'
-/// corrections, loss reports, binning shares).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// corrections, loss reports, binning shares). Version 7: the messages of secret-shared
+/// training (`shared_*`, `step_*`, `hand_over`, `loss_shares`, `weight_shares`), and every
+/// party's quantisation scale in its keys.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 const MAGIC: &[u8; 4] = b"UNFL";
 
@@ -63,6 +65,9 @@ pub struct PartyKeys {
     pub packing: PackingKey,
     /// A Ristretto255 public share for pairwise mask seeds.
     pub mask_share: [u8; 32],
+    /// Fraction bits of the party's quantised features (public in secret-shared training:
+    /// the partner of a Gram share rescales it by them).
+    pub frac_bits: u32,
 }
 
 /// One protocol message. Steps count mini-batch updates from 0; epochs count from 1.
@@ -144,6 +149,87 @@ pub enum Message {
         /// SHA-256 of the guest's messages of the round.
         hash: [u8; 32],
     },
+    /// Secret-shared training, set-up 1, every party → every other: the party's quantised
+    /// columns on the training rows (and on the validation rows, if any), encrypted under its
+    /// own key in the block layout of the Gram products.
+    SharedColumns {
+        /// One per row set.
+        blocks: Vec<EncryptedBlocks>,
+    },
+    /// Set-up 2, within a pair: the follower's products of the leader's columns with its own
+    /// columns (the cross Gram), or the guest's product of a host's columns with 1 − 2y;
+    /// released to the owner of the columns (none from a host that leads the pair).
+    SharedGram {
+        /// The releases, row set after row set.
+        releases: Vec<MaskedColumns>,
+    },
+    /// Set-up 3, within a pair: the rows of the sender's Gram share (and the guest's share of
+    /// a host's label term), gadget-encrypted under the sender's key.
+    CouplingVectors {
+        /// One gadget-encrypted vector (a list of ciphertexts) per row.
+        vectors: Vec<Vec<EncryptedVector>>,
+    },
+    /// Set-up 3, within a pair: the receiver's preconditioner times each coupling vector,
+    /// masked and released to the vectors' owner.
+    CouplingReleases {
+        /// One release per vector.
+        releases: Vec<MaskedColumns>,
+    },
+    /// Per step, every party → every other: the sender's shares of the weight vectors it
+    /// holds, gadget-encrypted under its key.
+    StepVector {
+        /// Step (0-based).
+        step: u64,
+        /// The ciphertexts.
+        vector: Vec<EncryptedVector>,
+    },
+    /// Per step, the reply to a [`Message::StepVector`]: the sender's shares of the step's
+    /// matrices times the vector, masked and released to the vector's owner.
+    StepRelease {
+        /// Step.
+        step: u64,
+        /// The release.
+        release: MaskedColumns,
+    },
+    /// Per step: the sender's shares of the sums of party `about`, handed to the party that
+    /// holds that party's weight shares with it.
+    HandOver {
+        /// Step.
+        step: u64,
+        /// Index of the party the sums belong to (0: the guest, then the hosts in job order).
+        about: u32,
+        /// Shares modulo 2^108.
+        shares: Vec<u128>,
+    },
+    /// Per step, a party → its partner: its shares of its weights and loss terms,
+    /// gadget-encrypted, for the inner products of the Taylor losses.
+    StepLossVector {
+        /// Step.
+        step: u64,
+        /// The ciphertexts.
+        vector: Vec<EncryptedVector>,
+    },
+    /// Per step, the partner's reply to a [`Message::StepLossVector`], masked and released.
+    StepLossRelease {
+        /// Step.
+        step: u64,
+        /// The release.
+        release: MaskedColumns,
+    },
+    /// Per step: a host's shares of the loss sums (hosts after the first → host 1, host 1 →
+    /// the guest, summed with theirs).
+    LossShares {
+        /// Step.
+        step: u64,
+        /// One share modulo 2^108 per row set.
+        shares: Vec<u128>,
+    },
+    /// After the last step: the sender's share of the receiver's weights (and of the
+    /// weights of the step the guest chose as best), modulo 2^108.
+    WeightShares {
+        /// The shares of the last weights, then of the best weights.
+        shares: Vec<u128>,
+    },
     /// Any party → the others: the job stops.
     Abort {
         /// Why.
@@ -175,7 +261,7 @@ pub enum Message {
 
 impl Message {
     /// Every kind [`Message::kind`] names, in protocol order.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 24] = [
         "propose",
         "keys",
         "columns",
@@ -189,6 +275,17 @@ impl Message {
         "abort",
         "binning_labels",
         "binning_counts",
+        "shared_columns",
+        "shared_gram",
+        "coupling_vectors",
+        "coupling_releases",
+        "step_vector",
+        "step_release",
+        "hand_over",
+        "step_loss_vector",
+        "step_loss_release",
+        "loss_shares",
+        "weight_shares",
     ];
 
     /// A short name of the message kind (for logs, metrics and audits).
@@ -207,6 +304,17 @@ impl Message {
             Message::Abort { .. } => "abort",
             Message::BinningLabels { .. } => "binning_labels",
             Message::BinningCounts { .. } => "binning_counts",
+            Message::SharedColumns { .. } => "shared_columns",
+            Message::SharedGram { .. } => "shared_gram",
+            Message::CouplingVectors { .. } => "coupling_vectors",
+            Message::CouplingReleases { .. } => "coupling_releases",
+            Message::StepVector { .. } => "step_vector",
+            Message::StepRelease { .. } => "step_release",
+            Message::HandOver { .. } => "hand_over",
+            Message::StepLossVector { .. } => "step_loss_vector",
+            Message::StepLossRelease { .. } => "step_loss_release",
+            Message::LossShares { .. } => "loss_shares",
+            Message::WeightShares { .. } => "weight_shares",
         }
     }
 
@@ -229,6 +337,13 @@ impl Message {
             out.extend_from_slice(&(values.len() as u64).to_le_bytes());
             for v in values {
                 out.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        let blobs = |out: &mut Vec<u8>, items: Vec<Vec<u8>>| {
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                out.extend_from_slice(&(item.len() as u64).to_le_bytes());
+                out.extend_from_slice(&item);
             }
         };
         match self {
@@ -254,6 +369,7 @@ impl Message {
                 blob(&mut out, &k.key.to_bytes());
                 blob(&mut out, &k.packing.to_bytes());
                 out.extend_from_slice(&k.mask_share);
+                out.extend_from_slice(&k.frac_bits.to_le_bytes());
             }
             Message::Columns {
                 batch,
@@ -321,6 +437,82 @@ impl Message {
                 blob(&mut out, &packing.to_bytes());
                 blob(&mut out, &labels.to_bytes());
             }
+            Message::SharedColumns { blocks } => {
+                out.push(13);
+                blobs(
+                    &mut out,
+                    blocks.iter().map(EncryptedBlocks::to_bytes).collect(),
+                );
+            }
+            Message::SharedGram { releases } => {
+                out.push(14);
+                blobs(
+                    &mut out,
+                    releases.iter().map(MaskedColumns::to_bytes).collect(),
+                );
+            }
+            Message::CouplingVectors { vectors } => {
+                out.push(15);
+                out.extend_from_slice(&(vectors.len() as u64).to_le_bytes());
+                for vector in vectors {
+                    blobs(
+                        &mut out,
+                        vector.iter().map(EncryptedVector::to_bytes).collect(),
+                    );
+                }
+            }
+            Message::CouplingReleases { releases } => {
+                out.push(16);
+                blobs(
+                    &mut out,
+                    releases.iter().map(MaskedColumns::to_bytes).collect(),
+                );
+            }
+            Message::StepVector { step, vector } => {
+                out.push(17);
+                out.extend_from_slice(&step.to_le_bytes());
+                blobs(
+                    &mut out,
+                    vector.iter().map(EncryptedVector::to_bytes).collect(),
+                );
+            }
+            Message::StepRelease { step, release } => {
+                out.push(18);
+                out.extend_from_slice(&step.to_le_bytes());
+                blob(&mut out, &release.to_bytes());
+            }
+            Message::HandOver {
+                step,
+                about,
+                shares,
+            } => {
+                out.push(19);
+                out.extend_from_slice(&step.to_le_bytes());
+                out.extend_from_slice(&about.to_le_bytes());
+                wides(&mut out, shares);
+            }
+            Message::StepLossVector { step, vector } => {
+                out.push(20);
+                out.extend_from_slice(&step.to_le_bytes());
+                blobs(
+                    &mut out,
+                    vector.iter().map(EncryptedVector::to_bytes).collect(),
+                );
+            }
+            Message::StepLossRelease { step, release } => {
+                out.push(21);
+                out.extend_from_slice(&step.to_le_bytes());
+                blob(&mut out, &release.to_bytes());
+            }
+            Message::LossShares { step, shares } => {
+                out.push(22);
+                out.extend_from_slice(&step.to_le_bytes());
+                wides(&mut out, shares);
+            }
+            Message::WeightShares { shares } => {
+                out.push(23);
+                wides(&mut out, shares);
+            }
             Message::BinningCounts {
                 columns,
                 products,
@@ -380,6 +572,7 @@ impl Message {
                 key: PublicKey::from_bytes(r.blob()?).map_err(he)?,
                 packing: PackingKey::from_bytes(r.blob()?).map_err(he)?,
                 mask_share: r.array()?,
+                frac_bits: u32::from_le_bytes(r.array()?),
             })),
             2 => Message::Columns {
                 batch: u32::from_le_bytes(r.array()?),
@@ -463,6 +656,54 @@ impl Message {
                     shares,
                 }
             }
+            13 => Message::SharedColumns {
+                blocks: r.list(|b| EncryptedBlocks::from_bytes(b).map_err(he))?,
+            },
+            14 => Message::SharedGram {
+                releases: r.list(|b| MaskedColumns::from_bytes(b).map_err(he))?,
+            },
+            15 => {
+                // Every vector takes at least its 8-byte count.
+                let count = r.u64()?;
+                if count > r.remaining() as u64 / 8 {
+                    return Err(FedError::Malformed(
+                        "vector count beyond the message".into(),
+                    ));
+                }
+                let vectors = (0..count)
+                    .map(|_| r.list(|b| EncryptedVector::from_bytes(b).map_err(he)))
+                    .collect::<Result<_, _>>()?;
+                Message::CouplingVectors { vectors }
+            }
+            16 => Message::CouplingReleases {
+                releases: r.list(|b| MaskedColumns::from_bytes(b).map_err(he))?,
+            },
+            17 => Message::StepVector {
+                step: r.u64()?,
+                vector: r.list(|b| EncryptedVector::from_bytes(b).map_err(he))?,
+            },
+            18 => Message::StepRelease {
+                step: r.u64()?,
+                release: MaskedColumns::from_bytes(r.blob()?).map_err(he)?,
+            },
+            19 => Message::HandOver {
+                step: r.u64()?,
+                about: u32::from_le_bytes(r.array()?),
+                shares: r.wides()?,
+            },
+            20 => Message::StepLossVector {
+                step: r.u64()?,
+                vector: r.list(|b| EncryptedVector::from_bytes(b).map_err(he))?,
+            },
+            21 => Message::StepLossRelease {
+                step: r.u64()?,
+                release: MaskedColumns::from_bytes(r.blob()?).map_err(he)?,
+            },
+            22 => Message::LossShares {
+                step: r.u64()?,
+                shares: r.wides()?,
+            },
+            23 => Message::WeightShares { shares: r.wides()? },
             kind => return Err(FedError::Malformed(format!("unknown message kind {kind}"))),
         };
         if r.remaining() != 0 {
@@ -567,6 +808,20 @@ impl<'a> Reader<'a> {
         (0..count).map(|_| self.u64()).collect()
     }
 
+    /// A count, then that many length-prefixed items, each decoded by `decode`.
+    pub(crate) fn list<T>(
+        &mut self,
+        decode: impl Fn(&[u8]) -> Result<T, FedError>,
+    ) -> Result<Vec<T>, FedError> {
+        let count = self.u64()?;
+        if count > self.remaining() as u64 / 8 {
+            return Err(FedError::Malformed(format!(
+                "{count} items beyond the message"
+            )));
+        }
+        (0..count).map(|_| decode(self.blob()?)).collect()
+    }
+
     pub(crate) fn wides(&mut self) -> Result<Vec<u128>, FedError> {
         let count = self.u64()?;
         if count > self.remaining() as u64 / 16 {
@@ -637,6 +892,7 @@ mod tests {
                 key: public.clone(),
                 packing: secret.packing_key(1).unwrap(),
                 mask_share: [7; 32],
+                frac_bits: 12,
             })),
             Message::Columns {
                 batch: 1,
@@ -673,6 +929,18 @@ mod tests {
             Message::Abort {
                 reason: "stop".into(),
             },
+            Message::SharedColumns {
+                blocks: vec![secret.encrypt_blocks(&[1, 2], 2, 1, 2, 1).unwrap()],
+            },
+            Message::CouplingVectors {
+                vectors: vec![vec![secret.encrypt(&[1], 1).unwrap()]],
+            },
+            Message::HandOver {
+                step: 2,
+                about: 1,
+                shares: vec![3, 4],
+            },
+            Message::WeightShares { shares: vec![5] },
         ];
         for message in messages {
             let bytes = message.to_bytes();

@@ -114,20 +114,78 @@ impl Checks {
     }
 }
 
-/// One party's state over a job: the same for guest and hosts.
-pub(crate) struct Core {
+/// A party's data in a job: its design columns prepared, standardised and quantised on the
+/// training rows of the job's split.
+pub(crate) struct Data {
     pub(crate) party: String,
-    pub(crate) config: TrainConfig,
     /// The party's design columns (its prepared columns, see [`crate::prep`]).
     pub(crate) table: Table,
     fitted: Fitted,
     pub(crate) split: Split,
-    /// The job's fixed partition of the training rows.
-    pub(crate) batches: Vec<Vec<usize>>,
     pub(crate) standardised: Standardised,
     pub(crate) quantised: Quantised,
     /// Whether the last weight is an intercept (the guest's).
     intercept: bool,
+}
+
+impl Data {
+    /// Prepares, standardises and quantises the party's table on the training rows derived
+    /// from the job's seed.
+    pub(crate) fn new(
+        party: &str,
+        table: &Table,
+        prep: &Prep,
+        config: &TrainConfig,
+        intercept: bool,
+    ) -> Result<Data, FedError> {
+        let split = Split::new(table.rows(), config.seed, config.validation_fraction);
+        let fitted = Fitted::fit(party, prep, table, &split.train)?;
+        let table = fitted.design(table)?;
+        let standardised = Standardised::fit(party, &table, &split.train)?;
+        let quantised = Quantised::new(standardised.values.view(), &split.train, intercept);
+        Ok(Data {
+            party: party.to_owned(),
+            table,
+            fitted,
+            split,
+            standardised,
+            quantised,
+            intercept,
+        })
+    }
+
+    /// This party's partial scores on `rows` with `weights` (the intercept included).
+    pub(crate) fn scores_with(&self, weights: &[f64], rows: &[usize]) -> Vec<f64> {
+        let width = self.table.features();
+        let mut z = linear_scores(self.standardised.values.view(), rows, &weights[..width]);
+        if self.intercept {
+            for z in &mut z {
+                *z += weights[width];
+            }
+        }
+        z
+    }
+
+    /// This party's model part with the given weights.
+    pub(crate) fn model(&self, model_id: &str, weights: &[f64]) -> ModelPart {
+        let width = self.table.features();
+        self.standardised.model(
+            &self.fitted,
+            model_id,
+            &self.party,
+            self.table.missing(),
+            &weights[..width],
+            self.intercept.then(|| weights[width]),
+        )
+    }
+}
+
+/// One party's state over a job: the same for guest and hosts.
+pub(crate) struct Core {
+    pub(crate) data: Data,
+    pub(crate) config: TrainConfig,
+    /// The job's fixed partition of the training rows.
+    pub(crate) batches: Vec<Vec<usize>>,
     pub(crate) secret: SecretKey,
     public: PublicKey,
     packing: PackingKey,
@@ -169,28 +227,18 @@ impl Core {
         config: TrainConfig,
         intercept: bool,
     ) -> Result<Core, FedError> {
-        let split = Split::new(table.rows(), config.seed, config.validation_fraction);
-        let fitted = Fitted::fit(party, prep, table, &split.train)?;
-        let table = fitted.design(table)?;
-        let standardised = Standardised::fit(party, &table, &split.train)?;
-        let quantised = Quantised::new(standardised.values.view(), &split.train, intercept);
-        let batches = split.partition(config.seed, config.batch_size);
+        let data = Data::new(party, table, prep, &config, intercept)?;
+        let batches = data.split.partition(config.seed, config.batch_size);
         let (secret, public) = SecretKey::generate(&PARAMS);
+        let columns = data.quantised.columns;
         let packing = secret
-            .packing_key(packing_levels(quantised.columns + CHECK_COLUMNS))
+            .packing_key(packing_levels(columns + CHECK_COLUMNS))
             .map_err(FedError::he("making the packing key"))?;
-        let checks = Checks::random(quantised.columns)?;
-        let columns = quantised.columns;
+        let checks = Checks::random(columns)?;
         Ok(Core {
-            party: party.to_owned(),
+            data,
             config,
-            table,
-            fitted,
-            split,
             batches,
-            standardised,
-            quantised,
-            intercept,
             secret,
             public,
             packing,
@@ -215,17 +263,18 @@ impl Core {
 
     /// Encrypted columns this party sends: its real columns and the check columns.
     pub(crate) fn sent_columns(&self) -> usize {
-        self.quantised.columns + CHECK_COLUMNS
+        self.data.quantised.columns + CHECK_COLUMNS
     }
 
     /// This party's keys and shape, for every peer.
     pub(crate) fn keys(&self) -> PartyKeys {
         PartyKeys {
-            rows: self.table.rows() as u64,
+            rows: self.data.table.rows() as u64,
             columns: self.sent_columns() as u32,
             key: self.public.clone(),
             packing: self.packing.clone(),
             mask_share: self.mask_secret.public(),
+            frac_bits: self.data.quantised.frac_bits,
         }
     }
 
@@ -236,7 +285,7 @@ impl Core {
         job: &[u8; 16],
         peers: Vec<(String, PartyKeys)>,
     ) -> Result<(), FedError> {
-        let rows = self.table.rows();
+        let rows = self.data.table.rows();
         let mut shares = Vec::with_capacity(peers.len());
         for (name, keys) in peers {
             if keys.rows != rows as u64 {
@@ -268,7 +317,7 @@ impl Core {
         }
         self.masks = Some(PairwiseMasks::derive(
             job,
-            &self.party,
+            &self.data.party,
             &self.mask_secret,
             &shares,
         )?);
@@ -325,8 +374,8 @@ impl Core {
         let bound = PARAMS.max_message_abs();
         let modulus = (1u128 << CHECK_BITS) - 1;
         let batch = &self.batches[index];
-        let real: Vec<Vec<i64>> = (0..self.quantised.columns)
-            .map(|j| self.quantised.column(j, batch))
+        let real: Vec<Vec<i64>> = (0..self.data.quantised.columns)
+            .map(|j| self.data.quantised.column(j, batch))
             .collect();
         let encrypt = |values: &[_]| {
             self.secret
@@ -536,14 +585,7 @@ impl Core {
 
     /// This party's partial scores on `rows` with `weights` (the intercept included).
     pub(crate) fn scores_with(&self, weights: &[f64], rows: &[usize]) -> Vec<f64> {
-        let width = self.table.features();
-        let mut z = linear_scores(self.standardised.values.view(), rows, &weights[..width]);
-        if self.intercept {
-            for z in &mut z {
-                *z += weights[width];
-            }
-        }
-        z
+        self.data.scores_with(weights, rows)
     }
 
     /// Starts a mini-batch step: every peer's product with this party's residual share on
@@ -557,7 +599,7 @@ impl Core {
         let step = self.step;
         let rows = &self.batches[batch];
         let encoded = encode_fixed(
-            &self.party,
+            &self.data.party,
             epoch,
             "residual share",
             share,
@@ -610,23 +652,23 @@ impl Core {
         let step = self.step;
         let rows = &self.batches[batch];
         // This party's own term, exact: X_P^T v_P.
-        let width = self.table.features();
-        let mut local = vec![0.0; self.quantised.columns];
+        let width = self.data.table.features();
+        let mut local = vec![0.0; self.data.quantised.columns];
         for (&row, &v) in rows.iter().zip(share) {
-            for (l, x) in local.iter_mut().zip(self.standardised.values.row(row)) {
+            for (l, x) in local.iter_mut().zip(self.data.standardised.values.row(row)) {
                 *l += x * v;
             }
-            if self.intercept {
+            if self.data.intercept {
                 local[width] += v;
             }
         }
         let (total, bits) = self.sum_products(step, products)?;
         let gradient = self.gradient(step, batch, &total, bits, &local)?;
-        let unpenalised = usize::from(self.intercept);
+        let unpenalised = usize::from(self.data.intercept);
         let config = self.config.clone();
         self.optimizer
             .step(&config, rate, &mut self.weights, &gradient, unpenalised);
-        check_weights(&self.party, epoch, &self.weights)?;
+        check_weights(&self.data.party, epoch, &self.weights)?;
         self.step += 1;
         Ok(())
     }
@@ -727,10 +769,10 @@ impl Core {
             }
         }
         let rows = &self.batches[batch];
-        let l1 = self.quantised.column_l1(rows);
+        let l1 = self.data.quantised.column_l1(rows);
         let share_max = (MAX_SHARE as i128) << self.share_bits;
         let evaluators = self.peers.len() as i128;
-        let scale = 2f64.powi(-((self.quantised.frac_bits + self.share_bits) as i32));
+        let scale = 2f64.powi(-((self.data.quantised.frac_bits + self.share_bits) as i32));
         self.checks
             .real
             .iter()
@@ -799,7 +841,7 @@ impl Core {
         proposal: &Proposal,
         checkpoint: &Checkpoint,
     ) -> Result<(), FedError> {
-        checkpoint.check(&self.party, proposal, self.quantised.columns)?;
+        checkpoint.check(&self.data.party, proposal, self.data.quantised.columns)?;
         self.weights = checkpoint.weights.clone();
         self.optimizer = checkpoint.optimizer.clone();
         self.step = checkpoint.step;
@@ -809,22 +851,14 @@ impl Core {
 
     /// The pairwise masks (derived with the keys).
     pub(crate) fn masks(&self) -> Result<&PairwiseMasks, FedError> {
-        self.masks
-            .as_ref()
-            .ok_or_else(|| FedError::protocol(&self.party, "no pairwise masks before the keys"))
+        self.masks.as_ref().ok_or_else(|| {
+            FedError::protocol(&self.data.party, "no pairwise masks before the keys")
+        })
     }
 
     /// This party's model part with the given weights.
     pub(crate) fn model(&self, model_id: &str, weights: &[f64]) -> ModelPart {
-        let width = self.table.features();
-        self.standardised.model(
-            &self.fitted,
-            model_id,
-            &self.party,
-            self.table.missing(),
-            &weights[..width],
-            self.intercept.then(|| weights[width]),
-        )
+        self.data.model(model_id, weights)
     }
 }
 

@@ -48,7 +48,7 @@ use he::{PublicKey, SecretKey, SpreadMatrix};
 use crate::config::TrainConfig;
 use crate::data::Table;
 use crate::error::FedError;
-use crate::party::Core;
+use crate::party::Data;
 use crate::prep::Prep;
 use crate::shares::{
     add, encrypt_vector, prepare_matrix, receive_product, release_product, rescale, residue, scale,
@@ -1213,11 +1213,11 @@ pub fn simulate_shared(
     let count = parties.len();
     let mut cores = Vec::with_capacity(count);
     for (index, party) in parties.iter().enumerate() {
-        cores.push(Core::new(
+        cores.push(Data::new(
             party.name,
             party.table,
             party.prep,
-            config.clone(),
+            config,
             index == 0,
         )?);
     }

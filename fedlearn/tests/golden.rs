@@ -56,6 +56,7 @@ fn samples() -> Result<Vec<Message>, HeError> {
             key: public.clone(),
             packing: secret.packing_key(0)?,
             mask_share: [0x5a; 32],
+            frac_bits: 11,
         })),
         Message::Columns {
             batch: 3,
@@ -120,6 +121,46 @@ fn samples() -> Result<Vec<Message>, HeError> {
             products: vec![release(&[1, 1, 1], 1)?],
             shares: vec![vec![5, 1 << 100, 0]],
         },
+        Message::SharedColumns {
+            blocks: vec![secret.encrypt_blocks(&[1, -2, 3, -4], 2, 2, 1 << 13, 1)?],
+        },
+        Message::SharedGram {
+            releases: vec![release(&[6, -6], 1)?],
+        },
+        Message::CouplingVectors {
+            vectors: vec![vec![secret.encrypt(&[9], 1 << 15)?], Vec::new()],
+        },
+        Message::CouplingReleases {
+            releases: vec![release(&[2], 0)?, release(&[3, 4], 1)?],
+        },
+        Message::StepVector {
+            step: 5,
+            vector: vec![secret.encrypt(&[-1, 1], 1 << 15)?],
+        },
+        Message::StepRelease {
+            step: 5,
+            release: release(&[7, 8, 9], 2)?,
+        },
+        Message::HandOver {
+            step: 5,
+            about: 2,
+            shares: vec![(1 << 108) - 1, 3],
+        },
+        Message::StepLossVector {
+            step: 5,
+            vector: vec![secret.encrypt(&[4], 1 << 15)?],
+        },
+        Message::StepLossRelease {
+            step: 5,
+            release: release(&[1, 2], 1)?,
+        },
+        Message::LossShares {
+            step: 5,
+            shares: vec![1 << 107, 12],
+        },
+        Message::WeightShares {
+            shares: vec![0, 1, (1 << 108) - 2],
+        },
     ];
     // A new variant stops this from compiling: it needs a sample, a kind and a file.
     for message in &messages {
@@ -136,7 +177,18 @@ fn samples() -> Result<Vec<Message>, HeError> {
             | Message::Digest { .. }
             | Message::Abort { .. }
             | Message::BinningLabels { .. }
-            | Message::BinningCounts { .. } => {}
+            | Message::BinningCounts { .. }
+            | Message::SharedColumns { .. }
+            | Message::SharedGram { .. }
+            | Message::CouplingVectors { .. }
+            | Message::CouplingReleases { .. }
+            | Message::StepVector { .. }
+            | Message::StepRelease { .. }
+            | Message::HandOver { .. }
+            | Message::StepLossVector { .. }
+            | Message::StepLossRelease { .. }
+            | Message::LossShares { .. }
+            | Message::WeightShares { .. } => {}
         }
     }
     Ok(messages)

@@ -55,7 +55,7 @@ proptest! {
     }
 
     #[test]
-    fn random_bytes_never_panic(kind in 0u8..12, bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+    fn random_bytes_never_panic(kind in 0u8..25, bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let mut b = b"UNFL".to_vec();
         b.extend(PROTOCOL_VERSION.to_le_bytes());
         b.push(kind);

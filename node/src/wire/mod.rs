@@ -12,8 +12,9 @@ pub mod psi;
 /// per part). Version 7: an attempt that aligns again resumes PSI under the same plan (the
 /// sizes and the schedule list the parts finished before). Version 8: training and binning
 /// speak fedlearn protocol 6 (he format 3: q = 2^192, 118-bit messages), so a node refuses a
-/// peer of the old format when they first meet, not in the middle of a job.
-pub const FEDERATION_VERSION: u32 = 8;
+/// peer of the old format when they first meet, not in the middle of a job. Version 9: fedlearn
+/// protocol 7 (the messages of secret-shared training; keys carry the quantisation scale).
+pub const FEDERATION_VERSION: u32 = 9;
 
 /// Largest preparation a proposal may carry (JSON bytes).
 pub(crate) const MAX_PREP_BYTES: usize = 64 * 1024;
