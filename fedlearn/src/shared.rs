@@ -174,6 +174,8 @@ struct Held {
     /// s_q = 4·c_q/2^t + ½·Σ_P X_qᵀX_P w_P / 2^t at those weights.
     loss_weights: Vec<u128>,
     loss_terms: Vec<Vec<u128>>,
+    /// The weights kept as the model (see [`Party::keep_best`]).
+    kept: Vec<u128>,
 }
 
 /// The products a step computes, per output party: u (with K) and, per row set, y (with
@@ -307,6 +309,7 @@ impl Party {
                 label: Vec::new(),
                 loss_weights: Vec::new(),
                 loss_terms: Vec::new(),
+                kept: vec![0; input.widths[party]],
             })
             .collect();
         Ok(Party {
@@ -981,12 +984,13 @@ impl Party {
             .loss_weights
             .iter()
             .chain(own.loss_terms.iter().flatten())
+            .chain(&own.velocity)
             .copied()
             .collect();
-        let sets = self.sets.len();
+        let outputs = self.sets.len() + 1;
         Ok((
             partner(me),
-            encrypt_vector(&self.secret, &self.params, &vector, sets)?,
+            encrypt_vector(&self.secret, &self.params, &vector, outputs)?,
         ))
     }
 
@@ -1018,16 +1022,24 @@ impl Party {
         if held.loss_terms.len() != sets {
             return Err(self.protocol(owner, "loss terms before a step"));
         }
-        // Row per set: (d, 0 …, b at the set's place, … 0) against (a, c_0, c_1 …).
-        let width = m * (1 + sets);
-        let mut matrix = vec![0u128; sets * width];
+        // Row per set: (d, 0 …, b at the set's place, … 0) against (a, c_0, c_1 …, e); a last
+        // row (0 …, 2·f) for the cross term of the step's change ‖e + f‖², e and f the
+        // owner's and this party's velocity shares.
+        let width = m * (2 + sets);
+        let mut matrix = vec![0u128; (sets + 1) * width];
         for set in 0..sets {
             let row = &mut matrix[set * width..(set + 1) * width];
             row[..m].copy_from_slice(&held.loss_terms[set]);
             row[m * (1 + set)..m * (2 + set)].copy_from_slice(&held.loss_weights);
         }
+        for (x, &f) in matrix[sets * width + m * (1 + sets)..]
+            .iter_mut()
+            .zip(&held.velocity)
+        {
+            *x = add(f, f);
+        }
         let levels = self.pair(owner)?.keys.packing.levels();
-        let prepared = prepare_matrix(&self.params, &matrix, sets, width, levels)?;
+        let prepared = prepare_matrix(&self.params, &matrix, sets + 1, width, levels)?;
         let pair = self.pair(owner)?;
         let (masked, shares) = release_product(
             &self.params,
@@ -1048,7 +1060,7 @@ impl Party {
         if self.own().loss_terms.len() != self.sets.len() {
             return Err(self.protocol(partner(me), "a loss release before a step"));
         }
-        let shares = receive_product(&self.secret, release, self.sets.len(), &name)?;
+        let shares = receive_product(&self.secret, release, self.sets.len() + 1, &name)?;
         #[cfg(test)]
         self.seen.extend(&shares);
         let local = self.local_loss(me);
@@ -1056,16 +1068,19 @@ impl Party {
         Ok(())
     }
 
-    /// This party's share of w_q · s_q from its own shares of both, per row set.
+    /// This party's share of w_q · s_q from its own shares of both, per row set, and of
+    /// ‖v_q‖² (the square of its own velocity share).
     fn local_loss(&self, q: usize) -> Vec<u128> {
         let held = self.held.iter().find(|h| h.party == q).expect("held");
+        let dot = |a: &[u128], b: &[u128]| {
+            a.iter()
+                .zip(b)
+                .fold(0u128, |acc, (&x, &y)| add(acc, x.wrapping_mul(y)))
+        };
         held.loss_terms
             .iter()
-            .map(|s| {
-                s.iter()
-                    .zip(&held.loss_weights)
-                    .fold(0u128, |acc, (&s, &w)| add(acc, s.wrapping_mul(w)))
-            })
+            .map(|s| dot(s, &held.loss_weights))
+            .chain([dot(&held.velocity, &held.velocity)])
             .collect()
     }
 
@@ -1099,7 +1114,7 @@ impl Party {
     ) -> Result<(), FedError> {
         let me = self.me();
         let expected = (me == 1 && (2..self.parties()).contains(&from)) || (me == 0 && from == 1);
-        if !expected || shares.len() != self.sets.len() || self.loss.len() != shares.len() {
+        if !expected || shares.len() != self.sets.len() + 1 || self.loss.len() != shares.len() {
             return Err(self.protocol(from, "loss shares this party does not collect"));
         }
         #[cfg(test)]
@@ -1109,37 +1124,54 @@ impl Party {
         Ok(())
     }
 
-    /// Losses, 6 (the guest): the Taylor losses of the weights the last step started from,
-    /// per row set, once host 1's summed shares have arrived.
-    pub(crate) fn losses(&mut self) -> Result<Vec<f64>, FedError> {
-        if self.me() != 0 || self.loss.len() != self.sets.len() {
+    /// Losses, 6 (the guest), once host 1's summed shares have arrived: the Taylor losses
+    /// of the weights the last step started from, per row set, and the squared change of all
+    /// parties' weights in that step, ‖Δw‖².
+    pub(crate) fn losses(&mut self) -> Result<(Vec<f64>, f64), FedError> {
+        if self.me() != 0 || self.loss.len() != self.sets.len() + 1 {
             return Err(self.protocol(1, "losses before the loss round finished"));
         }
         let total = std::mem::take(&mut self.loss);
         let unit = 2f64.powi(2 * WEIGHT_BITS as i32);
-        Ok(total
+        let losses = total
             .iter()
             .zip(&self.sets)
             .map(|(&t, set)| {
                 let rho = 2f64.powi(set.norm_bits as i32) / (4.0 * set.rows as f64);
                 std::f64::consts::LN_2 + rho * signed(t) as f64 / unit
             })
-            .collect())
+            .collect();
+        Ok((losses, signed(total[self.sets.len()]) as f64 / unit))
     }
 
-    /// The end: this party's shares of its partners' weights, for their owners.
+    /// Keeps the weights the last step started from as the model (every party, for the
+    /// vectors it holds, when the guest names that step's weights the best so far).
+    pub(crate) fn keep_best(&mut self) {
+        for held in &mut self.held {
+            held.kept = held.loss_weights.clone();
+        }
+    }
+
+    /// Keeps the current weights as the model.
+    pub(crate) fn keep_last(&mut self) {
+        for held in &mut self.held {
+            held.kept = held.weights.clone();
+        }
+    }
+
+    /// The end: this party's shares of its partners' kept weights, for their owners.
     pub(crate) fn weight_shares(&self) -> Vec<(usize, Vec<u128>)> {
         self.held
             .iter()
             .filter(|h| h.party != self.me())
-            .map(|h| (h.party, h.weights.clone()))
+            .map(|h| (h.party, h.kept.clone()))
             .collect()
     }
 
-    /// The end: this party's weights in real units, from its share and its partner's.
+    /// The end: this party's kept weights in real units, from its share and its partner's.
     pub(crate) fn weights(&self, partner_share: &[u128]) -> Result<Vec<f64>, FedError> {
         let own = self.own();
-        if partner_share.len() != own.weights.len() {
+        if partner_share.len() != own.kept.len() {
             return Err(self.protocol(
                 partner(self.me()),
                 "its share of this party's weights has the wrong length",
@@ -1147,7 +1179,7 @@ impl Party {
         }
         let unit = f64::from(1u32 << WEIGHT_BITS);
         Ok(own
-            .weights
+            .kept
             .iter()
             .zip(partner_share)
             .map(|(&a, &b)| signed(add(a, b)) as f64 / unit)
@@ -1311,6 +1343,8 @@ pub fn simulate_shared(
 struct Driven {
     weights: Vec<Vec<f64>>,
     losses: Vec<Vec<f64>>,
+    /// ‖Δw‖² of every step, as the guest learns it.
+    changes: Vec<f64>,
     setup_seconds: f64,
     setup_bytes: usize,
     step_seconds: Vec<f64>,
@@ -1363,7 +1397,8 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
         node.finish_setup()?;
     }
     let setup_seconds = start.elapsed().as_secs_f64();
-    let (mut losses, mut step_seconds, mut step_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut losses, mut changes) = (Vec::new(), Vec::new());
+    let (mut step_seconds, mut step_bytes) = (Vec::new(), Vec::new());
     for _ in 0..steps {
         let start = std::time::Instant::now();
         let mut bytes = 0;
@@ -1413,11 +1448,16 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
                 nodes[to].accept_loss_shares(from, &shares)?;
             }
         }
-        losses.push(nodes[0].losses()?);
+        let (step_losses, change) = nodes[0].losses()?;
+        losses.push(step_losses);
+        changes.push(change);
         step_seconds.push(start.elapsed().as_secs_f64());
         step_bytes.push(bytes);
     }
     let mut received: Vec<Vec<u128>> = vec![Vec::new(); count];
+    for node in nodes.iter_mut() {
+        node.keep_last();
+    }
     for node in nodes.iter() {
         for (owner, share) in node.weight_shares() {
             received[owner] = share;
@@ -1431,6 +1471,7 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
     Ok(Driven {
         weights,
         losses,
+        changes,
         setup_seconds,
         setup_bytes,
         step_seconds,
@@ -1740,7 +1781,7 @@ mod tests {
         l2: f64,
         (rate, momentum): (f64, f64),
         steps: usize,
-    ) -> (Vec<f64>, Vec<[f64; 2]>) {
+    ) -> (Vec<f64>, Vec<[f64; 2]>, Vec<f64>) {
         let every: Vec<Vec<f64>> = parties
             .iter()
             .flatten()
@@ -1748,7 +1789,7 @@ mod tests {
             .collect();
         let columns: Vec<Vec<f64>> = every.iter().map(|c| c[..train].to_vec()).collect();
         let labels = &all_labels[..train];
-        let mut losses = Vec::new();
+        let (mut losses, mut changes) = (Vec::new(), Vec::new());
         let (m, n) = (columns.len(), labels.len() as f64);
         let mut blocks = Vec::new();
         let mut start = 0;
@@ -1810,8 +1851,9 @@ mod tests {
             for i in 0..m {
                 w[i] += v[i];
             }
+            changes.push(v.iter().map(|v| v * v).sum());
         }
-        (w, losses)
+        (w, losses, changes)
     }
 
     /// Runs a shared job in one process (the first `train` rows for training, the rest for
@@ -1880,12 +1922,22 @@ mod tests {
         let (schedule, steps) = ((0.7, 0.3), 12);
         let (
             Driven {
-                weights, losses, ..
+                weights,
+                losses,
+                changes,
+                ..
             },
             _,
         ) = run_shared(&parties, &labels, 3000, l2, schedule, steps);
         let got: Vec<f64> = weights.into_iter().flatten().collect();
-        let (want, want_losses) = plain_jacobi(&parties, &labels, 3000, l2, schedule, steps);
+        let (want, want_losses, want_changes) =
+            plain_jacobi(&parties, &labels, 3000, l2, schedule, steps);
+        for (step, (g, w)) in changes.iter().zip(&want_changes).enumerate() {
+            assert!(
+                (g - w).abs() < 1e-5 * (1.0 + w),
+                "step {step}: shared ‖Δw‖² {g}, plaintext {w}"
+            );
+        }
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
                 (g - w).abs() < 1e-5,
