@@ -1,29 +1,33 @@
 //! A party's state at the end of an epoch, from which an interrupted job resumes.
 //!
-//! Everything else a party needs is derived again from its aligned table and the job's
-//! settings (preparation, standardisation, split, batches and every epoch's batch order all
-//! come from the seed), or drawn fresh for the new attempt (keys, integrity checks, pairwise
-//! masks): what a party decrypts is exact, so fresh randomness gives the same gradients and
-//! the same model as an uninterrupted run.
+//! In secret-shared training no party knows any weights until the end: a checkpoint holds the
+//! party's *shares* of the weight vectors it holds (its own and, for the guest, every host's;
+//! for host 1, the guest's), their velocities and the kept model, modulo 2^108. Everything
+//! else is derived again from the aligned table and the job's settings (preparation,
+//! standardisation, split) or drawn fresh for the new attempt (keys, masks, and the shares of
+//! the set-up's products, which the resumed job computes again): the shares of one epoch at
+//! the two holders of a vector still add up to its weights, so the resumed job ends with the
+//! model of an uninterrupted run.
 //!
-//! A checkpoint is written after every epoch, and every party holds the previous one too.
-//! No party finishes epoch e + 1 before every party has finished epoch e (the guest ends an
-//! epoch only with every host's loss report, and a host starts the next one only on the
-//! guest's verdict), so at any moment the parties' latest epochs differ by at most one, and
-//! the smallest of them is held by all.
+//! A checkpoint is written after every epoch's verdict, and every party holds the previous
+//! one too. No party finishes epoch e + 1 before every party has finished epoch e (the guest
+//! gives its verdict only with every host's loss shares, and a host starts the next step only
+//! on the verdict), so at any moment the parties' latest epochs differ by at most one, and the
+//! smallest of them is held by all.
 
 use sha2::{Digest, Sha256};
 
-use crate::config::OptimizerState;
 use crate::error::FedError;
 use crate::message::{Proposal, Reader, PROTOCOL_VERSION};
 use crate::protocol::{EpochReport, StopReason};
+use crate::shared::HeldShares;
 
 const MAGIC: &[u8; 4] = b"UNCP";
-const VERSION: u16 = 1;
+/// Version 2: shares of the weights held (secret-shared training) instead of weights.
+const VERSION: u16 = 2;
 
 /// One party's state after an epoch (see the module documentation). Its bytes hold the
-/// party's weights: the node keeps them sealed, like a model part.
+/// party's weight shares: the node keeps them sealed, like a model part.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
     /// The epoch it ends (1-based).
@@ -31,10 +35,8 @@ pub struct Checkpoint {
     /// Digest of the job's settings (see [`Proposal::settings_digest`]): a job resumes only
     /// with the settings it started with.
     pub(crate) settings: [u8; 32],
-    pub(crate) step: u64,
-    pub(crate) weights: Vec<f64>,
-    pub(crate) optimizer: OptimizerState,
-    pub(crate) best_weights: Option<Vec<f64>>,
+    /// The party's shares of the weight vectors it holds.
+    pub(crate) shares: Vec<HeldShares>,
     /// Training ended with this epoch: the final reveal comes next.
     pub(crate) last: bool,
     /// The guest's early-stopping state and training curve (empty on a host).
@@ -49,6 +51,8 @@ pub(crate) struct GuestProgress {
     pub(crate) best_epoch: usize,
     pub(crate) since_best: usize,
     pub(crate) stop: StopReason,
+    /// ‖Δw‖² of the epoch's last step (reported with the next epoch).
+    pub(crate) change: f64,
 }
 
 impl Proposal {
@@ -82,21 +86,18 @@ impl Checkpoint {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        let floats = |out: &mut Vec<u8>, values: &[f64]| {
-            out.extend_from_slice(&(values.len() as u64).to_le_bytes());
-            for v in values {
-                out.extend_from_slice(&v.to_bits().to_le_bytes());
-            }
-        };
         out.extend_from_slice(&(self.epoch as u64).to_le_bytes());
         out.extend_from_slice(&self.settings);
-        out.extend_from_slice(&self.step.to_le_bytes());
-        floats(&mut out, &self.weights);
-        floats(&mut out, &self.optimizer.first);
-        floats(&mut out, &self.optimizer.second);
-        out.extend_from_slice(&(self.optimizer.updates as u64).to_le_bytes());
-        out.push(u8::from(self.best_weights.is_some()));
-        floats(&mut out, self.best_weights.as_deref().unwrap_or(&[]));
+        out.extend_from_slice(&(self.shares.len() as u64).to_le_bytes());
+        for held in &self.shares {
+            out.extend_from_slice(&(held.party as u64).to_le_bytes());
+            for values in [&held.weights, &held.velocity, &held.kept] {
+                out.extend_from_slice(&(values.len() as u64).to_le_bytes());
+                for v in values {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
         out.push(u8::from(self.last));
         out.push(u8::from(self.guest.is_some()));
         if let Some(g) = &self.guest {
@@ -118,6 +119,7 @@ impl Checkpoint {
                 StopReason::EarlyStopping { epoch } => epoch as u64,
             };
             out.extend_from_slice(&stop.to_le_bytes());
+            out.extend_from_slice(&g.change.to_bits().to_le_bytes());
         }
         out
     }
@@ -128,25 +130,25 @@ impl Checkpoint {
         let mut r = Reader::new(bytes);
         r.header(MAGIC, "a training checkpoint", VERSION)?;
         let float = |r: &mut Reader<'_>| r.u64().map(f64::from_bits);
-        let floats = |r: &mut Reader<'_>| -> Result<Vec<f64>, FedError> {
-            Ok(r.words()?.into_iter().map(f64::from_bits).collect())
-        };
         let count = |r: &mut Reader<'_>| -> Result<usize, FedError> {
             usize::try_from(r.u64()?).map_err(|_| FedError::Malformed("a count too large".into()))
         };
         let epoch = count(&mut r)?;
         let settings = r.array()?;
-        let step = r.u64()?;
-        let weights = floats(&mut r)?;
-        let optimizer = OptimizerState {
-            first: floats(&mut r)?,
-            second: floats(&mut r)?,
-            updates: i32::try_from(r.u64()?)
-                .map_err(|_| FedError::Malformed("an update count too large".into()))?,
-        };
-        let has_best = r.flag()?;
-        let best = floats(&mut r)?;
-        let best_weights = has_best.then_some(best);
+        let held = count(&mut r)?;
+        if held > r.remaining() / 8 {
+            return Err(FedError::Malformed("shares beyond the checkpoint".into()));
+        }
+        let shares = (0..held)
+            .map(|_| {
+                Ok(HeldShares {
+                    party: count(&mut r)?,
+                    weights: r.wides()?,
+                    velocity: r.wides()?,
+                    kept: r.wides()?,
+                })
+            })
+            .collect::<Result<Vec<_>, FedError>>()?;
         let last = r.flag()?;
         let guest = if r.flag()? {
             let reports = count(&mut r)?;
@@ -181,6 +183,7 @@ impl Checkpoint {
                 best_epoch,
                 since_best,
                 stop,
+                change: float(&mut r)?,
             })
         } else {
             None
@@ -191,34 +194,18 @@ impl Checkpoint {
                 r.remaining()
             )));
         }
-        let width = weights.len();
-        if optimizer.first.len() != width
-            || optimizer.second.len() != width
-            || best_weights.as_ref().is_some_and(|b| b.len() != width)
-        {
-            return Err(FedError::Malformed(
-                "a checkpoint whose weights and optimiser state differ in length".into(),
-            ));
-        }
         Ok(Checkpoint {
             epoch,
             settings,
-            step,
-            weights,
-            optimizer,
-            best_weights,
+            shares,
             last,
             guest,
         })
     }
 
-    /// Checks that this checkpoint can resume `proposal` (as `party`, with `width` weights).
-    pub(crate) fn check(
-        &self,
-        party: &str,
-        proposal: &Proposal,
-        width: usize,
-    ) -> Result<(), FedError> {
+    /// Checks that this checkpoint can resume `proposal` as `party` (the shares are checked
+    /// against the parties' widths once their keys have come).
+    pub(crate) fn check(&self, party: &str, proposal: &Proposal) -> Result<(), FedError> {
         let refuse = |reason: String| FedError::Resume {
             party: party.to_owned(),
             reason,
@@ -238,13 +225,6 @@ impl Checkpoint {
                 "the job's settings are not those it started with".into(),
             ));
         }
-        if self.weights.len() != width {
-            return Err(refuse(format!(
-                "the checkpoint holds {} weights, the prepared table {width} columns: the data \
-                 or its preparation changed",
-                self.weights.len()
-            )));
-        }
         Ok(())
     }
 }
@@ -258,14 +238,20 @@ mod tests {
         let checkpoint = Checkpoint {
             epoch: 3,
             settings: [7; 32],
-            step: 12,
-            weights: vec![0.5, -1.25, f64::MIN_POSITIVE],
-            optimizer: OptimizerState {
-                first: vec![0.1, 0.2, 0.3],
-                second: vec![1.0, 2.0, 3.0],
-                updates: 12,
-            },
-            best_weights: Some(vec![0.25, -1.0, 0.0]),
+            shares: vec![
+                HeldShares {
+                    party: 0,
+                    weights: vec![5, (1 << 108) - 1],
+                    velocity: vec![0, 1],
+                    kept: vec![2, 3],
+                },
+                HeldShares {
+                    party: 2,
+                    weights: vec![7],
+                    velocity: vec![8],
+                    kept: vec![9],
+                },
+            ],
             last: false,
             guest: Some(GuestProgress {
                 history: vec![EpochReport {
@@ -280,6 +266,7 @@ mod tests {
                 best_epoch: 1,
                 since_best: 2,
                 stop: StopReason::EarlyStopping { epoch: 3 },
+                change: 0.125,
             }),
         };
         let bytes = checkpoint.to_bytes();
@@ -295,7 +282,7 @@ mod tests {
         assert!(Checkpoint::from_bytes(&longer).is_err());
         let host = Checkpoint {
             guest: None,
-            best_weights: None,
+            shares: Vec::new(),
             ..checkpoint
         };
         assert_eq!(Checkpoint::from_bytes(&host.to_bytes()).unwrap(), host);

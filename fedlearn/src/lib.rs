@@ -137,6 +137,7 @@ mod data;
 mod error;
 mod guest;
 mod host;
+mod job;
 mod masks;
 mod math;
 mod message;

@@ -56,8 +56,7 @@ pub struct ColumnSizes {
 pub struct PartyKeys {
     /// Rows the party holds (must equal the proposal's).
     pub rows: u64,
-    /// Encrypted columns the party will send (its features, the guest's intercept, and its
-    /// integrity-check columns, in a secret order).
+    /// Columns the party encrypts: its features (and the guest's intercept).
     pub columns: u32,
     /// The party's public key: products of its encrypted columns are released under it.
     pub key: PublicKey,
@@ -77,53 +76,6 @@ pub enum Message {
     Propose(Box<Proposal>),
     /// every party → every other party, once: keys and shape.
     Keys(Box<PartyKeys>),
-    /// every party → every other party, once per (batch, column): one of the sender's
-    /// quantised columns on one batch's rows, encrypted under the sender's own key.
-    Columns {
-        /// Batch index in the job's fixed partition.
-        batch: u32,
-        /// Column index (in the sender's secret order).
-        column: u32,
-        /// The ciphertext.
-        values: EncryptedVector,
-    },
-    /// every party → every other party, per step: the recipient's encrypted columns times
-    /// the sender's residual share, masked, flooded and released to the recipient, and the
-    /// sender's additive shares of it (its masks, blinded by pairwise masks so that only the
-    /// sum over all senders is the recipient's).
-    Product {
-        /// Update index.
-        step: u64,
-        /// Released products.
-        products: MaskedColumns,
-        /// The sender's shares plus pairwise masks, modulo 2^128.
-        correction: Vec<u128>,
-    },
-    /// Per epoch, for the aggregate loss: the guest's residual share on the training and
-    /// validation rows (to every host), or a host's partial scores (to the hosts after it),
-    /// encrypted under the sender's key.
-    LossVector {
-        /// Epoch.
-        epoch: u64,
-        /// The ciphertext.
-        values: EncryptedVector,
-    },
-    /// host → owner of a [`Message::LossVector`]: its inner products with the host's scores on
-    /// the training rows and on the validation rows, masked, flooded and released.
-    LossProduct {
-        /// Epoch.
-        epoch: u64,
-        /// Released products (two).
-        products: MaskedColumns,
-    },
-    /// host → guest: the host's aggregate loss terms and squared weight change, blinded by
-    /// pairwise masks among the hosts.
-    LossReport {
-        /// Epoch.
-        epoch: u64,
-        /// Masked values, modulo 2^128.
-        masked: Vec<u128>,
-    },
     /// guest → host: the epoch is done; whether it is the best so far and whether to stop.
     EpochEnd {
         /// Epoch.
@@ -261,14 +213,9 @@ pub enum Message {
 
 impl Message {
     /// Every kind [`Message::kind`] names, in protocol order.
-    pub const KINDS: [&'static str; 24] = [
+    pub const KINDS: [&'static str; 19] = [
         "propose",
         "keys",
-        "columns",
-        "product",
-        "loss_vector",
-        "loss_product",
-        "loss_report",
         "epoch_end",
         "final_scores",
         "digest",
@@ -293,11 +240,6 @@ impl Message {
         match self {
             Message::Propose(_) => "propose",
             Message::Keys(_) => "keys",
-            Message::Columns { .. } => "columns",
-            Message::Product { .. } => "product",
-            Message::LossVector { .. } => "loss_vector",
-            Message::LossProduct { .. } => "loss_product",
-            Message::LossReport { .. } => "loss_report",
             Message::EpochEnd { .. } => "epoch_end",
             Message::FinalScores { .. } => "final_scores",
             Message::Digest { .. } => "digest",
@@ -370,41 +312,6 @@ impl Message {
                 blob(&mut out, &k.packing.to_bytes());
                 out.extend_from_slice(&k.mask_share);
                 out.extend_from_slice(&k.frac_bits.to_le_bytes());
-            }
-            Message::Columns {
-                batch,
-                column,
-                values,
-            } => {
-                out.push(2);
-                out.extend_from_slice(&batch.to_le_bytes());
-                out.extend_from_slice(&column.to_le_bytes());
-                blob(&mut out, &values.to_bytes());
-            }
-            Message::Product {
-                step,
-                products,
-                correction,
-            } => {
-                out.push(3);
-                out.extend_from_slice(&step.to_le_bytes());
-                blob(&mut out, &products.to_bytes());
-                wides(&mut out, correction);
-            }
-            Message::LossVector { epoch, values } => {
-                out.push(4);
-                out.extend_from_slice(&epoch.to_le_bytes());
-                blob(&mut out, &values.to_bytes());
-            }
-            Message::LossProduct { epoch, products } => {
-                out.push(5);
-                out.extend_from_slice(&epoch.to_le_bytes());
-                blob(&mut out, &products.to_bytes());
-            }
-            Message::LossReport { epoch, masked } => {
-                out.push(6);
-                out.extend_from_slice(&epoch.to_le_bytes());
-                wides(&mut out, masked);
             }
             Message::EpochEnd { epoch, best, stop } => {
                 out.push(7);
@@ -574,28 +481,6 @@ impl Message {
                 mask_share: r.array()?,
                 frac_bits: u32::from_le_bytes(r.array()?),
             })),
-            2 => Message::Columns {
-                batch: u32::from_le_bytes(r.array()?),
-                column: u32::from_le_bytes(r.array()?),
-                values: EncryptedVector::from_bytes(r.blob()?).map_err(he)?,
-            },
-            3 => Message::Product {
-                step: r.u64()?,
-                products: MaskedColumns::from_bytes(r.blob()?).map_err(he)?,
-                correction: r.wides()?,
-            },
-            4 => Message::LossVector {
-                epoch: r.u64()?,
-                values: EncryptedVector::from_bytes(r.blob()?).map_err(he)?,
-            },
-            5 => Message::LossProduct {
-                epoch: r.u64()?,
-                products: MaskedColumns::from_bytes(r.blob()?).map_err(he)?,
-            },
-            6 => Message::LossReport {
-                epoch: r.u64()?,
-                masked: r.wides()?,
-            },
             7 => Message::EpochEnd {
                 epoch: r.u64()?,
                 best: r.flag()?,
@@ -867,15 +752,6 @@ mod tests {
     fn every_truncation_and_a_wrong_version_are_refused() {
         let params = he::N8192_Q192;
         let (secret, public) = he::SecretKey::generate(&params);
-        let released = {
-            let v = secret.encrypt(&[1], 1).unwrap();
-            let x = he::PreparedMatrix::new(&params, 1, 1, &[2]).unwrap();
-            let packing = secret.packing_key(0).unwrap();
-            public
-                .mask_and_flood(&params, public.multiply(&params, &v, &x).unwrap(), &packing)
-                .unwrap()
-                .0
-        };
         let messages = vec![
             Message::Propose(Box::new(Proposal {
                 job: [3; 16],
@@ -894,28 +770,6 @@ mod tests {
                 mask_share: [7; 32],
                 frac_bits: 12,
             })),
-            Message::Columns {
-                batch: 1,
-                column: 2,
-                values: secret.encrypt(&[1, 2, 3], 3).unwrap(),
-            },
-            Message::Product {
-                step: 4,
-                products: released.clone(),
-                correction: vec![5, 6],
-            },
-            Message::LossVector {
-                epoch: 1,
-                values: secret.encrypt(&[-1], 1).unwrap(),
-            },
-            Message::LossProduct {
-                epoch: 1,
-                products: released,
-            },
-            Message::LossReport {
-                epoch: 3,
-                masked: vec![1, 2, 3],
-            },
             Message::EpochEnd {
                 epoch: 2,
                 best: true,

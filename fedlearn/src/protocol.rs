@@ -12,28 +12,16 @@ use crate::model::{Calibration, ModelPart};
 /// The parameter set of every ciphertext in training.
 pub(crate) const PARAMS: Params = he::N8192_Q192;
 
-/// Fraction bits of the fixed-point vectors of the aggregate loss (a party's residual share
-/// or partial scores on the training and validation rows): |value| < 32, so every entry fits
-/// ±(2^15 − 1) and an inner product over up to 2^20 rows stays below 2^50.
-pub(crate) const LOSS_FRAC_BITS: u32 = 10;
-
 /// Fraction bits of scores and sums sent through secure aggregation (wrapping u64).
 pub(crate) const SCORE_FRAC_BITS: i32 = 32;
 
-/// Fraction bits of aggregate scalars (sums of squares, weight changes) in the loss report.
-pub(crate) const SUM_FRAC_BITS: i32 = 20;
-
-/// Largest |residual share| a party may send: |0.25·z_G + 0.5 − y| and |0.25·z_k| beyond 8
-/// mean a score beyond ±30, far outside any useful model; training stops as diverged.
-pub(crate) const MAX_SHARE: f64 = 8.0;
-
-/// Largest quantised feature magnitude, 2^13 − 1: 13 bits of precision per feature leave room
-/// in the 118-bit plaintext for the products, the packing and the integrity checks' margin.
+/// Largest quantised feature magnitude, 2^13 − 1: the public bound of the Gram products'
+/// entries (`shared.rs`).
 const MAX_QUANTISED: f64 = 8191.0;
 
 /// A party's standardised features as integers round(x·2^frac_bits), with an optional
 /// trailing column of ones (the guest's intercept): rows × columns in column-major layout, as
-/// the homomorphic products read a column at a time.
+/// the encrypted blocks read a column at a time.
 pub(crate) struct Quantised {
     pub(crate) frac_bits: u32,
     pub(crate) columns: usize,
@@ -76,17 +64,6 @@ impl Quantised {
     pub(crate) fn column(&self, column: usize, batch: &[usize]) -> Vec<i64> {
         batch.iter().map(|&row| self.at(row, column)).collect()
     }
-
-    /// Σ_i |x̃_ij| over `batch`, per column: with the public bound on the residual shares, a
-    /// bound on every honest product of the column.
-    pub(crate) fn column_l1(&self, batch: &[usize]) -> Vec<u64> {
-        (0..self.columns)
-            .map(|c| batch.iter().map(|&r| self.at(r, c).unsigned_abs()).sum())
-            .collect()
-    }
-
-    /// The entry's largest magnitude.
-    pub(crate) const MAX: i64 = MAX_QUANTISED as i64;
 }
 
 /// Packing levels that put `columns` results in one ciphertext (as far as the parameters
@@ -97,51 +74,6 @@ pub(crate) fn packing_levels(columns: usize) -> u32 {
         .next_power_of_two()
         .trailing_zeros()
         .min(PARAMS.max_pack_levels)
-}
-
-/// Encodes values as round(v·2^frac_bits), refusing any |v| ≥ `max` as divergence.
-pub(crate) fn encode_fixed(
-    party: &str,
-    epoch: usize,
-    what: &str,
-    values: &[f64],
-    frac_bits: u32,
-    max: f64,
-) -> Result<Vec<i64>, FedError> {
-    let scale = 2f64.powi(frac_bits as i32);
-    values
-        .iter()
-        .map(|&v| {
-            if v.is_finite() && v.abs() < max {
-                Ok((v * scale).round() as i64)
-            } else {
-                // No value in the text: it travels to the other parties, and a residual
-                // share depends on the labels.
-                Err(FedError::Diverged {
-                    epoch,
-                    reason: format!(
-                        "{party}'s {what} left the range the protocol allows (|value| < {max})"
-                    ),
-                })
-            }
-        })
-        .collect()
-}
-
-/// ‖a − b‖², the squared change of a party's weights over an epoch.
-pub(crate) fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
-}
-
-/// Refuses weights that are no longer finite after an update.
-pub(crate) fn check_weights(party: &str, epoch: usize, weights: &[f64]) -> Result<(), FedError> {
-    match weights.iter().position(|w| !w.is_finite()) {
-        Some(j) => Err(FedError::Diverged {
-            epoch,
-            reason: format!("{party}'s weight {j} became {}", weights[j]),
-        }),
-        None => Ok(()),
-    }
 }
 
 /// Encodes a partial score for secure aggregation.

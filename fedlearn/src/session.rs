@@ -91,11 +91,6 @@ impl Mailbox {
         self.outbox.push_back((to.to_owned(), message));
     }
 
-    /// Queues messages.
-    pub(crate) fn send_all(&mut self, messages: Vec<(String, Message)>) {
-        self.outbox.extend(messages);
-    }
-
     /// Queues an event.
     pub(crate) fn emit(&mut self, event: Event) {
         self.events.push_back(event);
@@ -103,10 +98,6 @@ impl Mailbox {
 
     pub(crate) fn next_transmit(&mut self) -> Option<(String, Message)> {
         self.outbox.pop_front()
-    }
-
-    pub(crate) fn outbox_is_empty(&self) -> bool {
-        self.outbox.is_empty()
     }
 
     pub(crate) fn next_event(&mut self) -> Option<Event> {
@@ -121,18 +112,5 @@ impl Mailbox {
     /// The next message from `peer`, if one is waiting.
     pub(crate) fn take(&mut self, peer: &str) -> Option<Message> {
         self.inbox.get_mut(peer).and_then(VecDeque::pop_front)
-    }
-
-    /// The next message from every one of `peers`, if each has one waiting.
-    pub(crate) fn take_from_all(&mut self, peers: &[String]) -> Option<Vec<Message>> {
-        if !peers.iter().all(|p| self.has(p)) {
-            return None;
-        }
-        Some(peers.iter().filter_map(|p| self.take(p)).collect())
-    }
-
-    /// The first of `peers` with nothing waiting.
-    pub(crate) fn first_missing<'a>(&self, peers: &'a [String]) -> Option<&'a str> {
-        peers.iter().find(|p| !self.has(p)).map(String::as_str)
     }
 }

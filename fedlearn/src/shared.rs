@@ -40,7 +40,6 @@
 
 // Small dense linear algebra reads best with indices.
 #![allow(clippy::needless_range_loop)]
-#![cfg_attr(not(test), allow(dead_code))]
 
 use he::{EncryptedBlocks, EncryptedVector, MaskedColumns, PackingKey, Params, PreparedBlocks};
 use he::{PublicKey, SecretKey, SpreadMatrix};
@@ -62,7 +61,7 @@ const PRECOND_BITS: u32 = 24;
 /// Fraction bits of K.
 const COUPLING_BITS: u32 = 20;
 /// Fraction bits of weights, velocities and k.
-const WEIGHT_BITS: u32 = 20;
+pub(crate) const WEIGHT_BITS: u32 = 20;
 /// Fraction bits of the public step size and momentum.
 const RATE_BITS: u32 = 16;
 /// Public bound on |quantised feature| (the `Quantised` format).
@@ -75,7 +74,7 @@ pub(crate) fn partner(party: usize) -> usize {
 }
 
 /// Who receives `holder`'s shares of `about`'s sums (see [`Party::hand_over`]).
-fn recipient(holder: usize, about: usize) -> usize {
+pub(crate) fn recipient(holder: usize, about: usize) -> usize {
     if partner(holder) == about {
         partner(about)
     } else {
@@ -176,6 +175,17 @@ struct Held {
     loss_terms: Vec<Vec<u128>>,
     /// The weights kept as the model (see [`Party::keep_best`]).
     kept: Vec<u128>,
+}
+
+/// One party's shares of a weight vector it holds, as a checkpoint keeps them.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HeldShares {
+    /// Whose weights.
+    pub(crate) party: usize,
+    pub(crate) weights: Vec<u128>,
+    pub(crate) velocity: Vec<u128>,
+    /// The weights kept as the model so far.
+    pub(crate) kept: Vec<u128>,
 }
 
 /// The products a step computes, per output party: u (with K) and, per row set, y (with
@@ -1152,6 +1162,47 @@ impl Party {
         }
     }
 
+    /// This party's shares of the weight vectors it holds, for its checkpoint.
+    pub(crate) fn held(&self) -> Vec<HeldShares> {
+        self.held
+            .iter()
+            .map(|h| HeldShares {
+                party: h.party,
+                weights: h.weights.clone(),
+                velocity: h.velocity.clone(),
+                kept: h.kept.clone(),
+            })
+            .collect()
+    }
+
+    /// Takes up the shares of a checkpoint: the vectors this party holds, of the widths the
+    /// parties announced, as residues modulo 2^108.
+    pub(crate) fn restore(&mut self, shares: &[HeldShares]) -> Result<(), FedError> {
+        let me = self.me();
+        let fits = shares.len() == self.held.len()
+            && shares.iter().zip(&self.held).all(|(s, h)| {
+                let width = self.input.widths[h.party];
+                s.party == h.party
+                    && [&s.weights, &s.velocity, &s.kept]
+                        .iter()
+                        .all(|v| v.len() == width && v.iter().all(|&x| x == residue(x as i128)))
+            });
+        if !fits {
+            return Err(FedError::Resume {
+                party: self.input.names[me].clone(),
+                reason: "its checkpoint holds shares of other widths or parties: the data, its \
+                         preparation or the job's parties changed"
+                    .into(),
+            });
+        }
+        for (held, s) in self.held.iter_mut().zip(shares) {
+            held.weights = s.weights.clone();
+            held.velocity = s.velocity.clone();
+            held.kept = s.kept.clone();
+        }
+        Ok(())
+    }
+
     /// Keeps the current weights as the model.
     pub(crate) fn keep_last(&mut self) {
         for held in &mut self.held {
@@ -1209,6 +1260,8 @@ pub struct SharedRun {
     /// Per step, the Taylor losses on the training and (if any) validation rows of the
     /// weights the step started from, as the guest learns them.
     pub losses: Vec<Vec<f64>>,
+    /// Per step, ‖Δw‖² of all parties' weights, as the guest learns it.
+    pub changes: Vec<f64>,
     /// The final model's AUC on the validation rows (training rows without a split), computed
     /// by the simulator, which sees every party's data.
     pub auc: f64,
@@ -1330,6 +1383,7 @@ pub fn simulate_shared(
     Ok(SharedRun {
         weights,
         losses: driven.losses,
+        changes: driven.changes,
         auc,
         rows: labels.len(),
         setup_seconds: driven.setup_seconds,

@@ -52,36 +52,12 @@ fn samples() -> Result<Vec<Message>, HeError> {
         })),
         Message::Keys(Box::new(PartyKeys {
             rows: 2048,
-            columns: 14,
+            columns: 6,
             key: public.clone(),
             packing: secret.packing_key(0)?,
             mask_share: [0x5a; 32],
             frac_bits: 11,
         })),
-        Message::Columns {
-            batch: 3,
-            column: 13,
-            values: secret.encrypt(&[-2, 0, 5], 1 << 13)?,
-        },
-        Message::Product {
-            step: 17,
-            products: release(&[1, -1], 1)?,
-            correction: vec![u128::MAX, 42],
-        },
-        Message::LossVector {
-            epoch: 2,
-            values: secret.encrypt(&[1024, -512], 1 << 15)?,
-        },
-        Message::LossProduct {
-            epoch: 2,
-            products: release(&[4, 5], 1)?,
-        },
-        Message::LossReport {
-            epoch: 2,
-            masked: (1..=7)
-                .map(|i| i * 0x0101_0101_0101_0101_0101_0101)
-                .collect(),
-        },
         Message::EpochEnd {
             epoch: 2,
             best: false,
@@ -167,11 +143,6 @@ fn samples() -> Result<Vec<Message>, HeError> {
         match message {
             Message::Propose(_)
             | Message::Keys(_)
-            | Message::Columns { .. }
-            | Message::Product { .. }
-            | Message::LossVector { .. }
-            | Message::LossProduct { .. }
-            | Message::LossReport { .. }
             | Message::EpochEnd { .. }
             | Message::FinalScores { .. }
             | Message::Digest { .. }

@@ -128,11 +128,12 @@ impl Family<'_> {
             let mut found = BTreeSet::new();
             for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
                 let path = entry.expect("a directory entry").path();
+                // An older version may hold kinds a later one retired.
                 let kind = path
                     .file_name()
                     .and_then(|n| n.to_str())
                     .and_then(|n| n.strip_suffix(".bin"))
-                    .filter(|k| self.kinds.contains(k))
+                    .filter(|k| version < self.current || self.kinds.contains(k))
                     .unwrap_or_else(|| panic!("{}: not a <kind>.bin file", path.display()));
                 found.insert(kind.to_owned());
                 let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
