@@ -245,19 +245,6 @@ impl Trainer {
         if let Some(checkpoint) = &resume {
             checkpoint.check(&data.party, proposal)?;
         }
-        if config.batch_size.is_some() {
-            return Err(FedError::config(
-                "batch_size",
-                "secret-shared training runs on the full batch: its step costs the same \
-                 whatever the rows",
-            ));
-        }
-        if config.l1 != 0.0 {
-            return Err(FedError::config(
-                "l1",
-                "secret-shared training minimises a quadratic: use l2",
-            ));
-        }
         let (secret, public) = SecretKey::generate(&PARAMS);
         // Spread products and block layouts pack at every level.
         let packing = secret

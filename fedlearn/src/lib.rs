@@ -156,7 +156,7 @@ mod woe;
 
 pub use binning::{answer_binning, BinningDisclosure, BinningGuest, BinningLimits, BinningReport};
 pub use checkpoint::Checkpoint;
-pub use config::{EarlyStopping, Optimizer, Schedule, TrainConfig, MAX_BATCH_ROWS};
+pub use config::{EarlyStopping, TrainConfig};
 pub use data::{
     Cell, Chunk, CsvFormat, Ids, IdsIter, Missing, Reading, Table, TableBuilder, CHUNK_ROWS,
 };

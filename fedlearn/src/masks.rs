@@ -90,42 +90,6 @@ impl Split {
         validation.sort_unstable();
         Split { train, validation }
     }
-
-    /// The job's batches: the training rows shuffled once and cut into ⌊rows / size⌋ batches
-    /// whose sizes differ by at most one, so that every batch holds at least `size` rows; the
-    /// full batch keeps row order. The partition is fixed for the whole job (each party
-    /// encrypts its columns once per batch); only the order of the batches changes per epoch.
-    pub(crate) fn partition(&self, seed: u64, size: Option<usize>) -> Vec<Vec<usize>> {
-        let rows = self.train.len();
-        match size {
-            Some(size) if size < rows => {
-                let order = permutation(rows, seed, b"batch partition");
-                let count = rows / size;
-                let (base, extra) = (rows / count, rows % count);
-                let mut batches = Vec::with_capacity(count);
-                let mut start = 0;
-                for b in 0..count {
-                    let len = base + usize::from(b < extra);
-                    let mut batch: Vec<usize> = order[start..start + len]
-                        .iter()
-                        .map(|&i| self.train[i])
-                        .collect();
-                    batch.sort_unstable();
-                    batches.push(batch);
-                    start += len;
-                }
-                batches
-            }
-            _ => vec![self.train.clone()],
-        }
-    }
-
-    /// The order in which `epoch` (1-based) visits the `count` batches.
-    pub(crate) fn epoch_order(seed: u64, epoch: usize, count: usize) -> Vec<usize> {
-        let mut context = b"epoch ".to_vec();
-        context.extend_from_slice(&(epoch as u64).to_le_bytes());
-        permutation(count, seed, &context)
-    }
 }
 
 fn permutation(len: usize, seed: u64, context: &[u8]) -> Vec<usize> {
@@ -279,26 +243,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_and_batches_are_deterministic_and_complete() {
+    fn the_split_is_deterministic_and_complete() {
         let split = Split::new(1000, 7, 0.2);
         assert_eq!((split.train.len(), split.validation.len()), (800, 200));
         assert_eq!(split, Split::new(1000, 7, 0.2));
         assert_ne!(split, Split::new(1000, 8, 0.2));
-        let batches = split.partition(7, Some(300));
-        // Every batch holds at least the batch size: 800 rows make two batches of 400.
-        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [400, 400]);
-        let batches = split.partition(7, Some(250));
-        assert_eq!(
-            batches.iter().map(Vec::len).collect::<Vec<_>>(),
-            [267, 267, 266]
-        );
-        let mut all: Vec<usize> = batches.concat();
+        let mut all = [split.train.clone(), split.validation.clone()].concat();
         all.sort_unstable();
-        assert_eq!(all, split.train);
-        assert_eq!(split.partition(7, None), vec![split.train.clone()]);
-        assert_eq!(split.partition(7, Some(5000)), vec![split.train.clone()]);
-        let orders: Vec<Vec<usize>> = (1..=6).map(|e| Split::epoch_order(7, e, 3)).collect();
-        assert!(orders.iter().any(|o| *o != orders[0]));
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
     }
 
     #[test]

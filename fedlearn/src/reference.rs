@@ -1,7 +1,7 @@
 //! Plaintext logistic regression on joined data: the accuracy reference of the federated
 //! trainer and the speed floor of its benchmark. Never used on the product path.
 
-use crate::config::{Optimizer, OptimizerState, TrainConfig};
+use crate::config::TrainConfig;
 use crate::data::Table;
 use crate::error::FedError;
 use crate::masks::Split;
@@ -9,7 +9,8 @@ use crate::math::sigmoid;
 use crate::metrics::{evaluate, Metrics};
 use crate::model::{ModelPart, Standardised};
 use crate::prep::{Fitted, Prep};
-use crate::protocol::linear_scores;
+use crate::protocol::Quantised;
+use crate::shared::{invert, MIN_DAMPING, MOMENTUM, RATE};
 use ndarray::ArrayView2;
 
 /// How the residual d = p − y is formed.
@@ -86,20 +87,11 @@ pub fn train_reference(
             value: labels[row],
         });
     }
-    // The federated parties' Adam (bias-corrected, ε = 1e-8) over the weights and, last, the
-    // unpenalised intercept.
-    let settings = TrainConfig {
-        optimizer: Optimizer::Adam {
-            beta1: 0.9,
-            beta2: 0.999,
-        },
-        l1: 0.0,
-        l2: config.l2,
-        ..TrainConfig::default()
-    };
     let mut weights = vec![0.0; features + 1];
-    let mut adam = OptimizerState::new(features + 1);
-    for _ in 0..config.epochs {
+    // Adam (β = 0.9, 0.999, bias-corrected, ε = 1e-8) over the weights and, last, the
+    // unpenalised intercept.
+    let (mut first, mut second) = (vec![0.0; features + 1], vec![0.0; features + 1]);
+    for epoch in 0..config.epochs {
         let mut gradient = vec![0.0; features + 1];
         for (row, &y) in rows.rows().into_iter().zip(labels) {
             let z = weights[features] + row.iter().zip(&weights).map(|(x, w)| x * w).sum::<f64>();
@@ -112,10 +104,20 @@ pub fn train_reference(
             }
             gradient[features] += d;
         }
-        for g in &mut gradient {
+        for (j, g) in gradient.iter_mut().enumerate() {
             *g /= n as f64;
+            if j < features {
+                *g += config.l2 * weights[j];
+            }
         }
-        adam.step(&settings, config.learning_rate, &mut weights, &gradient, 1);
+        let t = epoch as i32 + 1;
+        for j in 0..=features {
+            first[j] = 0.9 * first[j] + 0.1 * gradient[j];
+            second[j] = 0.999 * second[j] + 0.001 * gradient[j] * gradient[j];
+            let m = first[j] / (1.0 - 0.9f64.powi(t));
+            let v = second[j] / (1.0 - 0.999f64.powi(t));
+            weights[j] -= config.learning_rate * m / (v.sqrt() + 1e-8);
+        }
     }
     let intercept = weights.pop().unwrap_or(0.0);
     Ok(LinearModel { weights, intercept })
@@ -128,15 +130,16 @@ pub struct PlainOutcome {
     pub guest: ModelPart,
     /// Each host's part.
     pub hosts: Vec<ModelPart>,
-    /// Training metrics after each epoch.
+    /// Training metrics after each step.
     pub history: Vec<Metrics>,
 }
 
 /// The federated update rule computed in the clear on the parties' tables together: the same
-/// split, standardisation, batches, first-order residual, optimiser and penalties as the
-/// encrypted protocol, in f64 and without quantisation, for `max_epochs` epochs (no early
-/// stopping). The encrypted path must agree with it within the quantisation bound. `preps`
-/// holds each party's preparation, the guest's first.
+/// split, preparation, standardisation, quantisation, first-order residual, penalty and
+/// block-Jacobi iteration as the secret-shared job, in f64, for `max_epochs` steps (no early
+/// stopping: the weights after the last update). The shared job computes it in fixed point
+/// (weights and couplings to 2^-20) and must agree with it to about 10^-5. `preps` holds
+/// each party's preparation, the guest's first.
 pub fn train_plain_vertical(
     guest: &Table,
     hosts: &[&Table],
@@ -178,70 +181,92 @@ pub fn train_plain_vertical(
         .iter()
         .map(|t| Standardised::fit("party", t, &split.train))
         .collect::<Result<Vec<_>, _>>()?;
-    // Weights per party; the guest's intercept is its last weight.
-    let mut weights: Vec<Vec<f64>> = tables
+    // Each party's block of the Taylor objective's Hessian, preconditioned by its damped
+    // inverse, as the shared job does (`shared.rs`), in f64 on the standardised values.
+    let train = &split.train;
+    let n = train.len() as f64;
+    // The job's quantised values x̃/2^f (the guest's with its column of ones).
+    let quantised: Vec<Quantised> = standardised
         .iter()
         .enumerate()
-        .map(|(p, t)| vec![0.0; t.features() + usize::from(p == 0)])
+        .map(|(p, s)| Quantised::new(s.values.view(), train, p == 0))
         .collect();
-    let mut optimizers: Vec<OptimizerState> = weights
-        .iter()
-        .map(|w| OptimizerState::new(w.len()))
-        .collect();
-    let scores = |weights: &[Vec<f64>], rows: &[usize]| -> Vec<f64> {
-        let mut z = vec![weights[0][tables[0].features()]; rows.len()];
-        for (p, table) in tables.iter().enumerate() {
-            let width = table.features();
-            let partial = linear_scores(standardised[p].values.view(), rows, &weights[p][..width]);
-            for (z, s) in z.iter_mut().zip(partial) {
-                *z += s;
-            }
-        }
-        z
+    let design = |p: usize, r: usize| -> Vec<f64> {
+        let q = &quantised[p];
+        let unit = 2f64.powi(q.frac_bits as i32);
+        (0..q.columns).map(|j| q.at(r, j) as f64 / unit).collect()
     };
-    let mut history = Vec::new();
-    let mut step = 0u64;
-    let batches = split.partition(config.seed, config.batch_size);
-    for epoch in 1..=config.max_epochs {
-        for index in Split::epoch_order(config.seed, epoch, batches.len()) {
-            let batch = &batches[index];
-            let rate = config.rate(step, epoch);
-            let z = scores(&weights, batch);
-            let d: Vec<f64> = z
-                .iter()
-                .zip(batch)
-                .map(|(z, &r)| 0.25 * z + 0.5 - labels[r])
-                .collect();
-            for (p, table) in tables.iter().enumerate() {
-                let width = table.features();
-                let mut gradient = vec![0.0; weights[p].len()];
-                for (&r, &d) in batch.iter().zip(&d) {
-                    for (g, x) in gradient.iter_mut().zip(standardised[p].values.row(r)) {
-                        *g += x * d;
-                    }
-                    if p == 0 {
-                        gradient[width] += d;
-                    }
-                }
-                for g in &mut gradient {
-                    *g /= batch.len() as f64;
-                }
-                optimizers[p].step(
-                    config,
-                    rate,
-                    &mut weights[p],
-                    &gradient,
-                    usize::from(p == 0),
-                );
+    let widths: Vec<usize> = (0..tables.len())
+        .map(|p| tables[p].features() + usize::from(p == 0))
+        .collect();
+    let rows: Vec<Vec<f64>> = train
+        .iter()
+        .map(|&r| (0..tables.len()).flat_map(|p| design(p, r)).collect())
+        .collect();
+    let m: usize = widths.iter().sum();
+    let intercept = widths[0] - 1;
+    let mut hessian = vec![0.0; m * m];
+    let mut offset = vec![0.0; m];
+    for (row, &r) in rows.iter().zip(train) {
+        for i in 0..m {
+            offset[i] += row[i] * (0.5 - labels[r]) / n;
+            for j in 0..m {
+                hessian[i * m + j] += row[i] * row[j] / (4.0 * n);
             }
-            step += 1;
         }
-        let probabilities: Vec<f64> = scores(&weights, &split.train)
-            .into_iter()
-            .map(sigmoid)
+    }
+    for i in (0..m).filter(|&i| i != intercept) {
+        hessian[i * m + i] += config.l2;
+    }
+    let damping = (MIN_DAMPING - config.l2).max(0.0);
+    let mut blocks = Vec::new();
+    let mut start = 0;
+    for &width in &widths {
+        let range = start..start + width;
+        let block: Vec<f64> = range
+            .clone()
+            .flat_map(|i| range.clone().map(move |j| (i, j)))
+            .map(|(i, j)| hessian[i * m + j] + if i == j { damping } else { 0.0 })
             .collect();
-        let train_labels: Vec<f64> = split.train.iter().map(|&r| labels[r]).collect();
+        let inverse = invert(&block, width).ok_or_else(|| {
+            FedError::config(
+                "l2",
+                "a party's columns are numerically collinear on the training rows",
+            )
+        })?;
+        blocks.push((range, inverse));
+        start += width;
+    }
+    let (mut w, mut v) = (vec![0.0; m], vec![0.0; m]);
+    let mut history = Vec::new();
+    let train_labels: Vec<f64> = train.iter().map(|&r| labels[r]).collect();
+    for _ in 0..config.max_epochs {
+        let gradient: Vec<f64> = (0..m)
+            .map(|i| offset[i] + (0..m).map(|j| hessian[i * m + j] * w[j]).sum::<f64>())
+            .collect();
+        for (range, inverse) in &blocks {
+            let k = range.len();
+            for (a, i) in range.clone().enumerate() {
+                let step: f64 = (0..k)
+                    .map(|l| inverse[a * k + l] * gradient[range.start + l])
+                    .sum();
+                v[i] = MOMENTUM * v[i] - RATE * step;
+            }
+        }
+        for (w, v) in w.iter_mut().zip(&v) {
+            *w += v;
+        }
+        let probabilities: Vec<f64> = rows
+            .iter()
+            .map(|row| sigmoid(row.iter().zip(&w).map(|(x, w)| x * w).sum()))
+            .collect();
         history.push(evaluate(&probabilities, &train_labels)?);
+    }
+    let mut weights = Vec::new();
+    let mut start = 0;
+    for &width in &widths {
+        weights.push(w[start..start + width].to_vec());
+        start += width;
     }
     let parts: Vec<ModelPart> = tables
         .iter()

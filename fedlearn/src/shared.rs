@@ -1654,7 +1654,7 @@ fn own_hessian(input: &PartyInput, rows: usize) -> Vec<f64> {
 /// δ = max(0, MIN_DAMPING − λ), so that collinear columns (bin indicators beside an intercept,
 /// say) still give an invertible, bounded M. The step then carries −δ·M_P·w_P (the damping
 /// block, see [`Party::block`]) and the fixed point — the optimum — does not change.
-const MIN_DAMPING: f64 = 1e-3;
+pub(crate) const MIN_DAMPING: f64 = 1e-3;
 
 /// M_P = (H_PP + δ·I)^-1 in real units.
 fn own_inverse(input: &PartyInput, rows: usize) -> Result<Vec<f64>, FedError> {
@@ -1729,7 +1729,7 @@ fn guest_offset(input: &PartyInput, train: &RowSet) -> Result<Vec<u128>, FedErro
 
 /// The inverse of a symmetric positive-definite matrix (Gauss–Jordan with partial pivoting),
 /// or None when it is numerically singular.
-fn invert(a: &[f64], m: usize) -> Option<Vec<f64>> {
+pub(crate) fn invert(a: &[f64], m: usize) -> Option<Vec<f64>> {
     let mut work = a.to_vec();
     let mut inverse = vec![0.0; m * m];
     for i in 0..m {

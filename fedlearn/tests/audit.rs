@@ -47,8 +47,6 @@ fn standardised_column(table: &Table, column: usize) -> Vec<f64> {
 fn no_plaintext_crosses_the_wire() {
     let config = TrainConfig {
         max_epochs: 2,
-        batch_size: None,
-        learning_rate: 0.1,
         seed: 5,
         ..TrainConfig::default()
     };
@@ -68,31 +66,48 @@ fn no_plaintext_crosses_the_wire() {
             ("bank", _) => &[
                 "propose",
                 "keys",
-                "columns",
-                "product",
-                "loss_vector",
+                "shared_columns",
+                "shared_gram",
+                "coupling_vectors",
+                "coupling_releases",
+                "step_vector",
+                "step_release",
+                "step_loss_vector",
+                "step_loss_release",
                 "epoch_end",
+                "weight_shares",
             ][..],
             (_, "bank") => &[
                 "keys",
-                "columns",
-                "product",
-                "loss_product",
-                "loss_report",
+                "shared_columns",
+                "shared_gram",
+                "coupling_vectors",
+                "coupling_releases",
+                "step_vector",
+                "step_release",
+                "hand_over",
+                "step_loss_vector",
+                "step_loss_release",
+                "loss_shares",
+                "weight_shares",
                 "final_scores",
             ][..],
             _ => &[
                 "keys",
-                "columns",
-                "product",
-                "loss_vector",
-                "loss_product",
                 "digest",
+                "shared_columns",
+                "shared_gram",
+                "coupling_vectors",
+                "coupling_releases",
+                "step_vector",
+                "step_release",
+                "hand_over",
+                "loss_shares",
             ][..],
         };
         assert!(allowed.contains(&record.kind), "{record:?}");
     }
-    assert_eq!(kinds.len(), 10, "{kinds:?}");
+    assert_eq!(kinds.len(), 16, "{kinds:?}");
     // Exactly one per-row message of the hosts' scores reaches the guest per host: the final
     // reveal.
     for host in host_names {
@@ -114,12 +129,7 @@ fn no_plaintext_crosses_the_wire() {
     for p in patterns(labels, 4, |y: f64| y.to_le_bytes().to_vec()) {
         secrets.push(("bank", p));
     }
-    let share_scale = 2f64.powi(simulation.guest.share_frac_bits as i32);
-    let first_residual: Vec<i64> = labels
-        .iter()
-        .map(|y| ((0.5 - y) * share_scale) as i64)
-        .collect();
-    for scale in [share_scale, 1024.0] {
+    for scale in [1024.0, 4096.0] {
         let residual: Vec<i64> = labels.iter().map(|y| ((0.5 - y) * scale) as i64).collect();
         for p in patterns(&residual, 4, |r: i64| r.to_le_bytes().to_vec()) {
             secrets.push(("bank", p));
@@ -146,20 +156,47 @@ fn no_plaintext_crosses_the_wire() {
             }
         }
     }
-    // Each host's gradient at the first step (weights 0, so d = 0.5 − y exactly): X̃_k^T d̃ in
-    // the he plaintext, as i64 and as the mean gradient in f64.
+    // What the set-up multiplies, in the he plaintext: each host column's label term
+    // Σ x̃·(1 − 2y) and its cross Gram entry with the guest's first column Σ x̃·x̃_G (all rows
+    // train: no validation split), as i64 and i128; and every party's final weights in the
+    // shares' fixed point (2^20) and as f64.
+    let quantise = |values: &[f64], bits: u32| -> Vec<i64> {
+        let scale = 2f64.powi(bits as i32);
+        values.iter().map(|x| (x * scale).round() as i64).collect()
+    };
+    let guest_first = quantise(
+        &standardised_column(&guest, 0),
+        simulation.guest.feature_frac_bits,
+    );
     for ((party, table), outcome) in all[1..].iter().zip(&simulation.hosts) {
-        let scale = 2f64.powi(outcome.feature_frac_bits as i32);
         for column in 0..table.features() {
-            let x = standardised_column(table, column);
-            let product: i64 = x
+            let x = quantise(
+                &standardised_column(table, column),
+                outcome.feature_frac_bits,
+            );
+            let label: i64 = x
                 .iter()
-                .zip(&first_residual)
-                .map(|(x, d)| (x * scale).round() as i64 * d)
+                .zip(labels)
+                .map(|(x, y)| x * (1 - 2 * *y as i64))
                 .sum();
-            secrets.push((party, product.to_le_bytes().to_vec()));
-            let mean = product as f64 / scale / share_scale / table.rows() as f64;
-            secrets.push((party, mean.to_le_bytes().to_vec()));
+            let gram: i64 = x.iter().zip(&guest_first).map(|(a, b)| a * b).sum();
+            for value in [label, gram] {
+                secrets.push((party, value.to_le_bytes().to_vec()));
+                secrets.push((party, i128::from(value).to_le_bytes().to_vec()));
+            }
+        }
+    }
+    let parts =
+        std::iter::once(&simulation.guest.model).chain(simulation.hosts.iter().map(|h| &h.model));
+    for (part, (party, _)) in parts.zip(&all) {
+        let weights = part.features.iter().map(|f| f.weight).chain(part.intercept);
+        for w in weights {
+            let fixed = (w * 2f64.powi(20)).round() as i128;
+            secrets.push((
+                party,
+                (fixed as u128 & ((1 << 108) - 1)).to_le_bytes().to_vec(),
+            ));
+            secrets.push((party, w.to_le_bytes().to_vec()));
         }
     }
     assert!(secrets.len() > 1000);

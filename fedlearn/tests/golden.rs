@@ -5,8 +5,7 @@
 mod wire_golden;
 
 use fedlearn::{
-    ColumnSizes, EarlyStopping, Message, PartyKeys, Proposal, Schedule, TrainConfig,
-    PROTOCOL_VERSION,
+    ColumnSizes, EarlyStopping, Message, PartyKeys, Proposal, TrainConfig, PROTOCOL_VERSION,
 };
 use he::{HeError, PreparedMatrix, SecretKey, N8192_Q192};
 use wire_golden::Family;
@@ -26,11 +25,6 @@ fn samples() -> Result<Vec<Message>, HeError> {
     };
     let config = TrainConfig {
         max_epochs: 4,
-        batch_size: Some(512),
-        schedule: Schedule::StepDecay {
-            factor: 0.5,
-            every: 2,
-        },
         l2: 0.01,
         validation_fraction: 0.25,
         early_stopping: Some(EarlyStopping::Loss {

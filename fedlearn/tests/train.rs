@@ -44,9 +44,6 @@ fn federated(dataset: &str, hosts: usize, config: &TrainConfig) -> Simulation {
 fn credit_config() -> TrainConfig {
     TrainConfig {
         max_epochs: 10,
-        batch_size: Some(4096),
-        learning_rate: 0.05,
-        schedule: Schedule::InverseTime { decay: 0.05 },
         seed: 11,
         ..TrainConfig::default()
     }
@@ -109,8 +106,6 @@ fn breast_cancer_training_with_validation_and_early_stopping() {
     for hosts in [1, 2] {
         let config = TrainConfig {
             max_epochs: 30,
-            batch_size: None,
-            learning_rate: 0.1,
             validation_fraction: 0.2,
             early_stopping: Some(EarlyStopping::Loss {
                 patience: 3,
