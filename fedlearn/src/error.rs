@@ -141,11 +141,8 @@ pub enum FedError {
         /// What failed.
         reason: String,
     },
-    /// Training produced a non-finite or out-of-range value; the model of the last complete
-    /// epoch is kept (see [`Stopped`](crate::Stopped)).
-    #[error(
-        "training diverged at epoch {epoch}: {reason} (the model of the last good epoch is kept)"
-    )]
+    /// Training produced a non-finite or out-of-range value.
+    #[error("training diverged at epoch {epoch}: {reason}")]
     Diverged {
         /// The epoch that failed (1-based).
         epoch: usize,

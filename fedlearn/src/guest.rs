@@ -11,7 +11,7 @@ use crate::masks::Split;
 use crate::message::{Message, Proposal, Transport};
 use crate::party::job_nonce;
 use crate::prep::Prep;
-use crate::protocol::{finish_with_error, Event, GuestOutcome, Stopped};
+use crate::protocol::{finish_with_error, Event, GuestOutcome};
 use crate::session::{drive, Session};
 /// Everything the guest brings to a job. `table` is already aligned (PSI order).
 pub struct GuestJob {
@@ -38,7 +38,7 @@ pub fn run_guest(
     job: GuestJob,
     transport: &mut dyn Transport,
     events: &mut dyn FnMut(&Event),
-) -> Result<GuestOutcome, Stopped> {
+) -> Result<GuestOutcome, FedError> {
     let hosts = job.hosts.clone();
     let result = GuestSession::new(job).and_then(|mut session| {
         drive(&mut session, transport, events)?;
@@ -46,8 +46,7 @@ pub fn run_guest(
             FedError::protocol(&hosts.join(", "), "the session ended without an outcome")
         })
     });
-    // No party knows any weights before the end: there is no last good model to keep.
-    result.map_err(|error| finish_with_error(transport, &hosts, error, None))
+    result.map_err(|error| finish_with_error(transport, &hosts, error))
 }
 
 /// The guest's side of a job as a sans-IO state machine (see [`Session`]).

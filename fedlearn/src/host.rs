@@ -8,7 +8,7 @@ use crate::error::FedError;
 use crate::job::Trainer;
 use crate::message::{Message, Proposal, Transport};
 use crate::prep::Prep;
-use crate::protocol::{finish_with_error, receive, unexpected, Event, HostOutcome, Stopped};
+use crate::protocol::{finish_with_error, receive, unexpected, Event, HostOutcome};
 use crate::session::{drive, Session};
 /// Everything a host brings to a job. `table` is already aligned (PSI order).
 pub struct HostJob {
@@ -40,7 +40,7 @@ pub fn run_host(
     proposal: Proposal,
     transport: &mut dyn Transport,
     events: &mut dyn FnMut(&Event),
-) -> Result<HostOutcome, Stopped> {
+) -> Result<HostOutcome, FedError> {
     let mut peers: Vec<String> = vec![job.guest.clone()];
     peers.extend(proposal.hosts.iter().filter(|h| **h != job.party).cloned());
     let result = HostSession::new(job, proposal).and_then(|mut session| {
@@ -50,8 +50,7 @@ pub fn run_host(
             .take()
             .ok_or_else(|| FedError::protocol(&peers[0], "the session ended without an outcome"))
     });
-    // No party knows any weights before the end: there is no last good model to keep.
-    result.map_err(|error| finish_with_error(transport, &peers, error, None))
+    result.map_err(|error| finish_with_error(transport, &peers, error))
 }
 
 /// A host's side of a job as a sans-IO state machine (see [`Session`]).

@@ -665,14 +665,21 @@ impl Trainer {
                 });
             }
             let columns = keys.columns as usize;
-            let expected_guest = (p == 0 && self.me != 0).then(|| self.guest_features + 1);
-            if columns == 0
-                || columns > MAX_PEER_COLUMNS
-                || expected_guest.is_some_and(|e| e != columns)
-            {
+            if columns == 0 || columns > MAX_PEER_COLUMNS {
                 return Err(FedError::protocol(
                     name,
                     format!("announces {columns} encrypted columns"),
+                ));
+            }
+            // The guest encrypts its features and its intercept: exactly what the proposal
+            // (and this node's policy) allowed.
+            let expected = self.guest_features + 1;
+            if p == 0 && self.me != 0 && columns != expected {
+                return Err(FedError::protocol(
+                    name,
+                    format!(
+                        "announces {columns} encrypted columns; its proposal implies {expected}"
+                    ),
                 ));
             }
             if keys.frac_bits > 12 {

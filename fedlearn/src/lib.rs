@@ -125,7 +125,7 @@
 //! let run = simulate(guest, vec![host], false, &mut |_| {})?;
 //! assert!(run.guest.evaluation.metrics.auc > 0.9); // the one reveal: here the training rows
 //! println!("{}", run.hosts[0].model.to_json()); // the tax bureau's part of the model
-//! # Ok::<(), fedlearn::Stopped>(())
+//! # Ok::<(), fedlearn::FedError>(())
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -175,7 +175,7 @@ pub use ndarray;
 pub use prep::{Binning, Bins, ColumnPrep, KeptBins, Prep, Transform, MAX_BINS};
 pub use protocol::{
     Convergence, EpochReport, Event, FinalEvaluation, GuestOutcome, HostOutcome, RevealedRows,
-    StopReason, Stopped, STILL_FALLING,
+    StopReason, STILL_FALLING,
 };
 pub use reference::{
     train_plain_vertical, train_reference, LinearModel, PlainOutcome, ReferenceConfig, Residual,

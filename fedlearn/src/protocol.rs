@@ -309,23 +309,18 @@ pub(crate) fn unexpected(peer: &str, expected: &str, got: &Message) -> FedError 
 }
 
 /// Tells every peer but the one that stopped us that the job ends (with the error's
-/// category), and keeps the last good model beside divergence and abort errors. A party the
-/// transport lost tells nobody: the job may resume without that party's loss ending it (the
-/// node interrupts it everywhere), and the driver tells the others if it does not.
+/// category), and returns the error. A party the transport lost tells nobody: the job may
+/// resume without that party's loss ending it (the node interrupts it everywhere), and the
+/// driver tells the others if it does not. No party knows any weights before the end, so no
+/// model survives a stopped job.
 pub(crate) fn finish_with_error(
     transport: &mut dyn Transport,
     peers: &[String],
     error: FedError,
-    last_good: Option<ModelPart>,
-) -> Stopped {
+) -> FedError {
     let stopped_by = match &error {
         FedError::Aborted { peer, .. } => Some(peer.clone()),
-        FedError::Transport { .. } => {
-            return Stopped {
-                error,
-                last_good: None,
-            }
-        }
+        FedError::Transport { .. } => return error,
         _ => None,
     };
     // The peers read the kind of error only; its text stays with this party.
@@ -341,50 +336,7 @@ pub(crate) fn finish_with_error(
             );
         }
     }
-    let last_good = match error {
-        FedError::Diverged { .. } | FedError::Aborted { .. } => last_good.map(Box::new),
-        _ => None,
-    };
-    Stopped { error, last_good }
-}
-
-/// A job that stopped with an error, with this party's model after the last complete epoch
-/// when the error keeps it (divergence, or another party stopping the job).
-#[derive(Debug)]
-pub struct Stopped {
-    /// Why the job stopped.
-    pub error: FedError,
-    /// This party's model after the last complete epoch, if one completed.
-    pub last_good: Option<Box<ModelPart>>,
-}
-
-impl std::ops::Deref for Stopped {
-    type Target = FedError;
-
-    fn deref(&self) -> &FedError {
-        &self.error
-    }
-}
-
-impl std::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.error.fmt(f)
-    }
-}
-
-impl std::error::Error for Stopped {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
-
-impl From<FedError> for Stopped {
-    fn from(error: FedError) -> Stopped {
-        Stopped {
-            error,
-            last_good: None,
-        }
-    }
+    error
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::error::FedError;
 use crate::guest::{run_guest, GuestJob};
 use crate::host::{receive_proposal, run_host, HostJob};
 use crate::message::{Message, Transport};
-use crate::protocol::{Event, GuestOutcome, HostOutcome, Stopped};
+use crate::protocol::{Event, GuestOutcome, HostOutcome};
 
 /// One message as it crossed the simulated network.
 #[derive(Clone, Debug)]
@@ -226,7 +226,7 @@ pub fn simulate(
     hosts: Vec<HostJob>,
     record: bool,
     events: &mut dyn FnMut(&Event),
-) -> Result<Simulation, Stopped> {
+) -> Result<Simulation, FedError> {
     let run = simulate_run(guest, hosts, record, events, None);
     let guest = run.0?;
     let hosts = run.1.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -260,11 +260,7 @@ pub fn simulate_altered(
     alter: Option<Arc<Alter>>,
 ) -> AlteredRun {
     let (guest, hosts, wire) = simulate_run(guest, hosts, record, events, alter);
-    AlteredRun {
-        guest: guest.map_err(|s| s.error),
-        hosts: hosts.into_iter().map(|h| h.map_err(|s| s.error)).collect(),
-        wire,
-    }
+    AlteredRun { guest, hosts, wire }
 }
 
 /// An [`Alter`] that delivers `f`'s replacement of every message, one for one.
@@ -275,8 +271,8 @@ pub fn replacing(f: impl Fn(&str, &str, Message) -> Message + Send + Sync + 'sta
 
 /// Every party's result and the wire.
 type Run = (
-    Result<GuestOutcome, Stopped>,
-    Vec<Result<HostOutcome, Stopped>>,
+    Result<GuestOutcome, FedError>,
+    Vec<Result<HostOutcome, FedError>>,
     Vec<WireRecord>,
 );
 
@@ -320,14 +316,14 @@ fn simulate_run(
         let guest_result = run_guest(guest, &mut guest_transport, events);
         // Dropping the guest's transport unblocks hosts still waiting on it.
         drop(guest_transport);
-        let host_results: Vec<Result<HostOutcome, Stopped>> = handles
+        let host_results: Vec<Result<HostOutcome, FedError>> = handles
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(Stopped::from(FedError::Transport {
+                    Err(FedError::Transport {
                         peer: "host thread".into(),
                         reason: "panicked".into(),
-                    }))
+                    })
                 })
             })
             .collect();

@@ -8,14 +8,6 @@ use fedlearn::internal::{replacing, simulate_altered};
 use fedlearn::*;
 
 fn run(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> Result<Simulation, FedError> {
-    run_keeping_model(guest, hosts, config).map_err(|stopped| stopped.error)
-}
-
-fn run_keeping_model(
-    guest: Table,
-    hosts: Vec<Table>,
-    config: &TrainConfig,
-) -> Result<Simulation, Stopped> {
     let (guest_job, host_jobs) = jobs(guest, hosts, config);
     simulate(guest_job, host_jobs, false, &mut |_| {})
 }
@@ -23,8 +15,6 @@ fn run_keeping_model(
 fn quick() -> TrainConfig {
     TrainConfig {
         max_epochs: 3,
-        batch_size: None,
-        learning_rate: 0.1,
         seed: 2,
         ..TrainConfig::default()
     }
@@ -75,53 +65,13 @@ fn a_constant_host_column_stops_the_job_without_naming_it_to_the_guest() {
 fn bad_settings_stop_the_hosts_too() {
     let (guest, hosts) = parties("breast", 2);
     let config = TrainConfig {
-        learning_rate: 0.0,
+        l2: -1.0,
         ..quick()
     };
     assert!(matches!(
         run(guest, hosts, &config),
-        Err(FedError::Config {
-            field: "learning_rate",
-            ..
-        })
+        Err(FedError::Config { field: "l2", .. })
     ));
-}
-
-#[test]
-fn divergence_stops_with_the_last_good_model() {
-    let (guest, hosts) = parties("breast", 1);
-    // A sane first epoch, then a learning rate that blows the scores out of range.
-    let config = TrainConfig {
-        max_epochs: 10,
-        optimizer: Optimizer::Sgd { momentum: 0.0 },
-        schedule: Schedule::StepDecay {
-            factor: 1e9,
-            every: 1,
-        },
-        ..quick()
-    };
-    // Whichever party sees the overflow first stops; the guest reports it with its last good
-    // model either way.
-    let last_good = match run_keeping_model(guest, hosts, &config) {
-        Err(Stopped {
-            error: FedError::Diverged { epoch, .. },
-            last_good,
-        }) => {
-            assert!(epoch > 1, "epoch {epoch}");
-            last_good
-        }
-        Err(Stopped {
-            error: FedError::Aborted { reason, .. },
-            last_good,
-        }) => {
-            assert_eq!(reason, "training diverged");
-            last_good
-        }
-        other => panic!("{:?}", other.map(|s| s.guest.history)),
-    };
-    let model = last_good.expect("the first epoch completed");
-    assert!(model.features.iter().all(|f| f.weight.is_finite()));
-    assert!(model.intercept.unwrap().is_finite());
 }
 
 #[test]
@@ -150,31 +100,19 @@ fn missing_values_are_imputed_when_asked() {
 #[test]
 fn a_replayed_or_misplaced_message_is_a_protocol_error_naming_the_peer() {
     let (guest, hosts) = parties("breast", 1);
-    // host0 sends its step-1 product again in place of step 2's; the guest sends a column of
-    // batch 0 under another column index.
+    // host0 sends its step-2 weight shares as step 1's; the guest sends its step-1 release
+    // to host0 as a loss release.
     type Alteration = fn(&str, &str, Message) -> Message;
     let replay: Alteration = |from, to, message| match message {
-        Message::Product {
-            step: 2,
-            products,
-            correction,
-        } if from == "host0" && to == "bank" => Message::Product {
-            step: 1,
-            products,
-            correction,
-        },
+        Message::StepVector { step: 2, vector } if from == "host0" && to == "bank" => {
+            Message::StepVector { step: 1, vector }
+        }
         other => other,
     };
     let misplace: Alteration = |from, _, message| match message {
-        Message::Columns {
-            batch: 0,
-            column: 3,
-            values,
-        } if from == "bank" => Message::Columns {
-            batch: 0,
-            column: 4,
-            values,
-        },
+        Message::StepRelease { step: 1, release } if from == "bank" => {
+            Message::StepLossRelease { step: 1, release }
+        }
         other => other,
     };
     for (alter, victim, peer) in [(replay, "guest", "host0"), (misplace, "host", "bank")] {
@@ -194,7 +132,12 @@ fn a_replayed_or_misplaced_message_is_a_protocol_error_naming_the_peer() {
         match error {
             Some(FedError::Protocol { peer: p, reason }) => {
                 assert_eq!(p, peer);
-                assert!(reason.starts_with("expected"), "{reason}");
+                let expected = if victim == "guest" {
+                    "a message of step 1 in step 2"
+                } else {
+                    "expected step_release, got step_loss_release"
+                };
+                assert_eq!(reason, expected);
             }
             other => panic!("{victim}: {other:?}"),
         }
@@ -203,8 +146,8 @@ fn a_replayed_or_misplaced_message_is_a_protocol_error_naming_the_peer() {
 
 #[test]
 fn a_guest_announcing_more_columns_than_its_proposal_is_refused() {
-    // Each guest column is one projection of the hosts' scores per batch: the hosts' policies
-    // bound the guest's features, so its keys must announce exactly what its proposal said.
+    // The hosts' policies bound the guest's features, so its keys must announce exactly what
+    // its proposal said.
     let (guest, hosts) = parties("breast", 1);
     let (guest_job, host_jobs) = jobs(guest, hosts, &quick());
     let widen = |from: &str, _: &str, message: Message| match message {

@@ -620,13 +620,6 @@ impl NodeError {
     }
 }
 
-impl From<fedlearn::Stopped> for NodeError {
-    /// The node keeps no model of a job that stopped: the error is what it reports.
-    fn from(stopped: fedlearn::Stopped) -> NodeError {
-        NodeError::Train(stopped.error)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
