@@ -1,5 +1,6 @@
 //! An interrupted job resumes from the last epoch every party holds and ends with the model
-//! of an uninterrupted run, weight for weight.
+//! of an uninterrupted run: the same weights up to the shares' fixed point (each attempt draws
+//! fresh shares, whose truncations differ by units of 2^-20).
 
 mod common;
 
@@ -7,8 +8,21 @@ use std::collections::{BTreeMap, VecDeque};
 
 use fedlearn::{
     Checkpoint, Event, FedError, GuestJob, GuestOutcome, GuestSession, HostJob, HostOutcome,
-    HostSession, Message, Session, TrainConfig,
+    HostSession, Message, ModelPart, Session, TrainConfig,
 };
+
+/// Two model parts with the same columns whose weights differ by less than 10^-3. (The breast
+/// data's columns are nearly collinear: with λ = 0 the preconditioner has entries up to
+/// 1/δ = 10^3, and two runs' truncation errors of 2^-20 differ by about 10^-4 in the weights.)
+fn assert_close(a: &ModelPart, b: &ModelPart) {
+    assert_eq!(a.features.len(), b.features.len());
+    let weights = |m: &ModelPart| -> Vec<f64> {
+        m.features.iter().map(|f| f.weight).chain(m.intercept).collect()
+    };
+    for (x, y) in weights(a).iter().zip(weights(b)) {
+        assert!((x - y).abs() < 1e-3, "{x} vs {y}");
+    }
+}
 
 /// Every party's checkpoints, in the order they were written.
 type Saved = BTreeMap<String, Vec<Checkpoint>>;
@@ -66,7 +80,6 @@ fn run(
 fn config() -> TrainConfig {
     TrainConfig {
         max_epochs: 6,
-        batch_size: Some(200),
         validation_fraction: 0.3,
         early_stopping: None,
         ..TrainConfig::default()
@@ -143,26 +156,30 @@ fn a_job_interrupted_after_an_epoch_resumes_to_the_same_model() {
     let (mut guest, mut hosts) = start(Some((&saved, common.unwrap()))).unwrap();
     assert!(run(&mut guest, &mut hosts, &mut Saved::new(), None).unwrap());
     let (resumed, resumed_hosts) = outcomes(&guest, &hosts);
-    assert_eq!(resumed.model, whole.model, "the guest's model, bit for bit");
-    assert_eq!(resumed.history, whole.history, "the training curve");
-    assert_eq!(resumed.evaluation.metrics, whole.evaluation.metrics);
+    assert_close(&resumed.model, &whole.model);
+    assert_eq!(resumed.history.len(), whole.history.len());
+    for (r, w) in resumed.history.iter().zip(&whole.history) {
+        assert_eq!(r.epoch, w.epoch);
+        assert!((r.train_loss - w.train_loss).abs() < 1e-5, "{r:?} vs {w:?}");
+    }
+    assert!((resumed.evaluation.metrics.auc - whole.evaluation.metrics.auc).abs() < 1e-3);
     for (r, w) in resumed_hosts.iter().zip(&whole_hosts) {
-        assert_eq!(r.model, w.model, "a host's model, bit for bit");
+        assert_close(&r.model, &w.model);
         assert_eq!(r.epochs, w.epochs);
     }
 
-    // After the last epoch: the final reveal is made again, the same.
-    let last = saved_whole_last(&mut Saved::new());
+    // After the last epoch: the final reveal is made again, of the same model exactly (the
+    // kept shares are in the checkpoints; no step runs).
+    let mut last = Saved::new();
+    let (mut guest, mut hosts) = start(None).unwrap();
+    assert!(run(&mut guest, &mut hosts, &mut last, None).unwrap());
+    let (first, first_hosts) = outcomes(&guest, &hosts);
     let (mut guest, mut hosts) = start(Some((&last, 6))).unwrap();
     assert!(run(&mut guest, &mut hosts, &mut Saved::new(), None).unwrap());
-    assert_eq!(outcomes(&guest, &hosts).0.model, whole.model);
-}
-
-/// Every party's checkpoints of an uninterrupted run.
-fn saved_whole_last(saved: &mut Saved) -> Saved {
-    let (mut guest, mut hosts) = start(None).unwrap();
-    assert!(run(&mut guest, &mut hosts, saved, None).unwrap());
-    saved.clone()
+    let (again, again_hosts) = outcomes(&guest, &hosts);
+    assert_eq!(again.model, first.model);
+    assert_eq!(again.evaluation.metrics, first.evaluation.metrics);
+    assert_eq!(again_hosts[1].model, first_hosts[1].model);
 }
 
 #[test]
@@ -196,7 +213,7 @@ fn a_resume_that_does_not_fit_is_refused_naming_the_party() {
     // Other settings than the job started with.
     let (guest, hosts) = common::parties("breast", 2);
     let changed = TrainConfig {
-        learning_rate: 0.2,
+        l2: 0.2,
         ..config()
     };
     let (mut job, _) = common::jobs(guest, hosts, &changed);
