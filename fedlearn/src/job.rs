@@ -422,7 +422,13 @@ impl Trainer {
                 let Role::Host(state) = &self.role else {
                     unreachable!("only hosts compare digests")
                 };
-                if round != 0 || hash != state.hash {
+                if round != 0 {
+                    return Err(FedError::protocol(
+                        &self.names[peer],
+                        format!("a digest of round {round}, expected 0"),
+                    ));
+                }
+                if hash != state.hash {
                     return Err(FedError::protocol(
                         &self.names[0],
                         format!(

@@ -602,6 +602,7 @@ impl Party {
         let levels = self.pair(peer)?.keys.packing.levels();
         let matrix = prepare_matrix(&self.params, &precond, m, m, levels)?;
         let params = self.params;
+        let name = self.input.names[peer].clone();
         let pair = self.pair_mut(peer)?;
         let mut coupling = matmul(&precond, &pair.gram[0], m, m, peer_m);
         let mut releases = Vec::with_capacity(vectors.len());
@@ -612,6 +613,7 @@ impl Party {
                 &pair.keys.packing,
                 vector,
                 &matrix,
+                &name,
             )?;
             if i < peer_m {
                 for r in 0..m {
@@ -866,6 +868,7 @@ impl Party {
             &pair.keys.packing,
             vector,
             matrix,
+            &self.input.names[holder],
         )?;
         self.add_outputs(self.me(), holder, &shares);
         Ok(masked)
@@ -1057,6 +1060,7 @@ impl Party {
             &pair.keys.packing,
             vector,
             &prepared,
+            &self.input.names[owner],
         )?;
         let local = self.local_loss(owner);
         self.add_loss(&shares, &local);

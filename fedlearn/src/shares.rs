@@ -202,25 +202,30 @@ pub(crate) fn prepare_matrix(
     })
 }
 
-/// The matrix holder's product with the vector holder's encrypted gadget copies, masked and
-/// flooded for release to the vector holder; returns the release and the holder's shares.
+/// The matrix holder's product with the encrypted gadget copies of `peer`, the vector holder,
+/// masked and flooded for release to it; returns the release and the holder's shares. A
+/// vector that does not fit the product (another count of ciphertexts, another key, a larger
+/// bound) is the peer's protocol error.
 pub(crate) fn release_product(
     params: &Params,
     owner_public: &PublicKey,
     owner_packing: &PackingKey,
     vector: &[EncryptedVector],
     matrix: &SpreadMatrix,
+    peer: &str,
 ) -> Result<(MaskedColumns, Vec<u128>), FedError> {
-    let he = |source| FedError::He {
-        context: "multiplying a share vector",
-        source,
-    };
     let product = owner_public
         .multiply_spread(params, vector, matrix)
-        .map_err(he)?;
+        .map_err(|source| FedError::Protocol {
+            peer: peer.into(),
+            reason: format!("its encrypted vector does not fit the product: {source}"),
+        })?;
     let (masked, masks) = owner_public
         .mask_and_flood(params, product, owner_packing)
-        .map_err(he)?;
+        .map_err(|source| FedError::He {
+            context: "releasing a share product",
+            source,
+        })?;
     let shares = masks
         .shares()
         .into_iter()
@@ -316,7 +321,7 @@ mod tests {
         let prepared = prepare_matrix(&params, &m, rows, columns, packing.levels()).unwrap();
         let encrypted = encrypt_vector(&secret, &params, &v, rows).unwrap();
         let (masked, mine) =
-            release_product(&params, &public, &packing, &encrypted, &prepared).unwrap();
+            release_product(&params, &public, &packing, &encrypted, &prepared, "peer").unwrap();
         let theirs = receive_product(&secret, &masked, rows, "peer").unwrap();
         for (j, row) in m.chunks(columns).enumerate() {
             let want = row

@@ -17,7 +17,11 @@ use fedlearn::{
 fn assert_close(a: &ModelPart, b: &ModelPart) {
     assert_eq!(a.features.len(), b.features.len());
     let weights = |m: &ModelPart| -> Vec<f64> {
-        m.features.iter().map(|f| f.weight).chain(m.intercept).collect()
+        m.features
+            .iter()
+            .map(|f| f.weight)
+            .chain(m.intercept)
+            .collect()
     };
     for (x, y) in weights(a).iter().zip(weights(b)) {
         assert!((x - y).abs() < 1e-3, "{x} vs {y}");

@@ -13,7 +13,6 @@ fn guest_and_hosts_run_in_one_thread_with_messages_moved_by_hand() {
     let (guest_table, host_tables) = parties("breast", 2);
     let config = TrainConfig {
         max_epochs: 3,
-        batch_size: None,
         seed: 8,
         ..TrainConfig::default()
     };
