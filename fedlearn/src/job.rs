@@ -43,7 +43,7 @@ use crate::protocol::{
     GuestOutcome, HostOutcome, RevealedRows, StopReason, PARAMS,
 };
 use crate::session::Mailbox;
-use crate::shared::{partner, recipient, Party, PartyInput, PeerKeys, MOMENTUM, RATE};
+use crate::shared::{partner, Party, PartyInput, PeerKeys, MOMENTUM, RATE};
 
 /// Most columns a peer may announce: every column costs this party a share of every Gram
 /// and coupling product.
@@ -64,17 +64,15 @@ enum Round {
     Done,
 }
 
-/// A message a peer owes this party in the current round: its kind, and for a hand-over the
-/// party its sums are about.
+/// A message a peer owes this party in the current round: its kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Owed {
     kind: &'static str,
-    about: usize,
 }
 
 impl Owed {
     fn of(kind: &'static str) -> Owed {
-        Owed { kind, about: 0 }
+        Owed { kind }
     }
 }
 
@@ -466,19 +464,9 @@ impl Trainer {
                 self.check_step(peer, step)?;
                 self.core()?.accept_step_release(peer, &release)?;
             }
-            Message::HandOver {
-                step,
-                about,
-                shares,
-            } => {
+            Message::HandOver { step, shares } => {
                 self.check_step(peer, step)?;
-                if about as usize != owed.about {
-                    return Err(FedError::protocol(
-                        &self.names[peer],
-                        format!("a hand-over about party {about}, expected {}", owed.about),
-                    ));
-                }
-                self.core()?.accept_hand_over(peer, owed.about, &shares)?;
+                self.core()?.accept_hand_over(peer, &shares)?;
             }
             Message::StepLossVector { step, vector } => {
                 self.check_step(peer, step)?;
@@ -561,26 +549,31 @@ impl Trainer {
                 self.start_step()?;
             }
             Round::Products => {
-                let handed = self.core()?.hand_over();
-                for (to, about, shares) in handed {
-                    let message = Message::HandOver {
-                        step: self.step,
-                        about: about as u32,
-                        shares,
-                    };
-                    self.send(to, message);
+                let step = self.step;
+                let names = self.names.clone();
+                let masks = self.masks.as_ref().ok_or_else(|| {
+                    FedError::protocol(&self.data.party, "no pairwise masks before the keys")
+                })?;
+                let core = self
+                    .core
+                    .as_mut()
+                    .expect("the core exists once the keys came");
+                let handed = core.hand_over(&mut |peer, about, values| {
+                    let mut context = b"hand-over ".to_vec();
+                    context.extend_from_slice(&step.to_le_bytes());
+                    context.extend_from_slice(&(about as u64).to_le_bytes());
+                    masks.apply_with(&names[peer], &context, values);
+                });
+                for (to, shares) in handed {
+                    self.send(to, Message::HandOver { step, shares });
                 }
-                let (me, parties) = (self.me, self.parties());
+                let me = self.me;
                 self.owe_each(|from| {
-                    (0..parties)
-                        .filter(|&about| {
-                            about != from && partner(about) != from && recipient(from, about) == me
-                        })
-                        .map(|about| Owed {
-                            kind: "hand_over",
-                            about,
-                        })
-                        .collect()
+                    if from != partner(me) {
+                        vec![Owed::of("hand_over")]
+                    } else {
+                        vec![]
+                    }
                 });
                 self.round = Round::HandOvers;
             }

@@ -180,6 +180,25 @@ impl PairwiseMasks {
         })
     }
 
+    /// Adds this party's mask for `context` with `peer` alone to `values`: cancels with the
+    /// peer's for the same context.
+    pub(crate) fn apply_with<W: MaskWord>(&self, peer: &str, context: &[u8], values: &mut [W]) {
+        for (name, (seed, sign)) in self.peers.iter().zip(&self.pairs) {
+            if name != peer {
+                continue;
+            }
+            let mut stream = Stream::new(seed, context);
+            for value in values.iter_mut() {
+                let r = W::draw(&mut stream);
+                *value = if *sign > 0 {
+                    value.add(r)
+                } else {
+                    value.sub(r)
+                };
+            }
+        }
+    }
+
     /// Adds this party's masks for `context` with every peer but `absent` to `values`
     /// (wrapping, modulo 2^64 or 2^128): over all parties other than `absent`, the masks
     /// cancel.

@@ -143,13 +143,11 @@ pub enum Message {
         /// The release.
         release: MaskedColumns,
     },
-    /// Per step: the sender's shares of the sums of party `about`, handed to the party that
-    /// holds that party's weight shares with it.
+    /// Per step: the sender's shares of the receiver's sums, masked with the stream the
+    /// sender shares with the receiver's partner (who removes it from its own shares).
     HandOver {
         /// Step.
         step: u64,
-        /// Index of the party the sums belong to (0: the guest, then the hosts in job order).
-        about: u32,
         /// Shares modulo 2^108.
         shares: Vec<u128>,
     },
@@ -388,14 +386,9 @@ impl Message {
                 out.extend_from_slice(&step.to_le_bytes());
                 blob(&mut out, &release.to_bytes());
             }
-            Message::HandOver {
-                step,
-                about,
-                shares,
-            } => {
+            Message::HandOver { step, shares } => {
                 out.push(19);
                 out.extend_from_slice(&step.to_le_bytes());
-                out.extend_from_slice(&about.to_le_bytes());
                 wides(&mut out, shares);
             }
             Message::StepLossVector { step, vector } => {
@@ -573,7 +566,6 @@ impl Message {
             },
             19 => Message::HandOver {
                 step: r.u64()?,
-                about: u32::from_le_bytes(r.array()?),
                 shares: r.wides()?,
             },
             20 => Message::StepLossVector {
@@ -791,7 +783,6 @@ mod tests {
             },
             Message::HandOver {
                 step: 2,
-                about: 1,
                 shares: vec![3, 4],
             },
             Message::WeightShares { shares: vec![5] },

@@ -73,15 +73,6 @@ pub(crate) fn partner(party: usize) -> usize {
     usize::from(party == 0)
 }
 
-/// Who receives `holder`'s shares of `about`'s sums (see [`Party::hand_over`]).
-pub(crate) fn recipient(holder: usize, about: usize) -> usize {
-    if partner(holder) == about {
-        partner(about)
-    } else {
-        about
-    }
-}
-
 /// The weight vectors party R holds a share of, ascending: its own and those of the parties
 /// whose partner it is.
 fn holdings(party: usize, parties: usize) -> Vec<usize> {
@@ -905,37 +896,54 @@ impl Party {
         }
     }
 
-    /// A step, 4: this party's shares of the sums of the parties P it neither is nor partners,
-    /// each with the party to hand it to: P, unless P is this party's own partner — then P
-    /// could cancel the masks in it (this party's releases with P's outputs go to P, and P's
-    /// to it), so it goes to P's partner instead, to whom those masks are unknown.
-    /// Returns (recipient, P, shares of every kind in turn).
-    pub(crate) fn hand_over(&self) -> Vec<(usize, usize, Vec<u128>)> {
-        let me = self.me();
-        (0..self.parties())
-            .filter(|&p| p != me && partner(p) != me)
-            .map(|p| {
-                let shares = self.sums.iter().flat_map(|s| s[p].clone()).collect();
-                (recipient(me, p), p, shares)
-            })
-            .collect()
-    }
-
-    /// A step, 5: shares of the sums of `about` (this party or the party it partners) handed
-    /// over by `from`.
-    pub(crate) fn accept_hand_over(
+    /// A step, 4: this party's shares of the sums of every party P it neither is nor partners,
+    /// for P, each masked with the stream this party shares with P's partner; and, for the
+    /// parties this party partners, the opposite streams of every other holder added to its
+    /// own shares. The masks cancel between P and its partner, who hold P's weights, and what
+    /// P receives is uniform: a share this party holds carries its decryptions of what other
+    /// parties released to it, which must never return to them in the clear (a party that
+    /// released a crafted ciphertext would read this party's decryption of it) and must not
+    /// reach P bare either (P, when this party's partner is P, could cancel its masks).
+    /// `mask(peer, about, values)` adds to `values` this party's stream with `peer` for the
+    /// sums of `about` (pairwise streams: the two parties' cancel).
+    /// Returns (P, shares of every kind in turn).
+    pub(crate) fn hand_over(
         &mut self,
-        from: usize,
-        about: usize,
-        share: &[u128],
-    ) -> Result<(), FedError> {
+        mask: &mut dyn FnMut(usize, usize, &mut [u128]),
+    ) -> Vec<(usize, Vec<u128>)> {
         let me = self.me();
         let parties = self.parties();
-        if from >= parties
-            || about >= parties
-            || from == about
-            || from == partner(about)
-            || recipient(from, about) != me
+        let mut out = Vec::new();
+        for p in (0..parties).filter(|&p| p != me) {
+            let width = self.width(p);
+            if partner(p) == me {
+                for x in (0..parties).filter(|&x| x != me && x != p) {
+                    let mut correction = vec![0u128; width * self.sums.len()];
+                    mask(x, p, &mut correction);
+                    for (sums, part) in self.sums.iter_mut().zip(correction.chunks(width)) {
+                        let part: Vec<u128> = part.iter().map(|&v| residue(v as i128)).collect();
+                        accumulate(&mut sums[p], &part);
+                    }
+                }
+            } else {
+                let mut shares: Vec<u128> = self.sums.iter().flat_map(|s| s[p].clone()).collect();
+                mask(partner(p), p, &mut shares);
+                for v in &mut shares {
+                    *v = residue(*v as i128);
+                }
+                out.push((p, shares));
+            }
+        }
+        out
+    }
+
+    /// A step, 5: `from`'s masked shares of this party's sums.
+    pub(crate) fn accept_hand_over(&mut self, from: usize, share: &[u128]) -> Result<(), FedError> {
+        let me = self.me();
+        let about = me;
+        if from >= self.parties()
+            || from == me
+            || from == partner(me)
             || share.len() != self.width(about) * self.sums.len()
         {
             return Err(self.protocol(from, "a share of sums it should not hand to this party"));
@@ -1457,7 +1465,13 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
     let setup_seconds = start.elapsed().as_secs_f64();
     let (mut losses, mut changes) = (Vec::new(), Vec::new());
     let (mut step_seconds, mut step_bytes) = (Vec::new(), Vec::new());
-    for _ in 0..steps {
+    // Fresh keys of the pairwise hand-over masks, as the job derives them from its key
+    // exchange.
+    let mut pair_keys = vec![[0u8; 32]; count * count];
+    for key in &mut pair_keys {
+        crate::masks::random_bytes(key)?;
+    }
+    for step_index in 0..steps {
         let start = std::time::Instant::now();
         let mut bytes = 0;
         let mut vectors = Vec::with_capacity(count);
@@ -1479,11 +1493,20 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
             bytes += release.payload_bytes();
             nodes[*holder].accept_step_release(*evaluator, release)?;
         }
-        let handed: Vec<_> = nodes.iter().map(Party::hand_over).collect();
+        let handed: Vec<_> = nodes
+            .iter_mut()
+            .enumerate()
+            .map(|(me, node)| {
+                let step = step_index;
+                node.hand_over(&mut |peer, about, values| {
+                    hand_over_mask(&pair_keys, me, peer, step, about, values)
+                })
+            })
+            .collect();
         for (from, shares) in handed.iter().enumerate() {
-            for (to, about, share) in shares {
+            for (to, share) in shares {
                 bytes += SHARE_BYTES * share.len();
-                nodes[*to].accept_hand_over(from, *about, share)?;
+                nodes[*to].accept_hand_over(from, share)?;
             }
         }
         for node in nodes.iter_mut() {
@@ -1535,6 +1558,31 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
         step_seconds,
         step_bytes,
     })
+}
+
+/// The in-process driver's pairwise hand-over masks: the stream of the pair (me, peer) for
+/// `about`'s sums at `step`, added by the lower index and subtracted by the higher.
+fn hand_over_mask(
+    keys: &[[u8; 32]],
+    me: usize,
+    peer: usize,
+    step: usize,
+    about: usize,
+    values: &mut [u128],
+) {
+    let count = (keys.len() as f64).sqrt() as usize;
+    let (low, high) = (me.min(peer), me.max(peer));
+    let mut context = (step as u64).to_le_bytes().to_vec();
+    context.extend_from_slice(&(about as u64).to_le_bytes());
+    let mut stream = crate::masks::Stream::new(&keys[low * count + high], &context);
+    for v in values {
+        let r = u128::from(stream.next_u64()) | u128::from(stream.next_u64()) << 64;
+        *v = if me == low {
+            v.wrapping_add(r)
+        } else {
+            v.wrapping_sub(r)
+        };
+    }
 }
 
 /// A share of a matrix block: row-major with the given row length, or the transpose of a
@@ -2054,27 +2102,6 @@ mod tests {
             .map(|&x| residue(x.into()))
             .collect();
         assert!(top_bits_chi_square(&features) > 1000.0);
-    }
-
-    /// A share handed over carries the masks of its holder's release to the holder's
-    /// partner (the only release of the holder with other parties' outputs), so it must never
-    /// go to that partner, and it must reach the owner of the sums or the owner's partner.
-    #[test]
-    fn hand_overs_never_go_to_the_holders_partner() {
-        for parties in 3..=6 {
-            for holder in 0..parties {
-                for about in (0..parties).filter(|&p| p != holder && partner(p) != holder) {
-                    let to = recipient(holder, about);
-                    assert_ne!(
-                        to,
-                        partner(holder),
-                        "{parties} parties: {holder} about {about}"
-                    );
-                    assert_ne!(to, holder);
-                    assert!(to == about || to == partner(about));
-                }
-            }
-        }
     }
 
     #[test]

@@ -113,7 +113,6 @@ fn samples() -> Result<Vec<Message>, HeError> {
         },
         Message::HandOver {
             step: 5,
-            about: 2,
             shares: vec![(1 << 108) - 1, 3],
         },
         Message::StepLossVector {

@@ -13,7 +13,6 @@ fn three_party_credit_job_reaches_the_plaintext_optimum() {
     let prep = Prep::default();
     let config = |max_epochs| TrainConfig {
         max_epochs,
-        batch_size: None,
         validation_fraction: 0.3,
         early_stopping: None,
         seed: 1,
@@ -33,8 +32,8 @@ fn three_party_credit_job_reaches_the_plaintext_optimum() {
     }
     let run = simulate_shared(&members, &config(15)).unwrap();
 
-    // The plaintext rule (Adam on the same first-order residual, same split and penalty), run
-    // long enough to converge, scored on the same validation rows.
+    // The plaintext iteration (same split, quantisation, residual and penalty), run long
+    // enough to converge, scored on the same validation rows.
     let host_refs: Vec<&Table> = hosts.iter().collect();
     let plain = train_plain_vertical(
         &guest,
