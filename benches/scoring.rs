@@ -16,7 +16,7 @@ use unseen::local::Plan;
 
 const JOB: &str = "model_id = \"bench\"\ndataset = \"bank\"\n\
     [[hosts]]\nparty = \"tax\"\ndataset = \"tax\"\n[[hosts]]\nparty = \"utilities\"\ndataset = \"utilities\"\n\
-    [train]\nmax_epochs = 2\nbatch_size = \"full\"\n";
+    [train]\nmax_epochs = 2\n";
 
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;

@@ -33,7 +33,7 @@
 //! datasets = ["tax"]
 //! max_models = 2                     # disclosure budget (defaults shown): models whose
 //!                                    # per-row scores may reach the peer, per dataset
-//! min_batch_rows = 1024              # fewest rows per training batch
+//! min_batch_rows = 1024              # fewest training rows (every step uses all)
 //! max_guest_features = 64            # most features the guest may bring to a job
 //! name_missing_ids = false           # scoring: one generic status for ids lacked or unscorable
 //! scores_per_minute = 60000          # ids the peer may have scored per minute
@@ -399,12 +399,12 @@ pub struct PolicyRule {
     /// is one linear view of the dataset).
     #[serde(default = "default_max_models")]
     pub max_models: u32,
-    /// Fewest rows per training batch: gradients and the guest's per-batch aggregates then
-    /// sum over at least this many enterprises.
+    /// Fewest training rows: every secret-shared step, and the Gram products of the set-up,
+    /// aggregate over all of them, so at least this many enterprises.
     #[serde(default = "default_min_batch_rows")]
     pub min_batch_rows: u64,
-    /// Most features the guest may bring: each is one projection of this node's scores per
-    /// batch.
+    /// Most features the guest may bring (each is one more column of the Gram products its
+    /// shares are computed from, and one more term of the one final reveal's model).
     #[serde(default = "default_max_guest_features")]
     pub max_guest_features: u32,
     /// Whether scoring names the ids this node lacks or cannot score; by default the peer

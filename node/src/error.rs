@@ -242,10 +242,10 @@ pub enum Refusal {
         /// The policy's maximum.
         max: u32,
     },
-    /// Batches smaller than the policy's minimum.
+    /// Fewer training rows than the policy's minimum (every step uses all of them).
     #[error(
-        "batches of {rows} rows are below the {min} rows the policy of {party} requires of \
-         {guest} on dataset {dataset:?} (policy key min_batch_rows)"
+        "steps over {rows} training rows are below the {min} rows the policy of {party} \
+         requires of {guest} on dataset {dataset:?} (policy key min_batch_rows)"
     )]
     BatchRows {
         /// This node.
@@ -254,7 +254,7 @@ pub enum Refusal {
         guest: String,
         /// The dataset.
         dataset: String,
-        /// Rows per batch.
+        /// Training rows per step.
         rows: u64,
         /// The policy's minimum.
         min: u64,

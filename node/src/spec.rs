@@ -16,11 +16,8 @@
 //! dataset = "utilities"
 //!
 //! [train]                          # fedlearn::TrainConfig; omitted fields take defaults
-//! max_epochs = 20
-//! batch_size = 8192                # rows per mini-batch, or "full"
-//! learning_rate = 0.1
-//! optimizer = { kind = "adam", beta1 = 0.9, beta2 = 0.999 }
-//! schedule = { kind = "inverse_time", decay = 0.05 }
+//! max_epochs = 20                  # full-batch steps (secret-shared block Jacobi)
+//! l2 = 0.001
 //! early_stopping = { kind = "loss", patience = 3, min_delta = 1e-4 }
 //! validation_fraction = 0.2
 //!
@@ -46,8 +43,8 @@
 //! columns = { tax = ["tax:1", "tax:4"] }   # choose only from these (names as reported)
 //! ```
 //!
-//! Without `train.seed` the node draws one (it orders batches and splits validation rows; it
-//! is not a key) and records it in the report.
+//! Without `train.seed` the node draws one (it splits the validation rows; it is not a key)
+//! and records it in the report.
 
 use std::collections::BTreeSet;
 
@@ -180,28 +177,13 @@ impl JobSpec {
                 )));
             }
         }
-        let mut table = raw.train.unwrap_or_default();
+        let table = raw.train.unwrap_or_default();
         let has_seed = table.contains_key("seed");
-        let full_batch = match table.get("batch_size") {
-            Some(toml::Value::String(s)) if s == "full" => true,
-            Some(toml::Value::String(s)) => {
-                return Err(NodeError::Spec(format!(
-                    "train.batch_size: {s:?} is neither a number of rows nor \"full\""
-                )))
-            }
-            _ => false,
-        };
-        if full_batch {
-            table.remove("batch_size");
-        }
         let mut train: TrainConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| NodeError::Spec(format!("train: {}", e.message())))?;
         if !has_seed {
             train.seed = rand::random();
-        }
-        if full_batch {
-            train.batch_size = None;
         }
         train
             .validate()
@@ -256,7 +238,7 @@ party = "tax"
 dataset = "tax"
 [train]
 max_epochs = 3
-optimizer = { kind = "sgd", momentum = 0.5 }
+early_stopping = { kind = "loss", patience = 2, min_delta = 1e-4 }
 "#;
 
     #[test]
@@ -283,10 +265,7 @@ optimizer = { kind = "sgd", momentum = 0.5 }
     fn a_spec_parses_with_defaults_and_a_drawn_seed() {
         let spec = JobSpec::parse(SPEC).unwrap();
         assert_eq!(spec.train.max_epochs, 3);
-        assert_eq!(
-            spec.train.learning_rate,
-            TrainConfig::default().learning_rate
-        );
+        assert_eq!(spec.train.l2, TrainConfig::default().l2);
         let again = JobSpec::parse(SPEC).unwrap();
         assert_ne!(
             spec.train.seed, again.train.seed,
@@ -294,9 +273,6 @@ optimizer = { kind = "sgd", momentum = 0.5 }
         );
         let seeded = JobSpec::parse(&format!("{SPEC}seed = 7\n")).unwrap();
         assert_eq!(seeded.train.seed, 7);
-        assert_eq!(spec.train.batch_size, TrainConfig::default().batch_size);
-        let full = JobSpec::parse(&format!("{SPEC}batch_size = \"full\"\n")).unwrap();
-        assert_eq!(full.train.batch_size, None);
     }
 
     #[test]
@@ -308,7 +284,10 @@ optimizer = { kind = "sgd", momentum = 0.5 }
                 SPEC.replace("max_epochs = 3", "max_epochs = 0"),
                 "max_epochs",
             ),
-            (SPEC.replace("\"sgd\"", "\"lbfgs\""), "lbfgs"),
+            (SPEC.replace("\"loss\"", "\"lbfgs\""), "lbfgs"),
+            // Settings of the mini-batch optimisers training no longer has.
+            (format!("{SPEC}batch_size = 512\n"), "batch_size"),
+            (format!("{SPEC}learning_rate = 0.1\n"), "learning_rate"),
             (format!("kind = \"score\"\n{SPEC}"), "kind"),
             (
                 SPEC.replace("party = \"tax\"", "party = \"t a x\""),

@@ -255,8 +255,6 @@ dataset = "utilities"
 
 [train]
 max_epochs = 8
-batch_size = "full"
-learning_rate = 0.05
 seed = 11
 "#;
 

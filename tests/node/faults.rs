@@ -293,7 +293,8 @@ impl Processes {
                 "model_id = \"{model}\"\ndataset = \"bank\"\n\n\
                  [[hosts]]\nparty = \"tax\"\ndataset = \"tax\"\n\n\
                  [[hosts]]\nparty = \"utilities\"\ndataset = \"utilities\"\n\n\
-                 [train]\nmax_epochs = {epochs}\nbatch_size = 4096\nlearning_rate = 0.001\nseed = 3\n"
+                 [train]\nmax_epochs = {epochs}\nseed = 3\n\
+                 early_stopping = {{ kind = \"loss\", patience = 100000, min_delta = 0 }}\n"
             ),
         )
         .unwrap();

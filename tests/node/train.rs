@@ -78,11 +78,7 @@ async fn trains_like_the_simulator_despite_a_dropped_connection(
 
     let auc = status["train"]["auc"].as_f64().unwrap();
     let config = TrainConfig {
-        // The full batch: PSI hands the rows to training in a random order, so only then
-        // does the simulator on the bank's file order see the same updates.
         max_epochs: 8,
-        batch_size: None,
-        learning_rate: 0.05,
         seed: 11,
         ..TrainConfig::default()
     };

@@ -209,8 +209,8 @@ pub fn check_new(
     Ok(())
 }
 
-/// Host, after PSI: the guest's training offer matches the accepted proposal and its batches
-/// of the `aligned_rows` rows are at least the policy's minimum.
+/// Host, after PSI: the guest's training offer matches the accepted proposal and its training
+/// rows (every step uses all of them) are at least the policy's minimum.
 pub fn check_offer(
     config: &NodeConfig,
     proposal: &JobProposal,
@@ -218,19 +218,14 @@ pub fn check_offer(
     aligned_rows: usize,
 ) -> Result<(), Refusal> {
     let validation = (aligned_rows as f64 * offered.config.validation_fraction).round() as usize;
-    let train_rows = aligned_rows.saturating_sub(validation);
-    let batch = offered
-        .config
-        .batch_size
-        .map_or(train_rows, |b| b.min(train_rows)) as u64;
+    let train_rows = aligned_rows.saturating_sub(validation) as u64;
     let rule = config.allows(&proposal.guest, "train", &proposal.dataset)?;
-    if batch < rule.min_batch_rows {
-        return Err(batch_rows(config, rule, proposal, batch));
+    if train_rows < rule.min_batch_rows {
+        return Err(batch_rows(config, rule, proposal, train_rows));
     }
-    let batch_rows = offered.config.batch_size.map_or(0, |b| b as u64);
     if offered.model_id != proposal.model_id
         || offered.hosts != proposal.hosts
-        || batch_rows != proposal.batch_rows
+        || proposal.batch_rows != 0
         || offered.features > proposal.guest_features
     {
         return Err(Refusal::OfferDiffers);
@@ -287,7 +282,7 @@ mod tests {
             dataset: "filings".into(),
             hosts: vec!["tax".into(), "utilities".into()],
             model_id: "sme-2026@1".into(),
-            batch_rows: 4096,
+            batch_rows: 0,
             guest_features: 8,
             prep: r#"{"default": {"bins": {"kind": "quantile", "count": 5}}}"#.into(),
             attempt: 0,
@@ -310,7 +305,7 @@ mod tests {
 
     #[test]
     fn each_proposal_fault_has_its_refusal() {
-        assert_eq!(refused(|p| p.version = 9), Refusal::Version { got: 9 });
+        assert_eq!(refused(|p| p.version = 8), Refusal::Version { got: 8 });
         assert_eq!(refused(|p| p.job_id = "xyz".into()), Refusal::BadJobId);
         assert_eq!(
             refused(|p| p.job_id = "g".repeat(32)),
@@ -465,15 +460,14 @@ mod tests {
     }
 
     #[test]
-    fn an_offer_must_match_the_proposal_and_the_minimum_batch() {
+    fn an_offer_must_match_the_proposal_and_the_minimum_training_rows() {
         let config = config();
         let p = proposal();
         let offer = Proposal {
             job: [0; 16],
             model_id: p.model_id.clone(),
             config: fedlearn::TrainConfig {
-                batch_size: Some(4096),
-                validation_fraction: 0.0,
+                validation_fraction: 0.2,
                 ..fedlearn::TrainConfig::default()
             },
             rows: 10_000,
@@ -482,10 +476,11 @@ mod tests {
             resume: None,
         };
         check_offer(&config, &p, &offer, 10_000).unwrap();
-        // Few aligned rows make the batches small whatever the announced size.
+        // Every step uses every training row: 1200 aligned rows leave 960 to train on, fewer
+        // than the policy's 1024.
         assert!(matches!(
-            check_offer(&config, &p, &offer, 1000),
-            Err(Refusal::BatchRows { rows: 1000, .. })
+            check_offer(&config, &p, &offer, 1200),
+            Err(Refusal::BatchRows { rows: 960, .. })
         ));
         // The proposal announces the most columns the guest's bins can make; fewer is fine.
         let fewer_features = Proposal {
