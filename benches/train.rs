@@ -1,27 +1,43 @@
-//! Federated training speed and traffic, against the plaintext update rule (the floor).
+//! Secret-shared training speed and traffic, against the same iteration in plaintext (the
+//! floor).
 //!
-//! `cargo bench --bench train` runs, in the in-process simulator (every message encoded and
-//! decoded), the credit data (30000 rows, guest 13 + host 10 features) with the full batch and
-//! with batches of 4096, and synthetic data of 10^5 rows × (30 guest + 300 host) features.
-//! It prints seconds per epoch (mean over the epochs after the first; the set-up — keys and
-//! every party's encrypted columns — is timed apart), the same for `train_plain_vertical`
-//! (same rule in f64 on the joined data), their ratio, and bytes sent per sample: per
-//! iteration (the products), once per job (the set-up), per epoch (the aggregate loss), and
-//! everything amortised over the iterations of the run. `cargo bench --bench train -- credit`
-//! runs only the credit cases.
+//! `cargo bench --bench train` runs jobs (guest and one host) in the in-process simulator,
+//! every message encoded and decoded: the credit data (30000 rows, guest 13 + host 10
+//! features), the same on 10 quantile bins per column, and synthetic data of 10^5 rows × (30
+//! guest + 300 host) features. It prints seconds per step (a full-batch epoch: products,
+//! hand-overs, the loss round and the verdict; the mean between the epoch reports after the
+//! first), the set-up (keys, encrypted columns, Gram and coupling products, and steps 0 and 1:
+//! the time to the first report), the plaintext floor (`train_plain_vertical`, the same
+//! iteration in f64), and bytes sent per sample: per step, once (set-up), at the end, and
+//! everything over the job. `cargo bench --bench train -- credit` runs only the credit cases.
 
 use fedlearn::ndarray::{s, Array2};
 use std::time::Instant;
 
-use fedlearn::internal::{simulate_shared, SharedParty};
 use fedlearn::{
     simulate, train_plain_vertical, Binning, ColumnPrep, Event, GuestJob, HostJob, Missing, Prep,
     Reading, Table, TrainConfig,
 };
 
-const ITERATION_KINDS: [&str; 1] = ["product"];
-const SETUP_KINDS: [&str; 3] = ["propose", "keys", "columns"];
-const EPOCH_KINDS: [&str; 4] = ["loss_vector", "loss_product", "loss_report", "epoch_end"];
+const STEP_KINDS: [&str; 7] = [
+    "step_vector",
+    "step_release",
+    "hand_over",
+    "step_loss_vector",
+    "step_loss_release",
+    "loss_shares",
+    "epoch_end",
+];
+const SETUP_KINDS: [&str; 7] = [
+    "propose",
+    "keys",
+    "digest",
+    "shared_columns",
+    "shared_gram",
+    "coupling_vectors",
+    "coupling_releases",
+];
+const END_KINDS: [&str; 2] = ["weight_shares", "final_scores"];
 
 fn load(name: &str, label: Option<&str>) -> Table {
     let path = format!("{}/data/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -74,11 +90,10 @@ fn synthetic(rows: usize, guest_features: usize, host_features: usize) -> (Table
 
 fn case(name: &str, guest: Table, host: Table, config: TrainConfig, prep: Prep) {
     let rows = guest.rows();
-    let batches = config.batch_size.map_or(1, |b| (rows / b).max(1));
     let start = Instant::now();
     let plain = train_plain_vertical(&guest, &[&host], &[prep.clone(), prep.clone()], &config)
         .expect("plaintext");
-    let plain_epoch = start.elapsed().as_secs_f64() / config.max_epochs as f64;
+    let plain_step = start.elapsed().as_secs_f64() / config.max_epochs as f64;
     let job = GuestJob {
         party: "bank".into(),
         model_id: "bench".into(),
@@ -102,41 +117,36 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig, prep: Prep) 
         }
     })
     .expect("simulation");
+    let total = marks[0].elapsed().as_secs_f64();
     let epochs = marks.len() - 1;
     let steady: Vec<f64> = marks[1..]
         .windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64())
         .collect();
     let first = (marks[1] - marks[0]).as_secs_f64();
-    let epoch = if steady.is_empty() {
-        first
-    } else {
-        steady.iter().sum::<f64>() / steady.len() as f64
-    };
+    let step = steady.iter().sum::<f64>() / steady.len().max(1) as f64;
     let by_kind = simulation.bytes_by_kind();
     let sum = |kinds: &[&str]| -> usize { kinds.iter().filter_map(|k| by_kind.get(k)).sum() };
-    let iteration_bytes = sum(&ITERATION_KINDS);
-    let setup_bytes = sum(&SETUP_KINDS);
-    let epoch_bytes = sum(&EPOCH_KINDS);
-    let total_bytes: usize = by_kind.values().sum();
-    let iterations = epochs * batches;
-    let per_sample = |bytes: usize, times: usize| bytes as f64 / (times * rows) as f64;
+    // Steps 0 … epochs: one more than the epochs reported.
+    let steps = epochs + 1;
+    let per_sample = |bytes: usize| bytes as f64 / rows as f64;
     println!(
-        "{name}: {epoch:.3} s/epoch (first epoch {first:.3} s), plaintext floor {plain_epoch:.4} s/epoch, ratio {:.1}×",
-        epoch / plain_epoch
+        "{name}: {step:.3} s/step, set-up and steps 0–1 {first:.2} s, whole job {total:.2} s; \
+         plaintext floor {plain_step:.4} s/step"
     );
     println!(
-        "    B per sample: {:.1} per iteration (products), {:.1} once (set-up), {:.1} per epoch (loss), {:.1} per iteration all included over {iterations} iterations",
-        per_sample(iteration_bytes, iterations) * batches as f64,
-        per_sample(setup_bytes, 1),
-        per_sample(epoch_bytes, epochs),
-        per_sample(total_bytes, iterations) * batches as f64,
+        "    B per sample: {:.1} per step, {:.1} once (set-up), {:.1} at the end, {:.1} per step all included over {steps} steps",
+        per_sample(sum(&STEP_KINDS)) / steps as f64,
+        per_sample(sum(&SETUP_KINDS)),
+        per_sample(sum(&END_KINDS)),
+        per_sample(by_kind.values().sum()) / steps as f64,
     );
     println!(
-        "    final model AUC {:.4} on the revealed rows (plaintext rule {:.4}); share bits {}",
+        "    final model AUC {:.4} on the revealed rows (plaintext iteration {:.4}); Taylor loss {:.4} → {:.4}",
         simulation.guest.evaluation.metrics.auc,
-        plain.history.last().expect("an epoch").auc,
-        simulation.guest.share_frac_bits
+        plain.history.last().expect("a step").auc,
+        simulation.guest.history[0].train_loss,
+        simulation.guest.history[epochs - 1].train_loss,
     );
     let mut kinds: Vec<String> = by_kind
         .iter()
@@ -144,43 +154,6 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig, prep: Prep) 
         .collect();
     kinds.sort();
     println!("    bytes over {epochs} epochs: {}", kinds.join(", "));
-}
-
-/// The secret-shared protocol's core (weights and gradients in shares, Gram form, block
-/// Jacobi) on the same books, in one process: set-up, seconds and bytes per step (a step is
-/// a full-batch epoch), the Taylor losses and the final model's AUC on the validation rows.
-fn shared_case(name: &str, guest: Table, host: Table, config: TrainConfig, prep: Prep) {
-    let parties = [
-        SharedParty {
-            name: "bank",
-            table: &guest,
-            prep: &prep,
-        },
-        SharedParty {
-            name: "tax",
-            table: &host,
-            prep: &prep,
-        },
-    ];
-    let run = simulate_shared(&parties, &config).expect("shared simulation");
-    let steps = run.step_seconds.len();
-    let steady = &run.step_seconds[1.min(steps - 1)..];
-    let step = steady.iter().sum::<f64>() / steady.len() as f64;
-    let bytes = run.step_bytes.iter().sum::<usize>() as f64 / (steps * run.rows) as f64;
-    let first = run.losses.first().expect("a step");
-    let last = run.losses.last().expect("a step");
-    println!(
-        "{name}, secret-shared: {step:.3} s/step (mean after the first), set-up {:.2} s",
-        run.setup_seconds
-    );
-    println!(
-        "    B per sample: {bytes:.1} per step, {:.1} once (set-up)",
-        run.setup_bytes as f64 / run.rows as f64
-    );
-    println!(
-        "    Taylor loss (train, validation) {first:.4?} → {last:.4?} over {steps} steps; validation AUC {:.4}",
-        run.auc
-    );
 }
 
 fn main() {
@@ -192,11 +165,10 @@ fn main() {
             load("default_credit_hetero_host.csv", None),
         )
     };
-    let config = |epochs, batch_size| TrainConfig {
+    let config = |epochs| TrainConfig {
         max_epochs: epochs,
-        batch_size,
         seed: 1,
-        // Every epoch runs: the figures are per epoch.
+        // Every epoch runs: the figures are per step.
         early_stopping: None,
         ..TrainConfig::default()
     };
@@ -207,72 +179,16 @@ fn main() {
         },
         ..Prep::default()
     };
-    if wanted("credit full batch") {
+    if wanted("credit") {
         let (g, h) = credit();
-        case("credit full batch", g, h, config(6, None), Prep::default());
+        case("credit", g, h, config(10), Prep::default());
     }
-    if wanted("credit secret-shared") {
+    if wanted("credit 10 bins") {
         let (g, h) = credit();
-        shared_case(
-            "credit secret-shared",
-            g,
-            h,
-            config(10, None),
-            Prep::default(),
-        );
+        case("credit 10 bins", g, h, config(10), binned);
     }
-    if wanted("credit 10 bins secret-shared") {
-        let (g, h) = credit();
-        shared_case(
-            "credit 10 bins secret-shared",
-            g,
-            h,
-            config(10, None),
-            binned.clone(),
-        );
-    }
-    if wanted("1e5 x 330 secret-shared") {
+    if wanted("1e5 x 330") {
         let (g, h) = synthetic(100_000, 30, 300);
-        shared_case(
-            "1e5 x 330 secret-shared",
-            g,
-            h,
-            config(4, None),
-            Prep::default(),
-        );
-    }
-    if wanted("credit 10 bins full batch") {
-        let (g, h) = credit();
-        case("credit 10 bins full batch", g, h, config(6, None), binned);
-    }
-    if wanted("credit batch 4096") {
-        let (g, h) = credit();
-        case(
-            "credit batch 4096",
-            g,
-            h,
-            config(4, Some(4096)),
-            Prep::default(),
-        );
-    }
-    if wanted("1e5 x 330 full batch") {
-        let (g, h) = synthetic(100_000, 30, 300);
-        case(
-            "1e5 x 330 full batch",
-            g,
-            h,
-            config(3, None),
-            Prep::default(),
-        );
-    }
-    if wanted("1e5 x 330 batch 4096") {
-        let (g, h) = synthetic(100_000, 30, 300);
-        case(
-            "1e5 x 330 batch 4096",
-            g,
-            h,
-            config(2, Some(4096)),
-            Prep::default(),
-        );
+        case("1e5 x 330", g, h, config(4), Prep::default());
     }
 }

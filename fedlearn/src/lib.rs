@@ -1,97 +1,79 @@
 //! Vertical federated logistic regression without a third party, sans-IO.
 //!
 //! One guest holds the labels (the bank); one or more hosts hold features of the same aligned
-//! rows (tax bureau, utility company). Every party owns an [`he`] key pair and updates only its
-//! own weights. This is protocol version 6 ([`PROTOCOL_VERSION`]): training as in version 2,
-//! the binning job of [`BinningGuest`] (since 4: each host column's bin sizes say whether it is
-//! categorical and whether its last bin is the missing bin), resuming (since 5), and HE
-//! objects over q = 2^192 with shares modulo 2^128 on the wire (new in 6).
+//! rows (tax bureau, utility company). This is protocol version 7 ([`PROTOCOL_VERSION`]):
+//! training in additive secret shares, the binning job of [`BinningGuest`], resuming.
 //!
-//! **Set-up, once per job.** Every party P quantises its standardised features X̃_P (the
-//! guest's with a column of ones for the intercept), encrypts them under its own key, batch by
-//! batch of the job's fixed partition, and sends them to every other party, together with
-//! eight integrity-check columns X̃_P·ρ_c (mod 2^117, ρ_c secret and uniform) at secret
-//! positions among its columns.
+//! **What is computed.** With the first-order residual d = ¼·z + ½ − y the training objective
+//! is the quadratic L(w) = log 2 + c·w/n + ½·wᵀHw, H = XᵀX/(4n) + λI′ (the intercept
+//! unpenalised), c = Xᵀ(½ − y): the second-order Taylor expansion of the log-loss. Each party P
+//! preconditions its block of the gradient with the inverse of its own diagonal block and all
+//! take block-Jacobi steps with momentum (step 0.7, momentum 0.3; `docs/training.md`):
+//! M_P·∇_P L = w_P + k_P + Σ_{Q≠P} K_PQ·w_Q with K_PQ = M_P·X_PᵀX_Q/(4n). Every step uses every
+//! training row, and costs the same whatever their number.
 //!
-//! **Per mini-batch.** With z_G = X_G·w_G + b and z_k = X_k·w_k, the first-order residual
-//! d = 0.25·z + 0.5 − y is the sum of shares every party computes in plaintext: the guest's
-//! 0.25·z_G + 0.5 − y and each host's 0.25·z_k. Every party Q computes, for every other party
-//! P, [[X̃_P]]^T·ṽ_Q under P's key, masks it with uniform r, re-randomises and floods it, and
-//! releases it to P together with −r blinded by pairwise masks among the parties other than P.
-//! P decrypts, adds the corrections (the pairwise masks cancel) and obtains Σ_{Q≠P} X̃_P^T ṽ_Q;
-//! with its exact local term X_P^T·v_P that is its gradient X_P^T·d, and it updates its own
-//! weights. P checks the check columns and the range of every result before using them.
+//! **Set-up, once per job** (`shared.rs`). Every party encrypts its quantised columns under
+//! its own key for every other. Within every pair the cross Gram X_PᵀX_Q — and for a host its
+//! label term X_Hᵀ(1 − 2y) with the guest — is computed under HE and split into additive
+//! shares modulo 2^108 (the evaluator keeps its mask, the key owner its decryption); then both
+//! directions of K and the hosts' k through share × share products with each party's own
+//! preconditioner. A party's weights, velocity and k are shared between it and its partner
+//! (every host's partner is the guest; the guest's is the first host).
 //!
-//! **Per epoch.** Only aggregate scalars: the second-order Taylor log-loss
-//! log 2 + (½ − y)·z + z²/8 on the training and validation rows (its cross terms come from
-//! one encrypted inner product per host and per pair of hosts, released to the owner of the
-//! encrypted vector, and from sums under pairwise masks), and the hosts' summed squared weight
-//! change. They drive early stopping and the training curve.
+//! **A step.** Every party sends every other its weight shares, gadget-encrypted under its own
+//! key; the other multiplies them by its shares of the couplings and releases the product back,
+//! keeping its mask. Shares of a party's sums that land with a third party are handed to that
+//! party, masked by a stream the third party shares with the owner's partner. Owner and partner
+//! truncate and update their shares. In the same products each party's shares of its Taylor
+//! loss terms are computed; one more product per party with its partner, and the hosts' shares
+//! summed through the first host, give the guest the two Taylor losses of the weights the step
+//! started from and the squared change of all weights — scalars that drive early stopping and
+//! the training curve (the rounds of a job: `job.rs`).
 //!
-//! **Once, at the end.** The final model's joint scores of the validation rows (the training
-//! rows when there is no validation split) reach the guest, summed over the hosts under
-//! pairwise masks, for AUC, KS, the report and the guest's calibration ([`Calibration`]:
-//! Platt scaling fitted on these scores, kept in its model part; it discloses nothing more).
+//! **Once, at the end**, each party receives its partner's share of its own kept weights (the
+//! best epoch's), and the final model's joint scores of the validation rows (the training rows
+//! when there is no validation split) reach the guest, summed over the hosts under pairwise
+//! masks, for AUC, KS, the report and the guest's calibration ([`Calibration`]).
 //!
 //! **What each party learns** (semi-honest, non-colluding parties):
-//! - *the guest*: its own gradient and weights; per batch X_G^T·Σ_k z_k (an aggregate over at
-//!   least the batch size, which it can also derive from its gradient); per epoch the two
-//!   Taylor losses and the hosts' summed squared weight change; once, Σ_k z_k of the final
-//!   model on the revealed rows — **one linear view of the hosts' data per job**;
-//! - *a host*: its own gradient X_k^T·d per batch (as in FATE's hetero-LR: an aggregate that
-//!   depends on the labels), its own weights, the row count, the split and the batch order;
-//!   with other hosts, X_k^T of the other parties' shares summed;
-//! - *nobody*: another party's features, labels, residual shares, per-row scores during
-//!   training, gradient or keys. Every value a party decrypts is its own product (of its own
-//!   columns), kept by it: no decryption is ever returned to the party that made the
-//!   ciphertext, so there is no decryption oracle.
+//! - *the guest*: per epoch two Taylor losses and ‖Δw‖² of all weights; at the end its own
+//!   weights and, once, Σ_k z_k of the final model on the revealed rows — **one linear view of
+//!   the hosts' data per job**; the hosts' column counts and quantisation scales;
+//! - *a host*: its own weights at the end; the row count and the split; the other parties'
+//!   column counts and quantisation scales;
+//! - *nobody*: another party's features, labels, gradients, weights during training, per-row
+//!   scores during training, or keys. Every value a party decrypts or is handed is a uniform
+//!   residue modulo 2^108 (tested: `shared.rs`, `tests/privacy.rs`).
 //!
-//! **A deviating party.** What the integrity checks give: every product a party decrypts is
-//! its own columns times *some* vector. A party that adds offsets to the products it releases,
-//! or sends crafted ciphertexts that would make the owner decrypt its own key bits, fails the
-//! owner's check with probability ≥ 1 − 2^-40, and the job stops with a text that depends on
-//! neither key nor labels. What stays semi-honest — a party that substitutes its *own* inputs is
-//! not caught, exactly as in v1 and in FATE's hetero-LR:
-//! - a guest that encrypts crafted columns (e.g. one-hot rows) reads Σ_k z_k of the rows it
-//!   picks through its own gradient, up to (features + 9) rows per step, and through crafted
-//!   loss vectors two rows per epoch; hosts' `max_guest_features` bounds the first, nothing
-//!   yet bounds the steps;
-//! - a host that encrypts crafted columns reads the guest's residual shares of the rows it picks
-//!   through its gradient — at the first step 0.5 − y, the labels — many rows per step;
-//! - in the loss round a host decrypts another host's product unchecked and forwards it,
-//!   blinded, to the guest: a host colluding with the guest could route decryptions that way.
+//! **A deviating party.** Shares carry no MACs, so the protocol is secure against
+//! semi-honest parties only, like SecretFlow's HESS-LR and FATE's SSHE-LR. What a deviating
+//! party can do:
+//! - alter what it releases or hands over, or its own inputs: the model moves, unnoticed
+//!   (`tests/tamper.rs` shows it);
+//! - release crafted ciphertexts: their decryption enters the decryptor's shares. It never
+//!   comes back to the crafter in a hand-over (masked, tested), but it reaches the crafter
+//!   folded into the weight shares it receives at the end and, for the guest, into the loss
+//!   sums: a crafting party can learn a function of another party's key (version 6's integrity
+//!   check columns caught this; authenticated shares would, and are not built);
+//! - a guest that sends hosts different settings (to isolate one host) is caught: the hosts
+//!   compare digests of the proposal and the guest's keys before encrypting anything.
 //!
-//! Secret-shared gradients (SSHE-LR, HESS-LR) remove the first two: the crate's shared core
-//! (`shared.rs`; `docs/training.md`, "Secret-shared weights") trains in additive shares for
-//! the guest and any number of hosts — each party ends with its own weights, the guest learns
-//! two Taylor losses per step, and everything a party decrypts is a uniform residue — but it
-//! runs in one process only ([`internal::simulate_shared`]); jobs do not use it yet. Checked
-//! loss products would remove the last. A guest that sends different hosts different columns or loss vectors (to
-//! isolate one host in the sums) is caught: the hosts compare digests of what the guest
-//! broadcast, before the first product and before each loss round.
+//! **Resuming.** After every epoch each session emits a [`Checkpoint`] with its shares of the
+//! weight vectors it holds; an interrupted job resumes in fresh sessions (fresh keys, masks
+//! and set-up products) from the last epoch every party holds, and ends with the model of an
+//! uninterrupted run up to the shares' fixed point (2^-20). A checkpoint that does not fit is
+//! refused by name ([`FedError::Resume`]).
 //!
-//! **Resuming.** After every epoch each session emits a [`Checkpoint`] (its weights, optimiser
-//! state and update count; the guest's also its early-stopping state and training curve). An
-//! interrupted job resumes in fresh sessions: the guest's [`GuestJob::resume`] names the
-//! checkpoint of the last epoch every party holds, its proposal carries that epoch, and each
-//! host finds its checkpoint of it among [`HostJob::checkpoints`]. Keys, checks and masks are
-//! drawn afresh; what each party decrypts is exact, so the resumed job ends with the model of an
-//! uninterrupted run. A checkpoint that does not fit (another epoch, other settings, another
-//! column count) is refused by name ([`FedError::Resume`]). A party that loses its transport
-//! sends no abort: whether the job resumes or ends is its driver's call.
-//!
-//! **Quantisation.** Each party standardises its features on the training rows and quantises
-//! them to round(x·2^f) with the finest f ≤ 12 that keeps |x̃| < 2^13. Residual shares are sent
-//! with s fraction bits, the largest s ≤ 12 for which the honest products stay 2^6 below the
-//! release modulus ([`GuestOutcome::share_frac_bits`]); with the 118-bit plaintext that is
-//! s = 12 for any batch the HE accepts (the rule would lower s only for products within 2^66
-//! of the plaintext's size). Each gradient coordinate is within
-//! k·2^-(s+1) + D·2^-(f+1) + k·2^-(f+s+2) of the exact first-order gradient of the same
-//! weights, for k other parties and mean share magnitude D (each party's own term is exact).
+//! **Quantisation and fixed point.** Each party standardises its features on the training
+//! rows and quantises them to round(x·2^f) with the finest f ≤ 12 that keeps |x̃| < 2^13.
+//! Grams carry 24 fraction bits, preconditioners 24, couplings and weights 20; SecureML's
+//! local truncation keeps shares exact to one unit of the last place per truncation. The
+//! shared job follows [`train_plain_vertical`], the same iteration in f64 on the same
+//! quantised values, to about 10^-5 in the weights (`tests/agreement.rs`).
 //!
 //! **Accuracy.** The first-order residual makes every gradient linear in the scores, which is
-//! what lets it pass through additive encryption; on the credit data it costs about 0.007 AUC
-//! against an exact logistic regression (see the crate's tests).
+//! what lets it be computed on shares; on the credit data it costs about 0.007 AUC against an
+//! exact logistic regression (see the crate's tests).
 //!
 //! Each party is a sans-IO state machine ([`GuestSession`], [`HostSession`]: messages in,
 //! messages and events out, see [`Session`] for the call order); [`run_guest`] and [`run_host`]
@@ -111,7 +93,7 @@
 //!     model_id: "demo".into(),
 //!     table: Table::new(ids.clone(), vec!["balance".into()], bank, Some(labels), Missing::Reject)?,
 //!     hosts: vec!["tax".into()],
-//!     config: TrainConfig { max_epochs: 5, batch_size: None, learning_rate: 0.2, ..TrainConfig::default() },
+//!     config: TrainConfig { max_epochs: 5, ..TrainConfig::default() },
 //!     prep: Default::default(),
 //!     resume: None,
 //! };

@@ -196,7 +196,8 @@ pub enum Convergence {
         base_rate_loss: f64,
     },
     /// All epochs ran and the loss still fell by more than [`STILL_FALLING`] per epoch over
-    /// the last five: more epochs (or a higher learning rate) would change the model.
+    /// the last five (counting from the starting weights' log 2): more epochs would change the
+    /// model.
     StillFalling {
         /// Mean fall per epoch over the last epochs.
         per_epoch: f64,
@@ -224,6 +225,11 @@ impl Convergence {
                 base_rate_loss,
             };
         }
+        // Every job starts from zero weights, whose Taylor loss is log 2 on any rows: the
+        // loss before the first epoch.
+        let losses: Vec<f64> = std::iter::once(std::f64::consts::LN_2)
+            .chain(losses)
+            .collect();
         let last = losses.len().min(6);
         if stop == StopReason::MaxEpochs && last >= 2 {
             let tail = &losses[losses.len() - last..];
@@ -386,5 +392,10 @@ mod tests {
         assert!(Convergence::judge(&constant, 0.2, StopReason::MaxEpochs)
             .to_string()
             .starts_with("not converged"));
+        // One epoch: the fall from the starting weights' log 2 counts.
+        assert!(matches!(
+            Convergence::judge(&history(&[0.47]), 0.2, StopReason::MaxEpochs),
+            Convergence::StillFalling { .. }
+        ));
     }
 }

@@ -31,7 +31,6 @@ const MAX_MOVES: usize = 256;
 struct Setup {
     two_hosts: bool,
     two_epochs: bool,
-    batch_size: Option<u8>,
     validation: bool,
     early_stopping: bool,
     seed: u8,
@@ -76,7 +75,6 @@ impl Run {
             .collect();
         let config = TrainConfig {
             max_epochs: 1 + usize::from(setup.two_epochs),
-            batch_size: setup.batch_size.map(|b| 4 + usize::from(b % 32)),
             validation_fraction: if setup.validation { 0.25 } else { 0.0 },
             early_stopping: setup
                 .early_stopping

@@ -1,6 +1,7 @@
-//! Every he decoder (`PublicKey`, `PackingKey`, `EncryptedVector`, `MaskedColumns`) on raw
-//! bytes, or on an object shaped from its header fields (odd first byte): never a panic, and
-//! whatever decodes re-encodes to the same bytes and decodes to an equal object.
+//! Every he decoder (`PublicKey`, `PackingKey`, `EncryptedVector`, `MaskedColumns`,
+//! `EncryptedBlocks`) on raw bytes, or on an object shaped from its header fields (odd first
+//! byte): never a panic, and whatever decodes re-encodes to the same bytes and decodes to an
+//! equal object.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};

@@ -10,8 +10,11 @@
 use std::collections::VecDeque;
 
 use arbitrary::Arbitrary;
-use fedlearn::{EarlyStopping, Message, Optimizer, PartyKeys, Proposal, Schedule, TrainConfig};
-use he::{EncryptedVector, MaskedColumns, PackingKey, PublicKey, FORMAT_VERSION, N8192_Q192};
+use fedlearn::{EarlyStopping, Message, PartyKeys, Proposal, TrainConfig};
+use he::{
+    EncryptedBlocks, EncryptedVector, MaskedColumns, PackingKey, PublicKey, FORMAT_VERSION,
+    N8192_Q192,
+};
 
 /// Shaped objects longer than this stay unpadded (and so fail their length check). A
 /// one-level packing key (2.2 MB) fits; larger objects decode by the same code and would only
@@ -179,6 +182,7 @@ pub fn he_round_trips(bytes: &[u8]) {
     );
     check(bytes, MaskedColumns::from_bytes, MaskedColumns::to_bytes);
     check(bytes, PackingKey::from_bytes, PackingKey::to_bytes);
+    check(bytes, EncryptedBlocks::from_bytes, EncryptedBlocks::to_bytes);
 }
 
 /// Decodes `bytes` as a message; whatever decodes must re-encode to bytes that decode to an
@@ -240,14 +244,6 @@ pub fn apply_edits(bytes: &mut Vec<u8>, edits: &[Edit]) {
 #[derive(Arbitrary, Debug)]
 pub struct ArbConfig {
     max_epochs: u8,
-    batch_size: Option<u16>,
-    adam: Option<(f64, f64)>,
-    momentum: f64,
-    learning_rate: f64,
-    schedule: u8,
-    decay: f64,
-    every: u8,
-    l1: f64,
     l2: f64,
     validation_fraction: f64,
     early_stopping: Option<(bool, u8, f64)>,
@@ -259,23 +255,6 @@ impl ArbConfig {
     pub fn config(&self) -> TrainConfig {
         TrainConfig {
             max_epochs: self.max_epochs.into(),
-            batch_size: self.batch_size.map(usize::from),
-            optimizer: match self.adam {
-                Some((beta1, beta2)) => Optimizer::Adam { beta1, beta2 },
-                None => Optimizer::Sgd {
-                    momentum: self.momentum,
-                },
-            },
-            learning_rate: self.learning_rate,
-            schedule: match self.schedule % 3 {
-                0 => Schedule::Constant,
-                1 => Schedule::InverseTime { decay: self.decay },
-                _ => Schedule::StepDecay {
-                    factor: self.decay,
-                    every: self.every.into(),
-                },
-            },
-            l1: self.l1,
             l2: self.l2,
             validation_fraction: self.validation_fraction,
             early_stopping: self.early_stopping.map(|(loss, patience, value)| {
@@ -314,28 +293,36 @@ pub enum ArbMessage {
         /// The packing key belongs to the public key (else its key id is the fuzzer's).
         same_key: bool,
         mask_share: [u8; 32],
+        frac_bits: u32,
     },
-    Columns {
-        batch: u32,
-        column: u32,
-        values: HeShape,
+    SharedGram {
+        releases: Vec<HeShape>,
     },
-    Product {
+    CouplingVectors {
+        vectors: Vec<Vec<HeShape>>,
+    },
+    StepVector {
         step: u64,
-        products: HeShape,
-        correction: Vec<u128>,
+        vector: Vec<HeShape>,
     },
-    LossVector {
-        epoch: u64,
-        values: HeShape,
+    StepRelease {
+        step: u64,
+        release: HeShape,
     },
-    LossProduct {
-        epoch: u64,
-        products: HeShape,
+    HandOver {
+        step: u64,
+        shares: Vec<u128>,
     },
-    LossReport {
-        epoch: u64,
-        masked: Vec<u128>,
+    StepLossRelease {
+        step: u64,
+        release: HeShape,
+    },
+    LossShares {
+        step: u64,
+        shares: Vec<u128>,
+    },
+    WeightShares {
+        shares: Vec<u128>,
     },
     EpochEnd {
         epoch: u64,
@@ -382,6 +369,7 @@ impl ArbMessage {
                 packing,
                 same_key,
                 mask_share,
+                frac_bits,
             } => {
                 let key = key.public_key()?;
                 let packing_id = if *same_key { key.id().0 } else { packing.key };
@@ -391,37 +379,46 @@ impl ArbMessage {
                     key,
                     packing: packing.packing_key(packing_id)?,
                     mask_share: *mask_share,
+                    frac_bits: *frac_bits,
                 }))
             }
-            ArbMessage::Columns {
-                batch,
-                column,
-                values,
-            } => Message::Columns {
-                batch: *batch,
-                column: *column,
-                values: values.encrypted_vector()?,
+            ArbMessage::SharedGram { releases } => Message::SharedGram {
+                releases: releases
+                    .iter()
+                    .map(HeShape::masked_columns)
+                    .collect::<Option<_>>()?,
             },
-            ArbMessage::Product {
-                step,
-                products,
-                correction,
-            } => Message::Product {
+            ArbMessage::CouplingVectors { vectors } => Message::CouplingVectors {
+                vectors: vectors
+                    .iter()
+                    .map(|v| v.iter().map(HeShape::encrypted_vector).collect())
+                    .collect::<Option<_>>()?,
+            },
+            ArbMessage::StepVector { step, vector } => Message::StepVector {
                 step: *step,
-                products: products.masked_columns()?,
-                correction: correction.clone(),
+                vector: vector
+                    .iter()
+                    .map(HeShape::encrypted_vector)
+                    .collect::<Option<_>>()?,
             },
-            ArbMessage::LossVector { epoch, values } => Message::LossVector {
-                epoch: *epoch,
-                values: values.encrypted_vector()?,
+            ArbMessage::StepRelease { step, release } => Message::StepRelease {
+                step: *step,
+                release: release.masked_columns()?,
             },
-            ArbMessage::LossProduct { epoch, products } => Message::LossProduct {
-                epoch: *epoch,
-                products: products.masked_columns()?,
+            ArbMessage::HandOver { step, shares } => Message::HandOver {
+                step: *step,
+                shares: shares.clone(),
             },
-            ArbMessage::LossReport { epoch, masked } => Message::LossReport {
-                epoch: *epoch,
-                masked: masked.clone(),
+            ArbMessage::StepLossRelease { step, release } => Message::StepLossRelease {
+                step: *step,
+                release: release.masked_columns()?,
+            },
+            ArbMessage::LossShares { step, shares } => Message::LossShares {
+                step: *step,
+                shares: shares.clone(),
+            },
+            ArbMessage::WeightShares { shares } => Message::WeightShares {
+                shares: shares.clone(),
             },
             ArbMessage::EpochEnd { epoch, best, stop } => Message::EpochEnd {
                 epoch: *epoch,

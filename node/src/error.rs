@@ -588,6 +588,8 @@ impl NodeError {
                 PeerFault::Gone => format!("{peer} no longer runs the job"),
                 PeerFault::RefusedJob(_) => format!("{peer} refused the job"),
                 PeerFault::NotBack { .. } => format!("{peer} was not back to resume the job"),
+                // About the peer's own offer (its settings, its counts): it reads it whole.
+                PeerFault::Offer(refusal) => return capped(&refusal.to_string()),
                 _ => format!("{peer} broke the protocol"),
             },
             NodeError::PeerCall { peer, .. } => format!("{peer} could not be reached"),

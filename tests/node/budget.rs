@@ -9,14 +9,15 @@ async fn hosts_enforce_their_disclosure_budget() {
     let federation = Federation::start_with(
         "budget",
         false,
-        "max_models = 1\nscores_per_minute = 10\nmax_binning_jobs = 1\nmin_bin_share = 0.1\n\
+        "max_models = 2\nscores_per_minute = 10\nmax_binning_jobs = 1\nmin_bin_share = 0.1\n\
          min_batch_rows = 26000\n",
     )
     .await;
     let quick = TRAIN.replace("max_epochs = 8", "max_epochs = 1");
     // Every step uses every training row: a validation split that leaves fewer than the
-    // hosts' minimum is refused once PSI has counted the rows, naming the policy key (and
-    // discloses nothing: the budget below still admits one model).
+    // hosts' minimum is refused once PSI has counted the rows, naming the policy key. The job
+    // got past PSI, so it counts against `max_models` (the hosts cannot tell whether a bank
+    // that stops after PSI learned something).
     let aligned = unseen::local::aligned_rows_expected();
     let train_rows = aligned - (aligned as f64 * 0.2).round() as usize;
     let small = federation.spec(
@@ -108,12 +109,12 @@ async fn hosts_enforce_their_disclosure_budget() {
         "{stderr}"
     );
 
-    // The second model would be a second linear view of the hosts' data: refused, naming the
-    // policy key.
+    // A third job (the refused one counts) would be a view of the hosts' data beyond the
+    // budget: refused, naming the policy key.
     let second = federation.spec("second.toml", &quick.replace("sme-credit", "second"));
     let (ok, _, stderr) = federation.cli(&["train", &second]).await;
     assert!(
-        !ok && stderr.contains("policy key max_models") && stderr.contains("allows 1"),
+        !ok && stderr.contains("policy key max_models") && stderr.contains("allows 2"),
         "{stderr}"
     );
     // Too many guest features (a proposal as the bank would send it).

@@ -581,7 +581,7 @@ async fn the_audit_trail_holds_the_job(federation: &Federation, status: &serde_j
         "job.submitted",
         "job.proposed",
         "job.accepted_by",
-        "fedlearn.product",
+        "fedlearn.step_vector",
         "psi.points",
         "job.ended",
     ] {
