@@ -32,7 +32,6 @@ fn samples() -> Result<Vec<Message>, HeError> {
             min_delta: 1e-4,
         }),
         seed: 11,
-        ..TrainConfig::default()
     };
     let messages = vec![
         Message::Propose(Box::new(Proposal {

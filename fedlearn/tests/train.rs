@@ -113,7 +113,6 @@ fn breast_cancer_training_with_validation_and_early_stopping() {
             }),
             l2: 0.01,
             seed: 3,
-            ..TrainConfig::default()
         };
         let simulation = federated("breast", hosts, &config);
         let guest = &simulation.guest;
