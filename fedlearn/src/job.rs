@@ -64,15 +64,21 @@ enum Round {
     Done,
 }
 
-/// A message a peer owes this party in the current round: its kind.
+/// A message a peer owes this party in the current round: its kind, and for the loss
+/// round's vectors and releases the party whose weight vector they are about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Owed {
     kind: &'static str,
+    about: usize,
 }
 
 impl Owed {
     fn of(kind: &'static str) -> Owed {
-        Owed { kind }
+        Owed { kind, about: 0 }
+    }
+
+    fn about(kind: &'static str, about: usize) -> Owed {
+        Owed { kind, about }
     }
 }
 
@@ -470,12 +476,13 @@ impl Trainer {
             }
             Message::StepLossVector { step, vector } => {
                 self.check_step(peer, step)?;
-                let release = self.core()?.loss_release(peer, &vector)?;
+                let release = self.core()?.loss_release(owed.about, &vector)?;
                 self.send(peer, Message::StepLossRelease { step, release });
             }
             Message::StepLossRelease { step, release } => {
                 self.check_step(peer, step)?;
-                self.core()?.accept_loss_release(&release)?;
+                self.core()?
+                    .accept_loss_release(peer, owed.about, &release)?;
             }
             Message::LossShares { step, shares } => {
                 self.check_step(peer, step)?;
@@ -578,21 +585,31 @@ impl Trainer {
                 self.round = Round::HandOvers;
             }
             Round::HandOvers => {
+                let step = self.step;
                 let core = self.core()?;
                 core.finish_step();
-                let (to, vector) = core.loss_vector()?;
-                let step = self.step;
-                self.send(to, Message::StepLossVector { step, vector });
+                // The guest sends every host its shares of the vectors they hold together; each
+                // host releases the loss terms back, the guest alone decrypting.
+                for (to, _, vector) in core.loss_vectors()? {
+                    self.send(to, Message::StepLossVector { step, vector });
+                }
+                let due = self.core()?.loss_releases_due();
+                let parties = self.parties();
                 let me = self.me;
-                self.owe_each(|p| {
-                    let mut owed = Vec::new();
-                    if partner(p) == me {
-                        owed.push(Owed::of("step_loss_vector"));
+                self.owe_each(|p| match me {
+                    0 => {
+                        let about: Vec<usize> = if p == 1 { vec![0, 1] } else { vec![p] };
+                        about
+                            .into_iter()
+                            .filter(|&a| a < parties)
+                            .map(|a| Owed::about("step_loss_release", a))
+                            .collect()
                     }
-                    if p == partner(me) {
-                        owed.push(Owed::of("step_loss_release"));
-                    }
-                    owed
+                    _ if p == 0 => due
+                        .iter()
+                        .map(|&a| Owed::about("step_loss_vector", a))
+                        .collect(),
+                    _ => Vec::new(),
                 });
                 self.round = Round::Losses;
             }

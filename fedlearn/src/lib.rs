@@ -25,13 +25,16 @@
 //! keeping its mask. Shares of a party's sums that land with a third party are handed to that
 //! party, masked by a stream the third party shares with the owner's partner. Owner and partner
 //! truncate and update their shares. In the same products each party's shares of its Taylor
-//! loss terms are computed; one more product per party with its partner, and the hosts' shares
-//! summed through the first host, give the guest the two Taylor losses of the weights the step
-//! started from and the squared change of all weights — scalars that drive early stopping and
-//! the training curve (the rounds of a job: `job.rs`).
+//! loss terms are computed; one more product per vector (the guest sends each host its shares
+//! of the vectors they hold together, the host releases the inner products back: only the
+//! guest decrypts), and the hosts' shares summed through the first host, give the guest the
+//! two Taylor losses of the weights the step started from and the squared change of all
+//! weights — scalars that drive early stopping and the training curve (the rounds of a job:
+//! `job.rs`).
 //!
-//! **Once, at the end**, each party receives its partner's share of its own kept weights (the
-//! best epoch's), and the final model's joint scores of the validation rows (the training rows
+//! **Once, at the end**, each party receives its partner's share of its own kept weights (of
+//! the epoch the guest last named best: under loss early stopping the best epoch's, otherwise
+//! the last evaluated), and the final model's joint scores of the validation rows (the training rows
 //! when there is no validation split) reach the guest, summed over the hosts under pairwise
 //! masks, for AUC, KS, the report and the guest's calibration ([`Calibration`]).
 //!
@@ -39,11 +42,12 @@
 //! - *the guest*: per epoch two Taylor losses and ‖Δw‖² of all weights; at the end its own
 //!   weights and, once, Σ_k z_k of the final model on the revealed rows — **one linear view of
 //!   the hosts' data per job**; the hosts' column counts and quantisation scales;
-//! - *a host*: its own weights at the end; the row count and the split; the other parties'
-//!   column counts and quantisation scales;
+//! - *a host*: its own weights at the end; the row count and the split; the guest's verdict on
+//!   every epoch (best? stop?); the other parties' column counts and quantisation scales;
 //! - *nobody*: another party's features, labels, gradients, weights during training, per-row
-//!   scores during training, or keys. Every value a party decrypts or is handed is a uniform
-//!   residue modulo 2^108 (tested: `shared.rs`, `tests/privacy.rs`).
+//!   scores during training, or keys. Every value a party decrypts or is handed during the
+//!   set-up and the steps is a uniform residue modulo 2^108 (tested: `shared.rs`,
+//!   `tests/privacy.rs`); what is not uniform is the outputs above.
 //!
 //! **A deviating party.** Shares carry no MACs, so the protocol is secure against
 //! semi-honest parties only, like SecretFlow's HESS-LR and FATE's SSHE-LR. What a deviating
@@ -51,10 +55,12 @@
 //! - alter what it releases or hands over, or its own inputs: the model moves, unnoticed
 //!   (`tests/tamper.rs` shows it);
 //! - release crafted ciphertexts: their decryption enters the decryptor's shares. It never
-//!   comes back to the crafter in a hand-over (masked, tested), but it reaches the crafter
-//!   folded into the weight shares it receives at the end and, for the guest, into the loss
-//!   sums: a crafting party can learn a function of another party's key (version 6's integrity
-//!   check columns caught this; authenticated shares would, and are not built);
+//!   comes back to the crafter in a hand-over (masked, tested) or in the loss sums (only the
+//!   guest decrypts in the loss round, and a host that crafts its loss releases moves only the
+//!   guest's verdicts: two bits per epoch back to it), but it reaches the crafter folded into
+//!   the weight shares it receives at the end: a crafting party can learn a function of
+//!   another party's key (version 6's integrity check columns caught this; authenticated
+//!   shares would, and are not built);
 //! - a guest that sends hosts different settings (to isolate one host) is caught: the hosts
 //!   compare digests of the proposal and the guest's keys before encrypting anything.
 //!

@@ -69,7 +69,8 @@ pub struct PartyKeys {
     pub frac_bits: u32,
 }
 
-/// One protocol message. Steps count mini-batch updates from 0; epochs count from 1.
+/// One protocol message. Steps count from 0; the guest's verdict on step s is about epoch s
+/// (the weights after s updates; step 0's verdict is about the starting weights).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     /// guest → host: the job.
@@ -92,11 +93,10 @@ pub enum Message {
         /// Masked fixed-point scores.
         masked: Vec<u64>,
     },
-    /// host → every other host: a digest of what the guest broadcast (round 0: the proposal,
-    /// its keys and its columns; round e: its loss vector of epoch e), so that hosts find out
-    /// when the guest sent them different things.
+    /// host → every other host: a digest of what the guest broadcast (the proposal and its
+    /// keys), so that hosts find out when the guest sent them different settings.
     Digest {
-        /// 0 for the set-up, else the epoch.
+        /// Always 0 (the set-up).
         round: u64,
         /// SHA-256 of the guest's messages of the round.
         hash: [u8; 32],
@@ -151,15 +151,17 @@ pub enum Message {
         /// Shares modulo 2^108.
         shares: Vec<u128>,
     },
-    /// Per step, a party → its partner: its shares of its weights and loss terms,
-    /// gadget-encrypted, for the inner products of the Taylor losses.
+    /// Per step, guest → host: the guest's shares of a weight vector the two hold, its loss
+    /// terms and velocity, gadget-encrypted, for the inner products of the Taylor losses (to
+    /// host 1 the guest's own vector first, then host 1's).
     StepLossVector {
         /// Step.
         step: u64,
         /// The ciphertexts.
         vector: Vec<EncryptedVector>,
     },
-    /// Per step, the partner's reply to a [`Message::StepLossVector`], masked and released.
+    /// Per step, host → guest: the reply to a [`Message::StepLossVector`], masked and
+    /// released (only the guest decrypts in the loss round).
     StepLossRelease {
         /// Step.
         step: u64,
@@ -171,13 +173,13 @@ pub enum Message {
     LossShares {
         /// Step.
         step: u64,
-        /// One share modulo 2^108 per row set.
+        /// One share modulo 2^108 per row set, then one of the squared weight change.
         shares: Vec<u128>,
     },
-    /// After the last step: the sender's share of the receiver's weights (and of the
-    /// weights of the step the guest chose as best), modulo 2^108.
+    /// After the last step: the sender's share of the receiver's kept weights (the epoch the
+    /// guest last named best), modulo 2^108.
     WeightShares {
-        /// The shares of the last weights, then of the best weights.
+        /// The shares.
         shares: Vec<u128>,
     },
     /// Any party → the others: the job stops.

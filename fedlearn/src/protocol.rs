@@ -188,7 +188,7 @@ pub enum Convergence {
     /// The loss settled below the base rate's.
     Converged,
     /// The best loss is not below that of predicting the base rate for every row: the model
-    /// ranks no better than a constant (too few epochs, or a learning rate far too high).
+    /// ranks no better than a constant (too few epochs, or a penalty far too strong).
     NoBetterThanBaseRate {
         /// The best epoch's loss.
         loss: f64,
@@ -252,7 +252,7 @@ impl std::fmt::Display for Convergence {
             } => write!(
                 f,
                 "not converged: the best loss {loss:.4} is not below the base rate's \
-                 {base_rate_loss:.4}; train more epochs or lower the learning rate"
+                 {base_rate_loss:.4}; train more epochs or lower the penalty"
             ),
             Convergence::StillFalling { per_epoch } => write!(
                 f,

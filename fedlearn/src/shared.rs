@@ -35,8 +35,9 @@
 //! weight vector w_Q in R's hands (Q ≠ E) its share of K_EQ, giving u_E; if R holds a share of
 //! E's own weights (R is E's partner), its shares of K_PE for every P, giving u_P. E keeps the
 //! masks, R decrypts; E also adds its products with its own weight shares. Then each party
-//! that is neither P nor P's partner hands its share of u_P over — to P, or to P's partner when
-//! P is its own partner (see [`Party::hand_over`]) — and P and its partner truncate and update.
+//! that is neither P nor P's partner hands its share of u_P to P, masked with a stream it
+//! shares with P's partner, who removes it (see [`Party::hand_over`]); P and its partner
+//! truncate and update.
 
 // Small dense linear algebra reads best with indices.
 #![allow(clippy::needless_range_loop)]
@@ -996,23 +997,34 @@ impl Party {
         }
     }
 
-    /// Losses, 1: the owner's shares of its weights and loss terms (as of the last step's
-    /// start), gadget-encrypted for its partner.
-    pub(crate) fn loss_vector(&self) -> Result<(usize, Vec<EncryptedVector>), FedError> {
-        let me = self.me();
-        let own = self.own();
-        let vector: Vec<u128> = own
-            .loss_weights
-            .iter()
-            .chain(own.loss_terms.iter().flatten())
-            .chain(&own.velocity)
-            .copied()
-            .collect();
+    /// Losses, 1 (the guest): for every weight vector it holds a share of — its own and every
+    /// host's — its shares of the weights, loss terms (as of the last step's start) and
+    /// velocity, gadget-encrypted, each for the other holder: (that holder, whose vector, the
+    /// ciphertexts), the guest's own first. Only the guest decrypts in the loss round, and it
+    /// keeps what it decrypts: no host ever decrypts a release of the guest whose decryption
+    /// would come back to the guest in the loss sums.
+    pub(crate) fn loss_vectors(
+        &self,
+    ) -> Result<Vec<(usize, usize, Vec<EncryptedVector>)>, FedError> {
+        if self.me() != 0 {
+            return Ok(Vec::new());
+        }
         let outputs = self.sets.len() + 1;
-        Ok((
-            partner(me),
-            encrypt_vector(&self.secret, &self.params, &vector, outputs)?,
-        ))
+        self.held
+            .iter()
+            .map(|held| {
+                let vector: Vec<u128> = held
+                    .loss_weights
+                    .iter()
+                    .chain(held.loss_terms.iter().flatten())
+                    .chain(&held.velocity)
+                    .copied()
+                    .collect();
+                let other = if held.party == 0 { 1 } else { held.party };
+                let encrypted = encrypt_vector(&self.secret, &self.params, &vector, outputs)?;
+                Ok((other, held.party, encrypted))
+            })
+            .collect()
     }
 
     fn own(&self) -> &Held {
@@ -1023,29 +1035,39 @@ impl Party {
             .expect("every party holds a share of its own weights")
     }
 
-    /// Losses, 2 (the partner of `owner`): w·s = a·d + c·b + (local terms) per row set, where
-    /// the owner holds (a, c) and this party (b, d); released to the owner, the masks kept.
+    /// The weight vectors whose loss terms this host releases to the guest, in the order the
+    /// guest sends them: its own, and (host 1) the guest's first.
+    pub(crate) fn loss_releases_due(&self) -> Vec<usize> {
+        match self.me() {
+            0 => Vec::new(),
+            1 => vec![0, 1],
+            me => vec![me],
+        }
+    }
+
+    /// Losses, 2 (a host, for a vector `about` it holds a share of): w·s = a·d + c·b and ‖v‖²'s
+    /// cross term 2·e·f per row set, where the guest holds (a, c, e) and this party (b, d, f);
+    /// released to the guest, the masks kept (with this party's local terms, its share).
     pub(crate) fn loss_release(
         &mut self,
-        owner: usize,
+        about: usize,
         vector: &[EncryptedVector],
     ) -> Result<MaskedColumns, FedError> {
-        if owner >= self.parties() || owner == self.me() || partner(owner) != self.me() {
-            return Err(self.protocol(owner, "loss terms this party does not partner"));
+        if self.me() == 0 || !self.loss_releases_due().contains(&about) {
+            return Err(self.protocol(0, "loss terms this party does not hold"));
         }
         let sets = self.sets.len();
-        let m = self.width(owner);
+        let m = self.width(about);
         let held = self
             .held
             .iter()
-            .find(|h| h.party == owner)
-            .expect("partners hold shares");
+            .find(|h| h.party == about)
+            .expect("a host holds the vectors it releases");
         if held.loss_terms.len() != sets {
-            return Err(self.protocol(owner, "loss terms before a step"));
+            return Err(self.protocol(0, "loss terms before a step"));
         }
         // Row per set: (d, 0 …, b at the set's place, … 0) against (a, c_0, c_1 …, e); a last
-        // row (0 …, 2·f) for the cross term of the step's change ‖e + f‖², e and f the
-        // owner's and this party's velocity shares.
+        // row (0 …, 2·f) for the cross term of the step's change ‖e + f‖².
         let width = m * (2 + sets);
         let mut matrix = vec![0u128; (sets + 1) * width];
         for set in 0..sets {
@@ -1059,33 +1081,42 @@ impl Party {
         {
             *x = add(f, f);
         }
-        let levels = self.pair(owner)?.keys.packing.levels();
+        let levels = self.pair(0)?.keys.packing.levels();
         let prepared = prepare_matrix(&self.params, &matrix, sets + 1, width, levels)?;
-        let pair = self.pair(owner)?;
+        let pair = self.pair(0)?;
         let (masked, shares) = release_product(
             &self.params,
             &pair.keys.public,
             &pair.keys.packing,
             vector,
             &prepared,
-            &self.input.names[owner],
+            &self.input.names[0],
         )?;
-        let local = self.local_loss(owner);
+        let local = self.local_loss(about);
         self.add_loss(&shares, &local);
         Ok(masked)
     }
 
-    /// Losses, 3 (the owner): the partner's release.
-    pub(crate) fn accept_loss_release(&mut self, release: &MaskedColumns) -> Result<(), FedError> {
-        let me = self.me();
-        let name = self.input.names[partner(me)].clone();
-        if self.own().loss_terms.len() != self.sets.len() {
-            return Err(self.protocol(partner(me), "a loss release before a step"));
+    /// Losses, 3 (the guest): `from`'s release of the loss terms of vector `about`.
+    pub(crate) fn accept_loss_release(
+        &mut self,
+        from: usize,
+        about: usize,
+        release: &MaskedColumns,
+    ) -> Result<(), FedError> {
+        let expected = (about == 0 && from == 1) || (about == from && from != 0);
+        if self.me() != 0 || !expected || from >= self.parties() {
+            return Err(self.protocol(from, "a loss release this party does not expect"));
         }
+        let held = self.held.iter().find(|h| h.party == about);
+        if held.is_none_or(|h| h.loss_terms.len() != self.sets.len()) {
+            return Err(self.protocol(from, "a loss release before a step"));
+        }
+        let name = self.input.names[from].clone();
         let shares = receive_product(&self.secret, release, self.sets.len() + 1, &name)?;
         #[cfg(test)]
         self.seen.extend(&shares);
-        let local = self.local_loss(me);
+        let local = self.local_loss(about);
         self.add_loss(&shares, &local);
         Ok(())
     }
@@ -1512,15 +1543,11 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
         for node in nodes.iter_mut() {
             node.finish_step();
         }
-        let mut loss_releases = Vec::with_capacity(count);
-        for owner in 0..count {
-            let (to, vector) = nodes[owner].loss_vector()?;
+        for (to, about, vector) in nodes[0].loss_vectors()? {
             bytes += vector_bytes(&vector);
-            loss_releases.push(nodes[to].loss_release(owner, &vector)?);
-        }
-        for (node, release) in nodes.iter_mut().zip(&loss_releases) {
+            let release = nodes[to].loss_release(about, &vector)?;
             bytes += release.payload_bytes();
-            node.accept_loss_release(release)?;
+            nodes[0].accept_loss_release(to, about, &release)?;
         }
         // Hosts after the first to host 1, then host 1 to the guest.
         for from in (2..count).chain([1]) {
@@ -2088,7 +2115,7 @@ mod tests {
         let (parties, labels) = book(4000, &[6, 3]);
         let (_, seen) = run_shared(&parties, &labels, 3000, 1e-3, (0.7, 0.3), 6);
         for (party, values) in seen.iter().enumerate() {
-            assert!(values.len() > 300, "party {party}: {} values", values.len());
+            assert!(values.len() > 200, "party {party}: {} values", values.len());
             let chi = top_bits_chi_square(values);
             assert!(
                 chi < 50.0,

@@ -1,4 +1,3 @@
-#![cfg_attr(not(test), allow(dead_code))]
 //! Additive secret shares modulo 2^108 and the share × share product through HE.
 //!
 //! A value x is split as x = a + b mod 2^[`SHARE_BITS`] between two parties; each half on
@@ -69,6 +68,7 @@ pub(crate) fn scale(a: u128, c: i128) -> u128 {
 }
 
 /// Splits values into two uniform shares (the first drawn from `random`).
+#[cfg(test)]
 pub(crate) fn split(values: &[i128], random: &mut impl FnMut() -> u128) -> (Vec<u128>, Vec<u128>) {
     values
         .iter()
@@ -80,6 +80,7 @@ pub(crate) fn split(values: &[i128], random: &mut impl FnMut() -> u128) -> (Vec<
 }
 
 /// The values two shares stand for.
+#[cfg(test)]
 pub(crate) fn join(a: &[u128], b: &[u128]) -> Vec<i128> {
     a.iter().zip(b).map(|(&a, &b)| signed(add(a, b))).collect()
 }
