@@ -43,7 +43,7 @@ use crate::protocol::{
     GuestOutcome, HostOutcome, RevealedRows, StopReason, PARAMS,
 };
 use crate::session::Mailbox;
-use crate::shared::{partner, Party, PartyInput, PeerKeys, MOMENTUM, RATE};
+use crate::shared::{hand_over_context, partner, Party, PartyInput, PeerKeys, MOMENTUM, RATE};
 
 /// Most columns a peer may announce: every column costs this party a share of every Gram
 /// and coupling product.
@@ -566,10 +566,7 @@ impl Trainer {
                     .as_mut()
                     .expect("the core exists once the keys came");
                 let handed = core.hand_over(&mut |peer, about, values| {
-                    let mut context = b"hand-over ".to_vec();
-                    context.extend_from_slice(&step.to_le_bytes());
-                    context.extend_from_slice(&(about as u64).to_le_bytes());
-                    masks.apply_with(&names[peer], &context, values);
+                    masks.apply_with(&names[peer], &hand_over_context(step, about), values);
                 });
                 for (to, shares) in handed {
                     self.send(to, Message::HandOver { step, shares });

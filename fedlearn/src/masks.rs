@@ -183,20 +183,7 @@ impl PairwiseMasks {
     /// Adds this party's mask for `context` with `peer` alone to `values`: cancels with the
     /// peer's for the same context.
     pub(crate) fn apply_with<W: MaskWord>(&self, peer: &str, context: &[u8], values: &mut [W]) {
-        for (name, (seed, sign)) in self.peers.iter().zip(&self.pairs) {
-            if name != peer {
-                continue;
-            }
-            let mut stream = Stream::new(seed, context);
-            for value in values.iter_mut() {
-                let r = W::draw(&mut stream);
-                *value = if *sign > 0 {
-                    value.add(r)
-                } else {
-                    value.sub(r)
-                };
-            }
-        }
+        self.apply(|name| name == peer, context, values);
     }
 
     /// Adds this party's masks for `context` with every peer but `absent` to `values`
@@ -208,8 +195,13 @@ impl PairwiseMasks {
         context: &[u8],
         values: &mut [W],
     ) {
+        self.apply(|name| name != absent, context, values);
+    }
+
+    /// Adds this party's masks for `context` with the peers `with` picks.
+    fn apply<W: MaskWord>(&self, with: impl Fn(&str) -> bool, context: &[u8], values: &mut [W]) {
         for (peer, (seed, sign)) in self.peers.iter().zip(&self.pairs) {
-            if peer == absent {
+            if !with(peer) {
                 continue;
             }
             let mut stream = Stream::new(seed, context);

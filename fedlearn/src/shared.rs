@@ -48,6 +48,7 @@ use he::{PublicKey, SecretKey, SpreadMatrix};
 use crate::config::TrainConfig;
 use crate::data::Table;
 use crate::error::FedError;
+use crate::masks::{MaskSecret, PairwiseMasks};
 use crate::party::Data;
 use crate::prep::Prep;
 use crate::shares::{
@@ -1496,12 +1497,22 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
     let setup_seconds = start.elapsed().as_secs_f64();
     let (mut losses, mut changes) = (Vec::new(), Vec::new());
     let (mut step_seconds, mut step_bytes) = (Vec::new(), Vec::new());
-    // Fresh keys of the pairwise hand-over masks, as the job derives them from its key
-    // exchange.
-    let mut pair_keys = vec![[0u8; 32]; count * count];
-    for key in &mut pair_keys {
-        crate::masks::random_bytes(key)?;
-    }
+    // The pairwise masks of the hand-overs, derived as a job derives them from its keys.
+    let names: Vec<String> = nodes[0].input.names.clone();
+    let secrets = (0..count)
+        .map(|_| MaskSecret::random())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut job = [0u8; 16];
+    crate::masks::random_bytes(&mut job)?;
+    let masks = (0..count)
+        .map(|me| {
+            let peers: Vec<(String, [u8; 32])> = (0..count)
+                .filter(|&p| p != me)
+                .map(|p| (names[p].clone(), secrets[p].public()))
+                .collect();
+            PairwiseMasks::derive(&job, &names[me], &secrets[me], &peers)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     for step_index in 0..steps {
         let start = std::time::Instant::now();
         let mut bytes = 0;
@@ -1528,9 +1539,9 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
             .iter_mut()
             .enumerate()
             .map(|(me, node)| {
-                let step = step_index;
                 node.hand_over(&mut |peer, about, values| {
-                    hand_over_mask(&pair_keys, me, peer, step, about, values)
+                    let context = hand_over_context(step_index as u64, about);
+                    masks[me].apply_with(&names[peer], &context, values)
                 })
             })
             .collect();
@@ -1587,29 +1598,12 @@ fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedErro
     })
 }
 
-/// The in-process driver's pairwise hand-over masks: the stream of the pair (me, peer) for
-/// `about`'s sums at `step`, added by the lower index and subtracted by the higher.
-fn hand_over_mask(
-    keys: &[[u8; 32]],
-    me: usize,
-    peer: usize,
-    step: usize,
-    about: usize,
-    values: &mut [u128],
-) {
-    let count = (keys.len() as f64).sqrt() as usize;
-    let (low, high) = (me.min(peer), me.max(peer));
-    let mut context = (step as u64).to_le_bytes().to_vec();
+/// The pairwise-mask context of the hand-overs of `about`'s sums at `step`.
+pub(crate) fn hand_over_context(step: u64, about: usize) -> Vec<u8> {
+    let mut context = b"hand-over ".to_vec();
+    context.extend_from_slice(&step.to_le_bytes());
     context.extend_from_slice(&(about as u64).to_le_bytes());
-    let mut stream = crate::masks::Stream::new(&keys[low * count + high], &context);
-    for v in values {
-        let r = u128::from(stream.next_u64()) | u128::from(stream.next_u64()) << 64;
-        *v = if me == low {
-            v.wrapping_add(r)
-        } else {
-            v.wrapping_sub(r)
-        };
-    }
+    context
 }
 
 /// A share of a matrix block: row-major with the given row length, or the transpose of a

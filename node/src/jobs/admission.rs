@@ -121,8 +121,8 @@ pub fn check_proposal<'c>(
 }
 
 /// The policy's limits on a proposed job's shape, before anything runs: the guest's features
-/// and that it announces no batch size (every step uses every training row: checked on the
-/// offer).
+/// and the batch size it announces (0: every step uses every training row, checked on the
+/// offer; a peer of this version announces 0, and the offer is refused otherwise).
 fn check_shape(config: &NodeConfig, rule: &PolicyRule, p: &JobProposal) -> Result<(), Refusal> {
     if p.guest_features > rule.max_guest_features {
         return Err(Refusal::GuestFeatures {
@@ -133,8 +133,7 @@ fn check_shape(config: &NodeConfig, rule: &PolicyRule, p: &JobProposal) -> Resul
             max: rule.max_guest_features,
         });
     }
-    // Every step uses every training row (checked on the offer): no batch size is offered.
-    if p.batch_rows != 0 {
+    if p.batch_rows != 0 && p.batch_rows < rule.min_batch_rows {
         return Err(batch_rows(config, rule, p, p.batch_rows));
     }
     Ok(())
