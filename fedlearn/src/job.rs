@@ -49,6 +49,14 @@ use crate::shared::{hand_over_context, partner, Party, PartyInput, PeerKeys, MOM
 /// and coupling product.
 const MAX_PEER_COLUMNS: usize = 1024;
 
+/// Whether the guest and the hosts are all different parties (their names address messages).
+fn distinct(guest: &str, hosts: &[String]) -> bool {
+    let mut names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    names.push(guest);
+    names.sort_unstable();
+    names.windows(2).all(|pair| pair[0] != pair[1])
+}
+
 /// The rounds of a job (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Round {
@@ -155,6 +163,12 @@ impl Trainer {
         mut proposal: Proposal,
         resume: Option<Checkpoint>,
     ) -> Result<Trainer, FedError> {
+        if !distinct(party, &proposal.hosts) {
+            return Err(FedError::config(
+                "hosts",
+                "every host must be named once, and not by the guest's name",
+            ));
+        }
         let labels = table
             .labels()
             .ok_or_else(|| FedError::config("labels", "the guest's table has no label column"))?
@@ -214,6 +228,12 @@ impl Trainer {
             .ok_or_else(|| {
                 FedError::protocol(guest, format!("{party} is not among the job's hosts"))
             })?;
+        if !distinct(guest, &proposal.hosts) {
+            return Err(FedError::protocol(
+                guest,
+                "its proposal names a host twice, or itself among the hosts",
+            ));
+        }
         if proposal.rows != table.rows() as u64 {
             return Err(FedError::RowCount {
                 party: party.to_owned(),

@@ -62,6 +62,45 @@ fn a_constant_host_column_stops_the_job_without_naming_it_to_the_guest() {
 }
 
 #[test]
+fn a_job_whose_parties_are_not_distinct_is_refused() {
+    let (guest, hosts) = parties("breast", 1);
+    for names in [vec!["host0", "host0"], vec!["host0", "bank"]] {
+        let (mut job, _) = jobs(guest.clone(), hosts.clone(), &quick());
+        job.hosts = names.iter().map(|n| n.to_string()).collect();
+        assert!(
+            matches!(
+                GuestSession::new(job),
+                Err(FedError::Config { field: "hosts", .. })
+            ),
+            "{names:?}"
+        );
+    }
+    // A proposal that reaches a host naming a host twice: the host refuses it, naming the guest.
+    let (guest_job, host_jobs) = jobs(guest, hosts, &quick());
+    let twice = |_: &str, _: &str, message: Message| match message {
+        Message::Propose(mut proposal) => {
+            proposal.hosts.push("host0".into());
+            Message::Propose(proposal)
+        }
+        other => other,
+    };
+    let run = simulate_altered(
+        guest_job,
+        host_jobs,
+        false,
+        &mut |_| {},
+        Some(replacing(twice)),
+    );
+    match run.hosts.into_iter().next().and_then(Result::err) {
+        Some(FedError::Protocol { peer, reason }) => {
+            assert_eq!(peer, "bank");
+            assert!(reason.contains("twice"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn bad_settings_stop_the_hosts_too() {
     let (guest, hosts) = parties("breast", 2);
     let config = TrainConfig {
