@@ -146,7 +146,8 @@ impl<'a> Link<'a> {
     }
 
     /// The next delivery from `from`. While it waits, it asks `from` every probe interval
-    /// whether it still runs the job: a peer that no longer does, or that answers nothing for
+    /// whether it still runs the job: a peer that no longer does (twice in a row: it may be
+    /// between two attempts of an interrupted job), or that answers nothing for
     /// `peer_dead_secs`, fails the job within seconds, named; a live peer may take up to the
     /// receive timeout.
     pub(crate) fn receive_raw(&mut self, from: &str) -> Result<Delivery, NodeError> {
@@ -154,6 +155,9 @@ impl<'a> Link<'a> {
         let (timeout, interval) = (settings.receive_timeout(), settings.probe_interval());
         let started = Instant::now();
         let mut alive_at = started;
+        // Consecutive answers that the peer no longer runs the job: a guest between two
+        // attempts of an interrupted job says so once.
+        let mut gone = 0;
         loop {
             let left = timeout.saturating_sub(started.elapsed());
             if let Some(taken) = self.take(from, interval.min(left)) {
@@ -171,6 +175,11 @@ impl<'a> Link<'a> {
             let fault = match self.node.runtime.block_on(probe) {
                 Ok(true) => {
                     alive_at = Instant::now();
+                    gone = 0;
+                    continue;
+                }
+                Ok(false) if gone == 0 => {
+                    gone = 1;
                     continue;
                 }
                 Ok(false) => PeerFault::Gone,
