@@ -177,7 +177,6 @@ pub use woe::{BinStats, ColumnStats};
 /// job's seed. Not part of the supported interface.
 #[doc(hidden)]
 pub mod internal {
-    pub use crate::shared::{simulate_shared, SharedParty, SharedRun};
     pub use crate::simulator::{replacing, simulate_altered, Alter, AlteredRun};
 
     /// The (training, validation) rows of a job of `rows` rows with this seed and fraction.

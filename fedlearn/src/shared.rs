@@ -45,12 +45,7 @@
 use he::{EncryptedBlocks, EncryptedVector, MaskedColumns, PackingKey, Params, PreparedBlocks};
 use he::{PublicKey, SecretKey, SpreadMatrix};
 
-use crate::config::TrainConfig;
-use crate::data::Table;
 use crate::error::FedError;
-use crate::masks::{MaskSecret, PairwiseMasks};
-use crate::party::Data;
-use crate::prep::Prep;
 use crate::shares::{
     add, encrypt_vector, prepare_matrix, receive_product, release_product, rescale, residue, scale,
     signed, sub, truncate, SHARE_BITS,
@@ -1247,7 +1242,9 @@ impl Party {
         Ok(())
     }
 
-    /// Keeps the current weights as the model.
+    /// Keeps the current weights as the model (the in-process driver's; a job keeps the
+    /// epochs its verdicts call best).
+    #[cfg(test)]
     pub(crate) fn keep_last(&mut self) {
         for held in &mut self.held {
             held.kept = held.weights.clone();
@@ -1286,317 +1283,6 @@ impl Party {
 /// steps over five books (`examples/shared_optimiser.rs`, `docs/training.md`).
 pub(crate) const RATE: f64 = 0.7;
 pub(crate) const MOMENTUM: f64 = 0.3;
-
-/// One party of an in-process shared job: its name, table and preparation.
-pub struct SharedParty<'a> {
-    /// Party name.
-    pub name: &'a str,
-    /// Its aligned table (the guest's with labels).
-    pub table: &'a Table,
-    /// How it prepares its columns.
-    pub prep: &'a Prep,
-}
-
-/// What an in-process shared job measured.
-pub struct SharedRun {
-    /// Each party's final weights on its standardised columns (the guest's intercept last).
-    pub weights: Vec<Vec<f64>>,
-    /// Per step, the Taylor losses on the training and (if any) validation rows of the
-    /// weights the step started from, as the guest learns them.
-    pub losses: Vec<Vec<f64>>,
-    /// Per step, ‖Δw‖² of all parties' weights, as the guest learns it.
-    pub changes: Vec<f64>,
-    /// The final model's AUC on the validation rows (training rows without a split), computed
-    /// by the simulator, which sees every party's data.
-    pub auc: f64,
-    /// Rows of the job (training and validation).
-    pub rows: usize,
-    /// Seconds of the set-up (after key generation).
-    pub setup_seconds: f64,
-    /// Bytes of the set-up: encrypted columns, Gram releases, coupling vectors and releases.
-    pub setup_bytes: usize,
-    /// Seconds of each step (products, hand-overs and the loss round).
-    pub step_seconds: Vec<f64>,
-    /// Bytes of each step.
-    pub step_bytes: Vec<usize>,
-}
-
-/// Bytes of a hand-over or loss share on the wire: 14 per residue modulo 2^108.
-const SHARE_BYTES: usize = 14;
-
-fn blocks_bytes(blocks: &[EncryptedBlocks]) -> usize {
-    blocks.iter().map(EncryptedBlocks::payload_bytes).sum()
-}
-
-fn vector_bytes(vector: &[EncryptedVector]) -> usize {
-    vector.iter().map(EncryptedVector::payload_bytes).sum()
-}
-
-/// Runs a secret-shared job in one process — the guest first, then the hosts — for
-/// `config.max_epochs` full-batch steps, moving every message by hand between the parties'
-/// state machines, and measures it.
-pub fn simulate_shared(
-    parties: &[SharedParty<'_>],
-    config: &TrainConfig,
-) -> Result<SharedRun, FedError> {
-    let count = parties.len();
-    let mut cores = Vec::with_capacity(count);
-    for (index, party) in parties.iter().enumerate() {
-        cores.push(Data::new(
-            party.name,
-            party.table,
-            party.prep,
-            config,
-            index == 0,
-        )?);
-    }
-    let labels = parties[0]
-        .table
-        .labels()
-        .ok_or_else(|| FedError::config("labels", "the guest's table has no label column"))?;
-    let split = &cores[0].split;
-    let pick = |rows: &[usize]| rows.iter().map(|&r| labels[r]).collect::<Vec<f64>>();
-    let guest_labels = (pick(&split.train), pick(&split.validation));
-    let names: Vec<String> = parties.iter().map(|p| p.name.to_owned()).collect();
-    let widths: Vec<usize> = cores.iter().map(|c| c.quantised.columns).collect();
-    let frac_bits: Vec<u32> = cores.iter().map(|c| c.quantised.frac_bits).collect();
-    let keys: Vec<(SecretKey, PublicKey)> = (0..count)
-        .map(|_| SecretKey::generate(&crate::protocol::PARAMS))
-        .collect();
-    let packing: Vec<PackingKey> = keys
-        .iter()
-        .map(|(secret, _)| secret.packing_key(crate::protocol::PARAMS.max_pack_levels))
-        .collect::<Result<_, _>>()
-        .map_err(FedError::he("making a packing key"))?;
-    let publics: Vec<PublicKey> = keys.iter().map(|(_, public)| public.clone()).collect();
-    let mut nodes = Vec::with_capacity(count);
-    for (me, (secret, _)) in keys.into_iter().enumerate() {
-        let core = &cores[me];
-        let columns = |rows: &[usize]| -> Vec<Vec<i64>> {
-            (0..core.quantised.columns)
-                .map(|j| core.quantised.column(j, rows))
-                .collect()
-        };
-        let input = PartyInput {
-            names: names.clone(),
-            index: me,
-            widths: widths.clone(),
-            frac_bits: frac_bits.clone(),
-            train: columns(&core.split.train),
-            validation: columns(&core.split.validation),
-            labels: (me == 0).then(|| guest_labels.clone()),
-            intercept: (me == 0).then(|| widths[0] - 1),
-            l2: config.l2,
-            rate: RATE,
-            momentum: MOMENTUM,
-        };
-        let peers = (0..count)
-            .map(|p| {
-                (p != me).then(|| PeerKeys {
-                    public: publics[p].clone(),
-                    packing: packing[p].clone(),
-                })
-            })
-            .collect();
-        nodes.push(Party::new(crate::protocol::PARAMS, input, secret, peers)?);
-    }
-    let driven = drive_in_process(&mut nodes, config.max_epochs)?;
-    let weights = driven.weights;
-    let rows = if split.validation.is_empty() {
-        &split.train
-    } else {
-        &split.validation
-    };
-    let scores: Vec<f64> = rows
-        .iter()
-        .map(|&r| {
-            cores
-                .iter()
-                .zip(&weights)
-                .map(|(core, w)| {
-                    let unit = f64::from(1u32 << core.quantised.frac_bits);
-                    (0..w.len())
-                        .map(|j| core.quantised.at(r, j) as f64 / unit * w[j])
-                        .sum::<f64>()
-                })
-                .sum::<f64>()
-        })
-        .map(crate::math::sigmoid)
-        .collect();
-    let auc = crate::metrics::evaluate(&scores, &pick(rows))?.auc;
-    Ok(SharedRun {
-        weights,
-        losses: driven.losses,
-        changes: driven.changes,
-        auc,
-        rows: labels.len(),
-        setup_seconds: driven.setup_seconds,
-        setup_bytes: driven.setup_bytes,
-        step_seconds: driven.step_seconds,
-        step_bytes: driven.step_bytes,
-    })
-}
-
-/// What [`drive_in_process`] returns.
-struct Driven {
-    weights: Vec<Vec<f64>>,
-    losses: Vec<Vec<f64>>,
-    /// ‖Δw‖² of every step, as the guest learns it.
-    changes: Vec<f64>,
-    setup_seconds: f64,
-    setup_bytes: usize,
-    step_seconds: Vec<f64>,
-    step_bytes: Vec<usize>,
-}
-
-/// Runs the set-up and `steps` steps between parties built for one job (the guest first),
-/// moving every message by hand, and hands each party its weights.
-fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedError> {
-    let count = nodes.len();
-    let pairs: Vec<(usize, usize)> = (0..count)
-        .flat_map(|a| (0..count).filter(move |&b| b != a).map(move |b| (a, b)))
-        .collect();
-    let start = std::time::Instant::now();
-    let mut setup_bytes = 0;
-    let columns: Vec<_> = nodes
-        .iter()
-        .map(Party::encrypted_columns)
-        .collect::<Result<_, _>>()?;
-    for &(a, b) in &pairs {
-        setup_bytes += blocks_bytes(&columns[a]);
-        nodes[b].accept_columns(a, &columns[a])?;
-    }
-    drop(columns);
-    let mut grams = Vec::with_capacity(pairs.len());
-    for &(a, b) in &pairs {
-        grams.push(nodes[a].gram_releases(b)?);
-    }
-    for (&(a, b), releases) in pairs.iter().zip(&grams) {
-        setup_bytes += releases
-            .iter()
-            .map(MaskedColumns::payload_bytes)
-            .sum::<usize>();
-        nodes[b].accept_gram(a, releases)?;
-    }
-    let mut vectors = Vec::with_capacity(pairs.len());
-    for &(a, b) in &pairs {
-        vectors.push(nodes[a].coupling_vectors(b)?);
-    }
-    let mut releases = Vec::with_capacity(pairs.len());
-    for (&(a, b), v) in pairs.iter().zip(&vectors) {
-        setup_bytes += v.iter().map(|v| vector_bytes(v)).sum::<usize>();
-        releases.push(nodes[b].coupling_releases(a, v)?);
-    }
-    for (&(a, b), r) in pairs.iter().zip(&releases) {
-        setup_bytes += r.iter().map(MaskedColumns::payload_bytes).sum::<usize>();
-        nodes[a].accept_coupling(b, r)?;
-    }
-    for node in nodes.iter_mut() {
-        node.finish_setup()?;
-    }
-    let setup_seconds = start.elapsed().as_secs_f64();
-    let (mut losses, mut changes) = (Vec::new(), Vec::new());
-    let (mut step_seconds, mut step_bytes) = (Vec::new(), Vec::new());
-    // The pairwise masks of the hand-overs, derived as a job derives them from its keys.
-    let names: Vec<String> = nodes[0].input.names.clone();
-    let secrets = (0..count)
-        .map(|_| MaskSecret::random())
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut job = [0u8; 16];
-    crate::masks::random_bytes(&mut job)?;
-    let masks = (0..count)
-        .map(|me| {
-            let peers: Vec<(String, [u8; 32])> = (0..count)
-                .filter(|&p| p != me)
-                .map(|p| (names[p].clone(), secrets[p].public()))
-                .collect();
-            PairwiseMasks::derive(&job, &names[me], &secrets[me], &peers)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    for step_index in 0..steps {
-        let start = std::time::Instant::now();
-        let mut bytes = 0;
-        let mut vectors = Vec::with_capacity(count);
-        for node in nodes.iter_mut() {
-            vectors.push(node.begin_step()?);
-        }
-        let mut releases = Vec::with_capacity(pairs.len());
-        for (holder, outgoing) in vectors.iter().enumerate() {
-            for (evaluator, vector) in outgoing {
-                bytes += vector_bytes(vector);
-                releases.push((
-                    holder,
-                    *evaluator,
-                    nodes[*evaluator].step_release(holder, vector)?,
-                ));
-            }
-        }
-        for (holder, evaluator, release) in &releases {
-            bytes += release.payload_bytes();
-            nodes[*holder].accept_step_release(*evaluator, release)?;
-        }
-        let handed: Vec<_> = nodes
-            .iter_mut()
-            .enumerate()
-            .map(|(me, node)| {
-                node.hand_over(&mut |peer, about, values| {
-                    let context = hand_over_context(step_index as u64, about);
-                    masks[me].apply_with(&names[peer], &context, values)
-                })
-            })
-            .collect();
-        for (from, shares) in handed.iter().enumerate() {
-            for (to, share) in shares {
-                bytes += SHARE_BYTES * share.len();
-                nodes[*to].accept_hand_over(from, share)?;
-            }
-        }
-        for node in nodes.iter_mut() {
-            node.finish_step();
-        }
-        for (to, about, vector) in nodes[0].loss_vectors()? {
-            bytes += vector_bytes(&vector);
-            let release = nodes[to].loss_release(about, &vector)?;
-            bytes += release.payload_bytes();
-            nodes[0].accept_loss_release(to, about, &release)?;
-        }
-        // Hosts after the first to host 1, then host 1 to the guest.
-        for from in (2..count).chain([1]) {
-            if let Some((to, shares)) = nodes[from].send_loss_shares() {
-                bytes += SHARE_BYTES * shares.len();
-                nodes[to].accept_loss_shares(from, &shares)?;
-            }
-        }
-        let (step_losses, change) = nodes[0].losses()?;
-        losses.push(step_losses);
-        changes.push(change);
-        step_seconds.push(start.elapsed().as_secs_f64());
-        step_bytes.push(bytes);
-    }
-    let mut received: Vec<Vec<u128>> = vec![Vec::new(); count];
-    for node in nodes.iter_mut() {
-        node.keep_last();
-    }
-    for node in nodes.iter() {
-        for (owner, share) in node.weight_shares() {
-            received[owner] = share;
-        }
-    }
-    let weights = nodes
-        .iter()
-        .zip(&received)
-        .map(|(node, share)| node.weights(share))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Driven {
-        weights,
-        losses,
-        changes,
-        setup_seconds,
-        setup_bytes,
-        step_seconds,
-        step_bytes,
-    })
-}
 
 /// The pairwise-mask context of the hand-overs of `about`'s sums at `step`.
 pub(crate) fn hand_over_context(step: u64, about: usize) -> Vec<u8> {
@@ -1841,6 +1527,7 @@ pub(crate) fn invert(a: &[f64], m: usize) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::masks::{MaskSecret, PairwiseMasks};
     use he::N8192_Q192;
     use rand::RngExt;
 
@@ -1981,6 +1668,138 @@ mod tests {
             changes.push(v.iter().map(|v| v * v).sum());
         }
         (w, losses, changes)
+    }
+
+    /// What [`drive_in_process`] returns.
+    struct Driven {
+        weights: Vec<Vec<f64>>,
+        losses: Vec<Vec<f64>>,
+        /// ‖Δw‖² of every step, as the guest learns it.
+        changes: Vec<f64>,
+    }
+
+    /// Runs the set-up and `steps` steps between parties built for one job (the guest first),
+    /// moving every message by hand, and hands each party its weights.
+    fn drive_in_process(nodes: &mut [Party], steps: usize) -> Result<Driven, FedError> {
+        let count = nodes.len();
+        let pairs: Vec<(usize, usize)> = (0..count)
+            .flat_map(|a| (0..count).filter(move |&b| b != a).map(move |b| (a, b)))
+            .collect();
+        let columns: Vec<_> = nodes
+            .iter()
+            .map(Party::encrypted_columns)
+            .collect::<Result<_, _>>()?;
+        for &(a, b) in &pairs {
+            nodes[b].accept_columns(a, &columns[a])?;
+        }
+        drop(columns);
+        let mut grams = Vec::with_capacity(pairs.len());
+        for &(a, b) in &pairs {
+            grams.push(nodes[a].gram_releases(b)?);
+        }
+        for (&(a, b), releases) in pairs.iter().zip(&grams) {
+            nodes[b].accept_gram(a, releases)?;
+        }
+        let mut vectors = Vec::with_capacity(pairs.len());
+        for &(a, b) in &pairs {
+            vectors.push(nodes[a].coupling_vectors(b)?);
+        }
+        let mut releases = Vec::with_capacity(pairs.len());
+        for (&(a, b), v) in pairs.iter().zip(&vectors) {
+            releases.push(nodes[b].coupling_releases(a, v)?);
+        }
+        for (&(a, b), r) in pairs.iter().zip(&releases) {
+            nodes[a].accept_coupling(b, r)?;
+        }
+        for node in nodes.iter_mut() {
+            node.finish_setup()?;
+        }
+        let (mut losses, mut changes) = (Vec::new(), Vec::new());
+        // The pairwise masks of the hand-overs, derived as a job derives them from its keys.
+        let names: Vec<String> = nodes[0].input.names.clone();
+        let secrets = (0..count)
+            .map(|_| MaskSecret::random())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut job = [0u8; 16];
+        crate::masks::random_bytes(&mut job)?;
+        let masks = (0..count)
+            .map(|me| {
+                let peers: Vec<(String, [u8; 32])> = (0..count)
+                    .filter(|&p| p != me)
+                    .map(|p| (names[p].clone(), secrets[p].public()))
+                    .collect();
+                PairwiseMasks::derive(&job, &names[me], &secrets[me], &peers)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for step_index in 0..steps {
+            let mut vectors = Vec::with_capacity(count);
+            for node in nodes.iter_mut() {
+                vectors.push(node.begin_step()?);
+            }
+            let mut releases = Vec::with_capacity(pairs.len());
+            for (holder, outgoing) in vectors.iter().enumerate() {
+                for (evaluator, vector) in outgoing {
+                    releases.push((
+                        holder,
+                        *evaluator,
+                        nodes[*evaluator].step_release(holder, vector)?,
+                    ));
+                }
+            }
+            for (holder, evaluator, release) in &releases {
+                nodes[*holder].accept_step_release(*evaluator, release)?;
+            }
+            let handed: Vec<_> = nodes
+                .iter_mut()
+                .enumerate()
+                .map(|(me, node)| {
+                    node.hand_over(&mut |peer, about, values| {
+                        let context = hand_over_context(step_index as u64, about);
+                        masks[me].apply_with(&names[peer], &context, values)
+                    })
+                })
+                .collect();
+            for (from, shares) in handed.iter().enumerate() {
+                for (to, share) in shares {
+                    nodes[*to].accept_hand_over(from, share)?;
+                }
+            }
+            for node in nodes.iter_mut() {
+                node.finish_step();
+            }
+            for (to, about, vector) in nodes[0].loss_vectors()? {
+                let release = nodes[to].loss_release(about, &vector)?;
+                nodes[0].accept_loss_release(to, about, &release)?;
+            }
+            // Hosts after the first to host 1, then host 1 to the guest.
+            for from in (2..count).chain([1]) {
+                if let Some((to, shares)) = nodes[from].send_loss_shares() {
+                    nodes[to].accept_loss_shares(from, &shares)?;
+                }
+            }
+            let (step_losses, change) = nodes[0].losses()?;
+            losses.push(step_losses);
+            changes.push(change);
+        }
+        let mut received: Vec<Vec<u128>> = vec![Vec::new(); count];
+        for node in nodes.iter_mut() {
+            node.keep_last();
+        }
+        for node in nodes.iter() {
+            for (owner, share) in node.weight_shares() {
+                received[owner] = share;
+            }
+        }
+        let weights = nodes
+            .iter()
+            .zip(&received)
+            .map(|(node, share)| node.weights(share))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Driven {
+            weights,
+            losses,
+            changes,
+        })
     }
 
     /// Runs a shared job in one process (the first `train` rows for training, the rest for

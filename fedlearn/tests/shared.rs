@@ -1,16 +1,30 @@
-//! The secret-shared core (`fedlearn::internal::simulate_shared`) on the credit data with a
-//! guest and two hosts: it reaches the model the plaintext update rule converges to.
+//! A three-party job on the credit data (a guest and two hosts) run long enough to converge:
+//! it reaches the model the plaintext iteration converges to, and every step sends the same
+//! bytes.
 
 mod common;
 
-use common::parties;
-use fedlearn::internal::{simulate_shared, split, SharedParty};
+use std::collections::HashMap;
+
+use common::{jobs, parties};
+use fedlearn::internal::split;
 use fedlearn::*;
+
+/// Message kinds every step sends (the set-up's, the keys' and the end's are sent once).
+const STEP_KINDS: [&str; 7] = [
+    "step_vector",
+    "step_release",
+    "hand_over",
+    "step_loss_vector",
+    "step_loss_release",
+    "loss_shares",
+    "epoch_end",
+];
 
 #[test]
 fn three_party_credit_job_reaches_the_plaintext_optimum() {
+    const EPOCHS: usize = 15;
     let (guest, hosts) = parties("default_credit", 2);
-    let prep = Prep::default();
     let config = |max_epochs| TrainConfig {
         max_epochs,
         validation_fraction: 0.3,
@@ -18,19 +32,8 @@ fn three_party_credit_job_reaches_the_plaintext_optimum() {
         seed: 1,
         ..TrainConfig::default()
     };
-    let mut members = vec![SharedParty {
-        name: "bank",
-        table: &guest,
-        prep: &prep,
-    }];
-    for (name, table) in ["tax", "power"].into_iter().zip(&hosts) {
-        members.push(SharedParty {
-            name,
-            table,
-            prep: &prep,
-        });
-    }
-    let run = simulate_shared(&members, &config(15)).unwrap();
+    let (guest_job, host_jobs) = jobs(guest.clone(), hosts.clone(), &config(EPOCHS));
+    let run = simulate(guest_job, host_jobs, false, &mut |_| {}).unwrap();
 
     // The plaintext iteration (same split, quantisation, residual and penalty), run long
     // enough to converge, scored on the same validation rows.
@@ -38,7 +41,7 @@ fn three_party_credit_job_reaches_the_plaintext_optimum() {
     let plain = train_plain_vertical(
         &guest,
         &host_refs,
-        &[prep.clone(), prep.clone(), prep],
+        &vec![Prep::default(); hosts.len() + 1],
         &config(400),
     )
     .unwrap();
@@ -53,24 +56,45 @@ fn three_party_credit_job_reaches_the_plaintext_optimum() {
     let p: Vec<f64> = validation.iter().map(|&r| sigmoid(z[r])).collect();
     let y: Vec<f64> = validation.iter().map(|&r| labels[r]).collect();
     let plain_auc = evaluate(&p, &y).unwrap().auc;
+    let evaluation = &run.guest.evaluation;
+    assert_eq!(evaluation.count, validation.len());
+    let auc = evaluation.metrics.auc;
     assert!(
-        (run.auc - plain_auc).abs() < 0.005,
-        "shared AUC {} vs plaintext {plain_auc}",
-        run.auc
+        (auc - plain_auc).abs() < 0.005,
+        "shared AUC {auc} vs plaintext {plain_auc}"
     );
-    // Both losses fall and the last steps barely move: the iteration has converged.
-    let (first, last) = (&run.losses[0], &run.losses[14]);
-    assert_eq!(first.len(), 2, "training and validation losses");
+
+    // Both losses fall after the first epoch and the last epochs barely move: the iteration
+    // has converged.
+    let history = &run.guest.history;
+    let epochs: Vec<usize> = history.iter().map(|r| r.epoch).collect();
+    assert_eq!(epochs, (1..=EPOCHS).collect::<Vec<_>>());
+    let (first, last) = (&history[0], &history[EPOCHS - 1]);
+    let validation_loss = |r: &EpochReport| r.validation_loss.expect("a validation split");
     assert!(
-        last[0] < first[0] - 0.1 && last[1] < first[1] - 0.1,
-        "{:?}",
-        run.losses
+        last.train_loss < first.train_loss - 0.01
+            && validation_loss(last) < validation_loss(first) - 0.01,
+        "{history:?}"
     );
     assert!(
-        (run.losses[13][0] - last[0]).abs() < 1e-4,
-        "{:?}",
-        run.losses
+        (history[EPOCHS - 2].train_loss - last.train_loss).abs() < 1e-4,
+        "{history:?}"
     );
-    // Every step sends the same bytes: sizes follow the job's shape, never the data.
-    assert!(run.step_bytes.iter().all(|&b| b == run.step_bytes[0]));
+
+    // Every step sends the same bytes: each sender sends each receiver the same messages of
+    // each kind at every step (EPOCHS + 1 steps), whatever the data.
+    let mut sizes: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+    for record in run.wire.iter().filter(|r| STEP_KINDS.contains(&r.kind)) {
+        sizes
+            .entry((&record.from, &record.to, record.kind))
+            .or_default()
+            .push(record.len);
+    }
+    assert!(sizes.len() >= STEP_KINDS.len(), "{:?}", sizes.keys());
+    for (key, lens) in &sizes {
+        assert_eq!(lens.len() % (EPOCHS + 1), 0, "{key:?}: {lens:?}");
+        let per_step = lens.len() / (EPOCHS + 1);
+        let steps: Vec<&[usize]> = lens.chunks(per_step).collect();
+        assert!(steps.iter().all(|s| s == &steps[0]), "{key:?}: {lens:?}");
+    }
 }
