@@ -42,6 +42,8 @@
 // Small dense linear algebra reads best with indices.
 #![allow(clippy::needless_range_loop)]
 
+use rayon::prelude::*;
+
 use he::{EncryptedBlocks, EncryptedVector, MaskedColumns, PackingKey, Params, PreparedBlocks};
 use he::{PublicKey, SecretKey, SpreadMatrix};
 
@@ -194,6 +196,8 @@ pub(crate) struct Party {
     precond: Vec<i128>,
     /// −δ·M_me at COUPLING_BITS (empty when δ = 0).
     damping: Vec<u128>,
+    /// The guest's k_G = M_G·c_G / n, its own (empty for a host).
+    guest_offset: Vec<u128>,
     pairs: Vec<Option<Pair>>,
     held: Vec<Held>,
     /// Per peer R: the step product for R's weight shares.
@@ -253,6 +257,7 @@ impl Party {
             });
         }
         let mut sets = Vec::new();
+        let mut train_dots = Vec::new();
         for set in 0..2 {
             let (columns, labels) = input.set(set);
             let rows = columns.first().map_or(0, Vec::len);
@@ -275,10 +280,20 @@ impl Party {
                 }
                 continue;
             }
-            sets.push(row_set(&input, set, rows));
+            let dots = gram_dots(columns);
+            sets.push(row_set(&input, set, rows, &dots));
+            if set == 0 {
+                train_dots = dots;
+            }
         }
-        let precond = preconditioner(&input, &sets[0])?;
-        let damping = damping_block(&input, sets[0].rows)?;
+        // M_P, from the same exact Gram of the training rows.
+        let inverse = own_inverse(&input, &train_dots, sets[0].rows)?;
+        let precond = preconditioner(&sets[0], &inverse);
+        let damping = damping_block(&input, &inverse);
+        let guest_offset = match me {
+            0 => guest_offset(&input, &sets[0], &inverse),
+            _ => Vec::new(),
+        };
         let count = sets.len();
         let pairs = peers
             .into_iter()
@@ -316,6 +331,7 @@ impl Party {
             sets,
             precond,
             damping,
+            guest_offset,
             pairs,
             held,
             step_matrices: (0..parties).map(|_| None).collect(),
@@ -685,7 +701,7 @@ impl Party {
             let party = self.held[index].party;
             let (offset, label) = if party == 0 && me == 0 {
                 let labels = self.sets.iter().map(|s| s.own_label.clone()).collect();
-                (guest_offset(&self.input, &self.sets[0])?, labels)
+                (self.guest_offset.clone(), labels)
             } else if party == 0 {
                 // The guest's k and c are its own; the partner's shares are zero.
                 let zero = vec![0; self.width(0)];
@@ -1309,25 +1325,47 @@ impl Block<'_> {
 }
 
 /// What a party computes in the clear about one of its row sets.
-fn row_set(input: &PartyInput, set: usize, rows: usize) -> RowSet {
+/// X̃ᵀX̃ of a party's quantised columns, exact (m × m, row-major); rows of it in parallel.
+/// Quantised values are at most 2^13 in magnitude, so a sum of fewer than 2^37 products fits
+/// an i64.
+fn gram_dots(columns: &[Vec<i64>]) -> Vec<i128> {
+    let m = columns.len();
+    let lower: Vec<Vec<i128>> = (0..m)
+        .into_par_iter()
+        .map(|i| {
+            (0..=i)
+                .map(|j| {
+                    let dot: i64 = columns[i]
+                        .iter()
+                        .zip(&columns[j])
+                        .map(|(&a, &b)| a * b)
+                        .sum();
+                    i128::from(dot)
+                })
+                .collect()
+        })
+        .collect();
+    let mut dots = vec![0i128; m * m];
+    for (i, row) in lower.iter().enumerate() {
+        for (j, &dot) in row.iter().enumerate() {
+            dots[i * m + j] = dot;
+            dots[j * m + i] = dot;
+        }
+    }
+    dots
+}
+
+/// What a party computes in the clear about one of its row sets, from the exact Gram `dots`
+/// of its columns on those rows.
+fn row_set(input: &PartyInput, set: usize, rows: usize, dots: &[i128]) -> RowSet {
     let (columns, labels) = input.set(set);
     let norm_bits = ((4 * rows) as f64).log2().ceil() as u32;
     let f = input.frac_bits[input.index];
-    let m = columns.len();
     let shift = GRAM_BITS as i32 - (2 * f + norm_bits) as i32;
-    let mut own_gram = vec![0u128; m * m];
-    for i in 0..m {
-        for j in 0..=i {
-            let dot: i128 = columns[i]
-                .iter()
-                .zip(&columns[j])
-                .map(|(&a, &b)| i128::from(a * b))
-                .sum();
-            let scaled = residue(shift_round(dot, shift));
-            own_gram[i * m + j] = scaled;
-            own_gram[j * m + i] = scaled;
-        }
-    }
+    let own_gram = dots
+        .iter()
+        .map(|&dot| residue(shift_round(dot, shift)))
+        .collect();
     let own_label = match labels {
         // 4·c / 2^t with c = Xᵀ(½ − y), at WEIGHT_BITS.
         Some(labels) => columns
@@ -1386,25 +1424,14 @@ fn matmul(a: &[u128], b: &[u128], r: usize, k: usize, c: usize) -> Vec<u128> {
 }
 
 /// The party's own block of H in real units: X̃ᵀX̃ / (4n·2^(2f)) + λ (not on the intercept),
-/// on the training rows.
-fn own_hessian(input: &PartyInput, rows: usize) -> Vec<f64> {
+/// from the exact Gram `dots` of its training rows.
+fn own_hessian(input: &PartyInput, dots: &[i128], rows: usize) -> Vec<f64> {
     let m = input.train.len();
     let unit = f64::from(1u32 << input.frac_bits[input.index]);
     let denominator = 4.0 * rows as f64 * unit * unit;
-    let mut h = vec![0.0; m * m];
-    for i in 0..m {
-        for j in 0..=i {
-            let dot: i128 = input.train[i]
-                .iter()
-                .zip(&input.train[j])
-                .map(|(&a, &b)| i128::from(a * b))
-                .sum();
-            h[i * m + j] = dot as f64 / denominator;
-            h[j * m + i] = h[i * m + j];
-        }
-        if Some(i) != input.intercept {
-            h[i * m + i] += input.l2;
-        }
+    let mut h: Vec<f64> = dots.iter().map(|&dot| dot as f64 / denominator).collect();
+    for i in (0..m).filter(|&i| Some(i) != input.intercept) {
+        h[i * m + i] += input.l2;
     }
     h
 }
@@ -1416,9 +1443,9 @@ fn own_hessian(input: &PartyInput, rows: usize) -> Vec<f64> {
 pub(crate) const MIN_DAMPING: f64 = 1e-3;
 
 /// M_P = (H_PP + δ·I)^-1 in real units.
-fn own_inverse(input: &PartyInput, rows: usize) -> Result<Vec<f64>, FedError> {
+fn own_inverse(input: &PartyInput, dots: &[i128], rows: usize) -> Result<Vec<f64>, FedError> {
     let m = input.train.len();
-    let mut h = own_hessian(input, rows);
+    let mut h = own_hessian(input, dots, rows);
     let damping = (MIN_DAMPING - input.l2).max(0.0);
     for i in 0..m {
         h[i * m + i] += damping;
@@ -1435,32 +1462,32 @@ fn own_inverse(input: &PartyInput, rows: usize) -> Result<Vec<f64>, FedError> {
 }
 
 /// −δ·M_P at COUPLING_BITS (row-major), or nothing when δ = 0.
-fn damping_block(input: &PartyInput, rows: usize) -> Result<Vec<u128>, FedError> {
+fn damping_block(input: &PartyInput, inverse: &[f64]) -> Vec<u128> {
     let damping = (MIN_DAMPING - input.l2).max(0.0);
     if damping == 0.0 {
-        return Ok(Vec::new());
+        return Vec::new();
     }
     let unit = f64::from(1u32 << COUPLING_BITS);
-    Ok(own_inverse(input, rows)?
+    inverse
         .iter()
         .map(|x| residue((-damping * x * unit).round() as i128))
-        .collect())
+        .collect()
 }
 
 /// N = round(H_PP^-1 · 2^t/(4n) · 2^PRECOND_BITS): with the Gram scaled to XᵀX/2^t at
 /// GRAM_BITS, N·Ĝ = M·XᵀX/(4n) at PRECOND_BITS + GRAM_BITS; with 2·c scaled to 4c/2^t,
 /// N·ĉ = M·c/n likewise.
-fn preconditioner(input: &PartyInput, train: &RowSet) -> Result<Vec<i128>, FedError> {
+fn preconditioner(train: &RowSet, inverse: &[f64]) -> Vec<i128> {
     let factor = 2f64.powi(train.norm_bits as i32) / (4.0 * train.rows as f64)
         * 2f64.powi(PRECOND_BITS as i32);
-    Ok(own_inverse(input, train.rows)?
+    inverse
         .iter()
         .map(|x| (x * factor).round() as i128)
-        .collect())
+        .collect()
 }
 
 /// The guest's k_G = M_G·c_G / n in the clear, as its share.
-fn guest_offset(input: &PartyInput, train: &RowSet) -> Result<Vec<u128>, FedError> {
+fn guest_offset(input: &PartyInput, train: &RowSet, inverse: &[f64]) -> Vec<u128> {
     let m = input.train.len();
     let labels = input.labels.as_ref().map_or(&[][..], |l| l.0.as_slice());
     let unit = f64::from(1u32 << input.frac_bits[input.index]);
@@ -1476,14 +1503,13 @@ fn guest_offset(input: &PartyInput, train: &RowSet) -> Result<Vec<u128>, FedErro
                 / train.rows as f64
         })
         .collect();
-    let inverse = own_inverse(input, train.rows)?;
     let weight_unit = f64::from(1u32 << WEIGHT_BITS);
-    Ok((0..m)
+    (0..m)
         .map(|i| {
             let k: f64 = (0..m).map(|j| inverse[i * m + j] * c[j]).sum();
             residue((k * weight_unit).round() as i128)
         })
-        .collect())
+        .collect()
 }
 
 /// The inverse of a symmetric positive-definite matrix (Gauss–Jordan with partial pivoting),
