@@ -278,7 +278,7 @@ pub struct GuestOutcome {
     pub convergence: Convergence,
     /// Fraction bits of the guest's quantised features.
     pub feature_frac_bits: u32,
-    /// Fraction bits of the residual shares every party sent (the same for all).
+    /// Fraction bits of the weight shares (the same for every party).
     pub share_frac_bits: u32,
     /// The final model on the revealed rows.
     pub evaluation: FinalEvaluation,
