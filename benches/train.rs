@@ -15,19 +15,10 @@ use fedlearn::ndarray::{s, Array2};
 use std::time::Instant;
 
 use fedlearn::{
-    simulate, train_plain_vertical, Binning, ColumnPrep, Event, GuestJob, HostJob, Missing, Prep,
-    Reading, Table, TrainConfig,
+    simulate, train_plain_vertical, Binning, ColumnPrep, Event, GuestJob, HostJob, Message,
+    Missing, Prep, Reading, Table, TrainConfig,
 };
 
-const STEP_KINDS: [&str; 7] = [
-    "step_vector",
-    "step_release",
-    "hand_over",
-    "step_loss_vector",
-    "step_loss_release",
-    "loss_shares",
-    "epoch_end",
-];
 const SETUP_KINDS: [&str; 7] = [
     "propose",
     "keys",
@@ -136,7 +127,7 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig, prep: Prep) 
     );
     println!(
         "    B per sample: {:.1} per step, {:.1} once (set-up), {:.1} at the end, {:.1} per step all included over {steps} steps",
-        per_sample(sum(&STEP_KINDS)) / steps as f64,
+        per_sample(sum(&Message::STEP_KINDS)) / steps as f64,
         per_sample(sum(&SETUP_KINDS)),
         per_sample(sum(&END_KINDS)),
         per_sample(by_kind.values().sum()) / steps as f64,

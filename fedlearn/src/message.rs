@@ -235,6 +235,18 @@ impl Message {
         "weight_shares",
     ];
 
+    /// The kinds every training step sends, once or more per pair of parties; the others are
+    /// sent once per job.
+    pub const STEP_KINDS: [&'static str; 7] = [
+        "step_vector",
+        "step_release",
+        "hand_over",
+        "step_loss_vector",
+        "step_loss_release",
+        "loss_shares",
+        "epoch_end",
+    ];
+
     /// A short name of the message kind (for logs, metrics and audits).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -741,6 +753,13 @@ pub trait Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_kinds_are_kinds() {
+        for kind in Message::STEP_KINDS {
+            assert!(Message::KINDS.contains(&kind), "{kind}");
+        }
+    }
 
     #[test]
     fn every_truncation_and_a_wrong_version_are_refused() {

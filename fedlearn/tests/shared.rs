@@ -10,17 +10,6 @@ use common::{jobs, parties};
 use fedlearn::internal::split;
 use fedlearn::*;
 
-/// Message kinds every step sends (the set-up's, the keys' and the end's are sent once).
-const STEP_KINDS: [&str; 7] = [
-    "step_vector",
-    "step_release",
-    "hand_over",
-    "step_loss_vector",
-    "step_loss_release",
-    "loss_shares",
-    "epoch_end",
-];
-
 #[test]
 fn three_party_credit_job_reaches_the_plaintext_optimum() {
     const EPOCHS: usize = 15;
@@ -84,13 +73,21 @@ fn three_party_credit_job_reaches_the_plaintext_optimum() {
     // Every step sends the same bytes: each sender sends each receiver the same messages of
     // each kind at every step (EPOCHS + 1 steps), whatever the data.
     let mut sizes: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
-    for record in run.wire.iter().filter(|r| STEP_KINDS.contains(&r.kind)) {
+    for record in run
+        .wire
+        .iter()
+        .filter(|r| Message::STEP_KINDS.contains(&r.kind))
+    {
         sizes
             .entry((&record.from, &record.to, record.kind))
             .or_default()
             .push(record.len);
     }
-    assert!(sizes.len() >= STEP_KINDS.len(), "{:?}", sizes.keys());
+    assert!(
+        sizes.len() >= Message::STEP_KINDS.len(),
+        "{:?}",
+        sizes.keys()
+    );
     for (key, lens) in &sizes {
         assert_eq!(lens.len() % (EPOCHS + 1), 0, "{key:?}: {lens:?}");
         let per_step = lens.len() / (EPOCHS + 1);
