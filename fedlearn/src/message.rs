@@ -235,8 +235,8 @@ impl Message {
         "weight_shares",
     ];
 
-    /// The kinds every training step sends, once or more per pair of parties; the others are
-    /// sent once per job.
+    /// The kinds sent at every training step (the same messages at every step); the others
+    /// are sent once per job.
     pub const STEP_KINDS: [&'static str; 7] = [
         "step_vector",
         "step_release",

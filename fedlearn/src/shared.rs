@@ -1324,7 +1324,6 @@ impl Block<'_> {
     }
 }
 
-/// What a party computes in the clear about one of its row sets.
 /// X̃ᵀX̃ of a party's quantised columns, exact (m × m, row-major); rows of it in parallel.
 /// Quantised values are at most 2^13 in magnitude, so a sum of fewer than 2^37 products fits
 /// an i64.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::{jobs, parties};
 use fedlearn::internal::split;
@@ -22,7 +22,7 @@ fn three_party_credit_job_reaches_the_plaintext_optimum() {
         ..TrainConfig::default()
     };
     let (guest_job, host_jobs) = jobs(guest.clone(), hosts.clone(), &config(EPOCHS));
-    let run = simulate(guest_job, host_jobs, false, &mut |_| {}).unwrap();
+    let run = simulate(guest_job, host_jobs, true, &mut |_| {}).unwrap();
 
     // The plaintext iteration (same split, quantisation, residual and penalty), run long
     // enough to converge, scored on the same validation rows.
@@ -70,28 +70,45 @@ fn three_party_credit_job_reaches_the_plaintext_optimum() {
         "{history:?}"
     );
 
-    // Every step sends the same bytes: each sender sends each receiver the same messages of
-    // each kind at every step (EPOCHS + 1 steps), whatever the data.
-    let mut sizes: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+    // Every step sends the same bytes: each sender sends each receiver the same bytes of each
+    // step kind at every step 0 ..= EPOCHS, whatever the data.
+    let mut sizes: BTreeMap<(&str, &str, &str), BTreeMap<u64, usize>> = BTreeMap::new();
     for record in run
         .wire
         .iter()
         .filter(|r| Message::STEP_KINDS.contains(&r.kind))
     {
-        sizes
+        let message = Message::from_bytes(&record.bytes).unwrap();
+        let step = step_of(&message).expect("a step kind names its step");
+        *sizes
             .entry((&record.from, &record.to, record.kind))
             .or_default()
-            .push(record.len);
+            .entry(step)
+            .or_default() += record.len;
     }
-    assert!(
-        sizes.len() >= Message::STEP_KINDS.len(),
-        "{:?}",
-        sizes.keys()
-    );
-    for (key, lens) in &sizes {
-        assert_eq!(lens.len() % (EPOCHS + 1), 0, "{key:?}: {lens:?}");
-        let per_step = lens.len() / (EPOCHS + 1);
-        let steps: Vec<&[usize]> = lens.chunks(per_step).collect();
-        assert!(steps.iter().all(|s| s == &steps[0]), "{key:?}: {lens:?}");
+    let kinds: BTreeSet<&str> = sizes.keys().map(|k| k.2).collect();
+    assert_eq!(kinds, Message::STEP_KINDS.into_iter().collect());
+    for (key, per_step) in &sizes {
+        let steps: Vec<u64> = per_step.keys().copied().collect();
+        assert_eq!(steps, (0..=EPOCHS as u64).collect::<Vec<_>>(), "{key:?}");
+        let first = per_step[&0];
+        assert!(
+            per_step.values().all(|&b| b == first),
+            "{key:?}: {per_step:?}"
+        );
+    }
+}
+
+/// The step a per-step message belongs to.
+fn step_of(message: &Message) -> Option<u64> {
+    match message {
+        Message::StepVector { step, .. }
+        | Message::StepRelease { step, .. }
+        | Message::HandOver { step, .. }
+        | Message::StepLossVector { step, .. }
+        | Message::StepLossRelease { step, .. }
+        | Message::LossShares { step, .. } => Some(*step),
+        Message::EpochEnd { epoch, .. } => Some(*epoch),
+        _ => None,
     }
 }
