@@ -168,7 +168,6 @@ fn flood(runtime: &tokio::runtime::Runtime, federation: &LocalFederation, round:
                         dataset: "tax".into(),
                         hosts: vec!["tax".into()],
                         model_id: format!("flood-{round}-{k}"),
-                        batch_rows: 4096,
                         guest_features: 13,
                         prep: String::new(),
                         attempt: 0,

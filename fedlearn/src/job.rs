@@ -8,11 +8,12 @@
 //! from a peer that owes nothing more in this round belongs to a later round and waits.
 //!
 //! Rounds, for a job of steps 0 … T (T = `max_epochs`):
-//! 1. *Keys*: every party's public key, packing key, mask share, width and scale.
+//! 1. *Keys*: every party's public key, mask share, width and scale.
 //! 2. *Digests* (hosts, with two or more): each host's digest of the proposal and the guest's
 //!    keys, so that a guest that sends hosts different settings is caught before any data
 //!    is encrypted.
-//! 3. *Set-up*, with every peer: encrypted columns, Gram releases, coupling vectors and
+//! 3. *Set-up*, with every peer: its packing key (of as many levels as the job's widths,
+//!    now known to all, call for), encrypted columns, Gram releases, coupling vectors and
 //!    releases (see [`crate::shared`]).
 //! 4. Per step s: *products* (every party's weight-share vector to every other, and the
 //!    releases back), *hand-overs*, the *loss* round with each party's partner, the *loss
@@ -25,7 +26,7 @@
 
 use std::collections::VecDeque;
 
-use he::{PackingKey, PublicKey, SecretKey};
+use he::{PublicKey, SecretKey};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{Checkpoint, GuestProgress};
@@ -43,7 +44,7 @@ use crate::protocol::{
     GuestOutcome, HostOutcome, RevealedRows, StopReason, PARAMS,
 };
 use crate::session::Mailbox;
-use crate::shared::{hand_over_context, partner, Party, PartyInput, PeerKeys, MOMENTUM, RATE};
+use crate::shared::{hand_over_context, partner, Party, PartyInput, MOMENTUM, RATE};
 
 /// Most columns a peer may announce: every column costs this party a share of every Gram
 /// and coupling product.
@@ -132,7 +133,7 @@ pub(crate) struct Trainer {
     me: usize,
     nonce: [u8; 16],
     /// This party's keys until the peers' keys arrive and the core takes them.
-    keys: Option<(SecretKey, PublicKey, PackingKey)>,
+    keys: Option<(SecretKey, PublicKey)>,
     mask_secret: MaskSecret,
     masks: Option<PairwiseMasks>,
     peer_keys: Vec<Option<PartyKeys>>,
@@ -270,10 +271,6 @@ impl Trainer {
             checkpoint.check(&data.party, proposal)?;
         }
         let (secret, public) = SecretKey::generate(&PARAMS);
-        // Spread products and block layouts pack at every level.
-        let packing = secret
-            .packing_key(PARAMS.max_pack_levels)
-            .map_err(FedError::he("making the packing key"))?;
         let mut names = vec![String::new()];
         names.extend(proposal.hosts.iter().cloned());
         names[me] = data.party.clone();
@@ -285,7 +282,7 @@ impl Trainer {
             names,
             me,
             nonce: proposal.job,
-            keys: Some((secret, public, packing)),
+            keys: Some((secret, public)),
             mask_secret: MaskSecret::random()?,
             masks: None,
             peer_keys: (0..parties).map(|_| None).collect(),
@@ -305,12 +302,11 @@ impl Trainer {
     }
 
     fn own_keys(&self) -> PartyKeys {
-        let (_, public, packing) = self.keys.as_ref().expect("keys before the core");
+        let (_, public) = self.keys.as_ref().expect("keys before the core");
         PartyKeys {
             rows: self.data.table.rows() as u64,
             columns: self.data.quantised.columns as u32,
             key: public.clone(),
-            packing: packing.clone(),
             mask_share: self.mask_secret.public(),
             frac_bits: self.data.quantised.frac_bits,
         }
@@ -442,16 +438,10 @@ impl Trainer {
     fn take(&mut self, peer: usize, owed: Owed, message: Message) -> Result<(), FedError> {
         match message {
             Message::Keys(keys) => self.peer_keys[peer] = Some(*keys),
-            Message::Digest { round, hash } => {
+            Message::Digest { hash } => {
                 let Role::Host(state) = &self.role else {
                     unreachable!("only hosts compare digests")
                 };
-                if round != 0 {
-                    return Err(FedError::protocol(
-                        &self.names[peer],
-                        format!("a digest of round {round}, expected 0"),
-                    ));
-                }
                 if hash != state.hash {
                     return Err(FedError::protocol(
                         &self.names[0],
@@ -462,6 +452,7 @@ impl Trainer {
                     ));
                 }
             }
+            Message::Packing(key) => self.core()?.accept_packing(peer, *key)?,
             Message::SharedColumns { blocks } => {
                 let core = self.core()?;
                 core.accept_columns(peer, &blocks)?;
@@ -556,7 +547,7 @@ impl Trainer {
                     let hash = state.hash;
                     let me = self.me;
                     for host in (1..self.parties()).filter(|&h| h != me) {
-                        self.send(host, Message::Digest { round: 0, hash });
+                        self.send(host, Message::Digest { hash });
                     }
                     self.owe_each(|p| {
                         if p == 0 {
@@ -721,16 +712,10 @@ impl Trainer {
                     format!("announces {} fraction bits (at most 12)", keys.frac_bits),
                 ));
             }
-            if keys.packing.key_id() != keys.key.id() {
-                return Err(FedError::protocol(name, "packing key of another key pair"));
-            }
             widths[p] = columns;
             frac_bits[p] = keys.frac_bits;
             shares.push((name.clone(), keys.mask_share));
-            peers.push(Some(PeerKeys {
-                public: keys.key,
-                packing: keys.packing,
-            }));
+            peers.push(Some(keys.key));
         }
         self.masks = Some(PairwiseMasks::derive(
             &self.nonce,
@@ -764,7 +749,7 @@ impl Trainer {
             rate: RATE,
             momentum: MOMENTUM,
         };
-        let (secret, _, _) = self.keys.take().expect("keys before the core");
+        let (secret, _) = self.keys.take().expect("keys before the core");
         let mut core = Party::new(PARAMS, input, secret, peers)?;
         if let Some(checkpoint) = &self.resume {
             core.restore(&checkpoint.shares)?;
@@ -781,12 +766,16 @@ impl Trainer {
         if self.resume.as_ref().is_some_and(|c| c.last) {
             return self.start_end();
         }
-        let blocks = self.core()?.encrypted_columns()?;
+        let core = self.core()?;
+        let packing = core.packing_key()?;
+        let blocks = core.encrypted_columns()?;
+        self.send_all(|_| Message::Packing(Box::new(packing.clone())));
         self.send_all(|_| Message::SharedColumns {
             blocks: blocks.clone(),
         });
         self.owe_each(|_| {
             [
+                "packing",
                 "shared_columns",
                 "shared_gram",
                 "coupling_vectors",

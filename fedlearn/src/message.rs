@@ -13,7 +13,7 @@ use crate::error::FedError;
 /// corrections, loss reports, binning shares). Version 7: the messages of secret-shared
 /// training (`shared_*`, `step_*`, `hand_over`, `loss_shares`, `weight_shares`), and every
 /// party's quantisation scale in its keys.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 const MAGIC: &[u8; 4] = b"UNFL";
 
@@ -60,8 +60,6 @@ pub struct PartyKeys {
     pub columns: u32,
     /// The party's public key: products of its encrypted columns are released under it.
     pub key: PublicKey,
-    /// The party's packing key for those releases.
-    pub packing: PackingKey,
     /// A Ristretto255 public share for pairwise mask seeds.
     pub mask_share: [u8; 32],
     /// Fraction bits of the party's quantised features (public in secret-shared training:
@@ -77,6 +75,10 @@ pub enum Message {
     Propose(Box<Proposal>),
     /// every party → every other party, once: keys and shape.
     Keys(Box<PartyKeys>),
+    /// every party → every other party, once, when the set-up starts: the packing key for
+    /// the releases under its public key, of as many levels as the job's widths call for
+    /// (known to every party once the keys have come).
+    Packing(Box<PackingKey>),
     /// guest → host: the epoch is done; whether it is the best so far and whether to stop.
     EpochEnd {
         /// Epoch.
@@ -96,9 +98,7 @@ pub enum Message {
     /// host → every other host: a digest of what the guest broadcast (the proposal and its
     /// keys), so that hosts find out when the guest sent them different settings.
     Digest {
-        /// Always 0 (the set-up).
-        round: u64,
-        /// SHA-256 of the guest's messages of the round.
+        /// SHA-256 of the guest's proposal and keys.
         hash: [u8; 32],
     },
     /// Secret-shared training, set-up 1, every party → every other: the party's quantised
@@ -213,7 +213,7 @@ pub enum Message {
 
 impl Message {
     /// Every kind [`Message::kind`] names, in protocol order.
-    pub const KINDS: [&'static str; 19] = [
+    pub const KINDS: [&'static str; 20] = [
         "propose",
         "keys",
         "epoch_end",
@@ -222,6 +222,7 @@ impl Message {
         "abort",
         "binning_labels",
         "binning_counts",
+        "packing",
         "shared_columns",
         "shared_gram",
         "coupling_vectors",
@@ -252,6 +253,7 @@ impl Message {
         match self {
             Message::Propose(_) => "propose",
             Message::Keys(_) => "keys",
+            Message::Packing(_) => "packing",
             Message::EpochEnd { .. } => "epoch_end",
             Message::FinalScores { .. } => "final_scores",
             Message::Digest { .. } => "digest",
@@ -321,9 +323,12 @@ impl Message {
                 out.extend_from_slice(&k.rows.to_le_bytes());
                 out.extend_from_slice(&k.columns.to_le_bytes());
                 blob(&mut out, &k.key.to_bytes());
-                blob(&mut out, &k.packing.to_bytes());
                 out.extend_from_slice(&k.mask_share);
                 out.extend_from_slice(&k.frac_bits.to_le_bytes());
+            }
+            Message::Packing(key) => {
+                out.push(24);
+                blob(&mut out, &key.to_bytes());
             }
             Message::EpochEnd { epoch, best, stop } => {
                 out.push(7);
@@ -339,9 +344,8 @@ impl Message {
                 out.push(9);
                 blob(&mut out, reason.as_bytes());
             }
-            Message::Digest { round, hash } => {
+            Message::Digest { hash } => {
                 out.push(10);
-                out.extend_from_slice(&round.to_le_bytes());
                 out.extend_from_slice(hash);
             }
             Message::BinningLabels {
@@ -484,10 +488,10 @@ impl Message {
                 rows: r.u64()?,
                 columns: u32::from_le_bytes(r.array()?),
                 key: PublicKey::from_bytes(r.blob()?).map_err(he)?,
-                packing: PackingKey::from_bytes(r.blob()?).map_err(he)?,
                 mask_share: r.array()?,
                 frac_bits: u32::from_le_bytes(r.array()?),
             })),
+            24 => Message::Packing(Box::new(PackingKey::from_bytes(r.blob()?).map_err(he)?)),
             7 => Message::EpochEnd {
                 epoch: r.u64()?,
                 best: r.flag()?,
@@ -497,10 +501,7 @@ impl Message {
             9 => Message::Abort {
                 reason: r.string()?,
             },
-            10 => Message::Digest {
-                round: r.u64()?,
-                hash: r.array()?,
-            },
+            10 => Message::Digest { hash: r.array()? },
             11 => Message::BinningLabels {
                 job: r.array()?,
                 key: Box::new(PublicKey::from_bytes(r.blob()?).map_err(he)?),
@@ -779,20 +780,17 @@ mod tests {
                 rows: 10,
                 columns: 12,
                 key: public.clone(),
-                packing: secret.packing_key(1).unwrap(),
                 mask_share: [7; 32],
                 frac_bits: 12,
             })),
+            Message::Packing(Box::new(secret.packing_key(1).unwrap())),
             Message::EpochEnd {
                 epoch: 2,
                 best: true,
                 stop: false,
             },
             Message::FinalScores { masked: vec![9, 8] },
-            Message::Digest {
-                round: 3,
-                hash: [5; 32],
-            },
+            Message::Digest { hash: [5; 32] },
             Message::Abort {
                 reason: "stop".into(),
             },

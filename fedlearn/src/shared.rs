@@ -115,15 +115,25 @@ impl PartyInput {
     }
 }
 
-/// A peer's keys.
-pub(crate) struct PeerKeys {
-    pub(crate) public: PublicKey,
-    pub(crate) packing: PackingKey,
+/// Packing levels of every party's packing key in a job of these widths and row sets: enough
+/// to pack the most results any release holds (a step product's, at most every party's
+/// width once per kind of matrix), within the parameters. Public, so every party knows the
+/// level count of every key it receives.
+pub(crate) fn packing_levels(params: &Params, widths: &[usize], sets: usize) -> u32 {
+    let results = widths.iter().sum::<usize>() * (1 + sets);
+    results
+        .max(2)
+        .next_power_of_two()
+        .trailing_zeros()
+        .min(params.max_pack_levels)
 }
 
 /// What one pair (this party and a peer) builds in the set-up.
 struct Pair {
-    keys: PeerKeys,
+    /// The peer's public key, and its packing key once it has come (the first message of
+    /// the set-up).
+    public: PublicKey,
+    packing: Option<PackingKey>,
     /// The peer's columns under its key, transformed, per row set.
     columns: Vec<Option<PreparedBlocks>>,
     /// Per row set, share of the scaled Gram X_meᵀ X_peer (m_me × m_peer, row-major).
@@ -198,6 +208,8 @@ pub(crate) struct Party {
     damping: Vec<u128>,
     /// The guest's k_G = M_G·c_G / n, its own (empty for a host).
     guest_offset: Vec<u128>,
+    /// Packing levels of every key of the job ([`packing_levels`]).
+    levels: u32,
     pairs: Vec<Option<Pair>>,
     held: Vec<Held>,
     /// Per peer R: the step product for R's weight shares.
@@ -218,7 +230,7 @@ impl Party {
         params: Params,
         input: PartyInput,
         secret: SecretKey,
-        peers: Vec<Option<PeerKeys>>,
+        peers: Vec<Option<PublicKey>>,
     ) -> Result<Party, FedError> {
         let parties = input.names.len();
         let me = input.index;
@@ -241,19 +253,6 @@ impl Party {
             return Err(FedError::Config {
                 field: "labels",
                 reason: "the guest, and only the guest, brings labels".into(),
-            });
-        }
-        // Spread products and block layouts are laid out for packing keys of every level.
-        if let Some(peer) = peers.iter().position(|k| {
-            k.as_ref()
-                .is_some_and(|k| k.packing.levels() < params.max_pack_levels)
-        }) {
-            return Err(FedError::Protocol {
-                peer: input.names[peer].clone(),
-                reason: format!(
-                    "its packing key must pack {} levels",
-                    params.max_pack_levels
-                ),
             });
         }
         let mut sets = Vec::new();
@@ -295,12 +294,14 @@ impl Party {
             _ => Vec::new(),
         };
         let count = sets.len();
+        let levels = packing_levels(&params, &input.widths, count);
         let pairs = peers
             .into_iter()
             .enumerate()
             .map(|(peer, keys)| {
-                keys.map(|keys| Pair {
-                    keys,
+                keys.map(|public| Pair {
+                    public,
+                    packing: None,
                     columns: (0..count).map(|_| None).collect(),
                     gram: vec![vec![0; input.widths[me] * input.widths[peer]]; count],
                     label_term: vec![Vec::new(); count],
@@ -332,6 +333,7 @@ impl Party {
             precond,
             damping,
             guest_offset,
+            levels,
             pairs,
             held,
             step_matrices: (0..parties).map(|_| None).collect(),
@@ -380,6 +382,44 @@ impl Party {
             .ok_or_else(|| self.protocol(peer, "not a peer of this job"))
     }
 
+    /// A peer's packing key; a set-up message before it is the peer's protocol error.
+    fn packing(&self, peer: usize) -> Result<&PackingKey, FedError> {
+        self.pair(peer)?
+            .packing
+            .as_ref()
+            .ok_or_else(|| self.protocol(peer, "a set-up message before its packing key"))
+    }
+
+    /// This party's packing key, of the job's level count.
+    pub(crate) fn packing_key(&self) -> Result<PackingKey, FedError> {
+        self.secret
+            .packing_key(self.levels)
+            .map_err(Self::he("making the packing key"))
+    }
+
+    /// A peer's packing key: of the peer's key pair and of the job's level count, once.
+    pub(crate) fn accept_packing(&mut self, peer: usize, key: PackingKey) -> Result<(), FedError> {
+        let levels = self.levels;
+        let pair = self.pair(peer)?;
+        let problem = if key.key_id() != pair.public.id() {
+            Some("a packing key of another key pair".to_owned())
+        } else if key.levels() != levels {
+            Some(format!(
+                "a packing key of {} levels; this job's widths call for {levels}",
+                key.levels()
+            ))
+        } else if pair.packing.is_some() {
+            Some("a second packing key".to_owned())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(self.protocol(peer, &problem));
+        }
+        self.pair_mut(peer)?.packing = Some(key);
+        Ok(())
+    }
+
     fn pair_mut(&mut self, peer: usize) -> Result<&mut Pair, FedError> {
         if self.pairs.get(peer).is_some_and(Option::is_some) {
             Ok(self.pairs[peer].as_mut().expect("checked"))
@@ -400,7 +440,7 @@ impl Party {
                     self.sets[set].rows,
                     columns.len(),
                     FEATURE_BOUND,
-                    self.params.max_pack_levels,
+                    self.levels,
                 )
             })
             .collect::<Result<_, _>>()
@@ -427,7 +467,6 @@ impl Party {
         let pair = self.pair_mut(peer)?;
         for (set, blocks) in columns.iter().enumerate() {
             let prepared = pair
-                .keys
                 .public
                 .prepare_blocks(&params, blocks)
                 .map_err(Self::he("preparing a peer's columns"))?;
@@ -463,14 +502,12 @@ impl Party {
                 // A public bound (never one read from the data): |x| ≤ 2^13 on both sides.
                 let bound = FEATURE_BOUND * FEATURE_BOUND * self.sets[set].rows as i128;
                 let product = pair
-                    .keys
                     .public
                     .multiply_blocks(&params, peer_columns, vector, bound)
                     .map_err(Self::he("multiplying a peer's columns"))?;
                 let (masked, masks) = pair
-                    .keys
                     .public
-                    .mask_and_flood(&params, product, &pair.keys.packing)
+                    .mask_and_flood(&params, product, self.packing(peer)?)
                     .map_err(Self::he("releasing a Gram product"))?;
                 shares.extend(masks.shares().into_iter().map(|s| residue(s as i128)));
                 releases.push(masked);
@@ -574,7 +611,8 @@ impl Party {
             return Err(self.protocol(peer, "coupling before its Gram releases"));
         }
         let peer_m = self.width(peer);
-        let encrypt = |v: &[u128]| encrypt_vector(&self.secret, &self.params, v, peer_m);
+        let encrypt =
+            |v: &[u128]| encrypt_vector(&self.secret, &self.params, self.levels, v, peer_m);
         let mut out: Vec<Vec<EncryptedVector>> = pair.gram[0]
             .chunks(peer_m)
             .map(encrypt)
@@ -603,22 +641,18 @@ impl Party {
             return Err(self.protocol(peer, "wrong number of coupling vectors"));
         }
         let precond: Vec<u128> = self.precond.iter().map(|&x| residue(x)).collect();
-        let levels = self.pair(peer)?.keys.packing.levels();
-        let matrix = prepare_matrix(&self.params, &precond, m, m, levels)?;
+        let matrix = prepare_matrix(&self.params, &precond, m, m, self.levels)?;
         let params = self.params;
         let name = self.input.names[peer].clone();
         let pair = self.pair_mut(peer)?;
         let mut coupling = matmul(&precond, &pair.gram[0], m, m, peer_m);
         let mut releases = Vec::with_capacity(vectors.len());
         for (i, vector) in vectors.iter().enumerate() {
-            let (masked, shares) = release_product(
-                &params,
-                &pair.keys.public,
-                &pair.keys.packing,
-                vector,
-                &matrix,
-                &name,
-            )?;
+            let packing = pair.packing.as_ref().ok_or_else(|| {
+                FedError::protocol(&name, "a set-up message before its packing key")
+            })?;
+            let (masked, shares) =
+                release_product(&params, &pair.public, packing, vector, &matrix, &name)?;
             if i < peer_m {
                 for r in 0..m {
                     coupling[r * peer_m + i] = add(coupling[r * peer_m + i], shares[r]);
@@ -799,8 +833,7 @@ impl Party {
             }
             column += self.width(q);
         }
-        let levels = self.pair(holder)?.keys.packing.levels();
-        prepare_matrix(&self.params, &matrix, height, width, levels)
+        prepare_matrix(&self.params, &matrix, height, width, self.levels)
     }
 
     /// A step, 1: starts the sums with this party's products of its own shares, and returns
@@ -843,8 +876,13 @@ impl Party {
             .filter(|&peer| peer != me)
             .map(|peer| {
                 let outputs: usize = self.outputs(peer, me).iter().map(|&p| self.width(p)).sum();
-                let encrypted =
-                    encrypt_vector(&self.secret, &self.params, &vector, outputs * kinds)?;
+                let encrypted = encrypt_vector(
+                    &self.secret,
+                    &self.params,
+                    self.levels,
+                    &vector,
+                    outputs * kinds,
+                )?;
                 Ok((peer, encrypted))
             })
             .collect()
@@ -868,8 +906,8 @@ impl Party {
         let pair = self.pair(holder)?;
         let (masked, shares) = release_product(
             &self.params,
-            &pair.keys.public,
-            &pair.keys.packing,
+            &pair.public,
+            self.packing(holder)?,
             vector,
             matrix,
             &self.input.names[holder],
@@ -1033,7 +1071,8 @@ impl Party {
                     .copied()
                     .collect();
                 let other = if held.party == 0 { 1 } else { held.party };
-                let encrypted = encrypt_vector(&self.secret, &self.params, &vector, outputs)?;
+                let encrypted =
+                    encrypt_vector(&self.secret, &self.params, self.levels, &vector, outputs)?;
                 Ok((other, held.party, encrypted))
             })
             .collect()
@@ -1093,13 +1132,12 @@ impl Party {
         {
             *x = add(f, f);
         }
-        let levels = self.pair(0)?.keys.packing.levels();
-        let prepared = prepare_matrix(&self.params, &matrix, sets + 1, width, levels)?;
+        let prepared = prepare_matrix(&self.params, &matrix, sets + 1, width, self.levels)?;
         let pair = self.pair(0)?;
         let (masked, shares) = release_product(
             &self.params,
-            &pair.keys.public,
-            &pair.keys.packing,
+            &pair.public,
+            self.packing(0)?,
             vector,
             &prepared,
             &self.input.names[0],
@@ -1710,6 +1748,13 @@ mod tests {
         let pairs: Vec<(usize, usize)> = (0..count)
             .flat_map(|a| (0..count).filter(move |&b| b != a).map(move |b| (a, b)))
             .collect();
+        let packing: Vec<_> = nodes
+            .iter()
+            .map(Party::packing_key)
+            .collect::<Result<_, _>>()?;
+        for &(a, b) in &pairs {
+            nodes[b].accept_packing(a, packing[a].clone())?;
+        }
         let columns: Vec<_> = nodes
             .iter()
             .map(Party::encrypted_columns)
@@ -1842,10 +1887,6 @@ mod tests {
         let count = parties.len();
         let (secrets, publics): (Vec<SecretKey>, Vec<PublicKey>) =
             (0..count).map(|_| SecretKey::generate(&params)).unzip();
-        let packing: Vec<PackingKey> = secrets
-            .iter()
-            .map(|s| s.packing_key(params.max_pack_levels).unwrap())
-            .collect();
         let names: Vec<String> = (0..count)
             .map(|p| {
                 if p == 0 {
@@ -1873,12 +1914,7 @@ mod tests {
                     momentum,
                 };
                 let peers = (0..count)
-                    .map(|p| {
-                        (p != me).then(|| PeerKeys {
-                            public: publics[p].clone(),
-                            packing: packing[p].clone(),
-                        })
-                    })
+                    .map(|p| (p != me).then(|| publics[p].clone()))
                     .collect();
                 Party::new(params, input, secret, peers).unwrap()
             })

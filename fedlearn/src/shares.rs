@@ -128,28 +128,31 @@ fn digits(x: u128) -> [i64; DIGITS] {
 }
 
 /// Values per encrypted chunk for a product of `outputs` results with a vector of `inputs`
-/// shares: the power of two that minimises the ciphertexts to pack (outputs·chunk/N) plus
-/// four times the chunks to encrypt and send (a chunk costs about four packing steps).
-fn chunk_for(params: &Params, inputs: usize, outputs: usize) -> usize {
+/// shares, released to a key owner whose packing key packs `levels` levels: the power of two
+/// that minimises the ciphertexts to pack (outputs·chunk/N) plus four times the chunks to
+/// encrypt and send (a chunk costs about four packing steps).
+fn chunk_for(params: &Params, levels: u32, inputs: usize, outputs: usize) -> usize {
     let n = params.poly_size;
     let length = DIGITS * inputs;
     // Results of up to 2^108 fit 2^k per ciphertext while 108 + k < p.
     let fits = params.message_bits - 1 - SHARE_BITS;
-    (0..=params.max_pack_levels.min(fits))
+    (0..=levels.min(fits))
         .map(|k| n >> k)
         .min_by_key(|&chunk| 4 * length.div_ceil(chunk) + (outputs * chunk).div_ceil(n))
         .expect("at least one chunk size")
 }
 
 /// The vector holder's half of a share × share product with `outputs` results: its gadget
-/// copies, encrypted under its own key in the chunks the product needs.
+/// copies, encrypted under its own key (whose packing key packs `levels` levels) in the
+/// chunks the product needs.
 pub(crate) fn encrypt_vector(
     secret: &SecretKey,
     params: &Params,
+    levels: u32,
     v: &[u128],
     outputs: usize,
 ) -> Result<Vec<EncryptedVector>, FedError> {
-    let chunk = chunk_for(params, v.len(), outputs);
+    let chunk = chunk_for(params, levels, v.len(), outputs);
     gadget(v)
         .chunks(chunk)
         .map(|values| secret.encrypt(values, PRODUCT_BOUND))
@@ -187,7 +190,7 @@ pub(crate) fn prepare_matrix(
             }
         }
     }
-    let chunk = chunk_for(params, columns, rows);
+    let chunk = chunk_for(params, owner_levels, columns, rows);
     SpreadMatrix::new(
         params,
         height,
@@ -314,13 +317,14 @@ mod tests {
     fn share_products_through_he() {
         let params = N8192_Q192;
         let (secret, public) = SecretKey::generate(&params);
-        let packing = secret.packing_key(params.max_pack_levels).unwrap();
+        // Fewer levels than the results need: the product packs what the key allows.
+        let packing = secret.packing_key(2).unwrap();
         let draw = random;
         let (rows, columns) = (5, 9);
         let m: Vec<u128> = (0..rows * columns).map(|_| draw() & MODULUS_MASK).collect();
         let v: Vec<u128> = (0..columns).map(|_| draw() & MODULUS_MASK).collect();
         let prepared = prepare_matrix(&params, &m, rows, columns, packing.levels()).unwrap();
-        let encrypted = encrypt_vector(&secret, &params, &v, rows).unwrap();
+        let encrypted = encrypt_vector(&secret, &params, packing.levels(), &v, rows).unwrap();
         let (masked, mine) =
             release_product(&params, &public, &packing, &encrypted, &prepared, "peer").unwrap();
         let theirs = receive_product(&secret, &masked, rows, "peer").unwrap();

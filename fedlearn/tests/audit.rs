@@ -66,6 +66,7 @@ fn no_plaintext_crosses_the_wire() {
             ("bank", _) => &[
                 "propose",
                 "keys",
+                "packing",
                 "shared_columns",
                 "shared_gram",
                 "coupling_vectors",
@@ -79,6 +80,7 @@ fn no_plaintext_crosses_the_wire() {
             ][..],
             (_, "bank") => &[
                 "keys",
+                "packing",
                 "shared_columns",
                 "shared_gram",
                 "coupling_vectors",
@@ -95,6 +97,7 @@ fn no_plaintext_crosses_the_wire() {
             _ => &[
                 "keys",
                 "digest",
+                "packing",
                 "shared_columns",
                 "shared_gram",
                 "coupling_vectors",
@@ -105,9 +108,15 @@ fn no_plaintext_crosses_the_wire() {
                 "loss_shares",
             ][..],
         };
-        assert!(allowed.contains(&record.kind), "{record:?}");
+        assert!(
+            allowed.contains(&record.kind),
+            "{} → {}: {}",
+            record.from,
+            record.to,
+            record.kind
+        );
     }
-    assert_eq!(kinds.len(), 16, "{kinds:?}");
+    assert_eq!(kinds.len(), 17, "{kinds:?}");
     // Exactly one per-row message of the hosts' scores reaches the guest per host: the final
     // reveal.
     for host in host_names {

@@ -11,7 +11,7 @@ use he::{HeError, PreparedMatrix, SecretKey, N8192_Q192};
 use wire_golden::Family;
 
 /// One message of every kind, small. The he objects inside are single ciphertexts (their own
-/// layout is pinned by he's stored objects); the packing key in `keys` has no level, which
+/// layout is pinned by he's stored objects); the packing key in `packing` has no level, which
 /// encodes the same framing as a real one without 2.1 MiB per level.
 fn samples() -> Result<Vec<Message>, HeError> {
     let params = N8192_Q192;
@@ -47,10 +47,10 @@ fn samples() -> Result<Vec<Message>, HeError> {
             rows: 2048,
             columns: 6,
             key: public.clone(),
-            packing: secret.packing_key(0)?,
             mask_share: [0x5a; 32],
             frac_bits: 11,
         })),
+        Message::Packing(Box::new(secret.packing_key(0)?)),
         Message::EpochEnd {
             epoch: 2,
             best: false,
@@ -59,10 +59,7 @@ fn samples() -> Result<Vec<Message>, HeError> {
         Message::FinalScores {
             masked: vec![7, 1 << 63, 0],
         },
-        Message::Digest {
-            round: 0,
-            hash: [0x3c; 32],
-        },
+        Message::Digest { hash: [0x3c; 32] },
         Message::Abort {
             reason: "policy: too many guest features".into(),
         },
@@ -135,6 +132,7 @@ fn samples() -> Result<Vec<Message>, HeError> {
         match message {
             Message::Propose(_)
             | Message::Keys(_)
+            | Message::Packing(_)
             | Message::EpochEnd { .. }
             | Message::FinalScores { .. }
             | Message::Digest { .. }

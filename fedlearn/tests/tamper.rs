@@ -157,7 +157,7 @@ fn check(cases: &[Case], harmless: &[&str]) {
     }
 }
 
-/// Moves a message's counter on by one: a step, an epoch, a round.
+/// Moves a message's counter on by one: a step or an epoch.
 fn later(mut message: Message) -> Message {
     match &mut message {
         Message::StepVector { step, .. }
@@ -166,8 +166,7 @@ fn later(mut message: Message) -> Message {
         | Message::StepLossVector { step, .. }
         | Message::StepLossRelease { step, .. }
         | Message::LossShares { step, .. }
-        | Message::EpochEnd { epoch: step, .. }
-        | Message::Digest { round: step, .. } => *step += 1,
+        | Message::EpochEnd { epoch: step, .. } => *step += 1,
         other => panic!("no counter in {}", other.kind()),
     }
     message
@@ -210,6 +209,13 @@ fn more_rows(mut message: Message) -> Message {
     message
 }
 
+/// Replaces a packing key with one of another key pair.
+fn foreign(message: Message) -> Message {
+    assert_eq!(message.kind(), "packing");
+    let (secret, _) = he::SecretKey::generate(&he::N8192_Q192);
+    Message::Packing(Box::new(secret.packing_key(0).unwrap()))
+}
+
 /// Changes a value: a digest's hash, an abort's reason.
 fn changed(mut message: Message) -> Message {
     match &mut message {
@@ -248,7 +254,7 @@ fn every_altered_message_is_a_named_error() {
         refused!("epoch_end", "bank" -> "host0", Alter(later), STEP),
         refused!("weight_shares", "host0" -> "bank", Alter(shorter), "wrong length"),
         refused!("final_scores", "host0" -> "bank", Alter(shorter), "final scores, expected"),
-        refused!("digest", "host0" -> "host1", Alter(later), "a digest of round 1, expected 0"),
+        refused!("packing", "host0" -> "bank", Alter(foreign), "a packing key of another key pair"),
         // Another hash: host1 blames the guest, whose broadcast the digest vouches for.
         case!("digest", "host0" -> "host1", Alter(changed),
             "host1": Protocol { peer, reason } if peer == "bank" && reason.contains("else")),
@@ -264,7 +270,8 @@ fn every_replayed_message_is_refused_where_it_could_matter() {
     // The receiver reads the copy where the sender's next message belongs.
     check(&[
         refused!("propose", "bank" -> "host0", Replay, "expected keys, got propose"),
-        refused!("keys", "host0" -> "bank", Replay, "expected shared_columns, got keys"),
+        refused!("keys", "host0" -> "bank", Replay, "expected packing, got keys"),
+        refused!("packing", "host0" -> "bank", Replay, "expected shared_columns, got packing"),
         refused!("shared_columns", "host0" -> "bank", Replay,
             "expected shared_gram, got shared_columns"),
         refused!("shared_gram", "host0" -> "bank", Replay,
@@ -285,7 +292,7 @@ fn every_replayed_message_is_refused_where_it_could_matter() {
         refused!("epoch_end", "bank" -> "host0", Replay, "expected step_vector, got epoch_end"),
         refused!("weight_shares", "host0" -> "bank", Replay,
             "expected final_scores, got weight_shares"),
-        refused!("digest", "host0" -> "host1", Replay, "expected shared_columns, got digest"),
+        refused!("digest", "host0" -> "host1", Replay, "expected packing, got digest"),
         // The first copy already stops the guest.
         case!("abort", "host0" -> "bank", Replay,
             "bank": FedError::Aborted { peer, reason }
@@ -309,7 +316,8 @@ fn every_dropped_message_is_a_named_error() {
     check(&[
         // The receiver reads the sender's next message where the lost one belongs...
         refused!("propose", "bank" -> "host0", Drop, "expected a job proposal, got keys"),
-        refused!("keys", "host0" -> "bank", Drop, "expected keys, got shared_columns"),
+        refused!("keys", "host0" -> "bank", Drop, "expected keys, got packing"),
+        refused!("packing", "host0" -> "bank", Drop, "expected packing, got shared_columns"),
         refused!("shared_columns", "host0" -> "bank", Drop,
             "expected shared_columns, got shared_gram"),
         refused!("shared_gram", "host0" -> "bank", Drop,
@@ -326,7 +334,7 @@ fn every_dropped_message_is_a_named_error() {
         refused!("step_loss_release", "host0" -> "bank", Drop,
             "expected step_loss_release, got loss_shares"),
         refused!("epoch_end", "bank" -> "host0", Drop, "expected epoch_end, got step_vector"),
-        refused!("digest", "host0" -> "host1", Drop, "expected digest, got shared_columns"),
+        refused!("digest", "host0" -> "host1", Drop, "expected digest, got packing"),
         // ...or the sender waits for the receiver, which waits for it: both stop at once...
         case!("hand_over", "host0" -> "host1", Drop,
             "host1": Transport { peer, reason } if peer == "host0" && reason.starts_with(STALLED)),

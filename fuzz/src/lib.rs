@@ -182,7 +182,11 @@ pub fn he_round_trips(bytes: &[u8]) {
     );
     check(bytes, MaskedColumns::from_bytes, MaskedColumns::to_bytes);
     check(bytes, PackingKey::from_bytes, PackingKey::to_bytes);
-    check(bytes, EncryptedBlocks::from_bytes, EncryptedBlocks::to_bytes);
+    check(
+        bytes,
+        EncryptedBlocks::from_bytes,
+        EncryptedBlocks::to_bytes,
+    );
 }
 
 /// Decodes `bytes` as a message; whatever decodes must re-encode to bytes that decode to an
@@ -289,11 +293,12 @@ pub enum ArbMessage {
         rows: u64,
         columns: u32,
         key: HeShape,
-        packing: HeShape,
-        /// The packing key belongs to the public key (else its key id is the fuzzer's).
-        same_key: bool,
         mask_share: [u8; 32],
         frac_bits: u32,
+    },
+    /// A packing key with the fuzzer's key id (a session's key ids are fresh per run).
+    Packing {
+        packing: HeShape,
     },
     SharedGram {
         releases: Vec<HeShape>,
@@ -333,7 +338,6 @@ pub enum ArbMessage {
         masked: Vec<u64>,
     },
     Digest {
-        round: u64,
         hash: [u8; 32],
     },
     Abort {
@@ -366,21 +370,17 @@ impl ArbMessage {
                 rows,
                 columns,
                 key,
-                packing,
-                same_key,
                 mask_share,
                 frac_bits,
-            } => {
-                let key = key.public_key()?;
-                let packing_id = if *same_key { key.id().0 } else { packing.key };
-                Message::Keys(Box::new(PartyKeys {
-                    rows: *rows,
-                    columns: *columns,
-                    key,
-                    packing: packing.packing_key(packing_id)?,
-                    mask_share: *mask_share,
-                    frac_bits: *frac_bits,
-                }))
+            } => Message::Keys(Box::new(PartyKeys {
+                rows: *rows,
+                columns: *columns,
+                key: key.public_key()?,
+                mask_share: *mask_share,
+                frac_bits: *frac_bits,
+            })),
+            ArbMessage::Packing { packing } => {
+                Message::Packing(Box::new(packing.packing_key(packing.key)?))
             }
             ArbMessage::SharedGram { releases } => Message::SharedGram {
                 releases: releases
@@ -428,10 +428,7 @@ impl ArbMessage {
             ArbMessage::FinalScores { masked } => Message::FinalScores {
                 masked: masked.clone(),
             },
-            ArbMessage::Digest { round, hash } => Message::Digest {
-                round: *round,
-                hash: *hash,
-            },
+            ArbMessage::Digest { hash } => Message::Digest { hash: *hash },
             ArbMessage::Abort { reason } => Message::Abort {
                 reason: reason.clone(),
             },

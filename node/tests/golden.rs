@@ -71,7 +71,6 @@ fn samples() -> Result<Vec<(&'static str, Vec<u8>)>, PsiError> {
         dataset: "filings".into(),
         hosts: vec!["tax".into(), "utilities".into()],
         model_id: "sme-credit@1".into(),
-        batch_rows: 4096,
         guest_features: 13,
         prep: r#"{"default":{"bins":{"kind":"quantile","count":10}}}"#.into(),
         attempt: 2,

@@ -263,7 +263,6 @@ pub(crate) fn proposal(job_id: String, name: &str) -> JobProposal {
         dataset: "tax".into(),
         hosts: vec!["tax".into()],
         model_id: format!("{name}@1"),
-        batch_rows: 0,
         guest_features: 13,
         prep: String::new(),
         attempt: 0,

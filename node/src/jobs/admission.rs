@@ -121,8 +121,8 @@ pub fn check_proposal<'c>(
 }
 
 /// The policy's limits on a proposed job's shape, before anything runs: the guest's features
-/// and the batch size it announces (0: every step uses every training row, checked on the
-/// offer; a peer of this version announces 0, and the offer is refused otherwise).
+/// (the training rows, which every step uses, are checked on the offer, once PSI has counted
+/// them).
 fn check_shape(config: &NodeConfig, rule: &PolicyRule, p: &JobProposal) -> Result<(), Refusal> {
     if p.guest_features > rule.max_guest_features {
         return Err(Refusal::GuestFeatures {
@@ -132,9 +132,6 @@ fn check_shape(config: &NodeConfig, rule: &PolicyRule, p: &JobProposal) -> Resul
             got: p.guest_features,
             max: rule.max_guest_features,
         });
-    }
-    if p.batch_rows != 0 && p.batch_rows < rule.min_batch_rows {
-        return Err(batch_rows(config, rule, p, p.batch_rows));
     }
     Ok(())
 }
@@ -226,7 +223,6 @@ pub fn check_offer(
     }
     if offered.model_id != proposal.model_id
         || offered.hosts != proposal.hosts
-        || proposal.batch_rows != 0
         || offered.features > proposal.guest_features
     {
         return Err(Refusal::OfferDiffers);
@@ -283,7 +279,6 @@ mod tests {
             dataset: "filings".into(),
             hosts: vec!["tax".into(), "utilities".into()],
             model_id: "sme-2026@1".into(),
-            batch_rows: 0,
             guest_features: 8,
             prep: r#"{"default": {"bins": {"kind": "quantile", "count": 5}}}"#.into(),
             attempt: 0,
@@ -356,14 +351,6 @@ mod tests {
             Refusal::GuestFeatures {
                 got: 11,
                 max: 10,
-                ..
-            }
-        ));
-        assert!(matches!(
-            refused(|p| p.batch_rows = 512),
-            Refusal::BatchRows {
-                rows: 512,
-                min: 1024,
                 ..
             }
         ));

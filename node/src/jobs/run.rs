@@ -428,8 +428,6 @@ impl NodeState {
             dataset: host.dataset.clone(),
             hosts: spec.hosts.iter().map(|h| h.party.clone()).collect(),
             model_id: spec.model_id.clone(),
-            // Every step uses every training row (checked against the policy on the offer).
-            batch_rows: 0,
             guest_features,
             prep: serde_json::to_string(&spec.host_prep(host))
                 .map_err(|e| NodeError::Spec(format!("prep: {e}")))?,
