@@ -19,10 +19,11 @@ use fedlearn::{
     Missing, Prep, Reading, Table, TrainConfig,
 };
 
-const SETUP_KINDS: [&str; 7] = [
+const SETUP_KINDS: [&str; 8] = [
     "propose",
     "keys",
     "digest",
+    "packing",
     "shared_columns",
     "shared_gram",
     "coupling_vectors",
@@ -118,6 +119,15 @@ fn case(name: &str, guest: Table, host: Table, config: TrainConfig, prep: Prep) 
     let step = steady.iter().sum::<f64>() / steady.len().max(1) as f64;
     let by_kind = simulation.bytes_by_kind();
     let sum = |kinds: &[&str]| -> usize { kinds.iter().filter_map(|k| by_kind.get(k)).sum() };
+    // Every kind sent is counted in one of the three parts.
+    for kind in by_kind.keys() {
+        assert!(
+            [&SETUP_KINDS[..], &Message::STEP_KINDS, &END_KINDS]
+                .iter()
+                .any(|part| part.contains(kind)),
+            "{kind} is in no part of the figures"
+        );
+    }
     // Steps 0 … epochs: one more than the epochs reported.
     let steps = epochs + 1;
     let per_sample = |bytes: usize| bytes as f64 / rows as f64;

@@ -116,16 +116,17 @@ impl PartyInput {
 }
 
 /// Packing levels of every party's packing key in a job of these widths and row sets: enough
-/// to pack the most results any release holds (a step product's, at most every party's
-/// width once per kind of matrix), within the parameters. Public, so every party knows the
-/// level count of every key it receives.
+/// to pack the most results any release holds, within the parameters. Share products (step,
+/// coupling and loss releases) hold at most every party's width once per kind of matrix, and
+/// their 108-bit results pack at most `message_bits − 1 − 108` levels; a Gram release holds
+/// one result per column of the key owner. Public, so every party knows the level count of
+/// every key it receives.
 pub(crate) fn packing_levels(params: &Params, widths: &[usize], sets: usize) -> u32 {
-    let results = widths.iter().sum::<usize>() * (1 + sets);
-    results
-        .max(2)
-        .next_power_of_two()
-        .trailing_zeros()
-        .min(params.max_pack_levels)
+    let levels = |results: usize| results.max(2).next_power_of_two().trailing_zeros();
+    let share_fits = params.message_bits - 1 - SHARE_BITS;
+    let shares = levels(widths.iter().sum::<usize>() * (1 + sets)).min(share_fits);
+    let gram = levels(widths.iter().copied().max().unwrap_or(0));
+    shares.max(gram).min(params.max_pack_levels)
 }
 
 /// What one pair (this party and a peer) builds in the set-up.
@@ -2003,6 +2004,22 @@ mod tests {
             .map(|&x| residue(x.into()))
             .collect();
         assert!(top_bits_chi_square(&features) > 1000.0);
+    }
+
+    /// Keys pack what the widest release needs: share products up to the share modulus's
+    /// limit, Gram releases up to the widest party.
+    #[test]
+    fn packing_levels_follow_the_widths() {
+        let params = N8192_Q192;
+        // Credit: 14 + 10 columns, training rows only: 48 results → 6 levels.
+        assert_eq!(packing_levels(&params, &[14, 10], 1), 6);
+        // With validation rows, three kinds: 72 → 7.
+        assert_eq!(packing_levels(&params, &[14, 10], 2), 7);
+        // 31 + 300: share products stop at 9 levels; 300 Gram results need 9.
+        assert_eq!(packing_levels(&params, &[31, 300], 1), 9);
+        // 1000 columns: Gram releases of one party pack 10.
+        assert_eq!(packing_levels(&params, &[2, 1000], 1), 10);
+        assert_eq!(packing_levels(&params, &[2, 1], 1), 3);
     }
 
     #[test]
