@@ -1,7 +1,7 @@
 //! Vertical federated logistic regression without a third party, sans-IO.
 //!
 //! One guest holds the labels (the bank); one or more hosts hold features of the same aligned
-//! rows (tax bureau, utility company). This is protocol version 7 ([`PROTOCOL_VERSION`]):
+//! rows (tax bureau, utility company). This is protocol version 8 ([`PROTOCOL_VERSION`]):
 //! training in additive secret shares, the binning job of [`BinningGuest`], resuming.
 //!
 //! **What is computed.** With the first-order residual d = ¼·z + ½ − y the training objective
@@ -12,8 +12,9 @@
 //! M_P·∇_P L = w_P + k_P + Σ_{Q≠P} K_PQ·w_Q with K_PQ = M_P·X_PᵀX_Q/(4n). Every step uses every
 //! training row, and costs the same whatever their number.
 //!
-//! **Set-up, once per job** (`shared.rs`). Every party encrypts its quantised columns under
-//! its own key for every other. Within every pair the cross Gram X_PᵀX_Q — and for a host its
+//! **Set-up, once per job** (`shared.rs`). Every party sends every other its packing key, of
+//! as many levels as the job's widest release needs (known to all once the widths are), and
+//! encrypts its quantised columns under its own key for every other. Within every pair the cross Gram X_PᵀX_Q — and for a host its
 //! label term X_Hᵀ(1 − 2y) with the guest — is computed under HE and split into additive
 //! shares modulo 2^108 (the evaluator keeps its mask, the key owner its decryption); then both
 //! directions of K and the hosts' k through share × share products with each party's own
