@@ -14,11 +14,11 @@
 //!
 //! **Set-up, once per job** (`shared.rs`). Every party sends every other its packing key, of
 //! as many levels as the job's widest release needs (known to all once the widths are), and
-//! encrypts its quantised columns under its own key for every other. Within every pair the cross Gram X_PᵀX_Q — and for a host its
-//! label term X_Hᵀ(1 − 2y) with the guest — is computed under HE and split into additive
-//! shares modulo 2^108 (the evaluator keeps its mask, the key owner its decryption); then both
-//! directions of K and the hosts' k through share × share products with each party's own
-//! preconditioner. A party's weights, velocity and k are shared between it and its partner
+//! encrypts its quantised columns under its own key for every other. Within every pair the
+//! cross Gram X_PᵀX_Q — and for a host its label term X_Hᵀ(1 − 2y) with the guest — is
+//! computed under HE and split into additive shares modulo 2^108 (the evaluator keeps its
+//! mask, the key owner its decryption); then both directions of K and the hosts' k through
+//! share × share products with each party's own preconditioner. A party's weights, velocity and k are shared between it and its partner
 //! (every host's partner is the guest; the guest's is the first host).
 //!
 //! **A step.** Every party sends every other its weight shares, gadget-encrypted under its own

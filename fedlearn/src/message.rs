@@ -12,7 +12,9 @@ use crate::error::FedError;
 /// he objects of format 3 (q = 2^192, 118-bit messages), and shares modulo 2^128 (products'
 /// corrections, loss reports, binning shares). Version 7: the messages of secret-shared
 /// training (`shared_*`, `step_*`, `hand_over`, `loss_shares`, `weight_shares`), and every
-/// party's quantisation scale in its keys.
+/// party's quantisation scale in its keys. Version 8: the packing key leaves `keys` for its own
+/// message at the start of the set-up, of the levels the job's widths call for; `digest`
+/// without its always-zero round.
 pub const PROTOCOL_VERSION: u16 = 8;
 
 const MAGIC: &[u8; 4] = b"UNFL";

@@ -21,7 +21,8 @@
 //! number of rows, and a hand-over of the shares that landed elsewhere.
 //!
 //! **Set-up, per pair (P, Q), P the leader (the lower index; the guest leads every pair).**
-//! 1. Each party encrypts its quantised training columns under its own key for the other.
+//! 1. Each party sends the other its packing key ([`packing_levels`] levels, the same for
+//!    every party of the job) and encrypts its quantised columns under its own key for it.
 //! 2. Q multiplies P's encrypted columns by each of its own columns (the cross Gram, one
 //!    release per column of Q); when P is the guest it multiplies Q's columns by 1 − 2y
 //!    (2·c_Q). The evaluator keeps its masks as its share; the other decrypts its own. Both
@@ -406,7 +407,9 @@ impl Party {
             Some("a packing key of another key pair".to_owned())
         } else if key.levels() != levels {
             Some(format!(
-                "a packing key of {} levels; this job's widths call for {levels}",
+                "a packing key of {} levels where the widths this party received call for \
+                 {levels} (it miscounted, or a party announced different widths to different \
+                 peers)",
                 key.levels()
             ))
         } else if pair.packing.is_some() {
@@ -463,6 +466,15 @@ impl Party {
                 .any(|(c, set)| c.shape() != (set.rows, width))
         {
             return Err(self.protocol(peer, "its columns do not have the announced shape"));
+        }
+        // A Gram product releases a ciphertext's columns packed together: no more than the
+        // job's packing keys pack.
+        let least = self.params.poly_size >> self.levels;
+        if columns.iter().any(|c| c.chunk() < least) {
+            return Err(self.protocol(
+                peer,
+                "its columns share ciphertexts beyond its packing key's levels",
+            ));
         }
         let params = self.params;
         let pair = self.pair_mut(peer)?;
@@ -1873,17 +1885,15 @@ mod tests {
         })
     }
 
-    /// Runs a shared job in one process (the first `train` rows for training, the rest for
-    /// validation), moving every message by hand; returns what it measured and every value
-    /// each party decrypted or was handed.
-    fn run_shared(
+    /// The parties of a shared job on `parties`' columns (the first `train` rows for training,
+    /// the rest for validation), with fresh keys.
+    fn build(
         parties: &[Vec<Vec<i64>>],
         labels: &[f64],
         train: usize,
         l2: f64,
         (rate, momentum): (f64, f64),
-        steps: usize,
-    ) -> (Driven, Vec<Vec<u128>>) {
+    ) -> Vec<Party> {
         let params = N8192_Q192;
         let count = parties.len();
         let (secrets, publics): (Vec<SecretKey>, Vec<PublicKey>) =
@@ -1897,7 +1907,7 @@ mod tests {
                 }
             })
             .collect();
-        let mut nodes: Vec<Party> = secrets
+        secrets
             .into_iter()
             .enumerate()
             .map(|(me, secret)| {
@@ -1919,10 +1929,58 @@ mod tests {
                     .collect();
                 Party::new(params, input, secret, peers).unwrap()
             })
-            .collect();
+            .collect()
+    }
+
+    /// Runs a shared job in one process, moving every message by hand; returns what it
+    /// measured and every value each party decrypted or was handed.
+    fn run_shared(
+        parties: &[Vec<Vec<i64>>],
+        labels: &[f64],
+        train: usize,
+        l2: f64,
+        schedule: (f64, f64),
+        steps: usize,
+    ) -> (Driven, Vec<Vec<u128>>) {
+        let mut nodes = build(parties, labels, train, l2, schedule);
         let driven = drive_in_process(&mut nodes, steps).unwrap();
         let seen = nodes.into_iter().map(|n| n.seen).collect();
         (driven, seen)
+    }
+
+    /// A peer's packing key comes first, once, of the peer's key pair and the job's level
+    /// count; a set-up message that needs it before it is the peer's protocol error.
+    #[test]
+    fn packing_keys_are_checked() {
+        let (parties, labels) = book(400, &[2]);
+        let mut nodes = build(&parties, &labels, 300, 1e-3, (0.7, 0.3));
+        let refused = |result: Result<(), FedError>, text: &str| {
+            matches!(&result, Err(FedError::Protocol { peer, reason })
+                if peer == "host1" && reason.contains(text))
+        };
+        let columns = nodes[1].encrypted_columns().unwrap();
+        nodes[0].accept_columns(1, &columns).unwrap();
+        assert!(refused(
+            nodes[0].gram_releases(1).map(drop),
+            "before its packing key"
+        ));
+        let key = nodes[1].packing_key().unwrap();
+        let levels = key.levels();
+        assert_eq!(levels, packing_levels(&N8192_Q192, &[5, 2], 2));
+        let (other, _) = SecretKey::generate(&N8192_Q192);
+        let foreign = other.packing_key(levels).unwrap();
+        assert!(refused(
+            nodes[0].accept_packing(1, foreign),
+            "another key pair"
+        ));
+        let fewer = nodes[1].secret.packing_key(levels - 1).unwrap();
+        assert!(refused(nodes[0].accept_packing(1, fewer), "levels where"));
+        nodes[0].accept_packing(1, key.clone()).unwrap();
+        assert!(refused(
+            nodes[0].accept_packing(1, key),
+            "a second packing key"
+        ));
+        assert!(nodes[0].gram_releases(1).is_ok());
     }
 
     fn check(hosts: &[usize], l2: f64) {

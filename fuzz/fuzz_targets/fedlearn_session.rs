@@ -5,7 +5,7 @@
 //! returned it, as `fedlearn::drive` would.
 //!
 //! Every party draws fresh keys (the API has no seeded sessions), so every step costs real key
-//! generation and products (a whole job is about 10 s with the sanitizer): a run stops when
+//! generation and products (48 inputs in 30 s with the sanitizer): a run stops when
 //! the fuzzer's moves run out, and `DeliverMany` reaches deep states in a few bytes.
 #![no_main]
 

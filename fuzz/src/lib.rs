@@ -114,7 +114,9 @@ impl HeShape {
     }
 
     /// The same shape of kind `kind`, moved into the valid ranges and kept small (at most 8
-    /// ciphertexts, one packing level): it decodes.
+    /// ciphertexts, one packing level): it decodes. Key ids come from four values, so that
+    /// objects injected apart (a public key in `keys`, a packing key in `packing`) often
+    /// belong together.
     pub fn valid(&self, kind: u8) -> HeShape {
         let params = N8192_Q192;
         let max_levels = params.max_pack_levels as u8 + 1;
@@ -129,6 +131,7 @@ impl HeShape {
                 PACKING_KEY => self.levels % 2,
                 _ => self.levels % max_levels,
             },
+            key: [self.key[0] & 3; 16],
             delta: 0,
             flaw: None,
             ..self.clone()
@@ -296,7 +299,7 @@ pub enum ArbMessage {
         mask_share: [u8; 32],
         frac_bits: u32,
     },
-    /// A packing key with the fuzzer's key id (a session's key ids are fresh per run).
+    /// A packing key (of the key id of an injected `keys` message, often).
     Packing {
         packing: HeShape,
     },
@@ -380,7 +383,7 @@ impl ArbMessage {
                 frac_bits: *frac_bits,
             })),
             ArbMessage::Packing { packing } => {
-                Message::Packing(Box::new(packing.packing_key(packing.key)?))
+                Message::Packing(Box::new(packing.packing_key([packing.key[0] & 3; 16])?))
             }
             ArbMessage::SharedGram { releases } => Message::SharedGram {
                 releases: releases

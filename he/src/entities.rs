@@ -265,6 +265,12 @@ impl EncryptedBlocks {
     pub fn shape(&self) -> (usize, usize) {
         (self.rows, self.columns)
     }
+
+    /// Rows per ciphertext block: N / chunk columns share a ciphertext, so a Gram product
+    /// packs log2(N / chunk) levels.
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
 }
 
 /// [`EncryptedBlocks`] transformed once by the evaluator for repeated products.
