@@ -4,12 +4,37 @@
 mod common;
 
 use common::{jobs, parties};
-use fedlearn::internal::{replacing, simulate_altered};
+use fedlearn::internal::{replacing, simulate_altered, AlteredRun};
 use fedlearn::*;
 
 fn run(guest: Table, hosts: Vec<Table>, config: &TrainConfig) -> Result<Simulation, FedError> {
     let (guest_job, host_jobs) = jobs(guest, hosts, config);
     simulate(guest_job, host_jobs, false, &mut |_| {})
+}
+
+/// A quick job of the guest and one host on the breast data, every message passed through
+/// `alter`.
+fn altered(alter: impl Fn(&str, &str, Message) -> Message + Send + Sync + 'static) -> AlteredRun {
+    let (guest, hosts) = parties("breast", 1);
+    let (guest_job, host_jobs) = jobs(guest, hosts, &quick());
+    simulate_altered(
+        guest_job,
+        host_jobs,
+        false,
+        &mut |_| {},
+        Some(replacing(alter)),
+    )
+}
+
+/// The host stopped with a protocol error naming the guest, its reason containing `text`.
+fn host_blames_guest(run: AlteredRun, text: &str) {
+    match run.hosts.into_iter().next().and_then(Result::err) {
+        Some(FedError::Protocol { peer, reason }) => {
+            assert_eq!(peer, "bank");
+            assert!(reason.contains(text), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 fn quick() -> TrainConfig {
@@ -76,7 +101,6 @@ fn a_job_whose_parties_are_not_distinct_is_refused() {
         );
     }
     // A proposal that reaches a host naming a host twice: the host refuses it, naming the guest.
-    let (guest_job, host_jobs) = jobs(guest, hosts, &quick());
     let twice = |_: &str, _: &str, message: Message| match message {
         Message::Propose(mut proposal) => {
             proposal.hosts.push("host0".into());
@@ -84,20 +108,7 @@ fn a_job_whose_parties_are_not_distinct_is_refused() {
         }
         other => other,
     };
-    let run = simulate_altered(
-        guest_job,
-        host_jobs,
-        false,
-        &mut |_| {},
-        Some(replacing(twice)),
-    );
-    match run.hosts.into_iter().next().and_then(Result::err) {
-        Some(FedError::Protocol { peer, reason }) => {
-            assert_eq!(peer, "bank");
-            assert!(reason.contains("twice"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
+    host_blames_guest(altered(twice), "twice");
 }
 
 #[test]
@@ -138,7 +149,6 @@ fn missing_values_are_imputed_when_asked() {
 
 #[test]
 fn a_replayed_or_misplaced_message_is_a_protocol_error_naming_the_peer() {
-    let (guest, hosts) = parties("breast", 1);
     // host0 sends its step-2 weight shares as step 1's; the guest sends its step-1 release
     // to host0 as a loss release.
     type Alteration = fn(&str, &str, Message) -> Message;
@@ -155,14 +165,7 @@ fn a_replayed_or_misplaced_message_is_a_protocol_error_naming_the_peer() {
         other => other,
     };
     for (alter, victim, peer) in [(replay, "guest", "host0"), (misplace, "host", "bank")] {
-        let (guest_job, host_jobs) = jobs(guest.clone(), hosts.clone(), &quick());
-        let run = simulate_altered(
-            guest_job,
-            host_jobs,
-            false,
-            &mut |_| {},
-            Some(replacing(alter)),
-        );
+        let run = altered(alter);
         let error = if victim == "guest" {
             run.guest.err()
         } else {
@@ -187,8 +190,6 @@ fn a_replayed_or_misplaced_message_is_a_protocol_error_naming_the_peer() {
 fn a_guest_announcing_more_columns_than_its_proposal_is_refused() {
     // The hosts' policies bound the guest's features, so its keys must announce exactly what
     // its proposal said.
-    let (guest, hosts) = parties("breast", 1);
-    let (guest_job, host_jobs) = jobs(guest, hosts, &quick());
     let widen = |from: &str, _: &str, message: Message| match message {
         Message::Keys(mut keys) if from == "bank" => {
             keys.columns += 5;
@@ -196,18 +197,5 @@ fn a_guest_announcing_more_columns_than_its_proposal_is_refused() {
         }
         other => other,
     };
-    let run = simulate_altered(
-        guest_job,
-        host_jobs,
-        false,
-        &mut |_| {},
-        Some(replacing(widen)),
-    );
-    match run.hosts.into_iter().next().and_then(Result::err) {
-        Some(FedError::Protocol { peer, reason }) => {
-            assert_eq!(peer, "bank");
-            assert!(reason.contains("its proposal implies"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
+    host_blames_guest(altered(widen), "its proposal implies");
 }
