@@ -655,24 +655,21 @@ impl Party {
         }
         let precond: Vec<u128> = self.precond.iter().map(|&x| residue(x)).collect();
         let matrix = prepare_matrix(&self.params, &precond, m, m, self.levels)?;
-        let params = self.params;
-        let name = self.input.names[peer].clone();
-        let pair = self.pair_mut(peer)?;
+        let name = &self.input.names[peer];
+        let (pair, packing) = (self.pair(peer)?, self.packing(peer)?);
         let mut coupling = matmul(&precond, &pair.gram[0], m, m, peer_m);
+        let mut offset = Vec::new();
         let mut releases = Vec::with_capacity(vectors.len());
         for (i, vector) in vectors.iter().enumerate() {
-            let packing = pair.packing.as_ref().ok_or_else(|| {
-                FedError::protocol(&name, "a set-up message before its packing key")
-            })?;
             let (masked, shares) =
-                release_product(&params, &pair.public, packing, vector, &matrix, &name)?;
+                release_product(&self.params, &pair.public, packing, vector, &matrix, name)?;
             if i < peer_m {
                 for r in 0..m {
                     coupling[r * peer_m + i] = add(coupling[r * peer_m + i], shares[r]);
                 }
             } else {
                 let local = matmul(&precond, &pair.label_term[0], m, m, 1);
-                pair.offset = local
+                offset = local
                     .iter()
                     .zip(&shares)
                     .map(|(&a, &b)| add(a, b))
@@ -680,7 +677,11 @@ impl Party {
             }
             releases.push(masked);
         }
+        let pair = self.pair_mut(peer)?;
         pair.coupling_mine = coupling;
+        if !offset.is_empty() {
+            pair.offset = offset;
+        }
         Ok(releases)
     }
 

@@ -136,16 +136,6 @@ fn check_shape(config: &NodeConfig, rule: &PolicyRule, p: &JobProposal) -> Resul
     Ok(())
 }
 
-fn batch_rows(config: &NodeConfig, rule: &PolicyRule, p: &JobProposal, rows: u64) -> Refusal {
-    Refusal::BatchRows {
-        party: config.party.clone(),
-        guest: p.guest.clone(),
-        dataset: p.dataset.clone(),
-        rows,
-        min: rule.min_batch_rows,
-    }
-}
-
 /// A proposal whose job id this node knows: `Ok` for a retry of the same proposal (the first
 /// reply was lost) while the job runs; a refusal otherwise.
 pub fn check_known(proposal: &JobProposal, known: &JobRecord) -> Result<(), Refusal> {
@@ -219,7 +209,13 @@ pub fn check_offer(
     let train_rows = aligned_rows.saturating_sub(validation) as u64;
     let rule = config.allows(&proposal.guest, "train", &proposal.dataset)?;
     if train_rows < rule.min_batch_rows {
-        return Err(batch_rows(config, rule, proposal, train_rows));
+        return Err(Refusal::BatchRows {
+            party: config.party.clone(),
+            guest: proposal.guest.clone(),
+            dataset: proposal.dataset.clone(),
+            rows: train_rows,
+            min: rule.min_batch_rows,
+        });
     }
     if offered.model_id != proposal.model_id
         || offered.hosts != proposal.hosts
