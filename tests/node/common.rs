@@ -79,28 +79,41 @@ impl Federation {
 
     /// [`Federation::start`] with extra lines in each host's policy rule for the bank.
     pub(crate) async fn start_with(name: &str, drop_once: bool, policy: &str) -> Federation {
-        let dir = std::env::temp_dir().join(format!("unseen-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-        let mut plan = Plan::prepare(&dir, &data).unwrap();
-        plan.federation =
-            // 4 MiB of unread messages per job: PSI fits, the encrypted columns do not, so
-            // training runs with senders held back. PSI runs in parts of about 4096 bank ids
-            // (8 parts), so every job here aligns its rows part by part.
-            "receive_timeout_secs = 120\nbackoff_ms = 100\nretries = 3\nanchor_secs = 1\n\
-             max_buffered_bytes = 4194304\npsi_partition_rows = 4096\n"
-                .into();
-        plan.policy = policy.into();
-        let proxy_drops = Arc::new(AtomicUsize::new(0));
-        if drop_once {
-            let proxy = flaky_proxy(plan.listen["tax"], 300_000, proxy_drops.clone()).await;
-            plan.reach.insert("tax".into(), proxy);
+        // The plan picks free loopback ports before the nodes bind them; a test running
+        // beside this one can take a port in between. Such a start is tried again on fresh
+        // ports (in a fresh directory); any other failure fails the test.
+        for attempt in 0.. {
+            let dir = std::env::temp_dir()
+                .join(format!("unseen-{name}-{}-{attempt}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+            let mut plan = Plan::prepare(&dir, &data).unwrap();
+            plan.federation =
+                // 4 MiB of unread messages per job: PSI fits, the encrypted columns do not, so
+                // training runs with senders held back. PSI runs in parts of about 4096 bank
+                // ids (8 parts), so every job here aligns its rows part by part.
+                "receive_timeout_secs = 120\nbackoff_ms = 100\nretries = 3\nanchor_secs = 1\n\
+                 max_buffered_bytes = 4194304\npsi_partition_rows = 4096\n"
+                    .into();
+            plan.policy = policy.into();
+            let proxy_drops = Arc::new(AtomicUsize::new(0));
+            if drop_once {
+                let proxy = flaky_proxy(plan.listen["tax"], 300_000, proxy_drops.clone()).await;
+                plan.reach.insert("tax".into(), proxy);
+            }
+            match plan.start().await {
+                Ok(inner) => {
+                    return Federation {
+                        inner,
+                        dir,
+                        proxy_drops,
+                    }
+                }
+                Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => {}
+                Err(e) => panic!("starting the federation: {e}"),
+            }
         }
-        Federation {
-            inner: plan.start().await.unwrap(),
-            dir,
-            proxy_drops,
-        }
+        unreachable!("the loop returns or panics")
     }
 
     pub(crate) fn node_arg(&self, party: &str) -> String {

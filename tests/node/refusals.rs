@@ -436,9 +436,14 @@ async fn a_flood_of_proposals_is_refused_as_busy() {
 async fn a_host_refuses_a_bank_that_deviates_from_resuming() {
     use prost::Message as _;
     let federation = Federation::start("deviate", false).await;
+    // A job that outlasts the deviations below: 500 epochs, no early stop.
     let spec = federation.spec(
         "long.toml",
-        &TRAIN.replace("max_epochs = 8", "max_epochs = 500"),
+        &TRAIN.replace(
+            "max_epochs = 8",
+            "max_epochs = 500\n\
+             early_stopping = { kind = \"loss\", patience = 100000, min_delta = 0 }",
+        ),
     );
     let job = training(&federation, &spec).await;
     let tax = federation.state("tax");
