@@ -6,6 +6,8 @@
 //! - a party that releases crafted ciphertexts does not get the other's decryption back in
 //!   the hand-overs;
 //! - a guest that sends hosts different settings is caught before any data is encrypted.
+//! - and what the protocol itself gives away: a host that trains on indicator columns of rows
+//!   it picked reads those rows' labels off its own final weights.
 //!
 //! What stays semi-honest (no test can show it holds, because it does not): shares carry no
 //! MACs, so a party that alters what it releases or hands over moves the model unnoticed
@@ -350,4 +352,54 @@ fn a_guest_that_sends_hosts_different_settings_is_caught_before_any_data_is_encr
         .wire
         .iter()
         .any(|r| r.from.starts_with("host") && r.kind == "shared_columns"));
+}
+
+#[test]
+fn a_host_that_trains_on_indicator_columns_of_chosen_rows_reads_their_labels_off_its_weights() {
+    // What the protocol computes, not a flaw of how: every party receives its own final
+    // weights, and a host chooses its columns. A column that is 1 on one row and 0 elsewhere
+    // gets the weight that fits that row's residual, about (4y − 2 − z_guest)/√n on the
+    // standardised column — the row's label, blurred by the guest's score.
+    let (guest, _) = parties("default_credit", 1);
+    let labels = guest.labels().unwrap();
+    let defaulters = (0..guest.rows()).filter(|&r| labels[r] == 1.0).take(20);
+    let payers = (0..guest.rows()).filter(|&r| labels[r] == 0.0).take(20);
+    let chosen: Vec<usize> = defaulters.chain(payers).collect();
+    let mut csv = String::from("id");
+    for c in 0..chosen.len() {
+        csv.push_str(&format!(",row{c}"));
+    }
+    for (r, id) in guest.ids().iter().enumerate() {
+        csv.push('\n');
+        csv.push_str(id);
+        for &row in &chosen {
+            csv.push_str(if row == r { ",1" } else { ",0" });
+        }
+    }
+    let host = Table::parse_csv("indicators", &csv, "id", None, Missing::Reject, &|_| {
+        Reading::Number
+    })
+    .unwrap();
+    let config = TrainConfig {
+        seed: 8,
+        ..TrainConfig::default()
+    };
+    let (guest_job, host_jobs) = jobs(guest, vec![host], &config);
+    let simulation = simulate(guest_job, host_jobs, true, &mut |_| {}).unwrap();
+    let weights: Vec<f64> = simulation.hosts[0]
+        .model
+        .features
+        .iter()
+        .map(|f| f.weight)
+        .collect();
+    assert_eq!(weights.len(), chosen.len());
+    // Rank the chosen rows by their weights: the defaulters (the first 20) come first.
+    let pairs = 20 * 20;
+    let ordered = (0..20)
+        .flat_map(|d| (20..40).map(move |p| (d, p)))
+        .filter(|&(d, p)| weights[d] > weights[p])
+        .count();
+    let auc = ordered as f64 / pairs as f64;
+    println!("AUC of the host's weights for the chosen rows' labels: {auc:.3}");
+    assert!(auc > 0.9, "{auc}: {weights:?}");
 }
