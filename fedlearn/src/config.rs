@@ -26,8 +26,8 @@ pub enum EarlyStopping {
 /// Everything the guest proposes for a training job. Omitted fields take their defaults.
 ///
 /// There is no batch size, learning rate or optimiser to choose: secret-shared training runs
-/// full-batch block-Jacobi steps with momentum (step 0.7, momentum 0.3; `docs/training.md`),
-/// whose cost per step does not depend on the rows.
+/// full-batch block-Jacobi steps with momentum (step 0.7, lower from four parties on; momentum
+/// 0.3; `docs/training.md`), whose cost per step does not depend on the rows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {

@@ -44,7 +44,7 @@ use crate::protocol::{
     GuestOutcome, HostOutcome, RevealedRows, StopReason, PARAMS,
 };
 use crate::session::Mailbox;
-use crate::shared::{hand_over_context, partner, Party, PartyInput, MOMENTUM, RATE};
+use crate::shared::{hand_over_context, partner, rate, Party, PartyInput, MOMENTUM};
 
 /// Most columns a peer may announce: every column costs this party a share of every Gram
 /// and coupling product.
@@ -746,7 +746,7 @@ impl Trainer {
             labels,
             intercept: (self.me == 0).then(|| self.data.quantised.columns - 1),
             l2: self.config.l2,
-            rate: RATE,
+            rate: rate(self.parties()),
             momentum: MOMENTUM,
         };
         let (secret, _) = self.keys.take().expect("keys before the core");
@@ -824,7 +824,25 @@ impl Trainer {
     fn verdict(&mut self) -> Result<(), FedError> {
         let step = self.step as usize;
         let (losses, change) = self.core()?.losses()?;
+        // A Taylor loss is at least log 2 − ½ (a row's minimum, at z = ±2) and the iteration
+        // cannot diverge at its step size (`shared::rate`): a loss outside [log 2 − ½, 1000]
+        // (|z| near 90 on average) or a negative squared change is a share that wrapped or a
+        // party that altered its loss terms, never a model to keep.
+        let floor = std::f64::consts::LN_2 - 0.5 - 1e-4;
+        if let Some(loss) = losses.iter().find(|l| !(floor..=1000.0).contains(*l)) {
+            return Err(FedError::Diverged {
+                epoch: self.step as usize,
+                reason: format!("a Taylor loss of {loss}, outside what any weights give"),
+            });
+        }
+        if change < -1e-6 {
+            return Err(FedError::Diverged {
+                epoch: self.step as usize,
+                reason: format!("a squared weight change of {change}"),
+            });
+        }
         let config = self.config.clone();
+        let step_size = rate(self.parties());
         let state = self.guest_state();
         let previous = std::mem::replace(&mut state.change, change);
         let (best, last) = if step == 0 {
@@ -834,12 +852,6 @@ impl Trainer {
             let validation_loss = losses.get(1).copied();
             let weight_change = previous.max(0.0).sqrt();
             let loss = validation_loss.unwrap_or(train_loss);
-            if !loss.is_finite() || !weight_change.is_finite() {
-                return Err(FedError::Diverged {
-                    epoch: step,
-                    reason: format!("Taylor loss {loss}, weight change {weight_change}"),
-                });
-            }
             let (best, done) = match config.early_stopping {
                 Some(EarlyStopping::Loss {
                     patience,
@@ -870,7 +882,7 @@ impl Trainer {
                 train_loss,
                 validation_loss,
                 weight_change,
-                learning_rate: RATE,
+                learning_rate: step_size,
                 best,
             };
             state.history.push(report.clone());

@@ -8,7 +8,8 @@
 //! is the quadratic L(w) = log 2 + c·w/n + ½·wᵀHw, H = XᵀX/(4n) + λI′ (the intercept
 //! unpenalised), c = Xᵀ(½ − y): the second-order Taylor expansion of the log-loss. Each party P
 //! preconditions its block of the gradient with the inverse of its own diagonal block and all
-//! take block-Jacobi steps with momentum (step 0.7, momentum 0.3; `docs/training.md`):
+//! take block-Jacobi steps with momentum (step 0.7, 2.34/parties from four parties on; momentum
+//! 0.3; `docs/training.md`):
 //! M_P·∇_P L = w_P + k_P + Σ_{Q≠P} K_PQ·w_Q with K_PQ = M_P·X_PᵀX_Q/(4n). Every step uses every
 //! training row, and costs the same whatever their number.
 //!

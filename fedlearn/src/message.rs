@@ -14,8 +14,9 @@ use crate::error::FedError;
 /// training (`shared_*`, `step_*`, `hand_over`, `loss_shares`, `weight_shares`), and every
 /// party's quantisation scale in its keys. Version 8: the packing key leaves `keys` for its own
 /// message at the start of the set-up, of the levels the job's widths call for; `digest`
-/// without its always-zero round.
-pub const PROTOCOL_VERSION: u16 = 8;
+/// without its always-zero round. Version 9: the step size falls with the number of parties
+/// from four on (`shared::rate`), so that the iteration converges whatever the data.
+pub const PROTOCOL_VERSION: u16 = 9;
 
 const MAGIC: &[u8; 4] = b"UNFL";
 

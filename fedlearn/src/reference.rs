@@ -10,7 +10,7 @@ use crate::metrics::{evaluate, Metrics};
 use crate::model::{ModelPart, Standardised};
 use crate::prep::{Fitted, Prep};
 use crate::protocol::Quantised;
-use crate::shared::{invert, MIN_DAMPING, MOMENTUM, RATE};
+use crate::shared::{invert, rate, MIN_DAMPING, MOMENTUM};
 use ndarray::ArrayView2;
 
 /// How the residual d = p − y is formed.
@@ -238,6 +238,7 @@ pub fn train_plain_vertical(
         start += width;
     }
     let (mut w, mut v) = (vec![0.0; m], vec![0.0; m]);
+    let rate = rate(tables.len());
     let mut history = Vec::new();
     let train_labels: Vec<f64> = train.iter().map(|&r| labels[r]).collect();
     for _ in 0..config.max_epochs {
@@ -250,7 +251,7 @@ pub fn train_plain_vertical(
                 let step: f64 = (0..k)
                     .map(|l| inverse[a * k + l] * gradient[range.start + l])
                     .sum();
-                v[i] = MOMENTUM * v[i] - RATE * step;
+                v[i] = MOMENTUM * v[i] - rate * step;
             }
         }
         for (w, v) in w.iter_mut().zip(&v) {

@@ -350,10 +350,11 @@ fn every_dropped_message_is_a_named_error() {
     ], &[]);
 }
 
-/// Adds 2^32 to the first masked value of the final scores, or 2^60 to the first loss share.
+/// Adds 2^32 to the first masked value of the final scores, or 2^40 to the first loss share
+/// (about one unit of the training loss).
 fn raised(mut message: Message) -> Message {
     match &mut message {
-        Message::LossShares { shares, .. } => shares[0] = (shares[0] + (1 << 60)) % (1 << 108),
+        Message::LossShares { shares, .. } => shares[0] = (shares[0] + (1 << 40)) % (1 << 108),
         Message::FinalScores { masked } => masked[0] = masked[0].wrapping_add(1 << 32),
         other => panic!("no masked values in {}", other.kind()),
     }
@@ -384,6 +385,23 @@ fn a_partys_own_shares_aggregates_and_verdicts_are_not_checked() {
         w(a).iter().zip(w(b)).all(|(x, y)| (x - y).abs() < 1e-3)
     };
     assert!(close(&report.model, &guest.model));
+    // Unless the loss leaves the range a Taylor loss can take: 2^60 more is caught.
+    let far = replacing(|_, _, message| match message {
+        Message::LossShares {
+            step: 1,
+            mut shares,
+        } => {
+            shares[0] = (shares[0] + (1 << 60)) % (1 << 108);
+            Message::LossShares { step: 1, shares }
+        }
+        other => other,
+    });
+    let caught = run(1, false, Some(far)).guest;
+    assert!(
+        matches!(caught, Err(FedError::Diverged { epoch: 1, ref reason }) if reason.contains("Taylor loss")),
+        "{:?}",
+        caught.map(|g| g.history)
+    );
     // A host's final scores: the guest's evaluation moves.
     let alter = first("final_scores", "host0", "bank", Tamper::Alter(raised));
     let scores = run(1, false, Some(alter)).guest.unwrap();

@@ -15,8 +15,9 @@ pub mod psi;
 /// peer of the old format when they first meet, not in the middle of a job. Version 9: fedlearn
 /// protocol 7 (the messages of secret-shared training; keys carry the quantisation scale).
 /// Version 10: fedlearn protocol 8 (packing keys of the levels the job's widths call for, sent
-/// when the set-up starts); proposals no longer carry a batch size.
-pub const FEDERATION_VERSION: u32 = 10;
+/// when the set-up starts); proposals no longer carry a batch size. Version 11: fedlearn
+/// protocol 9 (the step size of four parties or more).
+pub const FEDERATION_VERSION: u32 = 11;
 
 /// Largest preparation a proposal may carry (JSON bytes).
 pub(crate) const MAX_PREP_BYTES: usize = 64 * 1024;
