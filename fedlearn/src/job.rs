@@ -824,15 +824,16 @@ impl Trainer {
     fn verdict(&mut self) -> Result<(), FedError> {
         let step = self.step as usize;
         let (losses, change) = self.core()?.losses()?;
-        // A Taylor loss is at least log 2 − ½ (a row's minimum, at z = ±2) and the iteration
-        // cannot diverge at its step size (`shared::rate`): a loss outside [log 2 − ½, 1000]
-        // (|z| near 90 on average) or a negative squared change is a share that wrapped or a
+        // A Taylor loss is at least log 2 − ½ (a row's minimum, at z = ±2; the loss carries no
+        // penalty), and from log 2 at the starting weights a job that converges — as it does at
+        // its step size (`shared::rate`) — stays far below 1000 (|z| near 90 on average): a
+        // loss outside that range, or a negative squared change, is a share that wrapped or a
         // party that altered its loss terms, never a model to keep.
         let floor = std::f64::consts::LN_2 - 0.5 - 1e-4;
         if let Some(loss) = losses.iter().find(|l| !(floor..=1000.0).contains(*l)) {
             return Err(FedError::Diverged {
                 epoch: self.step as usize,
-                reason: format!("a Taylor loss of {loss}, outside what any weights give"),
+                reason: format!("a Taylor loss of {loss}, outside what a converging job gives"),
             });
         }
         if change < -1e-6 {

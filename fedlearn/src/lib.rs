@@ -1,7 +1,7 @@
 //! Vertical federated logistic regression without a third party, sans-IO.
 //!
 //! One guest holds the labels (the bank); one or more hosts hold features of the same aligned
-//! rows (tax bureau, utility company). This is protocol version 8 ([`PROTOCOL_VERSION`]):
+//! rows (tax bureau, utility company). This is protocol version 9 ([`PROTOCOL_VERSION`]):
 //! training in additive secret shares, the binning job of [`BinningGuest`], resuming.
 //!
 //! **What is computed.** With the first-order residual d = ¼·z + ½ − y the training objective

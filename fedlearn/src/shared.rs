@@ -1358,7 +1358,7 @@ pub(crate) const MOMENTUM: f64 = 0.3;
 /// damped ones included), the Hessian's eigenvalues are at most the number of blocks, since
 /// ‖Σ_P X_P·w_P‖² ≤ parties · Σ_P ‖X_P·w_P‖²; heavy-ball momentum converges while step ×
 /// eigenvalue < 2(1 + momentum), and the step keeps that product within 90% of the limit.
-/// At 0.7, four parties whose columns share one factor diverge (`tests/train.rs`).
+/// At 0.7, five parties whose columns share one factor diverge (`tests/train.rs`).
 pub(crate) fn rate(parties: usize) -> f64 {
     RATE.min(0.9 * 2.0 * (1.0 + MOMENTUM) / parties as f64)
 }
@@ -1965,7 +1965,7 @@ mod tests {
     #[test]
     fn packing_keys_are_checked() {
         let (parties, labels) = book(400, &[2]);
-        let mut nodes = build(&parties, &labels, 300, 1e-3, (0.7, 0.3));
+        let mut nodes = build(&parties, &labels, 300, 1e-3, (rate(2), MOMENTUM));
         let refused = |result: Result<(), FedError>, text: &str| {
             matches!(&result, Err(FedError::Protocol { peer, reason })
                 if peer == "host1" && reason.contains(text))
@@ -2058,7 +2058,7 @@ mod tests {
     #[test]
     fn every_value_a_party_decrypts_or_is_handed_is_uniform() {
         let (parties, labels) = book(4000, &[6, 3]);
-        let (_, seen) = run_shared(&parties, &labels, 3000, 1e-3, (0.7, 0.3), 6);
+        let (_, seen) = run_shared(&parties, &labels, 3000, 1e-3, (rate(3), MOMENTUM), 6);
         for (party, values) in seen.iter().enumerate() {
             assert!(values.len() > 200, "party {party}: {} values", values.len());
             let chi = top_bits_chi_square(values);
