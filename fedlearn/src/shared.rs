@@ -1359,8 +1359,13 @@ pub(crate) const MOMENTUM: f64 = 0.3;
 /// ‖Σ_P X_P·w_P‖² ≤ parties · Σ_P ‖X_P·w_P‖²; heavy-ball momentum converges while step ×
 /// eigenvalue < 2(1 + momentum), and the step keeps that product within 90% of the limit.
 /// At 0.7, five parties whose columns share one factor diverge (`tests/train.rs`).
+///
+/// The step is a multiple of 2^-16, the precision the shares apply it with, so that the
+/// plaintext iteration (`train_plain_vertical`) takes exactly the same step.
 pub(crate) fn rate(parties: usize) -> f64 {
-    RATE.min(0.9 * 2.0 * (1.0 + MOMENTUM) / parties as f64)
+    let step = RATE.min(0.9 * 2.0 * (1.0 + MOMENTUM) / parties as f64);
+    let unit = f64::from(1u32 << RATE_BITS);
+    (step * unit).round() / unit
 }
 
 /// The pairwise-mask context of the hand-overs of `about`'s sums at `step`.

@@ -68,7 +68,7 @@ fn five_parties_step_at_their_own_step_size() {
         .guest
         .history
         .iter()
-        .all(|epoch| (epoch.learning_rate - expected).abs() < 1e-12));
+        .all(|epoch| (epoch.learning_rate - expected).abs() <= 0.5 / 65536.0));
     // Five parties' truncations on the breast data's nearly collinear columns (large
     // preconditioners) leave more than the credit data's few units of 2^-20 (4·10^-5 seen);
     // a step of 0.7 in the job alone leaves a difference near 2.

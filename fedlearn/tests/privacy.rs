@@ -298,9 +298,12 @@ fn a_crafted_release_does_not_come_back_decrypted() {
     // host0. A raw decryption of the crafted ciphertexts would be a key coefficient times a
     // constant: a few distinct values, the same for a given key. Masked with the stream host1
     // shares with the guest, every value is distinct, and two runs (fresh keys) share none.
+    // (The crafted values can drive a Taylor loss out of range, and the guest then stops the
+    // job as diverged; step 0's hand-overs come before its first verdict, and with three
+    // possible raw values ten are enough to show a repeat.)
     let runs = [crafted_run(), crafted_run()];
     let (first, second) = (handed(&runs[0]), handed(&runs[1]));
-    assert!(first.len() >= 30, "{} values", first.len());
+    assert!(first.len() >= 10, "{} values", first.len());
     let distinct: std::collections::BTreeSet<u128> = first.iter().copied().collect();
     assert_eq!(
         distinct.len(),
