@@ -37,8 +37,7 @@ pub struct Cli {
 
 /// The job spec's defaults, for `unseen train --help` (the README lists the same).
 const TRAIN_DEFAULTS: &str = "\
-Job spec defaults ([train]; full-batch secret-shared block-Jacobi steps, μ 0.3,
-η 0.7 or, from four parties on, 2.34/parties):
+Job spec defaults ([train]; full-batch block-Jacobi steps, η 0.7 (2.34/parties from 4 on), μ 0.3):
   max_epochs = 100
   early_stopping = { kind = \"loss\", patience = 5, min_delta = 1e-4 }   # keeps the best epoch
   l2 = 0, validation_fraction = 0, seed drawn and recorded
