@@ -179,7 +179,7 @@ pub use woe::{BinStats, ColumnStats};
 /// job's seed. Not part of the supported interface.
 #[doc(hidden)]
 pub mod internal {
-    pub use crate::simulator::{replacing, simulate_altered, Alter, AlteredRun};
+    pub use crate::simulator::{replacing, simulate_altered, simulate_bounded, Alter, AlteredRun};
 
     /// The (training, validation) rows of a job of `rows` rows with this seed and fraction.
     pub fn split(rows: usize, seed: u64, validation_fraction: f64) -> (Vec<usize>, Vec<usize>) {

@@ -731,26 +731,35 @@ impl<'a> Reader<'a> {
 }
 
 /// Moves messages between named parties. `node` implements it over gRPC; the simulator over
-/// in-process channels. Both calls block; `receive` returns the next message from `from`
-/// (messages from one sender arrive in the order sent) or an error after the transport's
-/// timeout.
+/// in-process channels. `send` and `receive` block; `receive` returns the next message from
+/// `from` (messages from one sender arrive in the order sent) or an error after the
+/// transport's timeout.
+///
+/// A receiver may hold messages back: it keeps only so much of one sender's unread messages,
+/// but always takes the next one it will read. [`drive`](crate::drive) copes with that through
+/// [`offer`](Self::offer) and [`wait`](Self::wait), so that no cycle of parties, each holding
+/// back what the next one sends it while it waits for the one before, can form.
 pub trait Transport {
-    /// Sends a message to a party.
+    /// Sends a message to a party, waiting while the party holds it back.
     fn send(&mut self, to: &str, message: Message) -> Result<(), FedError>;
     /// Waits for the next message from a party.
     fn receive(&mut self, from: &str) -> Result<Message, FedError>;
-    /// Sends a message; while the receiver holds it back (it has as much of this party's
-    /// messages unread as it takes), passes what arrives meanwhile, from any party, to
-    /// `arrived` — so two parties that both send more than the other holds do not wait on
-    /// each other. The default sends at once.
-    fn send_while_taking(
+    /// Sends a message unless the party holds it back now; then gives it back. A message given
+    /// back is offered again, unchanged, before any other message to that party (so a
+    /// transport may keep its encoding and its place in the sequence); one held back for the
+    /// transport's timeout fails. The default sends at once.
+    fn offer(&mut self, to: &str, message: Message) -> Result<Option<Message>, FedError> {
+        self.send(to, message).map(|()| None)
+    }
+    /// Called while every message offered is held back: waits a little for room at the
+    /// receivers, and passes what has arrived meanwhile, from any party, to `arrived`;
+    /// whether it passed anything. The default has nothing to wait for.
+    fn wait(
         &mut self,
-        to: &str,
-        message: Message,
         arrived: &mut dyn FnMut(&str, Message) -> Result<(), FedError>,
-    ) -> Result<(), FedError> {
+    ) -> Result<bool, FedError> {
         let _ = arrived;
-        self.send(to, message)
+        Ok(false)
     }
 }
 

@@ -35,11 +35,18 @@ pub trait Session {
 }
 
 /// Runs `session` to its end over `transport`, passing its events to `events`.
+///
+/// What the session sends waits in one queue per receiver, and a receiver that holds messages
+/// back delays only its own queue: with three parties or more, the message one of them needs
+/// may otherwise sit behind one to a receiver that waits for that party in turn. While every
+/// queue is held back, what arrives is handed to the session, whose answers may be what the
+/// receivers wait for.
 pub fn drive(
     session: &mut dyn Session,
     transport: &mut dyn Transport,
     events: &mut dyn FnMut(&Event),
 ) -> Result<(), FedError> {
+    let mut outbox: Vec<(String, VecDeque<Message>)> = Vec::new();
     loop {
         // Events before every send: a party's checkpoint of an epoch is kept before anything
         // of the next epoch leaves it (see `crate::checkpoint`).
@@ -47,12 +54,27 @@ pub fn drive(
             events(&event);
         }
         while let Some((to, message)) = session.poll_transmit()? {
-            transport.send_while_taking(&to, message, &mut |from, arrived| {
-                session.handle(from, arrived)
-            })?;
-            while let Some(event) = session.poll_event() {
-                events(&event);
+            match outbox.iter_mut().find(|(peer, _)| *peer == to) {
+                Some((_, queue)) => queue.push_back(message),
+                None => outbox.push((to, VecDeque::from([message]))),
             }
+        }
+        if !outbox.is_empty() {
+            let mut sent = false;
+            for (to, queue) in &mut outbox {
+                while let Some(message) = queue.pop_front() {
+                    if let Some(held) = transport.offer(to, message)? {
+                        queue.push_front(held);
+                        break;
+                    }
+                    sent = true;
+                }
+            }
+            outbox.retain(|(_, queue)| !queue.is_empty());
+            if !sent && !outbox.is_empty() {
+                transport.wait(&mut |from, arrived| session.handle(from, arrived))?;
+            }
+            continue;
         }
         let Some(peer) = session.awaiting().map(str::to_owned) else {
             return Ok(());

@@ -1,7 +1,9 @@
 //! Guest and hosts in one process, one thread each, over an in-process network. Every message
 //! is encoded to bytes and decoded on arrival, as over a network, and can be recorded for
-//! audits. A test hook may alter, drop or replay messages in flight; a run in which a lost
-//! message leaves every party waiting fails at once with [`FedError::Transport`].
+//! audits. A test hook may alter, drop or replay messages in flight, and a bounded network
+//! holds messages back as a node with little room for unread messages does; a run in which a
+//! lost message, or a cycle of held-back ones, leaves every party waiting fails at once with
+//! [`FedError::Transport`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -85,8 +87,14 @@ struct Wires {
     running: BTreeSet<String>,
     /// Each party blocked in `receive`, and the peer it waits for.
     waiting: HashMap<String, String>,
-    /// Set once every running party waited for a peer that had sent it nothing: no message
-    /// can arrive any more (one was lost, or the protocol deadlocked), so every receive fails.
+    /// Each party blocked in `wait` with nothing to take, and the parties that hold its
+    /// messages back.
+    held: HashMap<String, BTreeSet<String>>,
+    /// The most unread messages a party keeps from one sender (`None`: no bound); a sender
+    /// whose messages fill that is held back.
+    capacity: Option<usize>,
+    /// Set once every running party waited for a message that nothing could bring: none can
+    /// arrive any more (one was lost, or the parties deadlocked), so every receive fails.
     stalled: bool,
     /// Every message sent.
     log: Vec<WireRecord>,
@@ -99,14 +107,44 @@ impl Wires {
             .or_default()
     }
 
-    /// Whether every running party waits for a peer that has sent it nothing.
+    fn unread(&self, from: &str, to: &str) -> usize {
+        let key = (from.to_owned(), to.to_owned());
+        self.queues.get(&key).map_or(0, VecDeque::len)
+    }
+
+    /// Whether `to` holds back a message from `from` now.
+    fn holds_back(&self, from: &str, to: &str) -> bool {
+        self.running.contains(to)
+            && self
+                .capacity
+                .is_some_and(|capacity| self.unread(from, to) >= capacity)
+    }
+
+    /// Whether every running party waits for a peer that has sent it nothing, or for room at
+    /// parties that hold its messages back while nothing has come to it.
     fn stalls(&self) -> bool {
         self.running.iter().all(|party| {
-            self.waiting.get(party).is_some_and(|from| {
-                let key = (from.clone(), party.clone());
-                self.queues.get(&key).is_none_or(VecDeque::is_empty)
+            if let Some(from) = self.waiting.get(party) {
+                return self.unread(from, party) == 0;
+            }
+            self.held.get(party).is_some_and(|on| {
+                self.parties
+                    .iter()
+                    .all(|from| self.unread(from, party) == 0)
+                    && on.iter().all(|to| self.holds_back(party, to))
             })
         })
+    }
+
+    /// The next message to `to` from any sender, if one waits.
+    fn take_any(&mut self, to: &str) -> Option<(String, Vec<u8>)> {
+        let from = self
+            .parties
+            .iter()
+            .find(|from| self.unread(from, to) > 0)?
+            .clone();
+        let bytes = self.queue(&from, to).pop_front()?;
+        Some((from, bytes))
     }
 }
 
@@ -122,6 +160,8 @@ struct NetTransport {
     me: String,
     net: Arc<Network>,
     record: bool,
+    /// The parties that held back this party's last offer to them.
+    held_by: BTreeSet<String>,
 }
 
 fn transport_error(peer: &str, reason: impl Into<String>) -> FedError {
@@ -180,6 +220,8 @@ impl Transport for NetTransport {
             }
             if let Some(bytes) = wires.queue(from, &self.me).pop_front() {
                 drop(wires);
+                // Room for a sender held back.
+                self.net.changed.notify_all();
                 return Message::from_bytes(&bytes);
             }
             if !wires.running.contains(from) {
@@ -207,6 +249,62 @@ impl Transport for NetTransport {
                 .0;
         }
     }
+
+    fn offer(&mut self, to: &str, message: Message) -> Result<Option<Message>, FedError> {
+        if self.net.wires().holds_back(&self.me, to) {
+            self.held_by.insert(to.to_owned());
+            return Ok(Some(message));
+        }
+        self.held_by.remove(to);
+        self.send(to, message).map(|()| None)
+    }
+
+    fn wait(
+        &mut self,
+        arrived: &mut dyn FnMut(&str, Message) -> Result<(), FedError>,
+    ) -> Result<bool, FedError> {
+        let deadline = Instant::now() + RECEIVE_TIMEOUT;
+        let mut wires = self.net.wires();
+        loop {
+            wires.held.remove(&self.me);
+            if let Some((from, bytes)) = wires.take_any(&self.me) {
+                drop(wires);
+                self.net.changed.notify_all();
+                arrived(&from, Message::from_bytes(&bytes)?)?;
+                return Ok(true);
+            }
+            if !self.held_by.iter().all(|to| wires.holds_back(&self.me, to)) {
+                return Ok(false);
+            }
+            if wires.stalled {
+                let peers: Vec<&str> = self.held_by.iter().map(String::as_str).collect();
+                return Err(transport_error(
+                    &peers.join(", "),
+                    "nothing can move: every party waits for a message or for room nobody will make",
+                ));
+            }
+            wires.held.insert(self.me.clone(), self.held_by.clone());
+            if wires.stalls() {
+                wires.stalled = true;
+                self.net.changed.notify_all();
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                wires.held.remove(&self.me);
+                return Err(transport_error(
+                    self.held_by.first().map_or("", String::as_str),
+                    format!("held back for {RECEIVE_TIMEOUT:?}"),
+                ));
+            }
+            wires = self
+                .net
+                .changed
+                .wait_timeout(wires, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
 }
 
 impl Drop for NetTransport {
@@ -214,6 +312,7 @@ impl Drop for NetTransport {
         let mut wires = self.net.wires();
         wires.running.remove(&self.me);
         wires.waiting.remove(&self.me);
+        wires.held.remove(&self.me);
         self.net.changed.notify_all();
     }
 }
@@ -227,7 +326,7 @@ pub fn simulate(
     record: bool,
     events: &mut dyn FnMut(&Event),
 ) -> Result<Simulation, FedError> {
-    let run = simulate_run(guest, hosts, record, events, None);
+    let run = simulate_run(guest, hosts, record, events, None, None);
     let guest = run.0?;
     let hosts = run.1.into_iter().collect::<Result<Vec<_>, _>>()?;
     Ok(Simulation {
@@ -259,7 +358,17 @@ pub fn simulate_altered(
     events: &mut dyn FnMut(&Event),
     alter: Option<Arc<Alter>>,
 ) -> AlteredRun {
-    let (guest, hosts, wire) = simulate_run(guest, hosts, record, events, alter);
+    let (guest, hosts, wire) = simulate_run(guest, hosts, record, events, alter, None);
+    AlteredRun { guest, hosts, wire }
+}
+
+/// [`simulate`] over a network in which every party keeps at most `capacity` unread messages
+/// from each sender (at least the one it reads next), as a node whose
+/// `federation.max_buffered_bytes` is smaller than one message does with `capacity` 1.
+#[doc(hidden)]
+pub fn simulate_bounded(guest: GuestJob, hosts: Vec<HostJob>, capacity: usize) -> AlteredRun {
+    let capacity = Some(capacity.max(1));
+    let (guest, hosts, wire) = simulate_run(guest, hosts, false, &mut |_| {}, None, capacity);
     AlteredRun { guest, hosts, wire }
 }
 
@@ -282,6 +391,7 @@ fn simulate_run(
     record: bool,
     events: &mut dyn FnMut(&Event),
     alter: Option<Arc<Alter>>,
+    capacity: Option<usize>,
 ) -> Run {
     let names: Vec<String> = std::iter::once(guest.party.clone())
         .chain(hosts.iter().map(|h| h.party.clone()))
@@ -291,12 +401,14 @@ fn simulate_run(
         let mut wires = net.wires();
         wires.parties = names.iter().cloned().collect();
         wires.running = wires.parties.clone();
+        wires.capacity = capacity;
     }
     let transport = |me: &String| NetTransport {
         alter: alter.clone(),
         me: me.clone(),
         net: Arc::clone(&net),
         record,
+        held_by: BTreeSet::new(),
     };
     let mut guest_transport = transport(&names[0]);
     let host_transports: Vec<NetTransport> = names[1..].iter().map(transport).collect();

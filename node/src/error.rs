@@ -138,6 +138,9 @@ pub enum PeerFault {
     /// word that reached this node).
     #[error("no longer runs the job (it restarted or ended it)")]
     Gone,
+    /// It answers that it interrupted the attempt this node waits in, and resumes the job.
+    #[error("interrupted the job to resume it")]
+    Resuming,
     /// It sent a delivery of another kind than the phase expects.
     #[error("sent a {got:?} message during {phase}")]
     WrongKind {
@@ -586,6 +589,7 @@ impl NodeError {
                 PeerFault::Silent { .. } => format!("{peer} went silent"),
                 PeerFault::Unreachable { .. } => format!("lost contact with {peer}"),
                 PeerFault::Gone => format!("{peer} no longer runs the job"),
+                PeerFault::Resuming => format!("{peer} interrupted the job"),
                 PeerFault::RefusedJob(_) => format!("{peer} refused the job"),
                 PeerFault::NotBack { .. } => format!("{peer} was not back to resume the job"),
                 // About the peer's own offer (its settings, its counts): it reads it whole.

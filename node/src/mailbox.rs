@@ -51,6 +51,19 @@ pub enum NotAdmitted {
     },
 }
 
+/// What a peer's liveness probe of a job is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// The job's attempt is open here.
+    Running,
+    /// The job is between two attempts here: its attempt was interrupted, the next is not
+    /// open yet.
+    Resuming,
+    /// The job does not run here with the asker as a participant (it ended, never ran, or
+    /// the node restarted and has not taken it up yet).
+    Gone,
+}
+
 /// Why a receive failed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReceiveError {
@@ -75,6 +88,10 @@ struct JobBox {
     aborted_by: Option<String>,
     /// Whether it was closed by an interruption (the job resumes in a new attempt).
     interrupted: bool,
+    /// Whether this node closed the attempt to resume the job in a new one.
+    resuming: bool,
+    /// Whether the job ended here.
+    ended: bool,
     /// Bytes of the messages waiting to be read.
     unread: usize,
 }
@@ -204,6 +221,8 @@ impl Mailbox {
                 closed: None,
                 aborted_by: None,
                 interrupted: false,
+                resuming: false,
+                ended: false,
                 unread: 0,
             },
         );
@@ -324,12 +343,22 @@ impl Mailbox {
             .find_map(|sender| job_box.take_next(&sender).map(|d| (sender, d))))
     }
 
-    /// Whether `job` runs here with `sender` as a participant (registered and not closed): the
-    /// answer to a peer's liveness probe, which says no more than that to a stranger.
-    pub fn running(&self, job: &str, sender: &str) -> bool {
-        self.lock().get(job).is_some_and(|job_box| {
-            job_box.closed.is_none() && job_box.participants.contains(sender)
-        })
+    /// The answer to `sender`'s liveness probe of `job`: a stranger to the job is told
+    /// [`Liveness::Gone`], whatever runs here.
+    pub fn liveness(&self, job: &str, sender: &str) -> Liveness {
+        let jobs = self.lock();
+        let Some(job_box) = jobs.get(job) else {
+            return Liveness::Gone;
+        };
+        if !job_box.participants.contains(sender) || job_box.ended {
+            Liveness::Gone
+        } else if job_box.closed.is_none() {
+            Liveness::Running
+        } else if job_box.resuming || job_box.interrupted {
+            Liveness::Resuming
+        } else {
+            Liveness::Gone
+        }
     }
 
     /// The reason a peer gave when its abort closed the job, if one did.
@@ -354,12 +383,14 @@ impl Mailbox {
             .and_then(|job_box| job_box.aborted_by.clone())
     }
 
-    /// Closes attempt `attempt` of a job, if it is the job's attempt here (as
-    /// [`Mailbox::close`]): then `Some` of the peer whose abort or interruption had closed it
-    /// already, if one had; `None` when another attempt is open.
+    /// Closes attempt `attempt` of a job to resume it in a new one, if it is the job's
+    /// attempt here (receivers fail, buffered messages are dropped, probes are told
+    /// [`Liveness::Resuming`]): then `Some` of the peer whose abort or interruption had closed
+    /// it already, if one had; `None` when another attempt is open.
     pub fn close_attempt(&self, job: &str, attempt: u32, reason: &str) -> Option<Option<String>> {
         let closed = match self.lock().get_mut(job) {
             Some(job_box) if job_box.attempt == attempt => {
+                job_box.resuming = true;
                 job_box.shut(reason.to_owned());
                 Some(job_box.aborted_by.clone())
             }
@@ -369,10 +400,11 @@ impl Mailbox {
         closed
     }
 
-    /// Closes a job: receivers fail with `reason`, buffered messages are dropped, later
+    /// Ends a job: receivers fail with `reason`, buffered messages are dropped, later
     /// retries of already-seen messages are still acknowledged.
     pub fn close(&self, job: &str, reason: &str) {
         if let Some(job_box) = self.lock().get_mut(job) {
+            job_box.ended = true;
             job_box.shut(reason.to_owned());
         }
         self.arrived.notify_all();
@@ -446,12 +478,12 @@ mod tests {
         assert_eq!(mailbox.aborted_by("j").as_deref(), Some("bank"));
         // A job this node closed itself has no peer's reason.
         mailbox.register("k", 0, ["bank".to_string()]);
-        assert!(mailbox.running("k", "bank"));
-        assert!(!mailbox.running("k", "eve"), "a stranger learns nothing");
-        assert!(!mailbox.running("j", "bank"), "aborted");
-        assert!(!mailbox.running("x", "bank"), "unknown");
+        assert_eq!(mailbox.liveness("k", "bank"), Liveness::Running);
+        assert_eq!(mailbox.liveness("k", "eve"), Liveness::Gone, "a stranger");
+        assert_eq!(mailbox.liveness("j", "bank"), Liveness::Gone, "aborted");
+        assert_eq!(mailbox.liveness("x", "bank"), Liveness::Gone, "unknown");
         mailbox.close("k", "the job failed");
-        assert!(!mailbox.running("k", "bank"), "closed");
+        assert_eq!(mailbox.liveness("k", "bank"), Liveness::Gone, "ended");
         assert_eq!(mailbox.abort_reason("k"), None);
     }
 
@@ -465,8 +497,11 @@ mod tests {
             kind: DeliveryKind::Interrupt,
             bytes: b"lost contact with tax".to_vec(),
         };
+        assert_eq!(mailbox.liveness("j", "bank"), Liveness::Running);
         assert_eq!(mailbox.deliver("j", 0, "bank", 5, interrupt), Ok(false));
         assert!(mailbox.interrupted("j"));
+        // Between two attempts, a probe hears that the job goes on.
+        assert_eq!(mailbox.liveness("j", "bank"), Liveness::Resuming);
         assert!(matches!(
             mailbox.receive("j", 0, "bank", t),
             Err(ReceiveError::Closed(r)) if r.contains("bank interrupted the job")
@@ -478,6 +513,7 @@ mod tests {
         assert!(mailbox.register("j", 1, ["bank".to_string()]));
         assert!(!mailbox.register("j", 1, ["bank".to_string()]), "once");
         assert!(!mailbox.interrupted("j"));
+        assert_eq!(mailbox.liveness("j", "bank"), Liveness::Running);
         assert_eq!(mailbox.deliver("j", 0, "bank", 1, msg("late")), Ok(true));
         assert_eq!(mailbox.deliver("j", 1, "bank", 0, msg("new")), Ok(false));
         assert!(matches!(
@@ -489,8 +525,16 @@ mod tests {
             mailbox.receive("j", 1, "bank", t),
             Err(ReceiveError::Timeout)
         );
+        assert_eq!(
+            mailbox.close_attempt("j", 0, "old"),
+            None,
+            "not its attempt"
+        );
+        assert_eq!(mailbox.close_attempt("j", 1, "lost tax"), Some(None));
+        assert_eq!(mailbox.liveness("j", "bank"), Liveness::Resuming);
         // Closed here while it waits to resume, the job still hears the guest give up.
         mailbox.close("j", "waiting to resume");
+        assert_eq!(mailbox.liveness("j", "bank"), Liveness::Gone);
         let abort = Delivery {
             kind: DeliveryKind::Abort,
             bytes: b"tax was not back".to_vec(),

@@ -23,9 +23,10 @@ use tonic::{Code, Status};
 
 use crate::config::{FederationSettings, NodeConfig};
 use crate::error::{NodeError, PeerFault};
+use crate::mailbox::Liveness;
 use crate::metrics::Metrics;
 use crate::proto::federation_client::FederationClient;
-use crate::proto::{AliveRequest, AnchorRequest, Chunk, JobProposal, ProposalReply};
+use crate::proto::{AliveReply, AliveRequest, AnchorRequest, Chunk, JobProposal, ProposalReply};
 use crate::tls::{Identity, Lists, Revocations};
 use crate::wire::FEDERATION_VERSION;
 
@@ -323,9 +324,14 @@ impl Peers {
         .await
     }
 
-    /// Whether `to` still runs `job` with this node in it (one attempt within `deadline`; an
-    /// error when it does not answer).
-    pub async fn alive(&self, to: &str, job: &str, deadline: Duration) -> Result<bool, NodeError> {
+    /// Whether `to` still runs `job` with this node in it, or is between two attempts of it
+    /// (one attempt within `deadline`; an error when it does not answer).
+    pub async fn alive(
+        &self,
+        to: &str,
+        job: &str,
+        deadline: Duration,
+    ) -> Result<Liveness, NodeError> {
         let request = AliveRequest {
             version: FEDERATION_VERSION,
             job_id: job.to_owned(),
@@ -339,8 +345,12 @@ impl Peers {
         match tokio::time::timeout(deadline, call).await {
             // A peer that answers without telling (an older release, a refusal) is alive: the
             // receive timeout is then what bounds the wait.
-            Ok(Err(NodeError::PeerCall { code, .. })) if !unanswered(code) => Ok(true),
-            Ok(reply) => Ok(reply?.running),
+            Ok(Err(NodeError::PeerCall { code, .. })) if !unanswered(code) => Ok(Liveness::Running),
+            Ok(reply) => Ok(match reply? {
+                AliveReply { running: true, .. } => Liveness::Running,
+                AliveReply { resuming: true, .. } => Liveness::Resuming,
+                _ => Liveness::Gone,
+            }),
             Err(_) => Err(NodeError::PeerCall {
                 peer: to.to_owned(),
                 reason: format!("alive: no answer within {deadline:?}"),

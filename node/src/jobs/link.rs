@@ -8,7 +8,7 @@ use fedlearn::{Message, Transport};
 use serde_json::json;
 
 use crate::error::{NodeError, PeerFault};
-use crate::mailbox::{Delivery, ReceiveError};
+use crate::mailbox::{Delivery, Liveness, ReceiveError};
 use crate::peers::WhenHeld;
 use crate::registry::JobHandle;
 use crate::state::NodeState;
@@ -22,7 +22,22 @@ pub(crate) struct Link<'a> {
     /// The job's attempt this link carries.
     attempt: u32,
     next_seq: HashMap<String, u64>,
+    /// Training messages a peer held back, by peer, to be offered again.
+    held: HashMap<String, Held>,
+    /// How long [`Transport::wait`] sleeps next.
+    pause: Duration,
 }
+
+/// A training message a peer held back: its place in the sequence and its encoding.
+struct Held {
+    seq: u64,
+    bytes: Vec<u8>,
+    /// When it was first offered.
+    since: Instant,
+}
+
+/// The first pause of a sender whose every message is held back.
+const MIN_PAUSE: Duration = Duration::from_millis(10);
 
 impl<'a> Link<'a> {
     /// A link for the job's current attempt.
@@ -37,6 +52,8 @@ impl<'a> Link<'a> {
             job,
             attempt,
             next_seq: HashMap::new(),
+            held: HashMap::new(),
+            pause: MIN_PAUSE,
         }
     }
 
@@ -146,10 +163,10 @@ impl<'a> Link<'a> {
     }
 
     /// The next delivery from `from`. While it waits, it asks `from` every probe interval
-    /// whether it still runs the job: a peer that no longer does (twice in a row: it may be
-    /// between two attempts of an interrupted job), or that answers nothing for
-    /// `peer_dead_secs`, fails the job within seconds, named; a live peer may take up to the
-    /// receive timeout.
+    /// whether it still runs the job: a peer that interrupted this attempt, that no longer
+    /// runs the job (twice in a row: it may have restarted and not taken the job up yet), or
+    /// that answers nothing for `peer_dead_secs`, ends the attempt within seconds, named; a
+    /// live peer may take up to the receive timeout.
     pub(crate) fn receive_raw(&mut self, from: &str) -> Result<Delivery, NodeError> {
         let settings = &self.node.config().federation;
         let (timeout, interval) = (settings.receive_timeout(), settings.probe_interval());
@@ -173,16 +190,17 @@ impl<'a> Link<'a> {
             }
             let probe = self.node.peers.alive(from, self.job.id(), interval);
             let fault = match self.node.runtime.block_on(probe) {
-                Ok(true) => {
+                Ok(Liveness::Running) => {
                     alive_at = Instant::now();
                     gone = 0;
                     continue;
                 }
-                Ok(false) if gone == 0 => {
+                Ok(Liveness::Resuming) => PeerFault::Resuming,
+                Ok(Liveness::Gone) if gone == 0 => {
                     gone = 1;
                     continue;
                 }
-                Ok(false) => PeerFault::Gone,
+                Ok(Liveness::Gone) => PeerFault::Gone,
                 Err(_) if alive_at.elapsed() < settings.peer_dead() => continue,
                 Err(_) => PeerFault::Unreachable {
                     seconds: alive_at.elapsed().as_secs(),
@@ -268,59 +286,67 @@ impl Transport for Link<'_> {
         Ok(())
     }
 
-    /// While `to` holds the message back, takes what arrives from any peer (the session then
-    /// reads it, freeing room at the sender): two parties that each send more than the
-    /// other holds unread do not wait on each other.
-    fn send_while_taking(
-        &mut self,
-        to: &str,
-        message: Message,
-        arrived: &mut dyn FnMut(&str, Message) -> Result<(), fedlearn::FedError>,
-    ) -> Result<(), fedlearn::FedError> {
+    /// Delivers the message unless `to` holds it back (it has as much of this job's messages
+    /// unread as it takes); then keeps its encoding and sequence number for the next offer,
+    /// which [`Transport::offer`] promises is this message again.
+    fn offer(&mut self, to: &str, message: Message) -> Result<Option<Message>, fedlearn::FedError> {
         let transport = |e: NodeError| fedlearn::FedError::Transport {
             peer: to.to_owned(),
             reason: e.to_string(),
         };
-        let bytes = message.to_bytes();
-        let seq = self.next(to, DeliveryKind::Fedlearn).map_err(transport)?;
-        let held_since = Instant::now();
-        let mut pause = Duration::from_millis(10);
-        loop {
-            match self.deliver(
-                to,
-                seq,
-                DeliveryKind::Fedlearn,
-                &bytes,
-                true,
-                WhenHeld::Return,
-            ) {
-                Ok(()) => break,
-                Err(NodeError::PeerCall {
-                    code: tonic::Code::ResourceExhausted,
-                    ..
-                }) if held_since.elapsed() < self.node.config().federation.receive_timeout() => {
-                    self.node.metrics.add(
-                        "unseen_deliveries_held_back_total",
-                        &[("peer", to)],
-                        1.0,
-                    );
-                    if self.take_waiting(arrived)? {
-                        pause = Duration::from_millis(10);
-                    } else {
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(Duration::from_secs(1));
-                    }
-                }
-                Err(e) => return Err(transport(e)),
-            }
-        }
-        self.count(
+        let held = match self.held.remove(to) {
+            Some(held) => held,
+            None => Held {
+                seq: self.next(to, DeliveryKind::Fedlearn).map_err(transport)?,
+                bytes: message.to_bytes(),
+                since: Instant::now(),
+            },
+        };
+        match self.deliver(
             to,
-            "sent",
-            format!("fedlearn.{}", message.kind()),
-            bytes.len(),
-        );
-        Ok(())
+            held.seq,
+            DeliveryKind::Fedlearn,
+            &held.bytes,
+            true,
+            WhenHeld::Return,
+        ) {
+            Ok(()) => {
+                self.pause = MIN_PAUSE;
+                self.count(
+                    to,
+                    "sent",
+                    format!("fedlearn.{}", message.kind()),
+                    held.bytes.len(),
+                );
+                Ok(None)
+            }
+            Err(NodeError::PeerCall {
+                code: tonic::Code::ResourceExhausted,
+                ..
+            }) if held.since.elapsed() < self.node.config().federation.receive_timeout() => {
+                self.node
+                    .metrics
+                    .add("unseen_deliveries_held_back_total", &[("peer", to)], 1.0);
+                self.held.insert(to.to_owned(), held);
+                Ok(Some(message))
+            }
+            Err(e) => Err(transport(e)),
+        }
+    }
+
+    /// Takes what has arrived from any peer; when nothing has, sleeps a pause that doubles,
+    /// up to a second, while nothing moves.
+    fn wait(
+        &mut self,
+        arrived: &mut dyn FnMut(&str, Message) -> Result<(), fedlearn::FedError>,
+    ) -> Result<bool, fedlearn::FedError> {
+        if self.take_waiting(arrived)? {
+            self.pause = MIN_PAUSE;
+            return Ok(true);
+        }
+        std::thread::sleep(self.pause);
+        self.pause = (self.pause * 2).min(Duration::from_secs(1));
+        Ok(false)
     }
 
     fn receive(&mut self, from: &str) -> Result<Message, fedlearn::FedError> {

@@ -29,6 +29,7 @@ use crate::jobs::admission;
 use crate::jobs::link::Link;
 use crate::jobs::spill::IdRows;
 use crate::jobs::staged::Staged;
+use crate::mailbox::Liveness;
 use crate::peers::WhenHeld;
 use crate::proto::{JobProposal, ProposalReply};
 use crate::registry::JobHandle;
@@ -151,6 +152,16 @@ impl NodeState {
                 peer,
                 fault: PeerFault::Silent { .. } | PeerFault::Unreachable { .. } | PeerFault::Gone,
             } => peer,
+            // It knows: nobody tells it.
+            NodeError::Peer {
+                peer,
+                fault: PeerFault::Resuming,
+            } => {
+                return Some(Interruption {
+                    cause: format!("{peer} interrupted the job"),
+                    lost: Some(peer.clone()),
+                })
+            }
             NodeError::PeerCall { peer, code, .. } if lost(*code) => peer,
             NodeError::Train(fedlearn::FedError::Transport { peer, .. }) => peer,
             _ => return None,
@@ -469,12 +480,13 @@ impl NodeState {
                 return Err(NodeError::Cancelled(job.cancel_reason()));
             }
             // A guest that answers but no longer runs the job ended it (twice in a row: it
-            // may be between two attempts); one that does not answer may be restarting.
+            // may have restarted and not taken the job up yet); one between two attempts
+            // goes on with it, and one that does not answer may be restarting.
             if probed.elapsed() >= interval {
                 probed = Instant::now();
                 let probe = self.peers.alive(guest, job.id(), interval);
                 gone = match self.runtime.block_on(probe) {
-                    Ok(false) => gone + 1,
+                    Ok(Liveness::Gone) => gone + 1,
                     _ => 0,
                 };
                 if gone >= 2 {

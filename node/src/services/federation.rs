@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{NodeError, Refusal};
-use crate::mailbox::{Delivery, NotAdmitted};
+use crate::mailbox::{Delivery, Liveness, NotAdmitted};
 use crate::proto::federation_server::Federation;
 use crate::proto::{
     AliveReply, AliveRequest, Chunk, DeliveryAck, JobProposal, PartialScoresReply,
@@ -116,8 +116,11 @@ impl Federation for FederationService {
             "liveness probe",
         )?;
         let request = request.into_inner();
-        let running = self.node.mailbox.running(&request.job_id, &request.sender);
-        Ok(Response::new(AliveReply { running }))
+        let liveness = self.node.mailbox.liveness(&request.job_id, &request.sender);
+        Ok(Response::new(AliveReply {
+            running: liveness == Liveness::Running,
+            resuming: liveness == Liveness::Resuming,
+        }))
     }
 
     async fn anchor(
