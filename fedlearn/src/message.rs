@@ -735,8 +735,9 @@ impl<'a> Reader<'a> {
 /// `from` (messages from one sender arrive in the order sent) or an error after the
 /// transport's timeout.
 ///
-/// A receiver may hold messages back: it keeps only so much of one sender's unread messages,
-/// but always takes the next one it will read. [`drive`](crate::drive) copes with that through
+/// A receiver may hold messages back: it keeps only so much unread (a node: a job's
+/// `max_buffered_bytes`, all senders together), but always takes the next message it will
+/// read from each sender. [`drive`](crate::drive) copes with that through
 /// [`offer`](Self::offer) and [`wait`](Self::wait), so that no cycle of parties, each holding
 /// back what the next one sends it while it waits for the one before, can form.
 pub trait Transport {

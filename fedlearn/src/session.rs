@@ -3,11 +3,11 @@
 //! ([`Session::awaiting`]). [`drive`] runs a session over a blocking [`Transport`]; the
 //! simulator and the node use it.
 //!
-//! Call order: after creating a session, transmit everything [`Session::poll_transmit`]
-//! returns; then, while [`Session::awaiting`] names a peer, deliver that peer's next message
-//! with [`Session::handle`] and transmit again. Messages from one peer must arrive in the order
-//! that peer sent them; messages from different peers may interleave in any order (a session
-//! keeps what arrives early).
+//! Call order: transmit what [`Session::poll_transmit`] returns, in its order per receiver;
+//! deliver messages with [`Session::handle`] as they arrive; while [`Session::awaiting`] names
+//! a peer, the session needs that peer's next message. Messages from one peer must arrive in
+//! the order that peer sent them; messages from different peers may interleave in any order
+//! (a session keeps what arrives early).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -17,11 +17,12 @@ use crate::protocol::Event;
 
 /// One party of a training job as a state machine.
 ///
-/// Call order: after creating a session, transmit everything
-/// [`poll_transmit`](Self::poll_transmit) returns; then, while [`awaiting`](Self::awaiting)
-/// names a peer, deliver that peer's next message with [`handle`](Self::handle) and transmit
-/// again. Messages from one peer must arrive in the order that peer sent them; messages from
-/// different peers may interleave in any order (a session keeps what arrives early, and
+/// Call order: transmit what [`poll_transmit`](Self::poll_transmit) returns, in its order per
+/// receiver, and take the events [`poll_event`](Self::poll_event) returns before the messages
+/// polled after them leave; deliver messages with [`handle`](Self::handle) as they arrive;
+/// while [`awaiting`](Self::awaiting) names a peer, the session needs that peer's next
+/// message. Messages from one peer must arrive in the order that peer sent them; messages
+/// from different peers may interleave in any order (a session keeps what arrives early, and
 /// `handle` may be given any peer's message, not only the awaited one's).
 pub trait Session {
     /// Takes a message from `from`. An abort ends the session with [`FedError::Aborted`].
@@ -50,10 +51,13 @@ pub fn drive(
     loop {
         // Events before every send: a party's checkpoint of an epoch is kept before anything
         // of the next epoch leaves it (see `crate::checkpoint`).
-        while let Some(event) = session.poll_event() {
-            events(&event);
-        }
-        while let Some((to, message)) = session.poll_transmit()? {
+        loop {
+            while let Some(event) = session.poll_event() {
+                events(&event);
+            }
+            let Some((to, message)) = session.poll_transmit()? else {
+                break;
+            };
             match outbox.iter_mut().find(|(peer, _)| *peer == to) {
                 Some((_, queue)) => queue.push_back(message),
                 None => outbox.push((to, VecDeque::from([message]))),
@@ -84,6 +88,11 @@ pub fn drive(
     }
 }
 
+/// Most messages of one peer a session keeps before it uses them: a peer runs at most a
+/// round ahead, and no round takes more than a few messages of one peer. (While its sends are
+/// held back, [`drive`] hands a session whatever has arrived.)
+pub(crate) const MAX_EARLY: usize = 64;
+
 /// What a session sends and what it has received but not used yet.
 #[derive(Default)]
 pub(crate) struct Mailbox {
@@ -93,7 +102,8 @@ pub(crate) struct Mailbox {
 }
 
 impl Mailbox {
-    /// Keeps a message from `from`; an abort is an error at once.
+    /// Keeps a message from `from`; an abort is an error at once, and so is one message
+    /// more than [`MAX_EARLY`] waiting from one peer.
     pub(crate) fn deliver(&mut self, from: &str, message: Message) -> Result<(), FedError> {
         if let Message::Abort { reason } = message {
             return Err(FedError::Aborted {
@@ -101,10 +111,14 @@ impl Mailbox {
                 reason,
             });
         }
-        self.inbox
-            .entry(from.to_owned())
-            .or_default()
-            .push_back(message);
+        let waiting = self.inbox.entry(from.to_owned()).or_default();
+        if waiting.len() >= MAX_EARLY {
+            return Err(FedError::protocol(
+                from,
+                format!("sent more than {MAX_EARLY} messages ahead of the job"),
+            ));
+        }
+        waiting.push_back(message);
         Ok(())
     }
 

@@ -152,6 +152,28 @@ impl Network {
     fn wires(&self) -> MutexGuard<'_, Wires> {
         self.wires.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Called by a party about to block (its wait recorded in `wires`): marks the run stalled
+    /// if nothing can move any more and returns at once; otherwise waits for a change until
+    /// `deadline`, and `None` once it has passed.
+    fn wait_for_change<'a>(
+        &'a self,
+        mut wires: MutexGuard<'a, Wires>,
+        deadline: Instant,
+    ) -> Option<MutexGuard<'a, Wires>> {
+        if wires.stalls() {
+            wires.stalled = true;
+            self.changed.notify_all();
+            return Some(wires);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let (wires, _) =
+            (self.changed.wait_timeout(wires, left)).unwrap_or_else(PoisonError::into_inner);
+        Some(wires)
+    }
 }
 
 /// One party's end of the [`Network`].
@@ -228,25 +250,14 @@ impl Transport for NetTransport {
                 return Err(transport_error(from, "the party has stopped"));
             }
             wires.waiting.insert(self.me.clone(), from.to_owned());
-            if wires.stalls() {
-                wires.stalled = true;
-                self.net.changed.notify_all();
-                continue;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                wires.waiting.remove(&self.me);
+            let Some(changed) = self.net.wait_for_change(wires, deadline) else {
+                self.net.wires().waiting.remove(&self.me);
                 return Err(transport_error(
                     from,
                     format!("nothing received in {RECEIVE_TIMEOUT:?}"),
                 ));
-            }
-            wires = self
-                .net
-                .changed
-                .wait_timeout(wires, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            };
+            wires = changed;
         }
     }
 
@@ -284,25 +295,14 @@ impl Transport for NetTransport {
                 ));
             }
             wires.held.insert(self.me.clone(), self.held_by.clone());
-            if wires.stalls() {
-                wires.stalled = true;
-                self.net.changed.notify_all();
-                continue;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                wires.held.remove(&self.me);
+            let Some(changed) = self.net.wait_for_change(wires, deadline) else {
+                self.net.wires().held.remove(&self.me);
                 return Err(transport_error(
                     self.held_by.first().map_or("", String::as_str),
                     format!("held back for {RECEIVE_TIMEOUT:?}"),
                 ));
-            }
-            wires = self
-                .net
-                .changed
-                .wait_timeout(wires, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            };
+            wires = changed;
         }
     }
 }

@@ -10,7 +10,9 @@
 //! What waits unread is bounded: per job, its bytes (`federation.max_buffered_bytes`), and per
 //! sender, how far ahead of the next message to read a message may be ([`MAX_AHEAD`]). A
 //! delivery beyond either is refused as retryable, so a sender that runs ahead waits, and a
-//! peer cannot make this node hold more than that for a job.
+//! peer cannot make this node hold more than that for a job, but for what a training session
+//! takes in while its own sends are held back (at most `fedlearn`'s 64 early messages per
+//! peer).
 //!
 //! A job that resumes after an interruption runs a new attempt: every message names its
 //! attempt, a new attempt's inboxes start again from 0, and whatever an earlier attempt still
@@ -268,6 +270,8 @@ impl Mailbox {
                     .collect();
                 job_box.aborted_by = Some(sender.to_owned());
                 job_box.interrupted = delivery.kind == DeliveryKind::Interrupt;
+                // An abort ends a job that was waiting to resume.
+                job_box.resuming &= job_box.interrupted;
                 let what = if job_box.interrupted {
                     "interrupted"
                 } else {
@@ -329,18 +333,21 @@ impl Mailbox {
         }
     }
 
-    /// The next message of `attempt` from any sender, if one is waiting (without waiting).
+    /// The next message of `attempt` from any sender whose next message is of `kind`, if
+    /// one is waiting (without waiting).
     pub fn take_any(
         &self,
         job: &str,
         attempt: u32,
+        kind: DeliveryKind,
     ) -> Result<Option<(String, Delivery)>, ReceiveError> {
         let mut jobs = self.lock();
         let job_box = open_attempt(&mut jobs, job, attempt)?;
-        let senders: Vec<String> = job_box.inboxes.keys().cloned().collect();
-        Ok(senders
-            .into_iter()
-            .find_map(|sender| job_box.take_next(&sender).map(|d| (sender, d))))
+        let sender = job_box.inboxes.iter().find_map(|(sender, inbox)| {
+            let next = inbox.pending.get(&inbox.next)?;
+            (next.kind == kind).then(|| sender.clone())
+        });
+        Ok(sender.and_then(|sender| job_box.take_next(&sender).map(|d| (sender, d))))
     }
 
     /// The answer to `sender`'s liveness probe of `job`: a stranger to the job is told
@@ -485,6 +492,37 @@ mod tests {
         mailbox.close("k", "the job failed");
         assert_eq!(mailbox.liveness("k", "bank"), Liveness::Gone, "ended");
         assert_eq!(mailbox.abort_reason("k"), None);
+    }
+
+    #[test]
+    fn a_job_waiting_to_resume_says_so_until_an_abort_ends_it() {
+        let mailbox = Mailbox::default();
+        mailbox.register("j", 0, ["bank".to_string()]);
+        assert_eq!(mailbox.close_attempt("j", 0, "lost tax"), Some(None));
+        assert_eq!(mailbox.liveness("j", "bank"), Liveness::Resuming);
+        let abort = Delivery {
+            kind: DeliveryKind::Abort,
+            bytes: b"tax was not back".to_vec(),
+        };
+        assert_eq!(mailbox.deliver("j", 0, "bank", 3, abort), Ok(false));
+        assert_eq!(mailbox.liveness("j", "bank"), Liveness::Gone);
+    }
+
+    #[test]
+    fn only_training_messages_are_taken_from_any_sender() {
+        let mailbox = Mailbox::default();
+        mailbox.register("j", 0, ["tax".to_string(), "utilities".to_string()]);
+        let seed = Delivery {
+            kind: DeliveryKind::ScoringSeed,
+            bytes: b"seed".to_vec(),
+        };
+        mailbox.deliver("j", 0, "tax", 0, seed.clone()).unwrap();
+        mailbox.deliver("j", 0, "utilities", 0, msg("u0")).unwrap();
+        let take = || mailbox.take_any("j", 0, DeliveryKind::Fedlearn).unwrap();
+        assert_eq!(take(), Some(("utilities".to_string(), msg("u0"))));
+        assert_eq!(take(), None, "tax's seed waits for its own receive");
+        let t = Duration::from_millis(10);
+        assert_eq!(mailbox.receive("j", 0, "tax", t).unwrap(), seed);
     }
 
     #[test]

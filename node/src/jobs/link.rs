@@ -104,14 +104,16 @@ impl<'a> Link<'a> {
     }
 
     /// Passes every training message waiting in the mailbox, from any peer, to `arrived`;
-    /// whether there was one.
+    /// whether there was one. What a peer sent after training (a scoring seed) stays for
+    /// its own receive.
     fn take_waiting(
         &mut self,
         arrived: &mut dyn FnMut(&str, Message) -> Result<(), fedlearn::FedError>,
     ) -> Result<bool, fedlearn::FedError> {
         let mut took = false;
         loop {
-            let waiting = self.node.mailbox.take_any(self.job.id(), self.attempt);
+            let waiting =
+                (self.node.mailbox).take_any(self.job.id(), self.attempt, DeliveryKind::Fedlearn);
             let (from, delivery) = match waiting {
                 Ok(Some(next)) => next,
                 Ok(None) => return Ok(took),
@@ -172,8 +174,8 @@ impl<'a> Link<'a> {
         let (timeout, interval) = (settings.receive_timeout(), settings.probe_interval());
         let started = Instant::now();
         let mut alive_at = started;
-        // Consecutive answers that the peer no longer runs the job: a guest between two
-        // attempts of an interrupted job says so once.
+        // Consecutive answers that the peer no longer runs the job: a node that restarted
+        // says so until it has taken the job up again.
         let mut gone = 0;
         loop {
             let left = timeout.saturating_sub(started.elapsed());
@@ -274,14 +276,29 @@ impl<'a> Link<'a> {
 impl Transport for Link<'_> {
     /// Sends one message outside the training loop (binning, a refusal, an abort): a peer
     /// that holds it back is waited for, as [`Link::send_raw`] does.
+    ///
+    /// A training party's abort is best effort and waits for no room: it takes the place of a
+    /// message `to` held back, if one was, and the node tells every peer again, out of
+    /// sequence, once the job has ended (`abort_peers`).
     fn send(&mut self, to: &str, message: Message) -> Result<(), fedlearn::FedError> {
         let bytes = message.to_bytes();
         let length = bytes.len();
-        self.send_raw(to, DeliveryKind::Fedlearn, bytes, true)
-            .map_err(|e| fedlearn::FedError::Transport {
-                peer: to.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let sent = if matches!(message, Message::Abort { .. }) {
+            match self.held.remove(to) {
+                Some(held) => Ok(held.seq),
+                None => self.next(to, DeliveryKind::Fedlearn),
+            }
+            .and_then(|seq| {
+                let kind = DeliveryKind::Fedlearn;
+                self.deliver(to, seq, kind, &bytes, true, WhenHeld::Return)
+            })
+        } else {
+            self.send_raw(to, DeliveryKind::Fedlearn, bytes, true)
+        };
+        sent.map_err(|e| fedlearn::FedError::Transport {
+            peer: to.to_owned(),
+            reason: e.to_string(),
+        })?;
         self.count(to, "sent", format!("fedlearn.{}", message.kind()), length);
         Ok(())
     }
@@ -323,7 +340,17 @@ impl Transport for Link<'_> {
             Err(NodeError::PeerCall {
                 code: tonic::Code::ResourceExhausted,
                 ..
-            }) if held.since.elapsed() < self.node.config().federation.receive_timeout() => {
+            }) => {
+                let timeout = self.node.config().federation.receive_timeout();
+                if held.since.elapsed() >= timeout {
+                    return Err(fedlearn::FedError::Transport {
+                        peer: to.to_owned(),
+                        reason: format!(
+                            "held a message of this party back for {} s",
+                            timeout.as_secs()
+                        ),
+                    });
+                }
                 self.node
                     .metrics
                     .add("unseen_deliveries_held_back_total", &[("peer", to)], 1.0);

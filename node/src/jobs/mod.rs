@@ -424,10 +424,11 @@ impl NodeState {
                 )
             }
         };
+        // Ended before the peers are told: a probe meanwhile must not hear that it resumes.
+        self.mailbox.close(job.id(), &format!("the job {state}"));
         if state != "succeeded" {
             link::abort_peers(self, job, &record.peers, &public);
         }
-        self.mailbox.close(job.id(), &format!("the job {state}"));
         // Whatever it kept to resume from (weights, aligned rows) goes with it.
         if let Err(e) = self.store.clear_resume(job.id(), false) {
             tracing::error!(job = %job.id(), error = %e, "could not forget what the job kept to resume");
