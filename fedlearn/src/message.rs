@@ -753,14 +753,14 @@ pub trait Transport {
         self.send(to, message).map(|()| None)
     }
     /// Called while every message offered is held back: waits a little for room at the
-    /// receivers, and passes what has arrived meanwhile, from any party, to `arrived`;
-    /// whether it passed anything. The default has nothing to wait for.
+    /// receivers, and passes what has arrived meanwhile, from any party, to `arrived`. The
+    /// default has nothing to wait for.
     fn wait(
         &mut self,
         arrived: &mut dyn FnMut(&str, Message) -> Result<(), FedError>,
-    ) -> Result<bool, FedError> {
+    ) -> Result<(), FedError> {
         let _ = arrived;
-        Ok(false)
+        Ok(())
     }
 }
 

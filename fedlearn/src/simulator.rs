@@ -273,7 +273,7 @@ impl Transport for NetTransport {
     fn wait(
         &mut self,
         arrived: &mut dyn FnMut(&str, Message) -> Result<(), FedError>,
-    ) -> Result<bool, FedError> {
+    ) -> Result<(), FedError> {
         let deadline = Instant::now() + RECEIVE_TIMEOUT;
         let mut wires = self.net.wires();
         loop {
@@ -281,11 +281,10 @@ impl Transport for NetTransport {
             if let Some((from, bytes)) = wires.take_any(&self.me) {
                 drop(wires);
                 self.net.changed.notify_all();
-                arrived(&from, Message::from_bytes(&bytes)?)?;
-                return Ok(true);
+                return arrived(&from, Message::from_bytes(&bytes)?);
             }
             if !self.held_by.iter().all(|to| wires.holds_back(&self.me, to)) {
-                return Ok(false);
+                return Ok(());
             }
             if wires.stalled {
                 let peers: Vec<&str> = self.held_by.iter().map(String::as_str).collect();

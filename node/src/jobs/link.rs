@@ -366,14 +366,14 @@ impl Transport for Link<'_> {
     fn wait(
         &mut self,
         arrived: &mut dyn FnMut(&str, Message) -> Result<(), fedlearn::FedError>,
-    ) -> Result<bool, fedlearn::FedError> {
+    ) -> Result<(), fedlearn::FedError> {
         if self.take_waiting(arrived)? {
             self.pause = MIN_PAUSE;
-            return Ok(true);
+        } else {
+            std::thread::sleep(self.pause);
+            self.pause = (self.pause * 2).min(Duration::from_secs(1));
         }
-        std::thread::sleep(self.pause);
-        self.pause = (self.pause * 2).min(Duration::from_secs(1));
-        Ok(false)
+        Ok(())
     }
 
     fn receive(&mut self, from: &str) -> Result<Message, fedlearn::FedError> {
