@@ -295,10 +295,7 @@ impl Transport for Link<'_> {
         } else {
             self.send_raw(to, DeliveryKind::Fedlearn, bytes, true)
         };
-        sent.map_err(|e| fedlearn::FedError::Transport {
-            peer: to.to_owned(),
-            reason: e.to_string(),
-        })?;
+        sent.map_err(|e| lost(to, e))?;
         self.count(to, "sent", format!("fedlearn.{}", message.kind()), length);
         Ok(())
     }
@@ -307,14 +304,10 @@ impl Transport for Link<'_> {
     /// unread as it takes); then keeps its encoding and sequence number for the next offer,
     /// which [`Transport::offer`] promises is this message again.
     fn offer(&mut self, to: &str, message: Message) -> Result<Option<Message>, fedlearn::FedError> {
-        let transport = |e: NodeError| fedlearn::FedError::Transport {
-            peer: to.to_owned(),
-            reason: e.to_string(),
-        };
         let held = match self.held.remove(to) {
             Some(held) => held,
             None => Held {
-                seq: self.next(to, DeliveryKind::Fedlearn).map_err(transport)?,
+                seq: (self.next(to, DeliveryKind::Fedlearn)).map_err(|e| lost(to, e))?,
                 bytes: message.to_bytes(),
                 since: Instant::now(),
             },
@@ -357,7 +350,7 @@ impl Transport for Link<'_> {
                 self.held.insert(to.to_owned(), held);
                 Ok(Some(message))
             }
-            Err(e) => Err(transport(e)),
+            Err(e) => Err(lost(to, e)),
         }
     }
 
@@ -379,12 +372,17 @@ impl Transport for Link<'_> {
     fn receive(&mut self, from: &str) -> Result<Message, fedlearn::FedError> {
         let delivery = self.receive_raw(from).map_err(|e| match e {
             NodeError::Stopped(reason) | NodeError::Cancelled(reason) => self.closed(reason),
-            other => fedlearn::FedError::Transport {
-                peer: from.to_owned(),
-                reason: other.to_string(),
-            },
+            other => lost(from, other),
         })?;
         self.training_message(from, delivery)
+    }
+}
+
+/// `error`, met sending to or receiving from `peer`, as the training protocol's loss of it.
+fn lost(peer: &str, error: NodeError) -> fedlearn::FedError {
+    fedlearn::FedError::Transport {
+        peer: peer.to_owned(),
+        reason: error.to_string(),
     }
 }
 
